@@ -1,0 +1,1 @@
+//! The shared model of a machine: profile, worker spec, service catalog and plan.

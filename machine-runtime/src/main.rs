@@ -1,0 +1,2 @@
+//! machine-runtime: the container entrypoint.
+fn main() {}

@@ -1,0 +1,2 @@
+//! The developer CLI.
+fn main() {}
