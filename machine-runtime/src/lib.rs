@@ -1,0 +1,1 @@
+//! machine-runtime as a library: every concern in its own module, `main.rs` only dispatches.
