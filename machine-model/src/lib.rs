@@ -1,1 +1,14 @@
-//! The shared model of a machine: profile, worker spec, service catalog and plan.
+//! The shared model of a machine: profile, worker-spec grammar, service catalog, plan and ecosystem.
+//!
+//! Data flows one way: profile → [`plan::Plan`] → renderings ([`ecosystem::Ecosystem`], and the xtask's
+//! .env and compose files). The runtime consumes the same plan.
+
+pub mod catalog;
+pub mod ecosystem;
+pub mod plan;
+pub mod profile;
+pub mod spec;
+
+pub use plan::{Overrides, Plan, PlanError, PlanErrors};
+pub use profile::Profile;
+pub use spec::WorkerSpec;

@@ -1,0 +1,833 @@
+//! The plan: derived from a profile (plus optional overrides of the worker spec and GPU count), the one
+//! typed description of what a machine installs and runs. Every artifact and the runtime use it.
+//!
+//! Rules:
+//! - gpu-bound workers are pinned round-robin across *all* gpu-bound workers of the machine, in spec order;
+//! - an internal service gets one instance per GPU that has a worker of it (`<service>-gpu<i>`, port
+//!   `base + step·i`), or one per machine for cpu-bound workers (`<service>-service`, port `base`);
+//! - each internal service that needs installing is listed once in `install`, in first-use order;
+//! - ports must not collide with each other or with the health endpoint.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::Serialize;
+
+use crate::catalog::{self, Binding, ConnectorKind, Lifecycle, ProbeTemplate};
+use crate::profile::Profile;
+use crate::spec::{Count, SpecErrors, WorkerSpec};
+
+/// The most GPUs a plan may have.
+pub const MAX_GPUS: u32 = 64;
+
+/// What may override a profile when planning.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Overrides {
+    /// Another worker spec instead of the profile's `workers`.
+    pub workers: Option<String>,
+    /// Another GPU count instead of the profile's `machine.gpus`.
+    pub gpus: Option<u32>,
+    /// Another machine id instead of the profile's (or its name).
+    pub machine_id: Option<String>,
+    /// Another install root instead of `/workspace`.
+    pub workspace: Option<String>,
+}
+
+/// The plan of one machine.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Plan {
+    /// The profile it was derived from.
+    pub profile: String,
+    /// `MACHINE_ID`.
+    pub machine_id: String,
+    /// The normalised worker spec.
+    pub worker_spec: String,
+    /// GPUs planned for.
+    pub gpus: u32,
+    /// Port of the health endpoint.
+    pub health_port: u16,
+    /// Install root inside the container.
+    pub workspace: String,
+    /// Unique internal services the workers need, in first-use order.
+    pub services_needed: Vec<&'static str>,
+    /// The subset of `services_needed` that has something to install.
+    pub install: Vec<&'static str>,
+    /// Service instances, in start order.
+    pub services: Vec<ServiceInstance>,
+    /// Workers, in spec order.
+    pub workers: Vec<WorkerInstance>,
+    /// Secrets the workers need, sorted by name.
+    pub secrets: Vec<SecretNeed>,
+}
+
+/// A readiness probe, resolved to an address.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Probe {
+    /// `GET url` answers 2xx.
+    Http {
+        url: String,
+        interval_ms: u32,
+        timeout_ms: u32,
+    },
+    /// A TCP connection succeeds.
+    Tcp {
+        host: String,
+        port: u16,
+        interval_ms: u32,
+        timeout_ms: u32,
+    },
+}
+
+/// Restart and stop behaviour, serialisable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Restart {
+    /// See [`Lifecycle::min_uptime_ms`].
+    pub min_uptime_ms: u32,
+    /// See [`Lifecycle::max_restarts`].
+    pub max_restarts: u32,
+    /// See [`Lifecycle::exp_backoff_restart_delay_ms`].
+    pub exp_backoff_restart_delay_ms: u32,
+    /// See [`Lifecycle::kill_timeout_ms`].
+    pub kill_timeout_ms: u32,
+}
+
+impl From<Lifecycle> for Restart {
+    fn from(l: Lifecycle) -> Self {
+        Restart {
+            min_uptime_ms: l.min_uptime_ms,
+            max_restarts: l.max_restarts,
+            exp_backoff_restart_delay_ms: l.exp_backoff_restart_delay_ms,
+            kill_timeout_ms: l.kill_timeout_ms,
+        }
+    }
+}
+
+/// One running instance of an internal service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ServiceInstance {
+    /// Process name, e.g. `comfyui-gpu0`.
+    pub name: String,
+    /// Catalog service name.
+    pub service: &'static str,
+    /// GPU index, or `None` for a per-machine instance.
+    pub gpu: Option<u32>,
+    /// Listening port.
+    pub port: Option<u16>,
+    /// Executable.
+    pub script: String,
+    /// Arguments.
+    pub args: Vec<String>,
+    /// Working directory.
+    pub cwd: String,
+    /// Environment (besides the machine's).
+    pub env: BTreeMap<String, String>,
+    /// When it counts as ready.
+    pub readiness: Probe,
+    /// Restart and stop behaviour.
+    pub restart: Restart,
+}
+
+/// One worker process.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct WorkerInstance {
+    /// Process name, e.g. `comfyui-worker-0`.
+    pub name: String,
+    /// `WORKER_ID` as the broker knows it: `<MACHINE_ID>-worker-<connector>-<index>`.
+    pub worker_id: String,
+    /// Connector name.
+    pub connector: &'static str,
+    /// Resource binding.
+    pub binding: Binding,
+    /// Index within its connector.
+    pub index: u32,
+    /// Pinned GPU index (gpu binding only).
+    pub gpu: Option<u32>,
+    /// The service instance it talks to and waits for.
+    pub service_instance: Option<String>,
+    /// Service types it advertises to the broker.
+    pub advertises: Vec<&'static str>,
+    /// Executable.
+    pub script: String,
+    /// Arguments.
+    pub args: Vec<String>,
+    /// Working directory.
+    pub cwd: String,
+    /// Environment (besides the machine's).
+    pub env: BTreeMap<String, String>,
+    /// Secrets it needs from the runtime's environment.
+    pub secrets: Vec<&'static str>,
+    /// Restart and stop behaviour.
+    pub restart: Restart,
+}
+
+/// A secret and who needs it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SecretNeed {
+    /// Variable name.
+    pub name: &'static str,
+    /// Connectors whose workers need it.
+    pub connectors: Vec<&'static str>,
+    /// Worker process names that need it.
+    pub workers: Vec<String>,
+}
+
+/// Why a plan cannot be made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PlanError {
+    /// The worker spec is invalid.
+    Spec(SpecErrors),
+    /// gpu-bound workers on a machine planned with no GPU.
+    GpuBindingWithoutGpus {
+        /// The connectors asking for GPUs.
+        connectors: Vec<&'static str>,
+    },
+    /// More GPUs than supported.
+    TooManyGpus(u32),
+    /// Two things want one port.
+    PortCollision {
+        /// The port.
+        port: u16,
+        /// Who has it first.
+        first: String,
+        /// Who wants it too.
+        second: String,
+    },
+    /// An invalid machine id.
+    MachineId(String),
+}
+
+impl fmt::Display for PlanError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PlanError::Spec(e) => write!(f, "{e}"),
+            PlanError::GpuBindingWithoutGpus { connectors } => write!(
+                f,
+                "gpu-bound workers ({}) on a machine planned with 0 GPUs; set machine.gpus (or --gpus) or bind them to cpu where the connector allows it",
+                connectors.join(", ")
+            ),
+            PlanError::TooManyGpus(n) => {
+                write!(f, "{n} GPUs planned; at most {MAX_GPUS} are supported")
+            }
+            PlanError::PortCollision {
+                port,
+                first,
+                second,
+            } => {
+                write!(
+                    f,
+                    "port {port} is wanted by both {first} and {second}; change one of them (e.g. machine.health_port)"
+                )
+            }
+            PlanError::MachineId(id) => write!(
+                f,
+                "machine id \"{id}\" is invalid; use letters, digits, '.', '_' and '-', starting with a letter or digit"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for PlanError {}
+
+/// All problems found while planning.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlanErrors(pub Vec<PlanError>);
+
+impl fmt::Display for PlanErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for PlanErrors {}
+
+fn valid_machine_id(id: &str) -> bool {
+    id.as_bytes()
+        .first()
+        .is_some_and(|b| b.is_ascii_alphanumeric())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+impl Plan {
+    /// Derives the plan of profile `name`.
+    pub fn build(name: &str, profile: &Profile, overrides: &Overrides) -> Result<Plan, PlanErrors> {
+        let spec_text = overrides.workers.as_deref().unwrap_or(&profile.workers);
+        let gpus = overrides.gpus.unwrap_or(profile.machine.gpus);
+        let machine_id = overrides
+            .machine_id
+            .clone()
+            .or_else(|| profile.machine.id.clone())
+            .unwrap_or_else(|| name.to_string());
+        let workspace = overrides
+            .workspace
+            .clone()
+            .unwrap_or_else(|| catalog::DEFAULT_WORKSPACE.to_string());
+        let mut errors = Vec::new();
+        if !valid_machine_id(&machine_id) {
+            errors.push(PlanError::MachineId(machine_id.clone()));
+        }
+        if gpus > MAX_GPUS {
+            errors.push(PlanError::TooManyGpus(gpus));
+        }
+        let spec = match WorkerSpec::parse(spec_text) {
+            Ok(s) => s,
+            Err(e) => {
+                errors.push(PlanError::Spec(e));
+                return Err(PlanErrors(errors));
+            }
+        };
+        if gpus == 0 {
+            let connectors: Vec<_> = spec
+                .items
+                .iter()
+                .filter(|i| i.binding == Binding::Gpu)
+                .map(|i| i.connector)
+                .collect();
+            if !connectors.is_empty() {
+                errors.push(PlanError::GpuBindingWithoutGpus { connectors });
+            }
+        }
+        if !errors.is_empty() {
+            return Err(PlanErrors(errors));
+        }
+        let plan = allocate(
+            name,
+            &machine_id,
+            &workspace,
+            &spec,
+            gpus,
+            profile.machine.health_port,
+        );
+        let collisions = port_collisions(&plan);
+        if collisions.is_empty() {
+            Ok(plan)
+        } else {
+            Err(PlanErrors(collisions))
+        }
+    }
+
+    /// The service instance a worker talks to.
+    pub fn service_of(&self, worker: &WorkerInstance) -> Option<&ServiceInstance> {
+        let name = worker.service_instance.as_deref()?;
+        self.services.iter().find(|s| s.name == name)
+    }
+
+    /// Whether any process of the plan uses a GPU.
+    pub fn uses_gpus(&self) -> bool {
+        self.workers.iter().any(|w| w.gpu.is_some())
+    }
+
+    /// Every port the machine listens on, with its owner, health endpoint first.
+    pub fn ports(&self) -> Vec<(u16, String)> {
+        let mut v = vec![(self.health_port, "health endpoint".to_string())];
+        v.extend(
+            self.services
+                .iter()
+                .filter_map(|s| s.port.map(|p| (p, s.name.clone()))),
+        );
+        v
+    }
+}
+
+fn allocate(
+    profile: &str,
+    machine_id: &str,
+    workspace: &str,
+    spec: &WorkerSpec,
+    gpus: u32,
+    health_port: u16,
+) -> Plan {
+    // Pin every gpu-bound worker round-robin across the machine, in spec order.
+    struct Draft {
+        connector: &'static catalog::ConnectorEntry,
+        binding: Binding,
+        index: u32,
+        gpu: Option<u32>,
+    }
+    let mut drafts = Vec::new();
+    let mut next_gpu = 0u32;
+    for item in &spec.items {
+        let entry = catalog::connector(item.connector).expect("spec items are catalog connectors");
+        let count = match item.count {
+            Count::Fixed(n) => n,
+            Count::Auto if item.binding == Binding::Gpu => gpus,
+            Count::Auto => 1,
+        };
+        for index in 0..count {
+            let gpu = (item.binding == Binding::Gpu).then(|| {
+                let g = next_gpu % gpus;
+                next_gpu += 1;
+                g
+            });
+            drafts.push(Draft {
+                connector: entry,
+                binding: item.binding,
+                index,
+                gpu,
+            });
+        }
+    }
+
+    // Services: unique, in first-use order; instances per GPU used (or one per machine).
+    let mut services_needed: Vec<&'static str> = Vec::new();
+    let mut instance_keys: Vec<(&'static str, Option<u32>)> = Vec::new();
+    for d in &drafts {
+        if d.connector.kind != ConnectorKind::Internal {
+            continue;
+        }
+        let service = d
+            .connector
+            .service
+            .expect("internal connectors name a service");
+        if !services_needed.contains(&service) {
+            services_needed.push(service);
+        }
+        let key = (service, d.gpu);
+        if !instance_keys.contains(&key) {
+            instance_keys.push(key);
+        }
+    }
+    // Start order: by service first use, then GPU.
+    instance_keys.sort_by_key(|(s, g)| (services_needed.iter().position(|x| x == s), *g));
+    let services: Vec<ServiceInstance> = instance_keys
+        .iter()
+        .map(|(service, gpu)| service_instance(service, *gpu, workspace))
+        .collect();
+    let install = services_needed
+        .iter()
+        .copied()
+        .filter(|s| catalog::service(s).is_some_and(|e| e.install_dir.is_some()))
+        .collect();
+
+    let workers: Vec<WorkerInstance> = drafts
+        .iter()
+        .map(|d| {
+            let instance = d
+                .connector
+                .service
+                .and_then(|s| services.iter().find(|i| i.service == s && i.gpu == d.gpu));
+            worker_instance(
+                d.connector,
+                d.binding,
+                d.index,
+                d.gpu,
+                instance,
+                machine_id,
+                workspace,
+            )
+        })
+        .collect();
+
+    let mut secrets: BTreeMap<&'static str, SecretNeed> = BTreeMap::new();
+    for w in &workers {
+        for s in &w.secrets {
+            let need = secrets.entry(s).or_insert_with(|| SecretNeed {
+                name: s,
+                connectors: Vec::new(),
+                workers: Vec::new(),
+            });
+            if !need.connectors.contains(&w.connector) {
+                need.connectors.push(w.connector);
+            }
+            need.workers.push(w.name.clone());
+        }
+    }
+
+    Plan {
+        profile: profile.to_string(),
+        machine_id: machine_id.to_string(),
+        worker_spec: spec.to_string(),
+        gpus,
+        health_port,
+        workspace: workspace.to_string(),
+        services_needed,
+        install,
+        services,
+        workers,
+        secrets: secrets.into_values().collect(),
+    }
+}
+
+fn gpu_env(env: &mut BTreeMap<String, String>, gpu: Option<u32>) {
+    env.insert("CUDA_DEVICE_ORDER".into(), "PCI_BUS_ID".into());
+    match gpu {
+        Some(g) => {
+            env.insert("CUDA_VISIBLE_DEVICES".into(), g.to_string());
+            env.insert("WORKER_GPU_ID".into(), g.to_string());
+        }
+        // Empty means no GPU at all; unset would mean every GPU.
+        None => {
+            env.insert("CUDA_VISIBLE_DEVICES".into(), String::new());
+        }
+    }
+}
+
+fn service_instance(service: &'static str, gpu: Option<u32>, workspace: &str) -> ServiceInstance {
+    let entry = catalog::service(service).expect("planned services are catalog services");
+    let port = match gpu {
+        Some(g) => entry.base_port as u32 + entry.port_step as u32 * g,
+        None => entry.base_port as u32,
+    };
+    // Ports past 65535 cannot happen with MAX_GPUS and catalog bases; saturate rather than wrap.
+    let port = u16::try_from(port).unwrap_or(u16::MAX);
+    let x = |t: &str| catalog::expand(t, Some(port), gpu, workspace);
+    let mut env: BTreeMap<String, String> = entry
+        .env
+        .iter()
+        .map(|(k, v)| (k.to_string(), x(v)))
+        .collect();
+    env.insert("PORT".into(), port.to_string());
+    gpu_env(&mut env, gpu);
+    let readiness = match entry.readiness.probe {
+        ProbeTemplate::Http { path } => Probe::Http {
+            url: format!("http://127.0.0.1:{port}{path}"),
+            interval_ms: entry.readiness.interval_ms,
+            timeout_ms: entry.readiness.timeout_ms,
+        },
+        ProbeTemplate::Tcp => Probe::Tcp {
+            host: "127.0.0.1".into(),
+            port,
+            interval_ms: entry.readiness.interval_ms,
+            timeout_ms: entry.readiness.timeout_ms,
+        },
+    };
+    ServiceInstance {
+        name: match gpu {
+            Some(g) => format!("{service}-gpu{g}"),
+            None => format!("{service}-service"),
+        },
+        service,
+        gpu,
+        port: Some(port),
+        script: x(entry.command.script),
+        args: entry.command.args.iter().map(|a| x(a)).collect(),
+        cwd: x(entry.command.cwd),
+        env,
+        readiness,
+        restart: entry.lifecycle.into(),
+    }
+}
+
+fn worker_instance(
+    entry: &'static catalog::ConnectorEntry,
+    binding: Binding,
+    index: u32,
+    gpu: Option<u32>,
+    instance: Option<&ServiceInstance>,
+    machine_id: &str,
+    workspace: &str,
+) -> WorkerInstance {
+    let port = instance.and_then(|i| i.port);
+    let x = |t: &str| catalog::expand(t, port, gpu, workspace);
+    let worker_id = format!("{machine_id}-worker-{}-{index}", entry.name);
+    let mut env: BTreeMap<String, String> = entry
+        .worker_env
+        .iter()
+        .map(|(k, v)| (k.to_string(), x(v)))
+        .collect();
+    env.insert("WORKER_ID".into(), worker_id.clone());
+    env.insert("MACHINE_ID".into(), machine_id.to_string());
+    env.insert("WORKER_CONNECTORS".into(), entry.name.to_string());
+    env.insert("CONNECTORS".into(), entry.name.to_string());
+    gpu_env(&mut env, gpu);
+    WorkerInstance {
+        name: format!("{}-worker-{index}", entry.name),
+        worker_id,
+        connector: entry.name,
+        binding,
+        index,
+        gpu,
+        service_instance: instance.map(|i| i.name.clone()),
+        advertises: entry.advertises.to_vec(),
+        script: x(entry.worker.script),
+        args: entry.worker.args.iter().map(|a| x(a)).collect(),
+        cwd: x(entry.worker.cwd),
+        env,
+        secrets: entry.required_env.to_vec(),
+        restart: entry.lifecycle.into(),
+    }
+}
+
+fn port_collisions(plan: &Plan) -> Vec<PlanError> {
+    let mut seen: BTreeMap<u16, String> = BTreeMap::new();
+    let mut errors = Vec::new();
+    for (port, owner) in plan.ports() {
+        match seen.get(&port) {
+            Some(first) => errors.push(PlanError::PortCollision {
+                port,
+                first: first.clone(),
+                second: owner,
+            }),
+            None => {
+                seen.insert(port, owner);
+            }
+        }
+    }
+    errors
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn profile(workers: &str, gpus: u32) -> Profile {
+        serde_json::from_value(serde_json::json!({
+            "description": "test", "workers": workers, "machine": {"gpus": gpus, "ram_gb": 16}
+        }))
+        .unwrap()
+    }
+
+    /// Plans `workers` on `gpus` GPUs and renders a compact summary (or the errors).
+    fn check(workers: &str, gpus: u32, expected: &str) {
+        let actual = match Plan::build("m", &profile(workers, gpus), &Overrides::default()) {
+            Ok(plan) => summary(&plan),
+            Err(e) => format!("error: {e}"),
+        };
+        assert_eq!(actual.trim(), expected.trim(), "{workers} on {gpus} GPUs");
+    }
+
+    fn summary(plan: &Plan) -> String {
+        let mut s = format!(
+            "install:{}\n",
+            plan.install
+                .iter()
+                .map(|i| format!(" {i}"))
+                .collect::<String>()
+        );
+        for i in &plan.services {
+            s += &format!(
+                "service {} port {} gpu {:?}\n",
+                i.name,
+                i.port.unwrap_or(0),
+                i.gpu
+            );
+        }
+        for w in &plan.workers {
+            s += &format!(
+                "worker {} {} gpu {:?} -> {}\n",
+                w.name,
+                w.binding,
+                w.gpu,
+                w.service_instance.as_deref().unwrap_or("-")
+            );
+        }
+        s
+    }
+
+    #[test]
+    fn seed_dual_gpu_comfyui() {
+        check(
+            "comfyui:4:gpu",
+            2,
+            "
+install: comfyui
+service comfyui-gpu0 port 8188 gpu Some(0)
+service comfyui-gpu1 port 8189 gpu Some(1)
+worker comfyui-worker-0 gpu gpu Some(0) -> comfyui-gpu0
+worker comfyui-worker-1 gpu gpu Some(1) -> comfyui-gpu1
+worker comfyui-worker-2 gpu gpu Some(0) -> comfyui-gpu0
+worker comfyui-worker-3 gpu gpu Some(1) -> comfyui-gpu1",
+        );
+    }
+
+    #[test]
+    fn seed_mixed_workload() {
+        check(
+            "comfyui:2:gpu,openai:6:shared,playwright:1:cpu",
+            2,
+            "
+install: comfyui playwright
+service comfyui-gpu0 port 8188 gpu Some(0)
+service comfyui-gpu1 port 8189 gpu Some(1)
+service playwright-service port 3100 gpu None
+worker comfyui-worker-0 gpu gpu Some(0) -> comfyui-gpu0
+worker comfyui-worker-1 gpu gpu Some(1) -> comfyui-gpu1
+worker openai-worker-0 shared gpu None -> -
+worker openai-worker-1 shared gpu None -> -
+worker openai-worker-2 shared gpu None -> -
+worker openai-worker-3 shared gpu None -> -
+worker openai-worker-4 shared gpu None -> -
+worker openai-worker-5 shared gpu None -> -
+worker playwright-worker-0 cpu gpu None -> playwright-service",
+        );
+    }
+
+    #[test]
+    fn round_robin_spans_connectors_and_services_share_an_install() {
+        check(
+            "comfyui:1,comfyui-websocket:2,simulation:auto",
+            3,
+            "
+install: comfyui
+service comfyui-gpu0 port 8188 gpu Some(0)
+service comfyui-gpu1 port 8189 gpu Some(1)
+service comfyui-gpu2 port 8190 gpu Some(2)
+service simulation-gpu0 port 8399 gpu Some(0)
+service simulation-gpu1 port 8400 gpu Some(1)
+service simulation-gpu2 port 8401 gpu Some(2)
+worker comfyui-worker-0 gpu gpu Some(0) -> comfyui-gpu0
+worker comfyui-websocket-worker-0 gpu gpu Some(1) -> comfyui-gpu1
+worker comfyui-websocket-worker-1 gpu gpu Some(2) -> comfyui-gpu2
+worker simulation-worker-0 gpu gpu Some(0) -> simulation-gpu0
+worker simulation-worker-1 gpu gpu Some(1) -> simulation-gpu1
+worker simulation-worker-2 gpu gpu Some(2) -> simulation-gpu2",
+        );
+    }
+
+    #[test]
+    fn oversubscription_and_unused_gpus() {
+        // More workers than GPUs share instances; a GPU without workers gets no instance.
+        check(
+            "comfyui:3",
+            4,
+            "
+install: comfyui
+service comfyui-gpu0 port 8188 gpu Some(0)
+service comfyui-gpu1 port 8189 gpu Some(1)
+service comfyui-gpu2 port 8190 gpu Some(2)
+worker comfyui-worker-0 gpu gpu Some(0) -> comfyui-gpu0
+worker comfyui-worker-1 gpu gpu Some(1) -> comfyui-gpu1
+worker comfyui-worker-2 gpu gpu Some(2) -> comfyui-gpu2",
+        );
+        check(
+            "simulation:5",
+            1,
+            "
+install:
+service simulation-gpu0 port 8399 gpu Some(0)
+worker simulation-worker-0 gpu gpu Some(0) -> simulation-gpu0
+worker simulation-worker-1 gpu gpu Some(0) -> simulation-gpu0
+worker simulation-worker-2 gpu gpu Some(0) -> simulation-gpu0
+worker simulation-worker-3 gpu gpu Some(0) -> simulation-gpu0
+worker simulation-worker-4 gpu gpu Some(0) -> simulation-gpu0",
+        );
+    }
+
+    #[test]
+    fn zero_gpus() {
+        check(
+            "comfyui:2,openai:1,simulation:1",
+            0,
+            "error: gpu-bound workers (comfyui, simulation) on a machine planned with 0 GPUs; set machine.gpus (or --gpus) or bind them to cpu where the connector allows it",
+        );
+        check(
+            "openai:2,simulation:auto:cpu",
+            0,
+            "
+install:
+service simulation-service port 8399 gpu None
+worker openai-worker-0 shared gpu None -> -
+worker openai-worker-1 shared gpu None -> -
+worker simulation-worker-0 cpu gpu None -> simulation-service",
+        );
+    }
+
+    #[test]
+    fn bad_spec_and_too_many_gpus_reported_together() {
+        check(
+            "comfyui:0",
+            65,
+            "error: 65 GPUs planned; at most 64 are supported\nworker spec item 1 \"comfyui:0\" (column 9): count is 0; expected a positive integer or \"auto\" (remove the item to run no such workers)",
+        );
+    }
+
+    #[test]
+    fn port_collisions() {
+        let mut p = profile("comfyui:1", 1);
+        p.machine.health_port = 8188;
+        let err = Plan::build("m", &p, &Overrides::default()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "port 8188 is wanted by both health endpoint and comfyui-gpu0; change one of them (e.g. machine.health_port)"
+        );
+        // simulation on 64 GPUs runs 8399..8462; the health port sits inside that range.
+        let mut p = profile("simulation:auto", 64);
+        p.machine.health_port = 8400;
+        let err = Plan::build("m", &p, &Overrides::default()).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("port 8400 is wanted by both health endpoint and simulation-gpu1"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn worker_environment_and_ids() {
+        let plan = Plan::build(
+            "gpu-mixed",
+            &profile("comfyui:2:gpu,openai:1", 2),
+            &Overrides {
+                machine_id: Some("m1".into()),
+                ..Overrides::default()
+            },
+        )
+        .unwrap();
+        let w = &plan.workers[1];
+        let env: Vec<String> = w.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        assert_eq!(
+            env,
+            [
+                "COMFYUI_BASE_URL=http://127.0.0.1:8189",
+                "COMFYUI_HOST=127.0.0.1",
+                "COMFYUI_PORT=8189",
+                "CONNECTORS=comfyui",
+                "CUDA_DEVICE_ORDER=PCI_BUS_ID",
+                "CUDA_VISIBLE_DEVICES=1",
+                "MACHINE_ID=m1",
+                "WORKER_CONNECTORS=comfyui",
+                "WORKER_GPU_ID=1",
+                "WORKER_ID=m1-worker-comfyui-1",
+            ]
+        );
+        let openai = &plan.workers[2];
+        assert_eq!(openai.env["CUDA_VISIBLE_DEVICES"], "");
+        assert!(!openai.env.contains_key("WORKER_GPU_ID"));
+        assert_eq!(openai.secrets, ["OPENAI_API_KEY"]);
+        assert_eq!(plan.secrets.len(), 1);
+        assert_eq!(plan.secrets[0].workers, ["openai-worker-0"]);
+        // ComfyUI is pinned by the environment only, never with --cuda-device.
+        assert!(
+            !plan.services[0]
+                .args
+                .iter()
+                .any(|a| a.contains("cuda-device"))
+        );
+    }
+
+    #[test]
+    fn overrides_replace_spec_and_gpus() {
+        let plan = Plan::build(
+            "p",
+            &profile("openai:1", 0),
+            &Overrides {
+                workers: Some("simulation:auto".into()),
+                gpus: Some(2),
+                ..Overrides::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(plan.worker_spec, "simulation:auto:gpu");
+        assert_eq!(plan.workers.len(), 2);
+    }
+
+    #[test]
+    fn plans_ten_thousand_workers() {
+        let plan = Plan::build(
+            "p",
+            &profile("comfyui:5000,openai:5000", 8),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(plan.workers.len(), 10_000);
+        assert_eq!(plan.services.len(), 8);
+        assert_eq!(plan.workers[4999].gpu, Some(4999 % 8));
+    }
+}

@@ -1,0 +1,362 @@
+//! The profile: `profiles/<name>.json`, one machine's description. Doc comments here become the JSON
+//! Schema descriptions (the editor's tooltips), so every public field has one.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// A machine profile: components, workers, expected hardware, Docker options and extra environment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct Profile {
+    /// The JSON Schema this file is completed and checked against (`../schemas/profile.schema.json`).
+    #[serde(rename = "$schema", default, skip_serializing_if = "Option::is_none")]
+    pub schema: Option<String>,
+    /// What this machine is for, in one sentence; shown by `cargo xtask list` and in generated files.
+    pub description: String,
+    /// Components and the section (or ordered list of sections, later wins) selected for each, merged in this order.
+    #[serde(default)]
+    pub components: Components,
+    /// The worker spec: `connector:count[:binding]` items separated by commas, e.g. `comfyui:2:gpu,openai:4:shared`.
+    pub workers: String,
+    /// The hardware this machine is planned for and its identity.
+    pub machine: MachineSpec,
+    /// What the generated docker-compose.yaml contains besides the machine itself.
+    #[serde(default)]
+    pub docker: DockerOptions,
+    /// Extra variables written into the generated .env (values are literal strings).
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+}
+
+/// Per component, the sections selected, in merge order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Components(pub Vec<(String, Selection)>);
+
+impl Components {
+    /// The selection of a component, if the profile has it.
+    pub fn get(&self, component: &str) -> Option<&Selection> {
+        self.0.iter().find(|(c, _)| c == component).map(|(_, s)| s)
+    }
+}
+
+impl Serialize for Components {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(Some(self.0.len()))?;
+        for (k, v) in &self.0 {
+            map.serialize_entry(k, v)?;
+        }
+        map.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for Components {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Components;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an object mapping component names to a section or a list of sections")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Components, A::Error> {
+                let mut out: Vec<(String, Selection)> = Vec::new();
+                while let Some((k, v)) = map.next_entry::<String, Selection>()? {
+                    if out.iter().any(|(c, _)| *c == k) {
+                        return Err(serde::de::Error::custom(format!(
+                            "component \"{k}\" is listed twice"
+                        )));
+                    }
+                    out.push((k, v));
+                }
+                Ok(Components(out))
+            }
+        }
+        deserializer.deserialize_map(Visitor)
+    }
+}
+
+#[cfg(feature = "schema")]
+impl schemars::JsonSchema for Components {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Components".into()
+    }
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        let selection = generator.subschema_for::<Selection>();
+        schemars::json_schema!({
+            "description": "Component name → the section (or ordered list of sections, later wins) to take from profiles/components/<component>.env. Components merge in the order written.",
+            "type": "object",
+            "propertyNames": { "pattern": "^[a-z][a-z0-9_-]*$" },
+            "additionalProperties": selection,
+        })
+    }
+}
+
+/// One section, or an ordered list of sections where later ones win.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(untagged)]
+pub enum Selection {
+    /// A single section, e.g. `"local"`.
+    One(String),
+    /// Sections applied in order, e.g. `["default", "local"]`.
+    Many(Vec<String>),
+}
+
+impl Selection {
+    /// The sections in merge order.
+    pub fn sections(&self) -> Vec<&str> {
+        match self {
+            Selection::One(s) => vec![s.as_str()],
+            Selection::Many(v) => v.iter().map(String::as_str).collect(),
+        }
+    }
+}
+
+/// Expected hardware and identity of the machine.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct MachineSpec {
+    /// The machine id reported to the broker (`MACHINE_ID`); defaults to the profile name. Stable across restarts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(
+        feature = "schema",
+        schemars(regex(pattern = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"))
+    )]
+    pub id: Option<String>,
+    /// How many GPUs the machine is planned for; 0 for a CPU-only machine.
+    #[cfg_attr(feature = "schema", schemars(range(max = 64)))]
+    pub gpus: u32,
+    /// Memory the machine is expected to have, in GiB.
+    #[cfg_attr(feature = "schema", schemars(range(min = 1)))]
+    pub ram_gb: u32,
+    /// The GPU model the plan expects (informational; reported, not enforced).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_model: Option<String>,
+    /// Whether the runtime may re-plan on fewer GPUs than planned instead of refusing to start.
+    #[serde(default)]
+    pub allow_fewer_gpus: bool,
+    /// Port of the health endpoint (`MACHINE_HEALTH_PORT`); must not collide with a service port.
+    #[serde(default = "default_health_port")]
+    pub health_port: u16,
+}
+
+fn default_health_port() -> u16 {
+    crate::catalog::DEFAULT_HEALTH_PORT
+}
+
+/// Docker Compose options for the generated docker-compose.yaml.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct DockerOptions {
+    /// Publish service and health ports on the host (for debugging); off in production.
+    #[serde(default)]
+    pub expose_ports: bool,
+    /// The machine container's restart policy.
+    #[serde(default)]
+    pub restart: RestartPolicy,
+    /// CPU and memory limits of the machine container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<Resources>,
+    /// Extra volumes of the machine container, in Compose short syntax (`name:/path` or `./dir:/path[:ro]`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<String>,
+    /// Size of /dev/shm for the machine container (e.g. `8g`; PyTorch data loaders need more than Docker's 64m).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "schema", schemars(regex(pattern = r"^[0-9]+[bkmg]?$")))]
+    pub shm_size: Option<String>,
+    /// Additional services (e.g. a local Redis), each included only when its condition holds.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub services: BTreeMap<String, ExtraService>,
+}
+
+impl Default for DockerOptions {
+    fn default() -> Self {
+        DockerOptions {
+            expose_ports: false,
+            restart: RestartPolicy::default(),
+            resources: None,
+            volumes: Vec::new(),
+            shm_size: None,
+            services: BTreeMap::new(),
+        }
+    }
+}
+
+/// A Compose restart policy.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub enum RestartPolicy {
+    /// Never restart the container.
+    #[serde(rename = "no")]
+    No,
+    /// Always restart it.
+    #[serde(rename = "always")]
+    Always,
+    /// Restart it when it exits non-zero.
+    #[serde(rename = "on-failure")]
+    OnFailure,
+    /// Restart it unless it was stopped by hand.
+    #[default]
+    #[serde(rename = "unless-stopped")]
+    UnlessStopped,
+}
+
+impl RestartPolicy {
+    /// The Compose spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RestartPolicy::No => "no",
+            RestartPolicy::Always => "always",
+            RestartPolicy::OnFailure => "on-failure",
+            RestartPolicy::UnlessStopped => "unless-stopped",
+        }
+    }
+}
+
+/// Resource limits of the machine container.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct Resources {
+    /// CPU limit in cores, e.g. `8` or `7.5`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "schema", schemars(range(min = 0.01)))]
+    pub cpus: Option<f64>,
+    /// Memory limit, e.g. `48g`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "schema", schemars(regex(pattern = r"^[0-9]+[bkmg]$")))]
+    pub memory: Option<String>,
+}
+
+/// An additional Compose service.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct ExtraService {
+    /// The image to run, e.g. `redis:7-alpine`.
+    pub image: String,
+    /// Include the service only when this holds; always included when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub when: Option<Condition>,
+    /// The command, as a list of arguments.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
+    /// Container ports, published on the host only when `docker.expose_ports` is on.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<u16>,
+    /// Volumes in Compose short syntax; named volumes are declared automatically.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<String>,
+    /// Environment of the service (literal values).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub environment: BTreeMap<String, String>,
+    /// Health check; the machine waits for it (`service_healthy`) when present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthcheck: Option<Healthcheck>,
+}
+
+/// A typed inclusion condition, checked at build time against the profile's components.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct Condition {
+    /// The component whose selection is tested (a key of `components`).
+    pub component: String,
+    /// Holds when this section is among the component's selected sections.
+    pub variant: String,
+}
+
+impl Condition {
+    /// Whether the condition holds for a profile's components.
+    pub fn holds(&self, components: &Components) -> bool {
+        components
+            .get(&self.component)
+            .is_some_and(|s| s.sections().contains(&self.variant.as_str()))
+    }
+}
+
+/// A Compose health check.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct Healthcheck {
+    /// The probe command, exec form (`["redis-cli", "ping"]`).
+    pub test: Vec<String>,
+    /// Seconds between probes.
+    #[serde(default = "default_interval")]
+    pub interval_s: u32,
+    /// Seconds one probe may take.
+    #[serde(default = "default_timeout")]
+    pub timeout_s: u32,
+    /// Failures before the service is unhealthy.
+    #[serde(default = "default_retries")]
+    pub retries: u32,
+}
+
+fn default_interval() -> u32 {
+    5
+}
+fn default_timeout() -> u32 {
+    3
+}
+fn default_retries() -> u32 {
+    10
+}
+
+/// Checks a profile name (the file stem): lowercase letters, digits and dashes.
+pub fn valid_profile_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && name.as_bytes()[0].is_ascii_lowercase()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn components_keep_their_order_and_both_forms() {
+        let c: Components =
+            serde_json::from_str(r#"{"redis": "local", "machine": ["default", "prod"]}"#).unwrap();
+        assert_eq!(c.0[0].0, "redis");
+        assert_eq!(
+            c.get("machine").unwrap().sections(),
+            vec!["default", "prod"]
+        );
+        let err = serde_json::from_str::<Components>(r#"{"a": "x", "a": "y"}"#).unwrap_err();
+        assert!(
+            err.to_string().contains("component \"a\" is listed twice"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let err = serde_json::from_str::<Profile>(
+            r#"{"description":"d","workers":"openai:1","machine":{"gpus":0,"ram_gb":1},"dockr":{}}"#,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("unknown field `dockr`"), "{err}");
+    }
+
+    #[test]
+    fn conditions_test_selected_sections() {
+        let c: Components = serde_json::from_str(r#"{"redis": ["default", "local"]}"#).unwrap();
+        let cond = |component: &str, variant: &str| Condition {
+            component: component.into(),
+            variant: variant.into(),
+        };
+        assert!(cond("redis", "local").holds(&c));
+        assert!(!cond("redis", "remote").holds(&c));
+        assert!(!cond("api", "local").holds(&c));
+    }
+}

@@ -1,0 +1,624 @@
+//! The worker spec grammar `connector:count:binding[,…]`: a run-time parser reporting every problem, and a
+//! `const fn` checker behind [`worker_spec!`](crate::worker_spec) so a spec embedded in Rust fails to compile.
+//!
+//! Grammar (whitespace around items and fields is allowed and ignored):
+//!
+//! ```text
+//! spec    = item ( "," item )*
+//! item    = connector ":" count [ ":" binding ]
+//! count   = positive integer | "auto"
+//! binding = "gpu" | "cpu" | "shared"      (must be one the connector allows; default: the connector's)
+//! ```
+//!
+//! `auto` means one worker per planned GPU for a gpu binding, else one. A connector may appear only once.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::catalog::{self, Binding};
+
+/// How many workers an item asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Count {
+    /// An explicit positive number of workers.
+    Fixed(u32),
+    /// One per planned GPU for gpu-bound workers, else one.
+    Auto,
+}
+
+impl fmt::Display for Count {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Count::Fixed(n) => write!(f, "{n}"),
+            Count::Auto => f.write_str("auto"),
+        }
+    }
+}
+
+/// One `connector:count:binding` item of a worker spec, validated against the catalog.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpecItem {
+    /// The connector's catalog name.
+    pub connector: &'static str,
+    /// How many workers.
+    pub count: Count,
+    /// The resource binding (explicit, or the connector's default).
+    pub binding: Binding,
+}
+
+/// A parsed, validated worker spec.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct WorkerSpec {
+    /// The items in the order written.
+    pub items: Vec<SpecItem>,
+}
+
+impl fmt::Display for WorkerSpec {
+    /// The normalised form: every field explicit, no whitespace.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, item) in self.items.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            write!(f, "{}:{}:{}", item.connector, item.count, item.binding)?;
+        }
+        Ok(())
+    }
+}
+
+/// One problem in a worker spec, naming the item and where it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpecError {
+    /// 1-based position of the item in the comma-separated list (0 for the whole spec).
+    pub item: usize,
+    /// 1-based character column where the offending text starts.
+    pub column: usize,
+    /// The item's text as written (trimmed).
+    pub text: String,
+    /// What is wrong and what is allowed.
+    pub message: String,
+}
+
+impl fmt::Display for SpecError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.item == 0 {
+            write!(f, "worker spec: {}", self.message)
+        } else {
+            write!(
+                f,
+                "worker spec item {} \"{}\" (column {}): {}",
+                self.item, self.text, self.column, self.message
+            )
+        }
+    }
+}
+
+impl std::error::Error for SpecError {}
+
+/// All problems of one spec, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpecErrors(pub Vec<SpecError>);
+
+impl fmt::Display for SpecErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for SpecErrors {}
+
+impl std::str::FromStr for WorkerSpec {
+    type Err = SpecErrors;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        WorkerSpec::parse(s)
+    }
+}
+
+impl WorkerSpec {
+    /// Parses and validates a spec, reporting every problem of every item.
+    pub fn parse(input: &str) -> Result<WorkerSpec, SpecErrors> {
+        let mut errors = Vec::new();
+        let mut items: Vec<SpecItem> = Vec::new();
+        if input.trim().is_empty() {
+            return Err(SpecErrors(vec![SpecError {
+                item: 0,
+                column: 1,
+                text: String::new(),
+                message: format!(
+                    "is empty; expected connector:count[:binding], e.g. \"comfyui:2:gpu,openai:4:shared\" (connectors: {})",
+                    catalog::connector_names().join(", ")
+                ),
+            }]));
+        }
+        let mut offset = 0usize;
+        for (index, raw) in input.split(',').enumerate() {
+            let position = index + 1;
+            let lead = raw.len() - raw.trim_start().len();
+            let column = input[..offset + lead].chars().count() + 1;
+            offset += raw.len() + 1;
+            let text = raw.trim();
+            let err = |column: usize, message: String| SpecError {
+                item: position,
+                column,
+                text: text.to_string(),
+                message,
+            };
+            if text.is_empty() {
+                errors.push(err(
+                    column,
+                    "is empty; remove the extra comma or write connector:count[:binding]".into(),
+                ));
+                continue;
+            }
+            let fields: Vec<&str> = text.split(':').collect();
+            // Columns of each field, relative to the input.
+            let mut field_columns = Vec::with_capacity(fields.len());
+            let mut c = column;
+            for f in &fields {
+                let lead = f.len() - f.trim_start().len();
+                field_columns.push(c + f[..lead].chars().count());
+                c += f.chars().count() + 1;
+            }
+            if fields.len() < 2 || fields.len() > 3 {
+                errors.push(err(
+                    column,
+                    format!(
+                        "has {} field{}; expected connector:count[:binding] (binding one of gpu, cpu, shared)",
+                        fields.len(),
+                        if fields.len() == 1 { "" } else { "s" }
+                    ),
+                ));
+                continue;
+            }
+            let name = fields[0].trim();
+            let entry = catalog::connector(name);
+            if entry.is_none() {
+                let known = catalog::connector_names();
+                let hint = match suggest(name, &known) {
+                    Some(s) => format!("; did you mean \"{s}\"?"),
+                    None => String::new(),
+                };
+                errors.push(err(
+                    field_columns[0],
+                    format!(
+                        "unknown connector \"{name}\"{hint} (known: {})",
+                        known.join(", ")
+                    ),
+                ));
+            }
+            let count_text = fields[1].trim();
+            let count = match parse_count(count_text) {
+                Ok(c) => Some(c),
+                Err(m) => {
+                    errors.push(err(field_columns[1], m));
+                    None
+                }
+            };
+            let binding = match fields.get(2).map(|b| b.trim()) {
+                None => entry.map(|e| e.default_binding),
+                Some(b) => match Binding::from_name(b) {
+                    None => {
+                        errors.push(err(
+                            field_columns[2],
+                            format!("unknown binding \"{b}\"; allowed: gpu, cpu, shared"),
+                        ));
+                        None
+                    }
+                    Some(binding) => match entry {
+                        Some(e) if !e.bindings.contains(&binding) => {
+                            errors.push(err(
+                                field_columns[2],
+                                format!(
+                                    "connector \"{}\" cannot use binding \"{binding}\"; allowed: {}",
+                                    e.name,
+                                    e.bindings.iter().map(|b| b.as_str()).collect::<Vec<_>>().join(", ")
+                                ),
+                            ));
+                            None
+                        }
+                        _ => Some(binding),
+                    },
+                },
+            };
+            if let Some(e) = entry {
+                if let Some(first) = items.iter().position(|i| i.connector == e.name) {
+                    errors.push(err(
+                        field_columns[0],
+                        format!(
+                            "connector \"{}\" appears again (first as item {}); give each connector once with the total count",
+                            e.name,
+                            first + 1
+                        ),
+                    ));
+                    continue;
+                }
+                if let (Some(count), Some(binding)) = (count, binding) {
+                    items.push(SpecItem {
+                        connector: e.name,
+                        count,
+                        binding,
+                    });
+                } else {
+                    // Keep the connector for duplicate detection even when another field is wrong.
+                    items.push(SpecItem {
+                        connector: e.name,
+                        count: Count::Auto,
+                        binding: e.default_binding,
+                    });
+                }
+            }
+        }
+        if errors.is_empty() {
+            Ok(WorkerSpec { items })
+        } else {
+            Err(SpecErrors(errors))
+        }
+    }
+}
+
+fn parse_count(text: &str) -> Result<Count, String> {
+    if text == "auto" {
+        return Ok(Count::Auto);
+    }
+    if text.is_empty() {
+        return Err("count is missing; expected a positive integer or \"auto\"".into());
+    }
+    if let Some(rest) = text.strip_prefix('-') {
+        if !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(format!(
+                "count {text} is negative; expected a positive integer or \"auto\""
+            ));
+        }
+    }
+    if !text.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!(
+            "count \"{text}\" is not a number; expected a positive integer or \"auto\""
+        ));
+    }
+    match text.parse::<u32>() {
+        Ok(0) => Err("count is 0; expected a positive integer or \"auto\" (remove the item to run no such workers)".into()),
+        Ok(n) if n > MAX_COUNT => Err(format!("count {n} is too large; at most {MAX_COUNT} workers per connector")),
+        Ok(n) => Ok(Count::Fixed(n)),
+        Err(_) => Err(format!("count {text} is too large; at most {MAX_COUNT} workers per connector")),
+    }
+}
+
+/// The largest count one item may ask for; far above any real machine, low enough to keep plans small.
+pub const MAX_COUNT: u32 = 100_000;
+
+/// The closest known name within a small edit distance, for "did you mean" hints.
+pub fn suggest<'a>(name: &str, known: &[&'a str]) -> Option<&'a str> {
+    let lower = name.to_ascii_lowercase();
+    known
+        .iter()
+        .map(|k| (edit_distance(&lower, k), *k))
+        .filter(|(d, k)| *d <= (k.len() / 3).max(2))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, k)| k)
+}
+
+/// Levenshtein distance over characters.
+pub fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let cost = usize::from(ca != *cb);
+            cur[j + 1] = (prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+// ---------------------------------------------------------------------------------------------
+// Compile-time checking.
+
+/// Checks a spec in a `const` context; the error is a fixed message per kind of mistake.
+///
+/// [`WorkerSpec::parse`] gives the precise, positioned messages; this exists so that a spec written
+/// in Rust source fails to compile (see [`worker_spec!`](crate::worker_spec)).
+pub const fn check_const(spec: &str) -> Result<(), &'static str> {
+    let b = spec.as_bytes();
+    if b.is_empty() {
+        return Err("worker spec is empty; expected connector:count[:binding]");
+    }
+    let mut seen: [usize; catalog::CONNECTORS.len()] = [usize::MAX; catalog::CONNECTORS.len()];
+    let mut seen_len = 0;
+    let mut start = 0;
+    while start <= b.len() {
+        let mut end = start;
+        while end < b.len() && b[end] != b',' {
+            end += 1;
+        }
+        // Split the item into up to three fields.
+        let mut fields = [(0usize, 0usize); 3];
+        let mut n = 0;
+        let mut fs = start;
+        let mut i = start;
+        while i <= end {
+            if i == end || b[i] == b':' {
+                if n == 3 {
+                    return Err(
+                        "worker spec item has too many fields; expected connector:count[:binding]",
+                    );
+                }
+                fields[n] = trim(b, fs, i);
+                n += 1;
+                fs = i + 1;
+            }
+            i += 1;
+        }
+        if n == 1 && fields[0].0 == fields[0].1 {
+            return Err("worker spec has an empty item; remove the extra comma");
+        }
+        if n < 2 {
+            return Err(
+                "worker spec item is missing its count; expected connector:count[:binding]",
+            );
+        }
+        let (cs, ce) = fields[0];
+        let mut found = usize::MAX;
+        let mut k = 0;
+        while k < catalog::CONNECTORS.len() {
+            if bytes_eq(b, cs, ce, catalog::CONNECTORS[k].name.as_bytes()) {
+                found = k;
+            }
+            k += 1;
+        }
+        if found == usize::MAX {
+            return Err(UNKNOWN_CONNECTOR_MESSAGE);
+        }
+        let mut s = 0;
+        while s < seen_len {
+            if seen[s] == found {
+                return Err("worker spec names a connector twice; give each connector once");
+            }
+            s += 1;
+        }
+        seen[seen_len] = found;
+        seen_len += 1;
+        let (ns, ne) = fields[1];
+        if !bytes_eq(b, ns, ne, b"auto") {
+            if ns == ne {
+                return Err(
+                    "worker spec count is missing; expected a positive integer or \"auto\"",
+                );
+            }
+            let mut value: u64 = 0;
+            let mut j = ns;
+            while j < ne {
+                if !b[j].is_ascii_digit() {
+                    return Err("worker spec count is not a positive integer or \"auto\"");
+                }
+                value = value * 10 + (b[j] - b'0') as u64;
+                if value > MAX_COUNT as u64 {
+                    return Err("worker spec count is too large");
+                }
+                j += 1;
+            }
+            if value == 0 {
+                return Err("worker spec count is 0; expected a positive integer or \"auto\"");
+            }
+        }
+        if n == 3 {
+            let (bs, be) = fields[2];
+            let binding = if bytes_eq(b, bs, be, b"gpu") {
+                Binding::Gpu
+            } else if bytes_eq(b, bs, be, b"cpu") {
+                Binding::Cpu
+            } else if bytes_eq(b, bs, be, b"shared") {
+                Binding::Shared
+            } else {
+                return Err("worker spec binding is not one of gpu, cpu, shared");
+            };
+            let allowed = catalog::CONNECTORS[found].bindings;
+            let mut ok = false;
+            let mut a = 0;
+            while a < allowed.len() {
+                if allowed[a] as u8 == binding as u8 {
+                    ok = true;
+                }
+                a += 1;
+            }
+            if !ok {
+                return Err(
+                    "worker spec binding is not allowed for this connector (see its catalog entry)",
+                );
+            }
+        }
+        start = end + 1;
+    }
+    Ok(())
+}
+
+/// The const checker's message for an unknown connector; lists the catalog (a test keeps it true).
+pub const UNKNOWN_CONNECTOR_MESSAGE: &str = "worker spec names an unknown connector; known: comfyui, comfyui-websocket, simulation, playwright, openai, replicate, gemini, comfyui-remote";
+
+const fn trim(b: &[u8], mut s: usize, mut e: usize) -> (usize, usize) {
+    while s < e && b[s].is_ascii_whitespace() {
+        s += 1;
+    }
+    while e > s && b[e - 1].is_ascii_whitespace() {
+        e -= 1;
+    }
+    (s, e)
+}
+
+const fn bytes_eq(b: &[u8], s: usize, e: usize, other: &[u8]) -> bool {
+    if e - s != other.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < other.len() {
+        if b[s + i] != other[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
+/// A worker spec checked at compile time; expands to the `&'static str`.
+///
+/// ```
+/// let spec = machine_model::worker_spec!("comfyui:2:gpu,openai:4:shared");
+/// assert_eq!(machine_model::spec::WorkerSpec::parse(spec).unwrap().items.len(), 2);
+/// ```
+#[macro_export]
+macro_rules! worker_spec {
+    ($spec:literal) => {
+        const {
+            match $crate::spec::check_const($spec) {
+                Ok(()) => $spec,
+                Err(message) => panic!("{}", message),
+            }
+        }
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(input: &str, expected: &str) {
+        let actual = match WorkerSpec::parse(input) {
+            Ok(spec) => format!("ok {spec}"),
+            Err(e) => e.to_string(),
+        };
+        assert_eq!(actual, expected, "input: {input:?}");
+        // The const checker agrees on validity.
+        assert_eq!(
+            check_const(input).is_ok(),
+            expected.starts_with("ok "),
+            "const check of {input:?}"
+        );
+    }
+
+    #[test]
+    fn valid_specs_normalise() {
+        check(
+            "comfyui:2:gpu,openai:4:shared,playwright:1:cpu",
+            "ok comfyui:2:gpu,openai:4:shared,playwright:1:cpu",
+        );
+        check(
+            " comfyui : 2 , openai:auto ",
+            "ok comfyui:2:gpu,openai:auto:shared",
+        );
+        check("simulation:auto:cpu", "ok simulation:auto:cpu");
+    }
+
+    #[test]
+    fn empty_spec_and_items() {
+        check(
+            "",
+            "worker spec: is empty; expected connector:count[:binding], e.g. \"comfyui:2:gpu,openai:4:shared\" (connectors: comfyui, comfyui-websocket, simulation, playwright, openai, replicate, gemini, comfyui-remote)",
+        );
+        check(
+            "comfyui:1,,openai:1",
+            "worker spec item 2 \"\" (column 11): is empty; remove the extra comma or write connector:count[:binding]",
+        );
+    }
+
+    #[test]
+    fn counts() {
+        check(
+            "comfyui:0",
+            "worker spec item 1 \"comfyui:0\" (column 9): count is 0; expected a positive integer or \"auto\" (remove the item to run no such workers)",
+        );
+        check(
+            "comfyui:-1",
+            "worker spec item 1 \"comfyui:-1\" (column 9): count -1 is negative; expected a positive integer or \"auto\"",
+        );
+        check(
+            "comfyui:abc",
+            "worker spec item 1 \"comfyui:abc\" (column 9): count \"abc\" is not a number; expected a positive integer or \"auto\"",
+        );
+        check(
+            "comfyui:2.5",
+            "worker spec item 1 \"comfyui:2.5\" (column 9): count \"2.5\" is not a number; expected a positive integer or \"auto\"",
+        );
+        check(
+            "comfyui:",
+            "worker spec item 1 \"comfyui:\" (column 9): count is missing; expected a positive integer or \"auto\"",
+        );
+        check(
+            "comfyui:100001",
+            "worker spec item 1 \"comfyui:100001\" (column 9): count 100001 is too large; at most 100000 workers per connector",
+        );
+    }
+
+    #[test]
+    fn unknown_connector_suggests() {
+        check(
+            "comfyu:1",
+            "worker spec item 1 \"comfyu:1\" (column 1): unknown connector \"comfyu\"; did you mean \"comfyui\"? (known: comfyui, comfyui-websocket, simulation, playwright, openai, replicate, gemini, comfyui-remote)",
+        );
+        check(
+            "ComfyUI:1",
+            "worker spec item 1 \"ComfyUI:1\" (column 1): unknown connector \"ComfyUI\"; did you mean \"comfyui\"? (known: comfyui, comfyui-websocket, simulation, playwright, openai, replicate, gemini, comfyui-remote)",
+        );
+        check(
+            "zzz:1",
+            "worker spec item 1 \"zzz:1\" (column 1): unknown connector \"zzz\" (known: comfyui, comfyui-websocket, simulation, playwright, openai, replicate, gemini, comfyui-remote)",
+        );
+    }
+
+    #[test]
+    fn bindings() {
+        check(
+            "openai:1:gpu",
+            "worker spec item 1 \"openai:1:gpu\" (column 10): connector \"openai\" cannot use binding \"gpu\"; allowed: shared",
+        );
+        check(
+            "comfyui:1:GPU",
+            "worker spec item 1 \"comfyui:1:GPU\" (column 11): unknown binding \"GPU\"; allowed: gpu, cpu, shared",
+        );
+        check(
+            "comfyui:1:gpu:x",
+            "worker spec item 1 \"comfyui:1:gpu:x\" (column 1): has 4 fields; expected connector:count[:binding] (binding one of gpu, cpu, shared)",
+        );
+        check(
+            "comfyui",
+            "worker spec item 1 \"comfyui\" (column 1): has 1 field; expected connector:count[:binding] (binding one of gpu, cpu, shared)",
+        );
+    }
+
+    #[test]
+    fn duplicates_and_all_errors_at_once() {
+        check(
+            "openai:1,comfyui:2,openai:3",
+            "worker spec item 3 \"openai:3\" (column 20): connector \"openai\" appears again (first as item 1); give each connector once with the total count",
+        );
+        check(
+            "comfyu:1, openai:0:gpu",
+            "worker spec item 1 \"comfyu:1\" (column 1): unknown connector \"comfyu\"; did you mean \"comfyui\"? (known: comfyui, comfyui-websocket, simulation, playwright, openai, replicate, gemini, comfyui-remote)\n\
+             worker spec item 2 \"openai:0:gpu\" (column 18): count is 0; expected a positive integer or \"auto\" (remove the item to run no such workers)\n\
+             worker spec item 2 \"openai:0:gpu\" (column 20): connector \"openai\" cannot use binding \"gpu\"; allowed: shared",
+        );
+    }
+
+    #[test]
+    fn const_message_lists_the_catalog() {
+        let listed = UNKNOWN_CONNECTOR_MESSAGE.split("known: ").nth(1).unwrap();
+        assert_eq!(listed, catalog::connector_names().join(", "));
+    }
+
+    #[test]
+    fn macro_accepts_a_valid_spec() {
+        let spec: &'static str = crate::worker_spec!("comfyui:auto:gpu,openai:4");
+        assert_eq!(
+            WorkerSpec::parse(spec).unwrap().to_string(),
+            "comfyui:auto:gpu,openai:4:shared"
+        );
+    }
+}
