@@ -5,6 +5,7 @@
 
 pub mod catalog;
 pub mod ecosystem;
+pub mod load;
 pub mod plan;
 pub mod profile;
 pub mod spec;

@@ -1,0 +1,335 @@
+//! Loading and checking profile files with every problem located: `profiles/x.json:LINE:COL`, the JSON
+//! pointer, what is wrong and what is allowed. Used by build.rs and the xtask alike.
+
+use std::fmt;
+use std::path::Path;
+
+use crate::plan::{Overrides, Plan, PlanError};
+use crate::profile::{valid_profile_name, Profile};
+
+/// One located problem in a profile file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic {
+    /// The file as shown to people (`profiles/gpu-mixed.json`).
+    pub file: String,
+    /// 1-based line.
+    pub line: usize,
+    /// 1-based column.
+    pub column: usize,
+    /// JSON pointer of the offending value (`/machine/gpus`), empty for the whole document.
+    pub pointer: String,
+    /// What is wrong and what is allowed.
+    pub message: String,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let pointer = if self.pointer.is_empty() { "/" } else { &self.pointer };
+        write!(f, "{}:{}:{}: {}: {}", self.file, self.line, self.column, pointer, self.message)
+    }
+}
+
+/// A profile file's name and text.
+#[derive(Debug, Clone)]
+pub struct ProfileSource {
+    /// The profile name (file stem).
+    pub name: String,
+    /// The file as shown to people.
+    pub file: String,
+    /// The file's text.
+    pub text: String,
+}
+
+/// Reads every `*.json` in `dir` (sorted by name), as shown relative to `shown_dir`.
+pub fn read_dir(dir: &Path, shown_dir: &str) -> std::io::Result<Vec<ProfileSource>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.extension().and_then(|e| e.to_str()) != Some("json") || !path.is_file() {
+            continue;
+        }
+        let Some(name) = path.file_stem().and_then(|s| s.to_str()) else { continue };
+        let text = std::fs::read_to_string(&path)?;
+        out.push(ProfileSource {
+            name: name.to_string(),
+            file: format!("{shown_dir}/{name}.json"),
+            text,
+        });
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
+/// Parses and checks one profile through the model: shape, worker spec, plan, conditions.
+pub fn check(source: &ProfileSource) -> Result<(Profile, Plan), Vec<Diagnostic>> {
+    let at = |pointer: &str, message: String| {
+        let (line, column) = locate(&source.text, pointer);
+        Diagnostic { file: source.file.clone(), line, column, pointer: pointer.to_string(), message }
+    };
+    let mut diags = Vec::new();
+    if !valid_profile_name(&source.name) {
+        diags.push(Diagnostic {
+            file: source.file.clone(),
+            line: 1,
+            column: 1,
+            pointer: String::new(),
+            message: format!(
+                "profile name \"{}\" is invalid; file names are lowercase letters, digits and '-', starting with a letter",
+                source.name
+            ),
+        });
+    }
+    let profile: Profile = match serde_json::from_str(&source.text) {
+        Ok(p) => p,
+        Err(e) => {
+            diags.push(Diagnostic {
+                file: source.file.clone(),
+                line: e.line().max(1),
+                column: e.column().max(1),
+                pointer: String::new(),
+                message: serde_message(&e),
+            });
+            return Err(diags);
+        }
+    };
+    for (name, service) in &profile.docker.services {
+        if let Some(cond) = &service.when {
+            if profile.components.get(&cond.component).is_none() {
+                let known: Vec<&str> = profile.components.0.iter().map(|(c, _)| c.as_str()).collect();
+                diags.push(at(
+                    &format!("/docker/services/{}/when/component", escape(name)),
+                    format!(
+                        "condition names component \"{}\", which this profile does not select; selected components: {}",
+                        cond.component,
+                        if known.is_empty() { "none".to_string() } else { known.join(", ") }
+                    ),
+                ));
+            }
+        }
+    }
+    match Plan::build(&source.name, &profile, &Overrides::default()) {
+        Ok(plan) if diags.is_empty() => return Ok((profile, plan)),
+        Ok(_) => {}
+        Err(errors) => {
+            for e in errors.0 {
+                match e {
+                    PlanError::Spec(spec) => {
+                        for s in spec.0 {
+                            diags.push(at("/workers", s.to_string()));
+                        }
+                    }
+                    PlanError::GpuBindingWithoutGpus { .. } | PlanError::TooManyGpus(_) => {
+                        diags.push(at("/machine/gpus", e.to_string()))
+                    }
+                    PlanError::PortCollision { .. } => diags.push(at("/machine/health_port", e.to_string())),
+                    PlanError::MachineId(_) => diags.push(at("/machine/id", e.to_string())),
+                }
+            }
+        }
+    }
+    Err(diags)
+}
+
+/// serde_json's message without its trailing " at line X column Y" (the diagnostic carries the position).
+fn serde_message(e: &serde_json::Error) -> String {
+    let s = e.to_string();
+    match s.rfind(" at line ") {
+        Some(i) => s[..i].to_string(),
+        None => s,
+    }
+}
+
+fn escape(segment: &str) -> String {
+    segment.replace('~', "~0").replace('/', "~1")
+}
+
+/// The 1-based line and column where the value at `pointer` starts (the closest existing ancestor when
+/// the pointer does not exist, the start of the document when nothing matches).
+pub fn locate(text: &str, pointer: &str) -> (usize, usize) {
+    let segments: Vec<String> = if pointer.is_empty() {
+        Vec::new()
+    } else {
+        pointer.trim_start_matches('/').split('/').map(|s| s.replace("~1", "/").replace("~0", "~")).collect()
+    };
+    let mut scanner = Scanner { bytes: text.as_bytes(), pos: 0 };
+    scanner.skip_ws();
+    let mut best = scanner.pos;
+    for seg in &segments {
+        match scanner.enter(seg) {
+            Some(p) => best = p,
+            None => break,
+        }
+    }
+    position_of(text, best)
+}
+
+fn position_of(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+/// A minimal JSON walker that finds byte offsets of values; tolerant: gives up (None) on malformed input.
+struct Scanner<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+impl Scanner<'_> {
+    fn skip_ws(&mut self) {
+        while self.pos < self.bytes.len() && self.bytes[self.pos].is_ascii_whitespace() {
+            self.pos += 1;
+        }
+    }
+
+    /// With `pos` at a value, moves to the child `seg` and returns its offset.
+    fn enter(&mut self, seg: &str) -> Option<usize> {
+        match self.bytes.get(self.pos)? {
+            b'{' => {
+                self.pos += 1;
+                loop {
+                    self.skip_ws();
+                    if self.bytes.get(self.pos)? == &b'}' {
+                        return None;
+                    }
+                    let key = self.string()?;
+                    self.skip_ws();
+                    if self.bytes.get(self.pos)? != &b':' {
+                        return None;
+                    }
+                    self.pos += 1;
+                    self.skip_ws();
+                    if key == seg {
+                        return Some(self.pos);
+                    }
+                    self.skip_value()?;
+                    self.skip_ws();
+                    match self.bytes.get(self.pos)? {
+                        b',' => self.pos += 1,
+                        _ => return None,
+                    }
+                }
+            }
+            b'[' => {
+                let want: usize = seg.parse().ok()?;
+                self.pos += 1;
+                let mut i = 0;
+                loop {
+                    self.skip_ws();
+                    if self.bytes.get(self.pos)? == &b']' {
+                        return None;
+                    }
+                    if i == want {
+                        return Some(self.pos);
+                    }
+                    self.skip_value()?;
+                    self.skip_ws();
+                    match self.bytes.get(self.pos)? {
+                        b',' => self.pos += 1,
+                        _ => return None,
+                    }
+                    i += 1;
+                }
+            }
+            _ => None,
+        }
+    }
+
+    fn string(&mut self) -> Option<String> {
+        if self.bytes.get(self.pos)? != &b'"' {
+            return None;
+        }
+        let start = self.pos;
+        self.pos += 1;
+        while *self.bytes.get(self.pos)? != b'"' {
+            if self.bytes[self.pos] == b'\\' {
+                self.pos += 1;
+            }
+            self.pos += 1;
+        }
+        self.pos += 1;
+        serde_json::from_slice(&self.bytes[start..self.pos]).ok()
+    }
+
+    fn skip_value(&mut self) -> Option<()> {
+        match self.bytes.get(self.pos)? {
+            b'"' => self.string().map(|_| ()),
+            b'{' | b'[' => {
+                let mut depth = 0usize;
+                loop {
+                    match self.bytes.get(self.pos)? {
+                        b'"' => {
+                            self.string()?;
+                            continue;
+                        }
+                        b'{' | b'[' => depth += 1,
+                        b'}' | b']' => {
+                            depth -= 1;
+                            if depth == 0 {
+                                self.pos += 1;
+                                return Some(());
+                            }
+                        }
+                        _ => {}
+                    }
+                    self.pos += 1;
+                }
+            }
+            _ => {
+                while self.pos < self.bytes.len() && !matches!(self.bytes[self.pos], b',' | b'}' | b']') {
+                    self.pos += 1;
+                }
+                Some(())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TEXT: &str = "{\n  \"description\": \"d\",\n  \"workers\": \"comfyu:1\",\n  \"machine\": {\"gpus\": 0, \"ram_gb\": 1},\n  \"list\": [1, {\"a\": [true]}]\n}\n";
+
+    #[test]
+    fn locates_pointers() {
+        assert_eq!(locate(TEXT, "/workers"), (3, 14));
+        assert_eq!(locate(TEXT, "/machine/ram_gb"), (4, 36));
+        assert_eq!(locate(TEXT, "/list/1/a/0"), (5, 22));
+        // A missing member points at its closest existing ancestor.
+        assert_eq!(locate(TEXT, "/machine/nope"), (4, 14));
+        assert_eq!(locate(TEXT, ""), (1, 1));
+        assert_eq!(locate("{\"a~/b\": 1}", "/a~0~1b"), (1, 10));
+    }
+
+    fn source(text: &str) -> ProfileSource {
+        ProfileSource { name: "x".into(), file: "profiles/x.json".into(), text: text.into() }
+    }
+
+    #[test]
+    fn reports_spec_errors_at_the_workers_field() {
+        let errs = check(&source(TEXT)).unwrap_err();
+        let shown: Vec<String> = errs.iter().map(|d| d.to_string()).collect();
+        assert_eq!(shown, [
+            "profiles/x.json:5:8: /: unknown field `list`, expected one of `$schema`, `description`, `components`, `workers`, `machine`, `docker`, `env`"
+        ]);
+        let fixed = TEXT.replace(",\n  \"list\": [1, {\"a\": [true]}]", "");
+        let errs = check(&source(&fixed)).unwrap_err();
+        let shown: Vec<String> = errs.iter().map(|d| d.to_string()).collect();
+        assert_eq!(shown.len(), 1);
+        assert!(shown[0].starts_with("profiles/x.json:3:14: /workers: worker spec item 1 \"comfyu:1\""), "{shown:?}");
+        assert!(shown[0].contains("did you mean \"comfyui\"?"), "{shown:?}");
+    }
+
+    #[test]
+    fn reports_conditions_on_missing_components_and_gpu_problems() {
+        let text = r#"{"description":"d","workers":"comfyui:1","machine":{"gpus":0,"ram_gb":1},
+"docker":{"services":{"redis":{"image":"redis:7","when":{"component":"redis","variant":"local"}}}}}"#;
+        let shown: Vec<String> = check(&source(text)).unwrap_err().iter().map(|d| d.to_string()).collect();
+        assert_eq!(shown, [
+            "profiles/x.json:2:70: /docker/services/redis/when/component: condition names component \"redis\", which this profile does not select; selected components: none",
+            "profiles/x.json:1:60: /machine/gpus: gpu-bound workers (comfyui) on a machine planned with 0 GPUs; set machine.gpus (or --gpus) or bind them to cpu where the connector allows it",
+        ]);
+    }
+}
