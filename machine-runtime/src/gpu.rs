@@ -144,7 +144,9 @@ pub struct FakeBackend {
 impl FakeBackend {
     /// `count` fake GPUs with deterministic UUIDs, 24 GiB each, no MIG.
     pub fn new(count: u32) -> Self {
-        FakeBackend { gpus: (0..count).map(fake_gpu).collect() }
+        FakeBackend {
+            gpus: (0..count).map(fake_gpu).collect(),
+        }
     }
 }
 
@@ -171,7 +173,10 @@ impl GpuBackend for FakeBackend {
     }
 
     fn probe(&self) -> Probe {
-        Probe::Found { gpus: self.gpus.clone(), skipped: Vec::new() }
+        Probe::Found {
+            gpus: self.gpus.clone(),
+            skipped: Vec::new(),
+        }
     }
 }
 
@@ -213,14 +218,19 @@ impl GpuBackend for NvmlBackend {
         for nvml_index in 0..count {
             match read_nvml_gpu(&nvml, nvml_index) {
                 Ok(gpu) => gpus.push(gpu),
-                Err(err) => skipped.push(format!("GPU {nvml_index} skipped: NVML could not read it: {err}")),
+                Err(err) => skipped.push(format!(
+                    "GPU {nvml_index} skipped: NVML could not read it: {err}"
+                )),
             }
         }
         Probe::Found { gpus, skipped }
     }
 }
 
-fn read_nvml_gpu(nvml: &nvml_wrapper::Nvml, nvml_index: u32) -> Result<Gpu, nvml_wrapper::error::NvmlError> {
+fn read_nvml_gpu(
+    nvml: &nvml_wrapper::Nvml,
+    nvml_index: u32,
+) -> Result<Gpu, nvml_wrapper::error::NvmlError> {
     let device = nvml.device_by_index(nvml_index)?;
     let uuid = device.uuid()?;
     // Name, memory and bus id are descriptive; a GPU is still usable (pinned by UUID) without them.
@@ -228,7 +238,15 @@ fn read_nvml_gpu(nvml: &nvml_wrapper::Nvml, nvml_index: u32) -> Result<Gpu, nvml
     let memory_total_bytes = device.memory_info().map(|m| m.total).unwrap_or(0);
     let pci_bus_id = device.pci_info().map(|p| p.bus_id).unwrap_or_default();
     let mig = read_nvml_mig(&device);
-    Ok(Gpu { index: nvml_index, nvml_index, uuid, name, memory_total_bytes, pci_bus_id, mig })
+    Ok(Gpu {
+        index: nvml_index,
+        nvml_index,
+        uuid,
+        name,
+        memory_total_bytes,
+        pci_bus_id,
+        mig,
+    })
 }
 
 /// MIG devices of one GPU; any error (MIG unsupported, disabled, slots empty) means "none here".
@@ -241,10 +259,16 @@ fn read_nvml_mig(device: &nvml_wrapper::Device<'_>) -> Vec<MigDevice> {
     let mut mig = Vec::new();
     for index in 0..slots {
         // Empty slots answer NotFound; skip them rather than stop, since slots need not be dense.
-        let Ok(handle) = device.mig_device_by_index(index) else { continue };
+        let Ok(handle) = device.mig_device_by_index(index) else {
+            continue;
+        };
         let Ok(uuid) = handle.uuid() else { continue };
         let memory_total_bytes = handle.memory_info().map(|m| m.total).unwrap_or(0);
-        mig.push(MigDevice { index, uuid, memory_total_bytes });
+        mig.push(MigDevice {
+            index,
+            uuid,
+            memory_total_bytes,
+        });
     }
     mig
 }
@@ -258,7 +282,9 @@ pub fn backend_from_env(fake_gpus: Option<&str>) -> Result<Box<dyn GpuBackend>, 
                 .parse::<u32>()
                 .ok()
                 .filter(|n| *n <= MAX_FAKE_GPUS)
-                .ok_or_else(|| GpuError::InvalidFakeGpus { value: value.to_owned() })?;
+                .ok_or_else(|| GpuError::InvalidFakeGpus {
+                    value: value.to_owned(),
+                })?;
             Ok(Box::new(FakeBackend::new(count)))
         }
     }
@@ -277,11 +303,19 @@ impl Inventory {
     /// Builds the inventory from `backend`, restricted by `cuda_visible_devices` (`None` when unset).
     pub fn detect_with(backend: &dyn GpuBackend, cuda_visible_devices: Option<&str>) -> Inventory {
         match backend.probe() {
-            Probe::Unavailable(reason) => {
-                Inventory { gpus: Vec::new(), source: Source::None, reason: Some(reason), notes: Vec::new() }
-            }
+            Probe::Unavailable(reason) => Inventory {
+                gpus: Vec::new(),
+                source: Source::None,
+                reason: Some(reason),
+                notes: Vec::new(),
+            },
             Probe::Found { gpus, skipped } => {
-                let mut inventory = Inventory { gpus, source: backend.source(), reason: None, notes: skipped };
+                let mut inventory = Inventory {
+                    gpus,
+                    source: backend.source(),
+                    reason: None,
+                    notes: skipped,
+                };
                 if let Some(cvd) = cuda_visible_devices {
                     inventory.restrict(cvd);
                 }
@@ -304,7 +338,9 @@ impl Inventory {
         let found = self.gpus.len();
         if cvd.trim().is_empty() {
             self.gpus.clear();
-            self.reason = Some(format!("{CUDA_VISIBLE_DEVICES} is set to an empty value, which hides every GPU"));
+            self.reason = Some(format!(
+                "{CUDA_VISIBLE_DEVICES} is set to an empty value, which hides every GPU"
+            ));
             return;
         }
         let selection = select_visible(&self.gpus, cvd);
@@ -340,7 +376,10 @@ impl Inventory {
 
     /// UUID of the visible GPU at `index` (the plan's GPU index, as carried in `WORKER_GPU_ID`).
     pub fn uuid_of(&self, index: u32) -> Option<&str> {
-        self.gpus.iter().find(|g| g.index == index).map(|g| g.uuid.as_str())
+        self.gpus
+            .iter()
+            .find(|g| g.index == index)
+            .map(|g| g.uuid.as_str())
     }
 
     /// UUIDs of the visible GPUs in device order.
@@ -361,25 +400,41 @@ impl Inventory {
                 let mig = if gpu.mig.is_empty() {
                     "-".to_owned()
                 } else {
-                    gpu.mig.iter().map(|m| m.uuid.as_str()).collect::<Vec<_>>().join(",")
+                    gpu.mig
+                        .iter()
+                        .map(|m| m.uuid.as_str())
+                        .collect::<Vec<_>>()
+                        .join(",")
                 };
                 rows.push(vec![
                     gpu.index.to_string(),
                     gpu.uuid.clone(),
                     gpu.name.clone(),
-                    format!("{:.1} GiB", gpu.memory_total_bytes as f64 / (1024.0 * 1024.0 * 1024.0)),
+                    format!(
+                        "{:.1} GiB",
+                        gpu.memory_total_bytes as f64 / (1024.0 * 1024.0 * 1024.0)
+                    ),
                     gpu.pci_bus_id.clone(),
                     mig,
                 ]);
             }
-            let widths: Vec<usize> =
-                (0..header.len()).map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0)).collect();
+            let widths: Vec<usize> = (0..header.len())
+                .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
+                .collect();
             for row in &rows {
-                let cells: Vec<String> = row.iter().zip(&widths).map(|(cell, w)| format!("{cell:<w$}")).collect();
+                let cells: Vec<String> = row
+                    .iter()
+                    .zip(&widths)
+                    .map(|(cell, w)| format!("{cell:<w$}"))
+                    .collect();
                 out.push_str(cells.join("  ").trim_end());
                 out.push('\n');
             }
-            out.push_str(&format!("{} GPUs (source: {})\n", self.gpus.len(), self.source));
+            out.push_str(&format!(
+                "{} GPUs (source: {})\n",
+                self.gpus.len(),
+                self.source
+            ));
         }
         for note in &self.notes {
             out.push_str(&format!("note: {note}\n"));
@@ -412,21 +467,41 @@ fn select_visible(gpus: &[Gpu], cvd: &str) -> Selection {
         let resolved = resolve_entry(gpus, entry);
         let (position, mig_uuid) = match resolved {
             Ok(found) => found,
-            Err(why) => return Selection { picks, stopped_at: Some(Stop { entry: entry.to_owned(), why }) },
+            Err(why) => {
+                return Selection {
+                    picks,
+                    stopped_at: Some(Stop {
+                        entry: entry.to_owned(),
+                        why,
+                    }),
+                };
+            }
         };
         match picks.iter_mut().find(|p| p.position == position) {
             // Several MIG slices of one GPU: one entry in the inventory holding those slices.
-            Some(Pick { only_mig: Some(list), .. }) if mig_uuid.is_some() => list.extend(mig_uuid),
+            Some(Pick {
+                only_mig: Some(list),
+                ..
+            }) if mig_uuid.is_some() => list.extend(mig_uuid),
             Some(_) => {
                 return Selection {
                     picks,
-                    stopped_at: Some(Stop { entry: entry.to_owned(), why: "names a GPU listed earlier" }),
+                    stopped_at: Some(Stop {
+                        entry: entry.to_owned(),
+                        why: "names a GPU listed earlier",
+                    }),
                 };
             }
-            None => picks.push(Pick { position, only_mig: mig_uuid.map(|u| vec![u]) }),
+            None => picks.push(Pick {
+                position,
+                only_mig: mig_uuid.map(|u| vec![u]),
+            }),
         }
     }
-    Selection { picks, stopped_at: None }
+    Selection {
+        picks,
+        stopped_at: None,
+    }
 }
 
 /// One entry → (position in `gpus`, MIG UUID when the entry named a MIG device).
@@ -436,10 +511,19 @@ fn resolve_entry(gpus: &[Gpu], entry: &str) -> Result<(usize, Option<String>), &
     }
     if entry.bytes().all(|b| b.is_ascii_digit()) {
         let index: u32 = entry.parse().map_err(|_| "is not a GPU index")?;
-        return gpus.iter().position(|g| g.nvml_index == index).map(|p| (p, None)).ok_or("is not a GPU index here");
+        return gpus
+            .iter()
+            .position(|g| g.nvml_index == index)
+            .map(|p| (p, None))
+            .ok_or("is not a GPU index here");
     }
     if entry.starts_with("GPU-") {
-        return unique(gpus.iter().enumerate().filter(|(_, g)| g.uuid.starts_with(entry)).map(|(p, _)| (p, None)));
+        return unique(
+            gpus.iter()
+                .enumerate()
+                .filter(|(_, g)| g.uuid.starts_with(entry))
+                .map(|(p, _)| (p, None)),
+        );
     }
     if let Some(rest) = entry.strip_prefix("MIG-") {
         // Older form: MIG-<GPU uuid>/<gpu instance>/<compute instance>; the GPU part selects the parent.
@@ -448,11 +532,17 @@ fn resolve_entry(gpus: &[Gpu], entry: &str) -> Result<(usize, Option<String>), &
                 return Err("is not a MIG device id");
             }
             return unique(
-                gpus.iter().enumerate().filter(|(_, g)| g.uuid.starts_with(gpu_part)).map(|(p, _)| (p, None)),
+                gpus.iter()
+                    .enumerate()
+                    .filter(|(_, g)| g.uuid.starts_with(gpu_part))
+                    .map(|(p, _)| (p, None)),
             );
         }
         return unique(gpus.iter().enumerate().flat_map(|(p, g)| {
-            g.mig.iter().filter(|m| m.uuid.starts_with(entry)).map(move |m| (p, Some(m.uuid.clone())))
+            g.mig
+                .iter()
+                .filter(|m| m.uuid.starts_with(entry))
+                .map(move |m| (p, Some(m.uuid.clone())))
         }));
     }
     Err("is not a GPU index, GPU- UUID or MIG- id")
@@ -490,10 +580,16 @@ mod tests {
     #[test]
     fn fake_uuids_are_deterministic_and_shaped_like_nvidia_uuids() {
         assert_eq!(fake_gpu_uuid(0), "GPU-fa4e0000-0000-4000-8000-000000000000");
-        assert_eq!(fake_gpu_uuid(11), "GPU-fa4e0000-0000-4000-8000-00000000000b");
+        assert_eq!(
+            fake_gpu_uuid(11),
+            "GPU-fa4e0000-0000-4000-8000-00000000000b"
+        );
         let inv = inventory(&FakeBackend::new(3), None);
         assert_eq!(inv.source, Source::Fake);
-        assert_eq!(inv.ordered_uuids(), vec![fake_gpu_uuid(0), fake_gpu_uuid(1), fake_gpu_uuid(2)]);
+        assert_eq!(
+            inv.ordered_uuids(),
+            vec![fake_gpu_uuid(0), fake_gpu_uuid(1), fake_gpu_uuid(2)]
+        );
         assert_eq!(inv.gpus[2].pci_bus_id, "00000000:02:00.0");
         assert_eq!(inv.reason, None);
     }
@@ -502,12 +598,23 @@ mod tests {
     fn fake_gpus_env_values() {
         assert_eq!(backend_from_env(None).unwrap().source(), Source::Nvml);
         assert_eq!(backend_from_env(Some("")).unwrap().source(), Source::Nvml);
-        assert_eq!(backend_from_env(Some(" 2 ")).unwrap().source(), Source::Fake);
+        assert_eq!(
+            backend_from_env(Some(" 2 ")).unwrap().source(),
+            Source::Fake
+        );
         for bad in ["two", "-1", "1.5", "65", "2,3"] {
             let err = backend_from_env(Some(bad)).err().unwrap();
-            assert_eq!(err, GpuError::InvalidFakeGpus { value: bad.to_owned() });
+            assert_eq!(
+                err,
+                GpuError::InvalidFakeGpus {
+                    value: bad.to_owned()
+                }
+            );
             let msg = err.to_string();
-            assert!(msg.contains("MACHINE_FAKE_GPUS") && msg.contains("0 to 64"), "{msg}");
+            assert!(
+                msg.contains("MACHINE_FAKE_GPUS") && msg.contains("0 to 64"),
+                "{msg}"
+            );
         }
     }
 
@@ -521,11 +628,26 @@ mod tests {
     #[test]
     fn cvd_indices_reorder_and_renumber() {
         let inv = inventory(&FakeBackend::new(4), Some("3,1"));
-        assert_eq!(inv.ordered_uuids(), vec![fake_gpu_uuid(3), fake_gpu_uuid(1)]);
-        assert_eq!(inv.gpus.iter().map(|g| (g.index, g.nvml_index)).collect::<Vec<_>>(), vec![(0, 3), (1, 1)]);
+        assert_eq!(
+            inv.ordered_uuids(),
+            vec![fake_gpu_uuid(3), fake_gpu_uuid(1)]
+        );
+        assert_eq!(
+            inv.gpus
+                .iter()
+                .map(|g| (g.index, g.nvml_index))
+                .collect::<Vec<_>>(),
+            vec![(0, 3), (1, 1)]
+        );
         assert_eq!(inv.uuid_of(0), Some(fake_gpu_uuid(3).as_str()));
         assert_eq!(inv.uuid_of(2), None);
-        assert!(inv.notes.iter().any(|n| n.contains("restricts the inventory to 2 of 4 GPUs")), "{:?}", inv.notes);
+        assert!(
+            inv.notes
+                .iter()
+                .any(|n| n.contains("restricts the inventory to 2 of 4 GPUs")),
+            "{:?}",
+            inv.notes
+        );
     }
 
     #[test]
@@ -538,8 +660,15 @@ mod tests {
     #[test]
     fn cvd_truncates_at_first_invalid_entry() {
         let inv = inventory(&FakeBackend::new(3), Some("0,2,-1,1"));
-        assert_eq!(inv.ordered_uuids(), vec![fake_gpu_uuid(0), fake_gpu_uuid(2)]);
-        assert!(inv.notes.iter().any(|n| n.contains("\"-1\"")), "{:?}", inv.notes);
+        assert_eq!(
+            inv.ordered_uuids(),
+            vec![fake_gpu_uuid(0), fake_gpu_uuid(2)]
+        );
+        assert!(
+            inv.notes.iter().any(|n| n.contains("\"-1\"")),
+            "{:?}",
+            inv.notes
+        );
 
         let inv = inventory(&FakeBackend::new(2), Some("0,7,1"));
         assert_eq!(inv.ordered_uuids(), vec![fake_gpu_uuid(0)]);
@@ -552,16 +681,32 @@ mod tests {
     fn cvd_first_entry_invalid_hides_all_with_reason() {
         let inv = inventory(&FakeBackend::new(2), Some("-1"));
         assert!(inv.gpus.is_empty());
-        assert!(inv.reason.as_deref().unwrap().contains("restricts the inventory to 0 of 2 GPUs"));
+        assert!(
+            inv.reason
+                .as_deref()
+                .unwrap()
+                .contains("restricts the inventory to 0 of 2 GPUs")
+        );
     }
 
     #[test]
     fn cvd_uuid_prefixes() {
         let backend = FakeBackend::new(2);
-        let inv = inventory(&backend, Some(&format!("{},{}", fake_gpu_uuid(1), "GPU-fa4e0000-0000-4000-8000-00000000000")));
+        let inv = inventory(
+            &backend,
+            Some(&format!(
+                "{},{}",
+                fake_gpu_uuid(1),
+                "GPU-fa4e0000-0000-4000-8000-00000000000"
+            )),
+        );
         // The second entry is a prefix of both UUIDs: ambiguous, so it and what follows are dropped.
         assert_eq!(inv.ordered_uuids(), vec![fake_gpu_uuid(1)]);
-        assert!(inv.notes.iter().any(|n| n.contains("more than one GPU")), "{:?}", inv.notes);
+        assert!(
+            inv.notes.iter().any(|n| n.contains("more than one GPU")),
+            "{:?}",
+            inv.notes
+        );
 
         let inv = inventory(&backend, Some("GPU-fa4e0000-0000-4000-8000-000000000000"));
         assert_eq!(inv.ordered_uuids(), vec![fake_gpu_uuid(0)]);

@@ -6,7 +6,11 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Parser)]
-#[command(name = "machine-runtime", version, about = "Detect GPUs, install, launch and supervise a GPU worker machine")]
+#[command(
+    name = "machine-runtime",
+    version,
+    about = "Detect GPUs, install, launch and supervise a GPU worker machine"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -47,7 +51,12 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Gpus { format } => gpus(format),
-        Command::Simulate { port, host, startup_delay_ms, job_ms } => simulate(port, host, startup_delay_ms, job_ms),
+        Command::Simulate {
+            port,
+            host,
+            startup_delay_ms,
+            job_ms,
+        } => simulate(port, host, startup_delay_ms, job_ms),
     };
     match result {
         Ok(code) => code,
@@ -67,7 +76,12 @@ fn gpus(format: Format) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn simulate(port: u16, host: String, startup_delay_ms: u64, job_ms: u64) -> anyhow::Result<ExitCode> {
+fn simulate(
+    port: u16,
+    host: String,
+    startup_delay_ms: u64,
+    job_ms: u64,
+) -> anyhow::Result<ExitCode> {
     use machine_runtime::simulate::{Identity, SimulateOptions};
     use std::time::Duration;
     use tokio::signal::unix::{SignalKind, signal};
@@ -78,7 +92,10 @@ fn simulate(port: u16, host: String, startup_delay_ms: u64, job_ms: u64) -> anyh
         startup_delay: Duration::from_millis(startup_delay_ms),
         job_delay: Duration::from_millis(job_ms),
     };
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting tokio")?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting tokio")?;
     runtime.block_on(async move {
         let shutdown = tokio_util::sync::CancellationToken::new();
         let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;

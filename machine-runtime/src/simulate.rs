@@ -70,10 +70,19 @@ pub enum SimulateError {
     },
 }
 
-/// Waits `startup_delay`, listens, logs `simulation service listening on HOST:PORT`, and serves until
+/// Waits `startup_delay` (saying so first, when it is not zero), listens, logs `simulation service listening on HOST:PORT`, and serves until
 /// `shutdown` is cancelled; then drains in-flight requests and returns.
-pub async fn run(options: SimulateOptions, identity: Identity, shutdown: CancellationToken) -> Result<(), SimulateError> {
+pub async fn run(
+    options: SimulateOptions,
+    identity: Identity,
+    shutdown: CancellationToken,
+) -> Result<(), SimulateError> {
     if !options.startup_delay.is_zero() {
+        let delay = options.startup_delay.as_millis();
+        println!(
+            "simulation service starting on {}:{} after a {delay} ms startup delay",
+            options.host, options.port
+        );
         tokio::select! {
             () = tokio::time::sleep(options.startup_delay) => {}
             () = shutdown.cancelled() => return Ok(()),
@@ -81,8 +90,15 @@ pub async fn run(options: SimulateOptions, identity: Identity, shutdown: Cancell
     }
     let addr = format_addr(&options.host, options.port);
     let listener =
-        TcpListener::bind(addr.as_str()).await.map_err(|source| SimulateError::Bind { addr: addr.clone(), source })?;
-    let local = listener.local_addr().map_err(|source| SimulateError::Bind { addr, source })?;
+        TcpListener::bind(addr.as_str())
+            .await
+            .map_err(|source| SimulateError::Bind {
+                addr: addr.clone(),
+                source,
+            })?;
+    let local = listener
+        .local_addr()
+        .map_err(|source| SimulateError::Bind { addr, source })?;
     println!("simulation service listening on {local}");
     serve(listener, local, options.job_delay, identity, shutdown).await;
     println!("simulation service on {local} stopped");
@@ -90,7 +106,11 @@ pub async fn run(options: SimulateOptions, identity: Identity, shutdown: Cancell
 }
 
 fn format_addr(host: &str, port: u16) -> String {
-    if host.contains(':') && !host.starts_with('[') { format!("[{host}]:{port}") } else { format!("{host}:{port}") }
+    if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
 }
 
 struct Shared {
@@ -107,7 +127,12 @@ async fn serve(
     identity: Identity,
     shutdown: CancellationToken,
 ) {
-    let shared = Arc::new(Shared { local, job_delay, identity, jobs: AtomicU64::new(0) });
+    let shared = Arc::new(Shared {
+        local,
+        job_delay,
+        identity,
+        jobs: AtomicU64::new(0),
+    });
     let tracker = TaskTracker::new();
     loop {
         tokio::select! {
@@ -146,7 +171,10 @@ async fn handle(mut stream: TcpStream, shared: &Shared, shutdown: &CancellationT
     let response = match tokio::time::timeout(READ_TIMEOUT, read_request(&mut stream)).await {
         Ok(Ok(request)) => route(request, shared, shutdown).await,
         Ok(Err(bad)) => bad,
-        Err(_) => Response { status: 408, body: json!({"error": "request not received in time"}) },
+        Err(_) => Response {
+            status: 408,
+            body: json!({"error": "request not received in time"}),
+        },
     };
     let body = response.body.to_string();
     let head = format!(
@@ -162,7 +190,10 @@ async fn handle(mut stream: TcpStream, shared: &Shared, shutdown: &CancellationT
 }
 
 fn bad_request(status: u16, message: &str) -> Response {
-    Response { status, body: json!({"error": message}) }
+    Response {
+        status,
+        body: json!({"error": message}),
+    }
 }
 
 async fn read_request(stream: &mut TcpStream) -> Result<Request, Response> {
@@ -175,13 +206,20 @@ async fn read_request(stream: &mut TcpStream) -> Result<Request, Response> {
             return Err(bad_request(431, "request head too large"));
         }
         let mut chunk = [0u8; 4096];
-        let n = stream.read(&mut chunk).await.map_err(|_| bad_request(400, "could not read request"))?;
+        let n = stream
+            .read(&mut chunk)
+            .await
+            .map_err(|_| bad_request(400, "could not read request"))?;
         if n == 0 {
-            return Err(bad_request(400, "connection closed before the request was complete"));
+            return Err(bad_request(
+                400,
+                "connection closed before the request was complete",
+            ));
         }
         buf.extend_from_slice(&chunk[..n]);
     };
-    let head = std::str::from_utf8(&buf[..head_end]).map_err(|_| bad_request(400, "request head is not utf-8"))?;
+    let head = std::str::from_utf8(&buf[..head_end])
+        .map_err(|_| bad_request(400, "request head is not utf-8"))?;
     let mut lines = head.split("\r\n");
     let mut parts = lines.next().unwrap_or_default().split(' ');
     let (Some(method), Some(target)) = (parts.next(), parts.next()) else {
@@ -191,10 +229,15 @@ async fn read_request(stream: &mut TcpStream) -> Result<Request, Response> {
     for line in lines {
         if let Some((name, value)) = line.split_once(':') {
             if name.trim().eq_ignore_ascii_case("content-length") {
-                content_length =
-                    value.trim().parse().map_err(|_| bad_request(400, "content-length is not a number"))?;
+                content_length = value
+                    .trim()
+                    .parse()
+                    .map_err(|_| bad_request(400, "content-length is not a number"))?;
             } else if name.trim().eq_ignore_ascii_case("transfer-encoding") {
-                return Err(bad_request(501, "chunked request bodies are not supported; send content-length"));
+                return Err(bad_request(
+                    501,
+                    "chunked request bodies are not supported; send content-length",
+                ));
             }
         }
     }
@@ -204,15 +247,25 @@ async fn read_request(stream: &mut TcpStream) -> Result<Request, Response> {
     let mut body = buf[head_end + 4..].to_vec();
     while body.len() < content_length {
         let mut chunk = vec![0u8; (content_length - body.len()).min(64 * 1024)];
-        let n = stream.read(&mut chunk).await.map_err(|_| bad_request(400, "could not read request body"))?;
+        let n = stream
+            .read(&mut chunk)
+            .await
+            .map_err(|_| bad_request(400, "could not read request body"))?;
         if n == 0 {
-            return Err(bad_request(400, "connection closed before the body was complete"));
+            return Err(bad_request(
+                400,
+                "connection closed before the body was complete",
+            ));
         }
         body.extend_from_slice(&chunk[..n]);
     }
     body.truncate(content_length);
     let path = target.split('?').next().unwrap_or(target).to_owned();
-    Ok(Request { method: method.to_owned(), path, body })
+    Ok(Request {
+        method: method.to_owned(),
+        path,
+        body,
+    })
 }
 
 async fn route(request: Request, shared: &Shared, shutdown: &CancellationToken) -> Response {
@@ -231,7 +284,10 @@ async fn route(request: Request, shared: &Shared, shutdown: &CancellationToken) 
                 return bad_request(400, "body must be JSON, such as {\"prompt\": {...}}");
             };
             if !prompt.is_object() {
-                return bad_request(400, "body must be a JSON object, such as {\"prompt\": {...}}");
+                return bad_request(
+                    400,
+                    "body must be a JSON object, such as {\"prompt\": {...}}",
+                );
             }
             tokio::select! {
                 () = tokio::time::sleep(shared.job_delay) => {}
@@ -241,7 +297,9 @@ async fn route(request: Request, shared: &Shared, shutdown: &CancellationToken) 
             let prompt_id = format!("{:08x}-0000-4000-8000-{number:012x}", shared.local.port());
             ok(json!({"prompt_id": prompt_id, "number": number, "node_errors": {}}))
         }
-        (_, "/" | "/health" | "/system_stats" | "/prompt") => bad_request(405, "method not allowed"),
+        (_, "/" | "/health" | "/system_stats" | "/prompt") => {
+            bad_request(405, "method not allowed")
+        }
         _ => bad_request(404, "not found"),
     }
 }
@@ -251,11 +309,18 @@ pub fn system_stats(identity: &Identity) -> Value {
     let entries: Vec<&str> = identity
         .cuda_visible_devices
         .as_deref()
-        .map(|cvd| cvd.split(',').map(str::trim).filter(|e| !e.is_empty()).collect())
+        .map(|cvd| {
+            cvd.split(',')
+                .map(str::trim)
+                .filter(|e| !e.is_empty())
+                .collect()
+        })
         .unwrap_or_default();
     let devices: Vec<Value> = if entries.is_empty() {
-        vec![json!({"name": "cpu", "type": "cpu", "index": null, "vram_total": 0, "vram_free": 0,
-                    "torch_vram_total": 0, "torch_vram_free": 0})]
+        vec![
+            json!({"name": "cpu", "type": "cpu", "index": null, "vram_total": 0, "vram_free": 0,
+                    "torch_vram_total": 0, "torch_vram_free": 0}),
+        ]
     } else {
         entries
             .iter()
@@ -302,13 +367,19 @@ mod tests {
 
     #[test]
     fn system_stats_devices_follow_cuda_visible_devices() {
-        let pinned = Identity { gpu: Some("1".into()), cuda_visible_devices: Some("GPU-abc".into()) };
+        let pinned = Identity {
+            gpu: Some("1".into()),
+            cuda_visible_devices: Some("GPU-abc".into()),
+        };
         let stats = system_stats(&pinned);
         assert_eq!(stats["devices"].as_array().unwrap().len(), 1);
         assert_eq!(stats["devices"][0]["type"], "cuda");
         assert_eq!(stats["devices"][0]["name"], "cuda:0 simulation (GPU-abc)");
 
-        let none = Identity { gpu: None, cuda_visible_devices: Some(String::new()) };
+        let none = Identity {
+            gpu: None,
+            cuda_visible_devices: Some(String::new()),
+        };
         assert_eq!(system_stats(&none)["devices"][0]["type"], "cpu");
     }
 
