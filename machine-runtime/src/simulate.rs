@@ -1,0 +1,391 @@
+//! The built-in `simulation` inference service: a tiny HTTP/1.1 server on plain tokio standing in for ComfyUI.
+//!
+//! Endpoints: `GET /` (who am I: port, GPU, `CUDA_VISIBLE_DEVICES`), `GET /health`, `GET /system_stats`
+//! (roughly ComfyUI's shape, devices taken from `CUDA_VISIBLE_DEVICES`) and `POST /prompt` (accepts JSON,
+//! answers `{"prompt_id": ...}` after a simulated job delay). Every response closes its connection, which keeps
+//! the server small and is all readiness probes and tests need.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Largest request head (request line and headers) accepted.
+const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// Largest request body accepted.
+const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
+/// How long a client may take to send its request.
+const READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long in-flight requests may take to finish after a stop was requested.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How to run the simulation service.
+#[derive(Debug, Clone)]
+pub struct SimulateOptions {
+    /// Address to listen on, such as `127.0.0.1`.
+    pub host: String,
+    /// Port to listen on; 0 picks a free one (the log line says which).
+    pub port: u16,
+    /// Wait before listening, to imitate a slow-starting service.
+    pub startup_delay: Duration,
+    /// Simulated time one `POST /prompt` takes.
+    pub job_delay: Duration,
+}
+
+/// What the service reports about its environment; read once at start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// `WORKER_GPU_ID`, when set.
+    pub gpu: Option<String>,
+    /// `CUDA_VISIBLE_DEVICES`, when set.
+    pub cuda_visible_devices: Option<String>,
+}
+
+impl Identity {
+    /// Reads `WORKER_GPU_ID` and `CUDA_VISIBLE_DEVICES` from the process environment.
+    pub fn from_env() -> Identity {
+        Identity {
+            gpu: std::env::var("WORKER_GPU_ID").ok(),
+            cuda_visible_devices: std::env::var("CUDA_VISIBLE_DEVICES").ok(),
+        }
+    }
+}
+
+/// Errors of the simulation service.
+#[derive(Debug, thiserror::Error)]
+pub enum SimulateError {
+    /// The listening socket could not be opened.
+    #[error("simulation service cannot listen on {addr}: {source}; choose a free port with --port")]
+    Bind {
+        /// The address asked for.
+        addr: String,
+        /// The operating system's answer.
+        source: std::io::Error,
+    },
+}
+
+/// Waits `startup_delay` (saying so first, when it is not zero), listens, logs `simulation service listening on HOST:PORT`, and serves until
+/// `shutdown` is cancelled; then drains in-flight requests and returns.
+pub async fn run(
+    options: SimulateOptions,
+    identity: Identity,
+    shutdown: CancellationToken,
+) -> Result<(), SimulateError> {
+    if !options.startup_delay.is_zero() {
+        let delay = options.startup_delay.as_millis();
+        println!(
+            "simulation service starting on {}:{} after a {delay} ms startup delay",
+            options.host, options.port
+        );
+        tokio::select! {
+            () = tokio::time::sleep(options.startup_delay) => {}
+            () = shutdown.cancelled() => return Ok(()),
+        }
+    }
+    let addr = format_addr(&options.host, options.port);
+    let listener =
+        TcpListener::bind(addr.as_str())
+            .await
+            .map_err(|source| SimulateError::Bind {
+                addr: addr.clone(),
+                source,
+            })?;
+    let local = listener
+        .local_addr()
+        .map_err(|source| SimulateError::Bind { addr, source })?;
+    println!("simulation service listening on {local}");
+    serve(listener, local, options.job_delay, identity, shutdown).await;
+    println!("simulation service on {local} stopped");
+    Ok(())
+}
+
+fn format_addr(host: &str, port: u16) -> String {
+    if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+struct Shared {
+    local: SocketAddr,
+    job_delay: Duration,
+    identity: Identity,
+    jobs: AtomicU64,
+}
+
+async fn serve(
+    listener: TcpListener,
+    local: SocketAddr,
+    job_delay: Duration,
+    identity: Identity,
+    shutdown: CancellationToken,
+) {
+    let shared = Arc::new(Shared {
+        local,
+        job_delay,
+        identity,
+        jobs: AtomicU64::new(0),
+    });
+    let tracker = TaskTracker::new();
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let shared = Arc::clone(&shared);
+                    let shutdown = shutdown.clone();
+                    tracker.spawn(async move { handle(stream, &shared, &shutdown).await });
+                }
+                // Transient (e.g. too many open files): back off briefly instead of spinning.
+                Err(err) => {
+                    eprintln!("simulation service on {local}: accept failed: {err}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
+    drop(listener);
+    tracker.close();
+    let _ = tokio::time::timeout(DRAIN_TIMEOUT, tracker.wait()).await;
+}
+
+struct Request {
+    method: String,
+    path: String,
+    body: Vec<u8>,
+}
+
+struct Response {
+    status: u16,
+    body: Value,
+}
+
+async fn handle(mut stream: TcpStream, shared: &Shared, shutdown: &CancellationToken) {
+    let response = match tokio::time::timeout(READ_TIMEOUT, read_request(&mut stream)).await {
+        Ok(Ok(request)) => route(request, shared, shutdown).await,
+        Ok(Err(bad)) => bad,
+        Err(_) => Response {
+            status: 408,
+            body: json!({"error": "request not received in time"}),
+        },
+    };
+    let body = response.body.to_string();
+    let head = format!(
+        "HTTP/1.1 {} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        response.status,
+        reason_phrase(response.status),
+        body.len()
+    );
+    // The client may have gone away; nothing useful to do about a failed write.
+    let _ = stream.write_all(head.as_bytes()).await;
+    let _ = stream.write_all(body.as_bytes()).await;
+    let _ = stream.shutdown().await;
+}
+
+fn bad_request(status: u16, message: &str) -> Response {
+    Response {
+        status,
+        body: json!({"error": message}),
+    }
+}
+
+async fn read_request(stream: &mut TcpStream) -> Result<Request, Response> {
+    let mut buf = Vec::with_capacity(1024);
+    let head_end = loop {
+        if let Some(pos) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break pos;
+        }
+        if buf.len() > MAX_HEAD_BYTES {
+            return Err(bad_request(431, "request head too large"));
+        }
+        let mut chunk = [0u8; 4096];
+        let n = stream
+            .read(&mut chunk)
+            .await
+            .map_err(|_| bad_request(400, "could not read request"))?;
+        if n == 0 {
+            return Err(bad_request(
+                400,
+                "connection closed before the request was complete",
+            ));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = std::str::from_utf8(&buf[..head_end])
+        .map_err(|_| bad_request(400, "request head is not utf-8"))?;
+    let mut lines = head.split("\r\n");
+    let mut parts = lines.next().unwrap_or_default().split(' ');
+    let (Some(method), Some(target)) = (parts.next(), parts.next()) else {
+        return Err(bad_request(400, "malformed request line"));
+    };
+    let mut content_length = 0usize;
+    for line in lines {
+        if let Some((name, value)) = line.split_once(':') {
+            if name.trim().eq_ignore_ascii_case("content-length") {
+                content_length = value
+                    .trim()
+                    .parse()
+                    .map_err(|_| bad_request(400, "content-length is not a number"))?;
+            } else if name.trim().eq_ignore_ascii_case("transfer-encoding") {
+                return Err(bad_request(
+                    501,
+                    "chunked request bodies are not supported; send content-length",
+                ));
+            }
+        }
+    }
+    if content_length > MAX_BODY_BYTES {
+        return Err(bad_request(413, "request body too large"));
+    }
+    let mut body = buf[head_end + 4..].to_vec();
+    while body.len() < content_length {
+        let mut chunk = vec![0u8; (content_length - body.len()).min(64 * 1024)];
+        let n = stream
+            .read(&mut chunk)
+            .await
+            .map_err(|_| bad_request(400, "could not read request body"))?;
+        if n == 0 {
+            return Err(bad_request(
+                400,
+                "connection closed before the body was complete",
+            ));
+        }
+        body.extend_from_slice(&chunk[..n]);
+    }
+    body.truncate(content_length);
+    let path = target.split('?').next().unwrap_or(target).to_owned();
+    Ok(Request {
+        method: method.to_owned(),
+        path,
+        body,
+    })
+}
+
+async fn route(request: Request, shared: &Shared, shutdown: &CancellationToken) -> Response {
+    let ok = |body| Response { status: 200, body };
+    match (request.method.as_str(), request.path.as_str()) {
+        ("GET", "/") => ok(json!({
+            "service": "simulation",
+            "port": shared.local.port(),
+            "gpu": shared.identity.gpu,
+            "cuda_visible_devices": shared.identity.cuda_visible_devices,
+        })),
+        ("GET", "/health") => ok(json!({"status": "ok"})),
+        ("GET", "/system_stats") => ok(system_stats(&shared.identity)),
+        ("POST", "/prompt") => {
+            let Ok(prompt) = serde_json::from_slice::<Value>(&request.body) else {
+                return bad_request(400, "body must be JSON, such as {\"prompt\": {...}}");
+            };
+            if !prompt.is_object() {
+                return bad_request(
+                    400,
+                    "body must be a JSON object, such as {\"prompt\": {...}}",
+                );
+            }
+            tokio::select! {
+                () = tokio::time::sleep(shared.job_delay) => {}
+                () = shutdown.cancelled() => return bad_request(503, "simulation service is stopping"),
+            }
+            let number = shared.jobs.fetch_add(1, Ordering::Relaxed);
+            let prompt_id = format!("{:08x}-0000-4000-8000-{number:012x}", shared.local.port());
+            ok(json!({"prompt_id": prompt_id, "number": number, "node_errors": {}}))
+        }
+        (_, "/" | "/health" | "/system_stats" | "/prompt") => {
+            bad_request(405, "method not allowed")
+        }
+        _ => bad_request(404, "not found"),
+    }
+}
+
+/// Roughly ComfyUI's `/system_stats`: one CUDA device per `CUDA_VISIBLE_DEVICES` entry, else one CPU device.
+pub fn system_stats(identity: &Identity) -> Value {
+    let entries: Vec<&str> = identity
+        .cuda_visible_devices
+        .as_deref()
+        .map(|cvd| {
+            cvd.split(',')
+                .map(str::trim)
+                .filter(|e| !e.is_empty())
+                .collect()
+        })
+        .unwrap_or_default();
+    let devices: Vec<Value> = if entries.is_empty() {
+        vec![
+            json!({"name": "cpu", "type": "cpu", "index": null, "vram_total": 0, "vram_free": 0,
+                    "torch_vram_total": 0, "torch_vram_free": 0}),
+        ]
+    } else {
+        entries
+            .iter()
+            .enumerate()
+            .map(|(index, entry)| {
+                json!({"name": format!("cuda:{index} simulation ({entry})"), "type": "cuda", "index": index,
+                       "vram_total": 0, "vram_free": 0, "torch_vram_total": 0, "torch_vram_free": 0})
+            })
+            .collect()
+    };
+    json!({
+        "system": {
+            "os": std::env::consts::OS,
+            "comfyui_version": "simulation",
+            "python_version": null,
+            "pytorch_version": null,
+            "embedded_python": false,
+            "argv": std::env::args().collect::<Vec<_>>(),
+            "ram_total": 0,
+            "ram_free": 0,
+        },
+        "devices": devices,
+    })
+}
+
+fn reason_phrase(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        413 => "Payload Too Large",
+        431 => "Request Header Fields Too Large",
+        501 => "Not Implemented",
+        503 => "Service Unavailable",
+        _ => "Unknown",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn system_stats_devices_follow_cuda_visible_devices() {
+        let pinned = Identity {
+            gpu: Some("1".into()),
+            cuda_visible_devices: Some("GPU-abc".into()),
+        };
+        let stats = system_stats(&pinned);
+        assert_eq!(stats["devices"].as_array().unwrap().len(), 1);
+        assert_eq!(stats["devices"][0]["type"], "cuda");
+        assert_eq!(stats["devices"][0]["name"], "cuda:0 simulation (GPU-abc)");
+
+        let none = Identity {
+            gpu: None,
+            cuda_visible_devices: Some(String::new()),
+        };
+        assert_eq!(system_stats(&none)["devices"][0]["type"], "cpu");
+    }
+
+    #[test]
+    fn ipv6_hosts_are_bracketed() {
+        assert_eq!(format_addr("::1", 80), "[::1]:80");
+        assert_eq!(format_addr("127.0.0.1", 80), "127.0.0.1:80");
+    }
+}
