@@ -5,7 +5,7 @@ use std::fmt;
 use std::path::Path;
 
 use crate::plan::{Overrides, Plan, PlanError};
-use crate::profile::{valid_profile_name, Profile};
+use crate::profile::{Profile, valid_profile_name};
 
 /// One located problem in a profile file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,8 +24,16 @@ pub struct Diagnostic {
 
 impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let pointer = if self.pointer.is_empty() { "/" } else { &self.pointer };
-        write!(f, "{}:{}:{}: {}: {}", self.file, self.line, self.column, pointer, self.message)
+        let pointer = if self.pointer.is_empty() {
+            "/"
+        } else {
+            &self.pointer
+        };
+        write!(
+            f,
+            "{}:{}:{}: {}: {}",
+            self.file, self.line, self.column, pointer, self.message
+        )
     }
 }
 
@@ -48,7 +56,9 @@ pub fn read_dir(dir: &Path, shown_dir: &str) -> std::io::Result<Vec<ProfileSourc
         if path.extension().and_then(|e| e.to_str()) != Some("json") || !path.is_file() {
             continue;
         }
-        let Some(name) = path.file_stem().and_then(|s| s.to_str()) else { continue };
+        let Some(name) = path.file_stem().and_then(|s| s.to_str()) else {
+            continue;
+        };
         let text = std::fs::read_to_string(&path)?;
         out.push(ProfileSource {
             name: name.to_string(),
@@ -64,7 +74,13 @@ pub fn read_dir(dir: &Path, shown_dir: &str) -> std::io::Result<Vec<ProfileSourc
 pub fn check(source: &ProfileSource) -> Result<(Profile, Plan), Vec<Diagnostic>> {
     let at = |pointer: &str, message: String| {
         let (line, column) = locate(&source.text, pointer);
-        Diagnostic { file: source.file.clone(), line, column, pointer: pointer.to_string(), message }
+        Diagnostic {
+            file: source.file.clone(),
+            line,
+            column,
+            pointer: pointer.to_string(),
+            message,
+        }
     };
     let mut diags = Vec::new();
     if !valid_profile_name(&source.name) {
@@ -95,7 +111,12 @@ pub fn check(source: &ProfileSource) -> Result<(Profile, Plan), Vec<Diagnostic>>
     for (name, service) in &profile.docker.services {
         if let Some(cond) = &service.when {
             if profile.components.get(&cond.component).is_none() {
-                let known: Vec<&str> = profile.components.0.iter().map(|(c, _)| c.as_str()).collect();
+                let known: Vec<&str> = profile
+                    .components
+                    .0
+                    .iter()
+                    .map(|(c, _)| c.as_str())
+                    .collect();
                 diags.push(at(
                     &format!("/docker/services/{}/when/component", escape(name)),
                     format!(
@@ -121,7 +142,9 @@ pub fn check(source: &ProfileSource) -> Result<(Profile, Plan), Vec<Diagnostic>>
                     PlanError::GpuBindingWithoutGpus { .. } | PlanError::TooManyGpus(_) => {
                         diags.push(at("/machine/gpus", e.to_string()))
                     }
-                    PlanError::PortCollision { .. } => diags.push(at("/machine/health_port", e.to_string())),
+                    PlanError::PortCollision { .. } => {
+                        diags.push(at("/machine/health_port", e.to_string()))
+                    }
                     PlanError::MachineId(_) => diags.push(at("/machine/id", e.to_string())),
                 }
             }
@@ -149,9 +172,16 @@ pub fn locate(text: &str, pointer: &str) -> (usize, usize) {
     let segments: Vec<String> = if pointer.is_empty() {
         Vec::new()
     } else {
-        pointer.trim_start_matches('/').split('/').map(|s| s.replace("~1", "/").replace("~0", "~")).collect()
+        pointer
+            .trim_start_matches('/')
+            .split('/')
+            .map(|s| s.replace("~1", "/").replace("~0", "~"))
+            .collect()
     };
-    let mut scanner = Scanner { bytes: text.as_bytes(), pos: 0 };
+    let mut scanner = Scanner {
+        bytes: text.as_bytes(),
+        pos: 0,
+    };
     scanner.skip_ws();
     let mut best = scanner.pos;
     for seg in &segments {
@@ -277,7 +307,9 @@ impl Scanner<'_> {
                 }
             }
             _ => {
-                while self.pos < self.bytes.len() && !matches!(self.bytes[self.pos], b',' | b'}' | b']') {
+                while self.pos < self.bytes.len()
+                    && !matches!(self.bytes[self.pos], b',' | b'}' | b']')
+                {
                     self.pos += 1;
                 }
                 Some(())
@@ -304,21 +336,31 @@ mod tests {
     }
 
     fn source(text: &str) -> ProfileSource {
-        ProfileSource { name: "x".into(), file: "profiles/x.json".into(), text: text.into() }
+        ProfileSource {
+            name: "x".into(),
+            file: "profiles/x.json".into(),
+            text: text.into(),
+        }
     }
 
     #[test]
     fn reports_spec_errors_at_the_workers_field() {
         let errs = check(&source(TEXT)).unwrap_err();
         let shown: Vec<String> = errs.iter().map(|d| d.to_string()).collect();
-        assert_eq!(shown, [
-            "profiles/x.json:5:8: /: unknown field `list`, expected one of `$schema`, `description`, `components`, `workers`, `machine`, `docker`, `env`"
-        ]);
+        assert_eq!(
+            shown,
+            [
+                "profiles/x.json:5:8: /: unknown field `list`, expected one of `$schema`, `description`, `components`, `workers`, `machine`, `docker`, `env`"
+            ]
+        );
         let fixed = TEXT.replace(",\n  \"list\": [1, {\"a\": [true]}]", "");
         let errs = check(&source(&fixed)).unwrap_err();
         let shown: Vec<String> = errs.iter().map(|d| d.to_string()).collect();
         assert_eq!(shown.len(), 1);
-        assert!(shown[0].starts_with("profiles/x.json:3:14: /workers: worker spec item 1 \"comfyu:1\""), "{shown:?}");
+        assert!(
+            shown[0].starts_with("profiles/x.json:3:14: /workers: worker spec item 1 \"comfyu:1\""),
+            "{shown:?}"
+        );
         assert!(shown[0].contains("did you mean \"comfyui\"?"), "{shown:?}");
     }
 
@@ -326,10 +368,17 @@ mod tests {
     fn reports_conditions_on_missing_components_and_gpu_problems() {
         let text = r#"{"description":"d","workers":"comfyui:1","machine":{"gpus":0,"ram_gb":1},
 "docker":{"services":{"redis":{"image":"redis:7","when":{"component":"redis","variant":"local"}}}}}"#;
-        let shown: Vec<String> = check(&source(text)).unwrap_err().iter().map(|d| d.to_string()).collect();
-        assert_eq!(shown, [
-            "profiles/x.json:2:70: /docker/services/redis/when/component: condition names component \"redis\", which this profile does not select; selected components: none",
-            "profiles/x.json:1:60: /machine/gpus: gpu-bound workers (comfyui) on a machine planned with 0 GPUs; set machine.gpus (or --gpus) or bind them to cpu where the connector allows it",
-        ]);
+        let shown: Vec<String> = check(&source(text))
+            .unwrap_err()
+            .iter()
+            .map(|d| d.to_string())
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                "profiles/x.json:2:70: /docker/services/redis/when/component: condition names component \"redis\", which this profile does not select; selected components: none",
+                "profiles/x.json:1:60: /machine/gpus: gpu-bound workers (comfyui) on a machine planned with 0 GPUs; set machine.gpus (or --gpus) or bind them to cpu where the connector allows it",
+            ]
+        );
     }
 }

@@ -1,2 +1,82 @@
-//! The developer CLI.
-fn main() {}
+//! The developer CLI (`cargo xtask …`): parses arguments and dispatches, one module per command.
+
+mod codegen;
+mod hooks;
+mod list;
+mod plan;
+mod profiles;
+mod render;
+mod schema;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    about = "Profiles → plan → generated files, and the checks that keep them true"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Write generated/<profile>/{.env,docker-compose.yaml,ecosystem.config.json}.
+    EnvBuild {
+        /// The profile (file stem under profiles/).
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        profile: Option<String>,
+        /// Every profile.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Print the allocation table: services, GPUs, ports, workers, env.
+    Plan {
+        /// The profile.
+        profile: String,
+        /// Another worker spec instead of the profile's.
+        #[arg(long)]
+        workers: Option<String>,
+        /// Another GPU count instead of the profile's.
+        #[arg(long)]
+        gpus: Option<u32>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = plan::Format::Text)]
+        format: plan::Format,
+    },
+    /// Regenerate schemas/ and generated/ for every profile.
+    Codegen,
+    /// Fail with a short diff and the fix when schemas/ or generated/ is stale.
+    Check,
+    /// List profiles and their descriptions.
+    List,
+    /// Install a git pre-commit hook running `cargo xtask check`.
+    InstallHooks,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::EnvBuild { profile, all } => codegen::env_build(profile.as_deref(), all),
+        Command::Plan {
+            profile,
+            workers,
+            gpus,
+            format,
+        } => plan::run(&profile, workers, gpus, format),
+        Command::Codegen => codegen::run(codegen::Mode::Overwrite),
+        Command::Check => codegen::run(codegen::Mode::Check),
+        Command::List => list::run(),
+        Command::InstallHooks => hooks::install(),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,301 @@
+//! The `docker-compose.yaml` rendering: a typed Compose model (only what we emit) serialised through the
+//! quoting YAML writer. Compatible with Compose v2 and with docker-compose 1.29 (no `version:` key, long
+//! port syntax, GPU reservation through `deploy.resources.reservations.devices` with an explicit count).
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::profiles::Loaded;
+
+#[derive(Serialize)]
+struct Compose {
+    services: BTreeMap<String, Service>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    volumes: BTreeMap<String, Empty>,
+}
+
+#[derive(Serialize)]
+struct Empty {}
+
+#[derive(Serialize, Default)]
+struct Service {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    image: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    build: Option<Build>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    command: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    env_file: Vec<String>,
+    /// Names only (pass-through from the environment Compose runs in) or literal `KEY=value` items.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    environment: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    restart: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stop_signal: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stop_grace_period: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    shm_size: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    ports: Vec<Port>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    volumes: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    healthcheck: Option<Healthcheck>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    depends_on: BTreeMap<String, DependsOn>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    deploy: Option<Deploy>,
+}
+
+#[derive(Serialize)]
+struct Build {
+    context: String,
+    dockerfile: String,
+    args: BTreeMap<String, String>,
+}
+
+#[derive(Serialize)]
+struct Port {
+    target: u16,
+    published: u16,
+    protocol: &'static str,
+}
+
+#[derive(Serialize)]
+struct Healthcheck {
+    test: Vec<String>,
+    interval: String,
+    timeout: String,
+    retries: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    start_period: Option<String>,
+}
+
+#[derive(Serialize)]
+struct DependsOn {
+    condition: &'static str,
+}
+
+#[derive(Serialize)]
+struct Deploy {
+    resources: Resources,
+}
+
+#[derive(Serialize, Default)]
+struct Resources {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    limits: Option<Limits>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reservations: Option<Reservations>,
+}
+
+#[derive(Serialize)]
+struct Limits {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cpus: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    memory: Option<String>,
+}
+
+#[derive(Serialize)]
+struct Reservations {
+    devices: Vec<Device>,
+}
+
+#[derive(Serialize)]
+struct Device {
+    driver: &'static str,
+    count: u32,
+    capabilities: Vec<&'static str>,
+}
+
+/// A named volume in a short-syntax volume string (`name:/path`), if it is one.
+fn named_volume(spec: &str) -> Option<&str> {
+    let source = spec.split(':').next()?;
+    let named =
+        !source.is_empty() && !source.starts_with(['.', '/', '~', '$']) && spec.contains(':');
+    named.then_some(source)
+}
+
+/// Seconds as a Compose duration.
+fn secs(s: u32) -> String {
+    format!("{s}s")
+}
+
+/// The compose model of a profile's plan.
+fn model(l: &Loaded) -> Compose {
+    let p = &l.plan;
+    let d = &l.profile.docker;
+    let mut services = BTreeMap::new();
+    let mut volumes = BTreeMap::new();
+
+    let mut machine = Service {
+        image: Some(format!("machine-runtime:{}", p.profile)),
+        build: Some(Build {
+            // The repository root, seen from generated/<profile>/.
+            context: "../..".into(),
+            dockerfile: "Dockerfile".into(),
+            args: BTreeMap::from([("PROFILE".to_string(), p.profile.clone())]),
+        }),
+        env_file: vec![".env".into()],
+        environment: p.secrets.iter().map(|s| s.name.to_string()).collect(),
+        restart: Some(d.restart.as_str().into()),
+        stop_signal: Some("SIGTERM".into()),
+        // Workers stop first, then services, each within its kill timeout; leave a margin for the reaping.
+        stop_grace_period: Some(secs(stop_budget_secs(l))),
+        shm_size: d.shm_size.clone(),
+        volumes: d.volumes.clone(),
+        healthcheck: Some(Healthcheck {
+            test: vec![
+                "CMD".into(),
+                "machine-runtime".into(),
+                "health".into(),
+                "--port".into(),
+                p.health_port.to_string(),
+            ],
+            interval: "30s".into(),
+            timeout: "10s".into(),
+            retries: 3,
+            start_period: Some("5m".into()),
+        }),
+        ..Service::default()
+    };
+    if d.expose_ports {
+        machine.ports = p
+            .ports()
+            .into_iter()
+            .map(|(port, _)| Port {
+                target: port,
+                published: port,
+                protocol: "tcp",
+            })
+            .collect();
+    }
+    let limits = d.resources.as_ref().map(|r| Limits {
+        cpus: r.cpus.map(|c| c.to_string()),
+        memory: r.memory.clone(),
+    });
+    let reservations = p.uses_gpus().then(|| Reservations {
+        devices: vec![Device {
+            driver: "nvidia",
+            count: p.gpus,
+            capabilities: vec!["gpu"],
+        }],
+    });
+    if limits.is_some() || reservations.is_some() {
+        machine.deploy = Some(Deploy {
+            resources: Resources {
+                limits,
+                reservations,
+            },
+        });
+    }
+    for v in &d.volumes {
+        if let Some(name) = named_volume(v) {
+            volumes.insert(name.to_string(), Empty {});
+        }
+    }
+
+    for (name, extra) in &d.services {
+        if extra
+            .when
+            .as_ref()
+            .is_some_and(|c| !c.holds(&l.profile.components))
+        {
+            continue;
+        }
+        if extra.healthcheck.is_some() {
+            machine.depends_on.insert(
+                name.clone(),
+                DependsOn {
+                    condition: "service_healthy",
+                },
+            );
+        } else {
+            machine.depends_on.insert(
+                name.clone(),
+                DependsOn {
+                    condition: "service_started",
+                },
+            );
+        }
+        for v in &extra.volumes {
+            if let Some(vol) = named_volume(v) {
+                volumes.insert(vol.to_string(), Empty {});
+            }
+        }
+        services.insert(
+            name.clone(),
+            Service {
+                image: Some(extra.image.clone()),
+                command: extra.command.clone(),
+                environment: extra
+                    .environment
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect(),
+                restart: Some(d.restart.as_str().into()),
+                ports: if d.expose_ports {
+                    extra
+                        .ports
+                        .iter()
+                        .map(|&port| Port {
+                            target: port,
+                            published: port,
+                            protocol: "tcp",
+                        })
+                        .collect()
+                } else {
+                    Vec::new()
+                },
+                volumes: extra.volumes.clone(),
+                healthcheck: extra.healthcheck.as_ref().map(|h| Healthcheck {
+                    test: std::iter::once("CMD".to_string())
+                        .chain(h.test.iter().cloned())
+                        .collect(),
+                    interval: secs(h.interval_s),
+                    timeout: secs(h.timeout_s),
+                    retries: h.retries,
+                    start_period: None,
+                }),
+                ..Service::default()
+            },
+        );
+    }
+    services.insert("machine".into(), machine);
+    // No top-level `name:`: docker-compose 1.x rejects it, and the folder (generated/<profile>) names the
+    // project already.
+    Compose { services, volumes }
+}
+
+/// Seconds Compose should wait after SIGTERM: slowest worker grace + slowest service grace + margin.
+pub fn stop_budget_secs(l: &Loaded) -> u32 {
+    let worker = l
+        .plan
+        .workers
+        .iter()
+        .map(|w| w.restart.kill_timeout_ms)
+        .max()
+        .unwrap_or(0);
+    let service = l
+        .plan
+        .services
+        .iter()
+        .map(|s| s.restart.kill_timeout_ms)
+        .max()
+        .unwrap_or(0);
+    (worker + service).div_ceil(1000) + 5
+}
+
+pub fn render(l: &Loaded) -> String {
+    let value = serde_json::to_value(model(l)).expect("the compose model serialises");
+    format!(
+        "# {}\n{}",
+        super::header(&l.source.name),
+        super::yaml::to_string(&value)
+    )
+}
