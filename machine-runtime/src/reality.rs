@@ -1,0 +1,282 @@
+//! Plan against reality: the baked profile's plan, re-derived with the environment's overrides
+//! (`WORKER_CONNECTORS`, `MACHINE_GPU_COUNT`, `MACHINE_ID`, `WORKSPACE_DIR`) and checked against the GPUs
+//! found and the secrets present. "Change the numbers, restart; no rebuild."
+
+use machine_model::{Overrides, Plan, Profile};
+
+use crate::gpu::Inventory;
+
+/// The environment as the runtime sees it (a seam for tests).
+pub trait Env {
+    /// The value of `name`, if set.
+    fn var(&self, name: &str) -> Option<String>;
+}
+
+/// The process environment.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProcessEnv;
+
+impl Env for ProcessEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
+}
+
+impl<F: Fn(&str) -> Option<String>> Env for F {
+    fn var(&self, name: &str) -> Option<String> {
+        self(name)
+    }
+}
+
+/// A plan the runtime can start, and what it decided on the way.
+#[derive(Debug, Clone)]
+pub struct RealPlan {
+    /// The plan to run.
+    pub plan: Plan,
+    /// GPU UUIDs by planned GPU index.
+    pub gpu_uuids: Vec<String>,
+    /// Things worth a log line (re-planning, unused GPUs, overrides).
+    pub notes: Vec<String>,
+}
+
+fn non_empty(env: &dyn Env, name: &str) -> Option<String> {
+    env.var(name).filter(|v| !v.trim().is_empty())
+}
+
+fn truthy(v: &str) -> Option<bool> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Some(true),
+        "0" | "false" | "no" | "off" | "" => Some(false),
+        _ => None,
+    }
+}
+
+/// Derives the plan to run; every problem is returned, one message each.
+pub fn plan(
+    name: &str,
+    profile: &Profile,
+    env: &dyn Env,
+    inventory: &Inventory,
+) -> Result<RealPlan, Vec<String>> {
+    let mut problems = Vec::new();
+    let mut notes = Vec::new();
+    let workers = non_empty(env, "WORKER_CONNECTORS").or_else(|| non_empty(env, "WORKERS"));
+    if let Some(w) = &workers {
+        if w.trim() != profile.workers.trim() {
+            notes.push(format!(
+                "worker spec from the environment: {w} (profile: {})",
+                profile.workers
+            ));
+        }
+    }
+    let planned_gpus = match non_empty(env, "MACHINE_GPU_COUNT") {
+        None => profile.machine.gpus,
+        Some(v) => match v.trim().parse::<u32>() {
+            Ok(n) => n,
+            Err(_) => {
+                problems.push(format!(
+                    "MACHINE_GPU_COUNT=\"{v}\" is not a number of GPUs; expected 0 to {}",
+                    machine_model::plan::MAX_GPUS
+                ));
+                profile.machine.gpus
+            }
+        },
+    };
+    let allow_fewer = match non_empty(env, "MACHINE_ALLOW_FEWER_GPUS") {
+        None => profile.machine.allow_fewer_gpus,
+        Some(v) => truthy(&v).unwrap_or_else(|| {
+            problems.push(format!(
+                "MACHINE_ALLOW_FEWER_GPUS=\"{v}\" is not a boolean; expected true or false"
+            ));
+            false
+        }),
+    };
+    let found = inventory.gpus.len() as u32;
+    let mut gpus = planned_gpus;
+    if found < planned_gpus {
+        let reason = inventory
+            .reason
+            .as_deref()
+            .map(|r| format!(" ({r})"))
+            .unwrap_or_default();
+        if allow_fewer {
+            notes.push(format!("planned {planned_gpus} GPUs, found {found}{reason}; re-planning on {found} (allowed)"));
+            gpus = found;
+        } else {
+            problems.push(format!(
+                "planned {planned_gpus} GPU{}, found {found}{reason}; refusing to start. Found: {}. \
+                 Set MACHINE_ALLOW_FEWER_GPUS=true (or machine.allow_fewer_gpus) to re-plan on what was found, \
+                 or MACHINE_GPU_COUNT to plan for fewer",
+                if planned_gpus == 1 { "" } else { "s" },
+                if inventory.gpus.is_empty() {
+                    "none".to_string()
+                } else {
+                    inventory.gpus.iter().map(|g| format!("{} {}", g.index, g.uuid)).collect::<Vec<_>>().join(", ")
+                }
+            ));
+        }
+    } else if found > planned_gpus {
+        notes.push(format!(
+            "found {found} GPUs, planned {planned_gpus}; GPUs {planned_gpus}..{} stay unused",
+            found - 1
+        ));
+    }
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    let overrides = Overrides {
+        workers,
+        gpus: Some(gpus),
+        machine_id: non_empty(env, "MACHINE_ID"),
+        workspace: non_empty(env, "WORKSPACE_DIR"),
+    };
+    let plan = match Plan::build(name, profile, &overrides) {
+        Ok(p) => p,
+        Err(e) => return Err(e.0.iter().map(|e| e.to_string()).collect()),
+    };
+    for need in &plan.secrets {
+        if non_empty(env, need.name).is_none() {
+            problems.push(format!(
+                "secret {} is not set; the {} worker{} need{} it ({}). Put it in the environment (compose passes it through from .env.secrets or the shell)",
+                need.name,
+                need.connectors.join(", "),
+                if need.workers.len() == 1 { "" } else { "s" },
+                if need.workers.len() == 1 { "s" } else { "" },
+                need.workers.join(", ")
+            ));
+        }
+    }
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    let gpu_uuids = inventory
+        .gpus
+        .iter()
+        .take(gpus as usize)
+        .map(|g| g.uuid.clone())
+        .collect();
+    Ok(RealPlan {
+        plan,
+        gpu_uuids,
+        notes,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+    use crate::gpu::FakeBackend;
+
+    fn profile(workers: &str, gpus: u32) -> Profile {
+        serde_json::from_value(serde_json::json!({
+            "description": "t", "workers": workers, "machine": {"gpus": gpus, "ram_gb": 8}
+        }))
+        .unwrap()
+    }
+
+    fn inventory(n: u32) -> Inventory {
+        Inventory::detect_with(&FakeBackend::new(n), None)
+    }
+
+    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |k: &str| map.get(k).cloned()
+    }
+
+    #[test]
+    fn refuses_fewer_gpus_than_planned() {
+        let err = plan(
+            "p",
+            &profile("simulation:auto", 2),
+            &env(&[]),
+            &inventory(1),
+        )
+        .unwrap_err();
+        assert_eq!(err.len(), 1);
+        assert!(
+            err[0].starts_with("planned 2 GPUs, found 1; refusing to start. Found: 0 GPU-"),
+            "{}",
+            err[0]
+        );
+        assert!(
+            err[0].contains("MACHINE_ALLOW_FEWER_GPUS=true"),
+            "{}",
+            err[0]
+        );
+    }
+
+    #[test]
+    fn re_plans_when_allowed() {
+        let real = plan(
+            "p",
+            &profile("simulation:auto", 2),
+            &env(&[("MACHINE_ALLOW_FEWER_GPUS", "true")]),
+            &inventory(1),
+        )
+        .unwrap();
+        assert_eq!(real.plan.gpus, 1);
+        assert_eq!(real.plan.workers.len(), 1);
+        assert_eq!(real.gpu_uuids.len(), 1);
+        assert!(
+            real.notes[0].contains("re-planning on 1"),
+            "{:?}",
+            real.notes
+        );
+    }
+
+    #[test]
+    fn environment_overrides_spec_gpus_and_id() {
+        let e = env(&[
+            ("WORKER_CONNECTORS", "simulation:3"),
+            ("MACHINE_GPU_COUNT", "1"),
+            ("MACHINE_ID", "box-7"),
+        ]);
+        let real = plan("p", &profile("simulation:auto", 2), &e, &inventory(2)).unwrap();
+        assert_eq!(real.plan.worker_spec, "simulation:3:gpu");
+        assert_eq!(real.plan.gpus, 1);
+        assert_eq!(real.plan.workers[2].worker_id, "box-7-worker-simulation-2");
+        assert_eq!(real.gpu_uuids, vec![inventory(2).gpus[0].uuid.clone()]);
+    }
+
+    #[test]
+    fn missing_secrets_are_named() {
+        let err = plan(
+            "p",
+            &profile("openai:2,replicate:1", 0),
+            &env(&[("REPLICATE_API_TOKEN", "x")]),
+            &inventory(0),
+        )
+        .unwrap_err();
+        assert_eq!(err, vec![
+            "secret OPENAI_API_KEY is not set; the openai workers need it (openai-worker-0, openai-worker-1). Put it in the environment (compose passes it through from .env.secrets or the shell)".to_string()
+        ]);
+    }
+
+    #[test]
+    fn bad_overrides_are_errors() {
+        let err = plan(
+            "p",
+            &profile("openai:1", 0),
+            &env(&[
+                ("MACHINE_GPU_COUNT", "two"),
+                ("MACHINE_ALLOW_FEWER_GPUS", "maybe"),
+            ]),
+            &inventory(0),
+        )
+        .unwrap_err();
+        assert_eq!(err.len(), 2, "{err:?}");
+        let err = plan(
+            "p",
+            &profile("openai:1", 0),
+            &env(&[("WORKER_CONNECTORS", "opena:1")]),
+            &inventory(0),
+        )
+        .unwrap_err();
+        assert!(err[0].contains("did you mean \"openai\""), "{err:?}");
+    }
+}
