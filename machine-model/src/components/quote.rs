@@ -1,15 +1,17 @@
 //! Writing `.env` files that dotenvy, Docker Compose `env_file` and `node --env-file` all read back identically.
 //!
-//! The rule, checked against the three readers (compose-go `dotenv/parser.go`, Node 20 `--env-file`, dotenvy 0.15):
+//! The rule, checked against four readers: dotenvy 0.15, Node 20 `--env-file`, Docker Compose v2 (compose-go
+//! `dotenv/parser.go`, read from its source) and Docker Compose v1 (python-dotenv 0.21, run in the tests):
 //!
-//! 1. A value with no `'` and no trailing `\` is written in single quotes: `KEY='value'`. All three readers take
-//!    single-quoted text literally: no escapes, no `$` interpolation (Compose interpolates unquoted and
-//!    double-quoted values), `#` and `=` kept, newlines kept (the value spans lines). A trailing `\` would make
-//!    Compose read `\'` as an escaped quote.
-//! 2. A value that contains `'` but no `"`, `\` or `$` is written in double quotes, with a newline as `\n`, the
-//!    one escape all three readers share. (`\"` and `\\` are not: Node keeps the backslash.)
-//! 3. Anything else (a value with `'` and one of `"`, `\`, `$`; a carriage return; a NUL; a trailing `\`) cannot
-//!    be written so that all three agree: [`dotenv_line`] returns an error naming the key and the character.
+//! 1. A value with no `'`, no `\\` and no trailing `\` is written in single quotes: `KEY='value'`. The readers
+//!    take single-quoted text literally: `#`, `=`, `$` and spaces are kept, a newline is kept (the value spans
+//!    lines), and Compose v2 does not interpolate `$`. The exceptions are why the other characters are excluded:
+//!    Compose v2 reads `\'` as an escaped quote (so no trailing `\`), and Compose v1 turns `\\` into `\`.
+//! 2. A value that contains `'` but no `"`, `\` or `$` is written in double quotes, a newline as `\n`, the one
+//!    escape all readers share (`\"` and `\\` are not: Node keeps the backslash; Compose interpolates `$`).
+//! 3. Anything else cannot be written so that all readers agree, and [`dotenv_line`] returns an error naming the
+//!    key and the character: a `'` together with `"`, `\` or `$`; `${` anywhere (Compose v1 interpolates it
+//!    even in single quotes); a carriage return; a NUL; `\\`; a trailing `\`.
 
 /// A value that cannot be written to a `.env` file so that every reader sees the same text.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -53,10 +55,16 @@ pub fn dotenv_line(key: &str, value: &str) -> Result<String, QuoteError> {
     if value.contains('\0') {
         return unrepresentable("a NUL character");
     }
+    if value.contains("${") {
+        return unrepresentable("`${` (docker compose v1 interpolates it even in single quotes)");
+    }
+    if value.contains("\\\\") {
+        return unrepresentable("two backslashes in a row (docker compose v1 reads them as one)");
+    }
     if !value.contains('\'') {
         if value.ends_with('\\') {
             return unrepresentable(
-                "a backslash at the end (docker compose would read `\\'` as an escaped quote)",
+                "a backslash at the end (docker compose reads `\\'` as an escaped quote)",
             );
         }
         return Ok(format!("{key}='{value}'"));
@@ -112,6 +120,7 @@ mod tests {
         assert_eq!(dotenv_line("A", "").unwrap(), "A=''");
         assert_eq!(dotenv_line("A", "two\nlines").unwrap(), "A='two\nlines'");
         assert_eq!(dotenv_line("A", "it's\nok").unwrap(), "A=\"it's\\nok\"");
+        assert_eq!(dotenv_line("A", "a\\b $x").unwrap(), "A='a\\b $x'");
     }
 
     #[test]
