@@ -520,13 +520,17 @@ enum State {
     Failed,
 }
 
+/// One variable's value and the references expanded for it, or `None` when it failed (with a diagnostic).
+pub(crate) type Evaluated = Option<(Value, Vec<Expansion>)>;
+
 /// Evaluates every variable of `vars` against the whole pool (late binding).
 /// Returns, per variable in order, its value and expansions, or `None` when it failed (with diagnostics).
 pub(crate) fn evaluate(
     vars: &[PoolVar],
     secrets: &BTreeSet<String>,
+    rejected: &BTreeSet<String>,
     env: EnvFallback<'_>,
-) -> (Vec<Option<(Value, Vec<Expansion>)>>, Vec<Diagnostic>) {
+) -> (Vec<Evaluated>, Vec<Diagnostic>) {
     let mut ev = Evaluator {
         vars,
         index: vars
@@ -535,6 +539,7 @@ pub(crate) fn evaluate(
             .map(|(i, v)| (v.name.as_str(), i))
             .collect(),
         secrets,
+        rejected,
         env,
         state: vec![State::Pending; vars.len()],
         expansions: vec![Vec::new(); vars.len()],
@@ -560,6 +565,7 @@ struct Evaluator<'a> {
     vars: &'a [PoolVar],
     index: HashMap<&'a str, usize>,
     secrets: &'a BTreeSet<String>,
+    rejected: &'a BTreeSet<String>,
     env: EnvFallback<'a>,
     state: Vec<State>,
     expansions: Vec<Vec<Expansion>>,
@@ -641,6 +647,20 @@ impl Evaluator<'_> {
         }
         if self.secrets.contains(&r.name) {
             return Found::Secret;
+        }
+        if self.rejected.contains(&r.name) {
+            // Its own error is reported where it is set; say why this value fails too, so nothing fails silently.
+            let owner_name = self.vars[owner].name.clone();
+            self.report(
+                owner,
+                r.column,
+                format!(
+                    "{owner_name} refers to {}, whose value has an error",
+                    r.name
+                ),
+                Some(format!("fix the error reported for {}", r.name)),
+            );
+            return Found::Failed;
         }
         if let EnvFallback::Allow(lookup) = self.env
             && let Some(text) = lookup(&r.name)

@@ -349,6 +349,8 @@ pub fn resolve(set: &ComponentSet, input: &ResolveInput<'_>) -> Result<Resolved,
     let mut diags = Vec::new();
     let mut pool = Pool::default();
     let profile_file = input.profile_file;
+    // Names whose values had errors already reported: references to them are not reported again.
+    let mut rejected = BTreeSet::new();
 
     for default in input.defaults {
         let what = format!("default for {} from {}", default.name, default.by);
@@ -372,11 +374,20 @@ pub fn resolve(set: &ComponentSet, input: &ResolveInput<'_>) -> Result<Resolved,
                     position: None,
                 },
             );
+        } else {
+            rejected.insert(default.name.clone());
         }
     }
 
     let mut secret_marks: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    select_components(set, input, &mut pool, &mut secret_marks, &mut diags);
+    let complete = select_components(
+        set,
+        input,
+        &mut pool,
+        &mut secret_marks,
+        &mut rejected,
+        &mut diags,
+    );
 
     for var in input.env {
         let what = format!("profile env variable {}", var.name);
@@ -401,6 +412,8 @@ pub fn resolve(set: &ComponentSet, input: &ResolveInput<'_>) -> Result<Resolved,
                     position: var.position,
                 },
             );
+        } else {
+            rejected.insert(var.name.clone());
         }
     }
 
@@ -444,7 +457,8 @@ pub fn resolve(set: &ComponentSet, input: &ResolveInput<'_>) -> Result<Resolved,
     }
 
     warn_cross_component_overrides(&pool, &mut diags);
-    if has_errors(&diags) {
+    if !complete {
+        // A missing component or section: references into it would only repeat that error.
         return Err(diags);
     }
 
@@ -487,8 +501,24 @@ pub fn resolve(set: &ComponentSet, input: &ResolveInput<'_>) -> Result<Resolved,
         winners.push((winner, shadowed));
     }
     let secret_names: BTreeSet<String> = secrets.keys().cloned().collect();
-    let (values, eval_diags) = interpolate::evaluate(&pool_vars, &secret_names, input.env_fallback);
+    let (values, eval_diags) =
+        interpolate::evaluate(&pool_vars, &secret_names, &rejected, input.env_fallback);
     diags.extend(eval_diags);
+    if !has_errors(&diags) {
+        // Every failure reports itself; this guards the promise that nothing is ever dropped silently.
+        for (var, value) in pool_vars.iter().zip(&values) {
+            if value.is_none() {
+                diags.push(Diagnostic::error(
+                    &var.file,
+                    var.position,
+                    format!(
+                        "{} could not be resolved (an internal error: please report it)",
+                        var.name
+                    ),
+                ));
+            }
+        }
+    }
     if has_errors(&diags) {
         return Err(diags);
     }
@@ -556,8 +586,10 @@ fn select_components(
     input: &ResolveInput<'_>,
     pool: &mut Pool,
     secret_marks: &mut BTreeMap<String, Vec<String>>,
+    rejected: &mut BTreeSet<String>,
     diags: &mut Vec<Diagnostic>,
-) {
+) -> bool {
+    let mut complete = true;
     let profile = input.profile;
     let profile_file = input.profile_file;
     let mut seen = BTreeSet::new();
@@ -569,10 +601,26 @@ fn select_components(
                 sel.position,
                 format!("profile {profile} selects component {name} twice"),
             ));
+            complete = false;
             continue;
         }
         if set.is_broken(name) {
-            // Its file has errors of its own, already reported when it was loaded.
+            // Its file's own errors were reported when it was loaded; this names the profile that needs it.
+            diags.push(
+                Diagnostic::error(
+                    profile_file,
+                    sel.position,
+                    format!(
+                        "profile {profile} selects component {name}, whose file {} cannot be used",
+                        set.file_for(name)
+                    ),
+                )
+                .with_help(format!(
+                    "fix the errors reported for {}",
+                    set.file_for(name)
+                )),
+            );
+            complete = false;
             continue;
         }
         let Some(file) = set.get(name) else {
@@ -593,6 +641,7 @@ fn select_components(
                     quoted_list(set.names())
                 )),
             );
+            complete = false;
             continue;
         };
         if sel.sections.is_empty() {
@@ -608,6 +657,7 @@ fn select_components(
                     section_list(file)
                 )),
             );
+            complete = false;
             continue;
         }
         for mark in &file.secrets {
@@ -625,6 +675,7 @@ fn select_components(
                     sel.position,
                     format!("profile {profile} selects section \"{section_name}\" of component {name} twice"),
                 ));
+                complete = false;
                 continue;
             }
             let Some(section) = file.section(section_name) else {
@@ -644,6 +695,7 @@ fn select_components(
                     )
                     .with_help(format!("{suggestion}select one of the existing sections or add [{section_name}] to {}", file.path)),
                 );
+                complete = false;
                 continue;
             };
             for mark in &section.secrets {
@@ -656,6 +708,7 @@ fn select_components(
                     .or_default()
                     .push(by);
             }
+            rejected.extend(section.rejected.iter().map(|key| file.variable(key)));
             for entry in &section.entries {
                 let origin = Origin::Component {
                     component: name.to_owned(),
@@ -675,6 +728,7 @@ fn select_components(
             }
         }
     }
+    complete
 }
 
 /// Two different components setting the same variable is almost always a namespace clash, not layering.

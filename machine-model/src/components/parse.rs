@@ -31,6 +31,8 @@ pub struct Section {
     pub entries: Vec<Entry>,
     /// `@secret` markers in this section: they apply when the section is selected.
     pub secrets: Vec<SecretMark>,
+    /// Keys whose lines had errors and were left out, so that references to them are not reported again.
+    pub rejected: Vec<String>,
 }
 
 /// One `KEY=VALUE` line.
@@ -254,6 +256,7 @@ impl FileParser<'_> {
             position: Position::new(number, at),
             entries: Vec::new(),
             secrets: Vec::new(),
+            rejected: Vec::new(),
         });
     }
 
@@ -367,6 +370,9 @@ impl FileParser<'_> {
             Err((column, message, help)) => {
                 let d = self.error(number, column, message);
                 d.help = help;
+                if let Some(section) = self.file.as_mut().and_then(|f| f.sections.last_mut()) {
+                    section.rejected.push(key.to_owned());
+                }
                 return;
             }
         };

@@ -423,9 +423,14 @@ fn load_dir_reports_every_file_and_skips_other_files() {
         lines[1].starts_with("components/bad.env:2:1: error: line has no `=`"),
         "{lines:#?}"
     );
-    // Selecting the broken component reports nothing more: its own errors say what is wrong.
+    // Selecting the broken component names the profile and the file, once.
     let r = Case::new(vec![sel("bad", &["a"]), sel("good", &["a"])]).resolve(&set);
-    assert_eq!(value(&ok(r), "GOOD_K"), "1");
+    assert_eq!(
+        errs(r),
+        [
+            "profiles/test-profile.json: error: profile test-profile selects component bad, whose file components/bad.env cannot be used (help: fix the errors reported for components/bad.env)"
+        ]
+    );
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -557,6 +562,42 @@ fn all_errors_are_reported_in_one_run() {
     );
     assert!(
         lines[1].contains("reference cycle: A_Y -> A_Y"),
+        "{lines:#?}"
+    );
+}
+
+#[test]
+fn errors_in_values_do_not_cascade_into_their_references() {
+    // B's line is rejected by the parser; A refers to it: A fails with one line that points at B, and B's own
+    // error is not repeated as an unresolved reference.
+    let (set, diags) = ComponentSet::from_texts(
+        "c",
+        [("v", "c/v.env", "NAMESPACE=V\n[s]\nA=${V_B}\nB=${\n")],
+    );
+    assert_eq!(diags.len(), 1, "{diags:#?}");
+    assert_eq!(
+        errs(Case::new(vec![sel("v", &["s"])]).resolve(&set)),
+        [
+            "c/v.env:3:3: error: V_A refers to V_B, whose value has an error (help: fix the error reported for V_B)"
+        ]
+    );
+    // The same for a bad profile env value; secret-value errors come with interpolation errors in one run.
+    let set = set_of(&[(
+        "v",
+        "NAMESPACE=V\n@secret KEY\n[s]\nKEY=committed\nA=${E}\nC=${NOPE}\n",
+    )]);
+    let mut case = Case::new(vec![sel("v", &["s"])]);
+    case.env = vec![EnvVar::new("E", "${")];
+    let lines = errs(case.resolve(&set));
+    assert_eq!(lines.len(), 4, "{lines:#?}");
+    assert!(lines[0].starts_with("profiles/test-profile.json: error: profile env variable E: a reference needs a variable name"), "{lines:#?}");
+    assert!(lines[1].contains("V_KEY is a secret"), "{lines:#?}");
+    assert!(
+        lines[2].contains("V_A refers to E, whose value has an error"),
+        "{lines:#?}"
+    );
+    assert!(
+        lines[3].contains("unresolved reference ${NOPE}"),
         "{lines:#?}"
     );
 }
@@ -1159,6 +1200,128 @@ fn the_refused_quotings_really_are_read_differently() {
     }
 }
 
+/// The component files the seed profiles use (`profiles/components/`), with the selections those profiles make.
+#[test]
+fn seed_components_resolve_for_every_seed_profile() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../profiles/components");
+    let (set, diags) = ComponentSet::load_dir_as(&dir, "profiles/components");
+    assert!(
+        diags.is_empty(),
+        "{}",
+        diags
+            .iter()
+            .map(|d| d.to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    let local = [
+        sel("redis", &["default", "local"]),
+        sel("api", &["local"]),
+        sel("worker", &["default"]),
+    ];
+    let remote = [
+        sel("redis", &["default", "remote"]),
+        sel("api", &["remote"]),
+        sel("machine", &["default", "prod"]),
+    ];
+    let profiles: Vec<(&str, Vec<Selection>, &[&str])> = vec![
+        (
+            "full-local",
+            [
+                &local[..],
+                &[
+                    sel("machine", &["default", "local"]),
+                    sel("comfyui", &["default"]),
+                    sel("simulation", &["default"]),
+                    sel("monitor", &["local"]),
+                ],
+            ]
+            .concat(),
+            &[],
+        ),
+        (
+            "api-only",
+            [
+                &remote[..],
+                &[sel("worker", &["default"]), sel("openai", &["default"])],
+            ]
+            .concat(),
+            &["HUB_REDIS_URL", "OPENAI_API_KEY"],
+        ),
+        (
+            "gpu-mixed",
+            [
+                &local[..],
+                &[
+                    sel("machine", &["default"]),
+                    sel("comfyui", &["default"]),
+                    sel("openai", &["default"]),
+                ],
+            ]
+            .concat(),
+            &["OPENAI_API_KEY"],
+        ),
+        (
+            "dev-full",
+            [
+                &local[..],
+                &[
+                    sel("machine", &["default", "local"]),
+                    sel("comfyui", &["default"]),
+                    sel("simulation", &["default"]),
+                    sel("openai", &["default"]),
+                    sel("monitor", &["local"]),
+                ],
+            ]
+            .concat(),
+            &["OPENAI_API_KEY"],
+        ),
+        (
+            "prod-gpu",
+            [
+                &remote[..],
+                &[
+                    sel("worker", &["default"]),
+                    sel("comfyui", &["default"]),
+                    sel("monitor", &["remote"]),
+                ],
+            ]
+            .concat(),
+            &["HUB_REDIS_URL"],
+        ),
+        (
+            "api-gateway",
+            [
+                &remote[..],
+                &[
+                    sel("worker", &["default", "high-throughput"]),
+                    sel("openai", &["default"]),
+                ],
+            ]
+            .concat(),
+            &["HUB_REDIS_URL", "OPENAI_API_KEY"],
+        ),
+    ];
+    for (profile, selection, expected_secrets) in profiles {
+        let file = format!("profiles/{profile}.json");
+        let r = machine_model::components::resolve(
+            &set,
+            &ResolveInput::new(profile, &file, &selection),
+        )
+        .unwrap_or_else(|d| panic!("{profile}: {d:#?}"));
+        assert!(r.warnings.is_empty(), "{profile}: {:#?}", r.warnings);
+        dotenv_file(profile, r.literals()).unwrap_or_else(|e| panic!("{profile}: {e:?}"));
+        let secrets: Vec<String> = r.secrets().into_iter().map(|s| s.name).collect();
+        assert_eq!(secrets, expected_secrets, "{profile}");
+    }
+    let r = machine_model::components::resolve(
+        &set,
+        &ResolveInput::new("gpu-mixed", "profiles/gpu-mixed.json", &local),
+    )
+    .unwrap();
+    assert_eq!(value(&r, "HUB_REDIS_URL"), "redis://redis:6379");
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // Properties: no panics on arbitrary input; whatever is written reads back
 
@@ -1237,7 +1400,7 @@ mod properties {
 
         #[test]
         fn runtime_expansion_never_panics(text in "\\PC*", soup in component_text()) {
-            let lookup = |n: &str| (n.len() % 2 == 0).then(|| n.to_owned());
+            let lookup = |n: &str| n.len().is_multiple_of(2).then(|| n.to_owned());
             let _ = expand_runtime(&text, &lookup);
             let _ = expand_runtime(&soup, &lookup);
         }
