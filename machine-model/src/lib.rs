@@ -1,9 +1,10 @@
-//! The shared model of a machine: profile, worker-spec grammar, service catalog, plan and ecosystem.
+//! The shared model of a machine: profile, worker-spec grammar, service catalog, components, plan and ecosystem.
 //!
-//! Data flows one way: profile → [`plan::Plan`] → renderings ([`ecosystem::Ecosystem`], and the xtask's
-//! .env and compose files). The runtime consumes the same plan.
+//! Data flows one way: profile (+ component files) → [`plan::Plan`] → renderings
+//! ([`ecosystem::Ecosystem`], and the xtask's .env and compose files). The runtime consumes the same plan.
 
 pub mod catalog;
+pub mod components;
 pub mod ecosystem;
 pub mod load;
 pub mod plan;

@@ -1,12 +1,14 @@
 //! The developer CLI (`cargo xtask …`): parses arguments and dispatches, one module per command.
 
 mod codegen;
+mod explain;
 mod hooks;
 mod list;
 mod plan;
 mod profiles;
 mod render;
 mod schema;
+mod secrets;
 
 use std::process::ExitCode;
 
@@ -55,6 +57,18 @@ enum Command {
     List,
     /// Install a git pre-commit hook running `cargo xtask check`.
     InstallHooks,
+    /// List the secrets a profile needs and who needs them; write generated/<profile>/.env.secrets.example.
+    Secrets {
+        /// The profile.
+        profile: String,
+    },
+    /// Show a variable's final value (masked if secret) and where it came from.
+    Explain {
+        /// The profile.
+        profile: String,
+        /// The variable, e.g. HUB_REDIS_URL.
+        var: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -71,6 +85,8 @@ fn main() -> ExitCode {
         Command::Check => codegen::run(codegen::Mode::Check),
         Command::List => list::run(),
         Command::InstallHooks => hooks::install(),
+        Command::Secrets { profile } => secrets::run(&profile),
+        Command::Explain { profile, var } => explain::run(&profile, &var),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -121,6 +121,16 @@ fn named_volume(spec: &str) -> Option<&str> {
     named.then_some(source)
 }
 
+/// Secrets pass through by name from the environment Compose runs in (or `--env-file .env.secrets`);
+/// values built from a secret are Compose templates (`${NAME}`), so no secret value is ever written here.
+fn environment(l: &Loaded) -> Vec<String> {
+    let mut env: Vec<String> = l.resolved.secrets().into_iter().map(|s| s.name).collect();
+    for var in l.resolved.secret_dependent().filter(|v| !v.is_secret()) {
+        env.push(format!("{}={}", var.name, var.value.to_template()));
+    }
+    env
+}
+
 /// Seconds as a Compose duration.
 fn secs(s: u32) -> String {
     format!("{s}s")
@@ -142,7 +152,7 @@ fn model(l: &Loaded) -> Compose {
             args: BTreeMap::from([("PROFILE".to_string(), p.profile.clone())]),
         }),
         env_file: vec![".env".into()],
-        environment: p.secrets.iter().map(|s| s.name.to_string()).collect(),
+        environment: environment(l),
         restart: Some(d.restart.as_str().into()),
         stop_signal: Some("SIGTERM".into()),
         // Workers stop first, then services, each within its kill timeout; leave a margin for the reaping.

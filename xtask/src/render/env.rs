@@ -1,34 +1,36 @@
-//! The `.env` rendering: every machine variable, one quoting rule, no secret values.
+//! The `.env` rendering: the variables the plan derives, then the components' and profile's literal values,
+//! each written with the one quoting rule every reader agrees on. No secret, nor any value built from one.
 
 use anyhow::bail;
+use machine_model::components::dotenv_line;
+use machine_model::{Plan, Profile};
 
 use crate::profiles::Loaded;
 
-/// The machine variables of a plan and profile, in a fixed order.
-pub fn machine_vars(l: &Loaded) -> Vec<(String, String)> {
-    let p = &l.plan;
-    let m = &l.profile.machine;
+/// The variables derived from the plan and the profile's typed fields, in a fixed order.
+pub fn derived_vars(profile: &Profile, plan: &Plan) -> Vec<(String, String)> {
+    let m = &profile.machine;
     let mut v: Vec<(String, String)> = vec![
-        ("MACHINE_PROFILE".into(), p.profile.clone()),
-        ("MACHINE_ID".into(), p.machine_id.clone()),
-        ("WORKER_CONNECTORS".into(), p.worker_spec.clone()),
+        ("MACHINE_PROFILE".into(), plan.profile.clone()),
+        ("MACHINE_ID".into(), plan.machine_id.clone()),
+        ("WORKER_CONNECTORS".into(), plan.worker_spec.clone()),
         // The existing runtime reads WORKERS; same value, one source.
-        ("WORKERS".into(), p.worker_spec.clone()),
-        ("MACHINE_GPU_COUNT".into(), p.gpus.to_string()),
-        ("NUM_GPUS".into(), p.gpus.to_string()),
-        ("MACHINE_HAS_GPU".into(), (p.gpus > 0).to_string()),
+        ("WORKERS".into(), plan.worker_spec.clone()),
+        ("MACHINE_GPU_COUNT".into(), plan.gpus.to_string()),
+        ("NUM_GPUS".into(), plan.gpus.to_string()),
+        ("MACHINE_HAS_GPU".into(), (plan.gpus > 0).to_string()),
         ("MACHINE_RAM_GB".into(), m.ram_gb.to_string()),
         (
             "MACHINE_ALLOW_FEWER_GPUS".into(),
             m.allow_fewer_gpus.to_string(),
         ),
-        ("MACHINE_HEALTH_PORT".into(), p.health_port.to_string()),
-        ("WORKSPACE_DIR".into(), p.workspace.clone()),
+        ("MACHINE_HEALTH_PORT".into(), plan.health_port.to_string()),
+        ("WORKSPACE_DIR".into(), plan.workspace.clone()),
     ];
     if let Some(model) = &m.gpu_model {
         v.push(("MACHINE_GPU_MODEL".into(), model.clone()));
     }
-    if p.gpus > 0 {
+    if plan.gpus > 0 {
         // NVML needs `utility`, CUDA `compute`; the toolkit's default changed across versions.
         v.push((
             "NVIDIA_DRIVER_CAPABILITIES".into(),
@@ -38,31 +40,52 @@ pub fn machine_vars(l: &Loaded) -> Vec<(String, String)> {
     v
 }
 
-/// One `KEY='value'` line. Single quotes are literal for dotenv readers, `node --env-file` and Compose
-/// `env_file` alike (no `$` interpolation, `#` kept); values that single quotes cannot carry are refused.
-pub fn line(key: &str, value: &str) -> anyhow::Result<String> {
-    if value.contains('\'') || value.contains('\n') || value.contains('\r') {
-        bail!(
-            "value of {key} contains a single quote or a line break, which .env files cannot carry identically for every reader"
-        );
-    }
-    Ok(format!("{key}='{value}'"))
-}
-
 pub fn render(l: &Loaded) -> anyhow::Result<String> {
+    let derived = derived_vars(&l.profile, &l.plan);
     let mut out = format!("# {}\n", super::header(&l.source.name));
-    out += "# Secrets are not here: put them in .env.secrets beside this file (git-ignored) or the environment.\n";
-    out += "\n# machine\n";
-    for (k, v) in machine_vars(l) {
-        out += &line(&k, &v)?;
-        out.push('\n');
-    }
-    if !l.profile.env.is_empty() {
-        out += "\n# profile env\n";
-        for (k, v) in &l.profile.env {
-            out += &line(k, v)?;
-            out.push('\n');
+    out += "# Secrets are not here: see .env.secrets.example beside this file.\n";
+    let mut problems = Vec::new();
+    let mut section = |title: &str, vars: Vec<(&str, &str)>, out: &mut String| {
+        if vars.is_empty() {
+            return;
         }
+        *out += &format!("\n# {title}\n");
+        for (k, v) in vars {
+            match dotenv_line(k, v) {
+                Ok(line) => {
+                    *out += &line;
+                    out.push('\n');
+                }
+                Err(e) => problems.push(format!("generated/{}/.env: {e}", l.source.name)),
+            }
+        }
+    };
+    section(
+        "derived from the plan",
+        derived
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect(),
+        &mut out,
+    );
+    let from_components: Vec<(&str, &str)> = l
+        .resolved
+        .literals()
+        .filter(|(k, _)| !derived.iter().any(|(d, _)| d == k))
+        .collect();
+    section("from components and profile env", from_components, &mut out);
+    if !problems.is_empty() {
+        bail!("{}", problems.join("\n"));
     }
     Ok(out)
+}
+
+/// `.env.secrets.example`: the names of every secret the machine needs, no values.
+pub fn secrets_example(l: &Loaded) -> String {
+    let mut out = format!("# {}\n", super::header(&l.source.name));
+    out += "# Copy to .env.secrets (git-ignored) and fill in; Compose passes these through to the machine.\n";
+    for s in l.resolved.secrets() {
+        out += &format!("# needed by {}\n{}=\n", s.needed_by.join(", "), s.name);
+    }
+    out
 }

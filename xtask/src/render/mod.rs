@@ -19,6 +19,10 @@ pub fn profile_files(l: &Loaded) -> anyhow::Result<Vec<(String, String)>> {
     let dir = format!("generated/{name}");
     Ok(vec![
         (format!("{dir}/.env"), env::render(l)?),
+        (
+            format!("{dir}/.env.secrets.example"),
+            env::secrets_example(l),
+        ),
         (format!("{dir}/docker-compose.yaml"), compose::render(l)),
         (format!("{dir}/ecosystem.config.json"), ecosystem(l)),
     ])

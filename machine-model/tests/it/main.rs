@@ -1,0 +1,3 @@
+//! The machine-model integration tests: one binary, one module per topic.
+
+mod components;
