@@ -1,1 +1,3 @@
 //! machine-runtime as a library: every concern in its own module, `main.rs` only dispatches.
+pub mod broker;
+pub mod simulate_worker;

@@ -1,0 +1,1 @@
+//! Integration tests of machine-runtime: one binary, one module per topic.
