@@ -10,9 +10,14 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
-enum Command {}
+enum Command {
+    /// Stand in for a job worker: register and heartbeat in redis while the service at SIMULATION_BASE_URL answers
+    SimulateWorker,
+}
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    match cli.command {}
+    match cli.command {
+        Command::SimulateWorker => machine_runtime::simulate_worker::main(),
+    }
 }
