@@ -56,10 +56,10 @@ impl RedisUrl {
                 &secrets,
             ))
         })?;
-        if let Some(password) = info.redis_settings().password() {
-            if !secrets.iter().any(|s| s == password) {
-                secrets.push(password.to_owned());
-            }
+        if let Some(password) = info.redis_settings().password()
+            && !secrets.iter().any(|s| s == password)
+        {
+            secrets.push(password.to_owned());
         }
         if tls {
             install_tls_provider();

@@ -136,7 +136,7 @@ impl WorkerTruth {
             }
             "job_started" => {
                 facts.status = Some(WorkerState::Busy);
-                facts.current_job_id = Some(data.get("job_id").and_then(|j| job_id(j)));
+                facts.current_job_id = Some(data.get("job_id").and_then(job_id));
             }
             "job_completed" | "job_failed" => {
                 facts.status = Some(WorkerState::Idle);
@@ -154,10 +154,9 @@ impl WorkerTruth {
         if matches!(
             event.event_type.as_str(),
             "job_started" | "job_completed" | "job_failed"
-        ) {
-            if let Some(at) = &event.timestamp {
-                facts.last_activity = Some(at.clone());
-            }
+        ) && let Some(at) = &event.timestamp
+        {
+            facts.last_activity = Some(at.clone());
         }
     }
 
