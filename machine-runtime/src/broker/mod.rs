@@ -475,8 +475,10 @@ impl Publisher {
                     if next == self.current {
                         continue;
                     }
-                    let became_ready =
-                        self.current.phase != Phase::Ready && next.phase == Phase::Ready;
+                    // `machine_ready` is sent once per run, however often the phase flips.
+                    let became_ready = self.current.phase != Phase::Ready
+                        && next.phase == Phase::Ready
+                        && !self.delivered_ready;
                     self.current = next;
                     if became_ready {
                         self.publish_ready(&mut ticker).await;

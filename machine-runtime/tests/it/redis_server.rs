@@ -10,6 +10,7 @@ const BINARY: &str = "/usr/bin/redis-server";
 /// A running redis-server owned by the test.
 pub struct RedisServer {
     port: u16,
+    tls: bool,
     extra: Vec<String>,
     dir: tempfile::TempDir,
     child: Option<Child>,
@@ -21,13 +22,32 @@ impl RedisServer {
         Self::start_with(&[])
     }
 
+    /// Starts a server that speaks only TLS, with the self-signed certificate in `fixtures/redis-tls`.
+    pub fn start_tls() -> Self {
+        let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/fixtures/redis-tls");
+        let cert = format!("{fixtures}/cert.pem");
+        let key = format!("{fixtures}/key.pem");
+        Self::start_with(&[
+            "--tls-cert-file",
+            &cert,
+            "--tls-key-file",
+            &key,
+            "--tls-ca-cert-file",
+            &cert,
+            "--tls-auth-clients",
+            "no",
+        ])
+    }
+
     /// Starts a server with extra arguments (e.g. `["--requirepass", "pw"]`).
     pub fn start_with(extra: &[&str]) -> Self {
         wait_for_binary();
         let extra: Vec<String> = extra.iter().map(|s| (*s).to_owned()).collect();
         let dir = tempfile::tempdir().expect("temporary directory for redis-server");
+        let tls = extra.iter().any(|a| a == "--tls-cert-file");
         let mut server = Self {
             port: free_port(),
+            tls,
             extra,
             dir,
             child: None,
@@ -48,9 +68,23 @@ impl RedisServer {
 
     fn spawn(&mut self) -> Result<(), String> {
         let log = self.dir.path().join("redis.log");
+        let ports = if self.tls {
+            [
+                "--port".to_owned(),
+                "0".to_owned(),
+                "--tls-port".to_owned(),
+                self.port.to_string(),
+            ]
+        } else {
+            [
+                "--port".to_owned(),
+                self.port.to_string(),
+                "--tls-port".to_owned(),
+                "0".to_owned(),
+            ]
+        };
         let mut child = Command::new(BINARY)
-            .arg("--port")
-            .arg(self.port.to_string())
+            .args(ports)
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .arg("--dir")
             .arg(self.dir.path())
