@@ -39,6 +39,8 @@ enum Command {
         #[arg(long, default_value_t = 100)]
         job_ms: u64,
     },
+    /// Stand in for a job worker: register and heartbeat in redis while the service at SIMULATION_BASE_URL answers.
+    SimulateWorker,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -57,6 +59,7 @@ fn main() -> ExitCode {
             startup_delay_ms,
             job_ms,
         } => simulate(port, host, startup_delay_ms, job_ms),
+        Command::SimulateWorker => return machine_runtime::simulate_worker::main(),
     };
     match result {
         Ok(code) => code,

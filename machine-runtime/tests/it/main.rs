@@ -1,4 +1,6 @@
 //! machine-runtime integration tests: one binary, one module per topic.
 
+mod broker;
 mod gpu;
+mod redis_server;
 mod simulate;

@@ -1,0 +1,461 @@
+//! Broker settings from the environment: `HUB_REDIS_URL` (kept secret), the status interval and the preflight mode.
+
+use std::fmt;
+use std::time::Duration;
+
+use redis::IntoConnectionInfo;
+
+/// Default `MACHINE_STATUS_UPDATE_INTERVAL_SECONDS`.
+pub const DEFAULT_STATUS_INTERVAL_SECONDS: u64 = 10;
+/// The API marks a machine silent for 30 s as disconnected; 25 s leaves room for one slow publish.
+pub const MAX_STATUS_INTERVAL_SECONDS: u64 = 25;
+
+/// A validated `redis://` or `rediss://` URL whose password never leaves this type.
+///
+/// `Debug` and `Display` show the redacted form (`redis://user:***@host:6379/0`).
+#[derive(Clone)]
+pub struct RedisUrl {
+    info: redis::ConnectionInfo,
+    redacted: String,
+    secrets: Vec<String>,
+    tls: bool,
+}
+
+impl RedisUrl {
+    /// Parses a URL given in the environment variable `var` (named in every error).
+    pub fn parse(var: &str, raw: &str) -> Result<Self, ConfigError> {
+        let raw = raw.trim();
+        let redacted = redact_url(raw);
+        if raw.is_empty() {
+            return Err(ConfigError::MissingUrl {
+                var: var.to_owned(),
+            });
+        }
+        let bad = |reason: String| ConfigError::BadUrl {
+            var: var.to_owned(),
+            redacted: redacted.clone(),
+            reason,
+        };
+        let scheme = match raw.find("://") {
+            Some(end) => raw[..end].to_ascii_lowercase(),
+            None => return Err(bad("it has no scheme".to_owned())),
+        };
+        let tls = match scheme.as_str() {
+            "redis" => false,
+            "rediss" => true,
+            other => return Err(bad(format!("scheme \"{other}\" is not accepted"))),
+        };
+        let mut secrets = Vec::new();
+        if let Some(password) = password_of(raw) {
+            secrets.push(password.to_owned());
+        }
+        let info = raw.into_connection_info().map_err(|err| {
+            let detail = err.detail().map(|d| format!(": {d}")).unwrap_or_default();
+            bad(redact_text(
+                &format!("{}{detail}", err.category()),
+                &secrets,
+            ))
+        })?;
+        if let Some(password) = info.redis_settings().password()
+            && !secrets.iter().any(|s| s == password)
+        {
+            secrets.push(password.to_owned());
+        }
+        if tls {
+            install_tls_provider();
+        }
+        Ok(Self {
+            info,
+            redacted,
+            secrets,
+            tls,
+        })
+    }
+
+    /// The URL with its password replaced by `***`, safe for logs and the health endpoint.
+    pub fn redacted(&self) -> &str {
+        &self.redacted
+    }
+
+    /// Whether the URL asks for TLS (`rediss://`).
+    pub fn is_tls(&self) -> bool {
+        self.tls
+    }
+
+    /// Removes every occurrence of the password from `text` (errors from lower layers may echo it).
+    pub fn redact(&self, text: &str) -> String {
+        redact_text(text, &self.secrets)
+    }
+
+    pub(crate) fn connection_info(&self) -> redis::ConnectionInfo {
+        self.info.clone()
+    }
+}
+
+impl fmt::Debug for RedisUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RedisUrl({})", self.redacted)
+    }
+}
+
+impl fmt::Display for RedisUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted)
+    }
+}
+
+/// rustls needs one process-wide crypto provider and the redis crate does not pick one; ring is the
+/// one already compiled in. Installing twice is harmless (the second call is refused and ignored).
+pub fn install_tls_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// What the broker does when its preflight finds the job broker missing in Redis (`BROKER_PREFLIGHT`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PreflightMode {
+    /// Log a loud warning and keep running (the default).
+    Warn,
+    /// Refuse to start.
+    Require,
+    /// Skip the check.
+    Off,
+}
+
+impl PreflightMode {
+    /// The value as written in `BROKER_PREFLIGHT`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Warn => "warn",
+            Self::Require => "require",
+            Self::Off => "off",
+        }
+    }
+}
+
+/// Everything the broker needs besides the machine view.
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    /// Where the job broker's Redis is (`HUB_REDIS_URL`).
+    pub url: RedisUrl,
+    /// Time between `periodic` status messages (`MACHINE_STATUS_UPDATE_INTERVAL_SECONDS`).
+    pub status_interval: Duration,
+    /// What to do when the preflight fails (`BROKER_PREFLIGHT`).
+    pub preflight: PreflightMode,
+    /// Limit for establishing one connection, TLS and AUTH included.
+    pub connect_timeout: Duration,
+    /// Limit for one command's reply; a late reply counts as a lost connection.
+    pub response_timeout: Duration,
+    /// First delay between reconnection attempts; doubles per failure.
+    pub backoff_min: Duration,
+    /// Cap of the reconnection delay.
+    pub backoff_max: Duration,
+    /// Minimum gap between two `event_driven` messages; changes in between are merged, the last one wins.
+    pub event_debounce: Duration,
+    /// Bound on [`super::Broker::shutdown`], so a dead Redis cannot hold up the machine's stop.
+    pub shutdown_timeout: Duration,
+}
+
+impl BrokerConfig {
+    /// Defaults for everything but the URL.
+    pub fn new(url: RedisUrl) -> Self {
+        Self {
+            url,
+            status_interval: Duration::from_secs(DEFAULT_STATUS_INTERVAL_SECONDS),
+            preflight: PreflightMode::Warn,
+            connect_timeout: Duration::from_secs(5),
+            response_timeout: Duration::from_secs(5),
+            backoff_min: Duration::from_millis(250),
+            backoff_max: Duration::from_secs(10),
+            event_debounce: Duration::from_millis(100),
+            shutdown_timeout: Duration::from_secs(3),
+        }
+    }
+
+    /// Reads `HUB_REDIS_URL`, `MACHINE_STATUS_UPDATE_INTERVAL_SECONDS` and `BROKER_PREFLIGHT` from the
+    /// process environment; warnings (a clamped interval) are returned for the caller to log.
+    pub fn from_env() -> Result<(Self, Vec<String>), ConfigErrors> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Like [`BrokerConfig::from_env`] with any variable source; reports every problem at once.
+    pub fn from_lookup(
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<(Self, Vec<String>), ConfigErrors> {
+        let mut errors = Vec::new();
+        let mut warnings = Vec::new();
+        let url = match RedisUrl::parse(
+            "HUB_REDIS_URL",
+            &lookup("HUB_REDIS_URL").unwrap_or_default(),
+        ) {
+            Ok(url) => Some(url),
+            Err(err) => {
+                errors.push(err);
+                None
+            }
+        };
+        let interval = match status_interval(lookup("MACHINE_STATUS_UPDATE_INTERVAL_SECONDS")) {
+            Ok((interval, warning)) => {
+                warnings.extend(warning);
+                interval
+            }
+            Err(err) => {
+                errors.push(err);
+                Duration::ZERO
+            }
+        };
+        let preflight = match preflight_mode(lookup("BROKER_PREFLIGHT")) {
+            Ok(mode) => mode,
+            Err(err) => {
+                errors.push(err);
+                PreflightMode::Warn
+            }
+        };
+        match url {
+            Some(url) if errors.is_empty() => {
+                let mut config = Self::new(url);
+                config.status_interval = interval;
+                config.preflight = preflight;
+                Ok((config, warnings))
+            }
+            _ => Err(ConfigErrors(errors)),
+        }
+    }
+}
+
+fn status_interval(value: Option<String>) -> Result<(Duration, Option<String>), ConfigError> {
+    const VAR: &str = "MACHINE_STATUS_UPDATE_INTERVAL_SECONDS";
+    let Some(value) = value.filter(|v| !v.trim().is_empty()) else {
+        return Ok((Duration::from_secs(DEFAULT_STATUS_INTERVAL_SECONDS), None));
+    };
+    let seconds = match value.trim().parse::<u64>() {
+        Ok(0) | Err(_) => {
+            return Err(ConfigError::BadInterval { var: VAR, value });
+        }
+        Ok(seconds) => seconds,
+    };
+    if seconds > MAX_STATUS_INTERVAL_SECONDS {
+        let warning = format!(
+            "{VAR}={seconds} is above {MAX_STATUS_INTERVAL_SECONDS}; using {MAX_STATUS_INTERVAL_SECONDS} s because the api marks a machine silent for 30 s as disconnected"
+        );
+        return Ok((
+            Duration::from_secs(MAX_STATUS_INTERVAL_SECONDS),
+            Some(warning),
+        ));
+    }
+    Ok((Duration::from_secs(seconds), None))
+}
+
+fn preflight_mode(value: Option<String>) -> Result<PreflightMode, ConfigError> {
+    let Some(value) = value.filter(|v| !v.trim().is_empty()) else {
+        return Ok(PreflightMode::Warn);
+    };
+    match value.trim().to_ascii_lowercase().as_str() {
+        "warn" => Ok(PreflightMode::Warn),
+        "require" => Ok(PreflightMode::Require),
+        "off" => Ok(PreflightMode::Off),
+        _ => Err(ConfigError::BadPreflight { value }),
+    }
+}
+
+/// One problem with the broker's environment.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    /// The URL variable is unset or empty.
+    #[error(
+        "{var} is not set; set it to the job broker's redis, e.g. redis://:password@host:6379 or rediss://user:password@host:6380 for TLS"
+    )]
+    MissingUrl {
+        /// The variable name.
+        var: String,
+    },
+    /// The URL does not parse or has another scheme.
+    #[error(
+        "{var} ({redacted}) is not a usable redis url: {reason}; accepted schemes are redis:// and rediss:// (TLS), e.g. redis://:password@host:6379/0"
+    )]
+    BadUrl {
+        /// The variable name.
+        var: String,
+        /// The URL with its password replaced by `***`.
+        redacted: String,
+        /// What is wrong, without the password.
+        reason: String,
+    },
+    /// The interval is not a positive whole number.
+    #[error(
+        "{var}=\"{value}\" is not a whole number of seconds; use a value from 1 to 25 (default 10)"
+    )]
+    BadInterval {
+        /// The variable name.
+        var: &'static str,
+        /// The value given.
+        value: String,
+    },
+    /// The preflight mode is unknown.
+    #[error(
+        "BROKER_PREFLIGHT=\"{value}\" is not a preflight mode; use warn (the default), require or off"
+    )]
+    BadPreflight {
+        /// The value given.
+        value: String,
+    },
+}
+
+/// All problems found in one read of the environment.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+/// The password part of `scheme://user:password@host`, if any.
+fn password_of(raw: &str) -> Option<&str> {
+    let userinfo = userinfo_of(raw)?;
+    match userinfo.split_once(':') {
+        Some((_, password)) if !password.is_empty() => Some(password),
+        Some(_) => None,
+        None if !userinfo.is_empty() => Some(userinfo),
+        None => None,
+    }
+}
+
+fn userinfo_of(raw: &str) -> Option<&str> {
+    let rest = &raw[raw.find("://")? + 3..];
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    authority.rfind('@').map(|at| &authority[..at])
+}
+
+/// Replaces the password of a URL-like string with `***`; works on malformed input too.
+///
+/// A userinfo without `:` is redacted whole, because some people write `redis://password@host`.
+pub fn redact_url(raw: &str) -> String {
+    if !raw.contains("://") {
+        // Without a scheme there is no telling which part is secret: hide it all.
+        return "***".to_owned();
+    }
+    let Some(userinfo) = userinfo_of(raw) else {
+        return raw.to_owned();
+    };
+    let start = userinfo.as_ptr() as usize - raw.as_ptr() as usize;
+    let end = start + userinfo.len();
+    let replacement = match userinfo.split_once(':') {
+        Some((user, _)) => format!("{user}:***"),
+        None if userinfo.is_empty() => String::new(),
+        None => "***".to_owned(),
+    };
+    format!("{}{replacement}{}", &raw[..start], &raw[end..])
+}
+
+/// Replaces each secret (and its percent-decoded form, when different) in `text` by `***`.
+fn redact_text(text: &str, secrets: &[String]) -> String {
+    let mut out = text.to_owned();
+    for secret in secrets {
+        if secret.len() >= 3 {
+            out = out.replace(secret.as_str(), "***");
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lookup(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let vars: Vec<(String, String)> = vars
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        move |name| vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+    }
+
+    #[test]
+    fn redacts_passwords_in_urls() {
+        assert_eq!(
+            redact_url("redis://:s3cret@h:6379/0"),
+            "redis://:***@h:6379/0"
+        );
+        assert_eq!(redact_url("rediss://user:s3cret@h"), "rediss://user:***@h");
+        assert_eq!(redact_url("redis://s3cret@h"), "redis://***@h");
+        assert_eq!(redact_url("redis://h:6379"), "redis://h:6379");
+        assert_eq!(redact_url("redis://u:p@ss:w@h/x@y"), "redis://u:***@h/x@y");
+        assert_eq!(redact_url("s3cret"), "***");
+    }
+
+    #[test]
+    fn accepts_redis_and_rediss() {
+        let url = RedisUrl::parse("HUB_REDIS_URL", "redis://:s3cret@127.0.0.1:6379/2").unwrap();
+        assert_eq!(url.redacted(), "redis://:***@127.0.0.1:6379/2");
+        assert!(!url.is_tls());
+        assert!(!format!("{url:?} {url}").contains("s3cret"));
+        let url = RedisUrl::parse("HUB_REDIS_URL", "rediss://u:s3cret@example.com:6380").unwrap();
+        assert!(url.is_tls());
+        assert_eq!(url.redact("auth failed for s3cret"), "auth failed for ***");
+    }
+
+    #[test]
+    fn bad_urls_name_the_variable_and_schemes_without_the_password() {
+        for raw in [
+            "http://:s3cret@h:6379",
+            "redis://:s3cret@h:notaport",
+            "s3cret",
+            "unix:///tmp/redis.sock",
+        ] {
+            let err = RedisUrl::parse("HUB_REDIS_URL", raw)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("HUB_REDIS_URL"), "{err}");
+            assert!(
+                err.contains("redis://") && err.contains("rediss://"),
+                "{err}"
+            );
+            assert!(!err.contains("s3cret"), "{err}");
+        }
+        let err = RedisUrl::parse("HUB_REDIS_URL", " ").unwrap_err();
+        assert_eq!(
+            err,
+            ConfigError::MissingUrl {
+                var: "HUB_REDIS_URL".into()
+            }
+        );
+    }
+
+    #[test]
+    fn interval_defaults_clamps_and_rejects() {
+        let (config, warnings) =
+            BrokerConfig::from_lookup(lookup(&[("HUB_REDIS_URL", "redis://h")])).unwrap();
+        assert_eq!(config.status_interval, Duration::from_secs(10));
+        assert_eq!(config.preflight, PreflightMode::Warn);
+        assert!(warnings.is_empty());
+
+        let (config, warnings) = BrokerConfig::from_lookup(lookup(&[
+            ("HUB_REDIS_URL", "redis://h"),
+            ("MACHINE_STATUS_UPDATE_INTERVAL_SECONDS", "60"),
+            ("BROKER_PREFLIGHT", "require"),
+        ]))
+        .unwrap();
+        assert_eq!(config.status_interval, Duration::from_secs(25));
+        assert_eq!(config.preflight, PreflightMode::Require);
+        assert_eq!(warnings.len(), 1);
+        assert!(warnings[0].contains("MACHINE_STATUS_UPDATE_INTERVAL_SECONDS=60"));
+
+        let errors = BrokerConfig::from_lookup(lookup(&[
+            ("HUB_REDIS_URL", "http://:pw123@h"),
+            ("MACHINE_STATUS_UPDATE_INTERVAL_SECONDS", "abc"),
+            ("BROKER_PREFLIGHT", "maybe"),
+        ]))
+        .unwrap_err();
+        assert_eq!(errors.0.len(), 3, "{errors}");
+        let text = errors.to_string();
+        assert!(
+            text.contains("MACHINE_STATUS_UPDATE_INTERVAL_SECONDS=\"abc\""),
+            "{text}"
+        );
+        assert!(text.contains("BROKER_PREFLIGHT=\"maybe\""), "{text}");
+        assert!(!text.contains("pw123"), "{text}");
+
+        let errors = BrokerConfig::from_lookup(lookup(&[
+            ("HUB_REDIS_URL", "redis://h"),
+            ("MACHINE_STATUS_UPDATE_INTERVAL_SECONDS", "0"),
+        ]))
+        .unwrap_err();
+        assert!(errors.to_string().contains("from 1 to 25"));
+    }
+}

@@ -1,0 +1,375 @@
+//! The `machine:status:<MACHINE_ID>` message in exactly the shape the existing API parses (reference part f).
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::Serialize;
+
+use super::view::{MachineView, Phase, ProcessState, ServiceView, WorkerView};
+use super::workers::{WorkerStatus, WorkerTruth, resolve};
+
+/// Why a status message is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpdateType {
+    /// The first message after start.
+    Initial,
+    /// Once, when the machine phase becomes ready (always followed by a `periodic`).
+    MachineReady,
+    /// The heartbeat of the machine, every status interval.
+    Periodic,
+    /// An app changed state or a worker sent an event.
+    EventDriven,
+    /// The last message, before the children are signalled.
+    Shutdown,
+}
+
+impl UpdateType {
+    /// The protocol's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Initial => "initial",
+            Self::MachineReady => "machine_ready",
+            Self::Periodic => "periodic",
+            Self::EventDriven => "event_driven",
+            Self::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// The whole message.
+#[derive(Debug, Clone, Serialize)]
+pub struct StatusMessage {
+    /// `MACHINE_ID`.
+    pub machine_id: String,
+    /// Epoch milliseconds.
+    pub timestamp: u64,
+    /// Why it is sent.
+    pub update_type: UpdateType,
+    /// Where the machine's health endpoint is.
+    pub health_url: String,
+    /// What the machine consists of.
+    pub structure: Structure,
+    /// How each part is doing.
+    pub status: Status,
+}
+
+/// `structure`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Structure {
+    /// GPUs served.
+    pub gpu_count: u32,
+    /// Service types offered by the workers, deduplicated, in plan order.
+    pub capabilities: Vec<String>,
+    /// Keyed by `WORKER_ID`.
+    pub workers: BTreeMap<String, WorkerStructure>,
+    /// Keyed by `<WORKER_ID>.<service type>`.
+    pub services: BTreeMap<String, ServiceStructure>,
+}
+
+/// `structure.workers.<WORKER_ID>`.
+#[derive(Debug, Clone, Serialize)]
+pub struct WorkerStructure {
+    /// `WORKER_ID`.
+    pub worker_id: String,
+    /// The worker's app name.
+    pub pm2_name: String,
+    /// The GPU index, `null` for workers without a GPU.
+    pub gpu_id: Option<u32>,
+    /// The connector.
+    pub worker_type: String,
+    /// `gpu|cpu|shared`.
+    pub resource_binding: String,
+    /// Service types.
+    pub services: Vec<String>,
+    /// Connectors (one per worker here).
+    pub connectors: Vec<String>,
+}
+
+/// `structure.services.<WORKER_ID>.<service>`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServiceStructure {
+    /// The worker that uses the service.
+    pub worker_id: String,
+    /// The service type.
+    pub service_type: String,
+    /// The app that provides it (the worker itself for API connectors without a local service).
+    pub pm2_name: String,
+    /// `active|inactive|unknown`.
+    pub status: ServiceActivity,
+    /// `healthy|unhealthy|unknown`.
+    pub health: ServiceHealth,
+}
+
+/// `status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    /// The machine as a whole.
+    pub machine: MachineStatus,
+    /// Keyed by `WORKER_ID`.
+    pub workers: BTreeMap<String, WorkerStatus>,
+    /// Keyed by `<WORKER_ID>.<service type>`.
+    pub services: BTreeMap<String, ServiceStatus>,
+}
+
+/// `status.machine`.
+#[derive(Debug, Clone, Serialize)]
+pub struct MachineStatus {
+    /// `starting|ready|shutdown`.
+    pub phase: &'static str,
+    /// Milliseconds since the runtime started.
+    pub uptime_ms: u64,
+}
+
+/// `status.services.<WORKER_ID>.<service>`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServiceStatus {
+    /// The worker that uses the service.
+    pub worker_id: String,
+    /// The service type.
+    pub service_type: String,
+    /// The app that provides it.
+    pub pm2_name: String,
+    /// PM2's word for the process state (`online`, `errored`, ...).
+    pub pm2_status: &'static str,
+    /// `active|inactive|unknown`.
+    pub status: ServiceActivity,
+    /// `healthy|unhealthy|unknown`.
+    pub health: ServiceHealth,
+}
+
+/// Whether a service's process is up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ServiceActivity {
+    /// Process alive.
+    Active,
+    /// Process not alive.
+    Inactive,
+    /// Not known.
+    Unknown,
+}
+
+/// Whether a service answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ServiceHealth {
+    /// Readiness passed.
+    Healthy,
+    /// Down, or the worker's connector says it cannot use it.
+    Unhealthy,
+    /// Still starting.
+    Unknown,
+}
+
+/// Builds the message for `view` at `now_ms`; `Shutdown` messages report phase `shutdown`.
+pub fn build(
+    view: &MachineView,
+    truths: &HashMap<String, WorkerTruth>,
+    update_type: UpdateType,
+    now_ms: u64,
+) -> StatusMessage {
+    let phase = if update_type == UpdateType::Shutdown {
+        Phase::Shutdown
+    } else {
+        view.phase
+    };
+    let mut capabilities: Vec<String> = Vec::new();
+    let mut structure_workers = BTreeMap::new();
+    let mut structure_services = BTreeMap::new();
+    let mut status_workers = BTreeMap::new();
+    let mut status_services = BTreeMap::new();
+    for worker in &view.workers {
+        let truth = truths.get(&worker.worker_id);
+        for service in &worker.services {
+            if !capabilities.contains(service) {
+                capabilities.push(service.clone());
+            }
+            let key = format!("{}.{service}", worker.worker_id);
+            let provider = service_for(view, worker, service);
+            let connector = truth.and_then(|t| t.event.connectors.get(service));
+            let (pm2_name, state, ready) = match provider {
+                Some(s) => (s.app_name.clone(), s.process_state, Some(s.ready)),
+                None => (worker.app_name.clone(), worker.process_state, None),
+            };
+            let activity = if state.is_alive() {
+                ServiceActivity::Active
+            } else {
+                ServiceActivity::Inactive
+            };
+            let health = health(state, ready, connector.and_then(|(_, h)| h.as_deref()));
+            structure_services.insert(
+                key.clone(),
+                ServiceStructure {
+                    worker_id: worker.worker_id.clone(),
+                    service_type: service.clone(),
+                    pm2_name: pm2_name.clone(),
+                    status: activity,
+                    health,
+                },
+            );
+            status_services.insert(
+                key,
+                ServiceStatus {
+                    worker_id: worker.worker_id.clone(),
+                    service_type: service.clone(),
+                    pm2_name,
+                    pm2_status: state.pm2_status(),
+                    status: activity,
+                    health,
+                },
+            );
+        }
+        structure_workers.insert(
+            worker.worker_id.clone(),
+            WorkerStructure {
+                worker_id: worker.worker_id.clone(),
+                pm2_name: worker.app_name.clone(),
+                gpu_id: worker.gpu,
+                worker_type: worker.connector.clone(),
+                resource_binding: worker.binding.as_str().to_owned(),
+                services: worker.services.clone(),
+                connectors: vec![worker.connector.clone()],
+            },
+        );
+        status_workers.insert(
+            worker.worker_id.clone(),
+            resolve(worker.process_state.is_alive(), truth),
+        );
+    }
+    StatusMessage {
+        machine_id: view.machine_id.clone(),
+        timestamp: now_ms,
+        update_type,
+        health_url: view.health_url.clone(),
+        structure: Structure {
+            gpu_count: view.gpu_count,
+            capabilities,
+            workers: structure_workers,
+            services: structure_services,
+        },
+        status: Status {
+            machine: MachineStatus {
+                phase: phase.as_str(),
+                uptime_ms: u64::try_from(view.started_at.elapsed().as_millis()).unwrap_or(u64::MAX),
+            },
+            workers: status_workers,
+            services: status_services,
+        },
+    }
+}
+
+/// The service app a worker uses for `service_type`: the one on its GPU, else a machine-wide one.
+fn service_for<'a>(
+    view: &'a MachineView,
+    worker: &WorkerView,
+    service_type: &str,
+) -> Option<&'a ServiceView> {
+    let of_type = || {
+        view.services
+            .iter()
+            .filter(|s| s.service_type == service_type)
+    };
+    of_type()
+        .find(|s| s.gpu == worker.gpu)
+        .or_else(|| of_type().find(|s| s.gpu.is_none()))
+        .or_else(|| {
+            let mut all = of_type();
+            match (all.next(), all.next()) {
+                (Some(only), None) => Some(only),
+                _ => None,
+            }
+        })
+}
+
+fn health(state: ProcessState, ready: Option<bool>, connector: Option<&str>) -> ServiceHealth {
+    let base = match (state, ready) {
+        (_, Some(true)) if state.is_alive() => ServiceHealth::Healthy,
+        (ProcessState::Ready, None) => ServiceHealth::Healthy,
+        (ProcessState::Running, None) => ServiceHealth::Healthy,
+        (ProcessState::Starting | ProcessState::Waiting, _) => ServiceHealth::Unknown,
+        _ => ServiceHealth::Unhealthy,
+    };
+    match (base, connector) {
+        (ServiceHealth::Healthy, Some("unhealthy")) => ServiceHealth::Unhealthy,
+        _ => base,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::view::ResourceBinding;
+    use std::time::Instant;
+
+    fn two_gpu_view() -> MachineView {
+        let worker = |i: u32| WorkerView {
+            worker_id: format!("m1-worker-comfyui-{i}"),
+            app_name: format!("comfyui-worker-{i}"),
+            connector: "comfyui".into(),
+            binding: ResourceBinding::Gpu,
+            gpu: Some(i),
+            services: vec!["comfyui".into()],
+            process_state: ProcessState::Running,
+        };
+        let service = |i: u32| ServiceView {
+            app_name: format!("comfyui-gpu{i}"),
+            service_type: "comfyui".into(),
+            gpu: Some(i),
+            port: Some(8188 + i as u16),
+            process_state: ProcessState::Ready,
+            ready: true,
+        };
+        let mut openai = worker(2);
+        openai.worker_id = "m1-worker-openai-0".into();
+        openai.app_name = "openai-worker-0".into();
+        openai.connector = "openai".into();
+        openai.binding = ResourceBinding::Shared;
+        openai.gpu = None;
+        openai.services = vec!["openai".into()];
+        MachineView {
+            machine_id: "m1".into(),
+            phase: Phase::Ready,
+            started_at: Instant::now(),
+            gpu_count: 2,
+            health_url: "http://localhost:9090/health".into(),
+            workers: vec![worker(0), worker(1), openai],
+            services: vec![service(0), service(1)],
+        }
+    }
+
+    #[test]
+    fn each_worker_gets_its_own_gpu_and_service() {
+        let mut view = two_gpu_view();
+        view.services[1].process_state = ProcessState::Errored;
+        view.services[1].ready = false;
+        let message = build(&view, &HashMap::new(), UpdateType::Periodic, 7);
+        let json = serde_json::to_value(&message).unwrap();
+        assert_eq!(
+            json["structure"]["capabilities"],
+            serde_json::json!(["comfyui", "openai"])
+        );
+        assert_eq!(
+            json["structure"]["workers"]["m1-worker-comfyui-1"]["gpu_id"],
+            1
+        );
+        assert_eq!(
+            json["structure"]["workers"]["m1-worker-openai-0"]["gpu_id"],
+            serde_json::Value::Null
+        );
+        let s1 = &json["status"]["services"]["m1-worker-comfyui-1.comfyui"];
+        assert_eq!(s1["pm2_name"], "comfyui-gpu1");
+        assert_eq!(s1["pm2_status"], "errored");
+        assert_eq!(s1["status"], "inactive");
+        assert_eq!(s1["health"], "unhealthy");
+        let s0 = &json["status"]["services"]["m1-worker-comfyui-0.comfyui"];
+        assert_eq!(
+            (s0["pm2_name"].as_str(), s0["health"].as_str()),
+            (Some("comfyui-gpu0"), Some("healthy"))
+        );
+        let api = &json["status"]["services"]["m1-worker-openai-0.openai"];
+        assert_eq!(api["pm2_name"], "openai-worker-0");
+        assert_eq!(json["status"]["machine"]["phase"], "ready");
+        let shutdown = build(&view, &HashMap::new(), UpdateType::Shutdown, 8);
+        assert_eq!(shutdown.status.machine.phase, "shutdown");
+    }
+}

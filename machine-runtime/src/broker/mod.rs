@@ -1,0 +1,761 @@
+//! The job broker link: tells the existing API about this machine over Redis, in its exact protocol.
+//!
+//! What goes out (reference part f): `PUBLISH machine:status:<MACHINE_ID> <json>` with
+//! `update_type` in this order:
+//! - `initial` once at start (phase `starting`);
+//! - `machine_ready` when the view's phase becomes ready, immediately followed by a `periodic`
+//!   (the API re-broadcasts `periodic` but not `machine_ready`);
+//! - `periodic` every `MACHINE_STATUS_UPDATE_INTERVAL_SECONDS` (default 10; above 25 is clamped to 25
+//!   with a warning, because the API marks a machine silent for 30 s as disconnected);
+//! - `event_driven` for every change of the supervisor's view and every worker event, at most one per
+//!   100 ms (changes in between are merged; the last state is always sent);
+//! - `shutdown` (phase `shutdown`) from [`Broker::shutdown`], which the supervisor calls before it
+//!   signals the children; bounded, so a dead Redis cannot hold up the stop.
+//!
+//! What comes in: before each message, `HGETALL worker:<id>` and `TTL worker:<id>:heartbeat` for every
+//! worker in one pipeline, and `PSUBSCRIBE machine:<MACHINE_ID>:worker:*` events. A worker is connected
+//! only while its process runs and its heartbeat key exists; a worker whose process is down is
+//! `offline` whatever it last said.
+//!
+//! Outages: the runtime's processes never wait for Redis. The link reconnects with capped
+//! exponential backoff (250 ms doubling to 10 s); while it is down nothing is published and
+//! [`Broker::status`] says `unreachable` since when and why. On reconnection the broker catches up
+//! (`initial`/`machine_ready` if they were missed, else a `periodic` at once) and resubscribes.
+//!
+//! Settings (environment):
+//! - `HUB_REDIS_URL`: `redis://[user][:password]@host[:port][/db]`, or `rediss://` for TLS. The
+//!   password never appears in logs, errors or the health endpoint (`***`).
+//! - `MACHINE_STATUS_UPDATE_INTERVAL_SECONDS`: whole seconds, 1 to 25 (default 10).
+//! - `BROKER_PREFLIGHT`: at start the broker checks that Redis is 7 or later and that the job broker's
+//!   function `findMatchingJob` is loaded (`FUNCTION LIST`). Without it idle workers would never
+//!   claim a job.
+//!   - `warn` (default): a loud multi-line warning, then carry on; if Redis is unreachable at start,
+//!     the check runs at the first connection.
+//!   - `require`: refuse to start when the check fails or Redis cannot be reached to run it.
+//!   - `off`: no check.
+
+macro_rules! log {
+    ($($arg:tt)*) => {
+        eprintln!("machine-runtime: broker: {}", format_args!($($arg)*))
+    };
+}
+pub(crate) use log;
+
+mod config;
+mod link;
+mod message;
+mod preflight;
+mod time;
+mod view;
+mod workers;
+
+pub use config::{
+    BrokerConfig, ConfigError, ConfigErrors, DEFAULT_STATUS_INTERVAL_SECONDS,
+    MAX_STATUS_INTERVAL_SECONDS, PreflightMode, RedisUrl, install_tls_provider, redact_url,
+};
+pub use link::{Conn, ConnectionState, Link, LinkError, LinkSettings};
+pub use message::{StatusMessage, UpdateType, build as build_status_message};
+pub use preflight::{MATCH_FUNCTION, PreflightReport, run as run_preflight};
+pub use time::{epoch_ms, iso8601, now_iso8601, now_ms};
+pub use view::{MachineView, Phase, ProcessState, ResourceBinding, ServiceView, WorkerView};
+pub use workers::{WorkerEvent, WorkerState, WorkerStatus, WorkerTruth};
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_core::Stream;
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+
+/// The channel the API listens to for this machine.
+pub fn status_channel(machine_id: &str) -> String {
+    format!("machine:status:{machine_id}")
+}
+
+/// The channel workers of this machine publish their events on.
+pub fn worker_channel(machine_id: &str, worker_id: &str) -> String {
+    format!("machine:{machine_id}:worker:{worker_id}")
+}
+
+/// The broker's side of `/health`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BrokerStatus {
+    /// `HUB_REDIS_URL` with the password replaced by `***`.
+    pub url: String,
+    /// Connected, or unreachable since when and why.
+    pub connection: ConnectionState,
+    /// What the start-up check found.
+    pub preflight: PreflightState,
+    /// Status messages published so far.
+    pub published: u64,
+    /// Epoch ms of the last published message.
+    pub last_published_ms: Option<u64>,
+    /// Type of the last published message.
+    pub last_update_type: Option<UpdateType>,
+}
+
+impl BrokerStatus {
+    /// Whether Redis is reachable now.
+    pub fn is_connected(&self) -> bool {
+        matches!(self.connection, ConnectionState::Connected { .. })
+    }
+
+    /// One line for humans: `broker connected` or `broker unreachable since ...: <error>`.
+    pub fn summary(&self) -> String {
+        match &self.connection {
+            ConnectionState::Connecting { .. } => format!("broker connecting to {}", self.url),
+            ConnectionState::Connected { .. } => format!("broker connected to {}", self.url),
+            ConnectionState::Unreachable {
+                since_ms,
+                last_error,
+            } => format!(
+                "broker unreachable for {} s ({}): {last_error}",
+                now_ms().saturating_sub(*since_ms) / 1000,
+                self.url
+            ),
+        }
+    }
+}
+
+/// The preflight's outcome.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum PreflightState {
+    /// `BROKER_PREFLIGHT=off`.
+    Off,
+    /// Not run yet (Redis unreachable so far).
+    Pending,
+    /// Redis 7+ with `findMatchingJob`.
+    Passed {
+        /// `redis_version`.
+        redis_version: Option<String>,
+    },
+    /// Problems found (`BROKER_PREFLIGHT=warn`).
+    Problems {
+        /// `redis_version`.
+        redis_version: Option<String>,
+        /// One sentence each.
+        problems: Vec<String>,
+    },
+}
+
+/// Why the broker could not start or stop cleanly.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// Authentication refused (or another connection error where it is fatal).
+    #[error(transparent)]
+    Link(#[from] LinkError),
+    /// `BROKER_PREFLIGHT=require` and the check failed.
+    #[error(
+        "broker preflight failed for redis at {url} and BROKER_PREFLIGHT=require:\n{}\nworkers would never receive jobs; fix the broker, or set BROKER_PREFLIGHT=warn to start anyway",
+        .problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n")
+    )]
+    PreflightFailed {
+        /// The redacted URL.
+        url: String,
+        /// What is wrong.
+        problems: Vec<String>,
+    },
+    /// `BROKER_PREFLIGHT=require` and Redis could not be asked.
+    #[error(
+        "BROKER_PREFLIGHT=require but the broker preflight could not run: {detail}; start redis, or set BROKER_PREFLIGHT=warn to start without the check"
+    )]
+    PreflightUnchecked {
+        /// Why (with the redacted URL).
+        detail: String,
+    },
+    /// The final `shutdown` message did not go out.
+    #[error("the final shutdown status was not published: {reason}")]
+    ShutdownNotPublished {
+        /// Why.
+        reason: String,
+    },
+    /// The broker task died (a bug); the runtime itself is unaffected.
+    #[error("the broker task ended unexpectedly: {reason}")]
+    TaskFailed {
+        /// The join error.
+        reason: String,
+    },
+}
+
+struct Stats {
+    preflight: PreflightState,
+    published: u64,
+    last_published_ms: Option<u64>,
+    last_update_type: Option<UpdateType>,
+}
+
+struct Shared {
+    link: Arc<Link>,
+    stats: Mutex<Stats>,
+}
+
+impl Shared {
+    fn stats(&self) -> std::sync::MutexGuard<'_, Stats> {
+        // A poisoned lock only means a panic elsewhere; the numbers are still good to show.
+        self.stats
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+}
+
+enum Command {
+    Shutdown(oneshot::Sender<Result<(), BrokerError>>),
+}
+
+struct Inner {
+    shared: Arc<Shared>,
+    commands: mpsc::Sender<Command>,
+    task: Mutex<Option<JoinHandle<()>>>,
+    cancel: CancellationToken,
+    shutdown_timeout: Duration,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+/// The running broker; cheap to clone (all clones drive the same tasks).
+#[derive(Clone)]
+pub struct Broker {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Broker")
+            .field("status", &self.status())
+            .finish()
+    }
+}
+
+impl Broker {
+    /// Connects (one attempt), runs the preflight, publishes `initial` and keeps publishing in
+    /// background tasks until [`Broker::shutdown`].
+    ///
+    /// Fails only for refused authentication and, with `BROKER_PREFLIGHT=require`, a failed or
+    /// impossible preflight. An unreachable Redis is not an error: the broker keeps retrying.
+    pub async fn start(
+        config: BrokerConfig,
+        view: watch::Receiver<MachineView>,
+    ) -> Result<Self, BrokerError> {
+        let link = Link::new(
+            config.url.clone(),
+            LinkSettings {
+                connect_timeout: config.connect_timeout,
+                response_timeout: config.response_timeout,
+                backoff_min: config.backoff_min,
+                backoff_max: config.backoff_max,
+            },
+        )?;
+        let url = config.url.redacted().to_owned();
+        let mut preflight = if config.preflight == PreflightMode::Off {
+            PreflightState::Off
+        } else {
+            PreflightState::Pending
+        };
+        match link.connect_now().await {
+            Ok(mut conn) => {
+                log!("connected to redis at {url}");
+                if config.preflight != PreflightMode::Off {
+                    match preflight::run(&mut conn.conn).await {
+                        Ok(report) => {
+                            if !report.passed() && config.preflight == PreflightMode::Require {
+                                return Err(BrokerError::PreflightFailed {
+                                    url,
+                                    problems: report.problems,
+                                });
+                            }
+                            preflight = preflight_state(report, &url);
+                        }
+                        Err(err) => {
+                            link.report(conn.generation, &err);
+                            if config.preflight == PreflightMode::Require {
+                                return Err(BrokerError::PreflightUnchecked {
+                                    detail: link.classify(&err).to_string(),
+                                });
+                            }
+                        }
+                    }
+                }
+            }
+            Err(err @ LinkError::AuthRefused { .. }) => return Err(err.into()),
+            Err(err) => {
+                if config.preflight == PreflightMode::Require {
+                    return Err(BrokerError::PreflightUnchecked {
+                        detail: err.to_string(),
+                    });
+                }
+                log!(
+                    "{err}; starting anyway: processes run without redis, and status publishing starts when it answers"
+                );
+            }
+        }
+        let shared = Arc::new(Shared {
+            link: link.clone(),
+            stats: Mutex::new(Stats {
+                preflight,
+                published: 0,
+                last_published_ms: None,
+                last_update_type: None,
+            }),
+        });
+        let cancel = CancellationToken::new();
+        let current = view.borrow().clone();
+        let (events_tx, events_rx) = mpsc::channel(1024);
+        let (commands_tx, commands_rx) = mpsc::channel(4);
+        tokio::spawn(link.clone().run(cancel.child_token()));
+        tokio::spawn(listen_worker_events(
+            link.clone(),
+            current.machine_id.clone(),
+            events_tx,
+            cancel.child_token(),
+        ));
+        let publisher = Publisher {
+            channel: status_channel(&current.machine_id),
+            shared: shared.clone(),
+            status_interval: config.status_interval,
+            event_debounce: config.event_debounce,
+            shutdown_timeout: config.shutdown_timeout,
+            view,
+            current,
+            truths: HashMap::new(),
+            delivered_initial: false,
+            delivered_ready: false,
+        };
+        let task = tokio::spawn(publisher.run(events_rx, commands_rx, cancel.child_token()));
+        Ok(Self {
+            inner: Arc::new(Inner {
+                shared,
+                commands: commands_tx,
+                task: Mutex::new(Some(task)),
+                cancel,
+                shutdown_timeout: config.shutdown_timeout,
+            }),
+        })
+    }
+
+    /// The broker's state for `/health`; cheap, never blocks on Redis.
+    pub fn status(&self) -> BrokerStatus {
+        let shared = &self.inner.shared;
+        let stats = shared.stats();
+        BrokerStatus {
+            url: shared.link.url().redacted().to_owned(),
+            connection: shared.link.state(),
+            preflight: stats.preflight.clone(),
+            published: stats.published,
+            last_published_ms: stats.last_published_ms,
+            last_update_type: stats.last_update_type,
+        }
+    }
+
+    /// Publishes the final `shutdown` message and stops the broker's tasks, within the configured
+    /// shutdown timeout. Call it before signalling the children. A second call does nothing.
+    pub async fn shutdown(&self) -> Result<(), BrokerError> {
+        let task = self
+            .inner
+            .task
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .take();
+        let Some(task) = task else {
+            return Ok(());
+        };
+        let (reply_tx, reply_rx) = oneshot::channel();
+        let limit = self.inner.shutdown_timeout;
+        let outcome = if self
+            .inner
+            .commands
+            .send(Command::Shutdown(reply_tx))
+            .await
+            .is_ok()
+        {
+            match tokio::time::timeout(limit + Duration::from_millis(500), reply_rx).await {
+                Ok(Ok(result)) => result,
+                Ok(Err(_)) => Err(BrokerError::ShutdownNotPublished {
+                    reason: "the broker task ended before publishing".to_owned(),
+                }),
+                Err(_) => Err(BrokerError::ShutdownNotPublished {
+                    reason: format!("no answer within {} ms", limit.as_millis()),
+                }),
+            }
+        } else {
+            Err(BrokerError::ShutdownNotPublished {
+                reason: "the broker task is gone".to_owned(),
+            })
+        };
+        self.inner.cancel.cancel();
+        let abort = task.abort_handle();
+        match tokio::time::timeout(Duration::from_secs(1), task).await {
+            Ok(Err(err)) if err.is_panic() => {
+                return Err(BrokerError::TaskFailed {
+                    reason: err.to_string(),
+                });
+            }
+            Ok(_) => {}
+            Err(_) => abort.abort(),
+        }
+        outcome
+    }
+}
+
+fn preflight_state(report: PreflightReport, url: &str) -> PreflightState {
+    if report.passed() {
+        PreflightState::Passed {
+            redis_version: report.redis_version,
+        }
+    } else {
+        for line in report.warning_lines(url) {
+            log!("{line}");
+        }
+        PreflightState::Problems {
+            redis_version: report.redis_version,
+            problems: report.problems,
+        }
+    }
+}
+
+struct Publisher {
+    channel: String,
+    shared: Arc<Shared>,
+    status_interval: Duration,
+    event_debounce: Duration,
+    shutdown_timeout: Duration,
+    view: watch::Receiver<MachineView>,
+    current: MachineView,
+    truths: HashMap<String, WorkerTruth>,
+    delivered_initial: bool,
+    delivered_ready: bool,
+}
+
+impl Publisher {
+    async fn run(
+        mut self,
+        mut events: mpsc::Receiver<WorkerEvent>,
+        mut commands: mpsc::Receiver<Command>,
+        cancel: CancellationToken,
+    ) {
+        let link = self.shared.link.clone();
+        let mut connections = link.watch_current();
+        connections.borrow_and_update();
+        self.view.borrow_and_update();
+        let mut ticker =
+            tokio::time::interval_at(Instant::now() + self.status_interval, self.status_interval);
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        self.catch_up(&mut ticker).await;
+        let mut pending_event = false;
+        let mut last_event_at: Option<Instant> = None;
+        let mut view_open = true;
+        let mut connections_open = true;
+        loop {
+            let event_due = last_event_at.map_or_else(Instant::now, |at| at + self.event_debounce);
+            tokio::select! {
+                biased;
+                () = cancel.cancelled() => return,
+                command = commands.recv() => {
+                    if let Some(Command::Shutdown(reply)) = command {
+                        let _ = reply.send(self.publish_shutdown().await);
+                    }
+                    return;
+                }
+                changed = self.view.changed(), if view_open => {
+                    if changed.is_err() {
+                        // The supervisor dropped its sender; keep reporting the last view.
+                        view_open = false;
+                        continue;
+                    }
+                    let next = self.view.borrow_and_update().clone();
+                    if next == self.current {
+                        continue;
+                    }
+                    // `machine_ready` is sent once per run, however often the phase flips.
+                    let became_ready = self.current.phase != Phase::Ready
+                        && next.phase == Phase::Ready
+                        && !self.delivered_ready;
+                    self.current = next;
+                    if became_ready {
+                        self.publish_ready(&mut ticker).await;
+                    } else {
+                        pending_event = true;
+                    }
+                }
+                Some(event) = events.recv() => {
+                    self.truths.entry(event.worker_id.clone()).or_default().apply(&event);
+                    pending_event = true;
+                }
+                () = tokio::time::sleep_until(event_due), if pending_event => {
+                    pending_event = false;
+                    last_event_at = Some(Instant::now());
+                    self.publish(UpdateType::EventDriven).await;
+                }
+                _ = ticker.tick() => {
+                    if !self.catch_up(&mut ticker).await {
+                        self.publish(UpdateType::Periodic).await;
+                    }
+                }
+                changed = connections.changed(), if connections_open => {
+                    if changed.is_err() {
+                        connections_open = false;
+                        continue;
+                    }
+                    let connected = connections.borrow_and_update().is_some();
+                    if connected {
+                        self.on_reconnect(&mut ticker).await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends what was missed: `initial`, then `machine_ready` + `periodic` once ready. Returns
+    /// whether it tried to send anything.
+    async fn catch_up(&mut self, ticker: &mut tokio::time::Interval) -> bool {
+        let mut tried = false;
+        if !self.delivered_initial {
+            tried = true;
+            if !self.publish(UpdateType::Initial).await {
+                return true;
+            }
+            self.delivered_initial = true;
+        }
+        if self.current.phase == Phase::Ready && !self.delivered_ready {
+            tried = true;
+            self.publish_ready(ticker).await;
+        }
+        tried
+    }
+
+    async fn publish_ready(&mut self, ticker: &mut tokio::time::Interval) {
+        if !self.delivered_initial {
+            // The API never saw us: introduce the machine first.
+            if !self.publish(UpdateType::Initial).await {
+                return;
+            }
+            self.delivered_initial = true;
+        }
+        if self.publish(UpdateType::MachineReady).await {
+            self.delivered_ready = true;
+            self.publish(UpdateType::Periodic).await;
+            ticker.reset();
+        }
+    }
+
+    async fn on_reconnect(&mut self, ticker: &mut tokio::time::Interval) {
+        let pending = matches!(self.shared.stats().preflight, PreflightState::Pending);
+        if pending && let Some(mut conn) = self.shared.link.current() {
+            match preflight::run(&mut conn.conn).await {
+                Ok(report) => {
+                    let state = preflight_state(report, self.shared.link.url().redacted());
+                    self.shared.stats().preflight = state;
+                }
+                Err(err) => {
+                    self.shared.link.report(conn.generation, &err);
+                    return;
+                }
+            }
+        }
+        if !self.catch_up(ticker).await {
+            self.publish(UpdateType::Periodic).await;
+        }
+    }
+
+    async fn publish_shutdown(&mut self) -> Result<(), BrokerError> {
+        self.current = self.view.borrow().clone();
+        let limit = self.shutdown_timeout;
+        match tokio::time::timeout(limit, self.publish(UpdateType::Shutdown)).await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(BrokerError::ShutdownNotPublished {
+                reason: self
+                    .shared
+                    .link
+                    .url()
+                    .redact(&match self.shared.link.state() {
+                        ConnectionState::Unreachable { last_error, .. } => {
+                            format!("redis unreachable: {last_error}")
+                        }
+                        _ => "redis not connected".to_owned(),
+                    }),
+            }),
+            Err(_) => Err(BrokerError::ShutdownNotPublished {
+                reason: format!("redis did not answer within {} ms", limit.as_millis()),
+            }),
+        }
+    }
+
+    /// Refreshes the workers' own state and publishes one message; `false` when it did not go out.
+    async fn publish(&mut self, update_type: UpdateType) -> bool {
+        let link = self.shared.link.clone();
+        let Some(mut conn) = link.current() else {
+            return false;
+        };
+        // The shutdown message must go out fast; the last refresh is at most one interval old.
+        if update_type != UpdateType::Shutdown
+            && let Err(err) = self.refresh(&mut conn).await
+        {
+            if link.report(conn.generation, &err) {
+                return false;
+            }
+            log!(
+                "reading worker state from redis failed: {}",
+                link.url().redact(&err.to_string())
+            );
+        }
+        let message = message::build(&self.current, &self.truths, update_type, now_ms());
+        let payload = match serde_json::to_string(&message) {
+            Ok(payload) => payload,
+            Err(err) => {
+                log!(
+                    "cannot encode the {} status message: {err}",
+                    update_type.as_str()
+                );
+                return false;
+            }
+        };
+        let published: Result<i64, _> = redis::cmd("PUBLISH")
+            .arg(&self.channel)
+            .arg(payload)
+            .query_async(&mut conn.conn)
+            .await;
+        match published {
+            Ok(_) => {
+                let mut stats = self.shared.stats();
+                stats.published += 1;
+                stats.last_published_ms = Some(message.timestamp);
+                stats.last_update_type = Some(update_type);
+                true
+            }
+            Err(err) => {
+                if !link.report(conn.generation, &err) {
+                    log!(
+                        "publishing the {} status failed: {}",
+                        update_type.as_str(),
+                        link.url().redact(&err.to_string())
+                    );
+                }
+                false
+            }
+        }
+    }
+
+    async fn refresh(&mut self, conn: &mut Conn) -> Result<(), redis::RedisError> {
+        if self.current.workers.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for worker in &self.current.workers {
+            pipe.cmd("HGETALL")
+                .arg(format!("worker:{}", worker.worker_id));
+            pipe.cmd("TTL")
+                .arg(format!("worker:{}:heartbeat", worker.worker_id));
+        }
+        let replies: Vec<redis::Value> = pipe.query_async(&mut conn.conn).await?;
+        for (worker, pair) in self.current.workers.iter().zip(replies.chunks(2)) {
+            let truth = self.truths.entry(worker.worker_id.clone()).or_default();
+            truth.hash = redis::from_redis_value_ref(&pair[0]).unwrap_or_default();
+            truth.heartbeat_ttl = pair
+                .get(1)
+                .and_then(|v| redis::from_redis_value_ref(v).ok());
+        }
+        Ok(())
+    }
+}
+
+/// Escapes glob characters so a machine id is matched literally in a PSUBSCRIBE pattern.
+fn glob_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Keeps a `PSUBSCRIBE machine:<id>:worker:*` open and forwards parsed events.
+async fn listen_worker_events(
+    link: Arc<Link>,
+    machine_id: String,
+    events: mpsc::Sender<WorkerEvent>,
+    cancel: CancellationToken,
+) {
+    let pattern = format!("machine:{}:worker:*", glob_escape(&machine_id));
+    let settings = link.settings();
+    let mut connections = link.watch_current();
+    let mut delay = settings.backoff_min;
+    loop {
+        // Wait for the main link: it owns the view of whether Redis is reachable.
+        while connections.borrow_and_update().is_none() {
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                changed = connections.changed() => if changed.is_err() { return },
+            }
+        }
+        let subscribe = async {
+            let mut pubsub = link.client().get_async_pubsub().await?;
+            pubsub.psubscribe(&pattern).await?;
+            Ok::<_, redis::RedisError>(pubsub)
+        };
+        let limit = settings.connect_timeout + settings.response_timeout;
+        match tokio::time::timeout(limit, subscribe).await {
+            Ok(Ok(pubsub)) => {
+                delay = settings.backoff_min;
+                let mut stream = Box::pin(pubsub.into_on_message());
+                loop {
+                    let next = std::future::poll_fn(|cx| Pin::as_mut(&mut stream).poll_next(cx));
+                    tokio::select! {
+                        () = cancel.cancelled() => return,
+                        // Any change of the main link (lost or replaced) means this socket is suspect too.
+                        changed = connections.changed() => {
+                            if changed.is_err() { return }
+                            break;
+                        }
+                        message = next => {
+                            let Some(message) = message else {
+                                // The stream ends when the socket does; let the main link notice at once.
+                                link.check().await;
+                                break;
+                            };
+                            let payload: String = match message.get_payload() {
+                                Ok(payload) => payload,
+                                Err(_) => continue,
+                            };
+                            match WorkerEvent::parse(message.get_channel_name(), &payload) {
+                                Some(event) => {
+                                    if events.send(event).await.is_err() {
+                                        return;
+                                    }
+                                }
+                                None => log!(
+                                    "ignoring a malformed worker event on {}",
+                                    message.get_channel_name()
+                                ),
+                            }
+                        }
+                    }
+                }
+            }
+            Ok(Err(err)) => {
+                if !link.report(link.current().map_or(0, |c| c.generation), &err) {
+                    log!(
+                        "subscribing to {pattern} failed: {}",
+                        link.url().redact(&err.to_string())
+                    );
+                }
+            }
+            Err(_) => {}
+        }
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            () = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(settings.backoff_max);
+    }
+}

@@ -1,0 +1,377 @@
+//! What the workers themselves say: their `worker:<id>` hash, heartbeat key and `machine:<m>:worker:<w>` events.
+
+use std::collections::HashMap;
+
+use serde_json::Value;
+
+/// `status` of a worker as the protocol spells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WorkerState {
+    /// Connected and waiting for a job.
+    Idle,
+    /// Working on a job.
+    Busy,
+    /// Not connected (process down, heartbeat expired, or said so itself).
+    Offline,
+    /// Process up but the worker has not registered yet.
+    Unknown,
+}
+
+impl WorkerState {
+    fn parse(text: &str) -> Option<Self> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "idle" => Some(Self::Idle),
+            "busy" => Some(Self::Busy),
+            "offline" => Some(Self::Offline),
+            _ => None,
+        }
+    }
+}
+
+/// The latest worker-reported facts about one worker.
+#[derive(Debug, Clone, Default)]
+pub struct WorkerTruth {
+    /// Fields of `worker:<id>` at the last refresh (empty: the hash does not exist).
+    pub hash: HashMap<String, String>,
+    /// TTL of `worker:<id>:heartbeat` at the last refresh: `None` never read, `-2` missing, `-1` no expiry.
+    pub heartbeat_ttl: Option<i64>,
+    /// What the worker's own events said last.
+    pub event: EventFacts,
+}
+
+/// Facts carried by `machine:<m>:worker:<w>` events.
+#[derive(Debug, Clone, Default)]
+pub struct EventFacts {
+    /// Whether any event arrived for this worker.
+    pub seen: bool,
+    /// `status` from the last status or job event.
+    pub status: Option<WorkerState>,
+    /// `is_connected` from the last status event.
+    pub is_connected: Option<bool>,
+    /// `current_job_id` (`Some(None)`: explicitly no job).
+    pub current_job_id: Option<Option<String>>,
+    /// `last_activity` as sent.
+    pub last_activity: Option<Value>,
+    /// `version` as sent.
+    pub version: Option<Value>,
+    /// `build_info` as sent.
+    pub build_info: Option<Value>,
+    /// `build_timestamp` as sent.
+    pub build_timestamp: Option<Value>,
+    /// `connector_status_changed` per service type: (status, health).
+    pub connectors: HashMap<String, (Option<String>, Option<String>)>,
+}
+
+/// One event from `machine:<MACHINE_ID>:worker:<WORKER_ID>`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkerEvent {
+    /// The worker (from the channel name, else the payload).
+    pub worker_id: String,
+    /// `worker_status_changed`, `job_started`, ...
+    pub event_type: String,
+    /// The event's `data` object.
+    pub data: Value,
+    /// The event's `timestamp`, if any.
+    pub timestamp: Option<Value>,
+}
+
+impl WorkerEvent {
+    /// Parses a message published on `channel`; `None` when it is not a JSON object with an `event_type`.
+    pub fn parse(channel: &str, payload: &str) -> Option<Self> {
+        let value: Value = serde_json::from_str(payload).ok()?;
+        let object = value.as_object()?;
+        let event_type = object.get("event_type")?.as_str()?.to_owned();
+        let from_channel = channel
+            .split_once(":worker:")
+            .map(|(_, id)| id.to_owned())
+            .filter(|id| !id.is_empty());
+        let worker_id = from_channel.or_else(|| {
+            object
+                .get("worker_id")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        })?;
+        Some(Self {
+            worker_id,
+            event_type,
+            data: object.get("data").cloned().unwrap_or(Value::Null),
+            timestamp: object.get("timestamp").cloned().filter(|t| !t.is_null()),
+        })
+    }
+}
+
+impl WorkerTruth {
+    /// Folds one event into the event facts.
+    pub fn apply(&mut self, event: &WorkerEvent) {
+        let facts = &mut self.event;
+        facts.seen = true;
+        let data = &event.data;
+        let text = |key: &str| data.get(key).and_then(Value::as_str).map(str::to_owned);
+        match event.event_type.as_str() {
+            "worker_status_changed" | "worker_registered" | "worker_connected" => {
+                if let Some(status) = text("status").as_deref().and_then(WorkerState::parse) {
+                    facts.status = Some(status);
+                }
+                match data.get("is_connected").and_then(Value::as_bool) {
+                    Some(connected) => facts.is_connected = Some(connected),
+                    None if event.event_type == "worker_connected" => {
+                        facts.is_connected = Some(true);
+                    }
+                    None => {}
+                }
+                if let Some(job) = data.get("current_job_id") {
+                    facts.current_job_id = Some(job_id(job));
+                }
+                for (key, slot) in [
+                    ("last_activity", &mut facts.last_activity),
+                    ("version", &mut facts.version),
+                    ("build_info", &mut facts.build_info),
+                    ("build_timestamp", &mut facts.build_timestamp),
+                ] {
+                    if let Some(value) = data.get(key).filter(|v| !v.is_null()) {
+                        *slot = Some(value.clone());
+                    }
+                }
+            }
+            "job_started" => {
+                facts.status = Some(WorkerState::Busy);
+                facts.current_job_id = Some(data.get("job_id").and_then(job_id));
+            }
+            "job_completed" | "job_failed" => {
+                facts.status = Some(WorkerState::Idle);
+                facts.current_job_id = Some(None);
+            }
+            "connector_status_changed" => {
+                if let Some(service) = text("service_type") {
+                    facts
+                        .connectors
+                        .insert(service, (text("status"), text("health")));
+                }
+            }
+            _ => {}
+        }
+        if matches!(
+            event.event_type.as_str(),
+            "job_started" | "job_completed" | "job_failed"
+        ) && let Some(at) = &event.timestamp
+        {
+            facts.last_activity = Some(at.clone());
+        }
+    }
+
+    /// Whether the worker ever spoke for itself (hash written or event sent).
+    fn registered(&self) -> bool {
+        !self.hash.is_empty() || self.event.seen
+    }
+
+    fn hash_field(&self, key: &str) -> Option<&str> {
+        self.hash.get(key).map(String::as_str)
+    }
+
+    /// Whether the heartbeat key exists; falls back to the worker's own word before the first refresh.
+    fn heartbeat(&self) -> bool {
+        match self.heartbeat_ttl {
+            Some(ttl) => ttl != -2,
+            None => self.event.is_connected.unwrap_or(false),
+        }
+    }
+}
+
+fn job_id(value: &Value) -> Option<String> {
+    match value {
+        Value::String(s) if !s.is_empty() => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// Numbers stay numbers (epoch ms); anything else is passed on as the worker wrote it.
+fn scalar(text: &str) -> Value {
+    text.parse::<u64>()
+        .map(Value::from)
+        .unwrap_or_else(|_| Value::String(text.to_owned()))
+}
+
+/// JSON stays JSON (`build_info` is usually an object written as a string).
+fn json_or_text(text: &str) -> Value {
+    match serde_json::from_str::<Value>(text) {
+        Ok(value @ (Value::Object(_) | Value::Array(_))) => value,
+        _ => Value::String(text.to_owned()),
+    }
+}
+
+/// The per-worker entry of `status.workers`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct WorkerStatus {
+    /// Heartbeat key present and process alive.
+    pub is_connected: bool,
+    /// `idle|busy|offline|unknown`.
+    pub status: WorkerState,
+    /// The job in progress, if any.
+    pub current_job_id: Option<String>,
+    /// When the worker last did something (epoch ms or ISO, as the worker wrote it).
+    pub last_activity: Value,
+    /// The worker's version, when it reports one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<Value>,
+    /// When the worker was built, when it reports it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub build_timestamp: Option<Value>,
+    /// Build details, when the worker reports them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub build_info: Option<Value>,
+}
+
+/// Combines the process state with what the worker says; the process state wins when it is down.
+///
+/// The hash is written before each event is published, so it is at least as fresh and wins over the
+/// event facts; events fill what the hash lacks (e.g. after the worker deleted its keys on exit).
+pub fn resolve(process_alive: bool, truth: Option<&WorkerTruth>) -> WorkerStatus {
+    let empty = WorkerTruth::default();
+    let truth = truth.unwrap_or(&empty);
+    let facts = &truth.event;
+    let last_activity = truth
+        .hash_field("last_activity")
+        .or_else(|| truth.hash_field("last_status_change"))
+        .or_else(|| truth.hash_field("last_heartbeat"))
+        .map(scalar)
+        .or_else(|| facts.last_activity.clone())
+        .unwrap_or(Value::Null);
+    let version = truth
+        .hash_field("version")
+        .map(scalar)
+        .or_else(|| facts.version.clone());
+    let build_timestamp = truth
+        .hash_field("build_timestamp")
+        .map(scalar)
+        .or_else(|| facts.build_timestamp.clone());
+    let build_info = truth
+        .hash_field("build_info")
+        .map(json_or_text)
+        .or_else(|| facts.build_info.clone());
+    let is_connected = process_alive && truth.heartbeat();
+    let said = truth
+        .hash_field("status")
+        .and_then(WorkerState::parse)
+        .or(facts.status);
+    let status = if !process_alive {
+        WorkerState::Offline
+    } else if !is_connected {
+        if truth.registered() {
+            WorkerState::Offline
+        } else {
+            WorkerState::Unknown
+        }
+    } else {
+        said.unwrap_or(WorkerState::Unknown)
+    };
+    let current_job_id = if is_connected {
+        match truth.hash_field("current_job_id") {
+            Some(job) => Some(job.to_owned()).filter(|j| !j.is_empty()),
+            None => facts.current_job_id.clone().flatten(),
+        }
+    } else {
+        None
+    };
+    WorkerStatus {
+        is_connected,
+        status,
+        current_job_id,
+        last_activity,
+        version,
+        build_timestamp,
+        build_info,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn event(event_type: &str, data: Value) -> WorkerEvent {
+        let payload = json!({"worker_id": "ignored", "event_type": event_type, "data": data, "timestamp": 1234});
+        WorkerEvent::parse("machine:m1:worker:m1-worker-sim-0", &payload.to_string()).unwrap()
+    }
+
+    #[test]
+    fn parses_events_and_takes_the_id_from_the_channel() {
+        let e = event("job_started", json!({"job_id": "j1"}));
+        assert_eq!(e.worker_id, "m1-worker-sim-0");
+        assert_eq!(e.timestamp, Some(json!(1234)));
+        assert!(WorkerEvent::parse("c", "not json").is_none());
+        assert!(WorkerEvent::parse("c", "{\"data\":{}}").is_none());
+        let e = WorkerEvent::parse("other", r#"{"worker_id":"w","event_type":"x"}"#).unwrap();
+        assert_eq!(e.worker_id, "w");
+    }
+
+    #[test]
+    fn dead_process_is_offline_whatever_the_worker_said() {
+        let mut truth = WorkerTruth::default();
+        truth.hash.insert("status".into(), "busy".into());
+        truth.heartbeat_ttl = Some(50);
+        let s = resolve(false, Some(&truth));
+        assert_eq!((s.is_connected, s.status), (false, WorkerState::Offline));
+        assert_eq!(s.current_job_id, None);
+    }
+
+    #[test]
+    fn unregistered_worker_is_unknown_then_hash_and_heartbeat_decide() {
+        assert_eq!(resolve(true, None).status, WorkerState::Unknown);
+        let mut truth = WorkerTruth {
+            heartbeat_ttl: Some(-2),
+            ..Default::default()
+        };
+        assert_eq!(resolve(true, Some(&truth)).status, WorkerState::Unknown);
+        truth.hash.insert("status".into(), "busy".into());
+        truth.hash.insert("current_job_id".into(), "job-7".into());
+        truth
+            .hash
+            .insert("last_heartbeat".into(), "2024-01-01T00:00:00.000Z".into());
+        truth
+            .hash
+            .insert("build_info".into(), r#"{"git":"abc"}"#.into());
+        // Hash but no heartbeat: the worker stopped heartbeating.
+        assert_eq!(resolve(true, Some(&truth)).status, WorkerState::Offline);
+        truth.heartbeat_ttl = Some(42);
+        let s = resolve(true, Some(&truth));
+        assert!(s.is_connected);
+        assert_eq!(s.status, WorkerState::Busy);
+        assert_eq!(s.current_job_id.as_deref(), Some("job-7"));
+        assert_eq!(s.last_activity, json!("2024-01-01T00:00:00.000Z"));
+        assert_eq!(s.build_info, Some(json!({"git": "abc"})));
+    }
+
+    #[test]
+    fn events_fill_what_the_hash_lacks() {
+        let mut truth = WorkerTruth {
+            heartbeat_ttl: Some(30),
+            ..Default::default()
+        };
+        truth.apply(&event(
+            "worker_status_changed",
+            json!({"status": "idle", "is_connected": true, "version": "1.2"}),
+        ));
+        truth.apply(&event(
+            "job_started",
+            json!({"job_id": "j9", "service_type": "comfyui"}),
+        ));
+        let s = resolve(true, Some(&truth));
+        assert_eq!(s.status, WorkerState::Busy);
+        assert_eq!(s.current_job_id.as_deref(), Some("j9"));
+        assert_eq!(s.version, Some(json!("1.2")));
+        assert_eq!(s.last_activity, json!(1234));
+        truth.apply(&event("job_completed", json!({"job_id": "j9"})));
+        let s = resolve(true, Some(&truth));
+        assert_eq!((s.status, s.current_job_id), (WorkerState::Idle, None));
+        truth.apply(&event(
+            "connector_status_changed",
+            json!({"service_type": "comfyui", "status": "active", "health": "unhealthy"}),
+        ));
+        assert_eq!(
+            truth.event.connectors["comfyui"],
+            (Some("active".into()), Some("unhealthy".into()))
+        );
+    }
+}
