@@ -1,1 +1,2 @@
 //! The shared model of a machine: profile, worker spec, service catalog and plan.
+pub mod install;
