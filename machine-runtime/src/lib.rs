@@ -1,1 +1,2 @@
 //! machine-runtime as a library: every concern in its own module, `main.rs` only dispatches.
+pub mod install;
