@@ -3,11 +3,7 @@
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(
-    name = "machine-runtime",
-    version,
-    about = "Detect GPUs, install, launch and supervise a GPU worker machine"
-)]
+#[command(name = "machine-runtime", version, about = "Detect GPUs, install, launch and supervise a GPU worker machine")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
