@@ -148,9 +148,10 @@ pub(crate) fn run_step(
             )?;
             let mut pip_args = Vec::new();
             if let Some(req) = requirements {
-                if let Some(record) = requirements_record(ctx, req)? {
+                let (record, names_something) = requirements_record(ctx, req)?;
+                records.requirements.push(record);
+                if names_something {
                     pip_args.extend(["-r".to_owned(), req.clone()]);
-                    records.requirements.push(record);
                 }
             }
             pip_args.extend(packages.iter().cloned());
@@ -167,16 +168,13 @@ pub(crate) fn run_step(
                 records.checkouts.push(record);
                 if let Some(venv) = venv {
                     let req = format!("{dest}/requirements.txt");
-                    if ctx.root.join(&req).is_file()
-                        && let Some(record) = requirements_record(ctx, &req)?
-                    {
-                        pip_install(
-                            ctx,
-                            &ctx.root.join(venv),
-                            ctx.root,
-                            vec!["-r".to_owned(), req],
-                        )?;
+                    if ctx.root.join(&req).is_file() {
+                        let (record, names_something) = requirements_record(ctx, &req)?;
                         records.requirements.push(record);
+                        if names_something {
+                            let args = vec!["-r".to_owned(), req];
+                            pip_install(ctx, &ctx.root.join(venv), ctx.root, args)?;
+                        }
                     }
                 }
             }
@@ -202,12 +200,12 @@ pub(crate) fn run_step(
     Ok(())
 }
 
-/// Reads a requirements file and records its hash; `None` when it names no requirement (pip would do
-/// nothing but still contact the index, so it is not run).
+/// Reads a requirements file for the marker; the flag says whether it names any requirement (an empty or
+/// comment-only file is not given to pip, which would still contact the package index).
 fn requirements_record(
     ctx: &StepCtx<'_>,
     req: &str,
-) -> Result<Option<RequirementsRecord>, StepFailure> {
+) -> Result<(RequirementsRecord, bool), StepFailure> {
     let path = ctx.root.join(req);
     let content = fs::read(&path).map_err(|e| {
         ctx.problem(format!(
@@ -219,10 +217,11 @@ fn requirements_record(
         let line = line.trim();
         !line.is_empty() && !line.starts_with('#')
     });
-    Ok(names_something.then(|| RequirementsRecord {
+    let record = RequirementsRecord {
         path: req.to_owned(),
         fnv1a64: fnv1a64_hex(&content),
-    }))
+    };
+    Ok((record, names_something))
 }
 
 fn pip_install(
