@@ -103,7 +103,7 @@ pub(crate) fn freshness(workspace: &Path, service: &str, dir: &str, hash: &str) 
         },
     };
     if marker.hash != hash {
-        return Freshness::Stale(format!("recipe changed ({} -> {hash})", marker.hash));
+        return Freshness::Stale(format!("recipe changed: hash {} -> {hash}", marker.hash));
     }
     if marker.dir != dir {
         return Freshness::Stale(format!(

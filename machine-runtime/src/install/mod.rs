@@ -412,7 +412,7 @@ pub enum InstallError {
         problems: Vec<String>,
     },
     /// A service name without a recipe.
-    #[error("no install recipe for service {name:?}{suggestion}; known services: {known}")]
+    #[error("no install recipe for service {name:?} (known: {known}){suggestion}")]
     UnknownService {
         /// The name asked for.
         name: String,
@@ -611,9 +611,11 @@ pub fn builtin_recipes(names: &[String]) -> Result<Vec<(String, InstallRecipe)>,
         match builtin_recipe(name) {
             Some(recipe) => out.push((name.to_owned(), recipe)),
             None => {
+                let lower = name.to_ascii_lowercase();
                 let near = BUILTIN_RECIPES.iter().find(|known| {
-                    known.starts_with(&name.to_ascii_lowercase())
-                        || name.to_ascii_lowercase().starts_with(*known)
+                    known.starts_with(&lower)
+                        || lower.starts_with(*known)
+                        || edit_distance(known, &lower) <= (known.len() / 3).max(2)
                 });
                 return Err(InstallError::UnknownService {
                     name: name.to_owned(),
@@ -626,6 +628,24 @@ pub fn builtin_recipes(names: &[String]) -> Result<Vec<(String, InstallRecipe)>,
         }
     }
     Ok(out)
+}
+
+/// Levenshtein distance, for "did you mean" suggestions.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = (above + 1)
+                .min(row[j] + 1)
+                .min(diagonal + usize::from(ca != *cb));
+            diagonal = above;
+        }
+    }
+    row[b.len()]
 }
 
 fn install_one(
@@ -764,7 +784,7 @@ fn run_steps(
             redactor,
             progress: opts.progress.as_ref(),
         };
-        steps::run_step(&ctx, &step, &mut records).map_err(|f| InstallError::Step(Box::new(f)))?;
+        steps::run_step(&ctx, &step, &mut records).map_err(InstallError::Step)?;
         opts.progress.report(&ProgressEvent::StepFinished {
             service: service.to_owned(),
             step: i + 1,
@@ -775,4 +795,51 @@ fn run_steps(
         });
     }
     Ok(records)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_services_get_a_suggestion() {
+        assert_eq!(edit_distance("comfyui", "comfyiu"), 2);
+        assert_eq!(edit_distance("", "abc"), 3);
+        let err = builtin_recipes(&["playwrite".to_owned()])
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            r#"no install recipe for service "playwrite" (known: comfyui, playwright); did you mean "playwright"?"#
+        );
+        let err = builtin_recipes(&["ollama".to_owned()])
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            r#"no install recipe for service "ollama" (known: comfyui, playwright)"#
+        );
+        assert_eq!(
+            builtin_recipes(&[" ".to_owned(), "comfyui".to_owned()])
+                .unwrap()
+                .len(),
+            1
+        );
+    }
+
+    #[test]
+    fn progress_lines_read_as_specified() {
+        let event = ProgressEvent::StepRunning {
+            service: "comfyui".into(),
+            step: 2,
+            total: 3,
+            kind: "python-venv",
+            summary: "venv venv, pip install -r requirements.txt".into(),
+            elapsed: Duration::from_millis(12_345),
+        };
+        assert_eq!(
+            event.to_string(),
+            "install comfyui: step 2/3 python-venv (venv venv, pip install -r requirements.txt) … 12.3s"
+        );
+    }
 }

@@ -13,6 +13,9 @@ use super::recipe::is_full_sha;
 use super::redact::{Redactor, strip_url_credentials};
 use super::{Env, FailureCause, Progress, ProgressEvent, StepFailure};
 
+/// Step failures are boxed: they are rare and large.
+pub(crate) type StepResult<T> = Result<T, Box<StepFailure>>;
+
 /// What the steps of one install recorded for the marker.
 #[derive(Debug, Default)]
 pub(crate) struct Records {
@@ -45,8 +48,8 @@ impl StepCtx<'_> {
         command: Option<&Cmd>,
         cause: FailureCause,
         tail: Vec<String>,
-    ) -> StepFailure {
-        StepFailure {
+    ) -> Box<StepFailure> {
+        Box::new(StepFailure {
             service: self.service.to_owned(),
             step: self.index,
             total: self.total,
@@ -54,10 +57,10 @@ impl StepCtx<'_> {
             command: command.map(|c| c.display(self.redactor)),
             cause,
             tail: tail.iter().map(|l| self.redactor.redact(l)).collect(),
-        }
+        })
     }
 
-    fn problem(&self, message: String) -> StepFailure {
+    fn problem(&self, message: String) -> Box<StepFailure> {
         self.failure(
             None,
             FailureCause::Problem(self.redactor.redact(&message)),
@@ -76,7 +79,7 @@ impl StepCtx<'_> {
     }
 
     /// Runs `cmd`; a non-zero exit is returned, not an error.
-    fn run_status(&self, cmd: &Cmd) -> Result<Finished, StepFailure> {
+    fn run_status(&self, cmd: &Cmd) -> StepResult<Finished> {
         let beat = || {
             self.progress.report(&ProgressEvent::StepRunning {
                 service: self.service.to_owned(),
@@ -102,7 +105,7 @@ impl StepCtx<'_> {
     }
 
     /// Runs `cmd`; a non-zero exit is an error.
-    fn run_ok(&self, cmd: &Cmd) -> Result<Finished, StepFailure> {
+    fn run_ok(&self, cmd: &Cmd) -> StepResult<Finished> {
         let done = self.run_status(cmd)?;
         if done.status.success() {
             Ok(done)
@@ -117,11 +120,7 @@ impl StepCtx<'_> {
 }
 
 /// Runs one (fully resolved) step.
-pub(crate) fn run_step(
-    ctx: &StepCtx<'_>,
-    step: &Step,
-    records: &mut Records,
-) -> Result<(), StepFailure> {
+pub(crate) fn run_step(ctx: &StepCtx<'_>, step: &Step, records: &mut Records) -> StepResult<()> {
     match step {
         Step::GitCheckout {
             repo,
@@ -202,10 +201,7 @@ pub(crate) fn run_step(
 
 /// Reads a requirements file for the marker; the flag says whether it names any requirement (an empty or
 /// comment-only file is not given to pip, which would still contact the package index).
-fn requirements_record(
-    ctx: &StepCtx<'_>,
-    req: &str,
-) -> Result<(RequirementsRecord, bool), StepFailure> {
+fn requirements_record(ctx: &StepCtx<'_>, req: &str) -> StepResult<(RequirementsRecord, bool)> {
     let path = ctx.root.join(req);
     let content = fs::read(&path).map_err(|e| {
         ctx.problem(format!(
@@ -224,12 +220,7 @@ fn requirements_record(
     Ok((record, names_something))
 }
 
-fn pip_install(
-    ctx: &StepCtx<'_>,
-    venv: &Path,
-    cwd: &Path,
-    args: Vec<String>,
-) -> Result<(), StepFailure> {
+fn pip_install(ctx: &StepCtx<'_>, venv: &Path, cwd: &Path, args: Vec<String>) -> StepResult<()> {
     let cmd = Cmd::new(venv.join("bin/python"), cwd)
         .args([
             "-m",
@@ -250,7 +241,7 @@ fn git_checkout(
     rev: &str,
     dest: &str,
     shallow: bool,
-) -> Result<CheckoutRecord, StepFailure> {
+) -> StepResult<CheckoutRecord> {
     let dir = ctx.root.join(dest);
     fs::create_dir_all(&dir)
         .map_err(|e| ctx.problem(format!("cannot create {}: {e}", dir.display())))?;
@@ -305,7 +296,7 @@ fn git_checkout(
     })
 }
 
-fn checkout(ctx: &StepCtx<'_>, git: &dyn Fn() -> Cmd, target: &str) -> Result<(), StepFailure> {
+fn checkout(ctx: &StepCtx<'_>, git: &dyn Fn() -> Cmd, target: &str) -> StepResult<()> {
     ctx.run_ok(&git().args([
         "-c",
         "advice.detachedHead=false",
@@ -318,7 +309,7 @@ fn checkout(ctx: &StepCtx<'_>, git: &dyn Fn() -> Cmd, target: &str) -> Result<()
 }
 
 /// A branch, tag or abbreviated commit after a full fetch.
-fn resolve_ref(ctx: &StepCtx<'_>, git: &dyn Fn() -> Cmd, rev: &str) -> Result<String, StepFailure> {
+fn resolve_ref(ctx: &StepCtx<'_>, git: &dyn Fn() -> Cmd, rev: &str) -> StepResult<String> {
     for candidate in [
         format!("refs/remotes/origin/{rev}"),
         format!("refs/tags/{rev}"),

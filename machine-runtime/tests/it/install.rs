@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use machine_model::install::{CustomNode, InstallRecipe, Step, comfyui_recipe};
 use machine_runtime::install::{
-    Env, FailureCause, Freshness, InstallError, InstallOptions, Marker, Outcome, Progress, ProgressEvent, check,
-    install,
+    Env, FailureCause, Freshness, InstallError, InstallOptions, Marker, Outcome, Progress,
+    ProgressEvent, check, install,
 };
 
 /// A temporary directory holding the workspace, fixture repositories and the git wrapper.
@@ -24,7 +24,9 @@ struct Fixture {
 
 impl Fixture {
     fn new() -> Self {
-        let fx = Fixture { tmp: tempfile::tempdir().unwrap() };
+        let fx = Fixture {
+            tmp: tempfile::tempdir().unwrap(),
+        };
         let bin = fx.path("bin");
         fs::create_dir(&bin).unwrap();
         let wrapper = format!(
@@ -52,7 +54,11 @@ impl Fixture {
 
     /// The git commands run since the last call (one line each).
     fn take_git_invocations(&self) -> Vec<String> {
-        let lines = fs::read_to_string(self.git_log()).unwrap_or_default().lines().map(str::to_owned).collect();
+        let lines = fs::read_to_string(self.git_log())
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect();
         let _ = fs::remove_file(self.git_log());
         lines
     }
@@ -61,10 +67,20 @@ impl Fixture {
     /// and no installer variables inherited from outside.
     fn env(&self) -> Env {
         let mut env = Env::from_process();
-        for name in ["COMFYUI_REPO_URL", "COMFYUI_COMMIT", "COMFYUI_BRANCH", "WORKSPACE_DIR", "PYTHON"] {
+        for name in [
+            "COMFYUI_REPO_URL",
+            "COMFYUI_COMMIT",
+            "COMFYUI_BRANCH",
+            "WORKSPACE_DIR",
+            "PYTHON",
+        ] {
             env.remove(name);
         }
-        let path = format!("{}:{}", self.path("bin").display(), env.get("PATH").unwrap_or("/usr/bin:/bin"));
+        let path = format!(
+            "{}:{}",
+            self.path("bin").display(),
+            env.get("PATH").unwrap_or("/usr/bin:/bin")
+        );
         env.set("PATH", path);
         env.set("GIT_CONFIG_GLOBAL", "/dev/null");
         env.set("GIT_CONFIG_NOSYSTEM", "1");
@@ -80,7 +96,12 @@ impl Fixture {
     }
 
     fn marker(&self, service: &str) -> Marker {
-        let bytes = fs::read(self.workspace().join(".installed").join(format!("{service}.json"))).unwrap();
+        let bytes = fs::read(
+            self.workspace()
+                .join(".installed")
+                .join(format!("{service}.json")),
+        )
+        .unwrap();
         serde_json::from_slice(&bytes).unwrap()
     }
 
@@ -122,14 +143,23 @@ impl Repo {
 
     fn git(&self, args: &[&str]) -> String {
         let out = Command::new(real_git())
-            .args(["-c", "user.name=fixture", "-c", "user.email=fixture@example.invalid"])
+            .args([
+                "-c",
+                "user.name=fixture",
+                "-c",
+                "user.email=fixture@example.invalid",
+            ])
             .args(args)
             .current_dir(&self.dir)
             .env("GIT_CONFIG_GLOBAL", "/dev/null")
             .env("GIT_CONFIG_NOSYSTEM", "1")
             .output()
             .unwrap();
-        assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8(out.stdout).unwrap().trim().to_owned()
     }
 
@@ -185,14 +215,22 @@ fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
 fn process_is_dead(pid: u32) -> bool {
     match fs::read_to_string(format!("/proc/{pid}/stat")) {
         Err(_) => true,
-        Ok(stat) => stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
     }
 }
 
 fn comfyui_fixture(fx: &Fixture) -> (Repo, String) {
     let repo = Repo::create(fx.path("ComfyUI-src"));
     let commit = repo.commit(
-        &[("main.py", "print('v1')\n"), ("requirements.txt", "# nothing to install in the offline fixture\n")],
+        &[
+            ("main.py", "print('v1')\n"),
+            (
+                "requirements.txt",
+                "# nothing to install in the offline fixture\n",
+            ),
+        ],
         "v1",
     );
     (repo, commit)
@@ -217,8 +255,14 @@ fn comfyui_installs_once_skips_reinstalls_on_change_and_survives_a_broken_url() 
     assert_eq!(report.services.len(), 1);
     assert_eq!(report.services[0].outcome, Outcome::Installed);
     let link = fs::read_link(ws.join("ComfyUI")).unwrap();
-    assert_eq!(link, Path::new(".versions/ComfyUI").join(&report.services[0].hash));
-    assert_eq!(fs::read_to_string(ws.join("ComfyUI/main.py")).unwrap(), "print('v1')\n");
+    assert_eq!(
+        link,
+        Path::new(".versions/ComfyUI").join(&report.services[0].hash)
+    );
+    assert_eq!(
+        fs::read_to_string(ws.join("ComfyUI/main.py")).unwrap(),
+        "print('v1')\n"
+    );
     let marker = fx.marker("comfyui");
     assert_eq!(marker.hash, report.services[0].hash);
     assert_eq!(marker.checkouts[0].commit, c1);
@@ -227,11 +271,27 @@ fn comfyui_installs_once_skips_reinstalls_on_change_and_survives_a_broken_url() 
     // and it works through the symlink.
     let pip = fs::read_to_string(ws.join("ComfyUI/venv/bin/pip")).unwrap();
     let shebang = format!("#!{}/venv/bin/python", ws.join(&link).display());
-    assert!(pip.starts_with(&shebang), "{shebang} vs {}", pip.lines().next().unwrap_or_default());
-    let out = Command::new(ws.join("ComfyUI/venv/bin/pip")).arg("--version").output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        pip.starts_with(&shebang),
+        "{shebang} vs {}",
+        pip.lines().next().unwrap_or_default()
+    );
+    let out = Command::new(ws.join("ComfyUI/venv/bin/pip"))
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let git_calls = fx.take_git_invocations();
-    assert!(git_calls.iter().any(|c| c.starts_with(&format!("fetch -q --depth 1 --no-tags {}", repo.url()))), "{git_calls:#?}");
+    assert!(
+        git_calls
+            .iter()
+            .any(|c| c.starts_with(&format!("fetch -q --depth 1 --no-tags {}", repo.url()))),
+        "{git_calls:#?}"
+    );
     let events = progress.take();
     assert!(events.iter().any(|e| e.to_string().starts_with("install comfyui: step 2/2 python-venv (venv venv, pip install -r requirements.txt) done in")), "{events:#?}");
 
@@ -241,8 +301,14 @@ fn comfyui_installs_once_skips_reinstalls_on_change_and_survives_a_broken_url() 
     let skip = started.elapsed();
     assert_eq!(report.services[0].outcome, Outcome::Skipped);
     assert_eq!(fx.take_git_invocations(), Vec::<String>::new());
-    assert!(matches!(progress.take().as_slice(), [ProgressEvent::Skipped { service, .. }] if service == "comfyui"));
-    eprintln!("timing: first install {:.2}s, skipped install {:.3}ms", first.as_secs_f64(), skip.as_secs_f64() * 1e3);
+    assert!(
+        matches!(progress.take().as_slice(), [ProgressEvent::Skipped { service, .. }] if service == "comfyui")
+    );
+    eprintln!(
+        "timing: first install {:.2}s, skipped install {:.3}ms",
+        first.as_secs_f64(),
+        skip.as_secs_f64() * 1e3
+    );
 
     // A new commit: reinstalled into a new version; the old version is removed.
     let c2 = repo.commit(&[("main.py", "print('v2')\n")], "v2");
@@ -251,9 +317,15 @@ fn comfyui_installs_once_skips_reinstalls_on_change_and_survives_a_broken_url() 
     let report = install(&services, &opts).unwrap();
     assert_eq!(report.services[0].outcome, Outcome::Installed);
     assert_ne!(report.services[0].hash, marker.hash);
-    assert_eq!(fs::read_to_string(ws.join("ComfyUI/main.py")).unwrap(), "print('v2')\n");
+    assert_eq!(
+        fs::read_to_string(ws.join("ComfyUI/main.py")).unwrap(),
+        "print('v2')\n"
+    );
     assert_eq!(fx.marker("comfyui").checkouts[0].commit, c2);
-    assert_eq!(fx.versions("ComfyUI"), vec![report.services[0].hash.clone()]);
+    assert_eq!(
+        fx.versions("ComfyUI"),
+        vec![report.services[0].hash.clone()]
+    );
     fx.take_git_invocations();
 
     // A broken URL: a clear error; the previous install, symlink and marker are untouched.
@@ -265,17 +337,57 @@ fn comfyui_installs_once_skips_reinstalls_on_change_and_survives_a_broken_url() 
     let err = install(&services, &opts).unwrap_err();
     let message = err.to_string();
     let failure = step_failure(err);
-    assert_eq!((failure.service.as_str(), failure.step, failure.total, failure.kind), ("comfyui", 1, 2, "git-checkout"));
-    assert!(matches!(failure.cause, FailureCause::Exit(ref s) if s.starts_with("exited with status")), "{message}");
-    assert!(failure.command.as_deref().unwrap().contains("git fetch"), "{message}");
-    assert!(failure.command.as_deref().unwrap().contains("file:///nonexistent/ComfyUI.git"), "{message}");
-    assert!(failure.tail.iter().any(|l| l.contains("/nonexistent/ComfyUI.git")), "{message}");
-    assert!(message.starts_with("install comfyui failed at step 1/2 git-checkout: `git fetch"), "{message}");
-    assert!(message.contains("previous install of comfyui, if any, is still active"), "{message}");
+    assert_eq!(
+        (
+            failure.service.as_str(),
+            failure.step,
+            failure.total,
+            failure.kind
+        ),
+        ("comfyui", 1, 2, "git-checkout")
+    );
+    assert!(
+        matches!(failure.cause, FailureCause::Exit(ref s) if s.starts_with("exited with status")),
+        "{message}"
+    );
+    assert!(
+        failure.command.as_deref().unwrap().contains("git fetch"),
+        "{message}"
+    );
+    assert!(
+        failure
+            .command
+            .as_deref()
+            .unwrap()
+            .contains("file:///nonexistent/ComfyUI.git"),
+        "{message}"
+    );
+    assert!(
+        failure
+            .tail
+            .iter()
+            .any(|l| l.contains("/nonexistent/ComfyUI.git")),
+        "{message}"
+    );
+    assert!(
+        message.starts_with("install comfyui failed at step 1/2 git-checkout: `git fetch"),
+        "{message}"
+    );
+    assert!(
+        message.contains("previous install of comfyui, if any, is still active"),
+        "{message}"
+    );
     assert_eq!(fs::read(&marker_path).unwrap(), marker_before);
     assert_eq!(fs::read_link(ws.join("ComfyUI")).unwrap(), link_before);
-    assert_eq!(fs::read_to_string(ws.join("ComfyUI/main.py")).unwrap(), "print('v2')\n");
-    assert_eq!(fx.versions("ComfyUI").len(), 1, "the failed build was cleaned up");
+    assert_eq!(
+        fs::read_to_string(ws.join("ComfyUI/main.py")).unwrap(),
+        "print('v2')\n"
+    );
+    assert_eq!(
+        fx.versions("ComfyUI").len(),
+        1,
+        "the failed build was cleaned up"
+    );
 
     // COMFYUI_BRANCH names the revision when COMFYUI_COMMIT is unset.
     repo.git(&["checkout", "-q", "-b", "feature"]);
@@ -285,17 +397,32 @@ fn comfyui_installs_once_skips_reinstalls_on_change_and_survives_a_broken_url() 
     env.remove("COMFYUI_COMMIT");
     env.set("COMFYUI_BRANCH", "feature");
     let (opts, _progress) = fx.opts(env);
-    assert_eq!(install(&services, &opts).unwrap().services[0].outcome, Outcome::Installed);
+    assert_eq!(
+        install(&services, &opts).unwrap().services[0].outcome,
+        Outcome::Installed
+    );
     let marker = fx.marker("comfyui");
-    assert_eq!((marker.checkouts[0].rev.as_str(), marker.checkouts[0].commit.as_str()), ("feature", c3.as_str()));
-    assert_eq!(fs::read_to_string(ws.join("ComfyUI/main.py")).unwrap(), "print('feature')\n");
+    assert_eq!(
+        (
+            marker.checkouts[0].rev.as_str(),
+            marker.checkouts[0].commit.as_str()
+        ),
+        ("feature", c3.as_str())
+    );
+    assert_eq!(
+        fs::read_to_string(ws.join("ComfyUI/main.py")).unwrap(),
+        "print('feature')\n"
+    );
 }
 
 #[test]
 fn a_step_past_its_timeout_is_killed_with_its_process_group_and_named() {
     let fx = Fixture::new();
     let pid_file = fx.path("background.pid");
-    let script = format!("sleep 30 & echo $! > '{}'; echo started; wait", pid_file.display());
+    let script = format!(
+        "sleep 30 & echo $! > '{}'; echo started; wait",
+        pid_file.display()
+    );
     let recipe = InstallRecipe {
         dir: "Slow".into(),
         steps: vec![Step::Command {
@@ -308,16 +435,37 @@ fn a_step_past_its_timeout_is_killed_with_its_process_group_and_named() {
     let (opts, _progress) = fx.opts(fx.env());
     let started = Instant::now();
     let err = install(&[("slow", &recipe)], &opts).unwrap_err();
-    eprintln!("timing: a 2s step timeout returned after {:.2}s", started.elapsed().as_secs_f64());
+    eprintln!(
+        "timing: a 2s step timeout returned after {:.2}s",
+        started.elapsed().as_secs_f64()
+    );
     let message = err.to_string();
     let failure = step_failure(err);
-    assert_eq!((failure.service.as_str(), failure.step, failure.total, failure.kind), ("slow", 1, 1, "command"));
-    assert!(matches!(failure.cause, FailureCause::Timeout(limit) if limit == Duration::from_secs(2)), "{message}");
-    assert!(message.contains("ran past the step's 2s limit and was killed with its process group"), "{message}");
+    assert_eq!(
+        (
+            failure.service.as_str(),
+            failure.step,
+            failure.total,
+            failure.kind
+        ),
+        ("slow", 1, 1, "command")
+    );
+    assert!(
+        matches!(failure.cause, FailureCause::Timeout(limit) if limit == Duration::from_secs(2)),
+        "{message}"
+    );
+    assert!(
+        message.contains("ran past the step's 2s limit and was killed with its process group"),
+        "{message}"
+    );
     assert!(message.contains("sleep 30"), "{message}");
     assert!(failure.tail.contains(&"started".to_owned()), "{message}");
     // The background `sleep` (a grandchild) died with the group.
-    let pid: u32 = fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
+    let pid: u32 = fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
     wait_until("the background sleep is dead", || process_is_dead(pid));
     assert!(!fx.workspace().join("Slow").exists());
     assert!(!fx.workspace().join(".installed/slow.json").exists());
@@ -345,9 +493,19 @@ fn a_service_requested_twice_is_installed_once_and_dir_conflicts_are_refused() {
     let recipe = InstallRecipe {
         dir: "Svc".into(),
         steps: vec![
-            Step::GitCheckout { repo: repo.url(), rev: commit, dest: "src".into(), shallow: true, timeout_secs: None },
+            Step::GitCheckout {
+                repo: repo.url(),
+                rev: commit,
+                dest: "src".into(),
+                shallow: true,
+                timeout_secs: None,
+            },
             Step::Command {
-                argv: vec!["sh".into(), "-c".into(), format!("echo run >> '{}'", runs.display())],
+                argv: vec![
+                    "sh".into(),
+                    "-c".into(),
+                    format!("echo run >> '{}'", runs.display()),
+                ],
                 cwd: Some("src".into()),
                 env: vec![],
                 timeout_secs: None,
@@ -358,13 +516,24 @@ fn a_service_requested_twice_is_installed_once_and_dir_conflicts_are_refused() {
     let report = install(&[("svc", &recipe), ("svc", &recipe)], &opts).unwrap();
     assert_eq!(report.services.len(), 1);
     assert_eq!(fs::read_to_string(&runs).unwrap(), "run\n");
-    let inits = fx.take_git_invocations().iter().filter(|c| c.contains("init")).count();
+    let inits = fx
+        .take_git_invocations()
+        .iter()
+        .filter(|c| c.contains("init"))
+        .count();
     assert_eq!(inits, 1);
     assert!(fx.workspace().join("Svc/src/README").is_file());
 
     let err = install(&[("svc", &recipe), ("other", &recipe)], &opts).unwrap_err();
-    assert!(matches!(&err, InstallError::Invalid { problems } if problems.len() == 1), "{err}");
-    assert!(err.to_string().contains(r#"services "svc" and "other" both install into "Svc""#), "{err}");
+    assert!(
+        matches!(&err, InstallError::Invalid { problems } if problems.len() == 1),
+        "{err}"
+    );
+    assert!(
+        err.to_string()
+            .contains(r#"services "svc" and "other" both install into "Svc""#),
+        "{err}"
+    );
     assert_eq!(fs::read_to_string(&runs).unwrap(), "run\n");
 }
 
@@ -386,7 +555,9 @@ fn unresolved_placeholders_are_all_reported_before_anything_runs() {
     env.remove("FIXTURE_REV");
     let (opts, _progress) = fx.opts(env);
     let err = install(&[("x", &recipe)], &opts).unwrap_err();
-    let InstallError::Invalid { problems } = &err else { panic!("expected invalid recipes, got {err}") };
+    let InstallError::Invalid { problems } = &err else {
+        panic!("expected invalid recipes, got {err}")
+    };
     assert_eq!(
         problems,
         &[
@@ -410,18 +581,31 @@ fn a_refused_shallow_fetch_falls_back_to_a_full_fetch() {
     env.set("GIT_CONFIG_VALUE_0", "0");
     let recipe = InstallRecipe {
         dir: "Pinned".into(),
-        steps: vec![Step::GitCheckout { repo: repo.url(), rev: old.clone(), dest: ".".into(), shallow: true, timeout_secs: None }],
+        steps: vec![Step::GitCheckout {
+            repo: repo.url(),
+            rev: old.clone(),
+            dest: ".".into(),
+            shallow: true,
+            timeout_secs: None,
+        }],
     };
     let (opts, progress) = fx.opts(env);
     install(&[("pinned", &recipe)], &opts).unwrap();
-    assert_eq!(fs::read_to_string(fx.workspace().join("Pinned/file")).unwrap(), "old\n");
+    assert_eq!(
+        fs::read_to_string(fx.workspace().join("Pinned/file")).unwrap(),
+        "old\n"
+    );
     assert_eq!(fx.marker("pinned").checkouts[0].commit, old);
     let events = progress.take();
     assert!(
         events.iter().any(|e| matches!(e, ProgressEvent::StepNote { message, .. } if message.contains("fetching the full history"))),
         "{events:#?}"
     );
-    assert!(fx.take_git_invocations().iter().any(|c| c.starts_with("fetch -q --tags")));
+    assert!(
+        fx.take_git_invocations()
+            .iter()
+            .any(|c| c.starts_with("fetch -q --tags"))
+    );
 }
 
 #[test]
@@ -433,18 +617,32 @@ fn custom_nodes_are_checked_out_at_their_revisions() {
     let recipe = InstallRecipe {
         dir: "ComfyUI".into(),
         steps: vec![
-            Step::GitCheckout { repo: comfy.url(), rev: c1, dest: ".".into(), shallow: true, timeout_secs: None },
+            Step::GitCheckout {
+                repo: comfy.url(),
+                rev: c1,
+                dest: ".".into(),
+                shallow: true,
+                timeout_secs: None,
+            },
             Step::CustomNodes {
                 dir: "custom_nodes".into(),
                 venv: None,
-                nodes: vec![CustomNode { name: "my-node".into(), repo: node.url(), rev: "main".into() }],
+                nodes: vec![CustomNode {
+                    name: "my-node".into(),
+                    repo: node.url(),
+                    rev: "main".into(),
+                }],
                 timeout_secs: None,
             },
         ],
     };
     let (opts, _progress) = fx.opts(fx.env());
     install(&[("comfyui", &recipe)], &opts).unwrap();
-    assert!(fx.workspace().join("ComfyUI/custom_nodes/my-node/__init__.py").is_file());
+    assert!(
+        fx.workspace()
+            .join("ComfyUI/custom_nodes/my-node/__init__.py")
+            .is_file()
+    );
     let marker = fx.marker("comfyui");
     assert_eq!(marker.checkouts[1].dest, "custom_nodes/my-node");
     assert_eq!(marker.checkouts[1].commit, node_commit);
@@ -458,9 +656,18 @@ fn a_failing_command_reports_status_and_tail_with_secrets_masked() {
     let recipe = InstallRecipe {
         dir: "Fails".into(),
         steps: vec![
-            Step::Command { argv: vec!["true".into()], cwd: None, env: vec![], timeout_secs: None },
             Step::Command {
-                argv: vec!["sh".into(), "-c".into(), "echo using hf_supersecretvalue; echo boom >&2; exit 3".into()],
+                argv: vec!["true".into()],
+                cwd: None,
+                env: vec![],
+                timeout_secs: None,
+            },
+            Step::Command {
+                argv: vec![
+                    "sh".into(),
+                    "-c".into(),
+                    "echo using hf_supersecretvalue; echo boom >&2; exit 3".into(),
+                ],
                 cwd: None,
                 env: vec![],
                 timeout_secs: None,
@@ -472,10 +679,19 @@ fn a_failing_command_reports_status_and_tail_with_secrets_masked() {
     let message = err.to_string();
     assert!(!message.contains("supersecret"), "{message}");
     let failure = step_failure(err);
-    assert_eq!((failure.step, failure.total, failure.kind), (2, 2, "command"));
-    assert!(matches!(&failure.cause, FailureCause::Exit(s) if s == "exited with status 3"), "{message}");
+    assert_eq!(
+        (failure.step, failure.total, failure.kind),
+        (2, 2, "command")
+    );
+    assert!(
+        matches!(&failure.cause, FailureCause::Exit(s) if s == "exited with status 3"),
+        "{message}"
+    );
     assert_eq!(failure.tail, ["using ***", "boom"]);
-    assert!(message.contains("`sh -c 'echo using ***; echo boom >&2; exit 3'` exited with status 3"), "{message}");
+    assert!(
+        message.contains("`sh -c 'echo using ***; echo boom >&2; exit 3'` exited with status 3"),
+        "{message}"
+    );
 
     // Credentials in a repository URL never reach messages.
     let recipe = InstallRecipe {
@@ -489,10 +705,20 @@ fn a_failing_command_reports_status_and_tail_with_secrets_masked() {
         }],
     };
     let (opts, progress) = fx.opts(fx.env());
-    let message = install(&[("private", &recipe)], &opts).unwrap_err().to_string();
-    assert!(message.contains("https://***@127.0.0.1:9/private.git"), "{message}");
+    let message = install(&[("private", &recipe)], &opts)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        message.contains("https://***@127.0.0.1:9/private.git"),
+        "{message}"
+    );
     assert!(!message.contains("pw-secret"), "{message}");
-    assert!(progress.take().iter().all(|e| !e.to_string().contains("pw-secret")));
+    assert!(
+        progress
+            .take()
+            .iter()
+            .all(|e| !e.to_string().contains("pw-secret"))
+    );
 }
 
 #[test]
@@ -502,19 +728,35 @@ fn check_reports_current_and_stale_without_running_anything() {
     let commit = repo.commit(&[("f", "1\n")], "one");
     let recipe = InstallRecipe {
         dir: "Svc".into(),
-        steps: vec![Step::GitCheckout { repo: repo.url(), rev: commit, dest: ".".into(), shallow: true, timeout_secs: None }],
+        steps: vec![Step::GitCheckout {
+            repo: repo.url(),
+            rev: commit,
+            dest: ".".into(),
+            shallow: true,
+            timeout_secs: None,
+        }],
     };
     let (opts, _progress) = fx.opts(fx.env());
-    assert!(matches!(&check(&[("svc", &recipe)], &opts).unwrap()[0].1, Freshness::Stale(r) if r == "not installed yet"));
+    assert!(
+        matches!(&check(&[("svc", &recipe)], &opts).unwrap()[0].1, Freshness::Stale(r) if r == "not installed yet")
+    );
     install(&[("svc", &recipe)], &opts).unwrap();
     fx.take_git_invocations();
-    assert!(matches!(&check(&[("svc", &recipe)], &opts).unwrap()[0].1, Freshness::Current(_)));
+    assert!(matches!(
+        &check(&[("svc", &recipe)], &opts).unwrap()[0].1,
+        Freshness::Current(_)
+    ));
     // The symlink no longer matching the marker is stale, not current.
     fs::remove_file(fx.workspace().join("Svc")).unwrap();
-    assert!(matches!(&check(&[("svc", &recipe)], &opts).unwrap()[0].1, Freshness::Stale(r) if r.contains("not the install symlink")));
+    assert!(
+        matches!(&check(&[("svc", &recipe)], &opts).unwrap()[0].1, Freshness::Stale(r) if r.contains("not the install symlink"))
+    );
     assert_eq!(fx.take_git_invocations(), Vec::<String>::new());
     // And install repairs it.
-    assert_eq!(install(&[("svc", &recipe)], &opts).unwrap().services[0].outcome, Outcome::Installed);
+    assert_eq!(
+        install(&[("svc", &recipe)], &opts).unwrap().services[0].outcome,
+        Outcome::Installed
+    );
     assert!(fx.workspace().join("Svc/f").is_file());
 }
 
@@ -541,11 +783,23 @@ fn cli_installs_comfyui_from_a_local_fixture_then_skips() {
     };
     let ws_arg = ws.to_str().unwrap();
 
-    let (code, stderr, first) = run(&["--services", "comfyui,comfyui", "--workspace", ws_arg], &[]);
+    let (code, stderr, first) = run(
+        &["--services", "comfyui,comfyui", "--workspace", ws_arg],
+        &[],
+    );
     assert_eq!(code, Some(0), "{stderr}");
-    assert!(stderr.contains("install comfyui: step 1/2 git-checkout"), "{stderr}");
-    assert!(stderr.contains("install comfyui: installed ComfyUI -> .versions/ComfyUI/"), "{stderr}");
-    assert!(stderr.contains("install: 1 installed, 0 up to date"), "{stderr}");
+    assert!(
+        stderr.contains("install comfyui: step 1/2 git-checkout"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("install comfyui: installed ComfyUI -> .versions/ComfyUI/"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("install: 1 installed, 0 up to date"),
+        "{stderr}"
+    );
     assert!(ws.join("ComfyUI/main.py").is_file());
     assert!(!fx.take_git_invocations().is_empty());
 
@@ -560,20 +814,34 @@ fn cli_installs_comfyui_from_a_local_fixture_then_skips() {
         second.as_secs_f64() * 1e3
     );
 
-    let (code, stderr, _) = run(&["--check", "--services", "comfyui", "--workspace", ws_arg], &[]);
+    let (code, stderr, _) = run(
+        &["--check", "--services", "comfyui", "--workspace", ws_arg],
+        &[],
+    );
     assert_eq!(code, Some(0), "{stderr}");
-    let (code, stderr, _) =
-        run(&["--check", "--services", "comfyui", "--workspace", ws_arg], &[("COMFYUI_COMMIT", &"0".repeat(40))]);
+    let (code, stderr, _) = run(
+        &["--check", "--services", "comfyui", "--workspace", ws_arg],
+        &[("COMFYUI_COMMIT", &"0".repeat(40))],
+    );
     assert_eq!(code, Some(1), "{stderr}");
-    assert!(stderr.contains("not installed or out of date: comfyui (recipe changed"), "{stderr}");
+    assert!(
+        stderr.contains("not installed or out of date: comfyui (recipe changed: hash "),
+        "{stderr}"
+    );
 
     let (code, stderr, _) = run(&["--services", "comfyu", "--workspace", ws_arg], &[]);
     assert_eq!(code, Some(1), "{stderr}");
-    assert!(stderr.contains(r#"no install recipe for service "comfyu"; did you mean "comfyui"?"#), "{stderr}");
+    assert!(
+        stderr.contains(r#"no install recipe for service "comfyu" (known: comfyui, playwright); did you mean "comfyui"?"#),
+        "{stderr}"
+    );
 
     // An API-only machine needs no internal service: nothing is installed or created.
     let empty = fx.path("api-only-workspace");
-    let (code, stderr, _) = run(&["--services", "", "--workspace", empty.to_str().unwrap()], &[]);
+    let (code, stderr, _) = run(
+        &["--services", "", "--workspace", empty.to_str().unwrap()],
+        &[],
+    );
     assert_eq!(code, Some(0), "{stderr}");
     assert!(stderr.contains("nothing to install"), "{stderr}");
     assert!(!empty.exists());

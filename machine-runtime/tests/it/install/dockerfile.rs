@@ -22,7 +22,9 @@ struct Stage {
 }
 
 fn repo_file(name: &str) -> String {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join(name);
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(name);
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
 }
 
@@ -46,11 +48,20 @@ fn parse(text: &str) -> Vec<Instruction> {
         if continues {
             pending = Some((start, joined));
         } else {
-            let (keyword, args) = joined.split_once(char::is_whitespace).unwrap_or((&joined, ""));
-            out.push(Instruction { line: start, keyword: keyword.to_ascii_uppercase(), args: args.trim().to_owned() });
+            let (keyword, args) = joined
+                .split_once(char::is_whitespace)
+                .unwrap_or((&joined, ""));
+            out.push(Instruction {
+                line: start,
+                keyword: keyword.to_ascii_uppercase(),
+                args: args.trim().to_owned(),
+            });
         }
     }
-    assert!(pending.is_none(), "the Dockerfile ends inside a `\\` continuation");
+    assert!(
+        pending.is_none(),
+        "the Dockerfile ends inside a `\\` continuation"
+    );
     out
 }
 
@@ -59,17 +70,32 @@ fn stages(instructions: &[Instruction]) -> (Vec<Instruction>, Vec<Stage>) {
     let mut stages: Vec<Stage> = Vec::new();
     for ins in instructions {
         if ins.keyword == "FROM" {
-            let words: Vec<&str> = ins.args.split_whitespace().filter(|w| !w.starts_with("--")).collect();
+            let words: Vec<&str> = ins
+                .args
+                .split_whitespace()
+                .filter(|w| !w.starts_with("--"))
+                .collect();
             let name = match words.as_slice() {
                 [_, as_kw, name] if as_kw.eq_ignore_ascii_case("as") => Some((*name).to_owned()),
                 [_] => None,
-                other => panic!("line {}: FROM {other:?} is not `FROM image [AS name]`", ins.line),
+                other => panic!(
+                    "line {}: FROM {other:?} is not `FROM image [AS name]`",
+                    ins.line
+                ),
             };
-            stages.push(Stage { base: words[0].to_owned(), name, body: Vec::new() });
+            stages.push(Stage {
+                base: words[0].to_owned(),
+                name,
+                body: Vec::new(),
+            });
         } else if let Some(stage) = stages.last_mut() {
             stage.body.push(ins.clone());
         } else {
-            assert_eq!(ins.keyword, "ARG", "line {}: only ARG may come before the first FROM", ins.line);
+            assert_eq!(
+                ins.keyword, "ARG",
+                "line {}: only ARG may come before the first FROM",
+                ins.line
+            );
             global.push(ins.clone());
         }
     }
@@ -91,8 +117,12 @@ fn flags(args: &str) -> (Vec<(String, String)>, String) {
 
 /// The JSON array of an exec-form instruction.
 fn exec_form(ins: &Instruction) -> Vec<String> {
-    serde_json::from_str(&ins.args)
-        .unwrap_or_else(|e| panic!("line {}: {} must be exec form (a JSON array): {e}", ins.line, ins.keyword))
+    serde_json::from_str(&ins.args).unwrap_or_else(|e| {
+        panic!(
+            "line {}: {} must be exec form (a JSON array): {e}",
+            ins.line, ins.keyword
+        )
+    })
 }
 
 /// `${NAME}` references in `text`.
@@ -121,8 +151,18 @@ fn find<'a>(stage: &'a Stage, keyword: &str) -> Vec<&'a Instruction> {
 #[test]
 fn parser_joins_continuations_and_drops_comments() {
     let parsed = parse("# c\nFROM a AS b\nRUN x \\\n  # inner comment\n  && y\nCMD [\"z\"]\n");
-    let got: Vec<(usize, &str, &str)> = parsed.iter().map(|i| (i.line, i.keyword.as_str(), i.args.as_str())).collect();
-    assert_eq!(got, [(2, "FROM", "a AS b"), (3, "RUN", "x && y"), (6, "CMD", "[\"z\"]")]);
+    let got: Vec<(usize, &str, &str)> = parsed
+        .iter()
+        .map(|i| (i.line, i.keyword.as_str(), i.args.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (2, "FROM", "a AS b"),
+            (3, "RUN", "x && y"),
+            (6, "CMD", "[\"z\"]")
+        ]
+    );
     assert_eq!(references("a ${B} $C ${D_1:-x}"), ["B", "D_1"]);
 }
 
@@ -130,11 +170,22 @@ fn parser_joins_continuations_and_drops_comments() {
 fn builder_stage_compiles_machine_runtime_in_release_mode() {
     let (_, stages) = image();
     assert!(stages.len() >= 2, "a multi-stage build: {stages:#?}");
-    let builder = stages.iter().find(|s| s.name.as_deref() == Some("builder")).expect("a stage named builder");
-    assert!(builder.base.starts_with("rust:") && builder.base.ends_with("-bookworm"), "{}", builder.base);
-    let runs: Vec<&str> = find(builder, "RUN").iter().map(|i| i.args.as_str()).collect();
+    let builder = stages
+        .iter()
+        .find(|s| s.name.as_deref() == Some("builder"))
+        .expect("a stage named builder");
     assert!(
-        runs.iter().any(|r| r.contains("cargo build --release --locked -p machine-runtime")),
+        builder.base.starts_with("rust:") && builder.base.ends_with("-bookworm"),
+        "{}",
+        builder.base
+    );
+    let runs: Vec<&str> = find(builder, "RUN")
+        .iter()
+        .map(|i| i.args.as_str())
+        .collect();
+    assert!(
+        runs.iter()
+            .any(|r| r.contains("cargo build --release --locked -p machine-runtime")),
         "the builder must build machine-runtime in release mode: {runs:#?}"
     );
 }
@@ -149,7 +200,11 @@ fn runtime_stage_is_slim_and_carries_what_installs_need() {
         .find(|i| i.args.contains("apt-get install"))
         .expect("an apt-get install in the runtime stage");
     for package in ["ca-certificates", "git", "python3", "python3-venv"] {
-        assert!(apt.args.split_whitespace().any(|w| w == package), "line {}: {package} is not installed", apt.line);
+        assert!(
+            apt.args.split_whitespace().any(|w| w == package),
+            "line {}: {package} is not installed",
+            apt.line
+        );
     }
     let copies = find(runtime, "COPY");
     let copy_from = |stage: &str, dest: &str| {
@@ -158,20 +213,41 @@ fn runtime_stage_is_slim_and_carries_what_installs_need() {
             flags.contains(&("from".to_owned(), stage.to_owned())) && rest.ends_with(dest)
         })
     };
-    assert!(copy_from("builder", "/usr/local/bin/machine-runtime"), "the binary is copied from the builder");
-    assert!(copy_from("node", "/usr/local/bin/node"), "node is copied for the worker bundle");
+    assert!(
+        copy_from("builder", "/usr/local/bin/machine-runtime"),
+        "the binary is copied from the builder"
+    );
+    assert!(
+        copy_from("node", "/usr/local/bin/node"),
+        "node is copied for the worker bundle"
+    );
     // Every COPY --from names an earlier stage.
     let names: Vec<&str> = stages.iter().filter_map(|s| s.name.as_deref()).collect();
     for stage in &stages {
         for copy in find(stage, "COPY") {
             if let Some((_, from)) = flags(&copy.args).0.into_iter().find(|(k, _)| k == "from") {
-                assert!(names.contains(&from.as_str()), "line {}: COPY --from={from} names no stage", copy.line);
+                assert!(
+                    names.contains(&from.as_str()),
+                    "line {}: COPY --from={from} names no stage",
+                    copy.line
+                );
             }
         }
     }
-    let env: String = find(runtime, "ENV").iter().map(|i| i.args.as_str()).collect::<Vec<_>>().join(" ");
-    for setting in ["MACHINE_PROFILE=${PROFILE}", "WORKSPACE_DIR=/workspace", "NVIDIA_DRIVER_CAPABILITIES=compute,utility"] {
-        assert!(env.split_whitespace().any(|w| w == setting), "ENV lacks {setting}: {env}");
+    let env: String = find(runtime, "ENV")
+        .iter()
+        .map(|i| i.args.as_str())
+        .collect::<Vec<_>>()
+        .join(" ");
+    for setting in [
+        "MACHINE_PROFILE=${PROFILE}",
+        "WORKSPACE_DIR=/workspace",
+        "NVIDIA_DRIVER_CAPABILITIES=compute,utility",
+    ] {
+        assert!(
+            env.split_whitespace().any(|w| w == setting),
+            "ENV lacks {setting}: {env}"
+        );
     }
 }
 
@@ -180,10 +256,19 @@ fn services_are_installed_at_build_time_after_the_binary_is_in_place() {
     let (_, stages) = image();
     let runtime = stages.last().unwrap();
     let position = |pred: &dyn Fn(&Instruction) -> bool| runtime.body.iter().position(pred);
-    let copy_binary = position(&|i| i.keyword == "COPY" && i.args.ends_with("/usr/local/bin/machine-runtime")).unwrap();
-    let install = position(&|i| i.keyword == "RUN" && i.args.contains("machine-runtime install --profile \"${PROFILE}\""))
-        .expect("a RUN machine-runtime install --profile \"${PROFILE}\" step");
-    assert!(copy_binary < install, "the install step runs before the binary is copied");
+    let copy_binary =
+        position(&|i| i.keyword == "COPY" && i.args.ends_with("/usr/local/bin/machine-runtime"))
+            .unwrap();
+    let install = position(&|i| {
+        i.keyword == "RUN"
+            && i.args
+                .contains("machine-runtime install --profile \"${PROFILE}\"")
+    })
+    .expect("a RUN machine-runtime install --profile \"${PROFILE}\" step");
+    assert!(
+        copy_binary < install,
+        "the install step runs before the binary is copied"
+    );
 }
 
 #[test]
@@ -199,18 +284,38 @@ fn entrypoint_cmd_healthcheck_and_stopsignal_are_exec_form_and_use_the_binary() 
     assert_eq!(exec_form(&single("ENTRYPOINT")), ["machine-runtime"]);
     let cmd = exec_form(&single("CMD"));
     assert_eq!(cmd.first().map(String::as_str), Some("up"));
-    assert!(cmd.iter().all(|w| !w.contains('$')), "exec form does not expand variables: {cmd:?}");
+    assert!(
+        cmd.iter().all(|w| !w.contains('$')),
+        "exec form does not expand variables: {cmd:?}"
+    );
     assert_eq!(single("STOPSIGNAL").args, "SIGTERM");
 
     let health = single("HEALTHCHECK");
     let (options, rest) = flags(&health.args);
-    let option = |name: &str| options.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+    let option = |name: &str| {
+        options
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
     assert_eq!(
-        (option("interval"), option("timeout"), option("start-period"), option("retries")),
+        (
+            option("interval"),
+            option("timeout"),
+            option("start-period"),
+            option("retries")
+        ),
         (Some("30s"), Some("10s"), Some("5m"), Some("3"))
     );
-    let rest = rest.strip_prefix("CMD").expect("HEALTHCHECK ... CMD").trim();
-    let probe = exec_form(&Instruction { line: health.line, keyword: "HEALTHCHECK CMD".into(), args: rest.into() });
+    let rest = rest
+        .strip_prefix("CMD")
+        .expect("HEALTHCHECK ... CMD")
+        .trim();
+    let probe = exec_form(&Instruction {
+        line: health.line,
+        keyword: "HEALTHCHECK CMD".into(),
+        args: rest.into(),
+    });
     assert_eq!(probe, ["machine-runtime", "health"]);
 }
 
@@ -221,7 +326,11 @@ fn build_arguments_are_used_only_where_they_are_in_scope() {
     for stage in &stages {
         // Global ARGs are visible in FROM lines only; inside a stage an ARG or ENV must (re)declare it.
         for name in references(&stage.base) {
-            assert!(global_args.contains(&name), "FROM {} uses ${{{name}}} without a global ARG", stage.base);
+            assert!(
+                global_args.contains(&name),
+                "FROM {} uses ${{{name}}} without a global ARG",
+                stage.base
+            );
         }
         let mut in_scope: Vec<String> = Vec::new();
         for ins in &stage.body {
@@ -235,7 +344,12 @@ fn build_arguments_are_used_only_where_they_are_in_scope() {
             }
             match ins.keyword.as_str() {
                 "ARG" => in_scope.push(declared_name(&ins.args)),
-                "ENV" => in_scope.extend(ins.args.split_whitespace().filter_map(|w| w.split_once('=')).map(|(k, _)| k.to_owned())),
+                "ENV" => in_scope.extend(
+                    ins.args
+                        .split_whitespace()
+                        .filter_map(|w| w.split_once('='))
+                        .map(|(k, _)| k.to_owned()),
+                ),
                 _ => {}
             }
         }
@@ -251,12 +365,25 @@ fn dockerignore_keeps_secrets_and_build_outputs_out_but_sources_in() {
         .map(str::to_owned)
         .collect();
     for needed in [".git", "target", "secrets", "**/.env.secret*"] {
-        assert!(patterns.iter().any(|p| p == needed), ".dockerignore lacks {needed}: {patterns:?}");
+        assert!(
+            patterns.iter().any(|p| p == needed),
+            ".dockerignore lacks {needed}: {patterns:?}"
+        );
     }
     // The builder needs the workspace sources, the lock file and the profiles baked in by build.rs.
-    for kept in ["Cargo.toml", "Cargo.lock", "machine-model", "machine-runtime", "profiles", "schemas", "xtask"] {
+    for kept in [
+        "Cargo.toml",
+        "Cargo.lock",
+        "machine-model",
+        "machine-runtime",
+        "profiles",
+        "schemas",
+        "xtask",
+    ] {
         assert!(
-            !patterns.iter().any(|p| p == kept || p == &format!("{kept}/") || p == "*" || p == "**"),
+            !patterns
+                .iter()
+                .any(|p| p == kept || p == &format!("{kept}/") || p == "*" || p == "**"),
             ".dockerignore must not exclude {kept}"
         );
     }
