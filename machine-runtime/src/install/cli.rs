@@ -30,6 +30,7 @@ pub struct InstallArgs {
 
 /// Runs `install` (or `install --check`) for the built-in recipes named by `--services`.
 pub fn run(args: InstallArgs) -> ExitCode {
+    super::kill_running_step_on_signals();
     let recipes = match builtin_recipes(&args.services) {
         Ok(r) => r,
         Err(e) => {

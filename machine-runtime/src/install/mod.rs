@@ -25,6 +25,7 @@ pub use cli::{InstallArgs, run as run_cli};
 pub use machine_model::install::InstallRecipe;
 pub use marker::{CheckoutRecord, Freshness, MARKER_DIR, Marker, RequirementsRecord, VERSIONS_DIR};
 pub use placeholder::PlaceholderError;
+pub use process::{abort_running_step, kill_running_step_on_signals};
 
 use redact::Redactor;
 
@@ -683,14 +684,15 @@ fn install_one(
 
     let result =
         run_steps(service, &p.recipe, &build, &child_env, opts, redactor).and_then(|records| {
-            let unmanaged = marker::activate(workspace, dir, &version_rel).map_err(io_error(
+            // A directory found in the way is moved into the versions directory, removed below.
+            marker::activate(workspace, dir, &version_rel).map_err(io_error(
                 service,
                 "switch",
                 &workspace.join(dir),
             ))?;
-            Ok((records, unmanaged))
+            Ok(records)
         });
-    let (records, unmanaged) = match result {
+    let records = match result {
         Ok(done) => done,
         Err(e) => {
             if let Err(cleanup) = marker::remove_path(&build) {
@@ -733,7 +735,6 @@ fn install_one(
             message: format!("cannot remove old versions in {}: {e}", versions.display()),
         });
     }
-    drop(unmanaged);
     opts.progress.report(&ProgressEvent::Installed {
         service: service.to_owned(),
         dir: dir.to_owned(),

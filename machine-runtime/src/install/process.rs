@@ -10,6 +10,7 @@ use std::io::{BufRead, BufReader, Read};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -135,6 +136,7 @@ pub(crate) fn run(ctx: &RunCtx<'_>, cmd: &Cmd) -> Result<Finished, Interrupted> 
     drop(command);
     let mut child = spawned.map_err(Interrupted::Spawn)?;
     let pid = child.id() as libc::pid_t;
+    ACTIVE_GROUP.store(pid, Ordering::SeqCst);
 
     let tail = Arc::new(Mutex::new(Tail::default()));
     let (done_tx, done_rx) = mpsc::channel::<()>();
@@ -174,6 +176,8 @@ pub(crate) fn run(ctx: &RunCtx<'_>, cmd: &Cmd) -> Result<Finished, Interrupted> 
     // The child is alive or a zombie (not reaped), so `pid` still names its group: kill what is left of it,
     // the whole group on timeout, stray background helpers after a normal exit.
     kill_group(pid);
+    // Cleared before reaping: once reaped, the number may name someone else's group.
+    ACTIVE_GROUP.store(0, Ordering::SeqCst);
     let status = child.wait();
     let drain_deadline = Instant::now() + PIPE_DRAIN;
     while done_rx
@@ -195,6 +199,40 @@ pub(crate) fn run(ctx: &RunCtx<'_>, cmd: &Cmd) -> Result<Finished, Interrupted> 
         stdout,
         tail,
     })
+}
+
+/// The process group of the command running now (0: none). Commands run one at a time per process.
+static ACTIVE_GROUP: AtomicI32 = AtomicI32::new(0);
+
+/// Kills the process group of the install command running now, if any. Async-signal-safe (an atomic
+/// load and `kill(2)`), so it may be called from a signal handler or a shutdown path: the children lead
+/// their own groups and would otherwise outlive an interrupted installer.
+pub fn abort_running_step() {
+    let pgid = ACTIVE_GROUP.load(Ordering::SeqCst);
+    if pgid > 0 {
+        kill_group(pgid);
+    }
+}
+
+/// On SIGINT, SIGTERM or SIGHUP: kill the running step's process group, then die of the same signal.
+/// For the `install` command line; a long-running caller (`up`) calls [`abort_running_step`] from its own
+/// shutdown path instead.
+pub fn kill_running_step_on_signals() {
+    extern "C" fn on_signal(signal: libc::c_int) {
+        abort_running_step();
+        // SAFETY: signal(2) and raise(3) are async-signal-safe; restoring the default action and
+        // re-raising makes the process end with the signal, as the sender expects.
+        unsafe {
+            libc::signal(signal, libc::SIG_DFL);
+            libc::raise(signal);
+        }
+    }
+    for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        // SAFETY: `on_signal` only does async-signal-safe work (see above).
+        unsafe {
+            libc::signal(signal, on_signal as *const () as libc::sighandler_t);
+        }
+    }
 }
 
 /// Blocks until `pid` has exited, leaving it unreaped.

@@ -221,6 +221,19 @@ fn process_is_dead(pid: u32) -> bool {
     }
 }
 
+/// Kills, by pid, a process a test started, should the test fail before the installer did so.
+struct KillOnDrop(u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if !process_is_dead(self.0) {
+            let _ = Command::new("kill")
+                .args(["-KILL", &self.0.to_string()])
+                .status();
+        }
+    }
+}
+
 fn comfyui_fixture(fx: &Fixture) -> (Repo, String) {
     let repo = Repo::create(fx.path("ComfyUI-src"));
     let commit = repo.commit(
@@ -466,6 +479,7 @@ fn a_step_past_its_timeout_is_killed_with_its_process_group_and_named() {
         .trim()
         .parse()
         .unwrap();
+    let _cleanup = KillOnDrop(pid);
     wait_until("the background sleep is dead", || process_is_dead(pid));
     assert!(!fx.workspace().join("Slow").exists());
     assert!(!fx.workspace().join(".installed/slow.json").exists());
@@ -845,4 +859,58 @@ fn cli_installs_comfyui_from_a_local_fixture_then_skips() {
     assert_eq!(code, Some(0), "{stderr}");
     assert!(stderr.contains("nothing to install"), "{stderr}");
     assert!(!empty.exists());
+}
+
+#[test]
+fn an_interrupted_cli_takes_the_running_step_down_with_it() {
+    let fx = Fixture::new();
+    // A `git` that never finishes, recording its pid (after `exec`, the shell's pid is the sleep's).
+    let hang_bin = fx.path("hang-bin");
+    fs::create_dir(&hang_bin).unwrap();
+    let pid_file = fx.path("hung-git.pid");
+    fs::write(
+        hang_bin.join("git"),
+        format!(
+            "#!/bin/sh\necho $$ > '{}'\nexec sleep 60\n",
+            pid_file.display()
+        ),
+    )
+    .unwrap();
+    make_executable(&hang_bin.join("git"));
+    let path = format!("{}:{}", hang_bin.display(), fx.env().get("PATH").unwrap());
+    let mut cli = Command::new(env!("CARGO_BIN_EXE_machine-runtime"))
+        .args([
+            "install",
+            "--services",
+            "comfyui",
+            "--workspace",
+            fx.workspace().to_str().unwrap(),
+        ])
+        .env_clear()
+        .envs(fx.env().iter())
+        .env("PATH", path)
+        .env("COMFYUI_REPO_URL", "file:///unused")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until("the hanging git has started", || {
+        fs::read_to_string(&pid_file).is_ok_and(|s| s.ends_with('\n'))
+    });
+    let git_pid: u32 = fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let _cleanup = KillOnDrop(git_pid);
+    let kill = Command::new("kill")
+        .args(["-TERM", &cli.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let status = cli.wait().unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(status.signal(), Some(libc::SIGTERM), "{status:?}");
+    wait_until("the step's process group is dead", || {
+        process_is_dead(git_pid)
+    });
 }
