@@ -81,6 +81,13 @@ pub enum Step {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         timeout_secs: Option<u64>,
     },
+    /// Keep directories outside the versions, in `<workspace>/.persist/<dir>/<path>`, so what the service
+    /// writes there at run time (models, inputs, outputs) survives reinstalls. Each path becomes a symlink
+    /// to its shared directory; entries the new version ships that the shared directory lacks are moved in.
+    Persist {
+        /// Directories relative to the install directory (ComfyUI: `models`, `input`, `output`, `user`).
+        paths: Vec<String>,
+    },
     /// Run a program (no shell) inside the install directory.
     Command {
         /// Program and arguments; the program is looked up on `PATH` unless it contains a `/`.
@@ -117,13 +124,15 @@ impl Step {
             Step::GitCheckout { .. } => "git-checkout",
             Step::PythonVenv { .. } => "python-venv",
             Step::CustomNodes { .. } => "custom-nodes",
+            Step::Persist { .. } => "persist",
             Step::Command { .. } => "command",
         }
     }
 
-    /// The step's own time limit in seconds, if it sets one.
+    /// The step's own time limit in seconds, if it sets one (`persist` only moves files and has none).
     pub fn timeout_secs(&self) -> Option<u64> {
         match self {
+            Step::Persist { .. } => None,
             Step::GitCheckout { timeout_secs, .. }
             | Step::PythonVenv { timeout_secs, .. }
             | Step::CustomNodes { timeout_secs, .. }
@@ -139,7 +148,8 @@ pub fn comfyui_recipe() -> InstallRecipe {
 
 /// ComfyUI: a shallow checkout of `COMFYUI_REPO_URL` at `COMFYUI_COMMIT` (else `COMFYUI_BRANCH`, else
 /// [`COMFYUI_PINNED_COMMIT`]), a venv `venv` with `pip install -r requirements.txt`, then `nodes` under
-/// `custom_nodes` with their requirements installed into the same venv.
+/// `custom_nodes` with their requirements installed into the same venv; `models`, `input`, `output` and
+/// `user` persist across reinstalls (see [`Step::Persist`]).
 ///
 /// The service runs `venv/bin/python main.py` in `<workspace>/ComfyUI`.
 pub fn comfyui_recipe_with_nodes(nodes: Vec<CustomNode>) -> InstallRecipe {
@@ -166,6 +176,11 @@ pub fn comfyui_recipe_with_nodes(nodes: Vec<CustomNode>) -> InstallRecipe {
             timeout_secs: Some(3600),
         });
     }
+    steps.push(Step::Persist {
+        paths: ["models", "input", "output", "user"]
+            .map(str::to_owned)
+            .to_vec(),
+    });
     InstallRecipe {
         dir: "ComfyUI".to_owned(),
         steps,
@@ -264,12 +279,13 @@ mod tests {
 
     #[test]
     fn custom_nodes_step_only_when_there_are_nodes() {
-        assert_eq!(comfyui_recipe().steps.len(), 2);
+        assert_eq!(comfyui_recipe().steps.len(), 3);
         let with = comfyui_recipe_with_nodes(vec![CustomNode {
             name: "n".into(),
             repo: "file:///r".into(),
             rev: "main".into(),
         }]);
         assert_eq!(with.steps[2].kind(), "custom-nodes");
+        assert_eq!(with.steps[3].kind(), "persist");
     }
 }

@@ -7,6 +7,7 @@
 //! .versions/ComfyUI/3f2a…/                 one directory per install, named by its hash, never moved
 //! .installed/comfyui.json                  the marker: hash, version directory, commits, requirements
 //! .installed/.lock                         flock(2) held while installing
+//! .persist/ComfyUI/models/                 kept across versions (`persist` step); ComfyUI/models links here
 //! ```
 //!
 //! Virtual environments hard-code their absolute path, so a version is built where it will live and
@@ -23,6 +24,8 @@ use serde::{Deserialize, Serialize};
 
 /// Directory of markers under the workspace.
 pub const MARKER_DIR: &str = ".installed";
+/// Directory of the directories kept across reinstalls (`persist` steps) under the workspace.
+pub const PERSIST_DIR: &str = ".persist";
 /// Directory of version directories under the workspace.
 pub const VERSIONS_DIR: &str = ".versions";
 
@@ -143,7 +146,7 @@ pub(crate) fn active_version(workspace: &Path, dir: &str) -> Option<PathBuf> {
 }
 
 /// Points `<workspace>/<dir>` at `version_rel` atomically. A real directory found there (an install made
-/// by something else) is moved into the versions directory first and returned so it can be removed.
+/// by something else) is first renamed to `<dir>.unmanaged-<unix seconds>` and returned, never removed.
 pub(crate) fn activate(
     workspace: &Path,
     dir: &str,
@@ -154,10 +157,11 @@ pub(crate) fn activate(
     match fs::symlink_metadata(&link) {
         Ok(meta) if meta.file_type().is_symlink() => {}
         Ok(meta) if meta.is_dir() => {
-            let aside = workspace
-                .join(VERSIONS_DIR)
-                .join(dir)
-                .join(format!("unmanaged-{}", std::process::id()));
+            // Not ours, so never deleted: it may hold models or outputs someone wants back.
+            let secs = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            let aside = workspace.join(format!("{dir}.unmanaged-{secs}"));
             fs::rename(&link, &aside)?;
             unmanaged = Some(aside);
         }
@@ -323,8 +327,12 @@ mod tests {
             fs::read_link(ws.join("Svc")).unwrap(),
             Path::new(".versions/Svc/h1")
         );
+        assert_eq!(aside.parent(), Some(ws));
         remove_other_versions(ws, "Svc", &ws.join(".versions/Svc/h1")).unwrap();
-        assert!(!aside.exists());
+        assert!(
+            aside.join("old").is_dir(),
+            "an unmanaged directory is never deleted"
+        );
         assert!(ws.join(".versions/Svc/h1").is_dir());
     }
 }

@@ -23,7 +23,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 pub use cli::{InstallArgs, run as run_cli};
 pub use machine_model::install::InstallRecipe;
-pub use marker::{CheckoutRecord, Freshness, MARKER_DIR, Marker, RequirementsRecord, VERSIONS_DIR};
+pub use marker::{
+    CheckoutRecord, Freshness, MARKER_DIR, Marker, PERSIST_DIR, RequirementsRecord, VERSIONS_DIR,
+};
 pub use placeholder::PlaceholderError;
 pub use process::{abort_running_step, kill_running_step_on_signals};
 
@@ -677,21 +679,40 @@ fn install_one(
     marker::remove_path(&build).map_err(io_error(service, "remove the left-over", &build))?;
     fs::create_dir(&build).map_err(io_error(service, "create", &build))?;
 
+    let persist_root = workspace.join(PERSIST_DIR).join(dir);
     let mut child_env = opts.env.clone();
     child_env.set("GIT_TERMINAL_PROMPT", "0");
     child_env.set("PIP_DISABLE_PIP_VERSION_CHECK", "1");
     child_env.set(placeholder::INSTALL_DIR_VAR, build.to_string_lossy());
 
-    let result =
-        run_steps(service, &p.recipe, &build, &child_env, opts, redactor).and_then(|records| {
-            // A directory found in the way is moved into the versions directory, removed below.
-            marker::activate(workspace, dir, &version_rel).map_err(io_error(
-                service,
-                "switch",
-                &workspace.join(dir),
-            ))?;
-            Ok(records)
-        });
+    let result = run_steps(
+        service,
+        &p.recipe,
+        &build,
+        &persist_root,
+        &child_env,
+        opts,
+        redactor,
+    )
+    .and_then(|records| {
+        let moved = marker::activate(workspace, dir, &version_rel).map_err(io_error(
+            service,
+            "switch",
+            &workspace.join(dir),
+        ))?;
+        if let Some(moved) = moved {
+            opts.progress.report(&ProgressEvent::Warning {
+                service: service.to_owned(),
+                message: format!(
+                    "{} was a directory not made by this installer; moved it to {} \
+                     (delete it when it is no longer needed)",
+                    workspace.join(dir).display(),
+                    moved.display()
+                ),
+            });
+        }
+        Ok(records)
+    });
     let records = match result {
         Ok(done) => done,
         Err(e) => {
@@ -748,6 +769,7 @@ fn run_steps(
     service: &str,
     recipe: &InstallRecipe,
     build: &Path,
+    persist_root: &Path,
     env: &Env,
     opts: &InstallOptions,
     redactor: &Redactor,
@@ -777,6 +799,7 @@ fn run_steps(
             kind,
             summary: &summary,
             root: build,
+            persist_root,
             env,
             started,
             deadline: started + timeout,

@@ -73,6 +73,13 @@ fn map_step(
                 .collect(),
             timeout_secs: *timeout_secs,
         },
+        Step::Persist { paths } => Step::Persist {
+            paths: paths
+                .iter()
+                .enumerate()
+                .map(|(i, p)| one(&format!("paths[{i}]"), p))
+                .collect(),
+        },
         Step::Command {
             argv,
             cwd,
@@ -189,6 +196,20 @@ fn validate(recipe: &InstallRecipe, problems: &mut Vec<String>) {
                     }
                 }
             }
+            Step::Persist { paths: persisted } => {
+                for (j, path) in persisted.iter().enumerate() {
+                    let field = format!("paths[{j}]");
+                    if path == "." || !is_inside(path) {
+                        problem(
+                            &at,
+                            &field,
+                            format!("{path:?} must be a directory inside the install directory"),
+                        );
+                    } else if persisted[..j].contains(path) {
+                        problem(&at, &field, format!("{path:?} is listed twice"));
+                    }
+                }
+            }
             Step::Command { argv, cwd, .. } => {
                 if argv.first().is_none_or(String::is_empty) {
                     problem(&at, "argv", "needs at least a program".to_owned());
@@ -288,6 +309,7 @@ pub(crate) fn describe(step: &Step) -> String {
             s
         }
         Step::CustomNodes { dir, nodes, .. } => format!("{} custom nodes into {dir}", nodes.len()),
+        Step::Persist { paths } => format!("keep {} across reinstalls", paths.join(", ")),
         Step::Command { argv, .. } => argv.join(" "),
     }
 }

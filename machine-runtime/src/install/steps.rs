@@ -32,6 +32,8 @@ pub(crate) struct StepCtx<'a> {
     pub summary: &'a str,
     /// The version directory being built (absolute).
     pub root: &'a Path,
+    /// Where `persist` keeps directories (`<workspace>/.persist/<dir>`, absolute).
+    pub persist_root: &'a Path,
     /// The children's complete environment.
     pub env: &'a Env,
     pub started: Instant,
@@ -176,6 +178,11 @@ pub(crate) fn run_step(ctx: &StepCtx<'_>, step: &Step, records: &mut Records) ->
                         }
                     }
                 }
+            }
+        }
+        Step::Persist { paths } => {
+            for path in paths {
+                persist(ctx, path)?;
             }
         }
         Step::Command { argv, cwd, env, .. } => {
@@ -327,4 +334,43 @@ fn resolve_ref(ctx: &StepCtx<'_>, git: &dyn Fn() -> Cmd, rev: &str) -> StepResul
     Err(ctx.problem(format!(
         "{rev:?} is not a branch, tag or commit of the repository; check the recipe's rev"
     )))
+}
+
+/// Makes `<root>/<path>` a symlink to `<persist_root>/<path>`, first moving in whatever the new version
+/// ships there that the shared directory lacks (so new model folders appear, existing files win).
+fn persist(ctx: &StepCtx<'_>, path: &str) -> StepResult<()> {
+    let inside = ctx.root.join(path);
+    let shared = ctx.persist_root.join(path);
+    let fail = |what: &str, p: &Path, e: std::io::Error| {
+        ctx.problem(format!("cannot {what} {}: {e}", p.display()))
+    };
+    fs::create_dir_all(&shared).map_err(|e| fail("create", &shared, e))?;
+    match fs::symlink_metadata(&inside) {
+        Ok(meta) if meta.is_dir() => {
+            for entry in fs::read_dir(&inside).map_err(|e| fail("read", &inside, e))? {
+                let from = entry.map_err(|e| fail("read", &inside, e))?.path();
+                let Some(name) = from.file_name() else {
+                    continue;
+                };
+                let to = shared.join(name);
+                if fs::symlink_metadata(&to).is_err() {
+                    fs::rename(&from, &to)
+                        .map_err(|e| fail("move into the shared directory", &from, e))?;
+                }
+            }
+            fs::remove_dir_all(&inside).map_err(|e| fail("remove", &inside, e))?;
+        }
+        Ok(_) => {
+            return Err(ctx.problem(format!(
+                "{path} in the install is a file, not a directory; it cannot be kept across reinstalls"
+            )));
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if let Some(parent) = inside.parent() {
+                fs::create_dir_all(parent).map_err(|e| fail("create", parent, e))?;
+            }
+        }
+        Err(e) => return Err(fail("inspect", &inside, e)),
+    }
+    std::os::unix::fs::symlink(&shared, &inside).map_err(|e| fail("link", &inside, e))
 }

@@ -166,7 +166,9 @@ impl Repo {
     /// Writes `files`, commits them on the current branch and returns the commit id.
     fn commit(&self, files: &[(&str, &str)], message: &str) -> String {
         for (name, content) in files {
-            fs::write(self.dir.join(name), content).unwrap();
+            let path = self.dir.join(name);
+            fs::create_dir_all(path.parent().unwrap()).unwrap();
+            fs::write(path, content).unwrap();
         }
         self.git(&["add", "-A"]);
         self.git(&["commit", "-q", "-m", message]);
@@ -239,6 +241,7 @@ fn comfyui_fixture(fx: &Fixture) -> (Repo, String) {
     let commit = repo.commit(
         &[
             ("main.py", "print('v1')\n"),
+            ("models/checkpoints/put_checkpoints_here", ""),
             (
                 "requirements.txt",
                 "# nothing to install in the offline fixture\n",
@@ -306,7 +309,7 @@ fn comfyui_installs_once_skips_reinstalls_on_change_and_survives_a_broken_url() 
         "{git_calls:#?}"
     );
     let events = progress.take();
-    assert!(events.iter().any(|e| e.to_string().starts_with("install comfyui: step 2/2 python-venv (venv venv, pip install -r requirements.txt) done in")), "{events:#?}");
+    assert!(events.iter().any(|e| e.to_string().starts_with("install comfyui: step 2/3 python-venv (venv venv, pip install -r requirements.txt) done in")), "{events:#?}");
 
     // Second install: same hash, skipped, no git process at all.
     let started = Instant::now();
@@ -323,8 +326,26 @@ fn comfyui_installs_once_skips_reinstalls_on_change_and_survives_a_broken_url() 
         skip.as_secs_f64() * 1e3
     );
 
+    // Models live outside the versions: what the repository ships was moved there, and what the service
+    // downloads at run time survives the reinstall below.
+    assert!(
+        ws.join(".persist/ComfyUI/models/checkpoints/put_checkpoints_here")
+            .is_file()
+    );
+    fs::write(
+        ws.join("ComfyUI/models/checkpoints/downloaded.safetensors"),
+        "weights",
+    )
+    .unwrap();
+
     // A new commit: reinstalled into a new version; the old version is removed.
-    let c2 = repo.commit(&[("main.py", "print('v2')\n")], "v2");
+    let c2 = repo.commit(
+        &[
+            ("main.py", "print('v2')\n"),
+            ("models/vae/put_vae_here", ""),
+        ],
+        "v2",
+    );
     env.set("COMFYUI_COMMIT", &c2);
     let (opts, _progress) = fx.opts(env.clone());
     let report = install(&services, &opts).unwrap();
@@ -338,6 +359,14 @@ fn comfyui_installs_once_skips_reinstalls_on_change_and_survives_a_broken_url() 
     assert_eq!(
         fx.versions("ComfyUI"),
         vec![report.services[0].hash.clone()]
+    );
+    assert_eq!(
+        fs::read_to_string(ws.join("ComfyUI/models/checkpoints/downloaded.safetensors")).unwrap(),
+        "weights"
+    );
+    assert!(
+        ws.join("ComfyUI/models/vae/put_vae_here").is_file(),
+        "new model folders are added"
     );
     fx.take_git_invocations();
 
@@ -357,7 +386,7 @@ fn comfyui_installs_once_skips_reinstalls_on_change_and_survives_a_broken_url() 
             failure.total,
             failure.kind
         ),
-        ("comfyui", 1, 2, "git-checkout")
+        ("comfyui", 1, 3, "git-checkout")
     );
     assert!(
         matches!(failure.cause, FailureCause::Exit(ref s) if s.starts_with("exited with status")),
@@ -383,7 +412,7 @@ fn comfyui_installs_once_skips_reinstalls_on_change_and_survives_a_broken_url() 
         "{message}"
     );
     assert!(
-        message.starts_with("install comfyui failed at step 1/2 git-checkout: `git fetch"),
+        message.starts_with("install comfyui failed at step 1/3 git-checkout: `git fetch"),
         "{message}"
     );
     assert!(
@@ -803,7 +832,7 @@ fn cli_installs_comfyui_from_a_local_fixture_then_skips() {
     );
     assert_eq!(code, Some(0), "{stderr}");
     assert!(
-        stderr.contains("install comfyui: step 1/2 git-checkout"),
+        stderr.contains("install comfyui: step 1/3 git-checkout"),
         "{stderr}"
     );
     assert!(
@@ -913,4 +942,47 @@ fn an_interrupted_cli_takes_the_running_step_down_with_it() {
     wait_until("the step's process group is dead", || {
         process_is_dead(git_pid)
     });
+}
+
+#[test]
+fn a_directory_not_made_by_the_installer_is_moved_aside_never_deleted() {
+    let fx = Fixture::new();
+    let repo = Repo::create(fx.path("src"));
+    let commit = repo.commit(&[("f", "new\n")], "one");
+    let ws = fx.workspace();
+    fs::create_dir_all(ws.join("Svc/models")).unwrap();
+    fs::write(ws.join("Svc/models/precious.bin"), "keep me").unwrap();
+    let recipe = InstallRecipe {
+        dir: "Svc".into(),
+        steps: vec![Step::GitCheckout {
+            repo: repo.url(),
+            rev: commit,
+            dest: ".".into(),
+            shallow: true,
+            timeout_secs: None,
+        }],
+    };
+    let (opts, progress) = fx.opts(fx.env());
+    install(&[("svc", &recipe)], &opts).unwrap();
+    assert_eq!(fs::read_to_string(ws.join("Svc/f")).unwrap(), "new\n");
+    let moved: Vec<PathBuf> = fs::read_dir(&ws)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("Svc.unmanaged-")
+        })
+        .collect();
+    assert_eq!(moved.len(), 1, "{moved:?}");
+    assert_eq!(
+        fs::read_to_string(moved[0].join("models/precious.bin")).unwrap(),
+        "keep me"
+    );
+    let events = progress.take();
+    assert!(
+        events.iter().any(|e| matches!(e, ProgressEvent::Warning { message, .. } if message.contains("not made by this installer"))),
+        "{events:#?}"
+    );
 }
