@@ -161,7 +161,7 @@ impl fmt::Display for ProgressEvent {
             } => {
                 write!(
                     f,
-                    "install {service}: up to date ({hash}), skipped in {:.1}ms",
+                    "install {service}: up to date ({hash}), skipped in {:.2}ms",
                     elapsed.as_secs_f64() * 1e3
                 )
             }
