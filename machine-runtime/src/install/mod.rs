@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-pub use cli::{InstallArgs, run as run_cli};
+pub use cli::{InstallArgs, run as run_cli, run_with as run_cli_with};
 pub use machine_model::install::InstallRecipe;
 pub use marker::{
     CheckoutRecord, Freshness, MARKER_DIR, Marker, PERSIST_DIR, RequirementsRecord, VERSIONS_DIR,
