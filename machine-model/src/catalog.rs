@@ -111,8 +111,9 @@ pub struct ServiceEntry {
     pub readiness: Readiness,
     /// Restart and stop behaviour.
     pub lifecycle: Lifecycle,
-    /// Directory under the workspace the installer creates; `None` when nothing is installed.
-    pub install_dir: Option<&'static str>,
+    /// The install recipe (run once per machine, whatever the number of instances); `None` when the
+    /// service needs nothing installed.
+    pub install: Option<fn() -> crate::install::InstallRecipe>,
 }
 
 /// Whether a connector needs a local service or talks to a remote API.
@@ -323,7 +324,7 @@ pub const SERVICES: &[ServiceEntry] = &[
             timeout_ms: 2_000,
         },
         lifecycle: SERVICE_LIFECYCLE,
-        install_dir: Some("ComfyUI"),
+        install: Some(crate::install::comfyui_recipe),
     },
     ServiceEntry {
         name: "simulation",
@@ -347,7 +348,7 @@ pub const SERVICES: &[ServiceEntry] = &[
             exp_backoff_restart_delay_ms: 200,
             kill_timeout_ms: 3_000,
         },
-        install_dir: None,
+        install: None,
     },
     ServiceEntry {
         name: "playwright",
@@ -374,7 +375,7 @@ pub const SERVICES: &[ServiceEntry] = &[
             timeout_ms: 1_000,
         },
         lifecycle: SERVICE_LIFECYCLE,
-        install_dir: Some("playwright"),
+        install: Some(crate::install::playwright_recipe),
     },
 ];
 

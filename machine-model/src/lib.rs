@@ -6,6 +6,7 @@
 pub mod catalog;
 pub mod components;
 pub mod ecosystem;
+pub mod install;
 pub mod load;
 pub mod plan;
 pub mod profile;

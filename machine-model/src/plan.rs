@@ -404,7 +404,7 @@ fn allocate(
     let install = services_needed
         .iter()
         .copied()
-        .filter(|s| catalog::service(s).is_some_and(|e| e.install_dir.is_some()))
+        .filter(|s| catalog::service(s).is_some_and(|e| e.install.is_some()))
         .collect();
 
     let workers: Vec<WorkerInstance> = drafts

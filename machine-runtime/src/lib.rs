@@ -2,6 +2,7 @@
 
 pub mod broker;
 pub mod gpu;
+pub mod install;
 pub mod reality;
 pub mod simulate;
 pub mod simulate_worker;

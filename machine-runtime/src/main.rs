@@ -39,6 +39,8 @@ enum Command {
         #[arg(long, default_value_t = 100)]
         job_ms: u64,
     },
+    /// Install the internal services' software once (skipped when the markers match).
+    Install(machine_runtime::install::InstallArgs),
     /// Stand in for a job worker: register and heartbeat in redis while the service at SIMULATION_BASE_URL answers.
     SimulateWorker,
 }
@@ -60,6 +62,7 @@ fn main() -> ExitCode {
             job_ms,
         } => simulate(port, host, startup_delay_ms, job_ms),
         Command::SimulateWorker => return machine_runtime::simulate_worker::main(),
+        Command::Install(args) => return machine_runtime::install::run_cli(args),
     };
     match result {
         Ok(code) => code,

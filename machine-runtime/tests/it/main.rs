@@ -2,5 +2,6 @@
 
 mod broker;
 mod gpu;
+mod install;
 mod redis_server;
 mod simulate;

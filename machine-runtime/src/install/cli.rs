@@ -1,0 +1,110 @@
+//! `machine-runtime install`: the command-line face of the installer.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use super::{
+    Env, Freshness, InstallOptions, InstallRecipe, Outcome, builtin_recipes, check, install,
+};
+
+/// Arguments of `machine-runtime install`.
+#[derive(Debug, clap::Args)]
+pub struct InstallArgs {
+    /// Services to install, comma-separated (built-in recipes: comfyui, playwright); empty installs nothing.
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub services: Vec<String>,
+    /// Root of the installs [default: $WORKSPACE_DIR, else /workspace].
+    #[arg(long, value_name = "DIR")]
+    pub workspace: Option<PathBuf>,
+    /// Reinstall even when the markers match.
+    #[arg(long)]
+    pub force: bool,
+    /// Only verify that every service is installed and current; exit 1 naming those that are not.
+    #[arg(long, conflicts_with = "force")]
+    pub check: bool,
+    /// Time limit in seconds of a step whose recipe sets none.
+    #[arg(long, value_name = "SECS", default_value_t = super::DEFAULT_STEP_TIMEOUT.as_secs())]
+    pub step_timeout: u64,
+}
+
+/// Runs `install` (or `install --check`) for the built-in recipes named by `--services`.
+pub fn run(args: InstallArgs) -> ExitCode {
+    super::kill_running_step_on_signals();
+    let recipes = match builtin_recipes(&args.services) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let services: Vec<(&str, &InstallRecipe)> =
+        recipes.iter().map(|(n, r)| (n.as_str(), r)).collect();
+    let mut opts = InstallOptions::from_env(Env::from_process());
+    if let Some(workspace) = args.workspace {
+        opts.workspace_dir = workspace;
+    }
+    opts.force = args.force;
+    opts.default_step_timeout = Duration::from_secs(args.step_timeout);
+    run_with(&services, &opts, args.check)
+}
+
+/// Installs (or checks) `services` and prints a summary; the exit code says whether all is well. This
+/// is what `install --profile` runs with the plan's unique internal services.
+pub fn run_with(
+    services: &[(&str, &InstallRecipe)],
+    opts: &InstallOptions,
+    check_only: bool,
+) -> ExitCode {
+    let started = Instant::now();
+    if check_only {
+        return match check(services, opts) {
+            Ok(states) => {
+                let stale: Vec<String> = states
+                    .iter()
+                    .filter_map(|(service, state)| match state {
+                        Freshness::Current(_) => None,
+                        Freshness::Stale(reason) => Some(format!("{service} ({reason})")),
+                    })
+                    .collect();
+                if stale.is_empty() {
+                    eprintln!("install: {} services installed and current", states.len());
+                    ExitCode::SUCCESS
+                } else {
+                    eprintln!(
+                        "error: not installed or out of date: {}; run `machine-runtime install` for them",
+                        stale.join(", ")
+                    );
+                    ExitCode::FAILURE
+                }
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    match install(services, opts) {
+        Ok(report) if report.services.is_empty() => {
+            eprintln!("install: no internal services needed, nothing to install");
+            ExitCode::SUCCESS
+        }
+        Ok(report) => {
+            let installed = report
+                .services
+                .iter()
+                .filter(|s| s.outcome == Outcome::Installed)
+                .count();
+            eprintln!(
+                "install: {installed} installed, {} up to date, in {:.1}s",
+                report.services.len() - installed,
+                started.elapsed().as_secs_f64()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,988 @@
+//! The installer against real git, real processes and real files: local fixture repositories, no network.
+//!
+//! `git` is reached through a wrapper placed first on the children's `PATH` that logs every invocation,
+//! which is how the tests prove that a skipped install started no git process.
+
+mod dockerfile;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use machine_model::install::{CustomNode, InstallRecipe, Step, comfyui_recipe};
+use machine_runtime::install::{
+    Env, FailureCause, Freshness, InstallError, InstallOptions, Marker, Outcome, Progress,
+    ProgressEvent, check, install,
+};
+
+/// A temporary directory holding the workspace, fixture repositories and the git wrapper.
+struct Fixture {
+    tmp: tempfile::TempDir,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        let fx = Fixture {
+            tmp: tempfile::tempdir().unwrap(),
+        };
+        let bin = fx.path("bin");
+        fs::create_dir(&bin).unwrap();
+        let wrapper = format!(
+            "#!/bin/sh\nprintf '%s\\n' \"$*\" >> '{}'\nexec '{}' \"$@\"\n",
+            fx.git_log().display(),
+            real_git().display()
+        );
+        let git = bin.join("git");
+        fs::write(&git, wrapper).unwrap();
+        make_executable(&git);
+        fx
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.tmp.path().join(rel)
+    }
+
+    fn workspace(&self) -> PathBuf {
+        self.path("workspace")
+    }
+
+    fn git_log(&self) -> PathBuf {
+        self.path("git-invocations.log")
+    }
+
+    /// The git commands run since the last call (one line each).
+    fn take_git_invocations(&self) -> Vec<String> {
+        let lines = fs::read_to_string(self.git_log())
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        let _ = fs::remove_file(self.git_log());
+        lines
+    }
+
+    /// The test process's environment with the git wrapper first on PATH, git isolated from user config,
+    /// and no installer variables inherited from outside.
+    fn env(&self) -> Env {
+        let mut env = Env::from_process();
+        for name in [
+            "COMFYUI_REPO_URL",
+            "COMFYUI_COMMIT",
+            "COMFYUI_BRANCH",
+            "WORKSPACE_DIR",
+            "PYTHON",
+        ] {
+            env.remove(name);
+        }
+        let path = format!(
+            "{}:{}",
+            self.path("bin").display(),
+            env.get("PATH").unwrap_or("/usr/bin:/bin")
+        );
+        env.set("PATH", path);
+        env.set("GIT_CONFIG_GLOBAL", "/dev/null");
+        env.set("GIT_CONFIG_NOSYSTEM", "1");
+        env
+    }
+
+    fn opts(&self, env: Env) -> (InstallOptions, Arc<Recorder>) {
+        let recorder = Arc::new(Recorder::default());
+        let mut opts = InstallOptions::from_env(env);
+        opts.workspace_dir = self.workspace();
+        opts.progress = recorder.clone();
+        (opts, recorder)
+    }
+
+    fn marker(&self, service: &str) -> Marker {
+        let bytes = fs::read(
+            self.workspace()
+                .join(".installed")
+                .join(format!("{service}.json")),
+        )
+        .unwrap();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    fn versions(&self, dir: &str) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(self.workspace().join(".versions").join(dir))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+}
+
+fn real_git() -> PathBuf {
+    let path = std::env::var("PATH").unwrap_or_default();
+    path.split(':')
+        .map(|dir| Path::new(dir).join("git"))
+        .find(|candidate| candidate.is_file())
+        .expect("the tests need git on PATH")
+}
+
+fn make_executable(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// A git repository made by the test, standing in for ComfyUI or a custom node.
+struct Repo {
+    dir: PathBuf,
+}
+
+impl Repo {
+    fn create(dir: PathBuf) -> Self {
+        fs::create_dir_all(&dir).unwrap();
+        let repo = Repo { dir };
+        repo.git(&["init", "-q", "-b", "main"]);
+        repo
+    }
+
+    fn git(&self, args: &[&str]) -> String {
+        let out = Command::new(real_git())
+            .args([
+                "-c",
+                "user.name=fixture",
+                "-c",
+                "user.email=fixture@example.invalid",
+            ])
+            .args(args)
+            .current_dir(&self.dir)
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    }
+
+    /// Writes `files`, commits them on the current branch and returns the commit id.
+    fn commit(&self, files: &[(&str, &str)], message: &str) -> String {
+        for (name, content) in files {
+            let path = self.dir.join(name);
+            fs::create_dir_all(path.parent().unwrap()).unwrap();
+            fs::write(path, content).unwrap();
+        }
+        self.git(&["add", "-A"]);
+        self.git(&["commit", "-q", "-m", message]);
+        self.git(&["rev-parse", "HEAD"])
+    }
+
+    fn url(&self) -> String {
+        format!("file://{}", self.dir.display())
+    }
+}
+
+#[derive(Default)]
+struct Recorder {
+    events: Mutex<Vec<ProgressEvent>>,
+}
+
+impl Progress for Recorder {
+    fn report(&self, event: &ProgressEvent) {
+        eprintln!("{event}");
+        self.events.lock().unwrap().push(event.clone());
+    }
+}
+
+impl Recorder {
+    fn take(&self) -> Vec<ProgressEvent> {
+        std::mem::take(&mut *self.events.lock().unwrap())
+    }
+}
+
+fn step_failure(err: InstallError) -> Box<machine_runtime::install::StepFailure> {
+    match err {
+        InstallError::Step(failure) => failure,
+        other => panic!("expected a step failure, got: {other}"),
+    }
+}
+
+fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Gone, or a zombie waiting for its (new) parent to reap it.
+fn process_is_dead(pid: u32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+    }
+}
+
+/// Kills, by pid, a process a test started, should the test fail before the installer did so.
+struct KillOnDrop(u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if !process_is_dead(self.0) {
+            let _ = Command::new("kill")
+                .args(["-KILL", &self.0.to_string()])
+                .status();
+        }
+    }
+}
+
+fn comfyui_fixture(fx: &Fixture) -> (Repo, String) {
+    let repo = Repo::create(fx.path("ComfyUI-src"));
+    let commit = repo.commit(
+        &[
+            ("main.py", "print('v1')\n"),
+            ("models/checkpoints/put_checkpoints_here", ""),
+            (
+                "requirements.txt",
+                "# nothing to install in the offline fixture\n",
+            ),
+        ],
+        "v1",
+    );
+    (repo, commit)
+}
+
+#[test]
+fn comfyui_installs_once_skips_reinstalls_on_change_and_survives_a_broken_url() {
+    let fx = Fixture::new();
+    let (repo, c1) = comfyui_fixture(&fx);
+    let ws = fx.workspace();
+    let recipe = comfyui_recipe();
+    let services = [("comfyui", &recipe)];
+    let mut env = fx.env();
+    env.set("COMFYUI_REPO_URL", repo.url());
+    env.set("COMFYUI_COMMIT", &c1);
+
+    // First install: checkout and venv in a version directory, symlinked into place.
+    let (opts, progress) = fx.opts(env.clone());
+    let started = Instant::now();
+    let report = install(&services, &opts).unwrap();
+    let first = started.elapsed();
+    assert_eq!(report.services.len(), 1);
+    assert_eq!(report.services[0].outcome, Outcome::Installed);
+    let link = fs::read_link(ws.join("ComfyUI")).unwrap();
+    assert_eq!(
+        link,
+        Path::new(".versions/ComfyUI").join(&report.services[0].hash)
+    );
+    assert_eq!(
+        fs::read_to_string(ws.join("ComfyUI/main.py")).unwrap(),
+        "print('v1')\n"
+    );
+    let marker = fx.marker("comfyui");
+    assert_eq!(marker.hash, report.services[0].hash);
+    assert_eq!(marker.checkouts[0].commit, c1);
+    assert_eq!(marker.requirements[0].path, "requirements.txt");
+    // The venv was created where it stays: its scripts name the version directory, which never moves,
+    // and it works through the symlink.
+    let pip = fs::read_to_string(ws.join("ComfyUI/venv/bin/pip")).unwrap();
+    let shebang = format!("#!{}/venv/bin/python", ws.join(&link).display());
+    assert!(
+        pip.starts_with(&shebang),
+        "{shebang} vs {}",
+        pip.lines().next().unwrap_or_default()
+    );
+    let out = Command::new(ws.join("ComfyUI/venv/bin/pip"))
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let git_calls = fx.take_git_invocations();
+    assert!(
+        git_calls
+            .iter()
+            .any(|c| c.starts_with(&format!("fetch -q --depth 1 --no-tags {}", repo.url()))),
+        "{git_calls:#?}"
+    );
+    let events = progress.take();
+    assert!(events.iter().any(|e| e.to_string().starts_with("install comfyui: step 2/3 python-venv (venv venv, pip install -r requirements.txt) done in")), "{events:#?}");
+
+    // Second install: same hash, skipped, no git process at all.
+    let started = Instant::now();
+    let report = install(&services, &opts).unwrap();
+    let skip = started.elapsed();
+    assert_eq!(report.services[0].outcome, Outcome::Skipped);
+    assert_eq!(fx.take_git_invocations(), Vec::<String>::new());
+    assert!(
+        matches!(progress.take().as_slice(), [ProgressEvent::Skipped { service, .. }] if service == "comfyui")
+    );
+    eprintln!(
+        "timing: first install {:.2}s, skipped install {:.3}ms",
+        first.as_secs_f64(),
+        skip.as_secs_f64() * 1e3
+    );
+
+    // Models live outside the versions: what the repository ships was moved there, and what the service
+    // downloads at run time survives the reinstall below.
+    assert!(
+        ws.join(".persist/ComfyUI/models/checkpoints/put_checkpoints_here")
+            .is_file()
+    );
+    fs::write(
+        ws.join("ComfyUI/models/checkpoints/downloaded.safetensors"),
+        "weights",
+    )
+    .unwrap();
+
+    // A new commit: reinstalled into a new version; the old version is removed.
+    let c2 = repo.commit(
+        &[
+            ("main.py", "print('v2')\n"),
+            ("models/vae/put_vae_here", ""),
+        ],
+        "v2",
+    );
+    env.set("COMFYUI_COMMIT", &c2);
+    let (opts, _progress) = fx.opts(env.clone());
+    let report = install(&services, &opts).unwrap();
+    assert_eq!(report.services[0].outcome, Outcome::Installed);
+    assert_ne!(report.services[0].hash, marker.hash);
+    assert_eq!(
+        fs::read_to_string(ws.join("ComfyUI/main.py")).unwrap(),
+        "print('v2')\n"
+    );
+    assert_eq!(fx.marker("comfyui").checkouts[0].commit, c2);
+    assert_eq!(
+        fx.versions("ComfyUI"),
+        vec![report.services[0].hash.clone()]
+    );
+    assert_eq!(
+        fs::read_to_string(ws.join("ComfyUI/models/checkpoints/downloaded.safetensors")).unwrap(),
+        "weights"
+    );
+    assert!(
+        ws.join("ComfyUI/models/vae/put_vae_here").is_file(),
+        "new model folders are added"
+    );
+    fx.take_git_invocations();
+
+    // A broken URL: a clear error; the previous install, symlink and marker are untouched.
+    let marker_path = ws.join(".installed/comfyui.json");
+    let marker_before = fs::read(&marker_path).unwrap();
+    let link_before = fs::read_link(ws.join("ComfyUI")).unwrap();
+    env.set("COMFYUI_REPO_URL", "file:///nonexistent/ComfyUI.git");
+    let (opts, _progress) = fx.opts(env.clone());
+    let err = install(&services, &opts).unwrap_err();
+    let message = err.to_string();
+    let failure = step_failure(err);
+    assert_eq!(
+        (
+            failure.service.as_str(),
+            failure.step,
+            failure.total,
+            failure.kind
+        ),
+        ("comfyui", 1, 3, "git-checkout")
+    );
+    assert!(
+        matches!(failure.cause, FailureCause::Exit(ref s) if s.starts_with("exited with status")),
+        "{message}"
+    );
+    assert!(
+        failure.command.as_deref().unwrap().contains("git fetch"),
+        "{message}"
+    );
+    assert!(
+        failure
+            .command
+            .as_deref()
+            .unwrap()
+            .contains("file:///nonexistent/ComfyUI.git"),
+        "{message}"
+    );
+    assert!(
+        failure
+            .tail
+            .iter()
+            .any(|l| l.contains("/nonexistent/ComfyUI.git")),
+        "{message}"
+    );
+    assert!(
+        message.starts_with("install comfyui failed at step 1/3 git-checkout: `git fetch"),
+        "{message}"
+    );
+    assert!(
+        message.contains("previous install of comfyui, if any, is still active"),
+        "{message}"
+    );
+    assert_eq!(fs::read(&marker_path).unwrap(), marker_before);
+    assert_eq!(fs::read_link(ws.join("ComfyUI")).unwrap(), link_before);
+    assert_eq!(
+        fs::read_to_string(ws.join("ComfyUI/main.py")).unwrap(),
+        "print('v2')\n"
+    );
+    assert_eq!(
+        fx.versions("ComfyUI").len(),
+        1,
+        "the failed build was cleaned up"
+    );
+
+    // COMFYUI_BRANCH names the revision when COMFYUI_COMMIT is unset.
+    repo.git(&["checkout", "-q", "-b", "feature"]);
+    let c3 = repo.commit(&[("main.py", "print('feature')\n")], "feature");
+    repo.git(&["checkout", "-q", "main"]);
+    env.set("COMFYUI_REPO_URL", repo.url());
+    env.remove("COMFYUI_COMMIT");
+    env.set("COMFYUI_BRANCH", "feature");
+    let (opts, _progress) = fx.opts(env);
+    assert_eq!(
+        install(&services, &opts).unwrap().services[0].outcome,
+        Outcome::Installed
+    );
+    let marker = fx.marker("comfyui");
+    assert_eq!(
+        (
+            marker.checkouts[0].rev.as_str(),
+            marker.checkouts[0].commit.as_str()
+        ),
+        ("feature", c3.as_str())
+    );
+    assert_eq!(
+        fs::read_to_string(ws.join("ComfyUI/main.py")).unwrap(),
+        "print('feature')\n"
+    );
+}
+
+#[test]
+fn a_step_past_its_timeout_is_killed_with_its_process_group_and_named() {
+    let fx = Fixture::new();
+    let pid_file = fx.path("background.pid");
+    let script = format!(
+        "sleep 30 & echo $! > '{}'; echo started; wait",
+        pid_file.display()
+    );
+    let recipe = InstallRecipe {
+        dir: "Slow".into(),
+        steps: vec![Step::Command {
+            argv: vec!["sh".into(), "-c".into(), script],
+            cwd: None,
+            env: vec![],
+            timeout_secs: Some(2),
+        }],
+    };
+    let (opts, _progress) = fx.opts(fx.env());
+    let started = Instant::now();
+    let err = install(&[("slow", &recipe)], &opts).unwrap_err();
+    eprintln!(
+        "timing: a 2s step timeout returned after {:.2}s",
+        started.elapsed().as_secs_f64()
+    );
+    let message = err.to_string();
+    let failure = step_failure(err);
+    assert_eq!(
+        (
+            failure.service.as_str(),
+            failure.step,
+            failure.total,
+            failure.kind
+        ),
+        ("slow", 1, 1, "command")
+    );
+    assert!(
+        matches!(failure.cause, FailureCause::Timeout(limit) if limit == Duration::from_secs(2)),
+        "{message}"
+    );
+    assert!(
+        message.contains("ran past the step's 2s limit and was killed with its process group"),
+        "{message}"
+    );
+    assert!(message.contains("sleep 30"), "{message}");
+    assert!(failure.tail.contains(&"started".to_owned()), "{message}");
+    // The background `sleep` (a grandchild) died with the group.
+    let pid: u32 = fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let _cleanup = KillOnDrop(pid);
+    wait_until("the background sleep is dead", || process_is_dead(pid));
+    assert!(!fx.workspace().join("Slow").exists());
+    assert!(!fx.workspace().join(".installed/slow.json").exists());
+    assert_eq!(fx.versions("Slow"), Vec::<String>::new());
+}
+
+#[test]
+fn no_services_install_nothing_and_create_nothing() {
+    let fx = Fixture::new();
+    let (opts, progress) = fx.opts(fx.env());
+    let report = install(&[], &opts).unwrap();
+    assert!(report.services.is_empty());
+    assert!(check(&[], &opts).unwrap().is_empty());
+    assert!(!fx.workspace().exists());
+    assert!(progress.take().is_empty());
+    assert_eq!(fx.take_git_invocations(), Vec::<String>::new());
+}
+
+#[test]
+fn a_service_requested_twice_is_installed_once_and_dir_conflicts_are_refused() {
+    let fx = Fixture::new();
+    let repo = Repo::create(fx.path("src"));
+    let commit = repo.commit(&[("README", "fixture\n")], "one");
+    let runs = fx.path("runs.log");
+    let recipe = InstallRecipe {
+        dir: "Svc".into(),
+        steps: vec![
+            Step::GitCheckout {
+                repo: repo.url(),
+                rev: commit,
+                dest: "src".into(),
+                shallow: true,
+                timeout_secs: None,
+            },
+            Step::Command {
+                argv: vec![
+                    "sh".into(),
+                    "-c".into(),
+                    format!("echo run >> '{}'", runs.display()),
+                ],
+                cwd: Some("src".into()),
+                env: vec![],
+                timeout_secs: None,
+            },
+        ],
+    };
+    let (opts, _progress) = fx.opts(fx.env());
+    let report = install(&[("svc", &recipe), ("svc", &recipe)], &opts).unwrap();
+    assert_eq!(report.services.len(), 1);
+    assert_eq!(fs::read_to_string(&runs).unwrap(), "run\n");
+    let inits = fx
+        .take_git_invocations()
+        .iter()
+        .filter(|c| c.contains("init"))
+        .count();
+    assert_eq!(inits, 1);
+    assert!(fx.workspace().join("Svc/src/README").is_file());
+
+    let err = install(&[("svc", &recipe), ("other", &recipe)], &opts).unwrap_err();
+    assert!(
+        matches!(&err, InstallError::Invalid { problems } if problems.len() == 1),
+        "{err}"
+    );
+    assert!(
+        err.to_string()
+            .contains(r#"services "svc" and "other" both install into "Svc""#),
+        "{err}"
+    );
+    assert_eq!(fs::read_to_string(&runs).unwrap(), "run\n");
+}
+
+#[test]
+fn unresolved_placeholders_are_all_reported_before_anything_runs() {
+    let fx = Fixture::new();
+    let recipe = InstallRecipe {
+        dir: "X".into(),
+        steps: vec![Step::GitCheckout {
+            repo: "${FIXTURE_REPO_URL}".into(),
+            rev: "${FIXTURE_REV}".into(),
+            dest: ".".into(),
+            shallow: true,
+            timeout_secs: None,
+        }],
+    };
+    let mut env = fx.env();
+    env.remove("FIXTURE_REPO_URL");
+    env.remove("FIXTURE_REV");
+    let (opts, _progress) = fx.opts(env);
+    let err = install(&[("x", &recipe)], &opts).unwrap_err();
+    let InstallError::Invalid { problems } = &err else {
+        panic!("expected invalid recipes, got {err}")
+    };
+    assert_eq!(
+        problems,
+        &[
+            "service x: steps[0].repo: `${FIXTURE_REPO_URL}` is not set; set FIXTURE_REPO_URL or write `${FIXTURE_REPO_URL:-default}`",
+            "service x: steps[0].rev: `${FIXTURE_REV}` is not set; set FIXTURE_REV or write `${FIXTURE_REV:-default}`",
+        ]
+    );
+    assert!(!fx.workspace().exists());
+}
+
+#[test]
+fn a_refused_shallow_fetch_falls_back_to_a_full_fetch() {
+    let fx = Fixture::new();
+    let repo = Repo::create(fx.path("src"));
+    let old = repo.commit(&[("file", "old\n")], "old");
+    repo.commit(&[("file", "new\n")], "new");
+    // Protocol v0 servers refuse a shallow fetch of a commit that no ref points at.
+    let mut env = fx.env();
+    env.set("GIT_CONFIG_COUNT", "1");
+    env.set("GIT_CONFIG_KEY_0", "protocol.version");
+    env.set("GIT_CONFIG_VALUE_0", "0");
+    let recipe = InstallRecipe {
+        dir: "Pinned".into(),
+        steps: vec![Step::GitCheckout {
+            repo: repo.url(),
+            rev: old.clone(),
+            dest: ".".into(),
+            shallow: true,
+            timeout_secs: None,
+        }],
+    };
+    let (opts, progress) = fx.opts(env);
+    install(&[("pinned", &recipe)], &opts).unwrap();
+    assert_eq!(
+        fs::read_to_string(fx.workspace().join("Pinned/file")).unwrap(),
+        "old\n"
+    );
+    assert_eq!(fx.marker("pinned").checkouts[0].commit, old);
+    let events = progress.take();
+    assert!(
+        events.iter().any(|e| matches!(e, ProgressEvent::StepNote { message, .. } if message.contains("fetching the full history"))),
+        "{events:#?}"
+    );
+    assert!(
+        fx.take_git_invocations()
+            .iter()
+            .any(|c| c.starts_with("fetch -q --tags"))
+    );
+}
+
+#[test]
+fn custom_nodes_are_checked_out_at_their_revisions() {
+    let fx = Fixture::new();
+    let (comfy, c1) = comfyui_fixture(&fx);
+    let node = Repo::create(fx.path("node-src"));
+    let node_commit = node.commit(&[("__init__.py", "NODE_CLASS_MAPPINGS = {}\n")], "node");
+    let recipe = InstallRecipe {
+        dir: "ComfyUI".into(),
+        steps: vec![
+            Step::GitCheckout {
+                repo: comfy.url(),
+                rev: c1,
+                dest: ".".into(),
+                shallow: true,
+                timeout_secs: None,
+            },
+            Step::CustomNodes {
+                dir: "custom_nodes".into(),
+                venv: None,
+                nodes: vec![CustomNode {
+                    name: "my-node".into(),
+                    repo: node.url(),
+                    rev: "main".into(),
+                }],
+                timeout_secs: None,
+            },
+        ],
+    };
+    let (opts, _progress) = fx.opts(fx.env());
+    install(&[("comfyui", &recipe)], &opts).unwrap();
+    assert!(
+        fx.workspace()
+            .join("ComfyUI/custom_nodes/my-node/__init__.py")
+            .is_file()
+    );
+    let marker = fx.marker("comfyui");
+    assert_eq!(marker.checkouts[1].dest, "custom_nodes/my-node");
+    assert_eq!(marker.checkouts[1].commit, node_commit);
+}
+
+#[test]
+fn a_failing_command_reports_status_and_tail_with_secrets_masked() {
+    let fx = Fixture::new();
+    let mut env = fx.env();
+    env.set("HF_TOKEN", "hf_supersecretvalue");
+    let recipe = InstallRecipe {
+        dir: "Fails".into(),
+        steps: vec![
+            Step::Command {
+                argv: vec!["true".into()],
+                cwd: None,
+                env: vec![],
+                timeout_secs: None,
+            },
+            Step::Command {
+                argv: vec![
+                    "sh".into(),
+                    "-c".into(),
+                    "echo using hf_supersecretvalue; echo boom >&2; exit 3".into(),
+                ],
+                cwd: None,
+                env: vec![],
+                timeout_secs: None,
+            },
+        ],
+    };
+    let (opts, _progress) = fx.opts(env);
+    let err = install(&[("fails", &recipe)], &opts).unwrap_err();
+    let message = err.to_string();
+    assert!(!message.contains("supersecret"), "{message}");
+    let failure = step_failure(err);
+    assert_eq!(
+        (failure.step, failure.total, failure.kind),
+        (2, 2, "command")
+    );
+    assert!(
+        matches!(&failure.cause, FailureCause::Exit(s) if s == "exited with status 3"),
+        "{message}"
+    );
+    assert_eq!(failure.tail, ["using ***", "boom"]);
+    assert!(
+        message.contains("`sh -c 'echo using ***; echo boom >&2; exit 3'` exited with status 3"),
+        "{message}"
+    );
+
+    // Credentials in a repository URL never reach messages.
+    let recipe = InstallRecipe {
+        dir: "Private".into(),
+        steps: vec![Step::GitCheckout {
+            repo: "https://user:pw-secret-123@127.0.0.1:9/private.git".into(),
+            rev: "main".into(),
+            dest: ".".into(),
+            shallow: true,
+            timeout_secs: Some(120),
+        }],
+    };
+    let (opts, progress) = fx.opts(fx.env());
+    let message = install(&[("private", &recipe)], &opts)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        message.contains("https://***@127.0.0.1:9/private.git"),
+        "{message}"
+    );
+    assert!(!message.contains("pw-secret"), "{message}");
+    assert!(
+        progress
+            .take()
+            .iter()
+            .all(|e| !e.to_string().contains("pw-secret"))
+    );
+}
+
+#[test]
+fn check_reports_current_and_stale_without_running_anything() {
+    let fx = Fixture::new();
+    let repo = Repo::create(fx.path("src"));
+    let commit = repo.commit(&[("f", "1\n")], "one");
+    let recipe = InstallRecipe {
+        dir: "Svc".into(),
+        steps: vec![Step::GitCheckout {
+            repo: repo.url(),
+            rev: commit,
+            dest: ".".into(),
+            shallow: true,
+            timeout_secs: None,
+        }],
+    };
+    let (opts, _progress) = fx.opts(fx.env());
+    assert!(
+        matches!(&check(&[("svc", &recipe)], &opts).unwrap()[0].1, Freshness::Stale(r) if r == "not installed yet")
+    );
+    install(&[("svc", &recipe)], &opts).unwrap();
+    fx.take_git_invocations();
+    assert!(matches!(
+        &check(&[("svc", &recipe)], &opts).unwrap()[0].1,
+        Freshness::Current(_)
+    ));
+    // The symlink no longer matching the marker is stale, not current.
+    fs::remove_file(fx.workspace().join("Svc")).unwrap();
+    assert!(
+        matches!(&check(&[("svc", &recipe)], &opts).unwrap()[0].1, Freshness::Stale(r) if r.contains("not the install symlink"))
+    );
+    assert_eq!(fx.take_git_invocations(), Vec::<String>::new());
+    // And install repairs it.
+    assert_eq!(
+        install(&[("svc", &recipe)], &opts).unwrap().services[0].outcome,
+        Outcome::Installed
+    );
+    assert!(fx.workspace().join("Svc/f").is_file());
+}
+
+#[test]
+fn cli_installs_comfyui_from_a_local_fixture_then_skips() {
+    let fx = Fixture::new();
+    let (repo, c1) = comfyui_fixture(&fx);
+    let ws = fx.workspace();
+    let run = |args: &[&str], extra: &[(&str, &str)]| {
+        let started = Instant::now();
+        let out = Command::new(env!("CARGO_BIN_EXE_machine-runtime"))
+            .arg("install")
+            .args(args)
+            .env_clear()
+            .envs(fx.env().iter())
+            .env("COMFYUI_REPO_URL", repo.url())
+            .env("COMFYUI_COMMIT", &c1)
+            .envs(extra.iter().copied())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        eprintln!("$ machine-runtime install {}\n{stderr}", args.join(" "));
+        (out.status.code(), stderr, started.elapsed())
+    };
+    let ws_arg = ws.to_str().unwrap();
+
+    let (code, stderr, first) = run(
+        &["--services", "comfyui,comfyui", "--workspace", ws_arg],
+        &[],
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains("install comfyui: step 1/3 git-checkout"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("install comfyui: installed ComfyUI -> .versions/ComfyUI/"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("install: 1 installed, 0 up to date"),
+        "{stderr}"
+    );
+    assert!(ws.join("ComfyUI/main.py").is_file());
+    assert!(!fx.take_git_invocations().is_empty());
+
+    // WORKSPACE_DIR is honoured when --workspace is absent.
+    let (code, stderr, second) = run(&["--services", "comfyui"], &[("WORKSPACE_DIR", ws_arg)]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("install comfyui: up to date"), "{stderr}");
+    assert_eq!(fx.take_git_invocations(), Vec::<String>::new());
+    eprintln!(
+        "timing: cli first install {:.2}s, cli skip {:.1}ms (whole process)",
+        first.as_secs_f64(),
+        second.as_secs_f64() * 1e3
+    );
+
+    let (code, stderr, _) = run(
+        &["--check", "--services", "comfyui", "--workspace", ws_arg],
+        &[],
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    let (code, stderr, _) = run(
+        &["--check", "--services", "comfyui", "--workspace", ws_arg],
+        &[("COMFYUI_COMMIT", &"0".repeat(40))],
+    );
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("not installed or out of date: comfyui (recipe changed: hash "),
+        "{stderr}"
+    );
+
+    let (code, stderr, _) = run(&["--services", "comfyu", "--workspace", ws_arg], &[]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains(r#"no install recipe for service "comfyu" (known: comfyui, playwright); did you mean "comfyui"?"#),
+        "{stderr}"
+    );
+
+    // An API-only machine needs no internal service: nothing is installed or created.
+    let empty = fx.path("api-only-workspace");
+    let (code, stderr, _) = run(
+        &["--services", "", "--workspace", empty.to_str().unwrap()],
+        &[],
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("nothing to install"), "{stderr}");
+    assert!(!empty.exists());
+}
+
+#[test]
+fn an_interrupted_cli_takes_the_running_step_down_with_it() {
+    let fx = Fixture::new();
+    // A `git` that never finishes, recording its pid (after `exec`, the shell's pid is the sleep's).
+    let hang_bin = fx.path("hang-bin");
+    fs::create_dir(&hang_bin).unwrap();
+    let pid_file = fx.path("hung-git.pid");
+    fs::write(
+        hang_bin.join("git"),
+        format!(
+            "#!/bin/sh\necho $$ > '{}'\nexec sleep 60\n",
+            pid_file.display()
+        ),
+    )
+    .unwrap();
+    make_executable(&hang_bin.join("git"));
+    let path = format!("{}:{}", hang_bin.display(), fx.env().get("PATH").unwrap());
+    let mut cli = Command::new(env!("CARGO_BIN_EXE_machine-runtime"))
+        .args([
+            "install",
+            "--services",
+            "comfyui",
+            "--workspace",
+            fx.workspace().to_str().unwrap(),
+        ])
+        .env_clear()
+        .envs(fx.env().iter())
+        .env("PATH", path)
+        .env("COMFYUI_REPO_URL", "file:///unused")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until("the hanging git has started", || {
+        fs::read_to_string(&pid_file).is_ok_and(|s| s.ends_with('\n'))
+    });
+    let git_pid: u32 = fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let _cleanup = KillOnDrop(git_pid);
+    let kill = Command::new("kill")
+        .args(["-TERM", &cli.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let status = cli.wait().unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(status.signal(), Some(libc::SIGTERM), "{status:?}");
+    wait_until("the step's process group is dead", || {
+        process_is_dead(git_pid)
+    });
+}
+
+#[test]
+fn a_directory_not_made_by_the_installer_is_moved_aside_never_deleted() {
+    let fx = Fixture::new();
+    let repo = Repo::create(fx.path("src"));
+    let commit = repo.commit(&[("f", "new\n")], "one");
+    let ws = fx.workspace();
+    fs::create_dir_all(ws.join("Svc/models")).unwrap();
+    fs::write(ws.join("Svc/models/precious.bin"), "keep me").unwrap();
+    let recipe = InstallRecipe {
+        dir: "Svc".into(),
+        steps: vec![Step::GitCheckout {
+            repo: repo.url(),
+            rev: commit,
+            dest: ".".into(),
+            shallow: true,
+            timeout_secs: None,
+        }],
+    };
+    let (opts, progress) = fx.opts(fx.env());
+    install(&[("svc", &recipe)], &opts).unwrap();
+    assert_eq!(fs::read_to_string(ws.join("Svc/f")).unwrap(), "new\n");
+    let moved: Vec<PathBuf> = fs::read_dir(&ws)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("Svc.unmanaged-")
+        })
+        .collect();
+    assert_eq!(moved.len(), 1, "{moved:?}");
+    assert_eq!(
+        fs::read_to_string(moved[0].join("models/precious.bin")).unwrap(),
+        "keep me"
+    );
+    let events = progress.take();
+    assert!(
+        events.iter().any(|e| matches!(e, ProgressEvent::Warning { message, .. } if message.contains("not made by this installer"))),
+        "{events:#?}"
+    );
+}
