@@ -93,7 +93,7 @@ pub struct Lifecycle {
 }
 
 /// An internal service: a supervised process workers talk to (one per GPU or one per machine).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy)]
 pub struct ServiceEntry {
     /// The service name (`comfyui`); instance names are `<name>-gpu<i>` or `<name>-service`.
     pub name: &'static str,
