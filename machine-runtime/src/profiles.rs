@@ -76,6 +76,14 @@ pub const fn resolve(name: &str) -> &'static BakedProfile {
 }
 
 const fn unknown_profile(name: &str) -> ! {
+    let message = unknown_profile_message(name);
+    match message.as_str() {
+        Some(text) => panic!("{}", text),
+        None => panic!("unknown profile; see machine_runtime::profiles::ALL"),
+    }
+}
+
+const fn unknown_profile_message(name: &str) -> Message {
     let mut m = Message::new();
     m.push("unknown profile \"");
     m.push(name);
@@ -88,11 +96,7 @@ const fn unknown_profile(name: &str) -> ! {
         m.push(PROFILES[i].name);
         i += 1;
     }
-    let (bytes, _) = m.buf.split_at(m.len);
-    match core::str::from_utf8(bytes) {
-        Ok(message) => panic!("{}", message),
-        Err(_) => panic!("unknown profile; see machine_runtime::profiles::ALL"),
-    }
+    m
 }
 
 /// A fixed-size message built in a `const fn` (no allocation there); whole pieces only, and a final
@@ -112,6 +116,14 @@ impl Message {
             buf: [0; Message::CAPACITY],
             len: 0,
             full: false,
+        }
+    }
+
+    const fn as_str(&self) -> Option<&str> {
+        let (bytes, _) = self.buf.split_at(self.len);
+        match core::str::from_utf8(bytes) {
+            Ok(text) => Some(text),
+            Err(_) => None,
         }
     }
 
@@ -158,7 +170,97 @@ const fn str_eq(a: &str, b: &str) -> bool {
 /// ```
 #[macro_export]
 macro_rules! profile {
-    ($name:literal) => {
-        const { $crate::profiles::resolve($name) }
-    };
+    ($name:literal) => {{
+        // A `const` item, so that `cargo check` and rust-analyzer report an unknown name too.
+        const PROFILE: &$crate::profiles::BakedProfile = $crate::profiles::resolve($name);
+        PROFILE
+    }};
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    fn profiles_dir() -> std::path::PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../profiles")
+    }
+
+    #[test]
+    fn all_lists_exactly_the_profile_files() {
+        let mut files: Vec<String> = std::fs::read_dir(profiles_dir())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "json"))
+            .map(|p| p.file_stem().unwrap().to_str().unwrap().to_string())
+            .collect();
+        files.sort();
+        let baked: Vec<&str> = ALL.iter().map(|p| p.name).collect();
+        assert_eq!(baked, files);
+        assert!(!files.is_empty());
+    }
+
+    #[test]
+    fn baked_values_match_the_files_and_their_plans() {
+        for baked in ALL {
+            let path = profiles_dir().join(format!("{}.json", baked.name));
+            let text = std::fs::read_to_string(&path).unwrap();
+            assert_eq!(baked.json, text, "{}", baked.name);
+            let parsed: Profile = serde_json::from_str(&text).unwrap();
+            assert_eq!(baked.profile().unwrap(), parsed);
+            assert_eq!(baked.description, parsed.description);
+            assert_eq!(baked.workers, parsed.workers);
+            assert_eq!(baked.gpus, parsed.machine.gpus);
+            assert_eq!(baked.ram_gb, parsed.machine.ram_gb);
+            assert_eq!(baked.gpu_model, parsed.machine.gpu_model.as_deref());
+            assert_eq!(baked.allow_fewer_gpus, parsed.machine.allow_fewer_gpus);
+            assert_eq!(baked.health_port, parsed.machine.health_port);
+            let plan = Plan::build(baked.name, &parsed, &Overrides::default()).unwrap();
+            assert_eq!(baked.plan(&Overrides::default()).unwrap(), plan);
+            assert_eq!(baked.machine_id, plan.machine_id);
+            assert_eq!(by_name(baked.name), Some(*baked));
+        }
+    }
+
+    #[test]
+    fn plans_take_overrides() {
+        let overrides = Overrides {
+            gpus: Some(4),
+            ..Overrides::default()
+        };
+        let plan = GPU_MIXED.plan(&overrides).unwrap();
+        assert_eq!(plan.gpus, 4);
+        let overrides = Overrides {
+            workers: Some("comfyui:1:gpu".into()),
+            gpus: Some(0),
+            ..Overrides::default()
+        };
+        let errors = GPU_MIXED.plan(&overrides).unwrap_err();
+        assert!(errors.to_string().contains("0 GPUs"), "{errors}");
+    }
+
+    #[test]
+    fn lookups() {
+        assert_eq!(by_name("gpu-mixed"), Some(&GPU_MIXED));
+        assert_eq!(by_name("gpu-mixe"), None);
+        assert_eq!(by_name(""), None);
+        let p: &'static BakedProfile = crate::profile!("gpu-mixed");
+        assert_eq!(p, &GPU_MIXED);
+        const API: &BakedProfile = crate::profile!("api-only");
+        assert_eq!(API.gpus, 0);
+    }
+
+    #[test]
+    fn unknown_profile_message_lists_the_known_ones() {
+        let known: Vec<&str> = ALL.iter().map(|p| p.name).collect();
+        assert_eq!(
+            unknown_profile_message("gpu-mixd").as_str(),
+            Some(format!("unknown profile \"gpu-mixd\"; known: {}", known.join(", ")).as_str())
+        );
+        // Too long for the buffer: cut at a whole piece, marked, still valid UTF-8.
+        let long = "é".repeat(Message::CAPACITY);
+        let message = unknown_profile_message(&long);
+        assert_eq!(message.as_str(), Some("unknown profile \"..."));
+    }
 }

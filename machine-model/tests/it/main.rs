@@ -1,0 +1,3 @@
+//! machine-model integration tests: one binary, one module per topic.
+
+mod ui;
