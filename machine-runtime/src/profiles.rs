@@ -65,25 +65,10 @@ pub const fn by_name(name: &str) -> Option<&'static BakedProfile> {
     None
 }
 
-/// The baked profile called `name`, or a compile error naming the known ones when evaluated in a
-/// `const` context (what [`profile!`](crate::profile) does).
+/// The message of an unknown profile name: `unknown profile "x"; known: a, b` (built in a `const fn`
+/// so that [`profile!`](crate::profile) can fail to compile with it).
 #[doc(hidden)]
-pub const fn resolve(name: &str) -> &'static BakedProfile {
-    match by_name(name) {
-        Some(p) => p,
-        None => unknown_profile(name),
-    }
-}
-
-const fn unknown_profile(name: &str) -> ! {
-    let message = unknown_profile_message(name);
-    match message.as_str() {
-        Some(text) => panic!("{}", text),
-        None => panic!("unknown profile; see machine_runtime::profiles::ALL"),
-    }
-}
-
-const fn unknown_profile_message(name: &str) -> Message {
+pub const fn unknown_profile_message(name: &str) -> Message {
     let mut m = Message::new();
     m.push("unknown profile \"");
     m.push(name);
@@ -101,7 +86,9 @@ const fn unknown_profile_message(name: &str) -> Message {
 
 /// A fixed-size message built in a `const fn` (no allocation there); whole pieces only, and a final
 /// "..." when something did not fit.
-struct Message {
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct Message {
     buf: [u8; Message::CAPACITY],
     len: usize,
     full: bool,
@@ -119,7 +106,8 @@ impl Message {
         }
     }
 
-    const fn as_str(&self) -> Option<&str> {
+    /// The text (always UTF-8: only whole pieces of `&str` are copied).
+    pub const fn as_str(&self) -> Option<&str> {
         let (bytes, _) = self.buf.split_at(self.len);
         match core::str::from_utf8(bytes) {
             Ok(text) => Some(text),
@@ -172,7 +160,13 @@ const fn str_eq(a: &str, b: &str) -> bool {
 macro_rules! profile {
     ($name:literal) => {{
         // A `const` item, so that `cargo check` and rust-analyzer report an unknown name too.
-        const PROFILE: &$crate::profiles::BakedProfile = $crate::profiles::resolve($name);
+        const PROFILE: &$crate::profiles::BakedProfile = match $crate::profiles::by_name($name) {
+            Some(profile) => profile,
+            None => match $crate::profiles::unknown_profile_message($name).as_str() {
+                Some(message) => panic!("{}", message),
+                None => panic!("unknown profile; see machine_runtime::profiles::ALL"),
+            },
+        };
         PROFILE
     }};
 }

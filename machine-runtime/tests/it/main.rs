@@ -1,4 +1,6 @@
 //! machine-runtime integration tests: one binary, one module per topic.
 
+mod build_script;
 mod gpu;
 mod simulate;
+mod ui;
