@@ -76,7 +76,7 @@ fn run() -> Result<(), Vec<String>> {
         match load::check(source) {
             Ok((profile, plan)) if schema_diags.is_empty() => baked.push((source, profile, plan)),
             result => problems.extend(
-                merge(source, schema_diags, result.err().unwrap_or_default())
+                merge(source, schema_diags, with_spec(source, result.err()))
                     .iter()
                     .map(ToString::to_string),
             ),
@@ -160,6 +160,33 @@ fn merge(
     out.dedup_by(|a, b| a.to_string() == b.to_string());
     out.sort_by_key(|d| (d.line, d.column));
     out
+}
+
+/// The model's findings, plus the worker spec's when the model stopped before checking it (serde
+/// gives up at the first shape error, but a typo in `workers` is worth reporting in the same run).
+fn with_spec(source: &ProfileSource, model_diags: Option<Vec<Diagnostic>>) -> Vec<Diagnostic> {
+    let mut diags = model_diags.unwrap_or_default();
+    if diags.iter().any(|d| d.pointer == "/workers") {
+        return diags;
+    }
+    let Ok(value) = serde_json::from_str::<Value>(&source.text) else {
+        return diags;
+    };
+    if let Some(Err(errors)) = value
+        .get("workers")
+        .and_then(Value::as_str)
+        .map(machine_model::WorkerSpec::parse)
+    {
+        let (line, column) = load::locate(&source.text, "/workers");
+        diags.extend(errors.0.iter().map(|e| Diagnostic {
+            file: source.file.clone(),
+            line,
+            column,
+            pointer: "/workers".to_string(),
+            message: e.to_string(),
+        }));
+    }
+    diags
 }
 
 /// A schema finding and the byte span of the value it is about.

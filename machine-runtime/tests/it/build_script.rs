@@ -15,9 +15,10 @@ const SPEC_TYPO: &str = r#"{
 
 const SCHEMA_VIOLATIONS: &str = r#"{
   "$schema": "../schemas/profile.schema.json",
-  "description": "a negative GPU count and an unknown key",
-  "workers": "openai:2",
+  "description": "schema violations, and a worker spec the model rejects",
+  "workers": "openai:0",
   "machine": { "gpus": -1, "ram_gb": 8 },
+  "docker": { "restart": "sometimes" },
   "dockr": {}
 }
 "#;
@@ -59,23 +60,31 @@ fn broken_profiles_fail_the_build_with_located_errors() {
     let shown = dir.display();
     let expected = [
         format!(
-            "error: machine-runtime@0.0.0: {shown}/schema-violations.json:5:24: /machine/gpus: -1 is below the minimum 0; allowed: an integer from 0 to 64\n"
+            "{shown}/schema-violations.json:4:14: /workers: worker spec item 1 \"openai:0\" (column 8): count is 0; expected a positive integer or \"auto\" (remove the item to run no such workers)\n"
         ),
         format!(
-            "error: machine-runtime@0.0.0: {shown}/schema-violations.json:6:12: /dockr: unknown field \"dockr\" (did you mean \"docker\"?); allowed: $schema, description, components, workers, machine, docker, env\n"
+            "{shown}/schema-violations.json:5:24: /machine/gpus: -1 is below the minimum 0; allowed: an integer from 0 to 64\n"
         ),
         format!(
-            "error: machine-runtime@0.0.0: {shown}/spec-typo.json:4:14: /workers: worker spec item 1 \"comfyu:2\" (column 1): unknown connector \"comfyu\"; did you mean \"comfyui\"?"
+            "{shown}/schema-violations.json:6:26: /docker/restart: \"sometimes\" matches none of the allowed forms; allowed: one of \"no\", \"always\", \"on-failure\", \"unless-stopped\"\n"
         ),
-    ];
+        format!(
+            "{shown}/schema-violations.json:7:12: /dockr: unknown field \"dockr\" (did you mean \"docker\"?); allowed: $schema, description, components, workers, machine, docker, env\n"
+        ),
+        format!(
+            "{shown}/spec-typo.json:4:14: /workers: worker spec item 1 \"comfyu:2\" (column 1): unknown connector \"comfyu\"; did you mean \"comfyui\"?"
+        ),
+    ]
+    .map(|problem| format!("error: machine-runtime@0.0.0: {problem}"));
     for line in &expected {
         assert!(
             stderr.contains(line.as_str()),
             "missing {line:?} in:\n{stderr}"
         );
     }
-    // One line per problem: serde's "invalid value: integer `-1`" and "unknown field" duplicates are
-    // folded into the schema's lines, and the valid profile says nothing.
+    // One line per problem, all of them in one run: serde's own "invalid value: integer `-1`" is
+    // folded into the schema's line, the worker spec is checked although serde gave up, and the valid
+    // profile says nothing.
     let problems = stderr
         .lines()
         .filter(|l| l.starts_with("error: machine-runtime@"))
