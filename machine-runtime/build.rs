@@ -157,8 +157,8 @@ fn merge(
         }
         out.push(diag);
     }
-    out.dedup_by(|a, b| a.to_string() == b.to_string());
     out.sort_by_key(|d| (d.line, d.column));
+    out.dedup_by(|a, b| a.to_string() == b.to_string());
     out
 }
 
