@@ -476,14 +476,15 @@ const fn bytes_eq(b: &[u8], s: usize, e: usize, other: &[u8]) -> bool {
 /// ```
 #[macro_export]
 macro_rules! worker_spec {
-    ($spec:literal) => {
-        const {
-            match $crate::spec::check_const($spec) {
-                Ok(()) => $spec,
-                Err(message) => panic!("{}", message),
-            }
-        }
-    };
+    ($spec:literal) => {{
+        // A `const` item rather than an inline `const { }` block: rustc evaluates items in
+        // `cargo check` and rust-analyzer too, inline blocks only when their function is compiled.
+        const SPEC: &str = match $crate::spec::check_const($spec) {
+            Ok(()) => $spec,
+            Err(message) => panic!("{}", message),
+        };
+        SPEC
+    }};
 }
 
 #[cfg(test)]

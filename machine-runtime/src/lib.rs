@@ -3,6 +3,7 @@
 pub mod broker;
 pub mod gpu;
 pub mod install;
+pub mod profiles;
 pub mod reality;
 pub mod simulate;
 pub mod simulate_worker;

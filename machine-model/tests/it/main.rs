@@ -1,3 +1,4 @@
 //! The machine-model integration tests: one binary, one module per topic.
 
 mod components;
+mod ui;
