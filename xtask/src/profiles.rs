@@ -6,8 +6,12 @@ use anyhow::{Context, bail};
 use machine_model::load::{self, ProfileSource};
 use machine_model::{Plan, Profile};
 
-/// The repository root (this crate's parent directory).
+/// The repository root: `XTASK_ROOT` when set (tests run the CLI on a temporary copy), else this crate's
+/// parent directory.
 pub fn root() -> PathBuf {
+    if let Some(dir) = std::env::var_os("XTASK_ROOT").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir);
+    }
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("xtask lives in the repository")

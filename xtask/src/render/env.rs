@@ -40,10 +40,17 @@ pub fn machine_vars(l: &Loaded) -> Vec<(String, String)> {
 
 /// One `KEY='value'` line. Single quotes are literal for dotenv readers, `node --env-file` and Compose
 /// `env_file` alike (no `$` interpolation, `#` kept); values that single quotes cannot carry are refused.
+/// docker-compose 1.x (python-dotenv) still expands `${…}` and unescapes `\\` inside single quotes, and a
+/// trailing `\` escapes the closing quote for dotenvy and python-dotenv, so those are refused too.
 pub fn line(key: &str, value: &str) -> anyhow::Result<String> {
     if value.contains('\'') || value.contains('\n') || value.contains('\r') {
         bail!(
             "value of {key} contains a single quote or a line break, which .env files cannot carry identically for every reader"
+        );
+    }
+    if value.contains("${") || value.contains("\\\\") || value.ends_with('\\') {
+        bail!(
+            "value of {key} contains `${{`, `\\\\` or ends with `\\`, which docker-compose 1.x reads differently from other .env readers; rewrite the value"
         );
     }
     Ok(format!("{key}='{value}'"))
