@@ -1,5 +1,6 @@
 //! The developer CLI (`cargo xtask …`): parses arguments and dispatches, one module per command.
 
+mod bench;
 mod codegen;
 mod hooks;
 mod list;
@@ -55,6 +56,15 @@ enum Command {
     List,
     /// Install a git pre-commit hook running `cargo xtask check`.
     InstallHooks,
+    /// Print timings (mean and min) of rendering every profile and planning 10 000 workers.
+    Bench {
+        /// The part to measure.
+        #[arg(value_enum, default_value_t = bench::What::All)]
+        what: bench::What,
+        /// Measured iterations per figure (after one warm-up run).
+        #[arg(long, default_value_t = 20)]
+        iterations: u32,
+    },
 }
 
 fn main() -> ExitCode {
@@ -71,6 +81,7 @@ fn main() -> ExitCode {
         Command::Check => codegen::run(codegen::Mode::Check),
         Command::List => list::run(),
         Command::InstallHooks => hooks::install(),
+        Command::Bench { what, iterations } => bench::run(what, iterations),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -10,7 +10,12 @@ fn names_and_gpus(list: &Value) -> Vec<(String, Option<u64>)> {
     list.as_array()
         .expect("a list")
         .iter()
-        .map(|x| (x["name"].as_str().expect("a name").to_string(), x["gpu"].as_u64()))
+        .map(|x| {
+            (
+                x["name"].as_str().expect("a name").to_string(),
+                x["gpu"].as_u64(),
+            )
+        })
         .collect()
 }
 
@@ -31,15 +36,27 @@ fn plan_json_has_the_contracted_shape() {
             matches!(w["binding"].as_str(), Some("gpu" | "cpu" | "shared")),
             "worker binding: {w}"
         );
-        assert!(w["gpu"].is_u64() || w["gpu"].is_null(), "worker gpu index or null: {w}");
+        assert!(
+            w["gpu"].is_u64() || w["gpu"].is_null(),
+            "worker gpu index or null: {w}"
+        );
         let env = w["env"].as_object().expect("worker env is an object");
-        assert!(env.values().all(Value::is_string), "worker env values are strings: {w}");
+        assert!(
+            env.values().all(Value::is_string),
+            "worker env values are strings: {w}"
+        );
     }
     for s in services {
         assert!(s["name"].is_string(), "service name: {s}");
         assert!(s["service"].is_string(), "service service: {s}");
-        assert!(s["gpu"].is_u64() || s["gpu"].is_null(), "service gpu index or null: {s}");
-        assert!(s["port"].is_u64() || s["port"].is_null(), "service port number or null: {s}");
+        assert!(
+            s["gpu"].is_u64() || s["gpu"].is_null(),
+            "service gpu index or null: {s}"
+        );
+        assert!(
+            s["port"].is_u64() || s["port"].is_null(),
+            "service port number or null: {s}"
+        );
     }
     // gpu-mixed is comfyui:2:gpu,openai:4:shared on 2 GPUs.
     assert_eq!(
@@ -56,7 +73,10 @@ fn plan_json_has_the_contracted_shape() {
     let w0 = &plan["workers"][0]["env"];
     assert_eq!(w0["CUDA_VISIBLE_DEVICES"], "0", "{w0}");
     assert_eq!(w0["WORKER_GPU_ID"], "0", "{w0}");
-    assert_eq!(plan["workers"][2]["env"]["CUDA_VISIBLE_DEVICES"], "", "no GPU for API workers");
+    assert_eq!(
+        plan["workers"][2]["env"]["CUDA_VISIBLE_DEVICES"], "",
+        "no GPU for API workers"
+    );
 }
 
 #[test]
@@ -85,15 +105,26 @@ fn plan_gives_the_seed_examples() {
 
     let plan = plan_json(
         "gpu-mixed",
-        &["--workers", "comfyui:2,openai:6:shared,playwright:1:cpu", "--gpus", "2"],
+        &[
+            "--workers",
+            "comfyui:2,openai:6:shared,playwright:1:cpu",
+            "--gpus",
+            "2",
+        ],
     );
     let services: Vec<(String, Option<u64>)> = names_and_gpus(&plan["services"]);
     assert_eq!(
         services.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
         ["comfyui-gpu0", "comfyui-gpu1", "playwright-service"]
     );
-    let workers: Vec<String> = names_and_gpus(&plan["workers"]).into_iter().map(|(n, _)| n).collect();
-    let mut expected = vec!["comfyui-worker-0".to_string(), "comfyui-worker-1".to_string()];
+    let workers: Vec<String> = names_and_gpus(&plan["workers"])
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    let mut expected = vec![
+        "comfyui-worker-0".to_string(),
+        "comfyui-worker-1".to_string(),
+    ];
     expected.extend((0..6).map(|i| format!("openai-worker-{i}")));
     expected.push("playwright-worker-0".into());
     assert_eq!(workers, expected);
@@ -106,7 +137,11 @@ fn plan_rejects_invalid_input_on_stderr() {
     let cases: [(&[&str], &[&str]); 4] = [
         (
             &["plan", "gpu-mixed", "--workers", "comfyu:2"],
-            &["unknown connector \"comfyu\"", "did you mean \"comfyui\"?", "item 1"],
+            &[
+                "unknown connector \"comfyu\"",
+                "did you mean \"comfyui\"?",
+                "item 1",
+            ],
         ),
         (
             &["plan", "gpu-mixed", "--gpus", "0"],
@@ -114,19 +149,35 @@ fn plan_rejects_invalid_input_on_stderr() {
         ),
         (
             &["plan", "gpu-mixd"],
-            &["unknown profile \"gpu-mixd\"", "did you mean \"gpu-mixed\"?"],
+            &[
+                "unknown profile \"gpu-mixd\"",
+                "did you mean \"gpu-mixed\"?",
+            ],
         ),
         (
-            &["plan", "gpu-mixed", "--workers", "comfyui:0:gpu", "--format", "json"],
+            &[
+                "plan",
+                "gpu-mixed",
+                "--workers",
+                "comfyui:0:gpu",
+                "--format",
+                "json",
+            ],
             &["comfyui:0:gpu"],
         ),
     ];
     for (args, needles) in cases {
         let out = run(xtask().args(args));
         assert!(!out.ok(), "xtask {args:?} should fail: {out}");
-        assert!(out.stdout.is_empty(), "xtask {args:?} printed to stdout: {out}");
+        assert!(
+            out.stdout.is_empty(),
+            "xtask {args:?} printed to stdout: {out}"
+        );
         for needle in needles {
-            assert!(out.stderr.contains(needle), "xtask {args:?}: stderr lacks {needle:?}: {out}");
+            assert!(
+                out.stderr.contains(needle),
+                "xtask {args:?}: stderr lacks {needle:?}: {out}"
+            );
         }
     }
 }
@@ -135,11 +186,32 @@ fn plan_rejects_invalid_input_on_stderr() {
 fn plan_text_has_the_table_headers() {
     let out = run(xtask().args(["plan", "gpu-mixed"]));
     assert!(out.ok(), "{out}");
-    for header in ["NAME", "SERVICE", "GPU", "PORT", "WORKER_ID", "BINDING", "SECRETS"] {
-        assert!(out.stdout.contains(header), "the text plan lacks the {header} column:\n{}", out.stdout);
+    for header in [
+        "NAME",
+        "SERVICE",
+        "GPU",
+        "PORT",
+        "WORKER_ID",
+        "BINDING",
+        "SECRETS",
+    ] {
+        assert!(
+            out.stdout.contains(header),
+            "the text plan lacks the {header} column:\n{}",
+            out.stdout
+        );
     }
-    for row in ["comfyui-gpu0", "comfyui-worker-1", "openai-worker-3", "8189"] {
-        assert!(out.stdout.contains(row), "the text plan lacks {row}:\n{}", out.stdout);
+    for row in [
+        "comfyui-gpu0",
+        "comfyui-worker-1",
+        "openai-worker-3",
+        "8189",
+    ] {
+        assert!(
+            out.stdout.contains(row),
+            "the text plan lacks {row}:\n{}",
+            out.stdout
+        );
     }
 }
 
@@ -156,7 +228,11 @@ fn env_build_leaves_the_checked_in_files_unchanged() {
             out.stdout.contains(&format!("unchanged {path}")),
             "env-build did not leave {path} unchanged: {out}"
         );
-        assert_eq!(read(&dir.path().join(&path)), read(&root().join(&path)), "{path}");
+        assert_eq!(
+            read(&dir.path().join(&path)),
+            read(&root().join(&path)),
+            "{path}"
+        );
     }
     assert!(!out.stdout.contains("wrote"), "{out}");
 }

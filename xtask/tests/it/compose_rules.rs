@@ -45,7 +45,13 @@ fn deprecated_keys(schema: &Value) -> BTreeSet<(String, String)> {
 /// Service keys that are legacy for what we do: `gpus` (docker-compose 1.x rejects it; the reservation is
 /// the portable form), `runtime` (the pre-reservation nvidia runtime), `links`/`external_links` and
 /// `volume_driver` (legacy per the Compose docs).
-const LEGACY_SERVICE_KEYS: [&str; 5] = ["gpus", "runtime", "links", "external_links", "volume_driver"];
+const LEGACY_SERVICE_KEYS: [&str; 5] = [
+    "gpus",
+    "runtime",
+    "links",
+    "external_links",
+    "volume_driver",
+];
 
 /// Every (parent key, key, path) of a YAML value; the root's parent key is `""`.
 fn keys(v: &Value, parent: &str, path: &str, out: &mut Vec<(String, String, String)>) {
@@ -94,7 +100,10 @@ fn port_triples(ports: Option<&Value>) -> Vec<(u64, u64, String)> {
 }
 
 fn tcp(ports: impl IntoIterator<Item = u64>) -> Vec<(u64, u64, String)> {
-    let mut v: Vec<_> = ports.into_iter().map(|p| (p, p, "tcp".to_string())).collect();
+    let mut v: Vec<_> = ports
+        .into_iter()
+        .map(|p| (p, p, "tcp".to_string()))
+        .collect();
     v.sort();
     v
 }
@@ -156,7 +165,10 @@ fn check(name: &str, deprecated: &BTreeSet<(String, String)>) -> Vec<String> {
                     problem("devices[0] has device_ids beside count (Compose rejects both)".into());
                 }
                 if device.get("driver").and_then(Value::as_str) != Some("nvidia") {
-                    problem(format!("devices[0].driver is {:?}, expected nvidia", device.get("driver")));
+                    problem(format!(
+                        "devices[0].driver is {:?}, expected nvidia",
+                        device.get("driver")
+                    ));
                 }
             }
             other => problem(format!(
@@ -164,11 +176,16 @@ fn check(name: &str, deprecated: &BTreeSet<(String, String)>) -> Vec<String> {
             )),
         }
     } else if devices.is_some() {
-        problem("a CPU-only plan has a GPU reservation (fatal on hosts without the nvidia driver)".into());
+        problem(
+            "a CPU-only plan has a GPU reservation (fatal on hosts without the nvidia driver)"
+                .into(),
+        );
     }
     for (other, service) in &services {
         if other != "machine" && service.pointer("/deploy/resources/reservations").is_some() {
-            problem(format!("services.{other} reserves devices; only the machine may"));
+            problem(format!(
+                "services.{other} reserves devices; only the machine may"
+            ));
         }
     }
 
@@ -179,7 +196,9 @@ fn check(name: &str, deprecated: &BTreeSet<(String, String)>) -> Vec<String> {
         let expected = if !expose {
             Vec::new()
         } else if service_name == "machine" {
-            let health = plan["health_port"].as_u64().expect("the plan's health_port");
+            let health = plan["health_port"]
+                .as_u64()
+                .expect("the plan's health_port");
             let planned = plan["services"]
                 .as_array()
                 .into_iter()
@@ -202,9 +221,13 @@ fn check(name: &str, deprecated: &BTreeSet<(String, String)>) -> Vec<String> {
 
     // The local Redis: present, healthy-gated, only when the profile selects it.
     let local = redis_is_local(&profile);
-    let condition = machine.pointer("/depends_on/redis/condition").and_then(Value::as_str);
+    let condition = machine
+        .pointer("/depends_on/redis/condition")
+        .and_then(Value::as_str);
     match (local, services.get("redis")) {
-        (true, None) => problem("the profile's redis is local but there is no redis service".into()),
+        (true, None) => {
+            problem("the profile's redis is local but there is no redis service".into())
+        }
         (true, Some(redis)) => {
             if condition != Some("service_healthy") {
                 problem(format!(
@@ -215,7 +238,9 @@ fn check(name: &str, deprecated: &BTreeSet<(String, String)>) -> Vec<String> {
                 problem("the redis service has no healthcheck".into());
             }
         }
-        (false, Some(_)) => problem("a redis service although the profile's redis is not local".into()),
+        (false, Some(_)) => {
+            problem("a redis service although the profile's redis is not local".into())
+        }
         (false, None) => {
             if machine.pointer("/depends_on/redis").is_some() {
                 problem("machine depends on a redis service that is not there".into());
@@ -228,7 +253,9 @@ fn check(name: &str, deprecated: &BTreeSet<(String, String)>) -> Vec<String> {
     keys(&compose, "", "", &mut all);
     for (parent, key, path) in &all {
         if deprecated.contains(&(parent.clone(), key.clone())) {
-            problem(format!("{path}: `{key}` is deprecated in the Compose schema"));
+            problem(format!(
+                "{path}: `{key}` is deprecated in the Compose schema"
+            ));
         }
         if parent.is_empty() && key == "version" {
             problem("a top-level `version` key (obsolete)".into());
@@ -254,10 +281,12 @@ fn check(name: &str, deprecated: &BTreeSet<(String, String)>) -> Vec<String> {
             "/healthcheck/start_period",
             "/healthcheck/start_interval",
         ] {
-            if let Some(v) = service.pointer(pointer) {
-                if !v.as_str().is_some_and(is_go_duration) {
-                    problem(format!("services.{name}{pointer} is {v}, not a Go duration"));
-                }
+            if let Some(v) = service.pointer(pointer)
+                && !v.as_str().is_some_and(is_go_duration)
+            {
+                problem(format!(
+                    "services.{name}{pointer} is {v}, not a Go duration"
+                ));
             }
         }
     }
@@ -299,14 +328,31 @@ fn profiles_cover_gpu_and_cpu_local_and_remote_redis() {
     let mut local = 0;
     for name in profiles() {
         let plan = plan_json(&name, &[]);
-        let pins = plan["workers"].as_array().into_iter().flatten().any(|w| !w["gpu"].is_null());
-        if pins { gpu.push(name.clone()) } else { cpu.push(name.clone()) }
+        let pins = plan["workers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|w| !w["gpu"].is_null());
+        if pins {
+            gpu.push(name.clone())
+        } else {
+            cpu.push(name.clone())
+        }
         let profile = read_json(&root().join("profiles").join(format!("{name}.json")));
         local += usize::from(redis_is_local(&profile));
     }
     for seed_cpu in ["api-only", "api-gateway"] {
-        assert!(cpu.iter().any(|n| n == seed_cpu), "{seed_cpu} should plan no GPU (cpu: {cpu:?}, gpu: {gpu:?})");
+        assert!(
+            cpu.iter().any(|n| n == seed_cpu),
+            "{seed_cpu} should plan no GPU (cpu: {cpu:?}, gpu: {gpu:?})"
+        );
     }
-    assert!(!gpu.is_empty(), "no GPU profile: the reservation rule is never exercised");
-    assert!(local > 0 && local < profiles().len(), "local and remote Redis should both occur");
+    assert!(
+        !gpu.is_empty(),
+        "no GPU profile: the reservation rule is never exercised"
+    );
+    assert!(
+        local > 0 && local < profiles().len(),
+        "local and remote Redis should both occur"
+    );
 }

@@ -150,12 +150,25 @@ fn both_schemas_reject_a_broken_compose_file() {
 #[test]
 fn go_duration_grammar() {
     for ok in [
-        "0", "5s", "30s", "5m", "1h30m", "1.5s", ".5s", "5.s", "100ms", "10us", "3µs", "2h45m0.5s",
+        "0",
+        "5s",
+        "30s",
+        "5m",
+        "1h30m",
+        "1.5s",
+        ".5s",
+        "5.s",
+        "100ms",
+        "10us",
+        "3µs",
+        "2h45m0.5s",
         "-1s",
     ] {
         assert!(is_go_duration(ok), "{ok:?} is a Go duration");
     }
-    for bad in ["", "5", "s", "5 s", "5sec", "1d", "1.2.3s", ".s", "30s ", "+", "1h-30m"] {
+    for bad in [
+        "", "5", "s", "5 s", "5sec", "1d", "1.2.3s", ".s", "30s ", "+", "1h-30m",
+    ] {
         assert!(!is_go_duration(bad), "{bad:?} is not a Go duration");
     }
 }

@@ -13,10 +13,15 @@ fn docker_compose_v1_accepts_every_generated_compose_file() {
         let dir = generated(&profile);
         let out = run(compose_command(&dir).args(["-f", "docker-compose.yaml", "config", "-q"]));
         if !out.ok() {
-            problems.push(format!("generated/{profile}: docker-compose config -q failed: {out}"));
+            problems.push(format!(
+                "generated/{profile}: docker-compose config -q failed: {out}"
+            ));
         } else if out.stderr.contains("WARNING") {
             // An unset variable in the file becomes an empty string plus this warning: never acceptable here.
-            problems.push(format!("generated/{profile}: docker-compose warned:\n{}", out.stderr));
+            problems.push(format!(
+                "generated/{profile}: docker-compose warned:\n{}",
+                out.stderr
+            ));
         }
     }
     assert_no_problems("docker-compose v1 reading the generated files", &problems);
@@ -33,13 +38,17 @@ fn docker_compose_v1_reads_gpu_count_and_ports_as_written() {
             .unwrap_or_else(|e| panic!("generated/{profile}/docker-compose.yaml: {e}"));
         let out = run(compose_command(&dir).args(["-f", "docker-compose.yaml", "config"]));
         if !out.ok() {
-            problems.push(format!("generated/{profile}: docker-compose config failed: {out}"));
+            problems.push(format!(
+                "generated/{profile}: docker-compose config failed: {out}"
+            ));
             continue;
         }
         let theirs: Value = match serde_yaml::from_str(&out.stdout) {
             Ok(v) => v,
             Err(e) => {
-                problems.push(format!("generated/{profile}: docker-compose printed no YAML ({e}): {out}"));
+                problems.push(format!(
+                    "generated/{profile}: docker-compose printed no YAML ({e}): {out}"
+                ));
                 continue;
             }
         };
@@ -62,7 +71,10 @@ fn docker_compose_v1_reads_gpu_count_and_ports_as_written() {
             }
         }
     }
-    assert_no_problems("docker-compose v1's reading of the generated files", &problems);
+    assert_no_problems(
+        "docker-compose v1's reading of the generated files",
+        &problems,
+    );
 }
 
 /// The same invocation fails on files with mistakes a renderer could make, naming the mistake.
@@ -87,8 +99,10 @@ fn docker_compose_v1_rejects_broken_compose_files() {
     ];
     for (what, text, named) in cases {
         let dir = tempfile::tempdir().expect("a temporary directory");
-        std::fs::write(dir.path().join("docker-compose.yaml"), text).expect("writing the broken file");
-        let out = run(compose_command(dir.path()).args(["-f", "docker-compose.yaml", "config", "-q"]));
+        std::fs::write(dir.path().join("docker-compose.yaml"), text)
+            .expect("writing the broken file");
+        let out =
+            run(compose_command(dir.path()).args(["-f", "docker-compose.yaml", "config", "-q"]));
         assert!(!out.ok(), "docker-compose accepted {what}:\n{text}\n{out}");
         assert!(
             out.stderr.contains(&format!("'{named}'")),

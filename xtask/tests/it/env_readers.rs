@@ -20,6 +20,9 @@ use crate::{
 
 type Vars = BTreeMap<String, String>;
 
+/// A reader: a name and how it reads a file.
+type Reader = (&'static str, fn(&Path) -> Result<Vars, String>);
+
 /// dotenvy's reading (without touching this process's environment).
 fn dotenvy_reads(file: &Path) -> Result<Vars, String> {
     let iter = dotenvy::from_path_iter(file).map_err(|e| format!("dotenvy: {e}"))?;
@@ -36,7 +39,8 @@ fn node_reads(file: &Path) -> Result<Vars, String> {
     if !out.ok() {
         return Err(format!("node --env-file failed: {out}"));
     }
-    serde_json::from_str(&out.stdout).map_err(|e| format!("node printed no JSON object ({e}): {out}"))
+    serde_json::from_str(&out.stdout)
+        .map_err(|e| format!("node printed no JSON object ({e}): {out}"))
 }
 
 /// docker-compose v1's reading of the file as `env_file: [.env]` (the generated compose file's form), from
@@ -55,7 +59,10 @@ fn compose_reads(file: &Path) -> Result<Vars, String> {
     }
     let config: Value = serde_yaml::from_str(&out.stdout)
         .map_err(|e| format!("docker-compose printed no YAML ({e}): {out}"))?;
-    let env = config["services"]["m"]["environment"].as_object().cloned().unwrap_or_default();
+    let env = config["services"]["m"]["environment"]
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
     env.into_iter()
         .map(|(k, v)| match v {
             // `config` escapes `$` as `$$` so its output can be read again.
@@ -85,7 +92,7 @@ fn lines_of(text: &str) -> Vec<(String, Option<String>)> {
 /// Every reader's map must equal `expected` exactly.
 fn readers_agree(label: &str, file: &Path, expected: &Vars) -> Vec<String> {
     let mut problems = Vec::new();
-    let readers: [(&str, fn(&Path) -> Result<Vars, String>); 3] = [
+    let readers: [Reader; 3] = [
         ("dotenvy", dotenvy_reads),
         ("node --env-file", node_reads),
         ("docker-compose v1 env_file", compose_reads),
@@ -97,11 +104,15 @@ fn readers_agree(label: &str, file: &Path, expected: &Vars) -> Vec<String> {
                 for (k, v) in expected {
                     match got.get(k) {
                         Some(g) if g == v => {}
-                        other => problems.push(format!("{label}: {reader} reads {k} as {other:?}, meant {v:?}")),
+                        other => problems.push(format!(
+                            "{label}: {reader} reads {k} as {other:?}, meant {v:?}"
+                        )),
                     }
                 }
                 for k in got.keys().filter(|k| !expected.contains_key(*k)) {
-                    problems.push(format!("{label}: {reader} reads a variable {k} the file does not assign"));
+                    problems.push(format!(
+                        "{label}: {reader} reads a variable {k} the file does not assign"
+                    ));
                 }
             }
         }
@@ -216,7 +227,10 @@ fn tricky_root(env: &[(&str, &str)]) -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("a temporary root");
     std::fs::create_dir_all(dir.path().join("profiles")).expect("profiles/");
     let mut profile = read_json(&root().join("profiles/api-only.json"));
-    profile["env"] = env.iter().map(|(k, v)| (k.to_string(), Value::String(v.to_string()))).collect();
+    profile["env"] = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), Value::String(v.to_string())))
+        .collect();
     std::fs::write(
         dir.path().join("profiles/tricky.json"),
         serde_json::to_string_pretty(&profile).expect("json"),
@@ -229,7 +243,10 @@ fn tricky_root(env: &[(&str, &str)]) -> tempfile::TempDir {
 fn tricky_values_through_env_build_read_back_exactly() {
     let dir = tricky_root(&CARRIED);
     let out = run(xtask_in(dir.path()).args(["env-build", "tricky"]));
-    assert!(out.ok(), "xtask env-build refused values every reader can carry: {out}");
+    assert!(
+        out.ok(),
+        "xtask env-build refused values every reader can carry: {out}"
+    );
     let file = dir.path().join("generated/tricky/.env");
     let mut expected = Vars::new();
     for (k, v) in lines_of(&read(&file)) {
@@ -240,7 +257,10 @@ fn tricky_values_through_env_build_read_back_exactly() {
     for (k, v) in CARRIED {
         expected.insert(k.to_string(), v.to_string());
     }
-    assert_no_problems("tricky values", &readers_agree("tricky .env", &file, &expected));
+    assert_no_problems(
+        "tricky values",
+        &readers_agree("tricky .env", &file, &expected),
+    );
 }
 
 #[test]
@@ -252,7 +272,9 @@ fn values_no_env_file_can_carry_are_refused_or_read_back_exactly() {
         let file = dir.path().join("generated/tricky/.env");
         if !out.ok() {
             if !out.stderr.contains(key) {
-                problems.push(format!("{key}={value:?}: refused without naming the key: {out}"));
+                problems.push(format!(
+                    "{key}={value:?}: refused without naming the key: {out}"
+                ));
             }
             if file.exists() {
                 problems.push(format!("{key}={value:?}: refused, yet a .env was written"));

@@ -190,7 +190,8 @@ pub fn plan_json(profile: &str, extra: &[&str]) -> Value {
 /// Copies a directory tree (files and folders only).
 pub fn copy_tree(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap_or_else(|e| panic!("creating {}: {e}", to.display()));
-    for entry in std::fs::read_dir(from).unwrap_or_else(|e| panic!("reading {}: {e}", from.display()))
+    for entry in
+        std::fs::read_dir(from).unwrap_or_else(|e| panic!("reading {}: {e}", from.display()))
     {
         let entry = entry.expect("a directory entry");
         let target = to.join(entry.file_name());

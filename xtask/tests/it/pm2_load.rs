@@ -75,8 +75,12 @@ impl Pm2Daemon {
             std::thread::sleep(Duration::from_millis(50));
         }
         if alive() {
-            let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
-            return Err(format!("pm2 kill left daemon {pid} running (killed it with SIGKILL): {out}"));
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+            return Err(format!(
+                "pm2 kill left daemon {pid} running (killed it with SIGKILL): {out}"
+            ));
         }
         if !out.ok() {
             return Err(format!("pm2 kill failed: {out}"));
@@ -88,7 +92,11 @@ impl Pm2Daemon {
 fn is_zombie(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
-        .and_then(|s| s.rsplit(')').next().map(|r| r.trim_start().starts_with('Z')))
+        .and_then(|s| {
+            s.rsplit(')')
+                .next()
+                .map(|r| r.trim_start().starts_with('Z'))
+        })
         .unwrap_or(false)
 }
 
@@ -117,9 +125,14 @@ fn jlist(daemon: &Pm2Daemon) -> Result<Vec<Value>, String> {
         return Err(format!("pm2 jlist failed: {out}"));
     }
     // PM2 may print a banner before the JSON on its first run; the list is the last line.
-    let line = out.stdout.lines().rev().find(|l| l.starts_with('[')).unwrap_or("");
-    let mut list: Vec<Value> =
-        serde_json::from_str(line).map_err(|e| format!("pm2 jlist printed no JSON list ({e}): {out}"))?;
+    let line = out
+        .stdout
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('['))
+        .unwrap_or("");
+    let mut list: Vec<Value> = serde_json::from_str(line)
+        .map_err(|e| format!("pm2 jlist printed no JSON list ({e}): {out}"))?;
     list.sort_by_key(|p| p["pm_id"].as_u64());
     Ok(list)
 }
@@ -149,17 +162,24 @@ fn load_unchanged(label: &str, file: &Path, apps: &[Value]) -> Vec<String> {
             }
         }
     }
-    for line in printed.lines().filter(|l| l.contains("[ERROR]") || l.contains("Error")) {
+    for line in printed
+        .lines()
+        .filter(|l| l.contains("[ERROR]") || l.contains("Error"))
+    {
         if !line.contains("Script not found: ") {
             problems.push(format!("{label}: PM2 complained: {line}"));
         }
     }
     match jlist(&daemon) {
         Ok(list) => {
-            let got: Vec<String> =
-                list.iter().map(|p| p["name"].as_str().unwrap_or("").to_string()).collect();
+            let got: Vec<String> = list
+                .iter()
+                .map(|p| p["name"].as_str().unwrap_or("").to_string())
+                .collect();
             if got != expected {
-                problems.push(format!("{label} (unchanged): PM2 registered {got:?}, expected {expected:?}"));
+                problems.push(format!(
+                    "{label} (unchanged): PM2 registered {got:?}, expected {expected:?}"
+                ));
             }
         }
         Err(e) => problems.push(format!("{label}: {e}")),
@@ -180,7 +200,8 @@ fn load_stubbed(label: &str, eco: &Value) -> Vec<String> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&stub, std::fs::Permissions::from_mode(0o755)).expect("chmod the stub");
+        std::fs::set_permissions(&stub, std::fs::Permissions::from_mode(0o755))
+            .expect("chmod the stub");
     }
     let mut eco = eco.clone();
     for app in eco["apps"].as_array_mut().expect("apps is a list") {
@@ -191,7 +212,8 @@ fn load_stubbed(label: &str, eco: &Value) -> Vec<String> {
         }
     }
     let file = daemon.home.path().join("ecosystem.config.json");
-    std::fs::write(&file, serde_json::to_string_pretty(&eco).expect("json")).expect("writing the copy");
+    std::fs::write(&file, serde_json::to_string_pretty(&eco).expect("json"))
+        .expect("writing the copy");
     let out = run(&mut daemon.command(&["start", &file.to_string_lossy()]));
     if !out.ok() {
         problems.push(format!("{label} (stubbed): pm2 start failed: {out}"));
@@ -199,10 +221,18 @@ fn load_stubbed(label: &str, eco: &Value) -> Vec<String> {
     let apps = eco["apps"].as_array().cloned().unwrap_or_default();
     match jlist(&daemon) {
         Ok(list) => {
-            let got: Vec<&str> = list.iter().map(|p| p["name"].as_str().unwrap_or("")).collect();
-            let expected: Vec<&str> = apps.iter().map(|a| a["name"].as_str().unwrap_or("")).collect();
+            let got: Vec<&str> = list
+                .iter()
+                .map(|p| p["name"].as_str().unwrap_or(""))
+                .collect();
+            let expected: Vec<&str> = apps
+                .iter()
+                .map(|a| a["name"].as_str().unwrap_or(""))
+                .collect();
             if got != expected {
-                problems.push(format!("{label}: PM2 registered {got:?}, expected the file's order {expected:?}"));
+                problems.push(format!(
+                    "{label}: PM2 registered {got:?}, expected the file's order {expected:?}"
+                ));
             }
             for (app, proc) in apps.iter().zip(&list) {
                 problems.extend(compare_app(label, app, &proc["pm2_env"]));
@@ -225,7 +255,9 @@ fn compare_app(label: &str, app: &Value, pm2_env: &Value) -> Vec<String> {
         let ours = file_env.get(key);
         let theirs = pm2_env["env"].get(key);
         if ours != theirs {
-            problems.push(format!("{label}: {name}: pm2_env.env.{key} is {theirs:?}, the file says {ours:?}"));
+            problems.push(format!(
+                "{label}: {name}: pm2_env.env.{key} is {theirs:?}, the file says {ours:?}"
+            ));
         }
     }
     for (key, value) in &file_env {
@@ -246,17 +278,21 @@ fn compare_app(label: &str, app: &Value, pm2_env: &Value) -> Vec<String> {
         "restart_delay",
         "exp_backoff_restart_delay",
     ] {
-        if let Some(ours) = app.get(field) {
-            if pm2_env.get(field) != Some(ours) {
-                problems.push(format!(
-                    "{label}: {name}: pm2_env.{field} is {:?}, the file says {ours}",
-                    pm2_env.get(field)
-                ));
-            }
+        if let Some(ours) = app.get(field)
+            && pm2_env.get(field) != Some(ours)
+        {
+            problems.push(format!(
+                "{label}: {name}: pm2_env.{field} is {:?}, the file says {ours}",
+                pm2_env.get(field)
+            ));
         }
     }
     if app.get("cwd") != pm2_env.get("pm_cwd") {
-        problems.push(format!("{label}: {name}: pm2_env.pm_cwd is {:?}, the file says {:?}", pm2_env.get("pm_cwd"), app.get("cwd")));
+        problems.push(format!(
+            "{label}: {name}: pm2_env.pm_cwd is {:?}, the file says {:?}",
+            pm2_env.get("pm_cwd"),
+            app.get("cwd")
+        ));
     }
     if app.get("interpreter").and_then(Value::as_str) == Some("none")
         && pm2_env.get("exec_interpreter").and_then(Value::as_str) != Some("none")
@@ -282,9 +318,18 @@ fn every_ecosystem_file_loads_in_real_pm2() {
             continue;
         }
         // Services first, then workers.
-        let roles: Vec<&str> = apps.iter().map(|a| a["machine_role"].as_str().unwrap_or("?")).collect();
-        if roles.iter().skip_while(|r| **r == "service").any(|r| *r != "worker") {
-            problems.push(format!("{label}: apps are not services then workers: {roles:?}"));
+        let roles: Vec<&str> = apps
+            .iter()
+            .map(|a| a["machine_role"].as_str().unwrap_or("?"))
+            .collect();
+        if roles
+            .iter()
+            .skip_while(|r| **r == "service")
+            .any(|r| *r != "worker")
+        {
+            problems.push(format!(
+                "{label}: apps are not services then workers: {roles:?}"
+            ));
         }
         problems.extend(load_unchanged(&label, &file, &apps));
         problems.extend(load_stubbed(&label, &eco));
@@ -298,7 +343,9 @@ fn the_pm2_guard_kills_its_daemon_on_drop() {
     let daemon = Pm2Daemon::new();
     let out = run(&mut daemon.command(&["ping"]));
     assert!(out.ok(), "pm2 ping failed: {out}");
-    let pid = daemon.pid().expect("pm2 ping starts a daemon that writes its pid");
+    let pid = daemon
+        .pid()
+        .expect("pm2 ping starts a daemon that writes its pid");
     assert!(Path::new(&format!("/proc/{pid}")).exists());
     drop(daemon);
     assert!(
