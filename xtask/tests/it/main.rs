@@ -99,40 +99,60 @@ impl std::fmt::Display for Output {
 /// Runs a command to completion, polling until it exits or `COMMAND_DEADLINE` passes (then it is killed and
 /// the test fails naming it).
 pub fn run(cmd: &mut Command) -> Output {
+    try_run(cmd).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// [`run`] without panicking (for guards that clean up while a test is already failing).
+pub fn try_run(cmd: &mut Command) -> Result<Output, String> {
     let shown = format!("{cmd:?}");
     let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap_or_else(|e| panic!("starting {shown}: {e}"));
+        .map_err(|e| format!("starting {shown}: {e}"))?;
     // Drain both pipes on threads so a chatty child never blocks on a full pipe.
-    let drain = |mut pipe: Box<dyn Read + Send>| {
+    let drain = |pipe: Option<Box<dyn Read + Send>>| {
         std::thread::spawn(move || {
             let mut buf = Vec::new();
-            let _ = pipe.read_to_end(&mut buf);
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut buf);
+            }
             String::from_utf8_lossy(&buf).into_owned()
         })
     };
-    let out = drain(Box::new(child.stdout.take().expect("piped stdout")));
-    let err = drain(Box::new(child.stderr.take().expect("piped stderr")));
+    let out = drain(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let err = drain(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
     let deadline = Instant::now() + COMMAND_DEADLINE;
     let status = loop {
-        if let Some(status) = child.try_wait().expect("waiting for a child") {
-            break status;
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if Instant::now() > deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!(
+                    "{shown} did not finish within {COMMAND_DEADLINE:?}"
+                ));
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) => return Err(format!("waiting for {shown}: {e}")),
         }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{shown} did not finish within {COMMAND_DEADLINE:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
     };
-    Output {
+    Ok(Output {
         code: status.code(),
-        stdout: out.join().expect("stdout reader"),
-        stderr: err.join().expect("stderr reader"),
-    }
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
+    })
 }
 
 /// The path of an external tool on `PATH`; fails the test with the install command when it is missing.
@@ -154,12 +174,29 @@ pub fn docker_compose() -> PathBuf {
     )
 }
 
-/// Node.js (20.6 or newer for `--env-file`).
+/// Node.js, 20.6 or newer (`--env-file`); checked once per test run.
 pub fn node() -> PathBuf {
-    tool(
-        "node",
-        "install Node.js 20 or newer (`apt-get install -y nodejs` from NodeSource, or nvm)",
-    )
+    static NODE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    NODE.get_or_init(|| {
+        let install =
+            "install Node.js 20.6 or newer (`apt-get install -y nodejs` from NodeSource, or nvm)";
+        let node = tool("node", install);
+        let out = run(Command::new(&node).arg("--version"));
+        let version: Vec<u32> = out
+            .stdout
+            .trim()
+            .trim_start_matches('v')
+            .split('.')
+            .filter_map(|n| n.parse().ok())
+            .collect();
+        assert!(
+            version.len() >= 2 && (version[0], version[1]) >= (20, 6),
+            "node {} has no --env-file: {install}",
+            out.stdout.trim()
+        );
+        node
+    })
+    .clone()
 }
 
 /// A `docker-compose` v1 command in `dir` with a clean environment: no inherited `COMPOSE_*` or secrets,

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::{assert_no_problems, generated, profiles, read_json, run, tool};
+use crate::{assert_no_problems, generated, profiles, read_json, run, tool, try_run};
 
 fn pm2() -> PathBuf {
     tool("pm2", "install PM2 from npm (`npm install -g pm2`)")
@@ -26,6 +26,8 @@ fn pm2() -> PathBuf {
 
 /// A PM2 daemon in a temporary home; dropping it kills the daemon (and its apps) even when a test panics.
 struct Pm2Daemon {
+    /// The `pm2` program, found before anything starts (so `Drop` never has to look for it).
+    pm2: PathBuf,
     home: tempfile::TempDir,
     killed: bool,
 }
@@ -33,6 +35,7 @@ struct Pm2Daemon {
 impl Pm2Daemon {
     fn new() -> Self {
         Pm2Daemon {
+            pm2: pm2(),
             home: tempfile::tempdir().expect("a temporary PM2_HOME"),
             killed: false,
         }
@@ -40,7 +43,7 @@ impl Pm2Daemon {
 
     /// A `pm2` command bound to this daemon's home.
     fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(pm2());
+        let mut cmd = Command::new(&self.pm2);
         cmd.args(args)
             .env("PM2_HOME", self.home.path())
             .env("PM2_CONCURRENT_ACTIONS", "1")
@@ -58,17 +61,17 @@ impl Pm2Daemon {
     }
 
     /// `pm2 kill`, then waits (with a generous deadline) until the daemon process is gone; falls back to
-    /// SIGKILL on the pid it recorded. Returns what went wrong, if anything.
+    /// SIGKILL on the pid it recorded. Returns what went wrong, if anything; never panics (it runs in `Drop`).
     fn kill(&mut self) -> Result<(), String> {
         if self.killed {
             return Ok(());
         }
         self.killed = true;
-        let pid = self.pid();
-        let out = run(&mut self.command(&["kill"]));
-        let Some(pid) = pid else {
+        let Some(pid) = self.pid() else {
+            // No daemon was started.
             return Ok(());
         };
+        let out = try_run(&mut self.command(&["kill"]));
         let alive = || Path::new(&format!("/proc/{pid}")).exists() && !is_zombie(pid);
         let deadline = Instant::now() + Duration::from_secs(60);
         while alive() && Instant::now() < deadline {
@@ -79,13 +82,14 @@ impl Pm2Daemon {
                 .args(["-KILL", &pid.to_string()])
                 .status();
             return Err(format!(
-                "pm2 kill left daemon {pid} running (killed it with SIGKILL): {out}"
+                "pm2 kill left daemon {pid} running (killed it with SIGKILL): {out:?}"
             ));
         }
-        if !out.ok() {
-            return Err(format!("pm2 kill failed: {out}"));
+        match out {
+            Ok(out) if out.ok() => Ok(()),
+            Ok(out) => Err(format!("pm2 kill failed: {out}")),
+            Err(e) => Err(e),
         }
-        Ok(())
     }
 }
 
