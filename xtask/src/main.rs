@@ -1,5 +1,6 @@
 //! The developer CLI (`cargo xtask …`): parses arguments and dispatches, one module per command.
 
+mod bench;
 mod codegen;
 mod explain;
 mod hooks;
@@ -69,6 +70,15 @@ enum Command {
         /// The variable, e.g. HUB_REDIS_URL.
         var: String,
     },
+    /// Print timings (mean and min) of rendering every profile and planning 10 000 workers.
+    Bench {
+        /// The part to measure.
+        #[arg(value_enum, default_value_t = bench::What::All)]
+        what: bench::What,
+        /// Measured iterations per figure (after one warm-up run).
+        #[arg(long, default_value_t = 20)]
+        iterations: u32,
+    },
 }
 
 fn main() -> ExitCode {
@@ -87,6 +97,7 @@ fn main() -> ExitCode {
         Command::InstallHooks => hooks::install(),
         Command::Secrets { profile } => secrets::run(&profile),
         Command::Explain { profile, var } => explain::run(&profile, &var),
+        Command::Bench { what, iterations } => bench::run(what, iterations),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
