@@ -35,9 +35,17 @@ pub enum CommandError {
     #[error(
         "app \"{app}\" is pinned to GPU {index}, but {found}; start on a machine with that GPU or re-plan for the GPUs present"
     )]
-    GpuMissing { app: String, index: u32, found: String },
+    GpuMissing {
+        app: String,
+        index: u32,
+        found: String,
+    },
     #[error("app \"{app}\": {field} is \"{value}\", which is not a GPU index")]
-    BadGpuIndex { app: String, field: &'static str, value: String },
+    BadGpuIndex {
+        app: String,
+        field: &'static str,
+        value: String,
+    },
     #[error("app \"{app}\": machine_gpu is {gpu} but WORKER_GPU_ID is \"{env}\"; make them agree")]
     GpuDisagrees { app: String, gpu: u32, env: String },
 }
@@ -89,8 +97,15 @@ pub fn build(app: &AppSpec, ctx: &Context) -> Result<ChildCommand, CommandError>
 
     // The ecosystem may have been generated with another MACHINE_ID (at build time); the one the
     // runtime was started with wins, and the worker id follows it.
-    if let Some(machine_id) = ctx.runtime_env.get(OsStr::new("MACHINE_ID")).filter(|m| !m.is_empty()) {
-        let differs = app.env.get("MACHINE_ID").is_some_and(|m| OsStr::new(m) != machine_id);
+    if let Some(machine_id) = ctx
+        .runtime_env
+        .get(OsStr::new("MACHINE_ID"))
+        .filter(|m| !m.is_empty())
+    {
+        let differs = app
+            .env
+            .get("MACHINE_ID")
+            .is_some_and(|m| OsStr::new(m) != machine_id);
         if differs || !app.env.contains_key("MACHINE_ID") {
             env.insert("MACHINE_ID".into(), machine_id.clone());
         }
@@ -244,7 +259,10 @@ impl ChildCommand {
 mod tests {
     use super::*;
 
-    const UUIDS: [&str; 2] = ["GPU-00000000-0000-0000-0000-000000000000", "GPU-00000000-0000-0000-0000-000000000001"];
+    const UUIDS: [&str; 2] = [
+        "GPU-00000000-0000-0000-0000-000000000000",
+        "GPU-00000000-0000-0000-0000-000000000001",
+    ];
 
     fn ctx(env: &[(&str, &str)]) -> Context {
         Context {
@@ -255,7 +273,9 @@ mod tests {
     }
 
     fn env_of(cmd: &ChildCommand, key: &str) -> Option<String> {
-        cmd.env.get(OsStr::new(key)).map(|v| v.to_string_lossy().into_owned())
+        cmd.env
+            .get(OsStr::new(key))
+            .map(|v| v.to_string_lossy().into_owned())
     }
 
     #[test]
@@ -264,8 +284,14 @@ mod tests {
         svc.gpu = Some(1);
         svc.env.insert("CUDA_VISIBLE_DEVICES".into(), "1".into());
         let cmd = build(&svc, &ctx(&[("CUDA_VISIBLE_DEVICES", "0,1")])).unwrap();
-        assert_eq!(env_of(&cmd, "CUDA_VISIBLE_DEVICES").as_deref(), Some(UUIDS[1]));
-        assert_eq!(env_of(&cmd, "CUDA_DEVICE_ORDER").as_deref(), Some("PCI_BUS_ID"));
+        assert_eq!(
+            env_of(&cmd, "CUDA_VISIBLE_DEVICES").as_deref(),
+            Some(UUIDS[1])
+        );
+        assert_eq!(
+            env_of(&cmd, "CUDA_DEVICE_ORDER").as_deref(),
+            Some("PCI_BUS_ID")
+        );
         assert_eq!(env_of(&cmd, "WORKER_GPU_ID").as_deref(), Some("1"));
         assert_eq!(
             cmd.gpu,
@@ -278,7 +304,10 @@ mod tests {
         let mut worker = AppSpec::new("comfyui-worker-0", "node");
         worker.env.insert("WORKER_GPU_ID".into(), "0".into());
         let cmd = build(&worker, &ctx(&[])).unwrap();
-        assert_eq!(env_of(&cmd, "CUDA_VISIBLE_DEVICES").as_deref(), Some(UUIDS[0]));
+        assert_eq!(
+            env_of(&cmd, "CUDA_VISIBLE_DEVICES").as_deref(),
+            Some(UUIDS[0])
+        );
 
         let mut legacy = AppSpec::new("legacy", "x");
         legacy.env.insert("CUDA_VISIBLE_DEVICES".into(), "1".into());
@@ -287,7 +316,10 @@ mod tests {
         let api = AppSpec::new("openai-worker-0", "node");
         let cmd = build(&api, &ctx(&[("CUDA_VISIBLE_DEVICES", "0")])).unwrap();
         assert_eq!(env_of(&cmd, "CUDA_VISIBLE_DEVICES").as_deref(), Some(""));
-        assert_eq!(env_of(&cmd, "CUDA_DEVICE_ORDER").as_deref(), Some("PCI_BUS_ID"));
+        assert_eq!(
+            env_of(&cmd, "CUDA_DEVICE_ORDER").as_deref(),
+            Some("PCI_BUS_ID")
+        );
         assert_eq!(cmd.gpu, None);
     }
 
@@ -303,7 +335,12 @@ mod tests {
             gpu_uuids: Vec::new(),
             ..ctx(&[])
         };
-        assert!(build(&app, &none).unwrap_err().to_string().contains("this machine has no GPU"));
+        assert!(
+            build(&app, &none)
+                .unwrap_err()
+                .to_string()
+                .contains("this machine has no GPU")
+        );
         app.gpu = Some(0);
         app.env.insert("WORKER_GPU_ID".into(), "1".into());
         assert_eq!(
@@ -316,7 +353,10 @@ mod tests {
         );
         app.gpu = None;
         app.env.insert("WORKER_GPU_ID".into(), "one".into());
-        assert!(matches!(build(&app, &ctx(&[])), Err(CommandError::BadGpuIndex { .. })));
+        assert!(matches!(
+            build(&app, &ctx(&[])),
+            Err(CommandError::BadGpuIndex { .. })
+        ));
     }
 
     #[test]
@@ -325,17 +365,32 @@ mod tests {
         app.connector = Some("comfyui".into());
         app.index = Some(0);
         app.env.insert("MACHINE_ID".into(), "built".into());
-        app.env.insert("WORKER_ID".into(), "built-worker-comfyui-0".into());
+        app.env
+            .insert("WORKER_ID".into(), "built-worker-comfyui-0".into());
         app.env.insert("HUB_REDIS_URL".into(), "redis://x".into());
-        let cmd = build(&app, &ctx(&[("MACHINE_ID", "m7"), ("PATH", "/bin"), ("HUB_REDIS_URL", "redis://outer")])).unwrap();
+        let cmd = build(
+            &app,
+            &ctx(&[
+                ("MACHINE_ID", "m7"),
+                ("PATH", "/bin"),
+                ("HUB_REDIS_URL", "redis://outer"),
+            ]),
+        )
+        .unwrap();
         assert_eq!(env_of(&cmd, "MACHINE_ID").as_deref(), Some("m7"));
-        assert_eq!(env_of(&cmd, "WORKER_ID").as_deref(), Some("m7-worker-comfyui-0"));
+        assert_eq!(
+            env_of(&cmd, "WORKER_ID").as_deref(),
+            Some("m7-worker-comfyui-0")
+        );
         assert_eq!(env_of(&cmd, "PATH").as_deref(), Some("/bin"));
         assert_eq!(env_of(&cmd, "HUB_REDIS_URL").as_deref(), Some("redis://x"));
 
         // Without a MACHINE_ID at runtime the generated ids stay.
         let cmd = build(&app, &ctx(&[])).unwrap();
-        assert_eq!(env_of(&cmd, "WORKER_ID").as_deref(), Some("built-worker-comfyui-0"));
+        assert_eq!(
+            env_of(&cmd, "WORKER_ID").as_deref(),
+            Some("built-worker-comfyui-0")
+        );
     }
 
     #[test]
@@ -361,7 +416,10 @@ mod tests {
         let mut app = AppSpec::new("a", "worker.js");
         app.interpreter = Interpreter::Program("/usr/bin/node".into());
         app.interpreter_args = vec!["--max-old-space-size=512".into()];
-        assert_eq!(build(&app, &c).unwrap().display(), "/usr/bin/node --max-old-space-size=512 worker.js");
+        assert_eq!(
+            build(&app, &c).unwrap().display(),
+            "/usr/bin/node --max-old-space-size=512 worker.js"
+        );
 
         let mut app = AppSpec::new("a", "run.sh");
         app.interpreter = Interpreter::None;
@@ -370,6 +428,9 @@ mod tests {
         let mut app = AppSpec::new("sim", SELF_SCRIPT);
         app.args = vec!["simulate".into(), "--port".into(), "8299".into()];
         app.interpreter = Interpreter::Program("node".into());
-        assert_eq!(build(&app, &c).unwrap().display(), "/usr/local/bin/machine-runtime simulate --port 8299");
+        assert_eq!(
+            build(&app, &c).unwrap().display(),
+            "/usr/local/bin/machine-runtime simulate --port 8299"
+        );
     }
 }

@@ -151,7 +151,10 @@ pub enum EcosystemError {
         source: serde_json::Error,
     },
     #[error("ecosystem {origin} has {} problem{}:\n{}", problems.len(), if problems.len() == 1 { "" } else { "s" }, list(problems))]
-    Invalid { origin: String, problems: Vec<Problem> },
+    Invalid {
+        origin: String,
+        problems: Vec<Problem>,
+    },
 }
 
 fn list(problems: &[Problem]) -> String {
@@ -171,13 +174,23 @@ pub fn read_file(path: &Path) -> Result<Ecosystem, EcosystemError> {
     })?;
     let base = path
         .parent()
-        .map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p })
+        .map(|p| {
+            if p.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                p
+            }
+        })
         .map(|p| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf()));
     parse(&text, &path.display().to_string(), base.as_deref())
 }
 
 /// Parses ecosystem JSON text; `origin` names it in messages, `base_dir` anchors relative `cwd`s.
-pub fn parse(text: &str, origin: &str, base_dir: Option<&Path>) -> Result<Ecosystem, EcosystemError> {
+pub fn parse(
+    text: &str,
+    origin: &str,
+    base_dir: Option<&Path>,
+) -> Result<Ecosystem, EcosystemError> {
     let value: Value = serde_json::from_str(text).map_err(|source| EcosystemError::Json {
         origin: origin.to_string(),
         source,
@@ -190,7 +203,11 @@ pub fn from_value(value: &Value) -> Result<Ecosystem, EcosystemError> {
     from_value_at(value, "(in memory)", None)
 }
 
-fn from_value_at(value: &Value, origin: &str, base_dir: Option<&Path>) -> Result<Ecosystem, EcosystemError> {
+fn from_value_at(
+    value: &Value,
+    origin: &str,
+    base_dir: Option<&Path>,
+) -> Result<Ecosystem, EcosystemError> {
     let mut reader = Reader::default();
     let apps_value = match value {
         Value::Object(top) => {
@@ -202,11 +219,19 @@ fn from_value_at(value: &Value, origin: &str, base_dir: Option<&Path>) -> Result
             match top.get("apps") {
                 Some(Value::Array(apps)) => Some(apps),
                 Some(other) => {
-                    reader.error("ecosystem", Some("apps"), format!("must be a list of apps, found {}", kind(other)));
+                    reader.error(
+                        "ecosystem",
+                        Some("apps"),
+                        format!("must be a list of apps, found {}", kind(other)),
+                    );
                     None
                 }
                 None => {
-                    reader.error("ecosystem", Some("apps"), "is missing; write {\"apps\": [ ... ]}".to_string());
+                    reader.error(
+                        "ecosystem",
+                        Some("apps"),
+                        "is missing; write {\"apps\": [ ... ]}".to_string(),
+                    );
                     None
                 }
             }
@@ -217,7 +242,10 @@ fn from_value_at(value: &Value, origin: &str, base_dir: Option<&Path>) -> Result
             reader.error(
                 "ecosystem",
                 None,
-                format!("must be an object {{\"apps\": [...]}}, found {}", kind(other)),
+                format!(
+                    "must be an object {{\"apps\": [...]}}, found {}",
+                    kind(other)
+                ),
             );
             None
         }
@@ -323,6 +351,8 @@ struct Reader {
     warnings: Vec<String>,
     /// Every app name seen, including apps with other problems (so they are not reported twice).
     names: Vec<String>,
+    /// `machine_wait_for` of every named app, including apps with other problems.
+    waits: Vec<(String, Vec<String>)>,
 }
 
 impl Reader {
@@ -340,13 +370,21 @@ impl Reader {
 
     fn app(&mut self, i: usize, value: &Value, base_dir: Option<&Path>) -> Option<AppSpec> {
         let Value::Object(obj) = value else {
-            self.error(&format!("app #{}", i + 1), None, format!("must be an object, found {}", kind(value)));
+            self.error(
+                &format!("app #{}", i + 1),
+                None,
+                format!("must be an object, found {}", kind(value)),
+            );
             return None;
         };
         let name = match obj.get("name") {
             Some(Value::String(s)) if !s.trim().is_empty() => Some(s.clone()),
             Some(Value::String(_)) => {
-                self.error(&format!("app #{}", i + 1), Some("name"), "is empty".to_string());
+                self.error(
+                    &format!("app #{}", i + 1),
+                    Some("name"),
+                    "is empty".to_string(),
+                );
                 None
             }
             Some(other) => {
@@ -358,7 +396,11 @@ impl Reader {
                 None
             }
             None => {
-                self.error(&format!("app #{}", i + 1), Some("name"), "is missing".to_string());
+                self.error(
+                    &format!("app #{}", i + 1),
+                    Some("name"),
+                    "is missing".to_string(),
+                );
                 None
             }
         };
@@ -377,16 +419,20 @@ impl Reader {
         };
         let script = f.string("script");
         if script.as_deref().is_some_and(str::is_empty) {
-            f.reader.error(&location, Some("script"), "is empty".to_string());
+            f.reader
+                .error(&location, Some("script"), "is empty".to_string());
         }
         if script.is_none() && !obj.contains_key("script") {
-            f.reader.error(&location, Some("script"), "is missing".to_string());
+            f.reader
+                .error(&location, Some("script"), "is missing".to_string());
         }
         let mut app = AppSpec::new(name.clone().unwrap_or_default(), script.unwrap_or_default());
         if let Some(args) = f.args("args") {
             app.args = args;
         }
-        let interpreter = f.string("interpreter").or_else(|| f.string("exec_interpreter"));
+        let interpreter = f
+            .string("interpreter")
+            .or_else(|| f.string("exec_interpreter"));
         app.interpreter = match interpreter.as_deref() {
             None | Some("") => Interpreter::Auto,
             Some("none") => Interpreter::None,
@@ -441,6 +487,9 @@ impl Reader {
         app.port = f.port("machine_port");
         app.readiness = f.readiness("machine_readiness");
         app.wait_for = f.string_list("machine_wait_for").unwrap_or_default();
+        if let Some(n) = &name {
+            f.reader.waits.push((n.clone(), app.wait_for.clone()));
+        }
         app.essential = f.bool("machine_essential").unwrap_or(false);
         app.required_env = f.string_list("machine_required_env").unwrap_or_default();
         app.connector = f.string_or_null("machine_connector");
@@ -481,11 +530,11 @@ impl Reader {
             }
         }
         let names: BTreeSet<String> = self.names.iter().cloned().collect();
-        for app in apps {
-            for dep in &app.wait_for {
-                if dep == &app.name {
+        for (app, wait_for) in std::mem::take(&mut self.waits) {
+            for dep in &wait_for {
+                if dep == &app {
                     self.error(
-                        &format!("app \"{}\"", app.name),
+                        &format!("app \"{app}\""),
                         Some("machine_wait_for"),
                         "names the app itself".to_string(),
                     );
@@ -494,7 +543,7 @@ impl Reader {
                         .map(|s| format!("; did you mean \"{s}\"?"))
                         .unwrap_or_default();
                     self.error(
-                        &format!("app \"{}\"", app.name),
+                        &format!("app \"{app}\""),
                         Some("machine_wait_for"),
                         format!("names \"{dep}\", which is not an app of this ecosystem{hint}"),
                     );
@@ -513,7 +562,11 @@ impl Reader {
 
 /// Finds one wait-for cycle, as the list of names around it.
 fn find_cycle(apps: &[AppSpec]) -> Option<Vec<String>> {
-    let index: HashMap<&str, usize> = apps.iter().enumerate().map(|(i, a)| (a.name.as_str(), i)).collect();
+    let index: HashMap<&str, usize> = apps
+        .iter()
+        .enumerate()
+        .map(|(i, a)| (a.name.as_str(), i))
+        .collect();
     // 0 = unvisited, 1 = on the stack, 2 = done.
     let mut mark = vec![0u8; apps.len()];
     fn visit(
@@ -526,13 +579,18 @@ fn find_cycle(apps: &[AppSpec]) -> Option<Vec<String>> {
         mark[i] = 1;
         stack.push(i);
         for dep in &apps[i].wait_for {
-            let Some(&j) = index.get(dep.as_str()) else { continue };
+            let Some(&j) = index.get(dep.as_str()) else {
+                continue;
+            };
             if j == i {
                 continue;
             }
             if mark[j] == 1 {
                 let start = stack.iter().position(|&k| k == j).unwrap_or(0);
-                let mut cycle: Vec<String> = stack[start..].iter().map(|&k| apps[k].name.clone()).collect();
+                let mut cycle: Vec<String> = stack[start..]
+                    .iter()
+                    .map(|&k| apps[k].name.clone())
+                    .collect();
                 cycle.push(apps[j].name.clone());
                 return Some(cycle);
             }
@@ -626,10 +684,17 @@ impl Fields<'_> {
         if value.is_null() {
             return None;
         }
-        match value.as_u64().and_then(|n| u16::try_from(n).ok()).filter(|p| *p > 0) {
+        match value
+            .as_u64()
+            .and_then(|n| u16::try_from(n).ok())
+            .filter(|p| *p > 0)
+        {
             Some(p) => Some(p),
             None => {
-                let message = format!("must be a port number 1-65535 or null, found {}", kind(value));
+                let message = format!(
+                    "must be a port number 1-65535 or null, found {}",
+                    kind(value)
+                );
                 self.bad(field, message);
                 None
             }
@@ -672,7 +737,8 @@ impl Fields<'_> {
                         // PM2 passes numbers through as their text.
                         Value::Number(n) => out.push(n.to_string()),
                         other => {
-                            let message = format!("item {} must be a string, found {}", i + 1, kind(other));
+                            let message =
+                                format!("item {} must be a string, found {}", i + 1, kind(other));
                             self.bad(field, message);
                             return None;
                         }
@@ -681,7 +747,10 @@ impl Fields<'_> {
                 Some(out)
             }
             other => {
-                let message = format!("must be a string or a list of strings, found {}", kind(other));
+                let message = format!(
+                    "must be a string or a list of strings, found {}",
+                    kind(other)
+                );
                 self.bad(field, message);
                 None
             }
@@ -697,7 +766,8 @@ impl Fields<'_> {
                     match item {
                         Value::String(s) => out.push(s.clone()),
                         other => {
-                            let message = format!("item {} must be a string, found {}", i + 1, kind(other));
+                            let message =
+                                format!("item {} must be a string, found {}", i + 1, kind(other));
                             self.bad(field, message);
                             return None;
                         }
@@ -726,7 +796,10 @@ impl Fields<'_> {
             match item.as_i64().and_then(|n| i32::try_from(n).ok()) {
                 Some(code) => out.push(code),
                 None => {
-                    let message = format!("must be an exit code or a list of exit codes, found {}", kind(item));
+                    let message = format!(
+                        "must be an exit code or a list of exit codes, found {}",
+                        kind(item)
+                    );
                     self.bad(field, message);
                 }
             }
@@ -745,13 +818,19 @@ impl Fields<'_> {
                         Value::Number(n) => n.to_string(),
                         Value::Bool(b) => b.to_string(),
                         other => {
-                            let message = format!("\"{key}\" must be a string, found {}", kind(other));
+                            let message =
+                                format!("\"{key}\" must be a string, found {}", kind(other));
                             self.bad(field, message);
                             continue;
                         }
                     };
-                    if key.is_empty() || key.contains('=') || key.contains('\0') || text.contains('\0') {
-                        let message = format!("has an invalid variable name or value for \"{key}\"");
+                    if key.is_empty()
+                        || key.contains('=')
+                        || key.contains('\0')
+                        || text.contains('\0')
+                    {
+                        let message =
+                            format!("has an invalid variable name or value for \"{key}\"");
                         self.bad(field, message);
                         continue;
                     }
@@ -772,7 +851,10 @@ impl Fields<'_> {
             Value::Null => return None,
             Value::Object(obj) => obj,
             other => {
-                let message = format!("must be an object with \"kind\" or null, found {}", kind(other));
+                let message = format!(
+                    "must be an object with \"kind\" or null, found {}",
+                    kind(other)
+                );
                 self.bad(field, message);
                 return None;
             }
@@ -783,7 +865,13 @@ impl Fields<'_> {
                 Some(v) => match v.as_u64().filter(|n| *n > 0) {
                     Some(n) => Duration::from_millis(n),
                     None => {
-                        this.bad(field, format!("\"{key}\" must be a positive number of milliseconds, found {}", kind(v)));
+                        this.bad(
+                            field,
+                            format!(
+                                "\"{key}\" must be a positive number of milliseconds, found {}",
+                                kind(v)
+                            ),
+                        );
                         default
                     }
                 },
@@ -795,12 +883,22 @@ impl Fields<'_> {
             Some("http") => &["kind", "url", "interval_ms", "timeout_ms"],
             Some("tcp") => &["kind", "host", "port", "interval_ms", "timeout_ms"],
             Some("command") => &["kind", "command", "interval_ms", "timeout_ms"],
-            _ => &["kind", "url", "host", "port", "command", "interval_ms", "timeout_ms"],
+            _ => &[
+                "kind",
+                "url",
+                "host",
+                "port",
+                "command",
+                "interval_ms",
+                "timeout_ms",
+            ],
         };
         for key in obj.keys() {
             if !allowed.contains(&key.as_str()) {
-                self.reader
-                    .warn(format!("{}: field \"{field}\": unknown key \"{key}\" ignored", self.location));
+                self.reader.warn(format!(
+                    "{}: field \"{field}\": unknown key \"{key}\" ignored",
+                    self.location
+                ));
             }
         }
         let check = match obj.get("kind") {
@@ -813,7 +911,13 @@ impl Fields<'_> {
                     }
                 },
                 other => {
-                    self.bad(field, format!("\"url\" must be a string for kind \"http\", found {}", kind_opt(other)));
+                    self.bad(
+                        field,
+                        format!(
+                            "\"url\" must be a string for kind \"http\", found {}",
+                            kind_opt(other)
+                        ),
+                    );
                     None
                 }
             },
@@ -822,11 +926,18 @@ impl Fields<'_> {
                     None | Some(Value::Null) => Some("127.0.0.1".to_string()),
                     Some(Value::String(h)) if !h.is_empty() => Some(h.clone()),
                     Some(other) => {
-                        self.bad(field, format!("\"host\" must be a non-empty string, found {}", kind(other)));
+                        self.bad(
+                            field,
+                            format!("\"host\" must be a non-empty string, found {}", kind(other)),
+                        );
                         None
                     }
                 };
-                let port = match obj.get("port").and_then(Value::as_u64).and_then(|p| u16::try_from(p).ok()) {
+                let port = match obj
+                    .get("port")
+                    .and_then(Value::as_u64)
+                    .and_then(|p| u16::try_from(p).ok())
+                {
                     Some(p) if p > 0 => Some(p),
                     _ => {
                         self.bad(
@@ -842,9 +953,14 @@ impl Fields<'_> {
                 host.zip(port).map(|(host, port)| Check::Tcp { host, port })
             }
             Some(Value::String(k)) if k == "command" => match obj.get("command") {
-                Some(Value::Array(items)) if !items.is_empty() && items.iter().all(Value::is_string) => {
+                Some(Value::Array(items))
+                    if !items.is_empty() && items.iter().all(Value::is_string) =>
+                {
                     Some(Check::Command {
-                        command: items.iter().filter_map(|v| v.as_str().map(str::to_string)).collect(),
+                        command: items
+                            .iter()
+                            .filter_map(|v| v.as_str().map(str::to_string))
+                            .collect(),
                     })
                 }
                 other => {
@@ -861,7 +977,10 @@ impl Fields<'_> {
             other => {
                 self.bad(
                     field,
-                    format!("\"kind\" must be \"http\", \"tcp\" or \"command\", found {}", kind_opt(other)),
+                    format!(
+                        "\"kind\" must be \"http\", \"tcp\" or \"command\", found {}",
+                        kind_opt(other)
+                    ),
                 );
                 None
             }
@@ -877,7 +996,9 @@ impl Fields<'_> {
 /// Parses `"1500"`, `"500ms"`, `"10s"`, `"1.5s"`, `"2m"`, `"1h"` into a duration.
 pub fn parse_duration(text: &str) -> Option<Duration> {
     let text = text.trim();
-    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(text.len());
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
     let number: f64 = number.parse().ok()?;
     let factor = match unit.trim() {
@@ -974,7 +1095,7 @@ pub fn suggest<'a>(input: &str, candidates: impl IntoIterator<Item = &'a str>) -
     candidates
         .into_iter()
         .map(|c| (edit_distance(input, c), c))
-        .filter(|(d, c)| *d <= (c.len().max(input.len()) / 3).max(1))
+        .filter(|(d, c)| *d > 0 && *d <= c.len().max(input.len()) / 3)
         .min_by_key(|(d, _)| *d)
         .map(|(_, c)| c)
 }
@@ -986,7 +1107,9 @@ fn edit_distance(a: &str, b: &str) -> usize {
     for (i, ca) in a.iter().enumerate() {
         let mut cur = vec![i + 1; b.len() + 1];
         for (j, cb) in b.iter().enumerate() {
-            cur[j + 1] = (prev[j] + usize::from(ca != cb)).min(prev[j + 1] + 1).min(cur[j] + 1);
+            cur[j + 1] = (prev[j] + usize::from(ca != cb))
+                .min(prev[j + 1] + 1)
+                .min(cur[j] + 1);
         }
         prev = cur;
     }
@@ -1001,14 +1124,17 @@ mod tests {
     fn problems(value: Value) -> Vec<String> {
         match from_value(&value) {
             Ok(_) => Vec::new(),
-            Err(EcosystemError::Invalid { problems, .. }) => problems.iter().map(|p| p.to_string()).collect(),
+            Err(EcosystemError::Invalid { problems, .. }) => {
+                problems.iter().map(|p| p.to_string()).collect()
+            }
             Err(e) => vec![e.to_string()],
         }
     }
 
     #[test]
     fn applies_pm2_defaults() {
-        let eco = from_value(&json!({"apps": [{"name": "a", "script": "sleep", "args": "10"}]})).unwrap();
+        let eco =
+            from_value(&json!({"apps": [{"name": "a", "script": "sleep", "args": "10"}]})).unwrap();
         let app = &eco.apps[0];
         assert_eq!(app, &{
             let mut expected = AppSpec::new("a", "sleep");
@@ -1046,19 +1172,29 @@ mod tests {
         assert_eq!(svc.cwd.as_deref(), Some(Path::new("/tmp")));
         assert_eq!(
             svc.env,
-            BTreeMap::from([("A".into(), "1".into()), ("B".into(), "true".into()), ("N".into(), "2".into())])
+            BTreeMap::from([
+                ("A".into(), "1".into()),
+                ("B".into(), "true".into()),
+                ("N".into(), "2".into())
+            ])
         );
         assert!(!svc.autorestart);
         assert_eq!(svc.max_restarts, 3);
         assert_eq!(svc.min_uptime, Duration::from_secs(10));
         assert_eq!(svc.restart_delay, Duration::from_millis(250));
-        assert_eq!(svc.exp_backoff_restart_delay, Some(Duration::from_millis(100)));
+        assert_eq!(
+            svc.exp_backoff_restart_delay,
+            Some(Duration::from_millis(100))
+        );
         assert_eq!(svc.kill_timeout, Duration::from_secs(120));
         assert_eq!(svc.stop_exit_codes, [0, 3]);
         assert_eq!(svc.role, Some(Role::Service));
         assert_eq!((svc.gpu, svc.port), (Some(1), Some(8189)));
         let r = svc.readiness.as_ref().unwrap();
-        assert_eq!((r.interval, r.timeout), (Duration::from_millis(50), Duration::from_millis(70)));
+        assert_eq!(
+            (r.interval, r.timeout),
+            (Duration::from_millis(50), Duration::from_millis(70))
+        );
         assert!(matches!(&r.check, Check::Http { url } if url.port == 8189));
         assert!(svc.essential);
         assert_eq!(svc.required_env, ["TOKEN"]);
@@ -1066,7 +1202,10 @@ mod tests {
         assert_eq!(w.interpreter, Interpreter::Program("node".into()));
         assert_eq!(w.interpreter_args, ["--inspect"]);
         assert_eq!(w.wait_for, ["svc"]);
-        assert_eq!((w.connector.as_deref(), w.index, w.gpu), (Some("comfyui"), Some(0), None));
+        assert_eq!(
+            (w.connector.as_deref(), w.index, w.gpu),
+            (Some("comfyui"), Some(0), None)
+        );
         assert_eq!(
             w.readiness.as_ref().unwrap().check,
             Check::Tcp {
@@ -1086,12 +1225,26 @@ mod tests {
     #[test]
     fn splits_argument_strings_like_a_shell() {
         assert_eq!(split_args("a  b\tc").unwrap(), ["a", "b", "c"]);
-        assert_eq!(split_args("--x 'a b' \"c d\" e\\ f").unwrap(), ["--x", "a b", "c d", "e f"]);
+        assert_eq!(
+            split_args("--x 'a b' \"c d\" e\\ f").unwrap(),
+            ["--x", "a b", "c d", "e f"]
+        );
         assert_eq!(split_args("'it'\\''s'").unwrap(), ["it's"]);
-        assert_eq!(split_args("\"say \\\"hi\\\"\" ''").unwrap(), ["say \"hi\"", ""]);
+        assert_eq!(
+            split_args("\"say \\\"hi\\\"\" ''").unwrap(),
+            ["say \"hi\"", ""]
+        );
         assert_eq!(split_args("").unwrap(), Vec::<String>::new());
-        assert!(split_args("'open").unwrap_err().contains("unclosed single quote"));
-        assert!(split_args("\"open").unwrap_err().contains("unclosed double quote"));
+        assert!(
+            split_args("'open")
+                .unwrap_err()
+                .contains("unclosed single quote")
+        );
+        assert!(
+            split_args("\"open")
+                .unwrap_err()
+                .contains("unclosed double quote")
+        );
     }
 
     #[test]
@@ -1179,11 +1332,22 @@ mod tests {
 
     #[test]
     fn rejects_bad_top_level_shapes() {
-        assert_eq!(problems(json!({"services": []})), ["ecosystem: field \"apps\" is missing; write {\"apps\": [ ... ]}"]);
-        assert_eq!(problems(json!(3)), ["ecosystem: must be an object {\"apps\": [...]}, found 3"]);
+        assert_eq!(
+            problems(json!({"services": []})),
+            ["ecosystem: field \"apps\" is missing; write {\"apps\": [ ... ]}"]
+        );
+        assert_eq!(
+            problems(json!(3)),
+            ["ecosystem: must be an object {\"apps\": [...]}, found 3"]
+        );
         assert!(from_value(&json!([{"name": "a", "script": "x"}])).is_ok());
-        let err = parse("{\"apps\": [", "f.json", None).unwrap_err().to_string();
-        assert!(err.starts_with("ecosystem f.json is not valid json: "), "{err}");
+        let err = parse("{\"apps\": [", "f.json", None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("ecosystem f.json is not valid json: "),
+            "{err}"
+        );
     }
 
     #[test]
@@ -1195,6 +1359,13 @@ mod tests {
         )
         .unwrap();
         let cwds: Vec<_> = eco.apps.iter().map(|a| a.cwd.clone().unwrap()).collect();
-        assert_eq!(cwds, [PathBuf::from("/etc/machine/sub"), "/etc/machine".into(), "/abs".into()]);
+        assert_eq!(
+            cwds,
+            [
+                PathBuf::from("/etc/machine/sub"),
+                "/etc/machine".into(),
+                "/abs".into()
+            ]
+        );
     }
 }

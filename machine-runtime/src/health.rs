@@ -93,7 +93,10 @@ async fn answer(mut stream: TcpStream, handle: SupervisorHandle, source: Arc<dyn
             }
         }
     };
-    if tokio::time::timeout(Duration::from_secs(5), read).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(5), read)
+        .await
+        .is_err()
+    {
         return;
     }
     let text = String::from_utf8_lossy(&head);
@@ -109,7 +112,11 @@ async fn answer(mut stream: TcpStream, handle: SupervisorHandle, source: Arc<dyn
         405 => "Method Not Allowed",
         _ => "Service Unavailable",
     };
-    let body = if status == 204 { String::new() } else { format!("{body}\n") };
+    let body = if status == 204 {
+        String::new()
+    } else {
+        format!("{body}\n")
+    };
     let response = format!(
         "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nAccess-Control-Allow-Origin: *\r\nAccess-Control-Allow-Methods: GET, OPTIONS\r\nAccess-Control-Allow-Headers: *\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n{body}",
         body.len()
@@ -118,12 +125,20 @@ async fn answer(mut stream: TcpStream, handle: SupervisorHandle, source: Arc<dyn
     let _ = stream.shutdown().await;
 }
 
-fn route(method: &str, path: &str, handle: &SupervisorHandle, source: &dyn StatusSource) -> (u16, Value) {
+fn route(
+    method: &str,
+    path: &str,
+    handle: &SupervisorHandle,
+    source: &dyn StatusSource,
+) -> (u16, Value) {
     if method == "OPTIONS" {
         return (204, Value::Null);
     }
     if method != "GET" && method != "HEAD" {
-        return (405, json!({"error": format!("method {method} is not allowed; use GET")}));
+        return (
+            405,
+            json!({"error": format!("method {method} is not allowed; use GET")}),
+        );
     }
     let snapshot = handle.snapshot();
     let uptime_ms = handle.uptime().as_millis() as u64;
@@ -150,7 +165,11 @@ fn not_found(path: &str) -> (u16, Value) {
 
 /// The `/health` body and whether it is healthy: every app running and ready, nothing stopping,
 /// and no reason from the caller's source.
-pub fn health_body(snapshot: &Snapshot, uptime_ms: u64, source: &dyn StatusSource) -> (bool, Value) {
+pub fn health_body(
+    snapshot: &Snapshot,
+    uptime_ms: u64,
+    source: &dyn StatusSource,
+) -> (bool, Value) {
     let mut reasons = snapshot.unhealthy_reasons();
     reasons.extend(source.health_reasons());
     let services: Map<String, Value> = snapshot
@@ -186,7 +205,10 @@ pub fn status_body(snapshot: &Snapshot, uptime_ms: u64, source: &dyn StatusSourc
     body.insert("version".into(), env!("CARGO_PKG_VERSION").into());
     body.insert("uptime_ms".into(), uptime_ms.into());
     body.insert("phase".into(), json!(snapshot.phase));
-    body.insert("healthy".into(), snapshot.unhealthy_reasons().is_empty().into());
+    body.insert(
+        "healthy".into(),
+        snapshot.unhealthy_reasons().is_empty().into(),
+    );
     body.insert("apps".into(), json!(snapshot.apps));
     body.insert("orphans_reaped".into(), snapshot.orphans_reaped.into());
     for (key, value) in source.status_fields() {

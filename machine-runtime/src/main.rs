@@ -11,7 +11,11 @@ use machine_runtime::supervisor::{Supervisor, SupervisorOptions};
 use machine_runtime::{ecosystem, health};
 
 #[derive(Parser)]
-#[command(name = "machine-runtime", version, about = "Detect GPUs, install, launch and supervise a GPU worker machine")]
+#[command(
+    name = "machine-runtime",
+    version,
+    about = "Detect GPUs, install, launch and supervise a GPU worker machine"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -77,8 +81,13 @@ fn health_port(flag: Option<u16>) -> anyhow::Result<u16> {
 /// GPU UUIDs ordered by index.
 // TODO(lead): replace with `gpu::Inventory::detect()` when the GPU inventory is merged.
 fn gpu_uuids() -> Vec<String> {
-    let count = std::env::var("MACHINE_FAKE_GPUS").ok().and_then(|v| v.trim().parse::<u32>().ok()).unwrap_or(0);
-    (0..count).map(|i| format!("GPU-00000000-0000-0000-0000-{i:012}")).collect()
+    let count = std::env::var("MACHINE_FAKE_GPUS")
+        .ok()
+        .and_then(|v| v.trim().parse::<u32>().ok())
+        .unwrap_or(0);
+    (0..count)
+        .map(|i| format!("GPU-00000000-0000-0000-0000-{i:012}"))
+        .collect()
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -90,7 +99,9 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 fn up(args: UpArgs) -> anyhow::Result<()> {
-    let path = args.ecosystem.context("nothing to run; pass --ecosystem FILE")?;
+    let path = args
+        .ecosystem
+        .context("nothing to run; pass --ecosystem FILE")?;
     let eco = ecosystem::read_file(&path)?;
     for warning in &eco.warnings {
         eprintln!("machine-runtime: warning: {warning}");
@@ -106,7 +117,9 @@ fn up(args: UpArgs) -> anyhow::Result<()> {
 
 fn health_check(args: HealthArgs) -> anyhow::Result<()> {
     let port = health_port(args.port)?;
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(health::check(port, Duration::from_secs(args.timeout)))
         .map_err(|e| anyhow::anyhow!("unhealthy: {e}"))
 }

@@ -142,7 +142,10 @@ pub async fn http_get(url: &HttpUrl, timeout: Duration) -> Result<HttpResponse, 
     };
     match tokio::time::timeout(timeout, attempt).await {
         Ok(result) => result,
-        Err(_) => Err(format!("{url} did not answer within {}", human_duration(timeout))),
+        Err(_) => Err(format!(
+            "{url} did not answer within {}",
+            human_duration(timeout)
+        )),
     }
 }
 
@@ -186,7 +189,11 @@ pub async fn probe_once(check: &Check, timeout: Duration, reaper: &Reaper) -> Re
     }
 }
 
-async fn run_probe_command(command: &[String], timeout: Duration, reaper: &Reaper) -> Result<(), String> {
+async fn run_probe_command(
+    command: &[String],
+    timeout: Duration,
+    reaper: &Reaper,
+) -> Result<(), String> {
     let (program, args) = command
         .split_first()
         .ok_or_else(|| "the probe command is empty".to_string())?;
@@ -202,7 +209,11 @@ async fn run_probe_command(command: &[String], timeout: Duration, reaper: &Reape
     let pid = spawned.pid;
     match tokio::time::timeout(timeout, spawned.exit).await {
         Ok(Ok(status)) if status.success() => Ok(()),
-        Ok(Ok(status)) => Err(format!("probe command `{}` ended with {}", command.join(" "), describe_status(status))),
+        Ok(Ok(status)) => Err(format!(
+            "probe command `{}` ended with {}",
+            command.join(" "),
+            describe_status(status)
+        )),
         Ok(Err(_)) => Err("the probe command's exit status was lost".to_string()),
         Err(_) => {
             // The probe hung: kill its whole group so no stray probe piles up.
@@ -248,20 +259,42 @@ mod tests {
     #[test]
     fn parses_http_urls() {
         let url = HttpUrl::parse("http://127.0.0.1:8188/").unwrap();
-        assert_eq!((url.host.as_str(), url.port, url.path.as_str()), ("127.0.0.1", 8188, "/"));
+        assert_eq!(
+            (url.host.as_str(), url.port, url.path.as_str()),
+            ("127.0.0.1", 8188, "/")
+        );
         let url = HttpUrl::parse("http://localhost/api/tags").unwrap();
-        assert_eq!((url.host.as_str(), url.port, url.path.as_str()), ("localhost", 80, "/api/tags"));
+        assert_eq!(
+            (url.host.as_str(), url.port, url.path.as_str()),
+            ("localhost", 80, "/api/tags")
+        );
         let url = HttpUrl::parse("http://[::1]:9/x").unwrap();
-        assert_eq!((url.host.as_str(), url.port, url.path.as_str()), ("::1", 9, "/x"));
+        assert_eq!(
+            (url.host.as_str(), url.port, url.path.as_str()),
+            ("::1", 9, "/x")
+        );
         assert!(HttpUrl::parse("https://x/").unwrap_err().contains("https"));
-        assert!(HttpUrl::parse("ftp://x/").unwrap_err().contains("not an http"));
-        assert!(HttpUrl::parse("http://x:99999/").unwrap_err().contains("invalid port"));
-        assert!(HttpUrl::parse("http://:80/").unwrap_err().contains("no host"));
+        assert!(
+            HttpUrl::parse("ftp://x/")
+                .unwrap_err()
+                .contains("not an http")
+        );
+        assert!(
+            HttpUrl::parse("http://x:99999/")
+                .unwrap_err()
+                .contains("invalid port")
+        );
+        assert!(
+            HttpUrl::parse("http://:80/")
+                .unwrap_err()
+                .contains("no host")
+        );
     }
 
     #[test]
     fn parses_responses() {
-        let r = parse_response(b"HTTP/1.1 503 Service Unavailable\r\nA: b\r\n\r\n{\"x\":1}").unwrap();
+        let r =
+            parse_response(b"HTTP/1.1 503 Service Unavailable\r\nA: b\r\n\r\n{\"x\":1}").unwrap();
         assert_eq!(r.status, 503);
         assert_eq!(r.body, "{\"x\":1}");
         assert!(parse_response(b"SSH-2.0-OpenSSH").is_none());

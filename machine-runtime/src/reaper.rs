@@ -78,7 +78,11 @@ impl Reaper {
         let pid = child.id();
         let (tx, rx) = oneshot::channel();
         waiting.insert(pid as i32, tx);
-        Ok(Spawned { pid, child, exit: rx })
+        Ok(Spawned {
+            pid,
+            child,
+            exit: rx,
+        })
     }
 
     /// Collects every child that has ended; returns how many were collected.

@@ -29,7 +29,9 @@ impl StopSignals {
 
 /// Sends `signal` to every process in the group led by `pgid`; true if the group existed.
 pub fn kill_group(pgid: u32, signal: i32) -> bool {
-    let Ok(pgid) = i32::try_from(pgid) else { return false };
+    let Ok(pgid) = i32::try_from(pgid) else {
+        return false;
+    };
     if pgid <= 1 {
         // Never signal group 0 (our own) or -1 (everything we may signal).
         return false;
@@ -40,7 +42,9 @@ pub fn kill_group(pgid: u32, signal: i32) -> bool {
 
 /// True while any process (a zombie included) is still in the group led by `pgid`.
 pub fn group_alive(pgid: u32) -> bool {
-    let Ok(pgid) = i32::try_from(pgid) else { return false };
+    let Ok(pgid) = i32::try_from(pgid) else {
+        return false;
+    };
     if pgid <= 1 {
         return false;
     }

@@ -30,7 +30,11 @@ pub(crate) enum AppEnd {
     /// Stopped because the supervisor asked.
     Requested,
     /// Ended for good on its own: `errored`, or stopped by configuration.
-    Ended { errored: bool, code: Option<i32>, reason: String },
+    Ended {
+        errored: bool,
+        code: Option<i32>,
+        reason: String,
+    },
 }
 
 pub(crate) struct AppTask {
@@ -89,7 +93,10 @@ impl AppTask {
 
     /// Resolves when a stop is requested (at once if one already was).
     async fn stop_signal(stop: &mut watch::Receiver<Option<i32>>) -> i32 {
-        let signal = stop.wait_for(Option::is_some).await.map(|s| s.unwrap_or(libc::SIGTERM));
+        let signal = stop
+            .wait_for(Option::is_some)
+            .await
+            .map(|s| s.unwrap_or(libc::SIGTERM));
         match signal {
             Ok(signal) => signal,
             // The supervisor is gone; nobody can ask any more.
@@ -113,7 +120,9 @@ impl AppTask {
                 Ok((pid, exit)) => match self.supervise(pid, exit, started).await {
                     Supervised::StopRequested => return AppEnd::Requested,
                     Supervised::Exited(status) => {
-                        let description = status.map(describe_status).unwrap_or_else(|| "an unknown status".into());
+                        let description = status
+                            .map(describe_status)
+                            .unwrap_or_else(|| "an unknown status".into());
                         (status, description)
                     }
                 },
@@ -128,14 +137,20 @@ impl AppTask {
                 description: description.clone(),
             };
             let what = if status.is_some() {
-                format!("{} exited with {description} after {}", self.name(), human_duration(uptime))
+                format!(
+                    "{} exited with {description} after {}",
+                    self.name(),
+                    human_duration(uptime)
+                )
             } else {
                 format!("{} could not start: {description}", self.name())
             };
             if self.stop_requested().is_some() {
                 // It ended on its own just as the stop came in; nothing to restart.
                 self.board
-                    .transition(self.idx, AppState::Stopped, what, |a| a.last_exit = Some(last_exit));
+                    .transition(self.idx, AppState::Stopped, what, |a| {
+                        a.last_exit = Some(last_exit)
+                    });
                 return AppEnd::Requested;
             }
             match history.on_exit(&self.spec, uptime, code) {
@@ -189,7 +204,8 @@ impl AppTask {
                         |a| {
                             a.last_exit = Some(last_exit);
                             a.unstable_restarts = unstable;
-                            a.detail = Some(format!("errored after {reason}; last exit: {description}"));
+                            a.detail =
+                                Some(format!("errored after {reason}; last exit: {description}"));
                         },
                     );
                     return AppEnd::Ended {
@@ -249,9 +265,15 @@ impl AppTask {
         if missing.is_empty() {
             return true;
         }
-        let message = format!("{} waits for {} to be ready", self.name(), missing.join(", "));
+        let message = format!(
+            "{} waits for {} to be ready",
+            self.name(),
+            missing.join(", ")
+        );
         self.board
-            .transition(self.idx, AppState::Waiting, message, |a| a.waiting_for = missing);
+            .transition(self.idx, AppState::Waiting, message, |a| {
+                a.waiting_for = missing
+            });
         let idx = self.idx;
         let board = self.board.clone();
         let ready = async {
@@ -279,7 +301,9 @@ impl AppTask {
             let program = self.cmd.program.to_string_lossy();
             match e.kind() {
                 std::io::ErrorKind::NotFound => match &self.cmd.cwd {
-                    Some(cwd) if !cwd.is_dir() => format!("its cwd {} does not exist", cwd.display()),
+                    Some(cwd) if !cwd.is_dir() => {
+                        format!("its cwd {} does not exist", cwd.display())
+                    }
                     _ => format!("program \"{program}\" not found (not a file, and not on PATH)"),
                 },
                 _ => format!("cannot run \"{program}\": {e}"),
@@ -299,7 +323,10 @@ impl AppTask {
             .map(|g| format!(", GPU {} {}", g.index, g.uuid))
             .unwrap_or_default();
         let (state, tail) = match &self.spec.readiness {
-            Some(r) => (AppState::Starting, format!("; waiting for its readiness probe ({})", r.check)),
+            Some(r) => (
+                AppState::Starting,
+                format!("; waiting for its readiness probe ({})", r.check),
+            ),
             None => (AppState::Running, String::new()),
         };
         self.board.transition(
@@ -357,13 +384,23 @@ impl AppTask {
         }
         // The leader is gone; processes it left in its group would hold ports and GPU memory.
         if group_alive(pid) {
-            self.board.update(self.idx, |a| a.detail = Some("stopping what its process left behind".into()));
+            self.board.update(self.idx, |a| {
+                a.detail = Some("stopping what its process left behind".into())
+            });
             super::state::log(&format!(
                 "{} exited but left processes in its group {pid}; sending SIGTERM to them",
                 self.name()
             ));
             let spec = self.spec.clone();
-            terminate_group(&spec.name, pid, libc::SIGTERM, spec.kill_timeout, &mut exit, &mut self.stop).await;
+            terminate_group(
+                &spec.name,
+                pid,
+                libc::SIGTERM,
+                spec.kill_timeout,
+                &mut exit,
+                &mut self.stop,
+            )
+            .await;
         }
         Supervised::Exited(exit.status)
     }
@@ -383,7 +420,10 @@ impl AppTask {
         );
         let spec = self.spec.clone();
         let killed = terminate_group(&spec.name, pid, signal, grace, exit, &mut self.stop).await;
-        let description = exit.status.map(describe_status).unwrap_or_else(|| "an unknown status".into());
+        let description = exit
+            .status
+            .map(describe_status)
+            .unwrap_or_else(|| "an unknown status".into());
         let how = if killed { " (after SIGKILL)" } else { "" };
         let last_exit = LastExit {
             code: exit.status.and_then(|s| s.code()),

@@ -127,7 +127,10 @@ pub struct Supervisor {
 impl Supervisor {
     /// Checks everything that can be checked before starting: GPU pins against the UUIDs given,
     /// required environment variables (names only; values are never logged).
-    pub fn new(apps: Vec<AppSpec>, options: SupervisorOptions) -> Result<Supervisor, PreflightError> {
+    pub fn new(
+        apps: Vec<AppSpec>,
+        options: SupervisorOptions,
+    ) -> Result<Supervisor, PreflightError> {
         let mut problems = Vec::new();
         let mut commands = Vec::new();
         for app in &apps {
@@ -210,35 +213,46 @@ impl Supervisor {
             None
         };
 
-        let names: HashMap<&str, usize> =
-            self.apps.iter().enumerate().map(|(i, a)| (a.name.as_str(), i)).collect();
+        let names: HashMap<&str, usize> = self
+            .apps
+            .iter()
+            .enumerate()
+            .map(|(i, a)| (a.name.as_str(), i))
+            .collect();
         let (ended_tx, mut ended_rx) = mpsc::unbounded_channel();
-        let mut stops = Vec::new();
-        let mut tasks = Vec::new();
+        // One stop channel per app, by index.
+        let (stops, mut stop_rxs): (Vec<_>, Vec<_>) = (0..self.apps.len())
+            .map(|_| {
+                let (tx, rx) = watch::channel(None);
+                (tx, Some(rx))
+            })
+            .unzip();
+        let mut tasks: Vec<Option<tokio::task::JoinHandle<()>>> =
+            (0..self.apps.len()).map(|_| None).collect();
         // Services first, then everything else, in file order; workers wait for their services
         // through machine_wait_for, not through this order.
         let mut order: Vec<usize> = (0..self.apps.len()).collect();
         order.sort_by_key(|&i| self.apps[i].role != Some(Role::Service));
-        let mut slots: Vec<Option<(watch::Sender<Option<i32>>, tokio::task::JoinHandle<()>)>> =
-            (0..self.apps.len()).map(|_| None).collect();
         for idx in order {
             let spec = self.apps[idx].clone();
-            let (stop_tx, stop_rx) = watch::channel(None);
+            let Some(stop) = stop_rxs[idx].take() else {
+                continue;
+            };
             let task = AppTask {
                 idx,
-                deps: spec.wait_for.iter().filter_map(|d| names.get(d.as_str()).copied()).collect(),
+                deps: spec
+                    .wait_for
+                    .iter()
+                    .filter_map(|d| names.get(d.as_str()).copied())
+                    .collect(),
                 spec,
                 cmd: self.commands[idx].clone(),
                 board: self.board.clone(),
                 reaper: reaper.clone(),
-                stop: stop_rx,
+                stop,
                 ended: ended_tx.clone(),
             };
-            slots[idx] = Some((stop_tx, self.handle.tracker.spawn(task.run())));
-        }
-        for (stop, task) in slots.into_iter().flatten() {
-            stops.push(stop);
-            tasks.push(Some(task));
+            tasks[idx] = Some(self.handle.tracker.spawn(task.run()));
         }
         drop(ended_tx);
 
@@ -299,8 +313,12 @@ impl Supervisor {
         self.handle.shutdown.cancel();
         self.board.set_phase(Phase::Stopping);
         // Workers first, then everything else.
-        let worker_phase: Vec<usize> = (0..total).filter(|&i| self.apps[i].role == Some(Role::Worker)).collect();
-        let other_phase: Vec<usize> = (0..total).filter(|&i| self.apps[i].role != Some(Role::Worker)).collect();
+        let worker_phase: Vec<usize> = (0..total)
+            .filter(|&i| self.apps[i].role == Some(Role::Worker))
+            .collect();
+        let other_phase: Vec<usize> = (0..total)
+            .filter(|&i| self.apps[i].role != Some(Role::Worker))
+            .collect();
         let mut escalated = false;
         for phase in [worker_phase, other_phase] {
             for &i in &phase {
@@ -343,7 +361,11 @@ impl Supervisor {
             "stopped in {}; {} orphan{} reaped",
             human_duration(stop_started.elapsed()),
             reaper.orphans_reaped(),
-            if reaper.orphans_reaped() == 1 { "" } else { "s" }
+            if reaper.orphans_reaped() == 1 {
+                ""
+            } else {
+                "s"
+            }
         ));
         result
     }

@@ -58,7 +58,9 @@ impl RestartHistory {
             };
         }
         if self.unstable >= app.max_restarts {
-            return Decision::Errored { unstable: self.unstable };
+            return Decision::Errored {
+                unstable: self.unstable,
+            };
         }
         let delay = match app.exp_backoff_restart_delay {
             Some(start) => {
@@ -119,7 +121,10 @@ mod tests {
         );
         h.on_exit(&app, ms(10), None);
         h.on_exit(&app, ms(10), None);
-        assert_eq!(h.on_exit(&app, ms(10), None), Decision::Errored { unstable: 3 });
+        assert_eq!(
+            h.on_exit(&app, ms(10), None),
+            Decision::Errored { unstable: 3 }
+        );
         assert_eq!(h.restarts, 5);
     }
 

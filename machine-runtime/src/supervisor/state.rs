@@ -132,11 +132,16 @@ impl AppStatus {
             AppState::Running | AppState::Ready => None,
             // A one-shot app (autorestart off) that finished successfully is done, not broken.
             AppState::Stopped
-                if !self.autorestart && self.last_exit.as_ref().is_some_and(|e| e.code == Some(0)) =>
+                if !self.autorestart
+                    && self.last_exit.as_ref().is_some_and(|e| e.code == Some(0)) =>
             {
                 None
             }
-            AppState::Waiting => Some(format!("{} is waiting for {}", self.name, self.waiting_for.join(", "))),
+            AppState::Waiting => Some(format!(
+                "{} is waiting for {}",
+                self.name,
+                self.waiting_for.join(", ")
+            )),
             state => Some(match &self.detail {
                 Some(detail) => format!("{} is {state}: {detail}", self.name),
                 None => format!("{} is {state}", self.name),
@@ -245,7 +250,13 @@ impl Board {
     }
 
     /// Moves app `idx` to `to`, applies `f`, logs `message` once and publishes the event.
-    pub(crate) fn transition(&self, idx: usize, to: AppState, message: String, f: impl FnOnce(&mut AppStatus)) {
+    pub(crate) fn transition(
+        &self,
+        idx: usize,
+        to: AppState,
+        message: String,
+        f: impl FnOnce(&mut AppStatus),
+    ) {
         let at_ms = self.started.elapsed().as_millis() as u64;
         let mut event = None;
         let mut became_running = false;
@@ -258,7 +269,10 @@ impl Board {
             if to != AppState::Waiting {
                 app.waiting_for.clear();
             }
-            if !matches!(to, AppState::Starting | AppState::Running | AppState::Ready | AppState::Stopping) {
+            if !matches!(
+                to,
+                AppState::Starting | AppState::Running | AppState::Ready | AppState::Stopping
+            ) {
                 app.pid = None;
             }
             event = Some(StateEvent {
