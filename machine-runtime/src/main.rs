@@ -1,9 +1,14 @@
 //! machine-runtime: the container entrypoint; parses the command line and dispatches to the library.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
-use anyhow::Context;
-use clap::{Parser, Subcommand, ValueEnum};
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use machine_runtime::supervisor::{Supervisor, SupervisorOptions};
+use machine_runtime::{ecosystem, health};
 
 #[derive(Parser)]
 #[command(
@@ -43,6 +48,30 @@ enum Command {
     Install(machine_runtime::install::InstallArgs),
     /// Stand in for a job worker: register and heartbeat in redis while the service at SIMULATION_BASE_URL answers.
     SimulateWorker,
+    /// Start every app, supervise them, serve the health endpoint; stop on SIGTERM/SIGINT.
+    Up(UpArgs),
+    /// Exit 0 when the running machine's /health answers 200 (for Docker's HEALTHCHECK).
+    Health(HealthArgs),
+}
+
+#[derive(Args)]
+struct UpArgs {
+    /// A PM2-compatible ecosystem JSON file to run.
+    #[arg(long, value_name = "FILE")]
+    ecosystem: Option<PathBuf>,
+    /// Port of the health endpoint [default: $MACHINE_HEALTH_PORT, else 9090; 0 picks a free one].
+    #[arg(long, value_name = "PORT")]
+    health_port: Option<u16>,
+}
+
+#[derive(Args)]
+struct HealthArgs {
+    /// Port of the health endpoint [default: $MACHINE_HEALTH_PORT, else 9090].
+    #[arg(long, value_name = "PORT")]
+    port: Option<u16>,
+    /// Seconds to wait for an answer.
+    #[arg(long, value_name = "SECONDS", default_value_t = 5)]
+    timeout: u64,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -63,6 +92,8 @@ fn main() -> ExitCode {
         } => simulate(port, host, startup_delay_ms, job_ms),
         Command::SimulateWorker => return machine_runtime::simulate_worker::main(),
         Command::Install(args) => return machine_runtime::install::run_cli(args),
+        Command::Up(args) => up(args).map(|()| ExitCode::SUCCESS),
+        Command::Health(args) => health_check(args).map(|()| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,
@@ -117,4 +148,62 @@ fn simulate(
         machine_runtime::simulate::run(options, Identity::from_env(), shutdown).await?;
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// The health port from the flag, else `MACHINE_HEALTH_PORT`, else the default.
+fn health_port(flag: Option<u16>) -> anyhow::Result<u16> {
+    if let Some(port) = flag {
+        return Ok(port);
+    }
+    match std::env::var("MACHINE_HEALTH_PORT") {
+        Ok(v) if !v.trim().is_empty() => v
+            .trim()
+            .parse()
+            .with_context(|| format!("MACHINE_HEALTH_PORT is \"{v}\", which is not a port number")),
+        _ => Ok(health::DEFAULT_PORT),
+    }
+}
+
+/// GPU UUIDs ordered by index, from the inventory (NVML, or MACHINE_FAKE_GPUS).
+fn gpu_uuids() -> anyhow::Result<Vec<String>> {
+    let inventory = machine_runtime::gpu::Inventory::detect()?;
+    Ok(inventory
+        .ordered_uuids()
+        .into_iter()
+        .map(str::to_string)
+        .collect())
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn up(args: UpArgs) -> anyhow::Result<()> {
+    let path = args
+        .ecosystem
+        .context("nothing to run; pass --ecosystem FILE")?;
+    let eco = ecosystem::read_file(&path)?;
+    for warning in &eco.warnings {
+        eprintln!("machine-runtime: warning: {warning}");
+    }
+    let port = health_port(args.health_port)?;
+    let supervisor = Supervisor::new(eco.apps, SupervisorOptions::new(gpu_uuids()?))?;
+    runtime()?.block_on(async {
+        health::serve(port, supervisor.handle(), Arc::new(())).await?;
+        supervisor.run().await?;
+        Ok(())
+    })
+}
+
+fn health_check(args: HealthArgs) -> anyhow::Result<()> {
+    let port = health_port(args.port)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(health::check(port, Duration::from_secs(args.timeout)))
+        .map_err(|e| anyhow::anyhow!("unhealthy: {e}"))
 }

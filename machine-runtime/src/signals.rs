@@ -1,0 +1,96 @@
+//! Signals: listening for SIGTERM/SIGINT (to forward them), and signalling whole process groups.
+
+use tokio::signal::unix::{Signal, SignalKind, signal};
+
+/// Listens for the stop signals the runtime forwards to its children.
+pub struct StopSignals {
+    term: Signal,
+    int: Signal,
+}
+
+impl StopSignals {
+    /// Installs the handlers. Do this before the first child starts, so that a signal arriving
+    /// during startup is not lost (as PID 1, a signal without a handler is ignored by the kernel).
+    pub fn install() -> std::io::Result<StopSignals> {
+        Ok(StopSignals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    /// Waits for the next SIGTERM or SIGINT and returns its number.
+    pub async fn recv(&mut self) -> i32 {
+        tokio::select! {
+            _ = self.term.recv() => libc::SIGTERM,
+            _ = self.int.recv() => libc::SIGINT,
+        }
+    }
+}
+
+/// Sends `signal` to every process in the group led by `pgid`; true if the group existed.
+pub fn kill_group(pgid: u32, signal: i32) -> bool {
+    let Ok(pgid) = i32::try_from(pgid) else {
+        return false;
+    };
+    if pgid <= 1 {
+        // Never signal group 0 (our own) or -1 (everything we may signal).
+        return false;
+    }
+    // SAFETY: kill has no memory-safety preconditions; a negative pid addresses a process group.
+    unsafe { libc::kill(-pgid, signal) == 0 }
+}
+
+/// True while any process (a zombie included) is still in the group led by `pgid`.
+pub fn group_alive(pgid: u32) -> bool {
+    let Ok(pgid) = i32::try_from(pgid) else {
+        return false;
+    };
+    if pgid <= 1 {
+        return false;
+    }
+    // SAFETY: signal 0 only checks for existence and permission.
+    let rc = unsafe { libc::kill(-pgid, 0) };
+    // EPERM means a member exists that we may not signal: still alive.
+    rc == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+}
+
+/// The conventional name of a signal number (`SIGTERM`), or `signal N`.
+pub fn signal_name(signal: i32) -> String {
+    let name = match signal {
+        libc::SIGHUP => "SIGHUP",
+        libc::SIGINT => "SIGINT",
+        libc::SIGQUIT => "SIGQUIT",
+        libc::SIGILL => "SIGILL",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGFPE => "SIGFPE",
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGUSR1 => "SIGUSR1",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGUSR2 => "SIGUSR2",
+        libc::SIGPIPE => "SIGPIPE",
+        libc::SIGALRM => "SIGALRM",
+        libc::SIGTERM => "SIGTERM",
+        _ => return format!("signal {signal}"),
+    };
+    name.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_signals() {
+        assert_eq!(signal_name(libc::SIGTERM), "SIGTERM");
+        assert_eq!(signal_name(libc::SIGKILL), "SIGKILL");
+        assert_eq!(signal_name(64), "signal 64");
+    }
+
+    #[test]
+    fn refuses_to_signal_special_groups() {
+        assert!(!kill_group(0, 0));
+        assert!(!kill_group(1, 0));
+        assert!(!group_alive(0));
+    }
+}

@@ -1,0 +1,519 @@
+//! One app's life: wait for its dependencies, start, probe, restart by policy, stop on request.
+
+use std::os::fd::OwnedFd;
+use std::os::unix::process::ExitStatusExt;
+use std::process::ExitStatus;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::output::{self, Stream};
+use super::policy::{Decision, RestartHistory};
+use super::state::{AppState, Board, LastExit};
+use crate::command::ChildCommand;
+use crate::ecosystem::AppSpec;
+use crate::probe::{Readiness, describe_status, human_duration, probe_once};
+use crate::reaper::Reaper;
+use crate::signals::{group_alive, kill_group, signal_name};
+
+/// How long a process group may linger after SIGKILL before we give up waiting for it.
+const KILL_WAIT: Duration = Duration::from_secs(5);
+/// How often an emptied-leader group is checked while grandchildren remain.
+const GROUP_POLL: Duration = Duration::from_millis(5);
+/// How often a slow readiness probe's last error is logged.
+const PROBE_LOG_EVERY: Duration = Duration::from_secs(30);
+
+/// How an app's task ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum AppEnd {
+    /// Stopped because the supervisor asked.
+    Requested,
+    /// Ended for good on its own: `errored`, or stopped by configuration.
+    Ended {
+        errored: bool,
+        code: Option<i32>,
+        reason: String,
+    },
+}
+
+pub(crate) struct AppTask {
+    pub idx: usize,
+    pub spec: Arc<AppSpec>,
+    pub cmd: ChildCommand,
+    /// Indices of the apps in `machine_wait_for`.
+    pub deps: Vec<usize>,
+    pub board: Arc<Board>,
+    pub reaper: Reaper,
+    /// `Some(signal)` asks the app to stop with that signal; `Some(SIGKILL)` later escalates.
+    pub stop: watch::Receiver<Option<i32>>,
+    pub ended: mpsc::UnboundedSender<(usize, AppEnd)>,
+}
+
+/// The leader's exit status, received once.
+struct ExitWait {
+    rx: Option<oneshot::Receiver<ExitStatus>>,
+    status: Option<ExitStatus>,
+}
+
+impl ExitWait {
+    fn done(&self) -> bool {
+        self.rx.is_none()
+    }
+
+    async fn wait(&mut self) {
+        if let Some(rx) = self.rx.as_mut() {
+            self.status = rx.await.ok();
+            self.rx = None;
+        }
+    }
+}
+
+enum Supervised {
+    Exited(Option<ExitStatus>),
+    StopRequested,
+}
+
+impl AppTask {
+    pub(crate) async fn run(mut self) {
+        let end = self.life().await;
+        if end != AppEnd::Requested {
+            let _ = self.ended.send((self.idx, end));
+        }
+    }
+
+    fn name(&self) -> &str {
+        &self.spec.name
+    }
+
+    /// The stop signal, once one was requested.
+    fn stop_requested(&self) -> Option<i32> {
+        *self.stop.borrow()
+    }
+
+    /// Resolves when a stop is requested (at once if one already was).
+    async fn stop_signal(stop: &mut watch::Receiver<Option<i32>>) -> i32 {
+        let signal = stop
+            .wait_for(Option::is_some)
+            .await
+            .map(|s| s.unwrap_or(libc::SIGTERM));
+        match signal {
+            Ok(signal) => signal,
+            // The supervisor is gone; nobody can ask any more.
+            Err(_) => std::future::pending().await,
+        }
+    }
+
+    async fn life(&mut self) -> AppEnd {
+        let mut history = RestartHistory::default();
+        loop {
+            if !self.wait_for_dependencies().await {
+                self.stopped_before_start();
+                return AppEnd::Requested;
+            }
+            if self.stop_requested().is_some() {
+                self.stopped_before_start();
+                return AppEnd::Requested;
+            }
+            let started = Instant::now();
+            let (status, description) = match self.start() {
+                Ok((pid, exit)) => match self.supervise(pid, exit, started).await {
+                    Supervised::StopRequested => return AppEnd::Requested,
+                    Supervised::Exited(status) => {
+                        let description = status
+                            .map(describe_status)
+                            .unwrap_or_else(|| "an unknown status".into());
+                        (status, description)
+                    }
+                },
+                Err(e) => (None, e),
+            };
+            let uptime = started.elapsed();
+            let code = status.and_then(|s| s.code());
+            let last_exit = LastExit {
+                code,
+                signal: status.and_then(|s| s.signal()),
+                uptime_ms: uptime.as_millis() as u64,
+                description: description.clone(),
+            };
+            let what = if status.is_some() {
+                format!(
+                    "{} exited with {description} after {}",
+                    self.name(),
+                    human_duration(uptime)
+                )
+            } else {
+                format!("{} could not start: {description}", self.name())
+            };
+            if self.stop_requested().is_some() {
+                // It ended on its own just as the stop came in; nothing to restart.
+                self.board
+                    .transition(self.idx, AppState::Stopped, what, |a| {
+                        a.last_exit = Some(last_exit)
+                    });
+                return AppEnd::Requested;
+            }
+            match history.on_exit(&self.spec, uptime, code) {
+                Decision::Restart { delay, unstable } => {
+                    let why = if unstable > 0 {
+                        format!("attempt {} of {}", unstable + 1, self.spec.max_restarts)
+                    } else {
+                        format!(
+                            "it ran longer than min_uptime {}; restart {}",
+                            human_duration(self.spec.min_uptime),
+                            history.restarts
+                        )
+                    };
+                    let restarts = history.restarts;
+                    self.board.transition(
+                        self.idx,
+                        AppState::Restarting,
+                        format!("{what}; restarting in {} ({why})", human_duration(delay)),
+                        |a| {
+                            a.last_exit = Some(last_exit);
+                            a.restarts = restarts;
+                            a.unstable_restarts = unstable;
+                            a.detail = Some(format!("restarting after {description}"));
+                        },
+                    );
+                    if !delay.is_zero() {
+                        tokio::select! {
+                            _ = tokio::time::sleep(delay) => {}
+                            _ = Self::stop_signal(&mut self.stop) => {
+                                self.stopped_before_start();
+                                return AppEnd::Requested;
+                            }
+                        }
+                    }
+                }
+                Decision::Errored { unstable } => {
+                    let reason = format!(
+                        "{unstable} consecutive exit{} before min_uptime {}",
+                        if unstable == 1 { "" } else { "s" },
+                        human_duration(self.spec.min_uptime)
+                    );
+                    let essential = if self.spec.essential {
+                        "; it is essential, so the machine stops"
+                    } else {
+                        ""
+                    };
+                    self.board.transition(
+                        self.idx,
+                        AppState::Errored,
+                        format!("{what}; errored after {reason}; not restarting{essential}"),
+                        |a| {
+                            a.last_exit = Some(last_exit);
+                            a.unstable_restarts = unstable;
+                            a.detail =
+                                Some(format!("errored after {reason}; last exit: {description}"));
+                        },
+                    );
+                    return AppEnd::Ended {
+                        errored: true,
+                        code,
+                        reason: format!("errored after {reason} (last exit: {description})"),
+                    };
+                }
+                Decision::Stop { reason } => {
+                    let essential = if self.spec.essential {
+                        "; it is essential, so the machine stops"
+                    } else {
+                        ""
+                    };
+                    self.board.transition(
+                        self.idx,
+                        AppState::Stopped,
+                        format!("{what}; not restarting: {reason}{essential}"),
+                        |a| {
+                            a.last_exit = Some(last_exit);
+                            a.detail = Some(format!("ended with {description}; {reason}"));
+                        },
+                    );
+                    return AppEnd::Ended {
+                        errored: false,
+                        code,
+                        reason: format!("ended with {description} and {reason}"),
+                    };
+                }
+            }
+        }
+    }
+
+    fn stopped_before_start(&self) {
+        self.board.transition(
+            self.idx,
+            AppState::Stopped,
+            format!("{} stopped before it started", self.name()),
+            |_| {},
+        );
+    }
+
+    /// Waits until every dependency is ready; false when a stop came first.
+    async fn wait_for_dependencies(&mut self) -> bool {
+        if self.deps.is_empty() {
+            return true;
+        }
+        let mut snapshot = self.board.watch();
+        let deps = self.deps.clone();
+        let not_ready = |s: &super::state::Snapshot| -> Vec<String> {
+            deps.iter()
+                .filter(|&&d| !s.apps[d].state.is_ready())
+                .map(|&d| s.apps[d].name.clone())
+                .collect()
+        };
+        let missing = not_ready(&snapshot.borrow());
+        if missing.is_empty() {
+            return true;
+        }
+        let message = format!(
+            "{} waits for {} to be ready",
+            self.name(),
+            missing.join(", ")
+        );
+        self.board
+            .transition(self.idx, AppState::Waiting, message, |a| {
+                a.waiting_for = missing
+            });
+        let idx = self.idx;
+        let board = self.board.clone();
+        let ready = async {
+            loop {
+                let missing = not_ready(&snapshot.borrow_and_update());
+                if missing.is_empty() {
+                    return true;
+                }
+                board.update(idx, |a| a.waiting_for = missing);
+                if snapshot.changed().await.is_err() {
+                    return false;
+                }
+            }
+        };
+        tokio::select! {
+            ready = ready => ready,
+            _ = Self::stop_signal(&mut self.stop) => false,
+        }
+    }
+
+    /// Spawns the child; on failure the error says why in words.
+    fn start(&self) -> Result<(u32, ExitWait), String> {
+        let mut command = self.cmd.to_command();
+        let mut spawned = self.reaper.spawn(&mut command).map_err(|e| {
+            let program = self.cmd.program.to_string_lossy();
+            match e.kind() {
+                std::io::ErrorKind::NotFound => match &self.cmd.cwd {
+                    Some(cwd) if !cwd.is_dir() => {
+                        format!("its cwd {} does not exist", cwd.display())
+                    }
+                    _ => format!("program \"{program}\" not found (not a file, and not on PATH)"),
+                },
+                _ => format!("cannot run \"{program}\": {e}"),
+            }
+        })?;
+        if let Some(stdout) = spawned.child.stdout.take() {
+            output::forward(self.name(), OwnedFd::from(stdout), Stream::Stdout);
+        }
+        if let Some(stderr) = spawned.child.stderr.take() {
+            output::forward(self.name(), OwnedFd::from(stderr), Stream::Stderr);
+        }
+        let pid = spawned.pid;
+        let pin = self
+            .cmd
+            .gpu
+            .as_ref()
+            .map(|g| format!(", GPU {} {}", g.index, g.uuid))
+            .unwrap_or_default();
+        let (state, tail) = match &self.spec.readiness {
+            Some(r) => (
+                AppState::Starting,
+                format!("; waiting for its readiness probe ({})", r.check),
+            ),
+            None => (AppState::Running, String::new()),
+        };
+        self.board.transition(
+            self.idx,
+            state,
+            format!("{} started (pid {pid}{pin}){tail}", self.name()),
+            |a| {
+                a.pid = Some(pid);
+                a.detail = None;
+            },
+        );
+        Ok((
+            pid,
+            ExitWait {
+                rx: Some(spawned.exit),
+                status: None,
+            },
+        ))
+    }
+
+    /// Watches a running child until it exits or a stop is requested.
+    async fn supervise(&mut self, pid: u32, mut exit: ExitWait, started: Instant) -> Supervised {
+        let readiness = self.spec.readiness.clone();
+        let mut ready = readiness.is_none();
+        let probe = {
+            let reaper = self.reaper.clone();
+            let board = self.board.clone();
+            let idx = self.idx;
+            let name = self.spec.name.clone();
+            async move {
+                match readiness {
+                    Some(r) => wait_until_ready(&r, &reaper, &board, idx, &name).await,
+                    None => std::future::pending().await,
+                }
+            }
+        };
+        tokio::pin!(probe);
+        loop {
+            tokio::select! {
+                _ = exit.wait() => break,
+                _ = &mut probe, if !ready => {
+                    ready = true;
+                    self.board.transition(
+                        self.idx,
+                        AppState::Ready,
+                        format!("{} is ready after {}", self.name(), human_duration(started.elapsed())),
+                        |a| a.detail = None,
+                    );
+                }
+                signal = Self::stop_signal(&mut self.stop) => {
+                    self.stop_child(pid, signal, &mut exit, started).await;
+                    return Supervised::StopRequested;
+                }
+            }
+        }
+        // The leader is gone; processes it left in its group would hold ports and GPU memory.
+        if group_alive(pid) {
+            self.board.update(self.idx, |a| {
+                a.detail = Some("stopping what its process left behind".into())
+            });
+            super::state::log(&format!(
+                "{} exited but left processes in its group {pid}; sending SIGTERM to them",
+                self.name()
+            ));
+            let spec = self.spec.clone();
+            terminate_group(
+                &spec.name,
+                pid,
+                libc::SIGTERM,
+                spec.kill_timeout,
+                &mut exit,
+                &mut self.stop,
+            )
+            .await;
+        }
+        Supervised::Exited(exit.status)
+    }
+
+    async fn stop_child(&mut self, pid: u32, signal: i32, exit: &mut ExitWait, started: Instant) {
+        let grace = self.spec.kill_timeout;
+        self.board.transition(
+            self.idx,
+            AppState::Stopping,
+            format!(
+                "stopping {}: {} to process group {pid}, kill_timeout {}",
+                self.name(),
+                signal_name(signal),
+                human_duration(grace)
+            ),
+            |_| {},
+        );
+        let spec = self.spec.clone();
+        let killed = terminate_group(&spec.name, pid, signal, grace, exit, &mut self.stop).await;
+        let description = exit
+            .status
+            .map(describe_status)
+            .unwrap_or_else(|| "an unknown status".into());
+        let how = if killed { " (after SIGKILL)" } else { "" };
+        let last_exit = LastExit {
+            code: exit.status.and_then(|s| s.code()),
+            signal: exit.status.and_then(|s| s.signal()),
+            uptime_ms: started.elapsed().as_millis() as u64,
+            description: description.clone(),
+        };
+        self.board.transition(
+            self.idx,
+            AppState::Stopped,
+            format!("{} stopped with {description}{how}", self.name()),
+            |a| a.last_exit = Some(last_exit),
+        );
+    }
+}
+
+/// Sends `signal` to the group, waits up to `grace` for the leader's status and an empty group,
+/// then SIGKILLs the group. A later `SIGKILL` on `stop` cuts the grace short. True if SIGKILL
+/// was needed.
+async fn terminate_group(
+    name: &str,
+    pgid: u32,
+    signal: i32,
+    grace: Duration,
+    exit: &mut ExitWait,
+    stop: &mut watch::Receiver<Option<i32>>,
+) -> bool {
+    kill_group(pgid, signal);
+    let grace_end = tokio::time::Instant::now() + grace;
+    let mut kill_end: Option<tokio::time::Instant> = None;
+    let mut escalate = *stop.borrow() == Some(libc::SIGKILL) && signal != libc::SIGKILL;
+    loop {
+        if exit.done() && !group_alive(pgid) {
+            return kill_end.is_some();
+        }
+        if escalate && kill_end.is_none() {
+            kill_group(pgid, libc::SIGKILL);
+            kill_end = Some(tokio::time::Instant::now() + KILL_WAIT);
+        }
+        let poll = async {
+            if exit.done() {
+                tokio::time::sleep(GROUP_POLL).await;
+            } else {
+                exit.wait().await;
+            }
+        };
+        tokio::select! {
+            _ = poll => {}
+            _ = tokio::time::sleep_until(grace_end), if kill_end.is_none() => {
+                super::state::log(&format!(
+                    "{name} did not stop within kill_timeout {}; sending SIGKILL to process group {pgid}",
+                    human_duration(grace)
+                ));
+                escalate = true;
+            }
+            _ = tokio::time::sleep_until(kill_end.unwrap_or(grace_end)), if kill_end.is_some() => {
+                super::state::log(&format!(
+                    "{name}: process group {pgid} is still there {} after SIGKILL; giving up on it",
+                    human_duration(KILL_WAIT)
+                ));
+                return true;
+            }
+            changed = stop.changed() => {
+                if changed.is_ok() && *stop.borrow() == Some(libc::SIGKILL) {
+                    escalate = true;
+                }
+            }
+        }
+    }
+}
+
+/// Probes until the check passes; records the last failure in the app's status.
+async fn wait_until_ready(r: &Readiness, reaper: &Reaper, board: &Board, idx: usize, name: &str) {
+    let first = Instant::now();
+    let mut last_log = Instant::now();
+    loop {
+        let attempt = tokio::time::Instant::now();
+        match probe_once(&r.check, r.timeout, reaper).await {
+            Ok(()) => return,
+            Err(e) => {
+                if last_log.elapsed() >= PROBE_LOG_EVERY {
+                    last_log = Instant::now();
+                    super::state::log(&format!(
+                        "{name} is still not ready after {}: {e}",
+                        human_duration(first.elapsed())
+                    ));
+                }
+                board.update(idx, |a| a.detail = Some(format!("readiness probe: {e}")));
+            }
+        }
+        tokio::time::sleep_until(attempt + r.interval).await;
+    }
+}

@@ -1,0 +1,372 @@
+//! The supervisor: starts services first and workers once their services are ready, restarts by
+//! PM2's rules, and stops everything (workers first, then services) on SIGTERM/SIGINT or when an
+//! essential app ends.
+//!
+//! Shutdown follows detect → tell → wait: one [`CancellationToken`] says "stopping" to every
+//! task (health endpoint, broker), a [`TaskTracker`] is closed and awaited before `run` returns.
+
+mod app;
+mod output;
+pub mod policy;
+pub mod state;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{broadcast, mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::command::{self, ChildCommand, Context};
+use crate::ecosystem::{AppSpec, Role};
+use crate::probe::human_duration;
+use crate::reaper::{Reaper, ReaperRole, become_subreaper};
+use crate::signals::{StopSignals, signal_name};
+use app::{AppEnd, AppTask};
+pub use state::{AppState, AppStatus, LastExit, Phase, Snapshot, StateEvent};
+use state::{Board, log};
+
+/// Why the supervisor refuses to start; every problem is listed.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot start the machine:\n{}", .problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+pub struct PreflightError {
+    pub problems: Vec<String>,
+}
+
+/// Why the supervisor stopped with a failure.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("essential app \"{app}\" {reason}; stopped everything")]
+    EssentialEnded { app: String, reason: String },
+    #[error("every app has ended and at least one failed: {summary}")]
+    AllEnded { summary: String },
+    #[error("cannot set up the supervisor: {0}")]
+    Setup(#[from] std::io::Error),
+}
+
+/// Options for [`Supervisor::new`].
+#[derive(Debug, Clone)]
+pub struct SupervisorOptions {
+    /// Runtime environment, GPU UUIDs (by index) and the runtime binary, for child commands.
+    pub context: Context,
+    /// Listen for SIGTERM/SIGINT and forward them (true for `up`).
+    pub handle_signals: bool,
+}
+
+impl SupervisorOptions {
+    /// The current process's environment, pinning to `gpu_uuids` (ordered by GPU index).
+    pub fn new(gpu_uuids: Vec<String>) -> SupervisorOptions {
+        SupervisorOptions {
+            context: Context::from_process(gpu_uuids),
+            handle_signals: true,
+        }
+    }
+}
+
+/// A cheap, cloneable view of a supervisor for other tasks (health endpoint, broker).
+#[derive(Clone)]
+pub struct SupervisorHandle {
+    snapshot: watch::Receiver<Snapshot>,
+    events: broadcast::Sender<StateEvent>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+    stop_requests: mpsc::UnboundedSender<i32>,
+    started: Instant,
+}
+
+impl SupervisorHandle {
+    /// The current state of every app.
+    pub fn snapshot(&self) -> Snapshot {
+        self.snapshot.borrow().clone()
+    }
+
+    /// A receiver that sees every new snapshot (`changed().await`).
+    pub fn watch(&self) -> watch::Receiver<Snapshot> {
+        self.snapshot.clone()
+    }
+
+    /// State-change events, one per transition, in order. A slow receiver gets `Lagged` and
+    /// should re-read [`SupervisorHandle::snapshot`].
+    pub fn subscribe(&self) -> broadcast::Receiver<StateEvent> {
+        self.events.subscribe()
+    }
+
+    /// Cancelled when the machine starts stopping. Tasks on [`SupervisorHandle::tracker`] must
+    /// finish after it fires; `run` waits for them (after every app is stopped) before returning.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Spawn long-running helper tasks (health, broker) here so shutdown waits for them.
+    pub fn tracker(&self) -> TaskTracker {
+        self.tracker.clone()
+    }
+
+    /// Asks the supervisor to stop everything, forwarding `signal` (SIGTERM, SIGINT) to the apps.
+    pub fn request_stop(&self, signal: i32) {
+        let _ = self.stop_requests.send(signal);
+    }
+
+    /// Time since the supervisor was created.
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+}
+
+/// A checked set of apps with their commands, ready to run.
+pub struct Supervisor {
+    apps: Vec<Arc<AppSpec>>,
+    commands: Vec<ChildCommand>,
+    board: Arc<Board>,
+    handle: SupervisorHandle,
+    stop_requests: mpsc::UnboundedReceiver<i32>,
+    handle_signals: bool,
+}
+
+impl Supervisor {
+    /// Checks everything that can be checked before starting: GPU pins against the UUIDs given,
+    /// required environment variables (names only; values are never logged).
+    pub fn new(
+        apps: Vec<AppSpec>,
+        options: SupervisorOptions,
+    ) -> Result<Supervisor, PreflightError> {
+        let mut problems = Vec::new();
+        let mut commands = Vec::new();
+        for app in &apps {
+            match command::build(app, &options.context) {
+                Ok(cmd) => commands.push(cmd),
+                Err(e) => problems.push(e.to_string()),
+            }
+            let missing: Vec<&str> = app
+                .required_env
+                .iter()
+                .filter(|name| {
+                    options
+                        .context
+                        .runtime_env
+                        .get(std::ffi::OsStr::new(name.as_str()))
+                        .is_none_or(|v| v.is_empty())
+                })
+                .map(String::as_str)
+                .collect();
+            for name in missing {
+                problems.push(format!(
+                    "app \"{}\" needs the environment variable {name}, which is not set; pass it to the container (docker run -e {name}=... or the env file)",
+                    app.name
+                ));
+            }
+        }
+        if apps.is_empty() {
+            problems.push("the ecosystem has no apps".to_string());
+        }
+        if !problems.is_empty() {
+            return Err(PreflightError { problems });
+        }
+        let started = Instant::now();
+        let statuses = apps
+            .iter()
+            .zip(&commands)
+            .map(|(app, cmd)| AppStatus::new(app, cmd.gpu.as_ref()))
+            .collect();
+        let board = Arc::new(Board::new(statuses, started));
+        let (stop_tx, stop_rx) = mpsc::unbounded_channel();
+        let handle = SupervisorHandle {
+            snapshot: board.watch(),
+            events: board.events(),
+            shutdown: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+            stop_requests: stop_tx,
+            started,
+        };
+        Ok(Supervisor {
+            apps: apps.into_iter().map(Arc::new).collect(),
+            commands,
+            board,
+            handle,
+            stop_requests: stop_rx,
+            handle_signals: options.handle_signals,
+        })
+    }
+
+    pub fn handle(&self) -> SupervisorHandle {
+        self.handle.clone()
+    }
+
+    /// Runs until a stop is requested (`Ok` after everything is stopped and reaped), an essential
+    /// app ends, or every app has ended.
+    pub async fn run(mut self) -> Result<(), RunError> {
+        let reaper = Reaper::new();
+        let reaper_stop = CancellationToken::new();
+        let reaper_task = tokio::spawn(reaper.clone().run(reaper_stop.clone()));
+        match become_subreaper() {
+            (ReaperRole::Neither, Some(e)) => log(&format!(
+                "cannot become a child subreaper ({e}); orphans of apps will be reaped by init instead"
+            )),
+            (role, _) => {
+                let _ = role;
+            }
+        }
+        let mut signals = if self.handle_signals {
+            Some(StopSignals::install()?)
+        } else {
+            None
+        };
+
+        let names: HashMap<&str, usize> = self
+            .apps
+            .iter()
+            .enumerate()
+            .map(|(i, a)| (a.name.as_str(), i))
+            .collect();
+        let (ended_tx, mut ended_rx) = mpsc::unbounded_channel();
+        // One stop channel per app, by index.
+        let (stops, mut stop_rxs): (Vec<_>, Vec<_>) = (0..self.apps.len())
+            .map(|_| {
+                let (tx, rx) = watch::channel(None);
+                (tx, Some(rx))
+            })
+            .unzip();
+        let mut tasks: Vec<Option<tokio::task::JoinHandle<()>>> =
+            (0..self.apps.len()).map(|_| None).collect();
+        // Services first, then everything else, in file order; workers wait for their services
+        // through machine_wait_for, not through this order.
+        let mut order: Vec<usize> = (0..self.apps.len()).collect();
+        order.sort_by_key(|&i| self.apps[i].role != Some(Role::Service));
+        for idx in order {
+            let spec = self.apps[idx].clone();
+            let Some(stop) = stop_rxs[idx].take() else {
+                continue;
+            };
+            let task = AppTask {
+                idx,
+                deps: spec
+                    .wait_for
+                    .iter()
+                    .filter_map(|d| names.get(d.as_str()).copied())
+                    .collect(),
+                spec,
+                cmd: self.commands[idx].clone(),
+                board: self.board.clone(),
+                reaper: reaper.clone(),
+                stop,
+                ended: ended_tx.clone(),
+            };
+            tasks[idx] = Some(self.handle.tracker.spawn(task.run()));
+        }
+        drop(ended_tx);
+
+        // Keep the orphan count in the snapshot current.
+        let orphan_board = self.board.clone();
+        let orphan_reaper = reaper.clone();
+        let orphan_task = tokio::spawn(async move {
+            loop {
+                orphan_board.set_orphans(orphan_reaper.orphans_reaped());
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        });
+
+        let total = self.apps.len();
+        let mut ended: Vec<(usize, AppEnd)> = Vec::new();
+        let (signal, result) = loop {
+            let signal = async {
+                match signals.as_mut() {
+                    Some(s) => s.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                signal = signal => {
+                    log(&format!("{} received; stopping workers first, then services", signal_name(signal)));
+                    break (signal, Ok(()));
+                }
+                Some(signal) = self.stop_requests.recv() => {
+                    log(&format!("stop requested ({}); stopping workers first, then services", signal_name(signal)));
+                    break (signal, Ok(()));
+                }
+                Some((idx, end)) = ended_rx.recv() => {
+                    let app = &self.apps[idx];
+                    if app.essential && let AppEnd::Ended { reason, .. } = &end {
+                        log(&format!("essential app {} {reason}; stopping everything", app.name));
+                        break (libc::SIGTERM, Err(RunError::EssentialEnded { app: app.name.clone(), reason: reason.clone() }));
+                    }
+                    ended.push((idx, end));
+                    if ended.len() == total {
+                        let failed: Vec<String> = ended
+                            .iter()
+                            .filter(|(_, e)| !matches!(e, AppEnd::Ended { errored: false, code: Some(0), .. }))
+                            .map(|(i, _)| self.apps[*i].name.clone())
+                            .collect();
+                        log("every app has ended; nothing left to supervise");
+                        let result = if failed.is_empty() {
+                            Ok(())
+                        } else {
+                            Err(RunError::AllEnded { summary: format!("{} did not end cleanly", failed.join(", ")) })
+                        };
+                        break (libc::SIGTERM, result);
+                    }
+                }
+            }
+        };
+
+        let stop_started = Instant::now();
+        self.handle.shutdown.cancel();
+        self.board.set_phase(Phase::Stopping);
+        // Workers first, then everything else.
+        let worker_phase: Vec<usize> = (0..total)
+            .filter(|&i| self.apps[i].role == Some(Role::Worker))
+            .collect();
+        let other_phase: Vec<usize> = (0..total)
+            .filter(|&i| self.apps[i].role != Some(Role::Worker))
+            .collect();
+        let mut escalated = false;
+        for phase in [worker_phase, other_phase] {
+            for &i in &phase {
+                let _ = stops[i].send(Some(signal));
+            }
+            let handles: Vec<_> = phase.iter().filter_map(|&i| tasks[i].take()).collect();
+            let all = async {
+                for handle in handles {
+                    let _ = handle.await;
+                }
+            };
+            tokio::pin!(all);
+            loop {
+                let second = async {
+                    match signals.as_mut() {
+                        Some(s) => s.recv().await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    _ = &mut all => break,
+                    signal = second, if !escalated => {
+                        log(&format!("{} received again; sending SIGKILL to every app now", signal_name(signal)));
+                        escalated = true;
+                        for stop in &stops {
+                            let _ = stop.send(Some(libc::SIGKILL));
+                        }
+                    }
+                    Some(_) = self.stop_requests.recv(), if !escalated => {}
+                }
+            }
+        }
+        self.board.set_phase(Phase::Stopped);
+        self.handle.tracker.close();
+        self.handle.tracker.wait().await;
+        orphan_task.abort();
+        reaper_stop.cancel();
+        let _ = reaper_task.await;
+        log(&format!(
+            "stopped in {}; {} orphan{} reaped",
+            human_duration(stop_started.elapsed()),
+            reaper.orphans_reaped(),
+            if reaper.orphans_reaped() == 1 {
+                ""
+            } else {
+                "s"
+            }
+        ));
+        result
+    }
+}

@@ -1,0 +1,78 @@
+//! Forwards a child's stdout and stderr to ours, line by line, each line prefixed `[app-name] `.
+
+use std::io::Write;
+use std::os::fd::OwnedFd;
+
+use tokio::io::AsyncReadExt;
+use tokio::net::unix::pipe;
+
+/// Longest line forwarded in one piece; longer lines are split so memory stays bounded.
+const MAX_LINE: usize = 16 * 1024;
+
+#[derive(Clone, Copy)]
+pub(crate) enum Stream {
+    Stdout,
+    Stderr,
+}
+
+/// Starts forwarding `fd` (the read end of a child's pipe). The task ends at end of file, i.e.
+/// when the child and every grandchild holding the pipe are gone.
+pub(crate) fn forward(name: &str, fd: OwnedFd, stream: Stream) {
+    let prefix = format!("[{name}] ").into_bytes();
+    let receiver = match pipe::Receiver::from_owned_fd(fd) {
+        Ok(r) => r,
+        Err(e) => {
+            super::state::log(&format!("cannot forward the output of {name}: {e}"));
+            return;
+        }
+    };
+    tokio::spawn(pump(receiver, prefix, stream));
+}
+
+async fn pump(mut receiver: pipe::Receiver, prefix: Vec<u8>, stream: Stream) {
+    let mut pending: Vec<u8> = Vec::new();
+    let mut chunk = vec![0u8; 8192];
+    loop {
+        let n = match receiver.read(&mut chunk).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        pending.extend_from_slice(&chunk[..n]);
+        let mut out = Vec::new();
+        let mut start = 0;
+        while let Some(pos) = pending[start..].iter().position(|&b| b == b'\n') {
+            let end = start + pos;
+            push_line(&mut out, &prefix, &pending[start..end]);
+            start = end + 1;
+        }
+        pending.drain(..start);
+        while pending.len() >= MAX_LINE {
+            push_line(&mut out, &prefix, &pending[..MAX_LINE]);
+            pending.drain(..MAX_LINE);
+        }
+        emit(stream, &out);
+    }
+    if !pending.is_empty() {
+        let mut out = Vec::new();
+        push_line(&mut out, &prefix, &pending);
+        emit(stream, &out);
+    }
+}
+
+fn push_line(out: &mut Vec<u8>, prefix: &[u8], line: &[u8]) {
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    out.extend_from_slice(prefix);
+    out.extend_from_slice(line);
+    out.push(b'\n');
+}
+
+fn emit(stream: Stream, bytes: &[u8]) {
+    if bytes.is_empty() {
+        return;
+    }
+    // One write per batch of whole lines, under the lock, so lines of different apps never mix.
+    let _ = match stream {
+        Stream::Stdout => std::io::stdout().lock().write_all(bytes),
+        Stream::Stderr => std::io::stderr().lock().write_all(bytes),
+    };
+}

@@ -1,0 +1,317 @@
+//! The supervisor's observable state: a snapshot of every app (a `watch` channel) and a broadcast
+//! of state changes, each logged once in words.
+
+use std::time::Instant;
+
+use serde::Serialize;
+use tokio::sync::{broadcast, watch};
+
+use crate::command::GpuPin;
+use crate::ecosystem::{AppSpec, Role};
+
+/// Where an app is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AppState {
+    /// Waiting for the apps in `machine_wait_for` to be ready.
+    Waiting,
+    /// Started; its readiness probe has not passed yet.
+    Starting,
+    /// Started, and it has no readiness probe (so it counts as ready).
+    Running,
+    /// Started, and its readiness probe passed.
+    Ready,
+    /// Being stopped (signal sent, grace period running).
+    Stopping,
+    /// Ended and not coming back: stopped on request, or ended with autorestart off.
+    Stopped,
+    /// Ended too often before `min_uptime`; not restarted (PM2's `errored`).
+    Errored,
+    /// Ended; will be started again after the restart delay.
+    Restarting,
+}
+
+impl AppState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AppState::Waiting => "waiting",
+            AppState::Starting => "starting",
+            AppState::Running => "running",
+            AppState::Ready => "ready",
+            AppState::Stopping => "stopping",
+            AppState::Stopped => "stopped",
+            AppState::Errored => "errored",
+            AppState::Restarting => "restarting",
+        }
+    }
+
+    /// Running and ready: dependants may start.
+    pub fn is_ready(self) -> bool {
+        matches!(self, AppState::Running | AppState::Ready)
+    }
+}
+
+impl std::fmt::Display for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How an app's last process ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LastExit {
+    /// Exit code when it exited normally.
+    pub code: Option<i32>,
+    /// Signal number when a signal ended it.
+    pub signal: Option<i32>,
+    /// How long it ran.
+    pub uptime_ms: u64,
+    /// `status 1` or `signal 9 (SIGKILL)`, or why it could not start.
+    pub description: String,
+}
+
+/// One app as the supervisor sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AppStatus {
+    pub name: String,
+    pub role: Option<Role>,
+    pub state: AppState,
+    pub pid: Option<u32>,
+    /// Restarts so far (every restart counts).
+    pub restarts: u32,
+    /// Consecutive exits before `min_uptime` (what `max_restarts` limits).
+    pub unstable_restarts: u32,
+    pub max_restarts: u32,
+    pub gpu: Option<u32>,
+    pub gpu_uuid: Option<String>,
+    pub port: Option<u16>,
+    pub essential: bool,
+    pub autorestart: bool,
+    pub connector: Option<String>,
+    pub index: Option<u32>,
+    /// The apps it still waits for (state `waiting`).
+    pub waiting_for: Vec<String>,
+    pub last_exit: Option<LastExit>,
+    /// Why it is in this state, in words (the last probe error, why it errored).
+    pub detail: Option<String>,
+    /// Milliseconds since the runtime started, when the app entered this state.
+    pub since_ms: u64,
+}
+
+impl AppStatus {
+    pub(crate) fn new(spec: &AppSpec, pin: Option<&GpuPin>) -> AppStatus {
+        AppStatus {
+            name: spec.name.clone(),
+            role: spec.role,
+            state: if spec.wait_for.is_empty() {
+                AppState::Starting
+            } else {
+                AppState::Waiting
+            },
+            pid: None,
+            restarts: 0,
+            unstable_restarts: 0,
+            max_restarts: spec.max_restarts,
+            gpu: pin.map(|p| p.index),
+            gpu_uuid: pin.map(|p| p.uuid.clone()),
+            port: spec.port,
+            essential: spec.essential,
+            autorestart: spec.autorestart,
+            connector: spec.connector.clone(),
+            index: spec.index,
+            waiting_for: spec.wait_for.clone(),
+            last_exit: None,
+            detail: None,
+            since_ms: 0,
+        }
+    }
+
+    /// Why this app keeps the machine from being healthy, or `None` when it is fine.
+    pub fn unhealthy_reason(&self) -> Option<String> {
+        match self.state {
+            AppState::Running | AppState::Ready => None,
+            // A one-shot app (autorestart off) that finished successfully is done, not broken.
+            AppState::Stopped
+                if !self.autorestart
+                    && self.last_exit.as_ref().is_some_and(|e| e.code == Some(0)) =>
+            {
+                None
+            }
+            AppState::Waiting => Some(format!(
+                "{} is waiting for {}",
+                self.name,
+                self.waiting_for.join(", ")
+            )),
+            state => Some(match &self.detail {
+                Some(detail) => format!("{} is {state}: {detail}", self.name),
+                None => format!("{} is {state}", self.name),
+            }),
+        }
+    }
+}
+
+/// The whole machine's phase.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    /// Apps are being started; not every app has been ready yet.
+    Starting,
+    /// Every app has been ready at least once.
+    Running,
+    /// A stop was requested or an essential app ended; apps are being stopped.
+    Stopping,
+    /// Every app is stopped and reaped.
+    Stopped,
+}
+
+/// Everything the supervisor knows, as one value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Snapshot {
+    pub phase: Phase,
+    /// Apps in ecosystem order.
+    pub apps: Vec<AppStatus>,
+    /// Processes reaped that no app was tracking (orphans re-parented to us).
+    pub orphans_reaped: u64,
+}
+
+impl Snapshot {
+    /// Reasons the apps are not all up and ready; empty means healthy.
+    pub fn unhealthy_reasons(&self) -> Vec<String> {
+        let mut reasons: Vec<String> = Vec::new();
+        match self.phase {
+            Phase::Stopping => reasons.push("the machine is stopping".to_string()),
+            Phase::Stopped => reasons.push("the machine has stopped".to_string()),
+            _ => {}
+        }
+        reasons.extend(self.apps.iter().filter_map(AppStatus::unhealthy_reason));
+        reasons
+    }
+
+    pub fn app(&self, name: &str) -> Option<&AppStatus> {
+        self.apps.iter().find(|a| a.name == name)
+    }
+}
+
+/// One state change of one app, as published on the event channel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StateEvent {
+    pub app: String,
+    pub from: AppState,
+    pub to: AppState,
+    pub pid: Option<u32>,
+    pub restarts: u32,
+    /// Milliseconds since the runtime started.
+    pub at_ms: u64,
+    /// The log line for this change (without the `machine-runtime: ` prefix).
+    pub message: String,
+}
+
+/// The shared board apps write their state to.
+pub(crate) struct Board {
+    snapshot: watch::Sender<Snapshot>,
+    events: broadcast::Sender<StateEvent>,
+    started: Instant,
+}
+
+impl Board {
+    pub(crate) fn new(apps: Vec<AppStatus>, started: Instant) -> Board {
+        let (snapshot, _) = watch::channel(Snapshot {
+            phase: Phase::Starting,
+            apps,
+            orphans_reaped: 0,
+        });
+        let (events, _) = broadcast::channel(1024);
+        Board {
+            snapshot,
+            events,
+            started,
+        }
+    }
+
+    pub(crate) fn watch(&self) -> watch::Receiver<Snapshot> {
+        self.snapshot.subscribe()
+    }
+
+    pub(crate) fn events(&self) -> broadcast::Sender<StateEvent> {
+        self.events.clone()
+    }
+
+    /// Changes fields without a state change (no log line, no event).
+    pub(crate) fn update(&self, idx: usize, f: impl FnOnce(&mut AppStatus)) {
+        self.snapshot.send_modify(|s| f(&mut s.apps[idx]));
+    }
+
+    pub(crate) fn set_orphans(&self, count: u64) {
+        self.snapshot.send_if_modified(|s| {
+            let changed = s.orphans_reaped != count;
+            s.orphans_reaped = count;
+            changed
+        });
+    }
+
+    /// Moves app `idx` to `to`, applies `f`, logs `message` once and publishes the event.
+    pub(crate) fn transition(
+        &self,
+        idx: usize,
+        to: AppState,
+        message: String,
+        f: impl FnOnce(&mut AppStatus),
+    ) {
+        let at_ms = self.started.elapsed().as_millis() as u64;
+        let mut event = None;
+        let mut became_running = false;
+        self.snapshot.send_modify(|s| {
+            let app = &mut s.apps[idx];
+            let from = app.state;
+            f(app);
+            app.state = to;
+            app.since_ms = at_ms;
+            if to != AppState::Waiting {
+                app.waiting_for.clear();
+            }
+            if !matches!(
+                to,
+                AppState::Starting | AppState::Running | AppState::Ready | AppState::Stopping
+            ) {
+                app.pid = None;
+            }
+            event = Some(StateEvent {
+                app: app.name.clone(),
+                from,
+                to,
+                pid: app.pid,
+                restarts: app.restarts,
+                at_ms,
+                message: message.clone(),
+            });
+            if s.phase == Phase::Starting && s.apps.iter().all(|a| a.unhealthy_reason().is_none()) {
+                s.phase = Phase::Running;
+                became_running = true;
+            }
+        });
+        log(&message);
+        if let Some(event) = event {
+            // No subscriber is fine: the broker may not be running.
+            let _ = self.events.send(event);
+        }
+        if became_running {
+            let count = self.snapshot.borrow().apps.len();
+            log(&format!(
+                "all {count} app{} up and ready after {}",
+                if count == 1 { " is" } else { "s are" },
+                crate::probe::human_duration(self.started.elapsed())
+            ));
+        }
+    }
+
+    pub(crate) fn set_phase(&self, phase: Phase) {
+        self.snapshot.send_modify(|s| s.phase = phase);
+    }
+}
+
+/// Writes one runtime log line to stderr.
+pub(crate) fn log(message: &str) {
+    use std::io::Write;
+    let line = format!("machine-runtime: {message}\n");
+    let _ = std::io::stderr().lock().write_all(line.as_bytes());
+}

@@ -1,0 +1,148 @@
+//! The health endpoint and `machine-runtime health` in each state of a machine: starting,
+//! healthy, an app restarting, an app errored.
+
+use std::process::Command;
+
+use serde_json::json;
+
+use crate::up_support::{BIN, Runtime, http_get, wait_for};
+
+/// Runs `machine-runtime health --port P`; true when it exits 0.
+fn health_command(port: u16) -> (bool, String) {
+    let out = Command::new(BIN)
+        .args(["health", "--port", &port.to_string()])
+        .env_remove("MACHINE_HEALTH_PORT")
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn health_follows_the_apps_through_their_states() {
+    let mut rt = Runtime::start(
+        json!({"apps": [
+            {"name": "svc", "script": "sh", "args": ["-c", "echo $$ > \"$D/svc.pid\"; exec sleep 1000"],
+             "env": {"D": "@DIR@"}, "machine_role": "service", "restart_delay": 600000,
+             "machine_readiness": {"kind": "command", "command": ["test", "-f", "@DIR@/go"], "interval_ms": 50}},
+            {"name": "wrk", "script": "sleep", "args": "1000", "machine_role": "worker", "machine_wait_for": ["svc"]},
+        ]}),
+        &[],
+    );
+    let port = rt.health_port();
+
+    // Starting: the service's probe fails, the worker waits.
+    rt.wait_state("svc", "starting");
+    let (code, body, raw) = http_get(port, "/health");
+    assert_eq!(code, 503, "{raw}");
+    assert_eq!(body["healthy"], false);
+    let reasons: Vec<String> = serde_json::from_value(body["reasons"].clone()).unwrap();
+    assert!(
+        reasons.iter().any(|r| r.starts_with("svc is starting")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.contains(&"wrk is waiting for svc".to_string()),
+        "{reasons:?}"
+    );
+    assert_eq!(
+        body["services"]["wrk"],
+        json!({"healthy": false, "status": "waiting", "pid": null, "restarts": 0})
+    );
+    assert!(raw.contains("Access-Control-Allow-Origin: *"), "{raw}");
+    assert_eq!(http_get(port, "/ready").1, json!({"ready": false}));
+    assert_eq!(http_get(port, "/ready").0, 503);
+    let (ok, stderr) = health_command(port);
+    assert!(
+        !ok && stderr.contains("answered 503") && stderr.contains("wrk is waiting for svc"),
+        "{stderr}"
+    );
+
+    // Healthy: the probe passes, the worker starts.
+    std::fs::write(rt.path("go"), "").unwrap();
+    let body = wait_for(
+        "a healthy /health",
+        || rt.output(),
+        || {
+            let (code, body, _) = http_get(port, "/health");
+            (code == 200).then_some(body)
+        },
+    );
+    assert_eq!(body["healthy"], true);
+    assert_eq!(body["reasons"], json!([]));
+    assert_eq!(body["services"]["svc"]["status"], "ready");
+    assert_eq!(body["services"]["wrk"]["status"], "running");
+    assert!(body["services"]["wrk"]["pid"].as_u64().is_some() && body["uptime"].as_u64().is_some());
+    assert_eq!(
+        http_get(port, "/ready"),
+        (200, json!({"ready": true}), http_get(port, "/ready").2)
+    );
+    assert_eq!(health_command(port), (true, String::new()));
+    let (code, status, _) = http_get(port, "/status");
+    assert_eq!(code, 200);
+    assert_eq!(status["phase"], "running");
+    assert_eq!(status["apps"][0]["name"], "svc");
+    assert_eq!(status["apps"][1]["role"], "worker");
+    assert!(status["version"].is_string() && status["uptime_ms"].is_u64());
+    assert_eq!(http_get(port, "/nope").0, 404);
+
+    // Restarting: the service dies and waits out its (long) restart delay.
+    let pid: i32 = std::fs::read_to_string(rt.path("svc.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // SAFETY: plain kill(2) on the service the runtime started.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    rt.wait_state("svc", "restarting");
+    let (code, body, _) = http_get(port, "/health");
+    assert_eq!(code, 503);
+    assert_eq!(body["services"]["svc"]["restarts"], 1);
+    let reasons = body["reasons"].to_string();
+    assert!(
+        reasons.contains("svc is restarting: restarting after signal 9 (SIGKILL)"),
+        "{reasons}"
+    );
+    assert!(!health_command(port).0);
+
+    rt.signal(libc::SIGTERM);
+    assert_eq!(rt.wait_exit().code(), Some(0), "{}", rt.output());
+}
+
+#[test]
+fn health_reports_an_errored_app() {
+    let mut rt = Runtime::start(
+        json!({"apps": [
+            {"name": "crashy", "script": "sh", "args": ["-c", "exit 2"], "max_restarts": 3},
+            {"name": "steady", "script": "sleep", "args": ["1000"]},
+        ]}),
+        &[],
+    );
+    rt.wait_state("crashy", "errored");
+    let (code, body, _) = rt.get("/health");
+    assert_eq!(code, 503);
+    assert_eq!(
+        body["reasons"],
+        json!([
+            "crashy is errored: errored after 3 consecutive exits before min_uptime 1.0s; last exit: status 2"
+        ])
+    );
+    assert_eq!(body["services"]["steady"]["healthy"], true);
+    rt.signal(libc::SIGTERM);
+    assert_eq!(rt.wait_exit().code(), Some(0), "{}", rt.output());
+}
+
+#[test]
+fn health_command_fails_when_nothing_listens() {
+    let port = crate::up_support::free_port();
+    let (ok, stderr) = health_command(port);
+    assert!(!ok);
+    assert!(
+        stderr.contains(&format!(
+            "machine-runtime: error: unhealthy: cannot connect to 127.0.0.1:{port}"
+        )),
+        "{stderr}"
+    );
+}

@@ -1,0 +1,479 @@
+//! `machine-runtime up` supervising real processes: GPU pinning, readiness gating, restarts,
+//! crash loops, essential apps, signals and stop order, orphan reaping, startup refusals.
+
+use serde_json::{Value, json};
+
+use crate::up_support::{
+    Runtime, free_port, gone, parent_pid, pids_with, process_state, read_when_present, token,
+    wait_for,
+};
+
+/// A shell app; `D` in its environment is the test's directory, and `put FILE VALUE` writes
+/// `$D/FILE` atomically (temp file, then rename) so the test never reads half a file.
+fn sh(name: &str, script: &str) -> Value {
+    let script =
+        format!("put() {{ echo \"$2\" > \"$D/$1.tmp\" && mv \"$D/$1.tmp\" \"$D/$1\"; }}\n{script}");
+    json!({"name": name, "script": "sh", "args": ["-c", script], "interpreter": "none", "env": {"D": "@DIR@"}})
+}
+
+fn with(mut app: Value, extra: Value) -> Value {
+    for (k, v) in extra.as_object().unwrap() {
+        if k == "env" {
+            for (ek, ev) in v.as_object().unwrap() {
+                app["env"][ek] = ev.clone();
+            }
+        } else {
+            app[k] = v.clone();
+        }
+    }
+    app
+}
+
+/// `KEY=value` lines of an `env` dump, as pairs.
+fn env_var(dump: &str, key: &str) -> Option<String> {
+    dump.lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}=")).map(str::to_string))
+}
+
+/// Writes the child's environment to `$D/<name>.env` atomically, then sleeps.
+const DUMP_ENV: &str =
+    "env > \"$D/$APP.tmp\" && mv \"$D/$APP.tmp\" \"$D/$APP.env\"; exec sleep 1000";
+
+#[test]
+fn pins_gpu_apps_by_uuid_and_gives_others_no_gpu() {
+    let mut rt = Runtime::start(
+        json!({"apps": [
+            with(sh("comfyui-gpu1", DUMP_ENV), json!({"env": {"APP": "comfyui-gpu1"}, "machine_role": "service", "machine_gpu": 1})),
+            with(sh("comfyui-worker-0", DUMP_ENV), json!({
+                "env": {"APP": "comfyui-worker-0", "WORKER_GPU_ID": "0", "MACHINE_ID": "built-at-build-time",
+                        "WORKER_ID": "built-at-build-time-worker-comfyui-0", "CUDA_VISIBLE_DEVICES": "0"},
+                "machine_role": "worker", "machine_connector": "comfyui", "machine_index": 0})),
+            with(sh("openai-worker-0", DUMP_ENV), json!({"env": {"APP": "openai-worker-0"}, "machine_role": "worker"})),
+        ]}),
+        &[
+            ("MACHINE_FAKE_GPUS", "2"),
+            ("CUDA_VISIBLE_DEVICES", "0,1"),
+            ("MACHINE_ID", "m-test"),
+        ],
+    );
+    let service = read_when_present(&rt, "comfyui-gpu1.env");
+    let worker = read_when_present(&rt, "comfyui-worker-0.env");
+    let api = read_when_present(&rt, "openai-worker-0.env");
+
+    let uuid_of = |name: &str| {
+        rt.app_status(name)["gpu_uuid"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let (uuid1, uuid0) = (uuid_of("comfyui-gpu1"), uuid_of("comfyui-worker-0"));
+    assert!(
+        uuid0.starts_with("GPU-") && uuid1.starts_with("GPU-") && uuid0 != uuid1,
+        "{uuid0} {uuid1}"
+    );
+    assert_eq!(env_var(&service, "CUDA_VISIBLE_DEVICES"), Some(uuid1));
+    assert_eq!(env_var(&service, "WORKER_GPU_ID").as_deref(), Some("1"));
+    assert_eq!(env_var(&worker, "CUDA_VISIBLE_DEVICES"), Some(uuid0));
+    assert_eq!(env_var(&api, "CUDA_VISIBLE_DEVICES").as_deref(), Some(""));
+    for dump in [&service, &worker, &api] {
+        assert_eq!(
+            env_var(dump, "CUDA_DEVICE_ORDER").as_deref(),
+            Some("PCI_BUS_ID")
+        );
+    }
+    // The MACHINE_ID the runtime was started with wins over the one baked into the ecosystem.
+    assert_eq!(env_var(&worker, "MACHINE_ID").as_deref(), Some("m-test"));
+    assert_eq!(
+        env_var(&worker, "WORKER_ID").as_deref(),
+        Some("m-test-worker-comfyui-0")
+    );
+    assert_eq!(rt.app_status("comfyui-worker-0")["gpu"], 0);
+
+    rt.signal(libc::SIGTERM);
+    assert_eq!(rt.wait_exit().code(), Some(0), "{}", rt.output());
+}
+
+#[test]
+fn starts_a_worker_only_after_its_service_answers() {
+    let port = free_port();
+    // The service opens its port only after the external worker has started, so the order
+    // external worker < service answering < gated worker is forced by causality, not timing.
+    let service = format!(
+        "import os, time, http.server\n\
+         d = os.environ['D']\n\
+         while not os.path.exists(d + '/external.started'): time.sleep(0.05)\n\
+         time.sleep(0.5)\n\
+         open(d + '/service.opening', 'w').write(str(time.time_ns()))\n\
+         http.server.HTTPServer(('127.0.0.1', {port}), http.server.SimpleHTTPRequestHandler).serve_forever()\n"
+    );
+    let stamp = |file: &str| {
+        format!(
+            "date +%s%N > \"$D/{file}.tmp\" && mv \"$D/{file}.tmp\" \"$D/{file}\"; exec sleep 1000"
+        )
+    };
+    let mut rt = Runtime::start(
+        json!({"apps": [
+            {"name": "simulation-gpu0", "script": "python3", "args": ["-c", service], "interpreter": "none",
+             "cwd": "@DIR@", "env": {"D": "@DIR@"}, "machine_role": "service", "machine_port": port,
+             "machine_readiness": {"kind": "http", "url": format!("http://127.0.0.1:{port}/"), "interval_ms": 100, "timeout_ms": 1000}},
+            with(sh("simulation-worker-0", &stamp("gated.started")), json!({"machine_role": "worker", "machine_wait_for": ["simulation-gpu0"]})),
+            with(sh("openai-worker-0", &stamp("external.started")), json!({"machine_role": "worker"})),
+        ]}),
+        &[],
+    );
+    let external: u128 = read_when_present(&rt, "external.started")
+        .trim()
+        .parse()
+        .unwrap();
+    let gated: u128 = read_when_present(&rt, "gated.started")
+        .trim()
+        .parse()
+        .unwrap();
+    let opening: u128 = read_when_present(&rt, "service.opening")
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        external < opening,
+        "the external worker must not wait for the service"
+    );
+    assert!(
+        opening < gated,
+        "the gated worker started before its service answered\n{}",
+        rt.output()
+    );
+    let out = rt.output();
+    let waits = out
+        .find("simulation-worker-0 waits for simulation-gpu0 to be ready")
+        .expect(&out);
+    let ready = out.find("simulation-gpu0 is ready after").expect(&out);
+    let started = out.find("simulation-worker-0 started (pid").expect(&out);
+    assert!(waits < ready && ready < started, "{out}");
+    rt.signal(libc::SIGTERM);
+    assert_eq!(rt.wait_exit().code(), Some(0), "{}", rt.output());
+}
+
+#[test]
+fn restarts_with_exponential_backoff_then_errors_after_max_restarts() {
+    let mut rt = Runtime::start(
+        json!({"apps": [
+            with(sh("flaky", "date +%s%N >> \"$D/starts\"; exit 1"),
+                 json!({"exp_backoff_restart_delay": 200, "max_restarts": 4, "min_uptime": "10s"})),
+            sh("steady", "exec sleep 1000"),
+        ]}),
+        &[],
+    );
+    let status = rt.wait_state("flaky", "errored");
+    let starts: Vec<u128> = std::fs::read_to_string(rt.path("starts"))
+        .unwrap()
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect();
+    // errored after 4 consecutive unstable exits: 4 starts, 3 restarts, never a fifth start.
+    assert_eq!(starts.len(), 4, "{}", rt.output());
+    assert_eq!(
+        (
+            status["restarts"].as_u64(),
+            status["unstable_restarts"].as_u64()
+        ),
+        (Some(3), Some(4))
+    );
+    assert_eq!(status["last_exit"]["code"], 1);
+    // Each restart waited at least its backoff delay: 200 ms, ×1.5 each time.
+    let gaps_ms: Vec<u128> = starts
+        .windows(2)
+        .map(|w| (w[1] - w[0]) / 1_000_000)
+        .collect();
+    for (gap, delay) in gaps_ms.iter().zip([200, 300, 450]) {
+        assert!(
+            *gap >= delay,
+            "restart came {gap} ms after the previous start, before the {delay} ms delay"
+        );
+    }
+    let out = rt.output();
+    for line in [
+        "flaky exited with status 1 after",
+        "restarting in 200ms (attempt 2 of 4)",
+        "restarting in 300ms (attempt 3 of 4)",
+        "restarting in 450ms (attempt 4 of 4)",
+        "errored after 4 consecutive exits before min_uptime 10.0s; not restarting",
+    ] {
+        assert!(out.contains(line), "missing {line:?} in\n{out}");
+    }
+    // One errored app that is not essential leaves the rest running.
+    assert_eq!(rt.app_status("steady")["state"], "running");
+    rt.signal(libc::SIGTERM);
+    assert_eq!(rt.wait_exit().code(), Some(0), "{}", rt.output());
+    let n = std::fs::read_to_string(rt.path("starts"))
+        .unwrap()
+        .lines()
+        .count();
+    assert_eq!(n, 4, "an errored app was started again");
+}
+
+#[test]
+fn exits_non_zero_naming_an_essential_app_that_ends() {
+    let mut rt = Runtime::start(
+        json!({"apps": [
+            with(sh("other", "put other.pid $$; exec sleep 1000"), json!({"machine_role": "service"})),
+            with(sh("comfyui-gpu0", "while ! test -f \"$D/other.pid\"; do sleep 0.05; done; exit 7"),
+                 json!({"machine_essential": true, "max_restarts": 2, "min_uptime": "60s", "machine_role": "service"})),
+        ]}),
+        &[],
+    );
+    let status = rt.wait_exit();
+    let out = rt.output();
+    assert_eq!(status.code(), Some(1), "{out}");
+    assert!(
+        out.contains("error: essential app \"comfyui-gpu0\" errored after 2 consecutive exits before min_uptime 1m 0s (last exit: status 7); stopped everything"),
+        "{out}"
+    );
+    let other: u32 = std::fs::read_to_string(rt.path("other.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(gone(other, "sleep"), "the other app outlived the runtime");
+}
+
+#[test]
+fn sigterm_stops_workers_then_services_and_leaves_nothing_running() {
+    // Each app leaves grandchildren; one grandchild ignores SIGTERM and needs the SIGKILL.
+    let worker = "sh -c 'trap \"\" TERM; echo $$ > \"$D/stubborn.tmp\"; mv \"$D/stubborn.tmp\" \"$D/stubborn.pid\"; while :; do sleep 0.1; done' &\n\
+                  sleep 1000 & put worker-child.pid $!\n\
+                  put worker.pid $$\nwait";
+    let service = "sleep 1000 & put service-child.pid $!\nput service.pid $$\nwait";
+    let mut rt = Runtime::start(
+        json!({"apps": [
+            with(sh("svc", service), json!({"machine_role": "service"})),
+            with(sh("wrk", worker), json!({"machine_role": "worker", "kill_timeout": 300})),
+        ]}),
+        &[],
+    );
+    let pids: Vec<u32> = [
+        "stubborn.pid",
+        "worker-child.pid",
+        "worker.pid",
+        "service-child.pid",
+        "service.pid",
+    ]
+    .iter()
+    .map(|f| read_when_present(&rt, f).trim().parse().unwrap())
+    .collect();
+    rt.wait_state("wrk", "running");
+    rt.signal(libc::SIGTERM);
+    assert_eq!(rt.wait_exit().code(), Some(0), "{}", rt.output());
+    for pid in &pids {
+        assert!(
+            gone(*pid, "sh") && gone(*pid, "sleep"),
+            "pid {pid} is still there: {:?}",
+            process_state(*pid)
+        );
+    }
+    let out = rt.output();
+    let worker_stop = out
+        .find("stopping wrk: SIGTERM to process group")
+        .expect(&out);
+    let service_stop = out
+        .find("stopping svc: SIGTERM to process group")
+        .expect(&out);
+    assert!(
+        worker_stop < service_stop,
+        "workers must stop before services\n{out}"
+    );
+    assert!(
+        out.contains("wrk did not stop within kill_timeout 300ms; sending SIGKILL"),
+        "{out}"
+    );
+}
+
+#[test]
+fn forwards_sigint_as_received() {
+    let mut rt = Runtime::start(
+        json!({"apps": [sh("svc", "trap 'echo INT > \"$D/got\"; exit 0' INT\ntrap 'echo TERM > \"$D/got\"; exit 0' TERM\nput up up\nwhile :; do sleep 0.05; done")]}),
+        &[],
+    );
+    read_when_present(&rt, "up");
+    rt.signal(libc::SIGINT);
+    assert_eq!(rt.wait_exit().code(), Some(0), "{}", rt.output());
+    assert_eq!(
+        std::fs::read_to_string(rt.path("got")).unwrap().trim(),
+        "INT"
+    );
+}
+
+/// An app whose background child outlives its parent shell: the child is re-parented to the
+/// runtime, which must reap it when it exits.
+/// The token reaches the orphan through `$T`, so the parent's own command line does not match it.
+fn orphan_ecosystem(token: &str) -> Value {
+    json!({"apps": [with(
+        sh("parent", "( sh -c 'sleep 1; exit 0' \"$T\" & ) ; put spawned yes; exec sleep 1000"),
+        json!({"env": {"T": token}}),
+    )]})
+}
+
+fn check_orphan_reaped(rt: &Runtime, token: &str, expected_parent: Option<u32>) {
+    read_when_present(rt, "spawned");
+    let orphan = wait_for(
+        "the orphan to appear",
+        || rt.output(),
+        || pids_with(token).first().copied(),
+    );
+    if let Some(parent) = expected_parent {
+        let ppid = wait_for(
+            "the orphan's re-parenting",
+            || rt.output(),
+            || parent_pid(orphan).filter(|p| *p == parent || process_state(orphan).is_none()),
+        );
+        assert!(
+            ppid == parent || process_state(orphan).is_none(),
+            "orphan parent {ppid}, expected {parent}"
+        );
+    }
+    // Without reaping it would stay a zombie for as long as the runtime lives.
+    wait_for(
+        "the orphan to be reaped",
+        || format!("state {:?}\n{}", process_state(orphan), rt.output()),
+        || process_state(orphan).is_none().then_some(()),
+    );
+}
+
+#[test]
+fn reaps_orphans_as_a_subreaper() {
+    let token = token("orphan-sub-");
+    let mut rt = Runtime::start(orphan_ecosystem(&token), &[]);
+    check_orphan_reaped(&rt, &token, Some(rt.child.id()));
+    wait_for(
+        "the orphan count in /status",
+        || rt.output(),
+        || {
+            let (_, status, _) = rt.get("/status");
+            (status["orphans_reaped"].as_u64() >= Some(1)).then_some(())
+        },
+    );
+    rt.signal(libc::SIGTERM);
+    assert_eq!(rt.wait_exit().code(), Some(0), "{}", rt.output());
+}
+
+#[test]
+fn reaps_orphans_as_pid_1_in_a_pid_namespace() {
+    let probe = std::process::Command::new("unshare")
+        .args(["--user", "--pid", "--fork", "--map-root-user", "true"])
+        .output();
+    match probe {
+        Ok(out) if out.status.success() => {}
+        other => {
+            println!(
+                "note: skipping the PID-namespace variant; `unshare --user --pid` is not allowed here: {other:?}"
+            );
+            return;
+        }
+    }
+    let token = token("orphan-ns-");
+    let mut rt = Runtime::start_with(
+        orphan_ecosystem(&token),
+        &[],
+        &[
+            "unshare",
+            "--user",
+            "--pid",
+            "--fork",
+            "--map-root-user",
+            "--kill-child",
+        ],
+    );
+    check_orphan_reaped(&rt, &token, None);
+    // The runtime really is PID 1 there: it never needed the subreaper flag.
+    assert!(
+        !rt.output().contains("cannot become a child subreaper"),
+        "{}",
+        rt.output()
+    );
+    // unshare forwards no signal; stop the runtime inside through its own pid.
+    let inner = wait_for(
+        "the runtime inside the namespace",
+        || rt.output(),
+        || {
+            std::fs::read_to_string(format!(
+                "/proc/{}/task/{}/children",
+                rt.child.id(),
+                rt.child.id()
+            ))
+            .ok()
+            .and_then(|c| {
+                c.split_whitespace()
+                    .next()
+                    .and_then(|p| p.parse::<i32>().ok())
+            })
+        },
+    );
+    // SAFETY: plain kill(2).
+    unsafe { libc::kill(inner, libc::SIGTERM) };
+    assert_eq!(rt.wait_exit().code(), Some(0), "{}", rt.output());
+    assert!(rt.output().contains("stopped in"), "{}", rt.output());
+}
+
+#[test]
+fn refuses_to_start_without_the_planned_gpus_or_secrets() {
+    let mut rt = Runtime::start(
+        json!({"apps": [
+            with(sh("comfyui-gpu1", "touch \"$D/started\"; exec sleep 1000"), json!({"machine_gpu": 1})),
+            with(sh("openai-worker-0", "touch \"$D/started\"; exec sleep 1000"),
+                 json!({"machine_required_env": ["OPENAI_API_KEY", "HUB_REDIS_URL"]})),
+        ]}),
+        &[
+            ("MACHINE_FAKE_GPUS", "1"),
+            ("HUB_REDIS_URL", "redis://localhost:6379"),
+        ],
+    );
+    let status = rt.wait_exit();
+    let out = rt.output();
+    assert_eq!(status.code(), Some(1), "{out}");
+    assert!(
+        out.contains(
+            "app \"comfyui-gpu1\" is pinned to GPU 1, but this machine has 1 GPU (index 0)"
+        ),
+        "{out}"
+    );
+    assert!(out.contains("app \"openai-worker-0\" needs the environment variable OPENAI_API_KEY, which is not set"), "{out}");
+    assert!(!out.contains("variable HUB_REDIS_URL"), "{out}");
+    assert!(
+        !rt.path("started").exists(),
+        "an app started despite the refusal"
+    );
+}
+
+#[test]
+fn restarts_a_killed_child_and_counts_the_restart() {
+    let mut rt = Runtime::start(
+        json!({"apps": [{"name": "svc", "script": "sleep", "args": "1000", "restart_delay": 100}]}),
+        &[],
+    );
+    let first = rt.wait_state("svc", "running")["pid"].as_u64().unwrap();
+    // SAFETY: plain kill(2) on a child of the runtime.
+    unsafe { libc::kill(first as i32, libc::SIGKILL) };
+    let status = wait_for(
+        "the restart",
+        || rt.output(),
+        || {
+            let app = rt.app_status("svc");
+            (app["state"] == "running" && app["pid"].as_u64() != Some(first)).then_some(app)
+        },
+    );
+    assert_eq!(status["restarts"], 1);
+    assert_eq!(status["last_exit"]["signal"], libc::SIGKILL);
+    assert!(
+        rt.output()
+            .contains("svc exited with signal 9 (SIGKILL) after"),
+        "{}",
+        rt.output()
+    );
+    assert!(
+        rt.output()
+            .contains("restarting in 100ms (attempt 2 of 16)"),
+        "{}",
+        rt.output()
+    );
+    rt.signal(libc::SIGTERM);
+    assert_eq!(rt.wait_exit().code(), Some(0));
+}

@@ -1,0 +1,298 @@
+//! Helpers for driving `machine-runtime up` as a real process: write an ecosystem, start the
+//! binary, follow its output, poll for conditions, talk HTTP to its health endpoint.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// How long any condition may take before a test fails; generous for a loaded 2-core machine.
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_machine-runtime");
+
+/// Polls `probe` until it returns `Some`, or panics with `what` and `context()` after `PATIENCE`.
+pub fn wait_for<T>(
+    what: &str,
+    context: impl Fn() -> String,
+    mut probe: impl FnMut() -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if let Some(value) = probe() {
+            return value;
+        }
+        if Instant::now() > deadline {
+            panic!(
+                "timed out waiting for {what}\n--- context ---\n{}",
+                context()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A running `machine-runtime up` with its own temporary directory.
+pub struct Runtime {
+    pub child: Child,
+    pub dir: tempfile::TempDir,
+    output: Arc<Mutex<String>>,
+    exited: Option<ExitStatus>,
+}
+
+impl Runtime {
+    /// Writes `ecosystem` (with `@DIR@` replaced by the temp dir) and starts `up` on it.
+    pub fn start(ecosystem: Value, env: &[(&str, &str)]) -> Runtime {
+        Self::start_with(ecosystem, env, &[])
+    }
+
+    /// Like `start`, with `wrapper` put before the binary (e.g. `unshare ...`).
+    pub fn start_with(ecosystem: Value, env: &[(&str, &str)], wrapper: &[&str]) -> Runtime {
+        let dir = tempfile::tempdir().unwrap();
+        let text = ecosystem
+            .to_string()
+            .replace("@DIR@", dir.path().to_str().unwrap());
+        let file = dir.path().join("ecosystem.config.json");
+        std::fs::write(&file, text).unwrap();
+        let mut cmd = match wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(BIN);
+                c
+            }
+            None => Command::new(BIN),
+        };
+        cmd.args(["up", "--ecosystem"])
+            .arg(&file)
+            .args(["--health-port", "0"])
+            .env_remove("MACHINE_HEALTH_PORT")
+            .env_remove("MACHINE_FAKE_GPUS")
+            .env_remove("MACHINE_ID")
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            // Its own group, so a test's Ctrl-C or a failing test never leaves strays behind.
+            .process_group(0);
+        let mut child = cmd.spawn().unwrap();
+        let output = Arc::new(Mutex::new(String::new()));
+        for stream in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let output = output.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines() {
+                    let Ok(line) = line else { break };
+                    let mut out = output.lock().unwrap();
+                    out.push_str(&line);
+                    out.push('\n');
+                }
+            });
+        }
+        Runtime {
+            child,
+            dir,
+            output,
+            exited: None,
+        }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Everything the runtime printed so far (stdout and stderr).
+    pub fn output(&self) -> String {
+        self.output.lock().unwrap().clone()
+    }
+
+    /// The port of the health endpoint, from the runtime's log line.
+    pub fn health_port(&self) -> u16 {
+        let marker = "health endpoint on http://0.0.0.0:";
+        wait_for(
+            "the health endpoint",
+            || self.output(),
+            || {
+                let out = self.output();
+                let start = out.find(marker)? + marker.len();
+                out[start..].split('/').next()?.parse().ok()
+            },
+        )
+    }
+
+    /// GET a path of the health endpoint: status and JSON body.
+    pub fn get(&self, path: &str) -> (u16, Value, String) {
+        http_get(self.health_port(), path)
+    }
+
+    /// The `/status` entry of one app.
+    pub fn app_status(&self, name: &str) -> Value {
+        let (_, status, _) = self.get("/status");
+        status["apps"]
+            .as_array()
+            .and_then(|apps| apps.iter().find(|a| a["name"] == name).cloned())
+            .unwrap_or_else(|| panic!("no app {name} in /status: {status}"))
+    }
+
+    /// Waits until app `name` is in `state` according to `/status`.
+    pub fn wait_state(&self, name: &str, state: &str) -> Value {
+        wait_for(
+            &format!("{name} to be {state}"),
+            || self.output(),
+            || {
+                let app = self.app_status(name);
+                (app["state"] == state).then_some(app)
+            },
+        )
+    }
+
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: plain kill(2) on our own child.
+        unsafe { libc::kill(self.child.id() as i32, signal) };
+    }
+
+    /// Waits for the runtime to exit.
+    pub fn wait_exit(&mut self) -> ExitStatus {
+        if let Some(status) = self.exited {
+            return status;
+        }
+        let status = wait_for(
+            "the runtime to exit",
+            || self.output.lock().unwrap().clone(),
+            || self.child.try_wait().unwrap(),
+        );
+        // Let the output threads drain what is left in the pipes.
+        std::thread::sleep(Duration::from_millis(50));
+        self.exited = Some(status);
+        status
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        if self.exited.is_none() && self.child.try_wait().ok().flatten().is_none() {
+            self.signal(libc::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while self.child.try_wait().ok().flatten().is_none() {
+                if Instant::now() > deadline {
+                    let _ = self.child.kill();
+                    let _ = self.child.wait();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+}
+
+/// A minimal blocking HTTP GET against 127.0.0.1: status, JSON body (Null if not JSON), raw text.
+pub fn http_get(port: u16, path: &str) -> (u16, Value, String) {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw).unwrap();
+    let status = raw
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = raw.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    (
+        status,
+        serde_json::from_str(body).unwrap_or(Value::Null),
+        raw,
+    )
+}
+
+/// A free TCP port on 127.0.0.1 (released before returning; fine for tests).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Reads a file written by a child once it exists and is complete (children write `x.tmp` then
+/// rename it).
+pub fn read_when_present(rt: &Runtime, name: &str) -> String {
+    let path = rt.path(name);
+    wait_for(
+        &format!("file {name}"),
+        || rt.output(),
+        || std::fs::read_to_string(&path).ok(),
+    )
+}
+
+/// The state letter of a process (`R`, `S`, `Z`, ...), or `None` once it no longer exists.
+pub fn process_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The state follows the command name, which is in parentheses and may contain spaces.
+    stat.rsplit_once(')')?.1.trim_start().chars().next()
+}
+
+/// The parent pid of a process.
+pub fn parent_pid(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// True when `pid` no longer names a process (not even a zombie) whose command line contains
+/// `token` — a pid reused by an unrelated process counts as gone.
+pub fn gone(pid: u32, token: &str) -> bool {
+    match std::fs::read(format!("/proc/{pid}/cmdline")) {
+        Err(_) => true,
+        Ok(cmdline) => {
+            // A zombie has an empty command line but still exists: not gone.
+            if cmdline.is_empty() {
+                return process_state(pid).is_none();
+            }
+            !String::from_utf8_lossy(&cmdline).contains(token)
+        }
+    }
+}
+
+/// Pids of processes whose command line contains `token`.
+pub fn pids_with(token: &str) -> Vec<u32> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline"))
+            && String::from_utf8_lossy(&cmdline).contains(token)
+        {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// A unique token for marking this test's processes.
+pub fn token(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{prefix}{}{}", std::process::id(), nanos % 1_000_000_000)
+}
