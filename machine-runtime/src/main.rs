@@ -50,6 +50,15 @@ enum Command {
     SimulateWorker,
     /// Start every app, supervise them, serve the health endpoint; stop on SIGTERM/SIGINT.
     Up(UpArgs),
+    /// Print what `up --profile` would start, given the GPUs found and the environment.
+    Plan {
+        /// The baked-in profile [default: $MACHINE_PROFILE].
+        #[arg(long, value_name = "NAME")]
+        profile: Option<String>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
     /// Exit 0 when the running machine's /health answers 200 (for Docker's HEALTHCHECK).
     Health(HealthArgs),
 }
@@ -57,8 +66,11 @@ enum Command {
 #[derive(Args)]
 struct UpArgs {
     /// A PM2-compatible ecosystem JSON file to run.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", conflicts_with = "profile")]
     ecosystem: Option<PathBuf>,
+    /// A baked-in profile to plan against the GPUs found and run [default: $MACHINE_PROFILE].
+    #[arg(long, value_name = "NAME")]
+    profile: Option<String>,
     /// Port of the health endpoint [default: $MACHINE_HEALTH_PORT, else 9090; 0 picks a free one].
     #[arg(long, value_name = "PORT")]
     health_port: Option<u16>,
@@ -93,6 +105,7 @@ fn main() -> ExitCode {
         Command::SimulateWorker => return machine_runtime::simulate_worker::main(),
         Command::Install(args) => return machine_runtime::install::run_cli(args),
         Command::Up(args) => up(args).map(|()| ExitCode::SUCCESS),
+        Command::Plan { profile, format } => plan(profile, format).map(|()| ExitCode::SUCCESS),
         Command::Health(args) => health_check(args).map(|()| ExitCode::SUCCESS),
     };
     match result {
@@ -182,16 +195,98 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
-fn up(args: UpArgs) -> anyhow::Result<()> {
-    let path = args
-        .ecosystem
-        .context("nothing to run; pass --ecosystem FILE")?;
-    let eco = ecosystem::read_file(&path)?;
-    for warning in &eco.warnings {
-        eprintln!("machine-runtime: warning: {warning}");
+/// The baked-in profile named by the flag or `MACHINE_PROFILE`, planned against the GPUs found and the
+/// environment (overrides, secrets).
+fn real_plan(flag: Option<String>) -> anyhow::Result<machine_runtime::reality::RealPlan> {
+    use machine_runtime::profiles;
+    let name = flag
+        .or_else(|| {
+            std::env::var("MACHINE_PROFILE")
+                .ok()
+                .filter(|v| !v.is_empty())
+        })
+        .context("no profile; pass --profile NAME or set MACHINE_PROFILE")?;
+    let baked = profiles::by_name(&name).with_context(|| {
+        let names: Vec<&str> = profiles::ALL.iter().map(|p| p.name).collect();
+        format!(
+            "unknown profile \"{name}\"; baked-in profiles: {}",
+            names.join(", ")
+        )
+    })?;
+    let profile = baked.profile().context("reading the baked-in profile")?;
+    let inventory = machine_runtime::gpu::Inventory::detect()?;
+    let real = machine_runtime::reality::plan(
+        baked.name,
+        &profile,
+        &machine_runtime::reality::ProcessEnv,
+        &inventory,
+    )
+    .map_err(|problems| {
+        anyhow::anyhow!("cannot start profile {name}:\n  {}", problems.join("\n  "))
+    })?;
+    for note in &real.notes {
+        eprintln!("machine-runtime: {note}");
     }
+    Ok(real)
+}
+
+fn plan(profile: Option<String>, format: Format) -> anyhow::Result<()> {
+    let real = real_plan(profile)?;
+    match format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&real.plan)?),
+        Format::Text => {
+            println!(
+                "profile {}  machine {}  gpus {}  workers {}",
+                real.plan.profile, real.plan.machine_id, real.plan.gpus, real.plan.worker_spec
+            );
+            for s in &real.plan.services {
+                let uuid = s
+                    .gpu
+                    .and_then(|g| real.gpu_uuids.get(g as usize))
+                    .map_or("-", |u| u.as_str());
+                println!(
+                    "service {:<20} port {:<6} gpu {}",
+                    s.name,
+                    s.port.map_or("-".into(), |p| p.to_string()),
+                    uuid
+                );
+            }
+            for w in &real.plan.workers {
+                let uuid = w
+                    .gpu
+                    .and_then(|g| real.gpu_uuids.get(g as usize))
+                    .map_or("-", |u| u.as_str());
+                println!(
+                    "worker  {:<20} {} gpu {} after {}",
+                    w.name,
+                    w.worker_id,
+                    uuid,
+                    w.service_instance.as_deref().unwrap_or("-")
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn up(args: UpArgs) -> anyhow::Result<()> {
+    let (apps, uuids) = match args.ecosystem {
+        Some(path) => {
+            let eco = ecosystem::read_file(&path)?;
+            for warning in &eco.warnings {
+                eprintln!("machine-runtime: warning: {warning}");
+            }
+            (eco.apps, gpu_uuids()?)
+        }
+        None => {
+            let real = real_plan(args.profile)?;
+            let eco = machine_model::ecosystem::Ecosystem::from_plan(&real.plan);
+            let value = serde_json::to_value(&eco).context("rendering the plan's ecosystem")?;
+            (ecosystem::from_value(&value)?.apps, real.gpu_uuids)
+        }
+    };
     let port = health_port(args.health_port)?;
-    let supervisor = Supervisor::new(eco.apps, SupervisorOptions::new(gpu_uuids()?))?;
+    let supervisor = Supervisor::new(apps, SupervisorOptions::new(uuids))?;
     runtime()?.block_on(async {
         health::serve(port, supervisor.handle(), Arc::new(())).await?;
         supervisor.run().await?;
