@@ -11,9 +11,17 @@ use super::{
 /// Arguments of `machine-runtime install`.
 #[derive(Debug, clap::Args)]
 pub struct InstallArgs {
+    /// Install what this baked-in profile's plan needs (each internal service once; none for API-only).
+    #[arg(
+        long,
+        value_name = "NAME",
+        required_unless_present = "services",
+        conflicts_with = "services"
+    )]
+    pub profile: Option<String>,
     /// Services to install, comma-separated (built-in recipes: comfyui, playwright); empty installs nothing.
-    #[arg(long, value_delimiter = ',', required = true)]
-    pub services: Vec<String>,
+    #[arg(long, value_delimiter = ',')]
+    pub services: Option<Vec<String>>,
     /// Root of the installs [default: $WORKSPACE_DIR, else /workspace].
     #[arg(long, value_name = "DIR")]
     pub workspace: Option<PathBuf>,
@@ -28,10 +36,55 @@ pub struct InstallArgs {
     pub step_timeout: u64,
 }
 
-/// Runs `install` (or `install --check`) for the built-in recipes named by `--services`.
+/// The services a baked-in profile's plan installs (its `install` list; overrides from the environment
+/// such as `WORKER_CONNECTORS` apply, GPUs are not checked: images are built without them).
+fn profile_services(name: &str) -> Result<Vec<String>, String> {
+    let baked = crate::profiles::by_name(name).ok_or_else(|| {
+        let names: Vec<&str> = crate::profiles::ALL.iter().map(|p| p.name).collect();
+        format!(
+            "unknown profile \"{name}\"; baked-in profiles: {}",
+            names.join(", ")
+        )
+    })?;
+    let profile = baked
+        .profile()
+        .map_err(|e| format!("reading profile {name}: {e}"))?;
+    let workers = std::env::var("WORKER_CONNECTORS")
+        .ok()
+        .filter(|v| !v.trim().is_empty());
+    let overrides = machine_model::Overrides {
+        workers,
+        ..machine_model::Overrides::default()
+    };
+    let plan = machine_model::Plan::build(name, &profile, &overrides)
+        .map_err(|e| format!("planning profile {name}: {e}"))?;
+    Ok(plan.install.iter().map(|s| s.to_string()).collect())
+}
+
+/// Runs `install` (or `install --check`) for `--profile`'s plan or the built-in recipes named by `--services`.
 pub fn run(args: InstallArgs) -> ExitCode {
     super::kill_running_step_on_signals();
-    let recipes = match builtin_recipes(&args.services) {
+    let names = match (&args.profile, &args.services) {
+        (Some(profile), _) => match profile_services(profile) {
+            Ok(n) => n,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        (None, services) => services.clone().unwrap_or_default(),
+    };
+    if let Some(profile) = &args.profile {
+        eprintln!(
+            "install: profile {profile} needs {}",
+            if names.is_empty() {
+                "nothing installed".to_string()
+            } else {
+                names.join(", ")
+            }
+        );
+    }
+    let recipes = match builtin_recipes(&names) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: {e}");
