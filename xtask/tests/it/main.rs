@@ -9,6 +9,7 @@ mod compose_v1;
 mod drift;
 mod env_readers;
 mod pm2_load;
+mod secrets;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
