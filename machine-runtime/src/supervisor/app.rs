@@ -296,6 +296,18 @@ impl AppTask {
 
     /// Spawns the child; on failure the error says why in words.
     fn start(&self) -> Result<(u32, ExitWait), String> {
+        if !self
+            .cmd
+            .resolved_program()
+            .as_encoded_bytes()
+            .contains(&b'/')
+        {
+            // Not on the child's PATH: fail here rather than let std fall back to fork + exec.
+            return Err(format!(
+                "program \"{}\" not found (not a file, and not on PATH)",
+                self.cmd.program.to_string_lossy()
+            ));
+        }
         let mut command = self.cmd.to_command();
         let mut spawned = self.reaper.spawn(&mut command).map_err(|e| {
             let program = self.cmd.program.to_string_lossy();

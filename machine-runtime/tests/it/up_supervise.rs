@@ -477,3 +477,33 @@ fn restarts_a_killed_child_and_counts_the_restart() {
     rt.signal(libc::SIGTERM);
     assert_eq!(rt.wait_exit().code(), Some(0));
 }
+
+#[test]
+fn a_program_that_does_not_exist_errors_with_the_reason() {
+    let mut rt = Runtime::start(
+        json!({"apps": [
+            {"name": "typo", "script": "no-such-program-xyz", "max_restarts": 2},
+            {"name": "bad-cwd", "script": "sleep", "args": "1000", "cwd": "/nonexistent-dir", "max_restarts": 1},
+            {"name": "ok", "script": "sleep", "args": "1000"},
+        ]}),
+        &[],
+    );
+    let typo = rt.wait_state("typo", "errored");
+    assert_eq!(
+        typo["last_exit"]["description"],
+        "program \"no-such-program-xyz\" not found (not a file, and not on PATH)"
+    );
+    let bad_cwd = rt.wait_state("bad-cwd", "errored");
+    assert_eq!(
+        bad_cwd["last_exit"]["description"],
+        "its cwd /nonexistent-dir does not exist"
+    );
+    assert!(
+        rt.output()
+            .contains("typo could not start: program \"no-such-program-xyz\" not found"),
+        "{}",
+        rt.output()
+    );
+    rt.signal(libc::SIGTERM);
+    assert_eq!(rt.wait_exit().code(), Some(0), "{}", rt.output());
+}
