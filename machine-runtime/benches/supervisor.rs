@@ -435,8 +435,7 @@ fn print_table(n: usize, results: &[(Contender, Figures)]) {
         "", "machine-runtime", "pm2-runtime", "shell loop", "mr / pm2", "mr / shell"
     );
     for (label, figure) in rows {
-        let cell =
-            |f: &Option<Figures>| f.as_ref().map(|f| figure(f)).unwrap_or(("-".into(), None));
+        let cell = |f: &Option<Figures>| f.as_ref().map(&figure).unwrap_or(("-".into(), None));
         let (o, ov) = cell(&ours);
         let (p, pv) = cell(&pm2);
         let (s, sv) = cell(&shell);

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
-use machine_runtime::supervisor::{Supervisor, SupervisorOptions};
+use machine_runtime::supervisor::{self, SupervisorOptions, UpOptions};
 use machine_runtime::{ecosystem, health};
 
 #[derive(Parser)]
@@ -90,14 +90,6 @@ fn gpu_uuids() -> Vec<String> {
         .collect()
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")
-}
-
 fn up(args: UpArgs) -> anyhow::Result<()> {
     let path = args
         .ecosystem
@@ -106,13 +98,13 @@ fn up(args: UpArgs) -> anyhow::Result<()> {
     for warning in &eco.warnings {
         eprintln!("machine-runtime: warning: {warning}");
     }
-    let port = health_port(args.health_port)?;
-    let supervisor = Supervisor::new(eco.apps, SupervisorOptions::new(gpu_uuids()))?;
-    runtime()?.block_on(async {
-        health::serve(port, supervisor.handle(), Arc::new(())).await?;
-        supervisor.run().await?;
-        Ok(())
-    })
+    let options = UpOptions {
+        supervisor: SupervisorOptions::new(gpu_uuids()),
+        health_port: health_port(args.health_port)?,
+        status: Arc::new(()),
+    };
+    supervisor::up(eco.apps, options, |_| {})?;
+    Ok(())
 }
 
 fn health_check(args: HealthArgs) -> anyhow::Result<()> {

@@ -370,3 +370,48 @@ impl Supervisor {
         result
     }
 }
+
+/// Everything [`up`] needs besides the apps.
+pub struct UpOptions {
+    pub supervisor: SupervisorOptions,
+    /// Port of the health endpoint (0 picks a free one and logs it).
+    pub health_port: u16,
+    /// Extra `/status` fields and health reasons (GPU inventory, broker).
+    pub status: Arc<dyn crate::health::StatusSource>,
+}
+
+/// Why `up` failed.
+#[derive(Debug, thiserror::Error)]
+pub enum UpError {
+    #[error(transparent)]
+    Preflight(#[from] PreflightError),
+    #[error(transparent)]
+    Health(#[from] crate::health::HealthError),
+    #[error(transparent)]
+    Run(#[from] RunError),
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(std::io::Error),
+}
+
+/// Runs a machine to the end: checks the apps, starts the async runtime, serves the health
+/// endpoint, calls `on_start` (inside the runtime, before any app starts; spawn helper tasks such
+/// as the broker on `handle.tracker()` there), supervises until stopped. Blocks the thread.
+pub fn up(
+    apps: Vec<AppSpec>,
+    options: UpOptions,
+    on_start: impl FnOnce(&SupervisorHandle),
+) -> Result<(), UpError> {
+    let supervisor = Supervisor::new(apps, options.supervisor)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(UpError::Runtime)?;
+    runtime.block_on(async {
+        let handle = supervisor.handle();
+        crate::health::serve(options.health_port, handle.clone(), options.status).await?;
+        on_start(&handle);
+        supervisor.run().await?;
+        Ok(())
+    })
+}
