@@ -142,11 +142,14 @@ impl Supervisor {
                 .required_env
                 .iter()
                 .filter(|name| {
-                    options
+                    // A hand-written ecosystem may carry the value itself.
+                    let in_app = app.env.get(name.as_str()).is_some_and(|v| !v.is_empty());
+                    let in_runtime = options
                         .context
                         .runtime_env
                         .get(std::ffi::OsStr::new(name.as_str()))
-                        .is_none_or(|v| v.is_empty())
+                        .is_some_and(|v| !v.is_empty());
+                    !in_app && !in_runtime
                 })
                 .map(String::as_str)
                 .collect();
