@@ -327,25 +327,14 @@ fn which(program: &str) -> Option<String> {
         .map(|p| p.display().to_string())
 }
 
-fn pm2_version(_path: &str) -> String {
-    Command::new("pm2")
-        .arg("--version")
-        .env(
-            "PM2_HOME",
-            std::env::temp_dir().join("machine-runtime-bench-pm2-version"),
-        )
-        .output()
+/// PM2's version from its package.json (running `pm2 --version` would start a PM2 daemon).
+fn pm2_version(pm2_runtime: &str) -> String {
+    std::fs::canonicalize(pm2_runtime)
         .ok()
-        .map(|o| {
-            format!(
-                "pm2 {}",
-                String::from_utf8_lossy(&o.stdout)
-                    .lines()
-                    .last()
-                    .unwrap_or("?")
-                    .trim()
-            )
-        })
+        .and_then(|bin| bin.parent()?.parent().map(|p| p.join("package.json")))
+        .and_then(|p| std::fs::read_to_string(p).ok())
+        .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+        .and_then(|v| v["version"].as_str().map(|v| format!("pm2 {v}")))
         .unwrap_or_else(|| "pm2 (unknown version)".into())
 }
 
