@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use machine_runtime::supervisor::{Supervisor, SupervisorOptions};
+use machine_runtime::supervisor::{self, SupervisorOptions, UpOptions};
 use machine_runtime::{ecosystem, health};
 
 #[derive(Parser)]
@@ -187,14 +187,6 @@ fn gpu_uuids() -> anyhow::Result<Vec<String>> {
         .collect())
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")
-}
-
 /// The baked-in profile named by the flag or `MACHINE_PROFILE`, planned against the GPUs found and the
 /// environment (overrides, secrets).
 fn real_plan(flag: Option<String>) -> anyhow::Result<machine_runtime::reality::RealPlan> {
@@ -285,13 +277,13 @@ fn up(args: UpArgs) -> anyhow::Result<()> {
             (ecosystem::from_value(&value)?.apps, real.gpu_uuids)
         }
     };
-    let port = health_port(args.health_port)?;
-    let supervisor = Supervisor::new(apps, SupervisorOptions::new(uuids))?;
-    runtime()?.block_on(async {
-        health::serve(port, supervisor.handle(), Arc::new(())).await?;
-        supervisor.run().await?;
-        Ok(())
-    })
+    let options = UpOptions {
+        supervisor: SupervisorOptions::new(uuids),
+        health_port: health_port(args.health_port)?,
+        status: Arc::new(()),
+    };
+    supervisor::up(apps, options, |_| {})?;
+    Ok(())
 }
 
 fn health_check(args: HealthArgs) -> anyhow::Result<()> {

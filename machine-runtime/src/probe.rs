@@ -207,7 +207,14 @@ async fn run_probe_command(
         .spawn(&mut cmd)
         .map_err(|e| format!("cannot run probe command \"{program}\": {e}"))?;
     let pid = spawned.pid;
-    match tokio::time::timeout(timeout, spawned.exit).await {
+    // If this future is dropped (the app exited, or the machine is stopping) the probe must not
+    // linger: the guard kills its group unless it has ended.
+    let mut guard = KillGroupOnDrop(Some(pid));
+    let result = tokio::time::timeout(timeout, spawned.exit).await;
+    if matches!(result, Ok(Ok(_))) {
+        guard.0 = None;
+    }
+    match result {
         Ok(Ok(status)) if status.success() => Ok(()),
         Ok(Ok(status)) => Err(format!(
             "probe command `{}` ended with {}",
@@ -216,13 +223,23 @@ async fn run_probe_command(
         )),
         Ok(Err(_)) => Err("the probe command's exit status was lost".to_string()),
         Err(_) => {
-            // The probe hung: kill its whole group so no stray probe piles up.
-            crate::signals::kill_group(pid, libc::SIGKILL);
+            // The probe hung; the guard kills its whole group so no stray probe piles up.
             Err(format!(
                 "probe command `{}` took longer than {}",
                 command.join(" "),
                 human_duration(timeout)
             ))
+        }
+    }
+}
+
+/// Kills a process group when dropped, unless disarmed (set to `None`).
+struct KillGroupOnDrop(Option<u32>);
+
+impl Drop for KillGroupOnDrop {
+    fn drop(&mut self) {
+        if let Some(pgid) = self.0 {
+            crate::signals::kill_group(pgid, libc::SIGKILL);
         }
     }
 }

@@ -4,7 +4,9 @@
 //!
 //! Because this loop reaps *any* child, nothing else in the process may wait for children:
 //! every child must be started through [`Reaper::spawn`], never `tokio::process` or
-//! `std::process::Child::wait`.
+//! `std::process::Child::wait`. It peeks with `waitid(WNOWAIT)` first and leaves an unknown
+//! child alone while a spawn is in flight, so neither a child that ends before it is registered
+//! nor one that std waits for itself (after a failed exec) has its status stolen.
 
 use std::collections::HashMap;
 use std::os::unix::process::ExitStatusExt;
@@ -24,10 +26,20 @@ pub struct Reaper {
 
 #[derive(Default)]
 struct Inner {
-    /// Tracked children by pid. The lock is held across spawn and across `waitpid`, so a child is
-    /// always registered before its status can be collected.
-    waiting: Mutex<HashMap<i32, oneshot::Sender<ExitStatus>>>,
+    table: Mutex<Table>,
     orphans_reaped: AtomicU64,
+}
+
+#[derive(Default)]
+struct Table {
+    /// Tracked children by pid.
+    waiting: HashMap<i32, oneshot::Sender<ExitStatus>>,
+    /// Spawns between fork and registration. While any is in flight, an ended child we do not
+    /// know yet may be one of them (or one std itself waits for after a failed exec), so it is
+    /// left alone until the spawn has finished.
+    in_flight: usize,
+    /// An ended child was left alone because of a spawn in flight.
+    deferred: bool,
 }
 
 /// A child started through the reaper.
@@ -69,39 +81,77 @@ impl Reaper {
         Reaper::default()
     }
 
-    /// Spawns `cmd` and registers its pid before anyone can reap it.
+    /// Spawns `cmd` and registers its pid. Spawns run in parallel: the table lock is not held
+    /// while the child execs.
     pub fn spawn(&self, cmd: &mut Command) -> std::io::Result<Spawned> {
-        let mut waiting = self.lock();
-        // std may itself wait for a child whose exec failed; holding the lock keeps our
-        // waitpid(-1) from stealing that status in the meantime.
-        let child = cmd.spawn()?;
-        let pid = child.id();
-        let (tx, rx) = oneshot::channel();
-        waiting.insert(pid as i32, tx);
-        Ok(Spawned {
-            pid,
-            child,
-            exit: rx,
-        })
+        self.lock().in_flight += 1;
+        let result = cmd.spawn();
+        let (spawned, deferred) = {
+            let mut table = self.lock();
+            table.in_flight -= 1;
+            let deferred = std::mem::take(&mut table.deferred);
+            let spawned = result.map(|child| {
+                let pid = child.id();
+                let (tx, rx) = oneshot::channel();
+                table.waiting.insert(pid as i32, tx);
+                Spawned {
+                    pid,
+                    child,
+                    exit: rx,
+                }
+            });
+            (spawned, deferred)
+        };
+        // A child that ended while spawns were in flight was left for now; collect it.
+        if deferred {
+            self.reap_now();
+        }
+        spawned
     }
 
     /// Collects every child that has ended; returns how many were collected.
     pub fn reap_now(&self) -> usize {
-        let mut waiting = self.lock();
+        let mut table = self.lock();
         let mut count = 0;
         loop {
-            let mut status: libc::c_int = 0;
-            // SAFETY: waitpid writes only into `status`, which outlives the call.
-            let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
-            if pid <= 0 {
-                // 0: children remain but none has ended; -1: ECHILD (no children) or EINTR.
-                if pid < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+            // Peek (WNOWAIT) at one ended child without collecting it yet.
+            // SAFETY: siginfo_t is plain data; all-zero is a valid value.
+            let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+            // SAFETY: waitid writes only into `info`, which outlives the call.
+            let rc = unsafe {
+                libc::waitid(
+                    libc::P_ALL,
+                    0,
+                    &mut info,
+                    libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+                )
+            };
+            if rc < 0 {
+                if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
                     continue;
                 }
+                // ECHILD: no children at all.
+                break;
+            }
+            // SAFETY: after a successful waitid, si_pid is set (0 when no child has ended).
+            let pid = unsafe { info.si_pid() };
+            if pid <= 0 {
+                break;
+            }
+            let tracked = table.waiting.contains_key(&pid);
+            if !tracked && table.in_flight > 0 {
+                // Possibly a child being spawned right now; the spawn calls us again when done.
+                table.deferred = true;
+                break;
+            }
+            let mut status: libc::c_int = 0;
+            // SAFETY: waitpid writes only into `status`; the child has ended, so it returns at once.
+            let reaped = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+            if reaped != pid {
                 break;
             }
             count += 1;
-            match waiting.remove(&pid) {
+            match table.waiting.remove(&pid) {
                 // The receiver may be gone (its app gave up waiting); the status is dropped then.
                 Some(tx) => {
                     let _ = tx.send(ExitStatus::from_raw(status));
@@ -121,7 +171,7 @@ impl Reaper {
 
     /// How many tracked children have not been collected yet.
     pub fn tracked(&self) -> usize {
-        self.lock().len()
+        self.lock().waiting.len()
     }
 
     /// Reaps on every SIGCHLD until `stop` is cancelled, then once more.
@@ -142,8 +192,8 @@ impl Reaper {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<i32, oneshot::Sender<ExitStatus>>> {
-        // A panic while holding the lock cannot leave the map inconsistent, so poisoning is ignored.
-        self.inner.waiting.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, Table> {
+        // A panic while holding the lock cannot leave the table inconsistent, so poisoning is ignored.
+        self.inner.table.lock().unwrap_or_else(|e| e.into_inner())
     }
 }

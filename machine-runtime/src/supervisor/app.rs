@@ -116,17 +116,17 @@ impl AppTask {
                 return AppEnd::Requested;
             }
             let started = Instant::now();
-            let (status, description) = match self.start() {
+            let (ran, status, description) = match self.start() {
                 Ok((pid, exit)) => match self.supervise(pid, exit, started).await {
                     Supervised::StopRequested => return AppEnd::Requested,
                     Supervised::Exited(status) => {
                         let description = status
                             .map(describe_status)
                             .unwrap_or_else(|| "an unknown status".into());
-                        (status, description)
+                        (true, status, description)
                     }
                 },
-                Err(e) => (None, e),
+                Err(e) => (false, None, e),
             };
             let uptime = started.elapsed();
             let code = status.and_then(|s| s.code());
@@ -136,7 +136,7 @@ impl AppTask {
                 uptime_ms: uptime.as_millis() as u64,
                 description: description.clone(),
             };
-            let what = if status.is_some() {
+            let what = if ran {
                 format!(
                     "{} exited with {description} after {}",
                     self.name(),
@@ -270,6 +270,7 @@ impl AppTask {
             self.name(),
             missing.join(", ")
         );
+        let mut shown = missing.clone();
         self.board
             .transition(self.idx, AppState::Waiting, message, |a| {
                 a.waiting_for = missing
@@ -282,7 +283,11 @@ impl AppTask {
                 if missing.is_empty() {
                     return true;
                 }
-                board.update(idx, |a| a.waiting_for = missing);
+                // Only a real change is written back: our own write would wake us again.
+                if missing != shown {
+                    shown = missing.clone();
+                    board.update(idx, |a| a.waiting_for = missing);
+                }
                 if snapshot.changed().await.is_err() {
                     return false;
                 }
@@ -296,6 +301,18 @@ impl AppTask {
 
     /// Spawns the child; on failure the error says why in words.
     fn start(&self) -> Result<(u32, ExitWait), String> {
+        if !self
+            .cmd
+            .resolved_program()
+            .as_encoded_bytes()
+            .contains(&b'/')
+        {
+            // Not on the child's PATH: fail here rather than let std fall back to fork + exec.
+            return Err(format!(
+                "program \"{}\" not found (not a file, and not on PATH)",
+                self.cmd.program.to_string_lossy()
+            ));
+        }
         let mut command = self.cmd.to_command();
         let mut spawned = self.reaper.spawn(&mut command).map_err(|e| {
             let program = self.cmd.program.to_string_lossy();

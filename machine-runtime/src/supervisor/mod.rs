@@ -142,11 +142,14 @@ impl Supervisor {
                 .required_env
                 .iter()
                 .filter(|name| {
-                    options
+                    // A hand-written ecosystem may carry the value itself.
+                    let in_app = app.env.get(name.as_str()).is_some_and(|v| !v.is_empty());
+                    let in_runtime = options
                         .context
                         .runtime_env
                         .get(std::ffi::OsStr::new(name.as_str()))
-                        .is_none_or(|v| v.is_empty())
+                        .is_some_and(|v| !v.is_empty());
+                    !in_app && !in_runtime
                 })
                 .map(String::as_str)
                 .collect();
@@ -369,4 +372,49 @@ impl Supervisor {
         ));
         result
     }
+}
+
+/// Everything [`up`] needs besides the apps.
+pub struct UpOptions {
+    pub supervisor: SupervisorOptions,
+    /// Port of the health endpoint (0 picks a free one and logs it).
+    pub health_port: u16,
+    /// Extra `/status` fields and health reasons (GPU inventory, broker).
+    pub status: Arc<dyn crate::health::StatusSource>,
+}
+
+/// Why `up` failed.
+#[derive(Debug, thiserror::Error)]
+pub enum UpError {
+    #[error(transparent)]
+    Preflight(#[from] PreflightError),
+    #[error(transparent)]
+    Health(#[from] crate::health::HealthError),
+    #[error(transparent)]
+    Run(#[from] RunError),
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(std::io::Error),
+}
+
+/// Runs a machine to the end: checks the apps, starts the async runtime, serves the health
+/// endpoint, calls `on_start` (inside the runtime, before any app starts; spawn helper tasks such
+/// as the broker on `handle.tracker()` there), supervises until stopped. Blocks the thread.
+pub fn up(
+    apps: Vec<AppSpec>,
+    options: UpOptions,
+    on_start: impl FnOnce(&SupervisorHandle),
+) -> Result<(), UpError> {
+    let supervisor = Supervisor::new(apps, options.supervisor)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(UpError::Runtime)?;
+    runtime.block_on(async {
+        let handle = supervisor.handle();
+        crate::health::serve(options.health_port, handle.clone(), options.status).await?;
+        on_start(&handle);
+        supervisor.run().await?;
+        Ok(())
+    })
 }

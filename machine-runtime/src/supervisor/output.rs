@@ -3,7 +3,6 @@
 use std::io::Write;
 use std::os::fd::OwnedFd;
 
-use tokio::io::AsyncReadExt;
 use tokio::net::unix::pipe;
 
 /// Longest line forwarded in one piece; longer lines are split so memory stays bounded.
@@ -29,13 +28,19 @@ pub(crate) fn forward(name: &str, fd: OwnedFd, stream: Stream) {
     tokio::spawn(pump(receiver, prefix, stream));
 }
 
-async fn pump(mut receiver: pipe::Receiver, prefix: Vec<u8>, stream: Stream) {
+async fn pump(receiver: pipe::Receiver, prefix: Vec<u8>, stream: Stream) {
     let mut pending: Vec<u8> = Vec::new();
-    let mut chunk = vec![0u8; 8192];
     loop {
-        let n = match receiver.read(&mut chunk).await {
-            Ok(0) | Err(_) => break,
+        if receiver.readable().await.is_err() {
+            break;
+        }
+        // The read buffer lives only between awaits, so an idle app costs no buffer memory.
+        let mut chunk = [0u8; 8192];
+        let n = match receiver.try_read(&mut chunk) {
+            Ok(0) => break,
             Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(_) => break,
         };
         pending.extend_from_slice(&chunk[..n]);
         let mut out = Vec::new();
@@ -51,6 +56,10 @@ async fn pump(mut receiver: pipe::Receiver, prefix: Vec<u8>, stream: Stream) {
             pending.drain(..MAX_LINE);
         }
         emit(stream, &out);
+        if pending.is_empty() {
+            // Give back the memory of a burst of output.
+            pending.shrink_to(0);
+        }
     }
     if !pending.is_empty() {
         let mut out = Vec::new();

@@ -126,17 +126,24 @@ impl AppStatus {
         }
     }
 
+    /// Running and ready, or a one-shot app (autorestart off) that finished successfully: done,
+    /// not broken.
+    pub fn is_healthy(&self) -> bool {
+        match self.state {
+            AppState::Running | AppState::Ready => true,
+            AppState::Stopped => {
+                !self.autorestart && self.last_exit.as_ref().is_some_and(|e| e.code == Some(0))
+            }
+            _ => false,
+        }
+    }
+
     /// Why this app keeps the machine from being healthy, or `None` when it is fine.
     pub fn unhealthy_reason(&self) -> Option<String> {
+        if self.is_healthy() {
+            return None;
+        }
         match self.state {
-            AppState::Running | AppState::Ready => None,
-            // A one-shot app (autorestart off) that finished successfully is done, not broken.
-            AppState::Stopped
-                if !self.autorestart
-                    && self.last_exit.as_ref().is_some_and(|e| e.code == Some(0)) =>
-            {
-                None
-            }
             AppState::Waiting => Some(format!(
                 "{} is waiting for {}",
                 self.name,
@@ -284,7 +291,7 @@ impl Board {
                 at_ms,
                 message: message.clone(),
             });
-            if s.phase == Phase::Starting && s.apps.iter().all(|a| a.unhealthy_reason().is_none()) {
+            if s.phase == Phase::Starting && s.apps.iter().all(AppStatus::is_healthy) {
                 s.phase = Phase::Running;
                 became_running = true;
             }

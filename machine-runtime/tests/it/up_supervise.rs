@@ -477,3 +477,78 @@ fn restarts_a_killed_child_and_counts_the_restart() {
     rt.signal(libc::SIGTERM);
     assert_eq!(rt.wait_exit().code(), Some(0));
 }
+
+#[test]
+fn a_program_that_does_not_exist_errors_with_the_reason() {
+    let mut rt = Runtime::start(
+        json!({"apps": [
+            {"name": "typo", "script": "no-such-program-xyz", "max_restarts": 2},
+            {"name": "bad-cwd", "script": "sleep", "args": "1000", "cwd": "/nonexistent-dir", "max_restarts": 1},
+            {"name": "ok", "script": "sleep", "args": "1000"},
+        ]}),
+        &[],
+    );
+    let typo = rt.wait_state("typo", "errored");
+    assert_eq!(
+        typo["last_exit"]["description"],
+        "program \"no-such-program-xyz\" not found (not a file, and not on PATH)"
+    );
+    let bad_cwd = rt.wait_state("bad-cwd", "errored");
+    assert_eq!(
+        bad_cwd["last_exit"]["description"],
+        "its cwd /nonexistent-dir does not exist"
+    );
+    assert!(
+        rt.output()
+            .contains("typo could not start: program \"no-such-program-xyz\" not found"),
+        "{}",
+        rt.output()
+    );
+    rt.signal(libc::SIGTERM);
+    assert_eq!(rt.wait_exit().code(), Some(0), "{}", rt.output());
+}
+
+/// CPU time (user + system) a process has used so far, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    // After the command name: state is field 0, utime field 11, stime field 12.
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+#[test]
+fn waiting_for_a_dependency_burns_no_cpu() {
+    // The probe counts its own attempts, so the test waits on events, not on a clock.
+    let rt = Runtime::start(
+        json!({"apps": [
+            {"name": "svc", "script": "sleep", "args": "1000",
+             "machine_readiness": {"kind": "command", "command": ["sh", "-c", "echo x >> @DIR@/attempts; exit 1"], "interval_ms": 100}},
+            {"name": "wrk", "script": "sleep", "args": "1000", "machine_wait_for": ["svc"]},
+        ]}),
+        &[],
+    );
+    rt.wait_state("wrk", "waiting");
+    let before = cpu_ticks(rt.child.id());
+    let attempts = || {
+        std::fs::read_to_string(rt.path("attempts"))
+            .map(|s| s.lines().count())
+            .unwrap_or(0)
+    };
+    let start = attempts();
+    wait_for(
+        "ten more probe attempts",
+        || rt.output(),
+        || (attempts() >= start + 10).then_some(()),
+    );
+    let used = cpu_ticks(rt.child.id()) - before;
+    // About a second passed; a busy loop would have used most of it (100 ticks per second).
+    assert!(
+        used < 50,
+        "the runtime used {used} ticks of CPU while only waiting"
+    );
+}

@@ -1,0 +1,443 @@
+//! Supervisor benchmark: machine-runtime against pm2-runtime and a bare shell loop (the physical
+//! limit), on the same generated ecosystem of N `sleep` apps. Prints a side-by-side table.
+//!
+//! Run: `cargo bench -p machine-runtime --bench supervisor [-- --apps 16,64 --rounds 3 --kills 5]`
+//!
+//! Figures: time from launch until every app process has exec'd `sleep`; RSS of the supervisor
+//! (its process tree without the apps); time from SIGKILL of one app to its replacement being
+//! exec'd (restart_delay 0); time from SIGTERM to the supervisor's exit; app processes left
+//! running afterwards. Needs `pm2-runtime` on PATH for the PM2 column (`npm i -g pm2`).
+
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+const RUNTIME: &str = env!("CARGO_BIN_EXE_machine-runtime");
+/// Generous bound for any phase; a contender that takes longer has failed.
+const LIMIT: Duration = Duration::from_secs(120);
+/// The app processes; the argument makes them easy to tell from anything else.
+const SLEEP_ARG: &str = "100000";
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Contender {
+    MachineRuntime,
+    Pm2,
+    Shell,
+}
+
+impl Contender {
+    fn label(self) -> &'static str {
+        match self {
+            Contender::MachineRuntime => "machine-runtime",
+            Contender::Pm2 => "pm2-runtime",
+            Contender::Shell => "shell loop",
+        }
+    }
+}
+
+#[derive(Default, Clone)]
+struct Figures {
+    all_running: Vec<Duration>,
+    rss_kib: Vec<u64>,
+    restart: Vec<Duration>,
+    stop: Vec<Duration>,
+    leftovers: usize,
+}
+
+fn main() -> anyhow::Result<()> {
+    let mut apps = vec![16usize, 64];
+    let mut rounds = 3usize;
+    let mut kills = 5usize;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--apps" => {
+                apps = args
+                    .next()
+                    .context("--apps needs a list like 16,64")?
+                    .split(',')
+                    .map(|n| n.trim().parse())
+                    .collect::<Result<_, _>>()
+                    .context("--apps needs a list like 16,64")?
+            }
+            "--rounds" => rounds = args.next().context("--rounds needs a number")?.parse()?,
+            "--kills" => kills = args.next().context("--kills needs a number")?.parse()?,
+            // cargo bench passes --bench; anything else is a filter we do not use.
+            _ => {}
+        }
+    }
+    let pm2 = which("pm2-runtime");
+    if pm2.is_none() {
+        println!(
+            "note: pm2-runtime is not on PATH; install it with `npm i -g pm2` for the PM2 column"
+        );
+    }
+    let mut contenders = vec![Contender::MachineRuntime];
+    if pm2.is_some() {
+        contenders.push(Contender::Pm2);
+    }
+    contenders.push(Contender::Shell);
+
+    println!(
+        "machine-runtime {} (release) vs {} on {} CPU(s); median of {rounds} run(s), restart: median of {kills} kill(s) per run",
+        env!("CARGO_PKG_VERSION"),
+        pm2.as_deref()
+            .map(pm2_version)
+            .unwrap_or_else(|| "no pm2".into()),
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0),
+    );
+    for &n in &apps {
+        let dir = tempfile::tempdir()?;
+        let ecosystem = dir.path().join("ecosystem.config.json");
+        std::fs::write(&ecosystem, ecosystem_json(n))?;
+        let mut results = Vec::new();
+        for &contender in &contenders {
+            let mut figures = Figures::default();
+            for _ in 0..rounds {
+                run_once(contender, n, &ecosystem, dir.path(), kills, &mut figures)
+                    .with_context(|| format!("{} with {n} apps", contender.label()))?;
+            }
+            results.push((contender, figures));
+        }
+        print_table(n, &results);
+    }
+    Ok(())
+}
+
+fn ecosystem_json(n: usize) -> String {
+    let apps: Vec<serde_json::Value> = (0..n)
+        .map(|i| {
+            serde_json::json!({
+                "name": format!("app-{i}"), "script": "sleep", "args": [SLEEP_ARG], "interpreter": "none",
+                "autorestart": true, "restart_delay": 0, "kill_timeout": 1600,
+            })
+        })
+        .collect();
+    serde_json::json!({ "apps": apps }).to_string()
+}
+
+fn launch(contender: Contender, n: usize, ecosystem: &Path, dir: &Path) -> anyhow::Result<Child> {
+    let mut cmd = match contender {
+        Contender::MachineRuntime => {
+            let mut c = Command::new(RUNTIME);
+            c.args(["up", "--health-port", "0", "--ecosystem"])
+                .arg(ecosystem);
+            c
+        }
+        Contender::Pm2 => {
+            let mut c = Command::new("pm2-runtime");
+            c.arg(ecosystem).env("PM2_HOME", dir.join("pm2-home"));
+            c
+        }
+        Contender::Shell => {
+            let mut c = Command::new("sh");
+            c.arg("-c").arg(format!(
+                "i=0; while [ $i -lt {n} ]; do sleep {SLEEP_ARG} & i=$((i+1)); done; wait"
+            ));
+            c
+        }
+    };
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0);
+    Ok(cmd.spawn()?)
+}
+
+fn run_once(
+    contender: Contender,
+    n: usize,
+    ecosystem: &Path,
+    dir: &Path,
+    kills: usize,
+    figures: &mut Figures,
+) -> anyhow::Result<()> {
+    let start = Instant::now();
+    let mut child = launch(contender, n, ecosystem, dir)?;
+    let sup = child.id();
+    let result = (|| {
+        let apps = wait_until(|| {
+            let apps = app_pids(sup);
+            (apps.len() == n).then_some(apps)
+        })
+        .context("not every app came up")?;
+        figures.all_running.push(start.elapsed());
+
+        // Let start-up allocations settle before reading memory.
+        std::thread::sleep(Duration::from_secs(1));
+        figures.rss_kib.push(tree_rss_without_apps(sup));
+
+        if contender != Contender::Shell {
+            let mut current = apps;
+            for k in 0..kills {
+                let victim = current[k % current.len()];
+                let before = current.clone();
+                let t0 = Instant::now();
+                kill(victim as i32, libc::SIGKILL);
+                current = wait_until(|| {
+                    let now = app_pids(sup);
+                    (now.len() == n && now.iter().any(|p| !before.contains(p))).then_some(now)
+                })
+                .context("a killed app was not restarted")?;
+                figures.restart.push(t0.elapsed());
+            }
+        }
+        anyhow::Ok(())
+    })();
+    let apps = app_pids(sup);
+    let t0 = Instant::now();
+    match contender {
+        // A shell loop has no supervisor that stops anything: signal the group.
+        Contender::Shell => kill(-(sup as i32), libc::SIGTERM),
+        _ => kill(sup as i32, libc::SIGTERM),
+    }
+    let status = wait_child(&mut child)?;
+    figures.stop.push(t0.elapsed());
+    result?;
+    if contender != Contender::Shell && !status.success() {
+        bail!("exited with {status} after SIGTERM");
+    }
+    // Orphans go to init, which reaps them quickly; anything still there is a leftover.
+    std::thread::sleep(Duration::from_millis(200));
+    let left: Vec<u32> = apps.into_iter().filter(|p| alive(*p)).collect();
+    figures.leftovers += left.len();
+    for pid in left {
+        kill(pid as i32, libc::SIGKILL);
+    }
+    Ok(())
+}
+
+fn wait_until<T>(mut probe: impl FnMut() -> Option<T>) -> anyhow::Result<T> {
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        if let Some(v) = probe() {
+            return Ok(v);
+        }
+        if Instant::now() > deadline {
+            bail!("gave up after {LIMIT:?}");
+        }
+        std::thread::sleep(Duration::from_micros(250));
+    }
+}
+
+fn wait_child(child: &mut Child) -> anyhow::Result<std::process::ExitStatus> {
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            bail!("did not exit within {LIMIT:?} of SIGTERM");
+        }
+        std::thread::sleep(Duration::from_micros(250));
+    }
+}
+
+fn kill(pid: i32, signal: i32) {
+    // SAFETY: kill(2) has no memory-safety preconditions.
+    unsafe { libc::kill(pid, signal) };
+}
+
+/// Direct children of `pid` (all threads), from /proc.
+fn children(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for task in tasks.flatten() {
+            if let Ok(text) = std::fs::read_to_string(task.path().join("children")) {
+                out.extend(
+                    text.split_whitespace()
+                        .filter_map(|p| p.parse::<u32>().ok()),
+                );
+            }
+        }
+    }
+    out
+}
+
+fn is_app(pid: u32) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|c| {
+            c == format!("sleep\0{SLEEP_ARG}\0").as_bytes()
+                || c.ends_with(format!("/sleep\0{SLEEP_ARG}\0").as_bytes())
+        })
+        .unwrap_or(false)
+}
+
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, rest)| !rest.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(false)
+        && is_app(pid)
+}
+
+/// App processes (exec'd `sleep`) among the descendants of `sup`, sorted.
+fn app_pids(sup: u32) -> Vec<u32> {
+    let mut apps = Vec::new();
+    let mut stack = children(sup);
+    while let Some(pid) = stack.pop() {
+        if is_app(pid) {
+            apps.push(pid);
+        } else {
+            stack.extend(children(pid));
+        }
+    }
+    apps.sort_unstable();
+    apps
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// RSS of `sup` and every descendant that is not an app.
+fn tree_rss_without_apps(sup: u32) -> u64 {
+    let mut total = rss_kib(sup);
+    let mut stack = children(sup);
+    while let Some(pid) = stack.pop() {
+        if !is_app(pid) {
+            total += rss_kib(pid);
+            stack.extend(children(pid));
+        }
+    }
+    total
+}
+
+fn which(program: &str) -> Option<String> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|p| p.is_file())
+        .map(|p| p.display().to_string())
+}
+
+/// PM2's version from its package.json (running `pm2 --version` would start a PM2 daemon).
+fn pm2_version(pm2_runtime: &str) -> String {
+    std::fs::canonicalize(pm2_runtime)
+        .ok()
+        .and_then(|bin| bin.parent()?.parent().map(|p| p.join("package.json")))
+        .and_then(|p| std::fs::read_to_string(p).ok())
+        .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+        .and_then(|v| v["version"].as_str().map(|v| format!("pm2 {v}")))
+        .unwrap_or_else(|| "pm2 (unknown version)".into())
+}
+
+fn median_duration(values: &[Duration]) -> Option<Duration> {
+    let mut v = values.to_vec();
+    v.sort_unstable();
+    v.get(v.len() / 2).copied()
+}
+
+fn median_u64(values: &[u64]) -> Option<u64> {
+    let mut v = values.to_vec();
+    v.sort_unstable();
+    v.get(v.len() / 2).copied()
+}
+
+fn ms(d: Option<Duration>) -> String {
+    match d {
+        Some(d) if d < Duration::from_millis(10) => format!("{:.2} ms", d.as_secs_f64() * 1000.0),
+        Some(d) => format!("{:.1} ms", d.as_secs_f64() * 1000.0),
+        None => "-".into(),
+    }
+}
+
+fn mb(kib: Option<u64>) -> String {
+    kib.map(|k| format!("{:.1} MB", k as f64 / 1024.0))
+        .unwrap_or_else(|| "-".into())
+}
+
+fn ratio(ours: Option<f64>, theirs: Option<f64>) -> String {
+    match (ours, theirs) {
+        (Some(a), Some(b)) if b > 0.0 => format!("{:.3}x", a / b),
+        _ => "-".into(),
+    }
+}
+
+fn print_table(n: usize, results: &[(Contender, Figures)]) {
+    let get = |c: Contender| {
+        results
+            .iter()
+            .find(|(k, _)| *k == c)
+            .map(|(_, f)| f.clone())
+    };
+    let (ours, pm2, shell) = (
+        get(Contender::MachineRuntime),
+        get(Contender::Pm2),
+        get(Contender::Shell),
+    );
+    type Row = (&'static str, Box<dyn Fn(&Figures) -> (String, Option<f64>)>);
+    let rows: Vec<Row> = vec![
+        (
+            "time to all running",
+            Box::new(|f| {
+                let m = median_duration(&f.all_running);
+                (ms(m), m.map(|d| d.as_secs_f64()))
+            }),
+        ),
+        (
+            "supervisor RSS",
+            Box::new(|f| {
+                let m = median_u64(&f.rss_kib);
+                (mb(m), m.map(|k| k as f64))
+            }),
+        ),
+        (
+            "restart of a killed app",
+            Box::new(|f| {
+                let m = median_duration(&f.restart);
+                (ms(m), m.map(|d| d.as_secs_f64()))
+            }),
+        ),
+        (
+            "SIGTERM to exit",
+            Box::new(|f| {
+                let m = median_duration(&f.stop);
+                (ms(m), m.map(|d| d.as_secs_f64()))
+            }),
+        ),
+        (
+            "apps left running",
+            Box::new(|f| (f.leftovers.to_string(), Some(f.leftovers as f64))),
+        ),
+    ];
+    println!();
+    println!("N = {n} sleep apps");
+    println!(
+        "{:<26}{:>17}{:>15}{:>13}{:>13}{:>13}",
+        "", "machine-runtime", "pm2-runtime", "shell loop", "mr / pm2", "mr / shell"
+    );
+    for (label, figure) in rows {
+        let cell = |f: &Option<Figures>| f.as_ref().map(&figure).unwrap_or(("-".into(), None));
+        let (o, ov) = cell(&ours);
+        let (p, pv) = cell(&pm2);
+        let (s, sv) = cell(&shell);
+        let (s, sv) = if label.starts_with("restart") {
+            ("-".to_string(), None)
+        } else {
+            (s, sv)
+        };
+        let (r_pm2, r_shell) = if label.starts_with("apps left") {
+            ("".to_string(), "".to_string())
+        } else {
+            (ratio(ov, pv), ratio(ov, sv))
+        };
+        println!("{label:<26}{o:>17}{p:>15}{s:>13}{r_pm2:>13}{r_shell:>13}");
+    }
+}
