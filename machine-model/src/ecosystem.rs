@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::catalog::Binding;
 use crate::plan::{Plan, Probe, Restart};
 
 /// An ecosystem file: `{"apps": [...]}`.
@@ -94,6 +95,12 @@ pub struct App {
     /// Index of a worker within its connector.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub machine_index: Option<u32>,
+    /// How a worker is tied to hardware (`gpu`, `cpu` or `shared`), as reported to the job broker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub machine_binding: Option<Binding>,
+    /// Service types a worker advertises to the job broker.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub machine_services: Vec<String>,
 }
 
 fn readiness(p: &Probe) -> Readiness {
@@ -158,6 +165,8 @@ impl Ecosystem {
                 machine_required_env: Vec::new(),
                 machine_connector: None,
                 machine_index: None,
+                machine_binding: None,
+                machine_services: Vec::new(),
             });
         }
         for w in &plan.workers {
@@ -183,6 +192,8 @@ impl Ecosystem {
                 machine_required_env: w.secrets.iter().map(|s| s.to_string()).collect(),
                 machine_connector: Some(w.connector.to_string()),
                 machine_index: Some(w.index),
+                machine_binding: Some(w.binding),
+                machine_services: w.advertises.iter().map(|s| s.to_string()).collect(),
             });
         }
         Ecosystem { apps }

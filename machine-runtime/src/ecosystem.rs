@@ -10,6 +10,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use machine_model::catalog::Binding;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
@@ -84,6 +85,10 @@ pub struct AppSpec {
     pub required_env: Vec<String>,
     pub connector: Option<String>,
     pub index: Option<u32>,
+    /// How a worker is tied to hardware (`machine_binding`), reported to the job broker.
+    pub binding: Option<Binding>,
+    /// Service types a worker advertises to the job broker (`machine_services`).
+    pub services: Vec<String>,
 }
 
 impl AppSpec {
@@ -113,6 +118,8 @@ impl AppSpec {
             required_env: Vec::new(),
             connector: None,
             index: None,
+            binding: None,
+            services: Vec::new(),
         }
     }
 }
@@ -297,6 +304,8 @@ const KNOWN: &[&str] = &[
     "machine_required_env",
     "machine_connector",
     "machine_index",
+    "machine_binding",
+    "machine_services",
 ];
 
 /// PM2 options that are valid for PM2 but that this runtime does not implement.
@@ -494,6 +503,18 @@ impl Reader {
         app.required_env = f.string_list("machine_required_env").unwrap_or_default();
         app.connector = f.string_or_null("machine_connector");
         app.index = f.uint_or_null("machine_index");
+        app.binding = match f.string_or_null("machine_binding").as_deref() {
+            None => None,
+            Some(text) => Binding::from_name(text).or_else(|| {
+                f.reader.error(
+                    &location,
+                    Some("machine_binding"),
+                    format!("must be \"gpu\", \"cpu\" or \"shared\", found \"{text}\""),
+                );
+                None
+            }),
+        };
+        app.services = f.string_list("machine_services").unwrap_or_default();
 
         for key in obj.keys() {
             if KNOWN.contains(&key.as_str()) {
@@ -1146,6 +1167,7 @@ mod tests {
             {"name": "w", "script": "w.js", "interpreter": "node", "interpreter_args": "--inspect",
              "machine_role": "worker", "machine_gpu": null, "machine_wait_for": ["svc"],
              "machine_connector": "comfyui", "machine_index": 0,
+             "machine_binding": "shared", "machine_services": ["comfyui", "a1111"],
              "machine_readiness": {"kind": "tcp", "port": 1}},
             {"name": "c", "script": "x", "machine_readiness": {"kind": "command", "command": ["true"]}}
         ]}))
@@ -1189,6 +1211,10 @@ mod tests {
         assert_eq!(
             (w.connector.as_deref(), w.index, w.gpu),
             (Some("comfyui"), Some(0), None)
+        );
+        assert_eq!(
+            (w.binding, w.services.as_slice()),
+            (Some(Binding::Shared), ["comfyui", "a1111"].map(String::from).as_slice())
         );
         assert_eq!(
             w.readiness.as_ref().unwrap().check,
@@ -1250,7 +1276,8 @@ mod tests {
         let found = problems(json!({"apps": [
             {"name": "a", "script": 1, "autorestart": "yes", "max_restarts": -1, "min_uptime": "soon",
              "env": {"K": null}, "args": {"x": 1}, "machine_role": "boss", "machine_gpu": "0",
-             "machine_port": 70000, "machine_wait_for": "b"},
+             "machine_port": 70000, "machine_wait_for": "b", "machine_binding": "GPU",
+             "machine_services": [1]},
             {"script": "x"},
             {"name": "c", "script": "x", "machine_readiness": {"kind": "http", "url": "https://x/"}},
             {"name": "d", "script": "x", "machine_readiness": {"kind": "smoke"}},
@@ -1269,6 +1296,8 @@ mod tests {
                 "app \"a\": field \"machine_gpu\" must be a non-negative integer, found \"0\"",
                 "app \"a\": field \"machine_port\" must be a port number 1-65535 or null, found 70000",
                 "app \"a\": field \"machine_wait_for\" must be a list of strings, found \"b\"",
+                "app \"a\": field \"machine_binding\" must be \"gpu\", \"cpu\" or \"shared\", found \"GPU\"",
+                "app \"a\": field \"machine_services\" item 1 must be a string, found 1",
                 "app #2: field \"name\" is missing",
                 "app \"c\": field \"machine_readiness\" \"url\": \"https://x/\" uses https, which readiness probes do not speak; probe the plain http port or use a tcp probe",
                 "app \"d\": field \"machine_readiness\" \"kind\" must be \"http\", \"tcp\" or \"command\", found \"smoke\"",
