@@ -29,6 +29,22 @@ pub trait StatusSource: Send + Sync + 'static {
     fn health_reasons(&self) -> Vec<String> {
         Vec::new()
     }
+
+    /// Things worth saying in `/health` that do not make the machine unhealthy (`warnings`).
+    fn health_warnings(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// Fields merged into the top level of `/health` (for example `"broker"`).
+    fn health_fields(&self) -> Map<String, Value> {
+        Map::new()
+    }
+
+    /// Entries added to `/health`'s `services` besides the apps (`status-aggregator`, as the
+    /// existing monitor expects).
+    fn health_services(&self) -> Map<String, Value> {
+        Map::new()
+    }
 }
 
 /// No extra information.
@@ -164,7 +180,7 @@ fn not_found(path: &str) -> (u16, Value) {
 }
 
 /// The `/health` body and whether it is healthy: every app running and ready, nothing stopping,
-/// and no reason from the caller's source.
+/// and no reason from the caller's source (its warnings are listed but do not count).
 pub fn health_body(
     snapshot: &Snapshot,
     uptime_ms: u64,
@@ -172,7 +188,7 @@ pub fn health_body(
 ) -> (bool, Value) {
     let mut reasons = snapshot.unhealthy_reasons();
     reasons.extend(source.health_reasons());
-    let services: Map<String, Value> = snapshot
+    let mut services: Map<String, Value> = snapshot
         .apps
         .iter()
         .map(|a| {
@@ -187,16 +203,18 @@ pub fn health_body(
             )
         })
         .collect();
+    services.extend(source.health_services());
     let healthy = reasons.is_empty();
-    (
-        healthy,
-        json!({
-            "healthy": healthy,
-            "services": services,
-            "uptime": uptime_ms,
-            "reasons": reasons,
-        }),
-    )
+    let mut body = Map::new();
+    body.insert("healthy".into(), healthy.into());
+    body.insert("services".into(), Value::Object(services));
+    body.insert("uptime".into(), uptime_ms.into());
+    body.insert("reasons".into(), json!(reasons));
+    body.insert("warnings".into(), json!(source.health_warnings()));
+    for (key, value) in source.health_fields() {
+        body.entry(key).or_insert(value);
+    }
+    (healthy, Value::Object(body))
 }
 
 /// The `/status` body: apps, phase, uptime, version, plus the caller's fields.

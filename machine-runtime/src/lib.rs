@@ -14,3 +14,4 @@ pub mod signals;
 pub mod simulate;
 pub mod simulate_worker;
 pub mod supervisor;
+pub mod up;

@@ -2,12 +2,12 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use machine_runtime::supervisor::{self, SupervisorOptions, UpOptions};
+use machine_runtime::supervisor::SupervisorOptions;
+use machine_runtime::up::{self, BrokerSetting, UpOptions};
 use machine_runtime::{ecosystem, health};
 
 #[derive(Parser)]
@@ -262,27 +262,40 @@ fn plan(profile: Option<String>, format: Format) -> anyhow::Result<()> {
 }
 
 fn up(args: UpArgs) -> anyhow::Result<()> {
-    let (apps, uuids) = match args.ecosystem {
+    let env_machine_id = std::env::var("MACHINE_ID")
+        .ok()
+        .filter(|v| !v.trim().is_empty());
+    let (apps, uuids, machine_id, gpu_count) = match args.ecosystem {
         Some(path) => {
             let eco = ecosystem::read_file(&path)?;
             for warning in &eco.warnings {
                 eprintln!("machine-runtime: warning: {warning}");
             }
-            (eco.apps, gpu_uuids()?)
+            let uuids = gpu_uuids()?;
+            let gpus = u32::try_from(uuids.len()).unwrap_or(u32::MAX);
+            (eco.apps, uuids, env_machine_id, gpus)
         }
         None => {
             let real = real_plan(args.profile)?;
             let eco = machine_model::ecosystem::Ecosystem::from_plan(&real.plan);
             let value = serde_json::to_value(&eco).context("rendering the plan's ecosystem")?;
-            (ecosystem::from_value(&value)?.apps, real.gpu_uuids)
+            let apps = ecosystem::from_value(&value)?.apps;
+            (
+                apps,
+                real.gpu_uuids,
+                Some(real.plan.machine_id),
+                real.plan.gpus,
+            )
         }
     };
     let options = UpOptions {
         supervisor: SupervisorOptions::new(uuids),
         health_port: health_port(args.health_port)?,
-        status: Arc::new(()),
+        machine_id,
+        gpu_count,
+        broker: BrokerSetting::from_env(),
     };
-    supervisor::up(apps, options, |_| {})?;
+    up::run(apps, options)?;
     Ok(())
 }
 

@@ -185,7 +185,7 @@ pub fn build(
                 capabilities.push(service.clone());
             }
             let key = format!("{}.{service}", worker.worker_id);
-            let provider = service_for(view, worker, service);
+            let provider = service_for(view, worker);
             let connector = truth.and_then(|t| t.event.connectors.get(service));
             let (pm2_name, state, ready) = match provider {
                 Some(s) => (s.app_name.clone(), s.process_state, Some(s.ready)),
@@ -258,27 +258,10 @@ pub fn build(
     }
 }
 
-/// The service app a worker uses for `service_type`: the one on its GPU, else a machine-wide one.
-fn service_for<'a>(
-    view: &'a MachineView,
-    worker: &WorkerView,
-    service_type: &str,
-) -> Option<&'a ServiceView> {
-    let of_type = || {
-        view.services
-            .iter()
-            .filter(|s| s.service_type == service_type)
-    };
-    of_type()
-        .find(|s| s.gpu == worker.gpu)
-        .or_else(|| of_type().find(|s| s.gpu.is_none()))
-        .or_else(|| {
-            let mut all = of_type();
-            match (all.next(), all.next()) {
-                (Some(only), None) => Some(only),
-                _ => None,
-            }
-        })
+/// The service app a worker talks to, when it has one.
+fn service_for<'a>(view: &'a MachineView, worker: &WorkerView) -> Option<&'a ServiceView> {
+    let name = worker.service_app.as_deref()?;
+    view.services.iter().find(|s| s.app_name == name)
 }
 
 fn health(state: ProcessState, ready: Option<bool>, connector: Option<&str>) -> ServiceHealth {
@@ -309,11 +292,11 @@ mod tests {
             binding: ResourceBinding::Gpu,
             gpu: Some(i),
             services: vec!["comfyui".into()],
+            service_app: Some(format!("comfyui-gpu{i}")),
             process_state: ProcessState::Running,
         };
         let service = |i: u32| ServiceView {
             app_name: format!("comfyui-gpu{i}"),
-            service_type: "comfyui".into(),
             gpu: Some(i),
             port: Some(8188 + i as u16),
             process_state: ProcessState::Ready,
@@ -326,6 +309,7 @@ mod tests {
         openai.binding = ResourceBinding::Shared;
         openai.gpu = None;
         openai.services = vec!["openai".into()];
+        openai.service_app = None;
         MachineView {
             machine_id: "m1".into(),
             phase: Phase::Ready,

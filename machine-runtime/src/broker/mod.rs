@@ -41,6 +41,7 @@ macro_rules! log {
 }
 pub(crate) use log;
 
+pub mod bridge;
 mod config;
 mod link;
 mod message;

@@ -58,39 +58,21 @@ pub struct WorkerView {
     pub gpu: Option<u32>,
     /// Service types it advertises (usually just its connector's service).
     pub services: Vec<String>,
+    /// The service app it talks to (`comfyui-gpu0`), if any; without one the worker is its own
+    /// provider (API connectors).
+    pub service_app: Option<String>,
     /// What the supervisor knows about the process.
     pub process_state: ProcessState,
 }
 
-/// How a worker is tied to hardware; reported as `resource_binding`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ResourceBinding {
-    /// One worker per GPU.
-    Gpu,
-    /// CPU only.
-    Cpu,
-    /// Shares a machine-wide service (an API connector, a browser service).
-    Shared,
-}
-
-impl ResourceBinding {
-    /// The protocol's spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Gpu => "gpu",
-            Self::Cpu => "cpu",
-            Self::Shared => "shared",
-        }
-    }
-}
+/// How a worker is tied to hardware; reported as `resource_binding` (the worker spec's word).
+pub use machine_model::catalog::Binding as ResourceBinding;
 
 /// One service app.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServiceView {
     /// The app name, e.g. `comfyui-gpu0`; reported as `pm2_name`.
     pub app_name: String,
-    /// The service type workers name in their `services`, e.g. `comfyui`.
-    pub service_type: String,
     /// The GPU index it is pinned to, if any; matches the worker on the same GPU.
     pub gpu: Option<u32>,
     /// The port it listens on, if any.

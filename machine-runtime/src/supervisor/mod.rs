@@ -122,7 +122,11 @@ pub struct Supervisor {
     handle: SupervisorHandle,
     stop_requests: mpsc::UnboundedReceiver<i32>,
     handle_signals: bool,
+    before_stop: Vec<StopHook>,
 }
+
+/// Work that must finish before any app is signalled (the broker's final `shutdown` message).
+type StopHook = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
 impl Supervisor {
     /// Checks everything that can be checked before starting: GPU pins against the UUIDs given,
@@ -189,11 +193,23 @@ impl Supervisor {
             handle,
             stop_requests: stop_rx,
             handle_signals: options.handle_signals,
+            before_stop: Vec::new(),
         })
     }
 
     pub fn handle(&self) -> SupervisorHandle {
         self.handle.clone()
+    }
+
+    /// Every app with the exact command it runs (environment included), in ecosystem order.
+    pub fn apps(&self) -> impl Iterator<Item = (&AppSpec, &ChildCommand)> {
+        self.apps.iter().map(Arc::as_ref).zip(&self.commands)
+    }
+
+    /// Runs `hook` when the machine starts stopping, before any app is signalled; hooks run in the
+    /// order added. A hook must bound its own time: the stop waits for it (a second signal skips it).
+    pub fn before_stop(&mut self, hook: impl std::future::Future<Output = ()> + Send + 'static) {
+        self.before_stop.push(Box::pin(hook));
     }
 
     /// Runs until a stop is requested (`Ok` after everything is stopped and reaped), an essential
@@ -313,6 +329,28 @@ impl Supervisor {
         };
 
         let stop_started = Instant::now();
+        // Tell the outside world first (the apps are still up, so what it says is still true).
+        let hooks = std::mem::take(&mut self.before_stop);
+        if !hooks.is_empty() {
+            let all = async {
+                for hook in hooks {
+                    hook.await;
+                }
+            };
+            let second = async {
+                match signals.as_mut() {
+                    Some(s) => s.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = all => {}
+                signal = second => log(&format!(
+                    "{} received again; not waiting for the stop hooks",
+                    signal_name(signal)
+                )),
+            }
+        }
         self.handle.shutdown.cancel();
         self.board.set_phase(Phase::Stopping);
         // Workers first, then everything else.
@@ -372,49 +410,4 @@ impl Supervisor {
         ));
         result
     }
-}
-
-/// Everything [`up`] needs besides the apps.
-pub struct UpOptions {
-    pub supervisor: SupervisorOptions,
-    /// Port of the health endpoint (0 picks a free one and logs it).
-    pub health_port: u16,
-    /// Extra `/status` fields and health reasons (GPU inventory, broker).
-    pub status: Arc<dyn crate::health::StatusSource>,
-}
-
-/// Why `up` failed.
-#[derive(Debug, thiserror::Error)]
-pub enum UpError {
-    #[error(transparent)]
-    Preflight(#[from] PreflightError),
-    #[error(transparent)]
-    Health(#[from] crate::health::HealthError),
-    #[error(transparent)]
-    Run(#[from] RunError),
-    #[error("cannot start the async runtime: {0}")]
-    Runtime(std::io::Error),
-}
-
-/// Runs a machine to the end: checks the apps, starts the async runtime, serves the health
-/// endpoint, calls `on_start` (inside the runtime, before any app starts; spawn helper tasks such
-/// as the broker on `handle.tracker()` there), supervises until stopped. Blocks the thread.
-pub fn up(
-    apps: Vec<AppSpec>,
-    options: UpOptions,
-    on_start: impl FnOnce(&SupervisorHandle),
-) -> Result<(), UpError> {
-    let supervisor = Supervisor::new(apps, options.supervisor)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(UpError::Runtime)?;
-    runtime.block_on(async {
-        let handle = supervisor.handle();
-        crate::health::serve(options.health_port, handle.clone(), options.status).await?;
-        on_start(&handle);
-        supervisor.run().await?;
-        Ok(())
-    })
 }

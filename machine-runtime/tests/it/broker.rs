@@ -52,13 +52,13 @@ fn two_gpu_view(machine: &str) -> MachineView {
                 binding: ResourceBinding::Gpu,
                 gpu: Some(i),
                 services: vec!["simulation".to_owned()],
+                service_app: Some(format!("simulation-gpu{i}")),
                 process_state: ProcessState::Running,
             })
             .collect(),
         services: (0..2)
             .map(|i| ServiceView {
                 app_name: format!("simulation-gpu{i}"),
-                service_type: "simulation".to_owned(),
                 gpu: Some(i),
                 port: Some(8299 + i as u16),
                 process_state: ProcessState::Ready,

@@ -1,0 +1,253 @@
+//! Derives the broker's [`MachineView`] from the supervisor: identities once from the apps and the exact
+//! commands they run, states from every snapshot.
+
+use std::ffi::OsStr;
+use std::time::Instant;
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::view::{MachineView, Phase, ProcessState, ResourceBinding, ServiceView, WorkerView};
+use crate::command::ChildCommand;
+use crate::ecosystem::{AppSpec, Role};
+use crate::supervisor::{self, AppState, Snapshot};
+
+/// What a view is made of that never changes while the machine runs.
+#[derive(Debug, Clone)]
+pub struct ViewTemplate {
+    base: MachineView,
+    /// Snapshot index of each worker in `base.workers`.
+    worker_apps: Vec<usize>,
+    /// Snapshot index of each service in `base.services`.
+    service_apps: Vec<usize>,
+}
+
+/// The machine's identity as the runtime knows it before looking at the apps.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    /// `MACHINE_ID` from the runtime's environment or the plan; `None` takes the workers' own.
+    pub machine_id: Option<String>,
+    /// GPUs the machine serves.
+    pub gpu_count: u32,
+    /// What `health_url` says.
+    pub health_url: String,
+    /// When the runtime started (for `uptime_ms`).
+    pub started_at: Instant,
+}
+
+/// A template, and what was left out of it on the way.
+#[derive(Debug)]
+pub struct Built {
+    /// The template.
+    pub template: ViewTemplate,
+    /// One line per worker that cannot be reported (no `WORKER_ID`).
+    pub warnings: Vec<String>,
+}
+
+fn env_of<'a>(command: &'a ChildCommand, name: &str) -> Option<&'a str> {
+    command
+        .env
+        .get(OsStr::new(name))
+        .and_then(|v| v.to_str())
+        .filter(|v| !v.is_empty())
+}
+
+impl ViewTemplate {
+    /// Builds the template from every app and the command it runs (which carries the final
+    /// `MACHINE_ID`, `WORKER_ID` and GPU pin). Every problem is returned, one line each.
+    pub fn build<'a>(
+        identity: &Identity,
+        apps: impl IntoIterator<Item = (&'a AppSpec, &'a ChildCommand)>,
+    ) -> Result<Built, Vec<String>> {
+        let apps: Vec<(&AppSpec, &ChildCommand)> = apps.into_iter().collect();
+        let mut problems = Vec::new();
+        let mut warnings = Vec::new();
+        let workers_ids: Vec<(&str, &str)> = apps
+            .iter()
+            .filter(|(spec, _)| spec.role == Some(Role::Worker))
+            .filter_map(|(spec, cmd)| Some((spec.name.as_str(), env_of(cmd, "MACHINE_ID")?)))
+            .collect();
+        let machine_id = match &identity.machine_id {
+            Some(id) => Some(id.clone()),
+            None => workers_ids.first().map(|(_, id)| (*id).to_owned()),
+        };
+        let Some(machine_id) = machine_id else {
+            return Err(vec![
+                "no MACHINE_ID: the job broker needs one to know this machine; set MACHINE_ID (it must stay the same across restarts)".to_owned(),
+            ]);
+        };
+        for (app, id) in &workers_ids {
+            if *id != machine_id {
+                problems.push(format!(
+                    "worker app \"{app}\" runs with MACHINE_ID \"{id}\" but the machine reports as \"{machine_id}\"; its events would go unheard. Set MACHINE_ID for the whole machine"
+                ));
+            }
+        }
+        let mut base = MachineView {
+            machine_id: machine_id.clone(),
+            phase: Phase::Starting,
+            started_at: identity.started_at,
+            gpu_count: identity.gpu_count,
+            health_url: identity.health_url.clone(),
+            workers: Vec::new(),
+            services: Vec::new(),
+        };
+        let mut worker_apps = Vec::new();
+        let mut service_apps = Vec::new();
+        let service_names: Vec<&str> = apps
+            .iter()
+            .filter(|(spec, _)| spec.role == Some(Role::Service))
+            .map(|(spec, _)| spec.name.as_str())
+            .collect();
+        for (idx, (spec, cmd)) in apps.iter().enumerate() {
+            let gpu = cmd.gpu.as_ref().map(|pin| pin.index);
+            match spec.role {
+                Some(Role::Service) => {
+                    service_apps.push(idx);
+                    base.services.push(ServiceView {
+                        app_name: spec.name.clone(),
+                        gpu,
+                        port: spec.port,
+                        process_state: ProcessState::Waiting,
+                        ready: false,
+                    });
+                }
+                Some(Role::Worker) => {
+                    let connector = spec.connector.clone();
+                    let worker_id = env_of(cmd, "WORKER_ID").map(str::to_owned).or_else(|| {
+                        let (c, i) = (connector.as_ref()?, spec.index?);
+                        Some(format!("{machine_id}-worker-{c}-{i}"))
+                    });
+                    let Some(worker_id) = worker_id else {
+                        warnings.push(format!(
+                            "worker app \"{}\" has no WORKER_ID (nor machine_connector and machine_index to derive one); it is not reported to the job broker",
+                            spec.name
+                        ));
+                        continue;
+                    };
+                    let entry = connector.as_deref().and_then(machine_model::catalog::connector);
+                    let binding = spec.binding.unwrap_or(match (gpu, entry) {
+                        (Some(_), _) => ResourceBinding::Gpu,
+                        (None, Some(entry)) if entry.default_binding != ResourceBinding::Gpu => {
+                            entry.default_binding
+                        }
+                        (None, _) => ResourceBinding::Shared,
+                    });
+                    let services = if !spec.services.is_empty() {
+                        spec.services.clone()
+                    } else if let Some(entry) = entry {
+                        entry.advertises.iter().map(|s| (*s).to_owned()).collect()
+                    } else {
+                        vec![connector.clone().unwrap_or_else(|| spec.name.clone())]
+                    };
+                    worker_apps.push(idx);
+                    base.workers.push(WorkerView {
+                        worker_id,
+                        app_name: spec.name.clone(),
+                        connector: connector.unwrap_or_else(|| spec.name.clone()),
+                        binding,
+                        gpu,
+                        services,
+                        service_app: spec
+                            .wait_for
+                            .iter()
+                            .find(|name| service_names.contains(&name.as_str()))
+                            .cloned(),
+                        process_state: ProcessState::Waiting,
+                    });
+                }
+                None => {}
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        for worker in &base.workers {
+            if !seen.insert(worker.worker_id.as_str()) {
+                problems.push(format!(
+                    "two worker apps report as WORKER_ID \"{}\"; the job broker would see one worker",
+                    worker.worker_id
+                ));
+            }
+        }
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        Ok(Built {
+            template: ViewTemplate {
+                base,
+                worker_apps,
+                service_apps,
+            },
+            warnings,
+        })
+    }
+
+    /// The same template with another `health_url` (known once the endpoint is bound).
+    pub fn with_health_url(mut self, url: String) -> Self {
+        self.base.health_url = url;
+        self
+    }
+
+    /// The machine id the view reports.
+    pub fn machine_id(&self) -> &str {
+        &self.base.machine_id
+    }
+
+    /// The view for one supervisor snapshot.
+    pub fn view(&self, snapshot: &Snapshot) -> MachineView {
+        let mut view = self.base.clone();
+        view.phase = match snapshot.phase {
+            supervisor::Phase::Starting => Phase::Starting,
+            supervisor::Phase::Running => Phase::Ready,
+            supervisor::Phase::Stopping | supervisor::Phase::Stopped => Phase::Shutdown,
+        };
+        for (worker, &idx) in view.workers.iter_mut().zip(&self.worker_apps) {
+            if let Some(app) = snapshot.apps.get(idx) {
+                worker.process_state = process_state(app.state);
+            }
+        }
+        for (service, &idx) in view.services.iter_mut().zip(&self.service_apps) {
+            if let Some(app) = snapshot.apps.get(idx) {
+                service.process_state = process_state(app.state);
+                service.ready = app.state.is_ready();
+            }
+        }
+        view
+    }
+
+    /// Keeps `view` equal to the view of the supervisor's latest snapshot until `cancel`; only
+    /// real changes are sent, so every message the receiver sees is one state change.
+    pub async fn follow(
+        self,
+        mut snapshots: watch::Receiver<Snapshot>,
+        view: watch::Sender<MachineView>,
+        cancel: CancellationToken,
+    ) {
+        loop {
+            let next = self.view(&snapshots.borrow_and_update());
+            view.send_if_modified(|current| {
+                let changed = *current != next;
+                if changed {
+                    *current = next;
+                }
+                changed
+            });
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                changed = snapshots.changed() => if changed.is_err() { return },
+            }
+        }
+    }
+}
+
+fn process_state(state: AppState) -> ProcessState {
+    match state {
+        AppState::Waiting => ProcessState::Waiting,
+        AppState::Starting => ProcessState::Starting,
+        AppState::Running => ProcessState::Running,
+        AppState::Ready => ProcessState::Ready,
+        AppState::Stopping => ProcessState::Stopping,
+        AppState::Stopped => ProcessState::Stopped,
+        AppState::Errored => ProcessState::Errored,
+        AppState::Restarting => ProcessState::Restarting,
+    }
+}

@@ -1,0 +1,295 @@
+//! `machine-runtime up`: the supervisor, the health endpoint and the job broker link, wired together.
+//!
+//! Order: every start-up problem (apps, secrets, GPUs, broker settings, worker identities) is
+//! collected and reported at once; then the health endpoint binds, the broker connects and publishes
+//! `initial`, and only then do the apps start. On stop, the broker's final `shutdown` message goes
+//! out before any app is signalled.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use serde_json::{Map, Value, json};
+use tokio::sync::watch;
+
+use crate::broker::bridge::{Identity, ViewTemplate};
+use crate::broker::{self, Broker, BrokerConfig, BrokerError};
+use crate::ecosystem::AppSpec;
+use crate::health::{HealthError, StatusSource};
+use crate::supervisor::state::log;
+use crate::supervisor::{PreflightError, RunError, Supervisor, SupervisorOptions};
+
+/// `MACHINE_HEALTH_REQUIRES_BROKER`: whether an unreachable broker makes `/health` answer 503.
+pub const REQUIRES_BROKER_VAR: &str = "MACHINE_HEALTH_REQUIRES_BROKER";
+
+/// Whether and how the machine reports to the job broker.
+#[derive(Debug, Clone)]
+pub enum BrokerSetting {
+    /// Not reporting, and why (shown in `/health` and `/status`).
+    Off {
+        /// For example "HUB_REDIS_URL is not set".
+        reason: String,
+    },
+    /// Reporting with these settings.
+    On {
+        /// Connection, interval, preflight.
+        config: BrokerConfig,
+        /// Whether an unreachable broker makes the machine unhealthy.
+        required_for_health: bool,
+    },
+}
+
+impl BrokerSetting {
+    /// Reads `HUB_REDIS_URL` (unset: off), `MACHINE_STATUS_UPDATE_INTERVAL_SECONDS`,
+    /// `BROKER_PREFLIGHT` and `MACHINE_HEALTH_REQUIRES_BROKER`. Warnings come back for the caller to
+    /// log; every problem is returned, one line each.
+    pub fn from_lookup(
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<(BrokerSetting, Vec<String>), Vec<String>> {
+        let mut problems = Vec::new();
+        let required_for_health = match lookup(REQUIRES_BROKER_VAR)
+            .map(|v| v.trim().to_ascii_lowercase())
+            .as_deref()
+        {
+            None | Some("" | "false" | "0" | "no" | "off") => false,
+            Some("true" | "1" | "yes" | "on") => true,
+            Some(_) => {
+                problems.push(format!(
+                    "{REQUIRES_BROKER_VAR}=\"{}\" is not a boolean; expected true or false",
+                    lookup(REQUIRES_BROKER_VAR).unwrap_or_default()
+                ));
+                false
+            }
+        };
+        if lookup("HUB_REDIS_URL").is_none_or(|v| v.trim().is_empty()) {
+            if !problems.is_empty() {
+                return Err(problems);
+            }
+            let reason = "HUB_REDIS_URL is not set, so this machine does not report to the job broker".to_owned();
+            return Ok((
+                BrokerSetting::Off {
+                    reason: reason.clone(),
+                },
+                vec![reason],
+            ));
+        }
+        match BrokerConfig::from_lookup(lookup) {
+            Ok((config, warnings)) if problems.is_empty() => Ok((
+                BrokerSetting::On {
+                    config,
+                    required_for_health,
+                },
+                warnings,
+            )),
+            Ok(_) => Err(problems),
+            Err(errors) => {
+                problems.extend(errors.0.iter().map(ToString::to_string));
+                Err(problems)
+            }
+        }
+    }
+
+    /// Like [`BrokerSetting::from_lookup`] on the process environment.
+    pub fn from_env() -> Result<(BrokerSetting, Vec<String>), Vec<String>> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+}
+
+/// Everything [`run`] needs besides the apps.
+pub struct UpOptions {
+    /// Child commands and signal handling.
+    pub supervisor: SupervisorOptions,
+    /// Port of the health endpoint (0 picks a free one and logs it).
+    pub health_port: u16,
+    /// `MACHINE_ID` from the plan or the environment; `None` takes the workers' own.
+    pub machine_id: Option<String>,
+    /// GPUs the machine serves, as reported to the broker.
+    pub gpu_count: u32,
+    /// The broker setting read from the environment, or its problems.
+    pub broker: Result<(BrokerSetting, Vec<String>), Vec<String>>,
+}
+
+/// Why `up` failed.
+#[derive(Debug, thiserror::Error)]
+pub enum UpError {
+    #[error(transparent)]
+    Preflight(#[from] PreflightError),
+    #[error(transparent)]
+    Health(#[from] HealthError),
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+    #[error(transparent)]
+    Run(#[from] RunError),
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(std::io::Error),
+}
+
+/// The broker's part of `/health` and `/status`.
+struct MachineStatus {
+    broker: OnceLock<Broker>,
+    off: Option<String>,
+    required_for_health: bool,
+}
+
+impl MachineStatus {
+    /// `None` while reachable (or still connecting for the first time); else why not.
+    fn broker_problem(&self) -> Option<String> {
+        let broker = self.broker.get()?;
+        let status = broker.status();
+        match status.connection {
+            broker::ConnectionState::Unreachable { .. } => Some(status.summary()),
+            _ => None,
+        }
+    }
+}
+
+impl StatusSource for MachineStatus {
+    fn status_fields(&self) -> Map<String, Value> {
+        let mut fields = Map::new();
+        fields.insert("broker".into(), self.broker_field());
+        fields
+    }
+
+    fn health_reasons(&self) -> Vec<String> {
+        match self.broker_problem() {
+            Some(problem) if self.required_for_health => vec![problem],
+            _ => Vec::new(),
+        }
+    }
+
+    fn health_warnings(&self) -> Vec<String> {
+        match (&self.off, self.broker_problem()) {
+            (Some(reason), _) => vec![reason.clone()],
+            (None, Some(problem)) if !self.required_for_health => vec![problem],
+            _ => Vec::new(),
+        }
+    }
+
+    fn health_fields(&self) -> Map<String, Value> {
+        self.status_fields()
+    }
+
+    fn health_services(&self) -> Map<String, Value> {
+        let entry = match (&self.off, self.broker.get()) {
+            (Some(reason), _) => json!({"healthy": false, "error": reason}),
+            (None, Some(broker)) => {
+                let status = broker.status();
+                let problem = self.broker_problem();
+                json!({"healthy": status.is_connected(), "error": problem})
+            }
+            (None, None) => json!({"healthy": false, "error": "the broker link is starting"}),
+        };
+        let mut services = Map::new();
+        services.insert("status-aggregator".into(), entry);
+        services
+    }
+}
+
+impl MachineStatus {
+    fn broker_field(&self) -> Value {
+        match (&self.off, self.broker.get()) {
+            (Some(reason), _) => json!({"enabled": false, "reason": reason}),
+            (None, Some(broker)) => {
+                let mut value = serde_json::to_value(broker.status()).unwrap_or(Value::Null);
+                if let Value::Object(map) = &mut value {
+                    map.insert("enabled".into(), true.into());
+                    map.insert("summary".into(), broker.status().summary().into());
+                    map.insert("required_for_health".into(), self.required_for_health.into());
+                }
+                value
+            }
+            (None, None) => json!({"enabled": true, "summary": "starting"}),
+        }
+    }
+}
+
+/// Runs a machine to the end: checks everything, serves the health endpoint, starts the broker
+/// link, supervises until stopped. Blocks the thread.
+pub fn run(apps: Vec<AppSpec>, options: UpOptions) -> Result<(), UpError> {
+    let started_at = Instant::now();
+    let mut problems = Vec::new();
+    let setting = match options.broker {
+        Ok((setting, warnings)) => {
+            for warning in warnings {
+                log(&format!("warning: {warning}"));
+            }
+            Some(setting)
+        }
+        Err(found) => {
+            problems.extend(found);
+            None
+        }
+    };
+    let supervisor = match Supervisor::new(apps, options.supervisor) {
+        Ok(supervisor) => Some(supervisor),
+        Err(err) => {
+            problems.extend(err.problems);
+            None
+        }
+    };
+    let mut link = None;
+    if let (Some(BrokerSetting::On { config, .. }), Some(supervisor)) = (&setting, &supervisor) {
+        let identity = Identity {
+            machine_id: options.machine_id.clone(),
+            gpu_count: options.gpu_count,
+            health_url: String::new(),
+            started_at,
+        };
+        match ViewTemplate::build(&identity, supervisor.apps()) {
+            Ok(built) => {
+                for warning in built.warnings {
+                    log(&format!("warning: {warning}"));
+                }
+                link = Some((config.clone(), built.template));
+            }
+            Err(found) => problems.extend(found),
+        }
+    }
+    let (Some(setting), Some(mut supervisor), true) = (setting, supervisor, problems.is_empty())
+    else {
+        return Err(PreflightError { problems }.into());
+    };
+    let status = Arc::new(match setting {
+        BrokerSetting::Off { reason } => MachineStatus {
+            broker: OnceLock::new(),
+            off: Some(reason),
+            required_for_health: false,
+        },
+        BrokerSetting::On {
+            required_for_health,
+            ..
+        } => MachineStatus {
+            broker: OnceLock::new(),
+            off: None,
+            required_for_health,
+        },
+    });
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(UpError::Runtime)?;
+    runtime.block_on(async {
+        let handle = supervisor.handle();
+        let addr = crate::health::serve(options.health_port, handle.clone(), status.clone()).await?;
+        if let Some((config, template)) = link {
+            let template =
+                template.with_health_url(format!("http://localhost:{}/health", addr.port()));
+            let (view_tx, view_rx) = watch::channel(template.view(&handle.snapshot()));
+            let broker = Broker::start(config, view_rx).await?;
+            let _ = status.broker.set(broker.clone());
+            handle.tracker().spawn(template.follow(
+                handle.watch(),
+                view_tx,
+                handle.shutdown_token(),
+            ));
+            supervisor.before_stop(async move {
+                match broker.shutdown().await {
+                    Ok(()) => log("broker: published the final shutdown status"),
+                    Err(err) => log(&format!("broker: {err}")),
+                }
+            });
+        }
+        supervisor.run().await?;
+        Ok(())
+    })
+}
