@@ -1214,7 +1214,10 @@ mod tests {
         );
         assert_eq!(
             (w.binding, w.services.as_slice()),
-            (Some(Binding::Shared), ["comfyui", "a1111"].map(String::from).as_slice())
+            (
+                Some(Binding::Shared),
+                ["comfyui", "a1111"].map(String::from).as_slice()
+            )
         );
         assert_eq!(
             w.readiness.as_ref().unwrap().check,

@@ -265,7 +265,34 @@ fn up(args: UpArgs) -> anyhow::Result<()> {
     let env_machine_id = std::env::var("MACHINE_ID")
         .ok()
         .filter(|v| !v.trim().is_empty());
-    let (apps, uuids, machine_id, gpu_count) = match args.ecosystem {
+    // Read before planning, so a start that fails names every problem at once.
+    let broker = BrokerSetting::from_env();
+    let planned = plan_apps(args.ecosystem, args.profile, env_machine_id);
+    let (apps, uuids, machine_id, gpu_count) = match (planned, &broker) {
+        (Ok(planned), _) => planned,
+        (Err(err), Ok(_)) => return Err(err),
+        (Err(err), Err(problems)) => {
+            anyhow::bail!("{err:#}\n  {}", problems.join("\n  "))
+        }
+    };
+    let options = UpOptions {
+        supervisor: SupervisorOptions::new(uuids),
+        health_port: health_port(args.health_port)?,
+        machine_id,
+        gpu_count,
+        broker,
+    };
+    up::run(apps, options)?;
+    Ok(())
+}
+
+/// The apps to run, the GPU UUIDs to pin them to, the machine id and the GPU count to report.
+fn plan_apps(
+    ecosystem: Option<PathBuf>,
+    profile: Option<String>,
+    env_machine_id: Option<String>,
+) -> anyhow::Result<(Vec<ecosystem::AppSpec>, Vec<String>, Option<String>, u32)> {
+    Ok(match ecosystem {
         Some(path) => {
             let eco = ecosystem::read_file(&path)?;
             for warning in &eco.warnings {
@@ -276,7 +303,7 @@ fn up(args: UpArgs) -> anyhow::Result<()> {
             (eco.apps, uuids, env_machine_id, gpus)
         }
         None => {
-            let real = real_plan(args.profile)?;
+            let real = real_plan(profile)?;
             let eco = machine_model::ecosystem::Ecosystem::from_plan(&real.plan);
             let value = serde_json::to_value(&eco).context("rendering the plan's ecosystem")?;
             let apps = ecosystem::from_value(&value)?.apps;
@@ -287,16 +314,7 @@ fn up(args: UpArgs) -> anyhow::Result<()> {
                 real.plan.gpus,
             )
         }
-    };
-    let options = UpOptions {
-        supervisor: SupervisorOptions::new(uuids),
-        health_port: health_port(args.health_port)?,
-        machine_id,
-        gpu_count,
-        broker: BrokerSetting::from_env(),
-    };
-    up::run(apps, options)?;
-    Ok(())
+    })
 }
 
 fn health_check(args: HealthArgs) -> anyhow::Result<()> {

@@ -64,7 +64,9 @@ impl BrokerSetting {
             if !problems.is_empty() {
                 return Err(problems);
             }
-            let reason = "HUB_REDIS_URL is not set, so this machine does not report to the job broker".to_owned();
+            let reason =
+                "HUB_REDIS_URL is not set, so this machine does not report to the job broker"
+                    .to_owned();
             return Ok((
                 BrokerSetting::Off {
                     reason: reason.clone(),
@@ -193,7 +195,10 @@ impl MachineStatus {
                 if let Value::Object(map) = &mut value {
                     map.insert("enabled".into(), true.into());
                     map.insert("summary".into(), broker.status().summary().into());
-                    map.insert("required_for_health".into(), self.required_for_health.into());
+                    map.insert(
+                        "required_for_health".into(),
+                        self.required_for_health.into(),
+                    );
                 }
                 value
             }
@@ -270,7 +275,8 @@ pub fn run(apps: Vec<AppSpec>, options: UpOptions) -> Result<(), UpError> {
         .map_err(UpError::Runtime)?;
     runtime.block_on(async {
         let handle = supervisor.handle();
-        let addr = crate::health::serve(options.health_port, handle.clone(), status.clone()).await?;
+        let addr =
+            crate::health::serve(options.health_port, handle.clone(), status.clone()).await?;
         if let Some((config, template)) = link {
             let template =
                 template.with_health_url(format!("http://localhost:{}/health", addr.port()));
@@ -292,4 +298,61 @@ pub fn run(apps: Vec<AppSpec>, options: UpOptions) -> Result<(), UpError> {
         supervisor.run().await?;
         Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn setting(vars: &[(&str, &str)]) -> Result<(BrokerSetting, Vec<String>), Vec<String>> {
+        BrokerSetting::from_lookup(|name| {
+            vars.iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| (*v).to_owned())
+        })
+    }
+
+    #[test]
+    fn no_url_turns_the_broker_off_and_says_why() {
+        let (off, warnings) = setting(&[("HUB_REDIS_URL", "  ")]).unwrap();
+        assert!(
+            matches!(off, BrokerSetting::Off { ref reason } if reason.contains("HUB_REDIS_URL is not set"))
+        );
+        assert_eq!(warnings.len(), 1);
+    }
+
+    #[test]
+    fn a_url_turns_it_on_and_health_policy_is_read() {
+        let (on, warnings) = setting(&[
+            ("HUB_REDIS_URL", "redis://127.0.0.1:6379"),
+            ("MACHINE_HEALTH_REQUIRES_BROKER", "Yes"),
+            ("MACHINE_STATUS_UPDATE_INTERVAL_SECONDS", "60"),
+        ])
+        .unwrap();
+        let BrokerSetting::On {
+            config,
+            required_for_health,
+        } = on
+        else {
+            panic!("broker off");
+        };
+        assert!(required_for_health);
+        assert_eq!(config.status_interval.as_secs(), 25);
+        assert!(warnings[0].contains("above 25"), "{warnings:?}");
+    }
+
+    #[test]
+    fn every_problem_is_reported_once() {
+        let problems = setting(&[
+            ("HUB_REDIS_URL", "redis://:pw@host:notaport"),
+            ("MACHINE_HEALTH_REQUIRES_BROKER", "maybe"),
+            ("BROKER_PREFLIGHT", "strict"),
+        ])
+        .unwrap_err();
+        assert_eq!(problems.len(), 3, "{problems:#?}");
+        assert!(problems.iter().all(|p| !p.contains(":pw@")), "{problems:?}");
+        // A bad health policy is reported even without a broker.
+        let problems = setting(&[("MACHINE_HEALTH_REQUIRES_BROKER", "2")]).unwrap_err();
+        assert_eq!(problems.len(), 1);
+    }
 }

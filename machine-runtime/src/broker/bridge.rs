@@ -125,7 +125,9 @@ impl ViewTemplate {
                         ));
                         continue;
                     };
-                    let entry = connector.as_deref().and_then(machine_model::catalog::connector);
+                    let entry = connector
+                        .as_deref()
+                        .and_then(machine_model::catalog::connector);
                     let binding = spec.binding.unwrap_or(match (gpu, entry) {
                         (Some(_), _) => ResourceBinding::Gpu,
                         (None, Some(entry)) if entry.default_binding != ResourceBinding::Gpu => {
@@ -249,5 +251,186 @@ fn process_state(state: AppState) -> ProcessState {
         AppState::Stopped => ProcessState::Stopped,
         AppState::Errored => ProcessState::Errored,
         AppState::Restarting => ProcessState::Restarting,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::command::{Context, build};
+    use crate::supervisor::AppStatus;
+    use std::collections::BTreeMap;
+    use std::ffi::OsString;
+    use std::path::PathBuf;
+
+    fn ctx(machine_id: Option<&str>) -> Context {
+        let mut runtime_env = BTreeMap::new();
+        if let Some(id) = machine_id {
+            runtime_env.insert(OsString::from("MACHINE_ID"), OsString::from(id));
+        }
+        Context {
+            runtime_env,
+            gpu_uuids: vec!["GPU-a".into(), "GPU-b".into()],
+            current_exe: PathBuf::from("/bin/true"),
+        }
+    }
+
+    fn service(name: &str, gpu: u32) -> AppSpec {
+        let mut app = AppSpec::new(name, "sleep");
+        app.role = Some(Role::Service);
+        app.gpu = Some(gpu);
+        app.port = Some(8188 + gpu as u16);
+        app
+    }
+
+    fn worker(name: &str, connector: &str, index: u32, gpu: Option<u32>) -> AppSpec {
+        let mut app = AppSpec::new(name, "sleep");
+        app.role = Some(Role::Worker);
+        app.gpu = gpu;
+        app.connector = Some(connector.into());
+        app.index = Some(index);
+        app.env.insert("MACHINE_ID".into(), "built".into());
+        app.env.insert(
+            "WORKER_ID".into(),
+            format!("built-worker-{connector}-{index}"),
+        );
+        if let Some(g) = gpu {
+            app.wait_for = vec![format!("comfyui-gpu{g}")];
+        }
+        app
+    }
+
+    fn identity(machine_id: Option<&str>) -> Identity {
+        Identity {
+            machine_id: machine_id.map(str::to_owned),
+            gpu_count: 2,
+            health_url: "http://localhost:9090/health".into(),
+            started_at: Instant::now(),
+        }
+    }
+
+    fn template(apps: &[AppSpec], machine_id: Option<&str>) -> Result<Built, Vec<String>> {
+        let context = ctx(machine_id);
+        let commands: Vec<ChildCommand> =
+            apps.iter().map(|a| build(a, &context).unwrap()).collect();
+        ViewTemplate::build(&identity(machine_id), apps.iter().zip(&commands))
+    }
+
+    fn snapshot(apps: &[AppSpec], states: &[AppState], phase: supervisor::Phase) -> Snapshot {
+        Snapshot {
+            phase,
+            apps: apps
+                .iter()
+                .zip(states)
+                .map(|(spec, state)| {
+                    let mut status = AppStatus::new(spec, None);
+                    status.state = *state;
+                    status
+                })
+                .collect(),
+            orphans_reaped: 0,
+        }
+    }
+
+    fn machine() -> Vec<AppSpec> {
+        let mut remote = worker("comfyui-remote-worker-0", "comfyui-remote", 0, None);
+        remote.wait_for.clear();
+        vec![
+            service("comfyui-gpu0", 0),
+            service("comfyui-gpu1", 1),
+            worker("comfyui-worker-0", "comfyui", 0, Some(0)),
+            worker("comfyui-worker-1", "comfyui", 1, Some(1)),
+            worker("openai-worker-0", "openai", 0, None),
+            remote,
+        ]
+    }
+
+    #[test]
+    fn identities_follow_the_commands_the_workers_run() {
+        let apps = machine();
+        let built = template(&apps, Some("m7")).unwrap();
+        assert!(built.warnings.is_empty(), "{:?}", built.warnings);
+        let view = built.template.view(&snapshot(
+            &apps,
+            &[AppState::Ready; 6],
+            supervisor::Phase::Running,
+        ));
+        assert_eq!(view.machine_id, "m7");
+        assert_eq!(view.phase, Phase::Ready);
+        let ids: Vec<(&str, Option<u32>, ResourceBinding)> = view
+            .workers
+            .iter()
+            .map(|w| (w.worker_id.as_str(), w.gpu, w.binding))
+            .collect();
+        // The runtime's MACHINE_ID wins over the one baked into the ecosystem, as for the process.
+        assert_eq!(
+            ids,
+            [
+                ("m7-worker-comfyui-0", Some(0), ResourceBinding::Gpu),
+                ("m7-worker-comfyui-1", Some(1), ResourceBinding::Gpu),
+                ("m7-worker-openai-0", None, ResourceBinding::Shared),
+                ("m7-worker-comfyui-remote-0", None, ResourceBinding::Shared),
+            ]
+        );
+        assert_eq!(view.workers[1].service_app.as_deref(), Some("comfyui-gpu1"));
+        // A remote ComfyUI worker is its own provider, never the local GPU's service.
+        assert_eq!(view.workers[3].service_app, None);
+        assert_eq!(view.workers[3].services, ["comfyui"]);
+        assert_eq!(
+            view.workers[2].services,
+            machine_model::catalog::connector("openai")
+                .unwrap()
+                .advertises
+        );
+        assert_eq!(view.services[1].gpu, Some(1));
+    }
+
+    #[test]
+    fn states_and_phase_come_from_each_snapshot() {
+        let apps = machine();
+        let template = template(&apps, Some("m7")).unwrap().template;
+        let mut states = [AppState::Ready; 6];
+        states[1] = AppState::Starting;
+        states[3] = AppState::Waiting;
+        states[4] = AppState::Restarting;
+        let view = template.view(&snapshot(&apps, &states, supervisor::Phase::Starting));
+        assert_eq!(view.phase, Phase::Starting);
+        assert_eq!(
+            (view.services[1].process_state, view.services[1].ready),
+            (ProcessState::Starting, false)
+        );
+        assert!(view.services[0].ready);
+        assert_eq!(view.workers[1].process_state, ProcessState::Waiting);
+        assert_eq!(view.workers[2].process_state, ProcessState::Restarting);
+        let stopping = template.view(&snapshot(&apps, &states, supervisor::Phase::Stopping));
+        assert_eq!(stopping.phase, Phase::Shutdown);
+    }
+
+    #[test]
+    fn without_a_runtime_machine_id_the_workers_one_is_used() {
+        let apps = machine();
+        let built = template(&apps, None).unwrap();
+        assert_eq!(built.template.machine_id(), "built");
+    }
+
+    #[test]
+    fn every_identity_problem_is_reported() {
+        let mut apps = machine();
+        apps[4].env.insert("MACHINE_ID".into(), "other".into());
+        apps[5]
+            .env
+            .insert("WORKER_ID".into(), "built-worker-comfyui-0".into());
+        let problems = template(&apps, None).unwrap_err();
+        assert_eq!(problems.len(), 2, "{problems:#?}");
+        assert!(problems[0].contains("\"openai-worker-0\" runs with MACHINE_ID \"other\""));
+        assert!(problems[1].contains("WORKER_ID \"built-worker-comfyui-0\""));
+
+        let mut anonymous = AppSpec::new("helper", "sleep");
+        anonymous.role = Some(Role::Worker);
+        let built = template(&[anonymous.clone()], Some("m7")).unwrap();
+        assert_eq!(built.warnings.len(), 1);
+        assert!(built.warnings[0].contains("\"helper\" has no WORKER_ID"));
+        let problems = template(&[anonymous], None).unwrap_err();
+        assert!(problems[0].starts_with("no MACHINE_ID"), "{problems:?}");
     }
 }

@@ -145,7 +145,7 @@ impl Tap {
     }
 }
 
-fn summary(message: &Value) -> String {
+pub(crate) fn summary(message: &Value) -> String {
     format!(
         "{}/{}",
         message["update_type"].as_str().unwrap_or("?"),
@@ -155,7 +155,7 @@ fn summary(message: &Value) -> String {
     )
 }
 
-fn update_type(message: &Value) -> &str {
+pub(crate) fn update_type(message: &Value) -> &str {
     message["update_type"].as_str().unwrap_or("")
 }
 
@@ -169,7 +169,7 @@ fn has_keys(value: &Value, keys: &[&str], what: &str) {
 }
 
 /// Every field the existing API reads (reference part f).
-fn assert_shape(message: &Value) {
+pub(crate) fn assert_shape(message: &Value) {
     has_keys(
         message,
         &[

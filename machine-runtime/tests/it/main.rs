@@ -7,6 +7,7 @@ mod install;
 mod redis_server;
 mod simulate;
 mod ui;
+mod up_broker;
 mod up_ecosystem;
 mod up_health;
 mod up_supervise;

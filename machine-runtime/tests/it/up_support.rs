@@ -59,6 +59,28 @@ impl Runtime {
             .replace("@DIR@", dir.path().to_str().unwrap());
         let file = dir.path().join("ecosystem.config.json");
         std::fs::write(&file, text).unwrap();
+        let file = file.to_str().unwrap().to_owned();
+        Self::spawn(dir, &["up", "--ecosystem", &file], env, wrapper)
+    }
+
+    /// Starts `up --profile <profile>` (a baked-in profile) in a fresh directory; `WORKSPACE_DIR`
+    /// points there unless `env` says otherwise.
+    pub fn start_profile(profile: &str, env: &[(&str, &str)]) -> Runtime {
+        let dir = tempfile::tempdir().unwrap();
+        let workspace = dir.path().to_str().unwrap().to_owned();
+        let mut all = vec![("WORKSPACE_DIR", workspace.as_str())];
+        all.extend_from_slice(env);
+        Self::spawn(dir, &["up", "--profile", profile], &all, &[])
+    }
+
+    /// Starts the binary with `args` and the health endpoint on a free port, in a clean environment:
+    /// no machine, broker or plan variables leak in from the shell that runs the tests.
+    fn spawn(
+        dir: tempfile::TempDir,
+        args: &[&str],
+        env: &[(&str, &str)],
+        wrapper: &[&str],
+    ) -> Runtime {
         let mut cmd = match wrapper.split_first() {
             Some((first, rest)) => {
                 let mut c = Command::new(first);
@@ -67,13 +89,24 @@ impl Runtime {
             }
             None => Command::new(BIN),
         };
-        cmd.args(["up", "--ecosystem"])
-            .arg(&file)
-            .args(["--health-port", "0"])
-            .env_remove("MACHINE_HEALTH_PORT")
-            .env_remove("MACHINE_FAKE_GPUS")
-            .env_remove("MACHINE_ID")
-            .envs(env.iter().copied())
+        cmd.args(args).args(["--health-port", "0"]);
+        for var in [
+            "MACHINE_HEALTH_PORT",
+            "MACHINE_FAKE_GPUS",
+            "MACHINE_ID",
+            "MACHINE_PROFILE",
+            "MACHINE_GPU_COUNT",
+            "MACHINE_ALLOW_FEWER_GPUS",
+            "WORKER_CONNECTORS",
+            "WORKERS",
+            "HUB_REDIS_URL",
+            "MACHINE_STATUS_UPDATE_INTERVAL_SECONDS",
+            "BROKER_PREFLIGHT",
+            "MACHINE_HEALTH_REQUIRES_BROKER",
+        ] {
+            cmd.env_remove(var);
+        }
+        cmd.envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
