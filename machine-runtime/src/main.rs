@@ -268,7 +268,7 @@ fn up(args: UpArgs) -> anyhow::Result<()> {
     // Read before planning, so a start that fails names every problem at once.
     let broker = BrokerSetting::from_env();
     let planned = plan_apps(args.ecosystem, args.profile, env_machine_id);
-    let (apps, uuids, machine_id, gpu_count) = match (planned, &broker) {
+    let planned = match (planned, &broker) {
         (Ok(planned), _) => planned,
         (Err(err), Ok(_)) => return Err(err),
         (Err(err), Err(problems)) => {
@@ -276,22 +276,32 @@ fn up(args: UpArgs) -> anyhow::Result<()> {
         }
     };
     let options = UpOptions {
-        supervisor: SupervisorOptions::new(uuids),
+        supervisor: SupervisorOptions::new(planned.gpu_uuids),
         health_port: health_port(args.health_port)?,
-        machine_id,
-        gpu_count,
+        machine_id: planned.machine_id,
+        gpu_count: planned.gpu_count,
         broker,
     };
-    up::run(apps, options)?;
+    up::run(planned.apps, options)?;
     Ok(())
 }
 
-/// The apps to run, the GPU UUIDs to pin them to, the machine id and the GPU count to report.
+/// What `up` runs and reports.
+struct Planned {
+    apps: Vec<ecosystem::AppSpec>,
+    /// GPU UUIDs by index, to pin the apps to.
+    gpu_uuids: Vec<String>,
+    /// `MACHINE_ID` from the plan or the environment.
+    machine_id: Option<String>,
+    /// GPUs reported to the broker.
+    gpu_count: u32,
+}
+
 fn plan_apps(
     ecosystem: Option<PathBuf>,
     profile: Option<String>,
     env_machine_id: Option<String>,
-) -> anyhow::Result<(Vec<ecosystem::AppSpec>, Vec<String>, Option<String>, u32)> {
+) -> anyhow::Result<Planned> {
     Ok(match ecosystem {
         Some(path) => {
             let eco = ecosystem::read_file(&path)?;
@@ -299,20 +309,24 @@ fn plan_apps(
                 eprintln!("machine-runtime: warning: {warning}");
             }
             let uuids = gpu_uuids()?;
-            let gpus = u32::try_from(uuids.len()).unwrap_or(u32::MAX);
-            (eco.apps, uuids, env_machine_id, gpus)
+            Planned {
+                apps: eco.apps,
+                gpu_count: u32::try_from(uuids.len()).unwrap_or(u32::MAX),
+                gpu_uuids: uuids,
+                machine_id: env_machine_id,
+            }
         }
         None => {
             let real = real_plan(profile)?;
             let eco = machine_model::ecosystem::Ecosystem::from_plan(&real.plan);
             let value = serde_json::to_value(&eco).context("rendering the plan's ecosystem")?;
             let apps = ecosystem::from_value(&value)?.apps;
-            (
+            Planned {
                 apps,
-                real.gpu_uuids,
-                Some(real.plan.machine_id),
-                real.plan.gpus,
-            )
+                gpu_uuids: real.gpu_uuids,
+                machine_id: Some(real.plan.machine_id),
+                gpu_count: real.plan.gpus,
+            }
         }
     })
 }

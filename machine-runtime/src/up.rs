@@ -32,7 +32,7 @@ pub enum BrokerSetting {
     /// Reporting with these settings.
     On {
         /// Connection, interval, preflight.
-        config: BrokerConfig,
+        config: Box<BrokerConfig>,
         /// Whether an unreachable broker makes the machine unhealthy.
         required_for_health: bool,
     },
@@ -77,7 +77,7 @@ impl BrokerSetting {
         match BrokerConfig::from_lookup(lookup) {
             Ok((config, warnings)) if problems.is_empty() => Ok((
                 BrokerSetting::On {
-                    config,
+                    config: Box::new(config),
                     required_for_health,
                 },
                 warnings,
@@ -244,7 +244,7 @@ pub fn run(apps: Vec<AppSpec>, options: UpOptions) -> Result<(), UpError> {
                 for warning in built.warnings {
                     log(&format!("warning: {warning}"));
                 }
-                link = Some((config.clone(), built.template));
+                link = Some((config.as_ref().clone(), built.template));
             }
             Err(found) => problems.extend(found),
         }
