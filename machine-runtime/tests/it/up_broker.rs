@@ -225,8 +225,19 @@ fn simulation_machine_reports_ready_periodic_crash_and_shutdown() {
     let app = rt.app_status("simulation-worker-1");
     assert_eq!(app["restarts"], 1, "{app}");
 
-    // Ctrl-C: `shutdown` is the last message, built while every app was still running.
+    // Ctrl-C: `shutdown` goes out before any worker is signalled. One subscriber sees the status
+    // channel and the workers' own channels in Redis's order: the stand-ins publish `offline` when
+    // they get the signal, so none of those may come before `shutdown`.
+    let both = StatusTap::start(&redis.url(), "machine:*");
     rt.signal(libc::SIGINT);
+    let first = both.next_where(&rt, "shutdown or a worker going offline", |m| {
+        update_type(m) == "shutdown" || m["data"]["status"] == "offline"
+    });
+    assert_eq!(
+        update_type(&first),
+        "shutdown",
+        "a worker stopped before shutdown was published: {first}"
+    );
     let shutdown = tap.next_where(&rt, "update_type shutdown", |m| {
         update_type(m) == "shutdown"
     });
@@ -238,13 +249,10 @@ fn simulation_machine_reports_ready_periodic_crash_and_shutdown() {
             "{key} in the shutdown message: {service}"
         );
     }
-    for i in 0..4 {
-        assert_eq!(
-            worker_status(&shutdown, &worker_id(machine, i))["is_connected"],
-            true,
-            "worker {i} was already signalled when shutdown was built: {shutdown}"
-        );
-    }
+    let offline = both.next_where(&rt, "a worker going offline after shutdown", |m| {
+        m["data"]["status"] == "offline"
+    });
+    assert_eq!(offline["event_type"], "worker_status_changed", "{offline}");
     assert!(rt.wait_exit().success(), "{}", rt.output());
     assert_nothing_after(&redis, &tap, &rt, machine);
     let out = rt.output();
