@@ -165,7 +165,7 @@ impl BrokerConfig {
             connect_timeout: Duration::from_secs(5),
             response_timeout: Duration::from_secs(5),
             backoff_min: Duration::from_millis(250),
-            backoff_max: Duration::from_secs(10),
+            backoff_max: Duration::from_secs(5),
             event_debounce: Duration::from_millis(100),
             shutdown_timeout: Duration::from_secs(3),
         }

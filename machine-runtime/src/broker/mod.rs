@@ -18,8 +18,9 @@
 //! `offline` whatever it last said.
 //!
 //! Outages: the runtime's processes never wait for Redis. The link reconnects with capped
-//! exponential backoff (250 ms doubling to 10 s); while it is down nothing is published and
-//! [`Broker::status`] says `unreachable` since when and why. On reconnection the broker catches up
+//! exponential backoff (250 ms doubling to 5 s, so status resumes within 5 s of Redis returning,
+//! well inside the API's 30 s); while it is down nothing is published and [`Broker::status`]
+//! says `unreachable` since when and why. On reconnection the broker catches up
 //! (`initial`/`machine_ready` if they were missed, else a `periodic` at once) and resubscribes.
 //!
 //! Settings (environment):
