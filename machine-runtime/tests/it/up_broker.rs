@@ -270,7 +270,7 @@ fn redis_outage_changes_only_health_and_publishing_resumes() {
     let mut redis = RedisServer::start();
     let machine = "sim-outage";
     let tap = StatusTap::start(&redis.url(), "machine:status:*");
-    let rt = simulation_machine(&redis, machine, &[]);
+    let mut rt = simulation_machine(&redis, machine, &[]);
     tap.next_where(&rt, "every worker connected and idle", |m| {
         update_type(m) == "periodic"
             && (0..4).all(|i| connected_and_idle(m, &worker_id(machine, i)))
@@ -344,6 +344,14 @@ fn redis_outage_changes_only_health_and_publishing_resumes() {
     let out = rt.output();
     assert!(out.contains("lost the connection to redis"), "{out}");
     assert!(out.contains("connected to redis at"), "{out}");
+
+    // SIGTERM (docker stop) ends it like Ctrl-C: `shutdown` last.
+    rt.signal(libc::SIGTERM);
+    tap.next_where(&rt, "update_type shutdown", |m| {
+        update_type(m) == "shutdown"
+    });
+    assert!(rt.wait_exit().success(), "{}", rt.output());
+    assert_nothing_after(&redis, &tap, &rt, machine);
 }
 
 #[test]
