@@ -386,9 +386,15 @@ fn health_can_require_the_broker_and_apps_run_without_it() {
 fn no_redis_url_means_no_broker_and_says_so() {
     let _machine = one_machine();
     let rt = Runtime::start_profile("full-local", &[("MACHINE_FAKE_GPUS", "2")]);
-    rt.wait_state("simulation-worker-0", "running");
-    let (code, body, _) = rt.get("/health");
-    assert_eq!(code, 200, "{body}");
+    // Healthy once every app is up: the missing broker is a warning, not a reason.
+    let body = wait_for(
+        "/health to answer 200",
+        || rt.output(),
+        || {
+            let (code, body, _) = rt.get("/health");
+            (code == 200).then_some(body)
+        },
+    );
     assert_eq!(body["broker"]["enabled"], false, "{body}");
     assert!(
         body["warnings"]
