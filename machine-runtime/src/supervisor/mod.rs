@@ -288,12 +288,7 @@ impl Supervisor {
         let total = self.apps.len();
         let mut ended: Vec<(usize, AppEnd)> = Vec::new();
         let (signal, result) = loop {
-            let signal = async {
-                match signals.as_mut() {
-                    Some(s) => s.recv().await,
-                    None => std::future::pending().await,
-                }
-            };
+            let signal = next_signal(&mut signals);
             tokio::select! {
                 signal = signal => {
                     log(&format!("{} received; stopping workers first, then services", signal_name(signal)));
@@ -337,12 +332,7 @@ impl Supervisor {
                     hook.await;
                 }
             };
-            let second = async {
-                match signals.as_mut() {
-                    Some(s) => s.recv().await,
-                    None => std::future::pending().await,
-                }
-            };
+            let second = next_signal(&mut signals);
             tokio::select! {
                 () = all => {}
                 signal = second => log(&format!(
@@ -373,12 +363,7 @@ impl Supervisor {
             };
             tokio::pin!(all);
             loop {
-                let second = async {
-                    match signals.as_mut() {
-                        Some(s) => s.recv().await,
-                        None => std::future::pending().await,
-                    }
-                };
+                let second = next_signal(&mut signals);
                 tokio::select! {
                     _ = &mut all => break,
                     signal = second, if !escalated => {
@@ -409,5 +394,13 @@ impl Supervisor {
             }
         ));
         result
+    }
+}
+
+/// The next SIGTERM/SIGINT, or never when the supervisor does not handle signals.
+async fn next_signal(signals: &mut Option<StopSignals>) -> i32 {
+    match signals.as_mut() {
+        Some(s) => s.recv().await,
+        None => std::future::pending().await,
     }
 }
