@@ -382,6 +382,10 @@ pub const SERVICES: &[ServiceEntry] = &[
 /// The health endpoint's default port (`MACHINE_HEALTH_PORT`).
 pub const DEFAULT_HEALTH_PORT: u16 = 9090;
 
+/// The longest the runtime waits, on stop, for Redis to take the final `shutdown` status before it
+/// signals any app (milliseconds); Compose's stop budget includes it.
+pub const BROKER_SHUTDOWN_TIMEOUT_MS: u32 = 3000;
+
 /// The default install root (`WORKSPACE_DIR`).
 pub const DEFAULT_WORKSPACE: &str = "/workspace";
 

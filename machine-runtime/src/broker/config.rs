@@ -167,7 +167,9 @@ impl BrokerConfig {
             backoff_min: Duration::from_millis(250),
             backoff_max: Duration::from_secs(5),
             event_debounce: Duration::from_millis(100),
-            shutdown_timeout: Duration::from_secs(3),
+            shutdown_timeout: Duration::from_millis(u64::from(
+                machine_model::catalog::BROKER_SHUTDOWN_TIMEOUT_MS,
+            )),
         }
     }
 

@@ -282,7 +282,8 @@ fn model(l: &Loaded) -> Compose {
     Compose { services, volumes }
 }
 
-/// Seconds Compose should wait after SIGTERM: slowest worker grace + slowest service grace + margin.
+/// Seconds Compose should wait after SIGTERM: the final broker status (published before any app is
+/// signalled) + slowest worker grace + slowest service grace + margin.
 pub fn stop_budget_secs(l: &Loaded) -> u32 {
     let worker = l
         .plan
@@ -298,7 +299,8 @@ pub fn stop_budget_secs(l: &Loaded) -> u32 {
         .map(|s| s.restart.kill_timeout_ms)
         .max()
         .unwrap_or(0);
-    (worker + service).div_ceil(1000) + 5
+    let broker = machine_model::catalog::BROKER_SHUTDOWN_TIMEOUT_MS;
+    (broker + worker + service).div_ceil(1000) + 5
 }
 
 pub fn render(l: &Loaded) -> String {
