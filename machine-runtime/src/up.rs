@@ -191,10 +191,11 @@ impl MachineStatus {
         match (&self.off, self.broker.get()) {
             (Some(reason), _) => json!({"enabled": false, "reason": reason}),
             (None, Some(broker)) => {
-                let mut value = serde_json::to_value(broker.status()).unwrap_or(Value::Null);
+                let status = broker.status();
+                let mut value = serde_json::to_value(&status).unwrap_or(Value::Null);
                 if let Value::Object(map) = &mut value {
                     map.insert("enabled".into(), true.into());
-                    map.insert("summary".into(), broker.status().summary().into());
+                    map.insert("summary".into(), status.summary().into());
                     map.insert(
                         "required_for_health".into(),
                         self.required_for_health.into(),
