@@ -135,12 +135,15 @@ struct MachineStatus {
 impl MachineStatus {
     /// `None` while reachable (or still connecting for the first time); else why not.
     fn broker_problem(&self) -> Option<String> {
-        let broker = self.broker.get()?;
-        let status = broker.status();
-        match status.connection {
-            broker::ConnectionState::Unreachable { .. } => Some(status.summary()),
-            _ => None,
-        }
+        unreachable(&self.broker.get()?.status())
+    }
+}
+
+/// The status's one-line summary while Redis is unreachable.
+fn unreachable(status: &broker::BrokerStatus) -> Option<String> {
+    match status.connection {
+        broker::ConnectionState::Unreachable { .. } => Some(status.summary()),
+        _ => None,
     }
 }
 
@@ -175,8 +178,7 @@ impl StatusSource for MachineStatus {
             (Some(reason), _) => json!({"healthy": false, "error": reason}),
             (None, Some(broker)) => {
                 let status = broker.status();
-                let problem = self.broker_problem();
-                json!({"healthy": status.is_connected(), "error": problem})
+                json!({"healthy": status.is_connected(), "error": unreachable(&status)})
             }
             (None, None) => json!({"healthy": false, "error": "the broker link is starting"}),
         };

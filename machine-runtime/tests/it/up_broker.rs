@@ -369,14 +369,7 @@ fn health_can_require_the_broker_and_apps_run_without_it() {
     for i in 0..4 {
         rt.wait_state(&format!("simulation-worker-{i}"), "running");
     }
-    let body = wait_for(
-        "/health to answer 503 for the unreachable broker",
-        || rt.output(),
-        || {
-            let (code, body, _) = rt.get("/health");
-            (code == 503).then_some(body)
-        },
-    );
+    let body = health_answering(&rt, 503);
     let reasons = body["reasons"].to_string();
     assert!(reasons.contains("broker unreachable"), "{body}");
     assert_eq!(body["broker"]["required_for_health"], true, "{body}");
@@ -387,14 +380,7 @@ fn no_redis_url_means_no_broker_and_says_so() {
     let _machine = one_machine();
     let rt = Runtime::start_profile("full-local", &[("MACHINE_FAKE_GPUS", "2")]);
     // Healthy once every app is up: the missing broker is a warning, not a reason.
-    let body = wait_for(
-        "/health to answer 200",
-        || rt.output(),
-        || {
-            let (code, body, _) = rt.get("/health");
-            (code == 200).then_some(body)
-        },
-    );
+    let body = health_answering(&rt, 200);
     assert_eq!(body["broker"]["enabled"], false, "{body}");
     assert!(
         body["warnings"]
@@ -402,6 +388,18 @@ fn no_redis_url_means_no_broker_and_says_so() {
             .contains("HUB_REDIS_URL is not set"),
         "{body}"
     );
+}
+
+/// Waits until `/health` answers `code`; returns that body.
+fn health_answering(rt: &Runtime, code: u16) -> Value {
+    wait_for(
+        &format!("/health to answer {code}"),
+        || rt.output(),
+        || {
+            let (got, body, _) = rt.get("/health");
+            (got == code).then_some(body)
+        },
+    )
 }
 
 /// Runs `up` expecting a refusal; returns its output.
