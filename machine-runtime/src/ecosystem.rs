@@ -492,6 +492,11 @@ impl Reader {
                 None
             }
         };
+        // A process with a WORKER_ID is a job-queue worker even in a hand-written file without
+        // machine_* fields: it is reported to the broker, stopped first and drained.
+        if app.role.is_none() && app.env.get("WORKER_ID").is_some_and(|id| !id.is_empty()) {
+            app.role = Some(Role::Worker);
+        }
         app.gpu = f.uint_or_null("machine_gpu");
         app.port = f.port("machine_port");
         app.readiness = f.readiness("machine_readiness");

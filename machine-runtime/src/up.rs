@@ -283,13 +283,15 @@ pub fn run(apps: Vec<AppSpec>, options: UpOptions) -> Result<(), UpError> {
         if let Some((config, template)) = link {
             let template =
                 template.with_health_url(format!("http://localhost:{}/health", addr.port()));
-            let (view_tx, view_rx) = watch::channel(template.view(&handle.snapshot()));
+            let (view_tx, view_rx) =
+                watch::channel(template.view(&handle.snapshot(), handle.uptime_ms()));
             let broker = Broker::start(config, view_rx).await?;
             let _ = status.broker.set(broker.clone());
             handle.tracker().spawn(template.follow(
                 handle.watch(),
                 view_tx,
                 handle.shutdown_token(),
+                handle.started(),
             ));
             supervisor.before_stop(async move {
                 match broker.shutdown().await {

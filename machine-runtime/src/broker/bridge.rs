@@ -2,7 +2,7 @@
 //! commands they run, states from every snapshot.
 
 use std::ffi::OsStr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -100,7 +100,10 @@ impl ViewTemplate {
             .map(|(spec, _)| spec.name.as_str())
             .collect();
         for (idx, (spec, cmd)) in apps.iter().enumerate() {
-            let gpu = cmd.gpu.as_ref().map(|pin| pin.index);
+            let gpu = cmd.gpu.as_ref().map(|pin| pin.index).or_else(|| {
+                // A hand-written app pinned by index in its own environment.
+                env_of(cmd, "CUDA_VISIBLE_DEVICES").and_then(|v| v.trim().parse().ok())
+            });
             match spec.role {
                 Some(Role::Service) => {
                     service_apps.push(idx);
@@ -113,7 +116,7 @@ impl ViewTemplate {
                     });
                 }
                 Some(Role::Worker) => {
-                    let connector = spec.connector.clone();
+                    let connector = spec.connector.clone().or_else(|| connector_from_env(cmd));
                     let worker_id = env_of(cmd, "WORKER_ID").map(str::to_owned).or_else(|| {
                         let (c, i) = (connector.as_ref()?, spec.index?);
                         Some(format!("{machine_id}-worker-{c}-{i}"))
@@ -194,12 +197,20 @@ impl ViewTemplate {
         &self.base.machine_id
     }
 
-    /// The view for one supervisor snapshot.
-    pub fn view(&self, snapshot: &Snapshot) -> MachineView {
+    /// The view for one supervisor snapshot at `now_ms` (milliseconds since the supervisor
+    /// started). The phase is `ready` only while every app has stayed up, i.e. run at least its
+    /// `min_uptime` (PM2's line between a stable process and a crash loop): a crash-looping,
+    /// restarting or errored app makes it `starting` again.
+    pub fn view(&self, snapshot: &Snapshot, now_ms: u64) -> MachineView {
         let mut view = self.base.clone();
         view.phase = match snapshot.phase {
-            supervisor::Phase::Starting => Phase::Starting,
-            supervisor::Phase::Running => Phase::Ready,
+            supervisor::Phase::Starting | supervisor::Phase::Running => {
+                if snapshot.not_ready_reasons(now_ms).is_empty() {
+                    Phase::Ready
+                } else {
+                    Phase::Starting
+                }
+            }
             supervisor::Phase::Stopping | supervisor::Phase::Stopped => Phase::Shutdown,
         };
         for (worker, &idx) in view.workers.iter_mut().zip(&self.worker_apps) {
@@ -218,14 +229,23 @@ impl ViewTemplate {
 
     /// Keeps `view` equal to the view of the supervisor's latest snapshot until `cancel`; only
     /// real changes are sent, so every message the receiver sees is one state change.
+    ///
+    /// `started` is the supervisor's start (the clock of the snapshot's `*_ms` fields); the view is
+    /// also recomputed when an app reaches its `min_uptime`, since that alone can make it ready.
     pub async fn follow(
         self,
         mut snapshots: watch::Receiver<Snapshot>,
         view: watch::Sender<MachineView>,
         cancel: CancellationToken,
+        started: Instant,
     ) {
+        let now_ms = || u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         loop {
-            let next = self.view(&snapshots.borrow_and_update());
+            let (next, settles_in) = {
+                let snapshot = snapshots.borrow_and_update();
+                let now = now_ms();
+                (self.view(&snapshot, now), snapshot.settles_in(now))
+            };
             view.send_if_modified(|current| {
                 let changed = *current != next;
                 if changed {
@@ -233,12 +253,24 @@ impl ViewTemplate {
                 }
                 changed
             });
+            let settle = tokio::time::sleep(Duration::from_millis(settles_in));
             tokio::select! {
                 () = cancel.cancelled() => return,
                 changed = snapshots.changed() => if changed.is_err() { return },
+                () = settle, if settles_in > 0 => {}
             }
         }
     }
+}
+
+/// The connector a worker loads, read as the worker reads it (contract §2): the first non-empty of
+/// `WORKERS`, `WORKER_CONNECTORS`, `CONNECTORS`, its first item, the part before `:`.
+fn connector_from_env(cmd: &ChildCommand) -> Option<String> {
+    let list = ["WORKERS", "WORKER_CONNECTORS", "CONNECTORS"]
+        .iter()
+        .find_map(|name| env_of(cmd, name).filter(|v| !v.trim().is_empty()))?;
+    let first = list.split(',').next()?.split(':').next()?.trim();
+    (!first.is_empty()).then(|| first.to_owned())
 }
 
 fn process_state(state: AppState) -> ProcessState {
@@ -325,12 +357,16 @@ mod tests {
                 .map(|(spec, state)| {
                     let mut status = AppStatus::new(spec, None);
                     status.state = *state;
+                    status.started_ms = Some(0);
                     status
                 })
                 .collect(),
             orphans_reaped: 0,
         }
     }
+
+    /// A moment long after every app started.
+    const LATER: u64 = 100_000;
 
     fn machine() -> Vec<AppSpec> {
         let mut remote = worker("comfyui-remote-worker-0", "comfyui-remote", 0, None);
@@ -350,11 +386,10 @@ mod tests {
         let apps = machine();
         let built = template(&apps, Some("m7")).unwrap();
         assert!(built.warnings.is_empty(), "{:?}", built.warnings);
-        let view = built.template.view(&snapshot(
-            &apps,
-            &[AppState::Ready; 6],
-            supervisor::Phase::Running,
-        ));
+        let view = built.template.view(
+            &snapshot(&apps, &[AppState::Ready; 6], supervisor::Phase::Running),
+            LATER,
+        );
         assert_eq!(view.machine_id, "m7");
         assert_eq!(view.phase, Phase::Ready);
         let ids: Vec<(&str, Option<u32>, ResourceBinding)> = view
@@ -393,7 +428,10 @@ mod tests {
         states[1] = AppState::Starting;
         states[3] = AppState::Waiting;
         states[4] = AppState::Restarting;
-        let view = template.view(&snapshot(&apps, &states, supervisor::Phase::Starting));
+        let view = template.view(
+            &snapshot(&apps, &states, supervisor::Phase::Starting),
+            LATER,
+        );
         assert_eq!(view.phase, Phase::Starting);
         assert_eq!(
             (view.services[1].process_state, view.services[1].ready),
@@ -402,8 +440,62 @@ mod tests {
         assert!(view.services[0].ready);
         assert_eq!(view.workers[1].process_state, ProcessState::Waiting);
         assert_eq!(view.workers[2].process_state, ProcessState::Restarting);
-        let stopping = template.view(&snapshot(&apps, &states, supervisor::Phase::Stopping));
+        let stopping = template.view(
+            &snapshot(&apps, &states, supervisor::Phase::Stopping),
+            LATER,
+        );
         assert_eq!(stopping.phase, Phase::Shutdown);
+    }
+
+    #[test]
+    fn ready_only_once_every_app_has_stayed_up_for_its_min_uptime() {
+        let apps = machine();
+        let template = template(&apps, Some("m7")).unwrap().template;
+        let mut up = snapshot(&apps, &[AppState::Ready; 6], supervisor::Phase::Running);
+        // A worker restarted 400 ms ago with a min_uptime of 1 s: a crash loop looks like this.
+        up.apps[2].started_ms = Some(LATER - 400);
+        let view = template.view(&up, LATER);
+        assert_eq!(view.phase, Phase::Starting);
+        assert_eq!(up.settles_in(LATER), 600);
+        assert!(
+            up.not_ready_reasons(LATER)[0]
+                .contains("comfyui-worker-0 has been up less than its min_uptime 1000 ms"),
+            "{:?}",
+            up.not_ready_reasons(LATER)
+        );
+        assert_eq!(template.view(&up, LATER + 600).phase, Phase::Ready);
+        // An errored worker keeps the machine from being ready, however long the others run.
+        up.apps[4].state = AppState::Errored;
+        assert_eq!(template.view(&up, LATER * 10).phase, Phase::Starting);
+    }
+
+    #[test]
+    fn an_app_with_a_worker_id_is_a_worker_without_machine_fields() {
+        let eco = crate::ecosystem::from_value(&serde_json::json!({"apps": [
+            {"name": "hand-0", "script": "node", "args": ["redis-direct-worker.js"],
+             "env": {"WORKER_ID": "m7-worker-mock-0", "MACHINE_ID": "m7",
+                     "WORKERS": "mock:1", "CONNECTORS": "mock", "CUDA_VISIBLE_DEVICES": "1"}},
+            {"name": "helper", "script": "sleep", "args": ["1"]},
+        ]}))
+        .unwrap();
+        assert_eq!(eco.apps[0].role, Some(Role::Worker));
+        assert_eq!(eco.apps[1].role, None);
+        let built = template(&eco.apps, None).unwrap();
+        let view = built.template.view(
+            &snapshot(
+                &eco.apps,
+                &[AppState::Running; 2],
+                supervisor::Phase::Running,
+            ),
+            LATER,
+        );
+        assert_eq!(view.machine_id, "m7");
+        assert_eq!(view.workers.len(), 1);
+        let worker = &view.workers[0];
+        assert_eq!(worker.worker_id, "m7-worker-mock-0");
+        assert_eq!(worker.connector, "mock");
+        assert_eq!(worker.gpu, Some(1));
+        assert_eq!(worker.binding, ResourceBinding::Gpu);
     }
 
     #[test]

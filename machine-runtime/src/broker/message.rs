@@ -73,8 +73,9 @@ pub struct WorkerStructure {
     pub worker_id: String,
     /// The worker's app name.
     pub pm2_name: String,
-    /// The GPU index, `null` for workers without a GPU.
-    pub gpu_id: Option<u32>,
+    /// The GPU index; always a number, as in the old messages (the monitor reads it as one), so a
+    /// worker without a GPU reports 0 and says `shared`/`cpu` in `resource_binding`.
+    pub gpu_id: u32,
     /// The connector.
     pub worker_type: String,
     /// `gpu|cpu|shared`.
@@ -224,7 +225,7 @@ pub fn build(
             WorkerStructure {
                 worker_id: worker.worker_id.clone(),
                 pm2_name: worker.app_name.clone(),
-                gpu_id: worker.gpu,
+                gpu_id: worker.gpu.unwrap_or(0),
                 worker_type: worker.connector.clone(),
                 resource_binding: worker.binding.as_str().to_owned(),
                 services: worker.services.clone(),
@@ -338,7 +339,11 @@ mod tests {
         );
         assert_eq!(
             json["structure"]["workers"]["m1-worker-openai-0"]["gpu_id"],
-            serde_json::Value::Null
+            0
+        );
+        assert_eq!(
+            json["structure"]["workers"]["m1-worker-openai-0"]["resource_binding"],
+            "shared"
         );
         let s1 = &json["status"]["services"]["m1-worker-comfyui-1.comfyui"];
         assert_eq!(s1["pm2_name"], "comfyui-gpu1");

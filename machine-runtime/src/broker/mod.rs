@@ -489,7 +489,7 @@ impl Publisher {
                     }
                 }
                 Some(event) = events.recv() => {
-                    self.truths.entry(event.worker_id.clone()).or_default().apply(&event);
+                    self.truths.entry(event.worker_id.clone()).or_default().receive(&event, now_ms());
                     pending_event = true;
                 }
                 () = tokio::time::sleep_until(event_due), if pending_event => {

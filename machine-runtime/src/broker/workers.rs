@@ -4,6 +4,8 @@ use std::collections::HashMap;
 
 use serde_json::Value;
 
+use super::time::parse_epoch_ms;
+
 /// `status` of a worker as the protocol spells it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -38,6 +40,8 @@ pub struct WorkerTruth {
     pub heartbeat_ttl: Option<i64>,
     /// What the worker's own events said last.
     pub event: EventFacts,
+    /// Epoch ms (the machine's clock) when the machine last received an event of this worker.
+    pub event_seen_ms: Option<u64>,
 }
 
 /// Facts carried by `machine:<m>:worker:<w>` events.
@@ -51,8 +55,8 @@ pub struct EventFacts {
     pub is_connected: Option<bool>,
     /// `current_job_id` (`Some(None)`: explicitly no job).
     pub current_job_id: Option<Option<String>>,
-    /// `last_activity` as sent.
-    pub last_activity: Option<Value>,
+    /// `last_activity` as sent, in epoch ms (ISO strings converted; anything else dropped).
+    pub last_activity: Option<u64>,
     /// `version` as sent.
     pub version: Option<Value>,
     /// `build_info` as sent.
@@ -123,8 +127,10 @@ impl WorkerTruth {
                 if let Some(job) = data.get("current_job_id") {
                     facts.current_job_id = Some(job_id(job));
                 }
+                if let Some(at) = data.get("last_activity").and_then(epoch_ms_of) {
+                    facts.last_activity = Some(at);
+                }
                 for (key, slot) in [
-                    ("last_activity", &mut facts.last_activity),
                     ("version", &mut facts.version),
                     ("build_info", &mut facts.build_info),
                     ("build_timestamp", &mut facts.build_timestamp),
@@ -154,9 +160,47 @@ impl WorkerTruth {
         if matches!(
             event.event_type.as_str(),
             "job_started" | "job_completed" | "job_failed"
-        ) && let Some(at) = &event.timestamp
+        ) && let Some(at) = event.timestamp.as_ref().and_then(epoch_ms_of)
         {
-            facts.last_activity = Some(at.clone());
+            facts.last_activity = Some(at);
+        }
+    }
+
+    /// Folds one event received at `now_ms` (the machine's clock): the event's facts, and the
+    /// moment the machine last heard from the worker.
+    pub fn receive(&mut self, event: &WorkerEvent, now_ms: u64) {
+        self.apply(event);
+        self.event_seen_ms = Some(now_ms);
+    }
+
+    /// When the machine last saw the worker do anything, in epoch ms: the latest of an event
+    /// received, the hash's `last_heartbeat` and `last_status_change` (the worker writes both; it
+    /// never writes `last_activity`, which is read too in case a newer worker does), and the
+    /// times the events carried.
+    pub fn last_activity_ms(&self) -> Option<u64> {
+        ["last_heartbeat", "last_status_change", "last_activity"]
+            .iter()
+            .filter_map(|key| self.hash_field(key).and_then(parse_epoch_ms))
+            .chain(self.event_seen_ms)
+            .chain(self.event.last_activity)
+            .max()
+    }
+
+    /// The job the worker says it is working on, when it says it is busy or names a job; `None`
+    /// when it says it is idle (or said nothing).
+    pub fn busy_with(&self) -> Option<String> {
+        let job = match self.hash_field("current_job_id") {
+            Some(job) => Some(job.to_owned()).filter(|j| !j.is_empty()),
+            None => self.event.current_job_id.clone().flatten(),
+        };
+        let said = self
+            .hash_field("status")
+            .and_then(WorkerState::parse)
+            .or(self.event.status);
+        match (said, job) {
+            (_, Some(job)) => Some(job),
+            (Some(WorkerState::Busy), None) => Some(String::new()),
+            _ => None,
         }
     }
 
@@ -175,6 +219,15 @@ impl WorkerTruth {
             Some(ttl) => ttl != -2,
             None => self.event.is_connected.unwrap_or(false),
         }
+    }
+}
+
+/// A time in a JSON value as epoch ms: a number, or a string [`parse_epoch_ms`] reads.
+fn epoch_ms_of(value: &Value) -> Option<u64> {
+    match value {
+        Value::Number(n) => n.as_u64().or_else(|| n.as_f64().map(|f| f as u64)),
+        Value::String(s) => parse_epoch_ms(s),
+        _ => None,
     }
 }
 
@@ -210,8 +263,9 @@ pub struct WorkerStatus {
     pub status: WorkerState,
     /// The job in progress, if any.
     pub current_job_id: Option<String>,
-    /// When the worker last did something (epoch ms or ISO, as the worker wrote it).
-    pub last_activity: Value,
+    /// When the machine last saw the worker do something (an event, a heartbeat, a status change),
+    /// in epoch ms; `null` before anything was seen. Always a number: the monitor converts only numbers.
+    pub last_activity: Option<u64>,
     /// The worker's version, when it reports one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub version: Option<Value>,
@@ -231,13 +285,7 @@ pub fn resolve(process_alive: bool, truth: Option<&WorkerTruth>) -> WorkerStatus
     let empty = WorkerTruth::default();
     let truth = truth.unwrap_or(&empty);
     let facts = &truth.event;
-    let last_activity = truth
-        .hash_field("last_activity")
-        .or_else(|| truth.hash_field("last_status_change"))
-        .or_else(|| truth.hash_field("last_heartbeat"))
-        .map(scalar)
-        .or_else(|| facts.last_activity.clone())
-        .unwrap_or(Value::Null);
+    let last_activity = truth.last_activity_ms();
     let version = truth
         .hash_field("version")
         .map(scalar)
@@ -339,7 +387,8 @@ mod tests {
         assert!(s.is_connected);
         assert_eq!(s.status, WorkerState::Busy);
         assert_eq!(s.current_job_id.as_deref(), Some("job-7"));
-        assert_eq!(s.last_activity, json!("2024-01-01T00:00:00.000Z"));
+        // The worker writes ISO times; the machine reports epoch ms, the unit the monitor converts.
+        assert_eq!(s.last_activity, Some(1_704_067_200_000));
         assert_eq!(s.build_info, Some(json!({"git": "abc"})));
     }
 
@@ -361,7 +410,7 @@ mod tests {
         assert_eq!(s.status, WorkerState::Busy);
         assert_eq!(s.current_job_id.as_deref(), Some("j9"));
         assert_eq!(s.version, Some(json!("1.2")));
-        assert_eq!(s.last_activity, json!(1234));
+        assert_eq!(s.last_activity, Some(1234));
         truth.apply(&event("job_completed", json!({"job_id": "j9"})));
         let s = resolve(true, Some(&truth));
         assert_eq!((s.status, s.current_job_id), (WorkerState::Idle, None));
@@ -373,5 +422,55 @@ mod tests {
             truth.event.connectors["comfyui"],
             (Some("active".into()), Some("unhealthy".into()))
         );
+    }
+
+    #[test]
+    fn every_event_and_heartbeat_moves_last_activity() {
+        let mut truth = WorkerTruth {
+            heartbeat_ttl: Some(30),
+            ..Default::default()
+        };
+        assert_eq!(resolve(true, Some(&truth)).last_activity, None);
+        truth
+            .hash
+            .insert("last_heartbeat".into(), "2024-01-01T00:00:00.000Z".into());
+        assert_eq!(
+            resolve(true, Some(&truth)).last_activity,
+            Some(1_704_067_200_000)
+        );
+        // An event without a time of its own still counts, at the moment the machine received it.
+        truth.receive(
+            &event("connector_status_changed", json!({"service_type": "x"})),
+            1_704_067_260_000,
+        );
+        assert_eq!(
+            resolve(true, Some(&truth)).last_activity,
+            Some(1_704_067_260_000)
+        );
+        // A later heartbeat moves it again; an older field never moves it back.
+        truth
+            .hash
+            .insert("last_heartbeat".into(), "2024-01-01T00:01:30.000Z".into());
+        truth.hash.insert(
+            "last_status_change".into(),
+            "2023-01-01T00:00:00.000Z".into(),
+        );
+        assert_eq!(
+            resolve(true, Some(&truth)).last_activity,
+            Some(1_704_067_290_000)
+        );
+    }
+
+    #[test]
+    fn busy_means_a_job_or_the_word_busy() {
+        let mut truth = WorkerTruth::default();
+        assert_eq!(truth.busy_with(), None);
+        truth.hash.insert("status".into(), "busy".into());
+        assert_eq!(truth.busy_with().as_deref(), Some(""));
+        truth.hash.insert("current_job_id".into(), "job-3".into());
+        assert_eq!(truth.busy_with().as_deref(), Some("job-3"));
+        truth.hash.insert("status".into(), "idle".into());
+        truth.hash.insert("current_job_id".into(), String::new());
+        assert_eq!(truth.busy_with(), None);
     }
 }

@@ -333,6 +333,7 @@ impl AppTask {
             output::forward(self.name(), OwnedFd::from(stderr), Stream::Stderr);
         }
         let pid = spawned.pid;
+        let started_ms = self.board.elapsed_ms();
         let pin = self
             .cmd
             .gpu
@@ -353,6 +354,7 @@ impl AppTask {
             |a| {
                 a.pid = Some(pid);
                 a.detail = None;
+                a.started_ms = Some(started_ms);
             },
         );
         Ok((

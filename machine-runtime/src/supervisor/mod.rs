@@ -112,6 +112,16 @@ impl SupervisorHandle {
     pub fn uptime(&self) -> Duration {
         self.started.elapsed()
     }
+
+    /// When the supervisor was created: the clock of every `*_ms` field of a [`Snapshot`].
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
+    /// [`SupervisorHandle::uptime`] in milliseconds, the unit of the snapshot's `*_ms` fields.
+    pub fn uptime_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
 }
 
 /// A checked set of apps with their commands, ready to run.

@@ -49,6 +49,19 @@ impl AppState {
     pub fn is_ready(self) -> bool {
         matches!(self, AppState::Running | AppState::Ready)
     }
+
+    /// PM2's word for this state, as the monitor knows them: `launching`, `online`, `stopping`,
+    /// `stopped`, `errored`, `waiting restart`.
+    pub fn pm2_status(self) -> &'static str {
+        match self {
+            AppState::Waiting | AppState::Starting => "launching",
+            AppState::Running | AppState::Ready => "online",
+            AppState::Restarting => "waiting restart",
+            AppState::Stopping => "stopping",
+            AppState::Stopped => "stopped",
+            AppState::Errored => "errored",
+        }
+    }
 }
 
 impl std::fmt::Display for AppState {
@@ -96,6 +109,11 @@ pub struct AppStatus {
     pub detail: Option<String>,
     /// Milliseconds since the runtime started, when the app entered this state.
     pub since_ms: u64,
+    /// Milliseconds since the runtime started, when its current process started (`None` before
+    /// the first start).
+    pub started_ms: Option<u64>,
+    /// The app's `min_uptime`: a process counts as having stayed up once it has run this long.
+    pub min_uptime_ms: u64,
 }
 
 impl AppStatus {
@@ -123,6 +141,26 @@ impl AppStatus {
             last_exit: None,
             detail: None,
             since_ms: 0,
+            started_ms: None,
+            min_uptime_ms: u64::try_from(spec.min_uptime.as_millis()).unwrap_or(u64::MAX),
+        }
+    }
+
+    /// Whether the app has stayed up at `now_ms` (milliseconds since the runtime started): healthy
+    /// (a one-shot app that finished cleanly counts) and, when running, up for at least its
+    /// `min_uptime`, the time PM2 uses to tell a stable process from a crash loop. `Err` carries how
+    /// many more milliseconds a healthy process needs; `None` inside means it is not healthy at all.
+    pub fn stayed_up(&self, now_ms: u64) -> Result<(), Option<u64>> {
+        if !self.is_healthy() {
+            return Err(None);
+        }
+        if self.state == AppState::Stopped {
+            return Ok(());
+        }
+        let up = now_ms.saturating_sub(self.started_ms.unwrap_or(now_ms));
+        match self.min_uptime_ms.checked_sub(up) {
+            Some(left) if left > 0 => Err(Some(left)),
+            _ => Ok(()),
         }
     }
 
@@ -192,6 +230,34 @@ impl Snapshot {
         }
         reasons.extend(self.apps.iter().filter_map(AppStatus::unhealthy_reason));
         reasons
+    }
+
+    /// Why the machine is not ready at `now_ms` (milliseconds since the runtime started): every app
+    /// must have stayed up ([`AppStatus::stayed_up`]) and nothing may be stopping. Empty means ready.
+    pub fn not_ready_reasons(&self, now_ms: u64) -> Vec<String> {
+        let mut reasons = self.unhealthy_reasons();
+        if !reasons.is_empty() {
+            return reasons;
+        }
+        for app in &self.apps {
+            if let Err(Some(left)) = app.stayed_up(now_ms) {
+                reasons.push(format!(
+                    "{} has been up less than its min_uptime {} ms ({left} ms to go)",
+                    app.name, app.min_uptime_ms
+                ));
+            }
+        }
+        reasons
+    }
+
+    /// Milliseconds until the last healthy app has stayed up for its `min_uptime` (0 when none is
+    /// still settling); the moment readiness may change without a new snapshot.
+    pub fn settles_in(&self, now_ms: u64) -> u64 {
+        self.apps
+            .iter()
+            .filter_map(|a| a.stayed_up(now_ms).err().flatten())
+            .min()
+            .unwrap_or(0)
     }
 
     pub fn app(&self, name: &str) -> Option<&AppStatus> {
@@ -309,6 +375,11 @@ impl Board {
                 crate::probe::human_duration(self.started.elapsed())
             ));
         }
+    }
+
+    /// Milliseconds since the runtime started, the clock of every `*_ms` field.
+    pub(crate) fn elapsed_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
     pub(crate) fn set_phase(&self, phase: Phase) {
