@@ -1,19 +1,63 @@
-//! The health endpoint (`/health`, `/ready`, `/status`) on plain tokio, and the client behind
+//! The machine's HTTP endpoint on the health port, on plain tokio, and the client behind
 //! `machine-runtime health` (for Docker's HEALTHCHECK, so the image needs no curl).
 //!
-//! `/health` keeps the shape the existing monitor reads: `{healthy, services: {<app>: {healthy,
-//! status, pid, restarts}}, uptime}` (uptime in ms), plus `reasons` saying what is wrong.
+//! One small HTTP/1.1 server, one request per connection (`Connection: close`), which is all the
+//! health check, the API and the monitor's machine card need. Routes (worker contract §5):
+//!
+//! - `GET /health`: 200/503, the shape the monitor reads: `{healthy, services: {<app>: {healthy,
+//!   status (PM2's word: online, launching, stopping, stopped, errored, waiting restart), state,
+//!   pid, restarts}}, uptime}` (ms), plus `reasons` and `warnings`.
+//! - `GET /ready`: 200/503 `{ready, reasons}`: ready once every app has stayed up for its
+//!   `min_uptime`, the same rule as the broker's phase `ready`.
+//! - `GET /status`: every app, the phase, the broker link.
+//! - `GET /pm2/list`: the processes as `pm2 jlist` names them (`name`, `pm_id`, `pid`,
+//!   `pm2_env.status`, `restart_time`, `pm_uptime`, ...). No environment: it holds secrets.
+//! - `GET /pm2/logs?service=NAME&lines=N[&stream=true]`: the last N (default 50) lines of that
+//!   app's output, `{service, lines: [{at_ms, stream, text}]}`; with `stream=true` a
+//!   `text/event-stream` of the same lines as JSON, then each new one as it comes. 400 without
+//!   `service`.
+//! - `GET /comfyui/logs?gpu=I&type=server|output|error&lines=N[&stream=false]`: the output of
+//!   app `comfyui-gpu<I>`, streamed by default as the old `tail -f` was. The old server tailed three
+//!   files; each maps to the process's pipes: `server` (ComfyUI's own log) = both pipes, `output`
+//!   (PM2's out file) = stdout, `error` (PM2's error file) = stderr.
+//! - `POST /refresh-status`: publish a status message now.
+//! - `POST /restart/service?service=NAME`: restart one app as `pm2 restart` does.
+//! - `POST /restart/machine`: stop the machine cleanly (final `shutdown` status, busy workers
+//!   drained, every app stopped); the runtime exits 0 and the container's restart policy starts it
+//!   again.
+//!
+//! Reading routes answer with `Access-Control-Allow-Origin: *`, and nothing they show holds a secret
+//! (log lines are masked when stored). The POST routes need the control token `MACHINE_CONTROL_TOKEN`
+//! as `Authorization: Bearer <token>` or `?token=<token>`, compared in constant time: unset, they
+//! answer 403 saying how to enable them; missing 401, wrong 403. So a web page that a browser on
+//! the machine's network opens cannot restart the machine.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Map, Value, json};
+use subtle::ConstantTimeEq;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
 
+use crate::broker::now_ms;
 use crate::probe::{HttpUrl, http_get};
-use crate::supervisor::{Snapshot, SupervisorHandle};
+use crate::supervisor::logs::{LogLine, LogStream, MAX_LINES};
+use crate::supervisor::{RestartError, Snapshot, SupervisorHandle};
+
+/// The environment variable holding the token of the POST routes.
+pub const CONTROL_TOKEN_VAR: &str = "MACHINE_CONTROL_TOKEN";
+/// Lines `/pm2/logs` returns without `lines`.
+const DEFAULT_PM2_LINES: usize = 50;
+/// Lines `/comfyui/logs` returns without `lines`.
+const DEFAULT_COMFYUI_LINES: usize = 100;
+/// Longest request head read.
+const MAX_HEAD: usize = 8192;
 
 /// The health port when neither `--health-port` nor `MACHINE_HEALTH_PORT` says otherwise.
 pub const DEFAULT_PORT: u16 = 9090;
@@ -45,6 +89,12 @@ pub trait StatusSource: Send + Sync + 'static {
     fn health_services(&self) -> Map<String, Value> {
         Map::new()
     }
+
+    /// `POST /refresh-status`: publish a status now. `Err` says why it could not (no broker,
+    /// Redis unreachable); by default there is nothing to publish to.
+    fn refresh(&self) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>> {
+        Box::pin(async { Err("this machine does not report to a job broker".to_owned()) })
+    }
 }
 
 /// No extra information.
@@ -63,12 +113,39 @@ pub enum HealthError {
     },
 }
 
+/// Settings of the POST routes.
+#[derive(Clone, Default)]
+pub struct Control {
+    /// `MACHINE_CONTROL_TOKEN`; `None` (or empty) disables the POST routes.
+    pub token: Option<String>,
+}
+
+impl std::fmt::Debug for Control {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Control")
+            .field("token", &self.token.as_ref().map(|_| "***"))
+            .finish()
+    }
+}
+
+impl Control {
+    /// Reads `MACHINE_CONTROL_TOKEN` through `lookup` (surrounding blanks ignored; empty is unset).
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Control {
+        Control {
+            token: lookup(CONTROL_TOKEN_VAR)
+                .map(|t| t.trim().to_owned())
+                .filter(|t| !t.is_empty()),
+        }
+    }
+}
+
 /// Binds `0.0.0.0:port` and serves on the supervisor's tracker until shutdown begins.
 /// Returns the bound address (useful with port 0).
 pub async fn serve(
     port: u16,
     handle: SupervisorHandle,
     source: Arc<dyn StatusSource>,
+    control: Control,
 ) -> Result<SocketAddr, HealthError> {
     let listener = TcpListener::bind(("0.0.0.0", port))
         .await
@@ -77,6 +154,12 @@ pub async fn serve(
         .local_addr()
         .map_err(|source| HealthError::Bind { port, source })?;
     crate::supervisor::state::log(&format!("health endpoint on http://{addr}/health"));
+    if control.token.is_none() {
+        crate::supervisor::state::log(&format!(
+            "the control routes (POST /restart/..., /refresh-status) are off: {CONTROL_TOKEN_VAR} is not set"
+        ));
+    }
+    let control = Arc::new(control);
     let shutdown = handle.shutdown_token();
     let tracker = handle.tracker();
     tracker.spawn(async move {
@@ -86,9 +169,10 @@ pub async fn serve(
                     if let Ok((stream, _)) = accepted {
                         let handle = handle.clone();
                         let source = source.clone();
-                        // Connections are short; they are not tracked so a stuck client cannot
-                        // hold up shutdown.
-                        tokio::spawn(answer(stream, handle, source));
+                        let control = control.clone();
+                        // Connections are short (log streams end at shutdown); they are not tracked
+                        // so a stuck client cannot hold up shutdown.
+                        tokio::spawn(answer(stream, handle, source, control));
                     }
                 }
                 _ = shutdown.cancelled() => return,
@@ -98,11 +182,76 @@ pub async fn serve(
     Ok(addr)
 }
 
-async fn answer(mut stream: TcpStream, handle: SupervisorHandle, source: Arc<dyn StatusSource>) {
+/// One parsed request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Request {
+    method: String,
+    path: String,
+    query: Vec<(String, String)>,
+    /// The `Authorization` header's value.
+    authorization: Option<String>,
+}
+
+impl Request {
+    /// Parses a request head; `None` when the request line is not `METHOD TARGET HTTP/x`.
+    fn parse(head: &str) -> Option<Request> {
+        let mut lines = head.split("\r\n");
+        let mut parts = lines.next()?.split(' ');
+        let (method, target, version) = (parts.next()?, parts.next()?, parts.next()?);
+        if parts.next().is_some() || !version.starts_with("HTTP/") || method.is_empty() {
+            return None;
+        }
+        let (path, query) = target.split_once('?').unwrap_or((target, ""));
+        let authorization = lines
+            .take_while(|l| !l.is_empty())
+            .filter_map(|l| l.split_once(':'))
+            .find(|(name, _)| name.trim().eq_ignore_ascii_case("authorization"))
+            .map(|(_, value)| value.trim().to_owned());
+        Some(Request {
+            method: method.to_owned(),
+            path: path.to_owned(),
+            query: form_urlencoded::parse(query.as_bytes())
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect(),
+            authorization,
+        })
+    }
+
+    /// The first value of query parameter `name`.
+    fn param(&self, name: &str) -> Option<&str> {
+        self.query
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// What to send back.
+enum Reply {
+    /// A JSON body with this status.
+    Json(u16, Value),
+    /// 401 with `WWW-Authenticate: Bearer`.
+    Unauthorized(Value),
+    /// A `text/event-stream` of log lines: these first, then every new one `keep` accepts.
+    Stream {
+        first: Vec<LogLine>,
+        follow: broadcast::Receiver<LogLine>,
+        keep: fn(&LogLine) -> bool,
+    },
+    /// A JSON body, then stop the machine.
+    ThenStop(u16, Value),
+}
+
+async fn answer(
+    mut stream: TcpStream,
+    handle: SupervisorHandle,
+    source: Arc<dyn StatusSource>,
+    control: Arc<Control>,
+) {
     let mut head = Vec::new();
     let mut buf = [0u8; 1024];
     let read = async {
-        while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 8192 {
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < MAX_HEAD {
             match stream.read(&mut buf).await {
                 Ok(0) | Err(_) => break,
                 Ok(n) => head.extend_from_slice(&buf[..n]),
@@ -116,67 +265,457 @@ async fn answer(mut stream: TcpStream, handle: SupervisorHandle, source: Arc<dyn
         return;
     }
     let text = String::from_utf8_lossy(&head);
-    let mut parts = text.lines().next().unwrap_or("").split_whitespace();
-    let method = parts.next().unwrap_or("");
-    let target = parts.next().unwrap_or("/");
-    let path = target.split('?').next().unwrap_or("/");
-    let (status, body) = route(method, path, &handle, source.as_ref());
-    let reason = match status {
+    let Some(request) = Request::parse(&text) else {
+        let body = json!({"error": "malformed request; expected an HTTP/1.1 request line"});
+        let _ = write_json(&mut stream, 400, &body, &[], false).await;
+        return;
+    };
+    let reply = route(&request, &handle, source.as_ref(), &control).await;
+    let head_only = request.method == "HEAD";
+    match reply {
+        Reply::Json(status, body) => {
+            let _ = write_json(&mut stream, status, &body, &[], head_only).await;
+        }
+        Reply::Unauthorized(body) => {
+            let _ = write_json(
+                &mut stream,
+                401,
+                &body,
+                &["WWW-Authenticate: Bearer realm=\"machine\""],
+                head_only,
+            )
+            .await;
+        }
+        Reply::ThenStop(status, body) => {
+            let _ = write_json(&mut stream, status, &body, &[], false).await;
+            crate::supervisor::state::log("stop requested through POST /restart/machine");
+            handle.request_stop(libc::SIGTERM);
+        }
+        Reply::Stream {
+            first,
+            follow,
+            keep,
+        } => {
+            stream_lines(&mut stream, first, follow, keep, handle.shutdown_token()).await;
+        }
+    }
+    let _ = stream.shutdown().await;
+}
+
+fn reason_phrase(status: u16) -> &'static str {
+    match status {
         200 => "OK",
+        202 => "Accepted",
         204 => "No Content",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        409 => "Conflict",
         _ => "Service Unavailable",
-    };
+    }
+}
+
+/// Headers every answer carries: reads are open to any origin (the monitor is a web page on
+/// another origin); the POST routes are guarded by the token, not by CORS.
+const COMMON_HEADERS: &str = "Access-Control-Allow-Origin: *\r\nAccess-Control-Allow-Methods: GET, POST, OPTIONS\r\nAccess-Control-Allow-Headers: Authorization, Content-Type\r\nCache-Control: no-store\r\nConnection: close\r\n";
+
+async fn write_json(
+    stream: &mut TcpStream,
+    status: u16,
+    body: &Value,
+    extra: &[&str],
+    head_only: bool,
+) -> std::io::Result<()> {
     let body = if status == 204 {
         String::new()
     } else {
         format!("{body}\n")
     };
-    let response = format!(
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nAccess-Control-Allow-Origin: *\r\nAccess-Control-Allow-Methods: GET, OPTIONS\r\nAccess-Control-Allow-Headers: *\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n{body}",
+    let mut response = format!(
+        "HTTP/1.1 {status} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{COMMON_HEADERS}",
+        reason_phrase(status),
         body.len()
     );
-    let _ = stream.write_all(response.as_bytes()).await;
-    let _ = stream.shutdown().await;
+    for header in extra {
+        response.push_str(header);
+        response.push_str("\r\n");
+    }
+    response.push_str("\r\n");
+    if !head_only {
+        response.push_str(&body);
+    }
+    stream.write_all(response.as_bytes()).await
 }
 
-fn route(
-    method: &str,
-    path: &str,
+/// Writes a server-sent event stream: `first`, then what `follow` brings, one `data:` event per
+/// line (the line as JSON); an `event: skipped` when this client fell behind; ends with
+/// `event: end` when the machine stops, or when the client goes away.
+async fn stream_lines(
+    stream: &mut TcpStream,
+    first: Vec<LogLine>,
+    mut follow: broadcast::Receiver<LogLine>,
+    keep: fn(&LogLine) -> bool,
+    shutdown: CancellationToken,
+) {
+    let head = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nX-Accel-Buffering: no\r\n{COMMON_HEADERS}\r\n"
+    );
+    if stream.write_all(head.as_bytes()).await.is_err() {
+        return;
+    }
+    let event = |line: &LogLine| format!("data: {}\n\n", json!(line));
+    let mut out = String::new();
+    for line in &first {
+        out.push_str(&event(line));
+    }
+    if stream.write_all(out.as_bytes()).await.is_err() {
+        return;
+    }
+    let mut probe = [0u8; 64];
+    loop {
+        let text = tokio::select! {
+            () = shutdown.cancelled() => "event: end\ndata: {\"reason\":\"the machine is stopping\"}\n\n".to_owned(),
+            // A read returns only when the client closes (or sends junk): stop following then.
+            _ = stream.read(&mut probe) => return,
+            next = follow.recv() => match next {
+                Ok(line) if keep(&line) => event(&line),
+                Ok(_) => continue,
+                Err(broadcast::error::RecvError::Lagged(n)) => format!("event: skipped\ndata: {{\"skipped\":{n}}}\n\n"),
+                Err(broadcast::error::RecvError::Closed) => return,
+            },
+        };
+        if stream.write_all(text.as_bytes()).await.is_err() || shutdown.is_cancelled() {
+            return;
+        }
+    }
+}
+
+fn error(status: u16, message: impl Into<String>) -> Reply {
+    Reply::Json(status, json!({"error": message.into()}))
+}
+
+/// Checks the control token of a POST request.
+fn authorize(request: &Request, control: &Control) -> Result<(), Reply> {
+    let Some(expected) = control.token.as_deref() else {
+        return Err(error(
+            403,
+            format!(
+                "control routes are disabled on this machine: {CONTROL_TOKEN_VAR} is not set. Set {CONTROL_TOKEN_VAR} in the machine's environment (e.g. .env.secrets) and give the monitor the same token; it sends it as \"Authorization: Bearer <token>\""
+            ),
+        ));
+    };
+    let given = request
+        .authorization
+        .as_deref()
+        .and_then(|v| {
+            let (scheme, token) = v.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+        })
+        .or_else(|| request.param("token"));
+    match given {
+        None => Err(Reply::Unauthorized(json!({
+            "error": format!("this route needs the machine's control token ({CONTROL_TOKEN_VAR}): send \"Authorization: Bearer <token>\" or ?token=<token>")
+        }))),
+        Some(token) if bool::from(token.as_bytes().ct_eq(expected.as_bytes())) => Ok(()),
+        Some(_) => Err(error(403, "the control token is wrong")),
+    }
+}
+
+/// The `lines` parameter: a count from 1 to the most kept, or `default`.
+fn lines_param(request: &Request, default: usize) -> Result<usize, Reply> {
+    match request.param("lines") {
+        None | Some("") => Ok(default),
+        Some(text) => match text.trim().parse::<usize>() {
+            Ok(n) if n >= 1 => Ok(n.min(MAX_LINES)),
+            _ => Err(error(
+                400,
+                format!(
+                    "lines=\"{text}\" is not a count; use a whole number from 1 to {MAX_LINES}"
+                ),
+            )),
+        },
+    }
+}
+
+/// A boolean parameter (`true|1|yes` / `false|0|no`), or `default`.
+fn flag_param(request: &Request, name: &str, default: bool) -> Result<bool, Reply> {
+    match request.param(name).map(str::to_ascii_lowercase).as_deref() {
+        None | Some("") => Ok(default),
+        Some("true" | "1" | "yes") => Ok(true),
+        Some("false" | "0" | "no") => Ok(false),
+        Some(other) => Err(error(
+            400,
+            format!("{name}=\"{other}\" is not a boolean; use true or false"),
+        )),
+    }
+}
+
+fn unknown_app(name: &str, snapshot: &Snapshot) -> Reply {
+    let hint = crate::ecosystem::suggest(name, snapshot.apps.iter().map(|a| a.name.as_str()))
+        .map(|s| format!("; did you mean \"{s}\"?"))
+        .unwrap_or_default();
+    let names: Vec<&str> = snapshot.apps.iter().map(|a| a.name.as_str()).collect();
+    error(
+        404,
+        format!("no app named \"{name}\"{hint} (apps: {})", names.join(", ")),
+    )
+}
+
+/// The recent lines of app `name` that `keep` accepts: as JSON, or as a stream.
+fn logs_reply(
+    handle: &SupervisorHandle,
+    name: &str,
+    lines: usize,
+    stream: bool,
+    keep: fn(&LogLine) -> bool,
+    extra: Map<String, Value>,
+) -> Reply {
+    let Some(log) = handle.logs().get(name) else {
+        return unknown_app(name, &handle.snapshot());
+    };
+    if stream {
+        let (first, follow) = log.tail_and_follow(lines, keep);
+        return Reply::Stream {
+            first,
+            follow,
+            keep,
+        };
+    }
+    let mut body = Map::new();
+    body.insert("service".into(), name.into());
+    body.extend(extra);
+    body.insert("lines".into(), json!(log.tail(lines, keep)));
+    Reply::Json(200, Value::Object(body))
+}
+
+async fn route(
+    request: &Request,
     handle: &SupervisorHandle,
     source: &dyn StatusSource,
-) -> (u16, Value) {
+    control: &Control,
+) -> Reply {
+    let method = request.method.as_str();
+    let path = match request.path.trim_end_matches('/') {
+        "" => "/",
+        p => p,
+    };
     if method == "OPTIONS" {
-        return (204, Value::Null);
+        return Reply::Json(204, Value::Null);
+    }
+    let post_route = matches!(
+        path,
+        "/refresh-status" | "/restart/service" | "/restart/machine"
+    );
+    if post_route {
+        if method != "POST" {
+            return error(
+                405,
+                format!(
+                    "method {method} is not allowed on {path}; use POST with the control token"
+                ),
+            );
+        }
+        if let Err(reply) = authorize(request, control) {
+            return reply;
+        }
+        return control_route(path, request, handle, source).await;
     }
     if method != "GET" && method != "HEAD" {
-        return (
+        return error(
             405,
-            json!({"error": format!("method {method} is not allowed; use GET")}),
+            format!("method {method} is not allowed on {path}; use GET"),
         );
     }
     let snapshot = handle.snapshot();
-    let uptime_ms = handle.uptime().as_millis() as u64;
-    match path.trim_end_matches('/') {
-        "" | "/health" => {
+    let uptime_ms = handle.uptime_ms();
+    match path {
+        "/" | "/health" => {
             let (healthy, body) = health_body(&snapshot, uptime_ms, source);
-            (if healthy { 200 } else { 503 }, body)
+            Reply::Json(if healthy { 200 } else { 503 }, body)
         }
         "/ready" => {
-            let ready = snapshot.unhealthy_reasons().is_empty();
-            (if ready { 200 } else { 503 }, json!({"ready": ready}))
+            let reasons = snapshot.not_ready_reasons(uptime_ms);
+            let ready = reasons.is_empty();
+            Reply::Json(
+                if ready { 200 } else { 503 },
+                json!({"ready": ready, "reasons": reasons}),
+            )
         }
-        "/status" => (200, status_body(&snapshot, uptime_ms, source)),
-        _ => not_found(path),
+        "/status" => Reply::Json(200, status_body(&snapshot, uptime_ms, source)),
+        "/pm2/list" => Reply::Json(200, pm2_list(&snapshot, uptime_ms, now_ms())),
+        "/pm2/logs" => {
+            let Some(name) = request.param("service").filter(|s| !s.is_empty()) else {
+                return error(
+                    400,
+                    "the service parameter is missing: /pm2/logs?service=<app name>&lines=<count>",
+                );
+            };
+            let lines = match lines_param(request, DEFAULT_PM2_LINES) {
+                Ok(n) => n,
+                Err(reply) => return reply,
+            };
+            let stream = match flag_param(request, "stream", false) {
+                Ok(b) => b,
+                Err(reply) => return reply,
+            };
+            logs_reply(handle, name, lines, stream, |_| true, Map::new())
+        }
+        "/comfyui/logs" => comfyui_logs(request, handle),
+        _ => error(
+            404,
+            format!(
+                "no endpoint {path}; try /health, /ready, /status, /pm2/list, /pm2/logs or /comfyui/logs"
+            ),
+        ),
     }
 }
 
-fn not_found(path: &str) -> (u16, Value) {
-    (
-        404,
-        json!({"error": format!("no endpoint {path}; try /health, /ready or /status")}),
-    )
+fn comfyui_logs(request: &Request, handle: &SupervisorHandle) -> Reply {
+    let gpu = match request.param("gpu").unwrap_or("0").trim().parse::<u32>() {
+        Ok(gpu) => gpu,
+        Err(_) => {
+            return error(
+                400,
+                format!(
+                    "gpu=\"{}\" is not a GPU index; use 0, 1, ...",
+                    request.param("gpu").unwrap_or_default()
+                ),
+            );
+        }
+    };
+    let (kind, keep): (&str, fn(&LogLine) -> bool) = match request.param("type").unwrap_or("server")
+    {
+        "server" => ("server", |_| true),
+        "output" => ("output", |l| l.stream == LogStream::Stdout),
+        "error" => ("error", |l| l.stream == LogStream::Stderr),
+        other => {
+            return error(
+                400,
+                format!("type=\"{other}\" is not a ComfyUI log; use server, output or error"),
+            );
+        }
+    };
+    let lines = match lines_param(request, DEFAULT_COMFYUI_LINES) {
+        Ok(n) => n,
+        Err(reply) => return reply,
+    };
+    let stream = match flag_param(request, "stream", true) {
+        Ok(b) => b,
+        Err(reply) => return reply,
+    };
+    let name = format!("comfyui-gpu{gpu}");
+    if handle.logs().get(&name).is_none() {
+        let comfy: Vec<String> = handle
+            .snapshot()
+            .apps
+            .iter()
+            .filter(|a| a.name.starts_with("comfyui-gpu"))
+            .map(|a| a.name.clone())
+            .collect();
+        return error(
+            404,
+            format!(
+                "no ComfyUI instance on GPU {gpu} (app {name}); this machine runs {}",
+                if comfy.is_empty() {
+                    "none".to_owned()
+                } else {
+                    comfy.join(", ")
+                }
+            ),
+        );
+    }
+    let mut extra = Map::new();
+    extra.insert("gpu".into(), gpu.into());
+    extra.insert("type".into(), kind.into());
+    logs_reply(handle, &name, lines, stream, keep, extra)
+}
+
+async fn control_route(
+    path: &str,
+    request: &Request,
+    handle: &SupervisorHandle,
+    source: &dyn StatusSource,
+) -> Reply {
+    match path {
+        "/refresh-status" => match source.refresh().await {
+            Ok(()) => Reply::Json(200, json!({"published": true})),
+            Err(reason) => error(503, format!("no status published: {reason}")),
+        },
+        "/restart/service" => {
+            let Some(name) = request.param("service").filter(|s| !s.is_empty()) else {
+                return error(
+                    400,
+                    "the service parameter is missing: POST /restart/service?service=<app name>",
+                );
+            };
+            match handle.restart(name) {
+                Ok(was) => {
+                    crate::supervisor::state::log(&format!(
+                        "restart of {name} requested through POST /restart/service"
+                    ));
+                    Reply::Json(
+                        202,
+                        json!({"restarting": name, "was": was.pm2_status(), "state": was}),
+                    )
+                }
+                Err(RestartError::UnknownApp { name, .. }) => {
+                    unknown_app(&name, &handle.snapshot())
+                }
+                Err(err) => error(409, err.to_string()),
+            }
+        }
+        _ => Reply::ThenStop(
+            202,
+            json!({
+                "stopping": true,
+                "message": "publishing the shutdown status, letting busy workers finish, then stopping every app; the container's restart policy starts the machine again"
+            }),
+        ),
+    }
+}
+
+/// `/pm2/list`: one entry per app in `pm2 jlist`'s terms, without the environment. `now_ms` is the
+/// wall clock (epoch ms) and `uptime_ms` the supervisor's, to turn start times into epoch ms.
+pub fn pm2_list(snapshot: &Snapshot, uptime_ms: u64, now_ms: u64) -> Value {
+    let apps: Vec<Value> = snapshot
+        .apps
+        .iter()
+        .enumerate()
+        .map(|(pm_id, a)| {
+            let alive = a.pid.is_some();
+            let pm_uptime = a
+                .started_ms
+                .filter(|_| alive)
+                .map(|started| now_ms.saturating_sub(uptime_ms.saturating_sub(started)));
+            let status = a.state.pm2_status();
+            json!({
+                "name": a.name,
+                "pm_id": pm_id,
+                "pid": a.pid,
+                "status": status,
+                "state": a.state,
+                "restart_time": a.restarts,
+                "unstable_restarts": a.unstable_restarts,
+                "pm_uptime": pm_uptime,
+                "role": a.role,
+                "gpu": a.gpu,
+                "port": a.port,
+                "connector": a.connector,
+                "pm2_env": {
+                    "status": status,
+                    "restart_time": a.restarts,
+                    "unstable_restarts": a.unstable_restarts,
+                    "pm_uptime": pm_uptime,
+                    "min_uptime": a.min_uptime_ms,
+                    "max_restarts": a.max_restarts,
+                    "autorestart": a.autorestart,
+                },
+            })
+        })
+        .collect();
+    Value::Array(apps)
 }
 
 /// The `/health` body and whether it is healthy: every app running and ready, nothing stopping,
@@ -196,7 +735,8 @@ pub fn health_body(
                 a.name.clone(),
                 json!({
                     "healthy": a.unhealthy_reason().is_none(),
-                    "status": a.state,
+                    "status": a.state.pm2_status(),
+                    "state": a.state,
                     "pid": a.pid,
                     "restarts": a.restarts,
                 }),

@@ -281,6 +281,7 @@ fn up(args: UpArgs) -> anyhow::Result<()> {
         machine_id: planned.machine_id,
         gpu_count: planned.gpu_count,
         broker,
+        control: health::Control::from_lookup(|name| std::env::var(name).ok()),
     };
     up::run(planned.apps, options)?;
     Ok(())

@@ -14,9 +14,9 @@ use tokio::sync::watch;
 use crate::broker::bridge::{Identity, ViewTemplate};
 use crate::broker::{self, Broker, BrokerConfig, BrokerError};
 use crate::ecosystem::AppSpec;
-use crate::health::{HealthError, StatusSource};
+use crate::health::{Control, HealthError, StatusSource};
 use crate::supervisor::state::log;
-use crate::supervisor::{PreflightError, RunError, Supervisor, SupervisorOptions};
+use crate::supervisor::{BusyProbe, PreflightError, RunError, Supervisor, SupervisorOptions};
 
 /// `MACHINE_HEALTH_REQUIRES_BROKER`: whether an unreachable broker makes `/health` answer 503.
 pub const REQUIRES_BROKER_VAR: &str = "MACHINE_HEALTH_REQUIRES_BROKER";
@@ -108,6 +108,8 @@ pub struct UpOptions {
     pub gpu_count: u32,
     /// The broker setting read from the environment, or its problems.
     pub broker: Result<(BrokerSetting, Vec<String>), Vec<String>>,
+    /// The control routes' token (`MACHINE_CONTROL_TOKEN`).
+    pub control: Control,
 }
 
 /// Why `up` failed.
@@ -173,6 +175,18 @@ impl StatusSource for MachineStatus {
         self.status_fields()
     }
 
+    fn refresh(
+        &self,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + '_>> {
+        Box::pin(async move {
+            match (&self.off, self.broker.get()) {
+                (Some(reason), _) => Err(reason.clone()),
+                (None, Some(broker)) => broker.refresh().await.map_err(|e| e.to_string()),
+                (None, None) => Err("the broker link is starting".to_owned()),
+            }
+        })
+    }
+
     fn health_services(&self) -> Map<String, Value> {
         let entry = match (&self.off, self.broker.get()) {
             (Some(reason), _) => json!({"healthy": false, "error": reason}),
@@ -207,6 +221,34 @@ impl MachineStatus {
             }
             (None, None) => json!({"enabled": true, "summary": "starting"}),
         }
+    }
+}
+
+/// The broker's answer to "which workers are busy", by app name, for the drain on stop.
+struct BrokerBusy {
+    broker: Broker,
+    /// App name → `WORKER_ID`, for the workers the broker knows.
+    worker_ids: std::collections::HashMap<String, String>,
+}
+
+impl BusyProbe for BrokerBusy {
+    fn busy<'a>(
+        &'a self,
+        apps: &'a [String],
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Vec<Option<String>>> + Send + 'a>> {
+        Box::pin(async move {
+            let known: Vec<(usize, String)> = apps
+                .iter()
+                .enumerate()
+                .filter_map(|(i, app)| Some((i, self.worker_ids.get(app)?.clone())))
+                .collect();
+            let ids: Vec<String> = known.iter().map(|(_, id)| id.clone()).collect();
+            let mut out = vec![None; apps.len()];
+            for ((i, _), busy) in known.iter().zip(self.broker.busy_workers(&ids).await) {
+                out[*i] = busy;
+            }
+            out
+        })
     }
 }
 
@@ -278,8 +320,13 @@ pub fn run(apps: Vec<AppSpec>, options: UpOptions) -> Result<(), UpError> {
         .map_err(UpError::Runtime)?;
     runtime.block_on(async {
         let handle = supervisor.handle();
-        let addr =
-            crate::health::serve(options.health_port, handle.clone(), status.clone()).await?;
+        let addr = crate::health::serve(
+            options.health_port,
+            handle.clone(),
+            status.clone(),
+            options.control.clone(),
+        )
+        .await?;
         if let Some((config, template)) = link {
             let template =
                 template.with_health_url(format!("http://localhost:{}/health", addr.port()));
@@ -287,6 +334,10 @@ pub fn run(apps: Vec<AppSpec>, options: UpOptions) -> Result<(), UpError> {
                 watch::channel(template.view(&handle.snapshot(), handle.uptime_ms()));
             let broker = Broker::start(config, view_rx).await?;
             let _ = status.broker.set(broker.clone());
+            supervisor.drain_with(Arc::new(BrokerBusy {
+                broker: broker.clone(),
+                worker_ids: template.worker_ids(),
+            }));
             handle.tracker().spawn(template.follow(
                 handle.watch(),
                 view_tx,

@@ -192,6 +192,15 @@ impl ViewTemplate {
         self
     }
 
+    /// App name → `WORKER_ID` of every worker the view reports.
+    pub fn worker_ids(&self) -> std::collections::HashMap<String, String> {
+        self.base
+            .workers
+            .iter()
+            .map(|w| (w.app_name.clone(), w.worker_id.clone()))
+            .collect()
+    }
+
     /// The machine id the view reports.
     pub fn machine_id(&self) -> &str {
         &self.base.machine_id

@@ -171,6 +171,12 @@ pub enum BrokerError {
         /// Why (with the redacted URL).
         detail: String,
     },
+    /// A status asked for by `POST /refresh-status` did not go out.
+    #[error("the status was not published: {reason}")]
+    RefreshNotPublished {
+        /// Why.
+        reason: String,
+    },
     /// The final `shutdown` message did not go out.
     #[error("the final shutdown status was not published: {reason}")]
     ShutdownNotPublished {
@@ -195,6 +201,8 @@ struct Stats {
 struct Shared {
     link: Arc<Link>,
     stats: Mutex<Stats>,
+    /// What each worker (by `WORKER_ID`) was doing at the last refresh or event: `Some(job)` busy.
+    busy: Mutex<HashMap<String, Option<String>>>,
 }
 
 impl Shared {
@@ -208,6 +216,8 @@ impl Shared {
 
 enum Command {
     Shutdown(oneshot::Sender<Result<(), BrokerError>>),
+    /// Publish a `periodic` now; answers whether it went out.
+    Refresh(oneshot::Sender<bool>),
 }
 
 struct Inner {
@@ -308,6 +318,7 @@ impl Broker {
                 last_published_ms: None,
                 last_update_type: None,
             }),
+            busy: Mutex::new(HashMap::new()),
         });
         let cancel = CancellationToken::new();
         let current = view.borrow().clone();
@@ -355,6 +366,74 @@ impl Broker {
             published: stats.published,
             last_published_ms: stats.last_published_ms,
             last_update_type: stats.last_update_type,
+        }
+    }
+
+    /// Publishes a `periodic` status now (`POST /refresh-status`), the workers' state read fresh.
+    /// Fails when Redis is unreachable or the broker has shut down.
+    pub async fn refresh(&self) -> Result<(), BrokerError> {
+        let (reply_tx, reply_rx) = oneshot::channel();
+        let not_published = |reason: String| BrokerError::RefreshNotPublished { reason };
+        if self
+            .inner
+            .commands
+            .send(Command::Refresh(reply_tx))
+            .await
+            .is_err()
+        {
+            return Err(not_published("the broker has shut down".to_owned()));
+        }
+        let limit = self.inner.shutdown_timeout + Duration::from_millis(500);
+        match tokio::time::timeout(limit, reply_rx).await {
+            Ok(Ok(true)) => Ok(()),
+            Ok(Ok(false)) => Err(not_published(self.status().summary())),
+            Ok(Err(_)) => Err(not_published("the broker has shut down".to_owned())),
+            Err(_) => Err(not_published(format!(
+                "no answer within {} ms",
+                limit.as_millis()
+            ))),
+        }
+    }
+
+    /// For each `WORKER_ID` given, in order: `Some(job id)` while the worker says it is busy (its
+    /// `worker:<id>` hash has `status` busy or a `current_job_id`; the id is empty when it named
+    /// none), else `None`. Read fresh from Redis (one pipeline); while Redis is unreachable, what
+    /// the last status refresh or worker event said. Works after [`Broker::shutdown`] too, so the
+    /// supervisor can wait for busy workers once the final status is out.
+    pub async fn busy_workers(&self, worker_ids: &[String]) -> Vec<Option<String>> {
+        let shared = &self.inner.shared;
+        let last_known = || {
+            let busy = shared.busy.lock().unwrap_or_else(|p| p.into_inner());
+            worker_ids
+                .iter()
+                .map(|id| busy.get(id).cloned().flatten())
+                .collect()
+        };
+        let Some(mut conn) = shared.link.current() else {
+            return last_known();
+        };
+        let mut pipe = redis::pipe();
+        for id in worker_ids {
+            pipe.cmd("HGETALL").arg(format!("worker:{id}"));
+        }
+        let limit = shared.link.settings().response_timeout;
+        match tokio::time::timeout(
+            limit,
+            pipe.query_async::<Vec<HashMap<String, String>>>(&mut conn.conn),
+        )
+        .await
+        {
+            Ok(Ok(hashes)) if hashes.len() == worker_ids.len() => hashes
+                .into_iter()
+                .map(|hash| {
+                    WorkerTruth {
+                        hash,
+                        ..Default::default()
+                    }
+                    .busy_with()
+                })
+                .collect(),
+            _ => last_known(),
         }
     }
 
@@ -462,10 +541,17 @@ impl Publisher {
                 biased;
                 () = cancel.cancelled() => return,
                 command = commands.recv() => {
-                    if let Some(Command::Shutdown(reply)) = command {
-                        let _ = reply.send(self.publish_shutdown().await);
+                    match command {
+                        Some(Command::Refresh(reply)) => {
+                            let published = self.publish(UpdateType::Periodic).await;
+                            let _ = reply.send(published);
+                        }
+                        Some(Command::Shutdown(reply)) => {
+                            let _ = reply.send(self.publish_shutdown().await);
+                            return;
+                        }
+                        None => return,
                     }
-                    return;
                 }
                 changed = self.view.changed(), if view_open => {
                     if changed.is_err() {
@@ -489,7 +575,10 @@ impl Publisher {
                     }
                 }
                 Some(event) = events.recv() => {
-                    self.truths.entry(event.worker_id.clone()).or_default().receive(&event, now_ms());
+                    let truth = self.truths.entry(event.worker_id.clone()).or_default();
+                    truth.receive(&event, now_ms());
+                    let busy = truth.busy_with();
+                    self.shared.busy.lock().unwrap_or_else(|p| p.into_inner()).insert(event.worker_id.clone(), busy);
                     pending_event = true;
                 }
                 () = tokio::time::sleep_until(event_due), if pending_event => {
@@ -664,6 +753,14 @@ impl Publisher {
             truth.heartbeat_ttl = pair
                 .get(1)
                 .and_then(|v| redis::from_redis_value_ref(v).ok());
+        }
+        let mut busy = self.shared.busy.lock().unwrap_or_else(|p| p.into_inner());
+        for worker in &self.current.workers {
+            let now = self
+                .truths
+                .get(&worker.worker_id)
+                .and_then(WorkerTruth::busy_with);
+            busy.insert(worker.worker_id.clone(), now);
         }
         Ok(())
     }

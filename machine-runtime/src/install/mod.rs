@@ -11,7 +11,7 @@ mod marker;
 mod placeholder;
 mod process;
 mod recipe;
-mod redact;
+pub(crate) mod redact;
 mod steps;
 
 use std::collections::BTreeMap;

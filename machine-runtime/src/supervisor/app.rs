@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, watch};
 
+use super::logs::AppLog;
 use super::output::{self, Stream};
 use super::policy::{Decision, RestartHistory};
 use super::state::{AppState, Board, LastExit};
@@ -47,7 +48,13 @@ pub(crate) struct AppTask {
     pub reaper: Reaper,
     /// `Some(signal)` asks the app to stop with that signal; `Some(SIGKILL)` later escalates.
     pub stop: watch::Receiver<Option<i32>>,
-    pub ended: mpsc::UnboundedSender<(usize, AppEnd)>,
+    /// Bumped by each restart request (`/restart/service`).
+    pub restart: watch::Receiver<u64>,
+    /// Where its output lines are kept.
+    pub log: Arc<AppLog>,
+    /// `(idx, Some(end))` when the app ends for good; `(idx, None)` when a restart request brings
+    /// it back after that.
+    pub ended: mpsc::UnboundedSender<(usize, Option<AppEnd>)>,
 }
 
 /// The leader's exit status, received once.
@@ -72,13 +79,37 @@ impl ExitWait {
 enum Supervised {
     Exited(Option<ExitStatus>),
     StopRequested,
+    /// Stopped because a restart was requested; start again at once.
+    RestartRequested,
 }
 
 impl AppTask {
     pub(crate) async fn run(mut self) {
-        let end = self.life().await;
-        if end != AppEnd::Requested {
-            let _ = self.ended.send((self.idx, end));
+        let mut history = RestartHistory::default();
+        loop {
+            let end = self.life(&mut history).await;
+            if end == AppEnd::Requested {
+                return;
+            }
+            let _ = self.ended.send((self.idx, Some(end)));
+            // Ended for good: only a restart request brings it back.
+            self.restart.borrow_and_update();
+            tokio::select! {
+                changed = self.restart.changed() => if changed.is_err() { return },
+                _ = Self::stop_signal(&mut self.stop) => return,
+            }
+            if self.stop_requested().is_some() {
+                return;
+            }
+            history.unstable = 0;
+            history.restarts += 1;
+            let restarts = history.restarts;
+            super::state::log(&format!("{} restarted on request", self.name()));
+            self.board.update(self.idx, |a| {
+                a.restarts = restarts;
+                a.unstable_restarts = 0;
+            });
+            let _ = self.ended.send((self.idx, None));
         }
     }
 
@@ -104,8 +135,7 @@ impl AppTask {
         }
     }
 
-    async fn life(&mut self) -> AppEnd {
-        let mut history = RestartHistory::default();
+    async fn life(&mut self, history: &mut RestartHistory) -> AppEnd {
         loop {
             if !self.wait_for_dependencies().await {
                 self.stopped_before_start();
@@ -116,9 +146,25 @@ impl AppTask {
                 return AppEnd::Requested;
             }
             let started = Instant::now();
+            // Requests made before this start are answered by it.
+            self.restart.borrow_and_update();
             let (ran, status, description) = match self.start() {
                 Ok((pid, exit)) => match self.supervise(pid, exit, started).await {
                     Supervised::StopRequested => return AppEnd::Requested,
+                    Supervised::RestartRequested => {
+                        if self.stop_requested().is_some() {
+                            return AppEnd::Requested;
+                        }
+                        history.restarts += 1;
+                        history.unstable = 0;
+                        let restarts = history.restarts;
+                        super::state::log(&format!("{} restarting on request", self.name()));
+                        self.board.update(self.idx, |a| {
+                            a.restarts = restarts;
+                            a.unstable_restarts = 0;
+                        });
+                        continue;
+                    }
                     Supervised::Exited(status) => {
                         let description = status
                             .map(describe_status)
@@ -177,8 +223,11 @@ impl AppTask {
                         },
                     );
                     if !delay.is_zero() {
+                        self.restart.borrow_and_update();
                         tokio::select! {
                             _ = tokio::time::sleep(delay) => {}
+                            // A restart request skips the delay.
+                            _ = self.restart.changed() => {}
                             _ = Self::stop_signal(&mut self.stop) => {
                                 self.stopped_before_start();
                                 return AppEnd::Requested;
@@ -327,10 +376,20 @@ impl AppTask {
             }
         })?;
         if let Some(stdout) = spawned.child.stdout.take() {
-            output::forward(self.name(), OwnedFd::from(stdout), Stream::Stdout);
+            output::forward(
+                self.name(),
+                OwnedFd::from(stdout),
+                Stream::Stdout,
+                self.log.clone(),
+            );
         }
         if let Some(stderr) = spawned.child.stderr.take() {
-            output::forward(self.name(), OwnedFd::from(stderr), Stream::Stderr);
+            output::forward(
+                self.name(),
+                OwnedFd::from(stderr),
+                Stream::Stderr,
+                self.log.clone(),
+            );
         }
         let pid = spawned.pid;
         let started_ms = self.board.elapsed_ms();
@@ -398,6 +457,14 @@ impl AppTask {
                 signal = Self::stop_signal(&mut self.stop) => {
                     self.stop_child(pid, signal, &mut exit, started).await;
                     return Supervised::StopRequested;
+                }
+                changed = self.restart.changed() => {
+                    if changed.is_ok() {
+                        self.stop_child(pid, libc::SIGTERM, &mut exit, started).await;
+                        return Supervised::RestartRequested;
+                    }
+                    // The supervisor is gone; nobody can ask any more.
+                    std::future::pending::<()>().await;
                 }
             }
         }

@@ -6,6 +6,7 @@
 //! task (health endpoint, broker), a [`TaskTracker`] is closed and awaited before `run` returns.
 
 mod app;
+pub mod logs;
 mod output;
 pub mod policy;
 pub mod state;
@@ -24,6 +25,7 @@ use crate::probe::human_duration;
 use crate::reaper::{Reaper, ReaperRole, become_subreaper};
 use crate::signals::{StopSignals, signal_name};
 use app::{AppEnd, AppTask};
+use logs::{AppLog, Logs};
 pub use state::{AppState, AppStatus, LastExit, Phase, Snapshot, StateEvent};
 use state::{Board, log};
 
@@ -64,6 +66,20 @@ impl SupervisorOptions {
     }
 }
 
+/// Why [`SupervisorHandle::restart`] refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RestartError {
+    #[error("no app named \"{name}\"{}", .suggestion.as_ref().map(|s| format!("; did you mean \"{s}\"?")).unwrap_or_default())]
+    UnknownApp {
+        name: String,
+        suggestion: Option<String>,
+    },
+    #[error("the machine is stopping; \"{name}\" is not restarted")]
+    Stopping { name: String },
+    #[error("\"{name}\" is waiting for {waiting_for}; it starts by itself once they are ready")]
+    Waiting { name: String, waiting_for: String },
+}
+
 /// A cheap, cloneable view of a supervisor for other tasks (health endpoint, broker).
 #[derive(Clone)]
 pub struct SupervisorHandle {
@@ -73,6 +89,9 @@ pub struct SupervisorHandle {
     tracker: TaskTracker,
     stop_requests: mpsc::UnboundedSender<i32>,
     started: Instant,
+    logs: Logs,
+    /// Per app (by index): a counter bumped by each restart request.
+    restarts: Arc<Vec<watch::Sender<u64>>>,
 }
 
 impl SupervisorHandle {
@@ -108,6 +127,45 @@ impl SupervisorHandle {
         let _ = self.stop_requests.send(signal);
     }
 
+    /// The recent output of every app.
+    pub fn logs(&self) -> &Logs {
+        &self.logs
+    }
+
+    /// Restarts app `name` as `pm2 restart` does: a running process gets its stop signal (SIGTERM,
+    /// `kill_timeout`, then SIGKILL) and is started again at once; one waiting out a restart delay
+    /// starts at once; an `errored` or `stopped` app is started again with a fresh restart count
+    /// of unstable exits. Returns the state it was in.
+    pub fn restart(&self, name: &str) -> Result<AppState, RestartError> {
+        let snapshot = self.snapshot();
+        let Some(idx) = snapshot.apps.iter().position(|a| a.name == name) else {
+            return Err(RestartError::UnknownApp {
+                name: name.to_owned(),
+                suggestion: crate::ecosystem::suggest(
+                    name,
+                    snapshot.apps.iter().map(|a| a.name.as_str()),
+                )
+                .map(str::to_owned),
+            });
+        };
+        if matches!(snapshot.phase, Phase::Stopping | Phase::Stopped)
+            || self.shutdown.is_cancelled()
+        {
+            return Err(RestartError::Stopping {
+                name: name.to_owned(),
+            });
+        }
+        let app = &snapshot.apps[idx];
+        if app.state == AppState::Waiting {
+            return Err(RestartError::Waiting {
+                name: name.to_owned(),
+                waiting_for: app.waiting_for.join(", "),
+            });
+        }
+        self.restarts[idx].send_modify(|n| *n += 1);
+        Ok(app.state)
+    }
+
     /// Time since the supervisor was created.
     pub fn uptime(&self) -> Duration {
         self.started.elapsed()
@@ -133,10 +191,27 @@ pub struct Supervisor {
     stop_requests: mpsc::UnboundedReceiver<i32>,
     handle_signals: bool,
     before_stop: Vec<StopHook>,
+    drain: Option<Arc<dyn BusyProbe>>,
 }
 
 /// Work that must finish before any app is signalled (the broker's final `shutdown` message).
 type StopHook = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// How often busy workers are asked again while the machine waits for them on stop.
+const DRAIN_POLL: Duration = Duration::from_millis(50);
+/// The longest one busy-probe may take before the workers it asked about count as idle.
+const DRAIN_PROBE_LIMIT: Duration = Duration::from_secs(2);
+
+/// Tells the supervisor, when the machine stops, which workers are in the middle of a job (the
+/// broker link reads each worker's `worker:<id>` hash).
+pub trait BusyProbe: Send + Sync + 'static {
+    /// For each app name given, in order: `Some(job id)` while that worker is busy (the id may be
+    /// empty when the worker did not name it), `None` when it is idle or not known.
+    fn busy<'a>(
+        &'a self,
+        apps: &'a [String],
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Vec<Option<String>>> + Send + 'a>>;
+}
 
 impl Supervisor {
     /// Checks everything that can be checked before starting: GPU pins against the UUIDs given,
@@ -187,6 +262,12 @@ impl Supervisor {
             .map(|(app, cmd)| AppStatus::new(app, cmd.gpu.as_ref()))
             .collect();
         let board = Arc::new(Board::new(statuses, started));
+        let logs = Logs::new(
+            apps.iter()
+                .zip(&commands)
+                .map(|(app, cmd)| (app.name.clone(), Arc::new(AppLog::new(&cmd.env)))),
+        );
+        let restarts = Arc::new(apps.iter().map(|_| watch::channel(0).0).collect());
         let (stop_tx, stop_rx) = mpsc::unbounded_channel();
         let handle = SupervisorHandle {
             snapshot: board.watch(),
@@ -195,6 +276,8 @@ impl Supervisor {
             tracker: TaskTracker::new(),
             stop_requests: stop_tx,
             started,
+            logs,
+            restarts,
         };
         Ok(Supervisor {
             apps: apps.into_iter().map(Arc::new).collect(),
@@ -204,6 +287,7 @@ impl Supervisor {
             stop_requests: stop_rx,
             handle_signals: options.handle_signals,
             before_stop: Vec::new(),
+            drain: None,
         })
     }
 
@@ -220,6 +304,139 @@ impl Supervisor {
     /// order added. A hook must bound its own time: the stop waits for it (a second signal skips it).
     pub fn before_stop(&mut self, hook: impl std::future::Future<Output = ()> + Send + 'static) {
         self.before_stop.push(Box::pin(hook));
+    }
+
+    /// Lets busy workers finish on stop: a worker that `probe` says is busy is not signalled until
+    /// it is idle or its `kill_timeout` has passed (then it gets the stop signal and, as always,
+    /// another `kill_timeout` before SIGKILL). Idle workers are signalled at once. Without a probe
+    /// every worker is signalled at once.
+    pub fn drain_with(&mut self, probe: Arc<dyn BusyProbe>) {
+        self.drain = Some(probe);
+    }
+
+    /// Sends the stop signal to `workers`: idle ones at once, busy ones once they are idle or their
+    /// `kill_timeout` has passed. Returns early, with `true`, when a second signal escalated the stop.
+    async fn drain_workers(
+        &mut self,
+        workers: &[usize],
+        stops: &[watch::Sender<Option<i32>>],
+        signal: i32,
+        signals: &mut Option<StopSignals>,
+    ) -> bool {
+        let alive = |board: &Board, i: usize| {
+            let snapshot = board.watch();
+            let app = &snapshot.borrow().apps[i];
+            app.pid.is_some()
+                && matches!(
+                    app.state,
+                    AppState::Starting | AppState::Running | AppState::Ready
+                )
+        };
+        let Some(probe) = self.drain.clone() else {
+            for &i in workers {
+                let _ = stops[i].send(Some(signal));
+            }
+            return false;
+        };
+        let mut asked = Vec::new();
+        for &i in workers {
+            if alive(&self.board, i) {
+                asked.push(i);
+            } else {
+                let _ = stops[i].send(Some(signal));
+            }
+        }
+        let ask = |indices: &[usize]| {
+            let names: Vec<String> = indices.iter().map(|&i| self.apps[i].name.clone()).collect();
+            let probe = probe.clone();
+            async move {
+                let count = names.len();
+                tokio::time::timeout(DRAIN_PROBE_LIMIT, probe.busy(&names))
+                    .await
+                    .ok()
+                    .filter(|busy| busy.len() == count)
+                    .unwrap_or_else(|| vec![None; count])
+            }
+        };
+        let now = tokio::time::Instant::now();
+        // (app, job, deadline)
+        let mut draining: Vec<(usize, String, tokio::time::Instant)> = Vec::new();
+        for (i, busy) in asked.iter().copied().zip(ask(&asked).await) {
+            let Some(job) = busy else {
+                let _ = stops[i].send(Some(signal));
+                continue;
+            };
+            let spec = &self.apps[i];
+            let job_text = job_words(&job);
+            log(&format!(
+                "{} is busy with {job_text}; it gets its kill_timeout {} to finish before {}",
+                spec.name,
+                human_duration(spec.kill_timeout),
+                signal_name(signal)
+            ));
+            self.board.update(i, |a| {
+                a.detail = Some(format!(
+                    "finishing {job_text} before it stops (up to kill_timeout {})",
+                    human_duration(spec.kill_timeout)
+                ))
+            });
+            draining.push((i, job, now + spec.kill_timeout));
+        }
+        while !draining.is_empty() {
+            let earliest = draining
+                .iter()
+                .map(|(_, _, deadline)| *deadline)
+                .min()
+                .unwrap_or(now);
+            let second = next_signal(signals);
+            tokio::select! {
+                () = tokio::time::sleep(DRAIN_POLL) => {
+                    let indices: Vec<usize> = draining.iter().map(|(i, _, _)| *i).collect();
+                    let busy = ask(&indices).await;
+                    let mut still = Vec::new();
+                    for ((i, job, deadline), busy) in draining.drain(..).zip(busy) {
+                        let name = &self.apps[i].name;
+                        if !alive(&self.board, i) {
+                            log(&format!("{name} ended while finishing {}", job_words(&job)));
+                            let _ = stops[i].send(Some(signal));
+                        } else if busy.is_none() {
+                            log(&format!("{name} finished {}; sending {} now", job_words(&job), signal_name(signal)));
+                            let _ = stops[i].send(Some(signal));
+                        } else {
+                            still.push((i, job, deadline));
+                        }
+                    }
+                    draining = still;
+                }
+                () = tokio::time::sleep_until(earliest) => {
+                    let now = tokio::time::Instant::now();
+                    draining.retain(|(i, job, deadline)| {
+                        if *deadline > now {
+                            return true;
+                        }
+                        let spec = &self.apps[*i];
+                        log(&format!(
+                            "{} is still busy with {} after its kill_timeout {}; sending {}: the worker fails the job permanently (it is not requeued)",
+                            spec.name,
+                            job_words(job),
+                            human_duration(spec.kill_timeout),
+                            signal_name(signal)
+                        ));
+                        let _ = stops[*i].send(Some(signal));
+                        false
+                    });
+                }
+                signal = second => {
+                    log(&format!("{} received again; not waiting for busy workers: sending SIGKILL to every app now", signal_name(signal)));
+                    for stop in stops {
+                        let _ = stop.send(Some(libc::SIGKILL));
+                    }
+                    return true;
+                }
+                Some(_) = self.stop_requests.recv() => {}
+            }
+        }
+        false
     }
 
     /// Runs until a stop is requested (`Ok` after everything is stopped and reaped), an essential
@@ -276,6 +493,13 @@ impl Supervisor {
                     .collect(),
                 spec,
                 cmd: self.commands[idx].clone(),
+                log: self
+                    .handle
+                    .logs
+                    .get(&self.apps[idx].name)
+                    .cloned()
+                    .unwrap_or_else(|| Arc::new(AppLog::new(&self.commands[idx].env))),
+                restart: self.handle.restarts[idx].subscribe(),
                 board: self.board.clone(),
                 reaper: reaper.clone(),
                 stop,
@@ -309,6 +533,11 @@ impl Supervisor {
                     break (signal, Ok(()));
                 }
                 Some((idx, end)) = ended_rx.recv() => {
+                    let Some(end) = end else {
+                        // Restarted on request after it had ended.
+                        ended.retain(|(i, _)| *i != idx);
+                        continue;
+                    };
                     let app = &self.apps[idx];
                     if app.essential && let AppEnd::Ended { reason, .. } = &end {
                         log(&format!("essential app {} {reason}; stopping everything", app.name));
@@ -361,9 +590,16 @@ impl Supervisor {
             .filter(|&i| self.apps[i].role != Some(Role::Worker))
             .collect();
         let mut escalated = false;
-        for phase in [worker_phase, other_phase] {
-            for &i in &phase {
-                let _ = stops[i].send(Some(signal));
+        for (n, phase) in [worker_phase, other_phase].into_iter().enumerate() {
+            if n == 0 {
+                escalated = self
+                    .drain_workers(&phase, &stops, signal, &mut signals)
+                    .await;
+            } else {
+                let signal = if escalated { libc::SIGKILL } else { signal };
+                for &i in &phase {
+                    let _ = stops[i].send(Some(signal));
+                }
             }
             let handles: Vec<_> = phase.iter().filter_map(|&i| tasks[i].take()).collect();
             let all = async {
@@ -404,6 +640,15 @@ impl Supervisor {
             }
         ));
         result
+    }
+}
+
+/// `job j-1`, or `a job` when the worker did not name it.
+fn job_words(job: &str) -> String {
+    if job.is_empty() {
+        "a job".to_owned()
+    } else {
+        format!("job {job}")
     }
 }
 

@@ -1,9 +1,13 @@
-//! Forwards a child's stdout and stderr to ours, line by line, each line prefixed `[app-name] `.
+//! Forwards a child's stdout and stderr to ours, line by line, each line prefixed `[app-name] `,
+//! and keeps each line in the app's in-memory log ([`super::logs`]).
 
 use std::io::Write;
 use std::os::fd::OwnedFd;
+use std::sync::Arc;
 
 use tokio::net::unix::pipe;
+
+use super::logs::{AppLog, LogStream};
 
 /// Longest line forwarded in one piece; longer lines are split so memory stays bounded.
 const MAX_LINE: usize = 16 * 1024;
@@ -16,7 +20,7 @@ pub(crate) enum Stream {
 
 /// Starts forwarding `fd` (the read end of a child's pipe). The task ends at end of file, i.e.
 /// when the child and every grandchild holding the pipe are gone.
-pub(crate) fn forward(name: &str, fd: OwnedFd, stream: Stream) {
+pub(crate) fn forward(name: &str, fd: OwnedFd, stream: Stream, log: Arc<AppLog>) {
     let prefix = format!("[{name}] ").into_bytes();
     let receiver = match pipe::Receiver::from_owned_fd(fd) {
         Ok(r) => r,
@@ -25,10 +29,15 @@ pub(crate) fn forward(name: &str, fd: OwnedFd, stream: Stream) {
             return;
         }
     };
-    tokio::spawn(pump(receiver, prefix, stream));
+    tokio::spawn(pump(receiver, prefix, stream, log));
 }
 
-async fn pump(receiver: pipe::Receiver, prefix: Vec<u8>, stream: Stream) {
+async fn pump(receiver: pipe::Receiver, prefix: Vec<u8>, stream: Stream, log: Arc<AppLog>) {
+    let kept = match stream {
+        Stream::Stdout => LogStream::Stdout,
+        Stream::Stderr => LogStream::Stderr,
+    };
+    let keep = |line: &[u8]| log.push(kept, line.strip_suffix(b"\r").unwrap_or(line));
     let mut pending: Vec<u8> = Vec::new();
     loop {
         if receiver.readable().await.is_err() {
@@ -47,11 +56,13 @@ async fn pump(receiver: pipe::Receiver, prefix: Vec<u8>, stream: Stream) {
         let mut start = 0;
         while let Some(pos) = pending[start..].iter().position(|&b| b == b'\n') {
             let end = start + pos;
+            keep(&pending[start..end]);
             push_line(&mut out, &prefix, &pending[start..end]);
             start = end + 1;
         }
         pending.drain(..start);
         while pending.len() >= MAX_LINE {
+            keep(&pending[..MAX_LINE]);
             push_line(&mut out, &prefix, &pending[..MAX_LINE]);
             pending.drain(..MAX_LINE);
         }
@@ -63,6 +74,7 @@ async fn pump(receiver: pipe::Receiver, prefix: Vec<u8>, stream: Stream) {
     }
     if !pending.is_empty() {
         let mut out = Vec::new();
+        keep(&pending);
         push_line(&mut out, &prefix, &pending);
         emit(stream, &out);
     }

@@ -1,0 +1,232 @@
+//! The recent output of every app, kept in memory for `/pm2/logs` and `/comfyui/logs`: a bounded
+//! ring of lines per app, secrets masked before a line is stored, and a broadcast for followers.
+//!
+//! Bounds: at most [`MAX_LINES`] lines and [`MAX_BYTES`] bytes of text per app (the oldest lines go
+//! first); a line is at most the output forwarder's 16 KiB. So a chatty app costs at most
+//! `MAX_BYTES` plus the per-line overhead, whatever it prints.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::ffi::OsString;
+use std::sync::{Arc, Mutex};
+
+use serde::Serialize;
+use tokio::sync::broadcast;
+
+use crate::broker::now_ms;
+use crate::install::Env;
+use crate::install::redact::Redactor;
+
+/// Most lines kept per app.
+pub const MAX_LINES: usize = 2000;
+/// Most bytes of line text kept per app.
+pub const MAX_BYTES: usize = 512 * 1024;
+/// Lines a follower may fall behind before it misses some (it is told how many).
+const FOLLOW_BACKLOG: usize = 512;
+
+/// Which of the app's pipes a line came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogStream {
+    /// Standard output (PM2's `out` log).
+    Stdout,
+    /// Standard error (PM2's `error` log).
+    Stderr,
+}
+
+/// One line of an app's output, secrets already masked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LogLine {
+    /// Epoch milliseconds when the runtime read it.
+    pub at_ms: u64,
+    /// Which pipe it came from.
+    pub stream: LogStream,
+    /// The text, without the line end; secret values replaced by `***`.
+    pub text: String,
+}
+
+struct Ring {
+    lines: VecDeque<LogLine>,
+    bytes: usize,
+}
+
+/// The recent output of one app.
+pub struct AppLog {
+    ring: Mutex<Ring>,
+    follow: broadcast::Sender<LogLine>,
+    redactor: Redactor,
+}
+
+impl std::fmt::Debug for AppLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppLog")
+            .field("lines", &self.lock().lines.len())
+            .finish()
+    }
+}
+
+impl AppLog {
+    /// An empty log that masks the values of the secret-looking variables of `env` (names with
+    /// TOKEN, SECRET, PASSWORD, KEY, CREDENTIAL or AUTH, values of 6 characters or more) and the
+    /// credentials of any URL.
+    pub fn new(env: &BTreeMap<OsString, OsString>) -> AppLog {
+        let env: Env = env
+            .iter()
+            .filter_map(|(k, v)| Some((k.to_str()?.to_owned(), v.to_str()?.to_owned())))
+            .collect();
+        AppLog {
+            ring: Mutex::new(Ring {
+                lines: VecDeque::new(),
+                bytes: 0,
+            }),
+            follow: broadcast::channel(FOLLOW_BACKLOG).0,
+            redactor: Redactor::from_env(&env),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Ring> {
+        // A poisoned lock only means a panic elsewhere; the lines are still good to show.
+        self.ring
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    /// Stores one line (bytes as read, invalid UTF-8 replaced), masked, dropping the oldest lines
+    /// beyond the bounds, and hands it to followers.
+    pub fn push(&self, stream: LogStream, bytes: &[u8]) {
+        let text = self.redactor.redact(&String::from_utf8_lossy(bytes));
+        let line = LogLine {
+            at_ms: now_ms(),
+            stream,
+            text,
+        };
+        let mut ring = self.lock();
+        ring.bytes += line.text.len();
+        ring.lines.push_back(line.clone());
+        while ring.lines.len() > MAX_LINES || (ring.bytes > MAX_BYTES && ring.lines.len() > 1) {
+            if let Some(old) = ring.lines.pop_front() {
+                ring.bytes -= old.text.len();
+            }
+        }
+        // Sent under the lock so a new follower sees each line once: in its tail or from here.
+        // No follower is fine.
+        let _ = self.follow.send(line);
+    }
+
+    /// The last `n` lines that `keep` accepts, oldest first.
+    pub fn tail(&self, n: usize, keep: impl Fn(&LogLine) -> bool) -> Vec<LogLine> {
+        tail_of(&self.lock(), n, keep)
+    }
+
+    /// The last `n` lines (as [`AppLog::tail`]) and a receiver of every line stored after them,
+    /// taken together so no line falls between the two.
+    pub fn tail_and_follow(
+        &self,
+        n: usize,
+        keep: impl Fn(&LogLine) -> bool,
+    ) -> (Vec<LogLine>, broadcast::Receiver<LogLine>) {
+        let ring = self.lock();
+        // Pushes take the lock before sending, so nothing is sent between the tail and the subscription.
+        (tail_of(&ring, n, keep), self.follow.subscribe())
+    }
+}
+
+fn tail_of(ring: &Ring, n: usize, keep: impl Fn(&LogLine) -> bool) -> Vec<LogLine> {
+    let mut out: Vec<LogLine> = ring
+        .lines
+        .iter()
+        .rev()
+        .filter(|l| keep(l))
+        .take(n)
+        .cloned()
+        .collect();
+    out.reverse();
+    out
+}
+
+/// Every app's log, by app name.
+#[derive(Debug, Clone, Default)]
+pub struct Logs {
+    apps: Arc<HashMap<String, Arc<AppLog>>>,
+}
+
+impl Logs {
+    /// One log per app.
+    pub fn new(apps: impl IntoIterator<Item = (String, Arc<AppLog>)>) -> Logs {
+        Logs {
+            apps: Arc::new(apps.into_iter().collect()),
+        }
+    }
+
+    /// The log of app `name`.
+    pub fn get(&self, name: &str) -> Option<&Arc<AppLog>> {
+        self.apps.get(name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn log_with(env: &[(&str, &str)]) -> AppLog {
+        AppLog::new(
+            &env.iter()
+                .map(|(k, v)| (OsString::from(k), OsString::from(v)))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn keeps_the_newest_lines_within_bounds() {
+        let log = log_with(&[]);
+        for i in 0..MAX_LINES + 10 {
+            log.push(LogStream::Stdout, format!("line {i}").as_bytes());
+        }
+        let all = log.tail(usize::MAX, |_| true);
+        assert_eq!(all.len(), MAX_LINES);
+        assert_eq!(all[0].text, "line 10");
+        assert_eq!(all.last().unwrap().text, format!("line {}", MAX_LINES + 9));
+        let big = vec![b'x'; 16 * 1024];
+        for _ in 0..100 {
+            log.push(LogStream::Stderr, &big);
+        }
+        let ring = log.lock();
+        assert!(ring.bytes <= MAX_BYTES, "{} bytes kept", ring.bytes);
+        assert_eq!(
+            ring.bytes,
+            ring.lines.iter().map(|l| l.text.len()).sum::<usize>()
+        );
+    }
+
+    #[test]
+    fn masks_secret_values_and_url_credentials_before_storing() {
+        let log = log_with(&[
+            ("OPENAI_API_KEY", "sk-live-abcdef123"),
+            ("MACHINE_CONTROL_TOKEN", "control-token-42"),
+            ("PATH", "/usr/bin"),
+        ]);
+        log.push(
+            LogStream::Stderr,
+            b"key sk-live-abcdef123 token control-token-42 redis://:pw123456@r:6379 /usr/bin",
+        );
+        let lines = log.tail(10, |_| true);
+        assert_eq!(
+            lines[0].text,
+            "key *** token *** redis://***@r:6379 /usr/bin"
+        );
+    }
+
+    #[test]
+    fn tail_filters_by_stream_and_followers_see_new_lines() {
+        let log = log_with(&[]);
+        log.push(LogStream::Stdout, b"out 1");
+        log.push(LogStream::Stderr, b"err 1");
+        log.push(LogStream::Stdout, b"out 2");
+        let errors = log.tail(5, |l| l.stream == LogStream::Stderr);
+        assert_eq!(errors.len(), 1);
+        assert_eq!(errors[0].text, "err 1");
+        let (tail, mut follow) = log.tail_and_follow(1, |_| true);
+        assert_eq!(tail[0].text, "out 2");
+        log.push(LogStream::Stdout, b"out 3");
+        assert_eq!(follow.try_recv().unwrap().text, "out 3");
+    }
+}
