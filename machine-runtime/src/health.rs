@@ -402,7 +402,7 @@ fn authorize(request: &Request, control: &Control) -> Result<(), Reply> {
         return Err(error(
             403,
             format!(
-                "control routes are disabled on this machine: {CONTROL_TOKEN_VAR} is not set. Set {CONTROL_TOKEN_VAR} in the machine's environment (e.g. .env.secrets) and give the monitor the same token; it sends it as \"Authorization: Bearer <token>\""
+                "control routes are disabled on this machine: {CONTROL_TOKEN_VAR} is not set; set {CONTROL_TOKEN_VAR} in the machine's environment (e.g. .env.secrets) and give the monitor the same token; it sends it as \"Authorization: Bearer <token>\""
             ),
         ));
     };

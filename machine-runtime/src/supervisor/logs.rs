@@ -91,9 +91,12 @@ impl AppLog {
     }
 
     /// Stores one line (bytes as read, invalid UTF-8 replaced), masked, dropping the oldest lines
-    /// beyond the bounds, and hands it to followers.
-    pub fn push(&self, stream: LogStream, bytes: &[u8]) {
-        let text = self.redactor.redact(&String::from_utf8_lossy(bytes));
+    /// beyond the bounds, and hands it to followers. Returns the masked text when masking changed
+    /// the line, so the forwarded copy can be masked too.
+    pub fn push(&self, stream: LogStream, bytes: &[u8]) -> Option<String> {
+        let read = String::from_utf8_lossy(bytes);
+        let text = self.redactor.redact(&read);
+        let masked = (text != read).then(|| text.clone());
         let line = LogLine {
             at_ms: now_ms(),
             stream,
@@ -110,6 +113,7 @@ impl AppLog {
         // Sent under the lock so a new follower sees each line once: in its tail or from here.
         // No follower is fine.
         let _ = self.follow.send(line);
+        masked
     }
 
     /// The last `n` lines that `keep` accepts, oldest first.

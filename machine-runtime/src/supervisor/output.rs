@@ -1,5 +1,6 @@
 //! Forwards a child's stdout and stderr to ours, line by line, each line prefixed `[app-name] `,
-//! and keeps each line in the app's in-memory log ([`super::logs`]).
+//! and keeps each line in the app's in-memory log ([`super::logs`]); both copies have the values
+//! of secret variables masked.
 
 use std::io::Write;
 use std::os::fd::OwnedFd;
@@ -37,7 +38,11 @@ async fn pump(receiver: pipe::Receiver, prefix: Vec<u8>, stream: Stream, log: Ar
         Stream::Stdout => LogStream::Stdout,
         Stream::Stderr => LogStream::Stderr,
     };
-    let keep = |line: &[u8]| log.push(kept, line.strip_suffix(b"\r").unwrap_or(line));
+    // Keeps the line and forwards it, masked when it holds a secret.
+    let keep = |out: &mut Vec<u8>, line: &[u8]| {
+        let masked = log.push(kept, line.strip_suffix(b"\r").unwrap_or(line));
+        push_line(out, &prefix, masked.as_deref().map_or(line, str::as_bytes));
+    };
     let mut pending: Vec<u8> = Vec::new();
     loop {
         if receiver.readable().await.is_err() {
@@ -56,14 +61,12 @@ async fn pump(receiver: pipe::Receiver, prefix: Vec<u8>, stream: Stream, log: Ar
         let mut start = 0;
         while let Some(pos) = pending[start..].iter().position(|&b| b == b'\n') {
             let end = start + pos;
-            keep(&pending[start..end]);
-            push_line(&mut out, &prefix, &pending[start..end]);
+            keep(&mut out, &pending[start..end]);
             start = end + 1;
         }
         pending.drain(..start);
         while pending.len() >= MAX_LINE {
-            keep(&pending[..MAX_LINE]);
-            push_line(&mut out, &prefix, &pending[..MAX_LINE]);
+            keep(&mut out, &pending[..MAX_LINE]);
             pending.drain(..MAX_LINE);
         }
         emit(stream, &out);
@@ -74,8 +77,7 @@ async fn pump(receiver: pipe::Receiver, prefix: Vec<u8>, stream: Stream, log: Ar
     }
     if !pending.is_empty() {
         let mut out = Vec::new();
-        keep(&pending);
-        push_line(&mut out, &prefix, &pending);
+        keep(&mut out, &pending);
         emit(stream, &out);
     }
 }

@@ -12,12 +12,12 @@ use crate::redis_server::RedisServer;
 use crate::up_support::{PATIENCE, Runtime, wait_for};
 
 /// A blocking subscriber on a pattern, on its own thread, that resubscribes after a redis restart.
-struct StatusTap {
+pub(crate) struct StatusTap {
     rx: mpsc::Receiver<Value>,
 }
 
 impl StatusTap {
-    fn start(url: &str, pattern: &str) -> StatusTap {
+    pub(crate) fn start(url: &str, pattern: &str) -> StatusTap {
         let (tx, rx) = mpsc::channel();
         let (ready_tx, ready_rx) = mpsc::channel();
         let client = redis::Client::open(url).unwrap();
@@ -53,7 +53,12 @@ impl StatusTap {
 
     /// Skips messages until one satisfies `want`; the failure names `what`, the messages seen and
     /// the runtime's output.
-    fn next_where(&self, rt: &Runtime, what: &str, want: impl Fn(&Value) -> bool) -> Value {
+    pub(crate) fn next_where(
+        &self,
+        rt: &Runtime,
+        what: &str,
+        want: impl Fn(&Value) -> bool,
+    ) -> Value {
         let deadline = Instant::now() + PATIENCE;
         let mut seen = Vec::new();
         while let Some(left) = deadline.checked_duration_since(Instant::now()) {
@@ -70,7 +75,7 @@ impl StatusTap {
     }
 
     /// The very next message.
-    fn next(&self, rt: &Runtime) -> Value {
+    pub(crate) fn next(&self, rt: &Runtime) -> Value {
         self.next_where(rt, "any content", |_| true)
     }
 }

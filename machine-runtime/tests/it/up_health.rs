@@ -47,13 +47,20 @@ fn health_follows_the_apps_through_their_states() {
         reasons.contains(&"wrk is waiting for svc".to_string()),
         "{reasons:?}"
     );
+    // PM2's words in `status` (the monitor's vocabulary), ours in `state`.
     assert_eq!(
         body["services"]["wrk"],
-        json!({"healthy": false, "status": "waiting", "pid": null, "restarts": 0})
+        json!({"healthy": false, "status": "launching", "state": "waiting", "pid": null, "restarts": 0})
     );
     assert!(raw.contains("Access-Control-Allow-Origin: *"), "{raw}");
-    assert_eq!(http_get(port, "/ready").1, json!({"ready": false}));
-    assert_eq!(http_get(port, "/ready").0, 503);
+    let (code, ready, _) = http_get(port, "/ready");
+    assert_eq!((code, &ready["ready"]), (503, &json!(false)), "{ready}");
+    assert!(
+        ready["reasons"]
+            .to_string()
+            .contains("wrk is waiting for svc"),
+        "{ready}"
+    );
     let (ok, stderr) = health_command(port);
     assert!(
         !ok && stderr.contains("answered 503") && stderr.contains("wrk is waiting for svc"),
@@ -72,12 +79,21 @@ fn health_follows_the_apps_through_their_states() {
     );
     assert_eq!(body["healthy"], true);
     assert_eq!(body["reasons"], json!([]));
-    assert_eq!(body["services"]["svc"]["status"], "ready");
-    assert_eq!(body["services"]["wrk"]["status"], "running");
+    assert_eq!(body["services"]["svc"]["status"], "online");
+    assert_eq!(body["services"]["svc"]["state"], "ready");
+    assert_eq!(body["services"]["wrk"]["status"], "online");
+    assert_eq!(body["services"]["wrk"]["state"], "running");
     assert!(body["services"]["wrk"]["pid"].as_u64().is_some() && body["uptime"].as_u64().is_some());
-    assert_eq!(
-        http_get(port, "/ready"),
-        (200, json!({"ready": true}), http_get(port, "/ready").2)
+    // Ready once both have stayed up for their min_uptime (PM2's default, 1 s).
+    wait_for(
+        "/ready to answer 200",
+        || rt.output(),
+        || {
+            let (code, body, _) = http_get(port, "/ready");
+            (code == 200)
+                .then_some(())
+                .filter(|()| body == json!({"ready": true, "reasons": []}))
+        },
     );
     assert_eq!(health_command(port), (true, String::new()));
     let (code, status, _) = http_get(port, "/status");
@@ -100,6 +116,7 @@ fn health_follows_the_apps_through_their_states() {
     let (code, body, _) = http_get(port, "/health");
     assert_eq!(code, 503);
     assert_eq!(body["services"]["svc"]["restarts"], 1);
+    assert_eq!(body["services"]["svc"]["status"], "waiting restart");
     let reasons = body["reasons"].to_string();
     assert!(
         reasons.contains("svc is restarting: restarting after signal 9 (SIGKILL)"),
@@ -130,6 +147,8 @@ fn health_reports_an_errored_app() {
         ])
     );
     assert_eq!(body["services"]["steady"]["healthy"], true);
+    assert_eq!(body["services"]["crashy"]["status"], "errored");
+    assert_eq!(rt.get("/ready").0, 503);
     rt.signal(libc::SIGTERM);
     assert_eq!(rt.wait_exit().code(), Some(0), "{}", rt.output());
 }

@@ -103,6 +103,7 @@ impl Runtime {
             "MACHINE_STATUS_UPDATE_INTERVAL_SECONDS",
             "BROKER_PREFLIGHT",
             "MACHINE_HEALTH_REQUIRES_BROKER",
+            "MACHINE_CONTROL_TOKEN",
         ] {
             cmd.env_remove(var);
         }
@@ -226,13 +227,24 @@ impl Drop for Runtime {
 
 /// A minimal blocking HTTP GET against 127.0.0.1: status, JSON body (Null if not JSON), raw text.
 pub fn http_get(port: u16, path: &str) -> (u16, Value, String) {
+    http_request(port, "GET", path, &[])
+}
+
+/// A minimal blocking HTTP request against 127.0.0.1 with extra header lines (`"Name: value"`):
+/// status, JSON body (Null if not JSON), raw text.
+pub fn http_request(port: u16, method: &str, path: &str, headers: &[&str]) -> (u16, Value, String) {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
     stream.set_read_timeout(Some(PATIENCE)).unwrap();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
+    for header in headers {
+        head.push_str(header);
+        head.push_str("\r\n");
+    }
+    if method == "POST" {
+        head.push_str("Content-Length: 0\r\n");
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes()).unwrap();
     let mut raw = String::new();
     stream.read_to_string(&mut raw).unwrap();
     let status = raw
