@@ -283,7 +283,9 @@ fn model(l: &Loaded) -> Compose {
 }
 
 /// Seconds Compose should wait after SIGTERM: the final broker status (published before any app is
-/// signalled) + slowest worker grace + slowest service grace + margin.
+/// signalled) + the slowest worker's drain and grace + slowest service grace + margin. A worker busy
+/// with a job gets its `kill_timeout` to finish before it is signalled, then, like every app, its
+/// `kill_timeout` between the signal and SIGKILL: twice its `kill_timeout` at worst.
 pub fn stop_budget_secs(l: &Loaded) -> u32 {
     let worker = l
         .plan
@@ -300,7 +302,7 @@ pub fn stop_budget_secs(l: &Loaded) -> u32 {
         .max()
         .unwrap_or(0);
     let broker = machine_model::catalog::BROKER_SHUTDOWN_TIMEOUT_MS;
-    (broker + worker + service).div_ceil(1000) + 5
+    (broker + 2 * worker + service).div_ceil(1000) + 5
 }
 
 pub fn render(l: &Loaded) -> String {
