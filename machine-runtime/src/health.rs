@@ -227,6 +227,7 @@ impl Request {
 }
 
 /// What to send back.
+#[derive(Debug)]
 enum Reply {
     /// A JSON body with this status.
     Json(u16, Value),
@@ -797,4 +798,95 @@ pub async fn check(port: u16, timeout: Duration) -> Result<(), String> {
     } else {
         format!("{url} answered {}: {}", response.status, reasons.join("; "))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(head: &str) -> Request {
+        Request::parse(head).unwrap()
+    }
+
+    #[test]
+    fn parses_the_request_line_query_and_authorization() {
+        let r = request(
+            "POST /pm2/logs?service=comfyui-gpu0&lines=5&token=a%20b HTTP/1.1\r\nHost: x\r\nauthorization:  Bearer t0k \r\n\r\n",
+        );
+        assert_eq!((r.method.as_str(), r.path.as_str()), ("POST", "/pm2/logs"));
+        assert_eq!(r.param("service"), Some("comfyui-gpu0"));
+        assert_eq!(r.param("lines"), Some("5"));
+        assert_eq!(r.param("token"), Some("a b"));
+        assert_eq!(r.param("stream"), None);
+        assert_eq!(r.authorization.as_deref(), Some("Bearer t0k"));
+        for bad in [
+            "",
+            "GET\r\n\r\n",
+            "GET / FTP/1\r\n\r\n",
+            "GET / HTTP/1.1 extra\r\n\r\n",
+        ] {
+            assert_eq!(Request::parse(bad), None, "{bad:?}");
+        }
+    }
+
+    fn status_of(reply: Result<(), Reply>) -> u16 {
+        match reply {
+            Ok(()) => 200,
+            Err(Reply::Json(status, _)) => status,
+            Err(Reply::Unauthorized(_)) => 401,
+            Err(_) => 0,
+        }
+    }
+
+    #[test]
+    fn the_control_token_is_required_whole_from_the_header_or_the_query() {
+        let on = Control {
+            token: Some("s3cret-token".into()),
+        };
+        let off = Control::from_lookup(|_| Some("  ".into()));
+        assert_eq!(off.token, None);
+        let ask = |head: &str, control: &Control| status_of(authorize(&request(head), control));
+        let with = |auth: &str| format!("POST /x HTTP/1.1\r\nAuthorization: {auth}\r\n\r\n");
+        assert_eq!(ask(&with("Bearer s3cret-token"), &on), 200);
+        assert_eq!(ask(&with("bearer s3cret-token"), &on), 200);
+        assert_eq!(ask("POST /x?token=s3cret-token HTTP/1.1\r\n\r\n", &on), 200);
+        assert_eq!(ask(&with("Bearer s3cret"), &on), 403);
+        assert_eq!(ask(&with("Bearer s3cret-token2"), &on), 403);
+        assert_eq!(ask(&with("Basic s3cret-token"), &on), 401);
+        assert_eq!(ask("POST /x HTTP/1.1\r\n\r\n", &on), 401);
+        assert_eq!(ask(&with("Bearer s3cret-token"), &off), 403);
+        assert!(format!("{on:?}").contains("***") && !format!("{on:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn parameters_are_checked_with_the_allowed_values() {
+        let lines =
+            |q: &str| match lines_param(&request(&format!("GET /?{q} HTTP/1.1\r\n\r\n")), 50) {
+                Ok(n) => Ok(n),
+                Err(Reply::Json(status, body)) => Err((status, body["error"].to_string())),
+                Err(_) => Err((0, String::new())),
+            };
+        assert_eq!(lines(""), Ok(50));
+        assert_eq!(lines("lines=7"), Ok(7));
+        assert_eq!(lines("lines=999999"), Ok(MAX_LINES));
+        let (status, message) = lines("lines=0").unwrap_err();
+        assert_eq!(status, 400);
+        assert!(message.contains("whole number from 1 to"), "{message}");
+        assert!(
+            flag_param(
+                &request("GET /?stream=yes HTTP/1.1\r\n\r\n"),
+                "stream",
+                false
+            )
+            .unwrap()
+        );
+        assert!(
+            flag_param(
+                &request("GET /?stream=maybe HTTP/1.1\r\n\r\n"),
+                "stream",
+                false
+            )
+            .is_err()
+        );
+    }
 }

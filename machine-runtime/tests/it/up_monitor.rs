@@ -384,3 +384,53 @@ fn a_crash_looping_worker_keeps_the_machine_from_ready() {
         .unwrap_or_default();
     assert!(["online", "waiting restart"].contains(&word), "{health}");
 }
+
+#[test]
+fn restart_service_brings_an_errored_app_back() {
+    let mut rt = Runtime::start(
+        json!({"apps": [
+            {"name": "flaky", "script": "sh",
+             "args": ["-c", "if [ -f \"$D/fixed\" ]; then exec sleep 1000; else exit 3; fi"],
+             "env": {"D": "@DIR@"}, "max_restarts": 2},
+            {"name": "steady", "script": "sleep", "args": ["1000"]},
+        ]}),
+        &[("MACHINE_CONTROL_TOKEN", TOKEN)],
+    );
+    let port = rt.health_port();
+    let errored = rt.wait_state("flaky", "errored");
+    assert_eq!(
+        rt.get("/health").1["services"]["flaky"]["status"],
+        "errored"
+    );
+    // Fixed by hand, then restarted from the monitor.
+    std::fs::write(rt.path("fixed"), "").unwrap();
+    let auth = format!("Authorization: Bearer {TOKEN}");
+    let (code, body, _) = http_request(port, "POST", "/restart/service?service=flaky", &[&auth]);
+    assert_eq!(code, 202, "{body}");
+    assert_eq!(body["was"], "errored", "{body}");
+    let running = rt.wait_state("flaky", "running");
+    assert_eq!(
+        running["restarts"].as_u64(),
+        errored["restarts"].as_u64().map(|n| n + 1),
+        "{running}"
+    );
+    assert!(
+        rt.output().contains("flaky restarted on request"),
+        "{}",
+        rt.output()
+    );
+    // Still supervised: a crash is restarted by the policy again.
+    let pid = running["pid"].as_u64().unwrap() as i32;
+    // SAFETY: plain kill(2) on a process of this test's runtime.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    wait_for(
+        "flaky to be restarted after the kill",
+        || rt.output(),
+        || {
+            let app = rt.app_status("flaky");
+            (app["state"] == "running" && app["pid"].as_u64()? != pid as u64).then_some(())
+        },
+    );
+    rt.signal(libc::SIGTERM);
+    assert_eq!(rt.wait_exit().code(), Some(0), "{}", rt.output());
+}
