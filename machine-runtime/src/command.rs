@@ -62,10 +62,13 @@ pub struct Context {
 }
 
 impl Context {
-    /// The current process's environment and executable, with the given GPU UUIDs.
+    /// The current process's environment and executable, with the given GPU UUIDs. The control
+    /// token of the health port's POST routes stays with the runtime: no app needs it.
     pub fn from_process(gpu_uuids: Vec<String>) -> Context {
         Context {
-            runtime_env: std::env::vars_os().collect(),
+            runtime_env: std::env::vars_os()
+                .filter(|(name, _)| name != crate::health::CONTROL_TOKEN_VAR)
+                .collect(),
             gpu_uuids,
             current_exe: std::env::current_exe().unwrap_or_else(|_| PathBuf::from(SELF_SCRIPT)),
         }
