@@ -417,16 +417,16 @@ async fn stand_in_worker_completes_a_mock_job_and_cleans_up_on_sigterm() {
     let mut seen = Vec::new();
     let deadline = Instant::now() + DEADLINE;
     while !seen.iter().any(|e: &String| e == "job_completed") && Instant::now() < deadline {
-        if let Some((name, message)) = tap.next_within(Duration::from_secs(1)).await {
-            if name == channel {
-                let event = message["event_type"].as_str().unwrap_or_default();
-                let status = message["data"]["status"].as_str().unwrap_or_default();
-                seen.push(if status.is_empty() {
-                    event.to_owned()
-                } else {
-                    format!("{event}:{status}")
-                });
-            }
+        if let Some((name, message)) = tap.next_within(Duration::from_secs(1)).await
+            && name == channel
+        {
+            let event = message["event_type"].as_str().unwrap_or_default();
+            let status = message["data"]["status"].as_str().unwrap_or_default();
+            seen.push(if status.is_empty() {
+                event.to_owned()
+            } else {
+                format!("{event}:{status}")
+            });
         }
     }
     let order: Vec<&str> = seen
@@ -533,4 +533,92 @@ async fn stand_in_worker_refuses_a_type_its_mapping_lacks() {
         stdout.contains("types mock (from WORKER_CONNECTORS)"),
         "{stdout}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stand_in_worker_completes_simulation_jobs_through_the_simulation_service() {
+    let server = RedisServer::start();
+    let mut conn = server.conn().await;
+    load_job_matching(&mut conn).await;
+    let service = tokio::task::block_in_place(|| {
+        crate::simulate::start(&[("CUDA_VISIBLE_DEVICES", "GPU-fa4e0001")], &[])
+    });
+    let machine = "jq-sim";
+    let worker_id = format!("{machine}-worker-simulation-websocket-1");
+    let url = format!("ws://{}", service.addr);
+    let mut tap = Tap::start(&server.url(), &["update_job_progress", "complete_job"]).await;
+    let mut worker = spawn_worker(
+        &bundle_dir(),
+        &[
+            ("WORKERS", "simulation-websocket"),
+            ("CONNECTORS", "simulation-websocket"),
+            ("WORKER_ID", &worker_id),
+            ("MACHINE_ID", machine),
+            ("HUB_REDIS_URL", &server.url()),
+            ("UNIFIED_MACHINE_STATUS", "true"),
+            ("POLL_INTERVAL_MS", "100"),
+            ("SIMULATION_WEBSOCKET_URL", &url),
+            ("CUDA_VISIBLE_DEVICES", "GPU-fa4e0001"),
+        ],
+    );
+    for id in ["sim-a", "sim-b"] {
+        push_job(
+            &mut conn,
+            &NewJob::new(
+                id,
+                "simulation",
+                json!({"steps": 4, "processing_time_ms": 200}),
+            ),
+        )
+        .await;
+    }
+    // A job the worker does not serve stays pending.
+    push_job(&mut conn, &NewJob::new("other", "comfyui", json!({}))).await;
+    wait_job_status(&mut conn, "sim-a", "completed").await;
+    wait_job_status(&mut conn, "sim-b", "completed").await;
+
+    for id in ["sim-a", "sim-b"] {
+        let done: Option<String> = conn.hget("jobs:completed", id).await.unwrap();
+        let done: Value = serde_json::from_str(&done.expect("in jobs:completed")).unwrap();
+        assert_eq!(done["success"], true);
+        // The result came from the service: its GPU pin and the job's step count.
+        assert_eq!(
+            done["data"]["results"]["cuda_visible_devices"],
+            "GPU-fa4e0001"
+        );
+        assert_eq!(done["data"]["results"]["steps"], 4);
+    }
+    let mut progress: Vec<(String, u64)> = Vec::new();
+    let mut completed = Vec::new();
+    while let Some((channel, message)) = tap.next_within(Duration::from_millis(500)).await {
+        let id = message["job_id"].as_str().unwrap_or_default().to_owned();
+        match channel.as_str() {
+            "update_job_progress" => progress.push((id, message["progress"].as_u64().unwrap_or(0))),
+            "complete_job" => completed.push((id, message["worker_id"].clone())),
+            _ => {}
+        }
+    }
+    for id in ["sim-a", "sim-b"] {
+        let steps: Vec<u64> = progress
+            .iter()
+            .filter(|(job, _)| job == id)
+            .map(|(_, p)| *p)
+            .collect();
+        // 0 from the claim, then the service's four steps.
+        assert_eq!(steps, [0, 25, 50, 75, 100], "{id}");
+    }
+    // Equal scores (same second, as the API's formula gives) go in reverse member order: any order is fine.
+    completed.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        completed,
+        [
+            ("sim-a".to_owned(), json!(worker_id)),
+            ("sim-b".to_owned(), json!(worker_id))
+        ]
+    );
+    let pending: Vec<String> = conn.zrange("jobs:pending", 0, -1).await.unwrap();
+    assert_eq!(pending, ["other"]);
+    sigterm(&worker);
+    let (status, stdout, _) = wait_output(&mut worker).await;
+    assert!(status.success(), "{stdout}");
 }
