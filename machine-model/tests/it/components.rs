@@ -1246,7 +1246,11 @@ fn seed_components_resolve_for_every_seed_profile() {
                 &[sel("worker", &["default"]), sel("openai", &["default"])],
             ]
             .concat(),
-            &["HUB_REDIS_URL", "OPENAI_API_KEY", "WORKER_WEBSOCKET_AUTH_TOKEN"],
+            &[
+                "HUB_REDIS_URL",
+                "OPENAI_API_KEY",
+                "WORKER_WEBSOCKET_AUTH_TOKEN",
+            ],
         ),
         (
             "gpu-mixed",
@@ -1299,7 +1303,11 @@ fn seed_components_resolve_for_every_seed_profile() {
                 ],
             ]
             .concat(),
-            &["HUB_REDIS_URL", "OPENAI_API_KEY", "WORKER_WEBSOCKET_AUTH_TOKEN"],
+            &[
+                "HUB_REDIS_URL",
+                "OPENAI_API_KEY",
+                "WORKER_WEBSOCKET_AUTH_TOKEN",
+            ],
         ),
     ];
     for (profile, selection, expected_secrets) in profiles {

@@ -51,6 +51,22 @@ pub struct Marker {
     pub checkouts: Vec<CheckoutRecord>,
     /// Every requirements file installed, with a hash of its content at install time.
     pub requirements: Vec<RequirementsRecord>,
+    /// Every tarball or folder fetched (the worker bundle), with its checksum.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fetches: Vec<FetchRecord>,
+}
+
+/// A tarball or folder put in place by a `fetch` step.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FetchRecord {
+    /// Destination relative to the install directory.
+    pub dest: String,
+    /// The source with any credentials removed.
+    pub source: String,
+    /// SHA-256 of the tarball (absent for a folder).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
 }
 
 /// A checkout made by an install.
@@ -279,6 +295,7 @@ mod tests {
             duration_ms: 0,
             checkouts: vec![],
             requirements: vec![],
+            fetches: vec![],
         }
     }
 

@@ -24,7 +24,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 pub use cli::{InstallArgs, run as run_cli, run_with as run_cli_with};
 pub use machine_model::install::InstallRecipe;
 pub use marker::{
-    CheckoutRecord, Freshness, MARKER_DIR, Marker, PERSIST_DIR, RequirementsRecord, VERSIONS_DIR,
+    CheckoutRecord, FetchRecord, Freshness, MARKER_DIR, Marker, PERSIST_DIR, RequirementsRecord,
+    VERSIONS_DIR,
 };
 pub use placeholder::PlaceholderError;
 pub use process::{abort_running_step, kill_running_step_on_signals};
@@ -742,6 +743,7 @@ fn install_one(
         duration_ms: u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
         checkouts: records.checkouts,
         requirements: records.requirements,
+        fetches: records.fetches,
     };
     let marker_file = marker::marker_path(workspace, service);
     marker::write_marker(workspace, &marker).map_err(io_error(
@@ -834,14 +836,14 @@ mod tests {
             .to_string();
         assert_eq!(
             err,
-            r#"no install recipe for service "playwrite" (known: comfyui, playwright); did you mean "playwright"?"#
+            r#"no install recipe for service "playwrite" (known: comfyui, playwright, worker-bundle); did you mean "playwright"?"#
         );
         let err = builtin_recipes(&["ollama".to_owned()])
             .unwrap_err()
             .to_string();
         assert_eq!(
             err,
-            r#"no install recipe for service "ollama" (known: comfyui, playwright)"#
+            r#"no install recipe for service "ollama" (known: comfyui, playwright, worker-bundle)"#
         );
         assert_eq!(
             builtin_recipes(&[" ".to_owned(), "comfyui".to_owned()])
