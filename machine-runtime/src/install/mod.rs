@@ -634,6 +634,29 @@ pub fn builtin_recipes(names: &[String]) -> Result<Vec<(String, InstallRecipe)>,
     Ok(out)
 }
 
+/// The recipes of a plan's `install` list, in order: the worker bundle from the plan's source
+/// ([`machine_model::Plan::worker_bundle`]), the services' built-in recipes.
+pub fn plan_recipes(
+    plan: &machine_model::Plan,
+) -> Result<Vec<(String, InstallRecipe)>, InstallError> {
+    let mut out = Vec::new();
+    for name in &plan.install {
+        if *name == machine_model::catalog::WORKER_BUNDLE_INSTALL {
+            let bundle = plan
+                .worker_bundle
+                .clone()
+                .unwrap_or_else(machine_model::profile::WorkerBundle::catalog_default);
+            out.push((
+                name.to_string(),
+                machine_model::install::worker_bundle_recipe(&bundle),
+            ));
+        } else {
+            out.extend(builtin_recipes(&[name.to_string()])?);
+        }
+    }
+    Ok(out)
+}
+
 /// Levenshtein distance, for "did you mean" suggestions.
 fn edit_distance(a: &str, b: &str) -> usize {
     let b: Vec<char> = b.chars().collect();
