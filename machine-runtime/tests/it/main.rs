@@ -4,6 +4,7 @@ mod broker;
 mod build_script;
 mod gpu;
 mod install;
+mod job_queue;
 mod redis_server;
 mod simulate;
 mod ui;
