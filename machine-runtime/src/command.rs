@@ -234,7 +234,7 @@ fn gpu_pin(app: &AppSpec, ctx: &Context) -> Result<Option<GpuPin>, CommandError>
 }
 
 /// PM2's interpreter table, by script extension.
-fn interpreter_for(script: &str) -> Option<&'static str> {
+pub(crate) fn interpreter_for(script: &str) -> Option<&'static str> {
     let ext = Path::new(script).extension()?.to_str()?;
     Some(match ext {
         "js" | "cjs" | "mjs" => "node",

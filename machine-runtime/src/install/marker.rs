@@ -156,6 +156,24 @@ pub(crate) fn freshness(workspace: &Path, service: &str, dir: &str, hash: &str) 
     Freshness::Current(Box::new(marker))
 }
 
+/// Whether `service` has a readable marker whose symlink points at its existing version directory,
+/// whatever recipe it was made from.
+pub(crate) fn intact(workspace: &Path, service: &str) -> Result<(), String> {
+    let path = marker_path(workspace, service);
+    let bytes = fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let marker: Marker =
+        serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+    match fs::read_link(workspace.join(&marker.dir)) {
+        Ok(target) if target == Path::new(&marker.version_dir) => {}
+        _ => return Err(format!("{} is not its install symlink", marker.dir)),
+    }
+    if workspace.join(&marker.version_dir).is_dir() {
+        Ok(())
+    } else {
+        Err(format!("{} is missing", marker.version_dir))
+    }
+}
+
 /// The active version directory (relative to the workspace) of `dir`, if it is an install symlink.
 pub(crate) fn active_version(workspace: &Path, dir: &str) -> Option<PathBuf> {
     fs::read_link(workspace.join(dir)).ok()

@@ -606,6 +606,43 @@ pub fn check(
         .collect())
 }
 
+/// How an install looks to a machine about to start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StartState {
+    /// The marker matches the recipe as this environment resolves it.
+    Current,
+    /// Installed and intact, but from another recipe (another source, commit, ...): usable as it is.
+    Outdated(String),
+    /// Not installed, or its marker, symlink or version directory is broken.
+    Missing(String),
+}
+
+/// Like [`check`], telling an intact install made from another recipe ([`StartState::Outdated`]) from
+/// one that cannot be used ([`StartState::Missing`]).
+pub fn check_for_start(
+    services: &[(&str, &InstallRecipe)],
+    opts: &InstallOptions,
+) -> Result<Vec<(String, StartState)>, InstallError> {
+    if services.is_empty() {
+        return Ok(Vec::new());
+    }
+    let workspace = absolute_workspace(opts)?;
+    let prepared = prepare(services, &workspace, &opts.env)?;
+    Ok(prepared
+        .into_iter()
+        .map(|p| {
+            let state = match marker::freshness(&workspace, &p.service, &p.recipe.dir, &p.hash) {
+                Freshness::Current(_) => StartState::Current,
+                Freshness::Stale(reason) => match marker::intact(&workspace, &p.service) {
+                    Ok(()) => StartState::Outdated(reason),
+                    Err(_) => StartState::Missing(reason),
+                },
+            };
+            (p.service, state)
+        })
+        .collect())
+}
+
 /// The built-in recipes (`machine_model::install::builtin_recipe`) for `names`, unknown names reported
 /// with a suggestion. Empty names are ignored.
 pub fn builtin_recipes(names: &[String]) -> Result<Vec<(String, InstallRecipe)>, InstallError> {
