@@ -327,6 +327,8 @@ fn up(args: UpArgs) -> anyhow::Result<()> {
         machine_id: planned.machine_id,
         gpu_count: planned.gpu_count,
         broker,
+        preflight: planned.preflight,
+        install_hint: planned.install_hint,
     };
     up::run(planned.apps, options)?;
     Ok(())
@@ -341,6 +343,10 @@ struct Planned {
     machine_id: Option<String>,
     /// GPUs reported to the broker.
     gpu_count: u32,
+    /// The plan's installs as found (profile mode).
+    preflight: machine_runtime::preflight::Findings,
+    /// The command that installs what is missing.
+    install_hint: String,
 }
 
 fn plan_apps(
@@ -360,10 +366,18 @@ fn plan_apps(
                 gpu_count: u32::try_from(uuids.len()).unwrap_or(u32::MAX),
                 gpu_uuids: uuids,
                 machine_id: env_machine_id,
+                preflight: Default::default(),
+                install_hint: "machine-runtime install --services worker-bundle".to_owned(),
             }
         }
         None => {
             let real = real_plan(profile)?;
+            let install_hint = format!("machine-runtime install --profile {}", real.plan.profile);
+            let preflight = machine_runtime::preflight::check_installs(
+                &real.plan,
+                machine_runtime::install::Env::from_process(),
+                &install_hint,
+            );
             let eco = machine_model::ecosystem::Ecosystem::from_plan(&real.plan);
             let value = serde_json::to_value(&eco).context("rendering the plan's ecosystem")?;
             let apps = ecosystem::from_value(&value)?.apps;
@@ -372,6 +386,8 @@ fn plan_apps(
                 gpu_uuids: real.gpu_uuids,
                 machine_id: Some(real.plan.machine_id),
                 gpu_count: real.plan.gpus,
+                preflight,
+                install_hint,
             }
         }
     })
