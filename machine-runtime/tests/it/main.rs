@@ -11,5 +11,6 @@ mod ui;
 mod up_broker;
 mod up_ecosystem;
 mod up_health;
+mod up_jobs;
 mod up_supervise;
 mod up_support;
