@@ -58,6 +58,8 @@ const DEFAULT_PM2_LINES: usize = 50;
 const DEFAULT_COMFYUI_LINES: usize = 100;
 /// Longest request head read.
 const MAX_HEAD: usize = 8192;
+/// Longest request body read (and ignored).
+const MAX_BODY: usize = 64 * 1024;
 
 /// The health port when neither `--health-port` nor `MACHINE_HEALTH_PORT` says otherwise.
 pub const DEFAULT_PORT: u16 = 9090;
@@ -190,6 +192,9 @@ struct Request {
     query: Vec<(String, String)>,
     /// The `Authorization` header's value.
     authorization: Option<String>,
+    /// The `Content-Length` header's value (a body is read and ignored: the routes take
+    /// parameters from the query).
+    content_length: usize,
 }
 
 impl Request {
@@ -202,11 +207,21 @@ impl Request {
             return None;
         }
         let (path, query) = target.split_once('?').unwrap_or((target, ""));
-        let authorization = lines
+        let headers: Vec<(&str, &str)> = lines
             .take_while(|l| !l.is_empty())
             .filter_map(|l| l.split_once(':'))
-            .find(|(name, _)| name.trim().eq_ignore_ascii_case("authorization"))
-            .map(|(_, value)| value.trim().to_owned());
+            .map(|(name, value)| (name.trim(), value.trim()))
+            .collect();
+        let header = |wanted: &str| {
+            headers
+                .iter()
+                .find(|(name, _)| name.eq_ignore_ascii_case(wanted))
+                .map(|(_, value)| *value)
+        };
+        let authorization = header("authorization").map(str::to_owned);
+        let content_length = header("content-length")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
         Some(Request {
             method: method.to_owned(),
             path: path.to_owned(),
@@ -214,6 +229,7 @@ impl Request {
                 .map(|(k, v)| (k.into_owned(), v.into_owned()))
                 .collect(),
             authorization,
+            content_length,
         })
     }
 
@@ -271,6 +287,25 @@ async fn answer(
         let _ = write_json(&mut stream, 400, &body, &[], false).await;
         return;
     };
+    // Read (and drop) a small body, so closing the socket does not reset the connection before the
+    // client has read the answer.
+    let end_of_head = head
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(head.len(), |p| p + 4);
+    let mut body_left = request
+        .content_length
+        .min(MAX_BODY)
+        .saturating_sub(head.len() - end_of_head);
+    let drain = async {
+        while body_left > 0 {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => body_left = body_left.saturating_sub(n),
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(5), drain).await;
     let reply = route(&request, &handle, source.as_ref(), &control).await;
     let head_only = request.method == "HEAD";
     match reply {

@@ -197,3 +197,65 @@ fn without_a_broker_every_worker_is_signalled_at_once() {
         events(&rt)
     );
 }
+
+/// The same with the stand-in worker bundle (node, the real worker's contract) running a
+/// simulation job on the built-in simulation service, in a hand-written ecosystem.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bundle_worker_finishes_its_simulation_job_when_the_machine_stops() {
+    use crate::job_queue::{NewJob, bundle_dir, load_job_matching, push_job, wait_job_status};
+
+    let redis = RedisServer::start();
+    let mut conn = redis.conn().await;
+    load_job_matching(&mut conn).await;
+    let port = crate::up_support::free_port();
+    let url = redis.url();
+    let bundle = bundle_dir();
+    let worker_env = json!({
+        "WORKER_ID": "drain-sim-worker-simulation-websocket-0", "MACHINE_ID": "drain-sim",
+        "HUB_REDIS_URL": url, "WORKERS": "simulation-websocket", "CONNECTORS": "simulation-websocket",
+        "UNIFIED_MACHINE_STATUS": "true", "NODE_ENV": "production", "POLL_INTERVAL_MS": "100",
+        "SIMULATION_WEBSOCKET_URL": format!("ws://127.0.0.1:{port}"),
+    });
+    let mut rt = tokio::task::block_in_place(|| {
+        Runtime::start(
+            json!({"apps": [
+                {"name": "simulation-gpu0", "script": "machine-runtime",
+                 "args": ["simulate", "--port", port.to_string()], "machine_role": "service",
+                 "machine_readiness": {"kind": "http", "url": format!("http://127.0.0.1:{port}/health"), "interval_ms": 100}},
+                {"name": "sim-worker", "script": "redis-direct-worker.js", "interpreter": "node",
+                 "cwd": bundle, "env": worker_env, "kill_timeout": "2m",
+                 "machine_wait_for": ["simulation-gpu0"]},
+            ]}),
+            &[
+                ("HUB_REDIS_URL", url.as_str()),
+                ("MACHINE_STATUS_UPDATE_INTERVAL_SECONDS", "1"),
+            ],
+        )
+    });
+    let job = "drain-sim-job-1";
+    push_job(
+        &mut conn,
+        &NewJob::new(
+            job,
+            "simulation",
+            json!({"steps": 6, "processing_time_ms": 3000, "prompt": "long"}),
+        ),
+    )
+    .await;
+    wait_job_status(&mut conn, job, "in_progress").await;
+
+    rt.signal(libc::SIGTERM);
+    wait_job_status(&mut conn, job, "completed").await;
+    let status = tokio::task::block_in_place(|| rt.wait_exit());
+    assert_eq!(status.code(), Some(0), "{}", rt.output());
+    let out = rt.output();
+    let busy = out
+        .find(&format!("sim-worker is busy with job {job}"))
+        .unwrap_or_else(|| panic!("{out}"));
+    let finished = out
+        .find(&format!(
+            "sim-worker finished job {job}; sending SIGTERM now"
+        ))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(busy < finished, "{out}");
+}
