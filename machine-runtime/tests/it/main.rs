@@ -13,3 +13,4 @@ mod up_ecosystem;
 mod up_health;
 mod up_supervise;
 mod up_support;
+mod worker_bundle;
