@@ -13,6 +13,5 @@ pub mod reality;
 pub mod reaper;
 pub mod signals;
 pub mod simulate;
-pub mod simulate_worker;
 pub mod supervisor;
 pub mod up;

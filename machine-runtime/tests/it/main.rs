@@ -11,6 +11,7 @@ mod ui;
 mod up_broker;
 mod up_ecosystem;
 mod up_health;
+mod up_jobs;
 mod up_supervise;
 mod up_support;
 mod worker_bundle;
