@@ -435,6 +435,14 @@ impl Settings {
     }
 }
 
+/// A worker before its service instance is known.
+struct Draft {
+    connector: &'static catalog::ConnectorEntry,
+    binding: Binding,
+    index: u32,
+    gpu: Option<u32>,
+}
+
 fn allocate(
     profile: &str,
     machine_id: &str,
@@ -445,12 +453,6 @@ fn allocate(
     settings: &Settings,
 ) -> Plan {
     // Pin every gpu-bound worker round-robin across the machine, in spec order.
-    struct Draft {
-        connector: &'static catalog::ConnectorEntry,
-        binding: Binding,
-        index: u32,
-        gpu: Option<u32>,
-    }
     let mut drafts = Vec::new();
     let mut next_gpu = 0u32;
     for item in &spec.items {
@@ -513,16 +515,7 @@ fn allocate(
                 .connector
                 .service
                 .and_then(|s| services.iter().find(|i| i.service == s && i.gpu == d.gpu));
-            worker_instance(
-                d.connector,
-                d.binding,
-                d.index,
-                d.gpu,
-                instance,
-                machine_id,
-                workspace,
-                settings,
-            )
+            worker_instance(d, instance, machine_id, workspace, settings)
         })
         .collect();
 
@@ -626,15 +619,13 @@ fn service_instance(
 }
 
 fn worker_instance(
-    entry: &'static catalog::ConnectorEntry,
-    binding: Binding,
-    index: u32,
-    gpu: Option<u32>,
+    draft: &Draft,
     instance: Option<&ServiceInstance>,
     machine_id: &str,
     workspace: &str,
     settings: &Settings,
 ) -> WorkerInstance {
+    let (entry, binding, index, gpu) = (draft.connector, draft.binding, draft.index, draft.gpu);
     let port = instance.and_then(|i| i.port);
     let x = |t: &str| catalog::expand(t, port, gpu, workspace);
     let worker_id = format!("{machine_id}-worker-{}-{index}", entry.name);

@@ -248,9 +248,8 @@ fn validate(recipe: &InstallRecipe, problems: &mut Vec<String>) {
                     problem(&at, "source", message);
                 }
                 let sha = sha256.as_deref().unwrap_or_default();
-                if !sha.is_empty()
-                    && !(sha.len() == 64 && sha.bytes().all(|b| b.is_ascii_hexdigit()))
-                {
+                let is_sha256 = sha.len() == 64 && sha.bytes().all(|b| b.is_ascii_hexdigit());
+                if !sha.is_empty() && !is_sha256 {
                     problem(
                         &at,
                         "sha256",

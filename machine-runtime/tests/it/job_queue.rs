@@ -622,3 +622,127 @@ async fn stand_in_worker_completes_simulation_jobs_through_the_simulation_servic
     let (status, stdout, _) = wait_output(&mut worker).await;
     assert!(status.success(), "{stdout}");
 }
+
+/// A simulation service and a stand-in simulation-websocket worker polling every 100 ms.
+async fn simulation_pair(
+    server: &RedisServer,
+    worker_id: &str,
+) -> (crate::simulate::Service, tokio::process::Child) {
+    let service = tokio::task::block_in_place(|| crate::simulate::start(&[], &[]));
+    let url = format!("ws://{}", service.addr);
+    let worker = spawn_worker(
+        &bundle_dir(),
+        &[
+            ("WORKERS", "simulation-websocket:1"),
+            ("WORKER_ID", worker_id),
+            ("MACHINE_ID", "jq-fail"),
+            ("HUB_REDIS_URL", &server.url()),
+            ("UNIFIED_MACHINE_STATUS", "true"),
+            ("POLL_INTERVAL_MS", "100"),
+            ("SIMULATION_WEBSOCKET_URL", &url),
+        ],
+    );
+    (service, worker)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stand_in_worker_retries_a_failing_job_then_fails_it_permanently() {
+    let server = RedisServer::start();
+    let mut conn = server.conn().await;
+    load_job_matching(&mut conn).await;
+    let worker_id = "jq-fail-worker-simulation-websocket-0";
+    let (_service, mut worker) = simulation_pair(&server, worker_id).await;
+    let mut tap = Tap::start(&server.url(), &["job_failed"]).await;
+    // The service refuses steps 0 with an `error` naming the job: a retryable failure each time.
+    push_job(
+        &mut conn,
+        &NewJob::new("bad", "simulation", json!({"steps": 0})),
+    )
+    .await;
+    wait_job_status(&mut conn, "bad", "failed").await;
+
+    let job: std::collections::HashMap<String, String> = conn.hgetall("job:bad").await.unwrap();
+    assert_eq!(job["retry_count"], "3", "{job:?}");
+    assert_eq!(job["last_failed_worker"], worker_id);
+    for key in [
+        "worker:failure:step-id:bad:attempt:1",
+        "worker:failure:step-id:bad:attempt:2",
+        "worker:failure:step-id:bad:permanent",
+        "worker:completion:step-id:bad",
+    ] {
+        let record: Option<String> = conn.get(key).await.unwrap();
+        let record: Value =
+            serde_json::from_str(&record.unwrap_or_else(|| panic!("{key}"))).unwrap();
+        assert!(
+            record["error_message"]
+                .as_str()
+                .unwrap()
+                .contains("config.steps is 0"),
+            "{key}: {record}"
+        );
+    }
+    let failed: Option<String> = conn.hget("jobs:failed", "bad").await.unwrap();
+    assert!(failed.is_some(), "jobs:failed entry");
+    let pending: usize = conn.zcard("jobs:pending").await.unwrap();
+    assert_eq!(pending, 0);
+    // The worker's permanent-failure message, and the unified one per attempt (three in all).
+    let mut messages = Vec::new();
+    while let Some((_, message)) = tap.next_within(Duration::from_millis(500)).await {
+        messages.push(message);
+    }
+    assert_eq!(
+        messages.iter().filter(|m| m["can_retry"] == false).count(),
+        1,
+        "{messages:?}"
+    );
+    assert_eq!(
+        messages
+            .iter()
+            .filter(|m| m["service_type"] == "simulation-websocket")
+            .count(),
+        3,
+        "{messages:?}"
+    );
+    sigterm(&worker);
+    let (status, stdout, _) = wait_output(&mut worker).await;
+    assert!(status.success(), "{stdout}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stand_in_worker_fails_its_job_permanently_when_stopped_mid_job() {
+    let server = RedisServer::start();
+    let mut conn = server.conn().await;
+    load_job_matching(&mut conn).await;
+    let worker_id = "jq-stop-worker-simulation-websocket-0";
+    let (_service, mut worker) = simulation_pair(&server, worker_id).await;
+    push_job(
+        &mut conn,
+        &NewJob::new(
+            "long",
+            "simulation",
+            json!({"steps": 10, "processing_time_ms": 600_000}),
+        ),
+    )
+    .await;
+    wait_job_status(&mut conn, "long", "in_progress").await;
+    sigterm(&worker);
+    let (status, stdout, _) = wait_output(&mut worker).await;
+    assert!(status.success(), "{stdout}");
+    let job: std::collections::HashMap<String, String> = conn.hgetall("job:long").await.unwrap();
+    assert_eq!(job["status"], "failed", "{job:?}");
+    assert_eq!(job["retry_count"], "1", "{job:?}");
+    let permanent: bool = conn
+        .exists("worker:failure:step-id:long:permanent")
+        .await
+        .unwrap();
+    assert!(permanent);
+    let active: usize = conn.hlen(format!("jobs:active:{worker_id}")).await.unwrap();
+    assert_eq!(active, 0);
+    let exists: i64 = redis::cmd("EXISTS")
+        .arg(format!("worker:{worker_id}"))
+        .arg(format!("worker:{worker_id}:heartbeat"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(exists, 0, "keys left behind: {stdout}");
+}

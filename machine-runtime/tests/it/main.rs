@@ -16,3 +16,4 @@ mod up_jobs;
 mod up_monitor;
 mod up_supervise;
 mod up_support;
+mod worker_bundle;
