@@ -13,5 +13,6 @@ pub mod reaper;
 pub mod signals;
 pub mod simulate;
 pub mod simulate_worker;
+pub mod sink;
 pub mod supervisor;
 pub mod up;

@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use machine_runtime::supervisor::SupervisorOptions;
 use machine_runtime::up::{self, BrokerSetting, UpOptions};
-use machine_runtime::{ecosystem, health};
+use machine_runtime::{ecosystem, health, sink};
 
 #[derive(Parser)]
 #[command(
@@ -108,13 +108,17 @@ fn main() -> ExitCode {
         Command::Plan { profile, format } => plan(profile, format).map(|()| ExitCode::SUCCESS),
         Command::Health(args) => health_check(args).map(|()| ExitCode::SUCCESS),
     };
-    match result {
+    let code = match result {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("machine-runtime: error: {err:#}");
+            // Through the sink, never a printing macro: stderr may be a closed pipe.
+            sink::err_line(&format!("machine-runtime: error: {err:#}"));
             ExitCode::FAILURE
         }
-    }
+    };
+    // What is still queued goes out, unless nobody reads it.
+    sink::flush(Duration::from_secs(2));
+    code
 }
 
 fn gpus(format: Format) -> anyhow::Result<ExitCode> {
@@ -217,7 +221,7 @@ fn real_plan(flag: Option<String>) -> anyhow::Result<machine_runtime::reality::R
         anyhow::anyhow!("cannot start profile {name}:\n  {}", problems.join("\n  "))
     })?;
     for note in &real.notes {
-        eprintln!("machine-runtime: {note}");
+        sink::err_line(&format!("machine-runtime: {note}"));
     }
     Ok(real)
 }
@@ -306,7 +310,7 @@ fn plan_apps(
         Some(path) => {
             let eco = ecosystem::read_file(&path)?;
             for warning in &eco.warnings {
-                eprintln!("machine-runtime: warning: {warning}");
+                sink::err_line(&format!("machine-runtime: warning: {warning}"));
             }
             let uuids = gpu_uuids()?;
             Planned {

@@ -1,6 +1,5 @@
 //! Forwards a child's stdout and stderr to ours, line by line, each line prefixed `[app-name] `.
 
-use std::io::Write;
 use std::os::fd::OwnedFd;
 
 use tokio::net::unix::pipe;
@@ -79,9 +78,10 @@ fn emit(stream: Stream, bytes: &[u8]) {
     if bytes.is_empty() {
         return;
     }
-    // One write per batch of whole lines, under the lock, so lines of different apps never mix.
-    let _ = match stream {
-        Stream::Stdout => std::io::stdout().lock().write_all(bytes),
-        Stream::Stderr => std::io::stderr().lock().write_all(bytes),
-    };
+    // One queued chunk per batch of whole lines, so lines of different apps never mix; the sink
+    // never blocks, so a reader that stops reading cannot stall this task or the child.
+    match stream {
+        Stream::Stdout => crate::sink::out(bytes),
+        Stream::Stderr => crate::sink::err(bytes),
+    }
 }

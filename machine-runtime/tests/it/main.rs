@@ -3,6 +3,7 @@
 mod broker;
 mod build_script;
 mod gpu;
+mod hostile;
 mod install;
 mod redis_server;
 mod simulate;
