@@ -93,7 +93,13 @@ enum Format {
 }
 
 fn main() -> ExitCode {
+    // Before anything else (no thread, no child yet): a SIGTERM during start-up waits for the
+    // supervisor's handlers instead of killing the process.
+    machine_runtime::signals::hold_stop_signals();
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Up(_)) {
+        machine_runtime::signals::release_stop_signals();
+    }
     let result = match cli.command {
         Command::Gpus { format } => gpus(format),
         Command::Simulate {

@@ -380,6 +380,17 @@ impl Supervisor {
         self.board.set_phase(Phase::Stopped);
         self.handle.tracker.close();
         self.handle.tracker.wait().await;
+        // What the apps left behind outside their groups (a grandchild that called setsid) was
+        // re-parented to us when its parent ended: nothing the machine started outlives the stop.
+        let strays = reaper
+            .stop_strays(crate::ecosystem::DEFAULT_KILL_TIMEOUT)
+            .await;
+        if strays > 0 {
+            log(&format!(
+                "stopped {strays} process{} the apps left behind outside their process groups",
+                if strays == 1 { "" } else { "es" }
+            ));
+        }
         orphan_task.abort();
         reaper_stop.cancel();
         let _ = reaper_task.await;

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::redis_server::RedisServer;
-use crate::up_support::{BIN, free_port, http_get, wait_for};
+use crate::up_support::{BIN, free_port, gone, http_get, pids_with, token, wait_for};
 
 /// A runtime started with stdio chosen by the test and a known health port.
 struct Raw {
@@ -259,4 +259,205 @@ fn closed_stderr_keeps_the_broker_linked() {
         health["services"]["status-aggregator"]["healthy"], true,
         "{health}"
     );
+}
+
+/// Whether SIGTERM is blocked on the main thread of `pid` (the runtime holds it while starting).
+fn holds_sigterm(pid: u32) -> Option<bool> {
+    signal_bit(pid, "SigBlk:")
+}
+
+/// Whether `pid` has a handler for SIGTERM.
+fn catches_sigterm(pid: u32) -> Option<bool> {
+    signal_bit(pid, "SigCgt:")
+}
+
+fn signal_bit(pid: u32, field: &str) -> Option<bool> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let mask = status.lines().find_map(|l| l.strip_prefix(field))?.trim();
+    let mask = u64::from_str_radix(mask, 16).ok()?;
+    Some(mask & (1 << (libc::SIGTERM - 1)) != 0)
+}
+
+#[test]
+fn sigterm_during_start_is_a_clean_stop() {
+    let mut seen_held = 0;
+    for delay_ms in [0, 0, 1, 2, 5, 20] {
+        let token = token("early-term-");
+        let mut rt = Raw::start(
+            json!({"apps": [{"name": "idle", "script": "bash", "args": ["-c", format!("sleep 600; : {token}")], "interpreter": "none"}]}),
+            &[],
+            Stdio::null(),
+            Stdio::null(),
+        );
+        let pid = rt.child.id();
+        // The earliest moment the runtime can answer for: its first line has run (SIGTERM is
+        // held), or later (the handler is installed). Polled without pause, to catch the hold.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if holds_sigterm(pid) == Some(true) {
+                seen_held += 1;
+                break;
+            }
+            if catches_sigterm(pid) == Some(true) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the runtime never held nor handled SIGTERM"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        rt.signal(libc::SIGTERM);
+        let status = wait_for("the runtime to stop", String::new, || {
+            rt.child.try_wait().unwrap()
+        });
+        assert_eq!(
+            status.code(),
+            Some(0),
+            "SIGTERM {delay_ms} ms after start: {status:?}"
+        );
+        assert!(
+            pids_with(&token).iter().all(|&p| gone(p, &token)),
+            "an app outlived the stop"
+        );
+    }
+    // Without the hold, the first sign of life would be the handler, installed late in start-up.
+    assert!(seen_held > 0, "SIGTERM was never held during start-up");
+}
+
+#[test]
+fn children_start_with_an_empty_signal_mask() {
+    let token = token("mask-");
+    let rt = Raw::start(
+        json!({"apps": [{"name": "idle", "script": "bash", "args": ["-c", format!("sleep 600; : {token}")], "interpreter": "none"}]}),
+        &[],
+        Stdio::null(),
+        Stdio::null(),
+    );
+    let app = wait_for("the app", String::new, || {
+        pids_with(&token).first().copied()
+    });
+    assert_eq!(
+        holds_sigterm(app),
+        Some(false),
+        "the app inherited a blocked SIGTERM"
+    );
+    drop(rt);
+}
+
+/// An app whose leader starts a grandchild in its group and one in a session of its own.
+fn family(token: &str) -> Value {
+    json!({"apps": [{"name": "family", "script": "bash", "interpreter": "none", "args": ["-c", format!(
+        "bash -c 'exec -a {token}-group sleep 600' & setsid bash -c 'exec -a {token}-session sleep 600' & exec -a {token}-leader sleep 600"
+    )]}]})
+}
+
+fn wait_family(token: &str) {
+    for who in ["leader", "group", "session"] {
+        wait_for(&format!("the {who} process"), String::new, || {
+            (!pids_with(&format!("{token}-{who}")).is_empty()).then_some(())
+        });
+    }
+}
+
+fn assert_gone(token: &str, who: &str) {
+    let name = format!("{token}-{who}");
+    wait_for(
+        &format!("the {who} process to be gone"),
+        || format!("{:?}", pids_with(&name)),
+        || {
+            pids_with(&name)
+                .iter()
+                .all(|&p| gone(p, &name))
+                .then_some(())
+        },
+    );
+}
+
+fn kill_survivors(token: &str) {
+    for pid in pids_with(token) {
+        // SAFETY: kill(2) on processes this test started.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    }
+}
+
+#[test]
+fn a_normal_stop_leaves_no_grandchild_behind_even_one_that_called_setsid() {
+    let token = token("setsid-");
+    let mut rt = Raw::start(family(&token), &[], Stdio::null(), Stdio::null());
+    wait_family(&token);
+    rt.signal(libc::SIGTERM);
+    let status = wait_for("the runtime to stop", String::new, || {
+        rt.child.try_wait().unwrap()
+    });
+    let left = pids_with(&token);
+    kill_survivors(&token);
+    assert_eq!(status.code(), Some(0));
+    assert!(
+        left.iter().all(|&p| gone(p, &token)),
+        "left behind after a stop: {left:?}"
+    );
+}
+
+#[test]
+fn kill_9_of_the_runtime_takes_its_apps_along() {
+    let token = token("kill9-");
+    let mut rt = Raw::start(family(&token), &[], Stdio::null(), Stdio::null());
+    wait_family(&token);
+    rt.signal(libc::SIGKILL);
+    let _ = rt.child.wait();
+    // Every app leader has PR_SET_PDEATHSIG. Grandchildren outside a PID namespace are the
+    // documented limit (docs/hostile-input.md): they are not checked here, only cleaned up.
+    let result = std::panic::catch_unwind(|| assert_gone(&token, "leader"));
+    kill_survivors(&token);
+    result.unwrap();
+}
+
+#[test]
+fn kill_9_of_the_runtime_as_pid_1_takes_everything_along() {
+    let probe = Command::new("unshare")
+        .args(["--user", "--pid", "--fork", "--map-root-user", "true"])
+        .output();
+    if !probe.is_ok_and(|o| o.status.success()) {
+        println!("note: skipping; `unshare --user --pid` is not allowed here");
+        return;
+    }
+    let token = token("kill9ns-");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("ecosystem.config.json");
+    std::fs::write(&file, family(&token).to_string()).unwrap();
+    let mut outer = Command::new("unshare")
+        .args([
+            "--user",
+            "--pid",
+            "--fork",
+            "--map-root-user",
+            "--kill-child",
+            BIN,
+        ])
+        .args(["up", "--ecosystem"])
+        .arg(&file)
+        .args(["--health-port", &free_port().to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    wait_family(&token);
+    let inner = wait_for("the runtime inside the namespace", String::new, || {
+        std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", outer.id()))
+            .ok()
+            .and_then(|c| c.split_whitespace().next()?.parse::<i32>().ok())
+    });
+    // SAFETY: kill(2) on the runtime this test started.
+    unsafe { libc::kill(inner, libc::SIGKILL) };
+    let result = std::panic::catch_unwind(|| {
+        for who in ["leader", "group", "session"] {
+            assert_gone(&token, who);
+        }
+    });
+    let _ = outer.wait();
+    kill_survivors(&token);
+    result.unwrap();
 }
