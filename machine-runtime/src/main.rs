@@ -187,14 +187,23 @@ fn health_port(flag: Option<u16>) -> anyhow::Result<u16> {
     }
 }
 
-/// GPU UUIDs ordered by index, from the inventory (NVML, or MACHINE_FAKE_GPUS).
-fn gpu_uuids() -> anyhow::Result<Vec<String>> {
+/// GPU UUIDs ordered by index and MIG slices (parent index, UUID), from the inventory (NVML, or
+/// MACHINE_FAKE_GPUS).
+fn gpu_uuids() -> anyhow::Result<(Vec<String>, Vec<(u32, String)>)> {
     let inventory = machine_runtime::gpu::Inventory::detect()?;
-    Ok(inventory
-        .ordered_uuids()
-        .into_iter()
-        .map(str::to_string)
-        .collect())
+    let mig = inventory
+        .gpus
+        .iter()
+        .flat_map(|g| g.mig.iter().map(|m| (g.index, m.uuid.clone())))
+        .collect();
+    Ok((
+        inventory
+            .ordered_uuids()
+            .into_iter()
+            .map(str::to_string)
+            .collect(),
+        mig,
+    ))
 }
 
 /// The baked-in profile named by the flag or `MACHINE_PROFILE`, planned against the GPUs found and the
@@ -285,8 +294,10 @@ fn up(args: UpArgs) -> anyhow::Result<()> {
             anyhow::bail!("{err:#}\n  {}", problems.join("\n  "))
         }
     };
+    let mut supervisor = SupervisorOptions::new(planned.gpu_uuids);
+    supervisor.context.mig_uuids = planned.mig_uuids;
     let options = UpOptions {
-        supervisor: SupervisorOptions::new(planned.gpu_uuids),
+        supervisor,
         health_port: health_port(args.health_port)?,
         machine_id: planned.machine_id,
         gpu_count: planned.gpu_count,
@@ -301,6 +312,8 @@ struct Planned {
     apps: Vec<ecosystem::AppSpec>,
     /// GPU UUIDs by index, to pin the apps to.
     gpu_uuids: Vec<String>,
+    /// MIG slices (parent index, UUID) an app's CUDA_VISIBLE_DEVICES may name.
+    mig_uuids: Vec<(u32, String)>,
     /// `MACHINE_ID` from the plan or the environment.
     machine_id: Option<String>,
     /// GPUs reported to the broker.
@@ -318,11 +331,12 @@ fn plan_apps(
             for warning in &eco.warnings {
                 sink::err_line(&format!("machine-runtime: warning: {warning}"));
             }
-            let uuids = gpu_uuids()?;
+            let (uuids, mig_uuids) = gpu_uuids()?;
             Planned {
                 apps: eco.apps,
                 gpu_count: u32::try_from(uuids.len()).unwrap_or(u32::MAX),
                 gpu_uuids: uuids,
+                mig_uuids,
                 machine_id: env_machine_id,
             }
         }
@@ -334,6 +348,7 @@ fn plan_apps(
             Planned {
                 apps,
                 gpu_uuids: real.gpu_uuids,
+                mig_uuids: Vec::new(),
                 machine_id: Some(real.plan.machine_id),
                 gpu_count: real.plan.gpus,
             }

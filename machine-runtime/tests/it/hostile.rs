@@ -461,3 +461,175 @@ fn kill_9_of_the_runtime_as_pid_1_takes_everything_along() {
     kill_survivors(&token);
     result.unwrap();
 }
+
+/// The variables the PM2 comparison looks at.
+const COMPARED: &str =
+    "TAG|LIMIT|DEBUG|CONFIG|NULLV|ARR|FLT|PORT|NODE_APP_INSTANCE|CUDA_VISIBLE_DEVICES";
+
+/// A PM2 ecosystem exercising instances, port, env value types and GPU pins; each process writes
+/// the compared variables to `<out>/<TAG>-<NODE_APP_INSTANCE>.env`.
+fn pm2_reference_file(dir: &std::path::Path) -> Value {
+    let script = dir.join("dump.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/bash\nenv | grep -E '^({COMPARED})=' | sort > \"$OUT/$TAG-$NODE_APP_INSTANCE.tmp\"\nmv \"$OUT/$TAG-$NODE_APP_INSTANCE.tmp\" \"$OUT/$TAG-$NODE_APP_INSTANCE.env\"\nexec sleep 600\n"
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let script = script.to_str().unwrap();
+    let app = |tag: &str, extra: Value, env: Value| {
+        let mut app = json!({"name": tag, "script": script, "interpreter": "none",
+            "env": {"TAG": tag, "OUT": "@OUT@"}});
+        for (k, v) in extra.as_object().unwrap() {
+            app[k] = v.clone();
+        }
+        for (k, v) in env.as_object().unwrap() {
+            app["env"][k] = v.clone();
+        }
+        app
+    };
+    json!({"apps": [
+        app("worker", json!({"exec_mode": "fork", "instances": 3, "port": 3000}), json!({})),
+        app("types", json!({}), json!({"LIMIT": 10, "DEBUG": true, "CONFIG": {"enabled": true},
+            "NULLV": null, "ARR": [1, "a"], "FLT": 1.50})),
+        app("tp", json!({}), json!({"CUDA_VISIBLE_DEVICES": "0,1"})),
+        app("one", json!({}), json!({"CUDA_VISIBLE_DEVICES": "1"})),
+        app("uuid", json!({}), json!({"CUDA_VISIBLE_DEVICES": machine_runtime::gpu::fake_gpu_uuid(0)})),
+    ]})
+}
+
+/// The `.env` files the processes wrote, by file name, once `count` are there.
+fn dumps(out: &std::path::Path, count: usize) -> std::collections::BTreeMap<String, String> {
+    wait_for(
+        &format!("{count} env dumps in {}", out.display()),
+        || {
+            std::fs::read_dir(out)
+                .map(|d| {
+                    format!(
+                        "{:?}",
+                        d.flatten().map(|e| e.file_name()).collect::<Vec<_>>()
+                    )
+                })
+                .unwrap_or_default()
+        },
+        || {
+            let files: std::collections::BTreeMap<String, String> = std::fs::read_dir(out)
+                .ok()?
+                .flatten()
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".env"))
+                .filter_map(|e| {
+                    Some((
+                        e.file_name().to_string_lossy().into_owned(),
+                        std::fs::read_to_string(e.path()).ok()?,
+                    ))
+                })
+                .collect();
+            (files.len() >= count).then_some(files)
+        },
+    )
+}
+
+#[test]
+fn a_pm2_file_starts_what_pm2_runtime_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = pm2_reference_file(dir.path());
+    let expected_files = 7;
+
+    // The reference: pm2-runtime 7 on the same file.
+    let pm2_out = dir.path().join("pm2");
+    std::fs::create_dir(&pm2_out).unwrap();
+    let pm2_file = dir.path().join("pm2.config.json");
+    std::fs::write(
+        &pm2_file,
+        file.to_string().replace("@OUT@", pm2_out.to_str().unwrap()),
+    )
+    .unwrap();
+    let mut pm2 = Command::new("pm2-runtime")
+        .arg("start")
+        .arg(&pm2_file)
+        .env("PM2_HOME", dir.path().join("pm2-home"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .expect("pm2-runtime is installed (npm install -g pm2@7)");
+    let reference = std::panic::catch_unwind(|| dumps(&pm2_out, expected_files));
+    // SAFETY: kill(2) on the group of the pm2-runtime this test started.
+    unsafe { libc::kill(-(pm2.id() as i32), libc::SIGKILL) };
+    let _ = pm2.wait();
+    let reference = reference.unwrap();
+
+    // Ours, on the same file with two fake GPUs.
+    let ours_out = dir.path().join("ours");
+    std::fs::create_dir(&ours_out).unwrap();
+    let ours_file = file
+        .to_string()
+        .replace("@OUT@", ours_out.to_str().unwrap());
+    let rt = Raw::start(
+        serde_json::from_str(&ours_file).unwrap(),
+        &[("MACHINE_FAKE_GPUS", "2")],
+        Stdio::null(),
+        Stdio::null(),
+    );
+    let ours = dumps(&ours_out, expected_files);
+    drop(rt);
+
+    let uuid = machine_runtime::gpu::fake_gpu_uuid;
+    assert_eq!(
+        reference.keys().collect::<Vec<_>>(),
+        ours.keys().collect::<Vec<_>>(),
+        "the same processes"
+    );
+    for (name, theirs) in &reference {
+        // PM2 passes a pin as written; we pin by UUID, so indices become the GPUs' UUIDs.
+        let translated = theirs
+            .replace(
+                "CUDA_VISIBLE_DEVICES=0,1",
+                &format!("CUDA_VISIBLE_DEVICES={},{}", uuid(0), uuid(1)),
+            )
+            .replace(
+                "CUDA_VISIBLE_DEVICES=1\n",
+                &format!("CUDA_VISIBLE_DEVICES={}\n", uuid(1)),
+            );
+        let mine = &ours[name];
+        // PM2 leaves an unpinned app's CUDA_VISIBLE_DEVICES unset; we set it empty (no GPU).
+        let mine_comparable = mine.replace("CUDA_VISIBLE_DEVICES=\n", "");
+        assert_eq!(mine_comparable, translated, "{name}: ours vs pm2-runtime");
+    }
+    assert!(ours["tp-0.env"].contains(&format!("CUDA_VISIBLE_DEVICES={},{}", uuid(0), uuid(1))));
+    assert!(ours["types-0.env"].contains("CONFIG={\"enabled\":true}\n"));
+    assert!(ours["worker-2.env"].contains("PORT=3000\n"));
+}
+
+#[test]
+fn a_pin_to_a_gpu_that_is_not_there_refuses_the_app_by_name() {
+    let mut rt = Raw::start(
+        json!({"apps": [
+            {"name": "tp", "script": "sleep", "args": ["600"], "env": {"CUDA_VISIBLE_DEVICES": "0,2"}},
+            {"name": "mig", "script": "sleep", "args": ["600"], "env": {"CUDA_VISIBLE_DEVICES": "MIG-4f000000-0000-4000-8000-000000000000"}}
+        ]}),
+        &[("MACHINE_FAKE_GPUS", "2")],
+        Stdio::null(),
+        Stdio::piped(),
+    );
+    let mut err = String::new();
+    rt.child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    let status = rt.child.wait().unwrap();
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("app \"tp\": env CUDA_VISIBLE_DEVICES is \"0,2\": GPU 2 does not exist: this machine has 2 GPUs (indices 0-1)"),
+        "{err}"
+    );
+    assert!(
+        err.contains("app \"mig\": env CUDA_VISIBLE_DEVICES is \"MIG-4f000000-0000-4000-8000-000000000000\": no MIG device of this machine has the UUID"),
+        "{err}"
+    );
+}
