@@ -992,9 +992,13 @@ impl Fields<'_> {
                 Some(out)
             }
             other => {
+                // Only the type: an env written as one string may hold secrets.
+                let found = match other {
+                    Value::String(_) => "a string".to_string(),
+                    other => kind(other),
+                };
                 let message = format!(
-                    "must be an object of variables ({{\"NAME\": \"value\"}}), found {}",
-                    kind(other)
+                    "must be an object of variables ({{\"NAME\": \"value\"}}), found {found}"
                 );
                 self.bad(field, message);
                 None
@@ -1505,7 +1509,7 @@ mod tests {
         assert_eq!(
             problems(json!({"apps": [{"name": "a", "script": "x", "env": "A=1"}]})),
             [
-                "app \"a\": field \"env\" must be an object of variables ({\"NAME\": \"value\"}), found \"A=1\""
+                "app \"a\": field \"env\" must be an object of variables ({\"NAME\": \"value\"}), found a string"
             ]
         );
     }

@@ -354,6 +354,17 @@ mod tests {
         .unwrap_err();
         assert_eq!(problems.len(), 3, "{problems:#?}");
         assert!(problems.iter().all(|p| !p.contains(":pw@")), "{problems:?}");
+        // A password with an unencoded `#` is refused, and none of it shows.
+        let problems =
+            setting(&[("HUB_REDIS_URL", "redis://:p@ss#w:rd/1@127.0.0.1:16391")]).unwrap_err();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].contains("percent-encode the password (`#` → `%23`"),
+            "{problems:?}"
+        );
+        for part in ["p@ss", "ss#w", "w:rd", "rd/1"] {
+            assert!(!problems[0].contains(part), "{part} in {problems:?}");
+        }
         // A bad health policy is reported even without a broker.
         let problems = setting(&[("MACHINE_HEALTH_REQUIRES_BROKER", "2")]).unwrap_err();
         assert_eq!(problems.len(), 1);

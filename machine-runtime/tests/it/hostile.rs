@@ -633,3 +633,40 @@ fn a_pin_to_a_gpu_that_is_not_there_refuses_the_app_by_name() {
         "{err}"
     );
 }
+
+#[test]
+fn a_redis_password_with_an_unencoded_hash_is_refused_without_showing_it() {
+    let mut rt = Raw::start(
+        json!({"apps": [{"name": "idle", "script": "sleep", "args": ["600"]}]}),
+        &[("HUB_REDIS_URL", "redis://:p@ss#w:rd/1@127.0.0.1:16391")],
+        Stdio::piped(),
+        Stdio::piped(),
+    );
+    let mut out = String::new();
+    rt.child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    let mut err = String::new();
+    rt.child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    let status = rt.child.wait().unwrap();
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("percent-encode the password (`#` → `%23`"),
+        "{err}"
+    );
+    assert!(err.contains("redis://***@127.0.0.1:16391"), "{err}");
+    for part in ["p@ss", "ss#w", "w:rd", "rd/1"] {
+        assert!(
+            !err.contains(part) && !out.contains(part),
+            "{part} shown:\n{err}{out}"
+        );
+    }
+}
