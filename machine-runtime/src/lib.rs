@@ -6,6 +6,7 @@ pub mod ecosystem;
 pub mod gpu;
 pub mod health;
 pub mod install;
+pub mod limits;
 pub mod probe;
 pub mod profiles;
 pub mod reality;

@@ -281,6 +281,12 @@ fn plan(profile: Option<String>, format: Format) -> anyhow::Result<()> {
 }
 
 fn up(args: UpArgs) -> anyhow::Result<()> {
+    // Before any app: the soft open-file limit up to the hard one (each app holds two pipes).
+    if let Err(err) = machine_runtime::limits::raise_open_files() {
+        sink::err_line(&format!(
+            "machine-runtime: warning: cannot read or raise the open-file limit: {err}"
+        ));
+    }
     let env_machine_id = std::env::var("MACHINE_ID")
         .ok()
         .filter(|v| !v.trim().is_empty());
@@ -294,6 +300,16 @@ fn up(args: UpArgs) -> anyhow::Result<()> {
             anyhow::bail!("{err:#}\n  {}", problems.join("\n  "))
         }
     };
+    if let Some(workspace) = &planned.workspace {
+        let created = machine_runtime::limits::ensure_workspace(workspace, "WORKSPACE_DIR")
+            .map_err(|problem| anyhow::anyhow!("cannot start the machine:\n  - {problem}"))?;
+        if created {
+            sink::err_line(&format!(
+                "machine-runtime: created the workspace {} (WORKSPACE_DIR)",
+                workspace.display()
+            ));
+        }
+    }
     let mut supervisor = SupervisorOptions::new(planned.gpu_uuids);
     supervisor.context.mig_uuids = planned.mig_uuids;
     let options = UpOptions {
@@ -314,6 +330,8 @@ struct Planned {
     gpu_uuids: Vec<String>,
     /// MIG slices (parent index, UUID) an app's CUDA_VISIBLE_DEVICES may name.
     mig_uuids: Vec<(u32, String)>,
+    /// The workspace folder (`WORKSPACE_DIR`, the plan's install root), created when missing.
+    workspace: Option<PathBuf>,
     /// `MACHINE_ID` from the plan or the environment.
     machine_id: Option<String>,
     /// GPUs reported to the broker.
@@ -337,6 +355,9 @@ fn plan_apps(
                 gpu_count: u32::try_from(uuids.len()).unwrap_or(u32::MAX),
                 gpu_uuids: uuids,
                 mig_uuids,
+                workspace: std::env::var_os("WORKSPACE_DIR")
+                    .filter(|w| !w.is_empty())
+                    .map(PathBuf::from),
                 machine_id: env_machine_id,
             }
         }
@@ -349,6 +370,7 @@ fn plan_apps(
                 apps,
                 gpu_uuids: real.gpu_uuids,
                 mig_uuids: Vec::new(),
+                workspace: Some(PathBuf::from(&real.plan.workspace)),
                 machine_id: Some(real.plan.machine_id),
                 gpu_count: real.plan.gpus,
             }

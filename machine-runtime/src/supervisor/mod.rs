@@ -167,6 +167,11 @@ impl Supervisor {
         if apps.is_empty() {
             problems.push("the ecosystem has no apps".to_string());
         }
+        if let Ok(limit) = crate::limits::open_files()
+            && let Some(problem) = crate::limits::check_open_files(apps.len(), limit)
+        {
+            problems.push(problem);
+        }
         if !problems.is_empty() {
             return Err(PreflightError { problems });
         }

@@ -670,3 +670,102 @@ fn a_redis_password_with_an_unencoded_hash_is_refused_without_showing_it() {
         );
     }
 }
+
+#[test]
+fn a_missing_workspace_is_created_and_a_file_in_its_place_refused_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let ws = dir.path().join("not/yet/ws");
+    let ws_text = ws.to_str().unwrap().to_owned();
+    let rt = crate::up_support::Runtime::start_profile(
+        "full-local",
+        &[("WORKSPACE_DIR", &ws_text), ("MACHINE_FAKE_GPUS", "2")],
+    );
+    wait_for(
+        "the workspace to be created",
+        || rt.output(),
+        || (ws.is_dir() && rt.output().contains("created the workspace")).then_some(()),
+    );
+    drop(rt);
+
+    let file = dir.path().join("ws-file");
+    std::fs::write(&file, "not a folder").unwrap();
+    let started = Instant::now();
+    let out = Command::new(BIN)
+        .args(["up", "--profile", "full-local", "--health-port", "0"])
+        .env("WORKSPACE_DIR", &file)
+        .env("MACHINE_FAKE_GPUS", "2")
+        .env_remove("HUB_REDIS_URL")
+        .env_remove("MACHINE_PROFILE")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!(
+            "the workspace {} (WORKSPACE_DIR) is a file, not a folder",
+            file.display()
+        )),
+        "{err}"
+    );
+    println!("refused in {:?}", started.elapsed());
+}
+
+/// `up` on `apps` copies of `sleep 600`, under `prlimit --nofile=SOFT:HARD`.
+fn under_nofile(limit: &str, apps: usize) -> (Child, u16, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let list: Vec<Value> = (0..apps)
+        .map(|i| json!({"name": format!("s{i}"), "script": "sleep", "args": ["600"]}))
+        .collect();
+    let file = dir.path().join("eco.json");
+    std::fs::write(&file, json!({"apps": list}).to_string()).unwrap();
+    let port = free_port();
+    let child = Command::new("prlimit")
+        .arg(format!("--nofile={limit}"))
+        .arg(BIN)
+        .args(["up", "--ecosystem"])
+        .arg(&file)
+        .args(["--health-port", &port.to_string()])
+        .env_remove("HUB_REDIS_URL")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    (child, port, dir)
+}
+
+#[test]
+fn the_open_file_limit_is_raised_and_apps_that_cannot_fit_are_refused_with_the_numbers() {
+    let (mut child, _, _dir) = under_nofile("256:256", 200);
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(1), "{err}");
+    assert!(
+        err.contains("200 apps need about 480 open files (2 per app for its output, 80 for the runtime), but the open-file limit is 256 (hard limit 256)"),
+        "{err}"
+    );
+
+    let (child, port, _dir) = under_nofile("256:4096", 200);
+    let rt = Raw {
+        child,
+        port,
+        _dir: tempfile::tempdir().unwrap(),
+    };
+    wait_for("all 200 apps to run", String::new, || {
+        let (code, _) = rt.try_get("/health")?;
+        (code == 200).then_some(())
+    });
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", rt.child.id())).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap()
+        .to_owned();
+    assert_eq!(line.split_whitespace().nth(3), Some("4096"), "{line}");
+}
