@@ -1,9 +1,10 @@
 //! `machine-runtime up`: the supervisor, the health endpoint and the job broker link, wired together.
 //!
 //! Order: every start-up problem (apps, secrets, GPUs, broker settings, worker identities) is
-//! collected and reported at once; then the health endpoint binds, the broker connects and publishes
-//! `initial`, and only then do the apps start. On stop, the broker's final `shutdown` message goes
-//! out before any app is signalled.
+//! collected and reported at once; then the health endpoint binds, the broker starts connecting in
+//! the background and the apps start: at once, or after at most [`BROKER_HEAD_START`] when Redis
+//! answers that fast (so `initial` goes out first). Only `BROKER_PREFLIGHT=require` makes them wait
+//! for Redis. On stop, the broker's final `shutdown` message goes out before any app is signalled.
 
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
@@ -280,28 +281,67 @@ pub fn run(apps: Vec<AppSpec>, options: UpOptions) -> Result<(), UpError> {
         let handle = supervisor.handle();
         let addr =
             crate::health::serve(options.health_port, handle.clone(), status.clone()).await?;
+        let failed: Arc<std::sync::Mutex<Option<BrokerError>>> = Arc::default();
         if let Some((config, template)) = link {
             let template =
                 template.with_health_url(format!("http://localhost:{}/health", addr.port()));
             let (view_tx, view_rx) = watch::channel(template.view(&handle.snapshot()));
-            let broker = Broker::start(config, view_rx).await?;
-            let _ = status.broker.set(broker.clone());
             handle.tracker().spawn(template.follow(
                 handle.watch(),
                 view_tx,
                 handle.shutdown_token(),
             ));
+            let require = config.preflight == broker::PreflightMode::Require;
+            let start = {
+                let status = status.clone();
+                let failed = failed.clone();
+                let handle = handle.clone();
+                async move {
+                    match Broker::start(config, view_rx).await {
+                        Ok(broker) => {
+                            let _ = status.broker.set(broker);
+                        }
+                        Err(err) => {
+                            *failed.lock().unwrap_or_else(|e| e.into_inner()) = Some(err);
+                            handle.request_stop(libc::SIGTERM);
+                        }
+                    }
+                }
+            };
+            let mut connecting = tokio::spawn(start);
+            if require {
+                // BROKER_PREFLIGHT=require: nothing starts before the check has passed.
+                let _ = (&mut connecting).await;
+            } else {
+                // The apps never wait for Redis: a reachable one gets a short head start (so its
+                // `initial` goes out first), one that does not answer keeps connecting meanwhile.
+                let _ = tokio::time::timeout(BROKER_HEAD_START, &mut connecting).await;
+            }
+            if let Some(err) = failed.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                return Err(err.into());
+            }
+            let status = status.clone();
             supervisor.before_stop(async move {
-                match broker.shutdown().await {
-                    Ok(()) => log("broker: published the final shutdown status"),
-                    Err(err) => log(&format!("broker: {err}")),
+                match status.broker.get() {
+                    Some(broker) => match broker.shutdown().await {
+                        Ok(()) => log("broker: published the final shutdown status"),
+                        Err(err) => log(&format!("broker: {err}")),
+                    },
+                    None => connecting.abort(),
                 }
             });
         }
         supervisor.run().await?;
+        // The broker refused in the background (authentication): the stop it asked for is done.
+        if let Some(err) = failed.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            return Err(err.into());
+        }
         Ok(())
     })
 }
+
+/// How long the apps wait for a broker that answers at once (see [`run`]); never more.
+pub const BROKER_HEAD_START: std::time::Duration = std::time::Duration::from_millis(200);
 
 #[cfg(test)]
 mod tests {

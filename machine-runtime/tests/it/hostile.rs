@@ -769,3 +769,44 @@ fn the_open_file_limit_is_raised_and_apps_that_cannot_fit_are_refused_with_the_n
         .to_owned();
     assert_eq!(line.split_whitespace().nth(3), Some("4096"), "{line}");
 }
+
+#[test]
+fn a_redis_that_accepts_and_never_answers_delays_no_app() {
+    // A "Redis" that accepts connections and never says a word.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accepted = Arc::new(Mutex::new(Vec::new()));
+    {
+        let accepted = accepted.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                accepted.lock().unwrap().push(stream);
+            }
+        });
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("started");
+    let url = format!("redis://127.0.0.1:{port}");
+    let rt = Raw::start(
+        json!({"apps": [{"name": "app", "script": "bash", "interpreter": "none",
+            "args": ["-c", format!("touch {}; exec sleep 600", marker.display())]}]}),
+        &[
+            ("HUB_REDIS_URL", url.as_str()),
+            ("MACHINE_ID", "hostile-silent-redis"),
+        ],
+        Stdio::null(),
+        Stdio::null(),
+    );
+    wait_for("the app to start", String::new, || {
+        marker.exists().then_some(())
+    });
+    // The app runs while the broker is still waiting for its first answer.
+    let (_, status) = rt.get("/status");
+    assert!(
+        !accepted.lock().unwrap().is_empty(),
+        "the broker never connected to the silent redis"
+    );
+    assert_eq!(status["broker"]["summary"], "starting", "{status}");
+    let (code, health) = rt.get("/health");
+    assert_eq!(code, 200, "{health}");
+}
