@@ -3,6 +3,8 @@
 pub mod broker;
 pub mod command;
 pub mod ecosystem;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod gpu;
 pub mod health;
 pub mod install;
