@@ -10,6 +10,15 @@ use machine_runtime::supervisor::SupervisorOptions;
 use machine_runtime::up::{self, BrokerSetting, UpOptions};
 use machine_runtime::{ecosystem, health, sink};
 
+/// `println!` that never panics: `machine-runtime plan | head -1` closes stdout early, which is
+/// nothing to crash about.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
 #[derive(Parser)]
 #[command(
     name = "machine-runtime",
@@ -130,8 +139,8 @@ fn main() -> ExitCode {
 fn gpus(format: Format) -> anyhow::Result<ExitCode> {
     let inventory = machine_runtime::gpu::Inventory::detect()?;
     match format {
-        Format::Text => print!("{}", inventory.to_text()),
-        Format::Json => println!("{}", serde_json::to_string_pretty(&inventory)?),
+        Format::Text => outln!("{}", inventory.to_text().trim_end()),
+        Format::Json => outln!("{}", serde_json::to_string_pretty(&inventory)?),
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -244,18 +253,21 @@ fn real_plan(flag: Option<String>) -> anyhow::Result<machine_runtime::reality::R
 fn plan(profile: Option<String>, format: Format) -> anyhow::Result<()> {
     let real = real_plan(profile)?;
     match format {
-        Format::Json => println!("{}", serde_json::to_string_pretty(&real.plan)?),
+        Format::Json => outln!("{}", serde_json::to_string_pretty(&real.plan)?),
         Format::Text => {
-            println!(
+            outln!(
                 "profile {}  machine {}  gpus {}  workers {}",
-                real.plan.profile, real.plan.machine_id, real.plan.gpus, real.plan.worker_spec
+                real.plan.profile,
+                real.plan.machine_id,
+                real.plan.gpus,
+                real.plan.worker_spec
             );
             for s in &real.plan.services {
                 let uuid = s
                     .gpu
                     .and_then(|g| real.gpu_uuids.get(g as usize))
                     .map_or("-", |u| u.as_str());
-                println!(
+                outln!(
                     "service {:<20} port {:<6} gpu {}",
                     s.name,
                     s.port.map_or("-".into(), |p| p.to_string()),
@@ -267,7 +279,7 @@ fn plan(profile: Option<String>, format: Format) -> anyhow::Result<()> {
                     .gpu
                     .and_then(|g| real.gpu_uuids.get(g as usize))
                     .map_or("-", |u| u.as_str());
-                println!(
+                outln!(
                     "worker  {:<20} {} gpu {} after {}",
                     w.name,
                     w.worker_id,
