@@ -64,7 +64,6 @@ fn main() -> anyhow::Result<()> {
     );
     let started = Instant::now();
     let mut next = 0u64;
-    let mut first_rss = None;
     let mut rows = Vec::new();
     loop {
         let done = restarts(port).unwrap_or(0);
@@ -77,7 +76,6 @@ fn main() -> anyhow::Result<()> {
                 "{done:>8} {secs:>8.1} {rss:>10} {fds:>8} {zombies:>8} {:>10.0}",
                 done as f64 / secs.max(0.001)
             );
-            first_rss.get_or_insert(rss);
             rows.push((done, rss, fds));
             if done >= cycles {
                 break;
@@ -96,10 +94,12 @@ fn main() -> anyhow::Result<()> {
     unsafe { libc::kill(pid as i32, libc::SIGTERM) };
     child.wait()?;
     let (_, last_rss, last_fds) = rows.last().copied().unwrap_or_default();
-    let (_, _, first_fds) = rows.get(1).or(rows.first()).copied().unwrap_or_default();
-    let first_rss = first_rss.unwrap_or(0);
+    // The baseline is the first sample after the first 1 000 cycles: before that the apps and
+    // the runtime's buffers are still being set up.
+    let (base_cycles, first_rss, first_fds) =
+        rows.get(1).or(rows.first()).copied().unwrap_or_default();
     println!(
-        "rss {first_rss} KiB -> {last_rss} KiB ({:+.1} %), fds {first_fds} -> {last_fds}",
+        "from {base_cycles} cycles on: rss {first_rss} KiB -> {last_rss} KiB ({:+.1} %), fds {first_fds} -> {last_fds}",
         (last_rss as f64 - first_rss as f64) * 100.0 / first_rss.max(1) as f64
     );
     Ok(())
