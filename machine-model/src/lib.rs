@@ -6,6 +6,8 @@
 pub mod catalog;
 pub mod components;
 pub mod ecosystem;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod install;
 pub mod load;
 pub mod plan;

@@ -59,15 +59,35 @@ pub fn read_dir(dir: &Path, shown_dir: &str) -> std::io::Result<Vec<ProfileSourc
         let Some(name) = path.file_stem().and_then(|s| s.to_str()) else {
             continue;
         };
-        let text = std::fs::read_to_string(&path)?;
+        let file = format!("{shown_dir}/{name}.json");
+        let text = read_utf8(&path, &file)?;
         out.push(ProfileSource {
             name: name.to_string(),
-            file: format!("{shown_dir}/{name}.json"),
+            file,
             text,
         });
     }
     out.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(out)
+}
+
+/// Reads a text file that must be UTF-8. Invalid UTF-8 is an `InvalidData` error naming the file
+/// as `shown`, the line and column of the first bad byte and the byte, e.g.
+/// `profiles/p.json:3:14: not valid UTF-8 (byte 0xff); save the file as UTF-8`.
+pub fn read_utf8(path: &Path, shown: &str) -> std::io::Result<String> {
+    let bytes = std::fs::read(path)?;
+    String::from_utf8(bytes).map_err(|e| {
+        let good = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+        let line = good.iter().filter(|&&b| b == b'\n').count() + 1;
+        let line_start = good.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        // Columns count characters, like every other position in our messages.
+        let column = String::from_utf8_lossy(&good[line_start..]).chars().count() + 1;
+        let bad = e.as_bytes()[good.len()];
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("{shown}:{line}:{column}: not valid UTF-8 (byte 0x{bad:02x}); save the file as UTF-8"),
+        )
+    })
 }
 
 /// Parses and checks one profile through the model: shape, worker spec, plan, conditions.

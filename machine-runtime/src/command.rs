@@ -35,7 +35,10 @@ pub struct ChildCommand {
     pub cwd: Option<PathBuf>,
     /// The complete environment of the child (nothing else is inherited).
     pub env: BTreeMap<OsString, OsString>,
+    /// The GPU the child is pinned to, when it is exactly one (whole GPU or MIG slice).
     pub gpu: Option<GpuPin>,
+    /// Every GPU or MIG slice the child may use, in `CUDA_VISIBLE_DEVICES` order (empty: none).
+    pub visible: Vec<GpuPin>,
 }
 
 /// Why a child command could not be built.
@@ -57,6 +60,14 @@ pub enum CommandError {
     },
     #[error("app \"{app}\": machine_gpu is {gpu} but WORKER_GPU_ID is \"{env}\"; make them agree")]
     GpuDisagrees { app: String, gpu: u32, env: String },
+    #[error("app \"{app}\": {source_} is \"{value}\": {why}")]
+    BadPin {
+        app: String,
+        /// Where the pin is written: `env CUDA_VISIBLE_DEVICES`, `args --cuda-device`, ...
+        source_: String,
+        value: String,
+        why: String,
+    },
 }
 
 /// Everything outside the ecosystem that shapes a child command.
@@ -66,6 +77,8 @@ pub struct Context {
     pub runtime_env: BTreeMap<OsString, OsString>,
     /// GPU UUIDs ordered by inventory index (`gpu_uuids[i]` is GPU `i`).
     pub gpu_uuids: Vec<String>,
+    /// MIG slices in the inventory: (index of the parent GPU, `MIG-...` UUID).
+    pub mig_uuids: Vec<(u32, String)>,
     /// The runtime binary, used for the script `machine-runtime`.
     pub current_exe: PathBuf,
 }
@@ -79,6 +92,7 @@ impl Context {
                 .filter(|(name, _)| name != crate::health::CONTROL_TOKEN_VAR)
                 .collect(),
             gpu_uuids,
+            mig_uuids: Vec::new(),
             current_exe: std::env::current_exe().unwrap_or_else(|_| PathBuf::from(SELF_SCRIPT)),
         }
     }
@@ -101,16 +115,45 @@ pub fn build(app: &AppSpec, ctx: &Context) -> Result<ChildCommand, CommandError>
         apply_worker_settings(&mut env, app, &ctx.runtime_env);
     }
     let gpu = gpu_pin(app, ctx)?;
+    let mut visible = Vec::new();
     match &gpu {
         Some(pin) => {
+            // A pin written in the app's env too must name the same GPU.
+            for (source, value, pins) in env_pins(app, ctx)? {
+                if pins.len() != 1 || pins[0].index != pin.index {
+                    return Err(CommandError::BadPin {
+                        app: app.name.clone(),
+                        source_: source,
+                        value,
+                        why: format!(
+                            "the app is pinned to GPU {} (machine_gpu or WORKER_GPU_ID); make them agree",
+                            pin.index
+                        ),
+                    });
+                }
+            }
             env.insert("CUDA_VISIBLE_DEVICES".into(), pin.uuid.clone().into());
             env.insert("WORKER_GPU_ID".into(), pin.index.to_string().into());
+            visible.push(pin.clone());
         }
-        // An empty list means "no GPU" to CUDA; unset would mean "every GPU".
-        None => {
-            env.insert("CUDA_VISIBLE_DEVICES".into(), OsString::new());
-        }
+        None => match env_pins(app, ctx)?.into_iter().next() {
+            // Kept or translated: indices become UUIDs, so the pin survives any reordering.
+            Some((_, _, pins)) => {
+                let list: Vec<&str> = pins.iter().map(|p| p.uuid.as_str()).collect();
+                env.insert("CUDA_VISIBLE_DEVICES".into(), list.join(",").into());
+                visible = pins;
+            }
+            // An empty list means "no GPU" to CUDA; unset would mean "every GPU".
+            None => {
+                env.insert("CUDA_VISIBLE_DEVICES".into(), OsString::new());
+            }
+        },
     }
+    let gpu = match (gpu, visible.as_slice()) {
+        (Some(pin), _) => Some(pin),
+        (None, [one]) => Some(one.clone()),
+        (None, _) => None,
+    };
     // CUDA's default order (fastest first) differs from NVML's; PCI order matches the inventory.
     env.insert("CUDA_DEVICE_ORDER".into(), "PCI_BUS_ID".into());
 
@@ -141,6 +184,7 @@ pub fn build(app: &AppSpec, ctx: &Context) -> Result<ChildCommand, CommandError>
         cwd: app.cwd.clone(),
         env,
         gpu,
+        visible,
     })
 }
 
@@ -187,6 +231,148 @@ fn apply_worker_settings(
     }
 }
 
+/// Every way the app's own file places it on GPUs, each checked against the inventory:
+/// `env.CUDA_VISIBLE_DEVICES` (indices, GPU UUIDs or unique prefixes, MIG UUIDs; `""` or `-1`
+/// for none), `env.NVIDIA_VISIBLE_DEVICES` (read by the container runtime when a container is
+/// created, so inside one it pins nothing by itself: translated to `CUDA_VISIBLE_DEVICES`, `all`
+/// meaning every GPU, `none`/`void` none), and the arguments `--cuda-device N` (ComfyUI) and
+/// `--device cuda:N` (the process picks GPU N among all it sees, so it sees every GPU, in inventory
+/// order). Returns (where, value, pins) for each, in that order of precedence; an app with none
+/// gets no GPU. A value that names no GPU of this machine is an error naming the app.
+fn env_pins(
+    app: &AppSpec,
+    ctx: &Context,
+) -> Result<Vec<(String, String, Vec<GpuPin>)>, CommandError> {
+    let bad = |source: &str, value: &str, why: String| CommandError::BadPin {
+        app: app.name.clone(),
+        source_: source.to_string(),
+        value: value.to_string(),
+        why,
+    };
+    let mut found = Vec::new();
+    if let Some(value) = app.env.get("CUDA_VISIBLE_DEVICES") {
+        let source = "env CUDA_VISIBLE_DEVICES";
+        let pins = parse_visible(value, ctx).map_err(|why| bad(source, value, why))?;
+        found.push((source.to_string(), value.clone(), pins));
+    }
+    if let Some(value) = app.env.get("NVIDIA_VISIBLE_DEVICES") {
+        let source = "env NVIDIA_VISIBLE_DEVICES";
+        let pins = match value.trim() {
+            "all" => all_gpus(ctx),
+            "none" | "void" => Vec::new(),
+            _ => parse_visible(value, ctx).map_err(|why| bad(source, value, why))?,
+        };
+        found.push((source.to_string(), value.clone(), pins));
+    }
+    let args: Vec<&str> = app
+        .interpreter_args
+        .iter()
+        .chain(&app.args)
+        .map(String::as_str)
+        .collect();
+    for (i, arg) in args.iter().enumerate() {
+        let (flag, value) = match arg.split_once('=') {
+            Some((flag, value)) => (flag, Some(value)),
+            None => (*arg, args.get(i + 1).copied()),
+        };
+        match flag {
+            "--cuda-device" => {
+                let source = "args --cuda-device";
+                let value = value.unwrap_or_default();
+                let pins = parse_visible(value, ctx).map_err(|why| bad(source, value, why))?;
+                found.push((source.to_string(), value.to_string(), pins));
+            }
+            "--device" => {
+                let Some(index) = value.and_then(|v| v.strip_prefix("cuda:")) else {
+                    continue;
+                };
+                let source = "args --device";
+                let value = value.unwrap_or_default();
+                parse_visible(index, ctx).map_err(|why| bad(source, value, why))?;
+                found.push((source.to_string(), value.to_string(), all_gpus(ctx)));
+            }
+            _ => {}
+        }
+    }
+    Ok(found)
+}
+
+fn all_gpus(ctx: &Context) -> Vec<GpuPin> {
+    ctx.gpu_uuids
+        .iter()
+        .enumerate()
+        .map(|(i, uuid)| GpuPin {
+            index: i as u32,
+            uuid: uuid.clone(),
+        })
+        .collect()
+}
+
+/// Parses a `CUDA_VISIBLE_DEVICES`-style list against the inventory: each entry an index, a GPU
+/// UUID (or a unique prefix of one, as CUDA allows) or a MIG UUID. `""` and `-1` mean no GPU.
+fn parse_visible(value: &str, ctx: &Context) -> Result<Vec<GpuPin>, String> {
+    let value = value.trim();
+    if value.is_empty() || value == "-1" {
+        return Ok(Vec::new());
+    }
+    let present = || match ctx.gpu_uuids.len() {
+        0 => "this machine has no GPU".to_string(),
+        1 => "this machine has 1 GPU (index 0)".to_string(),
+        n => format!("this machine has {n} GPUs (indices 0-{})", n - 1),
+    };
+    let mut pins: Vec<GpuPin> = Vec::new();
+    for entry in value.split(',').map(str::trim) {
+        let pin = if !entry.is_empty() && entry.bytes().all(|b| b.is_ascii_digit()) {
+            let index = entry.parse::<u32>().ok();
+            match index.and_then(|i| Some((i, ctx.gpu_uuids.get(i as usize)?))) {
+                Some((index, uuid)) => GpuPin {
+                    index,
+                    uuid: uuid.clone(),
+                },
+                None => return Err(format!("GPU {entry} does not exist: {}", present())),
+            }
+        } else if entry.starts_with("GPU-") {
+            let matches: Vec<usize> = (0..ctx.gpu_uuids.len())
+                .filter(|&i| ctx.gpu_uuids[i].starts_with(entry))
+                .collect();
+            match matches.as_slice() {
+                [i] => GpuPin {
+                    index: *i as u32,
+                    uuid: ctx.gpu_uuids[*i].clone(),
+                },
+                [] => {
+                    return Err(format!(
+                        "no GPU of this machine has the UUID {entry} ({}; `machine-runtime gpus` lists them)",
+                        present()
+                    ));
+                }
+                _ => return Err(format!("{entry} is the start of more than one GPU's UUID")),
+            }
+        } else if entry.starts_with("MIG-") {
+            match ctx.mig_uuids.iter().find(|(_, uuid)| uuid == entry) {
+                Some((parent, uuid)) => GpuPin {
+                    index: *parent,
+                    uuid: uuid.clone(),
+                },
+                None => {
+                    return Err(format!(
+                        "no MIG device of this machine has the UUID {entry} (`machine-runtime gpus` lists them)"
+                    ));
+                }
+            }
+        } else {
+            return Err(format!(
+                "entry \"{entry}\" is not a GPU index, a GPU UUID (GPU-...) or a MIG UUID (MIG-...)"
+            ));
+        };
+        if pins.iter().any(|p| p.uuid == pin.uuid) {
+            return Err(format!("entry \"{entry}\" names a GPU listed earlier"));
+        }
+        pins.push(pin);
+    }
+    Ok(pins)
+}
+
 fn gpu_pin(app: &AppSpec, ctx: &Context) -> Result<Option<GpuPin>, CommandError> {
     let from_env = match app.env.get("WORKER_GPU_ID").map(|v| v.trim()) {
         None | Some("") => None,
@@ -206,17 +392,8 @@ fn gpu_pin(app: &AppSpec, ctx: &Context) -> Result<Option<GpuPin>, CommandError>
         }
         (Some(gpu), _) => Some(gpu),
         (None, Some(env)) => Some(env),
-        // A hand-written PM2 file may pin with a plain index in CUDA_VISIBLE_DEVICES.
-        (None, None) => match app.env.get("CUDA_VISIBLE_DEVICES").map(|v| v.trim()) {
-            Some(v) if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) => {
-                Some(v.parse::<u32>().map_err(|_| CommandError::BadGpuIndex {
-                    app: app.name.clone(),
-                    field: "CUDA_VISIBLE_DEVICES",
-                    value: v.to_string(),
-                })?)
-            }
-            _ => None,
-        },
+        // Pins written in the app's env or args: see env_pins.
+        (None, None) => None,
     };
     let Some(index) = index else { return Ok(None) };
     match ctx.gpu_uuids.get(index as usize) {
@@ -302,8 +479,9 @@ impl ChildCommand {
             cmd.current_dir(cwd);
         }
         // Its own group: signals reach the child and every grandchild, and the terminal's Ctrl-C
-        // reaches only us (we forward it). process_group keeps std on the posix_spawn path.
+        // reaches only us (we forward it).
         std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        child_hygiene(&mut cmd);
         cmd
     }
 
@@ -335,6 +513,50 @@ impl ChildCommand {
     }
 }
 
+/// Makes a child of the supervisor (an app or a probe) safe to start:
+/// - it gets SIGKILL when the runtime dies, even by `kill -9` (`PR_SET_PDEATHSIG`), so no app
+///   outlives its supervisor. The signal fires when the *thread* that spawned the child ends; the
+///   runtime spawns from its async worker threads, which live until the runtime stops. If the
+///   runtime died between fork and `prctl`, the child exits at once. Grandchildren are not covered
+///   by this (the flag is not inherited); see docs/hostile-input.md for what covers them;
+/// - it starts with an empty signal mask: `up` holds SIGTERM/SIGINT blocked from its first line
+///   (see [`crate::signals::hold_stop_signals`]) and std does not reset the mask of a child.
+///
+/// The pre-exec step moves std from posix_spawn to fork + exec (about a millisecond more per start).
+pub fn child_hygiene(cmd: &mut Command) {
+    // SAFETY: getpid has no preconditions.
+    let parent = unsafe { libc::getpid() };
+    let hook = move || {
+        // SAFETY: sigemptyset, sigprocmask, prctl, getppid and _exit are async-signal-safe; nothing
+        // here allocates or takes a lock, as required between fork and exec.
+        unsafe {
+            let mut empty: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut empty);
+            if libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut()) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::getppid() != parent {
+                libc::_exit(137);
+            }
+        }
+        Ok(())
+    };
+    // SAFETY: the hook only makes async-signal-safe system calls (see above).
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(cmd, hook);
+    }
+}
+
 fn is_executable(path: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
     std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
@@ -348,11 +570,13 @@ mod tests {
         "GPU-00000000-0000-0000-0000-000000000000",
         "GPU-00000000-0000-0000-0000-000000000001",
     ];
+    const MIG: &str = "MIG-11111111-0000-0000-0000-000000000000";
 
     fn ctx(env: &[(&str, &str)]) -> Context {
         Context {
             runtime_env: env.iter().map(|(k, v)| (k.into(), v.into())).collect(),
             gpu_uuids: UUIDS.iter().map(|s| s.to_string()).collect(),
+            mig_uuids: vec![(1, MIG.to_string())],
             current_exe: PathBuf::from("/usr/local/bin/machine-runtime"),
         }
     }
@@ -406,6 +630,107 @@ mod tests {
             Some("PCI_BUS_ID")
         );
         assert_eq!(cmd.gpu, None);
+    }
+
+    #[test]
+    fn keeps_or_translates_every_pin_written_in_env_or_args() {
+        let cvd = |value: &str| {
+            let mut app = AppSpec::new("tp", "python3");
+            app.env.insert("CUDA_VISIBLE_DEVICES".into(), value.into());
+            build(&app, &ctx(&[]))
+        };
+        let both = format!("{},{}", UUIDS[0], UUIDS[1]);
+        let cmd = cvd("0,1").unwrap();
+        assert_eq!(env_of(&cmd, "CUDA_VISIBLE_DEVICES"), Some(both.clone()));
+        assert_eq!(cmd.visible.len(), 2);
+        assert_eq!(cmd.gpu, None);
+        assert_eq!(
+            env_of(&cvd(UUIDS[1]).unwrap(), "CUDA_VISIBLE_DEVICES").as_deref(),
+            Some(UUIDS[1])
+        );
+        // A prefix, as CUDA allows, must name one GPU (the two here differ in the last digit).
+        assert!(
+            cvd("GPU-00000000")
+                .unwrap_err()
+                .to_string()
+                .contains("the start of more than one GPU's UUID")
+        );
+        let cmd = cvd(MIG).unwrap();
+        assert_eq!(env_of(&cmd, "CUDA_VISIBLE_DEVICES").as_deref(), Some(MIG));
+        assert_eq!(cmd.gpu.unwrap().index, 1);
+        for none in ["", "-1"] {
+            let cmd = cvd(none).unwrap();
+            assert_eq!(env_of(&cmd, "CUDA_VISIBLE_DEVICES").as_deref(), Some(""));
+        }
+        for (value, why) in [
+            (
+                "0,7",
+                "GPU 7 does not exist: this machine has 2 GPUs (indices 0-1)",
+            ),
+            ("GPU-ffff", "no GPU of this machine has the UUID GPU-ffff"),
+            (
+                "MIG-0000",
+                "no MIG device of this machine has the UUID MIG-0000",
+            ),
+            ("cuda0", "entry \"cuda0\" is not a GPU index"),
+            ("1,1", "names a GPU listed earlier"),
+        ] {
+            let err = cvd(value).unwrap_err().to_string();
+            assert!(
+                err.starts_with(&format!(
+                    "app \"tp\": env CUDA_VISIBLE_DEVICES is \"{value}\": "
+                )) && err.contains(why),
+                "{value}: {err}"
+            );
+        }
+
+        let mut nvidia = AppSpec::new("n", "x");
+        nvidia
+            .env
+            .insert("NVIDIA_VISIBLE_DEVICES".into(), "all".into());
+        let cmd = build(&nvidia, &ctx(&[])).unwrap();
+        assert_eq!(env_of(&cmd, "CUDA_VISIBLE_DEVICES"), Some(both.clone()));
+        nvidia
+            .env
+            .insert("NVIDIA_VISIBLE_DEVICES".into(), "1".into());
+        let cmd = build(&nvidia, &ctx(&[])).unwrap();
+        assert_eq!(
+            env_of(&cmd, "CUDA_VISIBLE_DEVICES").as_deref(),
+            Some(UUIDS[1])
+        );
+
+        let mut comfy = AppSpec::new("comfy", "main.py");
+        comfy.args = vec!["--cuda-device".into(), "1".into()];
+        let cmd = build(&comfy, &ctx(&[])).unwrap();
+        assert_eq!(
+            env_of(&cmd, "CUDA_VISIBLE_DEVICES").as_deref(),
+            Some(UUIDS[1])
+        );
+        comfy.args = vec!["--cuda-device=3".into()];
+        assert!(
+            build(&comfy, &ctx(&[]))
+                .unwrap_err()
+                .to_string()
+                .contains("args --cuda-device is \"3\": GPU 3 does not exist")
+        );
+        let mut torch = AppSpec::new("torch", "serve.py");
+        torch.args = vec!["--device".into(), "cuda:1".into()];
+        let cmd = build(&torch, &ctx(&[])).unwrap();
+        assert_eq!(env_of(&cmd, "CUDA_VISIBLE_DEVICES"), Some(both));
+        torch.args = vec!["--device".into(), "cpu".into()];
+        let cmd = build(&torch, &ctx(&[])).unwrap();
+        assert_eq!(env_of(&cmd, "CUDA_VISIBLE_DEVICES").as_deref(), Some(""));
+
+        // machine_gpu and a pin in env must agree.
+        let mut pinned = AppSpec::new("svc", "x");
+        pinned.gpu = Some(0);
+        pinned.env.insert("CUDA_VISIBLE_DEVICES".into(), "1".into());
+        assert!(
+            build(&pinned, &ctx(&[]))
+                .unwrap_err()
+                .to_string()
+                .contains("the app is pinned to GPU 0")
+        );
     }
 
     #[test]

@@ -259,9 +259,20 @@ fn from_value_at(
     };
     let mut apps = Vec::new();
     for (i, app) in apps_value.into_iter().flatten().enumerate() {
-        if let Some(app) = reader.app(i, app, base_dir) {
-            apps.push(app);
+        if let Some(instances) = reader.app(i, app, base_dir) {
+            apps.extend(instances);
         }
+    }
+    // Waiting for an app started as several instances means waiting for every instance.
+    for app in &mut apps {
+        let mut deps = Vec::new();
+        for dep in std::mem::take(&mut app.wait_for) {
+            match reader.groups.iter().find(|(base, _)| *base == dep) {
+                Some((_, names)) => deps.extend(names.iter().cloned()),
+                None => deps.push(dep),
+            }
+        }
+        app.wait_for = deps;
     }
     reader.check_across(&apps);
     if reader.problems.is_empty() {
@@ -306,12 +317,15 @@ const KNOWN: &[&str] = &[
     "machine_index",
     "machine_binding",
     "machine_services",
+    "port",
+    "instances",
+    "exec_mode",
+    "instance_var",
+    "increment_var",
 ];
 
 /// PM2 options that are valid for PM2 but that this runtime does not implement.
 const PM2_IGNORED: &[&str] = &[
-    "instances",
-    "exec_mode",
     "watch",
     "ignore_watch",
     "watch_delay",
@@ -337,10 +351,8 @@ const PM2_IGNORED: &[&str] = &[
     "wait_ready",
     "shutdown_with_message",
     "source_map_support",
-    "instance_var",
     "filter_env",
     "cron_restart",
-    "increment_var",
     "treekill",
     "force",
     "append_env_to_name",
@@ -351,7 +363,6 @@ const PM2_IGNORED: &[&str] = &[
     "gid",
     "user",
     "version",
-    "port",
 ];
 
 #[derive(Default)]
@@ -362,6 +373,8 @@ struct Reader {
     names: Vec<String>,
     /// `machine_wait_for` of every named app, including apps with other problems.
     waits: Vec<(String, Vec<String>)>,
+    /// Apps started as several instances: (name in the file, instance names).
+    groups: Vec<(String, Vec<String>)>,
 }
 
 impl Reader {
@@ -377,7 +390,8 @@ impl Reader {
         self.warnings.push(message);
     }
 
-    fn app(&mut self, i: usize, value: &Value, base_dir: Option<&Path>) -> Option<AppSpec> {
+    /// One app of the file: one [`AppSpec`], or one per instance (`instances`).
+    fn app(&mut self, i: usize, value: &Value, base_dir: Option<&Path>) -> Option<Vec<AppSpec>> {
         let Value::Object(obj) = value else {
             self.error(
                 &format!("app #{}", i + 1),
@@ -413,13 +427,27 @@ impl Reader {
                 None
             }
         };
-        if let Some(n) = &name {
-            self.names.push(n.clone());
-        }
         let location = match &name {
             Some(n) => format!("app \"{n}\""),
             None => format!("app #{}", i + 1),
         };
+        let instances = match instance_count(obj.get("instances")) {
+            Ok(n) => n,
+            Err(message) => {
+                self.error(&location, Some("instances"), message);
+                None
+            }
+        };
+        if let Some(n) = &name {
+            match instances {
+                Some(count) if count > 1 => {
+                    let names: Vec<String> = (0..count).map(|k| format!("{n}-{k}")).collect();
+                    self.names.extend(names.iter().cloned());
+                    self.groups.push((n.clone(), names));
+                }
+                _ => self.names.push(n.clone()),
+            }
+        }
         let before = self.problems.len();
         let mut f = Fields {
             obj,
@@ -540,7 +568,87 @@ impl Reader {
                 self.warn(format!("{location}: unknown field \"{key}\" ignored{hint}"));
             }
         }
-        (self.problems.len() == before && name.is_some()).then_some(app)
+        let instances = self.instances(&location, obj, app, instances);
+        (self.problems.len() == before && name.is_some())
+            .then_some(instances)
+            .flatten()
+    }
+
+    /// PM2's `port`, `exec_mode`, `instances`, `instance_var` and `increment_var`: every process
+    /// gets `PORT` (from `port`), its instance number in `NODE_APP_INSTANCE` (or `instance_var`),
+    /// and `increment_var` counted up from its value; several instances are named `name-0`,
+    /// `name-1`, ... (PM2 names them all `name`, which our names, being unique, cannot).
+    fn instances(
+        &mut self,
+        location: &str,
+        obj: &Map<String, Value>,
+        mut app: AppSpec,
+        count: Option<u32>,
+    ) -> Option<Vec<AppSpec>> {
+        let mut f = Fields {
+            obj,
+            location,
+            reader: self,
+        };
+        if let Some(port) = f.port("port") {
+            app.env.insert("PORT".into(), port.to_string());
+        }
+        let instance_var = f
+            .string("instance_var")
+            .unwrap_or_else(|| "NODE_APP_INSTANCE".into());
+        let increment_var = f.string("increment_var");
+        let count = count.unwrap_or(1);
+        match f.string("exec_mode").as_deref() {
+            None | Some("fork" | "fork_mode") => {}
+            Some("cluster" | "cluster_mode") if count > 1 => {
+                f.bad(
+                    "exec_mode",
+                    format!(
+                        "is \"cluster\" with {count} instances: PM2's cluster mode shares one port among node processes, which machine-runtime does not do; use \"fork\" with \"increment_var\": \"PORT\" (a port each), or one instance"
+                    ),
+                );
+                return None;
+            }
+            Some("cluster" | "cluster_mode") => f.reader.warn(format!(
+                "{location}: exec_mode \"cluster\" with one instance runs as \"fork\" (one process)"
+            )),
+            Some(other) => {
+                f.bad(
+                    "exec_mode",
+                    format!("must be \"fork\" or \"cluster\", found \"{other}\""),
+                );
+                return None;
+            }
+        }
+        let base = match &increment_var {
+            None => None,
+            Some(var) => match app.env.get(var).map(|v| v.trim().parse::<i64>()) {
+                Some(Ok(n)) => Some(n),
+                _ => {
+                    f.bad(
+                        "increment_var",
+                        format!(
+                            "names {var}, which has no whole-number value in \"env\" (or \"port\") to count up from"
+                        ),
+                    );
+                    return None;
+                }
+            },
+        };
+        let mut out = Vec::new();
+        for k in 0..count {
+            let mut one = app.clone();
+            if count > 1 {
+                one.name = format!("{}-{k}", app.name);
+            }
+            one.env.insert(instance_var.clone(), k.to_string());
+            if let (Some(var), Some(base)) = (&increment_var, base) {
+                one.env
+                    .insert(var.clone(), (base + i64::from(k)).to_string());
+            }
+            out.push(one);
+        }
+        Some(out)
     }
 
     fn check_across(&mut self, apps: &[AppSpec]) {
@@ -555,7 +663,8 @@ impl Reader {
                 });
             }
         }
-        let names: BTreeSet<String> = self.names.iter().cloned().collect();
+        let mut names: BTreeSet<String> = self.names.iter().cloned().collect();
+        names.extend(self.groups.iter().map(|(base, _)| base.clone()));
         for (app, wait_for) in std::mem::take(&mut self.waits) {
             for dep in &wait_for {
                 if dep == &app {
@@ -584,6 +693,40 @@ impl Reader {
             );
         }
     }
+}
+
+/// PM2's `instances`: a positive count; `0`, `"max"` or `-1`... mean "one per CPU" (less N for
+/// `-N`), as PM2 counts them. `None` when absent.
+fn instance_count(value: Option<&Value>) -> Result<Option<u32>, String> {
+    let cpus = || {
+        std::thread::available_parallelism()
+            .map(|n| n.get() as i64)
+            .unwrap_or(1)
+    };
+    let n = match value {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::String(s)) if s == "max" => cpus(),
+        Some(Value::String(s)) if s.trim().parse::<i64>().is_ok() => {
+            s.trim().parse::<i64>().unwrap_or(1)
+        }
+        Some(Value::Number(n)) if n.as_i64().is_some() => n.as_i64().unwrap_or(1),
+        Some(other) => {
+            return Err(format!(
+                "must be a whole number of processes or \"max\", found {}",
+                kind(other)
+            ));
+        }
+    };
+    let n = match n {
+        0 => cpus(),
+        n if n < 0 => (cpus() + n).max(1),
+        n => n,
+    };
+    u32::try_from(n)
+        .ok()
+        .filter(|&n| n <= 10_000)
+        .map(Some)
+        .ok_or_else(|| format!("is {n}; at most 10000 instances"))
 }
 
 /// Finds one wait-for cycle, as the list of names around it.
@@ -838,18 +981,7 @@ impl Fields<'_> {
             Value::Object(map) => {
                 let mut out = BTreeMap::new();
                 for (key, value) in map {
-                    let text = match value {
-                        Value::String(s) => s.clone(),
-                        // PM2 turns numbers and booleans into their text, so do we.
-                        Value::Number(n) => n.to_string(),
-                        Value::Bool(b) => b.to_string(),
-                        other => {
-                            let message =
-                                format!("\"{key}\" must be a string, found {}", kind(other));
-                            self.bad(field, message);
-                            continue;
-                        }
-                    };
+                    let text = env_text(value);
                     if key.is_empty()
                         || key.contains('=')
                         || key.contains('\0')
@@ -865,7 +997,14 @@ impl Fields<'_> {
                 Some(out)
             }
             other => {
-                let message = format!("must be an object of strings, found {}", kind(other));
+                // Only the type: an env written as one string may hold secrets.
+                let found = match other {
+                    Value::String(_) => "a string".to_string(),
+                    other => kind(other),
+                };
+                let message = format!(
+                    "must be an object of variables ({{\"NAME\": \"value\"}}), found {found}"
+                );
                 self.bad(field, message);
                 None
             }
@@ -1101,6 +1240,22 @@ pub fn split_args(text: &str) -> Result<Vec<String>, String> {
     Ok(args)
 }
 
+/// An env value as PM2 passes it to the process: strings as they are, everything else as its JSON
+/// text (`10`, `true`, `null`, `{"enabled":true}`, `[1,"a"]`); a whole-number float such as `10.0`
+/// is `10`, as in JavaScript.
+pub fn env_text(value: &Value) -> String {
+    match value {
+        Value::String(s) => s.clone(),
+        Value::Number(n) => match n.as_f64() {
+            Some(f) if !n.is_i64() && !n.is_u64() && f.fract() == 0.0 && f.abs() < 1e15 => {
+                format!("{}", f as i64)
+            }
+            _ => n.to_string(),
+        },
+        other => serde_json::to_string(other).unwrap_or_default(),
+    }
+}
+
 fn kind(value: &Value) -> String {
     match value {
         Value::Null => "null".to_string(),
@@ -1149,6 +1304,8 @@ mod tests {
         assert_eq!(app, &{
             let mut expected = AppSpec::new("a", "sleep");
             expected.args = vec!["10".to_string()];
+            // PM2 gives every process its instance number, 0 for a single one.
+            expected.env.insert("NODE_APP_INSTANCE".into(), "0".into());
             expected
         });
         assert!(app.autorestart);
@@ -1184,6 +1341,7 @@ mod tests {
         assert_eq!(
             svc.env,
             BTreeMap::from([
+                ("NODE_APP_INSTANCE".into(), "0".into()),
                 ("A".into(), "1".into()),
                 ("B".into(), "true".into()),
                 ("N".into(), "2".into())
@@ -1296,7 +1454,6 @@ mod tests {
             [
                 "app \"a\": field \"script\" must be a string, found 1",
                 "app \"a\": field \"args\" must be a string or a list of strings, found an object",
-                "app \"a\": field \"env\" \"K\" must be a string, found null",
                 "app \"a\": field \"autorestart\" must be true or false, found \"yes\"",
                 "app \"a\": field \"max_restarts\" must be a non-negative integer, found -1",
                 "app \"a\": field \"min_uptime\" must be milliseconds as a number or a string like \"500ms\", \"10s\", \"2m\", found \"soon\"",
@@ -1335,6 +1492,82 @@ mod tests {
     }
 
     #[test]
+    fn env_values_of_every_json_type_pass_as_pm2_passes_them() {
+        let eco = from_value(&json!({"apps": [{"name": "a", "script": "x", "env": {
+            "LIMIT": 10, "DEBUG": true, "CONFIG": {"enabled": true}, "NULLV": null,
+            "ARR": [1, "a"], "FLT": 1.50, "WHOLE": 10.0, "S": "text"
+        }}]}))
+        .unwrap();
+        let env = &eco.apps[0].env;
+        for (key, value) in [
+            ("LIMIT", "10"),
+            ("DEBUG", "true"),
+            ("CONFIG", r#"{"enabled":true}"#),
+            ("NULLV", "null"),
+            ("ARR", r#"[1,"a"]"#),
+            ("FLT", "1.5"),
+            ("WHOLE", "10"),
+            ("S", "text"),
+        ] {
+            assert_eq!(env.get(key).map(String::as_str), Some(value), "{key}");
+        }
+        assert_eq!(
+            problems(json!({"apps": [{"name": "a", "script": "x", "env": "A=1"}]})),
+            [
+                "app \"a\": field \"env\" must be an object of variables ({\"NAME\": \"value\"}), found a string"
+            ]
+        );
+    }
+
+    #[test]
+    fn instances_and_port_start_what_pm2_starts() {
+        let eco = from_value(&json!({"apps": [
+            {"name": "worker", "script": "./p.sh", "interpreter": "none", "exec_mode": "fork",
+             "instances": 3, "port": 3000},
+            {"name": "inc", "script": "x", "instances": 2, "port": 4000,
+             "increment_var": "PORT", "instance_var": "INSTANCE_ID"},
+            {"name": "after", "script": "x", "machine_wait_for": ["worker"]}
+        ]}))
+        .unwrap();
+        let names: Vec<&str> = eco.apps.iter().map(|a| a.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "worker-0", "worker-1", "worker-2", "inc-0", "inc-1", "after"
+            ]
+        );
+        for (k, app) in eco.apps[..3].iter().enumerate() {
+            assert_eq!(app.env["NODE_APP_INSTANCE"], k.to_string());
+            assert_eq!(app.env["PORT"], "3000");
+        }
+        assert_eq!(eco.apps[3].env["INSTANCE_ID"], "0");
+        assert_eq!(eco.apps[4].env["INSTANCE_ID"], "1");
+        assert_eq!(eco.apps[4].env["PORT"], "4001");
+        assert!(!eco.apps[4].env.contains_key("NODE_APP_INSTANCE"));
+        assert_eq!(eco.apps[5].wait_for, ["worker-0", "worker-1", "worker-2"]);
+        assert!(eco.warnings.is_empty(), "{:?}", eco.warnings);
+
+        assert_eq!(
+            problems(json!({"apps": [
+                {"name": "c", "script": "x.js", "exec_mode": "cluster", "instances": 2},
+                {"name": "d", "script": "x", "instances": "many"},
+                {"name": "e", "script": "x", "instances": 2, "increment_var": "PORT"},
+                {"name": "f", "script": "x", "exec_mode": "threads"}
+            ]})),
+            [
+                "app \"c\": field \"exec_mode\" is \"cluster\" with 2 instances: PM2's cluster mode shares one port among node processes, which machine-runtime does not do; use \"fork\" with \"increment_var\": \"PORT\" (a port each), or one instance",
+                "app \"d\": field \"instances\" must be a whole number of processes or \"max\", found \"many\"",
+                "app \"e\": field \"increment_var\" names PORT, which has no whole-number value in \"env\" (or \"port\") to count up from",
+                "app \"f\": field \"exec_mode\" must be \"fork\" or \"cluster\", found \"threads\"",
+            ]
+        );
+        let max = from_value(&json!({"apps": [{"name": "m", "script": "x", "instances": "max"}]}))
+            .unwrap();
+        let cpus = std::thread::available_parallelism().unwrap().get();
+        assert_eq!(max.apps.len(), cpus);
+    }
+
+    #[test]
     fn warns_about_unknown_and_ignored_fields() {
         let eco = from_value(&json!({"apps": [
             {"name": "a", "script": "x", "autorestrat": false, "instances": 2, "env_production": {}}
@@ -1345,7 +1578,6 @@ mod tests {
             [
                 "ecosystem: top-level field \"deploy\" ignored",
                 "app \"a\": unknown field \"autorestrat\" ignored; did you mean \"autorestart\"?",
-                "app \"a\": field \"instances\" is a PM2 option machine-runtime does not implement; ignored",
                 "app \"a\": field \"env_production\" (a PM2 --env variant) ignored; machine-runtime reads only \"env\"",
             ]
         );

@@ -3,9 +3,12 @@
 pub mod broker;
 pub mod command;
 pub mod ecosystem;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod gpu;
 pub mod health;
 pub mod install;
+pub mod limits;
 pub mod preflight;
 pub mod probe;
 pub mod profiles;
@@ -13,5 +16,6 @@ pub mod reality;
 pub mod reaper;
 pub mod signals;
 pub mod simulate;
+pub mod sink;
 pub mod supervisor;
 pub mod up;

@@ -8,7 +8,16 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use machine_runtime::supervisor::SupervisorOptions;
 use machine_runtime::up::{self, BrokerSetting, UpOptions};
-use machine_runtime::{ecosystem, health};
+use machine_runtime::{ecosystem, health, sink};
+
+/// `println!` that never panics: `machine-runtime plan | head -1` closes stdout early, which is
+/// nothing to crash about.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
 
 #[derive(Parser)]
 #[command(
@@ -101,7 +110,13 @@ enum Format {
 }
 
 fn main() -> ExitCode {
+    // Before anything else (no thread, no child yet): a SIGTERM during start-up waits for the
+    // supervisor's handlers instead of killing the process.
+    machine_runtime::signals::hold_stop_signals();
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Up(_)) {
+        machine_runtime::signals::release_stop_signals();
+    }
     let result = match cli.command {
         Command::Gpus { format } => gpus(format),
         Command::Simulate(args) => simulate(args),
@@ -110,20 +125,24 @@ fn main() -> ExitCode {
         Command::Plan { profile, format } => plan(profile, format).map(|()| ExitCode::SUCCESS),
         Command::Health(args) => health_check(args).map(|()| ExitCode::SUCCESS),
     };
-    match result {
+    let code = match result {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("machine-runtime: error: {err:#}");
+            // Through the sink, never a printing macro: stderr may be a closed pipe.
+            sink::err_line(&format!("machine-runtime: error: {err:#}"));
             ExitCode::FAILURE
         }
-    }
+    };
+    // What is still queued goes out, unless nobody reads it.
+    sink::flush(Duration::from_secs(2));
+    code
 }
 
 fn gpus(format: Format) -> anyhow::Result<ExitCode> {
     let inventory = machine_runtime::gpu::Inventory::detect()?;
     match format {
-        Format::Text => print!("{}", inventory.to_text()),
-        Format::Json => println!("{}", serde_json::to_string_pretty(&inventory)?),
+        Format::Text => outln!("{}", inventory.to_text().trim_end()),
+        Format::Json => outln!("{}", serde_json::to_string_pretty(&inventory)?),
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -223,14 +242,23 @@ fn health_port(flag: Option<u16>) -> anyhow::Result<u16> {
     }
 }
 
-/// GPU UUIDs ordered by index, from the inventory (NVML, or MACHINE_FAKE_GPUS).
-fn gpu_uuids() -> anyhow::Result<Vec<String>> {
+/// GPU UUIDs ordered by index and MIG slices (parent index, UUID), from the inventory (NVML, or
+/// MACHINE_FAKE_GPUS).
+fn gpu_uuids() -> anyhow::Result<(Vec<String>, Vec<(u32, String)>)> {
     let inventory = machine_runtime::gpu::Inventory::detect()?;
-    Ok(inventory
-        .ordered_uuids()
-        .into_iter()
-        .map(str::to_string)
-        .collect())
+    let mig = inventory
+        .gpus
+        .iter()
+        .flat_map(|g| g.mig.iter().map(|m| (g.index, m.uuid.clone())))
+        .collect();
+    Ok((
+        inventory
+            .ordered_uuids()
+            .into_iter()
+            .map(str::to_string)
+            .collect(),
+        mig,
+    ))
 }
 
 /// The baked-in profile named by the flag or `MACHINE_PROFILE`, planned against the GPUs found and the
@@ -263,7 +291,7 @@ fn real_plan(flag: Option<String>) -> anyhow::Result<machine_runtime::reality::R
         anyhow::anyhow!("cannot start profile {name}:\n  {}", problems.join("\n  "))
     })?;
     for note in &real.notes {
-        eprintln!("machine-runtime: {note}");
+        sink::err_line(&format!("machine-runtime: {note}"));
     }
     Ok(real)
 }
@@ -271,18 +299,21 @@ fn real_plan(flag: Option<String>) -> anyhow::Result<machine_runtime::reality::R
 fn plan(profile: Option<String>, format: Format) -> anyhow::Result<()> {
     let real = real_plan(profile)?;
     match format {
-        Format::Json => println!("{}", serde_json::to_string_pretty(&real.plan)?),
+        Format::Json => outln!("{}", serde_json::to_string_pretty(&real.plan)?),
         Format::Text => {
-            println!(
+            outln!(
                 "profile {}  machine {}  gpus {}  workers {}",
-                real.plan.profile, real.plan.machine_id, real.plan.gpus, real.plan.worker_spec
+                real.plan.profile,
+                real.plan.machine_id,
+                real.plan.gpus,
+                real.plan.worker_spec
             );
             for s in &real.plan.services {
                 let uuid = s
                     .gpu
                     .and_then(|g| real.gpu_uuids.get(g as usize))
                     .map_or("-", |u| u.as_str());
-                println!(
+                outln!(
                     "service {:<20} port {:<6} gpu {}",
                     s.name,
                     s.port.map_or("-".into(), |p| p.to_string()),
@@ -294,7 +325,7 @@ fn plan(profile: Option<String>, format: Format) -> anyhow::Result<()> {
                     .gpu
                     .and_then(|g| real.gpu_uuids.get(g as usize))
                     .map_or("-", |u| u.as_str());
-                println!(
+                outln!(
                     "worker  {:<20} {} gpu {} after {}",
                     w.name,
                     w.worker_id,
@@ -308,6 +339,12 @@ fn plan(profile: Option<String>, format: Format) -> anyhow::Result<()> {
 }
 
 fn up(args: UpArgs) -> anyhow::Result<()> {
+    // Before any app: the soft open-file limit up to the hard one (each app holds two pipes).
+    if let Err(err) = machine_runtime::limits::raise_open_files() {
+        sink::err_line(&format!(
+            "machine-runtime: warning: cannot read or raise the open-file limit: {err}"
+        ));
+    }
     let env_machine_id = std::env::var("MACHINE_ID")
         .ok()
         .filter(|v| !v.trim().is_empty());
@@ -321,8 +358,20 @@ fn up(args: UpArgs) -> anyhow::Result<()> {
             anyhow::bail!("{err:#}\n  {}", problems.join("\n  "))
         }
     };
+    if let Some(workspace) = &planned.workspace {
+        let created = machine_runtime::limits::ensure_workspace(workspace, "WORKSPACE_DIR")
+            .map_err(|problem| anyhow::anyhow!("cannot start the machine:\n  - {problem}"))?;
+        if created {
+            sink::err_line(&format!(
+                "machine-runtime: created the workspace {} (WORKSPACE_DIR)",
+                workspace.display()
+            ));
+        }
+    }
+    let mut supervisor = SupervisorOptions::new(planned.gpu_uuids);
+    supervisor.context.mig_uuids = planned.mig_uuids;
     let options = UpOptions {
-        supervisor: SupervisorOptions::new(planned.gpu_uuids),
+        supervisor,
         health_port: health_port(args.health_port)?,
         machine_id: planned.machine_id,
         gpu_count: planned.gpu_count,
@@ -340,6 +389,10 @@ struct Planned {
     apps: Vec<ecosystem::AppSpec>,
     /// GPU UUIDs by index, to pin the apps to.
     gpu_uuids: Vec<String>,
+    /// MIG slices (parent index, UUID) an app's CUDA_VISIBLE_DEVICES may name.
+    mig_uuids: Vec<(u32, String)>,
+    /// The workspace folder (`WORKSPACE_DIR`, the plan's install root), created when missing.
+    workspace: Option<PathBuf>,
     /// `MACHINE_ID` from the plan or the environment.
     machine_id: Option<String>,
     /// GPUs reported to the broker.
@@ -359,13 +412,17 @@ fn plan_apps(
         Some(path) => {
             let eco = ecosystem::read_file(&path)?;
             for warning in &eco.warnings {
-                eprintln!("machine-runtime: warning: {warning}");
+                sink::err_line(&format!("machine-runtime: warning: {warning}"));
             }
-            let uuids = gpu_uuids()?;
+            let (uuids, mig_uuids) = gpu_uuids()?;
             Planned {
                 apps: eco.apps,
                 gpu_count: u32::try_from(uuids.len()).unwrap_or(u32::MAX),
                 gpu_uuids: uuids,
+                mig_uuids,
+                workspace: std::env::var_os("WORKSPACE_DIR")
+                    .filter(|w| !w.is_empty())
+                    .map(PathBuf::from),
                 machine_id: env_machine_id,
                 preflight: Default::default(),
                 install_hint: "machine-runtime install --services worker-bundle".to_owned(),
@@ -385,6 +442,8 @@ fn plan_apps(
             Planned {
                 apps,
                 gpu_uuids: real.gpu_uuids,
+                mig_uuids: Vec::new(),
+                workspace: Some(PathBuf::from(&real.plan.workspace)),
                 machine_id: Some(real.plan.machine_id),
                 gpu_count: real.plan.gpus,
                 preflight,

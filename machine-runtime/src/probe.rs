@@ -203,6 +203,7 @@ async fn run_probe_command(
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null());
     std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    crate::command::child_hygiene(&mut cmd);
     let spawned = reaper
         .spawn(&mut cmd)
         .map_err(|e| format!("cannot run probe command \"{program}\": {e}"))?;

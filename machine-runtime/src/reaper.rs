@@ -164,6 +164,75 @@ impl Reaper {
         count
     }
 
+    /// Our living children that no app tracks: orphans re-parented to us (a grandchild that
+    /// called `setsid` and so escaped its app's group) once their parent ended. Read from
+    /// `/proc/self/task/*/children`; empty where that file does not exist.
+    pub fn strays(&self) -> Vec<i32> {
+        let tracked: Vec<i32> = self.lock().waiting.keys().copied().collect();
+        let mut pids = Vec::new();
+        let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+            return pids;
+        };
+        for task in tasks.flatten() {
+            let Ok(children) = std::fs::read_to_string(task.path().join("children")) else {
+                continue;
+            };
+            for pid in children
+                .split_whitespace()
+                .filter_map(|p| p.parse::<i32>().ok())
+            {
+                let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .ok()
+                    .and_then(|stat| {
+                        let state = stat.rsplit_once(')')?.1.trim_start().chars().next()?;
+                        Some(state == 'Z')
+                    })
+                    .unwrap_or(true);
+                if !zombie && !tracked.contains(&pid) && !pids.contains(&pid) {
+                    pids.push(pid);
+                }
+            }
+        }
+        pids
+    }
+
+    /// Stops every stray (see [`Reaper::strays`]): SIGTERM to it and its group, up to `grace` to
+    /// end, then SIGKILL; repeated while stopping one leaves new orphans (at most 8 rounds).
+    /// Returns how many were stopped. Call while [`Reaper::run`] still collects.
+    pub async fn stop_strays(&self, grace: std::time::Duration) -> usize {
+        let mut stopped = 0;
+        for _ in 0..8 {
+            let strays = self.strays();
+            if strays.is_empty() {
+                break;
+            }
+            stopped += strays.len();
+            for &pid in &strays {
+                // SAFETY: kill(2) on our own children (and the groups they lead, if any).
+                unsafe {
+                    libc::kill(pid, libc::SIGTERM);
+                    libc::kill(-pid, libc::SIGTERM);
+                }
+            }
+            let deadline = tokio::time::Instant::now() + grace;
+            while tokio::time::Instant::now() < deadline
+                && strays.iter().any(|p| self.strays().contains(p))
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            for pid in self.strays().into_iter().filter(|p| strays.contains(p)) {
+                // SAFETY: as above.
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
+                    libc::kill(-pid, libc::SIGKILL);
+                }
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            self.reap_now();
+        }
+        stopped
+    }
+
     /// How many children we reaped that nobody was tracking (orphans).
     pub fn orphans_reaped(&self) -> u64 {
         self.inner.orphans_reaped.load(Ordering::Relaxed)

@@ -11,11 +11,15 @@ pub struct StopSignals {
 impl StopSignals {
     /// Installs the handlers. Do this before the first child starts, so that a signal arriving
     /// during startup is not lost (as PID 1, a signal without a handler is ignored by the kernel).
+    /// Also unblocks the two signals on the calling thread (see [`hold_stop_signals`]): one that
+    /// arrived before is delivered now, to these handlers.
     pub fn install() -> std::io::Result<StopSignals> {
-        Ok(StopSignals {
+        let signals = StopSignals {
             term: signal(SignalKind::terminate())?,
             int: signal(SignalKind::interrupt())?,
-        })
+        };
+        change_stop_mask(libc::SIG_UNBLOCK);
+        Ok(signals)
     }
 
     /// Waits for the next SIGTERM or SIGINT and returns its number.
@@ -24,6 +28,33 @@ impl StopSignals {
             _ = self.term.recv() => libc::SIGTERM,
             _ = self.int.recv() => libc::SIGINT,
         }
+    }
+}
+
+/// Blocks SIGTERM and SIGINT on the calling thread (and every thread it starts later), so a stop
+/// signal that arrives while the runtime is still starting stays pending instead of killing it
+/// (exit 143). Call it first thing in `main`, before any thread or child exists;
+/// [`StopSignals::install`] releases them once the handlers are in place. Children start with an
+/// empty signal mask whatever ours is (std resets it in the child).
+pub fn hold_stop_signals() {
+    change_stop_mask(libc::SIG_BLOCK);
+}
+
+/// Undoes [`hold_stop_signals`] on the calling thread: for commands that keep the default
+/// disposition or install their own handlers.
+pub fn release_stop_signals() {
+    change_stop_mask(libc::SIG_UNBLOCK);
+}
+
+fn change_stop_mask(how: libc::c_int) {
+    // SAFETY: sigset_t is plain data, initialised by sigemptyset before use; pthread_sigmask only
+    // changes the calling thread's mask.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::pthread_sigmask(how, &set, std::ptr::null_mut());
     }
 }
 

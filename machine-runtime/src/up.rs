@@ -1,9 +1,10 @@
 //! `machine-runtime up`: the supervisor, the health endpoint and the job broker link, wired together.
 //!
 //! Order: every start-up problem (apps, secrets, GPUs, broker settings, worker identities) is
-//! collected and reported at once; then the health endpoint binds, the broker connects and publishes
-//! `initial`, and only then do the apps start. On stop, the broker's final `shutdown` message goes
-//! out before any app is signalled.
+//! collected and reported at once; then the health endpoint binds, the broker starts connecting in
+//! the background and the apps start: at once, or after at most [`BROKER_HEAD_START`] when Redis
+//! answers that fast (so `initial` goes out first). Only `BROKER_PREFLIGHT=require` makes them wait
+//! for Redis. On stop, the broker's final `shutdown` message goes out before any app is signalled.
 
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
@@ -230,7 +231,8 @@ impl MachineStatus {
 
 /// The broker's answer to "which workers are busy", by app name, for the drain on stop.
 struct BrokerBusy {
-    broker: Broker,
+    /// Where the broker appears once it has connected; until then no worker is known to be busy.
+    status: Arc<MachineStatus>,
     /// App name → `WORKER_ID`, for the workers the broker knows.
     worker_ids: std::collections::HashMap<String, String>,
 }
@@ -248,7 +250,10 @@ impl BusyProbe for BrokerBusy {
                 .collect();
             let ids: Vec<String> = known.iter().map(|(_, id)| id.clone()).collect();
             let mut out = vec![None; apps.len()];
-            for ((i, _), busy) in known.iter().zip(self.broker.busy_workers(&ids).await) {
+            let Some(broker) = self.status.broker.get() else {
+                return out;
+            };
+            for ((i, _), busy) in known.iter().zip(broker.busy_workers(&ids).await) {
                 out[*i] = busy;
             }
             out
@@ -335,15 +340,15 @@ pub fn run(apps: Vec<AppSpec>, options: UpOptions) -> Result<(), UpError> {
             options.control.clone(),
         )
         .await?;
+        let failed: Arc<std::sync::Mutex<Option<BrokerError>>> = Arc::default();
         if let Some((config, template)) = link {
             let template =
                 template.with_health_url(format!("http://localhost:{}/health", addr.port()));
             let (view_tx, view_rx) =
                 watch::channel(template.view(&handle.snapshot(), handle.uptime_ms()));
-            let broker = Broker::start(config, view_rx).await?;
-            let _ = status.broker.set(broker.clone());
+            // The broker connects in the background (below); the drain asks it once it is there.
             supervisor.drain_with(Arc::new(BrokerBusy {
-                broker: broker.clone(),
+                status: status.clone(),
                 worker_ids: template.worker_ids(),
             }));
             handle.tracker().spawn(template.follow(
@@ -352,17 +357,57 @@ pub fn run(apps: Vec<AppSpec>, options: UpOptions) -> Result<(), UpError> {
                 handle.shutdown_token(),
                 handle.started(),
             ));
+            let require = config.preflight == broker::PreflightMode::Require;
+            let start = {
+                let status = status.clone();
+                let failed = failed.clone();
+                let handle = handle.clone();
+                async move {
+                    match Broker::start(config, view_rx).await {
+                        Ok(broker) => {
+                            let _ = status.broker.set(broker);
+                        }
+                        Err(err) => {
+                            *failed.lock().unwrap_or_else(|e| e.into_inner()) = Some(err);
+                            handle.request_stop(libc::SIGTERM);
+                        }
+                    }
+                }
+            };
+            let mut connecting = tokio::spawn(start);
+            if require {
+                // BROKER_PREFLIGHT=require: nothing starts before the check has passed.
+                let _ = (&mut connecting).await;
+            } else {
+                // The apps never wait for Redis: a reachable one gets a short head start (so its
+                // `initial` goes out first), one that does not answer keeps connecting meanwhile.
+                let _ = tokio::time::timeout(BROKER_HEAD_START, &mut connecting).await;
+            }
+            if let Some(err) = failed.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                return Err(err.into());
+            }
+            let status = status.clone();
             supervisor.before_stop(async move {
-                match broker.shutdown().await {
-                    Ok(()) => log("broker: published the final shutdown status"),
-                    Err(err) => log(&format!("broker: {err}")),
+                match status.broker.get() {
+                    Some(broker) => match broker.shutdown().await {
+                        Ok(()) => log("broker: published the final shutdown status"),
+                        Err(err) => log(&format!("broker: {err}")),
+                    },
+                    None => connecting.abort(),
                 }
             });
         }
         supervisor.run().await?;
+        // The broker refused in the background (authentication): the stop it asked for is done.
+        if let Some(err) = failed.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            return Err(err.into());
+        }
         Ok(())
     })
 }
+
+/// How long the apps wait for a broker that answers at once (see [`run`]); never more.
+pub const BROKER_HEAD_START: std::time::Duration = std::time::Duration::from_millis(200);
 
 #[cfg(test)]
 mod tests {
@@ -415,6 +460,17 @@ mod tests {
         .unwrap_err();
         assert_eq!(problems.len(), 3, "{problems:#?}");
         assert!(problems.iter().all(|p| !p.contains(":pw@")), "{problems:?}");
+        // A password with an unencoded `#` is refused, and none of it shows.
+        let problems =
+            setting(&[("HUB_REDIS_URL", "redis://:p@ss#w:rd/1@127.0.0.1:16391")]).unwrap_err();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].contains("percent-encode the password (`#` → `%23`"),
+            "{problems:?}"
+        );
+        for part in ["p@ss", "ss#w", "w:rd", "rd/1"] {
+            assert!(!problems[0].contains(part), "{part} in {problems:?}");
+        }
         // A bad health policy is reported even without a broker.
         let problems = setting(&[("MACHINE_HEALTH_REQUIRES_BROKER", "2")]).unwrap_err();
         assert_eq!(problems.len(), 1);

@@ -18,15 +18,73 @@ pub enum Mode {
 /// Every generated file of the repository: (path relative to the root, contents).
 pub fn all_files() -> anyhow::Result<Vec<(String, String)>> {
     let mut files = vec![(schema::PATH.to_string(), schema::render())];
-    for loaded in profiles::load_all()? {
-        files.extend(render::profile_files(&loaded)?);
+    files.extend(render_all(&profiles::load_all()?)?);
+    Ok(files)
+}
+
+/// Renders every file of `loaded`, reporting the problems of every profile at once.
+fn render_all(loaded: &[profiles::Loaded]) -> anyhow::Result<Vec<(String, String)>> {
+    let mut files = Vec::new();
+    let mut problems = Vec::new();
+    for l in loaded {
+        match render::profile_files(l) {
+            Ok(rendered) => files.extend(rendered),
+            Err(e) => problems.push(format!("{e:#}")),
+        }
+    }
+    if !problems.is_empty() {
+        bail!("nothing was written:\n{}", problems.join("\n"));
     }
     Ok(files)
+}
+
+/// Fails when writing `path` (under the repository root) would go through a symbolic link: a
+/// linked `generated/` or `generated/<profile>` would put files outside the tree.
+pub fn refuse_links(path: &Path, shown: &str) -> anyhow::Result<()> {
+    let root = profiles::root();
+    let rel = path
+        .strip_prefix(&root)
+        .with_context(|| format!("{shown} is outside the repository {}", root.display()))?;
+    let mut at = root.clone();
+    for part in rel.components() {
+        at.push(part);
+        if let Ok(meta) = std::fs::symlink_metadata(&at)
+            && meta.file_type().is_symlink()
+        {
+            let target = std::fs::read_link(&at)
+                .map(|t| t.display().to_string())
+                .unwrap_or_else(|_| "?".into());
+            bail!(
+                "{shown}: {} is a symbolic link (to {target}); generated files are written only inside the repository, never through a link; replace it with a folder",
+                at.strip_prefix(&root).unwrap_or(&at).display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Checks every target before any is written: nothing is written when one would escape the tree.
+fn refuse_links_all(files: &[(String, String)]) -> anyhow::Result<()> {
+    let problems: Vec<String> = files
+        .iter()
+        .filter_map(|(path, _)| {
+            refuse_links(&profiles::root().join(path), path)
+                .err()
+                .map(|e| format!("{e:#}"))
+        })
+        .collect();
+    if !problems.is_empty() {
+        bail!("nothing was written:\n{}", problems.join("\n"));
+    }
+    Ok(())
 }
 
 /// `cargo xtask codegen` / `cargo xtask check`.
 pub fn run(mode: Mode) -> anyhow::Result<()> {
     let files = all_files()?;
+    if mode == Mode::Overwrite {
+        refuse_links_all(&files)?;
+    }
     let mut stale = Vec::new();
     for (path, contents) in &files {
         if let Err(e) = ensure_file_contents(mode, &profiles::root().join(path), path, contents) {
@@ -67,16 +125,17 @@ pub fn env_build(profile: Option<&str>, all: bool) -> anyhow::Result<()> {
     } else {
         vec![profiles::load_one(profile.unwrap_or_default())?]
     };
-    for l in &loaded {
-        for (path, contents) in render::profile_files(l)? {
-            let changed = ensure_file_contents(
-                Mode::Overwrite,
-                &profiles::root().join(&path),
-                &path,
-                &contents,
-            )?;
-            println!("{} {path}", if changed { "wrote    " } else { "unchanged" });
-        }
+    // Validate everything, then write: one bad profile leaves every file as it was.
+    let files = render_all(&loaded)?;
+    refuse_links_all(&files)?;
+    for (path, contents) in files {
+        let changed = ensure_file_contents(
+            Mode::Overwrite,
+            &profiles::root().join(&path),
+            &path,
+            &contents,
+        )?;
+        println!("{} {path}", if changed { "wrote    " } else { "unchanged" });
     }
     Ok(())
 }
@@ -105,6 +164,7 @@ pub fn ensure_file_contents(
             bail!("{shown} is stale; run `cargo xtask codegen` and commit the result\n{diff}")
         }
         Mode::Overwrite => {
+            refuse_links(path, shown)?;
             let dir = path
                 .parent()
                 .context("generated files live in a directory")?;

@@ -115,8 +115,13 @@ impl ComponentSet {
                 continue;
             };
             let shown = format!("{display_dir}/{name}.env");
-            match std::fs::read_to_string(&path) {
+            match crate::load::read_utf8(&path, &shown) {
                 Ok(text) => texts.push((name, shown, text)),
+                Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                    // The message already names the file and the position.
+                    diags.push(Diagnostic::error(&shown, None, e.to_string()));
+                    unreadable.push(name);
+                }
                 Err(e) => {
                     diags.push(Diagnostic::error(
                         &shown,

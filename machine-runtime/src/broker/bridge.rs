@@ -312,6 +312,7 @@ mod tests {
         Context {
             runtime_env,
             gpu_uuids: vec!["GPU-a".into(), "GPU-b".into()],
+            mig_uuids: Vec::new(),
             current_exe: PathBuf::from("/bin/true"),
         }
     }

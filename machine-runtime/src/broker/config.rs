@@ -45,6 +45,11 @@ impl RedisUrl {
             "rediss" => true,
             other => return Err(bad(format!("scheme \"{other}\" is not accepted"))),
         };
+        if is_ambiguous(raw) {
+            return Err(bad(
+                "a `#`, `/`, `?` or `@` in the password ends it early (the host would be read from the password); percent-encode the password (`#` → `%23`, `/` → `%2F`, `?` → `%3F`, `@` → `%40`)".to_owned(),
+            ));
+        }
         let mut secrets = Vec::new();
         if let Some(password) = password_of(raw) {
             secrets.push(password.to_owned());
@@ -324,13 +329,35 @@ fn userinfo_of(raw: &str) -> Option<&str> {
     authority.rfind('@').map(|at| &authority[..at])
 }
 
+/// True when the userinfo of a URL cannot be told apart from the rest: an `@` after the end of
+/// the authority, or any `#` (a redis URL has no fragment). Both come from a password with one of
+/// `#/?@` not percent-encoded.
+fn is_ambiguous(raw: &str) -> bool {
+    let Some(start) = raw.find("://") else {
+        return false;
+    };
+    let rest = &raw[start + 3..];
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    rest.contains('#') || rest[authority_end..].contains('@')
+}
+
 /// Replaces the password of a URL-like string with `***`; works on malformed input too.
 ///
 /// A userinfo without `:` is redacted whole, because some people write `redis://password@host`.
+/// When the userinfo's end is ambiguous (see [`is_ambiguous`]), everything between `://` and
+/// the last `@` is hidden, user name included.
 pub fn redact_url(raw: &str) -> String {
     if !raw.contains("://") {
         // Without a scheme there is no telling which part is secret: hide it all.
         return "***".to_owned();
+    }
+    if is_ambiguous(raw) {
+        let start = raw.find("://").unwrap_or(0) + 3;
+        return match raw.rfind('@') {
+            Some(at) if at >= start => format!("{}***{}", &raw[..start], &raw[at..]),
+            // A `#` and no `@`: the part after `://` up to the `#` may be a password alone.
+            _ => format!("{}***", &raw[..start]),
+        };
     }
     let Some(userinfo) = userinfo_of(raw) else {
         return raw.to_owned();
@@ -377,7 +404,14 @@ mod tests {
         assert_eq!(redact_url("rediss://user:s3cret@h"), "rediss://user:***@h");
         assert_eq!(redact_url("redis://s3cret@h"), "redis://***@h");
         assert_eq!(redact_url("redis://h:6379"), "redis://h:6379");
-        assert_eq!(redact_url("redis://u:p@ss:w@h/x@y"), "redis://u:***@h/x@y");
+        // Ambiguous: the whole userinfo goes, up to the last `@`.
+        assert_eq!(redact_url("redis://u:p@ss:w@h/x@y"), "redis://***@y");
+        assert_eq!(
+            redact_url("redis://:p@ss#w:rd/1@127.0.0.1:16391"),
+            "redis://***@127.0.0.1:16391"
+        );
+        assert_eq!(redact_url("redis://secret#x"), "redis://***");
+        assert_eq!(redact_url("redis://:pa/ss@h"), "redis://***@h");
         assert_eq!(redact_url("s3cret"), "***");
     }
 

@@ -37,7 +37,8 @@
 
 macro_rules! log {
     ($($arg:tt)*) => {
-        eprintln!("machine-runtime: broker: {}", format_args!($($arg)*))
+        // Never a printing macro: on a closed stderr it would panic and end the broker task.
+        $crate::sink::err_line(&format!("machine-runtime: broker: {}", format_args!($($arg)*)))
     };
 }
 pub(crate) use log;
@@ -203,6 +204,65 @@ struct Shared {
     stats: Mutex<Stats>,
     /// What each worker (by `WORKER_ID`) was doing at the last refresh or event: `Some(job)` busy.
     busy: Mutex<HashMap<String, Option<String>>>,
+    /// Background tasks that ended while the broker was meant to run (a panic is a bug), with when.
+    dead: Mutex<Vec<(u64, String)>>,
+    /// Set by [`Broker::shutdown`]: tasks ending from now on end on purpose.
+    stopping: std::sync::atomic::AtomicBool,
+}
+
+/// Records the task in [`Shared::dead`] when it ends (or unwinds) while the broker is meant to run.
+struct TaskWatch {
+    shared: Arc<Shared>,
+    name: &'static str,
+    cancel: CancellationToken,
+}
+
+impl Drop for TaskWatch {
+    fn drop(&mut self) {
+        if self.cancel.is_cancelled()
+            || self
+                .shared
+                .stopping
+                .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return;
+        }
+        let how = if std::thread::panicking() {
+            "panicked"
+        } else {
+            "returned"
+        };
+        log!(
+            "the {} task {how}; the machine no longer reports to the job broker",
+            self.name
+        );
+        self.shared
+            .dead
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .push((now_ms(), format!("the broker's {} task {how}", self.name)));
+    }
+}
+
+/// Spawns `task`, recording in `shared` if it ends before `cancel` or a shutdown.
+fn spawn_watched<F>(
+    shared: &Arc<Shared>,
+    name: &'static str,
+    cancel: &CancellationToken,
+    task: F,
+) -> JoinHandle<()>
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    let watch = TaskWatch {
+        shared: shared.clone(),
+        name,
+        cancel: cancel.clone(),
+    };
+    tokio::spawn(async move {
+        let _watch = watch;
+        task.await;
+    })
 }
 
 impl Shared {
@@ -319,18 +379,30 @@ impl Broker {
                 last_update_type: None,
             }),
             busy: Mutex::new(HashMap::new()),
+            dead: Mutex::new(Vec::new()),
+            stopping: std::sync::atomic::AtomicBool::new(false),
         });
         let cancel = CancellationToken::new();
         let current = view.borrow().clone();
         let (events_tx, events_rx) = mpsc::channel(1024);
         let (commands_tx, commands_rx) = mpsc::channel(4);
-        tokio::spawn(link.clone().run(cancel.child_token()));
-        tokio::spawn(listen_worker_events(
-            link.clone(),
-            current.machine_id.clone(),
-            events_tx,
-            cancel.child_token(),
-        ));
+        spawn_watched(
+            &shared,
+            "connection",
+            &cancel,
+            link.clone().run(cancel.child_token()),
+        );
+        spawn_watched(
+            &shared,
+            "worker events",
+            &cancel,
+            listen_worker_events(
+                link.clone(),
+                current.machine_id.clone(),
+                events_tx,
+                cancel.child_token(),
+            ),
+        );
         let publisher = Publisher {
             channel: status_channel(&current.machine_id),
             shared: shared.clone(),
@@ -343,7 +415,12 @@ impl Broker {
             delivered_initial: false,
             delivered_ready: false,
         };
-        let task = tokio::spawn(publisher.run(events_rx, commands_rx, cancel.child_token()));
+        let task = spawn_watched(
+            &shared,
+            "publisher",
+            &cancel,
+            publisher.run(events_rx, commands_rx, cancel.child_token()),
+        );
         Ok(Self {
             inner: Arc::new(Inner {
                 shared,
@@ -357,16 +434,7 @@ impl Broker {
 
     /// The broker's state for `/health`; cheap, never blocks on Redis.
     pub fn status(&self) -> BrokerStatus {
-        let shared = &self.inner.shared;
-        let stats = shared.stats();
-        BrokerStatus {
-            url: shared.link.url().redacted().to_owned(),
-            connection: shared.link.state(),
-            preflight: stats.preflight.clone(),
-            published: stats.published,
-            last_published_ms: stats.last_published_ms,
-            last_update_type: stats.last_update_type,
-        }
+        status_of(&self.inner.shared)
     }
 
     /// Publishes a `periodic` status now (`POST /refresh-status`), the workers' state read fresh.
@@ -440,6 +508,10 @@ impl Broker {
     /// Publishes the final `shutdown` message and stops the broker's tasks, within the configured
     /// shutdown timeout. Call it before signalling the children. A second call does nothing.
     pub async fn shutdown(&self) -> Result<(), BrokerError> {
+        self.inner
+            .shared
+            .stopping
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         let task = self
             .inner
             .task
@@ -484,6 +556,38 @@ impl Broker {
             Err(_) => abort.abort(),
         }
         outcome
+    }
+}
+
+/// The status as `/health` shows it: a background task that died turns the connection into
+/// `unreachable` with the reason, whatever the link last said (its task may be the dead one).
+fn status_of(shared: &Shared) -> BrokerStatus {
+    let stats = shared.stats();
+    let dead = shared
+        .dead
+        .lock()
+        .unwrap_or_else(|poison| poison.into_inner())
+        .clone();
+    let connection = match dead.first() {
+        None => shared.link.state(),
+        Some((since_ms, _)) => ConnectionState::Unreachable {
+            since_ms: *since_ms,
+            last_error: format!(
+                "{} (a bug); status is no longer published, restart the machine",
+                dead.iter()
+                    .map(|(_, what)| what.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        },
+    };
+    BrokerStatus {
+        url: shared.link.url().redacted().to_owned(),
+        connection,
+        preflight: stats.preflight.clone(),
+        published: stats.published,
+        last_published_ms: stats.last_published_ms,
+        last_update_type: stats.last_update_type,
     }
 }
 
@@ -856,5 +960,77 @@ async fn listen_worker_events(
             () = tokio::time::sleep(delay) => {}
         }
         delay = (delay * 2).min(settings.backoff_max);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shared() -> Arc<Shared> {
+        let url = RedisUrl::parse("HUB_REDIS_URL", "redis://:secret@127.0.0.1:1").unwrap();
+        let link = Link::new(
+            url,
+            LinkSettings {
+                connect_timeout: Duration::from_millis(100),
+                response_timeout: Duration::from_millis(100),
+                backoff_min: Duration::from_millis(100),
+                backoff_max: Duration::from_millis(100),
+            },
+        )
+        .unwrap();
+        Arc::new(Shared {
+            link,
+            stats: Mutex::new(Stats {
+                preflight: PreflightState::Off,
+                published: 0,
+                last_published_ms: None,
+                last_update_type: None,
+            }),
+            dead: Mutex::new(Vec::new()),
+            stopping: std::sync::atomic::AtomicBool::new(false),
+        })
+    }
+
+    #[tokio::test]
+    async fn a_task_that_dies_makes_the_broker_unreachable_with_the_reason() {
+        let shared = shared();
+        let cancel = CancellationToken::new();
+        assert!(!matches!(
+            status_of(&shared).connection,
+            ConnectionState::Unreachable { .. }
+        ));
+        let task = spawn_watched(&shared, "publisher", &cancel, async {
+            panic!("a bug in a broker task");
+        });
+        assert!(task.await.unwrap_err().is_panic());
+        let status = status_of(&shared);
+        let ConnectionState::Unreachable { last_error, .. } = &status.connection else {
+            panic!("{status:?}");
+        };
+        assert!(
+            last_error.contains("the broker's publisher task panicked"),
+            "{last_error}"
+        );
+        assert!(!status.is_connected());
+        assert!(!status.url.contains("secret"));
+    }
+
+    #[tokio::test]
+    async fn tasks_ending_on_purpose_are_not_reported() {
+        let shared = shared();
+        let cancel = CancellationToken::new();
+        cancel.cancel();
+        spawn_watched(&shared, "connection", &cancel, async {})
+            .await
+            .unwrap();
+        shared
+            .stopping
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        let live = CancellationToken::new();
+        spawn_watched(&shared, "publisher", &live, async {})
+            .await
+            .unwrap();
+        assert!(shared.dead.lock().unwrap().is_empty());
     }
 }

@@ -372,6 +372,12 @@ impl AppTask {
                     }
                     _ => format!("program \"{program}\" not found (not a file, and not on PATH)"),
                 },
+                std::io::ErrorKind::NotADirectory => match &self.cmd.cwd {
+                    Some(cwd) if cwd.exists() && !cwd.is_dir() => {
+                        format!("its cwd {} is a file, not a folder", cwd.display())
+                    }
+                    _ => format!("cannot run \"{program}\": {e}"),
+                },
                 _ => format!("cannot run \"{program}\": {e}"),
             }
         })?;

@@ -252,6 +252,11 @@ impl Supervisor {
         if apps.is_empty() {
             problems.push("the ecosystem has no apps".to_string());
         }
+        if let Ok(limit) = crate::limits::open_files()
+            && let Some(problem) = crate::limits::check_open_files(apps.len(), limit)
+        {
+            problems.push(problem);
+        }
         if !problems.is_empty() {
             return Err(PreflightError { problems });
         }
@@ -626,6 +631,17 @@ impl Supervisor {
         self.board.set_phase(Phase::Stopped);
         self.handle.tracker.close();
         self.handle.tracker.wait().await;
+        // What the apps left behind outside their groups (a grandchild that called setsid) was
+        // re-parented to us when its parent ended: nothing the machine started outlives the stop.
+        let strays = reaper
+            .stop_strays(crate::ecosystem::DEFAULT_KILL_TIMEOUT)
+            .await;
+        if strays > 0 {
+            log(&format!(
+                "stopped {strays} process{} the apps left behind outside their process groups",
+                if strays == 1 { "" } else { "es" }
+            ));
+        }
         orphan_task.abort();
         reaper_stop.cancel();
         let _ = reaper_task.await;

@@ -2,7 +2,6 @@
 //! and keeps each line in the app's in-memory log ([`super::logs`]); both copies have the values
 //! of secret variables masked.
 
-use std::io::Write;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
@@ -93,9 +92,10 @@ fn emit(stream: Stream, bytes: &[u8]) {
     if bytes.is_empty() {
         return;
     }
-    // One write per batch of whole lines, under the lock, so lines of different apps never mix.
-    let _ = match stream {
-        Stream::Stdout => std::io::stdout().lock().write_all(bytes),
-        Stream::Stderr => std::io::stderr().lock().write_all(bytes),
-    };
+    // One queued chunk per batch of whole lines, so lines of different apps never mix; the sink
+    // never blocks, so a reader that stops reading cannot stall this task or the child.
+    match stream {
+        Stream::Stdout => crate::sink::out(bytes),
+        Stream::Stderr => crate::sink::err(bytes),
+    }
 }

@@ -387,9 +387,7 @@ impl Board {
     }
 }
 
-/// Writes one runtime log line to stderr.
+/// Queues one runtime log line for stderr (never blocks, never panics: see [`crate::sink`]).
 pub(crate) fn log(message: &str) {
-    use std::io::Write;
-    let line = format!("machine-runtime: {message}\n");
-    let _ = std::io::stderr().lock().write_all(line.as_bytes());
+    crate::sink::err_line(&format!("machine-runtime: {message}"));
 }

@@ -2,7 +2,9 @@
 
 mod broker;
 mod build_script;
+mod fuzz_corpus;
 mod gpu;
+mod hostile;
 mod install;
 mod job_queue;
 mod redis_server;

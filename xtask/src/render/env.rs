@@ -56,7 +56,9 @@ pub fn render(l: &Loaded) -> anyhow::Result<String> {
                     *out += &line;
                     out.push('\n');
                 }
-                Err(e) => problems.push(format!("generated/{}/.env: {e}", l.source.name)),
+                // Named where the value was written (component line, profile position), not
+                // in the .env that was never written.
+                Err(e) => problems.push(format!("{}: {e}", origin_of(l, k))),
             }
         }
     };
@@ -78,6 +80,30 @@ pub fn render(l: &Loaded) -> anyhow::Result<String> {
         bail!("{}", problems.join("\n"));
     }
     Ok(out)
+}
+
+/// Where variable `key` of `l` was written, for messages: the component file and line, the
+/// profile's `env` entry (file:line:column), or the profile itself for derived variables.
+fn origin_of(l: &Loaded, key: &str) -> String {
+    use machine_model::components::Origin;
+    match l
+        .resolved
+        .vars()
+        .iter()
+        .find(|v| v.name == key)
+        .map(|v| &v.origin)
+    {
+        Some(Origin::Profile {
+            file,
+            position: None,
+        }) => {
+            let (line, column) =
+                machine_model::load::locate(&l.source.text, &format!("/env/{key}"));
+            format!("{file}:{line}:{column}: /env/{key}")
+        }
+        Some(origin) => format!("{origin}: {key}"),
+        None => format!("{} (derived from the profile): {key}", l.source.file),
+    }
 }
 
 /// `.env.secrets.example`: the names of every secret the machine needs, no values.

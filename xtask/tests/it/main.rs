@@ -11,6 +11,7 @@ mod env_readers;
 mod pm2_load;
 mod secrets;
 mod worker_env;
+mod writer_safety;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};

@@ -1,0 +1,6 @@
+//! Fuzz target `profile`: arbitrary bytes through `machine_model::fuzz::profile` (the corpus replay test runs the same function).
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    machine_model::fuzz::profile(data);
+});
