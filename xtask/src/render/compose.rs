@@ -136,6 +136,20 @@ fn secs(s: u32) -> String {
     format!("{s}s")
 }
 
+/// Seconds as a Compose duration in whole minutes where they divide (`300` → `5m`).
+fn minutes(s: u32) -> String {
+    if s % 60 == 0 {
+        format!("{}m", s / 60)
+    } else {
+        secs(s)
+    }
+}
+
+/// The machine's image name, the same in Compose and Kubernetes.
+pub fn image(profile: &str) -> String {
+    format!("machine-runtime:{profile}")
+}
+
 /// The compose model of a profile's plan.
 fn model(l: &Loaded) -> Compose {
     let p = &l.plan;
@@ -144,7 +158,7 @@ fn model(l: &Loaded) -> Compose {
     let mut volumes = BTreeMap::new();
 
     let mut machine = Service {
-        image: Some(format!("machine-runtime:{}", p.profile)),
+        image: Some(image(&p.profile)),
         build: Some(Build {
             // The repository root, seen from generated/<profile>/.
             context: "../..".into(),
@@ -167,10 +181,10 @@ fn model(l: &Loaded) -> Compose {
                 "--port".into(),
                 p.health_port.to_string(),
             ],
-            interval: "30s".into(),
-            timeout: "10s".into(),
-            retries: 3,
-            start_period: Some("5m".into()),
+            interval: secs(super::MACHINE_HEALTH.interval_s),
+            timeout: secs(super::MACHINE_HEALTH.timeout_s),
+            retries: super::MACHINE_HEALTH.retries,
+            start_period: Some(minutes(super::MACHINE_HEALTH.start_period_s)),
         }),
         ..Service::default()
     };
