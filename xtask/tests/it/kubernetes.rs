@@ -328,3 +328,37 @@ fn replicas_come_from_the_profile_and_editing_them_is_drift() {
         read(&generated("gpu-mixed").join("docker-compose.yaml"))
     );
 }
+
+#[test]
+fn plan_shows_the_fleet_of_n_replicas() {
+    let out = run(crate::xtask().args(["plan", "gpu-mixed", "--replicas", "3"]));
+    assert!(out.ok(), "{out}");
+    assert!(
+        out.stdout
+            .contains("machine ids: gpu-mixed-0, gpu-mixed-1, gpu-mixed-2\n"),
+        "{out}"
+    );
+    let fleet = &plan_json("gpu-mixed", &["--replicas", "3"])["fleet"];
+    let plan = plan_json("gpu-mixed", &[]);
+    let per_machine = plan["workers"].as_array().unwrap().len() as u64;
+    assert_eq!(fleet["replicas"], 3);
+    assert_eq!(fleet["gpus_per_machine"], plan["gpus"]);
+    assert_eq!(fleet["gpus"], plan["gpus"].as_u64().unwrap() * 3);
+    assert_eq!(fleet["workers"], per_machine * 3);
+    assert_eq!(
+        fleet["services"],
+        plan["services"].as_array().unwrap().len() as u64 * 3
+    );
+    assert_eq!(
+        fleet["machine_ids"],
+        serde_json::json!(["gpu-mixed-0", "gpu-mixed-1", "gpu-mixed-2"])
+    );
+    // Without the flag, the profile's replicas (1).
+    assert_eq!(
+        plan["fleet"]["machine_ids"],
+        serde_json::json!(["gpu-mixed-0"])
+    );
+    let out = run(crate::xtask().args(["plan", "gpu-mixed", "--replicas", "0"]));
+    assert_eq!(out.code, Some(1), "{out}");
+    assert!(out.stderr.contains("--replicas 0 is out of range"), "{out}");
+}
