@@ -5,6 +5,7 @@ pub mod command;
 pub mod ecosystem;
 pub mod gpu;
 pub mod health;
+pub mod identity;
 pub mod install;
 pub mod probe;
 pub mod profiles;

@@ -207,15 +207,21 @@ fn real_plan(flag: Option<String>) -> anyhow::Result<machine_runtime::reality::R
     })?;
     let profile = baked.profile().context("reading the baked-in profile")?;
     let inventory = machine_runtime::gpu::Inventory::detect()?;
-    let real = machine_runtime::reality::plan(
-        baked.name,
-        &profile,
-        &machine_runtime::reality::ProcessEnv,
-        &inventory,
+    // The plan's machine id is the final one (a scaled Compose service's host name appended).
+    let default_id = profile.machine.id.as_deref().unwrap_or(baked.name);
+    let machine_id = machine_runtime::identity::machine_id(
+        |name| std::env::var(name).ok(),
+        Some(default_id),
+        &machine_runtime::identity::hostname(),
     )
-    .map_err(|problems| {
-        anyhow::anyhow!("cannot start profile {name}:\n  {}", problems.join("\n  "))
-    })?;
+    .map_err(|problem| anyhow::anyhow!("cannot start profile {name}:\n  {problem}"))?;
+    let env = |var: &str| match var {
+        "MACHINE_ID" => machine_id.clone(),
+        _ => std::env::var(var).ok(),
+    };
+    let real = machine_runtime::reality::plan(baked.name, &profile, &env, &inventory).map_err(
+        |problems| anyhow::anyhow!("cannot start profile {name}:\n  {}", problems.join("\n  ")),
+    )?;
     for note in &real.notes {
         eprintln!("machine-runtime: {note}");
     }
@@ -262,9 +268,12 @@ fn plan(profile: Option<String>, format: Format) -> anyhow::Result<()> {
 }
 
 fn up(args: UpArgs) -> anyhow::Result<()> {
-    let env_machine_id = std::env::var("MACHINE_ID")
-        .ok()
-        .filter(|v| !v.trim().is_empty());
+    let env_machine_id = machine_runtime::identity::machine_id(
+        |name| std::env::var(name).ok(),
+        None,
+        &machine_runtime::identity::hostname(),
+    )
+    .map_err(|problem| anyhow::anyhow!(problem))?;
     // Read before planning, so a start that fails names every problem at once.
     let broker = BrokerSetting::from_env();
     let planned = plan_apps(args.ecosystem, args.profile, env_machine_id);
@@ -275,8 +284,16 @@ fn up(args: UpArgs) -> anyhow::Result<()> {
             anyhow::bail!("{err:#}\n  {}", problems.join("\n  "))
         }
     };
+    let mut supervisor = SupervisorOptions::new(planned.gpu_uuids);
+    if let Some(id) = &planned.machine_id {
+        // Every child runs with the final id (the environment's may lack the host name suffix).
+        supervisor
+            .context
+            .runtime_env
+            .insert("MACHINE_ID".into(), id.into());
+    }
     let options = UpOptions {
-        supervisor: SupervisorOptions::new(planned.gpu_uuids),
+        supervisor,
         health_port: health_port(args.health_port)?,
         machine_id: planned.machine_id,
         gpu_count: planned.gpu_count,

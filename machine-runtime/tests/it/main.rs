@@ -4,6 +4,7 @@ mod broker;
 mod build_script;
 mod gpu;
 mod install;
+mod lease;
 mod redis_server;
 mod simulate;
 mod ui;

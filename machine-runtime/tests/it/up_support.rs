@@ -103,6 +103,8 @@ impl Runtime {
             "MACHINE_STATUS_UPDATE_INTERVAL_SECONDS",
             "BROKER_PREFLIGHT",
             "MACHINE_HEALTH_REQUIRES_BROKER",
+            "MACHINE_ID_APPEND_HOSTNAME",
+            "MACHINE_HEALTH_URL",
         ] {
             cmd.env_remove(var);
         }
