@@ -123,8 +123,12 @@ fn named_volume(spec: &str) -> Option<&str> {
 
 /// Secrets pass through by name from the environment Compose runs in (or `--env-file .env.secrets`);
 /// values built from a secret are Compose templates (`${NAME}`), so no secret value is ever written here.
+///
+/// `MACHINE_ID_APPEND_HOSTNAME` passes through the same way: set it in the shell when scaling the service
+/// (`--scale machine=N`), so each container reports as `<MACHINE_ID>-<hostname>`.
 fn environment(l: &Loaded) -> Vec<String> {
     let mut env: Vec<String> = l.resolved.secrets().into_iter().map(|s| s.name).collect();
+    env.push("MACHINE_ID_APPEND_HOSTNAME".into());
     for var in l.resolved.secret_dependent().filter(|v| !v.is_secret()) {
         env.push(format!("{}={}", var.name, var.value.to_template()));
     }
@@ -138,7 +142,7 @@ fn secs(s: u32) -> String {
 
 /// Seconds as a Compose duration in whole minutes where they divide (`300` → `5m`).
 fn minutes(s: u32) -> String {
-    if s % 60 == 0 {
+    if s.is_multiple_of(60) {
         format!("{}m", s / 60)
     } else {
         secs(s)

@@ -287,7 +287,7 @@ fn a_local_redis_only_when_the_profile_asks() {
         6379
     );
     for profile in ["prod-gpu", "api-only"] {
-        let (_, docs) = manifest(&profile);
+        let (_, docs) = manifest(profile);
         assert!(
             docs.iter().all(|d| d["kind"] != "Deployment"),
             "{profile} points at the central broker"
@@ -361,4 +361,20 @@ fn plan_shows_the_fleet_of_n_replicas() {
     let out = run(crate::xtask().args(["plan", "gpu-mixed", "--replicas", "0"]));
     assert_eq!(out.code, Some(1), "{out}");
     assert!(out.stderr.contains("--replicas 0 is out of range"), "{out}");
+}
+
+#[test]
+fn compose_passes_the_scaling_rule_through_for_every_profile() {
+    // One identity per machine in Compose too: `MACHINE_ID_APPEND_HOSTNAME=true docker compose up --scale
+    // machine=N` reaches every container by name (no value in the file).
+    for profile in profiles() {
+        let environment = &compose(&profile)["services"]["machine"]["environment"];
+        assert!(
+            environment
+                .as_array()
+                .unwrap()
+                .contains(&Value::from("MACHINE_ID_APPEND_HOSTNAME")),
+            "{profile}: {environment}"
+        );
+    }
 }
