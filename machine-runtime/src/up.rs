@@ -278,34 +278,22 @@ pub fn run(apps: Vec<AppSpec>, options: UpOptions) -> Result<(), UpError> {
         .enable_all()
         .build()
         .map_err(UpError::Runtime)?;
+    // One live machine per id: a second one is refused here, before anything listens or starts.
+    if let Some((config, template)) = &link {
+        let id = template.machine_id();
+        runtime.block_on(broker::lease::take_and_hold(
+            config,
+            id,
+            &supervisor.handle(),
+        ))?;
+    }
     runtime.block_on(async {
         let handle = supervisor.handle();
-        // One live machine per id: refused here, before anything listens or starts.
-        let lease = match &link {
-            Some((config, template)) => Some(Arc::new(
-                broker::lease::Lease::acquire(
-                    config,
-                    template.machine_id(),
-                    broker::lease::Holder::this_process(&crate::identity::hostname()),
-                )
-                .await?,
-            )),
-            None => None,
-        };
         let addr =
             crate::health::serve(options.health_port, handle.clone(), status.clone()).await?;
-        let keep_lease = tokio_util::sync::CancellationToken::new();
-        if let Some(lease) = &lease {
-            let (lease, handle, cancel) = (lease.clone(), handle.clone(), keep_lease.clone());
-            tokio::spawn(async move {
-                lease
-                    .keep(cancel, |_| handle.request_stop(libc::SIGTERM))
-                    .await;
-            });
-        }
         if let Some((config, template)) = link {
             let template =
-                template.with_health_url(health_url(|name| std::env::var(name).ok(), addr.port()));
+                template.with_health_url(format!("http://localhost:{}/health", addr.port()));
             let (view_tx, view_rx) = watch::channel(template.view(&handle.snapshot()));
             let broker = Broker::start(config, view_rx).await?;
             let _ = status.broker.set(broker.clone());
@@ -321,27 +309,9 @@ pub fn run(apps: Vec<AppSpec>, options: UpOptions) -> Result<(), UpError> {
                 }
             });
         }
-        let outcome = supervisor.run().await;
-        // Released only once every app has stopped, so no successor overlaps with this machine.
-        keep_lease.cancel();
-        if let Some(lease) = &lease {
-            lease.release().await;
-        }
-        outcome?;
+        supervisor.run().await?;
         Ok(())
     })
-}
-
-/// `MACHINE_HEALTH_URL`: the health URL the machine advertises in its status messages.
-pub const HEALTH_URL_VAR: &str = "MACHINE_HEALTH_URL";
-
-/// The advertised health URL: `MACHINE_HEALTH_URL` when set (a routable address: the pod IP in
-/// Kubernetes, the host's address behind Compose), else `http://localhost:<port>/health`.
-pub fn health_url(lookup: impl Fn(&str) -> Option<String>, port: u16) -> String {
-    lookup(HEALTH_URL_VAR)
-        .map(|v| v.trim().to_owned())
-        .filter(|v| !v.is_empty())
-        .unwrap_or_else(|| format!("http://localhost:{port}/health"))
 }
 
 #[cfg(test)]
@@ -383,18 +353,6 @@ mod tests {
         assert!(required_for_health);
         assert_eq!(config.status_interval.as_secs(), 25);
         assert!(warnings[0].contains("above 25"), "{warnings:?}");
-    }
-
-    #[test]
-    fn the_advertised_health_url_can_be_routable() {
-        assert_eq!(health_url(|_| None, 9090), "http://localhost:9090/health");
-        assert_eq!(
-            health_url(
-                |name| (name == HEALTH_URL_VAR).then(|| "http://10.1.2.3:9090/health".to_owned()),
-                9090
-            ),
-            "http://10.1.2.3:9090/health"
-        );
     }
 
     #[test]

@@ -18,11 +18,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use redis::Script;
-use tokio_util::sync::CancellationToken;
 
 use super::config::BrokerConfig;
 use super::link::{Conn, Link, LinkError, LinkSettings};
 use super::time::{iso8601, now_ms};
+use crate::supervisor::{Phase, SupervisorHandle};
 
 /// The key of a machine id's lease.
 pub fn key(machine_id: &str) -> String {
@@ -167,6 +167,39 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 ";
+
+/// The most the release may add to a machine's stop (inside the stop budget's margin).
+pub const RELEASE_LIMIT: Duration = Duration::from_secs(2);
+
+/// Takes the lease on `machine_id` (refusing when another live machine holds it) and holds it for the
+/// supervisor's life: renewed every status interval, released once every app has stopped (the supervisor
+/// waits for that before it returns). Another holder found while running stops the machine (SIGTERM).
+pub async fn take_and_hold(
+    config: &BrokerConfig,
+    machine_id: &str,
+    supervisor: &SupervisorHandle,
+) -> Result<(), LeaseError> {
+    let me = Holder::this_process(&crate::identity::hostname());
+    let lease = Lease::acquire(config, machine_id, me).await?;
+    let handle = supervisor.clone();
+    supervisor.tracker().spawn(async move {
+        let mut snapshots = handle.watch();
+        let stopped = async {
+            while snapshots.borrow_and_update().phase != Phase::Stopped {
+                if snapshots.changed().await.is_err() {
+                    return;
+                }
+            }
+        };
+        let stop = handle.clone();
+        tokio::select! {
+            () = lease.keep(move |_| stop.request_stop(libc::SIGTERM)) => {}
+            () = stopped => {}
+        }
+        lease.release().await;
+    });
+    Ok(())
+}
 
 /// A machine's lease on its id (held, or to be taken when Redis answers).
 pub struct Lease {
@@ -333,16 +366,13 @@ impl Lease {
         }
     }
 
-    /// Renews the lease every status interval until `cancel`. Calls `conflict` (once) with the error when
+    /// Renews the lease every status interval, for ever. Calls `conflict` (once) with the error when
     /// another live machine turns out to hold the id.
-    pub async fn keep(&self, cancel: CancellationToken, conflict: impl FnOnce(LeaseError)) {
+    pub async fn keep(&self, conflict: impl FnOnce(LeaseError)) {
         let mut conflict = Some(conflict);
         let mut unreachable_logged = false;
         loop {
-            tokio::select! {
-                () = cancel.cancelled() => return,
-                () = tokio::time::sleep(self.every) => {}
-            }
+            tokio::time::sleep(self.every).await;
             let Some(mut conn) = self.connection().await else {
                 if !unreachable_logged {
                     super::log!(
@@ -385,8 +415,21 @@ impl Lease {
         }
     }
 
-    /// Deletes the lease if it is still ours (bounded by the response timeout); logs what happened.
+    /// Deletes the lease if it is still ours, within [`RELEASE_LIMIT`]; logs what happened.
     pub async fn release(&self) {
+        if tokio::time::timeout(RELEASE_LIMIT, self.release_now())
+            .await
+            .is_err()
+        {
+            super::log!(
+                "could not release the lease on {} within {} ms; it lapses by itself",
+                self.key,
+                RELEASE_LIMIT.as_millis()
+            );
+        }
+    }
+
+    async fn release_now(&self) {
         let Some(mut conn) = self.connection().await else {
             super::log!(
                 "could not release the lease on {}: redis is unreachable; it lapses by itself",

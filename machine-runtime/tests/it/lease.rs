@@ -172,3 +172,33 @@ fn a_scaled_compose_service_appends_its_host_name() {
     rt.signal(libc::SIGTERM);
     assert!(rt.wait_exit().success(), "{}", rt.output());
 }
+
+#[test]
+fn a_machine_that_finds_another_holder_while_running_stops() {
+    let redis = RedisServer::start();
+    let key = "machine:lease:lease-stolen";
+    let mut rt = machine(&redis.url(), "lease-stolen", &[]);
+    rt.wait_state("sleeper", "running");
+    held_by(&redis, key, &rt);
+    // Another machine took the id (e.g. it started while this one could not reach Redis).
+    let other = "host=another-box pid=7 started=2026-01-01T00:00:00.000Z";
+    let _: () = redis::cmd("SET")
+        .arg(key)
+        .arg(other)
+        .arg("PX")
+        .arg(60_000)
+        .query(&mut conn(&redis))
+        .unwrap();
+    rt.wait_exit();
+    let out = rt.output();
+    assert!(
+        out.contains(&format!("is held by {other}")) && out.contains("stopping this machine"),
+        "{out}"
+    );
+    // Its own apps were stopped, and the other machine's lease is left alone.
+    assert!(
+        out.contains("the lease on machine:lease:lease-stolen was no longer ours"),
+        "{out}"
+    );
+    assert_eq!(get(&redis, key).as_deref(), Some(other));
+}
