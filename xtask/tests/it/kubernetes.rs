@@ -297,35 +297,47 @@ fn a_local_redis_only_when_the_profile_asks() {
 
 #[test]
 fn replicas_come_from_the_profile_and_editing_them_is_drift() {
+    let (_, docs) = manifest("gpu-mixed");
+    assert_eq!(
+        find(&docs, "StatefulSet", "gpu-mixed").unwrap()["spec"]["replicas"],
+        3,
+        "profiles/gpu-mixed.json asks for a fleet of 3"
+    );
+    let (_, docs) = manifest("prod-gpu");
+    assert_eq!(
+        find(&docs, "StatefulSet", "prod-gpu").unwrap()["spec"]["replicas"],
+        1,
+        "the default is one machine"
+    );
     let dir = temp_root();
     let root = dir.path();
-    let profile = root.join("profiles/gpu-mixed.json");
+    let profile = root.join("profiles/prod-gpu.json");
     let text = read(&profile);
-    let edited = text.replacen("\"workers\":", "\"replicas\": 3,\n  \"workers\":", 1);
+    let edited = text.replacen("\"workers\":", "\"replicas\": 4,\n  \"workers\":", 1);
     assert_ne!(text, edited);
     std::fs::write(&profile, edited).unwrap();
     let out = run(xtask_in(root).arg("check"));
     assert_eq!(out.code, Some(1), "{out}");
     assert!(
         out.stderr
-            .contains("generated/gpu-mixed/kubernetes.yaml is stale; run `cargo xtask codegen`")
-            && out.stderr.contains("  +  replicas: 3"),
+            .contains("generated/prod-gpu/kubernetes.yaml is stale; run `cargo xtask codegen`")
+            && out.stderr.contains("  +  replicas: 4"),
         "{out}"
     );
-    let out = run(xtask_in(root).args(["env-build", "gpu-mixed"]));
+    let out = run(xtask_in(root).args(["env-build", "prod-gpu"]));
     assert!(out.ok(), "{out}");
-    let file = root.join("generated/gpu-mixed/kubernetes.yaml");
+    let file = root.join("generated/prod-gpu/kubernetes.yaml");
     let docs = documents(&read(&file));
     assert_eq!(
-        find(&docs, "StatefulSet", "gpu-mixed").unwrap()["spec"]["replicas"],
-        3
+        find(&docs, "StatefulSet", "prod-gpu").unwrap()["spec"]["replicas"],
+        4
     );
     let out = validate(&file);
     assert!(out.ok(), "{out}");
     // Compose is one machine whatever the fleet size.
     assert_eq!(
-        read(&root.join("generated/gpu-mixed/docker-compose.yaml")),
-        read(&generated("gpu-mixed").join("docker-compose.yaml"))
+        read(&root.join("generated/prod-gpu/docker-compose.yaml")),
+        read(&generated("prod-gpu").join("docker-compose.yaml"))
     );
 }
 
@@ -353,11 +365,11 @@ fn plan_shows_the_fleet_of_n_replicas() {
         fleet["machine_ids"],
         serde_json::json!(["gpu-mixed-0", "gpu-mixed-1", "gpu-mixed-2"])
     );
-    // Without the flag, the profile's replicas (1).
-    assert_eq!(
-        plan["fleet"]["machine_ids"],
-        serde_json::json!(["gpu-mixed-0"])
-    );
+    // Without the flag, the profile's replicas (3); the flag wins over them.
+    assert_eq!(plan["fleet"]["machine_ids"], fleet["machine_ids"]);
+    let one = &plan_json("gpu-mixed", &["--replicas", "1"])["fleet"];
+    assert_eq!(one["machine_ids"], serde_json::json!(["gpu-mixed-0"]));
+    assert_eq!(one["workers"], per_machine);
     let out = run(crate::xtask().args(["plan", "gpu-mixed", "--replicas", "0"]));
     assert_eq!(out.code, Some(1), "{out}");
     assert!(out.stderr.contains("--replicas 0 is out of range"), "{out}");
