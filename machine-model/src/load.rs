@@ -148,6 +148,27 @@ pub fn check(source: &ProfileSource) -> Result<(Profile, Plan), Vec<Diagnostic>>
             }
         }
     }
+    if !crate::profile::REPLICAS_RANGE.contains(&profile.replicas) {
+        diags.push(at(
+            "/replicas",
+            format!(
+                "replicas is {}; a fleet has {} to {} machines",
+                profile.replicas,
+                crate::profile::REPLICAS_RANGE.start(),
+                crate::profile::REPLICAS_RANGE.end()
+            ),
+        ));
+    }
+    for (name, service) in &profile.docker.services {
+        if service.kubernetes && service.ports.is_empty() {
+            diags.push(at(
+                &format!("/docker/services/{}/kubernetes", escape(name)),
+                format!(
+                    "service \"{name}\" runs in Kubernetes but lists no ports; add its container ports (e.g. \"ports\": [6379]) so the cluster Service can reach it"
+                ),
+            ));
+        }
+    }
     match Plan::build(&source.name, &profile, &Overrides::default()) {
         Ok(plan) if diags.is_empty() => return Ok((profile, plan)),
         Ok(_) => {}
@@ -371,7 +392,7 @@ mod tests {
         assert_eq!(
             shown,
             [
-                "profiles/x.json:5:8: /: unknown field `list`, expected one of `$schema`, `description`, `components`, `workers`, `worker_bundle`, `machine`, `docker`, `env`"
+                "profiles/x.json:5:8: /: unknown field `list`, expected one of `$schema`, `description`, `components`, `workers`, `worker_bundle`, `machine`, `replicas`, `docker`, `env`"
             ]
         );
         let fixed = TEXT.replace(",\n  \"list\": [1, {\"a\": [true]}]", "");
@@ -399,6 +420,24 @@ mod tests {
             [
                 "profiles/x.json:2:70: /docker/services/redis/when/component: condition names component \"redis\", which this profile does not select; selected components: none",
                 "profiles/x.json:1:60: /machine/gpus: gpu-bound workers (comfyui) on a machine planned with 0 GPUs; set machine.gpus (or --gpus) or bind them to cpu where the connector allows it",
+            ]
+        );
+    }
+
+    #[test]
+    fn reports_a_fleet_of_zero_and_a_cluster_service_without_ports() {
+        let text = r#"{"description":"d","workers":"openai:1","machine":{"gpus":0,"ram_gb":1},"replicas":0,
+"docker":{"services":{"redis":{"image":"redis:7","kubernetes":true}}}}"#;
+        let shown: Vec<String> = check(&source(text))
+            .unwrap_err()
+            .iter()
+            .map(|d| d.to_string())
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                "profiles/x.json:1:84: /replicas: replicas is 0; a fleet has 1 to 1000 machines",
+                "profiles/x.json:2:63: /docker/services/redis/kubernetes: service \"redis\" runs in Kubernetes but lists no ports; add its container ports (e.g. \"ports\": [6379]) so the cluster Service can reach it",
             ]
         );
     }

@@ -26,6 +26,11 @@ pub struct Profile {
     pub worker_bundle: Option<WorkerBundle>,
     /// The hardware this machine is planned for and its identity.
     pub machine: MachineSpec,
+    /// How many machines of this profile make up the fleet: the StatefulSet's replicas in the generated
+    /// kubernetes.yaml (machine ids `<profile>-0` … `<profile>-<replicas-1>`); Compose runs one.
+    #[serde(default = "default_replicas")]
+    #[cfg_attr(feature = "schema", schemars(range(min = 1, max = 1000)))]
+    pub replicas: u32,
     /// What the generated docker-compose.yaml contains besides the machine itself.
     #[serde(default)]
     pub docker: DockerOptions,
@@ -168,7 +173,9 @@ pub struct MachineSpec {
     /// Memory the machine is expected to have, in GiB.
     #[cfg_attr(feature = "schema", schemars(range(min = 1)))]
     pub ram_gb: u32,
-    /// The GPU model the plan expects (informational; reported, not enforced).
+    /// The GPU model the plan expects, as NVML names it (`nvidia-smi --query-gpu=name`, e.g. `NVIDIA GeForce RTX 4090`):
+    /// reported, not enforced by the runtime; in kubernetes.yaml the node selector `nvidia.com/gpu.product`
+    /// (GPU Feature Discovery's spelling: spaces become '-').
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gpu_model: Option<String>,
     /// Whether the runtime may re-plan on fewer GPUs than planned instead of refusing to start.
@@ -177,6 +184,13 @@ pub struct MachineSpec {
     /// Port of the health endpoint (`MACHINE_HEALTH_PORT`); must not collide with a service port.
     #[serde(default = "default_health_port")]
     pub health_port: u16,
+}
+
+/// The fewest and most machines one profile's fleet may have.
+pub const REPLICAS_RANGE: std::ops::RangeInclusive<u32> = 1..=1000;
+
+fn default_replicas() -> u32 {
+    1
 }
 
 fn default_health_port() -> u16 {
@@ -293,6 +307,11 @@ pub struct ExtraService {
     /// Health check; the machine waits for it (`service_healthy`) when present.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub healthcheck: Option<Healthcheck>,
+    /// Also run this service in the generated kubernetes.yaml (a Deployment and a Service of the same name,
+    /// reachable at the same host name); off by default, because a fleet normally uses the central broker.
+    /// Needs `ports`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub kubernetes: bool,
 }
 
 /// A typed inclusion condition, checked at build time against the profile's components.

@@ -281,15 +281,21 @@ fn real_plan(flag: Option<String>) -> anyhow::Result<machine_runtime::reality::R
     })?;
     let profile = baked.profile().context("reading the baked-in profile")?;
     let inventory = machine_runtime::gpu::Inventory::detect()?;
-    let real = machine_runtime::reality::plan(
-        baked.name,
-        &profile,
-        &machine_runtime::reality::ProcessEnv,
-        &inventory,
+    // The plan's machine id is the final one (a scaled Compose service's host name appended).
+    let default_id = profile.machine.id.as_deref().unwrap_or(baked.name);
+    let machine_id = machine_runtime::identity::machine_id(
+        |name| std::env::var(name).ok(),
+        Some(default_id),
+        &machine_runtime::identity::hostname(),
     )
-    .map_err(|problems| {
-        anyhow::anyhow!("cannot start profile {name}:\n  {}", problems.join("\n  "))
-    })?;
+    .map_err(|problem| anyhow::anyhow!("cannot start profile {name}:\n  {problem}"))?;
+    let env = |var: &str| match var {
+        "MACHINE_ID" => machine_id.clone(),
+        _ => std::env::var(var).ok(),
+    };
+    let real = machine_runtime::reality::plan(baked.name, &profile, &env, &inventory).map_err(
+        |problems| anyhow::anyhow!("cannot start profile {name}:\n  {}", problems.join("\n  ")),
+    )?;
     for note in &real.notes {
         sink::err_line(&format!("machine-runtime: {note}"));
     }
@@ -345,9 +351,12 @@ fn up(args: UpArgs) -> anyhow::Result<()> {
             "machine-runtime: warning: cannot read or raise the open-file limit: {err}"
         ));
     }
-    let env_machine_id = std::env::var("MACHINE_ID")
-        .ok()
-        .filter(|v| !v.trim().is_empty());
+    let env_machine_id = machine_runtime::identity::machine_id(
+        |name| std::env::var(name).ok(),
+        None,
+        &machine_runtime::identity::hostname(),
+    )
+    .map_err(|problem| anyhow::anyhow!(problem))?;
     // Read before planning, so a start that fails names every problem at once.
     let broker = BrokerSetting::from_env();
     let planned = plan_apps(args.ecosystem, args.profile, env_machine_id);
@@ -370,6 +379,13 @@ fn up(args: UpArgs) -> anyhow::Result<()> {
     }
     let mut supervisor = SupervisorOptions::new(planned.gpu_uuids);
     supervisor.context.mig_uuids = planned.mig_uuids;
+    if let Some(id) = &planned.machine_id {
+        // Every child runs with the final id (the environment's may lack the host name suffix).
+        supervisor
+            .context
+            .runtime_env
+            .insert("MACHINE_ID".into(), id.into());
+    }
     let options = UpOptions {
         supervisor,
         health_port: health_port(args.health_port)?,

@@ -128,6 +128,8 @@ pub enum UpError {
     Broker(#[from] BrokerError),
     #[error(transparent)]
     Run(#[from] RunError),
+    #[error(transparent)]
+    Lease(#[from] broker::lease::LeaseError),
     #[error("cannot start the async runtime: {0}")]
     Runtime(std::io::Error),
 }
@@ -331,6 +333,15 @@ pub fn run(apps: Vec<AppSpec>, options: UpOptions) -> Result<(), UpError> {
         .enable_all()
         .build()
         .map_err(UpError::Runtime)?;
+    // One live machine per id: a second one is refused here, before anything listens or starts.
+    if let Some((config, template)) = &link {
+        let id = template.machine_id();
+        runtime.block_on(broker::lease::take_and_hold(
+            config,
+            id,
+            &supervisor.handle(),
+        ))?;
+    }
     runtime.block_on(async {
         let handle = supervisor.handle();
         let addr = crate::health::serve(

@@ -27,7 +27,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Write generated/<profile>/{.env,docker-compose.yaml,ecosystem.config.json}.
+    /// Write generated/<profile>/{.env,docker-compose.yaml,ecosystem.config.json,kubernetes.yaml}.
     EnvBuild {
         /// The profile (file stem under profiles/).
         #[arg(required_unless_present = "all", conflicts_with = "all")]
@@ -36,7 +36,7 @@ enum Command {
         #[arg(long)]
         all: bool,
     },
-    /// Print the allocation table: services, GPUs, ports, workers, env.
+    /// Print the allocation table: services, GPUs, ports, workers, env, and the fleet.
     Plan {
         /// The profile.
         profile: String,
@@ -46,6 +46,9 @@ enum Command {
         /// Another GPU count instead of the profile's.
         #[arg(long)]
         gpus: Option<u32>,
+        /// The fleet size to show instead of the profile's `replicas` (machines, GPUs, workers, ids).
+        #[arg(long)]
+        replicas: Option<u32>,
         /// Output format.
         #[arg(long, value_enum, default_value_t = plan::Format::Text)]
         format: plan::Format,
@@ -89,8 +92,9 @@ fn main() -> ExitCode {
             profile,
             workers,
             gpus,
+            replicas,
             format,
-        } => plan::run(&profile, workers, gpus, format),
+        } => plan::run(&profile, workers, gpus, replicas, format),
         Command::Codegen => codegen::run(codegen::Mode::Overwrite),
         Command::Check => codegen::run(codegen::Mode::Check),
         Command::List => list::run(),

@@ -1,9 +1,11 @@
-//! `cargo xtask plan`: the allocation table, as text or as the JSON contract other tools read.
+//! `cargo xtask plan`: the allocation table, as text or as the JSON contract other tools read, and the
+//! fleet it makes in Kubernetes (`--replicas`, default the profile's `replicas`).
 
 use anyhow::Context;
 use machine_model::{Overrides, Plan};
 
 use crate::profiles;
+use crate::render::kubernetes;
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 pub enum Format {
@@ -15,6 +17,7 @@ pub fn run(
     profile: &str,
     workers: Option<String>,
     gpus: Option<u32>,
+    replicas: Option<u32>,
     format: Format,
 ) -> anyhow::Result<()> {
     let loaded = profiles::load_one(profile)?;
@@ -34,11 +37,96 @@ pub fn run(
         },
     )
     .with_context(|| format!("planning profile {profile}"))?;
+    let replicas = replicas.unwrap_or(loaded.profile.replicas);
+    let range = machine_model::profile::REPLICAS_RANGE;
+    if !range.contains(&replicas) {
+        anyhow::bail!(
+            "--replicas {replicas} is out of range; a fleet has {} to {} machines",
+            range.start(),
+            range.end()
+        );
+    }
+    let fleet = Fleet::of(&plan, replicas);
     match format {
-        Format::Json => println!("{}", json(&plan)),
-        Format::Text => print!("{}", text(&plan)),
+        Format::Json => println!("{}", json_with_fleet(&plan, &fleet)),
+        Format::Text => print!("{}{}", text(&plan), fleet.text()),
     }
     Ok(())
+}
+
+/// A profile's fleet in Kubernetes: `replicas` machines of one plan, each named by its pod.
+#[derive(Debug, serde::Serialize)]
+pub struct Fleet {
+    /// How many machines.
+    pub replicas: u32,
+    /// The StatefulSet that runs them.
+    pub stateful_set: String,
+    /// Their `MACHINE_ID`s: the pod names `<statefulset>-0` … `<statefulset>-<replicas-1>`.
+    pub machine_ids: Vec<String>,
+    /// GPUs each machine asks for (`nvidia.com/gpu`).
+    pub gpus_per_machine: u32,
+    /// GPUs of the whole fleet.
+    pub gpus: u64,
+    /// Worker processes of one machine.
+    pub workers_per_machine: usize,
+    /// Worker processes of the whole fleet.
+    pub workers: usize,
+    /// Service instances of one machine.
+    pub services_per_machine: usize,
+    /// Service instances of the whole fleet.
+    pub services: usize,
+}
+
+impl Fleet {
+    /// The fleet of `replicas` machines of `plan`.
+    pub fn of(plan: &Plan, replicas: u32) -> Fleet {
+        let n = replicas as usize;
+        Fleet {
+            replicas,
+            stateful_set: kubernetes::stateful_set_name(&plan.profile),
+            machine_ids: kubernetes::machine_ids(&plan.profile, replicas),
+            gpus_per_machine: plan.gpus,
+            gpus: u64::from(plan.gpus) * u64::from(replicas),
+            workers_per_machine: plan.workers.len(),
+            workers: plan.workers.len() * n,
+            services_per_machine: plan.services.len(),
+            services: plan.services.len() * n,
+        }
+    }
+
+    /// The fleet section of the text plan.
+    pub fn text(&self) -> String {
+        format!(
+            "\nfleet (kubernetes: StatefulSet {}, Compose runs one machine)\n{}",
+            self.stateful_set,
+            table(&[
+                vec![
+                    "MACHINES".into(),
+                    "GPUS/MACHINE".into(),
+                    "GPUS".into(),
+                    "WORKERS".into(),
+                    "SERVICES".into(),
+                ],
+                vec![
+                    self.replicas.to_string(),
+                    self.gpus_per_machine.to_string(),
+                    self.gpus.to_string(),
+                    format!("{} ({} each)", self.workers, self.workers_per_machine),
+                    format!("{} ({} each)", self.services, self.services_per_machine),
+                ],
+            ])
+        ) + &format!(
+            "machine ids: {}\nworker ids: <machine id>-worker-<connector>-<index> on each machine\n",
+            self.machine_ids.join(", ")
+        )
+    }
+}
+
+/// The JSON contract with the fleet added under `fleet`.
+pub fn json_with_fleet(plan: &Plan, fleet: &Fleet) -> String {
+    let mut value = serde_json::to_value(plan).expect("plans serialise");
+    value["fleet"] = serde_json::to_value(fleet).expect("fleets serialise");
+    serde_json::to_string_pretty(&value).expect("json serialises")
 }
 
 /// The JSON contract: `workers` (name, connector, binding, gpu, env) and `services` (name, service, gpu, port),

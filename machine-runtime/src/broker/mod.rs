@@ -45,6 +45,7 @@ pub(crate) use log;
 
 pub mod bridge;
 mod config;
+pub mod lease;
 mod link;
 mod message;
 mod preflight;

@@ -7,6 +7,7 @@ mod gpu;
 mod hostile;
 mod install;
 mod job_queue;
+mod lease;
 mod redis_server;
 mod simulate;
 mod ui;

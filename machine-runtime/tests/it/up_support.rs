@@ -122,6 +122,8 @@ impl Runtime {
             "BROKER_PREFLIGHT",
             "MACHINE_HEALTH_REQUIRES_BROKER",
             "MACHINE_CONTROL_TOKEN",
+            "MACHINE_ID_APPEND_HOSTNAME",
+            "MACHINE_HEALTH_URL",
         ] {
             cmd.env_remove(var);
         }

@@ -123,8 +123,12 @@ fn named_volume(spec: &str) -> Option<&str> {
 
 /// Secrets pass through by name from the environment Compose runs in (or `--env-file .env.secrets`);
 /// values built from a secret are Compose templates (`${NAME}`), so no secret value is ever written here.
+///
+/// `MACHINE_ID_APPEND_HOSTNAME` passes through the same way: set it in the shell when scaling the service
+/// (`--scale machine=N`), so each container reports as `<MACHINE_ID>-<hostname>`.
 fn environment(l: &Loaded) -> Vec<String> {
     let mut env: Vec<String> = l.resolved.secrets().into_iter().map(|s| s.name).collect();
+    env.push("MACHINE_ID_APPEND_HOSTNAME".into());
     for var in l.resolved.secret_dependent().filter(|v| !v.is_secret()) {
         env.push(format!("{}={}", var.name, var.value.to_template()));
     }
@@ -136,6 +140,20 @@ fn secs(s: u32) -> String {
     format!("{s}s")
 }
 
+/// Seconds as a Compose duration in whole minutes where they divide (`300` → `5m`).
+fn minutes(s: u32) -> String {
+    if s.is_multiple_of(60) {
+        format!("{}m", s / 60)
+    } else {
+        secs(s)
+    }
+}
+
+/// The machine's image name, the same in Compose and Kubernetes.
+pub fn image(profile: &str) -> String {
+    format!("machine-runtime:{profile}")
+}
+
 /// The compose model of a profile's plan.
 fn model(l: &Loaded) -> Compose {
     let p = &l.plan;
@@ -144,7 +162,7 @@ fn model(l: &Loaded) -> Compose {
     let mut volumes = BTreeMap::new();
 
     let mut machine = Service {
-        image: Some(format!("machine-runtime:{}", p.profile)),
+        image: Some(image(&p.profile)),
         build: Some(Build {
             // The repository root, seen from generated/<profile>/.
             context: "../..".into(),
@@ -167,10 +185,10 @@ fn model(l: &Loaded) -> Compose {
                 "--port".into(),
                 p.health_port.to_string(),
             ],
-            interval: "30s".into(),
-            timeout: "10s".into(),
-            retries: 3,
-            start_period: Some("5m".into()),
+            interval: secs(super::MACHINE_HEALTH.interval_s),
+            timeout: secs(super::MACHINE_HEALTH.timeout_s),
+            retries: super::MACHINE_HEALTH.retries,
+            start_period: Some(minutes(super::MACHINE_HEALTH.start_period_s)),
         }),
         ..Service::default()
     };

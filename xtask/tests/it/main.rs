@@ -1,6 +1,6 @@
 //! Integration tests of the generated artifacts and the xtask CLI, run against the real readers (Compose
-//! schemas, docker-compose v1, PM2, node, dotenvy, git). A missing tool fails the test with the command that
-//! installs it; nothing is skipped.
+//! schemas, docker-compose v1, kubernetes-validate, PM2, node, dotenvy, git). A missing tool fails the test
+//! with the command that installs it; nothing is skipped.
 
 mod cli;
 mod compose_rules;
@@ -8,6 +8,7 @@ mod compose_schema;
 mod compose_v1;
 mod drift;
 mod env_readers;
+mod kubernetes;
 mod pm2_load;
 mod secrets;
 mod worker_env;

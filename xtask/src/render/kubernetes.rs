@@ -1,0 +1,482 @@
+//! The `kubernetes.yaml` rendering: the same plan as `docker-compose.yaml`, for a fleet. Multi-document, in
+//! this order: the ConfigMap of the plan's non-secret environment, the headless Service of the health port,
+//! the StatefulSet of the machines, then each profile service marked `kubernetes` as a Deployment and a
+//! Service of the same name (so host names in URLs such as `redis://redis:6379` resolve in the namespace).
+//!
+//! - Identity: a StatefulSet gives every pod a stable name (`<profile>-0` …); `MACHINE_ID` is that name
+//!   (downward API), and `MACHINE_HEALTH_URL` is built from the pod IP, so each machine reports an address
+//!   the monitor can reach.
+//! - Secrets: never values. Each secret the machine needs is a `secretKeyRef` into the one Secret the
+//!   operator creates (`<profile>-secrets`); values built from a secret use Kubernetes' `$(NAME)` expansion.
+//! - GPUs: `resources.limits["nvidia.com/gpu"]` (the NVIDIA device plugin), the `nvidia.com/gpu` toleration,
+//!   and, when the profile names a GPU model, a node selector on GPU Feature Discovery's
+//!   `nvidia.com/gpu.product` label, whose value is NVML's device name with spaces replaced by '-'
+//!   (`NVIDIA GeForce RTX 4090` → `NVIDIA-GeForce-RTX-4090`). Nothing GPU-related for a GPU-less plan.
+//! - Volumes: named volumes of the machine become volume claim templates (one claim per machine, of
+//!   [`CLAIM_SIZE`]); bind mounts (`./dir:/path`) have no cluster equivalent and are left out. Named volumes
+//!   of a cluster service are `emptyDir` (a trial broker, not a durable one). `/dev/shm` is a memory-backed
+//!   `emptyDir` of the profile's `shm_size`.
+//! - Timing: probes from [`super::MACHINE_HEALTH`] (the compose healthcheck's numbers), and
+//!   `terminationGracePeriodSeconds` from [`super::compose::stop_budget_secs`].
+
+use serde_json::{Map, Value, json};
+
+use machine_model::components::interpolate::Part;
+
+use crate::profiles::Loaded;
+
+/// The storage each machine's claim of a named volume requests.
+pub const CLAIM_SIZE: &str = "100Gi";
+
+/// The container port name of the health endpoint, which the probes and the Service use.
+const HEALTH_PORT_NAME: &str = "health";
+
+/// The name of the Secret the operator creates for a profile.
+pub fn secret_name(profile: &str) -> String {
+    format!("{profile}-secrets")
+}
+
+/// The name of the ConfigMap holding a profile's non-secret environment.
+pub fn config_map_name(profile: &str) -> String {
+    format!("{profile}-env")
+}
+
+/// The StatefulSet's (and headless Service's) name: the profile's name, so pod names and therefore machine
+/// ids are `<profile>-<ordinal>`.
+pub fn stateful_set_name(profile: &str) -> String {
+    profile.to_string()
+}
+
+/// The machine ids of a fleet of `replicas`: the StatefulSet's pod names.
+pub fn machine_ids(profile: &str, replicas: u32) -> Vec<String> {
+    (0..replicas)
+        .map(|i| format!("{}-{i}", stateful_set_name(profile)))
+        .collect()
+}
+
+/// GPU Feature Discovery's `nvidia.com/gpu.product` value for an NVML device name: spaces become '-'; any
+/// other character a label value cannot hold becomes '-' too, and the value is cut to 63 characters.
+pub fn gpu_product_label(model: &str) -> String {
+    let mapped: String = model
+        .trim()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    let cut: String = mapped.chars().take(63).collect();
+    cut.trim_matches(|c: char| !c.is_ascii_alphanumeric())
+        .to_string()
+}
+
+/// A Docker size (`8g`, `512m`, `1024`) as a Kubernetes quantity (`8Gi`, `512Mi`, `1024`); Docker's units
+/// are binary.
+pub fn quantity(docker_size: &str) -> String {
+    let s = docker_size.trim();
+    let (digits, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    match unit.to_ascii_lowercase().as_str() {
+        "k" => format!("{digits}Ki"),
+        "m" => format!("{digits}Mi"),
+        "g" => format!("{digits}Gi"),
+        _ => digits.to_string(),
+    }
+}
+
+/// A volume name as a DNS-1123 label (`comfyui_models` → `comfyui-models`).
+fn dns_label(name: &str) -> String {
+    let mapped: String = name
+        .to_ascii_lowercase()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    let cut: String = mapped.chars().take(63).collect();
+    cut.trim_matches('-').to_string()
+}
+
+/// A short-syntax named volume (`name:/path[:ro]`): (name, mount path, read-only).
+fn named_volume(spec: &str) -> Option<(&str, &str, bool)> {
+    let mut parts = spec.split(':');
+    let source = parts.next()?;
+    let target = parts.next()?;
+    let read_only = parts.next() == Some("ro");
+    let named = !source.is_empty() && !source.starts_with(['.', '/', '~', '$']);
+    named.then_some((source, target, read_only))
+}
+
+fn labels(profile: &str, component: &str) -> Value {
+    json!({
+        "app.kubernetes.io/name": "machine",
+        "app.kubernetes.io/instance": profile,
+        "app.kubernetes.io/component": component,
+    })
+}
+
+fn metadata(name: &str, profile: &str, component: &str) -> Value {
+    let mut labels = labels(profile, component);
+    labels["app.kubernetes.io/managed-by"] = json!("cargo-xtask");
+    json!({ "name": name, "labels": labels })
+}
+
+/// A value built from secrets in Kubernetes' dependent-variable syntax: secrets as `$(NAME)` (defined
+/// earlier in `env`), a literal `$` doubled so it is never expanded.
+fn expansion(value: &machine_model::components::interpolate::Value) -> String {
+    value
+        .parts()
+        .iter()
+        .map(|part| match part {
+            Part::Text(t) => t.replace('$', "$$"),
+            Part::Secret(name) => format!("$({name})"),
+        })
+        .collect()
+}
+
+/// The ConfigMap: the plan's derived variables and the literal values, as in `.env`, except `MACHINE_ID`
+/// (each pod's own name).
+fn config_map(l: &Loaded) -> Value {
+    let name = &l.source.name;
+    let derived = super::env::derived_vars(&l.profile, &l.plan);
+    let mut data = Map::new();
+    for (k, v) in &derived {
+        if k != "MACHINE_ID" {
+            data.insert(k.clone(), json!(v));
+        }
+    }
+    for (k, v) in l.resolved.literals() {
+        if !derived.iter().any(|(d, _)| d == k) {
+            data.insert(k.to_string(), json!(v));
+        }
+    }
+    json!({
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": metadata(&config_map_name(name), name, "machine"),
+        "data": data,
+    })
+}
+
+/// The container's `env`: identity from the downward API, the routable health URL, the secrets by
+/// reference, then the values built from them (after the secrets they expand).
+fn machine_env(l: &Loaded) -> Vec<Value> {
+    let name = &l.source.name;
+    let mut env = vec![
+        json!({"name": "MACHINE_ID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}),
+        json!({"name": "MACHINE_POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}),
+        json!({
+            "name": "MACHINE_HEALTH_URL",
+            "value": format!("http://$(MACHINE_POD_IP):{}/health", l.plan.health_port),
+        }),
+    ];
+    for secret in l.resolved.secrets() {
+        env.push(json!({
+            "name": secret.name,
+            "valueFrom": {"secretKeyRef": {"name": secret_name(name), "key": secret.name}},
+        }));
+    }
+    for var in l.resolved.secret_dependent().filter(|v| !v.is_secret()) {
+        env.push(json!({"name": var.name, "value": expansion(&var.value)}));
+    }
+    env
+}
+
+fn http_probe(path: &str, period_s: u32, timeout_s: u32, failures: u32) -> Value {
+    json!({
+        "httpGet": {"path": path, "port": HEALTH_PORT_NAME},
+        "periodSeconds": period_s,
+        "timeoutSeconds": timeout_s,
+        "failureThreshold": failures,
+    })
+}
+
+/// The headless Service: one DNS record per machine (`<pod>.<profile>`), the monitor's way to each
+/// machine's health port.
+fn headless_service(l: &Loaded) -> Value {
+    let name = &l.source.name;
+    json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": metadata(&stateful_set_name(name), name, "machine"),
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": true,
+            "selector": labels(name, "machine"),
+            "ports": [{
+                "name": HEALTH_PORT_NAME,
+                "port": l.plan.health_port,
+                "targetPort": HEALTH_PORT_NAME,
+                "protocol": "TCP",
+            }],
+        },
+    })
+}
+
+fn stateful_set(l: &Loaded) -> Value {
+    let name = &l.source.name;
+    let plan = &l.plan;
+    let d = &l.profile.docker;
+    let timing = super::MACHINE_HEALTH;
+
+    let mut limits = Map::new();
+    if plan.uses_gpus() {
+        limits.insert("nvidia.com/gpu".into(), json!(plan.gpus.to_string()));
+    }
+    if let Some(r) = &d.resources {
+        if let Some(cpus) = r.cpus {
+            limits.insert("cpu".into(), json!(cpus.to_string()));
+        }
+        if let Some(memory) = &r.memory {
+            limits.insert("memory".into(), json!(quantity(memory)));
+        }
+    }
+
+    let mut mounts = Vec::new();
+    let mut volumes = Vec::new();
+    let mut claims = Vec::new();
+    for spec in &d.volumes {
+        if let Some((source, target, read_only)) = named_volume(spec) {
+            let volume = dns_label(source);
+            let mut mount = json!({"name": volume, "mountPath": target});
+            if read_only {
+                mount["readOnly"] = json!(true);
+            }
+            mounts.push(mount);
+            claims.push(json!({
+                "metadata": {"name": volume},
+                "spec": {
+                    "accessModes": ["ReadWriteOnce"],
+                    "resources": {"requests": {"storage": CLAIM_SIZE}},
+                },
+            }));
+        }
+    }
+    if let Some(shm) = &d.shm_size {
+        mounts.push(json!({"name": "dshm", "mountPath": "/dev/shm"}));
+        volumes.push(json!({
+            "name": "dshm",
+            "emptyDir": {"medium": "Memory", "sizeLimit": quantity(shm)},
+        }));
+    }
+
+    let mut container = json!({
+        "name": "machine",
+        "image": super::compose::image(&l.source.name),
+        "imagePullPolicy": "IfNotPresent",
+        "ports": [{"name": HEALTH_PORT_NAME, "containerPort": plan.health_port, "protocol": "TCP"}],
+        "envFrom": [{"configMapRef": {"name": config_map_name(name)}}],
+        "env": machine_env(l),
+        // The start period is the time ComfyUI may take to load; readiness follows it.
+        "startupProbe": http_probe(
+            "/ready",
+            timing.interval_s.min(10),
+            timing.timeout_s,
+            timing.start_period_s.div_ceil(timing.interval_s.min(10)),
+        ),
+        "readinessProbe": http_probe("/ready", timing.interval_s.min(10), timing.timeout_s, timing.retries),
+        "livenessProbe": http_probe("/health", timing.interval_s, timing.timeout_s, timing.retries),
+    });
+    if !limits.is_empty() {
+        container["resources"] = json!({ "limits": limits });
+    }
+    if !mounts.is_empty() {
+        container["volumeMounts"] = json!(mounts);
+    }
+
+    let mut pod = json!({
+        "terminationGracePeriodSeconds": super::compose::stop_budget_secs(l),
+        "containers": [container],
+    });
+    if plan.uses_gpus() {
+        if let Some(model) = &l.profile.machine.gpu_model {
+            pod["nodeSelector"] = json!({ "nvidia.com/gpu.product": gpu_product_label(model) });
+        }
+        pod["tolerations"] = json!([{
+            "key": "nvidia.com/gpu",
+            "operator": "Exists",
+            "effect": "NoSchedule",
+        }]);
+    }
+    if !volumes.is_empty() {
+        pod["volumes"] = json!(volumes);
+    }
+
+    let mut spec = json!({
+        "serviceName": stateful_set_name(name),
+        "replicas": l.profile.replicas,
+        "podManagementPolicy": "Parallel",
+        "selector": {"matchLabels": labels(name, "machine")},
+        "template": {
+            "metadata": {"labels": labels(name, "machine")},
+            "spec": pod,
+        },
+    });
+    if !claims.is_empty() {
+        spec["volumeClaimTemplates"] = json!(claims);
+    }
+    json!({
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": metadata(&stateful_set_name(name), name, "machine"),
+        "spec": spec,
+    })
+}
+
+/// The Deployment and Service of each profile service marked `kubernetes` (and whose condition holds).
+fn cluster_services(l: &Loaded) -> Vec<Value> {
+    let profile = &l.source.name;
+    let mut docs = Vec::new();
+    for (name, extra) in &l.profile.docker.services {
+        let included = extra
+            .when
+            .as_ref()
+            .is_none_or(|c| c.holds(&l.profile.components));
+        if !extra.kubernetes || !included {
+            continue;
+        }
+        let mut mounts = Vec::new();
+        let mut volumes = Vec::new();
+        for spec in &extra.volumes {
+            if let Some((source, target, read_only)) = named_volume(spec) {
+                let volume = dns_label(source);
+                let mut mount = json!({"name": volume, "mountPath": target});
+                if read_only {
+                    mount["readOnly"] = json!(true);
+                }
+                mounts.push(mount);
+                volumes.push(json!({"name": volume, "emptyDir": {}}));
+            }
+        }
+        let mut container = json!({
+            "name": dns_label(name),
+            "image": extra.image,
+            "ports": extra.ports.iter().map(|p| json!({"containerPort": p, "protocol": "TCP"})).collect::<Vec<_>>(),
+        });
+        if !extra.command.is_empty() {
+            // Compose's `command` replaces the image's CMD, which is Kubernetes' `args`.
+            container["args"] = json!(extra.command);
+        }
+        if !extra.environment.is_empty() {
+            container["env"] = json!(
+                extra
+                    .environment
+                    .iter()
+                    .map(|(k, v)| json!({"name": k, "value": v}))
+                    .collect::<Vec<_>>()
+            );
+        }
+        if let Some(h) = &extra.healthcheck {
+            container["readinessProbe"] = json!({
+                "exec": {"command": h.test},
+                "periodSeconds": h.interval_s,
+                "timeoutSeconds": h.timeout_s,
+                "failureThreshold": h.retries,
+            });
+        }
+        if !mounts.is_empty() {
+            container["volumeMounts"] = json!(mounts);
+        }
+        let mut pod = json!({ "containers": [container] });
+        if !volumes.is_empty() {
+            pod["volumes"] = json!(volumes);
+        }
+        let component = dns_label(name);
+        docs.push(json!({
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": metadata(&component, profile, &component),
+            "spec": {
+                "replicas": 1,
+                "selector": {"matchLabels": labels(profile, &component)},
+                "template": {
+                    "metadata": {"labels": labels(profile, &component)},
+                    "spec": pod,
+                },
+            },
+        }));
+        docs.push(json!({
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": metadata(&component, profile, &component),
+            "spec": {
+                "selector": labels(profile, &component),
+                "ports": extra.ports.iter().map(|p| json!({
+                    "name": format!("tcp-{p}"),
+                    "port": p,
+                    "targetPort": p,
+                    "protocol": "TCP",
+                })).collect::<Vec<_>>(),
+            },
+        }));
+    }
+    docs
+}
+
+/// Every document of a profile's `kubernetes.yaml`, in order.
+pub fn documents(l: &Loaded) -> Vec<Value> {
+    let mut docs = vec![config_map(l), headless_service(l), stateful_set(l)];
+    docs.extend(cluster_services(l));
+    docs
+}
+
+pub fn render(l: &Loaded) -> String {
+    let name = &l.source.name;
+    let mut out = format!("# {}\n", super::header(name));
+    out += &format!(
+        "# Apply: kubectl apply -f generated/{name}/kubernetes.yaml (create the Secret {} first when the machine needs secrets; see README)\n",
+        secret_name(name)
+    );
+    for doc in documents(l) {
+        out += "---\n";
+        out += &super::yaml::to_string(&doc);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gpu_product_labels_follow_gpu_feature_discovery() {
+        assert_eq!(
+            gpu_product_label("NVIDIA GeForce RTX 4090"),
+            "NVIDIA-GeForce-RTX-4090"
+        );
+        assert_eq!(
+            gpu_product_label("NVIDIA H100 80GB HBM3"),
+            "NVIDIA-H100-80GB-HBM3"
+        );
+        assert_eq!(gpu_product_label(" A100-SXM4-80GB "), "A100-SXM4-80GB");
+        assert_eq!(gpu_product_label("x (y)"), "x--y");
+        assert_eq!(gpu_product_label(&"a".repeat(80)).len(), 63);
+    }
+
+    #[test]
+    fn docker_sizes_become_binary_quantities() {
+        assert_eq!(quantity("8g"), "8Gi");
+        assert_eq!(quantity("512m"), "512Mi");
+        assert_eq!(quantity("64k"), "64Ki");
+        assert_eq!(quantity("1024"), "1024");
+        assert_eq!(quantity("1024b"), "1024");
+    }
+
+    #[test]
+    fn names_and_ids() {
+        assert_eq!(dns_label("comfyui_models"), "comfyui-models");
+        assert_eq!(named_volume("m:/x:ro"), Some(("m", "/x", true)));
+        assert_eq!(named_volume("./m:/x"), None);
+        assert_eq!(
+            machine_ids("gpu-mixed", 3),
+            ["gpu-mixed-0", "gpu-mixed-1", "gpu-mixed-2"]
+        );
+    }
+
+    #[test]
+    fn secret_values_expand_kubernetes_style() {
+        use machine_model::components::interpolate::Value as V;
+        assert_eq!(expansion(&V::secret("PW")), "$(PW)");
+        assert_eq!(expansion(&V::text("a$b")), "a$$b");
+    }
+}
