@@ -333,7 +333,8 @@ pub const SERVICES: &[ServiceEntry] = &[
         port_step: 1,
         command: CommandTemplate {
             script: "machine-runtime",
-            args: &["simulate", "--port", "{port}"],
+            // All interfaces: in a container the published port reaches the service only this way.
+            args: &["simulate", "--host", "0.0.0.0", "--port", "{port}"],
             cwd: "{workspace}",
         },
         env: &[],
@@ -364,7 +365,7 @@ pub const SERVICES: &[ServiceEntry] = &[
                 "--port",
                 "{port}",
                 "--host",
-                "127.0.0.1",
+                "0.0.0.0",
             ],
             cwd: "{workspace}/playwright",
         },
