@@ -2,6 +2,7 @@
 
 mod broker;
 mod build_script;
+mod docker;
 mod gpu;
 mod install;
 mod redis_server;
