@@ -51,8 +51,11 @@ impl fmt::Display for Binding {
 /// A program to run: the executable and its arguments (templates allowed).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CommandTemplate {
-    /// The executable; `machine-runtime` means the runtime binary itself.
+    /// The executable; `machine-runtime` means the runtime binary itself. With an interpreter, the
+    /// script file, relative to `cwd` (PM2's rule).
     pub script: &'static str,
+    /// PM2's `interpreter`: `none` runs `script` directly, `node` runs `node <script>`.
+    pub interpreter: &'static str,
     /// Its arguments.
     pub args: &'static [&'static str],
     /// Working directory.
@@ -99,8 +102,11 @@ pub struct ServiceEntry {
     pub name: &'static str,
     /// One line for people.
     pub description: &'static str,
-    /// Port of instance 0.
+    /// Port of instance 0 when the setting [`ServiceEntry::base_port_setting`] is not given.
     pub base_port: u16,
+    /// The machine setting (component variable, or the environment at `up --profile`) that moves
+    /// the base port, e.g. `SIMULATION_BASE_PORT`.
+    pub base_port_setting: Option<&'static str>,
     /// Port increment per GPU instance.
     pub port_step: u16,
     /// The service's command.
@@ -126,10 +132,12 @@ pub enum ConnectorKind {
     External,
 }
 
-/// A connector: a kind of worker.
+/// A connector: a kind of worker, named as the worker bundle's service mapping names it
+/// (`workers.<name>` in `src/config/service-mapping.json`; `data/service-mapping.json` is our copy,
+/// and a test keeps every entry here true to it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConnectorEntry {
-    /// The name used in worker specs.
+    /// The name used in worker specs: the mapping's worker type.
     pub name: &'static str,
     /// One line for people.
     pub description: &'static str,
@@ -137,14 +145,20 @@ pub struct ConnectorEntry {
     pub kind: ConnectorKind,
     /// The internal service it needs (internal connectors only).
     pub service: Option<&'static str>,
-    /// Bindings the connector allows.
+    /// Bindings the connector allows (the mapping's `is_gpu_bound`: gpu first; shared when not bound).
     pub bindings: &'static [Binding],
     /// Binding when the spec gives none.
     pub default_binding: Binding,
-    /// Secrets the worker needs in its environment.
+    /// The mapping's `required_env` of this worker type: variables the worker refuses to start without.
     pub required_env: &'static [&'static str],
-    /// Service types the worker advertises to the job broker (`service_required`).
+    /// Variables the `required_env` of the worker's services adds (the mapping's `services.<s>.required_env`
+    /// minus [`ConnectorEntry::required_env`]); needed at start just the same.
+    pub service_env: &'static [&'static str],
+    /// The mapping's `services` of this worker type: what the worker advertises (status `services`,
+    /// `capabilities`).
     pub advertises: &'static [&'static str],
+    /// The job kinds it claims (`job_service_required` of the mapping's `job_service_required_map`).
+    pub job_kinds: &'static [&'static str],
     /// The worker's command.
     pub worker: CommandTemplate,
     /// Environment the worker gets besides the common worker variables (templates see its service instance).
@@ -153,11 +167,161 @@ pub struct ConnectorEntry {
     pub lifecycle: Lifecycle,
 }
 
-/// The existing worker bundle, which production machines keep.
+impl ConnectorEntry {
+    /// Every variable a worker of this connector needs at start: `required_env`, then `service_env`.
+    pub fn needs(&self) -> impl Iterator<Item = &'static str> + use<> {
+        self.required_env
+            .iter()
+            .chain(self.service_env.iter())
+            .copied()
+    }
+}
+
+/// A name the worker bundle may know but this machine refuses, and why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RefusedConnector {
+    /// The name as written in a spec.
+    pub name: &'static str,
+    /// Why it is refused and what to use instead.
+    pub reason: &'static str,
+}
+
+/// Names refused at spec parse, with the reason (shown in place of "unknown connector").
+pub const REFUSED: &[RefusedConnector] = &[
+    RefusedConnector {
+        name: "replicate",
+        reason: "the worker bundle has no such type (its service mapping has no \"replicate\" worker)",
+    },
+    RefusedConnector {
+        name: "playwright",
+        reason: "the worker bundle has no such type (its service mapping has no \"playwright\" worker)",
+    },
+    RefusedConnector {
+        name: "simulation-http",
+        reason: "the machine runs no HTTP simulation service for it; use \"simulation-websocket\" (it takes the same simulation jobs)",
+    },
+    RefusedConnector {
+        name: "a1111",
+        reason: "the machine cannot install or run Automatic1111 (no install recipe, no service); use \"comfyui\"",
+    },
+    RefusedConnector {
+        name: "simulation",
+        reason: "the worker's type is \"simulation-websocket\" (it takes jobs with service_required simulation)",
+    },
+    RefusedConnector {
+        name: "comfyui-websocket",
+        reason: "the worker bundle has no such type; use \"comfyui\" (it talks to ComfyUI over its WebSocket)",
+    },
+];
+
+/// The refusal of `name`, if the catalog refuses it.
+pub fn refused(name: &str) -> Option<&'static RefusedConnector> {
+    REFUSED.iter().find(|r| r.name == name)
+}
+
+/// A machine setting that a worker reads under another name (contract §3): the machine's
+/// `WORKER_POLL_INTERVAL_MS` is the worker's `POLL_INTERVAL_MS`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WorkerSetting {
+    /// The machine's name (a component variable, the `.env`, the runtime's environment).
+    pub setting: &'static str,
+    /// The name the worker reads.
+    pub worker_var: &'static str,
+    /// The value when the machine gives none.
+    pub default: &'static str,
+    /// A secret: never written to generated files; the runtime passes it by name at spawn time.
+    pub secret: bool,
+}
+
+/// The one table of worker settings. The plan writes each non-secret one into every worker's
+/// environment with the value from the profile's components (or the default); at spawn time the
+/// runtime's own environment wins (`machine-runtime/src/command.rs`), so an operator's `.env` edit takes
+/// effect without regenerating anything, and secrets travel by name only.
+pub const WORKER_SETTINGS: &[WorkerSetting] = &[
+    WorkerSetting {
+        setting: "WORKER_POLL_INTERVAL_MS",
+        worker_var: "POLL_INTERVAL_MS",
+        default: "1000",
+        secret: false,
+    },
+    WorkerSetting {
+        setting: "WORKER_JOB_TIMEOUT_MINUTES",
+        worker_var: "JOB_TIMEOUT_MINUTES",
+        default: "30",
+        secret: false,
+    },
+    WorkerSetting {
+        setting: "WORKER_QUALITY_LEVELS",
+        worker_var: "QUALITY_LEVELS",
+        default: "fast,balanced,quality",
+        secret: false,
+    },
+    WorkerSetting {
+        setting: "WORKER_DEBUGGING_ENABLED",
+        worker_var: "DEBUGGING_ENABLED",
+        default: "false",
+        secret: false,
+    },
+    WorkerSetting {
+        setting: "WORKER_DEVELOPMENT_MODE",
+        worker_var: "DEVELOPMENT_MODE",
+        default: "false",
+        secret: false,
+    },
+    WorkerSetting {
+        setting: "LOG_LEVEL",
+        worker_var: "LOG_LEVEL",
+        default: "info",
+        secret: false,
+    },
+    WorkerSetting {
+        setting: "WORKER_WEBSOCKET_AUTH_TOKEN",
+        worker_var: "WEBSOCKET_AUTH_TOKEN",
+        default: "",
+        secret: true,
+    },
+];
+
+/// Fixed variables of every bundle worker (contract §3).
+pub const WORKER_FIXED_ENV: &[(&str, &str)] = &[
+    // Without it the worker sends no job_started, job_completed or connector_status_changed events.
+    ("UNIFIED_MACHINE_STATUS", "true"),
+    ("NODE_ENV", "production"),
+];
+
+/// Variables that name a machine's whole worker spec; a worker gets its own connector in each instead.
+pub const MACHINE_WIDE_WORKER_VARS: &[&str] = &["WORKERS", "WORKER_CONNECTORS", "CONNECTORS"];
+
+/// Required variables that are secrets: generated files hold only their names.
+pub const SECRET_ENV: &[&str] = &["OPENAI_API_KEY", "GEMINI_API_KEY"];
+
+/// The folder of the worker bundle under the workspace.
+pub const WORKER_BUNDLE_DIR: &str = "worker-bundled";
+
+/// The worker bundle's entry: one CommonJS file run with node in the bundle folder.
+pub const WORKER_BUNDLE_ENTRY: &str = "redis-direct-worker.js";
+
+/// The worker bundle's service mapping, relative to the bundle folder.
+pub const WORKER_BUNDLE_MAPPING: &str = "src/config/service-mapping.json";
+
+/// Files an installed worker bundle must have.
+pub const WORKER_BUNDLE_FILES: &[&str] =
+    &[WORKER_BUNDLE_ENTRY, "package.json", WORKER_BUNDLE_MAPPING];
+
+/// The install name of the worker bundle (`machine-runtime install --services worker-bundle`).
+pub const WORKER_BUNDLE_INSTALL: &str = "worker-bundle";
+
+/// The worker bundle's source when neither the profile nor `WORKER_BUNDLE_URL` names one: the latest
+/// release tarball of the existing job queue.
+pub const DEFAULT_WORKER_BUNDLE_URL: &str = "https://github.com/stakeordie/emp-job-queue/releases/latest/download/emp-job-queue-worker.tar.gz";
+
+/// The existing worker bundle, which every connector runs: `node redis-direct-worker.js` in the bundle
+/// folder (the worker finds its service mapping relative to its working directory).
 const NODE_WORKER: CommandTemplate = CommandTemplate {
-    script: "node",
-    args: &["{workspace}/worker-bundled/redis-direct-worker.cjs"],
-    cwd: "{workspace}",
+    script: WORKER_BUNDLE_ENTRY,
+    interpreter: "node",
+    args: &[],
+    cwd: "{workspace}/worker-bundled",
 };
 
 const WORKER_LIFECYCLE: Lifecycle = Lifecycle {
@@ -174,6 +338,9 @@ const SERVICE_LIFECYCLE: Lifecycle = Lifecycle {
     kill_timeout_ms: 10_000,
 };
 
+const COMFYUI_WORKER_ENV: &[(&str, &str)] =
+    &[("COMFYUI_HOST", "127.0.0.1"), ("COMFYUI_PORT", "{port}")];
+
 /// Every connector, in the order they are listed to users.
 pub const CONNECTORS: &[ConnectorEntry] = &[
     ConnectorEntry {
@@ -184,110 +351,11 @@ pub const CONNECTORS: &[ConnectorEntry] = &[
         bindings: &[Binding::Gpu],
         default_binding: Binding::Gpu,
         required_env: &[],
+        service_env: &[],
         advertises: &["comfyui"],
+        job_kinds: &["comfyui"],
         worker: NODE_WORKER,
-        worker_env: &[
-            ("COMFYUI_HOST", "127.0.0.1"),
-            ("COMFYUI_PORT", "{port}"),
-            ("COMFYUI_BASE_URL", "http://127.0.0.1:{port}"),
-        ],
-        lifecycle: WORKER_LIFECYCLE,
-    },
-    ConnectorEntry {
-        name: "comfyui-websocket",
-        description: "ComfyUI over its WebSocket API; the same ComfyUI service as comfyui",
-        kind: ConnectorKind::Internal,
-        service: Some("comfyui"),
-        bindings: &[Binding::Gpu],
-        default_binding: Binding::Gpu,
-        required_env: &[],
-        advertises: &["comfyui"],
-        worker: NODE_WORKER,
-        worker_env: &[
-            ("COMFYUI_HOST", "127.0.0.1"),
-            ("COMFYUI_PORT", "{port}"),
-            ("COMFYUI_BASE_URL", "http://127.0.0.1:{port}"),
-            ("COMFYUI_WS_URL", "ws://127.0.0.1:{port}/ws"),
-        ],
-        lifecycle: WORKER_LIFECYCLE,
-    },
-    ConnectorEntry {
-        name: "simulation",
-        description: "A local stand-in inference service and worker, so GPU-less machines and tests run the full path",
-        kind: ConnectorKind::Internal,
-        service: Some("simulation"),
-        bindings: &[Binding::Gpu, Binding::Cpu],
-        default_binding: Binding::Gpu,
-        required_env: &[],
-        advertises: &["simulation"],
-        worker: CommandTemplate {
-            script: "machine-runtime",
-            args: &["simulate-worker"],
-            cwd: "{workspace}",
-        },
-        worker_env: &[("SIMULATION_BASE_URL", "http://127.0.0.1:{port}")],
-        lifecycle: Lifecycle {
-            min_uptime_ms: 1_000,
-            max_restarts: 10,
-            exp_backoff_restart_delay_ms: 200,
-            kill_timeout_ms: 3_000,
-        },
-    },
-    ConnectorEntry {
-        name: "playwright",
-        description: "Browser automation through the machine's Playwright server",
-        kind: ConnectorKind::Internal,
-        service: Some("playwright"),
-        bindings: &[Binding::Cpu],
-        default_binding: Binding::Cpu,
-        required_env: &[],
-        advertises: &["playwright"],
-        worker: NODE_WORKER,
-        worker_env: &[("PLAYWRIGHT_WS_ENDPOINT", "ws://127.0.0.1:{port}/")],
-        lifecycle: WORKER_LIFECYCLE,
-    },
-    ConnectorEntry {
-        name: "openai",
-        description: "OpenAI text and image API",
-        kind: ConnectorKind::External,
-        service: None,
-        bindings: &[Binding::Shared],
-        default_binding: Binding::Shared,
-        required_env: &["OPENAI_API_KEY"],
-        advertises: &[
-            "openai_text",
-            "openai_image",
-            "openai_img2img",
-            "openai_responses",
-        ],
-        worker: NODE_WORKER,
-        worker_env: &[],
-        lifecycle: WORKER_LIFECYCLE,
-    },
-    ConnectorEntry {
-        name: "replicate",
-        description: "Replicate model API",
-        kind: ConnectorKind::External,
-        service: None,
-        bindings: &[Binding::Shared],
-        default_binding: Binding::Shared,
-        required_env: &["REPLICATE_API_TOKEN"],
-        advertises: &["replicate"],
-        worker: NODE_WORKER,
-        worker_env: &[],
-        lifecycle: WORKER_LIFECYCLE,
-    },
-    ConnectorEntry {
-        name: "gemini",
-        description: "Google Gemini image API",
-        kind: ConnectorKind::External,
-        service: None,
-        bindings: &[Binding::Shared],
-        default_binding: Binding::Shared,
-        required_env: &["GEMINI_API_KEY"],
-        advertises: &["gem-nano-banana"],
-        worker: NODE_WORKER,
-        worker_env: &[],
+        worker_env: COMFYUI_WORKER_ENV,
         lifecycle: WORKER_LIFECYCLE,
     },
     ConnectorEntry {
@@ -298,7 +366,133 @@ pub const CONNECTORS: &[ConnectorEntry] = &[
         bindings: &[Binding::Shared],
         default_binding: Binding::Shared,
         required_env: &[],
-        advertises: &["comfyui"],
+        service_env: &[],
+        advertises: &["comfyui-remote"],
+        job_kinds: &["comfyui"],
+        worker: NODE_WORKER,
+        worker_env: &[],
+        lifecycle: WORKER_LIFECYCLE,
+    },
+    ConnectorEntry {
+        name: "emprops-app",
+        description: "The EmProps app worker, running its ComfyUI jobs on the local ComfyUI of the worker's GPU",
+        kind: ConnectorKind::Internal,
+        service: Some("comfyui"),
+        bindings: &[Binding::Gpu],
+        default_binding: Binding::Gpu,
+        required_env: &[],
+        service_env: &[],
+        advertises: &["comfyui", "a1111"],
+        job_kinds: &["comfyui", "a1111"],
+        worker: NODE_WORKER,
+        worker_env: COMFYUI_WORKER_ENV,
+        lifecycle: WORKER_LIFECYCLE,
+    },
+    ConnectorEntry {
+        name: "simulation-websocket",
+        description: "Simulation jobs over the simulation-websocket protocol, against the built-in simulation service",
+        kind: ConnectorKind::Internal,
+        service: Some("simulation"),
+        bindings: &[Binding::Gpu, Binding::Cpu],
+        default_binding: Binding::Gpu,
+        required_env: &[],
+        service_env: &[],
+        advertises: &["simulation-websocket"],
+        job_kinds: &["simulation"],
+        worker: NODE_WORKER,
+        worker_env: &[("SIMULATION_WEBSOCKET_URL", "ws://127.0.0.1:{port}")],
+        lifecycle: Lifecycle {
+            min_uptime_ms: 1_000,
+            max_restarts: 10,
+            exp_backoff_restart_delay_ms: 200,
+            kill_timeout_ms: 3_000,
+        },
+    },
+    ConnectorEntry {
+        name: "openai",
+        description: "OpenAI text, image, image-to-image and responses APIs",
+        kind: ConnectorKind::External,
+        service: None,
+        bindings: &[Binding::Shared],
+        default_binding: Binding::Shared,
+        required_env: &[
+            "OPENAI_API_KEY",
+            "OPENAI_IMAGE_MODEL",
+            "CLOUD_STORAGE_PROVIDER",
+        ],
+        service_env: &[],
+        advertises: &[
+            "openai-text",
+            "openai-image",
+            "openai-img2img",
+            "openai-responses",
+        ],
+        job_kinds: &[
+            "openai_text",
+            "openai_image",
+            "openai_img2img",
+            "openai_responses",
+        ],
+        worker: NODE_WORKER,
+        worker_env: &[],
+        lifecycle: WORKER_LIFECYCLE,
+    },
+    ConnectorEntry {
+        name: "openai-response",
+        description: "OpenAI Responses API for dynamic JSON payloads",
+        kind: ConnectorKind::External,
+        service: None,
+        bindings: &[Binding::Shared],
+        default_binding: Binding::Shared,
+        required_env: &[],
+        service_env: &["OPENAI_API_KEY", "CLOUD_STORAGE_PROVIDER"],
+        advertises: &["openai-responses"],
+        job_kinds: &["openai"],
+        worker: NODE_WORKER,
+        worker_env: &[],
+        lifecycle: WORKER_LIFECYCLE,
+    },
+    ConnectorEntry {
+        name: "gemini",
+        description: "Google Gemini image API (GEMINI_NANO_BANANA_URL moves its endpoint)",
+        kind: ConnectorKind::External,
+        service: None,
+        bindings: &[Binding::Shared],
+        default_binding: Binding::Shared,
+        required_env: &["GEMINI_API_KEY"],
+        service_env: &[],
+        advertises: &["gem-nano-banana"],
+        job_kinds: &["gem-nano-banana"],
+        worker: NODE_WORKER,
+        worker_env: &[],
+        lifecycle: WORKER_LIFECYCLE,
+    },
+    ConnectorEntry {
+        name: "ollama",
+        description: "An Ollama daemon the machine does not run (OLLAMA_HOST, OLLAMA_PORT, OLLAMA_DEFAULT_MODEL)",
+        kind: ConnectorKind::External,
+        service: None,
+        bindings: &[Binding::Shared],
+        default_binding: Binding::Shared,
+        required_env: &["OLLAMA_HOST", "OLLAMA_PORT", "OLLAMA_DEFAULT_MODEL"],
+        service_env: &[],
+        advertises: &["ollama"],
+        job_kinds: &["ollama", "text_generation", "chat_completion", "embeddings"],
+        worker: NODE_WORKER,
+        worker_env: &[],
+        lifecycle: WORKER_LIFECYCLE,
+    },
+    ConnectorEntry {
+        name: "mock",
+        description: "The bundle's mock connector: completes jobs without any service (tests, smoke checks)",
+        kind: ConnectorKind::External,
+        service: None,
+        bindings: &[Binding::Shared],
+        default_binding: Binding::Shared,
+        required_env: &[],
+        service_env: &[],
+        advertises: &["mock_test"],
+        job_kinds: &["mock"],
         worker: NODE_WORKER,
         worker_env: &[],
         lifecycle: WORKER_LIFECYCLE,
@@ -311,9 +505,11 @@ pub const SERVICES: &[ServiceEntry] = &[
         name: "comfyui",
         description: "ComfyUI, one instance per GPU, pinned by GPU UUID (never --cuda-device)",
         base_port: 8188,
+        base_port_setting: Some("COMFYUI_BASE_PORT"),
         port_step: 1,
         command: CommandTemplate {
             script: "{workspace}/ComfyUI/venv/bin/python",
+            interpreter: "none",
             args: &["main.py", "--listen", "0.0.0.0", "--port", "{port}"],
             cwd: "{workspace}/ComfyUI",
         },
@@ -328,11 +524,13 @@ pub const SERVICES: &[ServiceEntry] = &[
     },
     ServiceEntry {
         name: "simulation",
-        description: "The built-in inference stand-in (machine-runtime simulate)",
+        description: "The built-in simulation service (machine-runtime simulate): the simulation-websocket protocol, /health for readiness",
         base_port: 8399,
+        base_port_setting: Some("SIMULATION_BASE_PORT"),
         port_step: 1,
         command: CommandTemplate {
             script: "machine-runtime",
+            interpreter: "none",
             // All interfaces: in a container the published port reaches the service only this way.
             args: &["simulate", "--host", "0.0.0.0", "--port", "{port}"],
             cwd: "{workspace}",
@@ -353,11 +551,13 @@ pub const SERVICES: &[ServiceEntry] = &[
     },
     ServiceEntry {
         name: "playwright",
-        description: "A Playwright browser server, one per machine (the seed's port 9090 collided with the health endpoint)",
+        description: "A Playwright browser server, one per machine; no connector uses it (the worker bundle has no playwright type), kept for its install recipe",
         base_port: 3100,
+        base_port_setting: None,
         port_step: 1,
         command: CommandTemplate {
             script: "{workspace}/playwright/venv/bin/python",
+            interpreter: "none",
             args: &[
                 "-m",
                 "playwright",
@@ -405,15 +605,37 @@ pub fn connector_names() -> Vec<&'static str> {
     CONNECTORS.iter().map(|c| c.name).collect()
 }
 
-/// Every secret any connector may need, sorted and unique.
-pub fn all_secret_names() -> Vec<&'static str> {
-    let mut v: Vec<&'static str> = CONNECTORS
-        .iter()
-        .flat_map(|c| c.required_env.iter().copied())
-        .collect();
+/// Every variable any connector needs (`required_env` and `service_env`), sorted and unique: what a
+/// worker must not inherit unless its own connector needs it.
+pub fn all_connector_env() -> Vec<&'static str> {
+    let mut v: Vec<&'static str> = CONNECTORS.iter().flat_map(|c| c.needs()).collect();
     v.sort_unstable();
     v.dedup();
     v
+}
+
+/// Whether a required variable is a secret (its value never goes into a generated file).
+pub fn is_secret(name: &str) -> bool {
+    SECRET_ENV.contains(&name)
+        || WORKER_SETTINGS
+            .iter()
+            .any(|s| s.secret && s.setting == name)
+}
+
+/// The worker setting called `setting` (its machine name).
+pub fn worker_setting(setting: &str) -> Option<&'static WorkerSetting> {
+    WORKER_SETTINGS.iter().find(|s| s.setting == setting)
+}
+
+/// Every machine setting the plan reads: the worker settings that are not secrets, then the services'
+/// base-port settings.
+pub fn plan_setting_names() -> Vec<&'static str> {
+    WORKER_SETTINGS
+        .iter()
+        .filter(|s| !s.secret)
+        .map(|s| s.setting)
+        .chain(SERVICES.iter().filter_map(|s| s.base_port_setting))
+        .collect()
 }
 
 /// Expands `{port}`, `{gpu}` and `{workspace}` in a template.
@@ -463,6 +685,112 @@ mod tests {
         names.sort_unstable();
         names.dedup();
         assert_eq!(names.len(), CONNECTORS.len(), "duplicate connector names");
+    }
+
+    /// The worker bundle's own table (a byte copy of the reference mapping).
+    const MAPPING: &str = include_str!("../data/service-mapping.json");
+
+    fn strings(v: &serde_json::Value) -> Vec<String> {
+        v.as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|s| s.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn every_connector_matches_the_worker_service_mapping() {
+        let mapping: serde_json::Value = serde_json::from_str(MAPPING).unwrap();
+        let workers = mapping["workers"].as_object().unwrap();
+        let mut problems = Vec::new();
+        for c in CONNECTORS {
+            let Some(w) = workers.get(c.name) else {
+                problems.push(format!("{}: not a worker type of the mapping", c.name));
+                continue;
+            };
+            let gpu_bound = w["is_gpu_bound"].as_bool().unwrap_or(false);
+            if gpu_bound != (c.default_binding == Binding::Gpu) {
+                problems.push(format!(
+                    "{}: is_gpu_bound is {gpu_bound}, default binding {}",
+                    c.name, c.default_binding
+                ));
+            }
+            if !gpu_bound && c.bindings != [Binding::Shared] {
+                problems.push(format!("{}: not gpu-bound, so shared only", c.name));
+            }
+            let services = strings(&w["services"]);
+            if c.advertises != services {
+                problems.push(format!(
+                    "{}: advertises {:?}, the mapping's services are {services:?}",
+                    c.name, c.advertises
+                ));
+            }
+            let kinds: Vec<String> = w["job_service_required_map"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| m["job_service_required"].as_str().unwrap().to_owned())
+                .collect();
+            if c.job_kinds != kinds {
+                problems.push(format!(
+                    "{}: job kinds {:?}, the mapping's {kinds:?}",
+                    c.name, c.job_kinds
+                ));
+            }
+            let required = strings(&w["required_env"]);
+            if c.required_env != required {
+                problems.push(format!(
+                    "{}: required_env {:?}, the mapping's {required:?}",
+                    c.name, c.required_env
+                ));
+            }
+            let mut from_services: Vec<String> = Vec::new();
+            for s in &services {
+                for e in strings(&mapping["services"][s]["required_env"]) {
+                    if !required.contains(&e) && !from_services.contains(&e) {
+                        from_services.push(e);
+                    }
+                }
+            }
+            if c.service_env != from_services {
+                problems.push(format!(
+                    "{}: service_env {:?}, the mapping's services add {from_services:?}",
+                    c.name, c.service_env
+                ));
+            }
+            if c.worker.script != WORKER_BUNDLE_ENTRY {
+                problems.push(format!("{}: does not run the bundle's entry", c.name));
+            }
+        }
+        // Every worker type of the mapping is either a connector or refused with a reason.
+        for name in workers.keys() {
+            if connector(name).is_none() && refused(name).is_none() {
+                problems.push(format!(
+                    "mapping type {name} is neither a connector nor refused"
+                ));
+            }
+        }
+        for r in REFUSED {
+            if connector(r.name).is_some() {
+                problems.push(format!("{} is both a connector and refused", r.name));
+            }
+        }
+        for s in SECRET_ENV {
+            if !all_connector_env().contains(s) {
+                problems.push(format!("secret {s} is needed by no connector"));
+            }
+        }
+        assert!(problems.is_empty(), "{}", problems.join("\n"));
+    }
+
+    #[test]
+    fn the_vendored_mapping_is_the_bundle_s_entry_file() {
+        let mapping: serde_json::Value = serde_json::from_str(MAPPING).unwrap();
+        for (name, c) in mapping["connectors"].as_object().unwrap() {
+            assert_eq!(c["path"], "./redis-direct-worker.js", "{name}");
+        }
     }
 
     #[test]

@@ -59,7 +59,7 @@ pub struct App {
     pub script: String,
     /// Arguments.
     pub args: Vec<String>,
-    /// `none`: run `script` directly rather than through node.
+    /// `none`: run `script` directly; `node`: run `node <script>` (the worker bundle).
     pub interpreter: String,
     /// Working directory.
     pub cwd: String,
@@ -147,7 +147,7 @@ impl Ecosystem {
                 name: s.name.clone(),
                 script: s.script.clone(),
                 args: s.args.clone(),
-                interpreter: "none".into(),
+                interpreter: s.interpreter.into(),
                 cwd: s.cwd.clone(),
                 env: s.env.clone(),
                 autorestart: true,
@@ -175,7 +175,7 @@ impl Ecosystem {
                 name: w.name.clone(),
                 script: w.script.clone(),
                 args: w.args.clone(),
-                interpreter: "none".into(),
+                interpreter: w.interpreter.into(),
                 cwd: w.cwd.clone(),
                 env: w.env.clone(),
                 autorestart: true,

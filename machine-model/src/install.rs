@@ -88,6 +88,24 @@ pub enum Step {
         /// Directories relative to the install directory (ComfyUI: `models`, `input`, `output`, `user`).
         paths: Vec<String>,
     },
+    /// Put a release tarball (its one top folder stripped) or a local folder's content into `dest`, then
+    /// check that the files of `expect` are there.
+    Fetch {
+        /// An `https://`, `http://` or `file://` URL of a `.tar.gz`, or an absolute path of a folder or a
+        /// `.tar.gz`; may carry placeholders.
+        source: String,
+        /// The tarball's SHA-256 (64 hex digits); empty or absent: not checked (the marker records it anyway).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sha256: Option<String>,
+        /// Destination relative to the install directory; `.` fills the install directory itself.
+        dest: String,
+        /// Files (relative to `dest`) the result must contain; their absence fails the step.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        expect: Vec<String>,
+        /// Time limit for the whole step in seconds; the runtime's default when absent.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        timeout_secs: Option<u64>,
+    },
     /// Run a program (no shell) inside the install directory.
     Command {
         /// Program and arguments; the program is looked up on `PATH` unless it contains a `/`.
@@ -125,6 +143,7 @@ impl Step {
             Step::PythonVenv { .. } => "python-venv",
             Step::CustomNodes { .. } => "custom-nodes",
             Step::Persist { .. } => "persist",
+            Step::Fetch { .. } => "fetch",
             Step::Command { .. } => "command",
         }
     }
@@ -136,6 +155,7 @@ impl Step {
             Step::GitCheckout { timeout_secs, .. }
             | Step::PythonVenv { timeout_secs, .. }
             | Step::CustomNodes { timeout_secs, .. }
+            | Step::Fetch { timeout_secs, .. }
             | Step::Command { timeout_secs, .. } => *timeout_secs,
         }
     }
@@ -228,15 +248,53 @@ pub fn playwright_recipe() -> InstallRecipe {
     }
 }
 
-/// The built-in recipe for a service name (`comfyui`, `playwright`), for callers without a catalog.
+/// The environment variable that replaces the worker bundle's source at install time.
+pub const WORKER_BUNDLE_URL_VAR: &str = "WORKER_BUNDLE_URL";
+
+/// The environment variable that gives the checksum of a `WORKER_BUNDLE_URL` tarball.
+pub const WORKER_BUNDLE_SHA256_VAR: &str = "WORKER_BUNDLE_SHA256";
+
+/// The worker bundle from `bundle` (a profile's, or [`WorkerBundle::catalog_default`]): one `fetch` into
+/// `<workspace>/worker-bundled`, expecting [`crate::catalog::WORKER_BUNDLE_FILES`].
+///
+/// `WORKER_BUNDLE_URL` replaces the source and `WORKER_BUNDLE_SHA256` the checksum (so a profile that pins
+/// a checksum needs both to be overridden). The resolved source and checksum are part of the install hash:
+/// the same source installs once, a new one installs and switches atomically.
+pub fn worker_bundle_recipe(bundle: &crate::profile::WorkerBundle) -> InstallRecipe {
+    let literal = |s: &str| s.replace("${", "$${");
+    InstallRecipe {
+        dir: crate::catalog::WORKER_BUNDLE_DIR.to_owned(),
+        steps: vec![Step::Fetch {
+            source: format!("${{{WORKER_BUNDLE_URL_VAR}:-{}}}", literal(&bundle.source)),
+            sha256: Some(format!(
+                "${{{WORKER_BUNDLE_SHA256_VAR}:-{}}}",
+                literal(bundle.sha256.as_deref().unwrap_or_default())
+            )),
+            dest: ".".to_owned(),
+            expect: crate::catalog::WORKER_BUNDLE_FILES
+                .iter()
+                .map(|f| f.to_string())
+                .collect(),
+            timeout_secs: Some(600),
+        }],
+    }
+}
+
+/// The built-in recipe for a service name (`comfyui`, `playwright`, `worker-bundle` from its catalog
+/// default source), for callers without a catalog.
 pub fn builtin_recipe(service: &str) -> Option<InstallRecipe> {
+    if service == crate::catalog::WORKER_BUNDLE_INSTALL {
+        return Some(worker_bundle_recipe(
+            &crate::profile::WorkerBundle::catalog_default(),
+        ));
+    }
     crate::catalog::service(service)
         .and_then(|s| s.install)
         .map(|recipe| recipe())
 }
 
 /// Names accepted by [`builtin_recipe`].
-pub const BUILTIN_RECIPES: &[&str] = &["comfyui", "playwright"];
+pub const BUILTIN_RECIPES: &[&str] = &["comfyui", "playwright", "worker-bundle"];
 
 #[cfg(test)]
 mod tests {
@@ -273,6 +331,39 @@ mod tests {
             &format!("${{COMFYUI_COMMIT:-${{COMFYUI_BRANCH:-{COMFYUI_PINNED_COMMIT}}}}}")
         );
         assert_eq!(COMFYUI_PINNED_COMMIT.len(), 40);
+    }
+
+    #[test]
+    fn the_worker_bundle_recipe_takes_the_override_and_escapes_the_source() {
+        let recipe = worker_bundle_recipe(&crate::profile::WorkerBundle {
+            source: "/srv/b${x}".into(),
+            version: None,
+            sha256: Some("ab".into()),
+        });
+        assert_eq!(recipe.dir, "worker-bundled");
+        let Step::Fetch {
+            source,
+            sha256,
+            expect,
+            ..
+        } = &recipe.steps[0]
+        else {
+            panic!("a fetch step")
+        };
+        assert_eq!(source, "${WORKER_BUNDLE_URL:-/srv/b$${x}}");
+        assert_eq!(sha256.as_deref(), Some("${WORKER_BUNDLE_SHA256:-ab}"));
+        assert_eq!(
+            expect,
+            &[
+                "redis-direct-worker.js",
+                "package.json",
+                "src/config/service-mapping.json"
+            ]
+        );
+        assert_eq!(
+            builtin_recipe("worker-bundle").unwrap().steps[0].kind(),
+            "fetch"
+        );
     }
 
     #[test]

@@ -146,6 +146,7 @@ pub fn check(source: &ProfileSource) -> Result<(Profile, Plan), Vec<Diagnostic>>
                         diags.push(at("/machine/health_port", e.to_string()))
                     }
                     PlanError::MachineId(_) => diags.push(at("/machine/id", e.to_string())),
+                    PlanError::Setting { .. } => diags.push(at("/components", e.to_string())),
                 }
             }
         }
@@ -350,7 +351,7 @@ mod tests {
         assert_eq!(
             shown,
             [
-                "profiles/x.json:5:8: /: unknown field `list`, expected one of `$schema`, `description`, `components`, `workers`, `machine`, `docker`, `env`"
+                "profiles/x.json:5:8: /: unknown field `list`, expected one of `$schema`, `description`, `components`, `workers`, `worker_bundle`, `machine`, `docker`, `env`"
             ]
         );
         let fixed = TEXT.replace(",\n  \"list\": [1, {\"a\": [true]}]", "");

@@ -6,7 +6,11 @@
 //! - an internal service gets one instance per GPU that has a worker of it (`<service>-gpu<i>`, port
 //!   `base + step·i`), or one per machine for cpu-bound workers (`<service>-service`, port `base`);
 //! - each internal service that needs installing is listed once in `install`, in first-use order;
-//! - ports must not collide with each other or with the health endpoint.
+//! - ports must not collide with each other or with the health endpoint;
+//! - machine settings ([`Overrides::settings`]: the profile's component values in the xtask, the
+//!   environment in the runtime) give the services' base ports (`SIMULATION_BASE_PORT`, ...) and the
+//!   workers' tunables ([`catalog::WORKER_SETTINGS`]); a setting not given takes the catalog's default;
+//! - every worker runs the worker bundle, so a plan with workers installs it ([`Plan::worker_bundle`]).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -14,7 +18,7 @@ use std::fmt;
 use serde::Serialize;
 
 use crate::catalog::{self, Binding, ConnectorKind, Lifecycle, ProbeTemplate};
-use crate::profile::Profile;
+use crate::profile::{Profile, WorkerBundle};
 use crate::spec::{Count, SpecErrors, WorkerSpec};
 
 /// The most GPUs a plan may have.
@@ -31,6 +35,9 @@ pub struct Overrides {
     pub machine_id: Option<String>,
     /// Another install root instead of `/workspace`.
     pub workspace: Option<String>,
+    /// Machine settings by name (see [`catalog::plan_setting_names`]); names the plan does not read are
+    /// ignored, so a whole environment may be passed.
+    pub settings: BTreeMap<String, String>,
 }
 
 /// The plan of one machine.
@@ -56,8 +63,10 @@ pub struct Plan {
     pub services: Vec<ServiceInstance>,
     /// Workers, in spec order.
     pub workers: Vec<WorkerInstance>,
-    /// Secrets the workers need, sorted by name.
+    /// Variables the workers need at start (secrets and others), sorted by name.
     pub secrets: Vec<SecretNeed>,
+    /// Where the worker bundle comes from (`None` when the plan has no worker).
+    pub worker_bundle: Option<WorkerBundle>,
 }
 
 /// A readiness probe, resolved to an address.
@@ -116,6 +125,8 @@ pub struct ServiceInstance {
     pub port: Option<u16>,
     /// Executable.
     pub script: String,
+    /// PM2's `interpreter` (`none`: run `script` itself).
+    pub interpreter: &'static str,
     /// Arguments.
     pub args: Vec<String>,
     /// Working directory.
@@ -145,27 +156,32 @@ pub struct WorkerInstance {
     pub gpu: Option<u32>,
     /// The service instance it talks to and waits for.
     pub service_instance: Option<String>,
-    /// Service types it advertises to the broker.
+    /// Service names it advertises to the broker (the mapping's `services`).
     pub advertises: Vec<&'static str>,
-    /// Executable.
+    /// Executable, or with an interpreter the script file relative to `cwd`.
     pub script: String,
+    /// PM2's `interpreter` (`node` for the worker bundle).
+    pub interpreter: &'static str,
     /// Arguments.
     pub args: Vec<String>,
     /// Working directory.
     pub cwd: String,
     /// Environment (besides the machine's).
     pub env: BTreeMap<String, String>,
-    /// Secrets it needs from the runtime's environment.
+    /// Variables it needs from the runtime's environment (its connector's `required_env` and
+    /// `service_env`); passed by name, never written into its `env`.
     pub secrets: Vec<&'static str>,
     /// Restart and stop behaviour.
     pub restart: Restart,
 }
 
-/// A secret and who needs it.
+/// A variable the workers need at start, and who needs it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct SecretNeed {
     /// Variable name.
     pub name: &'static str,
+    /// Whether it is a secret ([`catalog::is_secret`]): generated files hold only its name.
+    pub secret: bool,
     /// Connectors whose workers need it.
     pub connectors: Vec<&'static str>,
     /// Worker process names that need it.
@@ -195,6 +211,15 @@ pub enum PlanError {
     },
     /// An invalid machine id.
     MachineId(String),
+    /// A machine setting with a value the plan cannot use.
+    Setting {
+        /// The setting, e.g. `SIMULATION_BASE_PORT`.
+        name: String,
+        /// Its value.
+        value: String,
+        /// What is allowed.
+        expected: String,
+    },
 }
 
 impl fmt::Display for PlanError {
@@ -219,6 +244,11 @@ impl fmt::Display for PlanError {
                     "port {port} is wanted by both {first} and {second}; change one of them (e.g. machine.health_port)"
                 )
             }
+            PlanError::Setting {
+                name,
+                value,
+                expected,
+            } => write!(f, "{name}=\"{value}\" is not usable; expected {expected}"),
             PlanError::MachineId(id) => write!(
                 f,
                 "machine id \"{id}\" is invalid; use letters, digits, '.', '_' and '-', starting with a letter or digit"
@@ -295,17 +325,34 @@ impl Plan {
                 errors.push(PlanError::GpuBindingWithoutGpus { connectors });
             }
         }
-        if !errors.is_empty() {
+        let settings = match Settings::read(&overrides.settings) {
+            Ok(s) => Some(s),
+            Err(mut e) => {
+                errors.append(&mut e);
+                None
+            }
+        };
+        let Some(settings) = settings.filter(|_| errors.is_empty()) else {
             return Err(PlanErrors(errors));
-        }
-        let plan = allocate(
+        };
+        let mut plan = allocate(
             name,
             &machine_id,
             &workspace,
             &spec,
             gpus,
             profile.machine.health_port,
+            &settings,
         );
+        if !plan.workers.is_empty() {
+            plan.worker_bundle = Some(
+                profile
+                    .worker_bundle
+                    .clone()
+                    .unwrap_or_else(WorkerBundle::catalog_default),
+            );
+            plan.install.insert(0, catalog::WORKER_BUNDLE_INSTALL);
+        }
         let collisions = port_collisions(&plan);
         if collisions.is_empty() {
             Ok(plan)
@@ -337,6 +384,57 @@ impl Plan {
     }
 }
 
+/// The machine settings a plan reads, checked.
+struct Settings {
+    /// Worker variable → value, for the non-secret worker settings.
+    worker: Vec<(&'static str, String)>,
+    /// Service name → base port.
+    base_ports: BTreeMap<&'static str, u16>,
+}
+
+impl Settings {
+    fn read(given: &BTreeMap<String, String>) -> Result<Settings, Vec<PlanError>> {
+        let value = |name: &str| given.get(name).map(|v| v.trim()).filter(|v| !v.is_empty());
+        let mut errors = Vec::new();
+        let worker = catalog::WORKER_SETTINGS
+            .iter()
+            .filter(|s| !s.secret)
+            .map(|s| {
+                (
+                    s.worker_var,
+                    value(s.setting).unwrap_or(s.default).to_string(),
+                )
+            })
+            .collect();
+        let mut base_ports = BTreeMap::new();
+        for service in catalog::SERVICES {
+            let port = match service
+                .base_port_setting
+                .and_then(|n| value(n).map(|v| (n, v)))
+            {
+                None => service.base_port,
+                Some((name, v)) => match v.parse::<u16>() {
+                    Ok(p) if p > 0 => p,
+                    _ => {
+                        errors.push(PlanError::Setting {
+                            name: name.to_string(),
+                            value: v.to_string(),
+                            expected: "a port number from 1 to 65535".to_string(),
+                        });
+                        service.base_port
+                    }
+                },
+            };
+            base_ports.insert(service.name, port);
+        }
+        if errors.is_empty() {
+            Ok(Settings { worker, base_ports })
+        } else {
+            Err(errors)
+        }
+    }
+}
+
 fn allocate(
     profile: &str,
     machine_id: &str,
@@ -344,6 +442,7 @@ fn allocate(
     spec: &WorkerSpec,
     gpus: u32,
     health_port: u16,
+    settings: &Settings,
 ) -> Plan {
     // Pin every gpu-bound worker round-robin across the machine, in spec order.
     struct Draft {
@@ -399,7 +498,7 @@ fn allocate(
     instance_keys.sort_by_key(|(s, g)| (services_needed.iter().position(|x| x == s), *g));
     let services: Vec<ServiceInstance> = instance_keys
         .iter()
-        .map(|(service, gpu)| service_instance(service, *gpu, workspace))
+        .map(|(service, gpu)| service_instance(service, *gpu, workspace, settings))
         .collect();
     let install = services_needed
         .iter()
@@ -422,6 +521,7 @@ fn allocate(
                 instance,
                 machine_id,
                 workspace,
+                settings,
             )
         })
         .collect();
@@ -431,6 +531,7 @@ fn allocate(
         for s in &w.secrets {
             let need = secrets.entry(s).or_insert_with(|| SecretNeed {
                 name: s,
+                secret: catalog::is_secret(s),
                 connectors: Vec::new(),
                 workers: Vec::new(),
             });
@@ -453,6 +554,7 @@ fn allocate(
         services,
         workers,
         secrets: secrets.into_values().collect(),
+        worker_bundle: None,
     }
 }
 
@@ -470,11 +572,17 @@ fn gpu_env(env: &mut BTreeMap<String, String>, gpu: Option<u32>) {
     }
 }
 
-fn service_instance(service: &'static str, gpu: Option<u32>, workspace: &str) -> ServiceInstance {
+fn service_instance(
+    service: &'static str,
+    gpu: Option<u32>,
+    workspace: &str,
+    settings: &Settings,
+) -> ServiceInstance {
     let entry = catalog::service(service).expect("planned services are catalog services");
+    let base = settings.base_ports[service];
     let port = match gpu {
-        Some(g) => entry.base_port as u32 + entry.port_step as u32 * g,
-        None => entry.base_port as u32,
+        Some(g) => base as u32 + entry.port_step as u32 * g,
+        None => base as u32,
     };
     // Ports past 65535 cannot happen with MAX_GPUS and catalog bases; saturate rather than wrap.
     let port = u16::try_from(port).unwrap_or(u16::MAX);
@@ -508,6 +616,7 @@ fn service_instance(service: &'static str, gpu: Option<u32>, workspace: &str) ->
         gpu,
         port: Some(port),
         script: x(entry.command.script),
+        interpreter: entry.command.interpreter,
         args: entry.command.args.iter().map(|a| x(a)).collect(),
         cwd: x(entry.command.cwd),
         env,
@@ -524,6 +633,7 @@ fn worker_instance(
     instance: Option<&ServiceInstance>,
     machine_id: &str,
     workspace: &str,
+    settings: &Settings,
 ) -> WorkerInstance {
     let port = instance.and_then(|i| i.port);
     let x = |t: &str| catalog::expand(t, port, gpu, workspace);
@@ -535,8 +645,16 @@ fn worker_instance(
         .collect();
     env.insert("WORKER_ID".into(), worker_id.clone());
     env.insert("MACHINE_ID".into(), machine_id.to_string());
-    env.insert("WORKER_CONNECTORS".into(), entry.name.to_string());
-    env.insert("CONNECTORS".into(), entry.name.to_string());
+    // The worker reads WORKERS first, then WORKER_CONNECTORS, then CONNECTORS: each names its own type.
+    for var in catalog::MACHINE_WIDE_WORKER_VARS {
+        env.insert(var.to_string(), entry.name.to_string());
+    }
+    for (k, v) in catalog::WORKER_FIXED_ENV {
+        env.insert(k.to_string(), v.to_string());
+    }
+    for (var, value) in &settings.worker {
+        env.insert(var.to_string(), value.clone());
+    }
     gpu_env(&mut env, gpu);
     WorkerInstance {
         name: format!("{}-worker-{index}", entry.name),
@@ -548,10 +666,11 @@ fn worker_instance(
         service_instance: instance.map(|i| i.name.clone()),
         advertises: entry.advertises.to_vec(),
         script: x(entry.worker.script),
+        interpreter: entry.worker.interpreter,
         args: entry.worker.args.iter().map(|a| x(a)).collect(),
         cwd: x(entry.worker.cwd),
         env,
-        secrets: entry.required_env.to_vec(),
+        secrets: entry.needs().collect(),
         restart: entry.lifecycle.into(),
     }
 }
@@ -628,7 +747,7 @@ mod tests {
             "comfyui:4:gpu",
             2,
             "
-install: comfyui
+install: worker-bundle comfyui
 service comfyui-gpu0 port 8188 gpu Some(0)
 service comfyui-gpu1 port 8189 gpu Some(1)
 worker comfyui-worker-0 gpu gpu Some(0) -> comfyui-gpu0
@@ -641,13 +760,13 @@ worker comfyui-worker-3 gpu gpu Some(1) -> comfyui-gpu1",
     #[test]
     fn seed_mixed_workload() {
         check(
-            "comfyui:2:gpu,openai:6:shared,playwright:1:cpu",
+            "comfyui:2:gpu,openai:6:shared,simulation-websocket:1:cpu",
             2,
             "
-install: comfyui playwright
+install: worker-bundle comfyui
 service comfyui-gpu0 port 8188 gpu Some(0)
 service comfyui-gpu1 port 8189 gpu Some(1)
-service playwright-service port 3100 gpu None
+service simulation-service port 8399 gpu None
 worker comfyui-worker-0 gpu gpu Some(0) -> comfyui-gpu0
 worker comfyui-worker-1 gpu gpu Some(1) -> comfyui-gpu1
 worker openai-worker-0 shared gpu None -> -
@@ -656,17 +775,17 @@ worker openai-worker-2 shared gpu None -> -
 worker openai-worker-3 shared gpu None -> -
 worker openai-worker-4 shared gpu None -> -
 worker openai-worker-5 shared gpu None -> -
-worker playwright-worker-0 cpu gpu None -> playwright-service",
+worker simulation-websocket-worker-0 cpu gpu None -> simulation-service",
         );
     }
 
     #[test]
     fn round_robin_spans_connectors_and_services_share_an_install() {
         check(
-            "comfyui:1,comfyui-websocket:2,simulation:auto",
+            "comfyui:1,emprops-app:2,simulation-websocket:auto",
             3,
             "
-install: comfyui
+install: worker-bundle comfyui
 service comfyui-gpu0 port 8188 gpu Some(0)
 service comfyui-gpu1 port 8189 gpu Some(1)
 service comfyui-gpu2 port 8190 gpu Some(2)
@@ -674,11 +793,11 @@ service simulation-gpu0 port 8399 gpu Some(0)
 service simulation-gpu1 port 8400 gpu Some(1)
 service simulation-gpu2 port 8401 gpu Some(2)
 worker comfyui-worker-0 gpu gpu Some(0) -> comfyui-gpu0
-worker comfyui-websocket-worker-0 gpu gpu Some(1) -> comfyui-gpu1
-worker comfyui-websocket-worker-1 gpu gpu Some(2) -> comfyui-gpu2
-worker simulation-worker-0 gpu gpu Some(0) -> simulation-gpu0
-worker simulation-worker-1 gpu gpu Some(1) -> simulation-gpu1
-worker simulation-worker-2 gpu gpu Some(2) -> simulation-gpu2",
+worker emprops-app-worker-0 gpu gpu Some(1) -> comfyui-gpu1
+worker emprops-app-worker-1 gpu gpu Some(2) -> comfyui-gpu2
+worker simulation-websocket-worker-0 gpu gpu Some(0) -> simulation-gpu0
+worker simulation-websocket-worker-1 gpu gpu Some(1) -> simulation-gpu1
+worker simulation-websocket-worker-2 gpu gpu Some(2) -> simulation-gpu2",
         );
     }
 
@@ -689,7 +808,7 @@ worker simulation-worker-2 gpu gpu Some(2) -> simulation-gpu2",
             "comfyui:3",
             4,
             "
-install: comfyui
+install: worker-bundle comfyui
 service comfyui-gpu0 port 8188 gpu Some(0)
 service comfyui-gpu1 port 8189 gpu Some(1)
 service comfyui-gpu2 port 8190 gpu Some(2)
@@ -698,35 +817,35 @@ worker comfyui-worker-1 gpu gpu Some(1) -> comfyui-gpu1
 worker comfyui-worker-2 gpu gpu Some(2) -> comfyui-gpu2",
         );
         check(
-            "simulation:5",
+            "simulation-websocket:5",
             1,
             "
-install:
+install: worker-bundle
 service simulation-gpu0 port 8399 gpu Some(0)
-worker simulation-worker-0 gpu gpu Some(0) -> simulation-gpu0
-worker simulation-worker-1 gpu gpu Some(0) -> simulation-gpu0
-worker simulation-worker-2 gpu gpu Some(0) -> simulation-gpu0
-worker simulation-worker-3 gpu gpu Some(0) -> simulation-gpu0
-worker simulation-worker-4 gpu gpu Some(0) -> simulation-gpu0",
+worker simulation-websocket-worker-0 gpu gpu Some(0) -> simulation-gpu0
+worker simulation-websocket-worker-1 gpu gpu Some(0) -> simulation-gpu0
+worker simulation-websocket-worker-2 gpu gpu Some(0) -> simulation-gpu0
+worker simulation-websocket-worker-3 gpu gpu Some(0) -> simulation-gpu0
+worker simulation-websocket-worker-4 gpu gpu Some(0) -> simulation-gpu0",
         );
     }
 
     #[test]
     fn zero_gpus() {
         check(
-            "comfyui:2,openai:1,simulation:1",
+            "comfyui:2,openai:1,simulation-websocket:1",
             0,
-            "error: gpu-bound workers (comfyui, simulation) on a machine planned with 0 GPUs; set machine.gpus (or --gpus) or bind them to cpu where the connector allows it",
+            "error: gpu-bound workers (comfyui, simulation-websocket) on a machine planned with 0 GPUs; set machine.gpus (or --gpus) or bind them to cpu where the connector allows it",
         );
         check(
-            "openai:2,simulation:auto:cpu",
+            "openai:2,simulation-websocket:auto:cpu",
             0,
             "
-install:
+install: worker-bundle
 service simulation-service port 8399 gpu None
 worker openai-worker-0 shared gpu None -> -
 worker openai-worker-1 shared gpu None -> -
-worker simulation-worker-0 cpu gpu None -> simulation-service",
+worker simulation-websocket-worker-0 cpu gpu None -> simulation-service",
         );
     }
 
@@ -749,7 +868,7 @@ worker simulation-worker-0 cpu gpu None -> simulation-service",
             "port 8188 is wanted by both health endpoint and comfyui-gpu0; change one of them (e.g. machine.health_port)"
         );
         // simulation on 64 GPUs runs 8399..8462; the health port sits inside that range.
-        let mut p = profile("simulation:auto", 64);
+        let mut p = profile("simulation-websocket:auto", 64);
         p.machine.health_port = 8400;
         let err = Plan::build("m", &p, &Overrides::default()).unwrap_err();
         assert!(
@@ -775,24 +894,51 @@ worker simulation-worker-0 cpu gpu None -> simulation-service",
         assert_eq!(
             env,
             [
-                "COMFYUI_BASE_URL=http://127.0.0.1:8189",
                 "COMFYUI_HOST=127.0.0.1",
                 "COMFYUI_PORT=8189",
                 "CONNECTORS=comfyui",
                 "CUDA_DEVICE_ORDER=PCI_BUS_ID",
                 "CUDA_VISIBLE_DEVICES=1",
+                "DEBUGGING_ENABLED=false",
+                "DEVELOPMENT_MODE=false",
+                "JOB_TIMEOUT_MINUTES=30",
+                "LOG_LEVEL=info",
                 "MACHINE_ID=m1",
+                "NODE_ENV=production",
+                "POLL_INTERVAL_MS=1000",
+                "QUALITY_LEVELS=fast,balanced,quality",
+                "UNIFIED_MACHINE_STATUS=true",
+                "WORKERS=comfyui",
                 "WORKER_CONNECTORS=comfyui",
                 "WORKER_GPU_ID=1",
                 "WORKER_ID=m1-worker-comfyui-1",
             ]
         );
+        assert_eq!(
+            (w.script.as_str(), w.interpreter, w.cwd.as_str()),
+            (
+                "redis-direct-worker.js",
+                "node",
+                "/workspace/worker-bundled"
+            )
+        );
         let openai = &plan.workers[2];
         assert_eq!(openai.env["CUDA_VISIBLE_DEVICES"], "");
         assert!(!openai.env.contains_key("WORKER_GPU_ID"));
-        assert_eq!(openai.secrets, ["OPENAI_API_KEY"]);
-        assert_eq!(plan.secrets.len(), 1);
-        assert_eq!(plan.secrets[0].workers, ["openai-worker-0"]);
+        assert_eq!(
+            openai.secrets,
+            [
+                "OPENAI_API_KEY",
+                "OPENAI_IMAGE_MODEL",
+                "CLOUD_STORAGE_PROVIDER"
+            ]
+        );
+        assert_eq!(plan.secrets.len(), 3);
+        assert_eq!(plan.secrets[1].name, "OPENAI_API_KEY");
+        assert!(plan.secrets[1].secret && !plan.secrets[0].secret);
+        assert_eq!(plan.secrets[1].workers, ["openai-worker-0"]);
+        // Values of needed variables never go into the plan.
+        assert!(!openai.env.contains_key("OPENAI_API_KEY"));
         // ComfyUI is pinned by the environment only, never with --cuda-device.
         assert!(
             !plan.services[0]
@@ -803,18 +949,57 @@ worker simulation-worker-0 cpu gpu None -> simulation-service",
     }
 
     #[test]
+    fn settings_move_base_ports_and_reach_the_workers() {
+        let settings: BTreeMap<String, String> = [
+            ("SIMULATION_BASE_PORT", "18000"),
+            ("WORKER_POLL_INTERVAL_MS", "250"),
+            ("WORKER_WEBSOCKET_AUTH_TOKEN", "s3cret"),
+            ("UNRELATED", "x"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let overrides = Overrides {
+            settings,
+            ..Overrides::default()
+        };
+        let plan = Plan::build("p", &profile("simulation-websocket:2", 2), &overrides).unwrap();
+        assert_eq!(plan.services[1].port, Some(18001));
+        let w = &plan.workers[1];
+        assert_eq!(w.env["SIMULATION_WEBSOCKET_URL"], "ws://127.0.0.1:18001");
+        assert_eq!(w.env["POLL_INTERVAL_MS"], "250");
+        // A secret setting is passed by name at spawn time, never planned.
+        assert!(w.env.values().all(|v| v != "s3cret"));
+        assert!(!w.env.contains_key("WEBSOCKET_AUTH_TOKEN"));
+        assert_eq!(
+            plan.worker_bundle.as_ref().unwrap().source,
+            catalog::DEFAULT_WORKER_BUNDLE_URL
+        );
+
+        let overrides = Overrides {
+            settings: [("COMFYUI_BASE_PORT".to_string(), "http".to_string())].into(),
+            ..Overrides::default()
+        };
+        let err = Plan::build("p", &profile("comfyui:1", 1), &overrides).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "COMFYUI_BASE_PORT=\"http\" is not usable; expected a port number from 1 to 65535"
+        );
+    }
+
+    #[test]
     fn overrides_replace_spec_and_gpus() {
         let plan = Plan::build(
             "p",
             &profile("openai:1", 0),
             &Overrides {
-                workers: Some("simulation:auto".into()),
+                workers: Some("simulation-websocket:auto".into()),
                 gpus: Some(2),
                 ..Overrides::default()
             },
         )
         .unwrap();
-        assert_eq!(plan.worker_spec, "simulation:auto:gpu");
+        assert_eq!(plan.worker_spec, "simulation-websocket:auto:gpu");
         assert_eq!(plan.workers.len(), 2);
     }
 

@@ -20,6 +20,10 @@ pub struct Profile {
     pub components: Components,
     /// The worker spec: `connector:count[:binding]` items separated by commas, e.g. `comfyui:2:gpu,openai:4:shared`.
     pub workers: String,
+    /// Where the worker bundle comes from; the latest release of the existing job queue when absent.
+    /// `WORKER_BUNDLE_URL` in the environment overrides it at install time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker_bundle: Option<WorkerBundle>,
     /// The hardware this machine is planned for and its identity.
     pub machine: MachineSpec,
     /// What the generated docker-compose.yaml contains besides the machine itself.
@@ -28,6 +32,35 @@ pub struct Profile {
     /// Extra variables written into the generated .env (values are literal strings).
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+}
+
+/// The worker bundle's source: a release tarball or a local folder (installed into
+/// `$WORKSPACE_DIR/worker-bundled` by `machine-runtime install`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct WorkerBundle {
+    /// An `https://`, `http://` or `file://` URL of a `.tar.gz` whose one top folder is stripped, or an
+    /// absolute path of a local folder (or `.tar.gz`).
+    pub source: String,
+    /// The bundle's version, for people and the install marker (e.g. `1.4.2`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// The tarball's SHA-256 (64 hex digits); the install fails when the download differs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "schema", schemars(regex(pattern = r"^[0-9a-fA-F]{64}$")))]
+    pub sha256: Option<String>,
+}
+
+impl WorkerBundle {
+    /// The catalog's default: the latest release tarball, no checksum.
+    pub fn catalog_default() -> WorkerBundle {
+        WorkerBundle {
+            source: crate::catalog::DEFAULT_WORKER_BUNDLE_URL.to_string(),
+            version: None,
+            sha256: None,
+        }
+    }
 }
 
 /// Per component, the sections selected, in merge order.

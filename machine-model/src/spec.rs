@@ -180,7 +180,12 @@ impl WorkerSpec {
             }
             let name = fields[0].trim();
             let entry = catalog::connector(name);
-            if entry.is_none() {
+            if let Some(r) = catalog::refused(name) {
+                errors.push(err(
+                    field_columns[0],
+                    format!("connector \"{name}\" is refused: {}", r.reason),
+                ));
+            } else if entry.is_none() {
                 let known = catalog::connector_names();
                 let hint = match suggest(name, &known) {
                     Some(s) => format!("; did you mean \"{s}\"?"),
@@ -363,6 +368,13 @@ pub const fn check_const(spec: &str) -> Result<(), &'static str> {
             k += 1;
         }
         if found == usize::MAX {
+            let mut r = 0;
+            while r < catalog::REFUSED.len() {
+                if bytes_eq(b, cs, ce, catalog::REFUSED[r].name.as_bytes()) {
+                    return Err(REFUSED_CONNECTOR_MESSAGE);
+                }
+                r += 1;
+            }
             return Err(UNKNOWN_CONNECTOR_MESSAGE);
         }
         let mut s = 0;
@@ -429,7 +441,11 @@ pub const fn check_const(spec: &str) -> Result<(), &'static str> {
 }
 
 /// The const checker's message for an unknown connector; lists the catalog (a test keeps it true).
-pub const UNKNOWN_CONNECTOR_MESSAGE: &str = "worker spec names an unknown connector; known: comfyui, comfyui-websocket, simulation, playwright, openai, replicate, gemini, comfyui-remote";
+pub const UNKNOWN_CONNECTOR_MESSAGE: &str = "worker spec names an unknown connector; known: comfyui, comfyui-remote, emprops-app, simulation-websocket, openai, openai-response, gemini, ollama, mock";
+
+/// The const checker's message for a refused connector (`replicate`, `playwright`, ...); the run-time
+/// parser gives the reason of each.
+pub const REFUSED_CONNECTOR_MESSAGE: &str = "worker spec names a refused connector (replicate, playwright, simulation-http, a1111, simulation, comfyui-websocket); see machine_model::catalog::REFUSED for why";
 
 const fn trim(b: &[u8], mut s: usize, mut e: usize) -> (usize, usize) {
     while s < e && b[s].is_ascii_whitespace() {
@@ -495,21 +511,24 @@ mod tests {
     #[test]
     fn valid_specs_normalise() {
         check(
-            "comfyui:2:gpu,openai:4:shared,playwright:1:cpu",
-            "ok comfyui:2:gpu,openai:4:shared,playwright:1:cpu",
+            "comfyui:2:gpu,openai:4:shared,simulation-websocket:1:cpu",
+            "ok comfyui:2:gpu,openai:4:shared,simulation-websocket:1:cpu",
         );
         check(
             " comfyui : 2 , openai:auto ",
             "ok comfyui:2:gpu,openai:auto:shared",
         );
-        check("simulation:auto:cpu", "ok simulation:auto:cpu");
+        check(
+            "simulation-websocket:auto:cpu",
+            "ok simulation-websocket:auto:cpu",
+        );
     }
 
     #[test]
     fn empty_spec_and_items() {
         check(
             "",
-            "worker spec: is empty; expected connector:count[:binding], e.g. \"comfyui:2:gpu,openai:4:shared\" (connectors: comfyui, comfyui-websocket, simulation, playwright, openai, replicate, gemini, comfyui-remote)",
+            "worker spec: is empty; expected connector:count[:binding], e.g. \"comfyui:2:gpu,openai:4:shared\" (connectors: comfyui, comfyui-remote, emprops-app, simulation-websocket, openai, openai-response, gemini, ollama, mock)",
         );
         check(
             "comfyui:1,,openai:1",
@@ -549,16 +568,39 @@ mod tests {
     fn unknown_connector_suggests() {
         check(
             "comfyu:1",
-            "worker spec item 1 \"comfyu:1\" (column 1): unknown connector \"comfyu\"; did you mean \"comfyui\"? (known: comfyui, comfyui-websocket, simulation, playwright, openai, replicate, gemini, comfyui-remote)",
+            "worker spec item 1 \"comfyu:1\" (column 1): unknown connector \"comfyu\"; did you mean \"comfyui\"? (known: comfyui, comfyui-remote, emprops-app, simulation-websocket, openai, openai-response, gemini, ollama, mock)",
         );
         check(
             "ComfyUI:1",
-            "worker spec item 1 \"ComfyUI:1\" (column 1): unknown connector \"ComfyUI\"; did you mean \"comfyui\"? (known: comfyui, comfyui-websocket, simulation, playwright, openai, replicate, gemini, comfyui-remote)",
+            "worker spec item 1 \"ComfyUI:1\" (column 1): unknown connector \"ComfyUI\"; did you mean \"comfyui\"? (known: comfyui, comfyui-remote, emprops-app, simulation-websocket, openai, openai-response, gemini, ollama, mock)",
         );
         check(
             "zzz:1",
-            "worker spec item 1 \"zzz:1\" (column 1): unknown connector \"zzz\" (known: comfyui, comfyui-websocket, simulation, playwright, openai, replicate, gemini, comfyui-remote)",
+            "worker spec item 1 \"zzz:1\" (column 1): unknown connector \"zzz\" (known: comfyui, comfyui-remote, emprops-app, simulation-websocket, openai, openai-response, gemini, ollama, mock)",
         );
+    }
+
+    #[test]
+    fn refused_connectors_say_why() {
+        check(
+            "openai:1,replicate:2",
+            "worker spec item 2 \"replicate:2\" (column 10): connector \"replicate\" is refused: the worker bundle has no such type (its service mapping has no \"replicate\" worker)",
+        );
+        check(
+            "playwright:1:cpu",
+            "worker spec item 1 \"playwright:1:cpu\" (column 1): connector \"playwright\" is refused: the worker bundle has no such type (its service mapping has no \"playwright\" worker)",
+        );
+        check(
+            "simulation:4:gpu",
+            "worker spec item 1 \"simulation:4:gpu\" (column 1): connector \"simulation\" is refused: the worker's type is \"simulation-websocket\" (it takes jobs with service_required simulation)",
+        );
+        assert_eq!(
+            check_const("simulation-http:1"),
+            Err(REFUSED_CONNECTOR_MESSAGE)
+        );
+        for r in catalog::REFUSED {
+            assert!(REFUSED_CONNECTOR_MESSAGE.contains(r.name), "{}", r.name);
+        }
     }
 
     #[test]
@@ -589,7 +631,7 @@ mod tests {
         );
         check(
             "comfyu:1, openai:0:gpu",
-            "worker spec item 1 \"comfyu:1\" (column 1): unknown connector \"comfyu\"; did you mean \"comfyui\"? (known: comfyui, comfyui-websocket, simulation, playwright, openai, replicate, gemini, comfyui-remote)\n\
+            "worker spec item 1 \"comfyu:1\" (column 1): unknown connector \"comfyu\"; did you mean \"comfyui\"? (known: comfyui, comfyui-remote, emprops-app, simulation-websocket, openai, openai-response, gemini, ollama, mock)\n\
              worker spec item 2 \"openai:0:gpu\" (column 18): count is 0; expected a positive integer or \"auto\" (remove the item to run no such workers)\n\
              worker spec item 2 \"openai:0:gpu\" (column 20): connector \"openai\" cannot use binding \"gpu\"; allowed: shared",
         );

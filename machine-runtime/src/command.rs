@@ -1,6 +1,15 @@
 //! The one place that builds every child command: program and arguments (PM2's interpreter
 //! rules), working directory, and environment (runtime env + app env, GPU pin by UUID,
 //! `WORKER_ID` for the runtime's `MACHINE_ID`).
+//!
+//! A worker (an app with a connector, a `WORKER_ID` or the worker role) inherits the runtime's
+//! environment minus what is not its own: the machine-wide `WORKERS`/`WORKER_CONNECTORS`/`CONNECTORS`
+//! (the worker would load every connector they name) and every variable another connector needs
+//! (`machine_model::catalog::all_connector_env`) unless its own `machine_required_env` lists it. Then
+//! the machine's worker settings (`machine_model::catalog::WORKER_SETTINGS`) set in the runtime's
+//! environment win over the ecosystem's values under the names the worker reads
+//! (`WORKER_POLL_INTERVAL_MS` → `POLL_INTERVAL_MS`), which is also how the secret
+//! `WORKER_WEBSOCKET_AUTH_TOKEN` reaches it without ever being written to a generated file.
 
 use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
@@ -77,9 +86,16 @@ pub fn build(app: &AppSpec, ctx: &Context) -> Result<ChildCommand, CommandError>
     let (program, mut args) = program_and_args(app, ctx);
     args.extend(app.args.iter().map(OsString::from));
 
+    let worker = is_worker(app);
     let mut env = ctx.runtime_env.clone();
+    if worker {
+        strip_foreign_worker_env(&mut env, app);
+    }
     for (key, value) in &app.env {
         env.insert(key.into(), value.into());
+    }
+    if worker {
+        apply_worker_settings(&mut env, app, &ctx.runtime_env);
     }
     let gpu = gpu_pin(app, ctx)?;
     match &gpu {
@@ -123,6 +139,49 @@ pub fn build(app: &AppSpec, ctx: &Context) -> Result<ChildCommand, CommandError>
         env,
         gpu,
     })
+}
+
+/// Whether `app` is a job worker: it has a connector, a `WORKER_ID` or the worker role.
+pub fn is_worker(app: &AppSpec) -> bool {
+    app.connector.is_some()
+        || app.env.contains_key("WORKER_ID")
+        || app.role == Some(crate::ecosystem::Role::Worker)
+}
+
+/// Removes from a worker's inherited environment the machine-wide worker spec and the variables of
+/// other connectors.
+fn strip_foreign_worker_env(env: &mut BTreeMap<OsString, OsString>, app: &AppSpec) {
+    use machine_model::catalog;
+    for var in catalog::MACHINE_WIDE_WORKER_VARS {
+        env.remove(OsStr::new(var));
+    }
+    for var in catalog::all_connector_env() {
+        if !app.required_env.iter().any(|own| own == var) {
+            env.remove(OsStr::new(var));
+        }
+    }
+}
+
+/// The worker settings the runtime's environment gives, under the worker's names; a worker with a
+/// connector but no spec of its own gets its connector in `WORKERS` and `CONNECTORS`.
+fn apply_worker_settings(
+    env: &mut BTreeMap<OsString, OsString>,
+    app: &AppSpec,
+    runtime_env: &BTreeMap<OsString, OsString>,
+) {
+    for setting in machine_model::catalog::WORKER_SETTINGS {
+        if let Some(value) = runtime_env
+            .get(OsStr::new(setting.setting))
+            .filter(|v| !v.is_empty())
+        {
+            env.insert(setting.worker_var.into(), value.clone());
+        }
+    }
+    if let Some(connector) = &app.connector {
+        for var in machine_model::catalog::MACHINE_WIDE_WORKER_VARS {
+            env.entry(var.into()).or_insert_with(|| connector.into());
+        }
+    }
 }
 
 fn gpu_pin(app: &AppSpec, ctx: &Context) -> Result<Option<GpuPin>, CommandError> {
@@ -175,7 +234,7 @@ fn gpu_pin(app: &AppSpec, ctx: &Context) -> Result<Option<GpuPin>, CommandError>
 }
 
 /// PM2's interpreter table, by script extension.
-fn interpreter_for(script: &str) -> Option<&'static str> {
+pub(crate) fn interpreter_for(script: &str) -> Option<&'static str> {
     let ext = Path::new(script).extension()?.to_str()?;
     Some(match ext {
         "js" | "cjs" | "mjs" => "node",
@@ -414,6 +473,43 @@ mod tests {
             env_of(&cmd, "WORKER_ID").as_deref(),
             Some("built-worker-comfyui-0")
         );
+    }
+
+    #[test]
+    fn a_worker_sees_only_its_own_spec_and_needs_and_the_machine_settings_win() {
+        let runtime = ctx(&[
+            ("WORKERS", "openai:4,gemini:2"),
+            ("WORKER_CONNECTORS", "openai:4,gemini:2"),
+            ("OPENAI_API_KEY", "sk-1"),
+            ("OPENAI_IMAGE_MODEL", "m"),
+            ("GEMINI_API_KEY", "g-1"),
+            ("HUB_REDIS_URL", "redis://r"),
+            ("WORKER_POLL_INTERVAL_MS", "250"),
+            ("WORKER_WEBSOCKET_AUTH_TOKEN", "tok"),
+        ]);
+        let mut gemini = AppSpec::new("gemini-worker-0", "redis-direct-worker.js");
+        gemini.connector = Some("gemini".into());
+        gemini.index = Some(0);
+        gemini.required_env = vec!["GEMINI_API_KEY".into()];
+        gemini.env.insert("WORKERS".into(), "gemini".into());
+        gemini.env.insert("POLL_INTERVAL_MS".into(), "1000".into());
+        let cmd = build(&gemini, &runtime).unwrap();
+        assert_eq!(env_of(&cmd, "WORKERS").as_deref(), Some("gemini"));
+        // Not in its own env: derived from the connector, never the machine's spec.
+        assert_eq!(env_of(&cmd, "WORKER_CONNECTORS").as_deref(), Some("gemini"));
+        assert_eq!(env_of(&cmd, "CONNECTORS").as_deref(), Some("gemini"));
+        assert_eq!(env_of(&cmd, "GEMINI_API_KEY").as_deref(), Some("g-1"));
+        assert_eq!(env_of(&cmd, "OPENAI_API_KEY"), None);
+        assert_eq!(env_of(&cmd, "OPENAI_IMAGE_MODEL"), None);
+        assert_eq!(env_of(&cmd, "HUB_REDIS_URL").as_deref(), Some("redis://r"));
+        assert_eq!(env_of(&cmd, "POLL_INTERVAL_MS").as_deref(), Some("250"));
+        assert_eq!(env_of(&cmd, "WEBSOCKET_AUTH_TOKEN").as_deref(), Some("tok"));
+
+        // A service keeps the runtime's environment as it is.
+        let svc = AppSpec::new("comfyui-gpu0", "python3");
+        let cmd = build(&svc, &runtime).unwrap();
+        assert_eq!(env_of(&cmd, "OPENAI_API_KEY").as_deref(), Some("sk-1"));
+        assert_eq!(env_of(&cmd, "POLL_INTERVAL_MS"), None);
     }
 
     #[test]

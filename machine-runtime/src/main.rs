@@ -29,25 +29,10 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
     },
-    /// Run the built-in `simulation` inference service (a ComfyUI stand-in).
-    Simulate {
-        /// Port to listen on (0 picks a free one; the start line says which).
-        #[arg(long)]
-        port: u16,
-        /// Address to listen on.
-        #[arg(long, default_value = "127.0.0.1")]
-        host: String,
-        /// Wait this long before listening, to imitate a slow-starting service.
-        #[arg(long, default_value_t = 0)]
-        startup_delay_ms: u64,
-        /// Simulated duration of one POST /prompt job.
-        #[arg(long, default_value_t = 100)]
-        job_ms: u64,
-    },
+    /// Run the built-in `simulation` service: the simulation-websocket protocol and GET /health on one port.
+    Simulate(SimulateArgs),
     /// Install the internal services' software once (skipped when the markers match).
     Install(machine_runtime::install::InstallArgs),
-    /// Stand in for a job worker: register and heartbeat in redis while the service at SIMULATION_BASE_URL answers.
-    SimulateWorker,
     /// Start every app, supervise them, serve the health endpoint; stop on SIGTERM/SIGINT.
     Up(UpArgs),
     /// Print what `up --profile` would start, given the GPUs found and the environment.
@@ -77,6 +62,29 @@ struct UpArgs {
 }
 
 #[derive(Args)]
+struct SimulateArgs {
+    /// Port to listen on (0 picks a free one; the start line says which).
+    #[arg(long)]
+    port: u16,
+    /// Address to listen on (0.0.0.0 to answer other hosts, e.g. from a published container port).
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// Wait this long before listening, to imitate a slow-starting service.
+    #[arg(long, default_value_t = 0)]
+    startup_delay_ms: u64,
+    /// Simulated duration of one POST /prompt job.
+    #[arg(long, default_value_t = 100)]
+    job_ms: u64,
+    /// Steps of a simulation job whose config names none [default: $SIMULATION_STEP_COUNT, else 10].
+    #[arg(long, value_name = "N")]
+    steps: Option<u32>,
+    /// Time per step of a simulation job whose config names no processing_time_ms
+    /// [default: $SIMULATION_STEP_DELAY_MS, else 200].
+    #[arg(long, value_name = "MS")]
+    step_delay_ms: Option<u64>,
+}
+
+#[derive(Args)]
 struct HealthArgs {
     /// Port of the health endpoint [default: $MACHINE_HEALTH_PORT, else 9090].
     #[arg(long, value_name = "PORT")]
@@ -96,13 +104,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Gpus { format } => gpus(format),
-        Command::Simulate {
-            port,
-            host,
-            startup_delay_ms,
-            job_ms,
-        } => simulate(port, host, startup_delay_ms, job_ms),
-        Command::SimulateWorker => return machine_runtime::simulate_worker::main(),
+        Command::Simulate(args) => simulate(args),
         Command::Install(args) => return machine_runtime::install::run_cli(args),
         Command::Up(args) => up(args).map(|()| ExitCode::SUCCESS),
         Command::Plan { profile, format } => plan(profile, format).map(|()| ExitCode::SUCCESS),
@@ -126,21 +128,65 @@ fn gpus(format: Format) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn simulate(
-    port: u16,
-    host: String,
-    startup_delay_ms: u64,
-    job_ms: u64,
-) -> anyhow::Result<ExitCode> {
-    use machine_runtime::simulate::{Identity, SimulateOptions};
+/// A number from a flag, else from an environment variable, else the default; a bad variable is named.
+fn flag_or_env<T: std::str::FromStr>(
+    flag: Option<T>,
+    var: &str,
+    default: T,
+    problems: &mut Vec<String>,
+) -> T {
+    if let Some(value) = flag {
+        return value;
+    }
+    match std::env::var(var) {
+        Ok(v) if !v.trim().is_empty() => v.trim().parse().unwrap_or_else(|_| {
+            problems.push(format!("{var} is \"{v}\", which is not a whole number"));
+            default
+        }),
+        _ => default,
+    }
+}
+
+fn simulate(args: SimulateArgs) -> anyhow::Result<ExitCode> {
+    use machine_runtime::simulate::session::MAX_STEPS;
+    use machine_runtime::simulate::{Identity, JobDefaults, SimulateOptions};
     use std::time::Duration;
     use tokio::signal::unix::{SignalKind, signal};
 
+    let fallback = JobDefaults::default();
+    let mut problems = Vec::new();
+    let steps = flag_or_env(
+        args.steps,
+        "SIMULATION_STEP_COUNT",
+        fallback.steps,
+        &mut problems,
+    );
+    let step_delay_ms = flag_or_env(
+        args.step_delay_ms,
+        "SIMULATION_STEP_DELAY_MS",
+        u64::try_from(fallback.step_delay.as_millis()).unwrap_or(u64::MAX),
+        &mut problems,
+    );
+    if steps == 0 || u64::from(steps) > MAX_STEPS {
+        problems.push(format!(
+            "the step count is {steps}; allowed: 1 to {MAX_STEPS} (--steps or SIMULATION_STEP_COUNT)"
+        ));
+    }
+    if !problems.is_empty() {
+        anyhow::bail!(
+            "simulation service cannot start:\n  {}",
+            problems.join("\n  ")
+        );
+    }
     let options = SimulateOptions {
-        host,
-        port,
-        startup_delay: Duration::from_millis(startup_delay_ms),
-        job_delay: Duration::from_millis(job_ms),
+        host: args.host,
+        port: args.port,
+        startup_delay: Duration::from_millis(args.startup_delay_ms),
+        job_delay: Duration::from_millis(args.job_ms),
+        defaults: JobDefaults {
+            steps,
+            step_delay: Duration::from_millis(step_delay_ms),
+        },
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -281,6 +327,8 @@ fn up(args: UpArgs) -> anyhow::Result<()> {
         machine_id: planned.machine_id,
         gpu_count: planned.gpu_count,
         broker,
+        preflight: planned.preflight,
+        install_hint: planned.install_hint,
     };
     up::run(planned.apps, options)?;
     Ok(())
@@ -295,6 +343,10 @@ struct Planned {
     machine_id: Option<String>,
     /// GPUs reported to the broker.
     gpu_count: u32,
+    /// The plan's installs as found (profile mode).
+    preflight: machine_runtime::preflight::Findings,
+    /// The command that installs what is missing.
+    install_hint: String,
 }
 
 fn plan_apps(
@@ -314,10 +366,18 @@ fn plan_apps(
                 gpu_count: u32::try_from(uuids.len()).unwrap_or(u32::MAX),
                 gpu_uuids: uuids,
                 machine_id: env_machine_id,
+                preflight: Default::default(),
+                install_hint: "machine-runtime install --services worker-bundle".to_owned(),
             }
         }
         None => {
             let real = real_plan(profile)?;
+            let install_hint = format!("machine-runtime install --profile {}", real.plan.profile);
+            let preflight = machine_runtime::preflight::check_installs(
+                &real.plan,
+                machine_runtime::install::Env::from_process(),
+                &install_hint,
+            );
             let eco = machine_model::ecosystem::Ecosystem::from_plan(&real.plan);
             let value = serde_json::to_value(&eco).context("rendering the plan's ecosystem")?;
             let apps = ecosystem::from_value(&value)?.apps;
@@ -326,6 +386,8 @@ fn plan_apps(
                 gpu_uuids: real.gpu_uuids,
                 machine_id: Some(real.plan.machine_id),
                 gpu_count: real.plan.gpus,
+                preflight,
+                install_hint,
             }
         }
     })

@@ -1,6 +1,7 @@
 //! Plan against reality: the baked profile's plan, re-derived with the environment's overrides
-//! (`WORKER_CONNECTORS`, `MACHINE_GPU_COUNT`, `MACHINE_ID`, `WORKSPACE_DIR`) and checked against the GPUs
-//! found and the secrets present. "Change the numbers, restart; no rebuild."
+//! (`WORKER_CONNECTORS`, `MACHINE_GPU_COUNT`, `MACHINE_ID`, `WORKSPACE_DIR`, and the machine settings
+//! `SIMULATION_BASE_PORT`, `COMFYUI_BASE_PORT`, `WORKER_POLL_INTERVAL_MS`, ...) and checked against the GPUs
+//! found and the variables the workers need. "Change the numbers, restart; no rebuild."
 
 use machine_model::{Overrides, Plan, Profile};
 
@@ -129,6 +130,10 @@ pub fn plan(
         gpus: Some(gpus),
         machine_id: non_empty(env, "MACHINE_ID"),
         workspace: non_empty(env, "WORKSPACE_DIR"),
+        settings: machine_model::catalog::plan_setting_names()
+            .into_iter()
+            .filter_map(|name| non_empty(env, name).map(|v| (name.to_string(), v)))
+            .collect(),
     };
     let plan = match Plan::build(name, profile, &overrides) {
         Ok(p) => p,
@@ -137,7 +142,8 @@ pub fn plan(
     for need in &plan.secrets {
         if non_empty(env, need.name).is_none() {
             problems.push(format!(
-                "secret {} is not set; the {} worker{} need{} it ({}). Put it in the environment (compose passes it through from .env.secrets or the shell)",
+                "{} {} is not set; the {} worker{} need{} it ({}). Put it in the environment (compose passes it through from .env.secrets or the shell)",
+                if need.secret { "secret" } else { "variable" },
                 need.name,
                 need.connectors.join(", "),
                 if need.workers.len() == 1 { "" } else { "s" },
@@ -192,7 +198,7 @@ mod tests {
     fn refuses_fewer_gpus_than_planned() {
         let err = plan(
             "p",
-            &profile("simulation:auto", 2),
+            &profile("simulation-websocket:auto", 2),
             &env(&[]),
             &inventory(1),
         )
@@ -214,7 +220,7 @@ mod tests {
     fn re_plans_when_allowed() {
         let real = plan(
             "p",
-            &profile("simulation:auto", 2),
+            &profile("simulation-websocket:auto", 2),
             &env(&[("MACHINE_ALLOW_FEWER_GPUS", "true")]),
             &inventory(1),
         )
@@ -232,14 +238,23 @@ mod tests {
     #[test]
     fn environment_overrides_spec_gpus_and_id() {
         let e = env(&[
-            ("WORKER_CONNECTORS", "simulation:3"),
+            ("WORKER_CONNECTORS", "simulation-websocket:3"),
             ("MACHINE_GPU_COUNT", "1"),
             ("MACHINE_ID", "box-7"),
         ]);
-        let real = plan("p", &profile("simulation:auto", 2), &e, &inventory(2)).unwrap();
-        assert_eq!(real.plan.worker_spec, "simulation:3:gpu");
+        let real = plan(
+            "p",
+            &profile("simulation-websocket:auto", 2),
+            &e,
+            &inventory(2),
+        )
+        .unwrap();
+        assert_eq!(real.plan.worker_spec, "simulation-websocket:3:gpu");
         assert_eq!(real.plan.gpus, 1);
-        assert_eq!(real.plan.workers[2].worker_id, "box-7-worker-simulation-2");
+        assert_eq!(
+            real.plan.workers[2].worker_id,
+            "box-7-worker-simulation-websocket-2"
+        );
         assert_eq!(real.gpu_uuids, vec![inventory(2).gpus[0].uuid.clone()]);
     }
 
@@ -247,14 +262,49 @@ mod tests {
     fn missing_secrets_are_named() {
         let err = plan(
             "p",
-            &profile("openai:2,replicate:1", 0),
-            &env(&[("REPLICATE_API_TOKEN", "x")]),
+            &profile("openai:2,gemini:1", 0),
+            &env(&[
+                ("GEMINI_API_KEY", "x"),
+                ("OPENAI_IMAGE_MODEL", "m"),
+                ("CLOUD_STORAGE_PROVIDER", "gcs"),
+            ]),
             &inventory(0),
         )
         .unwrap_err();
         assert_eq!(err, vec![
             "secret OPENAI_API_KEY is not set; the openai workers need it (openai-worker-0, openai-worker-1). Put it in the environment (compose passes it through from .env.secrets or the shell)".to_string()
         ]);
+        let err = plan(
+            "p",
+            &profile("ollama:1", 0),
+            &env(&[("OLLAMA_HOST", "h")]),
+            &inventory(0),
+        )
+        .unwrap_err();
+        assert_eq!(err.len(), 2, "{err:?}");
+        assert!(err[0].starts_with("variable OLLAMA_DEFAULT_MODEL is not set; the ollama worker needs it (ollama-worker-0)"), "{err:?}");
+    }
+
+    #[test]
+    fn base_ports_come_from_the_environment() {
+        let e = env(&[("SIMULATION_BASE_PORT", "18500")]);
+        let real = plan(
+            "p",
+            &profile("simulation-websocket:auto", 2),
+            &e,
+            &inventory(2),
+        )
+        .unwrap();
+        assert_eq!(real.plan.services[1].port, Some(18501));
+        let e = env(&[("SIMULATION_BASE_PORT", "x")]);
+        let err = plan(
+            "p",
+            &profile("simulation-websocket:auto", 2),
+            &e,
+            &inventory(2),
+        )
+        .unwrap_err();
+        assert!(err[0].starts_with("SIMULATION_BASE_PORT=\"x\""), "{err:?}");
     }
 
     #[test]

@@ -1,9 +1,14 @@
-//! The built-in `simulation` inference service: a tiny HTTP/1.1 server on plain tokio standing in for ComfyUI.
+//! The built-in `simulation` inference service: the simulation-websocket protocol (worker contract §4) and a
+//! few HTTP endpoints on one port.
 //!
-//! Endpoints: `GET /` (who am I: port, GPU, `CUDA_VISIBLE_DEVICES`), `GET /health`, `GET /system_stats`
-//! (roughly ComfyUI's shape, devices taken from `CUDA_VISIBLE_DEVICES`) and `POST /prompt` (accepts JSON,
-//! answers `{"prompt_id": ...}` after a simulated job delay). Every response closes its connection, which keeps
-//! the server small and is all readiness probes and tests need.
+//! A WebSocket upgrade on any path opens a simulation-websocket session (see [`session`]): the worker's
+//! `simulation-websocket` connector sends `simulation_job`s and gets `simulation_started`,
+//! `simulation_progress` and `simulation_complete` back. Plain HTTP: `GET /` (who am I: port, GPU,
+//! `CUDA_VISIBLE_DEVICES`), `GET /health` (the readiness probe), `GET /system_stats` (roughly ComfyUI's
+//! shape) and `POST /prompt` (accepts JSON, answers `{"prompt_id": ...}` after a simulated delay). Every
+//! HTTP response closes its connection, which keeps the server small and is all probes and tests need.
+
+pub mod session;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,8 +18,13 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+pub use session::JobDefaults;
 
 /// Largest request head (request line and headers) accepted.
 const MAX_HEAD_BYTES: usize = 64 * 1024;
@@ -24,6 +34,8 @@ const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
 const READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long in-flight requests may take to finish after a stop was requested.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest WebSocket message accepted from a worker.
+const MAX_WS_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 
 /// How to run the simulation service.
 #[derive(Debug, Clone)]
@@ -36,6 +48,8 @@ pub struct SimulateOptions {
     pub startup_delay: Duration,
     /// Simulated time one `POST /prompt` takes.
     pub job_delay: Duration,
+    /// Steps and step time of a simulation-websocket job whose `config` leaves them out.
+    pub defaults: JobDefaults,
 }
 
 /// What the service reports about its environment; read once at start.
@@ -100,7 +114,7 @@ pub async fn run(
         .local_addr()
         .map_err(|source| SimulateError::Bind { addr, source })?;
     println!("simulation service listening on {local}");
-    serve(listener, local, options.job_delay, identity, shutdown).await;
+    serve(listener, local, &options, identity, shutdown).await;
     println!("simulation service on {local} stopped");
     Ok(())
 }
@@ -118,20 +132,27 @@ struct Shared {
     job_delay: Duration,
     identity: Identity,
     jobs: AtomicU64,
+    sessions: Arc<session::Service>,
 }
 
 async fn serve(
     listener: TcpListener,
     local: SocketAddr,
-    job_delay: Duration,
+    options: &SimulateOptions,
     identity: Identity,
     shutdown: CancellationToken,
 ) {
     let shared = Arc::new(Shared {
         local,
-        job_delay,
-        identity,
+        job_delay: options.job_delay,
+        identity: identity.clone(),
         jobs: AtomicU64::new(0),
+        sessions: Arc::new(session::Service {
+            port: local.port(),
+            identity,
+            defaults: options.defaults,
+            registry: session::Registry::default(),
+        }),
     });
     let tracker = TaskTracker::new();
     loop {
@@ -159,7 +180,28 @@ async fn serve(
 struct Request {
     method: String,
     path: String,
+    /// Header names lowercased, in order.
+    headers: Vec<(String, String)>,
     body: Vec<u8>,
+    /// Bytes read past the body (a WebSocket client's first frames, in theory).
+    rest: Vec<u8>,
+}
+
+impl Request {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// `Upgrade: websocket` was asked for.
+    fn wants_websocket(&self) -> bool {
+        self.header("upgrade").is_some_and(|v| {
+            v.split(',')
+                .any(|p| p.trim().eq_ignore_ascii_case("websocket"))
+        })
+    }
 }
 
 struct Response {
@@ -169,6 +211,15 @@ struct Response {
 
 async fn handle(mut stream: TcpStream, shared: &Shared, shutdown: &CancellationToken) {
     let response = match tokio::time::timeout(READ_TIMEOUT, read_request(&mut stream)).await {
+        Ok(Ok(request)) if request.wants_websocket() => {
+            match upgrade(stream, request, shared, shutdown).await {
+                Ok(()) => return,
+                Err((returned, response)) => {
+                    stream = returned;
+                    response
+                }
+            }
+        }
         Ok(Ok(request)) => route(request, shared, shutdown).await,
         Ok(Err(bad)) => bad,
         Err(_) => Response {
@@ -226,8 +277,10 @@ async fn read_request(stream: &mut TcpStream) -> Result<Request, Response> {
         return Err(bad_request(400, "malformed request line"));
     };
     let mut content_length = 0usize;
+    let mut headers = Vec::new();
     for line in lines {
         if let Some((name, value)) = line.split_once(':') {
+            headers.push((name.trim().to_ascii_lowercase(), value.trim().to_owned()));
             if name.trim().eq_ignore_ascii_case("content-length") {
                 content_length = value
                     .trim()
@@ -259,13 +312,75 @@ async fn read_request(stream: &mut TcpStream) -> Result<Request, Response> {
         }
         body.extend_from_slice(&chunk[..n]);
     }
-    body.truncate(content_length);
+    let rest = body.split_off(content_length.min(body.len()));
     let path = target.split('?').next().unwrap_or(target).to_owned();
     Ok(Request {
         method: method.to_owned(),
         path,
+        headers,
         body,
+        rest,
     })
+}
+
+/// Answers a WebSocket handshake (RFC 6455 §4.2) and serves the session; gives the stream back with an
+/// error response when the request is not a valid upgrade.
+async fn upgrade(
+    mut stream: TcpStream,
+    request: Request,
+    shared: &Shared,
+    shutdown: &CancellationToken,
+) -> Result<(), (TcpStream, Response)> {
+    let connection_upgrade = request.header("connection").is_some_and(|v| {
+        v.split(',')
+            .any(|p| p.trim().eq_ignore_ascii_case("upgrade"))
+    });
+    let key = request.header("sec-websocket-key").unwrap_or("").trim();
+    let version = request.header("sec-websocket-version").unwrap_or("").trim();
+    let mut problems = Vec::new();
+    if request.method != "GET" {
+        problems.push(format!(
+            "a WebSocket upgrade must use GET, not {}",
+            request.method
+        ));
+    }
+    if !connection_upgrade {
+        problems.push("the Connection header must include \"Upgrade\"".to_owned());
+    }
+    if key.is_empty() {
+        problems.push("the Sec-WebSocket-Key header is missing".to_owned());
+    }
+    if version != "13" {
+        problems.push(format!(
+            "Sec-WebSocket-Version is \"{version}\"; this service speaks version 13"
+        ));
+    }
+    if !problems.is_empty() {
+        let status = if version == "13" || version.is_empty() {
+            400
+        } else {
+            426
+        };
+        return Err((stream, bad_request(status, &problems.join("; "))));
+    }
+    let head = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
+        derive_accept_key(key.as_bytes())
+    );
+    if stream.write_all(head.as_bytes()).await.is_err() {
+        return Ok(());
+    }
+    let peer = stream
+        .peer_addr()
+        .map_or_else(|_| "an unknown peer".to_owned(), |a| a.to_string());
+    println!("simulation service: websocket session from {peer}");
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(MAX_WS_MESSAGE_BYTES))
+        .max_frame_size(Some(MAX_WS_MESSAGE_BYTES));
+    let ws = WebSocketStream::from_partially_read(stream, request.rest, Role::Server, Some(config))
+        .await;
+    session::serve(ws, Arc::clone(&shared.sessions), peer, shutdown.clone()).await;
+    Ok(())
 }
 
 async fn route(request: Request, shared: &Shared, shutdown: &CancellationToken) -> Response {
@@ -277,7 +392,12 @@ async fn route(request: Request, shared: &Shared, shutdown: &CancellationToken) 
             "gpu": shared.identity.gpu,
             "cuda_visible_devices": shared.identity.cuda_visible_devices,
         })),
-        ("GET", "/health") => ok(json!({"status": "ok"})),
+        ("GET", "/health") => ok(json!({
+            "status": "ok",
+            "protocol": "simulation-websocket",
+            "active_jobs": shared.sessions.registry.active(),
+            "completed_jobs": shared.sessions.registry.completed(),
+        })),
         ("GET", "/system_stats") => ok(system_stats(&shared.identity)),
         ("POST", "/prompt") => {
             let Ok(prompt) = serde_json::from_slice::<Value>(&request.body) else {
@@ -354,6 +474,7 @@ fn reason_phrase(status: u16) -> &'static str {
         405 => "Method Not Allowed",
         408 => "Request Timeout",
         413 => "Payload Too Large",
+        426 => "Upgrade Required",
         431 => "Request Header Fields Too Large",
         501 => "Not Implemented",
         503 => "Service Unavailable",

@@ -132,6 +132,10 @@ pub struct UpOptions {
     pub gpu_count: u32,
     /// The broker setting read from the environment, or its problems.
     pub broker: Result<(BrokerSetting, Vec<String>), Vec<String>>,
+    /// What the caller already checked (the plan's installs), reported with everything else.
+    pub preflight: crate::preflight::Findings,
+    /// The command that installs what is missing, for the pre-start checks' messages.
+    pub install_hint: String,
 }
 
 /// Why `up` failed.
@@ -238,7 +242,11 @@ impl MachineStatus {
 /// link, supervises until stopped. Blocks the thread.
 pub fn run(apps: Vec<AppSpec>, options: UpOptions) -> Result<(), UpError> {
     let started_at = Instant::now();
-    let mut problems = Vec::new();
+    let mut problems = options.preflight.problems;
+    for warning in &options.preflight.warnings {
+        log(&format!("warning: {warning}"));
+    }
+    problems.extend(crate::preflight::check_apps(&apps, &options.install_hint));
     let setting = match options.broker {
         Ok((setting, warnings)) => {
             for warning in warnings {

@@ -48,12 +48,15 @@ pub fn load_all() -> anyhow::Result<Vec<Loaded>> {
     for source in sources {
         match load::check(&source) {
             Ok((profile, plan)) => match resolve(&set, &source, &profile, &plan) {
-                Ok(resolved) => loaded.push(Loaded {
-                    source,
-                    profile,
-                    plan,
-                    resolved,
-                }),
+                Ok(resolved) => match plan_with_settings(&source, &profile, &resolved) {
+                    Ok(plan) => loaded.push(Loaded {
+                        source,
+                        profile,
+                        plan,
+                        resolved,
+                    }),
+                    Err(e) => problems.push(e),
+                },
                 Err(diags) => problems.extend(diags),
             },
             Err(diags) => problems.extend(diags.iter().map(|d| d.to_string())),
@@ -67,6 +70,23 @@ pub fn load_all() -> anyhow::Result<Vec<Loaded>> {
         );
     }
     Ok(loaded)
+}
+
+/// The plan again, with the machine settings (base ports, worker tunables) the components and `env` give.
+fn plan_with_settings(
+    source: &ProfileSource,
+    profile: &Profile,
+    resolved: &Resolved,
+) -> Result<Plan, String> {
+    let settings = resolved
+        .literals()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let overrides = machine_model::Overrides {
+        settings,
+        ..machine_model::Overrides::default()
+    };
+    Plan::build(&source.name, profile, &overrides).map_err(|e| format!("{}: {e}", source.file))
 }
 
 /// Resolves a profile's component selection and `env`; checks that compose conditions name sections that
@@ -90,7 +110,7 @@ fn resolve(
         .map(|(k, v)| EnvVar::new(k.clone(), v.clone()))
         .collect();
     let mut secrets = SecretDecls::new();
-    for need in &plan.secrets {
+    for need in plan.secrets.iter().filter(|n| n.secret) {
         secrets.declare(
             need.name,
             format!("connector {}", need.connectors.join(", ")),

@@ -1237,7 +1237,7 @@ fn seed_components_resolve_for_every_seed_profile() {
                 ],
             ]
             .concat(),
-            &[],
+            &["WORKER_WEBSOCKET_AUTH_TOKEN"],
         ),
         (
             "api-only",
@@ -1246,7 +1246,11 @@ fn seed_components_resolve_for_every_seed_profile() {
                 &[sel("worker", &["default"]), sel("openai", &["default"])],
             ]
             .concat(),
-            &["HUB_REDIS_URL", "OPENAI_API_KEY"],
+            &[
+                "HUB_REDIS_URL",
+                "OPENAI_API_KEY",
+                "WORKER_WEBSOCKET_AUTH_TOKEN",
+            ],
         ),
         (
             "gpu-mixed",
@@ -1259,7 +1263,7 @@ fn seed_components_resolve_for_every_seed_profile() {
                 ],
             ]
             .concat(),
-            &["OPENAI_API_KEY"],
+            &["OPENAI_API_KEY", "WORKER_WEBSOCKET_AUTH_TOKEN"],
         ),
         (
             "dev-full",
@@ -1274,7 +1278,7 @@ fn seed_components_resolve_for_every_seed_profile() {
                 ],
             ]
             .concat(),
-            &["OPENAI_API_KEY"],
+            &["OPENAI_API_KEY", "WORKER_WEBSOCKET_AUTH_TOKEN"],
         ),
         (
             "prod-gpu",
@@ -1287,7 +1291,7 @@ fn seed_components_resolve_for_every_seed_profile() {
                 ],
             ]
             .concat(),
-            &["HUB_REDIS_URL"],
+            &["HUB_REDIS_URL", "WORKER_WEBSOCKET_AUTH_TOKEN"],
         ),
         (
             "api-gateway",
@@ -1299,7 +1303,11 @@ fn seed_components_resolve_for_every_seed_profile() {
                 ],
             ]
             .concat(),
-            &["HUB_REDIS_URL", "OPENAI_API_KEY"],
+            &[
+                "HUB_REDIS_URL",
+                "OPENAI_API_KEY",
+                "WORKER_WEBSOCKET_AUTH_TOKEN",
+            ],
         ),
     ];
     for (profile, selection, expected_secrets) in profiles {

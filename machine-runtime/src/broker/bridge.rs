@@ -375,7 +375,7 @@ mod tests {
         assert_eq!(view.workers[1].service_app.as_deref(), Some("comfyui-gpu1"));
         // A remote ComfyUI worker is its own provider, never the local GPU's service.
         assert_eq!(view.workers[3].service_app, None);
-        assert_eq!(view.workers[3].services, ["comfyui"]);
+        assert_eq!(view.workers[3].services, ["comfyui-remote"]);
         assert_eq!(
             view.workers[2].services,
             machine_model::catalog::connector("openai")

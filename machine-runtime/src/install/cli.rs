@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use super::{
     Env, Freshness, InstallOptions, InstallRecipe, Outcome, builtin_recipes, check, install,
+    plan_recipes,
 };
 
 /// Arguments of `machine-runtime install`.
@@ -36,9 +37,10 @@ pub struct InstallArgs {
     pub step_timeout: u64,
 }
 
-/// The services a baked-in profile's plan installs (its `install` list; overrides from the environment
-/// such as `WORKER_CONNECTORS` apply, GPUs are not checked: images are built without them).
-fn profile_services(name: &str) -> Result<Vec<String>, String> {
+/// What a baked-in profile's plan installs (its `install` list, the worker bundle from the profile's
+/// source; overrides from the environment such as `WORKER_CONNECTORS` apply, GPUs are not checked:
+/// images are built without them).
+fn profile_recipes(name: &str) -> Result<Vec<(String, InstallRecipe)>, String> {
     let baked = crate::profiles::by_name(name).ok_or_else(|| {
         let names: Vec<&str> = crate::profiles::ALL.iter().map(|p| p.name).collect();
         format!(
@@ -58,22 +60,26 @@ fn profile_services(name: &str) -> Result<Vec<String>, String> {
     };
     let plan = machine_model::Plan::build(name, &profile, &overrides)
         .map_err(|e| format!("planning profile {name}: {e}"))?;
-    Ok(plan.install.iter().map(|s| s.to_string()).collect())
+    plan_recipes(&plan).map_err(|e| e.to_string())
 }
 
 /// Runs `install` (or `install --check`) for `--profile`'s plan or the built-in recipes named by `--services`.
 pub fn run(args: InstallArgs) -> ExitCode {
     super::kill_running_step_on_signals();
-    let names = match (&args.profile, &args.services) {
-        (Some(profile), _) => match profile_services(profile) {
-            Ok(n) => n,
-            Err(e) => {
-                eprintln!("error: {e}");
-                return ExitCode::FAILURE;
-            }
-        },
-        (None, services) => services.clone().unwrap_or_default(),
+    let recipes = match (&args.profile, &args.services) {
+        (Some(profile), _) => profile_recipes(profile),
+        (None, services) => {
+            builtin_recipes(&services.clone().unwrap_or_default()).map_err(|e| e.to_string())
+        }
     };
+    let recipes = match recipes {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let names: Vec<&str> = recipes.iter().map(|(n, _)| n.as_str()).collect();
     if let Some(profile) = &args.profile {
         eprintln!(
             "install: profile {profile} needs {}",
@@ -84,13 +90,6 @@ pub fn run(args: InstallArgs) -> ExitCode {
             }
         );
     }
-    let recipes = match builtin_recipes(&names) {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
     let services: Vec<(&str, &InstallRecipe)> =
         recipes.iter().map(|(n, r)| (n.as_str(), r)).collect();
     let mut opts = InstallOptions::from_env(Env::from_process());

@@ -51,6 +51,22 @@ pub struct Marker {
     pub checkouts: Vec<CheckoutRecord>,
     /// Every requirements file installed, with a hash of its content at install time.
     pub requirements: Vec<RequirementsRecord>,
+    /// Every tarball or folder fetched (the worker bundle), with its checksum.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fetches: Vec<FetchRecord>,
+}
+
+/// A tarball or folder put in place by a `fetch` step.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FetchRecord {
+    /// Destination relative to the install directory.
+    pub dest: String,
+    /// The source with any credentials removed.
+    pub source: String,
+    /// SHA-256 of the tarball (absent for a folder).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
 }
 
 /// A checkout made by an install.
@@ -138,6 +154,24 @@ pub(crate) fn freshness(workspace: &Path, service: &str, dir: &str, hash: &str) 
         ));
     }
     Freshness::Current(Box::new(marker))
+}
+
+/// Whether `service` has a readable marker whose symlink points at its existing version directory,
+/// whatever recipe it was made from.
+pub(crate) fn intact(workspace: &Path, service: &str) -> Result<(), String> {
+    let path = marker_path(workspace, service);
+    let bytes = fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let marker: Marker =
+        serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+    match fs::read_link(workspace.join(&marker.dir)) {
+        Ok(target) if target == Path::new(&marker.version_dir) => {}
+        _ => return Err(format!("{} is not its install symlink", marker.dir)),
+    }
+    if workspace.join(&marker.version_dir).is_dir() {
+        Ok(())
+    } else {
+        Err(format!("{} is missing", marker.version_dir))
+    }
 }
 
 /// The active version directory (relative to the workspace) of `dir`, if it is an install symlink.
@@ -279,6 +313,7 @@ mod tests {
             duration_ms: 0,
             checkouts: vec![],
             requirements: vec![],
+            fetches: vec![],
         }
     }
 

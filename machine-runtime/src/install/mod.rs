@@ -24,7 +24,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 pub use cli::{InstallArgs, run as run_cli, run_with as run_cli_with};
 pub use machine_model::install::InstallRecipe;
 pub use marker::{
-    CheckoutRecord, Freshness, MARKER_DIR, Marker, PERSIST_DIR, RequirementsRecord, VERSIONS_DIR,
+    CheckoutRecord, FetchRecord, Freshness, MARKER_DIR, Marker, PERSIST_DIR, RequirementsRecord,
+    VERSIONS_DIR,
 };
 pub use placeholder::PlaceholderError;
 pub use process::{abort_running_step, kill_running_step_on_signals};
@@ -605,6 +606,43 @@ pub fn check(
         .collect())
 }
 
+/// How an install looks to a machine about to start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StartState {
+    /// The marker matches the recipe as this environment resolves it.
+    Current,
+    /// Installed and intact, but from another recipe (another source, commit, ...): usable as it is.
+    Outdated(String),
+    /// Not installed, or its marker, symlink or version directory is broken.
+    Missing(String),
+}
+
+/// Like [`check`], telling an intact install made from another recipe ([`StartState::Outdated`]) from
+/// one that cannot be used ([`StartState::Missing`]).
+pub fn check_for_start(
+    services: &[(&str, &InstallRecipe)],
+    opts: &InstallOptions,
+) -> Result<Vec<(String, StartState)>, InstallError> {
+    if services.is_empty() {
+        return Ok(Vec::new());
+    }
+    let workspace = absolute_workspace(opts)?;
+    let prepared = prepare(services, &workspace, &opts.env)?;
+    Ok(prepared
+        .into_iter()
+        .map(|p| {
+            let state = match marker::freshness(&workspace, &p.service, &p.recipe.dir, &p.hash) {
+                Freshness::Current(_) => StartState::Current,
+                Freshness::Stale(reason) => match marker::intact(&workspace, &p.service) {
+                    Ok(()) => StartState::Outdated(reason),
+                    Err(_) => StartState::Missing(reason),
+                },
+            };
+            (p.service, state)
+        })
+        .collect())
+}
+
 /// The built-in recipes (`machine_model::install::builtin_recipe`) for `names`, unknown names reported
 /// with a suggestion. Empty names are ignored.
 pub fn builtin_recipes(names: &[String]) -> Result<Vec<(String, InstallRecipe)>, InstallError> {
@@ -628,6 +666,29 @@ pub fn builtin_recipes(names: &[String]) -> Result<Vec<(String, InstallRecipe)>,
                     known: BUILTIN_RECIPES.join(", "),
                 });
             }
+        }
+    }
+    Ok(out)
+}
+
+/// The recipes of a plan's `install` list, in order: the worker bundle from the plan's source
+/// ([`machine_model::Plan::worker_bundle`]), the services' built-in recipes.
+pub fn plan_recipes(
+    plan: &machine_model::Plan,
+) -> Result<Vec<(String, InstallRecipe)>, InstallError> {
+    let mut out = Vec::new();
+    for name in &plan.install {
+        if *name == machine_model::catalog::WORKER_BUNDLE_INSTALL {
+            let bundle = plan
+                .worker_bundle
+                .clone()
+                .unwrap_or_else(machine_model::profile::WorkerBundle::catalog_default);
+            out.push((
+                name.to_string(),
+                machine_model::install::worker_bundle_recipe(&bundle),
+            ));
+        } else {
+            out.extend(builtin_recipes(&[name.to_string()])?);
         }
     }
     Ok(out)
@@ -742,6 +803,7 @@ fn install_one(
         duration_ms: u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
         checkouts: records.checkouts,
         requirements: records.requirements,
+        fetches: records.fetches,
     };
     let marker_file = marker::marker_path(workspace, service);
     marker::write_marker(workspace, &marker).map_err(io_error(
@@ -834,14 +896,14 @@ mod tests {
             .to_string();
         assert_eq!(
             err,
-            r#"no install recipe for service "playwrite" (known: comfyui, playwright); did you mean "playwright"?"#
+            r#"no install recipe for service "playwrite" (known: comfyui, playwright, worker-bundle); did you mean "playwright"?"#
         );
         let err = builtin_recipes(&["ollama".to_owned()])
             .unwrap_err()
             .to_string();
         assert_eq!(
             err,
-            r#"no install recipe for service "ollama" (known: comfyui, playwright)"#
+            r#"no install recipe for service "ollama" (known: comfyui, playwright, worker-bundle)"#
         );
         assert_eq!(
             builtin_recipes(&[" ".to_owned(), "comfyui".to_owned()])

@@ -80,6 +80,23 @@ fn map_step(
                 .map(|(i, p)| one(&format!("paths[{i}]"), p))
                 .collect(),
         },
+        Step::Fetch {
+            source,
+            sha256,
+            dest,
+            expect,
+            timeout_secs,
+        } => Step::Fetch {
+            source: one("source", source),
+            sha256: sha256.as_ref().map(|s| one("sha256", s)),
+            dest: one("dest", dest),
+            expect: expect
+                .iter()
+                .enumerate()
+                .map(|(i, e)| one(&format!("expect[{i}]"), e))
+                .collect(),
+            timeout_secs: *timeout_secs,
+        },
         Step::Command {
             argv,
             cwd,
@@ -210,6 +227,39 @@ fn validate(recipe: &InstallRecipe, problems: &mut Vec<String>) {
                     }
                 }
             }
+            Step::Fetch {
+                source,
+                sha256,
+                dest,
+                expect,
+                ..
+            } => {
+                paths.push(("dest", dest));
+                for (j, e) in expect.iter().enumerate() {
+                    if e == "." || !is_inside(e) {
+                        problem(
+                            &at,
+                            &format!("expect[{j}]"),
+                            format!("{e:?} must be a file inside the destination"),
+                        );
+                    }
+                }
+                if let Err(message) = FetchSource::parse(source) {
+                    problem(&at, "source", message);
+                }
+                let sha = sha256.as_deref().unwrap_or_default();
+                if !sha.is_empty()
+                    && !(sha.len() == 64 && sha.bytes().all(|b| b.is_ascii_hexdigit()))
+                {
+                    problem(
+                        &at,
+                        "sha256",
+                        format!(
+                            "{sha:?} is not a SHA-256 (64 hex digits); leave it empty to skip the check"
+                        ),
+                    );
+                }
+            }
             Step::Command { argv, cwd, .. } => {
                 if argv.first().is_none_or(String::is_empty) {
                     problem(&at, "argv", "needs at least a program".to_owned());
@@ -310,7 +360,50 @@ pub(crate) fn describe(step: &Step) -> String {
         }
         Step::CustomNodes { dir, nodes, .. } => format!("{} custom nodes into {dir}", nodes.len()),
         Step::Persist { paths } => format!("keep {} across reinstalls", paths.join(", ")),
+        Step::Fetch { source, dest, .. } => {
+            let into = if dest == "." {
+                String::new()
+            } else {
+                format!(" into {dest}")
+            };
+            format!("fetch {source}{into}")
+        }
         Step::Command { argv, .. } => argv.join(" "),
+    }
+}
+
+/// Where a `fetch` step takes its files from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum FetchSource {
+    /// An `http(s)://` tarball, downloaded with curl.
+    Download(String),
+    /// A local `.tar.gz` (absolute path, or a `file://` URL).
+    Tarball(std::path::PathBuf),
+    /// A local folder whose content is copied.
+    Folder(std::path::PathBuf),
+}
+
+impl FetchSource {
+    /// Classifies a resolved source: `http(s)://` downloads, `file://` and absolute paths are local
+    /// (a folder when the path is one, else a tarball).
+    pub(crate) fn parse(source: &str) -> Result<FetchSource, String> {
+        let source = source.trim();
+        if source.starts_with("https://") || source.starts_with("http://") {
+            return Ok(FetchSource::Download(source.to_owned()));
+        }
+        let path = source.strip_prefix("file://").unwrap_or(source);
+        if !path.starts_with('/') {
+            return Err(format!(
+                "{source:?} is neither an http(s):// or file:// URL nor an absolute path; \
+                 give a release tarball URL or the absolute path of a bundle folder"
+            ));
+        }
+        let path = std::path::PathBuf::from(path);
+        Ok(if path.is_dir() {
+            FetchSource::Folder(path)
+        } else {
+            FetchSource::Tarball(path)
+        })
     }
 }
 

@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 use machine_model::install::Step;
 
 use super::hash::fnv1a64_hex;
-use super::marker::{CheckoutRecord, RequirementsRecord};
+use super::marker::{CheckoutRecord, FetchRecord, RequirementsRecord};
 use super::process::{self, Cmd, Finished, Interrupted, RunCtx};
-use super::recipe::is_full_sha;
+use super::recipe::{FetchSource, is_full_sha};
 use super::redact::{Redactor, strip_url_credentials};
 use super::{Env, FailureCause, Progress, ProgressEvent, StepFailure};
 
@@ -21,6 +21,7 @@ pub(crate) type StepResult<T> = Result<T, Box<StepFailure>>;
 pub(crate) struct Records {
     pub checkouts: Vec<CheckoutRecord>,
     pub requirements: Vec<RequirementsRecord>,
+    pub fetches: Vec<FetchRecord>,
 }
 
 /// Everything a step needs: who it is (for messages), where it runs, its deadline.
@@ -185,6 +186,17 @@ pub(crate) fn run_step(ctx: &StepCtx<'_>, step: &Step, records: &mut Records) ->
                 persist(ctx, path)?;
             }
         }
+        Step::Fetch {
+            source,
+            sha256,
+            dest,
+            expect,
+            ..
+        } => {
+            let sha256 = sha256.as_deref().unwrap_or_default().trim();
+            let record = fetch(ctx, source, sha256, dest, expect)?;
+            records.fetches.push(record);
+        }
         Step::Command { argv, cwd, env, .. } => {
             let Some((program, args)) = argv.split_first() else {
                 return Err(ctx.problem("the command has no program".to_owned()));
@@ -204,6 +216,111 @@ pub(crate) fn run_step(ctx: &StepCtx<'_>, step: &Step, records: &mut Records) ->
         }
     }
     Ok(())
+}
+
+/// Puts the files of `source` into `<root>/<dest>`: a tarball (downloaded with curl when remote, checked
+/// against `sha256` when one is given, its one top folder stripped by `tar`) or a folder's content
+/// (`cp -R`); then checks that every file of `expect` is there.
+fn fetch(
+    ctx: &StepCtx<'_>,
+    source: &str,
+    sha256: &str,
+    dest: &str,
+    expect: &[String],
+) -> StepResult<FetchRecord> {
+    let target = ctx.root.join(dest);
+    fs::create_dir_all(&target)
+        .map_err(|e| ctx.problem(format!("cannot create {}: {e}", target.display())))?;
+    let shown = strip_url_credentials(source, false);
+    // A download lands beside the version directory, never inside what is being built.
+    let download = PathBuf::from(format!("{}.download.tar.gz", ctx.root.display()));
+    let kind = FetchSource::parse(source).map_err(|e| ctx.problem(e))?;
+    let tarball = match &kind {
+        FetchSource::Download(url) => {
+            ctx.run_ok(
+                &Cmd::new("curl", ctx.root)
+                    .args(["-fsSL", "--retry", "3", "--connect-timeout", "30", "-o"])
+                    .arg(download.to_string_lossy())
+                    .arg(url),
+            )?;
+            Some(download.clone())
+        }
+        FetchSource::Tarball(path) => {
+            if !path.is_file() {
+                return Err(ctx.problem(format!(
+                    "{} does not exist (neither a folder nor a tarball); point the source (or WORKER_BUNDLE_URL) at the bundle",
+                    path.display()
+                )));
+            }
+            Some(path.clone())
+        }
+        FetchSource::Folder(_) => None,
+    };
+    let record_sha = match (&kind, tarball) {
+        (FetchSource::Folder(path), _) => {
+            if !sha256.is_empty() {
+                return Err(ctx.problem(format!(
+                    "a sha256 is given but the source {} is a folder; checksums apply to tarballs only (leave it empty)",
+                    path.display()
+                )));
+            }
+            ctx.run_ok(
+                &Cmd::new("cp", ctx.root)
+                    .args(["-R", "--"])
+                    .arg(format!("{}/.", path.display()))
+                    .arg(target.to_string_lossy()),
+            )?;
+            None
+        }
+        (_, Some(file)) => {
+            let sum = ctx.run_ok(
+                &Cmd::new("sha256sum", ctx.root)
+                    .arg(file.to_string_lossy())
+                    .capture_stdout(),
+            )?;
+            let actual = sum
+                .stdout
+                .split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_ascii_lowercase();
+            if !sha256.is_empty() && !actual.eq_ignore_ascii_case(sha256) {
+                let _ = fs::remove_file(&download);
+                return Err(ctx.problem(format!(
+                    "the tarball from {shown} has SHA-256 {actual}, expected {sha256}; \
+                     check the source (or set the matching checksum)"
+                )));
+            }
+            let extracted = ctx.run_ok(
+                &Cmd::new("tar", ctx.root)
+                    .args(["-xzf"])
+                    .arg(file.to_string_lossy())
+                    .args(["--strip-components=1", "-C"])
+                    .arg(target.to_string_lossy()),
+            );
+            let _ = fs::remove_file(&download);
+            extracted?;
+            Some(actual)
+        }
+        (_, None) => None,
+    };
+    let missing: Vec<&str> = expect
+        .iter()
+        .filter(|e| !target.join(e.as_str()).is_file())
+        .map(String::as_str)
+        .collect();
+    if !missing.is_empty() {
+        return Err(ctx.problem(format!(
+            "what {shown} holds lacks {} (expected {}); is it the right bundle? a tarball must hold one top folder with these files",
+            missing.join(", "),
+            expect.join(", ")
+        )));
+    }
+    Ok(FetchRecord {
+        dest: dest.to_owned(),
+        source: shown,
+        sha256: record_sha,
+    })
 }
 
 /// Reads a requirements file for the marker; the flag says whether it names any requirement (an empty or

@@ -1,7 +1,6 @@
 //! The broker against a real redis-server: message shape and order, worker truth, outages, auth,
-//! preflight, and the `simulate-worker` stand-in.
+//! preflight, and the stand-in worker bundle.
 
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use machine_runtime::broker::{
@@ -11,7 +10,6 @@ use machine_runtime::broker::{
 };
 use redis::AsyncCommands;
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
@@ -725,103 +723,16 @@ async fn preflight_with_and_without_the_matching_function() {
     );
 }
 
-/// Answers every request with 200 until dropped.
-struct FakeService {
-    url: String,
-    requests: std::sync::Arc<std::sync::atomic::AtomicUsize>,
-    task: JoinHandle<()>,
-}
-
-impl FakeService {
-    async fn start() -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let requests = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let counter = requests.clone();
-        let task = tokio::spawn(async move {
-            while let Ok((mut stream, _)) = listener.accept().await {
-                counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                tokio::spawn(async move {
-                    let mut request = Vec::new();
-                    let mut buf = [0u8; 512];
-                    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match stream.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => request.extend_from_slice(&buf[..n]),
-                        }
-                    }
-                    let _ = stream
-                        .write_all(
-                            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
-                        )
-                        .await;
-                });
-            }
-        });
-        Self {
-            url,
-            requests,
-            task,
-        }
-    }
-
-    fn requests(&self) -> usize {
-        self.requests.load(std::sync::atomic::Ordering::Relaxed)
-    }
-
-    fn stop(&self) {
-        self.task.abort();
-    }
-}
-
-impl Drop for FakeService {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
+/// The stand-in worker bundle (tests/fixtures/worker-bundle) as a `mock` worker: no service needed.
 fn stand_in(envs: &[(&str, &str)]) -> tokio::process::Child {
-    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_machine-runtime"));
-    command
-        .arg("simulate-worker")
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    for (key, value) in envs {
-        command.env(key, value);
-    }
-    command
-        .spawn()
-        .expect("machine-runtime simulate-worker starts")
-}
-
-async fn wait_exit(child: &mut tokio::process::Child) -> (std::process::ExitStatus, String) {
-    let status = tokio::time::timeout(DEADLINE, child.wait())
-        .await
-        .expect("stand-in did not exit")
-        .unwrap();
-    let mut stderr = String::new();
-    if let Some(mut pipe) = child.stderr.take() {
-        pipe.read_to_string(&mut stderr).await.unwrap();
-    }
-    (status, stderr)
-}
-
-fn sigterm(child: &tokio::process::Child) {
-    let pid = child.id().expect("stand-in still running");
-    let pid = libc::pid_t::try_from(pid).unwrap();
-    // SAFETY: kill(2) with a pid we spawned and still own (not yet reaped); no memory is involved.
-    let rc = unsafe { libc::kill(pid, libc::SIGTERM) };
-    assert_eq!(rc, 0, "kill -TERM {pid}");
+    let mut all = vec![("WORKERS", "mock:1"), ("UNIFIED_MACHINE_STATUS", "true")];
+    all.extend_from_slice(envs);
+    crate::job_queue::spawn_worker(&crate::job_queue::bundle_dir(), &all)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stand_in_registers_heartbeats_and_cleans_up_on_sigterm() {
     let server = RedisServer::start();
-    let service = FakeService::start().await;
     let machine = "sim-m8";
     let id = worker_id(machine, 1);
     let mut events = Tap::start(&server.url(), &format!("machine:{machine}:worker:*")).await;
@@ -835,8 +746,6 @@ async fn stand_in_registers_heartbeats_and_cleans_up_on_sigterm() {
         ("WORKER_ID", &id),
         ("MACHINE_ID", machine),
         ("HUB_REDIS_URL", &server.url()),
-        ("SIMULATION_BASE_URL", &service.url),
-        ("WORKER_GPU_ID", "1"),
         ("WORKER_HEARTBEAT_INTERVAL_MS", "200"),
     ]);
     let registered = events.next().await;
@@ -844,36 +753,19 @@ async fn stand_in_registers_heartbeats_and_cleans_up_on_sigterm() {
     assert_eq!(registered["worker_id"], id.as_str());
     assert_eq!(registered["data"]["status"], "idle");
     assert_eq!(registered["data"]["is_connected"], true);
+    assert_eq!(
+        registered["data"]["capabilities"],
+        serde_json::json!(["mock_test"])
+    );
 
     let mut conn = server.conn().await;
-    let hash: std::collections::HashMap<String, String> =
-        conn.hgetall(format!("worker:{id}")).await.unwrap();
-    for field in [
-        "worker_id",
-        "machine_id",
-        "status",
-        "capabilities",
-        "connectors",
-        "version",
-        "last_heartbeat",
-        "current_job_id",
-    ] {
-        assert!(
-            hash.contains_key(field),
-            "worker:{id} lacks {field}: {hash:?}"
-        );
-    }
-    assert_eq!(hash["machine_id"], machine);
-    assert_eq!(hash["status"], "idle");
-    assert_eq!(hash["current_job_id"], "");
-    let capabilities: Value = serde_json::from_str(&hash["capabilities"]).unwrap();
-    assert_eq!(capabilities["worker_id"], id.as_str());
-    assert_eq!(capabilities["services"], serde_json::json!(["simulation"]));
-    assert_eq!(capabilities["gpu_id"], 1);
     let ttl: i64 = conn.ttl(format!("worker:{id}:heartbeat")).await.unwrap();
     assert!(ttl > 0 && ttl <= 60, "heartbeat ttl {ttl}");
     // The heartbeat repeats: last_heartbeat moves on.
-    let first_beat = hash["last_heartbeat"].clone();
+    let first_beat: String = conn
+        .hget(format!("worker:{id}"), "last_heartbeat")
+        .await
+        .unwrap();
     let deadline = Instant::now() + DEADLINE;
     loop {
         let beat: String = conn
@@ -895,9 +787,12 @@ async fn stand_in_registers_heartbeats_and_cleans_up_on_sigterm() {
         })
         .await;
 
-    sigterm(&child);
-    let (exit, stderr) = wait_exit(&mut child).await;
-    assert!(exit.success(), "stand-in exited with {exit}: {stderr}");
+    crate::job_queue::sigterm(&child);
+    let (exit, stdout, stderr) = crate::job_queue::wait_output(&mut child).await;
+    assert!(
+        exit.success(),
+        "stand-in exited with {exit}: {stdout}{stderr}"
+    );
     let offline = events
         .next_where("offline event", |e| e["data"]["status"] == "offline")
         .await;
@@ -919,54 +814,19 @@ async fn stand_in_registers_heartbeats_and_cleans_up_on_sigterm() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stand_in_without_redis_exits_when_its_service_stops_answering() {
-    let service = FakeService::start().await;
-    let mut child = stand_in(&[
-        ("WORKER_ID", "m9-worker-simulation-0"),
-        ("SIMULATION_BASE_URL", &service.url),
-    ]);
-    // Up while the service answers: still running after more checks than it tolerates failures.
-    let deadline = Instant::now() + DEADLINE;
-    while service.requests() < 6 {
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "stand-in exited while its service was up"
-        );
-        assert!(
-            Instant::now() < deadline,
-            "stand-in does not poll its service"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(
-        child.try_wait().unwrap().is_none(),
-        "stand-in exited while its service was up"
-    );
-    service.stop();
-    let (exit, stderr) = wait_exit(&mut child).await;
-    assert!(
-        !exit.success(),
-        "stand-in must fail when its service is gone: {stderr}"
-    );
-    assert!(
-        stderr.contains(&service.url) && stderr.contains("did not answer 5 checks"),
-        "{stderr}"
-    );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stand_in_with_refused_auth_fails_clearly() {
     let server = RedisServer::start_with(&["--requirepass", "sesame-open"]);
-    let service = FakeService::start().await;
     let url = format!("redis://:wrong-hunter22@127.0.0.1:{}", server.port());
     let mut child = stand_in(&[
-        ("WORKER_ID", "m10-worker-simulation-0"),
+        ("WORKER_ID", "m10-worker-mock-0"),
         ("MACHINE_ID", "m10"),
         ("HUB_REDIS_URL", &url),
-        ("SIMULATION_BASE_URL", &service.url),
     ]);
-    let (exit, stderr) = wait_exit(&mut child).await;
+    let (exit, stdout, stderr) = crate::job_queue::wait_output(&mut child).await;
     assert!(!exit.success());
-    assert!(stderr.contains("refused authentication"), "{stderr}");
-    assert!(!stderr.contains("hunter22"), "{stderr}");
+    assert!(stderr.contains("WRONGPASS"), "{stderr}");
+    assert!(
+        !stderr.contains("hunter22") && !stdout.contains("hunter22"),
+        "{stdout}{stderr}"
+    );
 }

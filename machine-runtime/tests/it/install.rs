@@ -875,7 +875,7 @@ fn cli_installs_comfyui_from_a_local_fixture_then_skips() {
     let (code, stderr, _) = run(&["--services", "comfyu", "--workspace", ws_arg], &[]);
     assert_eq!(code, Some(1), "{stderr}");
     assert!(
-        stderr.contains(r#"no install recipe for service "comfyu" (known: comfyui, playwright); did you mean "comfyui"?"#),
+        stderr.contains(r#"no install recipe for service "comfyu" (known: comfyui, playwright, worker-bundle); did you mean "comfyui"?"#),
         "{stderr}"
     );
 

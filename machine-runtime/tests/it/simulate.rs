@@ -12,9 +12,9 @@ use serde_json::Value;
 const DEADLINE: Duration = Duration::from_secs(60);
 
 /// Kills the service if a test fails before stopping it.
-struct Service {
-    child: Child,
-    addr: String,
+pub(crate) struct Service {
+    pub(crate) child: Child,
+    pub(crate) addr: String,
 }
 
 impl Drop for Service {
@@ -27,7 +27,7 @@ impl Drop for Service {
 }
 
 /// Starts `simulate --port 0` (a free port) and waits for its start line, which names the address.
-fn start(env: &[(&str, &str)], extra: &[&str]) -> Service {
+pub(crate) fn start(env: &[(&str, &str)], extra: &[&str]) -> Service {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_machine-runtime"));
     cmd.args(["simulate", "--port", "0"])
         .args(extra)
@@ -194,4 +194,273 @@ fn sigterm_during_startup_delay_exits_zero_without_listening() {
         !rest.contains("listening"),
         "must not listen after being stopped during the delay: {rest}"
     );
+}
+
+mod websocket {
+    //! The simulation-websocket protocol (worker contract §4) against the real service process.
+
+    use futures_util::{SinkExt, StreamExt};
+    use serde_json::{Value, json};
+    use tokio_tungstenite::tungstenite::Message;
+
+    use super::{DEADLINE, request, start};
+
+    type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+
+    async fn connect(addr: &str) -> Ws {
+        let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let (ws, response) = tokio_tungstenite::client_async(format!("ws://{addr}"), stream)
+            .await
+            .expect("websocket handshake");
+        assert_eq!(response.status(), 101);
+        ws
+    }
+
+    async fn send(ws: &mut Ws, message: Value) {
+        ws.send(Message::text(message.to_string())).await.unwrap();
+    }
+
+    /// The next JSON text message (pings are answered by the library).
+    async fn next(ws: &mut Ws) -> Value {
+        loop {
+            let message = tokio::time::timeout(DEADLINE, ws.next())
+                .await
+                .expect("a message within the deadline")
+                .expect("connection open")
+                .expect("a frame");
+            match message {
+                Message::Text(text) => return serde_json::from_str(text.as_str()).unwrap(),
+                Message::Close(frame) => panic!("closed: {frame:?}"),
+                _ => {}
+            }
+        }
+    }
+
+    /// Messages up to and including the first of type `last` for `job_id`.
+    async fn until(ws: &mut Ws, job_id: &str, last: &str) -> Vec<Value> {
+        let mut seen = Vec::new();
+        loop {
+            let message = next(ws).await;
+            let done = message["type"] == last && message["job_id"] == job_id;
+            seen.push(message);
+            if done {
+                return seen;
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn runs_jobs_with_progress_and_answers_ping_status_and_errors() {
+        let service = tokio::task::block_in_place(|| {
+            start(
+                &[
+                    ("CUDA_VISIBLE_DEVICES", "GPU-fa4e0001"),
+                    ("WORKER_GPU_ID", "1"),
+                    ("SIMULATION_STEP_COUNT", "4"),
+                    ("SIMULATION_STEP_DELAY_MS", "20"),
+                ],
+                &[],
+            )
+        });
+        let addr = service.addr.clone();
+        let mut ws = connect(&addr).await;
+        let ready = next(&mut ws).await;
+        assert_eq!(ready["type"], "simulation_ready");
+        assert_eq!(ready["cuda_visible_devices"], "GPU-fa4e0001");
+
+        // A job with its own config: started, five progress messages ending at 100, complete.
+        send(
+            &mut ws,
+            json!({"type": "simulation_job", "job_id": "j1", "job_type": "simulation", "payload": {"prompt": "x"},
+                   "config": {"steps": 5, "processing_time_ms": 200}, "timestamp": 1}),
+        )
+        .await;
+        let messages = until(&mut ws, "j1", "simulation_complete").await;
+        let types: Vec<&str> = messages
+            .iter()
+            .map(|m| m["type"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            types,
+            [
+                "simulation_started",
+                "simulation_progress",
+                "simulation_progress",
+                "simulation_progress",
+                "simulation_progress",
+                "simulation_progress",
+                "simulation_complete"
+            ]
+        );
+        let progress: Vec<(u64, u64)> = messages[1..6]
+            .iter()
+            .map(|m| {
+                assert_eq!(m["total_steps"], 5);
+                (
+                    m["progress"].as_u64().unwrap(),
+                    m["current_step"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(progress, [(20, 1), (40, 2), (60, 3), (80, 4), (100, 5)]);
+        let complete = &messages[6];
+        assert!(
+            complete["processing_time_ms"].as_u64().unwrap() >= 200,
+            "{complete}"
+        );
+        assert_eq!(complete["results"]["cuda_visible_devices"], "GPU-fa4e0001");
+        assert_eq!(complete["results"]["job_type"], "simulation");
+        assert_eq!(complete["simulation_id"], messages[0]["simulation_id"]);
+
+        // Defaults from SIMULATION_STEP_COUNT / SIMULATION_STEP_DELAY_MS; the id may be jobId.
+        send(
+            &mut ws,
+            json!({"type": "simulation_job", "jobId": "j2", "payload": {}}),
+        )
+        .await;
+        let messages = until(&mut ws, "j2", "simulation_complete").await;
+        assert_eq!(messages[0]["total_steps"], 4);
+        assert_eq!(messages[0]["processing_time_ms"], 80);
+        assert_eq!(messages.len(), 6);
+
+        send(&mut ws, json!({"type": "ping", "timestamp": 5})).await;
+        assert_eq!(next(&mut ws).await["type"], "pong");
+        send(&mut ws, json!({"type": "query_status", "job_id": "j1"})).await;
+        let status = next(&mut ws).await;
+        assert_eq!(
+            (
+                status["type"].as_str(),
+                status["status"].as_str(),
+                status["progress"].as_u64()
+            ),
+            (Some("simulation_status"), Some("completed"), Some(100))
+        );
+
+        // Bad messages: an error each, naming the problem; the session stays open.
+        ws.send(Message::text("{not json")).await.unwrap();
+        let error = next(&mut ws).await;
+        assert_eq!(error["type"], "error");
+        assert!(
+            error["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("message is not JSON"),
+            "{error}"
+        );
+        send(
+            &mut ws,
+            json!({"type": "simulation_job", "job_id": "j3", "config": {"steps": 0}}),
+        )
+        .await;
+        let error = next(&mut ws).await;
+        assert_eq!(
+            (error["type"].as_str(), error["job_id"].as_str()),
+            (Some("error"), Some("j3"))
+        );
+        assert_eq!(error["error"], "config.steps is 0; allowed: 1 to 10000");
+        send(&mut ws, json!({"type": "launch", "id": 9})).await;
+        let error = next(&mut ws).await;
+        assert_eq!(error["job_id"], "9");
+        assert!(
+            error["message"]
+                .as_str()
+                .unwrap()
+                .contains("unknown message type \"launch\"")
+        );
+
+        // Cancel a long job; cancelling it again is an error.
+        send(
+            &mut ws,
+            json!({"type": "simulation_job", "id": "long", "config": {"processing_time_ms": 600000, "steps": 10}}),
+        )
+        .await;
+        assert_eq!(next(&mut ws).await["type"], "simulation_started");
+        // GET /health answers on the same port while a session is open.
+        let (code, health) = tokio::task::block_in_place(|| request(&addr, "GET", "/health", ""));
+        assert_eq!(code, 200);
+        assert_eq!(health["active_jobs"], 1);
+        send(
+            &mut ws,
+            json!({"type": "cancel_simulation", "job_id": "long"}),
+        )
+        .await;
+        let cancelled = until(&mut ws, "long", "simulation_cancelled").await;
+        assert_eq!(cancelled.len(), 1, "{cancelled:?}");
+        send(
+            &mut ws,
+            json!({"type": "cancel_simulation", "job_id": "long"}),
+        )
+        .await;
+        let error = next(&mut ws).await;
+        assert_eq!(
+            (error["type"].as_str(), error["job_id"].as_str()),
+            (Some("error"), Some("long"))
+        );
+        ws.close(None).await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sigterm_closes_sessions_and_fails_running_jobs() {
+        let mut service = tokio::task::block_in_place(|| start(&[], &[]));
+        let mut ws = connect(&service.addr).await;
+        assert_eq!(next(&mut ws).await["type"], "simulation_ready");
+        send(
+            &mut ws,
+            json!({"type": "simulation_job", "job_id": "j", "config": {"processing_time_ms": 600000}}),
+        )
+        .await;
+        assert_eq!(next(&mut ws).await["type"], "simulation_started");
+        // SAFETY: kill(2) on our own unreaped child.
+        let rc = unsafe { libc::kill(service.child.id() as libc::pid_t, libc::SIGTERM) };
+        assert_eq!(rc, 0);
+        let error = next(&mut ws).await;
+        assert_eq!(
+            (error["type"].as_str(), error["job_id"].as_str()),
+            (Some("error"), Some("j"))
+        );
+        let close = tokio::time::timeout(DEADLINE, ws.next()).await.unwrap();
+        match close {
+            Some(Ok(Message::Close(Some(frame)))) => assert_eq!(u16::from(frame.code), 1001),
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+        let status = tokio::task::block_in_place(|| super::wait_exit(&mut service.child));
+        assert_eq!(status.code(), Some(0), "{status:?}");
+    }
+
+    #[test]
+    fn refuses_a_bad_upgrade_and_a_bad_step_count() {
+        let service = start(&[], &[]);
+        let mut stream = std::net::TcpStream::connect(&service.addr).unwrap();
+        std::io::Write::write_all(
+            &mut stream,
+            b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 8\r\n\r\n",
+        )
+        .unwrap();
+        let mut response = String::new();
+        std::io::Read::read_to_string(&mut stream, &mut response).unwrap();
+        assert!(response.starts_with("HTTP/1.1 426 "), "{response}");
+        assert!(
+            response.contains("the Sec-WebSocket-Key header is missing"),
+            "{response}"
+        );
+        assert!(
+            response.contains("this service speaks version 13"),
+            "{response}"
+        );
+
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_machine-runtime"))
+            .args(["simulate", "--port", "0"])
+            .env("SIMULATION_STEP_COUNT", "ten")
+            .env("SIMULATION_STEP_DELAY_MS", "-5")
+            .output()
+            .unwrap();
+        assert!(!output.status.success());
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains("SIMULATION_STEP_COUNT is \"ten\", which is not a whole number")
+                && stderr
+                    .contains("SIMULATION_STEP_DELAY_MS is \"-5\", which is not a whole number"),
+            "{stderr}"
+        );
+    }
 }

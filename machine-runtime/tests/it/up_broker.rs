@@ -94,7 +94,8 @@ fn one_machine() -> MutexGuard<'static, ()> {
         .unwrap_or_else(|poison| poison.into_inner())
 }
 
-/// A fake-GPU simulation machine: profile `full-local` (4 simulation workers over 2 GPUs).
+/// A fake-GPU simulation machine: profile `full-local` (4 simulation-websocket workers of the stand-in
+/// bundle over 2 GPUs).
 fn simulation_machine(redis: &RedisServer, machine: &str, extra: &[(&str, &str)]) -> Runtime {
     let url = redis.url();
     let mut env = vec![
@@ -108,7 +109,7 @@ fn simulation_machine(redis: &RedisServer, machine: &str, extra: &[(&str, &str)]
 }
 
 fn worker_id(machine: &str, i: u32) -> String {
-    format!("{machine}-worker-simulation-{i}")
+    format!("{machine}-worker-simulation-websocket-{i}")
 }
 
 /// Publishes a marker on the machine's channel once the runtime has exited: the next message the
@@ -165,7 +166,10 @@ fn simulation_machine_reports_ready_periodic_crash_and_shutdown() {
     // Structure: the real WORKER_IDs, each with the GPU the plan pinned it to (round-robin).
     let structure = &after_ready["structure"];
     assert_eq!(structure["gpu_count"], 2);
-    assert_eq!(structure["capabilities"], serde_json::json!(["simulation"]));
+    assert_eq!(
+        structure["capabilities"],
+        serde_json::json!(["simulation-websocket"])
+    );
     let workers = structure["workers"].as_object().unwrap();
     let mut ids: Vec<&String> = workers.keys().collect();
     ids.sort();
@@ -180,10 +184,14 @@ fn simulation_machine_reports_ready_periodic_crash_and_shutdown() {
     for i in 0..4 {
         let worker = &workers[&worker_id(machine, i)];
         assert_eq!(worker["gpu_id"], i % 2, "{worker}");
-        assert_eq!(worker["pm2_name"], format!("simulation-worker-{i}"));
+        assert_eq!(
+            worker["pm2_name"],
+            format!("simulation-websocket-worker-{i}")
+        );
         assert_eq!(worker["resource_binding"], "gpu");
-        assert_eq!(worker["worker_type"], "simulation");
-        let service = &structure["services"][format!("{}.simulation", worker_id(machine, i))];
+        assert_eq!(worker["worker_type"], "simulation-websocket");
+        let service =
+            &structure["services"][format!("{}.simulation-websocket", worker_id(machine, i))];
         assert_eq!(
             service["pm2_name"],
             format!("simulation-gpu{}", i % 2),
@@ -208,7 +216,7 @@ fn simulation_machine_reports_ready_periodic_crash_and_shutdown() {
 
     // Kill one worker: an `event_driven` says it is offline, a later one that it is back.
     let victim = worker_id(machine, 1);
-    let pid = rt.app_status("simulation-worker-1")["pid"]
+    let pid = rt.app_status("simulation-websocket-worker-1")["pid"]
         .as_u64()
         .unwrap() as i32;
     // SAFETY: plain kill(2) on a process of this test's runtime.
@@ -222,7 +230,7 @@ fn simulation_machine_reports_ready_periodic_crash_and_shutdown() {
         "an event_driven with the restarted worker idle again",
         |m| update_type(m) == "event_driven" && connected_and_idle(m, &victim),
     );
-    let app = rt.app_status("simulation-worker-1");
+    let app = rt.app_status("simulation-websocket-worker-1");
     assert_eq!(app["restarts"], 1, "{app}");
 
     // Ctrl-C: `shutdown` goes out before any worker is signalled. One subscriber sees the status
@@ -257,7 +265,9 @@ fn simulation_machine_reports_ready_periodic_crash_and_shutdown() {
     assert_nothing_after(&redis, &tap, &rt, machine);
     let out = rt.output();
     let published = out.find("published the final shutdown status").expect(&out);
-    let first_stop = out.find("stopping simulation-worker-").expect(&out);
+    let first_stop = out
+        .find("stopping simulation-websocket-worker-")
+        .expect(&out);
     assert!(
         published < first_stop,
         "shutdown published after the first stop signal:\n{out}"
@@ -282,7 +292,7 @@ fn redis_outage_changes_only_health_and_publishing_resumes() {
         "{body}"
     );
     let pids_before: Vec<Value> = (0..4)
-        .map(|i| rt.app_status(&format!("simulation-worker-{i}"))["pid"].clone())
+        .map(|i| rt.app_status(&format!("simulation-websocket-worker-{i}"))["pid"].clone())
         .chain((0..2).map(|g| rt.app_status(&format!("simulation-gpu{g}"))["pid"].clone()))
         .collect();
 
@@ -330,7 +340,7 @@ fn redis_outage_changes_only_health_and_publishing_resumes() {
         },
     );
     let pids_after: Vec<Value> = (0..4)
-        .map(|i| rt.app_status(&format!("simulation-worker-{i}"))["pid"].clone())
+        .map(|i| rt.app_status(&format!("simulation-websocket-worker-{i}"))["pid"].clone())
         .chain((0..2).map(|g| rt.app_status(&format!("simulation-gpu{g}"))["pid"].clone()))
         .collect();
     assert_eq!(
@@ -367,7 +377,7 @@ fn health_can_require_the_broker_and_apps_run_without_it() {
     ];
     let rt = Runtime::start_profile("full-local", &env);
     for i in 0..4 {
-        rt.wait_state(&format!("simulation-worker-{i}"), "running");
+        rt.wait_state(&format!("simulation-websocket-worker-{i}"), "running");
     }
     let body = health_answering(&rt, 503);
     let reasons = body["reasons"].to_string();

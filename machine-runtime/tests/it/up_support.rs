@@ -64,8 +64,26 @@ impl Runtime {
     }
 
     /// Starts `up --profile <profile>` (a baked-in profile) in a fresh directory; `WORKSPACE_DIR`
-    /// points there unless `env` says otherwise.
+    /// points there unless `env` says otherwise. The test stand-in of the worker bundle is installed
+    /// there first, the way a machine gets it (`WORKER_BUNDLE_URL=<fixture> machine-runtime install
+    /// --profile <profile>`), and the simulation services get free ports (`SIMULATION_BASE_PORT`)
+    /// unless `env` sets them.
     pub fn start_profile(profile: &str, env: &[(&str, &str)]) -> Runtime {
+        let dir = tempfile::tempdir().unwrap();
+        let workspace = dir.path().to_str().unwrap().to_owned();
+        let port = free_port().to_string();
+        let mut all = vec![
+            ("WORKSPACE_DIR", workspace.as_str()),
+            ("WORKER_BUNDLE_URL", STAND_IN_BUNDLE),
+            ("SIMULATION_BASE_PORT", port.as_str()),
+        ];
+        all.extend_from_slice(env);
+        install_profile(profile, &all);
+        Self::spawn(dir, &["up", "--profile", profile], &all, &[])
+    }
+
+    /// Like [`Runtime::start_profile`] without installing anything first.
+    pub fn start_profile_uninstalled(profile: &str, env: &[(&str, &str)]) -> Runtime {
         let dir = tempfile::tempdir().unwrap();
         let workspace = dir.path().to_str().unwrap().to_owned();
         let mut all = vec![("WORKSPACE_DIR", workspace.as_str())];
@@ -249,6 +267,26 @@ pub fn http_get(port: u16, path: &str) -> (u16, Value, String) {
 }
 
 /// A free TCP port on 127.0.0.1 (released before returning; fine for tests).
+/// The test stand-in of the worker bundle (a folder, installed like a release tarball would be).
+pub const STAND_IN_BUNDLE: &str =
+    concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/worker-bundle");
+
+/// Runs `machine-runtime install --profile <profile>` with `env` (the last value of a name wins);
+/// panics with its output when it fails.
+pub fn install_profile(profile: &str, env: &[(&str, &str)]) {
+    let out = Command::new(BIN)
+        .args(["install", "--profile", profile])
+        .env_remove("WORKER_CONNECTORS")
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "install --profile {profile} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
