@@ -24,6 +24,12 @@ pub fn run(
         &Overrides {
             workers,
             gpus,
+            // The same machine settings (base ports, worker tunables) as the generated files.
+            settings: loaded
+                .resolved
+                .literals()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             ..Overrides::default()
         },
     )

@@ -15,3 +15,4 @@ mod up_health;
 mod up_jobs;
 mod up_supervise;
 mod up_support;
+mod worker_bundle;

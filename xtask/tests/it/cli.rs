@@ -107,7 +107,7 @@ fn plan_gives_the_seed_examples() {
         "gpu-mixed",
         &[
             "--workers",
-            "comfyui:2,openai:6:shared,playwright:1:cpu",
+            "comfyui:2,openai:6:shared,simulation-websocket:1:cpu",
             "--gpus",
             "2",
         ],
@@ -115,7 +115,7 @@ fn plan_gives_the_seed_examples() {
     let services: Vec<(String, Option<u64>)> = names_and_gpus(&plan["services"]);
     assert_eq!(
         services.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
-        ["comfyui-gpu0", "comfyui-gpu1", "playwright-service"]
+        ["comfyui-gpu0", "comfyui-gpu1", "simulation-service"]
     );
     let workers: Vec<String> = names_and_gpus(&plan["workers"])
         .into_iter()
@@ -126,7 +126,7 @@ fn plan_gives_the_seed_examples() {
         "comfyui-worker-1".to_string(),
     ];
     expected.extend((0..6).map(|i| format!("openai-worker-{i}")));
-    expected.push("playwright-worker-0".into());
+    expected.push("simulation-websocket-worker-0".into());
     assert_eq!(workers, expected);
 }
 

@@ -10,6 +10,7 @@ mod drift;
 mod env_readers;
 mod pm2_load;
 mod secrets;
+mod worker_env;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};

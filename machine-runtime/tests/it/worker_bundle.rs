@@ -1,0 +1,279 @@
+//! The worker bundle as an installed part, with the real binary, real `tar` and real files: installed from
+//! a folder or a `file://` tarball (top folder stripped), skipped when the source is the same, refused
+//! when it is not a bundle or its checksum differs; and `up --profile` refusing, before anything
+//! starts, a missing bundle, a connector the installed bundle's mapping lacks and a missing
+//! `required_env`.
+
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+
+use crate::up_support::{BIN, Runtime, STAND_IN_BUNDLE};
+
+/// `machine-runtime install` with `args` in a clean environment plus `env`: exit code and stderr.
+fn install(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let out = Command::new(BIN)
+        .arg("install")
+        .args(args)
+        .env_remove("WORKER_BUNDLE_URL")
+        .env_remove("WORKER_BUNDLE_SHA256")
+        .env_remove("WORKER_CONNECTORS")
+        .env_remove("WORKSPACE_DIR")
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A copy of the stand-in bundle under `dir/<name>/`.
+fn copy_bundle(dir: &Path, name: &str) -> std::path::PathBuf {
+    let to = dir.join(name);
+    let status = Command::new("cp")
+        .args(["-R", STAND_IN_BUNDLE])
+        .arg(&to)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    to
+}
+
+/// A `.tar.gz` of `folder` with one top folder `emp-job-queue-worker/`, like a release.
+fn tarball(folder: &Path, out: &Path) {
+    let staging = out.with_extension("staging");
+    fs::create_dir_all(&staging).unwrap();
+    let top = staging.join("emp-job-queue-worker");
+    let status = Command::new("cp")
+        .arg("-R")
+        .arg(folder)
+        .arg(&top)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let status = Command::new("tar")
+        .arg("-czf")
+        .arg(out)
+        .arg("-C")
+        .arg(&staging)
+        .arg("emp-job-queue-worker")
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+fn sha256(file: &Path) -> String {
+    let out = Command::new("sha256sum").arg(file).output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
+#[test]
+fn a_folder_installs_once_and_the_same_source_is_skipped() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ws = tmp.path().join("ws");
+    let ws_arg = ws.to_str().unwrap();
+    let env = [("WORKER_BUNDLE_URL", STAND_IN_BUNDLE)];
+    let (code, stderr) = install(&["--profile", "full-local", "--workspace", ws_arg], &env);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains("profile full-local needs worker-bundle"),
+        "{stderr}"
+    );
+    let installed = ws.join("worker-bundled");
+    assert!(fs::symlink_metadata(&installed).unwrap().is_symlink());
+    for file in machine_model::catalog::WORKER_BUNDLE_FILES {
+        assert_eq!(
+            fs::read(installed.join(file)).unwrap(),
+            fs::read(Path::new(STAND_IN_BUNDLE).join(file)).unwrap(),
+            "{file}"
+        );
+    }
+    let marker: serde_json::Value =
+        serde_json::from_slice(&fs::read(ws.join(".installed/worker-bundle.json")).unwrap())
+            .unwrap();
+    assert_eq!(marker["fetches"][0]["source"], STAND_IN_BUNDLE, "{marker}");
+
+    let (code, stderr) = install(&["--profile", "full-local", "--workspace", ws_arg], &env);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains("install: 0 installed, 1 up to date"),
+        "{stderr}"
+    );
+    let (code, stderr) = install(
+        &["--check", "--profile", "full-local", "--workspace", ws_arg],
+        &env,
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+}
+
+#[test]
+fn a_tarball_is_extracted_with_its_top_folder_stripped_and_its_checksum_checked() {
+    let tmp = tempfile::tempdir().unwrap();
+    let archive = tmp.path().join("emp-job-queue-worker.tar.gz");
+    tarball(Path::new(STAND_IN_BUNDLE), &archive);
+    let url = format!("file://{}", archive.display());
+    let ws = tmp.path().join("ws");
+    let ws_arg = ws.to_str().unwrap();
+
+    // A wrong checksum: refused, nothing switched.
+    let wrong = "0".repeat(64);
+    let (code, stderr) = install(
+        &["--services", "worker-bundle", "--workspace", ws_arg],
+        &[
+            ("WORKER_BUNDLE_URL", url.as_str()),
+            ("WORKER_BUNDLE_SHA256", wrong.as_str()),
+        ],
+    );
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("expected {wrong}; check the source")),
+        "{stderr}"
+    );
+    assert!(!ws.join("worker-bundled").exists());
+
+    let sum = sha256(&archive);
+    let (code, stderr) = install(
+        &["--services", "worker-bundle", "--workspace", ws_arg],
+        &[
+            ("WORKER_BUNDLE_URL", url.as_str()),
+            ("WORKER_BUNDLE_SHA256", sum.as_str()),
+        ],
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(ws.join("worker-bundled/redis-direct-worker.js").is_file());
+    assert!(
+        ws.join("worker-bundled/src/config/service-mapping.json")
+            .is_file()
+    );
+    let marker: serde_json::Value =
+        serde_json::from_slice(&fs::read(ws.join(".installed/worker-bundle.json")).unwrap())
+            .unwrap();
+    assert_eq!(marker["fetches"][0]["sha256"], sum.as_str(), "{marker}");
+}
+
+#[test]
+fn a_folder_that_is_not_a_bundle_is_refused_and_the_old_one_stays() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ws = tmp.path().join("ws");
+    let ws_arg = ws.to_str().unwrap();
+    let (code, stderr) = install(
+        &["--services", "worker-bundle", "--workspace", ws_arg],
+        &[("WORKER_BUNDLE_URL", STAND_IN_BUNDLE)],
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    let broken = copy_bundle(tmp.path(), "broken");
+    fs::remove_file(broken.join("package.json")).unwrap();
+    fs::remove_file(broken.join("redis-direct-worker.js")).unwrap();
+    let (code, stderr) = install(
+        &["--services", "worker-bundle", "--workspace", ws_arg],
+        &[("WORKER_BUNDLE_URL", broken.to_str().unwrap())],
+    );
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("lacks redis-direct-worker.js, package.json (expected redis-direct-worker.js, package.json, src/config/service-mapping.json)"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("the previous install of worker-bundle, if any, is still active"),
+        "{stderr}"
+    );
+    assert!(ws.join("worker-bundled/redis-direct-worker.js").is_file());
+
+    let (code, stderr) = install(
+        &["--services", "worker-bundle", "--workspace", ws_arg],
+        &[("WORKER_BUNDLE_URL", "relative/bundle")],
+    );
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("is neither an http(s):// or file:// URL nor an absolute path"),
+        "{stderr}"
+    );
+}
+
+/// Runs `up --profile full-local` expecting a refusal before anything starts; returns its output.
+fn refused(rt: &mut Runtime) -> String {
+    let status = rt.wait_exit();
+    let out = rt.output();
+    assert!(!status.success(), "up started anyway:\n{out}");
+    assert!(!out.contains(" started (pid"), "an app was started:\n{out}");
+    out
+}
+
+#[test]
+fn up_refuses_a_missing_bundle_naming_the_install_command() {
+    let mut rt = Runtime::start_profile_uninstalled("full-local", &[("MACHINE_FAKE_GPUS", "2")]);
+    let out = refused(&mut rt);
+    let workspace = rt.dir.path().display().to_string();
+    assert!(
+        out.contains(&format!(
+            "worker bundle missing at {workspace}/worker-bundled/redis-direct-worker.js (needed by simulation-websocket-worker-0, simulation-websocket-worker-1, simulation-websocket-worker-2, simulation-websocket-worker-3); run `machine-runtime install --profile full-local` (or set WORKER_BUNDLE_URL"
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains("install worker-bundle is not usable (not installed yet); run `machine-runtime install --profile full-local`"),
+        "{out}"
+    );
+}
+
+#[test]
+fn up_refuses_a_connector_the_installed_mapping_lacks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bundle = copy_bundle(tmp.path(), "old-bundle");
+    let mapping_path = bundle.join("src/config/service-mapping.json");
+    let mut mapping: serde_json::Value =
+        serde_json::from_slice(&fs::read(&mapping_path).unwrap()).unwrap();
+    mapping["workers"]
+        .as_object_mut()
+        .unwrap()
+        .remove("simulation-websocket");
+    fs::write(&mapping_path, mapping.to_string()).unwrap();
+    let mut rt = Runtime::start_profile(
+        "full-local",
+        &[
+            ("MACHINE_FAKE_GPUS", "2"),
+            ("WORKER_BUNDLE_URL", bundle.to_str().unwrap()),
+        ],
+    );
+    let out = refused(&mut rt);
+    assert!(
+        out.contains("connector \"simulation-websocket\" (apps simulation-websocket-worker-0, simulation-websocket-worker-1, simulation-websocket-worker-2, simulation-websocket-worker-3) is not a worker type of the installed bundle's"),
+        "{out}"
+    );
+    assert!(
+        out.contains("(its types: emprops-app, comfyui, mock"),
+        "{out}"
+    );
+    assert!(
+        out.contains("change the worker spec or install a bundle that has it"),
+        "{out}"
+    );
+}
+
+#[test]
+fn up_refuses_missing_required_env_all_at_once() {
+    let mut rt = Runtime::start_profile(
+        "full-local",
+        &[
+            ("MACHINE_FAKE_GPUS", "2"),
+            ("WORKER_CONNECTORS", "openai:1,ollama:1"),
+            ("OLLAMA_HOST", "127.0.0.1"),
+        ],
+    );
+    let out = refused(&mut rt);
+    for name in [
+        "secret OPENAI_API_KEY is not set; the openai worker needs it (openai-worker-0)",
+        "variable OPENAI_IMAGE_MODEL is not set",
+        "variable CLOUD_STORAGE_PROVIDER is not set",
+        "variable OLLAMA_PORT is not set; the ollama worker needs it (ollama-worker-0)",
+        "variable OLLAMA_DEFAULT_MODEL is not set",
+    ] {
+        assert!(out.contains(name), "{name}:\n{out}");
+    }
+    assert!(!out.contains("OLLAMA_HOST is not set"), "{out}");
+}
