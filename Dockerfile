@@ -54,7 +54,7 @@ FROM ${BASE_IMAGE} AS runtime
 # Playwright.
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-        ca-certificates git nodejs python3 python3-venv \
+        ca-certificates curl git nodejs python3 python3-venv \
  && rm -rf /var/lib/apt/lists/*
 # NVIDIA_DRIVER_CAPABILITIES is explicit because its default changed across toolkit versions; NVML needs
 # `utility`, CUDA `compute`. GPUs themselves come from the compose device reservation, not from here.

@@ -32,6 +32,8 @@ const BASE_IMAGE: &str = "machine-base:bookworm";
 const REDIS_IMAGE: &str = "machine-test-redis:bookworm";
 /// Where the test puts this build's machine-runtime inside the build context (git-ignored).
 const PREBUILT: &str = ".docker-prebuilt/machine-runtime";
+/// The test stand-in of the worker bundle, as a folder of the build context.
+const BUNDLE: &str = "machine-runtime/tests/fixtures/worker-bundle";
 /// The longest one docker or docker-compose command may take (a cold base image, apt on a slow mirror).
 const COMMAND_LIMIT: Duration = Duration::from_secs(900);
 /// How long the machine may take to answer healthy, and a status message to arrive.
@@ -177,7 +179,8 @@ fn prepare() {
 struct Project {
     name: String,
     dir: PathBuf,
-    override_file: tempfile::NamedTempFile,
+    /// The registry override, for profiles with a local Redis.
+    override_file: Option<tempfile::NamedTempFile>,
     down: bool,
 }
 
@@ -185,18 +188,16 @@ impl Project {
     fn new(profile: &str) -> Project {
         let name = format!("machine-docker-test-{profile}");
         let dir = repo().join("generated").join(profile);
-        let mut override_file = tempfile::Builder::new()
-            .suffix(".yaml")
-            .tempfile()
-            .expect("an override file");
         // The only override: no registry, so the official Redis image is replaced by Debian's redis-server.
-        let text = if profile == "full-local" {
-            format!("services:\n  redis:\n    image: \"{REDIS_IMAGE}\"\n")
-        } else {
-            "services: {}\n".to_string()
-        };
-        std::io::Write::write_all(&mut override_file, text.as_bytes())
-            .expect("writing the override");
+        let override_file = (profile == "full-local").then(|| {
+            let mut file = tempfile::Builder::new()
+                .suffix(".yaml")
+                .tempfile()
+                .expect("an override file");
+            let text = format!("services:\n  redis:\n    image: \"{REDIS_IMAGE}\"\n");
+            std::io::Write::write_all(&mut file, text.as_bytes()).expect("writing the override");
+            file
+        });
         let project = Project {
             name,
             dir,
@@ -208,14 +209,22 @@ impl Project {
         project
     }
 
-    /// `docker-compose -p NAME -f docker-compose.yaml -f OVERRIDE ARGS` in the profile's folder.
+    /// `docker-compose -p NAME -f docker-compose.yaml [-f OVERRIDE] ARGS` in the profile's folder.
     fn compose(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new("docker-compose");
         cmd.current_dir(&self.dir)
-            .args(["-p", &self.name, "-f", "docker-compose.yaml", "-f"])
-            .arg(self.override_file.path())
-            .args(args)
-            .env("COMPOSE_INTERACTIVE_NO_CLI", "1");
+            .args(["-p", &self.name, "-f", "docker-compose.yaml"]);
+        if let Some(file) = &self.override_file {
+            cmd.arg("-f").arg(file.path());
+        }
+        cmd.args(args).env("COMPOSE_INTERACTIVE_NO_CLI", "1");
+        cmd
+    }
+
+    /// [`Project::compose`] with `--env-file FILE`, a global option (before the command), as the README says.
+    fn compose_with_env_file(&self, env_file: &Path, args: &[&str]) -> Command {
+        let mut cmd = self.compose(&["--env-file"]);
+        cmd.arg(env_file).args(args);
         cmd
     }
 
@@ -228,6 +237,8 @@ impl Project {
             // With a prebuilt binary the builder stage only copies: the base image serves, no Rust image.
             format!("BUILDER_IMAGE={BASE_IMAGE}"),
             format!("MACHINE_RUNTIME_BINARY={PREBUILT}"),
+            // The worker bundle's release is not reachable here: the stand-in bundle, from the context.
+            format!("WORKER_BUNDLE_URL={BUNDLE}"),
         ] {
             cmd.arg("--build-arg").arg(arg);
         }
@@ -255,6 +266,33 @@ impl Project {
             self.name
         );
         id
+    }
+
+    /// The number of times the engine restarted a service's container.
+    fn restarts(&self, service: &str) -> u64 {
+        must(docker().args([
+            "inspect",
+            "-f",
+            "{{.RestartCount}}",
+            &self.container(service),
+        ]))
+        .stdout
+        .trim()
+        .parse()
+        .expect("a restart count")
+    }
+
+    /// The machine's `/health` body, read inside its container (`curl`, in the image for the installer).
+    fn health_inside(&self) -> Value {
+        let ran = run(&mut self.compose(&[
+            "exec",
+            "-T",
+            "machine",
+            "curl",
+            "-s",
+            "http://127.0.0.1:9090/health",
+        ]));
+        serde_json::from_str(&ran.stdout).unwrap_or(Value::Null)
     }
 
     /// Stops and removes everything; how long it took.
@@ -381,8 +419,47 @@ fn status_code(port: u16, path: &str) -> u16 {
         .unwrap_or(0)
 }
 
+/// Whether every one of `workers` is connected and idle in a status message.
+fn all_idle(message: &Value, workers: &[String]) -> bool {
+    workers.iter().all(|w| {
+        message["status"]["workers"][w]["is_connected"] == true
+            && message["status"]["workers"][w]["status"] == "idle"
+    })
+}
+
+/// A tokio runtime for the job queue helpers (async redis).
+fn tokio_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+}
+
+/// The compose Redis at `ip`, once it answers.
+async fn redis_conn(ip: &str) -> redis::aio::MultiplexedConnection {
+    let client = redis::Client::open(format!("redis://{ip}:6379")).unwrap();
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        match client.get_multiplexed_async_connection().await {
+            Ok(mut conn) => {
+                let pong: redis::RedisResult<String> =
+                    redis::cmd("PING").query_async(&mut conn).await;
+                if pong.is_ok() {
+                    return conn;
+                }
+            }
+            Err(e) if Instant::now() > deadline => {
+                panic!("the compose Redis at {ip} does not answer: {e}")
+            }
+            Err(_) => {}
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 #[test]
-fn full_local_builds_and_runs_in_docker_compose_on_a_cpu_only_host() {
+fn full_local_builds_and_runs_a_job_in_docker_compose_on_a_cpu_only_host() {
     let _one = one_project();
     if engine().is_none() {
         return;
@@ -394,6 +471,18 @@ fn full_local_builds_and_runs_in_docker_compose_on_a_cpu_only_host() {
     let built = project.build(true);
     let build_time = started.elapsed();
     let size = image_size("machine-runtime:full-local");
+
+    // Redis first, with the job broker's findMatchingJob function, as the API's tooling leaves it.
+    must(&mut project.compose(&["up", "-d", "--no-build", "redis"]));
+    let redis = project.container("redis");
+    let redis_ip = container_ip(&redis);
+    let rt = tokio_runtime();
+    let mut conn = rt.block_on(async {
+        let mut conn = redis_conn(&redis_ip).await;
+        crate::job_queue::load_job_matching(&mut conn).await;
+        conn
+    });
+    let tap = status_tap(&redis_ip);
 
     let started = Instant::now();
     must(&mut project.compose(&["up", "-d", "--no-build"]));
@@ -436,7 +525,6 @@ fn full_local_builds_and_runs_in_docker_compose_on_a_cpu_only_host() {
             "a port is published beyond this host: {line}"
         );
     }
-    let redis = project.container("redis");
     let redis_published = must(docker().args(["port", &redis])).stdout;
     assert!(
         redis_published.trim().is_empty(),
@@ -456,15 +544,39 @@ fn full_local_builds_and_runs_in_docker_compose_on_a_cpu_only_host() {
         "host.docker.internal does not resolve in the machine container: {hosts}"
     );
 
-    // Status messages arrive in the compose Redis, with the fake GPUs of the profile.
-    let tap = status_tap(&container_ip(&redis));
-    let status = next_where(&tap, "machine_id full-local", |m| {
-        m["machine_id"] == "full-local"
+    // Status messages in the compose Redis: the profile's 2 simulated GPUs, the bundle's four workers idle.
+    let workers: Vec<String> = (0..4)
+        .map(|i| format!("full-local-worker-simulation-websocket-{i}"))
+        .collect();
+    let ready = next_where(&tap, "all four workers connected and idle", |m| {
+        m["machine_id"] == "full-local" && all_idle(m, &workers)
     })
     .unwrap_or_else(|e| panic!("{e}\n{}", project.logs()));
     assert_eq!(
-        status["structure"]["gpu_count"], 2,
-        "the status should report the profile's 2 simulated GPUs: {status}"
+        ready["structure"]["gpu_count"], 2,
+        "the status should report the profile's 2 simulated GPUs: {ready}"
+    );
+
+    // A job as the API pushes it: claimed by one of the machine's workers, run on its simulation service.
+    let job = "docker-e2e-job";
+    let worker = rt.block_on(async {
+        let payload =
+            serde_json::json!({"steps": 3, "processing_time_ms": 300, "prompt": "docker"});
+        crate::job_queue::push_job(
+            &mut conn,
+            &crate::job_queue::NewJob::new(job, "simulation", payload),
+        )
+        .await;
+        crate::job_queue::wait_job_status(&mut conn, job, "completed").await;
+        let worker: Option<String> =
+            redis::AsyncCommands::hget(&mut conn, format!("job:{job}"), "worker_id")
+                .await
+                .unwrap();
+        worker.unwrap_or_default()
+    });
+    assert!(
+        workers.contains(&worker),
+        "{job} was completed by {worker:?}, not one of the machine's workers {workers:?}"
     );
 
     // `docker-compose down`: the shutdown status goes out, and nothing is left.
@@ -488,6 +600,139 @@ fn full_local_builds_and_runs_in_docker_compose_on_a_cpu_only_host() {
             ""
         },
         healthy_after.as_secs_f64(),
+        stop_time.as_secs_f64()
+    );
+}
+
+/// api-only, built by the classic builder, with its secrets passed the README's way (`--env-file`): the
+/// bundle's four openai workers come up and stay up. Its "remote" Redis is a test redis-server on the host,
+/// reached as `host.docker.internal` (so the host-gateway mapping is used for real).
+#[test]
+fn api_only_with_the_bundle_and_dummy_secrets_runs_its_workers_without_a_crash_loop() {
+    let _one = one_project();
+    if engine().is_none() {
+        return;
+    }
+    prepare();
+    let mut project = Project::new("api-only");
+    let started = Instant::now();
+    project.build(false);
+    let build_time = started.elapsed();
+
+    // host.docker.internal is the engine's host-gateway address (the default bridge's gateway), as a
+    // container resolves it; the host Redis listens there and on loopback.
+    let resolved = must(docker().args([
+        "run",
+        "--rm",
+        "--add-host",
+        "host.docker.internal:host-gateway",
+        BASE_IMAGE,
+        "getent",
+        "hosts",
+        "host.docker.internal",
+    ]))
+    .stdout;
+    let gateway = resolved
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        gateway.parse::<std::net::Ipv4Addr>().is_ok(),
+        "host.docker.internal resolved to {resolved:?} in a container, not an IPv4 address"
+    );
+    let redis = crate::redis_server::RedisServer::start_with(&[
+        "--bind",
+        "127.0.0.1",
+        &gateway,
+        "--protected-mode",
+        "no",
+    ]);
+    let rt = tokio_runtime();
+    rt.block_on(async {
+        let mut conn = redis.conn().await;
+        crate::job_queue::load_job_matching(&mut conn).await;
+    });
+    let tap = {
+        let client = redis::Client::open(redis.url()).unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut conn = client.get_connection().expect("the test Redis");
+            let mut pubsub = conn.as_pubsub();
+            pubsub.psubscribe("machine:status:*").expect("psubscribe");
+            while let Ok(message) = pubsub.get_message() {
+                let payload: String = message.get_payload().unwrap_or_default();
+                if tx
+                    .send(serde_json::from_str(&payload).unwrap_or(Value::Null))
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        });
+        rx
+    };
+
+    // Dummy secrets, in a file passed with the README's one `--env-file`.
+    let secrets = tempfile::NamedTempFile::new().expect("a secrets file");
+    std::fs::write(
+        secrets.path(),
+        format!(
+            "HUB_REDIS_URL='redis://host.docker.internal:{}'\nOPENAI_API_KEY='sk-dummy-docker-test'\nWORKER_WEBSOCKET_AUTH_TOKEN='dummy-token'\nCLOUD_STORAGE_PROVIDER='none'\n",
+            redis.port()
+        ),
+    )
+    .expect("writing the secrets file");
+    must(&mut project.compose_with_env_file(secrets.path(), &["up", "-d", "--no-build"]));
+
+    let workers: Vec<String> = (0..4)
+        .map(|i| format!("api-only-worker-openai-{i}"))
+        .collect();
+    next_where(&tap, "all four openai workers connected and idle", |m| {
+        m["machine_id"] == "api-only" && all_idle(m, &workers)
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", project.logs()));
+    // Still up a while later: no app restarted, and the container was never restarted.
+    std::thread::sleep(Duration::from_secs(5));
+    let health = project.health_inside();
+    assert_eq!(
+        health["healthy"],
+        true,
+        "api-only is not healthy: {health}\n{}",
+        project.logs()
+    );
+    let services = health["services"].as_object().cloned().unwrap_or_default();
+    for (name, app) in &services {
+        if let Some(restarts) = app.get("restarts").and_then(Value::as_u64) {
+            assert_eq!(
+                restarts,
+                0,
+                "{name} restarted {restarts} times: {health}\n{}",
+                project.logs()
+            );
+        }
+    }
+    assert!(
+        services
+            .keys()
+            .filter(|k| k.starts_with("openai-worker-"))
+            .count()
+            == 4,
+        "expected four openai workers in /health: {health}"
+    );
+    assert_eq!(
+        project.restarts("machine"),
+        0,
+        "the machine container restarted\n{}",
+        project.logs()
+    );
+    let stop_time = project.down();
+    let left = project.leftovers();
+    assert!(left.is_empty(), "docker-compose down left {left:?}");
+    println!(
+        "docker figures (api-only): image {:.0} MB, build {:.1} s (classic builder), down {:.2} s",
+        image_size("machine-runtime:api-only") as f64 / 1e6,
+        build_time.as_secs_f64(),
         stop_time.as_secs_f64()
     );
 }

@@ -121,8 +121,24 @@ fn named_volume(spec: &str) -> Option<&str> {
 
 /// Secrets pass through by name from the environment Compose runs in (or `--env-file .env.secrets`);
 /// values built from a secret are Compose templates (`${NAME}`), so no secret value is ever written here.
+///
+/// A variable the workers need that `.env` leaves unset (no component or profile gives it a value, e.g.
+/// `CLOUD_STORAGE_PROVIDER`) passes through by name too: otherwise the runtime refuses to start on it and no
+/// environment Compose runs in could supply it.
 fn environment(l: &Loaded) -> Vec<String> {
     let mut env: Vec<String> = l.resolved.secrets().into_iter().map(|s| s.name).collect();
+    let in_env_file = |name: &str| {
+        l.resolved.literals().any(|(k, _)| k == name)
+            || super::env::derived_vars(&l.profile, &l.plan)
+                .iter()
+                .any(|(k, _)| k == name)
+    };
+    for need in &l.plan.secrets {
+        if !in_env_file(need.name) && !env.iter().any(|e| e == need.name) {
+            env.push(need.name.to_string());
+        }
+    }
+    env.sort();
     for var in l.resolved.secret_dependent().filter(|v| !v.is_secret()) {
         env.push(format!("{}={}", var.name, var.value.to_template()));
     }
