@@ -27,6 +27,9 @@ ARG BUILDER_IMAGE=rust:1-bookworm
 
 # --- builder: machine-runtime (compiled, or the prebuilt binary) and a bundle folder from the context ---
 FROM ${BUILDER_IMAGE} AS builder
+# The classic builder keeps this stage as an untagged image; the label lets `docker image prune --filter
+# label=machine-runtime.stage=builder` remove exactly those.
+LABEL machine-runtime.stage=builder
 ARG MACHINE_RUNTIME_BINARY=
 ARG WORKER_BUNDLE_URL=
 WORKDIR /src

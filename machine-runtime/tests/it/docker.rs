@@ -2,8 +2,10 @@
 //! the project's Dockerfile builds (BuildKit and the classic builder, through docker-compose 1.29), and
 //! `docker-compose -f generated/full-local/docker-compose.yaml up -d` gives a healthy machine on a CPU-only
 //! host: `/health` 200 and the simulation services on their published ports (bound to 127.0.0.1 only),
-//! status messages in the compose Redis, `host.docker.internal` resolving; `docker-compose down`
-//! publishes `shutdown` and leaves no container, network or volume behind.
+//! status messages in the compose Redis, `host.docker.internal` resolving, a job pushed as the API does
+//! completed by the stand-in worker bundle baked into the image; `docker-compose down` publishes
+//! `shutdown` and leaves no container, network or volume behind. api-only, built by the classic builder,
+//! runs its four bundle workers on dummy secrets without a restart.
 //!
 //! There is no container registry in CI, so the only overrides are the ones that forces, each named where
 //! it is made: the base image comes from `scripts/docker-base-image.sh` (debootstrap, cached as an image
@@ -251,7 +253,16 @@ impl Project {
             let path = std::env::var("PATH").unwrap_or_default();
             cmd.env("PATH", format!("/usr/bin:{path}"));
         }
-        must(&mut cmd)
+        let built = must(&mut cmd);
+        // The classic builder leaves the builder stage as an untagged image (the build context inside).
+        must(docker().args([
+            "image",
+            "prune",
+            "-f",
+            "--filter",
+            "label=machine-runtime.stage=builder",
+        ]));
+        built
     }
 
     /// The id of a service's container.
