@@ -1,52 +1,90 @@
-# syntax=docker/dockerfile:1.7
-# The machine image: machine-runtime as PID 1, the profile's internal services installed at build time.
+# The machine image: machine-runtime as PID 1, the profile's internal services and (for node workers) the
+# worker bundle installed at build time. Compose builds and tags it as `machine-runtime:<profile>`:
 #
-#   docker build --build-arg PROFILE=gpu-mixed -t machine:gpu-mixed .
+#   cd generated/full-local && docker-compose up -d --build            (docker-compose 1.29 or Compose v2)
+#   docker build --build-arg PROFILE=full-local -t machine-runtime:full-local .
+#
+# Works with the classic builder and with BuildKit (DOCKER_BUILDKIT=1, Compose v2) alike: no `RUN --mount`
+# and no `# syntax=` line (both need BuildKit, and the latter pulls a frontend image from a registry).
+#
+# Build arguments:
+#   PROFILE                 required: the name of a file in profiles/.
+#   BASE_IMAGE              the runtime's base (default debian:bookworm-slim; any Debian bookworm image).
+#   BUILDER_IMAGE           the image machine-runtime is compiled in (default rust:1-bookworm).
+#   MACHINE_RUNTIME_BINARY  a prebuilt machine-runtime (Linux x86-64, glibc of bookworm or older), as a path
+#                           inside the build context: no compilation. Set BUILDER_IMAGE to BASE_IMAGE with it,
+#                           so no Rust image is needed at all (hosts without a registry).
+#   WORKER_BUNDLE_URL       where `machine-runtime install` takes the worker bundle from instead of the
+#                           profile's source: an http(s):// or file:// tarball, or a folder of the build
+#                           context given as a relative path (for example a checkout of the worker bundle).
 #
 # Runtime base: debian:bookworm-slim, not nvidia/cuda. The NVIDIA Container Toolkit injects the host
 # driver's libraries (libcuda, libnvidia-ml) into any image, and PyTorch wheels ship their own CUDA
 # runtime, so a CUDA base image would only add gigabytes of duplicate libraries.
 
-ARG RUST_VERSION=1
-ARG NODE_VERSION=22
+ARG BASE_IMAGE=debian:bookworm-slim
+ARG BUILDER_IMAGE=rust:1-bookworm
 
-# --- builder: machine-runtime in release mode ------------------------------------------------------
-FROM rust:${RUST_VERSION}-bookworm AS builder
+# --- builder: machine-runtime (compiled, or the prebuilt binary) and a bundle folder from the context ---
+FROM ${BUILDER_IMAGE} AS builder
+# The classic builder keeps this stage as an untagged image; the label lets `docker image prune --filter
+# label=machine-runtime.stage=builder` remove exactly those.
+LABEL machine-runtime.stage=builder
+ARG MACHINE_RUNTIME_BINARY=
+ARG WORKER_BUNDLE_URL=
 WORKDIR /src
 COPY . .
-# The target directory is a cache mount, so the binary is copied out within the same step.
-RUN --mount=type=cache,target=/usr/local/cargo/registry \
-    --mount=type=cache,target=/src/target \
-    cargo build --release --locked -p machine-runtime \
- && install -D -m 0755 target/release/machine-runtime /out/machine-runtime
-
-# --- node: the Node.js binary for the worker bundle (Debian's own nodejs is too old) ---------------
-FROM node:${NODE_VERSION}-bookworm-slim AS node
+RUN set -eu; \
+    if [ -n "${MACHINE_RUNTIME_BINARY}" ]; then \
+        [ -f "${MACHINE_RUNTIME_BINARY}" ] || { echo "error: MACHINE_RUNTIME_BINARY=${MACHINE_RUNTIME_BINARY} is not a file of the build context (a path relative to the repository root, not ignored by .dockerignore)" >&2; exit 1; }; \
+        install -D -m 0755 "${MACHINE_RUNTIME_BINARY}" /out/bin/machine-runtime; \
+    else \
+        cargo build --release --locked -p machine-runtime; \
+        install -D -m 0755 target/release/machine-runtime /out/bin/machine-runtime; \
+    fi; \
+    mkdir -p /out/worker-bundle; \
+    case "${WORKER_BUNDLE_URL}" in \
+        "" | http://* | https://* | file://*) ;; \
+        /*) echo "error: WORKER_BUNDLE_URL=${WORKER_BUNDLE_URL}: an absolute path names no file of the build; give a folder of the build context as a relative path, or a tarball URL" >&2; exit 1 ;; \
+        *) [ -d "${WORKER_BUNDLE_URL}" ] || { echo "error: WORKER_BUNDLE_URL=${WORKER_BUNDLE_URL} is not a folder of the build context" >&2; exit 1; }; \
+           cp -a "${WORKER_BUNDLE_URL}/." /out/worker-bundle/ ;; \
+    esac
 
 # --- runtime ---------------------------------------------------------------------------------------
-FROM debian:bookworm-slim AS runtime
-ARG PROFILE
-RUN test -n "${PROFILE}" \
- || { echo "error: pass --build-arg PROFILE=<name of a file in profiles/>" >&2; exit 1; }
-# MACHINE_PROFILE carries the build argument to run time: exec-form CMD cannot expand variables.
+FROM ${BASE_IMAGE} AS runtime
+# The same for every profile, so it comes first and is cached across profiles. Node.js is Debian's
+# (bookworm: 18, the worker bundle's minimum); git, Python and venv are the installer's for ComfyUI and
+# Playwright.
+RUN apt-get update \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+        ca-certificates curl git nodejs python3 python3-venv \
+ && rm -rf /var/lib/apt/lists/*
 # NVIDIA_DRIVER_CAPABILITIES is explicit because its default changed across toolkit versions; NVML needs
 # `utility`, CUDA `compute`. GPUs themselves come from the compose device reservation, not from here.
-ENV MACHINE_PROFILE=${PROFILE} \
-    WORKSPACE_DIR=/workspace \
+ENV WORKSPACE_DIR=/workspace \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility \
     CUDA_DEVICE_ORDER=PCI_BUS_ID \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1
-RUN apt-get update \
- && apt-get install -y --no-install-recommends ca-certificates git python3 python3-venv \
- && rm -rf /var/lib/apt/lists/*
-COPY --from=node /usr/local/bin/node /usr/local/bin/node
-COPY --from=builder /out/machine-runtime /usr/local/bin/machine-runtime
+COPY --from=builder /out/bin/machine-runtime /usr/local/bin/machine-runtime
+ARG PROFILE
+ARG WORKER_BUNDLE_URL=
+RUN test -n "${PROFILE}" \
+ || { echo "error: pass --build-arg PROFILE=<name of a file in profiles/>" >&2; exit 1; }
+# MACHINE_PROFILE carries the build argument to run time: exec-form CMD cannot expand variables.
+ENV MACHINE_PROFILE=${PROFILE}
 WORKDIR /workspace
-# Install the profile's internal services now, into the image; at container start `up` finds the
-# markers current and skips in milliseconds. (Playwright's `--with-deps` runs apt-get here, as root.)
-RUN machine-runtime install --profile "${PROFILE}" \
- && rm -rf /var/lib/apt/lists/*
+# Install the profile's internal services and worker bundle now, into the image; at container start `up`
+# finds the markers current and skips in milliseconds. A bundle folder from the build context is installed
+# from its copy (removed afterwards); a URL is passed through. (Playwright's `--with-deps` runs apt-get.)
+COPY --from=builder /out/worker-bundle /tmp/worker-bundle
+RUN set -eu; \
+    case "${WORKER_BUNDLE_URL}" in \
+        "" | http://* | https://* | file://*) ;; \
+        *) WORKER_BUNDLE_URL=/tmp/worker-bundle; export WORKER_BUNDLE_URL ;; \
+    esac; \
+    machine-runtime install --profile "${PROFILE}"; \
+    rm -rf /tmp/worker-bundle /var/lib/apt/lists/*
 STOPSIGNAL SIGTERM
 HEALTHCHECK --interval=30s --timeout=10s --start-period=5m --retries=3 CMD ["machine-runtime", "health"]
 ENTRYPOINT ["machine-runtime"]

@@ -531,7 +531,8 @@ pub const SERVICES: &[ServiceEntry] = &[
         command: CommandTemplate {
             script: "machine-runtime",
             interpreter: "none",
-            args: &["simulate", "--port", "{port}"],
+            // All interfaces: in a container the published port reaches the service only this way.
+            args: &["simulate", "--host", "0.0.0.0", "--port", "{port}"],
             cwd: "{workspace}",
         },
         env: &[],
@@ -564,7 +565,7 @@ pub const SERVICES: &[ServiceEntry] = &[
                 "--port",
                 "{port}",
                 "--host",
-                "127.0.0.1",
+                "0.0.0.0",
             ],
             cwd: "{workspace}/playwright",
         },

@@ -184,6 +184,38 @@ pub struct MachineSpec {
     /// Port of the health endpoint (`MACHINE_HEALTH_PORT`); must not collide with a service port.
     #[serde(default = "default_health_port")]
     pub health_port: u16,
+    /// `actual`: the planned GPUs are real NVIDIA GPUs (Compose reserves them). `mock`: they are simulated
+    /// (`MACHINE_FAKE_GPUS`, no reservation), so the machine runs on any host; for simulation-only profiles.
+    #[serde(default, skip_serializing_if = "GpuMode::is_actual")]
+    pub gpu_mode: GpuMode,
+}
+
+/// Whether a machine's planned GPUs are real or simulated (`MACHINE_GPU_MODE`, the existing system's name).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub enum GpuMode {
+    /// Real GPUs, detected with NVML and reserved by Compose.
+    #[default]
+    #[serde(rename = "actual")]
+    Actual,
+    /// Simulated GPUs: the runtime fakes the planned count, Compose reserves nothing.
+    #[serde(rename = "mock")]
+    Mock,
+}
+
+impl GpuMode {
+    /// The spelling in profiles and in `MACHINE_GPU_MODE`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GpuMode::Actual => "actual",
+            GpuMode::Mock => "mock",
+        }
+    }
+
+    /// Whether this is the default, real GPUs.
+    pub fn is_actual(&self) -> bool {
+        *self == GpuMode::Actual
+    }
 }
 
 /// The fewest and most machines one profile's fleet may have.
@@ -205,6 +237,10 @@ pub struct DockerOptions {
     /// Publish service and health ports on the host (for debugging); off in production.
     #[serde(default)]
     pub expose_ports: bool,
+    /// The host address published ports bind to (Compose's `host_ip`): `127.0.0.1`, this host only, by
+    /// default; `0.0.0.0` publishes them to every network the host is on.
+    #[serde(default = "default_host_ip")]
+    pub host_ip: std::net::Ipv4Addr,
     /// The machine container's restart policy.
     #[serde(default)]
     pub restart: RestartPolicy,
@@ -227,6 +263,7 @@ impl Default for DockerOptions {
     fn default() -> Self {
         DockerOptions {
             expose_ports: false,
+            host_ip: default_host_ip(),
             restart: RestartPolicy::default(),
             resources: None,
             volumes: Vec::new(),
@@ -234,6 +271,10 @@ impl Default for DockerOptions {
             services: BTreeMap::new(),
         }
     }
+}
+
+fn default_host_ip() -> std::net::Ipv4Addr {
+    std::net::Ipv4Addr::LOCALHOST
 }
 
 /// A Compose restart policy.
@@ -295,7 +336,7 @@ pub struct ExtraService {
     /// The command, as a list of arguments.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub command: Vec<String>,
-    /// Container ports, published on the host only when `docker.expose_ports` is on.
+    /// Container ports, published on the host (on `docker.host_ip`) only when `docker.expose_ports` is on.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<u16>,
     /// Volumes in Compose short syntax; named volumes are declared automatically.

@@ -97,6 +97,30 @@ impl BrokerSetting {
     }
 }
 
+/// `MACHINE_HEALTH_URL`: the health endpoint's URL as other hosts reach it, advertised in status messages.
+pub const HEALTH_URL_VAR: &str = "MACHINE_HEALTH_URL";
+
+/// The advertised health URL from `MACHINE_HEALTH_URL` (unset or empty: `None`, and status messages say
+/// `http://localhost:<port>/health`). An `http://` or `https://` URL; anything else is the one problem
+/// returned.
+pub fn health_url_from_lookup(
+    lookup: impl Fn(&str) -> Option<String>,
+) -> Result<Option<String>, String> {
+    match lookup(HEALTH_URL_VAR).map(|v| v.trim().to_owned()) {
+        None => Ok(None),
+        Some(v) if v.is_empty() => Ok(None),
+        Some(v)
+            if (v.starts_with("http://") || v.starts_with("https://"))
+                && !v.contains(char::is_whitespace) =>
+        {
+            Ok(Some(v))
+        }
+        Some(v) => Err(format!(
+            "{HEALTH_URL_VAR}=\"{v}\" is not an http(s) URL; expected e.g. http://10.0.0.5:9090/health (the address other hosts reach this machine's health port on), or leave it unset"
+        )),
+    }
+}
+
 /// Everything [`run`] needs besides the apps.
 pub struct UpOptions {
     /// Child commands and signal handling.
@@ -291,6 +315,13 @@ pub fn run(apps: Vec<AppSpec>, options: UpOptions) -> Result<(), UpError> {
             None
         }
     };
+    let advertised = match health_url_from_lookup(|name| std::env::var(name).ok()) {
+        Ok(url) => url,
+        Err(problem) => {
+            problems.push(problem);
+            None
+        }
+    };
     let mut link = None;
     if let (Some(BrokerSetting::On { config, .. }), Some(supervisor)) = (&setting, &supervisor) {
         let identity = Identity {
@@ -353,8 +384,9 @@ pub fn run(apps: Vec<AppSpec>, options: UpOptions) -> Result<(), UpError> {
         .await?;
         let failed: Arc<std::sync::Mutex<Option<BrokerError>>> = Arc::default();
         if let Some((config, template)) = link {
-            let template =
-                template.with_health_url(format!("http://localhost:{}/health", addr.port()));
+            let template = template.with_health_url(
+                advertised.unwrap_or_else(|| format!("http://localhost:{}/health", addr.port())),
+            );
             let (view_tx, view_rx) =
                 watch::channel(template.view(&handle.snapshot(), handle.uptime_ms()));
             // The broker connects in the background (below); the drain asks it once it is there.
@@ -422,6 +454,25 @@ pub const BROKER_HEAD_START: std::time::Duration = std::time::Duration::from_mil
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_advertised_health_url_is_an_http_url_or_unset() {
+        let with = |v: Option<&str>| {
+            let v = v.map(str::to_owned);
+            super::health_url_from_lookup(move |_| v.clone())
+        };
+        assert_eq!(with(None), Ok(None));
+        assert_eq!(with(Some("  ")), Ok(None));
+        assert_eq!(
+            with(Some("http://10.0.0.5:9090/health")),
+            Ok(Some("http://10.0.0.5:9090/health".into()))
+        );
+        let err = with(Some("10.0.0.5:9090")).unwrap_err();
+        assert!(
+            err.contains("MACHINE_HEALTH_URL") && err.contains("http"),
+            "{err}"
+        );
+    }
+
     use super::*;
 
     fn setting(vars: &[(&str, &str)]) -> Result<(BrokerSetting, Vec<String>), Vec<String>> {

@@ -988,6 +988,7 @@ mod tests {
                 last_published_ms: None,
                 last_update_type: None,
             }),
+            busy: Mutex::new(HashMap::new()),
             dead: Mutex::new(Vec::new()),
             stopping: std::sync::atomic::AtomicBool::new(false),
         })

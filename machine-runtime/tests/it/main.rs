@@ -2,6 +2,7 @@
 
 mod broker;
 mod build_script;
+mod docker;
 mod fuzz_corpus;
 mod gpu;
 mod hostile;

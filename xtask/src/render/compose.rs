@@ -1,9 +1,11 @@
 //! The `docker-compose.yaml` rendering: a typed Compose model (only what we emit) serialised through the
-//! quoting YAML writer. Compatible with Compose v2 and with docker-compose 1.29 (no `version:` key, long
-//! port syntax, GPU reservation through `deploy.resources.reservations.devices` with an explicit count).
+//! quoting YAML writer. Compatible with Compose v2 and with docker-compose 1.29 (no `version:` key, quoted
+//! short port syntax with a host address, since 1.29's long syntax has no `host_ip`; GPU reservation through
+//! `deploy.resources.reservations.devices` with an explicit count, only for real GPUs).
 
 use std::collections::BTreeMap;
 
+use machine_model::profile::GpuMode;
 use serde::Serialize;
 
 use crate::profiles::Loaded;
@@ -39,8 +41,11 @@ struct Service {
     stop_grace_period: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     shm_size: Option<String>,
+    /// Short syntax `HOST_IP:PUBLISHED:TARGET/tcp`, always quoted by the writer.
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    ports: Vec<Port>,
+    ports: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    extra_hosts: Vec<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     volumes: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -56,13 +61,6 @@ struct Build {
     context: String,
     dockerfile: String,
     args: BTreeMap<String, String>,
-}
-
-#[derive(Serialize)]
-struct Port {
-    target: u16,
-    published: u16,
-    protocol: &'static str,
 }
 
 #[derive(Serialize)]
@@ -124,15 +122,36 @@ fn named_volume(spec: &str) -> Option<&str> {
 /// Secrets pass through by name from the environment Compose runs in (or `--env-file .env.secrets`);
 /// values built from a secret are Compose templates (`${NAME}`), so no secret value is ever written here.
 ///
+/// A variable the workers need that `.env` leaves unset (no component or profile gives it a value, e.g.
+/// `CLOUD_STORAGE_PROVIDER`) passes through by name too: otherwise the runtime refuses to start on it and no
+/// environment Compose runs in could supply it.
+///
 /// `MACHINE_ID_APPEND_HOSTNAME` passes through the same way: set it in the shell when scaling the service
 /// (`--scale machine=N`), so each container reports as `<MACHINE_ID>-<hostname>`.
 fn environment(l: &Loaded) -> Vec<String> {
     let mut env: Vec<String> = l.resolved.secrets().into_iter().map(|s| s.name).collect();
+    let in_env_file = |name: &str| {
+        l.resolved.literals().any(|(k, _)| k == name)
+            || super::env::derived_vars(&l.profile, &l.plan)
+                .iter()
+                .any(|(k, _)| k == name)
+    };
+    for need in &l.plan.secrets {
+        if !in_env_file(need.name) && !env.iter().any(|e| e == need.name) {
+            env.push(need.name.to_string());
+        }
+    }
+    env.sort();
     env.push("MACHINE_ID_APPEND_HOSTNAME".into());
     for var in l.resolved.secret_dependent().filter(|v| !v.is_secret()) {
         env.push(format!("{}={}", var.name, var.value.to_template()));
     }
     env
+}
+
+/// A port published on `host_ip` under its own number.
+fn port(host_ip: std::net::Ipv4Addr, port: u16) -> String {
+    format!("{host_ip}:{port}:{port}/tcp")
 }
 
 /// Seconds as a Compose duration.
@@ -177,6 +196,8 @@ fn model(l: &Loaded) -> Compose {
         stop_grace_period: Some(secs(stop_budget_secs(l))),
         shm_size: d.shm_size.clone(),
         volumes: d.volumes.clone(),
+        // `host.docker.internal` (the API and monitor of local profiles) resolves on Linux too (Docker 20.10+).
+        extra_hosts: vec!["host.docker.internal:host-gateway".into()],
         healthcheck: Some(Healthcheck {
             test: vec![
                 "CMD".into(),
@@ -196,18 +217,17 @@ fn model(l: &Loaded) -> Compose {
         machine.ports = p
             .ports()
             .into_iter()
-            .map(|(port, _)| Port {
-                target: port,
-                published: port,
-                protocol: "tcp",
-            })
+            .map(|(p, _)| port(d.host_ip, p))
             .collect();
     }
     let limits = d.resources.as_ref().map(|r| Limits {
         cpus: r.cpus.map(|c| c.to_string()),
         memory: r.memory.clone(),
     });
-    let reservations = p.uses_gpus().then(|| Reservations {
+    // Mock GPUs are the runtime's fake inventory (`MACHINE_FAKE_GPUS` in .env): reserving them would make
+    // the container unstartable on hosts without the nvidia driver.
+    let real_gpus = l.profile.machine.gpu_mode == GpuMode::Actual;
+    let reservations = (p.uses_gpus() && real_gpus).then(|| Reservations {
         devices: vec![Device {
             driver: "nvidia",
             count: p.gpus,
@@ -268,15 +288,7 @@ fn model(l: &Loaded) -> Compose {
                     .collect(),
                 restart: Some(d.restart.as_str().into()),
                 ports: if d.expose_ports {
-                    extra
-                        .ports
-                        .iter()
-                        .map(|&port| Port {
-                            target: port,
-                            published: port,
-                            protocol: "tcp",
-                        })
-                        .collect()
+                    extra.ports.iter().map(|&p| port(d.host_ip, p)).collect()
                 } else {
                     Vec::new()
                 },

@@ -3,6 +3,7 @@
 
 use anyhow::bail;
 use machine_model::components::dotenv_line;
+use machine_model::profile::GpuMode;
 use machine_model::{Plan, Profile};
 
 use crate::profiles::Loaded;
@@ -30,7 +31,11 @@ pub fn derived_vars(profile: &Profile, plan: &Plan) -> Vec<(String, String)> {
     if let Some(model) = &m.gpu_model {
         v.push(("MACHINE_GPU_MODEL".into(), model.clone()));
     }
-    if plan.gpus > 0 {
+    // The GPU mode is the profile's typed field; mock GPUs are the runtime's fake inventory of the planned count.
+    v.push(("MACHINE_GPU_MODE".into(), m.gpu_mode.as_str().into()));
+    if m.gpu_mode == GpuMode::Mock {
+        v.push(("MACHINE_FAKE_GPUS".into(), plan.gpus.to_string()));
+    } else if plan.gpus > 0 {
         // NVML needs `utility`, CUDA `compute`; the toolkit's default changed across versions.
         v.push((
             "NVIDIA_DRIVER_CAPABILITIES".into(),

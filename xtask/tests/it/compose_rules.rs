@@ -81,28 +81,36 @@ fn redis_is_local(profile: &Value) -> bool {
     }
 }
 
-/// (target, published, protocol) of a compose port list.
-fn port_triples(ports: Option<&Value>) -> Vec<(u64, u64, String)> {
+/// (host address, target, published, protocol) of a compose port list in the short syntax
+/// `HOST_IP:PUBLISHED:TARGET/PROTOCOL`; anything else is kept whole as the host address, so it never matches.
+fn port_items(ports: Option<&Value>) -> Vec<(String, u64, u64, String)> {
     let mut v: Vec<_> = ports
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
         .map(|p| {
-            (
-                p["target"].as_u64().unwrap_or(0),
-                p["published"].as_u64().unwrap_or(0),
-                p["protocol"].as_str().unwrap_or("").to_string(),
-            )
+            let text = p
+                .as_str()
+                .map(str::to_owned)
+                .unwrap_or_else(|| p.to_string());
+            let parsed = text.split_once('/').and_then(|(addr, protocol)| {
+                let mut parts = addr.rsplitn(3, ':');
+                let target = parts.next()?.parse().ok()?;
+                let published = parts.next()?.parse().ok()?;
+                let host = parts.next()?.to_string();
+                Some((host, target, published, protocol.to_string()))
+            });
+            parsed.unwrap_or((text, 0, 0, String::new()))
         })
         .collect();
     v.sort();
     v
 }
 
-fn tcp(ports: impl IntoIterator<Item = u64>) -> Vec<(u64, u64, String)> {
+fn tcp(host_ip: &str, ports: impl IntoIterator<Item = u64>) -> Vec<(String, u64, u64, String)> {
     let mut v: Vec<_> = ports
         .into_iter()
-        .map(|p| (p, p, "tcp".to_string()))
+        .map(|p| (host_ip.to_string(), p, p, "tcp".to_string()))
         .collect();
     v.sort();
     v
@@ -146,7 +154,23 @@ fn check(name: &str, deprecated: &BTreeSet<(String, String)>) -> Vec<String> {
         .any(|x| !x["gpu"].is_null());
     let gpus = plan["gpus"].as_u64().expect("the plan's gpus is a number");
     let devices = machine.pointer("/deploy/resources/reservations/devices");
-    if uses_gpus {
+    // Mock GPUs: no reservation (it is fatal without the nvidia driver), the fake inventory in .env instead.
+    let mock = profile["machine"]["gpu_mode"].as_str() == Some("mock");
+    if mock {
+        if devices.is_some() {
+            problem(
+                "machine.gpu_mode is mock but the machine reserves GPUs (fatal on CPU hosts)"
+                    .into(),
+            );
+        }
+        let env = read(&generated(name).join(".env"));
+        let fake = format!("MACHINE_FAKE_GPUS='{gpus}'");
+        if !env.lines().any(|l| l == fake) {
+            problem(format!(
+                "machine.gpu_mode is mock but generated/{name}/.env has no line {fake} (the runtime would look for real GPUs)"
+            ));
+        }
+    } else if uses_gpus {
         match devices.and_then(Value::as_array).map(Vec::as_slice) {
             Some([device]) => {
                 if device.get("count").and_then(Value::as_u64) != Some(gpus) {
@@ -189,10 +213,12 @@ fn check(name: &str, deprecated: &BTreeSet<(String, String)>) -> Vec<String> {
         }
     }
 
-    // Ports: only when the profile exposes them, exactly the planned ones.
+    // Ports: only when the profile exposes them, exactly the planned ones, on the profile's host address
+    // (this host only unless the profile says otherwise).
     let expose = profile["docker"]["expose_ports"].as_bool().unwrap_or(false);
+    let host_ip = profile["docker"]["host_ip"].as_str().unwrap_or("127.0.0.1");
     for (service_name, service) in &services {
-        let got = port_triples(service.get("ports"));
+        let got = port_items(service.get("ports"));
         let expected = if !expose {
             Vec::new()
         } else if service_name == "machine" {
@@ -204,19 +230,33 @@ fn check(name: &str, deprecated: &BTreeSet<(String, String)>) -> Vec<String> {
                 .into_iter()
                 .flatten()
                 .filter_map(|s| s["port"].as_u64());
-            tcp(std::iter::once(health).chain(planned))
+            tcp(host_ip, std::iter::once(health).chain(planned))
         } else {
-            tcp(profile["docker"]["services"][service_name]["ports"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(Value::as_u64))
+            tcp(
+                host_ip,
+                profile["docker"]["services"][service_name]["ports"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_u64),
+            )
         };
         if got != expected {
             problem(format!(
                 "services.{service_name}.ports is {got:?}, expected {expected:?} (expose_ports: {expose})"
             ));
         }
+    }
+
+    // host.docker.internal (the local API and monitor) resolves on Linux only through this mapping.
+    let hosts = machine.get("extra_hosts").cloned().unwrap_or(Value::Null);
+    if !hosts
+        .as_array()
+        .is_some_and(|h| h.iter().any(|x| x == "host.docker.internal:host-gateway"))
+    {
+        problem(format!(
+            "services.machine.extra_hosts is {hosts}, expected to map host.docker.internal:host-gateway"
+        ));
     }
 
     // The local Redis: present, healthy-gated, only when the profile selects it.
@@ -341,6 +381,19 @@ fn profiles_cover_gpu_and_cpu_local_and_remote_redis() {
         let profile = read_json(&root().join("profiles").join(format!("{name}.json")));
         local += usize::from(redis_is_local(&profile));
     }
+    let profile = |name: &str| read_json(&root().join("profiles").join(format!("{name}.json")));
+    assert_eq!(
+        profile("full-local")["machine"]["gpu_mode"],
+        "mock",
+        "full-local (any laptop) should simulate its GPUs"
+    );
+    assert!(
+        gpu.iter().any(|n| profile(n)["machine"]["gpu_mode"]
+            .as_str()
+            .unwrap_or("actual")
+            == "actual"),
+        "no real-GPU profile: the reservation rule is never exercised"
+    );
     for seed_cpu in ["api-only", "api-gateway"] {
         assert!(
             cpu.iter().any(|n| n == seed_cpu),
