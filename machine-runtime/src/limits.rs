@@ -35,10 +35,10 @@ pub fn raise_open_files() -> std::io::Result<OpenFiles> {
         .ok()
         .and_then(|s| s.trim().parse::<u64>().ok())
         .unwrap_or(1 << 20);
-    let target = (limit.rlim_max as u64).min(nr_open);
-    if (limit.rlim_cur as u64) < target {
+    let target = limit.rlim_max.min(nr_open);
+    if limit.rlim_cur < target {
         let raised = libc::rlimit {
-            rlim_cur: target as libc::rlim_t,
+            rlim_cur: target,
             rlim_max: limit.rlim_max,
         };
         // SAFETY: setrlimit reads one struct we own.
@@ -47,8 +47,8 @@ pub fn raise_open_files() -> std::io::Result<OpenFiles> {
         }
     }
     Ok(OpenFiles {
-        soft: limit.rlim_cur as u64,
-        hard: limit.rlim_max as u64,
+        soft: limit.rlim_cur,
+        hard: limit.rlim_max,
     })
 }
 
@@ -63,8 +63,8 @@ pub fn open_files() -> std::io::Result<OpenFiles> {
         return Err(std::io::Error::last_os_error());
     }
     Ok(OpenFiles {
-        soft: limit.rlim_cur as u64,
-        hard: limit.rlim_max as u64,
+        soft: limit.rlim_cur,
+        hard: limit.rlim_max,
     })
 }
 

@@ -242,9 +242,12 @@ fn health_port(flag: Option<u16>) -> anyhow::Result<u16> {
     }
 }
 
+/// MIG slices: (index of the parent GPU, `MIG-...` UUID).
+type MigUuids = Vec<(u32, String)>;
+
 /// GPU UUIDs ordered by index and MIG slices (parent index, UUID), from the inventory (NVML, or
 /// MACHINE_FAKE_GPUS).
-fn gpu_uuids() -> anyhow::Result<(Vec<String>, Vec<(u32, String)>)> {
+fn gpu_uuids() -> anyhow::Result<(Vec<String>, MigUuids)> {
     let inventory = machine_runtime::gpu::Inventory::detect()?;
     let mig = inventory
         .gpus
