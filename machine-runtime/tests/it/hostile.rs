@@ -676,14 +676,41 @@ fn a_missing_workspace_is_created_and_a_file_in_its_place_refused_once() {
     let dir = tempfile::tempdir().unwrap();
     let ws = dir.path().join("not/yet/ws");
     let ws_text = ws.to_str().unwrap().to_owned();
+    // The README's laptop path on a folder that does not exist yet: the workspace is created, and
+    // since nothing can have been installed into it, the start is refused once, naming the install
+    // command (never a restart loop).
+    let out = Command::new(BIN)
+        .args(["up", "--profile", "full-local", "--health-port", "0"])
+        .env("WORKSPACE_DIR", &ws_text)
+        .env("MACHINE_FAKE_GPUS", "2")
+        .env_remove("HUB_REDIS_URL")
+        .env_remove("MACHINE_PROFILE")
+        .env_remove("WORKER_BUNDLE_URL")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(ws.is_dir(), "the workspace was not created:\n{err}");
+    assert!(
+        err.contains(&format!("created the workspace {ws_text} (WORKSPACE_DIR)")),
+        "{err}"
+    );
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("worker bundle missing")
+            && err.contains("machine-runtime install --profile full-local"),
+        "{err}"
+    );
+    assert!(!err.contains("restarting"), "{err}");
+
+    // With the bundle installed there, the same machine comes up.
     let rt = crate::up_support::Runtime::start_profile(
         "full-local",
         &[("WORKSPACE_DIR", &ws_text), ("MACHINE_FAKE_GPUS", "2")],
     );
     wait_for(
-        "the workspace to be created",
+        "the machine to start its apps in the created workspace",
         || rt.output(),
-        || (ws.is_dir() && rt.output().contains("created the workspace")).then_some(()),
+        || rt.output().contains("all 6 apps are up").then_some(()),
     );
     drop(rt);
 
