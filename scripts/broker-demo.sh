@@ -64,13 +64,23 @@ for row in csv.reader(sys.stdin, escapechar="\\", doublequote=False):
 pids+=($!)
 sleep 0.5
 
+# The workers are the worker bundle's: install it first (the real one, or the test stand-in that follows
+# its contract when WORKER_BUNDLE_URL is not set and nothing can be downloaded).
+repo="$(cd "$(dirname "$0")/.." && pwd)"
+say "installing the worker bundle (${WORKER_BUNDLE_URL:-the test stand-in})"
+WORKSPACE_DIR="$dir" WORKER_BUNDLE_URL="${WORKER_BUNDLE_URL:-$repo/machine-runtime/tests/fixtures/worker-bundle}" \
+    "$bin" install --profile full-local >"$dir/install.log" 2>&1 \
+    || { say "install failed:"; cat "$dir/install.log"; exit 1; }
 say "starting the machine (profile full-local, 2 fake GPUs, status every 2 s)"
 MACHINE_FAKE_GPUS=2 WORKSPACE_DIR="$dir" MACHINE_ID=demo-machine \
     HUB_REDIS_URL="redis://127.0.0.1:$redis_port" MACHINE_STATUS_UPDATE_INTERVAL_SECONDS=2 \
     "$bin" up --profile full-local --health-port "$health_port" >"$dir/runtime.log" 2>&1 &
 runtime=$!
 pids+=("$runtime")
-until curl -sf "http://127.0.0.1:$health_port/health" >/dev/null; do sleep 0.1; done
+until curl -sf "http://127.0.0.1:$health_port/health" >/dev/null; do
+    kill -0 "$runtime" 2>/dev/null || { say "the machine did not start:"; cat "$dir/runtime.log"; exit 1; }
+    sleep 0.1
+done
 say "healthy: $(health)"
 sleep 5
 

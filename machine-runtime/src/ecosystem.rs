@@ -219,7 +219,8 @@ fn from_value_at(
     let apps_value = match value {
         Value::Object(top) => {
             for key in top.keys() {
-                if key != "apps" && key != "$schema" {
+                // `x_generated` is our own generator's provenance header (JSON has no comments).
+                if !matches!(key.as_str(), "apps" | "$schema" | "x_generated") {
                     reader.warn(format!("ecosystem: top-level field \"{key}\" ignored"));
                 }
             }
@@ -1619,6 +1620,32 @@ mod tests {
                 "/etc/machine".into(),
                 "/abs".into()
             ]
+        );
+    }
+
+    #[test]
+    fn every_generated_ecosystem_reads_without_a_warning() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../generated");
+        let mut read = 0;
+        for entry in std::fs::read_dir(&root).unwrap() {
+            let file = entry.unwrap().path().join("ecosystem.config.json");
+            if !file.is_file() {
+                continue;
+            }
+            let eco = read_file(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+            assert!(
+                eco.warnings.is_empty(),
+                "{}: {:?}",
+                file.display(),
+                eco.warnings
+            );
+            assert!(!eco.apps.is_empty(), "{}", file.display());
+            read += 1;
+        }
+        assert!(
+            read >= 6,
+            "only {read} generated ecosystems found under {}",
+            root.display()
         );
     }
 }

@@ -127,26 +127,38 @@ fn named_volume(spec: &str) -> Option<&str> {
 /// environment Compose runs in could supply it.
 ///
 /// `MACHINE_ID_APPEND_HOSTNAME` passes through the same way: set it in the shell when scaling the service
-/// (`--scale machine=N`), so each container reports as `<MACHINE_ID>-<hostname>`.
+/// (`--scale machine=N`), so each container reports as `<MACHINE_ID>-<hostname>`. So does
+/// `MACHINE_CONTROL_TOKEN`, the token of the health port's POST routes (in `.env.secrets`).
 fn environment(l: &Loaded) -> Vec<String> {
     let mut env: Vec<String> = l.resolved.secrets().into_iter().map(|s| s.name).collect();
-    let in_env_file = |name: &str| {
-        l.resolved.literals().any(|(k, _)| k == name)
-            || super::env::derived_vars(&l.profile, &l.plan)
-                .iter()
-                .any(|(k, _)| k == name)
-    };
-    for need in &l.plan.secrets {
-        if !in_env_file(need.name) && !env.iter().any(|e| e == need.name) {
-            env.push(need.name.to_string());
+    for name in needs_without_value(l) {
+        if !env.iter().any(|e| e == name) {
+            env.push(name.to_string());
         }
     }
     env.sort();
     env.push("MACHINE_ID_APPEND_HOSTNAME".into());
+    // The health port's control token (POST routes); unset, those routes stay off.
+    env.push("MACHINE_CONTROL_TOKEN".into());
     for var in l.resolved.secret_dependent().filter(|v| !v.is_secret()) {
         env.push(format!("{}={}", var.name, var.value.to_template()));
     }
     env
+}
+
+/// Variables the workers need (the plan's `secrets`: secrets and other required variables) to which
+/// `.env` gives no value, e.g. `CLOUD_STORAGE_PROVIDER`: the operator supplies them like secrets.
+pub(crate) fn needs_without_value(l: &Loaded) -> Vec<&'static str> {
+    let derived = super::env::derived_vars(&l.profile, &l.plan);
+    l.plan
+        .secrets
+        .iter()
+        .map(|need| need.name)
+        .filter(|name| {
+            !l.resolved.literals().any(|(k, _)| k == *name)
+                && !derived.iter().any(|(k, _)| k == name)
+        })
+        .collect()
 }
 
 /// A port published on `host_ip` under its own number.

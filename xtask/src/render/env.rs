@@ -115,8 +115,28 @@ fn origin_of(l: &Loaded, key: &str) -> String {
 pub fn secrets_example(l: &Loaded) -> String {
     let mut out = format!("# {}\n", super::header(&l.source.name));
     out += "# Copy to .env.secrets (git-ignored) and fill in; Compose passes these through to the machine.\n";
-    for s in l.resolved.secrets() {
+    let secrets = l.resolved.secrets();
+    for s in &secrets {
         out += &format!("# needed by {}\n{}=\n", s.needed_by.join(", "), s.name);
     }
+    // Required variables of the workers that no component gives a value: the machine refuses to
+    // start without them, so they are filled in here like secrets.
+    for name in super::compose::needs_without_value(l) {
+        if secrets.iter().any(|s| s.name == name) {
+            continue;
+        }
+        let workers: Vec<&str> = l
+            .plan
+            .secrets
+            .iter()
+            .find(|n| n.name == name)
+            .map(|n| n.connectors.clone())
+            .unwrap_or_default();
+        out += &format!(
+            "# needed by the {} workers (no component sets it)\n{name}=\n",
+            workers.join(", ")
+        );
+    }
+    out += "# optional: the token of the health port's POST routes (/restart/..., /refresh-status)\n#MACHINE_CONTROL_TOKEN=\n";
     out
 }

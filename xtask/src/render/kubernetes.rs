@@ -170,12 +170,31 @@ fn machine_env(l: &Loaded) -> Vec<Value> {
             "value": format!("http://$(MACHINE_POD_IP):{}/health", l.plan.health_port),
         }),
     ];
-    for secret in l.resolved.secrets() {
+    let mut from_secret: Vec<String> = l
+        .resolved
+        .secrets()
+        .into_iter()
+        .map(|s| s.name.to_string())
+        .collect();
+    // Variables the workers need that `.env` leaves without a value (e.g. `CLOUD_STORAGE_PROVIDER`)
+    // come from the same Secret: otherwise the machine refuses to start on them.
+    for need in super::compose::needs_without_value(l) {
+        if !from_secret.iter().any(|s| s == need) {
+            from_secret.push(need.to_string());
+        }
+    }
+    for key in &from_secret {
         env.push(json!({
-            "name": secret.name,
-            "valueFrom": {"secretKeyRef": {"name": secret_name(name), "key": secret.name}},
+            "name": key,
+            "valueFrom": {"secretKeyRef": {"name": secret_name(name), "key": key}},
         }));
     }
+    // The control token of the health port's POST routes: optional, so the pod starts without it
+    // (the routes then answer 403 saying how to enable them).
+    env.push(json!({
+        "name": "MACHINE_CONTROL_TOKEN",
+        "valueFrom": {"secretKeyRef": {"name": secret_name(name), "key": "MACHINE_CONTROL_TOKEN", "optional": true}},
+    }));
     for var in l.resolved.secret_dependent().filter(|v| !v.is_secret()) {
         env.push(json!({"name": var.name, "value": expansion(&var.value)}));
     }
