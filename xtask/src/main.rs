@@ -85,6 +85,12 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Rust ignores SIGPIPE, so printing to a closed pipe (`cargo xtask plan … | head`) panics; the
+    // default action ends the process quietly, as every other Unix filter does.
+    // SAFETY: called first thing in main, before any other thread exists; SIG_DFL is a valid action.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Command::EnvBuild { profile, all } => codegen::env_build(profile.as_deref(), all),

@@ -236,3 +236,34 @@ fn env_build_leaves_the_checked_in_files_unchanged() {
     }
     assert!(!out.stdout.contains("wrote"), "{out}");
 }
+
+#[test]
+fn output_into_a_pipe_closed_early_ends_quietly() {
+    use std::io::Read;
+    use std::os::unix::process::ExitStatusExt;
+    let mut child = xtask()
+        // About 2 MB of JSON: far more than a pipe holds, so writes go on after the reader is gone.
+        .args([
+            "plan",
+            "api-only",
+            "--workers",
+            "mock:2000",
+            "--format",
+            "json",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 1];
+    child.stdout.take().unwrap().read_exact(&mut first).unwrap();
+    // The read end is closed now (dropped); the rest of the output goes into a broken pipe.
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(
+        out.status.success() || out.status.signal() == Some(libc::SIGPIPE),
+        "{:?}: {err}",
+        out.status
+    );
+}
