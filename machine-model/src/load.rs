@@ -129,15 +129,16 @@ pub fn check(source: &ProfileSource) -> Result<(Profile, Plan), Vec<Diagnostic>>
         }
     };
     for (name, service) in &profile.docker.services {
-        if let Some(cond) = &service.when {
-            if profile.components.get(&cond.component).is_none() {
-                let known: Vec<&str> = profile
-                    .components
-                    .0
-                    .iter()
-                    .map(|(c, _)| c.as_str())
-                    .collect();
-                diags.push(at(
+        if let Some(cond) = &service.when
+            && profile.components.get(&cond.component).is_none()
+        {
+            let known: Vec<&str> = profile
+                .components
+                .0
+                .iter()
+                .map(|(c, _)| c.as_str())
+                .collect();
+            diags.push(at(
                     &format!("/docker/services/{}/when/component", escape(name)),
                     format!(
                         "condition names component \"{}\", which this profile does not select; selected components: {}",
@@ -145,7 +146,6 @@ pub fn check(source: &ProfileSource) -> Result<(Profile, Plan), Vec<Diagnostic>>
                         if known.is_empty() { "none".to_string() } else { known.join(", ") }
                     ),
                 ));
-            }
         }
     }
     if !crate::profile::REPLICAS_RANGE.contains(&profile.replicas) {

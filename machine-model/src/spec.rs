@@ -276,12 +276,13 @@ fn parse_count(text: &str) -> Result<Count, String> {
     if text.is_empty() {
         return Err("count is missing; expected a positive integer or \"auto\"".into());
     }
-    if let Some(rest) = text.strip_prefix('-') {
-        if !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(format!(
-                "count {text} is negative; expected a positive integer or \"auto\""
-            ));
-        }
+    if let Some(rest) = text.strip_prefix('-')
+        && !rest.is_empty()
+        && rest.bytes().all(|b| b.is_ascii_digit())
+    {
+        return Err(format!(
+            "count {text} is negative; expected a positive integer or \"auto\""
+        ));
     }
     if !text.bytes().all(|b| b.is_ascii_digit()) {
         return Err(format!(

@@ -130,10 +130,10 @@ fn start_redis(dir: &Path) -> anyhow::Result<(Owned, String)> {
     let url = format!("redis://127.0.0.1:{port}");
     let deadline = Instant::now() + LIMIT;
     loop {
-        if let Ok(mut conn) = redis::Client::open(url.as_str())?.get_connection() {
-            if redis::cmd("PING").query::<String>(&mut conn).is_ok() {
-                return Ok((child, url));
-            }
+        if let Ok(mut conn) = redis::Client::open(url.as_str())?.get_connection()
+            && redis::cmd("PING").query::<String>(&mut conn).is_ok()
+        {
+            return Ok((child, url));
         }
         if Instant::now() > deadline {
             bail!("redis-server on {port} did not answer");

@@ -62,13 +62,13 @@ pub fn plan(
     let mut problems = Vec::new();
     let mut notes = Vec::new();
     let workers = non_empty(env, "WORKER_CONNECTORS").or_else(|| non_empty(env, "WORKERS"));
-    if let Some(w) = &workers {
-        if w.trim() != profile.workers.trim() {
-            notes.push(format!(
-                "worker spec from the environment: {w} (profile: {})",
-                profile.workers
-            ));
-        }
+    if let Some(w) = &workers
+        && w.trim() != profile.workers.trim()
+    {
+        notes.push(format!(
+            "worker spec from the environment: {w} (profile: {})",
+            profile.workers
+        ));
     }
     let planned_gpus = match non_empty(env, "MACHINE_GPU_COUNT") {
         None => profile.machine.gpus,

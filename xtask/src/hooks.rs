@@ -21,13 +21,13 @@ pub fn install() -> anyhow::Result<()> {
     let dir = root.join(String::from_utf8_lossy(&out.stdout).trim());
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let path = dir.join("pre-commit");
-    if let Ok(existing) = std::fs::read_to_string(&path) {
-        if existing != HOOK {
-            anyhow::bail!(
-                "{} exists and is not ours; add `cargo xtask check` to it by hand",
-                path.display()
-            );
-        }
+    if let Ok(existing) = std::fs::read_to_string(&path)
+        && existing != HOOK
+    {
+        anyhow::bail!(
+            "{} exists and is not ours; add `cargo xtask check` to it by hand",
+            path.display()
+        );
     }
     std::fs::write(&path, HOOK).with_context(|| format!("writing {}", path.display()))?;
     #[cfg(unix)]

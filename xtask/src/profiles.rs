@@ -117,26 +117,25 @@ fn resolve(
         );
     }
     for (name, service) in &profile.docker.services {
-        if let Some(cond) = &service.when {
-            if let Some(file) = set.get(&cond.component) {
-                if file.section(&cond.variant).is_none() {
-                    let sections: Vec<&str> = file.section_names().collect();
-                    let hint = machine_model::spec::suggest(&cond.variant, &sections)
-                        .map(|s| format!("; did you mean \"{s}\"?"))
-                        .unwrap_or_default();
-                    let (line, col) = load::locate(
-                        &source.text,
-                        &format!("/docker/services/{name}/when/variant"),
-                    );
-                    problems.push(format!(
+        if let Some(cond) = &service.when
+            && let Some(file) = set.get(&cond.component)
+            && file.section(&cond.variant).is_none()
+        {
+            let sections: Vec<&str> = file.section_names().collect();
+            let hint = machine_model::spec::suggest(&cond.variant, &sections)
+                .map(|s| format!("; did you mean \"{s}\"?"))
+                .unwrap_or_default();
+            let (line, col) = load::locate(
+                &source.text,
+                &format!("/docker/services/{name}/when/variant"),
+            );
+            problems.push(format!(
                         "{}:{line}:{col}: /docker/services/{name}/when/variant: component {} has no section \"{}\"{hint} (sections: {})",
                         source.file,
                         cond.component,
                         cond.variant,
                         sections.join(", ")
                     ));
-                }
-            }
         }
     }
     let input = components::ResolveInput {
@@ -154,15 +153,15 @@ fn resolve(
     // Variables the plan derives come from the profile's typed fields, not from components.
     let derived = crate::render::env::derived_vars(profile, plan);
     for var in resolved.vars() {
-        if let Some((_, value)) = derived.iter().find(|(k, _)| *k == var.name) {
-            if var.value.as_literal() != Some(value.as_str()) {
-                problems.push(format!(
+        if let Some((_, value)) = derived.iter().find(|(k, _)| *k == var.name)
+            && var.value.as_literal() != Some(value.as_str())
+        {
+            problems.push(format!(
                     "{}: {} is derived from the profile (value {value}); set it through the profile's typed fields, not components or env (origin: {})",
                     source.file,
                     var.name,
                     var.origin
                 ));
-            }
         }
     }
     if problems.is_empty() {
