@@ -161,6 +161,17 @@ pub struct BrokerConfig {
 }
 
 impl BrokerConfig {
+    /// The connection settings of a [`super::Link`] to this broker (the status link and the id lease
+    /// connect alike).
+    pub fn link_settings(&self) -> super::LinkSettings {
+        super::LinkSettings {
+            connect_timeout: self.connect_timeout,
+            response_timeout: self.response_timeout,
+            backoff_min: self.backoff_min,
+            backoff_max: self.backoff_max,
+        }
+    }
+
     /// Defaults for everything but the URL.
     pub fn new(url: RedisUrl) -> Self {
         Self {

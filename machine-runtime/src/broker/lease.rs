@@ -20,7 +20,7 @@ use std::time::Duration;
 use redis::Script;
 
 use super::config::BrokerConfig;
-use super::link::{Conn, Link, LinkError, LinkSettings};
+use super::link::{Conn, Link, LinkError};
 use super::time::{iso8601, now_ms};
 use crate::supervisor::{Phase, SupervisorHandle};
 
@@ -228,15 +228,7 @@ impl Lease {
         machine_id: &str,
         me: Holder,
     ) -> Result<Lease, LeaseError> {
-        let link = Link::new(
-            config.url.clone(),
-            LinkSettings {
-                connect_timeout: config.connect_timeout,
-                response_timeout: config.response_timeout,
-                backoff_min: config.backoff_min,
-                backoff_max: config.backoff_max,
-            },
-        )?;
+        let link = Link::new(config.url.clone(), config.link_settings())?;
         let lease = Lease {
             link,
             machine_id: machine_id.to_owned(),

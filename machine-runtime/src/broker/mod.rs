@@ -319,15 +319,7 @@ impl Broker {
         config: BrokerConfig,
         view: watch::Receiver<MachineView>,
     ) -> Result<Self, BrokerError> {
-        let link = Link::new(
-            config.url.clone(),
-            LinkSettings {
-                connect_timeout: config.connect_timeout,
-                response_timeout: config.response_timeout,
-                backoff_min: config.backoff_min,
-                backoff_max: config.backoff_max,
-            },
-        )?;
+        let link = Link::new(config.url.clone(), config.link_settings())?;
         let url = config.url.redacted().to_owned();
         let mut preflight = if config.preflight == PreflightMode::Off {
             PreflightState::Off
