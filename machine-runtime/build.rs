@@ -323,9 +323,10 @@ impl Schema {
                 return unexpected
                     .iter()
                     .map(|field| {
-                        let hint = machine_model::spec::suggest(field, &known)
-                            .map(|s| format!(" (did you mean \"{s}\"?)"))
-                            .unwrap_or_default();
+                        let hint =
+                            machine_model::suggest::did_you_mean(field, known.iter().copied())
+                                .map(|s| format!(" (did you mean \"{s}\"?)"))
+                                .unwrap_or_default();
                         (
                             format!("{pointer}/{}", escape_pointer(field)),
                             format!(

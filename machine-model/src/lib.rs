@@ -13,6 +13,7 @@ pub mod load;
 pub mod plan;
 pub mod profile;
 pub mod spec;
+pub mod suggest;
 
 pub use plan::{Overrides, Plan, PlanError, PlanErrors};
 pub use profile::Profile;

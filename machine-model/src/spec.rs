@@ -187,7 +187,7 @@ impl WorkerSpec {
                 ));
             } else if entry.is_none() {
                 let known = catalog::connector_names();
-                let hint = match suggest(name, &known) {
+                let hint = match crate::suggest::did_you_mean(name, known.iter().copied()) {
                     Some(s) => format!("; did you mean \"{s}\"?"),
                     None => String::new(),
                 };
@@ -299,19 +299,6 @@ fn parse_count(text: &str) -> Result<Count, String> {
 
 /// The largest count one item may ask for; far above any real machine, low enough to keep plans small.
 pub const MAX_COUNT: u32 = 100_000;
-
-/// The closest known name within a small edit distance, for "did you mean" hints.
-pub fn suggest<'a>(name: &str, known: &[&'a str]) -> Option<&'a str> {
-    let lower = name.to_ascii_lowercase();
-    known
-        .iter()
-        .map(|k| (edit_distance(&lower, k), *k))
-        .filter(|(d, k)| *d <= (k.len() / 3).max(2))
-        .min_by_key(|(d, _)| *d)
-        .map(|(_, k)| k)
-}
-
-pub use crate::components::diag::edit_distance;
 
 // ---------------------------------------------------------------------------------------------
 // Compile-time checking.

@@ -563,7 +563,7 @@ impl Reader {
                     "{location}: field \"{key}\" (a PM2 --env variant) ignored; machine-runtime reads only \"env\""
                 ));
             } else {
-                let hint = suggest(key, KNOWN.iter().copied())
+                let hint = machine_model::suggest::did_you_mean(key, KNOWN.iter().copied())
                     .map(|s| format!("; did you mean \"{s}\"?"))
                     .unwrap_or_default();
                 self.warn(format!("{location}: unknown field \"{key}\" ignored{hint}"));
@@ -675,9 +675,10 @@ impl Reader {
                         "names the app itself".to_string(),
                     );
                 } else if !names.contains(dep) {
-                    let hint = suggest(dep, names.iter().map(String::as_str))
-                        .map(|s| format!("; did you mean \"{s}\"?"))
-                        .unwrap_or_default();
+                    let hint =
+                        machine_model::suggest::did_you_mean(dep, names.iter().map(String::as_str))
+                            .map(|s| format!("; did you mean \"{s}\"?"))
+                            .unwrap_or_default();
                     self.error(
                         &format!("app \"{app}\""),
                         Some("machine_wait_for"),
@@ -1270,16 +1271,6 @@ fn kind(value: &Value) -> String {
 
 fn kind_opt(value: Option<&Value>) -> String {
     value.map(kind).unwrap_or_else(|| "nothing".to_string())
-}
-
-/// The closest candidate within a small edit distance, for "did you mean" hints.
-pub fn suggest<'a>(input: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
-    candidates
-        .into_iter()
-        .map(|c| (machine_model::spec::edit_distance(input, c), c))
-        .filter(|(d, c)| *d > 0 && *d <= c.len().max(input.len()) / 3)
-        .min_by_key(|(d, _)| *d)
-        .map(|(_, c)| c)
 }
 
 #[cfg(test)]

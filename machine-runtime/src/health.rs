@@ -489,9 +489,10 @@ fn flag_param(request: &Request, name: &str, default: bool) -> Result<bool, Repl
 }
 
 fn unknown_app(name: &str, snapshot: &Snapshot) -> Reply {
-    let hint = crate::ecosystem::suggest(name, snapshot.apps.iter().map(|a| a.name.as_str()))
-        .map(|s| format!("; did you mean \"{s}\"?"))
-        .unwrap_or_default();
+    let hint =
+        machine_model::suggest::did_you_mean(name, snapshot.apps.iter().map(|a| a.name.as_str()))
+            .map(|s| format!("; did you mean \"{s}\"?"))
+            .unwrap_or_default();
     let names: Vec<&str> = snapshot.apps.iter().map(|a| a.name.as_str()).collect();
     error(
         404,

@@ -121,7 +121,7 @@ fn check_mapping(folder: &Path, users: &[&AppSpec], install_hint: &str) -> Vec<S
     unknown
         .into_iter()
         .map(|(connector, apps)| {
-            let hint = machine_model::spec::suggest(&connector, &known)
+            let hint = machine_model::suggest::did_you_mean(&connector, known.iter().copied())
                 .map(|s| format!("; did you mean \"{s}\"?"))
                 .unwrap_or_default();
             format!(

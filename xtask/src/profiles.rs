@@ -122,9 +122,10 @@ fn resolve(
             && file.section(&cond.variant).is_none()
         {
             let sections: Vec<&str> = file.section_names().collect();
-            let hint = machine_model::spec::suggest(&cond.variant, &sections)
-                .map(|s| format!("; did you mean \"{s}\"?"))
-                .unwrap_or_default();
+            let hint =
+                machine_model::suggest::did_you_mean(&cond.variant, sections.iter().copied())
+                    .map(|s| format!("; did you mean \"{s}\"?"))
+                    .unwrap_or_default();
             let (line, col) = load::locate(
                 &source.text,
                 &format!("/docker/services/{name}/when/variant"),
@@ -178,7 +179,7 @@ pub fn load_one(name: &str) -> anyhow::Result<Loaded> {
     if let Some(i) = names.iter().position(|n| *n == name) {
         return Ok(all.into_iter().nth(i).expect("index is in range"));
     }
-    let hint = machine_model::spec::suggest(name, &names)
+    let hint = machine_model::suggest::did_you_mean(name, names.iter().copied())
         .map(|s| format!("; did you mean \"{s}\"?"))
         .unwrap_or_default();
     bail!(

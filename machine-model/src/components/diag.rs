@@ -125,47 +125,7 @@ pub fn has_errors(diagnostics: &[Diagnostic]) -> bool {
     diagnostics.iter().any(Diagnostic::is_error)
 }
 
-/// The candidate closest to `wanted` by edit distance, when it is close enough to be a likely typo.
-pub fn did_you_mean<'a, I>(wanted: &str, candidates: I) -> Option<&'a str>
-where
-    I: IntoIterator<Item = &'a str>,
-{
-    let limit = (wanted.chars().count() / 3).max(1);
-    candidates
-        .into_iter()
-        .map(|c| (edit_distance(&wanted.to_lowercase(), &c.to_lowercase()), c))
-        .filter(|(d, _)| *d <= limit)
-        .min_by_key(|(d, _)| *d)
-        .map(|(_, c)| c)
-}
-
-/// Edit distance over characters: insertions, deletions, substitutions and swaps of two neighbours (so the
-/// typo `redsi` is one edit from `redis`).
-pub fn edit_distance(a: &str, b: &str) -> usize {
-    let a: Vec<char> = a.chars().collect();
-    let b: Vec<char> = b.chars().collect();
-    // d[i][j]: distance between the first i characters of a and the first j of b.
-    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
-    for (i, row) in d.iter_mut().enumerate() {
-        row[0] = i;
-    }
-    for (j, cell) in d[0].iter_mut().enumerate() {
-        *cell = j;
-    }
-    for i in 1..=a.len() {
-        for j in 1..=b.len() {
-            let cost = usize::from(a[i - 1] != b[j - 1]);
-            let mut best = (d[i - 1][j] + 1)
-                .min(d[i][j - 1] + 1)
-                .min(d[i - 1][j - 1] + cost);
-            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
-                best = best.min(d[i - 2][j - 2] + 1);
-            }
-            d[i][j] = best;
-        }
-    }
-    d[a.len()][b.len()]
-}
+pub use crate::suggest::did_you_mean;
 
 /// `"a", "b", "c"` for messages that list what exists.
 pub(crate) fn quoted_list<'a, I: IntoIterator<Item = &'a str>>(items: I) -> String {
@@ -180,23 +140,6 @@ pub(crate) fn quoted_list<'a, I: IntoIterator<Item = &'a str>>(items: I) -> Stri
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn edit_distance_counts_single_edits() {
-        assert_eq!(edit_distance("local", "local"), 0);
-        assert_eq!(edit_distance("localdev", "local"), 3);
-        assert_eq!(edit_distance("remotedev", "remote-dev"), 1);
-        assert_eq!(edit_distance("", "abc"), 3);
-        assert_eq!(edit_distance("redsi", "redis"), 1);
-    }
-
-    #[test]
-    fn did_you_mean_picks_the_closest_plausible_candidate() {
-        let sections = ["default", "local", "remote"];
-        assert_eq!(did_you_mean("locl", sections), Some("local"));
-        assert_eq!(did_you_mean("Remote", sections), Some("remote"));
-        assert_eq!(did_you_mean("staging", sections), None);
-    }
 
     #[test]
     fn display_shows_location_severity_message_and_help() {

@@ -652,12 +652,8 @@ pub fn builtin_recipes(names: &[String]) -> Result<Vec<(String, InstallRecipe)>,
         match builtin_recipe(name) {
             Some(recipe) => out.push((name.to_owned(), recipe)),
             None => {
-                let lower = name.to_ascii_lowercase();
-                let near = BUILTIN_RECIPES.iter().find(|known| {
-                    known.starts_with(&lower)
-                        || lower.starts_with(*known)
-                        || edit_distance(known, &lower) <= (known.len() / 3).max(2)
-                });
+                let near =
+                    machine_model::suggest::did_you_mean(name, BUILTIN_RECIPES.iter().copied());
                 return Err(InstallError::UnknownService {
                     name: name.to_owned(),
                     suggestion: near
@@ -692,24 +688,6 @@ pub fn plan_recipes(
         }
     }
     Ok(out)
-}
-
-/// Levenshtein distance, for "did you mean" suggestions.
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut diagonal = row[0];
-        row[0] = i + 1;
-        for (j, cb) in b.iter().enumerate() {
-            let above = row[j + 1];
-            row[j + 1] = (above + 1)
-                .min(row[j] + 1)
-                .min(diagonal + usize::from(ca != *cb));
-            diagonal = above;
-        }
-    }
-    row[b.len()]
 }
 
 fn install_one(
@@ -889,8 +867,6 @@ mod tests {
 
     #[test]
     fn unknown_services_get_a_suggestion() {
-        assert_eq!(edit_distance("comfyui", "comfyiu"), 2);
-        assert_eq!(edit_distance("", "abc"), 3);
         let err = builtin_recipes(&["playwrite".to_owned()])
             .unwrap_err()
             .to_string();

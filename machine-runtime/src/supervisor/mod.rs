@@ -141,7 +141,7 @@ impl SupervisorHandle {
         let Some(idx) = snapshot.apps.iter().position(|a| a.name == name) else {
             return Err(RestartError::UnknownApp {
                 name: name.to_owned(),
-                suggestion: crate::ecosystem::suggest(
+                suggestion: machine_model::suggest::did_you_mean(
                     name,
                     snapshot.apps.iter().map(|a| a.name.as_str()),
                 )
