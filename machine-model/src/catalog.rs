@@ -51,8 +51,8 @@ impl fmt::Display for Binding {
 /// A program to run: the executable and its arguments (templates allowed).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CommandTemplate {
-    /// The executable; `machine-runtime` means the runtime binary itself. With an interpreter, the
-    /// script file, relative to `cwd` (PM2's rule).
+    /// The executable; `machine-runtime` means the runtime binary itself, [`SIMULATION_PROGRAM`] the binary
+    /// next to it. With an interpreter, the script file, relative to `cwd` (PM2's rule).
     pub script: &'static str,
     /// PM2's `interpreter`: `none` runs `script` directly, `node` runs `node <script>`.
     pub interpreter: &'static str,
@@ -499,6 +499,11 @@ pub const CONNECTORS: &[ConnectorEntry] = &[
     },
 ];
 
+/// The simulation service's program: a binary of the runtime's build (`machine-runtime/src/bin/`), started
+/// from the folder the runtime itself was started from (`/usr/local/bin` in the image, `target/<profile>`
+/// under cargo), so the production `machine-runtime` binary carries no test double.
+pub const SIMULATION_PROGRAM: &str = "machine-simulate";
+
 /// Every internal service.
 pub const SERVICES: &[ServiceEntry] = &[
     ServiceEntry {
@@ -524,15 +529,15 @@ pub const SERVICES: &[ServiceEntry] = &[
     },
     ServiceEntry {
         name: "simulation",
-        description: "The built-in simulation service (machine-runtime simulate): the simulation-websocket protocol, /health for readiness",
+        description: "The simulation service (the machine-simulate binary, a stand-in for ComfyUI): the simulation-websocket protocol, /health for readiness",
         base_port: 8399,
         base_port_setting: Some("SIMULATION_BASE_PORT"),
         port_step: 1,
         command: CommandTemplate {
-            script: "machine-runtime",
+            script: SIMULATION_PROGRAM,
             interpreter: "none",
             // All interfaces: in a container the published port reaches the service only this way.
-            args: &["simulate", "--host", "0.0.0.0", "--port", "{port}"],
+            args: &["--host", "0.0.0.0", "--port", "{port}"],
             cwd: "{workspace}",
         },
         env: &[],

@@ -1,5 +1,5 @@
 //! Job throughput and claim latency through one simulation-websocket worker: a real redis-server with
-//! the test `findMatchingJob` loaded, the built-in `simulation` service (`machine-runtime simulate`) and
+//! the test `findMatchingJob` loaded, the `simulation` service (`machine-simulate`) and
 //! the stand-in worker bundle run by node, with jobs pushed the way the API pushes them.
 //!
 //! Run: `cargo bench -p machine-runtime --bench jobs [-- --jobs 200 --samples 20 --poll 1000,100 --processing-ms 0]`
@@ -18,7 +18,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 
-const RUNTIME: &str = env!("CARGO_BIN_EXE_machine-runtime");
+const SIMULATE: &str = env!("CARGO_BIN_EXE_machine-simulate");
 /// Longest any one wait may take before the run is declared broken.
 const LIMIT: Duration = Duration::from_secs(300);
 
@@ -143,8 +143,8 @@ fn start_redis(dir: &Path) -> anyhow::Result<(Owned, String)> {
 }
 
 fn start_service() -> anyhow::Result<(Owned, String)> {
-    let mut child = Command::new(RUNTIME)
-        .args(["simulate", "--port", "0"])
+    let mut child = Command::new(SIMULATE)
+        .args(["--port", "0"])
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()?;

@@ -432,6 +432,13 @@ fn program_and_args(app: &AppSpec, ctx: &Context) -> (OsString, Vec<OsString>) {
     if app.script == SELF_SCRIPT {
         return (ctx.current_exe.clone().into_os_string(), Vec::new());
     }
+    // The simulation service is another binary of this build: the one next to the runtime.
+    if app.script == machine_model::catalog::SIMULATION_PROGRAM {
+        return (
+            ctx.current_exe.with_file_name(&app.script).into(),
+            Vec::new(),
+        );
+    }
     let interpreter = match &app.interpreter {
         Interpreter::None => None,
         Interpreter::Program(p) => Some(p.clone()),
