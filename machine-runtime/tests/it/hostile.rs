@@ -419,11 +419,9 @@ fn kill_9_of_the_runtime_takes_its_apps_along() {
 
 #[test]
 fn kill_9_of_the_runtime_as_pid_1_takes_everything_along() {
-    let probe = Command::new("unshare")
-        .args(["--user", "--pid", "--fork", "--map-root-user", "true"])
-        .output();
-    if !probe.is_ok_and(|o| o.status.success()) {
-        println!("note: skipping; `unshare --user --pid` is not allowed here");
+    if !crate::up_support::pid_namespace_available(
+        "kill_9_of_the_runtime_as_pid_1_takes_everything_along",
+    ) {
         return;
     }
     let token = token("kill9ns-");
