@@ -83,9 +83,12 @@ RUN test -n "${PROFILE}" \
 # MACHINE_PROFILE carries the build argument to run time: exec-form CMD cannot expand variables.
 ENV MACHINE_PROFILE=${PROFILE}
 WORKDIR /workspace
-# Install the profile's internal services and worker bundle now, into the image; at container start `up`
-# finds the markers current and skips in milliseconds. A bundle folder from the build context is installed
-# from its copy (removed afterwards); a URL is passed through. (Playwright's `--with-deps` runs apt-get.)
+# Install the profile's internal services and worker bundle now, into the image. `up` never installs: at
+# container start it only checks the install markers against the plan (no git, no network) and refuses to
+# start, naming `machine-runtime install --profile ...`, when one is missing or broken (an intact install made
+# from another source than the container's environment names is used, with a warning). A bundle folder
+# from the build context is installed from its copy (removed afterwards); a URL is passed through.
+# (Playwright's `--with-deps` runs apt-get.)
 COPY --from=builder /out/worker-bundle /tmp/worker-bundle
 RUN set -eu; \
     case "${WORKER_BUNDLE_URL}" in \
