@@ -190,7 +190,12 @@ fn real_plan(flag: Option<String>) -> anyhow::Result<machine_runtime::reality::R
         _ => std::env::var(var).ok(),
     };
     let real = machine_runtime::reality::plan(baked.name, &profile, &env, &inventory).map_err(
-        |problems| anyhow::anyhow!("cannot start profile {name}:\n  {}", problems.join("\n  ")),
+        |refused| {
+            anyhow::anyhow!(
+                "cannot start profile {name}:\n  {}",
+                refused.problems.join("\n  ")
+            )
+        },
     )?;
     for note in &real.notes {
         sink::err_line(&format!("machine-runtime: {note}"));
@@ -251,8 +256,7 @@ fn up(args: UpArgs) -> anyhow::Result<()> {
         |name| std::env::var(name).ok(),
         None,
         &machine_runtime::identity::hostname(),
-    )
-    .map_err(|problem| anyhow::anyhow!(problem))?;
+    )?;
     // Read before planning, so a start that fails names every problem at once.
     let broker = BrokerSetting::from_env();
     let planned = plan_apps(args.ecosystem, args.profile, env_machine_id);
