@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use super::redact::Redactor;
+use machine_model::components::Masker;
 
 /// Lines of output kept for error messages.
 pub(crate) const TAIL_LINES: usize = 20;
@@ -66,11 +66,11 @@ impl Cmd {
     }
 
     /// The command line as a user would type it, quoted where needed, secrets masked.
-    pub(crate) fn display(&self, redactor: &Redactor) -> String {
+    pub(crate) fn display(&self, masker: &Masker) -> String {
         let words = std::iter::once(self.program.to_string_lossy().into_owned())
             .chain(self.args.iter().cloned());
         let line = words.map(|w| shell_quote(&w)).collect::<Vec<_>>().join(" ");
-        redactor.redact(&line)
+        masker.mask(&line).into_owned()
     }
 }
 
@@ -377,7 +377,7 @@ mod tests {
     fn display_quotes_and_redacts() {
         let cmd = Cmd::new("git", Path::new("/")).args(["fetch", "https://u:p@h/r", "a b", "it's"]);
         assert_eq!(
-            cmd.display(&Redactor::default()),
+            cmd.display(&Masker::default()),
             r"git fetch https://***@h/r 'a b' 'it'\''s'"
         );
     }
