@@ -197,13 +197,10 @@ async fn run_probe_command(
     let (program, args) = command
         .split_first()
         .ok_or_else(|| "the probe command is empty".to_string())?;
-    let mut cmd = std::process::Command::new(program);
+    let mut cmd = crate::command::new_child(program);
     cmd.args(args)
-        .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null());
-    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-    crate::command::child_hygiene(&mut cmd);
     let spawned = reaper
         .spawn(&mut cmd)
         .map_err(|e| format!("cannot run probe command \"{program}\": {e}"))?;
