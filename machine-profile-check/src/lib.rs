@@ -291,19 +291,248 @@ fn resolve(
         if let Some((_, value)) = derived.iter().find(|(k, _)| *k == var.name)
             && var.value.as_literal() != Some(value.as_str())
         {
-            problems.push(Diagnostic::error(
-                &source.file,
-                None,
-                format!(
-                    "{} is derived from the profile (value {value}); set it through the profile's typed fields, not components or env (origin: {})",
-                    var.name, var.origin
-                ),
-            ));
+            let message = format!(
+                "{} is derived from the profile (value {value}); set it through the profile's typed fields, not components or env (origin: {})",
+                var.name, var.origin
+            );
+            // Located at the profile's `env` entry when that is where it was set.
+            problems.push(match var.origin {
+                components::Origin::Profile { .. } => {
+                    source.diagnostic(&format!("/env/{}", escape_pointer(&var.name)), message)
+                }
+                _ => Diagnostic::error(&source.file, None, message),
+            });
         }
     }
     if problems.is_empty() {
         Ok(resolved)
     } else {
         Err(problems)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The repository root (this crate's parent directory).
+    fn root() -> &'static Path {
+        Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap()
+    }
+
+    /// The checked-in schema, compiled.
+    fn schema() -> Schema {
+        Schema::from_file(
+            &root().join("schemas/profile.schema.json"),
+            "schemas/profile.schema.json",
+        )
+        .unwrap()
+    }
+
+    /// A profiles directory holding `profiles` (name, text) and the repository's component files.
+    fn profiles_dir(profiles: &[(&str, &str)]) -> tempfile::TempDir {
+        let tmp = tempfile::tempdir().unwrap();
+        let components = tmp.path().join("components");
+        std::fs::create_dir(&components).unwrap();
+        for entry in std::fs::read_dir(root().join("profiles/components")).unwrap() {
+            let path = entry.unwrap().path();
+            std::fs::copy(&path, components.join(path.file_name().unwrap())).unwrap();
+        }
+        for (name, text) in profiles {
+            std::fs::write(tmp.path().join(format!("{name}.json")), text).unwrap();
+        }
+        tmp
+    }
+
+    /// Validates one profile `p.json` with the text `text` and compares the messages (one line each).
+    fn check(text: &str, expected: &[&str]) {
+        let dir = profiles_dir(&[("p", text)]);
+        let shown: Vec<String> = match validate_profiles(dir.path(), "profiles", &schema()) {
+            Ok(_) => Vec::new(),
+            Err(diags) => diags.iter().map(Diagnostic::one_line).collect(),
+        };
+        assert_eq!(shown, expected, "messages of:\n{text}");
+    }
+
+    /// A valid profile with `machine` replaced by `machine` and `extra` fields added at the end.
+    fn profile(machine: &str, extra: &str) -> String {
+        format!(
+            "{{\n  \"description\": \"d\",\n  \"components\": {{ \"redis\": [\"default\", \"local\"] }},\n  \"workers\": \"openai:1\",\n  \"machine\": {machine}{extra}\n}}\n"
+        )
+    }
+
+    const MACHINE: &str = r#"{ "gpus": 0, "ram_gb": 8 }"#;
+
+    #[test]
+    fn a_valid_profile_has_no_message() {
+        check(&profile(MACHINE, ""), &[]);
+    }
+
+    #[test]
+    fn unknown_field_with_did_you_mean() {
+        check(
+            &profile(MACHINE, ",\n  \"dockr\": {}"),
+            &[
+                "profiles/p.json:6:12: /dockr: unknown field \"dockr\" (did you mean \"docker\"?); allowed: $schema, description, components, workers, worker_bundle, machine, replicas, docker, env",
+            ],
+        );
+    }
+
+    #[test]
+    fn wrong_type() {
+        check(
+            &profile(r#"{ "gpus": "two", "ram_gb": 8 }"#, ""),
+            &[
+                "profiles/p.json:5:24: /machine/gpus: wrong type: \"two\" is a string; allowed: an integer from 0 to 64",
+            ],
+        );
+    }
+
+    #[test]
+    fn value_not_allowed() {
+        check(
+            &profile(MACHINE, ",\n  \"docker\": { \"restart\": \"sometimes\" }"),
+            &[
+                "profiles/p.json:6:26: /docker/restart: \"sometimes\" matches none of the allowed forms; allowed: one of \"no\", \"always\", \"on-failure\", \"unless-stopped\"",
+            ],
+        );
+    }
+
+    #[test]
+    fn missing_required_field() {
+        check(
+            "{\n  \"description\": \"d\",\n  \"workers\": \"openai:1\"\n}\n",
+            &[
+                "profiles/p.json:1:1: /: missing required field \"machine\"; allowed: an object with fields $schema, description, components, workers, worker_bundle, machine, replicas, docker, env (required: description, workers, machine)",
+            ],
+        );
+    }
+
+    #[test]
+    fn out_of_range_and_wrong_form() {
+        check(
+            &profile(
+                r#"{ "gpus": 0, "ram_gb": 0 }"#,
+                ",\n  \"docker\": { \"resources\": { \"memory\": \"48\" } },\n  \"worker_bundle\": { \"source\": \"file:///b\", \"sha256\": \"xyz\" }",
+            ),
+            &[
+                "profiles/p.json:5:37: /machine/ram_gb: 0 is below the minimum 1; allowed: an integer of at least 1",
+                "profiles/p.json:6:40: /docker/resources/memory: \"48\" has the wrong form; allowed: a string matching ^[0-9]+[bkmg]$, or null",
+                "profiles/p.json:7:55: /worker_bundle/sha256: \"xyz\" has the wrong form; allowed: a string matching ^[0-9a-fA-F]{64}$, or null",
+            ],
+        );
+    }
+
+    #[test]
+    fn bad_component_key() {
+        check(
+            "{\n  \"description\": \"d\",\n  \"components\": { \"Redis\": \"local\" },\n  \"workers\": \"openai:1\",\n  \"machine\": { \"gpus\": 0, \"ram_gb\": 8 }\n}\n",
+            &[
+                "profiles/p.json:3:28: /components/Redis: key \"Redis\" is invalid; allowed: keys matching ^[a-z][a-z0-9_-]*$",
+            ],
+        );
+    }
+
+    #[test]
+    fn bad_worker_spec() {
+        check(
+            &profile(MACHINE, "").replace("openai:1", "opena:1"),
+            &[
+                "profiles/p.json:4:14: /workers: worker spec item 1 \"opena:1\" (column 1): unknown connector \"opena\"; did you mean \"openai\"? (known: comfyui, comfyui-remote, emprops-app, simulation-websocket, openai, openai-response, gemini, ollama, mock)",
+            ],
+        );
+    }
+
+    #[test]
+    fn bad_plan() {
+        check(
+            &profile(MACHINE, "").replace("openai:1", "comfyui:1"),
+            &[
+                "profiles/p.json:5:24: /machine/gpus: gpu-bound workers (comfyui) on a machine planned with 0 GPUs; set machine.gpus (or --gpus) or bind them to cpu where the connector allows it",
+            ],
+        );
+    }
+
+    #[test]
+    fn component_problems() {
+        check(
+            &profile(
+                MACHINE,
+                ",\n  \"env\": { \"MACHINE_GPU_COUNT\": \"4\" },\n  \"docker\": { \"services\": { \"redis\": { \"image\": \"redis:7\", \"when\": { \"component\": \"redis\", \"variant\": \"locl\" } } } }",
+            ),
+            &[
+                "profiles/p.json:7:103: /docker/services/redis/when/variant: component redis has no section \"locl\"; did you mean \"local\"? (sections: default, local, remote)",
+                "profiles/p.json:6:33: /env/MACHINE_GPU_COUNT: MACHINE_GPU_COUNT is derived from the profile (value 0); set it through the profile's typed fields, not components or env (origin: profile env in profiles/p.json)",
+            ],
+        );
+        check(
+            &profile(MACHINE, "").replace("\"local\"]", "\"lokal\"]"),
+            &[
+                "profiles/p.json: error: profile p selects section \"lokal\" of component redis, which does not exist; profiles/components/redis.env has sections \"default\", \"local\", \"remote\" (help: did you mean \"local\"? select one of the existing sections or add [lokal] to profiles/components/redis.env)",
+            ],
+        );
+    }
+
+    #[test]
+    fn every_problem_of_every_profile_in_one_run() {
+        let broken = profile(MACHINE, ",\n  \"dockr\": {}").replace("openai:1", "opena:1");
+        let good = profile(MACHINE, "");
+        let dir = profiles_dir(&[("b", &broken), ("a", &good), ("c", &broken)]);
+        let diags = validate_profiles(dir.path(), "profiles", &schema()).unwrap_err();
+        let shown: Vec<String> = diags
+            .iter()
+            .map(|d| format!("{}:{}", d.file, d.pointer.as_deref().unwrap_or("-")))
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                "profiles/b.json:/workers",
+                "profiles/b.json:/dockr",
+                "profiles/c.json:/workers",
+                "profiles/c.json:/dockr"
+            ]
+        );
+        let dir = profiles_dir(&[("a", &good), ("b", &good)]);
+        let names: Vec<String> = validate_profiles(dir.path(), "profiles", &schema())
+            .unwrap()
+            .into_iter()
+            .map(|v| v.source.name)
+            .collect();
+        assert_eq!(names, ["a", "b"]);
+    }
+
+    #[test]
+    fn an_empty_directory_and_a_broken_schema_name_the_fix() {
+        let dir = profiles_dir(&[]);
+        let diags = validate_profiles(dir.path(), "profiles", &schema()).unwrap_err();
+        assert_eq!(
+            diags[0].one_line(),
+            "profiles: error: no *.json profiles found; add at least one (e.g. copy profiles/gpu-mixed.json)"
+        );
+        let err = Schema::from_text("{\n  \"type\": ", "schemas/profile.schema.json").unwrap_err();
+        assert!(
+            err.one_line().starts_with(
+                "schemas/profile.schema.json:2:10: error: the profile schema is not JSON"
+            ) && err
+                .one_line()
+                .ends_with("run `cargo xtask codegen` to regenerate it"),
+            "{}",
+            err.one_line()
+        );
+    }
+
+    #[test]
+    fn every_repository_profile_is_valid_and_bakes() {
+        let validated = validate_profiles(&root().join("profiles"), "profiles", &schema()).unwrap();
+        let code = bake::source(&validated);
+        assert!(code.starts_with("// @generated by machine-runtime/build.rs"));
+        for v in &validated {
+            let ident = v.source.name.to_ascii_uppercase().replace('-', "_");
+            assert!(
+                code.contains(&format!("pub const {ident}: BakedProfile")),
+                "{ident} missing"
+            );
+        }
+        assert_eq!(code, bake::source(&validated), "baking is deterministic");
     }
 }

@@ -86,17 +86,56 @@ impl Schema {
         };
         let mut out = Vec::new();
         for error in self.validator.iter_errors(&instance) {
-            let pointer = error.instance_path().as_str().to_string();
-            let node = self.node_of(&error);
-            for (pointer, message) in self.explain(&error, &pointer, node) {
-                let span = span_of(&source.text, error.instance_path().as_str());
-                out.push(Located {
-                    diag: source.diagnostic(&pointer, message),
-                    span,
-                });
-            }
+            self.locate_all(&error, source, &mut out, 0);
         }
         out
+    }
+
+    /// Pushes the findings of `error`. A value that fits one of several forms by its type (an object
+    /// where the forms are "an object …, or null") is explained by that form's own findings
+    /// (`/docker/resources/memory: "48" has the wrong form`), not as matching none of the forms.
+    fn locate_all(
+        &self,
+        error: &jsonschema::ValidationError<'_>,
+        source: &ProfileSource,
+        out: &mut Vec<Located>,
+        depth: usize,
+    ) {
+        use jsonschema::error::ValidationErrorKind as K;
+        if let K::AnyOf { context } | K::OneOfNotValid { context } = error.kind()
+            && depth < 8
+        {
+            let here = error.instance_path().as_str();
+            let fitting: Vec<&Vec<jsonschema::ValidationError<'static>>> = context
+                .iter()
+                .filter(|branch| {
+                    !branch.iter().any(|e| {
+                        e.instance_path().as_str() == here
+                            && matches!(
+                                e.kind(),
+                                K::Type { .. } | K::Constant { .. } | K::Enum { .. }
+                            )
+                    })
+                })
+                .collect();
+            if let [branch] = fitting.as_slice()
+                && !branch.is_empty()
+            {
+                for inner in branch.iter() {
+                    self.locate_all(inner, source, out, depth + 1);
+                }
+                return;
+            }
+        }
+        let pointer = error.instance_path().as_str().to_string();
+        let node = self.node_of(error);
+        for (pointer, message) in self.explain(error, &pointer, node) {
+            let span = span_of(&source.text, error.instance_path().as_str());
+            out.push(Located {
+                diag: source.diagnostic(&pointer, message),
+                span,
+            });
+        }
     }
 
     /// The subschema holding the keyword that failed (`…/minimum` → the subschema with `minimum`).
