@@ -219,25 +219,8 @@ fn push(conn: &mut redis::Connection, id: &str, processing_ms: u64) -> anyhow::R
 
 /// An ISO 8601 UTC string for epoch seconds (what the API writes to `created_at`).
 fn chrono_like(epoch_s: f64) -> String {
-    #[allow(clippy::cast_possible_truncation)]
-    let ms = (epoch_s * 1000.0) as i64;
-    let (secs, millis) = (ms.div_euclid(1000), ms.rem_euclid(1000));
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs_f64(epoch_s.max(0.0));
+    humantime::format_rfc3339_millis(at).to_string()
 }
 
 /// Waits until `job:<id>` is completed; returns (assigned_at, completed_at) in epoch seconds.

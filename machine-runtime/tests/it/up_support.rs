@@ -37,6 +37,18 @@ pub fn wait_for<T>(
     }
 }
 
+/// Writes `ecosystem` as `ecosystem.config.json` in a new temporary directory, `@DIR@` in it replaced by
+/// that directory's path; returns the directory and the file.
+pub fn write_ecosystem(ecosystem: &Value) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let text = ecosystem
+        .to_string()
+        .replace("@DIR@", dir.path().to_str().unwrap());
+    let file = dir.path().join("ecosystem.config.json");
+    std::fs::write(&file, text).unwrap();
+    (dir, file)
+}
+
 /// A running `machine-runtime up` with its own temporary directory.
 pub struct Runtime {
     pub child: Child,
@@ -53,12 +65,7 @@ impl Runtime {
 
     /// Like `start`, with `wrapper` put before the binary (e.g. `unshare ...`).
     pub fn start_with(ecosystem: Value, env: &[(&str, &str)], wrapper: &[&str]) -> Runtime {
-        let dir = tempfile::tempdir().unwrap();
-        let text = ecosystem
-            .to_string()
-            .replace("@DIR@", dir.path().to_str().unwrap());
-        let file = dir.path().join("ecosystem.config.json");
-        std::fs::write(&file, text).unwrap();
+        let (dir, file) = write_ecosystem(&ecosystem);
         let file = file.to_str().unwrap().to_owned();
         Self::spawn(dir, &["up", "--ecosystem", &file], env, wrapper)
     }
