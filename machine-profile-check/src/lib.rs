@@ -148,6 +148,8 @@ const SERDE_SHAPE_PREFIXES: &[&str] = &[
     "invalid value",
     "unknown variant",
     "invalid length",
+    // std's parse error of a typed field (`docker.host_ip`), reported by the schema's `format`.
+    "invalid IPv4 address syntax",
 ];
 
 /// One list per profile, in document order: the schema's findings, minus those the model says more
@@ -394,6 +396,16 @@ mod tests {
             &profile(MACHINE, ",\n  \"docker\": { \"restart\": \"sometimes\" }"),
             &[
                 "profiles/p.json:6:26: /docker/restart: \"sometimes\" matches none of the allowed forms; allowed: one of \"no\", \"always\", \"on-failure\", \"unless-stopped\"",
+            ],
+        );
+    }
+
+    #[test]
+    fn wrong_format() {
+        check(
+            &profile(MACHINE, ",\n  \"docker\": { \"host_ip\": \"localhost\" }"),
+            &[
+                "profiles/p.json:6:26: /docker/host_ip: \"localhost\" has the wrong form; allowed: an IPv4 address (e.g. 127.0.0.1)",
             ],
         );
     }

@@ -204,7 +204,9 @@ impl Schema {
             K::Maximum { limit } | K::ExclusiveMaximum { limit } => {
                 format!("{instance} is above the maximum {limit}; allowed: {allowed}")
             }
-            K::Pattern { .. } => format!("{instance} has the wrong form; allowed: {allowed}"),
+            K::Pattern { .. } | K::Format { .. } => {
+                format!("{instance} has the wrong form; allowed: {allowed}")
+            }
             K::Enum { .. } | K::Constant { .. } => {
                 format!("{instance} is not one of the allowed values; allowed: {allowed}")
             }
@@ -284,9 +286,14 @@ impl Schema {
                     (None, None) => noun.to_string(),
                 }
             }
-            Some("string") => match node.get("pattern").and_then(Value::as_str) {
-                Some(p) => format!("a string matching {p}"),
-                None => "a string".to_string(),
+            Some("string") => match (
+                node.get("pattern").and_then(Value::as_str),
+                node.get("format").and_then(Value::as_str),
+            ) {
+                (Some(p), _) => format!("a string matching {p}"),
+                (None, Some("ipv4")) => "an IPv4 address (e.g. 127.0.0.1)".to_string(),
+                (None, Some(f)) => format!("a string in the format {f}"),
+                (None, None) => "a string".to_string(),
             },
             Some("boolean") => "true or false".to_string(),
             Some("array") => match node.get("items") {
