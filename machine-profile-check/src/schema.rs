@@ -84,6 +84,10 @@ impl Schema {
         let Ok(instance) = serde_json::from_str::<Value>(&source.text) else {
             return Vec::new();
         };
+        // The common case, a valid profile, without collecting errors.
+        if self.validator.is_valid(&instance) {
+            return Vec::new();
+        }
         let mut out = Vec::new();
         for error in self.validator.iter_errors(&instance) {
             self.locate_all(&error, source, &mut out, 0);
