@@ -5,6 +5,8 @@
 
 pub mod catalog;
 pub mod components;
+pub mod derived;
+pub mod diag;
 pub mod ecosystem;
 #[doc(hidden)]
 pub mod fuzz;
@@ -15,6 +17,7 @@ pub mod profile;
 pub mod spec;
 pub mod suggest;
 
+pub use diag::Diagnostic;
 pub use plan::{Overrides, Plan, PlanError, PlanErrors};
 pub use profile::Profile;
 pub use spec::WorkerSpec;

@@ -1,41 +1,14 @@
-//! Loading and checking profile files with every problem located: `profiles/x.json:LINE:COL`, the JSON
-//! pointer, what is wrong and what is allowed. Used by build.rs and the xtask alike.
+//! Loading and checking profile files through the model with every problem located:
+//! `profiles/x.json:LINE:COL`, the JSON pointer, what is wrong and what is allowed. The profile
+//! validator (`machine-profile-check`, called by build.rs and the xtask alike) adds the JSON Schema
+//! and the component files on top.
 
-use std::fmt;
 use std::path::Path;
 
-use crate::plan::{Overrides, Plan, PlanError};
+pub use crate::diag::Diagnostic;
+use crate::diag::Position;
+use crate::plan::{Overrides, Plan, PlanError, PlanErrors};
 use crate::profile::{Profile, valid_profile_name};
-
-/// One located problem in a profile file.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Diagnostic {
-    /// The file as shown to people (`profiles/gpu-mixed.json`).
-    pub file: String,
-    /// 1-based line.
-    pub line: usize,
-    /// 1-based column.
-    pub column: usize,
-    /// JSON pointer of the offending value (`/machine/gpus`), empty for the whole document.
-    pub pointer: String,
-    /// What is wrong and what is allowed.
-    pub message: String,
-}
-
-impl fmt::Display for Diagnostic {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let pointer = if self.pointer.is_empty() {
-            "/"
-        } else {
-            &self.pointer
-        };
-        write!(
-            f,
-            "{}:{}:{}: {}: {}",
-            self.file, self.line, self.column, pointer, self.message
-        )
-    }
-}
 
 /// A profile file's name and text.
 #[derive(Debug, Clone)]
@@ -46,6 +19,13 @@ pub struct ProfileSource {
     pub file: String,
     /// The file's text.
     pub text: String,
+}
+
+impl ProfileSource {
+    /// An error about the value at `pointer` of this profile, located in its text.
+    pub fn diagnostic(&self, pointer: &str, message: impl Into<String>) -> Diagnostic {
+        Diagnostic::in_json(&self.file, &self.text, pointer, message)
+    }
 }
 
 /// Reads every `*.json` in `dir` (sorted by name), as shown relative to `shown_dir`.
@@ -91,40 +71,36 @@ pub fn read_utf8(path: &Path, shown: &str) -> std::io::Result<String> {
 }
 
 /// Parses and checks one profile through the model: shape, worker spec, plan, conditions.
+///
+/// Errors: every problem found, each located (see [`Diagnostic`]); a serde shape error (unknown field,
+/// wrong type) stops the check there, with the whole document as its pointer (`/`).
 pub fn check(source: &ProfileSource) -> Result<(Profile, Plan), Vec<Diagnostic>> {
-    let at = |pointer: &str, message: String| {
-        let (line, column) = locate(&source.text, pointer);
-        Diagnostic {
-            file: source.file.clone(),
-            line,
-            column,
-            pointer: pointer.to_string(),
-            message,
-        }
-    };
+    let at = |pointer: &str, message: String| source.diagnostic(pointer, message);
     let mut diags = Vec::new();
     if !valid_profile_name(&source.name) {
-        diags.push(Diagnostic {
-            file: source.file.clone(),
-            line: 1,
-            column: 1,
-            pointer: String::new(),
-            message: format!(
-                "profile name \"{}\" is invalid; file names are lowercase letters, digits and '-', starting with a letter",
-                source.name
-            ),
-        });
+        diags.push(
+            Diagnostic::error(
+                &source.file,
+                Some(Position::new(1, 1)),
+                format!(
+                    "profile name \"{}\" is invalid; file names are lowercase letters, digits and '-', starting with a letter",
+                    source.name
+                ),
+            )
+            .with_pointer(""),
+        );
     }
     let profile: Profile = match serde_json::from_str(&source.text) {
         Ok(p) => p,
         Err(e) => {
-            diags.push(Diagnostic {
-                file: source.file.clone(),
-                line: e.line().max(1),
-                column: e.column().max(1),
-                pointer: String::new(),
-                message: serde_message(&e),
-            });
+            diags.push(
+                Diagnostic::error(
+                    &source.file,
+                    Some(Position::at(e.line().max(1), e.column().max(1))),
+                    serde_message(&e),
+                )
+                .with_pointer(""),
+            );
             return Err(diags);
         }
     };
@@ -139,7 +115,7 @@ pub fn check(source: &ProfileSource) -> Result<(Profile, Plan), Vec<Diagnostic>>
                 .map(|(c, _)| c.as_str())
                 .collect();
             diags.push(at(
-                    &format!("/docker/services/{}/when/component", escape(name)),
+                    &format!("/docker/services/{}/when/component", escape_pointer(name)),
                     format!(
                         "condition names component \"{}\", which this profile does not select; selected components: {}",
                         cond.component,
@@ -162,7 +138,7 @@ pub fn check(source: &ProfileSource) -> Result<(Profile, Plan), Vec<Diagnostic>>
     for (name, service) in &profile.docker.services {
         if service.kubernetes && service.ports.is_empty() {
             diags.push(at(
-                &format!("/docker/services/{}/kubernetes", escape(name)),
+                &format!("/docker/services/{}/kubernetes", escape_pointer(name)),
                 format!(
                     "service \"{name}\" runs in Kubernetes but lists no ports; add its container ports (e.g. \"ports\": [6379]) so the cluster Service can reach it"
                 ),
@@ -170,29 +146,37 @@ pub fn check(source: &ProfileSource) -> Result<(Profile, Plan), Vec<Diagnostic>>
         }
     }
     match Plan::build(&source.name, &profile, &Overrides::default()) {
-        Ok(plan) if diags.is_empty() => return Ok((profile, plan)),
-        Ok(_) => {}
+        Ok(plan) if diags.is_empty() => Ok((profile, plan)),
+        Ok(_) => Err(diags),
         Err(errors) => {
-            for e in errors.0 {
-                match e {
-                    PlanError::Spec(spec) => {
-                        for s in spec.0 {
-                            diags.push(at("/workers", s.to_string()));
-                        }
-                    }
-                    PlanError::GpuBindingWithoutGpus { .. } | PlanError::TooManyGpus(_) => {
-                        diags.push(at("/machine/gpus", e.to_string()))
-                    }
-                    PlanError::PortCollision { .. } => {
-                        diags.push(at("/machine/health_port", e.to_string()))
-                    }
-                    PlanError::MachineId(_) => diags.push(at("/machine/id", e.to_string())),
-                    PlanError::Setting { .. } => diags.push(at("/components", e.to_string())),
-                }
-            }
+            diags.extend(plan_diagnostics(source, errors));
+            Err(diags)
         }
     }
-    Err(diags)
+}
+
+/// The plan's errors, each located at the profile field it is about (`/workers` for the worker spec,
+/// `/machine/gpus`, `/machine/health_port`, `/machine/id`, `/components` for machine settings).
+pub fn plan_diagnostics(source: &ProfileSource, errors: PlanErrors) -> Vec<Diagnostic> {
+    let mut diags = Vec::new();
+    for e in errors.0 {
+        let pointer = match &e {
+            PlanError::Spec(spec) => {
+                diags.extend(
+                    spec.0
+                        .iter()
+                        .map(|s| source.diagnostic("/workers", s.to_string())),
+                );
+                continue;
+            }
+            PlanError::GpuBindingWithoutGpus { .. } | PlanError::TooManyGpus(_) => "/machine/gpus",
+            PlanError::PortCollision { .. } => "/machine/health_port",
+            PlanError::MachineId(_) => "/machine/id",
+            PlanError::Setting { .. } => "/components",
+        };
+        diags.push(source.diagnostic(pointer, e.to_string()));
+    }
+    diags
 }
 
 /// serde_json's message without its trailing " at line X column Y" (the diagnostic carries the position).
@@ -204,7 +188,8 @@ fn serde_message(e: &serde_json::Error) -> String {
     }
 }
 
-fn escape(segment: &str) -> String {
+/// One segment of a JSON pointer, escaped (RFC 6901: `~` → `~0`, `/` → `~1`).
+pub fn escape_pointer(segment: &str) -> String {
     segment.replace('~', "~0").replace('/', "~1")
 }
 

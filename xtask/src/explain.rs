@@ -4,7 +4,7 @@ use crate::profiles;
 
 pub fn run(profile: &str, var: &str) -> anyhow::Result<()> {
     let l = profiles::load_one(profile)?;
-    if let Some((_, value)) = crate::render::env::derived_vars(&l.profile, &l.plan)
+    if let Some((_, value)) = machine_model::derived::env_vars(&l.profile, &l.plan)
         .into_iter()
         .find(|(k, _)| k == var)
     {

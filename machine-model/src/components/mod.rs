@@ -43,7 +43,6 @@
 //! `env` (last, wins) and its secrets into a [`Resolved`] set; [`explain`] tells where one variable came from;
 //! [`dotenv_line`] writes a value so that every `.env` reader agrees; [`Masker`] hides secret values in logs.
 
-pub mod diag;
 pub mod explain;
 pub mod interpolate;
 pub mod layer;
@@ -54,7 +53,8 @@ pub mod quote;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-pub use diag::{Diagnostic, Position, Severity, did_you_mean, has_errors};
+/// The model's one diagnostic type, shared with the profile loader and validator.
+pub use crate::diag::{self, Diagnostic, Position, Severity, did_you_mean, has_errors};
 pub use explain::{Explanation, ReferenceTrace, UnknownVariable, explain};
 pub use interpolate::{
     EnvFallback, ExpandError, Expansion, Part, Source, Template, Value, expand, expand_runtime,

@@ -34,6 +34,8 @@ fn broken_profiles_fail_the_build_with_located_errors() {
         dir.join("gpu-mixed.json"),
     )
     .unwrap();
+    // The profiles' component files, which the validator resolves as `cargo xtask check` does.
+    copy_components(workspace, &dir);
     std::fs::write(dir.join("spec-typo.json"), SPEC_TYPO).unwrap();
     std::fs::write(dir.join("schema-violations.json"), SCHEMA_VIOLATIONS).unwrap();
 
@@ -91,4 +93,14 @@ fn broken_profiles_fail_the_build_with_located_errors() {
         .count();
     assert_eq!(problems, expected.len(), "{stderr}");
     assert!(!stderr.contains("gpu-mixed.json"), "{stderr}");
+}
+
+/// Copies the workspace's `profiles/components/*.env` into `<dir>/components`.
+fn copy_components(workspace: &Path, dir: &Path) {
+    let components = dir.join("components");
+    std::fs::create_dir_all(&components).unwrap();
+    for entry in std::fs::read_dir(workspace.join("profiles/components")).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, components.join(path.file_name().unwrap())).unwrap();
+    }
 }

@@ -149,7 +149,7 @@ fn environment(l: &Loaded) -> Vec<String> {
 /// Variables the workers need (the plan's `secrets`: secrets and other required variables) to which
 /// `.env` gives no value, e.g. `CLOUD_STORAGE_PROVIDER`: the operator supplies them like secrets.
 pub(crate) fn needs_without_value(l: &Loaded) -> Vec<&'static str> {
-    let derived = super::env::derived_vars(&l.profile, &l.plan);
+    let derived = machine_model::derived::env_vars(&l.profile, &l.plan);
     l.plan
         .secrets
         .iter()

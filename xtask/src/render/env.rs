@@ -3,50 +3,11 @@
 
 use anyhow::bail;
 use machine_model::components::dotenv_line;
-use machine_model::profile::GpuMode;
-use machine_model::{Plan, Profile};
 
 use crate::profiles::Loaded;
 
-/// The variables derived from the plan and the profile's typed fields, in a fixed order.
-pub fn derived_vars(profile: &Profile, plan: &Plan) -> Vec<(String, String)> {
-    let m = &profile.machine;
-    let mut v: Vec<(String, String)> = vec![
-        ("MACHINE_PROFILE".into(), plan.profile.clone()),
-        ("MACHINE_ID".into(), plan.machine_id.clone()),
-        ("WORKER_CONNECTORS".into(), plan.worker_spec.clone()),
-        // The existing runtime reads WORKERS; same value, one source.
-        ("WORKERS".into(), plan.worker_spec.clone()),
-        ("MACHINE_GPU_COUNT".into(), plan.gpus.to_string()),
-        ("NUM_GPUS".into(), plan.gpus.to_string()),
-        ("MACHINE_HAS_GPU".into(), (plan.gpus > 0).to_string()),
-        ("MACHINE_RAM_GB".into(), m.ram_gb.to_string()),
-        (
-            "MACHINE_ALLOW_FEWER_GPUS".into(),
-            m.allow_fewer_gpus.to_string(),
-        ),
-        ("MACHINE_HEALTH_PORT".into(), plan.health_port.to_string()),
-        ("WORKSPACE_DIR".into(), plan.workspace.clone()),
-    ];
-    if let Some(model) = &m.gpu_model {
-        v.push(("MACHINE_GPU_MODEL".into(), model.clone()));
-    }
-    // The GPU mode is the profile's typed field; mock GPUs are the runtime's fake inventory of the planned count.
-    v.push(("MACHINE_GPU_MODE".into(), m.gpu_mode.as_str().into()));
-    if m.gpu_mode == GpuMode::Mock {
-        v.push(("MACHINE_FAKE_GPUS".into(), plan.gpus.to_string()));
-    } else if plan.gpus > 0 {
-        // NVML needs `utility`, CUDA `compute`; the toolkit's default changed across versions.
-        v.push((
-            "NVIDIA_DRIVER_CAPABILITIES".into(),
-            "compute,utility".into(),
-        ));
-    }
-    v
-}
-
 pub fn render(l: &Loaded) -> anyhow::Result<String> {
-    let derived = derived_vars(&l.profile, &l.plan);
+    let derived = machine_model::derived::env_vars(&l.profile, &l.plan);
     let mut out = format!("# {}\n", super::header(&l.source.name));
     out += "# Secrets are not here: see .env.secrets.example beside this file.\n";
     let mut problems = Vec::new();

@@ -138,7 +138,7 @@ fn expansion(value: &machine_model::components::interpolate::Value) -> String {
 /// (each pod's own name).
 fn config_map(l: &Loaded) -> Value {
     let name = &l.source.name;
-    let derived = super::env::derived_vars(&l.profile, &l.plan);
+    let derived = machine_model::derived::env_vars(&l.profile, &l.plan);
     let mut data = Map::new();
     for (k, v) in &derived {
         if k != "MACHINE_ID" {

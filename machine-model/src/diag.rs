@@ -1,4 +1,6 @@
-//! Diagnostics: one problem with a file, a position, a lowercase message and an optional help line.
+//! The model's one diagnostic type: a problem with a file, a position, a lowercase message and an optional
+//! help line; a profile's problems also carry the JSON pointer of the offending value. Used by the
+//! component files, the profile loader ([`crate::load`]) and the profile validator alike.
 
 use std::fmt;
 
@@ -34,9 +36,20 @@ impl Position {
     pub fn new(line: u32, column: u32) -> Self {
         Position { line, column }
     }
+
+    /// A position from a 1-based line and column counted in `usize` (as serde_json and
+    /// [`crate::load::locate`] give them), saturating at `u32::MAX`.
+    pub fn at(line: usize, column: usize) -> Self {
+        let clamp = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        Position::new(clamp(line), clamp(column))
+    }
 }
 
 /// One problem found in a component file, a profile or while resolving values.
+///
+/// Shown as `file:line:column: error: message` (with `\n  help: …` when there is a help line); a
+/// problem in a profile, which has a [`pointer`](Diagnostic::pointer), shows the pointer in place of
+/// the severity: `profiles/x.json:5:24: /machine/gpus: -1 is below the minimum 0; allowed: …`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Diagnostic {
     /// Whether this fails the build.
@@ -45,6 +58,9 @@ pub struct Diagnostic {
     pub file: String,
     /// Where in the file, when known (profile selections from JSON may not carry one).
     pub position: Option<Position>,
+    /// In a JSON file, the pointer (RFC 6901) of the offending value (`/machine/gpus`); `Some("")` for
+    /// the whole document, `None` for files that are not JSON.
+    pub pointer: Option<String>,
     /// What is wrong, lowercase, naming the thing and the allowed form.
     pub message: String,
     /// How to fix it, when there is a clear fix.
@@ -58,9 +74,23 @@ impl Diagnostic {
             severity: Severity::Error,
             file: file.to_owned(),
             position,
+            pointer: None,
             message: message.into(),
             help: None,
         }
+    }
+
+    /// An error about the value at `pointer` of the JSON document `text` (the file `file`), located at
+    /// the value's first character (or its closest existing ancestor's, see [`crate::load::locate`]).
+    pub fn in_json(file: &str, text: &str, pointer: &str, message: impl Into<String>) -> Self {
+        let (line, column) = crate::load::locate(text, pointer);
+        Diagnostic::error(file, Some(Position::at(line, column)), message).with_pointer(pointer)
+    }
+
+    /// The same diagnostic about the JSON value at `pointer` (`""` for the whole document).
+    pub fn with_pointer(mut self, pointer: impl Into<String>) -> Self {
+        self.pointer = Some(pointer.into());
+        self
     }
 
     /// A warning at a position in `file`.
@@ -90,29 +120,35 @@ impl Diagnostic {
         }
     }
 
-    /// The diagnostic on a single line, for `cargo::error=` and log lines.
+    /// What follows the location: the JSON pointer (`/` for the whole document) when there is one,
+    /// else the severity.
+    fn kind(&self) -> String {
+        match self.pointer.as_deref() {
+            Some("") => "/".to_owned(),
+            Some(pointer) => pointer.to_owned(),
+            None => self.severity.to_string(),
+        }
+    }
+
+    /// The diagnostic on a single line, for `cargo::error=` and log lines (a line break inside the
+    /// message becomes `; `).
     pub fn one_line(&self) -> String {
-        match &self.help {
+        let line = match &self.help {
             Some(help) => format!(
                 "{}: {}: {} (help: {help})",
                 self.location(),
-                self.severity,
+                self.kind(),
                 self.message
             ),
-            None => format!("{}: {}: {}", self.location(), self.severity, self.message),
-        }
+            None => format!("{}: {}: {}", self.location(), self.kind(), self.message),
+        };
+        line.replace("\r\n", "; ").replace('\n', "; ")
     }
 }
 
 impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}: {}: {}",
-            self.location(),
-            self.severity,
-            self.message
-        )?;
+        write!(f, "{}: {}: {}", self.location(), self.kind(), self.message)?;
         if let Some(help) = &self.help {
             write!(f, "\n  help: {help}")?;
         }
@@ -152,5 +188,22 @@ mod tests {
         assert_eq!(d.one_line(), "a.env:3:5: error: bad thing (help: do this)");
         let w = Diagnostic::warning("p.json", None, "odd");
         assert_eq!(w.to_string(), "p.json: warning: odd");
+    }
+
+    #[test]
+    fn a_json_problem_shows_its_pointer_in_place_of_the_severity() {
+        let text = "{\n  \"machine\": {\"gpus\": -1}\n}\n";
+        let d = Diagnostic::in_json("profiles/x.json", text, "/machine/gpus", "too few\nreally");
+        assert_eq!(d.position, Some(Position::new(2, 23)));
+        assert_eq!(
+            d.to_string(),
+            "profiles/x.json:2:23: /machine/gpus: too few\nreally"
+        );
+        assert_eq!(
+            d.one_line(),
+            "profiles/x.json:2:23: /machine/gpus: too few; really"
+        );
+        let whole = Diagnostic::in_json("profiles/x.json", text, "", "not a profile");
+        assert_eq!(whole.to_string(), "profiles/x.json:1:1: /: not a profile");
     }
 }
