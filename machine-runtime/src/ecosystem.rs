@@ -1077,6 +1077,73 @@ mod tests {
     }
 
     #[test]
+    fn every_profile_plan_resolves_without_a_warning_to_its_generated_apps() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../generated");
+        let mut compared = 0;
+        for baked in crate::profiles::ALL {
+            let plan = baked.plan(&Default::default()).unwrap();
+            let from_plan = resolve((&plan).into(), baked.name)
+                .unwrap_or_else(|e| panic!("{}: {e}", baked.name));
+            assert!(
+                from_plan.warnings.is_empty(),
+                "{}: {:?}",
+                baked.name,
+                from_plan.warnings
+            );
+            let file = root.join(baked.name).join("ecosystem.config.json");
+            // The generated file also carries the components' settings (env values); the apps,
+            // their order, roles and restart settings are the plan's.
+            if file.is_file() {
+                let shape = |apps: &[AppSpec]| -> Vec<(String, Option<Role>, RestartPolicy)> {
+                    apps.iter()
+                        .map(|a| (a.name.clone(), a.role, a.restart.clone()))
+                        .collect()
+                };
+                let from_file = read_file(&file).unwrap();
+                assert_eq!(
+                    shape(&from_file.apps),
+                    shape(&from_plan.apps),
+                    "{}",
+                    baked.name
+                );
+                compared += 1;
+            }
+        }
+        assert!(
+            compared >= 6,
+            "only {compared} profiles have a generated ecosystem"
+        );
+    }
+
+    #[test]
+    fn resolving_reports_the_problems_of_a_wire_ecosystem() {
+        let eco = wire::Ecosystem {
+            apps: vec![
+                App {
+                    name: Some("a".into()),
+                    ..App::default()
+                },
+                App {
+                    name: Some("a".into()),
+                    script: Some("x".into()),
+                    machine_readiness: Some(wire::Readiness::Http {
+                        url: "https://x/".into(),
+                        interval_ms: None,
+                        timeout_ms: None,
+                    }),
+                    ..App::default()
+                },
+            ],
+            ..wire::Ecosystem::default()
+        };
+        let err = resolve(eco, "of profile p").unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "ecosystem of profile p has 3 problems:\n  - app \"a\": field \"script\" is missing\n  - app \"a\": field \"machine_readiness\" \"url\": \"https://x/\" uses https, which readiness probes do not speak; probe the plain http port or use a tcp probe\n  - app \"a\": field \"name\" is used by more than one app; names must be unique"
+        );
+    }
+
+    #[test]
     fn every_generated_ecosystem_reads_without_a_warning() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../generated");
         let mut read = 0;

@@ -158,9 +158,11 @@ mod tests {
 
     #[test]
     fn errors_after_max_restarts_consecutive_unstable_exits() {
-        let mut app = RestartPolicy::default();
-        app.max_restarts = 3;
-        app.restart_delay = ms(100);
+        let app = RestartPolicy {
+            max_restarts: 3,
+            restart_delay: ms(100),
+            ..RestartPolicy::default()
+        };
         let mut h = RestartHistory::default();
         assert_eq!(
             h.on_exit(&app, ms(10), Some(1)),
@@ -195,8 +197,10 @@ mod tests {
 
     #[test]
     fn max_restarts_zero_never_restarts() {
-        let mut app = RestartPolicy::default();
-        app.max_restarts = 0;
+        let app = RestartPolicy {
+            max_restarts: 0,
+            ..RestartPolicy::default()
+        };
         assert_eq!(
             RestartHistory::default().on_exit(&app, ms(60_000), Some(0)),
             Decision::Errored { unstable: 0 }
@@ -205,10 +209,12 @@ mod tests {
 
     #[test]
     fn backoff_grows_by_half_caps_and_resets() {
-        let mut app = RestartPolicy::default();
-        app.exp_backoff_restart_delay = Some(ms(4000));
-        app.restart_delay = ms(1); // ignored when backoff is set, as in PM2
-        app.max_restarts = 100;
+        let app = RestartPolicy {
+            exp_backoff_restart_delay: Some(ms(4000)),
+            restart_delay: ms(1), // ignored when backoff is set, as in PM2
+            max_restarts: 100,
+            ..RestartPolicy::default()
+        };
         let mut h = RestartHistory::default();
         let delays: Vec<u128> = (0..6)
             .map(|_| match h.on_exit(&app, ms(10), Some(1)) {
@@ -229,16 +235,20 @@ mod tests {
 
     #[test]
     fn respects_autorestart_and_stop_exit_codes() {
-        let mut app = RestartPolicy::default();
-        app.autorestart = false;
+        let app = RestartPolicy {
+            autorestart: false,
+            ..RestartPolicy::default()
+        };
         assert_eq!(
             RestartHistory::default().on_exit(&app, ms(10), Some(1)),
             Decision::Stop {
                 reason: "autorestart is off".into()
             }
         );
-        let mut app = RestartPolicy::default();
-        app.stop_exit_codes = vec![0];
+        let app = RestartPolicy {
+            stop_exit_codes: vec![0],
+            ..RestartPolicy::default()
+        };
         assert_eq!(
             RestartHistory::default().on_exit(&app, ms(5000), Some(0)),
             Decision::Stop {
