@@ -26,7 +26,7 @@ pub struct Ecosystem {
     #[serde(rename = "$schema", skip_serializing_if = "Option::is_none")]
     pub schema: Option<String>,
     /// Our generator's provenance line (JSON has no comments); PM2 ignores it.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "is_none")]
     pub x_generated: Option<String>,
     /// Processes in start order.
     pub apps: Vec<App>,
@@ -53,24 +53,24 @@ pub enum Readiness {
         /// A plain `http://` URL.
         url: String,
         /// Time between the starts of two attempts (ms).
-        #[serde(skip_serializing_if = "Option::is_none")]
+        #[serde(skip_serializing_if = "is_none")]
         interval_ms: Option<u32>,
         /// Time one attempt may take (ms).
-        #[serde(skip_serializing_if = "Option::is_none")]
+        #[serde(skip_serializing_if = "is_none")]
         timeout_ms: Option<u32>,
     },
     /// A TCP connection succeeds.
     Tcp {
         /// Host name or address.
-        #[serde(skip_serializing_if = "Option::is_none")]
+        #[serde(skip_serializing_if = "is_none")]
         host: Option<String>,
         /// Port, 1-65535.
         port: u16,
         /// Time between the starts of two attempts (ms).
-        #[serde(skip_serializing_if = "Option::is_none")]
+        #[serde(skip_serializing_if = "is_none")]
         interval_ms: Option<u32>,
         /// Time one attempt may take (ms).
-        #[serde(skip_serializing_if = "Option::is_none")]
+        #[serde(skip_serializing_if = "is_none")]
         timeout_ms: Option<u32>,
     },
     /// The command (program and arguments, no shell) exits 0.
@@ -78,10 +78,10 @@ pub enum Readiness {
         /// Program and arguments, at least the program.
         command: Vec<String>,
         /// Time between the starts of two attempts (ms).
-        #[serde(skip_serializing_if = "Option::is_none")]
+        #[serde(skip_serializing_if = "is_none")]
         interval_ms: Option<u32>,
         /// Time one attempt may take (ms).
-        #[serde(skip_serializing_if = "Option::is_none")]
+        #[serde(skip_serializing_if = "is_none")]
         timeout_ms: Option<u32>,
     },
 }
@@ -116,108 +116,60 @@ impl Serialize for Instances {
 #[serde(default)]
 pub struct App {
     /// Process name, unique in the file.
-    #[serde(
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "read::string"
-    )]
+    #[serde(skip_serializing_if = "is_none", deserialize_with = "read::string")]
     pub name: Option<String>,
     /// How many processes to start (PM2); several are named `name-0`, `name-1`, ...
-    #[serde(
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "read::instances"
-    )]
+    #[serde(skip_serializing_if = "is_none", deserialize_with = "read::instances")]
     pub instances: Option<Instances>,
     /// Executable (`machine-runtime` means the runtime binary itself), or the script file an
     /// interpreter runs.
-    #[serde(
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "read::string"
-    )]
+    #[serde(skip_serializing_if = "is_none", deserialize_with = "read::string")]
     pub script: Option<String>,
     /// Arguments; read from a list, or one string split like a shell would.
     #[serde(deserialize_with = "read::args")]
     pub args: Vec<String>,
     /// `none`: run `script` directly; a program (`node`): run `<program> <script>`; absent or
     /// empty: chosen from the script's extension, as PM2 does.
-    #[serde(
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "read::string"
-    )]
+    #[serde(skip_serializing_if = "is_none", deserialize_with = "read::string")]
     pub interpreter: Option<String>,
     /// PM2's older name of `interpreter`, read when `interpreter` is absent.
-    #[serde(
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "read::string"
-    )]
+    #[serde(skip_serializing_if = "is_none", deserialize_with = "read::string")]
     pub exec_interpreter: Option<String>,
     /// Arguments for the interpreter, before the script.
-    #[serde(
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "read::some_args"
-    )]
+    #[serde(skip_serializing_if = "is_none", deserialize_with = "read::some_args")]
     pub interpreter_args: Option<Vec<String>>,
     /// PM2's older name of `interpreter_args`, read when that is absent.
-    #[serde(
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "read::some_args"
-    )]
+    #[serde(skip_serializing_if = "is_none", deserialize_with = "read::some_args")]
     pub node_args: Option<Vec<String>>,
     /// Working directory; a relative one is relative to the file's folder.
-    #[serde(
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "read::string"
-    )]
+    #[serde(skip_serializing_if = "is_none", deserialize_with = "read::string")]
     pub cwd: Option<String>,
     /// Environment added to the machine's; values of any JSON type are read as PM2 passes them.
     #[serde(deserialize_with = "read::env")]
     pub env: BTreeMap<String, String>,
     /// Restart when it exits (PM2 default true).
-    #[serde(
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "read::bool"
-    )]
+    #[serde(skip_serializing_if = "is_none", deserialize_with = "read::bool")]
     pub autorestart: Option<bool>,
     /// Consecutive unstable exits before the app is `errored` (PM2 default 16).
-    #[serde(
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "read::uint"
-    )]
+    #[serde(skip_serializing_if = "is_none", deserialize_with = "read::uint")]
     pub max_restarts: Option<u32>,
     /// Exits sooner than this are unstable (PM2 default 1000 ms).
-    #[serde(
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "read::millis"
-    )]
+    #[serde(skip_serializing_if = "is_none", deserialize_with = "read::millis")]
     pub min_uptime: Option<Millis>,
     /// Fixed delay before a restart (PM2 default 0).
-    #[serde(
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "read::millis"
-    )]
+    #[serde(skip_serializing_if = "is_none", deserialize_with = "read::millis")]
     pub restart_delay: Option<Millis>,
     /// First restart delay, ×1.5 per restart, capped at 15 s; overrides `restart_delay`.
-    #[serde(
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "read::millis"
-    )]
+    #[serde(skip_serializing_if = "is_none", deserialize_with = "read::millis")]
     pub exp_backoff_restart_delay: Option<Millis>,
     /// Grace between the stop signal and SIGKILL (PM2 default 1600 ms).
-    #[serde(
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "read::millis"
-    )]
+    #[serde(skip_serializing_if = "is_none", deserialize_with = "read::millis")]
     pub kill_timeout: Option<Millis>,
     /// Exit codes after which the app is not restarted; read from one code or a list.
-    #[serde(
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "read::exit_codes"
-    )]
+    #[serde(skip_serializing_if = "is_none", deserialize_with = "read::exit_codes")]
     pub stop_exit_codes: Option<Vec<i32>>,
     /// Service or worker.
-    #[serde(
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "read::role"
-    )]
+    #[serde(skip_serializing_if = "is_none", deserialize_with = "read::role")]
     pub machine_role: Option<Role>,
     /// GPU index the app is pinned to.
     #[serde(deserialize_with = "read::uint_or_null")]
@@ -239,21 +191,18 @@ pub struct App {
     pub machine_required_env: Vec<String>,
     /// Connector of a worker.
     #[serde(
-        skip_serializing_if = "Option::is_none",
+        skip_serializing_if = "is_none",
         deserialize_with = "read::string_or_null"
     )]
     pub machine_connector: Option<String>,
     /// Index of a worker within its connector.
     #[serde(
-        skip_serializing_if = "Option::is_none",
+        skip_serializing_if = "is_none",
         deserialize_with = "read::uint_or_null"
     )]
     pub machine_index: Option<u32>,
     /// How a worker is tied to hardware (`gpu`, `cpu` or `shared`), as reported to the job broker.
-    #[serde(
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "read::binding"
-    )]
+    #[serde(skip_serializing_if = "is_none", deserialize_with = "read::binding")]
     pub machine_binding: Option<Binding>,
     /// Service types a worker advertises to the job broker.
     #[serde(
@@ -262,29 +211,22 @@ pub struct App {
     )]
     pub machine_services: Vec<String>,
     /// PM2's `port`: the process gets `PORT`.
-    #[serde(
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "read::port"
-    )]
+    #[serde(skip_serializing_if = "is_none", deserialize_with = "read::port")]
     pub port: Option<u16>,
     /// PM2's `exec_mode`: `fork` (or `fork_mode`), or `cluster` (or `cluster_mode`).
-    #[serde(
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "read::string"
-    )]
+    #[serde(skip_serializing_if = "is_none", deserialize_with = "read::string")]
     pub exec_mode: Option<String>,
     /// Variable holding the instance number (default `NODE_APP_INSTANCE`).
-    #[serde(
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "read::string"
-    )]
+    #[serde(skip_serializing_if = "is_none", deserialize_with = "read::string")]
     pub instance_var: Option<String>,
     /// Variable counted up from its `env` value, one per instance (`PORT`: a port each).
-    #[serde(
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "read::string"
-    )]
+    #[serde(skip_serializing_if = "is_none", deserialize_with = "read::string")]
     pub increment_var: Option<String>,
+}
+
+/// Whether an optional field is left out of the file.
+fn is_none<T>(value: &Option<T>) -> bool {
+    value.is_none()
 }
 
 /// PM2 options that are valid for PM2 but that the runtime does not implement: a warning names
@@ -388,14 +330,16 @@ pub struct FieldProblem {
 
 /// Reads one app object: the [`App`] made of every field whose shape is right, and one
 /// [`FieldProblem`] per thing wrong (in field order; a field may have several). Keys that are not
-/// fields of [`App`] are not read (see [`App::fields`] for the known ones).
+/// fields of [`App`] are not read (see [`App::fields`] for the known ones); a value that is not an
+/// object reads as an empty app (the caller says what it is).
 pub fn read_app(value: &Value) -> (App, Vec<FieldProblem>) {
-    if let Ok(app) = App::deserialize(value) {
-        return (app, Vec::new());
-    }
+    // serde's derive would also read a list positionally; an app is an object.
     let Value::Object(obj) = value else {
         return (App::default(), Vec::new());
     };
+    if let Ok(app) = App::deserialize(value) {
+        return (app, Vec::new());
+    }
     let mut problems = Vec::new();
     let mut good = Map::new();
     for &field in App::fields() {
