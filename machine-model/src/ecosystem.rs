@@ -54,10 +54,10 @@ pub enum Readiness {
         url: String,
         /// Time between the starts of two attempts (ms).
         #[serde(skip_serializing_if = "is_none")]
-        interval_ms: Option<u32>,
+        interval_ms: Option<u64>,
         /// Time one attempt may take (ms).
         #[serde(skip_serializing_if = "is_none")]
-        timeout_ms: Option<u32>,
+        timeout_ms: Option<u64>,
     },
     /// A TCP connection succeeds.
     Tcp {
@@ -68,10 +68,10 @@ pub enum Readiness {
         port: u16,
         /// Time between the starts of two attempts (ms).
         #[serde(skip_serializing_if = "is_none")]
-        interval_ms: Option<u32>,
+        interval_ms: Option<u64>,
         /// Time one attempt may take (ms).
         #[serde(skip_serializing_if = "is_none")]
-        timeout_ms: Option<u32>,
+        timeout_ms: Option<u64>,
     },
     /// The command (program and arguments, no shell) exits 0.
     Command {
@@ -79,10 +79,10 @@ pub enum Readiness {
         command: Vec<String>,
         /// Time between the starts of two attempts (ms).
         #[serde(skip_serializing_if = "is_none")]
-        interval_ms: Option<u32>,
+        interval_ms: Option<u64>,
         /// Time one attempt may take (ms).
         #[serde(skip_serializing_if = "is_none")]
-        timeout_ms: Option<u32>,
+        timeout_ms: Option<u64>,
     },
 }
 
@@ -866,7 +866,7 @@ mod read {
         let mut ms = |key: &str| match obj.get(key) {
             None | Some(Value::Null) => None,
             Some(v) => match v.as_u64().filter(|n| *n > 0) {
-                Some(n) => Some(u32::try_from(n).unwrap_or(u32::MAX)),
+                Some(n) => Some(n),
                 None => {
                     problems.push(format!(
                         "\"{key}\" must be a positive number of milliseconds, found {}",

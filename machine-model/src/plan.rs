@@ -548,14 +548,14 @@ fn service_instance(
     let readiness = match entry.readiness.probe {
         ProbeTemplate::Http { path } => Readiness::Http {
             url: format!("http://127.0.0.1:{port}{path}"),
-            interval_ms: Some(entry.readiness.interval_ms),
-            timeout_ms: Some(entry.readiness.timeout_ms),
+            interval_ms: Some(entry.readiness.interval_ms.into()),
+            timeout_ms: Some(entry.readiness.timeout_ms.into()),
         },
         ProbeTemplate::Tcp => Readiness::Tcp {
             host: Some("127.0.0.1".into()),
             port,
-            interval_ms: Some(entry.readiness.interval_ms),
-            timeout_ms: Some(entry.readiness.timeout_ms),
+            interval_ms: Some(entry.readiness.interval_ms.into()),
+            timeout_ms: Some(entry.readiness.timeout_ms.into()),
         },
     };
     ServiceInstance {

@@ -666,7 +666,7 @@ impl TryFrom<wire::Readiness> for Readiness {
                 timeout_ms,
             } => (Check::Command { command }, interval_ms, timeout_ms),
         };
-        let ms = |ms: Option<u32>, default| ms.map_or(default, |n| Duration::from_millis(n.into()));
+        let ms = |ms: Option<u64>, default| ms.map_or(default, Duration::from_millis);
         Ok(Readiness {
             check,
             interval: ms(interval_ms, crate::probe::DEFAULT_INTERVAL),
