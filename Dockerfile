@@ -12,8 +12,9 @@
 #   BASE_IMAGE              the runtime's base (default debian:bookworm-slim; any Debian bookworm image).
 #   BUILDER_IMAGE           the image machine-runtime is compiled in (default rust:1-bookworm).
 #   MACHINE_RUNTIME_BINARY  a prebuilt machine-runtime (Linux x86-64, glibc of bookworm or older), as a path
-#                           inside the build context: no compilation. Set BUILDER_IMAGE to BASE_IMAGE with it,
-#                           so no Rust image is needed at all (hosts without a registry).
+#                           inside the build context, with the machine-simulate of the same build next to it:
+#                           no compilation. Set BUILDER_IMAGE to BASE_IMAGE with it, so no Rust image is needed
+#                           at all (hosts without a registry).
 #   WORKER_BUNDLE_URL       where `machine-runtime install` takes the worker bundle from instead of the
 #                           profile's source: an http(s):// or file:// tarball, or a folder of the build
 #                           context given as a relative path (for example a checkout of the worker bundle).
@@ -25,7 +26,9 @@
 ARG BASE_IMAGE=debian:bookworm-slim
 ARG BUILDER_IMAGE=rust:1-bookworm
 
-# --- builder: machine-runtime (compiled, or the prebuilt binary) and a bundle folder from the context ---
+# --- builder: the binaries (compiled, or prebuilt) and a bundle folder from the context ---------------
+# machine-runtime is PID 1; machine-simulate is the `simulation` service (a stand-in for ComfyUI that the
+# full-local profile runs), a binary of its own so that PID 1 carries no test double.
 FROM ${BUILDER_IMAGE} AS builder
 # The classic builder keeps this stage as an untagged image; the label lets `docker image prune --filter
 # label=machine-runtime.stage=builder` remove exactly those.
@@ -37,10 +40,14 @@ COPY . .
 RUN set -eu; \
     if [ -n "${MACHINE_RUNTIME_BINARY}" ]; then \
         [ -f "${MACHINE_RUNTIME_BINARY}" ] || { echo "error: MACHINE_RUNTIME_BINARY=${MACHINE_RUNTIME_BINARY} is not a file of the build context (a path relative to the repository root, not ignored by .dockerignore)" >&2; exit 1; }; \
+        simulate="$(dirname "${MACHINE_RUNTIME_BINARY}")/machine-simulate"; \
+        [ -f "$simulate" ] || { echo "error: $simulate is missing: MACHINE_RUNTIME_BINARY needs the machine-simulate of the same build next to it" >&2; exit 1; }; \
         install -D -m 0755 "${MACHINE_RUNTIME_BINARY}" /out/bin/machine-runtime; \
+        install -D -m 0755 "$simulate" /out/bin/machine-simulate; \
     else \
-        cargo build --release --locked -p machine-runtime; \
+        cargo build --release --locked -p machine-runtime --bins; \
         install -D -m 0755 target/release/machine-runtime /out/bin/machine-runtime; \
+        install -D -m 0755 target/release/machine-simulate /out/bin/machine-simulate; \
     fi; \
     mkdir -p /out/worker-bundle; \
     case "${WORKER_BUNDLE_URL}" in \
@@ -67,6 +74,8 @@ ENV WORKSPACE_DIR=/workspace \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1
 COPY --from=builder /out/bin/machine-runtime /usr/local/bin/machine-runtime
+# Next to machine-runtime, where the runtime starts it from (catalog::SIMULATION_PROGRAM).
+COPY --from=builder /out/bin/machine-simulate /usr/local/bin/machine-simulate
 ARG PROFILE
 ARG WORKER_BUNDLE_URL=
 RUN test -n "${PROFILE}" \
@@ -74,9 +83,12 @@ RUN test -n "${PROFILE}" \
 # MACHINE_PROFILE carries the build argument to run time: exec-form CMD cannot expand variables.
 ENV MACHINE_PROFILE=${PROFILE}
 WORKDIR /workspace
-# Install the profile's internal services and worker bundle now, into the image; at container start `up`
-# finds the markers current and skips in milliseconds. A bundle folder from the build context is installed
-# from its copy (removed afterwards); a URL is passed through. (Playwright's `--with-deps` runs apt-get.)
+# Install the profile's internal services and worker bundle now, into the image. `up` never installs: at
+# container start it only checks the install markers against the plan (no git, no network) and refuses to
+# start, naming `machine-runtime install --profile ...`, when one is missing or broken (an intact install made
+# from another source than the container's environment names is used, with a warning). A bundle folder
+# from the build context is installed from its copy (removed afterwards); a URL is passed through.
+# (Playwright's `--with-deps` runs apt-get.)
 COPY --from=builder /out/worker-bundle /tmp/worker-bundle
 RUN set -eu; \
     case "${WORKER_BUNDLE_URL}" in \

@@ -51,8 +51,8 @@ impl fmt::Display for Binding {
 /// A program to run: the executable and its arguments (templates allowed).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CommandTemplate {
-    /// The executable; `machine-runtime` means the runtime binary itself. With an interpreter, the
-    /// script file, relative to `cwd` (PM2's rule).
+    /// The executable; `machine-runtime` means the runtime binary itself, [`SIMULATION_PROGRAM`] the binary
+    /// next to it. With an interpreter, the script file, relative to `cwd` (PM2's rule).
     pub script: &'static str,
     /// PM2's `interpreter`: `none` runs `script` directly, `node` runs `node <script>`.
     pub interpreter: &'static str,
@@ -499,6 +499,11 @@ pub const CONNECTORS: &[ConnectorEntry] = &[
     },
 ];
 
+/// The simulation service's program: a binary of the runtime's build (`machine-runtime/src/bin/`), started
+/// from the folder the runtime itself was started from (`/usr/local/bin` in the image, `target/<profile>`
+/// under cargo), so the production `machine-runtime` binary carries no test double.
+pub const SIMULATION_PROGRAM: &str = "machine-simulate";
+
 /// Every internal service.
 pub const SERVICES: &[ServiceEntry] = &[
     ServiceEntry {
@@ -524,15 +529,15 @@ pub const SERVICES: &[ServiceEntry] = &[
     },
     ServiceEntry {
         name: "simulation",
-        description: "The built-in simulation service (machine-runtime simulate): the simulation-websocket protocol, /health for readiness",
+        description: "The simulation service (the machine-simulate binary, a stand-in for ComfyUI): the simulation-websocket protocol, /health for readiness",
         base_port: 8399,
         base_port_setting: Some("SIMULATION_BASE_PORT"),
         port_step: 1,
         command: CommandTemplate {
-            script: "machine-runtime",
+            script: SIMULATION_PROGRAM,
             interpreter: "none",
             // All interfaces: in a container the published port reaches the service only this way.
-            args: &["simulate", "--host", "0.0.0.0", "--port", "{port}"],
+            args: &["--host", "0.0.0.0", "--port", "{port}"],
             cwd: "{workspace}",
         },
         env: &[],
@@ -638,13 +643,112 @@ pub fn plan_setting_names() -> Vec<&'static str> {
         .collect()
 }
 
-/// Expands `{port}`, `{gpu}` and `{workspace}` in a template.
+/// The placeholders a catalog template may hold, each written in braces: `{port}`, `{gpu}`, `{workspace}`.
+pub const PLACEHOLDERS: [&str; 3] = ["port", "gpu", "workspace"];
+
+/// Expands `{port}` (the instance's port; empty without one), `{gpu}` (its GPU index; empty without one)
+/// and `{workspace}` (the install root) in a catalog template.
+///
+/// Templates are the catalog's own `&'static str` data, and every one of them is checked against
+/// [`PLACEHOLDERS`] when this crate compiles (see `CATALOG_TEMPLATES_KNOWN` below), so a misspelt
+/// `{prot}` is a build error, never a literal `{prot}` in a command line. Three fixed, typed values need
+/// no template engine (the README says why minijinja is not used).
 pub fn expand(template: &str, port: Option<u16>, gpu: Option<u32>, workspace: &str) -> String {
+    debug_assert!(
+        placeholders_known(template),
+        "catalog template {template:?} has a placeholder outside {PLACEHOLDERS:?}"
+    );
     template
         .replace("{port}", &port.map(|p| p.to_string()).unwrap_or_default())
         .replace("{gpu}", &gpu.map(|g| g.to_string()).unwrap_or_default())
         .replace("{workspace}", workspace)
 }
+
+/// Whether every `{…}` in `template` names one of [`PLACEHOLDERS`] (an unclosed `{` or a stray `}` does
+/// not). A `const fn` so that the catalog is checked at compile time.
+const fn placeholders_known(template: &str) -> bool {
+    let b = template.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'}' {
+            return false;
+        }
+        if b[i] != b'{' {
+            i += 1;
+            continue;
+        }
+        let start = i + 1;
+        let mut end = start;
+        while end < b.len() && b[end] != b'}' {
+            end += 1;
+        }
+        if end == b.len() {
+            return false;
+        }
+        let mut known = false;
+        let mut p = 0;
+        while p < PLACEHOLDERS.len() {
+            let name = PLACEHOLDERS[p].as_bytes();
+            if name.len() == end - start {
+                let mut k = 0;
+                while k < name.len() && name[k] == b[start + k] {
+                    k += 1;
+                }
+                known |= k == name.len();
+            }
+            p += 1;
+        }
+        if !known {
+            return false;
+        }
+        i = end + 1;
+    }
+    true
+}
+
+/// Panics (at compile time, in `CATALOG_TEMPLATES_KNOWN`) with the template that has an unknown placeholder.
+const fn check_template(template: &str) {
+    if !placeholders_known(template) {
+        panic!("{}", template);
+    }
+}
+
+const fn check_command(command: &CommandTemplate) {
+    check_template(command.script);
+    check_template(command.interpreter);
+    check_template(command.cwd);
+    let mut i = 0;
+    while i < command.args.len() {
+        check_template(command.args[i]);
+        i += 1;
+    }
+}
+
+const fn check_env(env: &[(&str, &str)]) {
+    let mut i = 0;
+    while i < env.len() {
+        check_template(env[i].1);
+        i += 1;
+    }
+}
+
+/// Every template of the catalog (commands, arguments, working directories, environment values) uses only
+/// [`PLACEHOLDERS`]; a build that fails here names the template in its "evaluation panicked" message.
+const CATALOG_TEMPLATES_KNOWN: () = {
+    let mut i = 0;
+    while i < CONNECTORS.len() {
+        check_command(&CONNECTORS[i].worker);
+        check_env(CONNECTORS[i].worker_env);
+        i += 1;
+    }
+    let mut i = 0;
+    while i < SERVICES.len() {
+        check_command(&SERVICES[i].command);
+        check_env(SERVICES[i].env);
+        i += 1;
+    }
+};
+const _: () = CATALOG_TEMPLATES_KNOWN;
 
 #[cfg(test)]
 mod tests {
@@ -803,5 +907,30 @@ mod tests {
             expand("{workspace}/ComfyUI", None, None, "/workspace"),
             "/workspace/ComfyUI"
         );
+    }
+
+    /// The compile-time check of the catalog's templates accepts exactly the three placeholders.
+    #[test]
+    fn only_known_placeholders_pass() {
+        for ok in [
+            "",
+            "plain",
+            "{port}",
+            "ws://127.0.0.1:{port}",
+            "{workspace}/x/{gpu}",
+        ] {
+            assert!(placeholders_known(ok), "{ok:?} refused");
+        }
+        for bad in [
+            "{prot}",
+            "{Port}",
+            "{}",
+            "{port",
+            "port}",
+            "{workspace}/{gpu_id}",
+            "${port}x}",
+        ] {
+            assert!(!placeholders_known(bad), "{bad:?} accepted");
+        }
     }
 }

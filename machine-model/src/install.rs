@@ -3,10 +3,9 @@
 //! A recipe is plain data; `machine-runtime` executes it (`machine_runtime::install`). String values may
 //! contain placeholders that the runtime resolves from its environment before hashing and running:
 //!
-//! - `${VAR}`: the value of `VAR`; unset is an error naming the variable.
-//! - `${VAR:-default}`: the value of `VAR`, or `default` when `VAR` is unset or empty. The default may
-//!   itself contain placeholders (`${COMFYUI_COMMIT:-${COMFYUI_BRANCH:-<sha>}}`).
-//! - `$${` is a literal `${`; a `$` not followed by `{` is literal.
+//! - the one `${VAR}` grammar of the workspace, [`crate::components::interpolate`]: `${VAR}` (unset is
+//!   an error naming the variable), `${VAR:-default}` (defaults nest:
+//!   `${COMFYUI_COMMIT:-${COMFYUI_BRANCH:-<sha>}}`), `${VAR:?message}`, `$$` for a literal `$`;
 //! - `${INSTALL_DIR}` is reserved: the absolute path of the version directory being built. It is not
 //!   part of the hash (the directory name contains the hash) and is substituted only when a step runs.
 //!
@@ -261,7 +260,8 @@ pub const WORKER_BUNDLE_SHA256_VAR: &str = "WORKER_BUNDLE_SHA256";
 /// a checksum needs both to be overridden). The resolved source and checksum are part of the install hash:
 /// the same source installs once, a new one installs and switches atomically.
 pub fn worker_bundle_recipe(bundle: &crate::profile::WorkerBundle) -> InstallRecipe {
-    let literal = |s: &str| s.replace("${", "$${");
+    // Every `$` doubled: the profile's text is taken as written (components::interpolate's `$$`).
+    let literal = |s: &str| s.replace('$', "$$");
     InstallRecipe {
         dir: crate::catalog::WORKER_BUNDLE_DIR.to_owned(),
         steps: vec![Step::Fetch {

@@ -127,6 +127,8 @@ impl WorkerSpec {
     pub fn parse(input: &str) -> Result<WorkerSpec, SpecErrors> {
         let mut errors = Vec::new();
         let mut items: Vec<SpecItem> = Vec::new();
+        // The 1-based input position of each entry of `items` (empty or unknown items are not in `items`).
+        let mut item_positions: Vec<usize> = Vec::new();
         if input.trim().is_empty() {
             return Err(SpecErrors(vec![SpecError {
                 item: 0,
@@ -240,11 +242,12 @@ impl WorkerSpec {
                         format!(
                             "connector \"{}\" appears again (first as item {}); give each connector once with the total count",
                             e.name,
-                            first + 1
+                            item_positions[first]
                         ),
                     ));
                     continue;
                 }
+                item_positions.push(position);
                 if let (Some(count), Some(binding)) = (count, binding) {
                     items.push(SpecItem {
                         connector: e.name,
@@ -616,6 +619,13 @@ mod tests {
         check(
             "openai:1,comfyui:2,openai:3",
             "worker spec item 3 \"openai:3\" (column 20): connector \"openai\" appears again (first as item 1); give each connector once with the total count",
+        );
+        // Positions count every comma-separated item, empty and unknown ones included.
+        check(
+            "nope:1,,mock:1,comfyui:2,mock:3",
+            "worker spec item 1 \"nope:1\" (column 1): unknown connector \"nope\" (known: comfyui, comfyui-remote, emprops-app, simulation-websocket, openai, openai-response, gemini, ollama, mock)\n\
+             worker spec item 2 \"\" (column 8): is empty; remove the extra comma or write connector:count[:binding]\n\
+             worker spec item 5 \"mock:3\" (column 26): connector \"mock\" appears again (first as item 3); give each connector once with the total count",
         );
         check(
             "comfyu:1, openai:0:gpu",

@@ -10,6 +10,10 @@
 //! environment win over the ecosystem's values under the names the worker reads
 //! (`WORKER_POLL_INTERVAL_MS` → `POLL_INTERVAL_MS`), which is also how the secret
 //! `WORKER_WEBSOCKET_AUTH_TOKEN` reaches it without ever being written to a generated file.
+//!
+//! [`new_child`] is the one constructor of a `std::process::Command` in the runtime (apps, readiness
+//! probe commands, install steps): `Command::new` elsewhere is refused by clippy
+//! (`disallowed-methods` in the repository's `clippy.toml`).
 
 use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
@@ -432,6 +436,13 @@ fn program_and_args(app: &AppSpec, ctx: &Context) -> (OsString, Vec<OsString>) {
     if app.script == SELF_SCRIPT {
         return (ctx.current_exe.clone().into_os_string(), Vec::new());
     }
+    // The simulation service is another binary of this build: the one next to the runtime.
+    if app.script == machine_model::catalog::SIMULATION_PROGRAM {
+        return (
+            ctx.current_exe.with_file_name(&app.script).into(),
+            Vec::new(),
+        );
+    }
     let interpreter = match &app.interpreter {
         Interpreter::None => None,
         Interpreter::Program(p) => Some(p.clone()),
@@ -468,20 +479,15 @@ fn resolve_script(app: &AppSpec) -> OsString {
 impl ChildCommand {
     /// A std command: exact environment, own process group, stdin closed, stdout/stderr piped.
     pub fn to_command(&self) -> Command {
-        let mut cmd = Command::new(self.resolved_program());
+        let mut cmd = new_child(self.resolved_program());
         cmd.args(&self.args)
             .env_clear()
             .envs(&self.env)
-            .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         if let Some(cwd) = &self.cwd {
             cmd.current_dir(cwd);
         }
-        // Its own group: signals reach the child and every grandchild, and the terminal's Ctrl-C
-        // reaches only us (we forward it).
-        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-        child_hygiene(&mut cmd);
         cmd
     }
 
@@ -513,6 +519,19 @@ impl ChildCommand {
     }
 }
 
+/// A command for `program` that the runtime may spawn: stdin closed, the leader of its own process
+/// group (signals reach the child and every grandchild, and the terminal's Ctrl-C reaches only us;
+/// we forward it), and [`child_hygiene`] (killed when the runtime dies, empty signal mask). The
+/// caller adds arguments, environment, working directory and output pipes.
+#[allow(clippy::disallowed_methods)] // The one constructor (see the module doc).
+pub fn new_child(program: impl AsRef<OsStr>) -> Command {
+    let mut cmd = Command::new(program);
+    cmd.stdin(Stdio::null());
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    child_hygiene(&mut cmd);
+    cmd
+}
+
 /// Makes a child of the supervisor (an app or a probe) safe to start:
 /// - it gets SIGKILL when the runtime dies, even by `kill -9` (`PR_SET_PDEATHSIG`), so no app
 ///   outlives its supervisor. The signal fires when the *thread* that spawned the child ends; the
@@ -523,7 +542,7 @@ impl ChildCommand {
 ///   (see [`crate::signals::hold_stop_signals`]) and std does not reset the mask of a child.
 ///
 /// The pre-exec step moves std from posix_spawn to fork + exec (about a millisecond more per start).
-pub fn child_hygiene(cmd: &mut Command) {
+fn child_hygiene(cmd: &mut Command) {
     // SAFETY: getpid has no preconditions.
     let parent = unsafe { libc::getpid() };
     let hook = move || {

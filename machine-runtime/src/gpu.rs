@@ -26,6 +26,10 @@ pub const FAKE_GPU_MEMORY_BYTES: u64 = 24 * 1024 * 1024 * 1024;
 /// Environment variable CUDA reads to restrict and order the visible GPUs.
 pub const CUDA_VISIBLE_DEVICES: &str = "CUDA_VISIBLE_DEVICES";
 
+/// Environment variable naming the NVML library to load (a path, or a name the dynamic loader finds) instead
+/// of nvml-wrapper's default `libnvidia-ml.so.1`: for drivers installed in an odd place, and for tests.
+pub const NVML_LIBRARY_VAR: &str = "MACHINE_NVML_LIBRARY";
+
 /// Reason given when `libnvidia-ml.so` cannot be loaded.
 pub const REASON_NO_LIBRARY: &str = "NVIDIA management library (libnvidia-ml.so) not found";
 
@@ -189,11 +193,22 @@ impl GpuBackend for NvmlBackend {
         use nvml_wrapper::Nvml;
         use nvml_wrapper::error::NvmlError;
 
-        let nvml = match Nvml::init() {
+        let library = std::env::var_os(NVML_LIBRARY_VAR).filter(|v| !v.is_empty());
+        let loaded = match &library {
+            Some(path) => Nvml::builder().lib_path(path).init(),
+            None => Nvml::init(),
+        };
+        let nvml = match loaded {
             Ok(nvml) => nvml,
             Err(err) => {
                 let reason = match err {
-                    NvmlError::LibloadingError(_) => REASON_NO_LIBRARY.to_owned(),
+                    NvmlError::LibloadingError(_) => match &library {
+                        Some(path) => format!(
+                            "NVIDIA management library {} not found (named by {NVML_LIBRARY_VAR})",
+                            path.to_string_lossy()
+                        ),
+                        None => REASON_NO_LIBRARY.to_owned(),
+                    },
                     NvmlError::DriverNotLoaded => {
                         "NVIDIA driver not loaded (libnvidia-ml.so is present but no kernel driver answers)"
                             .to_owned()

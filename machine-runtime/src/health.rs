@@ -1,8 +1,8 @@
 //! The machine's HTTP endpoint on the health port, on plain tokio, and the client behind
 //! `machine-runtime health` (for Docker's HEALTHCHECK, so the image needs no curl).
 //!
-//! One small HTTP/1.1 server, one request per connection (`Connection: close`), which is all the
-//! health check, the API and the monitor's machine card need. Routes (worker contract §5):
+//! One request per connection (`Connection: close`), read and answered with [`crate::http`], which
+//! is all the health check, the API and the monitor's machine card need. Routes (worker contract §5):
 //!
 //! - `GET /health`: 200/503, the shape the monitor reads: `{healthy, services: {<app>: {healthy,
 //!   status (PM2's word: online, launching, stopping, stopped, errored, waiting restart), state,
@@ -46,7 +46,7 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::now_ms;
-use crate::probe::{HttpUrl, http_get};
+use crate::http::{self, HttpUrl, Limits, Request, write_json};
 use crate::supervisor::logs::{LogLine, LogStream, MAX_LINES};
 use crate::supervisor::{RestartError, Snapshot, SupervisorHandle};
 
@@ -184,64 +184,6 @@ pub async fn serve(
     Ok(addr)
 }
 
-/// One parsed request.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Request {
-    method: String,
-    path: String,
-    query: Vec<(String, String)>,
-    /// The `Authorization` header's value.
-    authorization: Option<String>,
-    /// The `Content-Length` header's value (a body is read and ignored: the routes take
-    /// parameters from the query).
-    content_length: usize,
-}
-
-impl Request {
-    /// Parses a request head; `None` when the request line is not `METHOD TARGET HTTP/x`.
-    fn parse(head: &str) -> Option<Request> {
-        let mut lines = head.split("\r\n");
-        let mut parts = lines.next()?.split(' ');
-        let (method, target, version) = (parts.next()?, parts.next()?, parts.next()?);
-        if parts.next().is_some() || !version.starts_with("HTTP/") || method.is_empty() {
-            return None;
-        }
-        let (path, query) = target.split_once('?').unwrap_or((target, ""));
-        let headers: Vec<(&str, &str)> = lines
-            .take_while(|l| !l.is_empty())
-            .filter_map(|l| l.split_once(':'))
-            .map(|(name, value)| (name.trim(), value.trim()))
-            .collect();
-        let header = |wanted: &str| {
-            headers
-                .iter()
-                .find(|(name, _)| name.eq_ignore_ascii_case(wanted))
-                .map(|(_, value)| *value)
-        };
-        let authorization = header("authorization").map(str::to_owned);
-        let content_length = header("content-length")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        Some(Request {
-            method: method.to_owned(),
-            path: path.to_owned(),
-            query: form_urlencoded::parse(query.as_bytes())
-                .map(|(k, v)| (k.into_owned(), v.into_owned()))
-                .collect(),
-            authorization,
-            content_length,
-        })
-    }
-
-    /// The first value of query parameter `name`.
-    fn param(&self, name: &str) -> Option<&str> {
-        self.query
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    }
-}
-
 /// What to send back.
 #[derive(Debug)]
 enum Reply {
@@ -265,65 +207,40 @@ async fn answer(
     source: Arc<dyn StatusSource>,
     control: Arc<Control>,
 ) {
-    let mut head = Vec::new();
-    let mut buf = [0u8; 1024];
-    let read = async {
-        while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < MAX_HEAD {
-            match stream.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => head.extend_from_slice(&buf[..n]),
-            }
-        }
+    let limits = Limits {
+        max_head: MAX_HEAD,
+        max_body: MAX_BODY,
     };
-    if tokio::time::timeout(Duration::from_secs(5), read)
-        .await
-        .is_err()
+    // The body is read (and dropped: the routes take parameters from the query), so closing the
+    // socket does not reset the connection before the client has read the answer.
+    let request = match tokio::time::timeout(
+        Duration::from_secs(5),
+        http::read_request(&mut stream, limits),
+    )
+    .await
     {
-        return;
-    }
-    let text = String::from_utf8_lossy(&head);
-    let Some(request) = Request::parse(&text) else {
-        let body = json!({"error": "malformed request; expected an HTTP/1.1 request line"});
-        let _ = write_json(&mut stream, 400, &body, &[], false).await;
-        return;
-    };
-    // Read (and drop) a small body, so closing the socket does not reset the connection before the
-    // client has read the answer.
-    let end_of_head = head
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map_or(head.len(), |p| p + 4);
-    let mut body_left = request
-        .content_length
-        .min(MAX_BODY)
-        .saturating_sub(head.len() - end_of_head);
-    let drain = async {
-        while body_left > 0 {
-            match stream.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => body_left = body_left.saturating_sub(n),
-            }
+        Err(_) => return,
+        Ok(Err(bad)) => {
+            let body = json!({"error": bad.message});
+            let _ = write_json(&mut stream, bad.status, &body, COMMON_HEADERS, false).await;
+            let _ = stream.shutdown().await;
+            return;
         }
+        Ok(Ok(request)) => request,
     };
-    let _ = tokio::time::timeout(Duration::from_secs(5), drain).await;
     let reply = route(&request, &handle, source.as_ref(), &control).await;
     let head_only = request.method == "HEAD";
     match reply {
         Reply::Json(status, body) => {
-            let _ = write_json(&mut stream, status, &body, &[], head_only).await;
+            let _ = write_json(&mut stream, status, &body, COMMON_HEADERS, head_only).await;
         }
         Reply::Unauthorized(body) => {
-            let _ = write_json(
-                &mut stream,
-                401,
-                &body,
-                &["WWW-Authenticate: Bearer realm=\"machine\""],
-                head_only,
-            )
-            .await;
+            let mut headers = COMMON_HEADERS.to_vec();
+            headers.push("WWW-Authenticate: Bearer realm=\"machine\"");
+            let _ = write_json(&mut stream, 401, &body, &headers, head_only).await;
         }
         Reply::ThenStop(status, body) => {
-            let _ = write_json(&mut stream, status, &body, &[], false).await;
+            let _ = write_json(&mut stream, status, &body, COMMON_HEADERS, false).await;
             crate::supervisor::state::log("stop requested through POST /restart/machine");
             handle.request_stop(libc::SIGTERM);
         }
@@ -338,52 +255,14 @@ async fn answer(
     let _ = stream.shutdown().await;
 }
 
-fn reason_phrase(status: u16) -> &'static str {
-    match status {
-        200 => "OK",
-        202 => "Accepted",
-        204 => "No Content",
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        403 => "Forbidden",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        409 => "Conflict",
-        _ => "Service Unavailable",
-    }
-}
-
-/// Headers every answer carries: reads are open to any origin (the monitor is a web page on
-/// another origin); the POST routes are guarded by the token, not by CORS.
-const COMMON_HEADERS: &str = "Access-Control-Allow-Origin: *\r\nAccess-Control-Allow-Methods: GET, POST, OPTIONS\r\nAccess-Control-Allow-Headers: Authorization, Content-Type\r\nCache-Control: no-store\r\nConnection: close\r\n";
-
-async fn write_json(
-    stream: &mut TcpStream,
-    status: u16,
-    body: &Value,
-    extra: &[&str],
-    head_only: bool,
-) -> std::io::Result<()> {
-    let body = if status == 204 {
-        String::new()
-    } else {
-        format!("{body}\n")
-    };
-    let mut response = format!(
-        "HTTP/1.1 {status} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{COMMON_HEADERS}",
-        reason_phrase(status),
-        body.len()
-    );
-    for header in extra {
-        response.push_str(header);
-        response.push_str("\r\n");
-    }
-    response.push_str("\r\n");
-    if !head_only {
-        response.push_str(&body);
-    }
-    stream.write_all(response.as_bytes()).await
-}
+/// Headers every answer carries besides [`http::write_json`]'s: reads are open to any origin (the
+/// monitor is a web page on another origin); the POST routes are guarded by the token, not by CORS.
+const COMMON_HEADERS: &[&str] = &[
+    "Access-Control-Allow-Origin: *",
+    "Access-Control-Allow-Methods: GET, POST, OPTIONS",
+    "Access-Control-Allow-Headers: Authorization, Content-Type",
+    "Cache-Control: no-store",
+];
 
 /// Writes a server-sent event stream: `first`, then what `follow` brings, one `data:` event per
 /// line (the line as JSON); an `event: skipped` when this client fell behind; ends with
@@ -395,9 +274,10 @@ async fn stream_lines(
     keep: fn(&LogLine) -> bool,
     shutdown: CancellationToken,
 ) {
-    let head = format!(
-        "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nX-Accel-Buffering: no\r\n{COMMON_HEADERS}\r\n"
-    );
+    let mut headers = vec!["Content-Type: text/event-stream", "X-Accel-Buffering: no"];
+    headers.extend_from_slice(COMMON_HEADERS);
+    headers.push("Connection: close");
+    let head = http::head(200, &headers);
     if stream.write_all(head.as_bytes()).await.is_err() {
         return;
     }
@@ -443,8 +323,7 @@ fn authorize(request: &Request, control: &Control) -> Result<(), Reply> {
         ));
     };
     let given = request
-        .authorization
-        .as_deref()
+        .header("authorization")
         .and_then(|v| {
             let (scheme, token) = v.split_once(' ')?;
             scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
@@ -815,12 +694,8 @@ pub fn status_body(snapshot: &Snapshot, uptime_ms: u64, source: &dyn StatusSourc
 /// `machine-runtime health`: Ok when `GET /health` on `127.0.0.1:port` answers 200; the error
 /// carries the reasons the endpoint gave.
 pub async fn check(port: u16, timeout: Duration) -> Result<(), String> {
-    let url = HttpUrl {
-        host: "127.0.0.1".into(),
-        port,
-        path: "/health".into(),
-    };
-    let response = http_get(&url, timeout).await?;
+    let url = HttpUrl::local(port, "/health");
+    let response = http::get(&url, timeout).await?;
     if response.status == 200 {
         return Ok(());
     }
@@ -854,7 +729,7 @@ mod tests {
         assert_eq!(r.param("lines"), Some("5"));
         assert_eq!(r.param("token"), Some("a b"));
         assert_eq!(r.param("stream"), None);
-        assert_eq!(r.authorization.as_deref(), Some("Bearer t0k"));
+        assert_eq!(r.header("authorization"), Some("Bearer t0k"));
         for bad in [
             "",
             "GET\r\n\r\n",

@@ -42,6 +42,20 @@ fn id_safe(host: &str) -> String {
         .collect()
 }
 
+/// Why the machine id cannot be derived from the environment.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IdentityError {
+    /// `MACHINE_ID_APPEND_HOSTNAME` is neither true nor false.
+    #[error("{var}=\"{value}\" is not a boolean; expected true or false", var = APPEND_HOSTNAME_VAR)]
+    NotABoolean { value: String },
+    /// `MACHINE_ID_APPEND_HOSTNAME` is set, but there is no id to extend.
+    #[error(
+        "{var} is set but there is no MACHINE_ID to append the host name to; set MACHINE_ID",
+        var = APPEND_HOSTNAME_VAR
+    )]
+    NoMachineId,
+}
+
 /// The final `MACHINE_ID`: `MACHINE_ID` from `lookup` (else `default`, the plan's id when there is one),
 /// with `-<host>` appended when `MACHINE_ID_APPEND_HOSTNAME` is true. `Ok(None)` when there is no id at
 /// all (the workers' own is used). Errors: the flag is not a boolean, or it is set with no id to extend.
@@ -49,7 +63,7 @@ pub fn machine_id(
     lookup: impl Fn(&str) -> Option<String>,
     default: Option<&str>,
     host: &str,
-) -> Result<Option<String>, String> {
+) -> Result<Option<String>, IdentityError> {
     let base = lookup("MACHINE_ID")
         .map(|v| v.trim().to_owned())
         .filter(|v| !v.is_empty())
@@ -61,17 +75,15 @@ pub fn machine_id(
         None | Some("" | "false" | "0" | "no" | "off") => false,
         Some("true" | "1" | "yes" | "on") => true,
         Some(other) => {
-            return Err(format!(
-                "{APPEND_HOSTNAME_VAR}=\"{other}\" is not a boolean; expected true or false"
-            ));
+            return Err(IdentityError::NotABoolean {
+                value: other.to_owned(),
+            });
         }
     };
     match (base, append) {
         (base, false) => Ok(base),
         (Some(base), true) => Ok(Some(format!("{base}-{}", id_safe(host)))),
-        (None, true) => Err(format!(
-            "{APPEND_HOSTNAME_VAR} is set but there is no MACHINE_ID to append the host name to; set MACHINE_ID"
-        )),
+        (None, true) => Err(IdentityError::NoMachineId),
     }
 }
 
@@ -118,12 +130,14 @@ mod tests {
         assert!(
             machine_id(env(&vars[1..]), None, "h")
                 .unwrap_err()
+                .to_string()
                 .contains("no MACHINE_ID")
         );
         let bad = [("MACHINE_ID_APPEND_HOSTNAME", "maybe")];
         assert!(
             machine_id(env(&bad), Some("p"), "h")
                 .unwrap_err()
+                .to_string()
                 .contains("not a boolean")
         );
     }

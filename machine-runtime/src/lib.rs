@@ -7,6 +7,7 @@ pub mod ecosystem;
 pub mod fuzz;
 pub mod gpu;
 pub mod health;
+pub mod http;
 pub mod identity;
 pub mod install;
 pub mod limits;

@@ -6,7 +6,7 @@
 //! broker and its own plumbing. `up` raises the soft `RLIMIT_NOFILE` to the hard one at start and
 //! refuses a set of apps that cannot fit, with the numbers, instead of losing apps to `EMFILE`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Open files the runtime needs besides its apps (health, broker, epoll, signals, logs, starts).
 pub const RUNTIME_FILES: u64 = 80;
@@ -82,27 +82,57 @@ pub fn check_open_files(apps: usize, limit: OpenFiles) -> Option<String> {
     })
 }
 
-/// Makes sure the workspace folder exists: creates it (and its parents) when missing. Errors name
-/// the folder, the variable it comes from and the fix; a file in its place is refused.
-pub fn ensure_workspace(path: &Path, var: &str) -> Result<bool, String> {
+/// Why the workspace folder cannot be used; each message names the folder, the variable it comes from
+/// and the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkspaceError {
+    /// A file is where the folder should be.
+    #[error(
+        "the workspace {} ({var}) is a file, not a folder; point {var} at a folder (it is created when missing)",
+        path.display()
+    )]
+    NotAFolder { path: PathBuf, var: String },
+    /// The folder is missing and cannot be created.
+    #[error(
+        "cannot create the workspace {} ({var}): {error}; create it, or point {var} at a folder this user may write",
+        path.display()
+    )]
+    Create {
+        path: PathBuf,
+        var: String,
+        error: std::io::Error,
+    },
+    /// The folder cannot be looked at (permissions, I/O).
+    #[error("cannot use the workspace {} ({var}): {error}", path.display())]
+    Unusable {
+        path: PathBuf,
+        var: String,
+        error: std::io::Error,
+    },
+}
+
+/// Makes sure the workspace folder `path` (named by the variable `var`, for messages) exists: creates it
+/// (and its parents) when missing. `Ok(true)` when it was created, `Ok(false)` when it was there; a file in
+/// its place is refused.
+pub fn ensure_workspace(path: &Path, var: &str) -> Result<bool, WorkspaceError> {
     match std::fs::metadata(path) {
         Ok(m) if m.is_dir() => Ok(false),
-        Ok(_) => Err(format!(
-            "the workspace {} ({var}) is a file, not a folder; point {var} at a folder (it is created when missing)",
-            path.display()
-        )),
+        Ok(_) => Err(WorkspaceError::NotAFolder {
+            path: path.to_path_buf(),
+            var: var.to_owned(),
+        }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::create_dir_all(path)
             .map(|()| true)
-            .map_err(|e| {
-                format!(
-                    "cannot create the workspace {} ({var}): {e}; create it, or point {var} at a folder this user may write",
-                    path.display()
-                )
+            .map_err(|error| WorkspaceError::Create {
+                path: path.to_path_buf(),
+                var: var.to_owned(),
+                error,
             }),
-        Err(e) => Err(format!(
-            "cannot use the workspace {} ({var}): {e}",
-            path.display()
-        )),
+        Err(error) => Err(WorkspaceError::Unusable {
+            path: path.to_path_buf(),
+            var: var.to_owned(),
+            error,
+        }),
     }
 }
 
@@ -138,12 +168,14 @@ mod tests {
     fn creates_a_missing_workspace_and_refuses_a_file() {
         let dir = tempfile::tempdir().unwrap();
         let ws = dir.path().join("a/b/ws");
-        assert_eq!(ensure_workspace(&ws, "WORKSPACE_DIR"), Ok(true));
+        assert!(matches!(ensure_workspace(&ws, "WORKSPACE_DIR"), Ok(true)));
         assert!(ws.is_dir());
-        assert_eq!(ensure_workspace(&ws, "WORKSPACE_DIR"), Ok(false));
+        assert!(matches!(ensure_workspace(&ws, "WORKSPACE_DIR"), Ok(false)));
         let file = dir.path().join("file");
         std::fs::write(&file, "x").unwrap();
-        let err = ensure_workspace(&file, "WORKSPACE_DIR").unwrap_err();
+        let err = ensure_workspace(&file, "WORKSPACE_DIR")
+            .unwrap_err()
+            .to_string();
         assert!(
             err.starts_with(&format!(
                 "the workspace {} (WORKSPACE_DIR) is a file, not a folder",

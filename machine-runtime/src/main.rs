@@ -38,8 +38,6 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
     },
-    /// Run the built-in `simulation` service: the simulation-websocket protocol and GET /health on one port.
-    Simulate(SimulateArgs),
     /// Install the internal services' software once (skipped when the markers match).
     Install(machine_runtime::install::InstallArgs),
     /// Start every app, supervise them, serve the health endpoint; stop on SIGTERM/SIGINT.
@@ -71,29 +69,6 @@ struct UpArgs {
 }
 
 #[derive(Args)]
-struct SimulateArgs {
-    /// Port to listen on (0 picks a free one; the start line says which).
-    #[arg(long)]
-    port: u16,
-    /// Address to listen on (0.0.0.0 to answer other hosts, e.g. from a published container port).
-    #[arg(long, default_value = "127.0.0.1")]
-    host: String,
-    /// Wait this long before listening, to imitate a slow-starting service.
-    #[arg(long, default_value_t = 0)]
-    startup_delay_ms: u64,
-    /// Simulated duration of one POST /prompt job.
-    #[arg(long, default_value_t = 100)]
-    job_ms: u64,
-    /// Steps of a simulation job whose config names none [default: $SIMULATION_STEP_COUNT, else 10].
-    #[arg(long, value_name = "N")]
-    steps: Option<u32>,
-    /// Time per step of a simulation job whose config names no processing_time_ms
-    /// [default: $SIMULATION_STEP_DELAY_MS, else 200].
-    #[arg(long, value_name = "MS")]
-    step_delay_ms: Option<u64>,
-}
-
-#[derive(Args)]
 struct HealthArgs {
     /// Port of the health endpoint [default: $MACHINE_HEALTH_PORT, else 9090].
     #[arg(long, value_name = "PORT")]
@@ -119,7 +94,6 @@ fn main() -> ExitCode {
     }
     let result = match cli.command {
         Command::Gpus { format } => gpus(format),
-        Command::Simulate(args) => simulate(args),
         Command::Install(args) => return machine_runtime::install::run_cli(args),
         Command::Up(args) => up(args).map(|()| ExitCode::SUCCESS),
         Command::Plan { profile, format } => plan(profile, format).map(|()| ExitCode::SUCCESS),
@@ -145,87 +119,6 @@ fn gpus(format: Format) -> anyhow::Result<ExitCode> {
         Format::Json => outln!("{}", serde_json::to_string_pretty(&inventory)?),
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// A number from a flag, else from an environment variable, else the default; a bad variable is named.
-fn flag_or_env<T: std::str::FromStr>(
-    flag: Option<T>,
-    var: &str,
-    default: T,
-    problems: &mut Vec<String>,
-) -> T {
-    if let Some(value) = flag {
-        return value;
-    }
-    match std::env::var(var) {
-        Ok(v) if !v.trim().is_empty() => v.trim().parse().unwrap_or_else(|_| {
-            problems.push(format!("{var} is \"{v}\", which is not a whole number"));
-            default
-        }),
-        _ => default,
-    }
-}
-
-fn simulate(args: SimulateArgs) -> anyhow::Result<ExitCode> {
-    use machine_runtime::simulate::session::MAX_STEPS;
-    use machine_runtime::simulate::{Identity, JobDefaults, SimulateOptions};
-    use std::time::Duration;
-    use tokio::signal::unix::{SignalKind, signal};
-
-    let fallback = JobDefaults::default();
-    let mut problems = Vec::new();
-    let steps = flag_or_env(
-        args.steps,
-        "SIMULATION_STEP_COUNT",
-        fallback.steps,
-        &mut problems,
-    );
-    let step_delay_ms = flag_or_env(
-        args.step_delay_ms,
-        "SIMULATION_STEP_DELAY_MS",
-        u64::try_from(fallback.step_delay.as_millis()).unwrap_or(u64::MAX),
-        &mut problems,
-    );
-    if steps == 0 || u64::from(steps) > MAX_STEPS {
-        problems.push(format!(
-            "the step count is {steps}; allowed: 1 to {MAX_STEPS} (--steps or SIMULATION_STEP_COUNT)"
-        ));
-    }
-    if !problems.is_empty() {
-        anyhow::bail!(
-            "simulation service cannot start:\n  {}",
-            problems.join("\n  ")
-        );
-    }
-    let options = SimulateOptions {
-        host: args.host,
-        port: args.port,
-        startup_delay: Duration::from_millis(args.startup_delay_ms),
-        job_delay: Duration::from_millis(args.job_ms),
-        defaults: JobDefaults {
-            steps,
-            step_delay: Duration::from_millis(step_delay_ms),
-        },
-    };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting tokio")?;
-    runtime.block_on(async move {
-        let shutdown = tokio_util::sync::CancellationToken::new();
-        let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-        let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-        let on_signal = shutdown.clone();
-        tokio::spawn(async move {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-            on_signal.cancel();
-        });
-        machine_runtime::simulate::run(options, Identity::from_env(), shutdown).await?;
-        Ok(ExitCode::SUCCESS)
-    })
 }
 
 /// The health port from the flag, else `MACHINE_HEALTH_PORT`, else the default.
@@ -297,7 +190,12 @@ fn real_plan(flag: Option<String>) -> anyhow::Result<machine_runtime::reality::R
         _ => std::env::var(var).ok(),
     };
     let real = machine_runtime::reality::plan(baked.name, &profile, &env, &inventory).map_err(
-        |problems| anyhow::anyhow!("cannot start profile {name}:\n  {}", problems.join("\n  ")),
+        |refused| {
+            anyhow::anyhow!(
+                "cannot start profile {name}:\n  {}",
+                refused.problems.join("\n  ")
+            )
+        },
     )?;
     for note in &real.notes {
         sink::err_line(&format!("machine-runtime: {note}"));
@@ -358,8 +256,7 @@ fn up(args: UpArgs) -> anyhow::Result<()> {
         |name| std::env::var(name).ok(),
         None,
         &machine_runtime::identity::hostname(),
-    )
-    .map_err(|problem| anyhow::anyhow!(problem))?;
+    )?;
     // Read before planning, so a start that fails names every problem at once.
     let broker = BrokerSetting::from_env();
     let planned = plan_apps(args.ecosystem, args.profile, env_machine_id);

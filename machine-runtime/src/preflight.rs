@@ -32,6 +32,16 @@ pub fn check_apps(apps: &[AppSpec], install_hint: &str) -> Vec<String> {
         if app.script == SELF_SCRIPT {
             continue;
         }
+        if app.script == catalog::SIMULATION_PROGRAM {
+            // Started from the runtime's own folder (command.rs), so a missing one is a broken install.
+            if let Some(problem) = std::env::current_exe()
+                .ok()
+                .and_then(|exe| missing_sibling(app, &exe))
+            {
+                problems.push(problem);
+            }
+            continue;
+        }
         let Some(path) = script_path(app) else {
             continue;
         };
@@ -65,6 +75,18 @@ pub fn check_apps(apps: &[AppSpec], install_hint: &str) -> Vec<String> {
         problems.extend(check_mapping(&folder, &users, install_hint));
     }
     problems
+}
+
+/// The problem when `app`'s program, a binary of the runtime's build, is not next to `exe` (the runtime).
+fn missing_sibling(app: &AppSpec, exe: &Path) -> Option<String> {
+    let path = exe.with_file_name(&app.script);
+    (!path.is_file()).then(|| {
+        format!(
+            "app \"{}\": {} is missing; it is built with machine-runtime (`cargo build -p machine-runtime --bins`) and belongs next to it (the image copies both to /usr/local/bin)",
+            app.name,
+            path.display()
+        )
+    })
 }
 
 /// The file an app's command needs: the script run by an interpreter, or a program given as a path;
@@ -255,6 +277,22 @@ mod tests {
                 && problems[1].contains("did you mean \"mock\"?"),
             "{problems:?}"
         );
+    }
+
+    #[test]
+    fn the_simulation_binary_must_be_next_to_the_runtime() {
+        let dir = tempfile::tempdir().unwrap();
+        let exe = dir.path().join("machine-runtime");
+        let app = AppSpec::new("simulation-gpu0", catalog::SIMULATION_PROGRAM);
+        assert_eq!(
+            missing_sibling(&app, &exe),
+            Some(format!(
+                "app \"simulation-gpu0\": {}/machine-simulate is missing; it is built with machine-runtime (`cargo build -p machine-runtime --bins`) and belongs next to it (the image copies both to /usr/local/bin)",
+                dir.path().display()
+            ))
+        );
+        std::fs::write(dir.path().join("machine-simulate"), "").unwrap();
+        assert_eq!(missing_sibling(&app, &exe), None);
     }
 
     #[test]

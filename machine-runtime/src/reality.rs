@@ -52,13 +52,22 @@ fn truthy(v: &str) -> Option<bool> {
     }
 }
 
-/// Derives the plan to run; every problem is returned, one message each.
+/// Every reason a plan cannot start, one message each (overrides, GPUs, missing variables), all at once.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", problems.join("\n"))]
+pub struct PlanRefused {
+    /// One line each, naming the variable or GPU count and the fix.
+    pub problems: Vec<String>,
+}
+
+/// Derives the plan to run from the baked profile `name`/`profile`, the environment's overrides and the
+/// GPUs found; every problem is returned at once ([`PlanRefused`]).
 pub fn plan(
     name: &str,
     profile: &Profile,
     env: &dyn Env,
     inventory: &Inventory,
-) -> Result<RealPlan, Vec<String>> {
+) -> Result<RealPlan, PlanRefused> {
     let mut problems = Vec::new();
     let mut notes = Vec::new();
     let workers = non_empty(env, "WORKER_CONNECTORS").or_else(|| non_empty(env, "WORKERS"));
@@ -123,7 +132,7 @@ pub fn plan(
         ));
     }
     if !problems.is_empty() {
-        return Err(problems);
+        return Err(PlanRefused { problems });
     }
     let overrides = Overrides {
         workers,
@@ -137,7 +146,11 @@ pub fn plan(
     };
     let plan = match Plan::build(name, profile, &overrides) {
         Ok(p) => p,
-        Err(e) => return Err(e.0.iter().map(|e| e.to_string()).collect()),
+        Err(e) => {
+            return Err(PlanRefused {
+                problems: e.0.iter().map(|e| e.to_string()).collect(),
+            });
+        }
     };
     for need in &plan.secrets {
         if non_empty(env, need.name).is_none() {
@@ -153,7 +166,7 @@ pub fn plan(
         }
     }
     if !problems.is_empty() {
-        return Err(problems);
+        return Err(PlanRefused { problems });
     }
     let gpu_uuids = inventory
         .gpus
@@ -202,7 +215,8 @@ mod tests {
             &env(&[]),
             &inventory(1),
         )
-        .unwrap_err();
+        .unwrap_err()
+        .problems;
         assert_eq!(err.len(), 1);
         assert!(
             err[0].starts_with("planned 2 GPUs, found 1; refusing to start. Found: 0 GPU-"),
@@ -270,7 +284,8 @@ mod tests {
             ]),
             &inventory(0),
         )
-        .unwrap_err();
+        .unwrap_err()
+        .problems;
         assert_eq!(err, vec![
             "secret OPENAI_API_KEY is not set; the openai workers need it (openai-worker-0, openai-worker-1). Put it in the environment (compose passes it through from .env.secrets or the shell)".to_string()
         ]);
@@ -280,7 +295,8 @@ mod tests {
             &env(&[("OLLAMA_HOST", "h")]),
             &inventory(0),
         )
-        .unwrap_err();
+        .unwrap_err()
+        .problems;
         assert_eq!(err.len(), 2, "{err:?}");
         assert!(err[0].starts_with("variable OLLAMA_DEFAULT_MODEL is not set; the ollama worker needs it (ollama-worker-0)"), "{err:?}");
     }
@@ -303,7 +319,8 @@ mod tests {
             &e,
             &inventory(2),
         )
-        .unwrap_err();
+        .unwrap_err()
+        .problems;
         assert!(err[0].starts_with("SIMULATION_BASE_PORT=\"x\""), "{err:?}");
     }
 
@@ -318,7 +335,8 @@ mod tests {
             ]),
             &inventory(0),
         )
-        .unwrap_err();
+        .unwrap_err()
+        .problems;
         assert_eq!(err.len(), 2, "{err:?}");
         let err = plan(
             "p",
@@ -326,7 +344,8 @@ mod tests {
             &env(&[("WORKER_CONNECTORS", "opena:1")]),
             &inventory(0),
         )
-        .unwrap_err();
+        .unwrap_err()
+        .problems;
         assert!(err[0].contains("did you mean \"openai\""), "{err:?}");
     }
 }

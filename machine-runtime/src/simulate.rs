@@ -6,7 +6,8 @@
 //! `simulation_progress` and `simulation_complete` back. Plain HTTP: `GET /` (who am I: port, GPU,
 //! `CUDA_VISIBLE_DEVICES`), `GET /health` (the readiness probe), `GET /system_stats` (roughly ComfyUI's
 //! shape) and `POST /prompt` (accepts JSON, answers `{"prompt_id": ...}` after a simulated delay). Every
-//! HTTP response closes its connection, which keeps the server small and is all probes and tests need.
+//! HTTP response closes its connection, which keeps the server small and is all probes and tests need;
+//! requests are read and answered with [`crate::http`].
 
 pub mod session;
 
@@ -16,13 +17,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+use crate::http::{self, Limits, Request};
 
 pub use session::JobDefaults;
 
@@ -177,41 +180,19 @@ async fn serve(
     let _ = tokio::time::timeout(DRAIN_TIMEOUT, tracker.wait()).await;
 }
 
-struct Request {
-    method: String,
-    path: String,
-    /// Header names lowercased, in order.
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-    /// Bytes read past the body (a WebSocket client's first frames, in theory).
-    rest: Vec<u8>,
-}
-
-impl Request {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-    }
-
-    /// `Upgrade: websocket` was asked for.
-    fn wants_websocket(&self) -> bool {
-        self.header("upgrade").is_some_and(|v| {
-            v.split(',')
-                .any(|p| p.trim().eq_ignore_ascii_case("websocket"))
-        })
-    }
-}
-
 struct Response {
     status: u16,
     body: Value,
 }
 
 async fn handle(mut stream: TcpStream, shared: &Shared, shutdown: &CancellationToken) {
-    let response = match tokio::time::timeout(READ_TIMEOUT, read_request(&mut stream)).await {
-        Ok(Ok(request)) if request.wants_websocket() => {
+    let limits = Limits {
+        max_head: MAX_HEAD_BYTES,
+        max_body: MAX_BODY_BYTES,
+    };
+    let read = http::read_request(&mut stream, limits);
+    let response = match tokio::time::timeout(READ_TIMEOUT, read).await {
+        Ok(Ok(request)) if request.header_has("upgrade", "websocket") => {
             match upgrade(stream, request, shared, shutdown).await {
                 Ok(()) => return,
                 Err((returned, response)) => {
@@ -221,22 +202,14 @@ async fn handle(mut stream: TcpStream, shared: &Shared, shutdown: &CancellationT
             }
         }
         Ok(Ok(request)) => route(request, shared, shutdown).await,
-        Ok(Err(bad)) => bad,
+        Ok(Err(bad)) => bad_request(bad.status, &bad.message),
         Err(_) => Response {
             status: 408,
             body: json!({"error": "request not received in time"}),
         },
     };
-    let body = response.body.to_string();
-    let head = format!(
-        "HTTP/1.1 {} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        response.status,
-        reason_phrase(response.status),
-        body.len()
-    );
     // The client may have gone away; nothing useful to do about a failed write.
-    let _ = stream.write_all(head.as_bytes()).await;
-    let _ = stream.write_all(body.as_bytes()).await;
+    let _ = http::write_json(&mut stream, response.status, &response.body, &[], false).await;
     let _ = stream.shutdown().await;
 }
 
@@ -247,82 +220,6 @@ fn bad_request(status: u16, message: &str) -> Response {
     }
 }
 
-async fn read_request(stream: &mut TcpStream) -> Result<Request, Response> {
-    let mut buf = Vec::with_capacity(1024);
-    let head_end = loop {
-        if let Some(pos) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break pos;
-        }
-        if buf.len() > MAX_HEAD_BYTES {
-            return Err(bad_request(431, "request head too large"));
-        }
-        let mut chunk = [0u8; 4096];
-        let n = stream
-            .read(&mut chunk)
-            .await
-            .map_err(|_| bad_request(400, "could not read request"))?;
-        if n == 0 {
-            return Err(bad_request(
-                400,
-                "connection closed before the request was complete",
-            ));
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    };
-    let head = std::str::from_utf8(&buf[..head_end])
-        .map_err(|_| bad_request(400, "request head is not utf-8"))?;
-    let mut lines = head.split("\r\n");
-    let mut parts = lines.next().unwrap_or_default().split(' ');
-    let (Some(method), Some(target)) = (parts.next(), parts.next()) else {
-        return Err(bad_request(400, "malformed request line"));
-    };
-    let mut content_length = 0usize;
-    let mut headers = Vec::new();
-    for line in lines {
-        if let Some((name, value)) = line.split_once(':') {
-            headers.push((name.trim().to_ascii_lowercase(), value.trim().to_owned()));
-            if name.trim().eq_ignore_ascii_case("content-length") {
-                content_length = value
-                    .trim()
-                    .parse()
-                    .map_err(|_| bad_request(400, "content-length is not a number"))?;
-            } else if name.trim().eq_ignore_ascii_case("transfer-encoding") {
-                return Err(bad_request(
-                    501,
-                    "chunked request bodies are not supported; send content-length",
-                ));
-            }
-        }
-    }
-    if content_length > MAX_BODY_BYTES {
-        return Err(bad_request(413, "request body too large"));
-    }
-    let mut body = buf[head_end + 4..].to_vec();
-    while body.len() < content_length {
-        let mut chunk = vec![0u8; (content_length - body.len()).min(64 * 1024)];
-        let n = stream
-            .read(&mut chunk)
-            .await
-            .map_err(|_| bad_request(400, "could not read request body"))?;
-        if n == 0 {
-            return Err(bad_request(
-                400,
-                "connection closed before the body was complete",
-            ));
-        }
-        body.extend_from_slice(&chunk[..n]);
-    }
-    let rest = body.split_off(content_length.min(body.len()));
-    let path = target.split('?').next().unwrap_or(target).to_owned();
-    Ok(Request {
-        method: method.to_owned(),
-        path,
-        headers,
-        body,
-        rest,
-    })
-}
-
 /// Answers a WebSocket handshake (RFC 6455 §4.2) and serves the session; gives the stream back with an
 /// error response when the request is not a valid upgrade.
 async fn upgrade(
@@ -331,10 +228,7 @@ async fn upgrade(
     shared: &Shared,
     shutdown: &CancellationToken,
 ) -> Result<(), (TcpStream, Response)> {
-    let connection_upgrade = request.header("connection").is_some_and(|v| {
-        v.split(',')
-            .any(|p| p.trim().eq_ignore_ascii_case("upgrade"))
-    });
+    let connection_upgrade = request.header_has("connection", "upgrade");
     let key = request.header("sec-websocket-key").unwrap_or("").trim();
     let version = request.header("sec-websocket-version").unwrap_or("").trim();
     let mut problems = Vec::new();
@@ -363,10 +257,11 @@ async fn upgrade(
         };
         return Err((stream, bad_request(status, &problems.join("; "))));
     }
-    let head = format!(
-        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
+    let accept = format!(
+        "Sec-WebSocket-Accept: {}",
         derive_accept_key(key.as_bytes())
     );
+    let head = http::head(101, &["Upgrade: websocket", "Connection: Upgrade", &accept]);
     if stream.write_all(head.as_bytes()).await.is_err() {
         return Ok(());
     }
@@ -464,22 +359,6 @@ pub fn system_stats(identity: &Identity) -> Value {
         },
         "devices": devices,
     })
-}
-
-fn reason_phrase(status: u16) -> &'static str {
-    match status {
-        200 => "OK",
-        400 => "Bad Request",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        408 => "Request Timeout",
-        413 => "Payload Too Large",
-        426 => "Upgrade Required",
-        431 => "Request Header Fields Too Large",
-        501 => "Not Implemented",
-        503 => "Service Unavailable",
-        _ => "Unknown",
-    }
 }
 
 #[cfg(test)]

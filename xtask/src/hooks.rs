@@ -1,6 +1,7 @@
 //! `cargo xtask install-hooks`: a git pre-commit hook that runs the drift check.
 
 use anyhow::Context;
+use xshell::{Shell, cmd};
 
 use crate::profiles;
 
@@ -8,15 +9,20 @@ const HOOK: &str = "#!/bin/sh\n# Installed by `cargo xtask install-hooks`: refus
 
 pub fn install() -> anyhow::Result<()> {
     let root = profiles::root();
-    let out = std::process::Command::new("git")
-        .args(["rev-parse", "--git-path", "hooks"])
-        .current_dir(&root)
+    // xshell runs git with its arguments as written (no shell) and names the command line in its errors.
+    let sh = Shell::new().context("starting a shell for git")?;
+    sh.change_dir(&root);
+    let out = cmd!(sh, "git rev-parse --git-path hooks")
+        .quiet()
+        .ignore_status()
         .output()
         .context("running git rev-parse (is git installed?)")?;
     anyhow::ensure!(
         out.status.success(),
-        "{} is not a git checkout",
-        root.display()
+        "{} is not a git checkout (`git rev-parse --git-path hooks`: {}); run `git init` there or install the hook \
+         from a clone",
+        root.display(),
+        String::from_utf8_lossy(&out.stderr).trim()
     );
     let dir = root.join(String::from_utf8_lossy(&out.stdout).trim());
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;

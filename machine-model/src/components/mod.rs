@@ -56,7 +56,9 @@ use std::path::Path;
 
 pub use diag::{Diagnostic, Position, Severity, did_you_mean, has_errors};
 pub use explain::{Explanation, ReferenceTrace, UnknownVariable, explain};
-pub use interpolate::{EnvFallback, Expansion, Part, Source, Template, Value, expand_runtime};
+pub use interpolate::{
+    EnvFallback, ExpandError, Expansion, Part, Source, Template, Value, expand, expand_runtime,
+};
 pub use layer::{
     DefaultVar, EnvVar, Origin, ResolveInput, Resolved, ResolvedVar, SecretDecls, SecretUse,
     Selection, Shadowed, resolve,

@@ -3,6 +3,8 @@
 use std::fmt;
 use std::time::Duration;
 
+use machine_model::components::Masker;
+use machine_model::components::mask::{mask_url, url_password, userinfo_is_ambiguous};
 use redis::IntoConnectionInfo;
 
 /// Default `MACHINE_STATUS_UPDATE_INTERVAL_SECONDS`.
@@ -17,7 +19,8 @@ pub const MAX_STATUS_INTERVAL_SECONDS: u64 = 25;
 pub struct RedisUrl {
     info: redis::ConnectionInfo,
     redacted: String,
-    secrets: Vec<String>,
+    /// Masks the password (as written and as decoded) in text from lower layers.
+    masker: Masker,
     tls: bool,
 }
 
@@ -25,7 +28,7 @@ impl RedisUrl {
     /// Parses a URL given in the environment variable `var` (named in every error).
     pub fn parse(var: &str, raw: &str) -> Result<Self, ConfigError> {
         let raw = raw.trim();
-        let redacted = redact_url(raw);
+        let redacted = mask_url(raw);
         if raw.is_empty() {
             return Err(ConfigError::MissingUrl {
                 var: var.to_owned(),
@@ -45,34 +48,29 @@ impl RedisUrl {
             "rediss" => true,
             other => return Err(bad(format!("scheme \"{other}\" is not accepted"))),
         };
-        if is_ambiguous(raw) {
+        if userinfo_is_ambiguous(raw) {
             return Err(bad(
                 "a `#`, `/`, `?` or `@` in the password ends it early (the host would be read from the password); percent-encode the password (`#` → `%23`, `/` → `%2F`, `?` → `%3F`, `@` → `%40`)".to_owned(),
             ));
         }
-        let mut secrets = Vec::new();
-        if let Some(password) = password_of(raw) {
-            secrets.push(password.to_owned());
-        }
+        let mut secrets: Vec<String> = url_password(raw).map(str::to_owned).into_iter().collect();
         let info = raw.into_connection_info().map_err(|err| {
             let detail = err.detail().map(|d| format!(": {d}")).unwrap_or_default();
-            bad(redact_text(
-                &format!("{}{detail}", err.category()),
-                &secrets,
-            ))
+            bad(masker_for(&secrets)
+                .mask(&format!("{}{detail}", err.category()))
+                .into_owned())
         })?;
-        if let Some(password) = info.redis_settings().password()
-            && !secrets.iter().any(|s| s == password)
-        {
+        if let Some(password) = info.redis_settings().password() {
             secrets.push(password.to_owned());
         }
+        let masker = masker_for(&secrets);
         if tls {
             install_tls_provider();
         }
         Ok(Self {
             info,
             redacted,
-            secrets,
+            masker,
             tls,
         })
     }
@@ -87,9 +85,10 @@ impl RedisUrl {
         self.tls
     }
 
-    /// Removes every occurrence of the password from `text` (errors from lower layers may echo it).
+    /// Removes every occurrence of the password, and the credentials of any URL, from `text`
+    /// (errors from lower layers may echo them).
     pub fn redact(&self, text: &str) -> String {
-        redact_text(text, &self.secrets)
+        self.masker.mask(text).into_owned()
     }
 
     pub(crate) fn connection_info(&self) -> redis::ConnectionInfo {
@@ -323,75 +322,10 @@ pub enum ConfigError {
 #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
 pub struct ConfigErrors(pub Vec<ConfigError>);
 
-/// The password part of `scheme://user:password@host`, if any.
-fn password_of(raw: &str) -> Option<&str> {
-    let userinfo = userinfo_of(raw)?;
-    match userinfo.split_once(':') {
-        Some((_, password)) if !password.is_empty() => Some(password),
-        Some(_) => None,
-        None if !userinfo.is_empty() => Some(userinfo),
-        None => None,
-    }
-}
-
-fn userinfo_of(raw: &str) -> Option<&str> {
-    let rest = &raw[raw.find("://")? + 3..];
-    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
-    authority.rfind('@').map(|at| &authority[..at])
-}
-
-/// True when the userinfo of a URL cannot be told apart from the rest: an `@` after the end of
-/// the authority, or any `#` (a redis URL has no fragment). Both come from a password with one of
-/// `#/?@` not percent-encoded.
-fn is_ambiguous(raw: &str) -> bool {
-    let Some(start) = raw.find("://") else {
-        return false;
-    };
-    let rest = &raw[start + 3..];
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    rest.contains('#') || rest[authority_end..].contains('@')
-}
-
-/// Replaces the password of a URL-like string with `***`; works on malformed input too.
-///
-/// A userinfo without `:` is redacted whole, because some people write `redis://password@host`.
-/// When the userinfo's end is ambiguous (see [`is_ambiguous`]), everything between `://` and
-/// the last `@` is hidden, user name included.
-pub fn redact_url(raw: &str) -> String {
-    if !raw.contains("://") {
-        // Without a scheme there is no telling which part is secret: hide it all.
-        return "***".to_owned();
-    }
-    if is_ambiguous(raw) {
-        let start = raw.find("://").unwrap_or(0) + 3;
-        return match raw.rfind('@') {
-            Some(at) if at >= start => format!("{}***{}", &raw[..start], &raw[at..]),
-            // A `#` and no `@`: the part after `://` up to the `#` may be a password alone.
-            _ => format!("{}***", &raw[..start]),
-        };
-    }
-    let Some(userinfo) = userinfo_of(raw) else {
-        return raw.to_owned();
-    };
-    let start = userinfo.as_ptr() as usize - raw.as_ptr() as usize;
-    let end = start + userinfo.len();
-    let replacement = match userinfo.split_once(':') {
-        Some((user, _)) => format!("{user}:***"),
-        None if userinfo.is_empty() => String::new(),
-        None => "***".to_owned(),
-    };
-    format!("{}{replacement}{}", &raw[..start], &raw[end..])
-}
-
-/// Replaces each secret (and its percent-decoded form, when different) in `text` by `***`.
-fn redact_text(text: &str, secrets: &[String]) -> String {
-    let mut out = text.to_owned();
-    for secret in secrets {
-        if secret.len() >= 3 {
-            out = out.replace(secret.as_str(), "***");
-        }
-    }
-    out
+/// The masker for a URL's password, as written and as decoded; passwords shorter than 3 characters
+/// are left alone (one letter would blank out every such letter of a message).
+fn masker_for(secrets: &[String]) -> Masker {
+    Masker::new(secrets.iter().filter(|s| s.len() >= 3).cloned())
 }
 
 #[cfg(test)]
@@ -408,6 +342,7 @@ mod tests {
 
     #[test]
     fn redacts_passwords_in_urls() {
+        let redact_url = mask_url;
         assert_eq!(
             redact_url("redis://:s3cret@h:6379/0"),
             "redis://:***@h:6379/0"

@@ -483,6 +483,7 @@ mod tests {
         // A restarted container: PID 1 again, same host name.
         assert!(other("h", me.pid).is_earlier_run_of(&me));
         // A process that is gone.
+        #[allow(clippy::disallowed_methods)] // A bare process to outlive; not a runtime child.
         let mut child = std::process::Command::new("true").spawn().unwrap();
         let dead = child.id();
         child.wait().unwrap();

@@ -55,7 +55,7 @@ mod workers;
 
 pub use config::{
     BrokerConfig, ConfigError, ConfigErrors, DEFAULT_STATUS_INTERVAL_SECONDS,
-    MAX_STATUS_INTERVAL_SECONDS, PreflightMode, RedisUrl, install_tls_provider, redact_url,
+    MAX_STATUS_INTERVAL_SECONDS, PreflightMode, RedisUrl, install_tls_provider,
 };
 pub use link::{Conn, ConnectionState, Link, LinkError, LinkSettings};
 pub use message::{StatusMessage, UpdateType, build as build_status_message};

@@ -14,20 +14,9 @@ pub fn now_ms() -> u64 {
 }
 
 /// `2024-05-06T07:08:09.123Z`, the format JavaScript's `Date.toISOString()` writes, which workers use
-/// for `last_heartbeat` and the heartbeat key's value.
+/// for `last_heartbeat` and the heartbeat key's value (RFC 3339, UTC, milliseconds; `humantime`).
 pub fn iso8601(at: SystemTime) -> String {
-    let ms = epoch_ms(at);
-    let secs = ms / 1000;
-    let millis = ms % 1000;
-    let days = i64::try_from(secs / 86_400).unwrap_or(i64::MAX);
-    let rem = secs % 86_400;
-    let (year, month, day) = civil_from_days(days);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    humantime::format_rfc3339_millis(at).to_string()
 }
 
 /// The current time as ISO 8601 UTC.
@@ -37,67 +26,17 @@ pub fn now_iso8601() -> String {
 
 /// Reads a time a worker wrote as epoch milliseconds: a number (`1717000000000`) or an ISO 8601 UTC
 /// timestamp as JavaScript's `Date.toISOString()` writes it (`2024-05-06T07:08:09.123Z`, the fraction
-/// optional, `+00:00` accepted for `Z`). `None` for anything else.
+/// optional, `+00:00` accepted for `Z`). `None` for anything else (other offsets included).
 pub fn parse_epoch_ms(text: &str) -> Option<u64> {
     let text = text.trim();
     if let Ok(ms) = text.parse::<u64>() {
         return Some(ms);
     }
-    let text = text
-        .strip_suffix('Z')
-        .or_else(|| text.strip_suffix("+00:00"))?;
-    let (date, time) = text.split_once('T')?;
-    let mut date = date.splitn(3, '-').map(|p| p.parse::<i64>().ok());
-    let (year, month, day) = (date.next()??, date.next()??, date.next()??);
-    let (clock, fraction) = time.split_once('.').unwrap_or((time, ""));
-    let mut clock = clock.splitn(3, ':').map(|p| p.parse::<u64>().ok());
-    let (hour, minute, second) = (clock.next()??, clock.next()??, clock.next()??);
-    if !(1..=12).contains(&month)
-        || !(1..=31).contains(&day)
-        || hour > 23
-        || minute > 59
-        || second > 60
-    {
-        return None;
-    }
-    let millis = if fraction.is_empty() {
-        0
-    } else {
-        if !fraction.bytes().all(|b| b.is_ascii_digit()) {
-            return None;
-        }
-        let digits: String = fraction.chars().chain("000".chars()).take(3).collect();
-        digits.parse::<u64>().ok()?
+    let utc = match text.strip_suffix("+00:00") {
+        Some(stem) => format!("{stem}Z"),
+        None => text.to_owned(),
     };
-    let days = u64::try_from(days_from_civil(year, month as u32, day as u32)).ok()?;
-    Some(((days * 86_400 + hour * 3600 + minute * 60 + second) * 1000) + millis)
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date; the inverse of [`civil_from_days`].
-fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
-    let year = if month <= 2 { year - 1 } else { year };
-    let era = year.div_euclid(400);
-    let yoe = year.rem_euclid(400);
-    let mp = i64::from((month + 9) % 12);
-    let doy = (153 * mp + 2) / 5 + i64::from(day) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-/// Converts days since 1970-01-01 into a proleptic Gregorian (year, month, day).
-///
-/// Uses 400-year eras so the arithmetic stays in integers (the well-known "civil from days" method).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month as u32, day as u32)
+    humantime::parse_rfc3339(&utc).ok().map(epoch_ms)
 }
 
 #[cfg(test)]

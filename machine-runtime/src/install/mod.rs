@@ -11,7 +11,6 @@ mod marker;
 mod placeholder;
 mod process;
 mod recipe;
-pub(crate) mod redact;
 mod steps;
 
 use std::collections::BTreeMap;
@@ -30,7 +29,7 @@ pub use marker::{
 pub use placeholder::PlaceholderError;
 pub use process::{abort_running_step, kill_running_step_on_signals};
 
-use redact::Redactor;
+use machine_model::components::Masker;
 
 /// The workspace used when `WORKSPACE_DIR` is not set.
 pub const DEFAULT_WORKSPACE: &str = "/workspace";
@@ -547,7 +546,7 @@ pub fn install(
         "lock",
         &markers,
     ))?;
-    let redactor = Redactor::from_env(&opts.env);
+    let masker = Masker::for_env(opts.env.iter());
 
     let mut report = InstallReport::default();
     for p in &prepared {
@@ -575,7 +574,7 @@ pub fn install(
                 Freshness::Stale(reason) => reason,
             }
         };
-        install_one(&workspace, p, opts, &redactor, &reason, started)?;
+        install_one(&workspace, p, opts, &masker, &reason, started)?;
         report.services.push(ServiceReport {
             service: p.service.clone(),
             outcome: Outcome::Installed,
@@ -694,7 +693,7 @@ fn install_one(
     workspace: &Path,
     p: &Prepared,
     opts: &InstallOptions,
-    redactor: &Redactor,
+    masker: &Masker,
     reason: &str,
     started: Instant,
 ) -> Result<(), InstallError> {
@@ -703,7 +702,7 @@ fn install_one(
     opts.progress.report(&ProgressEvent::Installing {
         service: service.to_owned(),
         dir: dir.to_owned(),
-        reason: redactor.redact(reason),
+        reason: masker.mask(reason).into_owned(),
     });
     let versions = workspace.join(VERSIONS_DIR).join(dir);
     fs::create_dir_all(&versions).map_err(io_error(service, "create", &versions))?;
@@ -731,7 +730,7 @@ fn install_one(
         &persist_root,
         &child_env,
         opts,
-        redactor,
+        masker,
     )
     .and_then(|records| {
         let moved = marker::activate(workspace, dir, &version_rel).map_err(io_error(
@@ -812,14 +811,14 @@ fn run_steps(
     persist_root: &Path,
     env: &Env,
     opts: &InstallOptions,
-    redactor: &Redactor,
+    masker: &Masker,
 ) -> Result<steps::Records, InstallError> {
     let mut records = steps::Records::default();
     let total = recipe.steps.len();
     let build_str = build.to_string_lossy();
     for (i, step) in recipe.steps.iter().enumerate() {
         let step = recipe::with_install_dir(step, &build_str);
-        let summary = redactor.redact(&recipe::describe(&step));
+        let summary = masker.mask(&recipe::describe(&step)).into_owned();
         let timeout = step
             .timeout_secs()
             .map_or(opts.default_step_timeout, Duration::from_secs);
@@ -845,7 +844,7 @@ fn run_steps(
             deadline: started + timeout,
             timeout,
             heartbeat: opts.heartbeat,
-            redactor,
+            masker,
             progress: opts.progress.as_ref(),
         };
         steps::run_step(&ctx, &step, &mut records).map_err(InstallError::Step)?;

@@ -1,4 +1,9 @@
-//! `${VAR}` / `${VAR:-default}` placeholders in recipe values, resolved from the runtime's environment.
+//! `${VAR}` placeholders in recipe values, resolved from the runtime's environment with the one
+//! `${VAR}` grammar of the workspace, [`machine_model::components::interpolate`]: `${VAR}`,
+//! `${VAR:-default}`, `${VAR-default}`, `${VAR:?message}`, `${VAR?message}`, `$$` for a literal `$`.
+//! Installer-only rule: `${INSTALL_DIR}` is reserved and stays literal until a step runs.
+
+use machine_model::components::interpolate::{self, ExpandError};
 
 /// The reserved variable naming the version directory being built; kept literal until a step runs.
 pub(crate) const INSTALL_DIR_VAR: &str = "INSTALL_DIR";
@@ -14,6 +19,14 @@ pub enum PlaceholderError {
         /// The variable's name.
         name: String,
     },
+    /// `${NAME:?message}` and `NAME` is unset or empty.
+    #[error("{name} is not set: {message}; set {name}")]
+    Required {
+        /// The variable's name.
+        name: String,
+        /// The message written in the placeholder.
+        message: String,
+    },
     /// A `${` without its closing `}`.
     #[error("unterminated placeholder in {value:?}; close it with `}}`")]
     Unterminated {
@@ -26,6 +39,16 @@ pub enum PlaceholderError {
         /// The name as written.
         name: String,
     },
+    /// Another mistake in the grammar (`$NAME` without braces, nesting too deep).
+    #[error("{message} in {value:?}{}", .help.as_deref().map(|h| format!("; {h}")).unwrap_or_default())]
+    Syntax {
+        /// The whole value.
+        value: String,
+        /// What is wrong.
+        message: String,
+        /// How to fix it.
+        help: Option<String>,
+    },
 }
 
 /// Resolves every placeholder in `input`. `lookup` returns a variable's value; `${INSTALL_DIR}` is left as
@@ -34,86 +57,53 @@ pub(crate) fn resolve(
     input: &str,
     lookup: &dyn Fn(&str) -> Option<String>,
 ) -> Result<String, PlaceholderError> {
-    let mut out = String::with_capacity(input.len());
-    let mut rest = input;
-    while let Some(pos) = rest.find('$') {
-        out.push_str(&rest[..pos]);
-        let tail = &rest[pos..];
-        if let Some(after) = tail.strip_prefix("$${") {
-            out.push_str("${");
-            rest = after;
-        } else if let Some(body) = tail.strip_prefix("${") {
-            let (consumed, value) = placeholder(body, input, lookup)?;
-            out.push_str(&value);
-            rest = &body[consumed..];
-        } else {
-            out.push('$');
-            rest = &tail[1..];
+    interpolate::expand(input, lookup, &[INSTALL_DIR_VAR]).map_err(|err| match err {
+        ExpandError::Missing {
+            name,
+            message: None,
+        } => PlaceholderError::Unset { name },
+        ExpandError::Missing {
+            name,
+            message: Some(message),
+        } => PlaceholderError::Required { name, message },
+        ExpandError::Reserved { name, .. } => PlaceholderError::BadName {
+            name: format!("{name} (reserved; takes no default)"),
+        },
+        ExpandError::Syntax(e) if e.message.starts_with("unterminated") => {
+            PlaceholderError::Unterminated {
+                value: input.to_owned(),
+            }
         }
-    }
-    out.push_str(rest);
-    Ok(out)
+        ExpandError::Syntax(e) => match placeholder_at(input, e.column) {
+            // A mistake inside `${...}`: show what stands between the braces.
+            Some(name) => PlaceholderError::BadName { name },
+            None => PlaceholderError::Syntax {
+                value: input.to_owned(),
+                message: e.message,
+                help: e.help,
+            },
+        },
+    })
 }
 
-/// Parses the placeholder whose body (after `${`) starts `body`; returns the bytes consumed (through the
-/// closing `}`) and the value.
-fn placeholder(
-    body: &str,
-    whole: &str,
-    lookup: &dyn Fn(&str) -> Option<String>,
-) -> Result<(usize, String), PlaceholderError> {
-    let unterminated = || PlaceholderError::Unterminated {
-        value: whole.to_owned(),
-    };
-    let name_end = body.find(['}', ':']).ok_or_else(unterminated)?;
-    let name = &body[..name_end];
-    if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
-        let shown = body[..body.find('}').unwrap_or(body.len())].to_owned();
-        return Err(PlaceholderError::BadName { name: shown });
+/// The text of the `${...}` that holds the 1-based character `column` of `input` (after `${`, up to
+/// `}` or the end), if the column is inside one.
+fn placeholder_at(input: &str, column: u32) -> Option<String> {
+    let chars: Vec<char> = input.chars().collect();
+    let at = usize::try_from(column).ok()?.checked_sub(1)?;
+    let start = (0..=at.min(chars.len().saturating_sub(1)))
+        .rev()
+        .find(|&i| chars.get(i) == Some(&'$') && chars.get(i + 1) == Some(&'{'))?;
+    // Only when no `}` closes it before the error.
+    if chars[start..at].contains(&'}') {
+        return None;
     }
-    if name == INSTALL_DIR_VAR {
-        if body[name_end..].starts_with('}') {
-            return Ok((name_end + 1, INSTALL_DIR_PLACEHOLDER.to_owned()));
-        }
-        return Err(PlaceholderError::BadName {
-            name: format!("{name} (reserved; takes no default)"),
-        });
-    }
-    if body[name_end..].starts_with('}') {
-        let value = lookup(name).ok_or_else(|| PlaceholderError::Unset {
-            name: name.to_owned(),
-        })?;
-        return Ok((name_end + 1, value));
-    }
-    let default_start = name_end + ":-".len();
-    if !body[name_end..].starts_with(":-") {
-        return Err(PlaceholderError::BadName {
-            name: body[..body.find('}').unwrap_or(body.len())].to_owned(),
-        });
-    }
-    // The default runs to the `}` that closes this placeholder, skipping nested `${...}`.
-    let mut depth = 0usize;
-    let bytes = body.as_bytes();
-    let mut i = default_start;
-    let close = loop {
-        match bytes.get(i) {
-            None => return Err(unterminated()),
-            Some(b'$') if bytes.get(i + 1) == Some(&b'{') => {
-                depth += 1;
-                i += 2;
-                continue;
-            }
-            Some(b'}') if depth == 0 => break i,
-            Some(b'}') => depth -= 1,
-            Some(_) => {}
-        }
-        i += 1;
-    };
-    let value = match lookup(name) {
-        Some(v) if !v.is_empty() => v,
-        _ => resolve(&body[default_start..close], lookup)?,
-    };
-    Ok((close + 1, value))
+    Some(
+        chars[start + 2..]
+            .iter()
+            .take_while(|c| **c != '}')
+            .collect(),
+    )
 }
 
 #[cfg(test)]
@@ -136,7 +126,13 @@ mod tests {
     #[test]
     fn plain_text_and_lone_dollars_are_literal() {
         check("abc", &[], Ok("abc"));
-        check("a$b $ c$", &[], Ok("a$b $ c$"));
+        // One grammar (components::interpolate): `$$` is a literal `$` everywhere, and `$b` without
+        // braces is refused (the installer's own copy kept both as written).
+        check("a$$b $ c$", &[], Ok("a$b $ c$"));
+        assert!(matches!(
+            resolve("a$b", &|_| None),
+            Err(PlaceholderError::Syntax { .. })
+        ));
         check("$${HOME}", &[("HOME", "/root")], Ok("${HOME}"));
     }
 
@@ -210,6 +206,22 @@ mod tests {
             &[],
             Err(PlaceholderError::BadName { name: "A:x".into() }),
         );
+        check(
+            "${INSTALL_DIR:-/x}",
+            &[],
+            Err(PlaceholderError::BadName {
+                name: "INSTALL_DIR (reserved; takes no default)".into(),
+            }),
+        );
+        check(
+            "${V:?pick a version}",
+            &[("V", "")],
+            Err(PlaceholderError::Required {
+                name: "V".into(),
+                message: "pick a version".into(),
+            }),
+        );
+        check("${V-d} ${V?x}", &[("V", "")], Ok(" "));
         let msg = PlaceholderError::Unset { name: "X".into() }.to_string();
         assert_eq!(msg, "`${X}` is not set; set X or write `${X:-default}`");
     }

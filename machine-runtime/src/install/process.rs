@@ -7,16 +7,16 @@
 
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Read};
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::{ExitStatus, Stdio};
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use super::redact::Redactor;
+use machine_model::components::Masker;
 
 /// Lines of output kept for error messages.
 pub(crate) const TAIL_LINES: usize = 20;
@@ -66,11 +66,11 @@ impl Cmd {
     }
 
     /// The command line as a user would type it, quoted where needed, secrets masked.
-    pub(crate) fn display(&self, redactor: &Redactor) -> String {
+    pub(crate) fn display(&self, masker: &Masker) -> String {
         let words = std::iter::once(self.program.to_string_lossy().into_owned())
             .chain(self.args.iter().cloned());
         let line = words.map(|w| shell_quote(&w)).collect::<Vec<_>>().join(" ");
-        redactor.redact(&line)
+        masker.mask(&line).into_owned()
     }
 }
 
@@ -115,15 +115,14 @@ pub(crate) struct RunCtx<'a> {
 
 /// Runs `cmd` to the end or to the deadline.
 pub(crate) fn run(ctx: &RunCtx<'_>, cmd: &Cmd) -> Result<Finished, Interrupted> {
-    let mut command = Command::new(&cmd.program);
+    // Stdin closed, its own process group, killed if the installer dies (crate::command).
+    let mut command = crate::command::new_child(&cmd.program);
     command
         .args(&cmd.args)
         .current_dir(&cmd.cwd)
         .env_clear()
         .envs(ctx.env.iter())
-        .envs(cmd.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .stdin(Stdio::null())
-        .process_group(0);
+        .envs(cmd.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
     let (merged, writer) = std::io::pipe().map_err(Interrupted::Spawn)?;
     if cmd.capture_stdout {
         command.stdout(Stdio::piped());
@@ -175,7 +174,7 @@ pub(crate) fn run(ctx: &RunCtx<'_>, cmd: &Cmd) -> Result<Finished, Interrupted> 
     };
     // The child is alive or a zombie (not reaped), so `pid` still names its group: kill what is left of it,
     // the whole group on timeout, stray background helpers after a normal exit.
-    kill_group(pid);
+    crate::signals::kill_group(pid as u32, libc::SIGKILL);
     // Cleared before reaping: once reaped, the number may name someone else's group.
     ACTIVE_GROUP.store(0, Ordering::SeqCst);
     let status = child.wait();
@@ -210,7 +209,8 @@ static ACTIVE_GROUP: AtomicI32 = AtomicI32::new(0);
 pub fn abort_running_step() {
     let pgid = ACTIVE_GROUP.load(Ordering::SeqCst);
     if pgid > 0 {
-        kill_group(pgid);
+        // Async-signal-safe: a conversion and kill(2).
+        crate::signals::kill_group(pgid as u32, libc::SIGKILL);
     }
 }
 
@@ -251,14 +251,6 @@ fn wait_exited_without_reaping(pid: libc::pid_t) {
         if rc == 0 || std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
             return;
         }
-    }
-}
-
-fn kill_group(pgid: libc::pid_t) {
-    // SAFETY: plain syscall; a negative pid addresses our child's own process group. ESRCH (nothing left)
-    // is the expected outcome after a clean exit and is ignored.
-    unsafe {
-        libc::kill(-pgid, libc::SIGKILL);
     }
 }
 
@@ -377,7 +369,7 @@ mod tests {
     fn display_quotes_and_redacts() {
         let cmd = Cmd::new("git", Path::new("/")).args(["fetch", "https://u:p@h/r", "a b", "it's"]);
         assert_eq!(
-            cmd.display(&Redactor::default()),
+            cmd.display(&Masker::default()),
             r"git fetch https://***@h/r 'a b' 'it'\''s'"
         );
     }

@@ -10,8 +10,9 @@ use super::hash::fnv1a64_hex;
 use super::marker::{CheckoutRecord, FetchRecord, RequirementsRecord};
 use super::process::{self, Cmd, Finished, Interrupted, RunCtx};
 use super::recipe::{FetchSource, is_full_sha};
-use super::redact::{Redactor, strip_url_credentials};
 use super::{Env, FailureCause, Progress, ProgressEvent, StepFailure};
+use machine_model::components::Masker;
+use machine_model::components::mask::strip_url_credentials;
 
 /// Step failures are boxed: they are rare and large.
 pub(crate) type StepResult<T> = Result<T, Box<StepFailure>>;
@@ -41,7 +42,7 @@ pub(crate) struct StepCtx<'a> {
     pub deadline: Instant,
     pub timeout: Duration,
     pub heartbeat: Duration,
-    pub redactor: &'a Redactor,
+    pub masker: &'a Masker,
     pub progress: &'a dyn Progress,
 }
 
@@ -57,16 +58,19 @@ impl StepCtx<'_> {
             step: self.index,
             total: self.total,
             kind: self.kind,
-            command: command.map(|c| c.display(self.redactor)),
+            command: command.map(|c| c.display(self.masker)),
             cause,
-            tail: tail.iter().map(|l| self.redactor.redact(l)).collect(),
+            tail: tail
+                .iter()
+                .map(|l| self.masker.mask(l).into_owned())
+                .collect(),
         })
     }
 
     fn problem(&self, message: String) -> Box<StepFailure> {
         self.failure(
             None,
-            FailureCause::Problem(self.redactor.redact(&message)),
+            FailureCause::Problem(self.masker.mask(&message).into_owned()),
             Vec::new(),
         )
     }
@@ -77,7 +81,7 @@ impl StepCtx<'_> {
             step: self.index,
             total: self.total,
             kind: self.kind,
-            message: self.redactor.redact(message),
+            message: self.masker.mask(message).into_owned(),
         });
     }
 
@@ -231,7 +235,7 @@ fn fetch(
     let target = ctx.root.join(dest);
     fs::create_dir_all(&target)
         .map_err(|e| ctx.problem(format!("cannot create {}: {e}", target.display())))?;
-    let shown = strip_url_credentials(source, false);
+    let shown = strip_url_credentials(source);
     // A download lands beside the version directory, never inside what is being built.
     let download = PathBuf::from(format!("{}.download.tar.gz", ctx.root.display()));
     let kind = FetchSource::parse(source).map_err(|e| ctx.problem(e))?;
@@ -375,7 +379,7 @@ fn git_checkout(
     ctx.run_ok(
         &git()
             .args(["remote", "add", "origin"])
-            .arg(strip_url_credentials(repo, false)),
+            .arg(strip_url_credentials(repo)),
     )?;
 
     let mut fetched = false;
@@ -414,7 +418,7 @@ fn git_checkout(
     }
     Ok(CheckoutRecord {
         dest: dest.to_owned(),
-        repo: strip_url_credentials(repo, false),
+        repo: strip_url_credentials(repo),
         rev: rev.to_owned(),
         commit,
     })

@@ -13,8 +13,7 @@ use serde::Serialize;
 use tokio::sync::broadcast;
 
 use crate::broker::now_ms;
-use crate::install::Env;
-use crate::install::redact::Redactor;
+use machine_model::components::Masker;
 
 /// Most lines kept per app.
 pub const MAX_LINES: usize = 2000;
@@ -53,7 +52,7 @@ struct Ring {
 pub struct AppLog {
     ring: Mutex<Ring>,
     follow: broadcast::Sender<LogLine>,
-    redactor: Redactor,
+    masker: Masker,
 }
 
 impl std::fmt::Debug for AppLog {
@@ -65,21 +64,19 @@ impl std::fmt::Debug for AppLog {
 }
 
 impl AppLog {
-    /// An empty log that masks the values of the secret-looking variables of `env` (names with
-    /// TOKEN, SECRET, PASSWORD, KEY, CREDENTIAL or AUTH, values of 6 characters or more) and the
-    /// credentials of any URL.
+    /// An empty log that masks what [`Masker::for_env`] masks for `env` (the values of the variables
+    /// the plan marks secret or named like secrets, URL passwords) and the credentials of any URL.
     pub fn new(env: &BTreeMap<OsString, OsString>) -> AppLog {
-        let env: Env = env
+        let env = env
             .iter()
-            .filter_map(|(k, v)| Some((k.to_str()?.to_owned(), v.to_str()?.to_owned())))
-            .collect();
+            .filter_map(|(k, v)| Some((k.to_str()?, v.to_str()?)));
         AppLog {
             ring: Mutex::new(Ring {
                 lines: VecDeque::new(),
                 bytes: 0,
             }),
             follow: broadcast::channel(FOLLOW_BACKLOG).0,
-            redactor: Redactor::from_env(&env),
+            masker: Masker::for_env(env),
         }
     }
 
@@ -95,7 +92,7 @@ impl AppLog {
     /// the line, so the forwarded copy can be masked too.
     pub fn push(&self, stream: LogStream, bytes: &[u8]) -> Option<String> {
         let read = String::from_utf8_lossy(bytes);
-        let text = self.redactor.redact(&read);
+        let text = self.masker.mask(&read).into_owned();
         let masked = (text != read).then(|| text.clone());
         let line = LogLine {
             at_ms: now_ms(),

@@ -34,6 +34,8 @@ const BASE_IMAGE: &str = "machine-base:bookworm";
 const REDIS_IMAGE: &str = "machine-test-redis:bookworm";
 /// Where the test puts this build's machine-runtime inside the build context (git-ignored).
 const PREBUILT: &str = ".docker-prebuilt/machine-runtime";
+/// The simulation service's binary of this build (full-local runs it).
+const SIMULATE_BIN: &str = env!("CARGO_BIN_EXE_machine-simulate");
 /// The test stand-in of the worker bundle, as a folder of the build context.
 const BUNDLE: &str = "machine-runtime/tests/fixtures/worker-bundle";
 /// The longest one docker or docker-compose command may take (a cold base image, apt on a slow mirror).
@@ -169,12 +171,20 @@ fn prepare() {
                 .arg(empty.path()),
         );
     }
-    // Copied atomically: a build may be reading the previous one.
+    // Copied atomically: a build may be reading the previous one. The simulation service's binary goes
+    // next to the runtime, where the Dockerfile takes it from.
     let target = repo().join(PREBUILT);
     std::fs::create_dir_all(target.parent().unwrap()).expect("creating .docker-prebuilt");
-    let partial = target.with_extension("partial");
-    std::fs::copy(BIN, &partial).expect("copying machine-runtime into the build context");
-    std::fs::rename(&partial, &target).expect("placing machine-runtime in the build context");
+    for (bin, target) in [
+        (BIN, target.clone()),
+        (SIMULATE_BIN, target.with_file_name("machine-simulate")),
+    ] {
+        let partial = target.with_extension("partial");
+        std::fs::copy(bin, &partial)
+            .unwrap_or_else(|e| panic!("copying {bin} into the build context: {e}"));
+        std::fs::rename(&partial, &target)
+            .unwrap_or_else(|e| panic!("placing {} in the build context: {e}", target.display()));
+    }
 }
 
 /// A compose project on a generated profile, with the registry override; `down -v` when dropped.

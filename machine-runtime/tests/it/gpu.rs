@@ -9,6 +9,7 @@ fn gpus(format: &str, env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_machine-runtime"));
     cmd.args(["gpus", "--format", format])
         .env_remove("MACHINE_FAKE_GPUS")
+        .env_remove("MACHINE_NVML_LIBRARY")
         .env_remove("CUDA_VISIBLE_DEVICES");
     for (key, value) in env {
         cmd.env(key, value);
@@ -117,12 +118,13 @@ fn outer_cuda_visible_devices_restricts_and_reorders() {
     );
 }
 
-/// Whether `libnvidia-ml.so` loads here, asked the same way nvml-wrapper asks (dlopen by that name).
+/// Whether NVML's library loads here, asked the way nvml-wrapper asks (dlopen of `libnvidia-ml.so.1`, the
+/// name the NVIDIA container toolkit injects; the unversioned `.so` exists only with driver development files).
 fn nvml_library_present() -> bool {
     // SAFETY: dlopen with a valid NUL-terminated name; a non-null handle is closed right away.
     unsafe {
         let handle = libc::dlopen(
-            c"libnvidia-ml.so".as_ptr(),
+            c"libnvidia-ml.so.1".as_ptr(),
             libc::RTLD_NOW | libc::RTLD_LOCAL,
         );
         if handle.is_null() {
@@ -134,8 +136,31 @@ fn nvml_library_present() -> bool {
     }
 }
 
+/// The no-GPU path on every host: NVML's library cannot be loaded (`MACHINE_NVML_LIBRARY` names one that
+/// does not exist), so the inventory is zero GPUs with the reason, and `gpus` still exits 0. This tests the
+/// error path only, never GPU detection.
 #[test]
-fn without_fake_gpus_nvml_answers_or_says_why_and_exits_zero() {
+fn a_missing_nvml_library_is_zero_gpus_with_the_reason() {
+    let missing = [("MACHINE_NVML_LIBRARY", "/nonexistent/libnvidia-ml.so.1")];
+    let inventory = json_of(&gpus("json", &missing));
+    let reason = "NVIDIA management library /nonexistent/libnvidia-ml.so.1 not found (named by MACHINE_NVML_LIBRARY)";
+    assert_eq!(inventory["source"], "none", "{inventory}");
+    assert_eq!(inventory["gpus"], Value::Array(Vec::new()), "{inventory}");
+    assert_eq!(inventory["reason"], reason, "{inventory}");
+    let text = gpus("text", &missing);
+    assert!(text.status.success());
+    assert_eq!(
+        String::from_utf8(text.stdout).unwrap(),
+        format!("0 GPUs ({reason})\n")
+    );
+}
+
+/// Without fake GPUs the inventory says what the host has. On a host without NVML's library (CI) that is
+/// the default no-library answer; with the library, the GPUs NVML reads, checked against `nvidia-smi -L`
+/// where it runs, or zero with NVML's reason. GPU detection proper is checked on a GPU machine, by this test
+/// and by `scripts/gpu-check.sh`.
+#[test]
+fn without_fake_gpus_the_inventory_is_what_the_host_s_nvml_says() {
     let inventory = json_of(&gpus("json", &[]));
     let text = gpus("text", &[]);
     assert!(text.status.success());
@@ -152,6 +177,18 @@ fn without_fake_gpus_nvml_answers_or_says_why_and_exits_zero() {
                 uuids(&inventory).iter().all(|u| u.starts_with("GPU-")),
                 "{inventory}"
             );
+        }
+        // nvidia-smi reads the same driver: the same GPUs in the same order.
+        if let Ok(smi) = Command::new("nvidia-smi").arg("-L").output()
+            && smi.status.success()
+        {
+            let listed: Vec<String> = String::from_utf8_lossy(&smi.stdout)
+                .lines()
+                .filter_map(|l| l.split("(UUID: ").nth(1))
+                .map(|rest| rest.trim_end_matches(')').to_owned())
+                .filter(|u| u.starts_with("GPU-"))
+                .collect();
+            assert_eq!(uuids(&inventory), listed, "{inventory}");
         }
     } else {
         assert_eq!(inventory["source"], "none");

@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::redis_server::RedisServer;
-use crate::up_support::{BIN, free_port, gone, http_get, pids_with, token, wait_for};
+use crate::up_support::{
+    BIN, free_port, gone, http_get, pids_with, token, wait_for, write_ecosystem,
+};
 
 /// A runtime started with stdio chosen by the test and a known health port.
 struct Raw {
@@ -24,12 +26,7 @@ struct Raw {
 impl Raw {
     /// Starts `up --ecosystem` on `ecosystem` (with `@DIR@` replaced) in a clean environment.
     fn start(ecosystem: Value, env: &[(&str, &str)], stdout: Stdio, stderr: Stdio) -> Raw {
-        let dir = tempfile::tempdir().unwrap();
-        let text = ecosystem
-            .to_string()
-            .replace("@DIR@", dir.path().to_str().unwrap());
-        let file = dir.path().join("ecosystem.config.json");
-        std::fs::write(&file, text).unwrap();
+        let (dir, file) = write_ecosystem(&ecosystem);
         let port = free_port();
         let mut cmd = Command::new(BIN);
         cmd.args(["up", "--ecosystem"])
@@ -419,11 +416,9 @@ fn kill_9_of_the_runtime_takes_its_apps_along() {
 
 #[test]
 fn kill_9_of_the_runtime_as_pid_1_takes_everything_along() {
-    let probe = Command::new("unshare")
-        .args(["--user", "--pid", "--fork", "--map-root-user", "true"])
-        .output();
-    if !probe.is_ok_and(|o| o.status.success()) {
-        println!("note: skipping; `unshare --user --pid` is not allowed here");
+    if !crate::up_support::pid_namespace_available(
+        "kill_9_of_the_runtime_as_pid_1_takes_everything_along",
+    ) {
         return;
     }
     let token = token("kill9ns-");

@@ -1,4 +1,4 @@
-//! `machine-runtime simulate`: answers its endpoints on a real port and stops cleanly on SIGTERM.
+//! `machine-simulate` (the simulation service, its own binary): answers its endpoints on a real port and stops cleanly on SIGTERM.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -28,8 +28,8 @@ impl Drop for Service {
 
 /// Starts `simulate --port 0` (a free port) and waits for its start line, which names the address.
 pub(crate) fn start(env: &[(&str, &str)], extra: &[&str]) -> Service {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_machine-runtime"));
-    cmd.args(["simulate", "--port", "0"])
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_machine-simulate"));
+    cmd.args(["--port", "0"])
         .args(extra)
         .stdout(Stdio::piped())
         .env_remove("CUDA_VISIBLE_DEVICES");
@@ -37,7 +37,7 @@ pub(crate) fn start(env: &[(&str, &str)], extra: &[&str]) -> Service {
     for (key, value) in env {
         cmd.env(key, value);
     }
-    let mut child = cmd.spawn().expect("machine-runtime starts");
+    let mut child = cmd.spawn().expect("machine-simulate starts");
     let stdout = child.stdout.take().unwrap();
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
@@ -166,11 +166,11 @@ fn sigterm_exits_zero() {
 
 #[test]
 fn sigterm_during_startup_delay_exits_zero_without_listening() {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_machine-runtime"))
-        .args(["simulate", "--port", "0", "--startup-delay-ms", "600000"])
+    let mut child = Command::new(env!("CARGO_BIN_EXE_machine-simulate"))
+        .args(["--port", "0", "--startup-delay-ms", "600000"])
         .stdout(Stdio::piped())
         .spawn()
-        .expect("machine-runtime starts");
+        .expect("machine-simulate starts");
     let mut stdout = BufReader::new(child.stdout.take().unwrap());
     // The delay line is printed after the signal handlers are installed, so SIGTERM is handled from here on.
     let mut line = String::new();
@@ -448,8 +448,8 @@ mod websocket {
             "{response}"
         );
 
-        let output = std::process::Command::new(env!("CARGO_BIN_EXE_machine-runtime"))
-            .args(["simulate", "--port", "0"])
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_machine-simulate"))
+            .args(["--port", "0"])
             .env("SIMULATION_STEP_COUNT", "ten")
             .env("SIMULATION_STEP_DELAY_MS", "-5")
             .output()
@@ -463,4 +463,19 @@ mod websocket {
             "{stderr}"
         );
     }
+}
+
+/// The production binary carries no test double: `simulate` is not one of its subcommands.
+#[test]
+fn the_production_binary_has_no_simulate_subcommand() {
+    let output = Command::new(env!("CARGO_BIN_EXE_machine-runtime"))
+        .args(["simulate", "--port", "0"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("unrecognized subcommand 'simulate'"),
+        "{stderr}"
+    );
 }

@@ -219,8 +219,8 @@ async fn the_bundle_worker_finishes_its_simulation_job_when_the_machine_stops() 
     let mut rt = tokio::task::block_in_place(|| {
         Runtime::start(
             json!({"apps": [
-                {"name": "simulation-gpu0", "script": "machine-runtime",
-                 "args": ["simulate", "--port", port.to_string()], "machine_role": "service",
+                {"name": "simulation-gpu0", "script": "machine-simulate",
+                 "args": ["--port", port.to_string()], "machine_role": "service",
                  "machine_readiness": {"kind": "http", "url": format!("http://127.0.0.1:{port}/health"), "interval_ms": 100}},
                 {"name": "sim-worker", "script": "redis-direct-worker.js", "interpreter": "node",
                  "cwd": bundle, "env": worker_env, "kill_timeout": "2m",

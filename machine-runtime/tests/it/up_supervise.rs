@@ -357,17 +357,8 @@ fn reaps_orphans_as_a_subreaper() {
 
 #[test]
 fn reaps_orphans_as_pid_1_in_a_pid_namespace() {
-    let probe = std::process::Command::new("unshare")
-        .args(["--user", "--pid", "--fork", "--map-root-user", "true"])
-        .output();
-    match probe {
-        Ok(out) if out.status.success() => {}
-        other => {
-            println!(
-                "note: skipping the PID-namespace variant; `unshare --user --pid` is not allowed here: {other:?}"
-            );
-            return;
-        }
+    if !crate::up_support::pid_namespace_available("reaps_orphans_as_pid_1_in_a_pid_namespace") {
+        return;
     }
     let token = token("orphan-ns-");
     let mut rt = Runtime::start_with(

@@ -16,6 +16,40 @@ pub const PATIENCE: Duration = Duration::from_secs(60);
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_machine-runtime");
 
+/// Opt-out of the PID-namespace tests for developers whose kernel or container refuses
+/// `unshare --user --pid` (`.ci/run` unsets it; CI runs them as root).
+pub const SKIP_NAMESPACE_VAR: &str = "MACHINE_SKIP_NAMESPACE_TEST";
+
+/// Whether the PID-namespace variant of `test` runs: `true` when `unshare --user --pid` works here; `false`
+/// (with a loud line) only when [`SKIP_NAMESPACE_VAR`]`=1` says to skip; otherwise the test fails saying
+/// why, so a refused `unshare` never passes as if the namespace had been tested.
+pub fn pid_namespace_available(test: &str) -> bool {
+    let probe = Command::new("unshare")
+        .args(["--user", "--pid", "--fork", "--map-root-user", "true"])
+        .stdin(Stdio::null())
+        .output();
+    let refusal = match probe {
+        Ok(out) if out.status.success() => return true,
+        Ok(out) => format!(
+            "`unshare --user --pid --fork --map-root-user true` failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ),
+        Err(e) => format!("`unshare` could not run ({e}); install util-linux"),
+    };
+    if std::env::var_os(SKIP_NAMESPACE_VAR).is_some_and(|v| v == "1") {
+        eprintln!(
+            "SKIPPED ON PURPOSE: {SKIP_NAMESPACE_VAR}=1, so {test} did not run ({refusal}; CI never sets it)"
+        );
+        return false;
+    }
+    panic!(
+        "{test} needs a PID namespace, but {refusal}; run the tests as root or where user namespaces are \
+         allowed (sysctl kernel.unprivileged_userns_clone=1, a container with --privileged), or set \
+         {SKIP_NAMESPACE_VAR}=1 to skip it on purpose"
+    );
+}
+
 /// Polls `probe` until it returns `Some`, or panics with `what` and `context()` after `PATIENCE`.
 pub fn wait_for<T>(
     what: &str,
@@ -37,6 +71,18 @@ pub fn wait_for<T>(
     }
 }
 
+/// Writes `ecosystem` as `ecosystem.config.json` in a new temporary directory, `@DIR@` in it replaced by
+/// that directory's path; returns the directory and the file.
+pub fn write_ecosystem(ecosystem: &Value) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let text = ecosystem
+        .to_string()
+        .replace("@DIR@", dir.path().to_str().unwrap());
+    let file = dir.path().join("ecosystem.config.json");
+    std::fs::write(&file, text).unwrap();
+    (dir, file)
+}
+
 /// A running `machine-runtime up` with its own temporary directory.
 pub struct Runtime {
     pub child: Child,
@@ -53,12 +99,7 @@ impl Runtime {
 
     /// Like `start`, with `wrapper` put before the binary (e.g. `unshare ...`).
     pub fn start_with(ecosystem: Value, env: &[(&str, &str)], wrapper: &[&str]) -> Runtime {
-        let dir = tempfile::tempdir().unwrap();
-        let text = ecosystem
-            .to_string()
-            .replace("@DIR@", dir.path().to_str().unwrap());
-        let file = dir.path().join("ecosystem.config.json");
-        std::fs::write(&file, text).unwrap();
+        let (dir, file) = write_ecosystem(&ecosystem);
         let file = file.to_str().unwrap().to_owned();
         Self::spawn(dir, &["up", "--ecosystem", &file], env, wrapper)
     }

@@ -226,6 +226,32 @@ fn install_hooks_wires_the_check_into_git() {
     assert!(out.stderr.contains("not ours"), "{out}");
 }
 
+/// Outside a git checkout `install-hooks` fails naming the folder and git's own answer, and writes nothing.
+#[test]
+fn install_hooks_outside_a_git_checkout_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("not-a-repo");
+    std::fs::create_dir(&root).unwrap();
+    // git must not find a repository above the temporary folder either.
+    let out = run(xtask_in(&root)
+        .env("GIT_CEILING_DIRECTORIES", dir.path())
+        .arg("install-hooks"));
+    assert!(!out.ok(), "install-hooks succeeded outside git: {out}");
+    assert!(
+        out.stderr.contains("is not a git checkout") && out.stderr.contains("not-a-repo"),
+        "{out}"
+    );
+    assert!(
+        out.stderr.contains("git rev-parse --git-path hooks"),
+        "git's command is not named: {out}"
+    );
+    assert_eq!(
+        std::fs::read_dir(&root).unwrap().count(),
+        0,
+        "install-hooks wrote into a folder that is no checkout"
+    );
+}
+
 /// `.pre-commit-hooks.yaml` offers the same check to the pre-commit framework, for every folder whose change
 /// can make it fail.
 #[test]

@@ -324,6 +324,40 @@ fn services_are_installed_at_build_time_after_the_binary_is_in_place() {
     );
 }
 
+/// The simulation service's binary (its own, not a subcommand of PID 1) lies next to machine-runtime, where
+/// the runtime starts it from, whichever way the builder stage got the binaries.
+#[test]
+fn the_simulation_binary_is_copied_next_to_the_runtime() {
+    let (_, stages) = image();
+    let runtime = stages.last().unwrap();
+    let copies: Vec<&str> = find(runtime, "COPY")
+        .iter()
+        .map(|i| i.args.as_str())
+        .filter(|a| a.contains("/usr/local/bin/"))
+        .map(|a| a.rsplit(' ').next().unwrap())
+        .collect();
+    assert!(
+        copies.contains(&"/usr/local/bin/machine-runtime")
+            && copies.contains(&"/usr/local/bin/machine-simulate"),
+        "runtime stage copies {copies:?}"
+    );
+    let builder = &stages[0];
+    let build = find(builder, "RUN")
+        .into_iter()
+        .find(|i| i.args.contains("MACHINE_RUNTIME_BINARY"))
+        .expect("the builder's RUN that places the binaries");
+    for placed in [
+        "target/release/machine-simulate /out/bin/machine-simulate",
+        "\"$simulate\" /out/bin/machine-simulate",
+    ] {
+        assert!(
+            build.args.contains(placed),
+            "the builder does not place machine-simulate ({placed}):\n{}",
+            build.args
+        );
+    }
+}
+
 #[test]
 fn entrypoint_cmd_healthcheck_and_stopsignal_are_exec_form_and_use_the_binary() {
     let (_, stages) = image();

@@ -1,0 +1,504 @@
+//! The runtime's one small HTTP/1.1 module, on plain tokio: the request reader and response writer
+//! of the health endpoint and the simulation service, and the tiny client of readiness probes and
+//! `machine-runtime health`.
+//!
+//! One request per connection (`Connection: close`) both ways: that is all the health check, the
+//! monitor, the probes and the simulation's worker need, and it keeps this module small (a general
+//! server crate such as hyper would add a dozen crates to the lock file). URLs are parsed by
+//! `url::Url` (WHATWG rules; already in the tree through redis and tungstenite).
+
+use std::fmt;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::probe::human_duration;
+
+/// The most a reader accepts: request head (request line and headers) and body, in bytes.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Longest request head; longer answers 431.
+    pub max_head: usize,
+    /// Longest body (`Content-Length`); longer answers 413.
+    pub max_body: usize,
+}
+
+/// One request as read: the target split into path and decoded query, header names lowercased.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    /// `GET`, `POST`, … as sent.
+    pub method: String,
+    /// The target up to `?`.
+    pub path: String,
+    /// The query's `name=value` pairs, percent-decoded, in order.
+    pub query: Vec<(String, String)>,
+    /// `(lowercased name, trimmed value)`, in order.
+    pub headers: Vec<(String, String)>,
+    /// Exactly `Content-Length` bytes.
+    pub body: Vec<u8>,
+    /// Bytes read past the body (a WebSocket client's first frames).
+    pub rest: Vec<u8>,
+}
+
+impl Request {
+    /// Parses a request head (without the blank line's body); `None` unless the request line is
+    /// exactly `METHOD TARGET HTTP/x`.
+    pub fn parse(head: &str) -> Option<Request> {
+        let mut lines = head.split("\r\n");
+        let mut parts = lines.next()?.split(' ');
+        let (method, target, version) = (parts.next()?, parts.next()?, parts.next()?);
+        if parts.next().is_some() || !version.starts_with("HTTP/") || method.is_empty() {
+            return None;
+        }
+        let (path, query) = target.split_once('?').unwrap_or((target, ""));
+        let headers = lines
+            .take_while(|l| !l.is_empty())
+            .filter_map(|l| l.split_once(':'))
+            .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_owned()))
+            .collect();
+        Some(Request {
+            method: method.to_owned(),
+            path: path.to_owned(),
+            query: form_urlencoded::parse(query.as_bytes())
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect(),
+            headers,
+            body: Vec::new(),
+            rest: Vec::new(),
+        })
+    }
+
+    /// The first value of header `name` (lowercase).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Whether header `name` (lowercase) lists `token` (comma-separated, any case).
+    pub fn header_has(&self, name: &str, token: &str) -> bool {
+        self.header(name)
+            .is_some_and(|v| v.split(',').any(|p| p.trim().eq_ignore_ascii_case(token)))
+    }
+
+    /// The first value of query parameter `name`.
+    pub fn param(&self, name: &str) -> Option<&str> {
+        self.query
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Why a request could not be read: the status and message to answer with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadRequest {
+    /// 400, 413, 431 or 501.
+    pub status: u16,
+    /// What was wrong, lowercase.
+    pub message: String,
+}
+
+fn bad(status: u16, message: &str) -> BadRequest {
+    BadRequest {
+        status,
+        message: message.to_owned(),
+    }
+}
+
+/// Reads one request: the head up to the blank line, then exactly `Content-Length` bytes of body.
+/// Chunked bodies are refused (501); the caller bounds the time it may take.
+pub async fn read_request<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    limits: Limits,
+) -> Result<Request, BadRequest> {
+    let mut buf = Vec::with_capacity(1024);
+    let head_end = loop {
+        if let Some(pos) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break pos;
+        }
+        if buf.len() > limits.max_head {
+            return Err(bad(431, "request head too large"));
+        }
+        let mut chunk = [0u8; 4096];
+        let n = stream
+            .read(&mut chunk)
+            .await
+            .map_err(|_| bad(400, "could not read request"))?;
+        if n == 0 {
+            return Err(bad(
+                400,
+                "connection closed before the request was complete",
+            ));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head =
+        std::str::from_utf8(&buf[..head_end]).map_err(|_| bad(400, "request head is not utf-8"))?;
+    let mut request = Request::parse(head)
+        .ok_or_else(|| bad(400, "malformed request; expected an HTTP/1.1 request line"))?;
+    if request.header("transfer-encoding").is_some() {
+        return Err(bad(
+            501,
+            "chunked request bodies are not supported; send content-length",
+        ));
+    }
+    let content_length = match request.header("content-length") {
+        None => 0,
+        Some(v) => v
+            .parse::<usize>()
+            .map_err(|_| bad(400, "content-length is not a number"))?,
+    };
+    if content_length > limits.max_body {
+        return Err(bad(413, "request body too large"));
+    }
+    let mut body = buf[head_end + 4..].to_vec();
+    while body.len() < content_length {
+        let mut chunk = vec![0u8; (content_length - body.len()).min(64 * 1024)];
+        let n = stream
+            .read(&mut chunk)
+            .await
+            .map_err(|_| bad(400, "could not read request body"))?;
+        if n == 0 {
+            return Err(bad(400, "connection closed before the body was complete"));
+        }
+        body.extend_from_slice(&chunk[..n]);
+    }
+    request.rest = body.split_off(content_length.min(body.len()));
+    request.body = body;
+    Ok(request)
+}
+
+/// The reason phrase of a status this runtime sends.
+pub fn reason_phrase(status: u16) -> &'static str {
+    match status {
+        101 => "Switching Protocols",
+        200 => "OK",
+        202 => "Accepted",
+        204 => "No Content",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        409 => "Conflict",
+        413 => "Payload Too Large",
+        426 => "Upgrade Required",
+        431 => "Request Header Fields Too Large",
+        501 => "Not Implemented",
+        503 => "Service Unavailable",
+        _ => "Unknown",
+    }
+}
+
+/// A response head: the status line, each of `headers` (`Name: value`, without CRLF), the blank line.
+pub fn head(status: u16, headers: &[&str]) -> String {
+    let mut out = format!("HTTP/1.1 {status} {}\r\n", reason_phrase(status));
+    for header in headers {
+        out.push_str(header);
+        out.push_str("\r\n");
+    }
+    out.push_str("\r\n");
+    out
+}
+
+/// Writes a JSON answer and its head: `Content-Type: application/json`, `Content-Length`,
+/// `Connection: close`, then `extra` headers. The body is the JSON and a newline (none for 204, and
+/// none sent when `head_only`, as `HEAD` wants).
+pub async fn write_json<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    status: u16,
+    body: &Value,
+    extra: &[&str],
+    head_only: bool,
+) -> std::io::Result<()> {
+    let body = if status == 204 {
+        String::new()
+    } else {
+        format!("{body}\n")
+    };
+    let length = format!("Content-Length: {}", body.len());
+    let mut headers = vec![
+        "Content-Type: application/json",
+        &length,
+        "Connection: close",
+    ];
+    headers.extend_from_slice(extra);
+    let mut response = head(status, &headers);
+    if !head_only {
+        response.push_str(&body);
+    }
+    stream.write_all(response.as_bytes()).await
+}
+
+/// A plain `http://host[:port][/path][?query]` URL, parsed by `url::Url`.
+///
+/// `Display` shows the port always (`http://[::1]:9/x`), as probe messages did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpUrl {
+    /// The host to connect to: a name or an address, IPv6 without brackets (`::1`).
+    pub host: String,
+    /// The port, 80 when the URL names none.
+    pub port: u16,
+    /// The path and query, as sent in the request line (`/` at least); no fragment.
+    pub path: String,
+}
+
+impl HttpUrl {
+    /// Parses a plain-HTTP URL; the error says what is wrong in lowercase words.
+    pub fn parse(raw: &str) -> Result<HttpUrl, String> {
+        if raw.starts_with("https://") {
+            return Err(format!(
+                "\"{raw}\" uses https, which readiness probes do not speak; probe the plain http port or use a tcp probe"
+            ));
+        }
+        if !raw.starts_with("http://") {
+            return Err(format!("\"{raw}\" is not an http:// url"));
+        }
+        let url = url::Url::parse(raw).map_err(|err| match err {
+            url::ParseError::EmptyHost => format!("\"{raw}\" has no host"),
+            url::ParseError::InvalidPort => format!("\"{raw}\" has an invalid port"),
+            other => format!("\"{raw}\" is not a valid url: {other}"),
+        })?;
+        let host = match url.host() {
+            Some(url::Host::Ipv6(addr)) => addr.to_string(),
+            Some(host) => host.to_string(),
+            None => return Err(format!("\"{raw}\" has no host")),
+        };
+        let port = match url.port_or_known_default() {
+            Some(0) => return Err(format!("\"{raw}\" has an invalid port \"0\"")),
+            Some(port) => port,
+            None => 80,
+        };
+        Ok(HttpUrl {
+            host,
+            port,
+            path: url[url::Position::BeforePath..url::Position::AfterQuery].to_owned(),
+        })
+    }
+
+    /// `http://127.0.0.1:port/path`, for our own endpoints.
+    pub fn local(port: u16, path: &str) -> HttpUrl {
+        HttpUrl {
+            host: "127.0.0.1".to_owned(),
+            port,
+            path: path.to_owned(),
+        }
+    }
+
+    /// `host:port` as the `Host` header wants it: IPv6 in brackets (`[::1]:9`).
+    pub fn authority(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+impl fmt::Display for HttpUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "http://{}{}", self.authority(), self.path)
+    }
+}
+
+/// The answer of a minimal HTTP GET.
+#[derive(Debug, Clone)]
+pub struct HttpResponse {
+    /// The status code.
+    pub status: u16,
+    /// The body, invalid UTF-8 replaced; at most about 1 MiB.
+    pub body: String,
+}
+
+/// The request [`get`] sends.
+fn get_request(url: &HttpUrl) -> String {
+    format!(
+        "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: machine-runtime\r\nAccept: */*\r\nConnection: close\r\n\r\n",
+        url.path,
+        url.authority()
+    )
+}
+
+/// Sends `GET` and reads the whole response (the server closes the connection), within `timeout`.
+pub async fn get(url: &HttpUrl, timeout: Duration) -> Result<HttpResponse, String> {
+    let attempt = async {
+        let mut stream = TcpStream::connect((url.host.as_str(), url.port))
+            .await
+            .map_err(|e| format!("cannot connect to {}: {e}", url.authority()))?;
+        stream
+            .write_all(get_request(url).as_bytes())
+            .await
+            .map_err(|e| format!("cannot send the request to {url}: {e}"))?;
+        let mut raw = Vec::new();
+        // Cap the body: a probe only needs the status line and a short body.
+        (&mut stream)
+            .take(1 << 20)
+            .read_to_end(&mut raw)
+            .await
+            .map_err(|e| format!("cannot read the answer of {url}: {e}"))?;
+        parse_response(&raw).ok_or_else(|| format!("{url} did not answer with http"))
+    };
+    match tokio::time::timeout(timeout, attempt).await {
+        Ok(result) => result,
+        Err(_) => Err(format!(
+            "{url} did not answer within {}",
+            human_duration(timeout)
+        )),
+    }
+}
+
+fn parse_response(raw: &[u8]) -> Option<HttpResponse> {
+    let text = String::from_utf8_lossy(raw);
+    let status_line = text.lines().next()?;
+    let mut parts = status_line.split_whitespace();
+    if !parts.next()?.starts_with("HTTP/") {
+        return None;
+    }
+    let status = parts.next()?.parse().ok()?;
+    let body = match text.find("\r\n\r\n") {
+        Some(i) => text[i + 4..].to_string(),
+        None => String::new(),
+    };
+    Some(HttpResponse { status, body })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_http_urls() {
+        let url = HttpUrl::parse("http://127.0.0.1:8188/").unwrap();
+        assert_eq!(
+            (url.host.as_str(), url.port, url.path.as_str()),
+            ("127.0.0.1", 8188, "/")
+        );
+        let url = HttpUrl::parse("http://localhost/api/tags").unwrap();
+        assert_eq!(
+            (url.host.as_str(), url.port, url.path.as_str()),
+            ("localhost", 80, "/api/tags")
+        );
+        let url = HttpUrl::parse("http://[::1]:9/x").unwrap();
+        assert_eq!(
+            (url.host.as_str(), url.port, url.path.as_str()),
+            ("::1", 9, "/x")
+        );
+        assert!(HttpUrl::parse("https://x/").unwrap_err().contains("https"));
+        assert!(
+            HttpUrl::parse("ftp://x/")
+                .unwrap_err()
+                .contains("not an http")
+        );
+        assert!(
+            HttpUrl::parse("http://x:99999/")
+                .unwrap_err()
+                .contains("invalid port")
+        );
+        assert!(
+            HttpUrl::parse("http://x:0/")
+                .unwrap_err()
+                .contains("invalid port")
+        );
+        assert!(
+            HttpUrl::parse("http://:80/")
+                .unwrap_err()
+                .contains("no host")
+        );
+        let url = HttpUrl::parse("http://h:8/q?a=1&b=2#frag").unwrap();
+        assert_eq!(url.path, "/q?a=1&b=2");
+        assert_eq!(
+            HttpUrl::local(7, "/health").to_string(),
+            "http://127.0.0.1:7/health"
+        );
+    }
+
+    #[test]
+    fn the_host_header_brackets_ipv6() {
+        // The old hand-written parser sent `Host: ::1:9`, which no server can split.
+        let url = HttpUrl::parse("http://[::1]:9/x").unwrap();
+        assert_eq!(url.authority(), "[::1]:9");
+        assert_eq!(url.to_string(), "http://[::1]:9/x");
+        assert!(get_request(&url).starts_with("GET /x HTTP/1.1\r\nHost: [::1]:9\r\n"));
+        let url = HttpUrl::parse("http://localhost/api").unwrap();
+        assert!(get_request(&url).contains("\r\nHost: localhost:80\r\n"));
+    }
+
+    #[tokio::test]
+    async fn the_client_and_the_server_halves_talk() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let limits = Limits {
+                max_head: 1024,
+                max_body: 0,
+            };
+            let request = read_request(&mut stream, limits).await.unwrap();
+            let host = request.header("host").unwrap_or_default().to_owned();
+            let body = serde_json::json!({"host": host, "path": request.path});
+            write_json(&mut stream, 503, &body, &["X-A: b"], false)
+                .await
+                .unwrap();
+            stream.shutdown().await.unwrap();
+        });
+        let url = HttpUrl::local(port, "/x?y=1");
+        let response = get(&url, Duration::from_secs(5)).await.unwrap();
+        server.await.unwrap();
+        assert_eq!(response.status, 503);
+        let body: Value = serde_json::from_str(&response.body).unwrap();
+        assert_eq!(body["host"], format!("127.0.0.1:{port}"));
+        assert_eq!(body["path"], "/x");
+    }
+
+    #[test]
+    fn parses_responses() {
+        let r =
+            parse_response(b"HTTP/1.1 503 Service Unavailable\r\nA: b\r\n\r\n{\"x\":1}").unwrap();
+        assert_eq!(r.status, 503);
+        assert_eq!(r.body, "{\"x\":1}");
+        assert!(parse_response(b"SSH-2.0-OpenSSH").is_none());
+    }
+
+    #[tokio::test]
+    async fn reads_head_body_and_rest_and_refuses_what_it_cannot_read() {
+        let limits = Limits {
+            max_head: 64,
+            max_body: 8,
+        };
+        let read = |raw: &'static [u8]| async move {
+            let mut stream = raw;
+            read_request(&mut stream, limits).await
+        };
+        let r = read(b"POST /p?a=%20b HTTP/1.1\r\nContent-Length: 3\r\nX-Y:  z \r\n\r\nabcREST")
+            .await
+            .unwrap();
+        assert_eq!((r.method.as_str(), r.path.as_str()), ("POST", "/p"));
+        assert_eq!(r.param("a"), Some(" b"));
+        assert_eq!(r.header("x-y"), Some("z"));
+        assert_eq!(
+            (r.body.as_slice(), r.rest.as_slice()),
+            (&b"abc"[..], &b"REST"[..])
+        );
+        let status = |r: Result<Request, BadRequest>| r.unwrap_err().status;
+        assert_eq!(
+            status(read(b"GET / HTTP/1.1\r\nContent-Length: 9\r\n\r\n").await),
+            413
+        );
+        assert_eq!(
+            status(read(b"GET / HTTP/1.1\r\nContent-Length: x\r\n\r\n").await),
+            400
+        );
+        assert_eq!(
+            status(read(b"GET / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n").await),
+            501
+        );
+        assert_eq!(status(read(b"GET /\r\n\r\n").await), 400);
+        assert_eq!(status(read(b"GET / HTTP/1.1\r\n").await), 400);
+        assert_eq!(status(read(&[b'a'; 200]).await), 431);
+    }
+}
