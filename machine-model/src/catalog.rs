@@ -82,8 +82,8 @@ pub struct Readiness {
     pub timeout_ms: u32,
 }
 
-/// Restart and stop behaviour of a process, in PM2's terms.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Restart and stop behaviour of a process, in PM2's terms (the plan serialises it as is).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Lifecycle {
     /// An exit sooner than this after start counts as unstable.
     pub min_uptime_ms: u32,

@@ -18,6 +18,7 @@ use std::fmt;
 use serde::Serialize;
 
 use crate::catalog::{self, Binding, ConnectorKind, Lifecycle, ProbeTemplate};
+use crate::ecosystem::Readiness;
 use crate::profile::{Profile, WorkerBundle};
 use crate::spec::{Count, SpecErrors, WorkerSpec};
 
@@ -69,49 +70,6 @@ pub struct Plan {
     pub worker_bundle: Option<WorkerBundle>,
 }
 
-/// A readiness probe, resolved to an address.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(tag = "kind", rename_all = "lowercase")]
-pub enum Probe {
-    /// `GET url` answers 2xx.
-    Http {
-        url: String,
-        interval_ms: u32,
-        timeout_ms: u32,
-    },
-    /// A TCP connection succeeds.
-    Tcp {
-        host: String,
-        port: u16,
-        interval_ms: u32,
-        timeout_ms: u32,
-    },
-}
-
-/// Restart and stop behaviour, serialisable.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct Restart {
-    /// See [`Lifecycle::min_uptime_ms`].
-    pub min_uptime_ms: u32,
-    /// See [`Lifecycle::max_restarts`].
-    pub max_restarts: u32,
-    /// See [`Lifecycle::exp_backoff_restart_delay_ms`].
-    pub exp_backoff_restart_delay_ms: u32,
-    /// See [`Lifecycle::kill_timeout_ms`].
-    pub kill_timeout_ms: u32,
-}
-
-impl From<Lifecycle> for Restart {
-    fn from(l: Lifecycle) -> Self {
-        Restart {
-            min_uptime_ms: l.min_uptime_ms,
-            max_restarts: l.max_restarts,
-            exp_backoff_restart_delay_ms: l.exp_backoff_restart_delay_ms,
-            kill_timeout_ms: l.kill_timeout_ms,
-        }
-    }
-}
-
 /// One running instance of an internal service.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ServiceInstance {
@@ -134,9 +92,9 @@ pub struct ServiceInstance {
     /// Environment (besides the machine's).
     pub env: BTreeMap<String, String>,
     /// When it counts as ready.
-    pub readiness: Probe,
+    pub readiness: Readiness,
     /// Restart and stop behaviour.
-    pub restart: Restart,
+    pub restart: Lifecycle,
 }
 
 /// One worker process.
@@ -172,7 +130,7 @@ pub struct WorkerInstance {
     /// `service_env`); passed by name, never written into its `env`.
     pub secrets: Vec<&'static str>,
     /// Restart and stop behaviour.
-    pub restart: Restart,
+    pub restart: Lifecycle,
 }
 
 /// A variable the workers need at start, and who needs it.
@@ -588,16 +546,16 @@ fn service_instance(
     env.insert("PORT".into(), port.to_string());
     gpu_env(&mut env, gpu);
     let readiness = match entry.readiness.probe {
-        ProbeTemplate::Http { path } => Probe::Http {
+        ProbeTemplate::Http { path } => Readiness::Http {
             url: format!("http://127.0.0.1:{port}{path}"),
-            interval_ms: entry.readiness.interval_ms,
-            timeout_ms: entry.readiness.timeout_ms,
+            interval_ms: Some(entry.readiness.interval_ms.into()),
+            timeout_ms: Some(entry.readiness.timeout_ms.into()),
         },
-        ProbeTemplate::Tcp => Probe::Tcp {
-            host: "127.0.0.1".into(),
+        ProbeTemplate::Tcp => Readiness::Tcp {
+            host: Some("127.0.0.1".into()),
             port,
-            interval_ms: entry.readiness.interval_ms,
-            timeout_ms: entry.readiness.timeout_ms,
+            interval_ms: Some(entry.readiness.interval_ms.into()),
+            timeout_ms: Some(entry.readiness.timeout_ms.into()),
         },
     };
     ServiceInstance {
@@ -614,7 +572,7 @@ fn service_instance(
         cwd: x(entry.command.cwd),
         env,
         readiness,
-        restart: entry.lifecycle.into(),
+        restart: entry.lifecycle,
     }
 }
 
@@ -662,7 +620,7 @@ fn worker_instance(
         cwd: x(entry.worker.cwd),
         env,
         secrets: entry.needs().collect(),
-        restart: entry.lifecycle.into(),
+        restart: entry.lifecycle,
     }
 }
 

@@ -1,4 +1,5 @@
-//! Reads a PM2 ecosystem JSON file (plus our `machine_*` extension fields) into typed [`AppSpec`]s.
+//! Resolves a PM2 ecosystem (the wire type [`machine_model::ecosystem`], read from a file or made
+//! from a plan) into typed [`AppSpec`]s the supervisor runs.
 //!
 //! Fields keep PM2's meanings and defaults (`autorestart` true, `max_restarts` 16, `min_uptime`
 //! 1000 ms, `kill_timeout` 1600 ms, `restart_delay` 0), so a file PM2 runs, we run too. Unknown
@@ -11,35 +12,26 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use machine_model::catalog::Binding;
-use serde::Serialize;
-use serde_json::{Map, Value};
+use machine_model::ecosystem::{self as wire, App, Instances, PM2_IGNORED};
+pub use machine_model::ecosystem::{Role, env_text, split_args};
+use serde_json::Value;
 
 use crate::probe::{Check, HttpUrl, Readiness};
 
-/// PM2's default for `max_restarts`.
-pub const DEFAULT_MAX_RESTARTS: u32 = 16;
-/// PM2's default for `min_uptime`.
-pub const DEFAULT_MIN_UPTIME: Duration = Duration::from_millis(1000);
-/// PM2's default for `kill_timeout`.
-pub const DEFAULT_KILL_TIMEOUT: Duration = Duration::from_millis(1600);
+pub use crate::supervisor::policy::{
+    DEFAULT_KILL_TIMEOUT, DEFAULT_MAX_RESTARTS, DEFAULT_MIN_UPTIME, RestartPolicy,
+};
 
 /// The script name that means "this runtime binary" (`std::env::current_exe()`).
 pub const SELF_SCRIPT: &str = "machine-runtime";
 
-/// An ecosystem: the apps in file order (services first, then workers) and the warnings found.
+/// A resolved ecosystem: the apps in file order (services first, then workers) and the warnings
+/// found.
 #[derive(Debug, Clone)]
-pub struct Ecosystem {
+pub struct Resolved {
     pub apps: Vec<AppSpec>,
     /// Unknown or ignored fields, one readable line each (`app "x": unknown field "y" ignored`).
     pub warnings: Vec<String>,
-}
-
-/// What an app is for; decides stop order (workers stop first).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    Service,
-    Worker,
 }
 
 /// How the script is started.
@@ -54,7 +46,8 @@ pub enum Interpreter {
     Program(String),
 }
 
-/// One app of the ecosystem, with PM2 defaults applied.
+/// One app of the ecosystem, with PM2 defaults applied and times as [`Duration`]s: the resolved
+/// form of [`wire::App`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct AppSpec {
     pub name: String,
@@ -66,16 +59,8 @@ pub struct AppSpec {
     /// Working directory; relative paths in a file are resolved against the file's directory.
     pub cwd: Option<PathBuf>,
     pub env: BTreeMap<String, String>,
-    pub autorestart: bool,
-    /// Consecutive unstable exits (before `min_uptime`) after which the app is `errored`.
-    pub max_restarts: u32,
-    pub min_uptime: Duration,
-    pub restart_delay: Duration,
-    /// When set, overrides `restart_delay`: starts here, ×1.5 per restart, capped at 15 s.
-    pub exp_backoff_restart_delay: Option<Duration>,
-    pub kill_timeout: Duration,
-    /// Exit codes after which the app is not restarted (PM2 `stop_exit_codes`).
-    pub stop_exit_codes: Vec<i32>,
+    /// Restart and stop settings.
+    pub restart: RestartPolicy,
     pub role: Option<Role>,
     pub gpu: Option<u32>,
     pub port: Option<u16>,
@@ -102,13 +87,7 @@ impl AppSpec {
             interpreter_args: Vec::new(),
             cwd: None,
             env: BTreeMap::new(),
-            autorestart: true,
-            max_restarts: DEFAULT_MAX_RESTARTS,
-            min_uptime: DEFAULT_MIN_UPTIME,
-            restart_delay: Duration::ZERO,
-            exp_backoff_restart_delay: None,
-            kill_timeout: DEFAULT_KILL_TIMEOUT,
-            stop_exit_codes: Vec::new(),
+            restart: RestartPolicy::default(),
             role: None,
             gpu: None,
             port: None,
@@ -174,7 +153,7 @@ fn list(problems: &[Problem]) -> String {
 
 /// Reads and checks an ecosystem file; relative `cwd`s resolve against the file's directory, and
 /// an app without `cwd` runs in that directory (as with `pm2 start ecosystem.json`).
-pub fn read_file(path: &Path) -> Result<Ecosystem, EcosystemError> {
+pub fn read_file(path: &Path) -> Result<Resolved, EcosystemError> {
     let text = std::fs::read_to_string(path).map_err(|source| EcosystemError::Read {
         path: path.to_path_buf(),
         source,
@@ -197,7 +176,7 @@ pub fn parse(
     text: &str,
     origin: &str,
     base_dir: Option<&Path>,
-) -> Result<Ecosystem, EcosystemError> {
+) -> Result<Resolved, EcosystemError> {
     let value: Value = serde_json::from_str(text).map_err(|source| EcosystemError::Json {
         origin: origin.to_string(),
         source,
@@ -205,22 +184,35 @@ pub fn parse(
     from_value_at(&value, origin, base_dir)
 }
 
-/// Reads an in-memory ecosystem (`{"apps": [...]}`), e.g. one built from a plan.
-pub fn from_value(value: &Value) -> Result<Ecosystem, EcosystemError> {
+/// Reads an in-memory ecosystem JSON value (`{"apps": [...]}` or a bare list of apps).
+pub fn from_value(value: &Value) -> Result<Resolved, EcosystemError> {
     from_value_at(value, "(in memory)", None)
+}
+
+/// Resolves an ecosystem already in its wire type, e.g. one made from a plan
+/// (`wire::Ecosystem::from(&plan)`); `origin` names it in messages.
+pub fn resolve(eco: wire::Ecosystem, origin: &str) -> Result<Resolved, EcosystemError> {
+    let mut reader = Reader::default();
+    let mut apps = Vec::new();
+    for (i, app) in eco.apps.into_iter().enumerate() {
+        if let Some(instances) = reader.app(i, app, Vec::new(), None) {
+            apps.extend(instances);
+        }
+    }
+    reader.finish(apps, origin)
 }
 
 fn from_value_at(
     value: &Value,
     origin: &str,
     base_dir: Option<&Path>,
-) -> Result<Ecosystem, EcosystemError> {
+) -> Result<Resolved, EcosystemError> {
     let mut reader = Reader::default();
     let apps_value = match value {
         Value::Object(top) => {
             for key in top.keys() {
                 // `x_generated` is our own generator's provenance header (JSON has no comments).
-                if !matches!(key.as_str(), "apps" | "$schema" | "x_generated") {
+                if !wire::Ecosystem::fields().contains(&key.as_str()) {
                     reader.warn(format!("ecosystem: top-level field \"{key}\" ignored"));
                 }
             }
@@ -230,7 +222,7 @@ fn from_value_at(
                     reader.error(
                         "ecosystem",
                         Some("apps"),
-                        format!("must be a list of apps, found {}", kind(other)),
+                        format!("must be a list of apps, found {}", wire::describe(other)),
                     );
                     None
                 }
@@ -252,119 +244,20 @@ fn from_value_at(
                 None,
                 format!(
                     "must be an object {{\"apps\": [...]}}, found {}",
-                    kind(other)
+                    wire::describe(other)
                 ),
             );
             None
         }
     };
     let mut apps = Vec::new();
-    for (i, app) in apps_value.into_iter().flatten().enumerate() {
-        if let Some(instances) = reader.app(i, app, base_dir) {
+    for (i, value) in apps_value.into_iter().flatten().enumerate() {
+        if let Some(instances) = reader.app_value(i, value, base_dir) {
             apps.extend(instances);
         }
     }
-    // Waiting for an app started as several instances means waiting for every instance.
-    for app in &mut apps {
-        let mut deps = Vec::new();
-        for dep in std::mem::take(&mut app.wait_for) {
-            match reader.groups.iter().find(|(base, _)| *base == dep) {
-                Some((_, names)) => deps.extend(names.iter().cloned()),
-                None => deps.push(dep),
-            }
-        }
-        app.wait_for = deps;
-    }
-    reader.check_across(&apps);
-    if reader.problems.is_empty() {
-        Ok(Ecosystem {
-            apps,
-            warnings: reader.warnings,
-        })
-    } else {
-        Err(EcosystemError::Invalid {
-            origin: origin.to_string(),
-            problems: reader.problems,
-        })
-    }
+    reader.finish(apps, origin)
 }
-
-/// Fields we read.
-const KNOWN: &[&str] = &[
-    "name",
-    "script",
-    "args",
-    "interpreter",
-    "exec_interpreter",
-    "interpreter_args",
-    "node_args",
-    "cwd",
-    "env",
-    "autorestart",
-    "max_restarts",
-    "min_uptime",
-    "restart_delay",
-    "exp_backoff_restart_delay",
-    "kill_timeout",
-    "stop_exit_codes",
-    "machine_role",
-    "machine_gpu",
-    "machine_port",
-    "machine_readiness",
-    "machine_wait_for",
-    "machine_essential",
-    "machine_required_env",
-    "machine_connector",
-    "machine_index",
-    "machine_binding",
-    "machine_services",
-    "port",
-    "instances",
-    "exec_mode",
-    "instance_var",
-    "increment_var",
-];
-
-/// PM2 options that are valid for PM2 but that this runtime does not implement.
-const PM2_IGNORED: &[&str] = &[
-    "watch",
-    "ignore_watch",
-    "watch_delay",
-    "watch_options",
-    "merge_logs",
-    "combine_logs",
-    "error_file",
-    "out_file",
-    "log_file",
-    "log",
-    "output",
-    "error",
-    "pid_file",
-    "log_date_format",
-    "log_type",
-    "time",
-    "disable_logs",
-    "max_memory_restart",
-    "namespace",
-    "vizion",
-    "autostart",
-    "listen_timeout",
-    "wait_ready",
-    "shutdown_with_message",
-    "source_map_support",
-    "filter_env",
-    "cron_restart",
-    "treekill",
-    "force",
-    "append_env_to_name",
-    "post_update",
-    "kill_retry_time",
-    "windowsHide",
-    "uid",
-    "gid",
-    "user",
-    "version",
-];
 
 #[derive(Default)]
 struct Reader {
@@ -391,167 +284,33 @@ impl Reader {
         self.warnings.push(message);
     }
 
-    /// One app of the file: one [`AppSpec`], or one per instance (`instances`).
-    fn app(&mut self, i: usize, value: &Value, base_dir: Option<&Path>) -> Option<Vec<AppSpec>> {
+    /// One app of a file: its fields read into the wire type, then resolved; keys the wire type
+    /// does not have are warned about.
+    fn app_value(
+        &mut self,
+        i: usize,
+        value: &Value,
+        base_dir: Option<&Path>,
+    ) -> Option<Vec<AppSpec>> {
         let Value::Object(obj) = value else {
             self.error(
                 &format!("app #{}", i + 1),
                 None,
-                format!("must be an object, found {}", kind(value)),
+                format!("must be an object, found {}", wire::describe(value)),
             );
             return None;
         };
-        let name = match obj.get("name") {
-            Some(Value::String(s)) if !s.trim().is_empty() => Some(s.clone()),
-            Some(Value::String(_)) => {
-                self.error(
-                    &format!("app #{}", i + 1),
-                    Some("name"),
-                    "is empty".to_string(),
-                );
-                None
-            }
-            Some(other) => {
-                self.error(
-                    &format!("app #{}", i + 1),
-                    Some("name"),
-                    format!("must be a string, found {}", kind(other)),
-                );
-                None
-            }
-            None => {
-                self.error(
-                    &format!("app #{}", i + 1),
-                    Some("name"),
-                    "is missing".to_string(),
-                );
-                None
-            }
-        };
-        let location = match &name {
-            Some(n) => format!("app \"{n}\""),
-            None => format!("app #{}", i + 1),
-        };
-        let instances = match instance_count(obj.get("instances")) {
-            Ok(n) => n,
-            Err(message) => {
-                self.error(&location, Some("instances"), message);
-                None
-            }
-        };
-        if let Some(n) = &name {
-            match instances {
-                Some(count) if count > 1 => {
-                    let names: Vec<String> = (0..count).map(|k| format!("{n}-{k}")).collect();
-                    self.names.extend(names.iter().cloned());
-                    self.groups.push((n.clone(), names));
-                }
-                _ => self.names.push(n.clone()),
+        let (app, failed) = wire::read_app(value);
+        let location = location(i, app.name.as_deref());
+        if let Some(readiness) = obj.get("machine_readiness") {
+            for key in wire::Readiness::unknown_keys(readiness) {
+                self.warn(format!(
+                    "{location}: field \"machine_readiness\": unknown key \"{key}\" ignored"
+                ));
             }
         }
-        let before = self.problems.len();
-        let mut f = Fields {
-            obj,
-            location: &location,
-            reader: self,
-        };
-        let script = f.string("script");
-        if script.as_deref().is_some_and(str::is_empty) {
-            f.reader
-                .error(&location, Some("script"), "is empty".to_string());
-        }
-        if script.is_none() && !obj.contains_key("script") {
-            f.reader
-                .error(&location, Some("script"), "is missing".to_string());
-        }
-        let mut app = AppSpec::new(name.clone().unwrap_or_default(), script.unwrap_or_default());
-        if let Some(args) = f.args("args") {
-            app.args = args;
-        }
-        let interpreter = f
-            .string("interpreter")
-            .or_else(|| f.string("exec_interpreter"));
-        app.interpreter = match interpreter.as_deref() {
-            None | Some("") => Interpreter::Auto,
-            Some("none") => Interpreter::None,
-            Some(p) => Interpreter::Program(p.to_string()),
-        };
-        if let Some(args) = f.args("interpreter_args").or_else(|| f.args("node_args")) {
-            app.interpreter_args = args;
-        }
-        if let Some(cwd) = f.string("cwd") {
-            let cwd = PathBuf::from(cwd);
-            app.cwd = Some(match base_dir {
-                Some(base) if cwd.is_relative() => base.join(cwd),
-                _ => cwd,
-            });
-        } else if let Some(base) = base_dir {
-            app.cwd = Some(base.to_path_buf());
-        }
-        if let Some(env) = f.env("env") {
-            app.env = env;
-        }
-        if let Some(v) = f.bool("autorestart") {
-            app.autorestart = v;
-        }
-        if let Some(v) = f.uint("max_restarts") {
-            app.max_restarts = v;
-        }
-        if let Some(v) = f.duration("min_uptime") {
-            app.min_uptime = v;
-        }
-        if let Some(v) = f.duration("restart_delay") {
-            app.restart_delay = v;
-        }
-        app.exp_backoff_restart_delay = f.duration("exp_backoff_restart_delay");
-        if let Some(v) = f.duration("kill_timeout") {
-            app.kill_timeout = v;
-        }
-        app.stop_exit_codes = f.exit_codes("stop_exit_codes");
-        app.role = match f.string_or_null("machine_role").as_deref() {
-            None => None,
-            Some("service") => Some(Role::Service),
-            Some("worker") => Some(Role::Worker),
-            Some(other) => {
-                f.reader.error(
-                    &location,
-                    Some("machine_role"),
-                    format!("must be \"service\" or \"worker\", found \"{other}\""),
-                );
-                None
-            }
-        };
-        // A process with a WORKER_ID is a job-queue worker even in a hand-written file without
-        // machine_* fields: it is reported to the broker, stopped first and drained.
-        if app.role.is_none() && app.env.get("WORKER_ID").is_some_and(|id| !id.is_empty()) {
-            app.role = Some(Role::Worker);
-        }
-        app.gpu = f.uint_or_null("machine_gpu");
-        app.port = f.port("machine_port");
-        app.readiness = f.readiness("machine_readiness");
-        app.wait_for = f.string_list("machine_wait_for").unwrap_or_default();
-        if let Some(n) = &name {
-            f.reader.waits.push((n.clone(), app.wait_for.clone()));
-        }
-        app.essential = f.bool("machine_essential").unwrap_or(false);
-        app.required_env = f.string_list("machine_required_env").unwrap_or_default();
-        app.connector = f.string_or_null("machine_connector");
-        app.index = f.uint_or_null("machine_index");
-        app.binding = match f.string_or_null("machine_binding").as_deref() {
-            None => None,
-            Some(text) => Binding::from_name(text).or_else(|| {
-                f.reader.error(
-                    &location,
-                    Some("machine_binding"),
-                    format!("must be \"gpu\", \"cpu\" or \"shared\", found \"{text}\""),
-                );
-                None
-            }),
-        };
-        app.services = f.string_list("machine_services").unwrap_or_default();
-
         for key in obj.keys() {
-            if KNOWN.contains(&key.as_str()) {
+            if App::fields().contains(&key.as_str()) {
                 continue;
             }
             if PM2_IGNORED.contains(&key.as_str()) {
@@ -563,16 +322,134 @@ impl Reader {
                     "{location}: field \"{key}\" (a PM2 --env variant) ignored; machine-runtime reads only \"env\""
                 ));
             } else {
-                let hint = machine_model::suggest::did_you_mean(key, KNOWN.iter().copied())
+                let hint = machine_model::suggest::did_you_mean(key, App::fields().iter().copied())
                     .map(|s| format!("; did you mean \"{s}\"?"))
                     .unwrap_or_default();
                 self.warn(format!("{location}: unknown field \"{key}\" ignored{hint}"));
             }
         }
-        let instances = self.instances(&location, obj, app, instances);
-        (self.problems.len() == before && name.is_some())
-            .then_some(instances)
-            .flatten()
+        let failed = failed.into_iter().map(|p| (p.field, p.message)).collect();
+        self.app(i, app, failed, base_dir)
+    }
+
+    /// One app in its wire type: one [`AppSpec`], or one per instance (`instances`). `failed`
+    /// holds the fields that did not read (field, message); they are reported here, in field
+    /// order with the app's other problems.
+    fn app(
+        &mut self,
+        i: usize,
+        app: App,
+        failed: Vec<(&'static str, String)>,
+        base_dir: Option<&Path>,
+    ) -> Option<Vec<AppSpec>> {
+        let location = location(i, app.name.as_deref());
+        let has_failed = |field: &str| failed.iter().any(|(f, _)| *f == field);
+        let mut problems = failed.clone();
+        let name = match &app.name {
+            Some(s) if !s.trim().is_empty() => Some(s.clone()),
+            Some(_) => {
+                problems.push(("name", "is empty".to_string()));
+                None
+            }
+            None if has_failed("name") => None,
+            None => {
+                problems.push(("name", "is missing".to_string()));
+                None
+            }
+        };
+        let count = match app.instances.map(instance_count).transpose() {
+            Ok(n) => n,
+            Err(message) => {
+                problems.push(("instances", message));
+                None
+            }
+        };
+        if let Some(n) = &name {
+            match count {
+                Some(count) if count > 1 => {
+                    let names: Vec<String> = (0..count).map(|k| format!("{n}-{k}")).collect();
+                    self.names.extend(names.iter().cloned());
+                    self.groups.push((n.clone(), names));
+                }
+                _ => self.names.push(n.clone()),
+            }
+        }
+        match app.script.as_deref() {
+            Some("") => problems.push(("script", "is empty".to_string())),
+            None if !has_failed("script") => problems.push(("script", "is missing".to_string())),
+            _ => {}
+        }
+        let restart = RestartPolicy::from(&app);
+        let mut spec = AppSpec::new(
+            name.clone().unwrap_or_default(),
+            app.script.clone().unwrap_or_default(),
+        );
+        spec.restart = restart;
+        spec.args = app.args;
+        spec.interpreter = match app.interpreter.or(app.exec_interpreter).as_deref() {
+            None | Some("") => Interpreter::Auto,
+            Some("none") => Interpreter::None,
+            Some(p) => Interpreter::Program(p.to_string()),
+        };
+        if let Some(args) = app.interpreter_args.or(app.node_args) {
+            spec.interpreter_args = args;
+        }
+        if let Some(cwd) = app.cwd {
+            let cwd = PathBuf::from(cwd);
+            spec.cwd = Some(match base_dir {
+                Some(base) if cwd.is_relative() => base.join(cwd),
+                _ => cwd,
+            });
+        } else if let Some(base) = base_dir {
+            spec.cwd = Some(base.to_path_buf());
+        }
+        spec.env = app.env;
+        spec.role = app.machine_role;
+        // A process with a WORKER_ID is a job-queue worker even in a hand-written file without
+        // machine_* fields: it is reported to the broker, stopped first and drained.
+        if spec.role.is_none() && spec.env.get("WORKER_ID").is_some_and(|id| !id.is_empty()) {
+            spec.role = Some(Role::Worker);
+        }
+        spec.gpu = app.machine_gpu;
+        spec.port = app.machine_port;
+        spec.readiness = match app.machine_readiness.map(Readiness::try_from).transpose() {
+            Ok(r) => r,
+            Err(message) => {
+                problems.push(("machine_readiness", message));
+                None
+            }
+        };
+        spec.wait_for = app.machine_wait_for;
+        if let Some(n) = &name {
+            self.waits.push((n.clone(), spec.wait_for.clone()));
+        }
+        spec.essential = app.machine_essential;
+        spec.required_env = app.machine_required_env;
+        spec.connector = app.machine_connector;
+        spec.index = app.machine_index;
+        spec.binding = app.machine_binding;
+        spec.services = app.machine_services;
+
+        let instances = self.instances(
+            &location,
+            &Pm2Instances {
+                port: app.port,
+                exec_mode: app.exec_mode,
+                instance_var: app.instance_var,
+                increment_var: app.increment_var,
+            },
+            spec,
+            count,
+            &mut problems,
+        );
+        // In the order of the wire type's fields, as a reader going down the app would find them.
+        let order = |field: &str| App::fields().iter().position(|f| *f == field);
+        problems.sort_by_key(|p| order(p.0));
+        let clean = problems.is_empty();
+        for (field, message) in problems {
+            self.error(&location, Some(field), message);
+        }
+        (clean && name.is_some()).then_some(instances).flatten()
     }
 
     /// PM2's `port`, `exec_mode`, `instances`, `instance_var` and `increment_var`: every process
@@ -582,56 +459,52 @@ impl Reader {
     fn instances(
         &mut self,
         location: &str,
-        obj: &Map<String, Value>,
+        pm2: &Pm2Instances,
         mut app: AppSpec,
         count: Option<u32>,
+        problems: &mut Vec<(&'static str, String)>,
     ) -> Option<Vec<AppSpec>> {
-        let mut f = Fields {
-            obj,
-            location,
-            reader: self,
-        };
-        if let Some(port) = f.port("port") {
+        if let Some(port) = pm2.port {
             app.env.insert("PORT".into(), port.to_string());
         }
-        let instance_var = f
-            .string("instance_var")
+        let instance_var = pm2
+            .instance_var
+            .clone()
             .unwrap_or_else(|| "NODE_APP_INSTANCE".into());
-        let increment_var = f.string("increment_var");
         let count = count.unwrap_or(1);
-        match f.string("exec_mode").as_deref() {
+        match pm2.exec_mode.as_deref() {
             None | Some("fork" | "fork_mode") => {}
             Some("cluster" | "cluster_mode") if count > 1 => {
-                f.bad(
+                problems.push((
                     "exec_mode",
                     format!(
                         "is \"cluster\" with {count} instances: PM2's cluster mode shares one port among node processes, which machine-runtime does not do; use \"fork\" with \"increment_var\": \"PORT\" (a port each), or one instance"
                     ),
-                );
+                ));
                 return None;
             }
-            Some("cluster" | "cluster_mode") => f.reader.warn(format!(
+            Some("cluster" | "cluster_mode") => self.warn(format!(
                 "{location}: exec_mode \"cluster\" with one instance runs as \"fork\" (one process)"
             )),
             Some(other) => {
-                f.bad(
+                problems.push((
                     "exec_mode",
                     format!("must be \"fork\" or \"cluster\", found \"{other}\""),
-                );
+                ));
                 return None;
             }
         }
-        let base = match &increment_var {
+        let base = match &pm2.increment_var {
             None => None,
             Some(var) => match app.env.get(var).map(|v| v.trim().parse::<i64>()) {
                 Some(Ok(n)) => Some(n),
                 _ => {
-                    f.bad(
+                    problems.push((
                         "increment_var",
                         format!(
                             "names {var}, which has no whole-number value in \"env\" (or \"port\") to count up from"
                         ),
-                    );
+                    ));
                     return None;
                 }
             },
@@ -643,13 +516,40 @@ impl Reader {
                 one.name = format!("{}-{k}", app.name);
             }
             one.env.insert(instance_var.clone(), k.to_string());
-            if let (Some(var), Some(base)) = (&increment_var, base) {
+            if let (Some(var), Some(base)) = (&pm2.increment_var, base) {
                 one.env
                     .insert(var.clone(), (base + i64::from(k)).to_string());
             }
             out.push(one);
         }
         Some(out)
+    }
+
+    /// The checks across apps, then the result.
+    fn finish(mut self, mut apps: Vec<AppSpec>, origin: &str) -> Result<Resolved, EcosystemError> {
+        // Waiting for an app started as several instances means waiting for every instance.
+        for app in &mut apps {
+            let mut deps = Vec::new();
+            for dep in std::mem::take(&mut app.wait_for) {
+                match self.groups.iter().find(|(base, _)| *base == dep) {
+                    Some((_, names)) => deps.extend(names.iter().cloned()),
+                    None => deps.push(dep),
+                }
+            }
+            app.wait_for = deps;
+        }
+        self.check_across(&apps);
+        if self.problems.is_empty() {
+            Ok(Resolved {
+                apps,
+                warnings: self.warnings,
+            })
+        } else {
+            Err(EcosystemError::Invalid {
+                origin: origin.to_string(),
+                problems: self.problems,
+            })
+        }
     }
 
     fn check_across(&mut self, apps: &[AppSpec]) {
@@ -697,38 +597,87 @@ impl Reader {
     }
 }
 
-/// PM2's `instances`: a positive count; `0`, `"max"` or `-1`... mean "one per CPU" (less N for
-/// `-N`), as PM2 counts them. `None` when absent.
-fn instance_count(value: Option<&Value>) -> Result<Option<u32>, String> {
+/// The PM2 fields that decide how many processes an app starts and what each gets.
+struct Pm2Instances {
+    port: Option<u16>,
+    exec_mode: Option<String>,
+    instance_var: Option<String>,
+    increment_var: Option<String>,
+}
+
+/// `app "name"`, or `app #3` (1-based) for an app without a usable name.
+fn location(i: usize, name: Option<&str>) -> String {
+    match name.filter(|n| !n.trim().is_empty()) {
+        Some(n) => format!("app \"{n}\""),
+        None => format!("app #{}", i + 1),
+    }
+}
+
+/// PM2's `instances` as a count: `0`, `"max"` or `-1`... mean "one per CPU" (less N for `-N`), as
+/// PM2 counts them; at most 10000.
+fn instance_count(instances: Instances) -> Result<u32, String> {
     let cpus = || {
         std::thread::available_parallelism()
             .map(|n| n.get() as i64)
             .unwrap_or(1)
     };
-    let n = match value {
-        None | Some(Value::Null) => return Ok(None),
-        Some(Value::String(s)) if s == "max" => cpus(),
-        Some(Value::String(s)) if s.trim().parse::<i64>().is_ok() => {
-            s.trim().parse::<i64>().unwrap_or(1)
-        }
-        Some(Value::Number(n)) if n.as_i64().is_some() => n.as_i64().unwrap_or(1),
-        Some(other) => {
-            return Err(format!(
-                "must be a whole number of processes or \"max\", found {}",
-                kind(other)
-            ));
-        }
-    };
-    let n = match n {
-        0 => cpus(),
-        n if n < 0 => (cpus() + n).max(1),
-        n => n,
+    let n = match instances {
+        Instances::Max | Instances::Count(0) => cpus(),
+        Instances::Count(n) if n < 0 => (cpus() + n).max(1),
+        Instances::Count(n) => n,
     };
     u32::try_from(n)
         .ok()
         .filter(|&n| n <= 10_000)
-        .map(Some)
         .ok_or_else(|| format!("is {n}; at most 10000 instances"))
+}
+
+impl TryFrom<wire::Readiness> for Readiness {
+    type Error = String;
+
+    /// Applies the defaults (interval 500 ms, timeout 2 s, tcp host `127.0.0.1`) and parses an
+    /// http URL; the error is the message for the `machine_readiness` field.
+    fn try_from(r: wire::Readiness) -> Result<Readiness, String> {
+        let (check, interval_ms, timeout_ms) = match r {
+            wire::Readiness::Http {
+                url,
+                interval_ms,
+                timeout_ms,
+            } => {
+                let url = HttpUrl::parse(&url).map_err(|e| format!("\"url\": {e}"))?;
+                (Check::Http { url }, interval_ms, timeout_ms)
+            }
+            wire::Readiness::Tcp {
+                host,
+                port,
+                interval_ms,
+                timeout_ms,
+            } => (
+                Check::Tcp {
+                    host: host.unwrap_or_else(|| "127.0.0.1".to_string()),
+                    port,
+                },
+                interval_ms,
+                timeout_ms,
+            ),
+            wire::Readiness::Command {
+                command,
+                interval_ms,
+                timeout_ms,
+            } => (Check::Command { command }, interval_ms, timeout_ms),
+        };
+        let ms = |ms: Option<u64>, default| ms.map_or(default, Duration::from_millis);
+        Ok(Readiness {
+            check,
+            interval: ms(interval_ms, crate::probe::DEFAULT_INTERVAL),
+            timeout: ms(timeout_ms, crate::probe::DEFAULT_TIMEOUT),
+        })
+    }
+}
+
+/// Parses `"1500"`, `"500ms"`, `"10s"`, `"1.5s"`, `"2m"`, `"1h"` into a duration.
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    wire::parse_millis(text).map(Duration::from_millis)
 }
 
 /// Finds one wait-for cycle, as the list of names around it.
@@ -786,493 +735,6 @@ fn find_cycle(apps: &[AppSpec]) -> Option<Vec<String>> {
     None
 }
 
-struct Fields<'a> {
-    obj: &'a Map<String, Value>,
-    location: &'a str,
-    reader: &'a mut Reader,
-}
-
-impl Fields<'_> {
-    fn bad(&mut self, field: &str, message: String) {
-        self.reader.error(self.location, Some(field), message);
-    }
-
-    fn string(&mut self, field: &str) -> Option<String> {
-        match self.obj.get(field)? {
-            Value::String(s) => Some(s.clone()),
-            other => {
-                let message = format!("must be a string, found {}", kind(other));
-                self.bad(field, message);
-                None
-            }
-        }
-    }
-
-    fn string_or_null(&mut self, field: &str) -> Option<String> {
-        match self.obj.get(field)? {
-            Value::Null => None,
-            Value::String(s) => Some(s.clone()),
-            other => {
-                let message = format!("must be a string or null, found {}", kind(other));
-                self.bad(field, message);
-                None
-            }
-        }
-    }
-
-    fn bool(&mut self, field: &str) -> Option<bool> {
-        match self.obj.get(field)? {
-            Value::Bool(b) => Some(*b),
-            other => {
-                let message = format!("must be true or false, found {}", kind(other));
-                self.bad(field, message);
-                None
-            }
-        }
-    }
-
-    fn uint(&mut self, field: &str) -> Option<u32> {
-        let value = self.obj.get(field)?;
-        match value.as_u64().and_then(|n| u32::try_from(n).ok()) {
-            Some(n) => Some(n),
-            None => {
-                let message = format!("must be a non-negative integer, found {}", kind(value));
-                self.bad(field, message);
-                None
-            }
-        }
-    }
-
-    fn uint_or_null(&mut self, field: &str) -> Option<u32> {
-        match self.obj.get(field)? {
-            Value::Null => None,
-            _ => self.uint(field),
-        }
-    }
-
-    fn port(&mut self, field: &str) -> Option<u16> {
-        let value = self.obj.get(field)?;
-        if value.is_null() {
-            return None;
-        }
-        match value
-            .as_u64()
-            .and_then(|n| u16::try_from(n).ok())
-            .filter(|p| *p > 0)
-        {
-            Some(p) => Some(p),
-            None => {
-                let message = format!(
-                    "must be a port number 1-65535 or null, found {}",
-                    kind(value)
-                );
-                self.bad(field, message);
-                None
-            }
-        }
-    }
-
-    /// A time in milliseconds: a number, or a string like `"1500"`, `"500ms"`, `"10s"`, `"2m"`, `"1h"`.
-    fn duration(&mut self, field: &str) -> Option<Duration> {
-        let value = self.obj.get(field)?;
-        let parsed = match value {
-            Value::Number(n) => n.as_u64().map(Duration::from_millis),
-            Value::String(s) => parse_duration(s),
-            _ => None,
-        };
-        if parsed.is_none() {
-            let message = format!(
-                "must be milliseconds as a number or a string like \"500ms\", \"10s\", \"2m\", found {}",
-                kind(value)
-            );
-            self.bad(field, message);
-        }
-        parsed
-    }
-
-    /// PM2 `args`: a list of strings, or one string split like a shell would.
-    fn args(&mut self, field: &str) -> Option<Vec<String>> {
-        match self.obj.get(field)? {
-            Value::String(s) => match split_args(s) {
-                Ok(args) => Some(args),
-                Err(e) => {
-                    self.bad(field, e);
-                    None
-                }
-            },
-            Value::Array(items) => {
-                let mut out = Vec::new();
-                for (i, item) in items.iter().enumerate() {
-                    match item {
-                        Value::String(s) => out.push(s.clone()),
-                        // PM2 passes numbers through as their text.
-                        Value::Number(n) => out.push(n.to_string()),
-                        other => {
-                            let message =
-                                format!("item {} must be a string, found {}", i + 1, kind(other));
-                            self.bad(field, message);
-                            return None;
-                        }
-                    }
-                }
-                Some(out)
-            }
-            other => {
-                let message = format!(
-                    "must be a string or a list of strings, found {}",
-                    kind(other)
-                );
-                self.bad(field, message);
-                None
-            }
-        }
-    }
-
-    fn string_list(&mut self, field: &str) -> Option<Vec<String>> {
-        match self.obj.get(field)? {
-            Value::Null => None,
-            Value::Array(items) => {
-                let mut out = Vec::new();
-                for (i, item) in items.iter().enumerate() {
-                    match item {
-                        Value::String(s) => out.push(s.clone()),
-                        other => {
-                            let message =
-                                format!("item {} must be a string, found {}", i + 1, kind(other));
-                            self.bad(field, message);
-                            return None;
-                        }
-                    }
-                }
-                Some(out)
-            }
-            other => {
-                let message = format!("must be a list of strings, found {}", kind(other));
-                self.bad(field, message);
-                None
-            }
-        }
-    }
-
-    fn exit_codes(&mut self, field: &str) -> Vec<i32> {
-        let Some(value) = self.obj.get(field) else {
-            return Vec::new();
-        };
-        let items: Vec<&Value> = match value {
-            Value::Array(items) => items.iter().collect(),
-            single => vec![single],
-        };
-        let mut out = Vec::new();
-        for item in items {
-            match item.as_i64().and_then(|n| i32::try_from(n).ok()) {
-                Some(code) => out.push(code),
-                None => {
-                    let message = format!(
-                        "must be an exit code or a list of exit codes, found {}",
-                        kind(item)
-                    );
-                    self.bad(field, message);
-                }
-            }
-        }
-        out
-    }
-
-    fn env(&mut self, field: &str) -> Option<BTreeMap<String, String>> {
-        match self.obj.get(field)? {
-            Value::Object(map) => {
-                let mut out = BTreeMap::new();
-                for (key, value) in map {
-                    let text = env_text(value);
-                    if key.is_empty()
-                        || key.contains('=')
-                        || key.contains('\0')
-                        || text.contains('\0')
-                    {
-                        let message =
-                            format!("has an invalid variable name or value for \"{key}\"");
-                        self.bad(field, message);
-                        continue;
-                    }
-                    out.insert(key.clone(), text);
-                }
-                Some(out)
-            }
-            other => {
-                // Only the type: an env written as one string may hold secrets.
-                let found = match other {
-                    Value::String(_) => "a string".to_string(),
-                    other => kind(other),
-                };
-                let message = format!(
-                    "must be an object of variables ({{\"NAME\": \"value\"}}), found {found}"
-                );
-                self.bad(field, message);
-                None
-            }
-        }
-    }
-
-    fn readiness(&mut self, field: &str) -> Option<Readiness> {
-        let obj = match self.obj.get(field)? {
-            Value::Null => return None,
-            Value::Object(obj) => obj,
-            other => {
-                let message = format!(
-                    "must be an object with \"kind\" or null, found {}",
-                    kind(other)
-                );
-                self.bad(field, message);
-                return None;
-            }
-        };
-        let get_ms = |this: &mut Self, key: &str, default: Duration| -> Duration {
-            match obj.get(key) {
-                None | Some(Value::Null) => default,
-                Some(v) => match v.as_u64().filter(|n| *n > 0) {
-                    Some(n) => Duration::from_millis(n),
-                    None => {
-                        this.bad(
-                            field,
-                            format!(
-                                "\"{key}\" must be a positive number of milliseconds, found {}",
-                                kind(v)
-                            ),
-                        );
-                        default
-                    }
-                },
-            }
-        };
-        let interval = get_ms(self, "interval_ms", crate::probe::DEFAULT_INTERVAL);
-        let timeout = get_ms(self, "timeout_ms", crate::probe::DEFAULT_TIMEOUT);
-        let allowed: &[&str] = match obj.get("kind").and_then(Value::as_str) {
-            Some("http") => &["kind", "url", "interval_ms", "timeout_ms"],
-            Some("tcp") => &["kind", "host", "port", "interval_ms", "timeout_ms"],
-            Some("command") => &["kind", "command", "interval_ms", "timeout_ms"],
-            _ => &[
-                "kind",
-                "url",
-                "host",
-                "port",
-                "command",
-                "interval_ms",
-                "timeout_ms",
-            ],
-        };
-        for key in obj.keys() {
-            if !allowed.contains(&key.as_str()) {
-                self.reader.warn(format!(
-                    "{}: field \"{field}\": unknown key \"{key}\" ignored",
-                    self.location
-                ));
-            }
-        }
-        let check = match obj.get("kind") {
-            Some(Value::String(k)) if k == "http" => match obj.get("url") {
-                Some(Value::String(url)) => match HttpUrl::parse(url) {
-                    Ok(url) => Some(Check::Http { url }),
-                    Err(e) => {
-                        self.bad(field, format!("\"url\": {e}"));
-                        None
-                    }
-                },
-                other => {
-                    self.bad(
-                        field,
-                        format!(
-                            "\"url\" must be a string for kind \"http\", found {}",
-                            kind_opt(other)
-                        ),
-                    );
-                    None
-                }
-            },
-            Some(Value::String(k)) if k == "tcp" => {
-                let host = match obj.get("host") {
-                    None | Some(Value::Null) => Some("127.0.0.1".to_string()),
-                    Some(Value::String(h)) if !h.is_empty() => Some(h.clone()),
-                    Some(other) => {
-                        self.bad(
-                            field,
-                            format!("\"host\" must be a non-empty string, found {}", kind(other)),
-                        );
-                        None
-                    }
-                };
-                let port = match obj
-                    .get("port")
-                    .and_then(Value::as_u64)
-                    .and_then(|p| u16::try_from(p).ok())
-                {
-                    Some(p) if p > 0 => Some(p),
-                    _ => {
-                        self.bad(
-                            field,
-                            format!(
-                                "\"port\" must be a port number 1-65535 for kind \"tcp\", found {}",
-                                kind_opt(obj.get("port"))
-                            ),
-                        );
-                        None
-                    }
-                };
-                host.zip(port).map(|(host, port)| Check::Tcp { host, port })
-            }
-            Some(Value::String(k)) if k == "command" => match obj.get("command") {
-                Some(Value::Array(items))
-                    if !items.is_empty() && items.iter().all(Value::is_string) =>
-                {
-                    Some(Check::Command {
-                        command: items
-                            .iter()
-                            .filter_map(|v| v.as_str().map(str::to_string))
-                            .collect(),
-                    })
-                }
-                other => {
-                    self.bad(
-                        field,
-                        format!(
-                            "\"command\" must be a non-empty list of strings for kind \"command\", found {}",
-                            kind_opt(other)
-                        ),
-                    );
-                    None
-                }
-            },
-            other => {
-                self.bad(
-                    field,
-                    format!(
-                        "\"kind\" must be \"http\", \"tcp\" or \"command\", found {}",
-                        kind_opt(other)
-                    ),
-                );
-                None
-            }
-        };
-        check.map(|check| Readiness {
-            check,
-            interval,
-            timeout,
-        })
-    }
-}
-
-/// Parses `"1500"`, `"500ms"`, `"10s"`, `"1.5s"`, `"2m"`, `"1h"` into a duration.
-pub fn parse_duration(text: &str) -> Option<Duration> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: f64 = number.parse().ok()?;
-    let factor = match unit.trim() {
-        "" | "ms" => 1.0,
-        "s" => 1_000.0,
-        "m" => 60_000.0,
-        "h" => 3_600_000.0,
-        _ => return None,
-    };
-    let ms = number * factor;
-    (ms.is_finite() && ms >= 0.0).then(|| Duration::from_millis(ms.round() as u64))
-}
-
-/// Splits an argument string like a POSIX shell would, without expansions: whitespace separates
-/// words; single quotes keep everything literally; double quotes keep spaces and allow `\"` and
-/// `\\`; a backslash outside quotes escapes the next character.
-pub fn split_args(text: &str) -> Result<Vec<String>, String> {
-    let mut args = Vec::new();
-    let mut word = String::new();
-    let mut in_word = false;
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        match c {
-            c if c.is_whitespace() => {
-                if in_word {
-                    args.push(std::mem::take(&mut word));
-                    in_word = false;
-                }
-            }
-            '\'' => {
-                in_word = true;
-                loop {
-                    match chars.next() {
-                        Some('\'') => break,
-                        Some(c) => word.push(c),
-                        None => return Err(format!("has an unclosed single quote: {text}")),
-                    }
-                }
-            }
-            '"' => {
-                in_word = true;
-                loop {
-                    match chars.next() {
-                        Some('"') => break,
-                        Some('\\') => match chars.next() {
-                            Some(c @ ('"' | '\\' | '$' | '`')) => word.push(c),
-                            Some(c) => {
-                                word.push('\\');
-                                word.push(c);
-                            }
-                            None => return Err(format!("has an unclosed double quote: {text}")),
-                        },
-                        Some(c) => word.push(c),
-                        None => return Err(format!("has an unclosed double quote: {text}")),
-                    }
-                }
-            }
-            '\\' => {
-                in_word = true;
-                match chars.next() {
-                    Some(c) => word.push(c),
-                    None => return Err(format!("ends with a lone backslash: {text}")),
-                }
-            }
-            c => {
-                in_word = true;
-                word.push(c);
-            }
-        }
-    }
-    if in_word {
-        args.push(word);
-    }
-    Ok(args)
-}
-
-/// An env value as PM2 passes it to the process: strings as they are, everything else as its JSON
-/// text (`10`, `true`, `null`, `{"enabled":true}`, `[1,"a"]`); a whole-number float such as `10.0`
-/// is `10`, as in JavaScript.
-pub fn env_text(value: &Value) -> String {
-    match value {
-        Value::String(s) => s.clone(),
-        Value::Number(n) => match n.as_f64() {
-            Some(f) if !n.is_i64() && !n.is_u64() && f.fract() == 0.0 && f.abs() < 1e15 => {
-                format!("{}", f as i64)
-            }
-            _ => n.to_string(),
-        },
-        other => serde_json::to_string(other).unwrap_or_default(),
-    }
-}
-
-fn kind(value: &Value) -> String {
-    match value {
-        Value::Null => "null".to_string(),
-        Value::Bool(b) => b.to_string(),
-        Value::Number(n) => n.to_string(),
-        Value::String(s) => format!("\"{s}\""),
-        Value::Array(_) => "a list".to_string(),
-        Value::Object(_) => "an object".to_string(),
-    }
-}
-
-fn kind_opt(value: Option<&Value>) -> String {
-    value.map(kind).unwrap_or_else(|| "nothing".to_string())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1300,11 +762,11 @@ mod tests {
             expected.env.insert("NODE_APP_INSTANCE".into(), "0".into());
             expected
         });
-        assert!(app.autorestart);
-        assert_eq!(app.max_restarts, 16);
-        assert_eq!(app.min_uptime, Duration::from_millis(1000));
-        assert_eq!(app.kill_timeout, Duration::from_millis(1600));
-        assert_eq!(app.restart_delay, Duration::ZERO);
+        assert!(app.restart.autorestart);
+        assert_eq!(app.restart.max_restarts, 16);
+        assert_eq!(app.restart.min_uptime, Duration::from_millis(1000));
+        assert_eq!(app.restart.kill_timeout, Duration::from_millis(1600));
+        assert_eq!(app.restart.restart_delay, Duration::ZERO);
         assert!(eco.warnings.is_empty());
     }
 
@@ -1339,16 +801,16 @@ mod tests {
                 ("N".into(), "2".into())
             ])
         );
-        assert!(!svc.autorestart);
-        assert_eq!(svc.max_restarts, 3);
-        assert_eq!(svc.min_uptime, Duration::from_secs(10));
-        assert_eq!(svc.restart_delay, Duration::from_millis(250));
+        assert!(!svc.restart.autorestart);
+        assert_eq!(svc.restart.max_restarts, 3);
+        assert_eq!(svc.restart.min_uptime, Duration::from_secs(10));
+        assert_eq!(svc.restart.restart_delay, Duration::from_millis(250));
         assert_eq!(
-            svc.exp_backoff_restart_delay,
+            svc.restart.exp_backoff_restart_delay,
             Some(Duration::from_millis(100))
         );
-        assert_eq!(svc.kill_timeout, Duration::from_secs(120));
-        assert_eq!(svc.stop_exit_codes, [0, 3]);
+        assert_eq!(svc.restart.kill_timeout, Duration::from_secs(120));
+        assert_eq!(svc.restart.stop_exit_codes, [0, 3]);
         assert_eq!(svc.role, Some(Role::Service));
         assert_eq!((svc.gpu, svc.port), (Some(1), Some(8189)));
         let r = svc.readiness.as_ref().unwrap();
@@ -1611,6 +1073,73 @@ mod tests {
                 "/etc/machine".into(),
                 "/abs".into()
             ]
+        );
+    }
+
+    #[test]
+    fn every_profile_plan_resolves_without_a_warning_to_its_generated_apps() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../generated");
+        let mut compared = 0;
+        for baked in crate::profiles::ALL {
+            let plan = baked.plan(&Default::default()).unwrap();
+            let from_plan = resolve((&plan).into(), baked.name)
+                .unwrap_or_else(|e| panic!("{}: {e}", baked.name));
+            assert!(
+                from_plan.warnings.is_empty(),
+                "{}: {:?}",
+                baked.name,
+                from_plan.warnings
+            );
+            let file = root.join(baked.name).join("ecosystem.config.json");
+            // The generated file also carries the components' settings (env values); the apps,
+            // their order, roles and restart settings are the plan's.
+            if file.is_file() {
+                let shape = |apps: &[AppSpec]| -> Vec<(String, Option<Role>, RestartPolicy)> {
+                    apps.iter()
+                        .map(|a| (a.name.clone(), a.role, a.restart.clone()))
+                        .collect()
+                };
+                let from_file = read_file(&file).unwrap();
+                assert_eq!(
+                    shape(&from_file.apps),
+                    shape(&from_plan.apps),
+                    "{}",
+                    baked.name
+                );
+                compared += 1;
+            }
+        }
+        assert!(
+            compared >= 6,
+            "only {compared} profiles have a generated ecosystem"
+        );
+    }
+
+    #[test]
+    fn resolving_reports_the_problems_of_a_wire_ecosystem() {
+        let eco = wire::Ecosystem {
+            apps: vec![
+                App {
+                    name: Some("a".into()),
+                    ..App::default()
+                },
+                App {
+                    name: Some("a".into()),
+                    script: Some("x".into()),
+                    machine_readiness: Some(wire::Readiness::Http {
+                        url: "https://x/".into(),
+                        interval_ms: None,
+                        timeout_ms: None,
+                    }),
+                    ..App::default()
+                },
+            ],
+            ..wire::Ecosystem::default()
+        };
+        let err = resolve(eco, "of profile p").unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "ecosystem of profile p has 3 problems:\n  - app \"a\": field \"script\" is missing\n  - app \"a\": field \"machine_readiness\" \"url\": \"https://x/\" uses https, which readiness probes do not speak; probe the plain http port or use a tcp probe\n  - app \"a\": field \"name\" is used by more than one app; names must be unique"
         );
     }
 

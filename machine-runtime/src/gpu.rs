@@ -114,7 +114,7 @@ pub enum GpuError {
 
 /// What a backend found: GPUs in NVML order, or the reason it could not look.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Probe {
+pub enum Detection {
     /// The backend answered; devices it could not read are listed in `skipped`.
     Found {
         /// GPUs in NVML order; `index` and `nvml_index` are the NVML index.
@@ -131,7 +131,7 @@ pub trait GpuBackend {
     /// Which [`Source`] an inventory from this backend reports.
     fn source(&self) -> Source;
     /// Lists the GPUs; never panics and never creates a CUDA context.
-    fn probe(&self) -> Probe;
+    fn detect(&self) -> Detection;
 }
 
 /// The real backend: NVML through `nvml-wrapper`.
@@ -176,8 +176,8 @@ impl GpuBackend for FakeBackend {
         Source::Fake
     }
 
-    fn probe(&self) -> Probe {
-        Probe::Found {
+    fn detect(&self) -> Detection {
+        Detection::Found {
             gpus: self.gpus.clone(),
             skipped: Vec::new(),
         }
@@ -189,7 +189,7 @@ impl GpuBackend for NvmlBackend {
         Source::Nvml
     }
 
-    fn probe(&self) -> Probe {
+    fn detect(&self) -> Detection {
         use nvml_wrapper::Nvml;
         use nvml_wrapper::error::NvmlError;
 
@@ -221,12 +221,12 @@ impl GpuBackend for NvmlBackend {
                         .to_owned(),
                     other => format!("NVML initialisation failed: {other}"),
                 };
-                return Probe::Unavailable(reason);
+                return Detection::Unavailable(reason);
             }
         };
         let count = match nvml.device_count() {
             Ok(count) => count,
-            Err(err) => return Probe::Unavailable(format!("NVML could not count GPUs: {err}")),
+            Err(err) => return Detection::Unavailable(format!("NVML could not count GPUs: {err}")),
         };
         let mut gpus = Vec::new();
         let mut skipped = Vec::new();
@@ -238,7 +238,7 @@ impl GpuBackend for NvmlBackend {
                 )),
             }
         }
-        Probe::Found { gpus, skipped }
+        Detection::Found { gpus, skipped }
     }
 }
 
@@ -317,14 +317,14 @@ impl Inventory {
 
     /// Builds the inventory from `backend`, restricted by `cuda_visible_devices` (`None` when unset).
     pub fn detect_with(backend: &dyn GpuBackend, cuda_visible_devices: Option<&str>) -> Inventory {
-        match backend.probe() {
-            Probe::Unavailable(reason) => Inventory {
+        match backend.detect() {
+            Detection::Unavailable(reason) => Inventory {
                 gpus: Vec::new(),
                 source: Source::None,
                 reason: Some(reason),
                 notes: Vec::new(),
             },
-            Probe::Found { gpus, skipped } => {
+            Detection::Found { gpus, skipped } => {
                 let mut inventory = Inventory {
                     gpus,
                     source: backend.source(),
@@ -748,8 +748,8 @@ mod tests {
             fn source(&self) -> Source {
                 Source::Nvml
             }
-            fn probe(&self) -> Probe {
-                Probe::Unavailable(REASON_NO_LIBRARY.to_owned())
+            fn detect(&self) -> Detection {
+                Detection::Unavailable(REASON_NO_LIBRARY.to_owned())
             }
         }
         let inv = Inventory::detect_with(&Absent, Some("0"));

@@ -352,9 +352,12 @@ fn plan_apps(
                 machine_runtime::install::Env::from_process(),
                 &install_hint,
             );
-            let eco = machine_model::ecosystem::Ecosystem::from_plan(&real.plan);
-            let value = serde_json::to_value(&eco).context("rendering the plan's ecosystem")?;
-            let apps = ecosystem::from_value(&value)?.apps;
+            let origin = format!("of profile {}", real.plan.profile);
+            let eco = ecosystem::resolve((&real.plan).into(), &origin)?;
+            for warning in &eco.warnings {
+                sink::err_line(&format!("machine-runtime: warning: {warning}"));
+            }
+            let apps = eco.apps;
             Planned {
                 apps,
                 gpu_uuids: real.gpu_uuids,

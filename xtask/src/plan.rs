@@ -186,8 +186,13 @@ pub fn text(plan: &Plan) -> String {
             s.gpu.map_or("-".into(), |g| g.to_string()),
             s.port.map_or("-".into(), |p| p.to_string()),
             match &s.readiness {
-                machine_model::plan::Probe::Http { url, .. } => format!("GET {url}"),
-                machine_model::plan::Probe::Tcp { host, port, .. } => format!("tcp {host}:{port}"),
+                machine_model::ecosystem::Readiness::Http { url, .. } => format!("GET {url}"),
+                machine_model::ecosystem::Readiness::Tcp { host, port, .. } => {
+                    format!("tcp {}:{port}", host.as_deref().unwrap_or("127.0.0.1"))
+                }
+                machine_model::ecosystem::Readiness::Command { command, .. } => {
+                    format!("command `{}`", command.join(" "))
+                }
             },
         ]);
     }

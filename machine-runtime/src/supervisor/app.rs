@@ -199,14 +199,18 @@ impl AppTask {
                     });
                 return AppEnd::Requested;
             }
-            match history.on_exit(&self.spec, uptime, code) {
+            match history.on_exit(&self.spec.restart, uptime, code) {
                 Decision::Restart { delay, unstable } => {
                     let why = if unstable > 0 {
-                        format!("attempt {} of {}", unstable + 1, self.spec.max_restarts)
+                        format!(
+                            "attempt {} of {}",
+                            unstable + 1,
+                            self.spec.restart.max_restarts
+                        )
                     } else {
                         format!(
                             "it ran longer than min_uptime {}; restart {}",
-                            human_duration(self.spec.min_uptime),
+                            human_duration(self.spec.restart.min_uptime),
                             history.restarts
                         )
                     };
@@ -239,7 +243,7 @@ impl AppTask {
                     let reason = format!(
                         "{unstable} consecutive exit{} before min_uptime {}",
                         if unstable == 1 { "" } else { "s" },
-                        human_duration(self.spec.min_uptime)
+                        human_duration(self.spec.restart.min_uptime)
                     );
                     let essential = if self.spec.essential {
                         "; it is essential, so the machine stops"
@@ -488,7 +492,7 @@ impl AppTask {
                 &spec.name,
                 pid,
                 libc::SIGTERM,
-                spec.kill_timeout,
+                spec.restart.kill_timeout,
                 &mut exit,
                 &mut self.stop,
             )
@@ -498,7 +502,7 @@ impl AppTask {
     }
 
     async fn stop_child(&mut self, pid: u32, signal: i32, exit: &mut ExitWait, started: Instant) {
-        let grace = self.spec.kill_timeout;
+        let grace = self.spec.restart.kill_timeout;
         self.board.transition(
             self.idx,
             AppState::Stopping,

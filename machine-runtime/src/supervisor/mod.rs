@@ -376,16 +376,16 @@ impl Supervisor {
             log(&format!(
                 "{} is busy with {job_text}; it gets its kill_timeout {} to finish before {}",
                 spec.name,
-                human_duration(spec.kill_timeout),
+                human_duration(spec.restart.kill_timeout),
                 signal_name(signal)
             ));
             self.board.update(i, |a| {
                 a.detail = Some(format!(
                     "finishing {job_text} before it stops (up to kill_timeout {})",
-                    human_duration(spec.kill_timeout)
+                    human_duration(spec.restart.kill_timeout)
                 ))
             });
-            draining.push((i, job, now + spec.kill_timeout));
+            draining.push((i, job, now + spec.restart.kill_timeout));
         }
         while !draining.is_empty() {
             let earliest = draining
@@ -424,7 +424,7 @@ impl Supervisor {
                             "{} is still busy with {} after its kill_timeout {}; sending {}: the worker fails the job permanently (it is not requeued)",
                             spec.name,
                             job_words(job),
-                            human_duration(spec.kill_timeout),
+                            human_duration(spec.restart.kill_timeout),
                             signal_name(signal)
                         ));
                         let _ = stops[*i].send(Some(signal));
@@ -633,9 +633,7 @@ impl Supervisor {
         self.handle.tracker.wait().await;
         // What the apps left behind outside their groups (a grandchild that called setsid) was
         // re-parented to us when its parent ended: nothing the machine started outlives the stop.
-        let strays = reaper
-            .stop_strays(crate::ecosystem::DEFAULT_KILL_TIMEOUT)
-            .await;
+        let strays = reaper.stop_strays(policy::DEFAULT_KILL_TIMEOUT).await;
         if strays > 0 {
             log(&format!(
                 "stopped {strays} process{} the apps left behind outside their process groups",

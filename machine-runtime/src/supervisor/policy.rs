@@ -10,12 +10,72 @@
 
 use std::time::Duration;
 
-use crate::ecosystem::AppSpec;
+use machine_model::ecosystem::{App, Millis};
 
 /// PM2's cap on the exponential backoff delay.
 pub const BACKOFF_CAP: Duration = Duration::from_millis(15_000);
 /// Uptime after which the exponential backoff starts over (PM2 `EXP_BACKOFF_RESET_TIMER`).
 pub const BACKOFF_RESET_AFTER: Duration = Duration::from_millis(30_000);
+
+/// PM2's default for `max_restarts`.
+pub const DEFAULT_MAX_RESTARTS: u32 = 16;
+/// PM2's default for `min_uptime`.
+pub const DEFAULT_MIN_UPTIME: Duration = Duration::from_millis(1000);
+/// PM2's default for `kill_timeout`.
+pub const DEFAULT_KILL_TIMEOUT: Duration = Duration::from_millis(1600);
+
+/// An app's restart and stop settings, resolved: the runtime form of the ecosystem's PM2 fields
+/// `autorestart`, `max_restarts`, `min_uptime`, `restart_delay`, `exp_backoff_restart_delay`,
+/// `kill_timeout` and `stop_exit_codes` ([`App`]), with PM2's defaults ([`RestartPolicy::default`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestartPolicy {
+    /// Restart when it exits (PM2 default true).
+    pub autorestart: bool,
+    /// Consecutive unstable exits (before `min_uptime`) after which the app is `errored`.
+    pub max_restarts: u32,
+    /// Exits sooner than this after start are unstable.
+    pub min_uptime: Duration,
+    /// Fixed delay before a restart.
+    pub restart_delay: Duration,
+    /// When set, overrides `restart_delay`: starts here, ×1.5 per restart, capped at 15 s.
+    pub exp_backoff_restart_delay: Option<Duration>,
+    /// Grace between the stop signal and SIGKILL of the process group.
+    pub kill_timeout: Duration,
+    /// Exit codes after which the app is not restarted (PM2 `stop_exit_codes`).
+    pub stop_exit_codes: Vec<i32>,
+}
+
+impl Default for RestartPolicy {
+    /// PM2's defaults: restart, 16 unstable exits, 1000 ms uptime, no delay, 1600 ms grace.
+    fn default() -> Self {
+        RestartPolicy {
+            autorestart: true,
+            max_restarts: DEFAULT_MAX_RESTARTS,
+            min_uptime: DEFAULT_MIN_UPTIME,
+            restart_delay: Duration::ZERO,
+            exp_backoff_restart_delay: None,
+            kill_timeout: DEFAULT_KILL_TIMEOUT,
+            stop_exit_codes: Vec::new(),
+        }
+    }
+}
+
+impl From<&App> for RestartPolicy {
+    /// The app's restart fields, PM2's default for each one absent.
+    fn from(app: &App) -> Self {
+        let d = RestartPolicy::default();
+        let ms = |m: Millis| Duration::from_millis(m.0);
+        RestartPolicy {
+            autorestart: app.autorestart.unwrap_or(d.autorestart),
+            max_restarts: app.max_restarts.unwrap_or(d.max_restarts),
+            min_uptime: app.min_uptime.map_or(d.min_uptime, ms),
+            restart_delay: app.restart_delay.map_or(d.restart_delay, ms),
+            exp_backoff_restart_delay: app.exp_backoff_restart_delay.map(ms),
+            kill_timeout: app.kill_timeout.map_or(d.kill_timeout, ms),
+            stop_exit_codes: app.stop_exit_codes.clone().unwrap_or_default(),
+        }
+    }
+}
 
 /// What to do after an exit that nobody asked for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,7 +98,12 @@ pub struct RestartHistory {
 
 impl RestartHistory {
     /// Records an exit after `uptime` with exit `code` (none when a signal ended it) and decides.
-    pub fn on_exit(&mut self, app: &AppSpec, uptime: Duration, code: Option<i32>) -> Decision {
+    pub fn on_exit(
+        &mut self,
+        app: &RestartPolicy,
+        uptime: Duration,
+        code: Option<i32>,
+    ) -> Decision {
         if uptime >= BACKOFF_RESET_AFTER {
             self.prev_backoff = None;
         }
@@ -93,9 +158,11 @@ mod tests {
 
     #[test]
     fn errors_after_max_restarts_consecutive_unstable_exits() {
-        let mut app = AppSpec::new("a", "x");
-        app.max_restarts = 3;
-        app.restart_delay = ms(100);
+        let app = RestartPolicy {
+            max_restarts: 3,
+            restart_delay: ms(100),
+            ..RestartPolicy::default()
+        };
         let mut h = RestartHistory::default();
         assert_eq!(
             h.on_exit(&app, ms(10), Some(1)),
@@ -130,8 +197,10 @@ mod tests {
 
     #[test]
     fn max_restarts_zero_never_restarts() {
-        let mut app = AppSpec::new("a", "x");
-        app.max_restarts = 0;
+        let app = RestartPolicy {
+            max_restarts: 0,
+            ..RestartPolicy::default()
+        };
         assert_eq!(
             RestartHistory::default().on_exit(&app, ms(60_000), Some(0)),
             Decision::Errored { unstable: 0 }
@@ -140,10 +209,12 @@ mod tests {
 
     #[test]
     fn backoff_grows_by_half_caps_and_resets() {
-        let mut app = AppSpec::new("a", "x");
-        app.exp_backoff_restart_delay = Some(ms(4000));
-        app.restart_delay = ms(1); // ignored when backoff is set, as in PM2
-        app.max_restarts = 100;
+        let app = RestartPolicy {
+            exp_backoff_restart_delay: Some(ms(4000)),
+            restart_delay: ms(1), // ignored when backoff is set, as in PM2
+            max_restarts: 100,
+            ..RestartPolicy::default()
+        };
         let mut h = RestartHistory::default();
         let delays: Vec<u128> = (0..6)
             .map(|_| match h.on_exit(&app, ms(10), Some(1)) {
@@ -164,16 +235,20 @@ mod tests {
 
     #[test]
     fn respects_autorestart_and_stop_exit_codes() {
-        let mut app = AppSpec::new("a", "x");
-        app.autorestart = false;
+        let app = RestartPolicy {
+            autorestart: false,
+            ..RestartPolicy::default()
+        };
         assert_eq!(
             RestartHistory::default().on_exit(&app, ms(10), Some(1)),
             Decision::Stop {
                 reason: "autorestart is off".into()
             }
         );
-        let mut app = AppSpec::new("a", "x");
-        app.stop_exit_codes = vec![0];
+        let app = RestartPolicy {
+            stop_exit_codes: vec![0],
+            ..RestartPolicy::default()
+        };
         assert_eq!(
             RestartHistory::default().on_exit(&app, ms(5000), Some(0)),
             Decision::Stop {

@@ -129,12 +129,12 @@ impl AppStatus {
             pid: None,
             restarts: 0,
             unstable_restarts: 0,
-            max_restarts: spec.max_restarts,
+            max_restarts: spec.restart.max_restarts,
             gpu: pin.map(|p| p.index),
             gpu_uuid: pin.map(|p| p.uuid.clone()),
             port: spec.port,
             essential: spec.essential,
-            autorestart: spec.autorestart,
+            autorestart: spec.restart.autorestart,
             connector: spec.connector.clone(),
             index: spec.index,
             waiting_for: spec.wait_for.clone(),
@@ -142,7 +142,7 @@ impl AppStatus {
             detail: None,
             since_ms: 0,
             started_ms: None,
-            min_uptime_ms: u64::try_from(spec.min_uptime.as_millis()).unwrap_or(u64::MAX),
+            min_uptime_ms: u64::try_from(spec.restart.min_uptime.as_millis()).unwrap_or(u64::MAX),
         }
     }
 

@@ -55,10 +55,11 @@ pub fn profile_files(l: &Loaded) -> anyhow::Result<Vec<(String, String)>> {
 /// The PM2 ecosystem as pretty JSON (JSON has no comments: the header is the `x_generated` key, which PM2
 /// ignores).
 pub fn ecosystem(l: &Loaded) -> String {
-    let eco = machine_model::ecosystem::Ecosystem::from_plan(&l.plan);
-    let mut value = serde_json::json!({ "x_generated": header(&l.source.name) });
-    value["apps"] = serde_json::to_value(&eco.apps).expect("apps serialise");
-    let mut text = serde_json::to_string_pretty(&value).expect("json serialises");
+    let eco = machine_model::ecosystem::Ecosystem {
+        x_generated: Some(header(&l.source.name)),
+        ..(&l.plan).into()
+    };
+    let mut text = serde_json::to_string_pretty(&eco).expect("json serialises");
     text.push('\n');
     text
 }
