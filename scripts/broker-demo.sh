@@ -86,8 +86,8 @@ sleep 5
 
 victim="$(curl -s "http://127.0.0.1:$health_port/status" | python3 -c '
 import json, sys
-print(next(a["pid"] for a in json.load(sys.stdin)["apps"] if a["name"] == "simulation-worker-1"))')"
-say "kill -9 simulation-worker-1 (pid $victim)"
+print(next(a["pid"] for a in json.load(sys.stdin)["apps"] if a["name"] == "simulation-websocket-worker-1"))')"
+say "kill -9 simulation-websocket-worker-1 (pid $victim)"
 kill -9 "$victim"
 sleep 4
 

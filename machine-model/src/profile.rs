@@ -183,6 +183,7 @@ pub struct MachineSpec {
     pub allow_fewer_gpus: bool,
     /// Port of the health endpoint (`MACHINE_HEALTH_PORT`); must not collide with a service port.
     #[serde(default = "default_health_port")]
+    #[cfg_attr(feature = "schema", schemars(range(min = 1)))]
     pub health_port: u16,
     /// `actual`: the planned GPUs are real NVIDIA GPUs (Compose reserves them). `mock`: they are simulated
     /// (`MACHINE_FAKE_GPUS`, no reservation), so the machine runs on any host; for simulation-only profiles.

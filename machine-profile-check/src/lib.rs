@@ -436,6 +436,17 @@ mod tests {
     }
 
     #[test]
+    fn a_health_port_of_zero_is_refused() {
+        // `--health-port 0` (any free port) is for tests; a machine's port must be one others can reach.
+        check(
+            &profile(r#"{ "gpus": 0, "ram_gb": 8, "health_port": 0 }"#, ""),
+            &[
+                "profiles/p.json:5:55: /machine/health_port: 0 is below the minimum 1; allowed: an integer from 1 to 65535",
+            ],
+        );
+    }
+
+    #[test]
     fn bad_component_key() {
         check(
             "{\n  \"description\": \"d\",\n  \"components\": { \"Redis\": \"local\" },\n  \"workers\": \"openai:1\",\n  \"machine\": { \"gpus\": 0, \"ram_gb\": 8 }\n}\n",

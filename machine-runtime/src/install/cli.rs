@@ -12,7 +12,7 @@ use super::{
 /// Arguments of `machine-runtime install`.
 #[derive(Debug, clap::Args)]
 pub struct InstallArgs {
-    /// Install what this baked-in profile's plan needs (each internal service once; none for API-only).
+    /// Install what this baked-in profile's plan needs (each internal service once, and the worker bundle).
     #[arg(
         long,
         value_name = "NAME",
