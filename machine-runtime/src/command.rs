@@ -524,7 +524,7 @@ impl ChildCommand {
 /// we forward it), and [`child_hygiene`] (killed when the runtime dies, empty signal mask). The
 /// caller adds arguments, environment, working directory and output pipes.
 #[allow(clippy::disallowed_methods)] // The one constructor (see the module doc).
-pub fn new_child(program: impl AsRef<OsStr>) -> Command {
+pub(crate) fn new_child(program: impl AsRef<OsStr>) -> Command {
     let mut cmd = Command::new(program);
     cmd.stdin(Stdio::null());
     std::os::unix::process::CommandExt::process_group(&mut cmd, 0);

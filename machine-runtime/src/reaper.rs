@@ -167,7 +167,7 @@ impl Reaper {
     /// Our living children that no app tracks: orphans re-parented to us (a grandchild that
     /// called `setsid` and so escaped its app's group) once their parent ended. Read from
     /// `/proc/self/task/*/children`; empty where that file does not exist.
-    pub fn strays(&self) -> Vec<i32> {
+    pub(crate) fn strays(&self) -> Vec<i32> {
         let tracked: Vec<i32> = self.lock().waiting.keys().copied().collect();
         let mut pids = Vec::new();
         let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {

@@ -241,7 +241,7 @@ impl ViewTemplate {
     ///
     /// `started` is the supervisor's start (the clock of the snapshot's `*_ms` fields); the view is
     /// also recomputed when an app reaches its `min_uptime`, since that alone can make it ready.
-    pub async fn follow(
+    pub(crate) async fn follow(
         self,
         mut snapshots: watch::Receiver<Snapshot>,
         view: watch::Sender<MachineView>,

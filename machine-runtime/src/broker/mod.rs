@@ -43,7 +43,7 @@ macro_rules! log {
 }
 pub(crate) use log;
 
-pub mod bridge;
+pub(crate) mod bridge;
 mod config;
 pub mod lease;
 mod link;

@@ -8,7 +8,7 @@
 mod app;
 pub mod logs;
 mod output;
-pub mod policy;
+pub(crate) mod policy;
 pub mod state;
 
 use std::collections::HashMap;
@@ -183,7 +183,7 @@ impl SupervisorHandle {
 }
 
 /// A checked set of apps with their commands, ready to run.
-pub struct Supervisor {
+pub(crate) struct Supervisor {
     apps: Vec<Arc<AppSpec>>,
     commands: Vec<ChildCommand>,
     board: Arc<Board>,
