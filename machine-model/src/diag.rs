@@ -178,6 +178,15 @@ pub(crate) fn quoted_list<'a, I: IntoIterator<Item = &'a str>>(items: I) -> Stri
     }
 }
 
+/// `items` shown one per line, for error types that gather every problem of one input.
+pub fn lines<T: fmt::Display>(items: &[T]) -> String {
+    items
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,7 +13,6 @@
 //! - every worker runs the worker bundle, so a plan with workers installs it ([`Plan::worker_bundle`]).
 
 use std::collections::BTreeMap;
-use std::fmt;
 
 use serde::Serialize;
 
@@ -147,18 +146,27 @@ pub struct SecretNeed {
 }
 
 /// Why a plan cannot be made.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PlanError {
     /// The worker spec is invalid.
+    #[error(transparent)]
     Spec(SpecErrors),
     /// gpu-bound workers on a machine planned with no GPU.
+    #[error(
+        "gpu-bound workers ({}) on a machine planned with 0 GPUs; set machine.gpus (or --gpus) or bind them to cpu where the connector allows it",
+        connectors.join(", ")
+    )]
     GpuBindingWithoutGpus {
         /// The connectors asking for GPUs.
         connectors: Vec<&'static str>,
     },
     /// More GPUs than supported.
+    #[error("{0} GPUs planned; at most {MAX_GPUS} are supported")]
     TooManyGpus(u32),
     /// Two things want one port.
+    #[error(
+        "port {port} is wanted by both {first} and {second}; change one of them (e.g. machine.health_port)"
+    )]
     PortCollision {
         /// The port.
         port: u16,
@@ -168,8 +176,12 @@ pub enum PlanError {
         second: String,
     },
     /// An invalid machine id.
+    #[error(
+        "machine id \"{0}\" is invalid; use letters, digits, '.', '_' and '-', starting with a letter or digit"
+    )]
     MachineId(String),
     /// A machine setting with a value the plan cannot use.
+    #[error("{name}=\"{value}\" is not usable; expected {expected}")]
     Setting {
         /// The setting, e.g. `SIMULATION_BASE_PORT`.
         name: String,
@@ -180,60 +192,10 @@ pub enum PlanError {
     },
 }
 
-impl fmt::Display for PlanError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            PlanError::Spec(e) => write!(f, "{e}"),
-            PlanError::GpuBindingWithoutGpus { connectors } => write!(
-                f,
-                "gpu-bound workers ({}) on a machine planned with 0 GPUs; set machine.gpus (or --gpus) or bind them to cpu where the connector allows it",
-                connectors.join(", ")
-            ),
-            PlanError::TooManyGpus(n) => {
-                write!(f, "{n} GPUs planned; at most {MAX_GPUS} are supported")
-            }
-            PlanError::PortCollision {
-                port,
-                first,
-                second,
-            } => {
-                write!(
-                    f,
-                    "port {port} is wanted by both {first} and {second}; change one of them (e.g. machine.health_port)"
-                )
-            }
-            PlanError::Setting {
-                name,
-                value,
-                expected,
-            } => write!(f, "{name}=\"{value}\" is not usable; expected {expected}"),
-            PlanError::MachineId(id) => write!(
-                f,
-                "machine id \"{id}\" is invalid; use letters, digits, '.', '_' and '-', starting with a letter or digit"
-            ),
-        }
-    }
-}
-
-impl std::error::Error for PlanError {}
-
-/// All problems found while planning.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// All problems found while planning; shown one per line.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", crate::diag::lines(.0))]
 pub struct PlanErrors(pub Vec<PlanError>);
-
-impl fmt::Display for PlanErrors {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, e) in self.0.iter().enumerate() {
-            if i > 0 {
-                f.write_str("\n")?;
-            }
-            write!(f, "{e}")?;
-        }
-        Ok(())
-    }
-}
-
-impl std::error::Error for PlanErrors {}
 
 fn valid_machine_id(id: &str) -> bool {
     id.as_bytes()

@@ -69,7 +69,8 @@ impl fmt::Display for WorkerSpec {
 }
 
 /// One problem in a worker spec, naming the item and where it is.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("worker spec{}: {message}", item_location(*.item, .text, *.column))]
 pub struct SpecError {
     /// 1-based position of the item in the comma-separated list (0 for the whole spec).
     pub item: usize,
@@ -81,39 +82,19 @@ pub struct SpecError {
     pub message: String,
 }
 
-impl fmt::Display for SpecError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.item == 0 {
-            write!(f, "worker spec: {}", self.message)
-        } else {
-            write!(
-                f,
-                "worker spec item {} \"{}\" (column {}): {}",
-                self.item, self.text, self.column, self.message
-            )
-        }
+/// ` item 2 "openai:x" (column 10)`, or nothing for the whole spec (item 0).
+fn item_location(item: usize, text: &str, column: usize) -> String {
+    if item == 0 {
+        String::new()
+    } else {
+        format!(" item {item} \"{text}\" (column {column})")
     }
 }
 
-impl std::error::Error for SpecError {}
-
-/// All problems of one spec, in order.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// All problems of one spec, in order; shown one per line.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", crate::diag::lines(.0))]
 pub struct SpecErrors(pub Vec<SpecError>);
-
-impl fmt::Display for SpecErrors {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, e) in self.0.iter().enumerate() {
-            if i > 0 {
-                f.write_str("\n")?;
-            }
-            write!(f, "{e}")?;
-        }
-        Ok(())
-    }
-}
-
-impl std::error::Error for SpecErrors {}
 
 impl std::str::FromStr for WorkerSpec {
     type Err = SpecErrors;
