@@ -32,7 +32,7 @@ impl Binding {
     }
 
     /// Parses the spec spelling (exact, lowercase).
-    pub fn from_name(s: &str) -> Option<Binding> {
+    pub(crate) fn from_name(s: &str) -> Option<Binding> {
         match s {
             "gpu" => Some(Binding::Gpu),
             "cpu" => Some(Binding::Cpu),
@@ -187,7 +187,7 @@ pub struct RefusedConnector {
 }
 
 /// Names refused at spec parse, with the reason (shown in place of "unknown connector").
-pub const REFUSED: &[RefusedConnector] = &[
+pub(crate) const REFUSED: &[RefusedConnector] = &[
     RefusedConnector {
         name: "replicate",
         reason: "the worker bundle has no such type (its service mapping has no \"replicate\" worker)",
@@ -283,7 +283,7 @@ pub const WORKER_SETTINGS: &[WorkerSetting] = &[
 ];
 
 /// Fixed variables of every bundle worker (contract §3).
-pub const WORKER_FIXED_ENV: &[(&str, &str)] = &[
+pub(crate) const WORKER_FIXED_ENV: &[(&str, &str)] = &[
     // Without it the worker sends no job_started, job_completed or connector_status_changed events.
     ("UNIFIED_MACHINE_STATUS", "true"),
     ("NODE_ENV", "production"),
@@ -296,7 +296,7 @@ pub const MACHINE_WIDE_WORKER_VARS: &[&str] = &["WORKERS", "WORKER_CONNECTORS", 
 pub const SECRET_ENV: &[&str] = &["OPENAI_API_KEY", "GEMINI_API_KEY"];
 
 /// The folder of the worker bundle under the workspace.
-pub const WORKER_BUNDLE_DIR: &str = "worker-bundled";
+pub(crate) const WORKER_BUNDLE_DIR: &str = "worker-bundled";
 
 /// The worker bundle's entry: one CommonJS file run with node in the bundle folder.
 pub const WORKER_BUNDLE_ENTRY: &str = "redis-direct-worker.js";
@@ -313,7 +313,7 @@ pub const WORKER_BUNDLE_INSTALL: &str = "worker-bundle";
 
 /// The worker bundle's source when neither the profile nor `WORKER_BUNDLE_URL` names one: the latest
 /// release tarball of the existing job queue.
-pub const DEFAULT_WORKER_BUNDLE_URL: &str = "https://github.com/stakeordie/emp-job-queue/releases/latest/download/emp-job-queue-worker.tar.gz";
+pub(crate) const DEFAULT_WORKER_BUNDLE_URL: &str = "https://github.com/stakeordie/emp-job-queue/releases/latest/download/emp-job-queue-worker.tar.gz";
 
 /// The existing worker bundle, which every connector runs: `node redis-direct-worker.js` in the bundle
 /// folder (the worker finds its service mapping relative to its working directory).
@@ -586,7 +586,7 @@ pub const SERVICES: &[ServiceEntry] = &[
 ];
 
 /// The health endpoint's default port (`MACHINE_HEALTH_PORT`).
-pub const DEFAULT_HEALTH_PORT: u16 = 9090;
+pub(crate) const DEFAULT_HEALTH_PORT: u16 = 9090;
 
 /// The longest the runtime waits, on stop, for Redis to take the final `shutdown` status before it
 /// signals any app (milliseconds); Compose's stop budget includes it.
@@ -606,7 +606,7 @@ pub fn service(name: &str) -> Option<&'static ServiceEntry> {
 }
 
 /// Every connector name, in catalog order.
-pub fn connector_names() -> Vec<&'static str> {
+pub(crate) fn connector_names() -> Vec<&'static str> {
     CONNECTORS.iter().map(|c| c.name).collect()
 }
 
@@ -627,11 +627,6 @@ pub fn is_secret(name: &str) -> bool {
             .any(|s| s.secret && s.setting == name)
 }
 
-/// The worker setting called `setting` (its machine name).
-pub fn worker_setting(setting: &str) -> Option<&'static WorkerSetting> {
-    WORKER_SETTINGS.iter().find(|s| s.setting == setting)
-}
-
 /// Every machine setting the plan reads: the worker settings that are not secrets, then the services'
 /// base-port settings.
 pub fn plan_setting_names() -> Vec<&'static str> {
@@ -644,7 +639,7 @@ pub fn plan_setting_names() -> Vec<&'static str> {
 }
 
 /// The placeholders a catalog template may hold, each written in braces: `{port}`, `{gpu}`, `{workspace}`.
-pub const PLACEHOLDERS: [&str; 3] = ["port", "gpu", "workspace"];
+pub(crate) const PLACEHOLDERS: [&str; 3] = ["port", "gpu", "workspace"];
 
 /// Expands `{port}` (the instance's port; empty without one), `{gpu}` (its GPU index; empty without one)
 /// and `{workspace}` (the install root) in a catalog template.

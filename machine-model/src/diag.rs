@@ -82,13 +82,18 @@ impl Diagnostic {
 
     /// An error about the value at `pointer` of the JSON document `text` (the file `file`), located at
     /// the value's first character (or its closest existing ancestor's, see [`crate::load::locate`]).
-    pub fn in_json(file: &str, text: &str, pointer: &str, message: impl Into<String>) -> Self {
+    pub(crate) fn in_json(
+        file: &str,
+        text: &str,
+        pointer: &str,
+        message: impl Into<String>,
+    ) -> Self {
         let (line, column) = crate::load::locate(text, pointer);
         Diagnostic::error(file, Some(Position::at(line, column)), message).with_pointer(pointer)
     }
 
     /// The same diagnostic about the JSON value at `pointer` (`""` for the whole document).
-    pub fn with_pointer(mut self, pointer: impl Into<String>) -> Self {
+    pub(crate) fn with_pointer(mut self, pointer: impl Into<String>) -> Self {
         self.pointer = Some(pointer.into());
         self
     }
@@ -102,7 +107,7 @@ impl Diagnostic {
     }
 
     /// The same diagnostic with a help line.
-    pub fn with_help(mut self, help: impl Into<String>) -> Self {
+    pub(crate) fn with_help(mut self, help: impl Into<String>) -> Self {
         self.help = Some(help.into());
         self
     }
@@ -157,7 +162,7 @@ impl fmt::Display for Diagnostic {
 }
 
 /// Whether any of `diagnostics` is an error.
-pub fn has_errors(diagnostics: &[Diagnostic]) -> bool {
+pub(crate) fn has_errors(diagnostics: &[Diagnostic]) -> bool {
     diagnostics.iter().any(Diagnostic::is_error)
 }
 

@@ -292,7 +292,7 @@ impl Ecosystem {
 /// The field names a `#[derive(Deserialize)]` struct reads, in declaration order: the list serde's
 /// derive hands to `deserialize_struct` (renames applied; aliases and flattened fields are not in
 /// it). Empty for a type that is not such a struct.
-pub fn field_names<T: for<'de> Deserialize<'de>>() -> &'static [&'static str] {
+pub(crate) fn field_names<T: for<'de> Deserialize<'de>>() -> &'static [&'static str] {
     struct Recorder<'a>(&'a mut &'static [&'static str]);
     impl<'de> Deserializer<'de> for Recorder<'_> {
         type Error = de::value::Error;
@@ -610,7 +610,9 @@ mod read {
         })
     }
 
-    pub fn string_or_null<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    pub(crate) fn string_or_null<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<String>, D::Error> {
         with(d, |v| match v {
             Value::Null => Ok(None),
             Value::String(s) => Ok(Some(s.clone())),
@@ -630,7 +632,7 @@ mod read {
         with(d, |v| bool_value(v).map(Some))
     }
 
-    pub fn bool_or_false<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    pub(crate) fn bool_or_false<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
         with(d, bool_value)
     }
 
@@ -640,11 +642,11 @@ mod read {
             .ok_or_else(|| format!("must be a non-negative integer, found {}", describe(v)))
     }
 
-    pub fn uint<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    pub(crate) fn uint<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
         with(d, |v| uint_value(v).map(Some))
     }
 
-    pub fn uint_or_null<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    pub(crate) fn uint_or_null<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
         with(d, |v| match v {
             Value::Null => Ok(None),
             v => uint_value(v).map(Some),
@@ -668,7 +670,7 @@ mod read {
         })
     }
 
-    pub fn millis_value(v: &Value) -> Result<Millis, String> {
+    pub(crate) fn millis_value(v: &Value) -> Result<Millis, String> {
         let parsed = match v {
             Value::Number(n) => n.as_u64(),
             Value::String(s) => parse_millis(s),
@@ -682,11 +684,11 @@ mod read {
         })
     }
 
-    pub fn millis<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Millis>, D::Error> {
+    pub(crate) fn millis<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Millis>, D::Error> {
         with(d, |v| millis_value(v).map(Some))
     }
 
-    pub fn instances_value(v: &Value) -> Result<Instances, String> {
+    pub(crate) fn instances_value(v: &Value) -> Result<Instances, String> {
         match v {
             Value::String(s) if s == "max" => Ok(Instances::Max),
             Value::String(s) if s.trim().parse::<i64>().is_ok() => {
@@ -737,11 +739,13 @@ mod read {
         with(d, args_value)
     }
 
-    pub fn some_args<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
+    pub(crate) fn some_args<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Vec<String>>, D::Error> {
         with(d, |v| args_value(v).map(Some))
     }
 
-    pub fn string_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    pub(crate) fn string_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
         with(d, |v| match v {
             Value::Null => Ok(Vec::new()),
             Value::Array(items) => items
@@ -763,7 +767,9 @@ mod read {
         })
     }
 
-    pub fn exit_codes<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<i32>>, D::Error> {
+    pub(crate) fn exit_codes<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Vec<i32>>, D::Error> {
         let value = Value::deserialize(d)?;
         let items: Vec<&Value> = match &value {
             Value::Array(items) => items.iter().collect(),
@@ -855,7 +861,7 @@ mod read {
     }
 
     /// A `machine_readiness` object; every problem, each starting with the key it is about.
-    pub fn readiness_value(v: &Value) -> Result<Readiness, Vec<String>> {
+    pub(crate) fn readiness_value(v: &Value) -> Result<Readiness, Vec<String>> {
         let Value::Object(obj) = v else {
             return Err(vec![format!(
                 "must be an object with \"kind\" or null, found {}",

@@ -20,7 +20,7 @@ pub const COMFYUI_PINNED_COMMIT: &str = "071ff3e208ab8a6d4ac1a9d1bdcf5b73b69ed92
 pub const COMFYUI_DEFAULT_REPO: &str = "https://github.com/comfyanonymous/ComfyUI";
 
 /// The Playwright Python package version installed when `PLAYWRIGHT_VERSION` is not set.
-pub const PLAYWRIGHT_PINNED_VERSION: &str = "1.55.0";
+pub(crate) const PLAYWRIGHT_PINNED_VERSION: &str = "1.55.0";
 
 /// How one internal service is installed: a directory under the workspace and the ordered steps that fill it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -171,7 +171,7 @@ pub fn comfyui_recipe() -> InstallRecipe {
 /// `user` persist across reinstalls (see [`Step::Persist`]).
 ///
 /// The service runs `venv/bin/python main.py` in `<workspace>/ComfyUI`.
-pub fn comfyui_recipe_with_nodes(nodes: Vec<CustomNode>) -> InstallRecipe {
+pub(crate) fn comfyui_recipe_with_nodes(nodes: Vec<CustomNode>) -> InstallRecipe {
     let mut steps = vec![
         Step::GitCheckout {
             repo: format!("${{COMFYUI_REPO_URL:-{COMFYUI_DEFAULT_REPO}}}"),
@@ -248,10 +248,10 @@ pub fn playwright_recipe() -> InstallRecipe {
 }
 
 /// The environment variable that replaces the worker bundle's source at install time.
-pub const WORKER_BUNDLE_URL_VAR: &str = "WORKER_BUNDLE_URL";
+pub(crate) const WORKER_BUNDLE_URL_VAR: &str = "WORKER_BUNDLE_URL";
 
 /// The environment variable that gives the checksum of a `WORKER_BUNDLE_URL` tarball.
-pub const WORKER_BUNDLE_SHA256_VAR: &str = "WORKER_BUNDLE_SHA256";
+pub(crate) const WORKER_BUNDLE_SHA256_VAR: &str = "WORKER_BUNDLE_SHA256";
 
 /// The worker bundle from `bundle` (a profile's, or [`WorkerBundle::catalog_default`]): one `fetch` into
 /// `<workspace>/worker-bundled`, expecting [`crate::catalog::WORKER_BUNDLE_FILES`].

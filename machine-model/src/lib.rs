@@ -18,6 +18,6 @@ pub mod spec;
 pub mod suggest;
 
 pub use diag::Diagnostic;
-pub use plan::{Overrides, Plan, PlanError, PlanErrors};
+pub use plan::{Overrides, Plan, PlanErrors};
 pub use profile::Profile;
 pub use spec::WorkerSpec;

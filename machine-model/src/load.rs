@@ -54,7 +54,7 @@ pub fn read_dir(dir: &Path, shown_dir: &str) -> std::io::Result<Vec<ProfileSourc
 /// Reads a text file that must be UTF-8. Invalid UTF-8 is an `InvalidData` error naming the file
 /// as `shown`, the line and column of the first bad byte and the byte, e.g.
 /// `profiles/p.json:3:14: not valid UTF-8 (byte 0xff); save the file as UTF-8`.
-pub fn read_utf8(path: &Path, shown: &str) -> std::io::Result<String> {
+pub(crate) fn read_utf8(path: &Path, shown: &str) -> std::io::Result<String> {
     let bytes = std::fs::read(path)?;
     String::from_utf8(bytes).map_err(|e| {
         let good = &e.as_bytes()[..e.utf8_error().valid_up_to()];

@@ -281,12 +281,6 @@ impl Plan {
         }
     }
 
-    /// The service instance a worker talks to.
-    pub fn service_of(&self, worker: &WorkerInstance) -> Option<&ServiceInstance> {
-        let name = worker.service_instance.as_deref()?;
-        self.services.iter().find(|s| s.name == name)
-    }
-
     /// Whether any process of the plan uses a GPU.
     pub fn uses_gpus(&self) -> bool {
         self.workers.iter().any(|w| w.gpu.is_some())

@@ -214,7 +214,7 @@ impl GpuMode {
     }
 
     /// Whether this is the default, real GPUs.
-    pub fn is_actual(&self) -> bool {
+    pub(crate) fn is_actual(&self) -> bool {
         *self == GpuMode::Actual
     }
 }
@@ -405,7 +405,7 @@ fn default_retries() -> u32 {
 }
 
 /// Checks a profile name (the file stem): lowercase letters, digits and dashes.
-pub fn valid_profile_name(name: &str) -> bool {
+pub(crate) fn valid_profile_name(name: &str) -> bool {
     !name.is_empty()
         && name
             .bytes()

@@ -282,7 +282,7 @@ fn parse_count(text: &str) -> Result<Count, String> {
 }
 
 /// The largest count one item may ask for; far above any real machine, low enough to keep plans small.
-pub const MAX_COUNT: u32 = 100_000;
+pub(crate) const MAX_COUNT: u32 = 100_000;
 
 // ---------------------------------------------------------------------------------------------
 // Compile-time checking.
@@ -413,11 +413,11 @@ pub const fn check_const(spec: &str) -> Result<(), &'static str> {
 }
 
 /// The const checker's message for an unknown connector; lists the catalog (a test keeps it true).
-pub const UNKNOWN_CONNECTOR_MESSAGE: &str = "worker spec names an unknown connector; known: comfyui, comfyui-remote, emprops-app, simulation-websocket, openai, openai-response, gemini, ollama, mock";
+pub(crate) const UNKNOWN_CONNECTOR_MESSAGE: &str = "worker spec names an unknown connector; known: comfyui, comfyui-remote, emprops-app, simulation-websocket, openai, openai-response, gemini, ollama, mock";
 
 /// The const checker's message for a refused connector (`replicate`, `playwright`, ...); the run-time
 /// parser gives the reason of each.
-pub const REFUSED_CONNECTOR_MESSAGE: &str = "worker spec names a refused connector (replicate, playwright, simulation-http, a1111, simulation, comfyui-websocket); see machine_model::catalog::REFUSED for why";
+pub(crate) const REFUSED_CONNECTOR_MESSAGE: &str = "worker spec names a refused connector (replicate, playwright, simulation-http, a1111, simulation, comfyui-websocket); see machine_model::catalog::REFUSED for why";
 
 const fn trim(b: &[u8], mut s: usize, mut e: usize) -> (usize, usize) {
     while s < e && b[s].is_ascii_whitespace() {

@@ -193,7 +193,7 @@ pub fn build(app: &AppSpec, ctx: &Context) -> Result<ChildCommand, CommandError>
 }
 
 /// Whether `app` is a job worker: it has a connector, a `WORKER_ID` or the worker role.
-pub fn is_worker(app: &AppSpec) -> bool {
+pub(crate) fn is_worker(app: &AppSpec) -> bool {
     app.connector.is_some()
         || app.env.contains_key("WORKER_ID")
         || app.role == Some(crate::ecosystem::Role::Worker)
@@ -478,7 +478,7 @@ fn resolve_script(app: &AppSpec) -> OsString {
 
 impl ChildCommand {
     /// A std command: exact environment, own process group, stdin closed, stdout/stderr piped.
-    pub fn to_command(&self) -> Command {
+    pub(crate) fn to_command(&self) -> Command {
         let mut cmd = new_child(self.resolved_program());
         cmd.args(&self.args)
             .env_clear()
@@ -494,7 +494,7 @@ impl ChildCommand {
     /// The program as a path: a bare name is looked up on the child's `PATH` (as execvp would).
     /// Giving std a path keeps it on the posix_spawn fast path; with a bare name and a custom
     /// `PATH` it falls back to fork + exec, which costs about a millisecond per child here.
-    pub fn resolved_program(&self) -> OsString {
+    pub(crate) fn resolved_program(&self) -> OsString {
         let program = Path::new(&self.program);
         if self.program.as_encoded_bytes().contains(&b'/') {
             return self.program.clone();
@@ -524,7 +524,7 @@ impl ChildCommand {
 /// we forward it), and [`child_hygiene`] (killed when the runtime dies, empty signal mask). The
 /// caller adds arguments, environment, working directory and output pipes.
 #[allow(clippy::disallowed_methods)] // The one constructor (see the module doc).
-pub fn new_child(program: impl AsRef<OsStr>) -> Command {
+pub(crate) fn new_child(program: impl AsRef<OsStr>) -> Command {
     let mut cmd = Command::new(program);
     cmd.stdin(Stdio::null());
     std::os::unix::process::CommandExt::process_group(&mut cmd, 0);

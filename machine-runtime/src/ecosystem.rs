@@ -23,7 +23,7 @@ pub use crate::supervisor::policy::{
 };
 
 /// The script name that means "this runtime binary" (`std::env::current_exe()`).
-pub const SELF_SCRIPT: &str = "machine-runtime";
+pub(crate) const SELF_SCRIPT: &str = "machine-runtime";
 
 /// A resolved ecosystem: the apps in file order (services first, then workers) and the warnings
 /// found.

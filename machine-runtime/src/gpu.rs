@@ -15,23 +15,23 @@ use std::fmt;
 use serde::Serialize;
 
 /// Environment variable that selects the fake backend and its GPU count.
-pub const FAKE_GPUS_VAR: &str = "MACHINE_FAKE_GPUS";
+pub(crate) const FAKE_GPUS_VAR: &str = "MACHINE_FAKE_GPUS";
 
 /// Most fake GPUs `MACHINE_FAKE_GPUS` accepts.
-pub const MAX_FAKE_GPUS: u32 = 64;
+pub(crate) const MAX_FAKE_GPUS: u32 = 64;
 
 /// Memory of every fake GPU: 24 GiB.
-pub const FAKE_GPU_MEMORY_BYTES: u64 = 24 * 1024 * 1024 * 1024;
+pub(crate) const FAKE_GPU_MEMORY_BYTES: u64 = 24 * 1024 * 1024 * 1024;
 
 /// Environment variable CUDA reads to restrict and order the visible GPUs.
 pub const CUDA_VISIBLE_DEVICES: &str = "CUDA_VISIBLE_DEVICES";
 
 /// Environment variable naming the NVML library to load (a path, or a name the dynamic loader finds) instead
 /// of nvml-wrapper's default `libnvidia-ml.so.1`: for drivers installed in an odd place, and for tests.
-pub const NVML_LIBRARY_VAR: &str = "MACHINE_NVML_LIBRARY";
+pub(crate) const NVML_LIBRARY_VAR: &str = "MACHINE_NVML_LIBRARY";
 
 /// Reason given when `libnvidia-ml.so` cannot be loaded.
-pub const REASON_NO_LIBRARY: &str = "NVIDIA management library (libnvidia-ml.so) not found";
+pub(crate) const REASON_NO_LIBRARY: &str = "NVIDIA management library (libnvidia-ml.so) not found";
 
 /// The GPUs this runtime may use, where that answer came from, and why it is empty when it is.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -114,7 +114,7 @@ pub enum GpuError {
 
 /// What a backend found: GPUs in NVML order, or the reason it could not look.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Detection {
+pub(crate) enum Detection {
     /// The backend answered; devices it could not read are listed in `skipped`.
     Found {
         /// GPUs in NVML order; `index` and `nvml_index` are the NVML index.
@@ -127,7 +127,7 @@ pub enum Detection {
 }
 
 /// A source of GPU facts; NVML in production, [`FakeBackend`] in tests.
-pub trait GpuBackend {
+pub(crate) trait GpuBackend {
     /// Which [`Source`] an inventory from this backend reports.
     fn source(&self) -> Source;
     /// Lists the GPUs; never panics and never creates a CUDA context.
@@ -136,11 +136,11 @@ pub trait GpuBackend {
 
 /// The real backend: NVML through `nvml-wrapper`.
 #[derive(Debug, Default, Clone, Copy)]
-pub struct NvmlBackend;
+pub(crate) struct NvmlBackend;
 
 /// A backend that returns a fixed list of GPUs.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FakeBackend {
+pub(crate) struct FakeBackend {
     /// The GPUs it reports, in order.
     pub gpus: Vec<Gpu>,
 }
@@ -289,7 +289,7 @@ fn read_nvml_mig(device: &nvml_wrapper::Device<'_>) -> Vec<MigDevice> {
 }
 
 /// Picks the backend the environment asks for: fake when `MACHINE_FAKE_GPUS` is set (and not empty), else NVML.
-pub fn backend_from_env(fake_gpus: Option<&str>) -> Result<Box<dyn GpuBackend>, GpuError> {
+pub(crate) fn backend_from_env(fake_gpus: Option<&str>) -> Result<Box<dyn GpuBackend>, GpuError> {
     match fake_gpus.map(str::trim) {
         None | Some("") => Ok(Box::new(NvmlBackend)),
         Some(value) => {
@@ -316,7 +316,10 @@ impl Inventory {
     }
 
     /// Builds the inventory from `backend`, restricted by `cuda_visible_devices` (`None` when unset).
-    pub fn detect_with(backend: &dyn GpuBackend, cuda_visible_devices: Option<&str>) -> Inventory {
+    pub(crate) fn detect_with(
+        backend: &dyn GpuBackend,
+        cuda_visible_devices: Option<&str>,
+    ) -> Inventory {
         match backend.detect() {
             Detection::Unavailable(reason) => Inventory {
                 gpus: Vec::new(),

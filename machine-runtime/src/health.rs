@@ -51,7 +51,7 @@ use crate::supervisor::logs::{LogLine, LogStream, MAX_LINES};
 use crate::supervisor::{RestartError, Snapshot, SupervisorHandle};
 
 /// The environment variable holding the token of the POST routes.
-pub const CONTROL_TOKEN_VAR: &str = "MACHINE_CONTROL_TOKEN";
+pub(crate) const CONTROL_TOKEN_VAR: &str = "MACHINE_CONTROL_TOKEN";
 /// Lines `/pm2/logs` returns without `lines`.
 const DEFAULT_PM2_LINES: usize = 50;
 /// Lines `/comfyui/logs` returns without `lines`.
@@ -594,7 +594,7 @@ async fn control_route(
 
 /// `/pm2/list`: one entry per app in `pm2 jlist`'s terms, without the environment. `now_ms` is the
 /// wall clock (epoch ms) and `uptime_ms` the supervisor's, to turn start times into epoch ms.
-pub fn pm2_list(snapshot: &Snapshot, uptime_ms: u64, now_ms: u64) -> Value {
+pub(crate) fn pm2_list(snapshot: &Snapshot, uptime_ms: u64, now_ms: u64) -> Value {
     let apps: Vec<Value> = snapshot
         .apps
         .iter()
@@ -636,7 +636,7 @@ pub fn pm2_list(snapshot: &Snapshot, uptime_ms: u64, now_ms: u64) -> Value {
 
 /// The `/health` body and whether it is healthy: every app running and ready, nothing stopping,
 /// and no reason from the caller's source (its warnings are listed but do not count).
-pub fn health_body(
+pub(crate) fn health_body(
     snapshot: &Snapshot,
     uptime_ms: u64,
     source: &dyn StatusSource,
@@ -674,7 +674,7 @@ pub fn health_body(
 }
 
 /// The `/status` body: apps, phase, uptime, version, plus the caller's fields.
-pub fn status_body(snapshot: &Snapshot, uptime_ms: u64, source: &dyn StatusSource) -> Value {
+pub(crate) fn status_body(snapshot: &Snapshot, uptime_ms: u64, source: &dyn StatusSource) -> Value {
     let mut body = Map::new();
     body.insert("version".into(), env!("CARGO_PKG_VERSION").into());
     body.insert("uptime_ms".into(), uptime_ms.into());

@@ -27,7 +27,7 @@ pub struct Limits {
 
 /// One request as read: the target split into path and decoded query, header names lowercased.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Request {
+pub(crate) struct Request {
     /// `GET`, `POST`, … as sent.
     pub method: String,
     /// The target up to `?`.
@@ -79,13 +79,13 @@ impl Request {
     }
 
     /// Whether header `name` (lowercase) lists `token` (comma-separated, any case).
-    pub fn header_has(&self, name: &str, token: &str) -> bool {
+    pub(crate) fn header_has(&self, name: &str, token: &str) -> bool {
         self.header(name)
             .is_some_and(|v| v.split(',').any(|p| p.trim().eq_ignore_ascii_case(token)))
     }
 
     /// The first value of query parameter `name`.
-    pub fn param(&self, name: &str) -> Option<&str> {
+    pub(crate) fn param(&self, name: &str) -> Option<&str> {
         self.query
             .iter()
             .find(|(k, _)| k == name)
@@ -95,7 +95,7 @@ impl Request {
 
 /// Why a request could not be read: the status and message to answer with.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BadRequest {
+pub(crate) struct BadRequest {
     /// 400, 413, 431 or 501.
     pub status: u16,
     /// What was wrong, lowercase.
@@ -111,7 +111,7 @@ fn bad(status: u16, message: &str) -> BadRequest {
 
 /// Reads one request: the head up to the blank line, then exactly `Content-Length` bytes of body.
 /// Chunked bodies are refused (501); the caller bounds the time it may take.
-pub async fn read_request<S: AsyncRead + Unpin>(
+pub(crate) async fn read_request<S: AsyncRead + Unpin>(
     stream: &mut S,
     limits: Limits,
 ) -> Result<Request, BadRequest> {
@@ -173,7 +173,7 @@ pub async fn read_request<S: AsyncRead + Unpin>(
 }
 
 /// The reason phrase of a status this runtime sends.
-pub fn reason_phrase(status: u16) -> &'static str {
+pub(crate) fn reason_phrase(status: u16) -> &'static str {
     match status {
         101 => "Switching Protocols",
         200 => "OK",
@@ -209,7 +209,7 @@ pub fn head(status: u16, headers: &[&str]) -> String {
 /// Writes a JSON answer and its head: `Content-Type: application/json`, `Content-Length`,
 /// `Connection: close`, then `extra` headers. The body is the JSON and a newline (none for 204, and
 /// none sent when `head_only`, as `HEAD` wants).
-pub async fn write_json<S: AsyncWrite + Unpin>(
+pub(crate) async fn write_json<S: AsyncWrite + Unpin>(
     stream: &mut S,
     status: u16,
     body: &Value,
@@ -291,7 +291,7 @@ impl HttpUrl {
     }
 
     /// `host:port` as the `Host` header wants it: IPv6 in brackets (`[::1]:9`).
-    pub fn authority(&self) -> String {
+    pub(crate) fn authority(&self) -> String {
         if self.host.contains(':') {
             format!("[{}]:{}", self.host, self.port)
         } else {

@@ -9,7 +9,7 @@
 //!   short container id. Without it, the id lease refuses the second container with a clear error.
 
 /// `MACHINE_ID_APPEND_HOSTNAME`: append `-<hostname>` to `MACHINE_ID` (for scaled Compose services).
-pub const APPEND_HOSTNAME_VAR: &str = "MACHINE_ID_APPEND_HOSTNAME";
+pub(crate) const APPEND_HOSTNAME_VAR: &str = "MACHINE_ID_APPEND_HOSTNAME";
 
 /// This host's name (`gethostname(2)`): the container's in Docker, the pod's in Kubernetes. `localhost`
 /// when it cannot be read.

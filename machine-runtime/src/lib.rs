@@ -15,7 +15,7 @@ pub mod preflight;
 pub mod probe;
 pub mod profiles;
 pub mod reality;
-pub mod reaper;
+pub(crate) mod reaper;
 pub mod signals;
 pub mod simulate;
 pub mod sink;

@@ -9,9 +9,9 @@
 use std::path::{Path, PathBuf};
 
 /// Open files the runtime needs besides its apps (health, broker, epoll, signals, logs, starts).
-pub const RUNTIME_FILES: u64 = 80;
+pub(crate) const RUNTIME_FILES: u64 = 80;
 /// Open files each app holds in the runtime (the read ends of its stdout and stderr pipes).
-pub const FILES_PER_APP: u64 = 2;
+pub(crate) const FILES_PER_APP: u64 = 2;
 
 /// The open-file limit after [`raise_open_files`]: (soft, hard).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,7 +53,7 @@ pub fn raise_open_files() -> std::io::Result<OpenFiles> {
 }
 
 /// The limit in force now.
-pub fn open_files() -> std::io::Result<OpenFiles> {
+pub(crate) fn open_files() -> std::io::Result<OpenFiles> {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -69,7 +69,7 @@ pub fn open_files() -> std::io::Result<OpenFiles> {
 }
 
 /// `None` when `apps` apps fit in `limit`; else the refusal, with the numbers and the fix.
-pub fn check_open_files(apps: usize, limit: OpenFiles) -> Option<String> {
+pub(crate) fn check_open_files(apps: usize, limit: OpenFiles) -> Option<String> {
     let need = apps as u64 * FILES_PER_APP + RUNTIME_FILES;
     (need > limit.soft).then(|| {
         format!(

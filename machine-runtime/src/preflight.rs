@@ -24,7 +24,7 @@ pub struct Findings {
 
 /// Checks the apps' scripts and the worker bundles they run. `install_hint` is the command that puts
 /// missing parts in place (e.g. ``machine-runtime install --profile full-local``).
-pub fn check_apps(apps: &[AppSpec], install_hint: &str) -> Vec<String> {
+pub(crate) fn check_apps(apps: &[AppSpec], install_hint: &str) -> Vec<String> {
     let mut problems = Vec::new();
     // Bundle folders with the apps that run them, in first-use order.
     let mut bundles: Vec<(PathBuf, Vec<&AppSpec>)> = Vec::new();

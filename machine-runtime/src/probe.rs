@@ -10,9 +10,9 @@ pub use crate::http::HttpUrl;
 use crate::reaper::Reaper;
 
 /// How often a probe runs when the ecosystem does not say.
-pub const DEFAULT_INTERVAL: Duration = Duration::from_millis(500);
+pub(crate) const DEFAULT_INTERVAL: Duration = Duration::from_millis(500);
 /// How long one probe attempt may take when the ecosystem does not say.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(2000);
+pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_millis(2000);
 
 /// A readiness probe with its schedule.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,7 +47,11 @@ impl std::fmt::Display for Check {
 }
 
 /// Runs one attempt of `check`, bounded by `timeout`; `Ok` means ready.
-pub async fn probe_once(check: &Check, timeout: Duration, reaper: &Reaper) -> Result<(), String> {
+pub(crate) async fn probe_once(
+    check: &Check,
+    timeout: Duration,
+    reaper: &Reaper,
+) -> Result<(), String> {
     match check {
         Check::Http { url } => {
             let response = crate::http::get(url, timeout).await?;
@@ -125,7 +129,7 @@ impl Drop for KillGroupOnDrop {
 }
 
 /// Describes an exit status in words: `status 1` or `signal 9 (SIGKILL)`.
-pub fn describe_status(status: std::process::ExitStatus) -> String {
+pub(crate) fn describe_status(status: std::process::ExitStatus) -> String {
     use std::os::unix::process::ExitStatusExt;
     if let Some(code) = status.code() {
         format!("status {code}")
@@ -137,7 +141,7 @@ pub fn describe_status(status: std::process::ExitStatus) -> String {
 }
 
 /// Formats a duration for people: `250ms`, `1.5s`, `2m 5s`.
-pub fn human_duration(d: Duration) -> String {
+pub(crate) fn human_duration(d: Duration) -> String {
     let ms = d.as_millis();
     if ms < 1000 && ms > 0 {
         format!("{ms}ms")

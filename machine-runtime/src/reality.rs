@@ -13,16 +13,6 @@ pub trait Env {
     fn var(&self, name: &str) -> Option<String>;
 }
 
-/// The process environment.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct ProcessEnv;
-
-impl Env for ProcessEnv {
-    fn var(&self, name: &str) -> Option<String> {
-        std::env::var(name).ok()
-    }
-}
-
 impl<F: Fn(&str) -> Option<String>> Env for F {
     fn var(&self, name: &str) -> Option<String> {
         self(name)

@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 /// Hands out exit statuses of tracked children and reaps the rest.
 #[derive(Clone, Default)]
-pub struct Reaper {
+pub(crate) struct Reaper {
     inner: Arc<Inner>,
 }
 
@@ -43,7 +43,7 @@ struct Table {
 }
 
 /// A child started through the reaper.
-pub struct Spawned {
+pub(crate) struct Spawned {
     pub pid: u32,
     /// The std handle, only for taking the stdio pipes; never wait on it.
     pub child: Child,
@@ -53,7 +53,7 @@ pub struct Spawned {
 
 /// How the runtime relates to orphans.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReaperRole {
+pub(crate) enum ReaperRole {
     /// We are PID 1 of a PID namespace: every orphan comes to us.
     Pid1,
     /// `PR_SET_CHILD_SUBREAPER` took effect: orphans of our descendants come to us.
@@ -63,7 +63,7 @@ pub enum ReaperRole {
 }
 
 /// Makes the current process a child subreaper unless it is PID 1 already.
-pub fn become_subreaper() -> (ReaperRole, Option<std::io::Error>) {
+pub(crate) fn become_subreaper() -> (ReaperRole, Option<std::io::Error>) {
     if std::process::id() == 1 {
         return (ReaperRole::Pid1, None);
     }
@@ -110,7 +110,7 @@ impl Reaper {
     }
 
     /// Collects every child that has ended; returns how many were collected.
-    pub fn reap_now(&self) -> usize {
+    pub(crate) fn reap_now(&self) -> usize {
         let mut table = self.lock();
         let mut count = 0;
         loop {
@@ -167,7 +167,7 @@ impl Reaper {
     /// Our living children that no app tracks: orphans re-parented to us (a grandchild that
     /// called `setsid` and so escaped its app's group) once their parent ended. Read from
     /// `/proc/self/task/*/children`; empty where that file does not exist.
-    pub fn strays(&self) -> Vec<i32> {
+    pub(crate) fn strays(&self) -> Vec<i32> {
         let tracked: Vec<i32> = self.lock().waiting.keys().copied().collect();
         let mut pids = Vec::new();
         let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
@@ -199,7 +199,7 @@ impl Reaper {
     /// Stops every stray (see [`Reaper::strays`]): SIGTERM to it and its group, up to `grace` to
     /// end, then SIGKILL; repeated while stopping one leaves new orphans (at most 8 rounds).
     /// Returns how many were stopped. Call while [`Reaper::run`] still collects.
-    pub async fn stop_strays(&self, grace: std::time::Duration) -> usize {
+    pub(crate) async fn stop_strays(&self, grace: std::time::Duration) -> usize {
         let mut stopped = 0;
         for _ in 0..8 {
             let strays = self.strays();
@@ -236,11 +236,6 @@ impl Reaper {
     /// How many children we reaped that nobody was tracking (orphans).
     pub fn orphans_reaped(&self) -> u64 {
         self.inner.orphans_reaped.load(Ordering::Relaxed)
-    }
-
-    /// How many tracked children have not been collected yet.
-    pub fn tracked(&self) -> usize {
-        self.lock().waiting.len()
     }
 
     /// Reaps on every SIGCHLD until `stop` is cancelled, then once more.

@@ -3,7 +3,7 @@
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
 /// Listens for the stop signals the runtime forwards to its children.
-pub struct StopSignals {
+pub(crate) struct StopSignals {
     term: Signal,
     int: Signal,
 }
@@ -59,7 +59,7 @@ fn change_stop_mask(how: libc::c_int) {
 }
 
 /// Sends `signal` to every process in the group led by `pgid`; true if the group existed.
-pub fn kill_group(pgid: u32, signal: i32) -> bool {
+pub(crate) fn kill_group(pgid: u32, signal: i32) -> bool {
     let Ok(pgid) = i32::try_from(pgid) else {
         return false;
     };
@@ -72,7 +72,7 @@ pub fn kill_group(pgid: u32, signal: i32) -> bool {
 }
 
 /// True while any process (a zombie included) is still in the group led by `pgid`.
-pub fn group_alive(pgid: u32) -> bool {
+pub(crate) fn group_alive(pgid: u32) -> bool {
     let Ok(pgid) = i32::try_from(pgid) else {
         return false;
     };
@@ -86,7 +86,7 @@ pub fn group_alive(pgid: u32) -> bool {
 }
 
 /// The conventional name of a signal number (`SIGTERM`), or `signal N`.
-pub fn signal_name(signal: i32) -> String {
+pub(crate) fn signal_name(signal: i32) -> String {
     let name = match signal {
         libc::SIGHUP => "SIGHUP",
         libc::SIGINT => "SIGINT",

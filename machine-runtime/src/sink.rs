@@ -18,7 +18,7 @@ use std::sync::{Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 /// Bytes queued per stream before lines are dropped (1 MiB).
-pub const BOUND: usize = 1 << 20;
+pub(crate) const BOUND: usize = 1 << 20;
 
 /// One output stream: its queue and its writer thread.
 struct Lane {

@@ -20,7 +20,7 @@ use crate::supervisor::state::log;
 use crate::supervisor::{BusyProbe, PreflightError, RunError, Supervisor, SupervisorOptions};
 
 /// `MACHINE_HEALTH_REQUIRES_BROKER`: whether an unreachable broker makes `/health` answer 503.
-pub const REQUIRES_BROKER_VAR: &str = "MACHINE_HEALTH_REQUIRES_BROKER";
+pub(crate) const REQUIRES_BROKER_VAR: &str = "MACHINE_HEALTH_REQUIRES_BROKER";
 
 /// Whether and how the machine reports to the job broker.
 #[derive(Debug, Clone)]
@@ -98,12 +98,12 @@ impl BrokerSetting {
 }
 
 /// `MACHINE_HEALTH_URL`: the health endpoint's URL as other hosts reach it, advertised in status messages.
-pub const HEALTH_URL_VAR: &str = "MACHINE_HEALTH_URL";
+pub(crate) const HEALTH_URL_VAR: &str = "MACHINE_HEALTH_URL";
 
 /// The advertised health URL from `MACHINE_HEALTH_URL` (unset or empty: `None`, and status messages say
 /// `http://localhost:<port>/health`). An `http://` or `https://` URL; anything else is the one problem
 /// returned.
-pub fn health_url_from_lookup(
+pub(crate) fn health_url_from_lookup(
     lookup: impl Fn(&str) -> Option<String>,
 ) -> Result<Option<String>, String> {
     match lookup(HEALTH_URL_VAR).map(|v| v.trim().to_owned()) {
@@ -450,7 +450,7 @@ pub fn run(apps: Vec<AppSpec>, options: UpOptions) -> Result<(), UpError> {
 }
 
 /// How long the apps wait for a broker that answers at once (see [`run`]); never more.
-pub const BROKER_HEAD_START: std::time::Duration = std::time::Duration::from_millis(200);
+pub(crate) const BROKER_HEAD_START: std::time::Duration = std::time::Duration::from_millis(200);
 
 #[cfg(test)]
 mod tests {

@@ -398,12 +398,12 @@ impl Value {
     }
 
     /// Whether the value contains no secret reference.
-    pub fn is_literal(&self) -> bool {
+    pub(crate) fn is_literal(&self) -> bool {
         self.as_literal().is_some()
     }
 
     /// The secrets this value needs at run time.
-    pub fn secret_refs(&self) -> impl Iterator<Item = &str> {
+    pub(crate) fn secret_refs(&self) -> impl Iterator<Item = &str> {
         self.parts.iter().filter_map(|p| match p {
             Part::Secret(name) => Some(name.as_str()),
             Part::Text(_) => None,

@@ -17,7 +17,7 @@
 use std::borrow::Cow;
 
 /// What a masked secret looks like.
-pub const MASK: &str = "***";
+pub(crate) const MASK: &str = "***";
 
 /// Environment variable names containing one of these (upper-cased) are treated as secrets.
 const SECRET_NAME_PARTS: &[&str] = &[

@@ -38,7 +38,7 @@
 //!
 //! # Use
 //!
-//! [`ComponentSet::load_dir`] parses every `*.env` of a directory; [`resolve`] merges a profile's selection
+//! [`ComponentSet::load_dir_as`] parses every `*.env` of a directory; [`resolve`] merges a profile's selection
 //! ([`Selection`]: a component and an ordered list of sections, later wins; components in profile order), its
 //! `env` (last, wins) and its secrets into a [`Resolved`] set; [`explain`] tells where one variable came from;
 //! [`dotenv_line`] writes a value so that every `.env` reader agrees; [`Masker`] hides secret values in logs.
@@ -54,18 +54,15 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 /// The model's one diagnostic type, shared with the profile loader and validator.
-pub use crate::diag::{self, Diagnostic, Position, Severity, did_you_mean, has_errors};
-pub use explain::{Explanation, ReferenceTrace, UnknownVariable, explain};
-pub use interpolate::{
-    EnvFallback, ExpandError, Expansion, Part, Source, Template, Value, expand, expand_runtime,
-};
+pub use crate::diag::{self, Diagnostic, Position, did_you_mean};
+pub use explain::explain;
+pub use interpolate::{EnvFallback, ExpandError, Part, Source, Value, expand, expand_runtime};
 pub use layer::{
-    DefaultVar, EnvVar, Origin, ResolveInput, Resolved, ResolvedVar, SecretDecls, SecretUse,
-    Selection, Shadowed, resolve,
+    DefaultVar, EnvVar, Origin, ResolveInput, Resolved, SecretDecls, Selection, resolve,
 };
-pub use mask::{MASK, Masker};
-pub use parse::{ComponentFile, Entry, SecretMark, Section};
-pub use quote::{QuoteError, dotenv_file, dotenv_line};
+pub use mask::Masker;
+pub use parse::{ComponentFile, Entry};
+pub use quote::{dotenv_file, dotenv_line};
 
 /// The component files of a directory, by component name (the file stem).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -78,11 +75,6 @@ pub struct ComponentSet {
 }
 
 impl ComponentSet {
-    /// Loads every `<dir>/*.env` in name order; file names in messages start with `dir` as given.
-    pub fn load_dir(dir: &Path) -> (ComponentSet, Vec<Diagnostic>) {
-        ComponentSet::load_dir_as(dir, &dir.display().to_string())
-    }
-
     /// Loads every `<dir>/*.env` in name order; file names in messages start with `display_dir` (for example
     /// `profiles/components`, so that messages and generated files carry no absolute path).
     pub fn load_dir_as(dir: &Path, display_dir: &str) -> (ComponentSet, Vec<Diagnostic>) {
@@ -186,7 +178,7 @@ impl ComponentSet {
     }
 
     /// The file a component would be in, for messages.
-    pub fn file_for(&self, name: &str) -> String {
+    pub(crate) fn file_for(&self, name: &str) -> String {
         format!("{}/{name}.env", self.dir)
     }
 }

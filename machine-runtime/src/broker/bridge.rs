@@ -14,7 +14,7 @@ use crate::supervisor::{self, AppState, Snapshot};
 
 /// What a view is made of that never changes while the machine runs.
 #[derive(Debug, Clone)]
-pub struct ViewTemplate {
+pub(crate) struct ViewTemplate {
     base: MachineView,
     /// Snapshot index of each worker in `base.workers`.
     worker_apps: Vec<usize>,
@@ -37,7 +37,7 @@ pub struct Identity {
 
 /// A template, and what was left out of it on the way.
 #[derive(Debug)]
-pub struct Built {
+pub(crate) struct Built {
     /// The template.
     pub template: ViewTemplate,
     /// One line per worker that cannot be reported (no `WORKER_ID`).
@@ -187,13 +187,13 @@ impl ViewTemplate {
     }
 
     /// The same template with another `health_url` (known once the endpoint is bound).
-    pub fn with_health_url(mut self, url: String) -> Self {
+    pub(crate) fn with_health_url(mut self, url: String) -> Self {
         self.base.health_url = url;
         self
     }
 
     /// App name → `WORKER_ID` of every worker the view reports.
-    pub fn worker_ids(&self) -> std::collections::HashMap<String, String> {
+    pub(crate) fn worker_ids(&self) -> std::collections::HashMap<String, String> {
         self.base
             .workers
             .iter()
@@ -241,7 +241,7 @@ impl ViewTemplate {
     ///
     /// `started` is the supervisor's start (the clock of the snapshot's `*_ms` fields); the view is
     /// also recomputed when an app reaches its `min_uptime`, since that alone can make it ready.
-    pub async fn follow(
+    pub(crate) async fn follow(
         self,
         mut snapshots: watch::Receiver<Snapshot>,
         view: watch::Sender<MachineView>,

@@ -76,7 +76,7 @@ impl RedisUrl {
     }
 
     /// The URL with its password replaced by `***`, safe for logs and the health endpoint.
-    pub fn redacted(&self) -> &str {
+    pub(crate) fn redacted(&self) -> &str {
         &self.redacted
     }
 
@@ -87,7 +87,7 @@ impl RedisUrl {
 
     /// Removes every occurrence of the password, and the credentials of any URL, from `text`
     /// (errors from lower layers may echo them).
-    pub fn redact(&self, text: &str) -> String {
+    pub(crate) fn redact(&self, text: &str) -> String {
         self.masker.mask(text).into_owned()
     }
 
@@ -162,7 +162,7 @@ pub struct BrokerConfig {
 impl BrokerConfig {
     /// The connection settings of a [`super::Link`] to this broker (the status link and the id lease
     /// connect alike).
-    pub fn link_settings(&self) -> super::LinkSettings {
+    pub(crate) fn link_settings(&self) -> super::LinkSettings {
         super::LinkSettings {
             connect_timeout: self.connect_timeout,
             response_timeout: self.response_timeout,

@@ -30,13 +30,13 @@ pub fn key(machine_id: &str) -> String {
 }
 
 /// The lease's time to live for a status interval: three intervals, so two missed renewals are survived.
-pub fn ttl_for(status_interval: Duration) -> Duration {
+pub(crate) fn ttl_for(status_interval: Duration) -> Duration {
     status_interval * 3
 }
 
 /// Who holds a lease: a process on a host, started at a time.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Holder {
+pub(crate) struct Holder {
     /// The host name (the container's or pod's).
     pub host: String,
     /// The runtime's process id on that host.
@@ -47,7 +47,7 @@ pub struct Holder {
 
 impl Holder {
     /// This process on `host`, started now.
-    pub fn this_process(host: &str) -> Holder {
+    pub(crate) fn this_process(host: &str) -> Holder {
         Holder {
             host: host.to_owned(),
             pid: std::process::id(),
@@ -89,7 +89,7 @@ impl Holder {
 
     /// Whether a lease held by `self` was left by an earlier run of `me` (same host name, and its process
     /// is `me`'s pid or gone): such a lease is taken over, not waited out.
-    pub fn is_earlier_run_of(&self, me: &Holder) -> bool {
+    pub(crate) fn is_earlier_run_of(&self, me: &Holder) -> bool {
         self.host == me.host && (self.pid == me.pid || !process_alive(self.pid))
     }
 }
@@ -169,12 +169,12 @@ return 0
 ";
 
 /// The most the release may add to a machine's stop (inside the stop budget's margin).
-pub const RELEASE_LIMIT: Duration = Duration::from_secs(2);
+pub(crate) const RELEASE_LIMIT: Duration = Duration::from_secs(2);
 
 /// Takes the lease on `machine_id` (refusing when another live machine holds it) and holds it for the
 /// supervisor's life: renewed every status interval, released once every app has stopped (the supervisor
 /// waits for that before it returns). Another holder found while running stops the machine (SIGTERM).
-pub async fn take_and_hold(
+pub(crate) async fn take_and_hold(
     config: &BrokerConfig,
     machine_id: &str,
     supervisor: &SupervisorHandle,
@@ -202,7 +202,7 @@ pub async fn take_and_hold(
 }
 
 /// A machine's lease on its id (held, or to be taken when Redis answers).
-pub struct Lease {
+pub(crate) struct Lease {
     link: Arc<Link>,
     machine_id: String,
     key: String,
@@ -223,7 +223,7 @@ impl std::fmt::Debug for Lease {
 impl Lease {
     /// Takes the lease on `machine_id` for `me` (one connection attempt). Refuses when another live
     /// machine holds it; an unreachable Redis is not an error (see the module doc).
-    pub async fn acquire(
+    pub(crate) async fn acquire(
         config: &BrokerConfig,
         machine_id: &str,
         me: Holder,
@@ -443,11 +443,6 @@ impl Lease {
                 self.link.classify(&err)
             ),
         }
-    }
-
-    /// The lease key.
-    pub fn key(&self) -> &str {
-        &self.key
     }
 }
 

@@ -139,13 +139,8 @@ impl Link {
     }
 
     /// Watches connections come and go.
-    pub fn watch_current(&self) -> watch::Receiver<Option<Conn>> {
+    pub(crate) fn watch_current(&self) -> watch::Receiver<Option<Conn>> {
         self.current.subscribe()
-    }
-
-    /// Watches the connection state.
-    pub fn watch_state(&self) -> watch::Receiver<ConnectionState> {
-        self.state.subscribe()
     }
 
     /// The connection state now.
@@ -154,7 +149,7 @@ impl Link {
     }
 
     /// One connection attempt; on success the connection becomes current.
-    pub async fn connect_now(&self) -> Result<Conn, LinkError> {
+    pub(crate) async fn connect_now(&self) -> Result<Conn, LinkError> {
         match self.connect_once().await {
             Ok(conn) => Ok(self.install(conn)),
             Err(err) => {
@@ -200,7 +195,7 @@ impl Link {
     }
 
     /// Turns a redis error into a [`LinkError`] whose text has no password.
-    pub fn classify(&self, err: &RedisError) -> LinkError {
+    pub(crate) fn classify(&self, err: &RedisError) -> LinkError {
         let url = self.url.redacted().to_owned();
         let detail = self.url.redact(&describe(err));
         if is_auth_error(err) {
@@ -327,13 +322,13 @@ fn describe(err: &RedisError) -> String {
 }
 
 /// WRONGPASS, NOAUTH and an AUTH refusal all mean the credentials are wrong.
-pub fn is_auth_error(err: &RedisError) -> bool {
+pub(crate) fn is_auth_error(err: &RedisError) -> bool {
     err.kind() == ErrorKind::AuthenticationFailed
         || matches!(err.code(), Some("NOAUTH" | "WRONGPASS"))
 }
 
 /// Whether an error means the connection is unusable (as opposed to a command the server rejected).
-pub fn is_link_failure(err: &RedisError) -> bool {
+pub(crate) fn is_link_failure(err: &RedisError) -> bool {
     if is_auth_error(err) {
         return true;
     }

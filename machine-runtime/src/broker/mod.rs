@@ -43,7 +43,7 @@ macro_rules! log {
 }
 pub(crate) use log;
 
-pub mod bridge;
+pub(crate) mod bridge;
 mod config;
 pub mod lease;
 mod link;
@@ -77,13 +77,8 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
 /// The channel the API listens to for this machine.
-pub fn status_channel(machine_id: &str) -> String {
+pub(crate) fn status_channel(machine_id: &str) -> String {
     format!("machine:status:{machine_id}")
-}
-
-/// The channel workers of this machine publish their events on.
-pub fn worker_channel(machine_id: &str, worker_id: &str) -> String {
-    format!("machine:{machine_id}:worker:{worker_id}")
 }
 
 /// The broker's side of `/health`.
@@ -461,7 +456,7 @@ impl Broker {
     /// none), else `None`. Read fresh from Redis (one pipeline); while Redis is unreachable, what
     /// the last status refresh or worker event said. Works after [`Broker::shutdown`] too, so the
     /// supervisor can wait for busy workers once the final status is out.
-    pub async fn busy_workers(&self, worker_ids: &[String]) -> Vec<Option<String>> {
+    pub(crate) async fn busy_workers(&self, worker_ids: &[String]) -> Vec<Option<String>> {
         let shared = &self.inner.shared;
         let last_known = || {
             let busy = shared.busy.lock().unwrap_or_else(|p| p.into_inner());

@@ -22,7 +22,7 @@ impl PreflightReport {
     }
 
     /// The loud warning, one line per entry, for the log.
-    pub fn warning_lines(&self, url: &str) -> Vec<String> {
+    pub(crate) fn warning_lines(&self, url: &str) -> Vec<String> {
         let rule = "-".repeat(78);
         let mut lines = vec![
             rule.clone(),

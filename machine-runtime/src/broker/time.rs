@@ -27,7 +27,7 @@ pub fn now_iso8601() -> String {
 /// Reads a time a worker wrote as epoch milliseconds: a number (`1717000000000`) or an ISO 8601 UTC
 /// timestamp as JavaScript's `Date.toISOString()` writes it (`2024-05-06T07:08:09.123Z`, the fraction
 /// optional, `+00:00` accepted for `Z`). `None` for anything else (other offsets included).
-pub fn parse_epoch_ms(text: &str) -> Option<u64> {
+pub(crate) fn parse_epoch_ms(text: &str) -> Option<u64> {
     let text = text.trim();
     if let Ok(ms) = text.parse::<u64>() {
         return Some(ms);

@@ -106,7 +106,7 @@ pub enum ProcessState {
 
 impl ProcessState {
     /// Whether a process of this app exists and is not being stopped.
-    pub fn is_alive(self) -> bool {
+    pub(crate) fn is_alive(self) -> bool {
         matches!(self, Self::Starting | Self::Running | Self::Ready)
     }
 

@@ -177,7 +177,7 @@ impl WorkerTruth {
     /// received, the hash's `last_heartbeat` and `last_status_change` (the worker writes both; it
     /// never writes `last_activity`, which is read too in case a newer worker does), and the
     /// times the events carried.
-    pub fn last_activity_ms(&self) -> Option<u64> {
+    pub(crate) fn last_activity_ms(&self) -> Option<u64> {
         ["last_heartbeat", "last_status_change", "last_activity"]
             .iter()
             .filter_map(|key| self.hash_field(key).and_then(parse_epoch_ms))
@@ -188,7 +188,7 @@ impl WorkerTruth {
 
     /// The job the worker says it is working on, when it says it is busy or names a job; `None`
     /// when it says it is idle (or said nothing).
-    pub fn busy_with(&self) -> Option<String> {
+    pub(crate) fn busy_with(&self) -> Option<String> {
         let job = match self.hash_field("current_job_id") {
             Some(job) => Some(job.to_owned()).filter(|j| !j.is_empty()),
             None => self.event.current_job_id.clone().flatten(),

@@ -32,11 +32,11 @@ pub use process::{abort_running_step, kill_running_step_on_signals};
 use machine_model::components::Masker;
 
 /// The workspace used when `WORKSPACE_DIR` is not set.
-pub const DEFAULT_WORKSPACE: &str = "/workspace";
+pub(crate) const DEFAULT_WORKSPACE: &str = "/workspace";
 /// The time limit of a step that sets none.
-pub const DEFAULT_STEP_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+pub(crate) const DEFAULT_STEP_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 /// How often a running step reports that it is still running.
-pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(15);
+pub(crate) const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(15);
 
 /// A snapshot of environment variables: placeholder values and the children's environment.
 #[derive(Clone, Default, PartialEq, Eq)]
@@ -249,7 +249,7 @@ pub trait Progress: Send + Sync {
 
 /// Writes each event as a line on stderr.
 #[derive(Debug, Default, Clone, Copy)]
-pub struct StderrProgress;
+pub(crate) struct StderrProgress;
 
 impl Progress for StderrProgress {
     fn report(&self, event: &ProgressEvent) {
@@ -607,7 +607,7 @@ pub fn check(
 
 /// How an install looks to a machine about to start.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StartState {
+pub(crate) enum StartState {
     /// The marker matches the recipe as this environment resolves it.
     Current,
     /// Installed and intact, but from another recipe (another source, commit, ...): usable as it is.
@@ -618,7 +618,7 @@ pub enum StartState {
 
 /// Like [`check`], telling an intact install made from another recipe ([`StartState::Outdated`]) from
 /// one that cannot be used ([`StartState::Missing`]).
-pub fn check_for_start(
+pub(crate) fn check_for_start(
     services: &[(&str, &InstallRecipe)],
     opts: &InstallOptions,
 ) -> Result<Vec<(String, StartState)>, InstallError> {
@@ -644,7 +644,9 @@ pub fn check_for_start(
 
 /// The built-in recipes (`machine_model::install::builtin_recipe`) for `names`, unknown names reported
 /// with a suggestion. Empty names are ignored.
-pub fn builtin_recipes(names: &[String]) -> Result<Vec<(String, InstallRecipe)>, InstallError> {
+pub(crate) fn builtin_recipes(
+    names: &[String],
+) -> Result<Vec<(String, InstallRecipe)>, InstallError> {
     use machine_model::install::{BUILTIN_RECIPES, builtin_recipe};
     let mut out = Vec::new();
     for name in names.iter().map(|n| n.trim()).filter(|n| !n.is_empty()) {
@@ -668,7 +670,7 @@ pub fn builtin_recipes(names: &[String]) -> Result<Vec<(String, InstallRecipe)>,
 
 /// The recipes of a plan's `install` list, in order: the worker bundle from the plan's source
 /// ([`machine_model::Plan::worker_bundle`]), the services' built-in recipes.
-pub fn plan_recipes(
+pub(crate) fn plan_recipes(
     plan: &machine_model::Plan,
 ) -> Result<Vec<(String, InstallRecipe)>, InstallError> {
     let mut out = Vec::new();

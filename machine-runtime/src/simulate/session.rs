@@ -29,9 +29,9 @@ use super::Identity;
 /// Most steps one job may have.
 pub const MAX_STEPS: u64 = 10_000;
 /// Longest simulated processing time of one job (one hour), in milliseconds.
-pub const MAX_PROCESSING_TIME_MS: u64 = 3_600_000;
+pub(crate) const MAX_PROCESSING_TIME_MS: u64 = 3_600_000;
 /// Shortest progress interval a job may ask for, in milliseconds (keeps a job from flooding its worker).
-pub const MIN_PROGRESS_INTERVAL_MS: u64 = 10;
+pub(crate) const MIN_PROGRESS_INTERVAL_MS: u64 = 10;
 /// How many finished jobs `query_status` still knows.
 const FINISHED_KEPT: usize = 1_000;
 /// Messages queued for one connection before its jobs wait for the writer.
@@ -242,7 +242,7 @@ pub fn parse(text: &str, defaults: JobDefaults) -> Result<Incoming, Refusal> {
 }
 
 /// The progress points of a job: `(elapsed, progress 0–100, current_step)`, one per interval and one at the end.
-pub fn schedule(plan: &JobPlan) -> Vec<(Duration, u8, u32)> {
+pub(crate) fn schedule(plan: &JobPlan) -> Vec<(Duration, u8, u32)> {
     let total = plan.processing_time;
     if total.is_zero() {
         return vec![(Duration::ZERO, 100, plan.steps)];

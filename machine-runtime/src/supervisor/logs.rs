@@ -16,9 +16,9 @@ use crate::broker::now_ms;
 use machine_model::components::Masker;
 
 /// Most lines kept per app.
-pub const MAX_LINES: usize = 2000;
+pub(crate) const MAX_LINES: usize = 2000;
 /// Most bytes of line text kept per app.
-pub const MAX_BYTES: usize = 512 * 1024;
+pub(crate) const MAX_BYTES: usize = 512 * 1024;
 /// Lines a follower may fall behind before it misses some (it is told how many).
 const FOLLOW_BACKLOG: usize = 512;
 
@@ -120,7 +120,7 @@ impl AppLog {
 
     /// The last `n` lines (as [`AppLog::tail`]) and a receiver of every line stored after them,
     /// taken together so no line falls between the two.
-    pub fn tail_and_follow(
+    pub(crate) fn tail_and_follow(
         &self,
         n: usize,
         keep: impl Fn(&LogLine) -> bool,

@@ -8,7 +8,7 @@
 mod app;
 pub mod logs;
 mod output;
-pub mod policy;
+pub(crate) mod policy;
 pub mod state;
 
 use std::collections::HashMap;
@@ -96,7 +96,7 @@ pub struct SupervisorHandle {
 
 impl SupervisorHandle {
     /// The current state of every app.
-    pub fn snapshot(&self) -> Snapshot {
+    pub(crate) fn snapshot(&self) -> Snapshot {
         self.snapshot.borrow().clone()
     }
 
@@ -113,17 +113,17 @@ impl SupervisorHandle {
 
     /// Cancelled when the machine starts stopping. Tasks on [`SupervisorHandle::tracker`] must
     /// finish after it fires; `run` waits for them (after every app is stopped) before returning.
-    pub fn shutdown_token(&self) -> CancellationToken {
+    pub(crate) fn shutdown_token(&self) -> CancellationToken {
         self.shutdown.clone()
     }
 
     /// Spawn long-running helper tasks (health, broker) here so shutdown waits for them.
-    pub fn tracker(&self) -> TaskTracker {
+    pub(crate) fn tracker(&self) -> TaskTracker {
         self.tracker.clone()
     }
 
     /// Asks the supervisor to stop everything, forwarding `signal` (SIGTERM, SIGINT) to the apps.
-    pub fn request_stop(&self, signal: i32) {
+    pub(crate) fn request_stop(&self, signal: i32) {
         let _ = self.stop_requests.send(signal);
     }
 
@@ -183,7 +183,7 @@ impl SupervisorHandle {
 }
 
 /// A checked set of apps with their commands, ready to run.
-pub struct Supervisor {
+pub(crate) struct Supervisor {
     apps: Vec<Arc<AppSpec>>,
     commands: Vec<ChildCommand>,
     board: Arc<Board>,
@@ -204,7 +204,7 @@ const DRAIN_PROBE_LIMIT: Duration = Duration::from_secs(2);
 
 /// Tells the supervisor, when the machine stops, which workers are in the middle of a job (the
 /// broker link reads each worker's `worker:<id>` hash).
-pub trait BusyProbe: Send + Sync + 'static {
+pub(crate) trait BusyProbe: Send + Sync + 'static {
     /// For each app name given, in order: `Some(job id)` while that worker is busy (the id may be
     /// empty when the worker did not name it), `None` when it is idle or not known.
     fn busy<'a>(
@@ -307,7 +307,10 @@ impl Supervisor {
 
     /// Runs `hook` when the machine starts stopping, before any app is signalled; hooks run in the
     /// order added. A hook must bound its own time: the stop waits for it (a second signal skips it).
-    pub fn before_stop(&mut self, hook: impl std::future::Future<Output = ()> + Send + 'static) {
+    pub(crate) fn before_stop(
+        &mut self,
+        hook: impl std::future::Future<Output = ()> + Send + 'static,
+    ) {
         self.before_stop.push(Box::pin(hook));
     }
 
@@ -315,7 +318,7 @@ impl Supervisor {
     /// it is idle or its `kill_timeout` has passed (then it gets the stop signal and, as always,
     /// another `kill_timeout` before SIGKILL). Idle workers are signalled at once. Without a probe
     /// every worker is signalled at once.
-    pub fn drain_with(&mut self, probe: Arc<dyn BusyProbe>) {
+    pub(crate) fn drain_with(&mut self, probe: Arc<dyn BusyProbe>) {
         self.drain = Some(probe);
     }
 

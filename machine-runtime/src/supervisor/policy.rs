@@ -13,9 +13,9 @@ use std::time::Duration;
 use machine_model::ecosystem::{App, Millis};
 
 /// PM2's cap on the exponential backoff delay.
-pub const BACKOFF_CAP: Duration = Duration::from_millis(15_000);
+pub(crate) const BACKOFF_CAP: Duration = Duration::from_millis(15_000);
 /// Uptime after which the exponential backoff starts over (PM2 `EXP_BACKOFF_RESET_TIMER`).
-pub const BACKOFF_RESET_AFTER: Duration = Duration::from_millis(30_000);
+pub(crate) const BACKOFF_RESET_AFTER: Duration = Duration::from_millis(30_000);
 
 /// PM2's default for `max_restarts`.
 pub const DEFAULT_MAX_RESTARTS: u32 = 16;
@@ -79,7 +79,7 @@ impl From<&App> for RestartPolicy {
 
 /// What to do after an exit that nobody asked for.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Decision {
+pub(crate) enum Decision {
     /// Start again after `delay`; `unstable` is the count of consecutive unstable exits so far.
     Restart { delay: Duration, unstable: u32 },
     /// Too many unstable exits in a row; stay down.
@@ -90,7 +90,7 @@ pub enum Decision {
 
 /// The exit history of one app.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RestartHistory {
+pub(crate) struct RestartHistory {
     pub unstable: u32,
     pub restarts: u32,
     prev_backoff: Option<Duration>,
@@ -98,7 +98,7 @@ pub struct RestartHistory {
 
 impl RestartHistory {
     /// Records an exit after `uptime` with exit `code` (none when a signal ended it) and decides.
-    pub fn on_exit(
+    pub(crate) fn on_exit(
         &mut self,
         app: &RestartPolicy,
         uptime: Duration,

@@ -46,7 +46,7 @@ impl AppState {
     }
 
     /// Running and ready: dependants may start.
-    pub fn is_ready(self) -> bool {
+    pub(crate) fn is_ready(self) -> bool {
         matches!(self, AppState::Running | AppState::Ready)
     }
 
@@ -150,7 +150,7 @@ impl AppStatus {
     /// (a one-shot app that finished cleanly counts) and, when running, up for at least its
     /// `min_uptime`, the time PM2 uses to tell a stable process from a crash loop. `Err` carries how
     /// many more milliseconds a healthy process needs; `None` inside means it is not healthy at all.
-    pub fn stayed_up(&self, now_ms: u64) -> Result<(), Option<u64>> {
+    pub(crate) fn stayed_up(&self, now_ms: u64) -> Result<(), Option<u64>> {
         if !self.is_healthy() {
             return Err(None);
         }
@@ -166,7 +166,7 @@ impl AppStatus {
 
     /// Running and ready, or a one-shot app (autorestart off) that finished successfully: done,
     /// not broken.
-    pub fn is_healthy(&self) -> bool {
+    pub(crate) fn is_healthy(&self) -> bool {
         match self.state {
             AppState::Running | AppState::Ready => true,
             AppState::Stopped => {
@@ -177,7 +177,7 @@ impl AppStatus {
     }
 
     /// Why this app keeps the machine from being healthy, or `None` when it is fine.
-    pub fn unhealthy_reason(&self) -> Option<String> {
+    pub(crate) fn unhealthy_reason(&self) -> Option<String> {
         if self.is_healthy() {
             return None;
         }
@@ -221,7 +221,7 @@ pub struct Snapshot {
 
 impl Snapshot {
     /// Reasons the apps are not all up and ready; empty means healthy.
-    pub fn unhealthy_reasons(&self) -> Vec<String> {
+    pub(crate) fn unhealthy_reasons(&self) -> Vec<String> {
         let mut reasons: Vec<String> = Vec::new();
         match self.phase {
             Phase::Stopping => reasons.push("the machine is stopping".to_string()),
@@ -234,7 +234,7 @@ impl Snapshot {
 
     /// Why the machine is not ready at `now_ms` (milliseconds since the runtime started): every app
     /// must have stayed up ([`AppStatus::stayed_up`]) and nothing may be stopping. Empty means ready.
-    pub fn not_ready_reasons(&self, now_ms: u64) -> Vec<String> {
+    pub(crate) fn not_ready_reasons(&self, now_ms: u64) -> Vec<String> {
         let mut reasons = self.unhealthy_reasons();
         if !reasons.is_empty() {
             return reasons;
@@ -252,7 +252,7 @@ impl Snapshot {
 
     /// Milliseconds until the last healthy app has stayed up for its `min_uptime` (0 when none is
     /// still settling); the moment readiness may change without a new snapshot.
-    pub fn settles_in(&self, now_ms: u64) -> u64 {
+    pub(crate) fn settles_in(&self, now_ms: u64) -> u64 {
         self.apps
             .iter()
             .filter_map(|a| a.stayed_up(now_ms).err().flatten())
