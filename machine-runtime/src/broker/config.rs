@@ -341,27 +341,6 @@ mod tests {
     }
 
     #[test]
-    fn redacts_passwords_in_urls() {
-        let redact_url = mask_url;
-        assert_eq!(
-            redact_url("redis://:s3cret@h:6379/0"),
-            "redis://:***@h:6379/0"
-        );
-        assert_eq!(redact_url("rediss://user:s3cret@h"), "rediss://user:***@h");
-        assert_eq!(redact_url("redis://s3cret@h"), "redis://***@h");
-        assert_eq!(redact_url("redis://h:6379"), "redis://h:6379");
-        // Ambiguous: the whole userinfo goes, up to the last `@`.
-        assert_eq!(redact_url("redis://u:p@ss:w@h/x@y"), "redis://***@y");
-        assert_eq!(
-            redact_url("redis://:p@ss#w:rd/1@127.0.0.1:16391"),
-            "redis://***@127.0.0.1:16391"
-        );
-        assert_eq!(redact_url("redis://secret#x"), "redis://***");
-        assert_eq!(redact_url("redis://:pa/ss@h"), "redis://***@h");
-        assert_eq!(redact_url("s3cret"), "***");
-    }
-
-    #[test]
     fn accepts_redis_and_rediss() {
         let url = RedisUrl::parse("HUB_REDIS_URL", "redis://:s3cret@127.0.0.1:6379/2").unwrap();
         assert_eq!(url.redacted(), "redis://:***@127.0.0.1:6379/2");
