@@ -225,12 +225,16 @@ pub fn sigterm(child: &tokio::process::Child) {
     assert_eq!(rc, 0, "kill -TERM {pid}");
 }
 
-/// Polls `HGET job:<id> status` until it is `want`; panics with the hash at the deadline.
+/// Polls `HGET job:<id> status` until it is `want` (for `completed`: until the job is also in
+/// `jobs:completed`, the last store step of a completion); panics with the hash at the deadline.
 pub async fn wait_job_status(conn: &mut redis::aio::MultiplexedConnection, id: &str, want: &str) {
     let deadline = Instant::now() + DEADLINE;
     loop {
         let status: Option<String> = conn.hget(format!("job:{id}"), "status").await.unwrap();
-        if status.as_deref() == Some(want) {
+        // A completion is several commands (spec §6 "Complete": status, then HDEL jobs:active, then
+        // HSET jobs:completed); "completed" is waited for until the last of them has happened.
+        let settled = want != "completed" || conn.hexists("jobs:completed", id).await.unwrap();
+        if status.as_deref() == Some(want) && settled {
             return;
         }
         if Instant::now() > deadline {
