@@ -975,6 +975,45 @@ mod tests {
     use serde_json::json;
 
     #[test]
+    fn splits_argument_strings_like_a_shell() {
+        assert_eq!(split_args("a  b\tc").unwrap(), ["a", "b", "c"]);
+        assert_eq!(
+            split_args("--x 'a b' \"c d\" e\\ f").unwrap(),
+            ["--x", "a b", "c d", "e f"]
+        );
+        assert_eq!(split_args("'it'\\''s'").unwrap(), ["it's"]);
+        assert_eq!(
+            split_args("\"say \\\"hi\\\"\" ''").unwrap(),
+            ["say \"hi\"", ""]
+        );
+        assert_eq!(split_args("").unwrap(), Vec::<String>::new());
+        assert!(
+            split_args("'open")
+                .unwrap_err()
+                .contains("unclosed single quote")
+        );
+        assert!(
+            split_args("\"open")
+                .unwrap_err()
+                .contains("unclosed double quote")
+        );
+    }
+
+    #[test]
+    fn parses_durations_in_milliseconds() {
+        assert_eq!(parse_millis("1500"), Some(1500));
+        assert_eq!(parse_millis("500ms"), Some(500));
+        assert_eq!(parse_millis("10s"), Some(10000));
+        assert_eq!(parse_millis("1.5s"), Some(1500));
+        assert_eq!(parse_millis("2m"), Some(120000));
+        assert_eq!(parse_millis("1h"), Some(3600000));
+        assert_eq!(parse_millis("10 s"), Some(10000));
+        assert_eq!(parse_millis("ten"), None);
+        assert_eq!(parse_millis("5d"), None);
+        assert_eq!(parse_millis("-1"), None);
+    }
+
+    #[test]
     fn the_field_list_is_the_types_own() {
         let fields = App::fields();
         assert_eq!(fields.first(), Some(&"name"));

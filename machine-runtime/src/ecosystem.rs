@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use machine_model::catalog::Binding;
+pub use machine_model::ecosystem::Role;
 use machine_model::ecosystem::{self as wire, App, Instances, PM2_IGNORED};
-pub use machine_model::ecosystem::{Role, env_text, split_args};
 use serde_json::Value;
 
 use crate::probe::{Check, HttpUrl, Readiness};
@@ -675,11 +675,6 @@ impl TryFrom<wire::Readiness> for Readiness {
     }
 }
 
-/// Parses `"1500"`, `"500ms"`, `"10s"`, `"1.5s"`, `"2m"`, `"1h"` into a duration.
-pub fn parse_duration(text: &str) -> Option<Duration> {
-    wire::parse_millis(text).map(Duration::from_millis)
-}
-
 /// Finds one wait-for cycle, as the list of names around it.
 fn find_cycle(apps: &[AppSpec]) -> Option<Vec<String>> {
     let index: HashMap<&str, usize> = apps
@@ -850,45 +845,6 @@ mod tests {
             }
         );
         assert!(eco.warnings.is_empty(), "{:?}", eco.warnings);
-    }
-
-    #[test]
-    fn splits_argument_strings_like_a_shell() {
-        assert_eq!(split_args("a  b\tc").unwrap(), ["a", "b", "c"]);
-        assert_eq!(
-            split_args("--x 'a b' \"c d\" e\\ f").unwrap(),
-            ["--x", "a b", "c d", "e f"]
-        );
-        assert_eq!(split_args("'it'\\''s'").unwrap(), ["it's"]);
-        assert_eq!(
-            split_args("\"say \\\"hi\\\"\" ''").unwrap(),
-            ["say \"hi\"", ""]
-        );
-        assert_eq!(split_args("").unwrap(), Vec::<String>::new());
-        assert!(
-            split_args("'open")
-                .unwrap_err()
-                .contains("unclosed single quote")
-        );
-        assert!(
-            split_args("\"open")
-                .unwrap_err()
-                .contains("unclosed double quote")
-        );
-    }
-
-    #[test]
-    fn parses_durations() {
-        assert_eq!(parse_duration("1500"), Some(Duration::from_millis(1500)));
-        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
-        assert_eq!(parse_duration("10s"), Some(Duration::from_secs(10)));
-        assert_eq!(parse_duration("1.5s"), Some(Duration::from_millis(1500)));
-        assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
-        assert_eq!(parse_duration("1h"), Some(Duration::from_secs(3600)));
-        assert_eq!(parse_duration("10 s"), Some(Duration::from_secs(10)));
-        assert_eq!(parse_duration("ten"), None);
-        assert_eq!(parse_duration("5d"), None);
-        assert_eq!(parse_duration("-1"), None);
     }
 
     #[test]
