@@ -37,6 +37,84 @@ pub struct Profile {
     /// Extra variables written into the generated .env (values are literal strings).
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// ComfyUI's command line, extra Python packages, custom nodes and models; used when a connector of the
+    /// profile runs on the `comfyui` service.
+    #[serde(default, skip_serializing_if = "ComfyuiOptions::is_default")]
+    pub comfyui: ComfyuiOptions,
+}
+
+/// ComfyUI options of a profile: the command line of every instance and what the install adds to
+/// ComfyUI (venv packages, custom nodes, models), all pinned so an image builds the same way next year.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct ComfyuiOptions {
+    /// Run every instance on the CPU (`--cpu`) even on real GPUs; implied by `machine.gpu_mode: mock`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cpu: bool,
+    /// Extra arguments for every instance, after the machine's own (`--listen`, `--port`, `--cpu` and the
+    /// per-instance folders may not be repeated here); `COMFY_ARGS` at start adds more.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+    /// Extra Python requirements for ComfyUI's venv, pinned as `name==version` (pip's requirement syntax).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub packages: Vec<String>,
+    /// Custom nodes checked out into `ComfyUI/custom_nodes/<name>`, in `install_order`, then as listed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub custom_nodes: Vec<ComfyuiCustomNode>,
+    /// Model files downloaded into `ComfyUI/models/<folder>/`, each checked against its SHA-256.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub models: Vec<ComfyuiModel>,
+}
+
+impl ComfyuiOptions {
+    /// Whether nothing is set (the field is then left out when a profile is written).
+    pub(crate) fn is_default(&self) -> bool {
+        *self == ComfyuiOptions::default()
+    }
+}
+
+/// A ComfyUI custom node, pinned to a commit (the old machine's per-deployment node list, spec §4.2).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct ComfyuiCustomNode {
+    /// Folder name under `custom_nodes/` (letters, digits, `_`, `-`, `.`).
+    pub name: String,
+    /// The node's git repository (`https://`, `http://`, `ssh://`, `git@host:path`, `file://` or an absolute path).
+    pub url: String,
+    /// The full 40-hex commit to check out.
+    pub commit: String,
+    /// Whether to `pip install -r requirements.txt` of the node into ComfyUI's venv.
+    #[serde(default = "default_true")]
+    pub requirements: bool,
+    /// Lower numbers install first; nodes without one install after those with one, as listed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub install_order: Option<u32>,
+    /// Extra environment variables for the node's install steps (literal strings).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+}
+
+/// A model file for ComfyUI, downloaded once and checked against its SHA-256.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct ComfyuiModel {
+    /// Where to download it from (`https://`, `http://` or `file://`).
+    pub url: String,
+    /// The file's SHA-256 (64 hex digits); a download that differs is deleted and the install fails.
+    #[cfg_attr(feature = "schema", schemars(regex(pattern = r"^[0-9a-fA-F]{64}$")))]
+    pub sha256: String,
+    /// The folder under `ComfyUI/models/` (e.g. `checkpoints`, `loras`, `vae`).
+    pub folder: String,
+    /// The file name in that folder; the last segment of the URL's path when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file_name: Option<String>,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 /// The worker bundle's source: a release tarball or a local folder (installed into
