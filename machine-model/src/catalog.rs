@@ -365,7 +365,8 @@ pub const CONNECTORS: &[ConnectorEntry] = &[
         service: None,
         bindings: &[Binding::Shared],
         default_binding: Binding::Shared,
-        required_env: &[],
+        // Its constructor throws without the host (comfyui-remote-connector.ts).
+        required_env: &["WORKER_COMFYUI_REMOTE_HOST"],
         service_env: &[],
         advertises: &["comfyui-remote"],
         job_kinds: &["comfyui"],
@@ -459,7 +460,9 @@ pub const CONNECTORS: &[ConnectorEntry] = &[
         service: None,
         bindings: &[Binding::Shared],
         default_binding: Binding::Shared,
-        required_env: &["GEMINI_API_KEY"],
+        // The connector's constructor throws without either (gemini-connector.ts), and the worker then
+        // loads 0 connectors yet stays online: refuse at start instead.
+        required_env: &["GEMINI_API_KEY", "GEMINI_NANO_BANANA_URL"],
         service_env: &[],
         advertises: &["gem-nano-banana"],
         job_kinds: &["gem-nano-banana"],
@@ -747,6 +750,14 @@ const _: () = CATALOG_TEMPLATES_KNOWN;
 
 #[cfg(test)]
 mod tests {
+
+    /// Variables a connector's constructor throws without (`apps/worker/src/connectors/*.ts` of the queue at
+    /// ceb26d4) that the service mapping's `required_env` does not list: the worker then loads 0 connectors
+    /// and stays online, failing every job, so the catalog requires them too.
+    const CONNECTOR_ONLY_ENV: &[(&str, &[&str])] = &[
+        ("comfyui-remote", &["WORKER_COMFYUI_REMOTE_HOST"]),
+        ("gemini", &["GEMINI_NANO_BANANA_URL"]),
+    ];
     use super::*;
 
     #[test]
@@ -838,10 +849,16 @@ mod tests {
                     c.name, c.job_kinds
                 ));
             }
-            let required = strings(&w["required_env"]);
+            // The mapping's list, then what the connector's own constructor requires beyond it.
+            let mut required = strings(&w["required_env"]);
+            for (name, extra) in CONNECTOR_ONLY_ENV {
+                if *name == c.name {
+                    required.extend(extra.iter().map(|e| e.to_string()));
+                }
+            }
             if c.required_env != required {
                 problems.push(format!(
-                    "{}: required_env {:?}, the mapping's {required:?}",
+                    "{}: required_env {:?}, the mapping's plus the connector's own {required:?}",
                     c.name, c.required_env
                 ));
             }

@@ -377,7 +377,7 @@ mod tests {
         assert_eq!(
             shown,
             [
-                "profiles/x.json:5:8: /: unknown field `list`, expected one of `$schema`, `description`, `components`, `workers`, `worker_bundle`, `machine`, `replicas`, `docker`, `env`"
+                "profiles/x.json:5:8: /: unknown field `list`, expected one of `$schema`, `description`, `components`, `workers`, `worker_bundle`, `machine`, `replicas`, `docker`, `env`, `comfyui`"
             ]
         );
         let fixed = TEXT.replace(",\n  \"list\": [1, {\"a\": [true]}]", "");

@@ -269,6 +269,10 @@ mod tests {
             &profile("openai:2,gemini:1", 0),
             &env(&[
                 ("GEMINI_API_KEY", "x"),
+                (
+                    "GEMINI_NANO_BANANA_URL",
+                    "https://g.example/v1beta/models/m:generateContent",
+                ),
                 ("OPENAI_IMAGE_MODEL", "m"),
                 ("CLOUD_STORAGE_PROVIDER", "gcs"),
             ]),
@@ -279,6 +283,18 @@ mod tests {
         assert_eq!(err, vec![
             "secret OPENAI_API_KEY is not set; the openai workers need it (openai-worker-0, openai-worker-1). Put it in the environment (compose passes it through from .env.secrets or the shell)".to_string()
         ]);
+        // The gemini connector's constructor throws without its URL (the worker would then load 0
+        // connectors and fail every job while online): refused at start like a secret.
+        let err = plan(
+            "p",
+            &profile("gemini:2", 0),
+            &env(&[("GEMINI_API_KEY", "x")]),
+            &inventory(0),
+        )
+        .unwrap_err()
+        .problems;
+        assert_eq!(err.len(), 1, "{err:?}");
+        assert!(err[0].starts_with("variable GEMINI_NANO_BANANA_URL is not set; the gemini workers need it (gemini-worker-0, gemini-worker-1)"), "{err:?}");
         let err = plan(
             "p",
             &profile("ollama:1", 0),

@@ -31,7 +31,8 @@ fn needs(connector: &str) -> &'static [&'static str] {
             "CLOUD_STORAGE_PROVIDER",
         ],
         "openai-response" => &["OPENAI_API_KEY", "CLOUD_STORAGE_PROVIDER"],
-        "gemini" => &["GEMINI_API_KEY"],
+        "gemini" => &["GEMINI_API_KEY", "GEMINI_NANO_BANANA_URL"],
+        "comfyui-remote" => &["WORKER_COMFYUI_REMOTE_HOST"],
         "ollama" => &["OLLAMA_HOST", "OLLAMA_PORT", "OLLAMA_DEFAULT_MODEL"],
         _ => &[],
     }
