@@ -6,7 +6,8 @@
 //!
 //! - `GET /health`: 200/503, the shape the monitor reads: `{healthy, services: {<app>: {healthy,
 //!   status (PM2's word: online, launching, stopping, stopped, errored, waiting restart), state,
-//!   pid, restarts}}, uptime}` (ms), plus `reasons` and `warnings`.
+//!   pid, restarts, reason}}, uptime}` (ms), plus `reasons` and `warnings`. `reason` says why an app
+//!   is not healthy (`null` when it is), e.g. a worker held back while its service is down.
 //! - `GET /ready`: 200/503 `{ready, reasons}`: ready once every app has stayed up for its
 //!   `min_uptime`, the same rule as the broker's phase `ready`.
 //! - `GET /status`: every app, the phase, the broker link.
@@ -655,6 +656,7 @@ pub(crate) fn health_body(
                     "state": a.state,
                     "pid": a.pid,
                     "restarts": a.restarts,
+                    "reason": a.unhealthy_reason(),
                 }),
             )
         })

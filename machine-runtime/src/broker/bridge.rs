@@ -159,6 +159,7 @@ impl ViewTemplate {
                             .find(|name| service_names.contains(&name.as_str()))
                             .cloned(),
                         process_state: ProcessState::Waiting,
+                        waiting_reason: None,
                     });
                 }
                 None => {}
@@ -225,6 +226,9 @@ impl ViewTemplate {
         for (worker, &idx) in view.workers.iter_mut().zip(&self.worker_apps) {
             if let Some(app) = snapshot.apps.get(idx) {
                 worker.process_state = process_state(app.state);
+                worker.waiting_reason = (app.state == AppState::Waiting)
+                    .then(|| app.unhealthy_reason())
+                    .flatten();
             }
         }
         for (service, &idx) in view.services.iter_mut().zip(&self.service_apps) {

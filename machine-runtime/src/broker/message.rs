@@ -232,10 +232,9 @@ pub fn build(
                 connectors: vec![worker.connector.clone()],
             },
         );
-        status_workers.insert(
-            worker.worker_id.clone(),
-            resolve(worker.process_state.is_alive(), truth),
-        );
+        let mut status = resolve(worker.process_state.is_alive(), truth);
+        status.reason = worker.waiting_reason.clone();
+        status_workers.insert(worker.worker_id.clone(), status);
     }
     StatusMessage {
         machine_id: view.machine_id.clone(),
@@ -295,6 +294,7 @@ mod tests {
             services: vec!["comfyui".into()],
             service_app: Some(format!("comfyui-gpu{i}")),
             process_state: ProcessState::Running,
+            waiting_reason: None,
         };
         let service = |i: u32| ServiceView {
             app_name: format!("comfyui-gpu{i}"),
@@ -360,5 +360,27 @@ mod tests {
         assert_eq!(json["status"]["machine"]["phase"], "ready");
         let shutdown = build(&view, &HashMap::new(), UpdateType::Shutdown, 8);
         assert_eq!(shutdown.status.machine.phase, "shutdown");
+    }
+
+    #[test]
+    fn a_worker_held_back_for_its_service_says_why() {
+        let mut view = two_gpu_view();
+        view.services[1].process_state = ProcessState::Restarting;
+        view.services[1].ready = false;
+        let why = "comfyui-worker-1 is waiting for comfyui-gpu1: comfyui-gpu1 is not ready (restarting after status 1)";
+        view.workers[1].process_state = ProcessState::Waiting;
+        view.workers[1].waiting_reason = Some(why.into());
+        let json =
+            serde_json::to_value(build(&view, &HashMap::new(), UpdateType::Periodic, 7)).unwrap();
+        let held = &json["status"]["workers"]["m1-worker-comfyui-1"];
+        assert_eq!(
+            (&held["status"], &held["reason"]),
+            (&"offline".into(), &why.into())
+        );
+        // Absent, not null, for every other worker: the API sees the shape it knows.
+        let other = json["status"]["workers"]["m1-worker-comfyui-0"]
+            .as_object()
+            .unwrap();
+        assert!(!other.contains_key("reason"), "{other:?}");
     }
 }

@@ -63,6 +63,9 @@ pub struct WorkerView {
     pub service_app: Option<String>,
     /// What the supervisor knows about the process.
     pub process_state: ProcessState,
+    /// Why its process is held back while it waits for the apps it depends on (its service), in
+    /// words; `None` when it is not waiting.
+    pub waiting_reason: Option<String>,
 }
 
 /// How a worker is tied to hardware; reported as `resource_binding` (the worker spec's word).

@@ -275,6 +275,11 @@ pub struct WorkerStatus {
     /// Build details, when the worker reports them.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub build_info: Option<Value>,
+    /// Why the machine holds the worker's process back, in words, while it waits for its service
+    /// (`... is waiting for comfyui-gpu0: comfyui-gpu0 is not ready (restarting after status 1)`);
+    /// absent otherwise. The machine's own field: the worker never writes it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// Combines the process state with what the worker says; the process state wins when it is down.
@@ -330,6 +335,7 @@ pub fn resolve(process_alive: bool, truth: Option<&WorkerTruth>) -> WorkerStatus
         version,
         build_timestamp,
         build_info,
+        reason: None,
     }
 }
 

@@ -50,6 +50,10 @@ pub(crate) struct AppTask {
     pub stop: watch::Receiver<Option<i32>>,
     /// Bumped by each restart request (`/restart/service`).
     pub restart: watch::Receiver<u64>,
+    /// `Some(signal)`, sent while the process runs, stops it with that signal because an app it
+    /// waits for is no longer up; it then waits for them and starts again (not a crash: no restart
+    /// counted, no backoff). A later `SIGKILL` on `stop` escalates as usual.
+    pub hold: watch::Receiver<Option<i32>>,
     /// Where its output lines are kept.
     pub log: Arc<AppLog>,
     /// `(idx, Some(end))` when the app ends for good; `(idx, None)` when a restart request brings
@@ -81,6 +85,8 @@ enum Supervised {
     StopRequested,
     /// Stopped because a restart was requested; start again at once.
     RestartRequested,
+    /// Stopped because an app it waits for is no longer up; start again once it is.
+    Held,
 }
 
 impl AppTask {
@@ -148,9 +154,18 @@ impl AppTask {
             let started = Instant::now();
             // Requests made before this start are answered by it.
             self.restart.borrow_and_update();
+            // So is a hold sent while the last process was being stopped.
+            self.hold.borrow_and_update();
             let (ran, status, description) = match self.start() {
                 Ok((pid, exit)) => match self.supervise(pid, exit, started).await {
                     Supervised::StopRequested => return AppEnd::Requested,
+                    Supervised::Held => {
+                        if self.stop_requested().is_some() {
+                            return AppEnd::Requested;
+                        }
+                        // Not a crash: the restart history is left as it was.
+                        continue;
+                    }
                     Supervised::RestartRequested => {
                         if self.stop_requested().is_some() {
                             return AppEnd::Requested;
@@ -308,38 +323,42 @@ impl AppTask {
         }
         let mut snapshot = self.board.watch();
         let deps = self.deps.clone();
-        let not_ready = |s: &super::state::Snapshot| -> Vec<String> {
-            deps.iter()
-                .filter(|&&d| !s.apps[d].state.is_ready())
-                .map(|&d| s.apps[d].name.clone())
-                .collect()
+        // (names, why) of the dependencies that are not up.
+        let not_ready = |s: &super::state::Snapshot| -> (Vec<String>, String) {
+            let (names, why): (Vec<String>, Vec<String>) =
+                super::follow::not_up(s, &deps).into_iter().unzip();
+            (names, why.join("; "))
         };
-        let missing = not_ready(&snapshot.borrow());
+        let (missing, why) = not_ready(&snapshot.borrow());
         if missing.is_empty() {
             return true;
         }
         let message = format!(
-            "{} waits for {} to be ready",
+            "{} waits for {} to be ready: {why}",
             self.name(),
             missing.join(", ")
         );
-        let mut shown = missing.clone();
+        let mut shown = (missing.clone(), why.clone());
         self.board
             .transition(self.idx, AppState::Waiting, message, |a| {
-                a.waiting_for = missing
+                a.waiting_for = missing;
+                a.detail = Some(why);
             });
         let idx = self.idx;
         let board = self.board.clone();
         let ready = async {
             loop {
-                let missing = not_ready(&snapshot.borrow_and_update());
+                let (missing, why) = not_ready(&snapshot.borrow_and_update());
                 if missing.is_empty() {
                     return true;
                 }
                 // Only a real change is written back: our own write would wake us again.
-                if missing != shown {
-                    shown = missing.clone();
-                    board.update(idx, |a| a.waiting_for = missing);
+                if (&missing, &why) != (&shown.0, &shown.1) {
+                    shown = (missing.clone(), why.clone());
+                    board.update(idx, |a| {
+                        a.waiting_for = missing;
+                        a.detail = Some(why);
+                    });
                 }
                 if snapshot.changed().await.is_err() {
                     return false;
@@ -475,6 +494,17 @@ impl AppTask {
                     }
                     // The supervisor is gone; nobody can ask any more.
                     std::future::pending::<()>().await;
+                }
+                changed = self.hold.changed() => {
+                    if changed.is_err() {
+                        // The supervisor is gone; nobody can ask any more.
+                        std::future::pending::<()>().await;
+                    }
+                    let signal = *self.hold.borrow_and_update();
+                    if let Some(signal) = signal {
+                        self.stop_child(pid, signal, &mut exit, started).await;
+                        return Supervised::Held;
+                    }
                 }
             }
         }

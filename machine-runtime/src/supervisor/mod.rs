@@ -6,6 +6,7 @@
 //! task (health endpoint, broker), a [`TaskTracker`] is closed and awaited before `run` returns.
 
 mod app;
+mod follow;
 pub mod logs;
 mod output;
 pub(crate) mod policy;
@@ -202,6 +203,18 @@ const DRAIN_POLL: Duration = Duration::from_millis(50);
 /// The longest one busy-probe may take before the workers it asked about count as idle.
 const DRAIN_PROBE_LIMIT: Duration = Duration::from_secs(2);
 
+/// Why workers are drained by [`Supervisor::drain_workers`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Drain {
+    /// The machine stops: a busy worker gets its `kill_timeout` to finish its job.
+    Stop,
+    /// An app they wait for (their service) is no longer up. A busy worker cannot finish its job
+    /// without its service, and once idle it claims the next job at once (the worker polls on its
+    /// own timer), which would fail too: so it is at its deadline at once, and an idle one gets the
+    /// signal at once as on stop. The workers start again once the service is ready.
+    Hold,
+}
+
 /// Tells the supervisor, when the machine stops, which workers are in the middle of a job (the
 /// broker link reads each worker's `worker:<id>` hash).
 pub(crate) trait BusyProbe: Send + Sync + 'static {
@@ -322,14 +335,17 @@ impl Supervisor {
         self.drain = Some(probe);
     }
 
-    /// Sends the stop signal to `workers`: idle ones at once, busy ones once they are idle or their
-    /// `kill_timeout` has passed. Returns early, with `true`, when a second signal escalated the stop.
+    /// Sends the stop signal to `workers` (through `stops`, by app index): idle ones at once, busy
+    /// ones once they are idle or their `kill_timeout` has passed ([`Drain::Stop`]), or at once
+    /// through the deadline path ([`Drain::Hold`]). Returns early, with `true`, when a second signal
+    /// escalated the stop.
     async fn drain_workers(
         &mut self,
         workers: &[usize],
         stops: &[watch::Sender<Option<i32>>],
         signal: i32,
         signals: &mut Option<StopSignals>,
+        why: Drain,
     ) -> bool {
         let alive = |board: &Board, i: usize| {
             let snapshot = board.watch();
@@ -376,6 +392,14 @@ impl Supervisor {
             };
             let spec = &self.apps[i];
             let job_text = job_words(&job);
+            if why == Drain::Hold {
+                log(&format!(
+                    "{} is busy with {job_text}, but its service is not up: it cannot finish the job, so it is stopped now",
+                    spec.name
+                ));
+                draining.push((i, job, now));
+                continue;
+            }
             log(&format!(
                 "{} is busy with {job_text}; it gets its kill_timeout {} to finish before {}",
                 spec.name,
@@ -441,7 +465,8 @@ impl Supervisor {
                     }
                     return true;
                 }
-                Some(_) = self.stop_requests.recv() => {}
+                // A stop request during a hold is left for the main loop.
+                Some(_) = self.stop_requests.recv(), if why == Drain::Stop => {}
             }
         }
         false
@@ -481,6 +506,28 @@ impl Supervisor {
                 (tx, Some(rx))
             })
             .unzip();
+        // One hold channel per app, by index: stops a worker whose service is no longer up.
+        let (holds, mut hold_rxs): (Vec<_>, Vec<_>) = (0..self.apps.len())
+            .map(|_| {
+                let (tx, rx) = watch::channel(None);
+                (tx, Some(rx))
+            })
+            .unzip();
+        let deps: Vec<Vec<usize>> = self
+            .apps
+            .iter()
+            .map(|spec| {
+                spec.wait_for
+                    .iter()
+                    .filter_map(|d| names.get(d.as_str()).copied())
+                    .collect()
+            })
+            .collect();
+        let is_worker: Vec<bool> = self
+            .apps
+            .iter()
+            .map(|a| a.role == Some(Role::Worker))
+            .collect();
         let mut tasks: Vec<Option<tokio::task::JoinHandle<()>>> =
             (0..self.apps.len()).map(|_| None).collect();
         // Services first, then everything else, in file order; workers wait for their services
@@ -489,16 +536,12 @@ impl Supervisor {
         order.sort_by_key(|&i| self.apps[i].role != Some(Role::Service));
         for idx in order {
             let spec = self.apps[idx].clone();
-            let Some(stop) = stop_rxs[idx].take() else {
+            let (Some(stop), Some(hold)) = (stop_rxs[idx].take(), hold_rxs[idx].take()) else {
                 continue;
             };
             let task = AppTask {
                 idx,
-                deps: spec
-                    .wait_for
-                    .iter()
-                    .filter_map(|d| names.get(d.as_str()).copied())
-                    .collect(),
+                deps: deps[idx].clone(),
                 spec,
                 cmd: self.commands[idx].clone(),
                 log: self
@@ -511,6 +554,7 @@ impl Supervisor {
                 board: self.board.clone(),
                 reaper: reaper.clone(),
                 stop,
+                hold,
                 ended: ended_tx.clone(),
             };
             tasks[idx] = Some(self.handle.tracker.spawn(task.run()));
@@ -529,9 +573,47 @@ impl Supervisor {
 
         let total = self.apps.len();
         let mut ended: Vec<(usize, AppEnd)> = Vec::new();
+        // Workers follow their services: the board is watched for a service that is no longer up
+        // while its workers run; `holding` marks those already told to stop for it.
+        let mut board = self.board.watch();
+        let mut holding = vec![false; total];
         let (signal, result) = loop {
             let signal = next_signal(&mut signals);
             tokio::select! {
+                changed = board.changed() => {
+                    if changed.is_err() {
+                        continue;
+                    }
+                    let hold = {
+                        let snapshot = board.borrow_and_update();
+                        // Stopped (or never started) since it was told: it may be told again.
+                        for (i, app) in snapshot.apps.iter().enumerate() {
+                            if app.pid.is_none() || app.state == AppState::Waiting {
+                                holding[i] = false;
+                            }
+                        }
+                        let hold = follow::to_hold(&snapshot, &deps, &is_worker, &holding);
+                        for &i in &hold {
+                            let why: Vec<String> = follow::not_up(&snapshot, &deps[i])
+                                .into_iter()
+                                .map(|(_, why)| why)
+                                .collect();
+                            log(&format!(
+                                "stopping {} until its service is ready again: {}",
+                                self.apps[i].name,
+                                why.join("; ")
+                            ));
+                        }
+                        hold
+                    };
+                    if !hold.is_empty() {
+                        for &i in &hold {
+                            holding[i] = true;
+                        }
+                        self.drain_workers(&hold, &holds, libc::SIGTERM, &mut None, Drain::Hold)
+                            .await;
+                    }
+                }
                 signal = signal => {
                     log(&format!("{} received; stopping workers first, then services", signal_name(signal)));
                     break (signal, Ok(()));
@@ -601,7 +683,7 @@ impl Supervisor {
         for (n, phase) in [worker_phase, other_phase].into_iter().enumerate() {
             if n == 0 {
                 escalated = self
-                    .drain_workers(&phase, &stops, signal, &mut signals)
+                    .drain_workers(&phase, &stops, signal, &mut signals, Drain::Stop)
                     .await;
             } else {
                 let signal = if escalated { libc::SIGKILL } else { signal };

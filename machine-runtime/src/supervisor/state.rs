@@ -45,7 +45,7 @@ impl AppState {
         }
     }
 
-    /// Running and ready: dependants may start.
+    /// Running and ready.
     pub(crate) fn is_ready(self) -> bool {
         matches!(self, AppState::Running | AppState::Ready)
     }
@@ -182,11 +182,19 @@ impl AppStatus {
             return None;
         }
         match self.state {
-            AppState::Waiting => Some(format!(
-                "{} is waiting for {}",
-                self.name,
-                self.waiting_for.join(", ")
-            )),
+            // The detail says why: "simulation-gpu0 is not ready (restarting after status 1)".
+            AppState::Waiting => Some(match &self.detail {
+                Some(detail) => format!(
+                    "{} is waiting for {}: {detail}",
+                    self.name,
+                    self.waiting_for.join(", ")
+                ),
+                None => format!(
+                    "{} is waiting for {}",
+                    self.name,
+                    self.waiting_for.join(", ")
+                ),
+            }),
             state => Some(match &self.detail {
                 Some(detail) => format!("{} is {state}: {detail}", self.name),
                 None => format!("{} is {state}", self.name),

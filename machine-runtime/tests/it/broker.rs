@@ -52,6 +52,7 @@ fn two_gpu_view(machine: &str) -> MachineView {
                 services: vec!["simulation".to_owned()],
                 service_app: Some(format!("simulation-gpu{i}")),
                 process_state: ProcessState::Running,
+                waiting_reason: None,
             })
             .collect(),
         services: (0..2)

@@ -43,14 +43,17 @@ fn health_follows_the_apps_through_their_states() {
         reasons.iter().any(|r| r.starts_with("svc is starting")),
         "{reasons:?}"
     );
-    assert!(
-        reasons.contains(&"wrk is waiting for svc".to_string()),
-        "{reasons:?}"
-    );
+    // Why, in words: the worker waits for svc, which is still starting.
+    let waiting = reasons
+        .iter()
+        .find(|r| r.starts_with("wrk is waiting for svc: svc is not ready (starting"))
+        .unwrap_or_else(|| panic!("{reasons:?}"))
+        .clone();
     // PM2's words in `status` (the monitor's vocabulary), ours in `state`.
     assert_eq!(
         body["services"]["wrk"],
-        json!({"healthy": false, "status": "launching", "state": "waiting", "pid": null, "restarts": 0})
+        json!({"healthy": false, "status": "launching", "state": "waiting", "pid": null, "restarts": 0,
+               "reason": waiting})
     );
     assert!(raw.contains("Access-Control-Allow-Origin: *"), "{raw}");
     let (code, ready, _) = http_get(port, "/ready");
@@ -123,6 +126,24 @@ fn health_follows_the_apps_through_their_states() {
         "{reasons}"
     );
     assert!(!health_command(port).0);
+    // Its worker is stopped and waits for it again, saying why (not a crash: no restart counted).
+    rt.wait_state("wrk", "waiting");
+    let (code, body, _) = http_get(port, "/health");
+    assert_eq!(code, 503);
+    assert_eq!(body["services"]["wrk"]["status"], "launching");
+    assert_eq!(body["services"]["wrk"]["restarts"], 0);
+    assert_eq!(
+        body["services"]["wrk"]["reason"],
+        "wrk is waiting for svc: svc is not ready (restarting after signal 9 (SIGKILL))"
+    );
+    let (code, ready, _) = http_get(port, "/ready");
+    assert_eq!(code, 503);
+    assert!(
+        ready["reasons"].to_string().contains(
+            "wrk is waiting for svc: svc is not ready (restarting after signal 9 (SIGKILL))"
+        ),
+        "{ready}"
+    );
 
     rt.signal(libc::SIGTERM);
     assert_eq!(rt.wait_exit().code(), Some(0), "{}", rt.output());
