@@ -197,13 +197,14 @@ pub(crate) struct Supervisor {
 /// Work that must finish before any app is signalled (the broker's final `shutdown` message).
 type StopHook = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
-/// How often busy workers are asked again while the machine waits for them on stop.
-const DRAIN_POLL: Duration = Duration::from_millis(50);
+/// How often busy workers are asked again while the machine waits for them on stop or restart.
+pub(crate) const DRAIN_POLL: Duration = Duration::from_millis(50);
 /// The longest one busy-probe may take before the workers it asked about count as idle.
-const DRAIN_PROBE_LIMIT: Duration = Duration::from_secs(2);
+pub(crate) const DRAIN_PROBE_LIMIT: Duration = Duration::from_secs(2);
 
-/// Tells the supervisor, when the machine stops, which workers are in the middle of a job (the
-/// broker link reads each worker's `worker:<id>` hash).
+/// Tells the supervisor, when the machine stops or a worker is restarted, which workers are in the
+/// middle of a job (the broker link reads each worker's `worker:<id>` hash), and hands back to the
+/// queue the job of a worker it had to kill.
 pub(crate) trait BusyProbe: Send + Sync + 'static {
     /// For each app name given, in order: `Some(job id)` while that worker is busy (the id may be
     /// empty when the worker did not name it), `None` when it is idle or not known.
@@ -211,6 +212,33 @@ pub(crate) trait BusyProbe: Send + Sync + 'static {
         &'a self,
         apps: &'a [String],
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Vec<Option<String>>> + Send + 'a>>;
+
+    /// Hands back to the queue every job the worker of app `app` still holds, once its processes
+    /// are gone (killed mid-job): `job` is the one last seen (may be empty), `why` says why it was
+    /// killed. Logs what it did, one line per job; bounded in time; never fails the job.
+    fn hand_back<'a>(
+        &'a self,
+        app: &'a str,
+        job: &'a str,
+        why: &'a str,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>>;
+}
+
+/// Waits until app `idx` has ended for good on this stop (its process group reaped, or given up on
+/// after SIGKILL), then hands back the job its worker still holds.
+async fn hand_back_once_stopped(
+    board: Arc<Board>,
+    idx: usize,
+    probe: Arc<dyn BusyProbe>,
+    app: String,
+    job: String,
+    why: String,
+) {
+    let mut snapshot = board.watch();
+    let _ = snapshot
+        .wait_for(|s| matches!(s.apps[idx].state, AppState::Stopped | AppState::Errored))
+        .await;
+    probe.hand_back(&app, &job, &why).await;
 }
 
 impl Supervisor {
@@ -314,22 +342,26 @@ impl Supervisor {
         self.before_stop.push(Box::pin(hook));
     }
 
-    /// Lets busy workers finish on stop: a worker that `probe` says is busy is not signalled until
-    /// it is idle or its `kill_timeout` has passed (then it gets the stop signal and, as always,
-    /// another `kill_timeout` before SIGKILL). Idle workers are signalled at once. Without a probe
-    /// every worker is signalled at once.
+    /// Lets busy workers finish on stop and restart: a worker that `probe` says is busy is not
+    /// signalled until it is idle or its `kill_timeout` has passed. Then it is killed (SIGKILL to
+    /// its process group: on SIGTERM the worker would fail its job permanently) and `probe` hands its
+    /// job back to the queue. Idle workers are signalled at once. Without a probe every worker is
+    /// signalled at once.
     pub(crate) fn drain_with(&mut self, probe: Arc<dyn BusyProbe>) {
         self.drain = Some(probe);
     }
 
-    /// Sends the stop signal to `workers`: idle ones at once, busy ones once they are idle or their
-    /// `kill_timeout` has passed. Returns early, with `true`, when a second signal escalated the stop.
+    /// Sends the stop signal to `workers`: idle ones at once, busy ones once they are idle; one still
+    /// busy at its `kill_timeout` is killed and its job handed back (a task in `handbacks`, which
+    /// waits for the worker to be gone). Returns early, with `true`, when a second signal escalated
+    /// the stop (every app killed; the jobs of the workers still busy are handed back as well).
     async fn drain_workers(
         &mut self,
         workers: &[usize],
         stops: &[watch::Sender<Option<i32>>],
         signal: i32,
         signals: &mut Option<StopSignals>,
+        handbacks: &mut tokio::task::JoinSet<()>,
     ) -> bool {
         let alive = |board: &Board, i: usize| {
             let snapshot = board.watch();
@@ -405,8 +437,12 @@ impl Supervisor {
                     for ((i, job, deadline), busy) in draining.drain(..).zip(busy) {
                         let name = &self.apps[i].name;
                         if !alive(&self.board, i) {
-                            log(&format!("{name} ended while finishing {}", job_words(&job)));
+                            log(&format!("{name} ended while finishing {}; whatever it still holds goes back to the queue once it is stopped", job_words(&job)));
                             let _ = stops[i].send(Some(signal));
+                            handbacks.spawn(hand_back_once_stopped(
+                                self.board.clone(), i, probe.clone(), name.clone(), job,
+                                "it ended while the machine was stopping".to_owned(),
+                            ));
                         } else if busy.is_none() {
                             log(&format!("{name} finished {}; sending {} now", job_words(&job), signal_name(signal)));
                             let _ = stops[i].send(Some(signal));
@@ -423,14 +459,18 @@ impl Supervisor {
                             return true;
                         }
                         let spec = &self.apps[*i];
+                        let kill_timeout = human_duration(spec.restart.kill_timeout);
                         log(&format!(
-                            "{} is still busy with {} after its kill_timeout {}; sending {}: the worker fails the job permanently (it is not requeued)",
+                            "{} is still busy with {} after its kill_timeout {kill_timeout}; killing it (SIGKILL to its process group: on {} the worker would fail the job permanently), then handing the job back to the queue",
                             spec.name,
                             job_words(job),
-                            human_duration(spec.restart.kill_timeout),
                             signal_name(signal)
                         ));
-                        let _ = stops[*i].send(Some(signal));
+                        let _ = stops[*i].send(Some(libc::SIGKILL));
+                        handbacks.spawn(hand_back_once_stopped(
+                            self.board.clone(), *i, probe.clone(), spec.name.clone(), job.clone(),
+                            format!("still busy at its kill_timeout {kill_timeout} when the machine stopped"),
+                        ));
                         false
                     });
                 }
@@ -438,6 +478,12 @@ impl Supervisor {
                     log(&format!("{} received again; not waiting for busy workers: sending SIGKILL to every app now", signal_name(signal)));
                     for stop in stops {
                         let _ = stop.send(Some(libc::SIGKILL));
+                    }
+                    for (i, job, _) in draining {
+                        handbacks.spawn(hand_back_once_stopped(
+                            self.board.clone(), i, probe.clone(), self.apps[i].name.clone(), job,
+                            format!("killed by a second {}", signal_name(signal)),
+                        ));
                     }
                     return true;
                 }
@@ -508,6 +554,10 @@ impl Supervisor {
                     .cloned()
                     .unwrap_or_else(|| Arc::new(AppLog::new(&self.commands[idx].env))),
                 restart: self.handle.restarts[idx].subscribe(),
+                busy: self
+                    .drain
+                    .clone()
+                    .filter(|_| self.apps[idx].role == Some(Role::Worker)),
                 board: self.board.clone(),
                 reaper: reaper.clone(),
                 stop,
@@ -598,10 +648,11 @@ impl Supervisor {
             .filter(|&i| self.apps[i].role != Some(Role::Worker))
             .collect();
         let mut escalated = false;
+        let mut handbacks = tokio::task::JoinSet::new();
         for (n, phase) in [worker_phase, other_phase].into_iter().enumerate() {
             if n == 0 {
                 escalated = self
-                    .drain_workers(&phase, &stops, signal, &mut signals)
+                    .drain_workers(&phase, &stops, signal, &mut signals, &mut handbacks)
                     .await;
             } else {
                 let signal = if escalated { libc::SIGKILL } else { signal };
@@ -629,6 +680,11 @@ impl Supervisor {
                     }
                     Some(_) = self.stop_requests.recv(), if !escalated => {}
                 }
+            }
+            if n == 0 {
+                // Every worker is gone: the jobs of the killed ones go back before the services
+                // stop (each hand-back is bounded, so a dead Redis cannot hold up the stop).
+                while handbacks.join_next().await.is_some() {}
             }
         }
         self.board.set_phase(Phase::Stopped);
