@@ -1,6 +1,7 @@
 //! The supervisor: starts services first and workers once their services are ready, restarts by
 //! PM2's rules, and stops everything (workers first, then services) on SIGTERM/SIGINT or when an
-//! essential app ends.
+//! essential app ends. Busy workers are drained on stop and restart: a worker finishes its job
+//! within its `kill_timeout`, or is killed and its job handed back to the queue ([`BusyProbe`]).
 //!
 //! Shutdown follows detect → tell → wait: one [`CancellationToken`] says "stopping" to every
 //! task (health endpoint, broker), a [`TaskTracker`] is closed and awaited before `run` returns.
@@ -135,7 +136,9 @@ impl SupervisorHandle {
     /// Restarts app `name` as `pm2 restart` does: a running process gets its stop signal (SIGTERM,
     /// `kill_timeout`, then SIGKILL) and is started again at once; one waiting out a restart delay
     /// starts at once; an `errored` or `stopped` app is started again with a fresh restart count
-    /// of unstable exits. Returns the state it was in.
+    /// of unstable exits. A busy worker (on a machine that reports to the broker) first gets its
+    /// `kill_timeout` to finish its job; one still busy then is killed and its job handed back to
+    /// the queue before it starts again. Returns the state it was in.
     pub fn restart(&self, name: &str) -> Result<AppState, RestartError> {
         let snapshot = self.snapshot();
         let Some(idx) = snapshot.apps.iter().position(|a| a.name == name) else {

@@ -19,6 +19,7 @@ mod ui;
 mod up_broker;
 mod up_drain;
 mod up_ecosystem;
+mod up_handback;
 mod up_health;
 mod up_jobs;
 mod up_monitor;

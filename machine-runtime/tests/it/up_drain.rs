@@ -53,8 +53,8 @@ fi
 while [ ! -f "$D/finish-$NAME" ]; do sleep 0.05; done
 $R HSET "job:$job" status completed >/dev/null
 $R HDEL "jobs:active:$WORKER_ID" "$job" >/dev/null
-$R HSET "worker:$WORKER_ID" status idle current_job_id "" >/dev/null
 log "$NAME completed $job"
+$R HSET "worker:$WORKER_ID" status idle current_job_id "" >/dev/null
 while true; do sleep 0.05; done
 "#;
 
@@ -343,6 +343,81 @@ fn a_job_the_worker_finished_in_the_last_moment_is_left_alone() {
         .hget(format!("worker:{}", worker_id("late")), "current_job_id")
         .unwrap();
     assert_eq!(current.as_deref(), Some(""));
+}
+
+#[test]
+fn a_restart_waits_for_a_busy_worker_that_finishes_in_time_and_leaves_its_job_alone() {
+    use crate::up_support::http_request;
+
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let rt = Runtime::start(
+        json!({ "apps": [worker("slow", "60s", redis.port())] }),
+        &[
+            ("HUB_REDIS_URL", url.as_str()),
+            ("MACHINE_STATUS_UPDATE_INTERVAL_SECONDS", "1"),
+            ("MACHINE_CONTROL_TOKEN", "drain-token-51c"),
+        ],
+    );
+    wait_event(&rt, "slow up");
+    push(&redis, "slow", "2026-12-06T10:00:00.000Z");
+    std::fs::write(rt.path("go-slow"), "").unwrap();
+    wait_event(&rt, "slow started job-slow");
+    let (code, _, raw) = http_request(
+        rt.health_port(),
+        "POST",
+        "/restart/service?service=slow",
+        &["Authorization: Bearer drain-token-51c"],
+    );
+    assert_eq!(code, 202, "{raw}");
+    wait_for(
+        "the restart to wait for the job",
+        || rt.output(),
+        || {
+            rt.output()
+                .contains("slow is busy with job job-slow; the restart waits up to its kill_timeout 1m 0s")
+                .then_some(())
+        },
+    );
+    assert!(
+        !events(&rt)
+            .iter()
+            .any(|e| e.contains("stopped") || e.contains("failed")),
+        "{:?}",
+        events(&rt)
+    );
+    // It finishes: then it is signalled idle and started again; the job stays completed.
+    std::fs::write(rt.path("finish-slow"), "").unwrap();
+    wait_for(
+        "the worker to be up again",
+        || format!("{:?}\n{}", events(&rt), rt.output()),
+        || (events(&rt).iter().filter(|e| *e == "slow up").count() == 2).then_some(()),
+    );
+    let seen = events(&rt);
+    assert_eq!(
+        seen,
+        [
+            "slow up",
+            "slow started job-slow",
+            "slow completed job-slow",
+            "slow stopped idle",
+            "slow up"
+        ],
+        "{seen:?}"
+    );
+    let out = rt.output();
+    assert!(
+        out.contains("slow finished job job-slow; restarting it now"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("handed job") && !out.contains("SIGKILL"),
+        "{out}"
+    );
+    assert_eq!(job_status(&redis, "job-slow").as_deref(), Some("completed"));
+    let mut conn = sync_conn(&redis);
+    let score: Option<f64> = conn.zscore("jobs:pending", "job-slow").unwrap();
+    assert_eq!(score, None);
 }
 
 #[test]
