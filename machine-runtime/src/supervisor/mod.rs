@@ -686,8 +686,18 @@ impl Supervisor {
             }
             if n == 0 {
                 // Every worker is gone: the jobs of the killed ones go back before the services
-                // stop (each hand-back is bounded, so a dead Redis cannot hold up the stop).
-                while handbacks.join_next().await.is_some() {}
+                // stop. Each hand-back bounds its own time (a dead Redis cannot hold up the stop);
+                // this bound only guards against a worker task that ended without a final state.
+                let limit = Duration::from_millis(
+                    u64::from(machine_model::catalog::JOB_HANDBACK_TIMEOUT_MS) + 1000,
+                );
+                let all = async { while handbacks.join_next().await.is_some() {} };
+                if tokio::time::timeout(limit, all).await.is_err() {
+                    log(
+                        "handing back the killed workers' jobs did not finish in time; stopping without waiting for it",
+                    );
+                    handbacks.abort_all();
+                }
             }
         }
         self.board.set_phase(Phase::Stopped);

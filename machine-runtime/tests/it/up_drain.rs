@@ -386,7 +386,9 @@ fn a_restart_waits_for_a_busy_worker_that_finishes_in_time_and_leaves_its_job_al
         "{:?}",
         events(&rt)
     );
-    // It finishes: then it is signalled idle and started again; the job stays completed.
+    // It finishes: then it is signalled idle and started again; the job stays completed. (Without
+    // `go-slow` the new process waits for a job instead of claiming this one again.)
+    std::fs::remove_file(rt.path("go-slow")).unwrap();
     std::fs::write(rt.path("finish-slow"), "").unwrap();
     wait_for(
         "the worker to be up again",

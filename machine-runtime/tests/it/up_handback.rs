@@ -93,6 +93,22 @@ impl StatusLog {
     fn seen(&self) -> Vec<String> {
         self.seen.lock().unwrap().clone()
     }
+
+    /// The statuses seen once the last one is `last` (the log's own reads lag the test's).
+    async fn seen_until(&self, last: &str) -> Vec<String> {
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            let seen = self.seen();
+            if seen.last().map(String::as_str) == Some(last) {
+                return seen;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{last} never logged: {seen:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
 }
 
 impl Drop for StatusLog {
@@ -218,7 +234,7 @@ async fn a_sigterm_mid_job_hands_the_job_back_and_another_machine_completes_it()
     let hash: HashMap<String, String> = conn.hgetall(format!("job:{job}")).await.unwrap();
     assert_eq!(hash["worker_id"], worker_id("handback-b"), "{hash:?}");
     // Pushed pending, run, pending again (handed back), then run elsewhere to completion.
-    let seen = log.seen();
+    let seen = log.seen_until("completed").await;
     let after = |from: usize, status: &str| {
         seen[from..]
             .iter()
@@ -282,7 +298,7 @@ async fn restarting_a_busy_worker_hands_its_job_back_and_the_restarted_worker_co
         "{out}"
     );
     assert!(out.contains("sim-worker restarting on request"), "{out}");
-    let seen = log.seen();
+    let seen = log.seen_until("completed").await;
     assert!(
         seen.iter().filter(|s| *s == "in_progress").count() == 2,
         "the job ran twice (killed, then again): {seen:?}"
