@@ -595,6 +595,11 @@ pub(crate) const DEFAULT_HEALTH_PORT: u16 = 9090;
 /// signals any app (milliseconds); Compose's stop budget includes it.
 pub const BROKER_SHUTDOWN_TIMEOUT_MS: u32 = 3000;
 
+/// The longest the runtime spends handing a killed worker's job back to the queue (milliseconds):
+/// a worker still busy at its `kill_timeout` on stop or restart is killed, then its job goes back to
+/// `jobs:pending`; Compose's stop budget includes it.
+pub const JOB_HANDBACK_TIMEOUT_MS: u32 = 2000;
+
 /// The default install root (`WORKSPACE_DIR`).
 pub const DEFAULT_WORKSPACE: &str = "/workspace";
 

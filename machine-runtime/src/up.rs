@@ -255,7 +255,8 @@ impl MachineStatus {
     }
 }
 
-/// The broker's answer to "which workers are busy", by app name, for the drain on stop.
+/// The broker's answer to "which workers are busy", by app name, for the drain on stop and
+/// restart, and its hand-back of a killed worker's job.
 struct BrokerBusy {
     /// Where the broker appears once it has connected; until then no worker is known to be busy.
     status: Arc<MachineStatus>,
@@ -283,6 +284,27 @@ impl BusyProbe for BrokerBusy {
                 out[*i] = busy;
             }
             out
+        })
+    }
+
+    fn hand_back<'a>(
+        &'a self,
+        app: &'a str,
+        job: &'a str,
+        why: &'a str,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>> {
+        Box::pin(async move {
+            let Some(worker_id) = self.worker_ids.get(app) else {
+                return;
+            };
+            match self.status.broker.get() {
+                Some(broker) => {
+                    broker.hand_back(worker_id, job, why).await;
+                }
+                None => log(&format!(
+                    "cannot hand the job of {app} back to the queue: the broker link never connected; it stays assigned to worker {worker_id} until the API's orphan clean-up"
+                )),
+            }
         })
     }
 }

@@ -12,6 +12,10 @@
 //! - `shutdown` (phase `shutdown`) from [`Broker::shutdown`], which the supervisor calls before it
 //!   signals the children; bounded, so a dead Redis cannot hold up the stop.
 //!
+//! And, for a worker the machine had to kill mid-job (stop or restart past its `kill_timeout`),
+//! [`Broker::hand_back`] puts its job back into `jobs:pending` as the API's orphan clean-up does and
+//! publishes `job_handed_back` on `machine:<MACHINE_ID>:worker:<WORKER_ID>` ([`handback`]).
+//!
 //! What comes in: before each message, `HGETALL worker:<id>` and `TTL worker:<id>:heartbeat` for every
 //! worker in one pipeline, and `PSUBSCRIBE machine:<MACHINE_ID>:worker:*` events. A worker is connected
 //! only while its process runs and its heartbeat key exists; a worker whose process is down is
@@ -45,6 +49,7 @@ pub(crate) use log;
 
 pub(crate) mod bridge;
 mod config;
+pub mod handback;
 pub mod lease;
 mod link;
 mod message;
@@ -75,6 +80,11 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
+
+/// The longest one hand-back of a killed worker's jobs may take
+/// ([`machine_model::catalog::JOB_HANDBACK_TIMEOUT_MS`]; Compose's stop budget includes it).
+pub(crate) const JOB_HANDBACK_TIMEOUT: Duration =
+    Duration::from_millis(machine_model::catalog::JOB_HANDBACK_TIMEOUT_MS as u64);
 
 /// The channel the API listens to for this machine.
 pub(crate) fn status_channel(machine_id: &str) -> String {
@@ -282,6 +292,8 @@ struct Inner {
     task: Mutex<Option<JoinHandle<()>>>,
     cancel: CancellationToken,
     shutdown_timeout: Duration,
+    /// `MACHINE_ID`, for the channel of the events about its workers.
+    machine_id: String,
 }
 
 impl Drop for Inner {
@@ -403,6 +415,7 @@ impl Broker {
             delivered_initial: false,
             delivered_ready: false,
         };
+        let machine_id = publisher.current.machine_id.clone();
         let task = spawn_watched(
             &shared,
             "publisher",
@@ -416,6 +429,7 @@ impl Broker {
                 task: Mutex::new(Some(task)),
                 cancel,
                 shutdown_timeout: config.shutdown_timeout,
+                machine_id,
             }),
         })
     }
@@ -490,6 +504,64 @@ impl Broker {
                 })
                 .collect(),
             _ => last_known(),
+        }
+    }
+
+    /// Hands back to the queue every job the killed worker `worker_id` still holds (see
+    /// [`handback`]), logging one line per job with `why`, and returns the outcomes. The worker's
+    /// processes must be gone. Works after [`Broker::shutdown`] too (the stop kills workers once the
+    /// final status is out). Bounded by [`JOB_HANDBACK_TIMEOUT`]; when Redis cannot be reached or
+    /// does not answer in time, says so in the log and returns nothing: the job then stays with the
+    /// dead worker until the API's orphan clean-up.
+    pub(crate) async fn hand_back(
+        &self,
+        worker_id: &str,
+        known: &str,
+        why: &str,
+    ) -> Vec<handback::HandBack> {
+        let link = &self.inner.shared.link;
+        let job_words = if known.is_empty() {
+            "its job".to_owned()
+        } else {
+            format!("job {known}")
+        };
+        let attempt = async {
+            let mut conn = match link.current() {
+                Some(conn) => conn,
+                None => link.connect_now().await.map_err(|e| e.to_string())?,
+            };
+            handback::hand_back(&mut conn, &self.inner.machine_id, worker_id, known, why)
+                .await
+                .map_err(|e| link.url().redact(&e.to_string()))
+        };
+        match tokio::time::timeout(JOB_HANDBACK_TIMEOUT, attempt).await {
+            Ok(Ok(outcomes)) => {
+                if outcomes.is_empty() {
+                    log!("worker {worker_id} held no job to hand back ({why})");
+                }
+                for outcome in &outcomes {
+                    match outcome {
+                        handback::HandBack::HandedBack { .. } => {
+                            log!("{outcome}; worker {worker_id} was killed: {why}")
+                        }
+                        _ => log!("{outcome} (worker {worker_id}: {why})"),
+                    }
+                }
+                outcomes
+            }
+            Ok(Err(err)) => {
+                log!(
+                    "could not hand {job_words} of worker {worker_id} back to the queue: {err}; it stays assigned to the dead worker until the API's orphan clean-up"
+                );
+                Vec::new()
+            }
+            Err(_) => {
+                log!(
+                    "could not hand {job_words} of worker {worker_id} back to the queue: redis did not answer within {} ms; it stays assigned to the dead worker until the API's orphan clean-up",
+                    JOB_HANDBACK_TIMEOUT.as_millis()
+                );
+                Vec::new()
+            }
         }
     }
 

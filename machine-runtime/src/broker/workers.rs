@@ -144,7 +144,8 @@ impl WorkerTruth {
                 facts.status = Some(WorkerState::Busy);
                 facts.current_job_id = Some(data.get("job_id").and_then(job_id));
             }
-            "job_completed" | "job_failed" => {
+            // `job_handed_back` is the machine's own word for a killed worker's job (handback.rs).
+            "job_completed" | "job_failed" | "job_handed_back" => {
                 facts.status = Some(WorkerState::Idle);
                 facts.current_job_id = Some(None);
             }

@@ -12,6 +12,7 @@ use super::logs::AppLog;
 use super::output::{self, Stream};
 use super::policy::{Decision, RestartHistory};
 use super::state::{AppState, Board, LastExit};
+use super::{BusyProbe, DRAIN_POLL, DRAIN_PROBE_LIMIT};
 use crate::command::ChildCommand;
 use crate::ecosystem::AppSpec;
 use crate::probe::{Readiness, describe_status, human_duration, probe_once};
@@ -54,6 +55,9 @@ pub(crate) struct AppTask {
     /// waits for is no longer up; it then waits for them and starts again (not a crash: no restart
     /// counted, no backoff). A later `SIGKILL` on `stop` escalates as usual.
     pub hold: watch::Receiver<Option<i32>>,
+    /// For a worker on a machine that reports to the broker: whether it is busy, and where its job
+    /// goes when a restart has to kill it.
+    pub busy: Option<Arc<dyn BusyProbe>>,
     /// Where its output lines are kept.
     pub log: Arc<AppLog>,
     /// `(idx, Some(end))` when the app ends for good; `(idx, None)` when a restart request brings
@@ -489,8 +493,7 @@ impl AppTask {
                 }
                 changed = self.restart.changed() => {
                     if changed.is_ok() {
-                        self.stop_child(pid, libc::SIGTERM, &mut exit, started).await;
-                        return Supervised::RestartRequested;
+                        return self.stop_for_restart(pid, &mut exit, started).await;
                     }
                     // The supervisor is gone; nobody can ask any more.
                     std::future::pending::<()>().await;
@@ -529,6 +532,83 @@ impl AppTask {
             .await;
         }
         Supervised::Exited(exit.status)
+    }
+
+    /// Stops the child for a restart request. An idle one (or one nobody can ask about) gets
+    /// SIGTERM at once. A busy worker gets its `kill_timeout` to finish its job (then SIGTERM); one
+    /// still busy then is killed (SIGKILL to its process group: on SIGTERM the worker would fail the
+    /// job permanently) and its job is handed back to the queue before it starts again. A machine
+    /// stop arriving meanwhile takes over: the supervisor's drain decides, and its signal is obeyed.
+    async fn stop_for_restart(
+        &mut self,
+        pid: u32,
+        exit: &mut ExitWait,
+        started: Instant,
+    ) -> Supervised {
+        let Some(probe) = self.busy.clone() else {
+            self.stop_child(pid, libc::SIGTERM, exit, started).await;
+            return Supervised::RestartRequested;
+        };
+        let apps = [self.spec.name.clone()];
+        let ask = || async {
+            tokio::time::timeout(DRAIN_PROBE_LIMIT, probe.busy(&apps))
+                .await
+                .ok()
+                .and_then(|busy| busy.into_iter().next())
+                .flatten()
+        };
+        let Some(job) = ask().await else {
+            self.stop_child(pid, libc::SIGTERM, exit, started).await;
+            return Supervised::RestartRequested;
+        };
+        let name = self.spec.name.clone();
+        let grace = self.spec.restart.kill_timeout;
+        let job_text = if job.is_empty() {
+            "a job".to_owned()
+        } else {
+            format!("job {job}")
+        };
+        super::state::log(&format!(
+            "{name} is busy with {job_text}; the restart waits up to its kill_timeout {} for it to finish",
+            human_duration(grace)
+        ));
+        self.board.update(self.idx, |a| {
+            a.detail = Some(format!(
+                "finishing {job_text} before it restarts (up to kill_timeout {})",
+                human_duration(grace)
+            ))
+        });
+        let deadline = tokio::time::Instant::now() + grace;
+        let why = loop {
+            tokio::select! {
+                () = exit.wait(), if !exit.done() => {
+                    break format!("it ended while finishing {job_text} before a restart");
+                }
+                signal = Self::stop_signal(&mut self.stop) => {
+                    // The machine is stopping; its drain sent this (idle: SIGTERM, deadline: SIGKILL,
+                    // and it hands the job back itself).
+                    self.stop_child(pid, signal, exit, started).await;
+                    return Supervised::StopRequested;
+                }
+                () = tokio::time::sleep(DRAIN_POLL) => {
+                    if ask().await.is_none() {
+                        super::state::log(&format!("{name} finished {job_text}; restarting it now"));
+                        self.stop_child(pid, libc::SIGTERM, exit, started).await;
+                        return Supervised::RestartRequested;
+                    }
+                }
+                () = tokio::time::sleep_until(deadline) => {
+                    let kill_timeout = human_duration(grace);
+                    super::state::log(&format!(
+                        "{name} is still busy with {job_text} after its kill_timeout {kill_timeout}; killing it (SIGKILL to its process group: on SIGTERM the worker would fail the job permanently), handing the job back to the queue, then starting it again"
+                    ));
+                    break format!("still busy at its kill_timeout {kill_timeout} when it was restarted");
+                }
+            }
+        };
+        self.stop_child(pid, libc::SIGKILL, exit, started).await;
+        probe.hand_back(&name, &job, &why).await;
+        Supervised::RestartRequested
     }
 
     async fn stop_child(&mut self, pid: u32, signal: i32, exit: &mut ExitWait, started: Instant) {

@@ -1,6 +1,7 @@
 //! The supervisor: starts services first and workers once their services are ready, restarts by
 //! PM2's rules, and stops everything (workers first, then services) on SIGTERM/SIGINT or when an
-//! essential app ends.
+//! essential app ends. Busy workers are drained on stop and restart: a worker finishes its job
+//! within its `kill_timeout`, or is killed and its job handed back to the queue ([`BusyProbe`]).
 //!
 //! Shutdown follows detect → tell → wait: one [`CancellationToken`] says "stopping" to every
 //! task (health endpoint, broker), a [`TaskTracker`] is closed and awaited before `run` returns.
@@ -136,7 +137,9 @@ impl SupervisorHandle {
     /// Restarts app `name` as `pm2 restart` does: a running process gets its stop signal (SIGTERM,
     /// `kill_timeout`, then SIGKILL) and is started again at once; one waiting out a restart delay
     /// starts at once; an `errored` or `stopped` app is started again with a fresh restart count
-    /// of unstable exits. Returns the state it was in.
+    /// of unstable exits. A busy worker (on a machine that reports to the broker) first gets its
+    /// `kill_timeout` to finish its job; one still busy then is killed and its job handed back to
+    /// the queue before it starts again. Returns the state it was in.
     pub fn restart(&self, name: &str) -> Result<AppState, RestartError> {
         let snapshot = self.snapshot();
         let Some(idx) = snapshot.apps.iter().position(|a| a.name == name) else {
@@ -198,10 +201,10 @@ pub(crate) struct Supervisor {
 /// Work that must finish before any app is signalled (the broker's final `shutdown` message).
 type StopHook = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
-/// How often busy workers are asked again while the machine waits for them on stop.
-const DRAIN_POLL: Duration = Duration::from_millis(50);
+/// How often busy workers are asked again while the machine waits for them on stop or restart.
+pub(crate) const DRAIN_POLL: Duration = Duration::from_millis(50);
 /// The longest one busy-probe may take before the workers it asked about count as idle.
-const DRAIN_PROBE_LIMIT: Duration = Duration::from_secs(2);
+pub(crate) const DRAIN_PROBE_LIMIT: Duration = Duration::from_secs(2);
 
 /// Why workers are drained by [`Supervisor::drain_workers`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -215,8 +218,9 @@ enum Drain {
     Hold,
 }
 
-/// Tells the supervisor, when the machine stops, which workers are in the middle of a job (the
-/// broker link reads each worker's `worker:<id>` hash).
+/// Tells the supervisor, when the machine stops or a worker is restarted, which workers are in the
+/// middle of a job (the broker link reads each worker's `worker:<id>` hash), and hands back to the
+/// queue the job of a worker it had to kill.
 pub(crate) trait BusyProbe: Send + Sync + 'static {
     /// For each app name given, in order: `Some(job id)` while that worker is busy (the id may be
     /// empty when the worker did not name it), `None` when it is idle or not known.
@@ -224,6 +228,41 @@ pub(crate) trait BusyProbe: Send + Sync + 'static {
         &'a self,
         apps: &'a [String],
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Vec<Option<String>>> + Send + 'a>>;
+
+    /// Hands back to the queue every job the worker of app `app` still holds, once its processes
+    /// are gone (killed mid-job): `job` is the one last seen (may be empty), `why` says why it was
+    /// killed. Logs what it did, one line per job; bounded in time; never fails the job.
+    fn hand_back<'a>(
+        &'a self,
+        app: &'a str,
+        job: &'a str,
+        why: &'a str,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>>;
+}
+
+/// Waits until app `idx` has ended for good on this stop (its process group reaped, or given up on
+/// after SIGKILL), then hands back the job its worker still holds.
+async fn hand_back_once_stopped(
+    board: Arc<Board>,
+    idx: usize,
+    probe: Arc<dyn BusyProbe>,
+    app: String,
+    job: String,
+    why: String,
+) {
+    let mut snapshot = board.watch();
+    // Gone: stopped, errored, or (held for its service) waiting with no process.
+    let _ = snapshot
+        .wait_for(|s| {
+            let app = &s.apps[idx];
+            app.pid.is_none()
+                && matches!(
+                    app.state,
+                    AppState::Stopped | AppState::Errored | AppState::Waiting
+                )
+        })
+        .await;
+    probe.hand_back(&app, &job, &why).await;
 }
 
 impl Supervisor {
@@ -327,18 +366,21 @@ impl Supervisor {
         self.before_stop.push(Box::pin(hook));
     }
 
-    /// Lets busy workers finish on stop: a worker that `probe` says is busy is not signalled until
-    /// it is idle or its `kill_timeout` has passed (then it gets the stop signal and, as always,
-    /// another `kill_timeout` before SIGKILL). Idle workers are signalled at once. Without a probe
-    /// every worker is signalled at once.
+    /// Lets busy workers finish on stop and restart: a worker that `probe` says is busy is not
+    /// signalled until it is idle or its `kill_timeout` has passed. Then it is killed (SIGKILL to
+    /// its process group: on SIGTERM the worker would fail its job permanently) and `probe` hands its
+    /// job back to the queue. Idle workers are signalled at once. Without a probe every worker is
+    /// signalled at once.
     pub(crate) fn drain_with(&mut self, probe: Arc<dyn BusyProbe>) {
         self.drain = Some(probe);
     }
 
-    /// Sends the stop signal to `workers` (through `stops`, by app index): idle ones at once, busy
-    /// ones once they are idle or their `kill_timeout` has passed ([`Drain::Stop`]), or at once
-    /// through the deadline path ([`Drain::Hold`]). Returns early, with `true`, when a second signal
-    /// escalated the stop.
+    /// Sends the stop signal to `workers` (through `stops`, by app index): idle ones at once, busy ones
+    /// once they are idle or their `kill_timeout` has passed ([`Drain::Stop`]), or at once through the
+    /// deadline path ([`Drain::Hold`]). One still busy at its deadline is killed and its job handed
+    /// back (a task in `handbacks`, which waits for the worker to be gone). Returns early, with `true`,
+    /// when a second signal escalated the stop (every app killed; the jobs of the workers still busy
+    /// are handed back as well).
     async fn drain_workers(
         &mut self,
         workers: &[usize],
@@ -346,6 +388,7 @@ impl Supervisor {
         signal: i32,
         signals: &mut Option<StopSignals>,
         why: Drain,
+        handbacks: &mut tokio::task::JoinSet<()>,
     ) -> bool {
         let alive = |board: &Board, i: usize| {
             let snapshot = board.watch();
@@ -429,8 +472,12 @@ impl Supervisor {
                     for ((i, job, deadline), busy) in draining.drain(..).zip(busy) {
                         let name = &self.apps[i].name;
                         if !alive(&self.board, i) {
-                            log(&format!("{name} ended while finishing {}", job_words(&job)));
+                            log(&format!("{name} ended while finishing {}; whatever it still holds goes back to the queue once it is stopped", job_words(&job)));
                             let _ = stops[i].send(Some(signal));
+                            handbacks.spawn(hand_back_once_stopped(
+                                self.board.clone(), i, probe.clone(), name.clone(), job,
+                                "it ended while the machine was stopping".to_owned(),
+                            ));
                         } else if busy.is_none() {
                             log(&format!("{name} finished {}; sending {} now", job_words(&job), signal_name(signal)));
                             let _ = stops[i].send(Some(signal));
@@ -447,14 +494,24 @@ impl Supervisor {
                             return true;
                         }
                         let spec = &self.apps[*i];
+                        let kill_timeout = human_duration(spec.restart.kill_timeout);
+                        let when = match why {
+                            Drain::Stop => format!("still busy with {} after its kill_timeout {kill_timeout}", job_words(job)),
+                            Drain::Hold => format!("busy with {} while its service is down", job_words(job)),
+                        };
                         log(&format!(
-                            "{} is still busy with {} after its kill_timeout {}; sending {}: the worker fails the job permanently (it is not requeued)",
+                            "{} is {when}; killing it (SIGKILL to its process group: on {} the worker would fail the job permanently), then handing the job back to the queue",
                             spec.name,
-                            job_words(job),
-                            human_duration(spec.restart.kill_timeout),
                             signal_name(signal)
                         ));
-                        let _ = stops[*i].send(Some(signal));
+                        let _ = stops[*i].send(Some(libc::SIGKILL));
+                        handbacks.spawn(hand_back_once_stopped(
+                            self.board.clone(), *i, probe.clone(), spec.name.clone(), job.clone(),
+                            match why {
+                                Drain::Stop => format!("still busy at its kill_timeout {kill_timeout} when the machine stopped"),
+                                Drain::Hold => "busy when its service went down".to_owned(),
+                            },
+                        ));
                         false
                     });
                 }
@@ -462,6 +519,12 @@ impl Supervisor {
                     log(&format!("{} received again; not waiting for busy workers: sending SIGKILL to every app now", signal_name(signal)));
                     for stop in stops {
                         let _ = stop.send(Some(libc::SIGKILL));
+                    }
+                    for (i, job, _) in draining {
+                        handbacks.spawn(hand_back_once_stopped(
+                            self.board.clone(), i, probe.clone(), self.apps[i].name.clone(), job,
+                            format!("killed by a second {}", signal_name(signal)),
+                        ));
                     }
                     return true;
                 }
@@ -551,6 +614,10 @@ impl Supervisor {
                     .cloned()
                     .unwrap_or_else(|| Arc::new(AppLog::new(&self.commands[idx].env))),
                 restart: self.handle.restarts[idx].subscribe(),
+                busy: self
+                    .drain
+                    .clone()
+                    .filter(|_| self.apps[idx].role == Some(Role::Worker)),
                 board: self.board.clone(),
                 reaper: reaper.clone(),
                 stop,
@@ -577,6 +644,8 @@ impl Supervisor {
         // while its workers run; `holding` marks those already told to stop for it.
         let mut board = self.board.watch();
         let mut holding = vec![false; total];
+        // The hand-backs of workers killed busy, on a hold or on stop; awaited once every worker is gone.
+        let mut handbacks = tokio::task::JoinSet::new();
         let (signal, result) = loop {
             let signal = next_signal(&mut signals);
             tokio::select! {
@@ -610,7 +679,7 @@ impl Supervisor {
                         for &i in &hold {
                             holding[i] = true;
                         }
-                        self.drain_workers(&hold, &holds, libc::SIGTERM, &mut None, Drain::Hold)
+                        self.drain_workers(&hold, &holds, libc::SIGTERM, &mut None, Drain::Hold, &mut handbacks)
                             .await;
                     }
                 }
@@ -683,7 +752,14 @@ impl Supervisor {
         for (n, phase) in [worker_phase, other_phase].into_iter().enumerate() {
             if n == 0 {
                 escalated = self
-                    .drain_workers(&phase, &stops, signal, &mut signals, Drain::Stop)
+                    .drain_workers(
+                        &phase,
+                        &stops,
+                        signal,
+                        &mut signals,
+                        Drain::Stop,
+                        &mut handbacks,
+                    )
                     .await;
             } else {
                 let signal = if escalated { libc::SIGKILL } else { signal };
@@ -710,6 +786,21 @@ impl Supervisor {
                         }
                     }
                     Some(_) = self.stop_requests.recv(), if !escalated => {}
+                }
+            }
+            if n == 0 {
+                // Every worker is gone: the jobs of the killed ones go back before the services
+                // stop. Each hand-back bounds its own time (a dead Redis cannot hold up the stop);
+                // this bound only guards against a worker task that ended without a final state.
+                let limit = Duration::from_millis(
+                    u64::from(machine_model::catalog::JOB_HANDBACK_TIMEOUT_MS) + 1000,
+                );
+                let all = async { while handbacks.join_next().await.is_some() {} };
+                if tokio::time::timeout(limit, all).await.is_err() {
+                    log(
+                        "handing back the killed workers' jobs did not finish in time; stopping without waiting for it",
+                    );
+                    handbacks.abort_all();
                 }
             }
         }

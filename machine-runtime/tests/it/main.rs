@@ -20,6 +20,7 @@ mod up_broker;
 mod up_drain;
 mod up_ecosystem;
 mod up_follow;
+mod up_handback;
 mod up_health;
 mod up_jobs;
 mod up_monitor;

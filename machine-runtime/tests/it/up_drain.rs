@@ -1,16 +1,25 @@
 //! Graceful stop with jobs in flight, against a real redis-server: idle workers are signalled at
 //! once, a busy worker is signalled when it is idle again, and one still busy at its
-//! `kill_timeout` gets SIGTERM and fails its job as the real worker does (contract §6).
+//! `kill_timeout` is killed (SIGKILL: on SIGTERM the real worker fails its job permanently, contract
+//! §6) and its job is handed back to the queue as the API's orphan clean-up does.
 
+use std::collections::HashMap;
+
+use redis::Commands;
 use serde_json::{Value, json};
 
 use crate::redis_server::RedisServer;
 use crate::up_support::{Runtime, wait_for};
 
-/// A worker stand-in in sh + redis-cli that keeps the `worker:<id>` hash as the real worker does:
-/// idle at start; busy with `job-<name>` once `go-<name>` exists; completed and idle once
-/// `finish-<name>` exists. On SIGTERM it fails the job in flight permanently (the real worker's
-/// behaviour) or, idle, just leaves; each step is appended to `events`.
+/// A worker stand-in in sh + redis-cli that keeps the queue's keys as the real worker and
+/// `findMatchingJob` do: idle at start; once `go-<name>` exists it claims `job-<name>` (out of
+/// `jobs:pending`, `status assigned` with its `worker_id` and `assigned_at`, recorded in the hash
+/// `jobs:active:<worker>`, its own hash busy with it), then starts it (`in_progress`,
+/// `started_at`); once `finish-<name>` exists it completes it (`completed`, out of
+/// `jobs:active:<worker>`) and is idle again. With `LATE` set it completes the job at once but
+/// still says it is busy (the worker finishing in the last moment before the machine acts). On
+/// SIGTERM it fails the job in flight permanently (the real worker's behaviour) or, idle, just
+/// leaves; each step is appended to `events`. A SIGKILL leaves its keys as they are.
 const WORKER: &str = r#"
 R="redis-cli -p $REDIS_PORT"
 log() { echo "$1" >> "$D/events"; }
@@ -29,21 +38,66 @@ trap on_term TERM
 $R HSET "worker:$WORKER_ID" status idle current_job_id "" >/dev/null
 log "$NAME up"
 while [ ! -f "$D/go-$NAME" ]; do sleep 0.05; done
-$R HSET "job:job-$NAME" status in_progress >/dev/null
-$R HSET "worker:$WORKER_ID" status busy current_job_id "job-$NAME" >/dev/null
-log "$NAME started job-$NAME"
+job="job-$NAME"
+$R ZREM jobs:pending "$job" >/dev/null
+$R HSET "job:$job" status assigned worker_id "$WORKER_ID" assigned_at "$(date +%s).000000" >/dev/null
+$R HSET "jobs:active:$WORKER_ID" "$job" "{\"id\":\"$job\"}" >/dev/null
+$R HSET "worker:$WORKER_ID" status busy current_job_id "$job" >/dev/null
+$R HSET "job:$job" status in_progress started_at "$(date -u +%Y-%m-%dT%H:%M:%S.000Z)" >/dev/null
+log "$NAME started $job"
+if [ -n "$LATE" ]; then
+  $R HSET "job:$job" status completed >/dev/null
+  $R HDEL "jobs:active:$WORKER_ID" "$job" >/dev/null
+  log "$NAME completed $job but still says busy"
+fi
 while [ ! -f "$D/finish-$NAME" ]; do sleep 0.05; done
-$R HSET "job:job-$NAME" status completed >/dev/null
+$R HSET "job:$job" status completed >/dev/null
+$R HDEL "jobs:active:$WORKER_ID" "$job" >/dev/null
+log "$NAME completed $job"
 $R HSET "worker:$WORKER_ID" status idle current_job_id "" >/dev/null
-log "$NAME completed job-$NAME"
 while true; do sleep 0.05; done
 "#;
 
 /// A hand-written worker app (known as a worker by its WORKER_ID alone).
 fn worker(name: &str, kill_timeout: &str, port: u16) -> Value {
     json!({"name": name, "script": "sh", "args": ["-c", WORKER], "kill_timeout": kill_timeout,
-           "env": {"WORKER_ID": format!("drain-worker-mock-{name}"), "MACHINE_ID": "drain",
+           "env": {"WORKER_ID": worker_id(name), "MACHINE_ID": "drain",
                    "WORKERS": "mock", "NAME": name, "D": "@DIR@", "REDIS_PORT": port.to_string()}})
+}
+
+fn worker_id(name: &str) -> String {
+    format!("drain-worker-mock-{name}")
+}
+
+/// `job-<name>` as the API stores it (priority 70, `created_at` in ISO 8601), in `jobs:pending`.
+fn push(redis: &RedisServer, name: &str, created_at: &str) {
+    let mut conn = sync_conn(redis);
+    let id = format!("job-{name}");
+    let _: () = conn
+        .hset_multiple(
+            format!("job:{id}"),
+            &[
+                ("id", id.as_str()),
+                ("service_required", "mock"),
+                ("priority", "70"),
+                ("payload", "{\"n\":1}"),
+                ("created_at", created_at),
+                ("status", "pending"),
+                ("retry_count", "0"),
+                ("max_retries", "3"),
+                ("workflow_priority", ""),
+                ("workflow_datetime", ""),
+            ],
+        )
+        .unwrap();
+    let _: () = conn.zadd("jobs:pending", &id, 1).unwrap();
+}
+
+fn sync_conn(redis: &RedisServer) -> redis::Connection {
+    redis::Client::open(redis.url())
+        .unwrap()
+        .get_connection()
+        .unwrap()
 }
 
 fn events(rt: &Runtime) -> Vec<String> {
@@ -97,6 +151,7 @@ fn a_busy_worker_finishes_its_job_before_it_is_signalled() {
     );
     wait_event(&rt, "busy up");
     wait_event(&rt, "idle up");
+    push(&redis, "busy", "2026-12-06T10:00:00.000Z");
     std::fs::write(rt.path("go-busy"), "").unwrap();
     wait_event(&rt, "busy started job-busy");
 
@@ -149,33 +204,222 @@ fn a_busy_worker_finishes_its_job_before_it_is_signalled() {
         out.contains("busy finished job job-busy; sending SIGTERM now"),
         "{out}"
     );
+    // A job finished in time is not touched: not handed back, not pending again.
+    assert!(!out.contains("handed job"), "{out}");
+    assert!(!out.contains("SIGKILL"), "{out}");
+    let mut conn = sync_conn(&redis);
+    let score: Option<f64> = conn.zscore("jobs:pending", "job-busy").unwrap();
+    assert_eq!(score, None);
 }
 
-#[test]
-fn a_job_still_in_flight_at_kill_timeout_is_failed_by_the_worker() {
-    let redis = RedisServer::start();
-    let mut rt = start(&redis, vec![worker("stuck", "1500ms", redis.port())]);
-    wait_event(&rt, "stuck up");
-    std::fs::write(rt.path("go-stuck"), "").unwrap();
-    wait_event(&rt, "stuck started job-stuck");
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_still_in_flight_at_kill_timeout_is_handed_back_to_the_queue() {
+    use crate::job_queue::Tap;
 
-    rt.signal(libc::SIGTERM);
-    assert_eq!(rt.wait_exit().code(), Some(0), "{}", rt.output());
+    let redis = RedisServer::start();
+    let id = worker_id("stuck");
+    let mut tap = Tap::start(&redis.url(), &[&format!("machine:drain:worker:{id}")]).await;
+    let mut rt = tokio::task::block_in_place(|| {
+        let rt = start(&redis, vec![worker("stuck", "1500ms", redis.port())]);
+        wait_event(&rt, "stuck up");
+        // 2026-12-06T10:00:00.250Z: the API's score is 70·10^15 − floor(1796551200.25).
+        push(&redis, "stuck", "2026-12-06T10:00:00.250Z");
+        std::fs::write(rt.path("go-stuck"), "").unwrap();
+        wait_event(&rt, "stuck started job-stuck");
+        rt.signal(libc::SIGTERM);
+        rt
+    });
+    let status = tokio::task::block_in_place(|| rt.wait_exit());
+    assert_eq!(status.code(), Some(0), "{}", rt.output());
     let out = rt.output();
     assert!(
         out.contains(
-            "stuck is still busy with job job-stuck after its kill_timeout 1.5s; sending SIGTERM: the worker fails the job permanently (it is not requeued)"
+            "stuck is still busy with job job-stuck after its kill_timeout 1.5s; killing it (SIGKILL to its process group: on SIGTERM the worker would fail the job permanently), then handing the job back to the queue"
         ),
         "{out}"
     );
     assert!(
-        events(&rt).contains(&"stuck failed job-stuck on SIGTERM".to_owned()),
+        out.contains("handed job job-stuck back to the queue: it was in_progress, now pending in jobs:pending"),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "worker {id} was killed: still busy at its kill_timeout 1.5s when the machine stopped"
+        )),
+        "{out}"
+    );
+    // It never saw SIGTERM, so it failed nothing.
+    assert_eq!(
+        events(&rt).last().map(String::as_str),
+        Some("stuck started job-stuck")
+    );
+
+    // The job as the API's orphan clean-up leaves it: pending, ids and times cleared, the rest kept.
+    let mut conn = sync_conn(&redis);
+    let job: HashMap<String, String> = conn.hgetall("job:job-stuck").unwrap();
+    assert_eq!(job["status"], "pending", "{job:?}");
+    for cleared in ["worker_id", "assigned_at", "started_at"] {
+        assert_eq!(job[cleared], "", "{cleared} in {job:?}");
+    }
+    for (field, kept) in [
+        ("priority", "70"),
+        ("payload", "{\"n\":1}"),
+        ("created_at", "2026-12-06T10:00:00.250Z"),
+        ("retry_count", "0"),
+        ("service_required", "mock"),
+    ] {
+        assert_eq!(job[field], kept, "{field} in {job:?}");
+    }
+    assert!(!job.contains_key("failed_at"), "{job:?}");
+    let score: Option<f64> = conn.zscore("jobs:pending", "job-stuck").unwrap();
+    assert_eq!(score, Some(70.0 * 1e15 - 1_796_551_200.0));
+    let active: bool = conn
+        .hexists(format!("jobs:active:{id}"), "job-stuck")
+        .unwrap();
+    assert!(!active, "still in jobs:active:{id}");
+    let worker: HashMap<String, String> = conn.hgetall(format!("worker:{id}")).unwrap();
+    assert_eq!(
+        worker.get("current_job_id").map(String::as_str),
+        Some(""),
+        "{worker:?}"
+    );
+    assert_eq!(
+        worker.get("status").map(String::as_str),
+        Some("idle"),
+        "{worker:?}"
+    );
+
+    // The broker event, on the worker's machine channel.
+    let (channel, event) = loop {
+        let Some((channel, event)) = tap.next_within(crate::job_queue::DEADLINE).await else {
+            panic!("no job_handed_back event\n{out}");
+        };
+        if event["event_type"] == "job_handed_back" {
+            break (channel, event);
+        }
+    };
+    assert_eq!(channel, format!("machine:drain:worker:{id}"));
+    assert_eq!(event["worker_id"], id.as_str());
+    assert_eq!(event["machine_id"], "drain");
+    assert_eq!(event["data"]["job_id"], "job-stuck");
+    assert_eq!(event["data"]["previous_status"], "in_progress");
+    assert!(event["timestamp"].is_u64(), "{event}");
+    assert!(
+        event["data"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("kill_timeout 1.5s"),
+        "{event}"
+    );
+}
+
+#[test]
+fn a_job_the_worker_finished_in_the_last_moment_is_left_alone() {
+    let redis = RedisServer::start();
+    let mut late = worker("late", "1s", redis.port());
+    late["env"]["LATE"] = json!("1");
+    let mut rt = start(&redis, vec![late]);
+    wait_event(&rt, "late up");
+    push(&redis, "late", "2026-12-06T10:00:00.000Z");
+    std::fs::write(rt.path("go-late"), "").unwrap();
+    wait_event(&rt, "late completed job-late but still says busy");
+    rt.signal(libc::SIGTERM);
+    assert_eq!(rt.wait_exit().code(), Some(0), "{}", rt.output());
+    let out = rt.output();
+    assert!(
+        out.contains("late is still busy with job job-late"),
+        "{out}"
+    );
+    assert!(
+        out.contains("job job-late was not handed back: it is completed already, nothing to do"),
+        "{out}"
+    );
+    assert_eq!(job_status(&redis, "job-late").as_deref(), Some("completed"));
+    let mut conn = sync_conn(&redis);
+    let score: Option<f64> = conn.zscore("jobs:pending", "job-late").unwrap();
+    assert_eq!(score, None);
+    // The dead worker no longer points at it.
+    let current: Option<String> = conn
+        .hget(format!("worker:{}", worker_id("late")), "current_job_id")
+        .unwrap();
+    assert_eq!(current.as_deref(), Some(""));
+}
+
+#[test]
+fn a_restart_waits_for_a_busy_worker_that_finishes_in_time_and_leaves_its_job_alone() {
+    use crate::up_support::http_request;
+
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let rt = Runtime::start(
+        json!({ "apps": [worker("slow", "60s", redis.port())] }),
+        &[
+            ("HUB_REDIS_URL", url.as_str()),
+            ("MACHINE_STATUS_UPDATE_INTERVAL_SECONDS", "1"),
+            ("MACHINE_CONTROL_TOKEN", "drain-token-51c"),
+        ],
+    );
+    wait_event(&rt, "slow up");
+    push(&redis, "slow", "2026-12-06T10:00:00.000Z");
+    std::fs::write(rt.path("go-slow"), "").unwrap();
+    wait_event(&rt, "slow started job-slow");
+    let (code, _, raw) = http_request(
+        rt.health_port(),
+        "POST",
+        "/restart/service?service=slow",
+        &["Authorization: Bearer drain-token-51c"],
+    );
+    assert_eq!(code, 202, "{raw}");
+    wait_for(
+        "the restart to wait for the job",
+        || rt.output(),
+        || {
+            rt.output()
+                .contains("slow is busy with job job-slow; the restart waits up to its kill_timeout 1m 0s")
+                .then_some(())
+        },
+    );
+    assert!(
+        !events(&rt)
+            .iter()
+            .any(|e| e.contains("stopped") || e.contains("failed")),
         "{:?}",
         events(&rt)
     );
-    assert_eq!(job_status(&redis, "job-stuck").as_deref(), Some("failed"));
-    // It exited on SIGTERM: no SIGKILL was needed.
-    assert!(!out.contains("sending SIGKILL"), "{out}");
+    // It finishes: then it is signalled idle and started again; the job stays completed. (Without
+    // `go-slow` the new process waits for a job instead of claiming this one again.)
+    std::fs::remove_file(rt.path("go-slow")).unwrap();
+    std::fs::write(rt.path("finish-slow"), "").unwrap();
+    wait_for(
+        "the worker to be up again",
+        || format!("{:?}\n{}", events(&rt), rt.output()),
+        || (events(&rt).iter().filter(|e| *e == "slow up").count() == 2).then_some(()),
+    );
+    let seen = events(&rt);
+    assert_eq!(
+        seen,
+        [
+            "slow up",
+            "slow started job-slow",
+            "slow completed job-slow",
+            "slow stopped idle",
+            "slow up"
+        ],
+        "{seen:?}"
+    );
+    let out = rt.output();
+    assert!(
+        out.contains("slow finished job job-slow; restarting it now"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("handed job") && !out.contains("SIGKILL"),
+        "{out}"
+    );
+    assert_eq!(job_status(&redis, "job-slow").as_deref(), Some("completed"));
+    let mut conn = sync_conn(&redis);
+    let score: Option<f64> = conn.zscore("jobs:pending", "job-slow").unwrap();
+    assert_eq!(score, None);
 }
 
 #[test]

@@ -325,9 +325,11 @@ fn model(l: &Loaded) -> Compose {
 }
 
 /// Seconds Compose should wait after SIGTERM: the final broker status (published before any app is
-/// signalled) + the slowest worker's drain and grace + slowest service grace + margin. A worker busy
-/// with a job gets its `kill_timeout` to finish before it is signalled, then, like every app, its
-/// `kill_timeout` between the signal and SIGKILL: twice its `kill_timeout` at worst.
+/// signalled) + the slowest worker's drain + slowest service grace + margin. A worker busy with a
+/// job gets its `kill_timeout` to finish; one still busy then is killed and its job handed back to
+/// the queue (bounded by `JOB_HANDBACK_TIMEOUT_MS`); one that finished in time is signalled and gets,
+/// like every app, its `kill_timeout` between the signal and SIGKILL. The worst of the two: twice its
+/// `kill_timeout`, or once plus the hand-back.
 pub fn stop_budget_secs(l: &Loaded) -> u32 {
     let worker = l
         .plan
@@ -344,7 +346,8 @@ pub fn stop_budget_secs(l: &Loaded) -> u32 {
         .max()
         .unwrap_or(0);
     let broker = machine_model::catalog::BROKER_SHUTDOWN_TIMEOUT_MS;
-    (broker + 2 * worker + service).div_ceil(1000) + 5
+    let drain = (2 * worker).max(worker + machine_model::catalog::JOB_HANDBACK_TIMEOUT_MS);
+    (broker + drain + service).div_ceil(1000) + 5
 }
 
 pub fn render(l: &Loaded) -> String {
