@@ -779,6 +779,29 @@ mod tests {
     }
 
     #[test]
+    fn machine_service_names_a_catalog_service_and_dirs_follow_cwd() {
+        let eco = from_value(&json!({"apps": [{
+            "name": "comfyui-gpu0", "script": "python", "cwd": "/w/ComfyUI",
+            "machine_service": "comfyui", "machine_dirs": ["output/gpu0", "/tmp/t/gpu0"],
+        }]}))
+        .unwrap();
+        assert_eq!(eco.apps[0].catalog_service, Some("comfyui"));
+        assert_eq!(
+            eco.apps[0].dirs,
+            [
+                PathBuf::from("/w/ComfyUI/output/gpu0"),
+                PathBuf::from("/tmp/t/gpu0")
+            ]
+        );
+        assert_eq!(
+            problems(json!({"apps": [{"name": "a", "script": "x", "machine_service": "comfyu"}]})),
+            [
+                "app \"a\": field \"machine_service\" is \"comfyu\", which is not a service of the catalog (comfyui, simulation, playwright); did you mean \"comfyui\"?"
+            ]
+        );
+    }
+
+    #[test]
     fn applies_pm2_defaults() {
         let eco =
             from_value(&json!({"apps": [{"name": "a", "script": "sleep", "args": "10"}]})).unwrap();
