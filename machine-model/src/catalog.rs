@@ -120,6 +120,36 @@ pub struct ServiceEntry {
     /// The install recipe (run once per machine, whatever the number of instances); `None` when the
     /// service needs nothing installed.
     pub install: Option<fn() -> crate::install::InstallRecipe>,
+    /// The argument that runs an instance on the CPU (ComfyUI: `--cpu`), added after the command's own
+    /// when the machine's GPUs are simulated (`machine.gpu_mode: mock`) or the profile asks for it.
+    pub cpu_arg: Option<&'static str>,
+    /// Folders (templates) the runtime creates, with their parents, before an instance starts: each
+    /// instance's own output and temp folders, so that instances never write into each other's.
+    pub dirs: &'static [&'static str],
+    /// The variable of the runtime's environment whose words (split like a shell would) are appended to
+    /// every instance's arguments at start (ComfyUI: `COMFY_ARGS`, the existing machine's name).
+    pub extra_args_env: Option<&'static str>,
+    /// The profile's options for this service (`cpu`, `args`), when the profile has a section for it.
+    pub profile_options: Option<fn(&crate::profile::Profile) -> &crate::profile::ComfyuiOptions>,
+}
+
+impl ServiceEntry {
+    /// The flags the machine sets on every instance and an operator may not repeat: each `--flag` of the
+    /// command's arguments, then [`ServiceEntry::cpu_arg`].
+    pub fn reserved_flags(&self) -> Vec<&'static str> {
+        self.command
+            .args
+            .iter()
+            .copied()
+            .filter(|a| a.starts_with("--"))
+            .chain(self.cpu_arg)
+            .collect()
+    }
+}
+
+/// The profile's `comfyui` section, the options of the `comfyui` service.
+fn comfyui_options(profile: &crate::profile::Profile) -> &crate::profile::ComfyuiOptions {
+    &profile.comfyui
 }
 
 /// Whether a connector needs a local service or talks to a remote API.
@@ -511,14 +541,26 @@ pub const SIMULATION_PROGRAM: &str = "machine-simulate";
 pub const SERVICES: &[ServiceEntry] = &[
     ServiceEntry {
         name: "comfyui",
-        description: "ComfyUI, one instance per GPU, pinned by GPU UUID (never --cuda-device)",
+        description: "ComfyUI (the queue's fork), one instance per GPU, pinned by GPU UUID (never --cuda-device), each with its own output and temp folder",
         base_port: 8188,
         base_port_setting: Some("COMFYUI_BASE_PORT"),
         port_step: 1,
         command: CommandTemplate {
             script: "{workspace}/ComfyUI/venv/bin/python",
             interpreter: "none",
-            args: &["main.py", "--listen", "0.0.0.0", "--port", "{port}"],
+            args: &[
+                "main.py",
+                "--listen",
+                "0.0.0.0",
+                "--port",
+                "{port}",
+                // Under `output/` (persisted across reinstalls), one folder per instance: two GPUs
+                // saving with one file name prefix overwrote each other's files in a shared folder.
+                "--output-directory",
+                "{workspace}/ComfyUI/output/gpu{gpu}",
+                "--temp-directory",
+                "{workspace}/ComfyUI/temp/gpu{gpu}",
+            ],
             cwd: "{workspace}/ComfyUI",
         },
         env: &[("PYTHONUNBUFFERED", "1")],
@@ -529,6 +571,13 @@ pub const SERVICES: &[ServiceEntry] = &[
         },
         lifecycle: SERVICE_LIFECYCLE,
         install: Some(crate::install::comfyui_recipe),
+        cpu_arg: Some("--cpu"),
+        dirs: &[
+            "{workspace}/ComfyUI/output/gpu{gpu}",
+            "{workspace}/ComfyUI/temp/gpu{gpu}",
+        ],
+        extra_args_env: Some("COMFY_ARGS"),
+        profile_options: Some(comfyui_options),
     },
     ServiceEntry {
         name: "simulation",
@@ -556,6 +605,10 @@ pub const SERVICES: &[ServiceEntry] = &[
             kill_timeout_ms: 3_000,
         },
         install: None,
+        cpu_arg: None,
+        dirs: &[],
+        extra_args_env: None,
+        profile_options: None,
     },
     ServiceEntry {
         name: "playwright",
@@ -585,6 +638,10 @@ pub const SERVICES: &[ServiceEntry] = &[
         },
         lifecycle: SERVICE_LIFECYCLE,
         install: Some(crate::install::playwright_recipe),
+        cpu_arg: None,
+        dirs: &[],
+        extra_args_env: None,
+        profile_options: None,
     },
 ];
 
@@ -748,6 +805,11 @@ const CATALOG_TEMPLATES_KNOWN: () = {
     while i < SERVICES.len() {
         check_command(&SERVICES[i].command);
         check_env(SERVICES[i].env);
+        let mut d = 0;
+        while d < SERVICES[i].dirs.len() {
+            check_template(SERVICES[i].dirs[d]);
+            d += 1;
+        }
         i += 1;
     }
 };

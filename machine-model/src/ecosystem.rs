@@ -210,6 +210,20 @@ pub struct App {
         deserialize_with = "read::string_list"
     )]
     pub machine_services: Vec<String>,
+    /// The catalog service a service app runs (`comfyui`): the runtime appends that service's extra
+    /// arguments variable (`COMFY_ARGS`) at start, refusing words that repeat the flags the machine sets.
+    #[serde(
+        skip_serializing_if = "is_none",
+        deserialize_with = "read::string_or_null"
+    )]
+    pub machine_service: Option<String>,
+    /// Folders the runtime creates (with their parents) before the app starts (absolute, or relative
+    /// to `cwd`): a ComfyUI instance's own output and temp folders.
+    #[serde(
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "read::string_list"
+    )]
+    pub machine_dirs: Vec<String>,
     /// PM2's `port`: the process gets `PORT`.
     #[serde(skip_serializing_if = "is_none", deserialize_with = "read::port")]
     pub port: Option<u16>,
@@ -428,6 +442,8 @@ impl From<&Plan> for Ecosystem {
                 machine_gpu: s.gpu,
                 machine_port: s.port,
                 machine_readiness: Some(s.readiness.clone()),
+                machine_service: Some(s.service.to_string()),
+                machine_dirs: s.dirs.clone(),
                 // A service that gives up leaves its workers useless: the machine must say so.
                 machine_essential: true,
                 ..restart(s.restart)
@@ -1048,6 +1064,8 @@ mod tests {
             machine_index: Some(0),
             machine_binding: Some(Binding::Gpu),
             machine_services: vec!["s".into()],
+            machine_service: Some("comfyui".into()),
+            machine_dirs: vec!["out/gpu0".into()],
             port: Some(1),
             exec_mode: Some("fork".into()),
             instance_var: Some("I".into()),

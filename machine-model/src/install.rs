@@ -13,11 +13,16 @@
 
 use serde::{Deserialize, Serialize};
 
-/// The ComfyUI commit installed when neither `COMFYUI_COMMIT` nor `COMFYUI_BRANCH` is set (ComfyUI 0.8.1).
-pub const COMFYUI_PINNED_COMMIT: &str = "071ff3e208ab8a6d4ac1a9d1bdcf5b73b69ed92c";
+/// The ComfyUI commit installed when `COMFYUI_COMMIT` and `COMFYUI_BRANCH` are both unset or empty: the
+/// head of the queue's fork's `master` ("Merge branch 'websocket_version'", ComfyUI 0.3.12), the commit a
+/// real `comfyui` job was measured to complete on (worker contract §7). The old machine checked out the
+/// fork's `forward` branch; the fork's snapshot we read has no `forward` branch, so this pins `master`.
+pub const COMFYUI_PINNED_COMMIT: &str = "3fb07a804f1738b8f8c8b0d535eaccc72a9ddc7b";
 
-/// The ComfyUI repository cloned when `COMFYUI_REPO_URL` is not set.
-pub const COMFYUI_DEFAULT_REPO: &str = "https://github.com/comfyanonymous/ComfyUI";
+/// The ComfyUI repository cloned when `COMFYUI_REPO_URL` is unset or empty: the job queue's fork, the only
+/// ComfyUI that takes a prompt over its WebSocket the way the worker's `comfyui` connector sends it
+/// (upstream ComfyUI ignores it and every job times out).
+pub const COMFYUI_DEFAULT_REPO: &str = "https://github.com/stakeordie/ComfyUI.git";
 
 /// The Playwright Python package version installed when `PLAYWRIGHT_VERSION` is not set.
 pub(crate) const PLAYWRIGHT_PINNED_VERSION: &str = "1.55.0";
@@ -165,8 +170,8 @@ pub fn comfyui_recipe() -> InstallRecipe {
     comfyui_recipe_with_nodes(Vec::new())
 }
 
-/// ComfyUI: a shallow checkout of `COMFYUI_REPO_URL` at `COMFYUI_COMMIT` (else `COMFYUI_BRANCH`, else
-/// [`COMFYUI_PINNED_COMMIT`]), a venv `venv` with `pip install -r requirements.txt`, then `nodes` under
+/// ComfyUI: a shallow checkout of `COMFYUI_REPO_URL` (else [`COMFYUI_DEFAULT_REPO`]) at `COMFYUI_COMMIT`
+/// (else `COMFYUI_BRANCH`, else [`COMFYUI_PINNED_COMMIT`]; an empty value counts as unset), a venv `venv` with `pip install -r requirements.txt`, then `nodes` under
 /// `custom_nodes` with their requirements installed into the same venv; `models`, `input`, `output` and
 /// `user` persist across reinstalls (see [`Step::Persist`]).
 ///

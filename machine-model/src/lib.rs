@@ -14,6 +14,7 @@ pub mod install;
 pub mod load;
 pub mod plan;
 pub mod profile;
+pub mod service_args;
 pub mod spec;
 pub mod suggest;
 

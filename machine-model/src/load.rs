@@ -145,7 +145,15 @@ pub fn check(source: &ProfileSource) -> Result<(Profile, Plan), Vec<Diagnostic>>
             ));
         }
     }
-    match Plan::build(&source.name, &profile, &Overrides::default()) {
+    let plan = Plan::build(&source.name, &profile, &Overrides::default());
+    if let Ok(plan) = &plan {
+        diags.extend(
+            service_options_problems(&profile, plan)
+                .into_iter()
+                .map(|(pointer, message)| at(&pointer, message)),
+        );
+    }
+    match plan {
         Ok(plan) if diags.is_empty() => Ok((profile, plan)),
         Ok(_) => Err(diags),
         Err(errors) => {
@@ -153,6 +161,42 @@ pub fn check(source: &ProfileSource) -> Result<(Profile, Plan), Vec<Diagnostic>>
             Err(diags)
         }
     }
+}
+
+/// The command-line options of a profile's service sections (`comfyui.cpu`, `comfyui.args`), as
+/// (JSON pointer, message): an argument repeating a flag the machine sets, and options for a service no
+/// worker of the profile runs on. The latter is an error, not a warning: a section that nothing reads
+/// is a mistake the profile's author would otherwise never hear about (their ComfyUI is elsewhere).
+fn service_options_problems(profile: &Profile, plan: &Plan) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for entry in crate::catalog::SERVICES {
+        let Some(options) = entry.profile_options.map(|options| options(profile)) else {
+            continue;
+        };
+        let section = entry.name;
+        for (i, message) in crate::service_args::problems(entry, &options.args) {
+            out.push((
+                format!("/{section}/args/{i}"),
+                format!("{section}.args[{i}]: {message}"),
+            ));
+        }
+        if !plan.services_needed.contains(&entry.name) {
+            let set: Vec<&str> = [("cpu", options.cpu), ("args", !options.args.is_empty())]
+                .into_iter()
+                .filter_map(|(field, set)| set.then_some(field))
+                .collect();
+            for field in set {
+                out.push((
+                    format!("/{section}/{field}"),
+                    format!(
+                        "{section}.{field} is set, but no worker of this profile runs on the {section} service (workers: {}); remove it, or add a worker that does (e.g. {section}:1:gpu)",
+                        profile.workers
+                    ),
+                ));
+            }
+        }
+    }
+    out
 }
 
 /// The plan's errors, each located at the profile field it is about (`/workers` for the worker spec,
@@ -368,6 +412,67 @@ mod tests {
             file: "profiles/x.json".into(),
             text: text.into(),
         }
+    }
+
+    #[test]
+    fn comfyui_args_repeating_the_machine_s_flags_and_options_nothing_reads_are_located() {
+        let text = r#"{
+  "description": "d",
+  "workers": "comfyui:1:gpu",
+  "machine": {"gpus": 1, "ram_gb": 1},
+  "comfyui": {"args": ["--fast", "--listen", "--port=9000", "--output-directory", "/x"]}
+}
+"#;
+        let shown: Vec<String> = check(&source(text))
+            .unwrap_err()
+            .iter()
+            .map(|d| d.to_string())
+            .collect();
+        assert_eq!(shown.len(), 3, "{shown:#?}");
+        assert!(
+            shown[0].starts_with("profiles/x.json:5:34: /comfyui/args/1: comfyui.args[1]: \"--listen\" is set by the machine (every comfyui instance gets --listen, --port, --output-directory, --temp-directory, and --cpu when"),
+            "{shown:#?}"
+        );
+        assert!(
+            shown[1].contains("comfyui.args[2]: \"--port=9000\" (as --port) is set by the machine"),
+            "{shown:#?}"
+        );
+        assert!(
+            shown[2].contains("comfyui.args[3]: \"--output-directory\" is set by the machine")
+                && shown[2].ends_with("; remove it"),
+            "{shown:#?}"
+        );
+
+        let text = r#"{
+  "description": "d",
+  "workers": "openai:1",
+  "machine": {"gpus": 0, "ram_gb": 1},
+  "comfyui": {"cpu": true, "args": ["--port"]}
+}
+"#;
+        let shown: Vec<String> = check(&source(text))
+            .unwrap_err()
+            .iter()
+            .map(|d| d.to_string())
+            .collect();
+        assert_eq!(shown.len(), 3, "{shown:#?}");
+        assert!(
+            shown[0].contains("/comfyui/args/0: comfyui.args[0]: \"--port\""),
+            "{shown:#?}"
+        );
+        assert!(
+            shown[1].contains("/comfyui/cpu: comfyui.cpu is set, but no worker of this profile runs on the comfyui service (workers: openai:1); remove it, or add a worker that does (e.g. comfyui:1:gpu)"),
+            "{shown:#?}"
+        );
+        assert!(
+            shown[2].contains("/comfyui/args: comfyui.args is set"),
+            "{shown:#?}"
+        );
+
+        // The machine's own flags are fine in a profile that does not repeat them.
+        let ok = r#"{"description": "d", "workers": "comfyui:1:gpu", "machine": {"gpus": 1, "ram_gb": 1},
+  "comfyui": {"cpu": true, "args": ["--preview-method", "auto"]}}"#;
+        assert!(check(&source(ok)).is_ok());
     }
 
     #[test]

@@ -18,7 +18,7 @@ use serde::Serialize;
 
 use crate::catalog::{self, Binding, ConnectorKind, Lifecycle, ProbeTemplate};
 use crate::ecosystem::Readiness;
-use crate::profile::{Profile, WorkerBundle};
+use crate::profile::{GpuMode, Profile, WorkerBundle};
 use crate::spec::{Count, SpecErrors, WorkerSpec};
 
 /// The most GPUs a plan may have.
@@ -84,10 +84,14 @@ pub struct ServiceInstance {
     pub script: String,
     /// PM2's `interpreter` (`none`: run `script` itself).
     pub interpreter: &'static str,
-    /// Arguments.
+    /// Arguments: the catalog's, then the CPU flag when the machine's GPUs are simulated
+    /// (`machine.gpu_mode: mock`) or the profile asks for it (`comfyui.cpu`), then the profile's own
+    /// (`comfyui.args`). The runtime appends the operator's `COMFY_ARGS` at start.
     pub args: Vec<String>,
     /// Working directory.
     pub cwd: String,
+    /// Folders created (with their parents) before it starts: its own output and temp folders.
+    pub dirs: Vec<String>,
     /// Environment (besides the machine's).
     pub env: BTreeMap<String, String>,
     /// When it counts as ready.
@@ -257,6 +261,7 @@ impl Plan {
         };
         let mut plan = allocate(
             name,
+            profile,
             &machine_id,
             &workspace,
             &spec,
@@ -357,8 +362,10 @@ struct Draft {
     gpu: Option<u32>,
 }
 
+#[allow(clippy::too_many_arguments)]
 fn allocate(
     profile: &str,
+    source: &Profile,
     machine_id: &str,
     workspace: &str,
     spec: &WorkerSpec,
@@ -414,7 +421,7 @@ fn allocate(
     instance_keys.sort_by_key(|(s, g)| (services_needed.iter().position(|x| x == s), *g));
     let services: Vec<ServiceInstance> = instance_keys
         .iter()
-        .map(|(service, gpu)| service_instance(service, *gpu, workspace, settings))
+        .map(|(service, gpu)| service_instance(service, *gpu, workspace, settings, source))
         .collect();
     let install = services_needed
         .iter()
@@ -484,6 +491,7 @@ fn service_instance(
     gpu: Option<u32>,
     workspace: &str,
     settings: &Settings,
+    profile: &Profile,
 ) -> ServiceInstance {
     let entry = catalog::service(service).expect("planned services are catalog services");
     let base = settings.base_ports[service];
@@ -524,12 +532,30 @@ fn service_instance(
         port: Some(port),
         script: x(entry.command.script),
         interpreter: entry.command.interpreter,
-        args: entry.command.args.iter().map(|a| x(a)).collect(),
+        args: service_args(entry, profile, &x),
         cwd: x(entry.command.cwd),
+        dirs: entry.dirs.iter().map(|d| x(d)).collect(),
         env,
         readiness,
         restart: entry.lifecycle,
     }
+}
+
+/// A service instance's arguments: the catalog's, the CPU flag when the GPUs are simulated or the
+/// profile asks for CPU mode, then the profile's extra arguments (checked by [`crate::load::check`]).
+fn service_args(
+    entry: &catalog::ServiceEntry,
+    profile: &Profile,
+    x: &dyn Fn(&str) -> String,
+) -> Vec<String> {
+    let mut args: Vec<String> = entry.command.args.iter().map(|a| x(a)).collect();
+    let options = entry.profile_options.map(|options| options(profile));
+    let cpu = profile.machine.gpu_mode == GpuMode::Mock || options.is_some_and(|o| o.cpu);
+    if let (true, Some(flag)) = (cpu, entry.cpu_arg) {
+        args.push(flag.to_string());
+    }
+    args.extend(options.into_iter().flat_map(|o| o.args.iter().cloned()));
+    args
 }
 
 fn worker_instance(
@@ -660,6 +686,94 @@ worker comfyui-worker-1 gpu gpu Some(1) -> comfyui-gpu1
 worker comfyui-worker-2 gpu gpu Some(0) -> comfyui-gpu0
 worker comfyui-worker-3 gpu gpu Some(1) -> comfyui-gpu1",
         );
+    }
+
+    /// The command line of each comfyui instance of `profile` (JSON), one line per instance.
+    fn comfyui_commands(profile: serde_json::Value) -> Vec<String> {
+        let profile: Profile = serde_json::from_value(profile).unwrap();
+        let plan = Plan::build("m", &profile, &Overrides::default()).unwrap();
+        plan.services
+            .iter()
+            .filter(|s| s.service == "comfyui")
+            .map(|s| format!("{} {}", s.script, s.args.join(" ")))
+            .collect()
+    }
+
+    #[test]
+    fn the_comfyui_command_follows_gpu_mode_cpu_and_args() {
+        let base = |machine: serde_json::Value, comfyui: serde_json::Value| {
+            serde_json::json!({
+                "description": "d", "workers": "comfyui:2:gpu",
+                "machine": machine, "comfyui": comfyui,
+            })
+        };
+        let real = serde_json::json!({"gpus": 2, "ram_gb": 8});
+        let mock = serde_json::json!({"gpus": 2, "ram_gb": 8, "gpu_mode": "mock"});
+        let own = |g: u32| {
+            format!(
+                "/workspace/ComfyUI/venv/bin/python main.py --listen 0.0.0.0 --port {} \
+                 --output-directory /workspace/ComfyUI/output/gpu{g} --temp-directory /workspace/ComfyUI/temp/gpu{g}",
+                8188 + g
+            )
+        };
+        // Real GPUs, no options: the machine's own arguments, one output and temp folder per GPU.
+        assert_eq!(
+            comfyui_commands(base(real.clone(), serde_json::json!({}))),
+            [own(0), own(1)]
+        );
+        // Simulated GPUs: --cpu.
+        assert_eq!(
+            comfyui_commands(base(mock.clone(), serde_json::json!({}))),
+            [format!("{} --cpu", own(0)), format!("{} --cpu", own(1))]
+        );
+        // The profile asks for CPU mode on real GPUs, with extra arguments after the machine's.
+        assert_eq!(
+            comfyui_commands(base(
+                real,
+                serde_json::json!({"cpu": true, "args": ["--preview-method", "auto", "a b"]})
+            )),
+            [
+                format!("{} --cpu --preview-method auto a b", own(0)),
+                format!("{} --cpu --preview-method auto a b", own(1))
+            ]
+        );
+        // Both: one --cpu.
+        assert_eq!(
+            comfyui_commands(base(
+                mock,
+                serde_json::json!({"cpu": true, "args": ["--fast"]})
+            ))[1],
+            format!("{} --cpu --fast", own(1))
+        );
+        // The folders the runtime creates are the ones on the command line.
+        let profile: Profile = serde_json::from_value(base(
+            serde_json::json!({"gpus": 2, "ram_gb": 8}),
+            serde_json::json!({}),
+        ))
+        .unwrap();
+        let plan = Plan::build("m", &profile, &Overrides::default()).unwrap();
+        assert_eq!(
+            plan.services[1].dirs,
+            [
+                "/workspace/ComfyUI/output/gpu1",
+                "/workspace/ComfyUI/temp/gpu1"
+            ]
+        );
+    }
+
+    #[test]
+    fn other_services_take_no_comfyui_options() {
+        let profile: Profile = serde_json::from_value(serde_json::json!({
+            "description": "d", "workers": "simulation-websocket:2:gpu",
+            "machine": {"gpus": 2, "ram_gb": 8, "gpu_mode": "mock"},
+        }))
+        .unwrap();
+        let plan = Plan::build("m", &profile, &Overrides::default()).unwrap();
+        assert_eq!(
+            plan.services[0].args,
+            ["--host", "0.0.0.0", "--port", "8399"]
+        );
+        assert!(plan.services[0].dirs.is_empty());
     }
 
     #[test]

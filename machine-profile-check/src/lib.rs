@@ -375,7 +375,7 @@ mod tests {
         check(
             &profile(MACHINE, ",\n  \"dockr\": {}"),
             &[
-                "profiles/p.json:6:12: /dockr: unknown field \"dockr\" (did you mean \"docker\"?); allowed: $schema, description, components, workers, worker_bundle, machine, replicas, docker, env",
+                "profiles/p.json:6:12: /dockr: unknown field \"dockr\" (did you mean \"docker\"?); allowed: $schema, description, components, workers, worker_bundle, machine, replicas, docker, env, comfyui",
             ],
         );
     }
@@ -415,7 +415,7 @@ mod tests {
         check(
             "{\n  \"description\": \"d\",\n  \"workers\": \"openai:1\"\n}\n",
             &[
-                "profiles/p.json:1:1: /: missing required field \"machine\"; allowed: an object with fields $schema, description, components, workers, worker_bundle, machine, replicas, docker, env (required: description, workers, machine)",
+                "profiles/p.json:1:1: /: missing required field \"machine\"; allowed: an object with fields $schema, description, components, workers, worker_bundle, machine, replicas, docker, env, comfyui (required: description, workers, machine)",
             ],
         );
     }

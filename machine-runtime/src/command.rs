@@ -43,6 +43,8 @@ pub struct ChildCommand {
     pub gpu: Option<GpuPin>,
     /// Every GPU or MIG slice the child may use, in `CUDA_VISIBLE_DEVICES` order (empty: none).
     pub visible: Vec<GpuPin>,
+    /// Folders created (with their parents) before the child starts.
+    pub dirs: Vec<PathBuf>,
 }
 
 /// Why a child command could not be built.
@@ -64,6 +66,10 @@ pub enum CommandError {
     },
     #[error("app \"{app}\": machine_gpu is {gpu} but WORKER_GPU_ID is \"{env}\"; make them agree")]
     GpuDisagrees { app: String, gpu: u32, env: String },
+    /// The service's extra arguments variable (`COMFY_ARGS`) cannot be used: one line per problem,
+    /// naming the variable and the word's position (the same for every instance of the service).
+    #[error("{}", problems.join("\n"))]
+    ExtraArgs { problems: Vec<String> },
     #[error("app \"{app}\": {source_} is \"{value}\": {why}")]
     BadPin {
         app: String,
@@ -106,6 +112,7 @@ impl Context {
 pub fn build(app: &AppSpec, ctx: &Context) -> Result<ChildCommand, CommandError> {
     let (program, mut args) = program_and_args(app, ctx);
     args.extend(app.args.iter().map(OsString::from));
+    args.extend(extra_args(app, ctx)?.into_iter().map(OsString::from));
 
     let worker = is_worker(app);
     let mut env = ctx.runtime_env.clone();
@@ -189,7 +196,36 @@ pub fn build(app: &AppSpec, ctx: &Context) -> Result<ChildCommand, CommandError>
         env,
         gpu,
         visible,
+        dirs: app.dirs.clone(),
     })
+}
+
+/// The words of the app's service's extra arguments variable (`COMFY_ARGS` for a `comfyui` app, read
+/// from the runtime's environment), appended after the app's own arguments; unset or empty adds none.
+/// Split like a shell would; an unclosed quote or a word repeating a flag the machine sets
+/// ([`machine_model::service_args`]) is an error naming the variable and the word's position.
+fn extra_args(app: &AppSpec, ctx: &Context) -> Result<Vec<String>, CommandError> {
+    let Some(entry) = app
+        .catalog_service
+        .and_then(machine_model::catalog::service)
+    else {
+        return Ok(Vec::new());
+    };
+    let Some(var) = entry.extra_args_env else {
+        return Ok(Vec::new());
+    };
+    let Some(value) = ctx.runtime_env.get(OsStr::new(var)) else {
+        return Ok(Vec::new());
+    };
+    let Some(value) = value.to_str() else {
+        return Err(CommandError::ExtraArgs {
+            problems: vec![format!(
+                "{var} is not valid UTF-8; write its words in UTF-8"
+            )],
+        });
+    };
+    machine_model::service_args::from_env(entry, var, value)
+        .map_err(|problems| CommandError::ExtraArgs { problems })
 }
 
 /// Whether `app` is a job worker: it has a connector, a `WORKER_ID` or the worker role.

@@ -74,6 +74,11 @@ pub struct AppSpec {
     pub binding: Option<Binding>,
     /// Service types a worker advertises to the job broker (`machine_services`).
     pub services: Vec<String>,
+    /// The catalog service a service app runs (`machine_service`), whose extra arguments variable
+    /// (`COMFY_ARGS`) is appended at start.
+    pub catalog_service: Option<&'static str>,
+    /// Folders created before each start (`machine_dirs`; relative ones are relative to `cwd`).
+    pub dirs: Vec<PathBuf>,
 }
 
 impl AppSpec {
@@ -99,6 +104,8 @@ impl AppSpec {
             index: None,
             binding: None,
             services: Vec::new(),
+            catalog_service: None,
+            dirs: Vec::new(),
         }
     }
 }
@@ -429,6 +436,32 @@ impl Reader {
         spec.index = app.machine_index;
         spec.binding = app.machine_binding;
         spec.services = app.machine_services;
+        if let Some(service) = app.machine_service.as_deref() {
+            match machine_model::catalog::service(service) {
+                Some(entry) => spec.catalog_service = Some(entry.name),
+                None => {
+                    let names = machine_model::catalog::SERVICES.iter().map(|s| s.name);
+                    let hint = machine_model::suggest::did_you_mean(service, names.clone())
+                        .map(|s| format!("; did you mean \"{s}\"?"))
+                        .unwrap_or_default();
+                    problems.push((
+                        "machine_service",
+                        format!(
+                            "is \"{service}\", which is not a service of the catalog ({}){hint}",
+                            names.collect::<Vec<_>>().join(", ")
+                        ),
+                    ));
+                }
+            }
+        }
+        spec.dirs = app
+            .machine_dirs
+            .iter()
+            .map(|dir| match &spec.cwd {
+                Some(cwd) if Path::new(dir).is_relative() => cwd.join(dir),
+                _ => PathBuf::from(dir),
+            })
+            .collect();
 
         let instances = self.instances(
             &location,
@@ -743,6 +776,29 @@ mod tests {
             }
             Err(e) => vec![e.to_string()],
         }
+    }
+
+    #[test]
+    fn machine_service_names_a_catalog_service_and_dirs_follow_cwd() {
+        let eco = from_value(&json!({"apps": [{
+            "name": "comfyui-gpu0", "script": "python", "cwd": "/w/ComfyUI",
+            "machine_service": "comfyui", "machine_dirs": ["output/gpu0", "/tmp/t/gpu0"],
+        }]}))
+        .unwrap();
+        assert_eq!(eco.apps[0].catalog_service, Some("comfyui"));
+        assert_eq!(
+            eco.apps[0].dirs,
+            [
+                PathBuf::from("/w/ComfyUI/output/gpu0"),
+                PathBuf::from("/tmp/t/gpu0")
+            ]
+        );
+        assert_eq!(
+            problems(json!({"apps": [{"name": "a", "script": "x", "machine_service": "comfyu"}]})),
+            [
+                "app \"a\": field \"machine_service\" is \"comfyu\", which is not a service of the catalog (comfyui, simulation, playwright); did you mean \"comfyui\"?"
+            ]
+        );
     }
 
     #[test]

@@ -389,6 +389,13 @@ impl AppTask {
                 self.cmd.program.to_string_lossy()
             ));
         }
+        // The app's own folders (a ComfyUI's output and temp), made at each start: a start refused
+        // earlier wrote nothing, and a folder removed while the machine runs is back at the restart.
+        // A few directory calls, like the PATH lookup above.
+        for dir in &self.cmd.dirs {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| format!("cannot create its folder {}: {e}", dir.display()))?;
+        }
         let mut command = self.cmd.to_command();
         let mut spawned = self.reaper.spawn(&mut command).map_err(|e| {
             let program = self.cmd.program.to_string_lossy();

@@ -277,6 +277,14 @@ impl Supervisor {
         for app in &apps {
             match command::build(app, &options.context) {
                 Ok(cmd) => commands.push(cmd),
+                // The same variable for every instance of a service: each problem once.
+                Err(command::CommandError::ExtraArgs { problems: found }) => {
+                    for problem in found {
+                        if !problems.contains(&problem) {
+                            problems.push(problem);
+                        }
+                    }
+                }
                 Err(e) => problems.push(e.to_string()),
             }
             let missing: Vec<&str> = app

@@ -71,7 +71,7 @@ fn broken_profiles_fail_the_build_with_located_errors() {
             "{shown}/schema-violations.json:6:26: /docker/restart: \"sometimes\" matches none of the allowed forms; allowed: one of \"no\", \"always\", \"on-failure\", \"unless-stopped\"\n"
         ),
         format!(
-            "{shown}/schema-violations.json:7:12: /dockr: unknown field \"dockr\" (did you mean \"docker\"?); allowed: $schema, description, components, workers, worker_bundle, machine, replicas, docker, env\n"
+            "{shown}/schema-violations.json:7:12: /dockr: unknown field \"dockr\" (did you mean \"docker\"?); allowed: $schema, description, components, workers, worker_bundle, machine, replicas, docker, env, comfyui\n"
         ),
         format!(
             "{shown}/spec-typo.json:4:14: /workers: worker spec item 1 \"comfyu:2\" (column 1): unknown connector \"comfyu\"; did you mean \"comfyui\"?"

@@ -134,7 +134,7 @@ impl Runtime {
 
     /// Starts the binary with `args` and the health endpoint on a free port, in a clean environment:
     /// no machine, broker or plan variables leak in from the shell that runs the tests.
-    fn spawn(
+    pub fn spawn(
         dir: tempfile::TempDir,
         args: &[&str],
         env: &[(&str, &str)],
