@@ -145,6 +145,9 @@ pub fn check(source: &ProfileSource) -> Result<(Profile, Plan), Vec<Diagnostic>>
             ));
         }
     }
+    for (pointer, message) in crate::comfyui_install::check(&profile.comfyui) {
+        diags.push(at(&pointer, message));
+    }
     match Plan::build(&source.name, &profile, &Overrides::default()) {
         Ok(plan) if diags.is_empty() => Ok((profile, plan)),
         Ok(_) => Err(diags),
@@ -377,7 +380,7 @@ mod tests {
         assert_eq!(
             shown,
             [
-                "profiles/x.json:5:8: /: unknown field `list`, expected one of `$schema`, `description`, `components`, `workers`, `worker_bundle`, `machine`, `replicas`, `docker`, `env`"
+                "profiles/x.json:5:8: /: unknown field `list`, expected one of `$schema`, `description`, `components`, `workers`, `worker_bundle`, `machine`, `replicas`, `docker`, `env`, `comfyui`"
             ]
         );
         let fixed = TEXT.replace(",\n  \"list\": [1, {\"a\": [true]}]", "");

@@ -360,6 +360,8 @@ pub struct StepFailure {
     pub total: usize,
     /// Step kind (`git-checkout`, ...).
     pub kind: &'static str,
+    /// What inside the step failed, when it handles several things (`custom node "x"`, `model …`).
+    pub subject: Option<String>,
     /// The command line that failed, secrets masked.
     pub command: Option<String>,
     /// What went wrong.
@@ -372,9 +374,13 @@ impl fmt::Display for StepFailure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "install {} failed at step {}/{} {}: ",
+            "install {} failed at step {}/{} {}",
             self.service, self.step, self.total, self.kind
         )?;
+        match &self.subject {
+            Some(subject) => write!(f, " ({subject}): ")?,
+            None => write!(f, ": ")?,
+        }
         let command = self.command.as_deref().unwrap_or_default();
         match &self.cause {
             FailureCause::Exit(status) => write!(f, "`{command}` {status}")?,
@@ -669,7 +675,8 @@ pub(crate) fn builtin_recipes(
 }
 
 /// The recipes of a plan's `install` list, in order: the worker bundle from the plan's source
-/// ([`machine_model::Plan::worker_bundle`]), the services' built-in recipes.
+/// ([`machine_model::Plan::worker_bundle`]), ComfyUI with what the profile adds
+/// ([`machine_model::Plan::comfyui_install`]), the other services' built-in recipes.
 pub(crate) fn plan_recipes(
     plan: &machine_model::Plan,
 ) -> Result<Vec<(String, InstallRecipe)>, InstallError> {
@@ -683,6 +690,13 @@ pub(crate) fn plan_recipes(
             out.push((
                 name.to_string(),
                 machine_model::install::worker_bundle_recipe(&bundle),
+            ));
+        } else if *name == "comfyui"
+            && let Some(options) = &plan.comfyui_install
+        {
+            out.push((
+                name.to_string(),
+                machine_model::install::comfyui_recipe_for(options),
             ));
         } else {
             out.extend(builtin_recipes(&[name.to_string()])?);
