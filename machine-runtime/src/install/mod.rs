@@ -905,6 +905,48 @@ mod tests {
     }
 
     #[test]
+    fn a_profiles_comfyui_section_reaches_the_recipe_of_its_plan() {
+        let profile = |comfyui: &str| -> machine_model::Profile {
+            serde_json::from_str(&format!(
+                r#"{{"description": "d", "workers": "comfyui:1", "machine": {{"gpus": 1, "ram_gb": 8}}{comfyui}}}"#
+            ))
+            .unwrap()
+        };
+        let plain = machine_model::Plan::build("p", &profile(""), &Default::default()).unwrap();
+        assert_eq!(plain.comfyui_install, None);
+        let recipes = plan_recipes(&plain).unwrap();
+        assert_eq!(recipes[1].0, "comfyui");
+        assert_eq!(recipes[1].1, machine_model::install::comfyui_recipe());
+
+        let node = format!(
+            r#", "comfyui": {{"packages": ["einops==0.8.2"], "custom_nodes": [{{"name": "n", "url": "/srv/n", "commit": "{}"}}]}}"#,
+            "a".repeat(40)
+        );
+        let plan = machine_model::Plan::build("p", &profile(&node), &Default::default()).unwrap();
+        let recipes = plan_recipes(&plan).unwrap();
+        let kinds: Vec<&str> = recipes[1].1.steps.iter().map(|s| s.kind()).collect();
+        assert_eq!(
+            kinds,
+            [
+                "git-checkout",
+                "pip-constraints",
+                "python-venv",
+                "custom-nodes",
+                "persist",
+                "probe"
+            ]
+        );
+        // Only the command line differs: the install (and its hash) is the plain one.
+        let cpu_only = machine_model::Plan::build(
+            "p",
+            &profile(r#", "comfyui": {"cpu": true}"#),
+            &Default::default(),
+        )
+        .unwrap();
+        assert_eq!(cpu_only.comfyui_install, None);
+    }
+
+    #[test]
     fn progress_lines_read_as_specified() {
         let event = ProgressEvent::StepRunning {
             service: "comfyui".into(),
