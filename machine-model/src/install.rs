@@ -13,6 +13,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::profile::{ComfyuiCustomNode, ComfyuiOptions};
+
 /// The ComfyUI commit installed when `COMFYUI_COMMIT` and `COMFYUI_BRANCH` are both unset or empty: the
 /// head of the queue's fork's `master` ("Merge branch 'websocket_version'", ComfyUI 0.3.12), the commit a
 /// real `comfyui` job was measured to complete on (worker contract §7). The old machine checked out the
@@ -67,11 +69,24 @@ pub enum Step {
         /// Extra requirement specifiers installed with pip (e.g. `playwright==1.55.0`).
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         packages: Vec<String>,
+        /// A pip constraints file relative to the install directory (`pip install -c`), pinning every
+        /// package pip may pick, requirements and their dependencies alike.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        constraints: Option<String>,
         /// Time limit for the whole step in seconds; the runtime's default when absent.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         timeout_secs: Option<u64>,
     },
-    /// Check out a list of ComfyUI custom nodes, each into `<dir>/<name>`.
+    /// Write the pip constraints file made for the revision in use: the one of `files` whose commit is
+    /// `rev`, else the first with a warning (a revision without a file of its own).
+    PipConstraints {
+        /// The file to write, relative to the install directory (e.g. `pip-constraints.txt`).
+        path: String,
+        /// The revision being installed (a placeholder expression, resolved like the checkout's `rev`).
+        rev: String,
+        /// The constraints files kept in this repository, the default first.
+        files: Vec<ConstraintsFile>,
+    },
     CustomNodes {
         /// Directory holding the nodes, relative to the install directory (ComfyUI: `custom_nodes`).
         dir: String,
@@ -81,6 +96,9 @@ pub enum Step {
         venv: Option<String>,
         /// The nodes to check out, in order.
         nodes: Vec<CustomNode>,
+        /// A pip constraints file (relative to the install directory) applied to the nodes' requirements.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        constraints: Option<String>,
         /// Time limit for the whole step in seconds; the runtime's default when absent.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         timeout_secs: Option<u64>,
@@ -107,6 +125,32 @@ pub enum Step {
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         expect: Vec<String>,
         /// Time limit for the whole step in seconds; the runtime's default when absent.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        timeout_secs: Option<u64>,
+    },
+    /// Download files over `https://`, `http://` or `file://` with `curl`, each checked against its
+    /// SHA-256: a file already there with that checksum is kept, one that differs after download is
+    /// deleted and fails the step.
+    Download {
+        /// The files, in order.
+        files: Vec<DownloadFile>,
+        /// Time limit for the whole step in seconds; the runtime's default when absent.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        timeout_secs: Option<u64>,
+    },
+    /// Run a program (no shell) in the new version to prove it works before it is switched in (e.g.
+    /// ComfyUI's `main.py --quick-test-for-ci`); another exit status than `expect_exit` fails the install
+    /// with the program's last lines of output.
+    Probe {
+        /// Program and arguments; a relative program with a `/` is inside the install directory.
+        argv: Vec<String>,
+        /// Working directory relative to the install directory; the install directory when absent.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cwd: Option<String>,
+        /// The exit status that means success.
+        #[serde(default)]
+        expect_exit: i32,
+        /// Time limit for the probe in seconds; the runtime's default when absent.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         timeout_secs: Option<u64>,
     },
@@ -137,14 +181,55 @@ pub struct CustomNode {
     pub repo: String,
     /// A full 40-hex commit (preferred), or a branch or tag name.
     pub rev: String,
+    /// Whether the node's `requirements.txt`, when it has one, is installed into the step's venv.
+    #[serde(default = "yes", skip_serializing_if = "is_yes")]
+    pub requirements: bool,
+    /// Extra environment variables as `[name, value]` pairs for the node's git and pip commands.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<(String, String)>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_yes(value: &bool) -> bool {
+    *value
+}
+
+/// One pip constraints file kept in this repository, for one commit of the service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct ConstraintsFile {
+    /// The full 40-hex commit the file was made for.
+    pub commit: String,
+    /// The file's content, written as is (no placeholders).
+    pub content: String,
+}
+
+/// A file downloaded by a `download` step.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct DownloadFile {
+    /// `https://`, `http://` or `file://` URL; may carry placeholders.
+    pub url: String,
+    /// The file's SHA-256, 64 hex digits (required: a download is always checked).
+    pub sha256: String,
+    /// Where the file goes, relative to the install directory (e.g. `models/vae/x.safetensors`).
+    pub dest: String,
 }
 
 impl Step {
-    /// The step's kind as written in recipes (`git-checkout`, `python-venv`, `custom-nodes`, `command`).
+    /// The step's kind as written in recipes (`git-checkout`, `python-venv`, `custom-nodes`, `command`, …).
     pub fn kind(&self) -> &'static str {
         match self {
             Step::GitCheckout { .. } => "git-checkout",
             Step::PythonVenv { .. } => "python-venv",
+            Step::PipConstraints { .. } => "pip-constraints",
+            Step::Download { .. } => "download",
+            Step::Probe { .. } => "probe",
             Step::CustomNodes { .. } => "custom-nodes",
             Step::Persist { .. } => "persist",
             Step::Fetch { .. } => "fetch",
@@ -152,10 +237,12 @@ impl Step {
         }
     }
 
-    /// The step's own time limit in seconds, if it sets one (`persist` only moves files and has none).
+    /// The step's own time limit in seconds, if it sets one (`persist` and `pip-constraints` only write
+    /// files and have none).
     pub fn timeout_secs(&self) -> Option<u64> {
         match self {
-            Step::Persist { .. } => None,
+            Step::Persist { .. } | Step::PipConstraints { .. } => None,
+            Step::Download { timeout_secs, .. } | Step::Probe { timeout_secs, .. } => *timeout_secs,
             Step::GitCheckout { timeout_secs, .. }
             | Step::PythonVenv { timeout_secs, .. }
             | Step::CustomNodes { timeout_secs, .. }
@@ -165,38 +252,101 @@ impl Step {
     }
 }
 
-/// ComfyUI with no custom nodes: see [`comfyui_recipe_with_nodes`].
+/// The ComfyUI commit the committed constraints file was made for (the queue's fork, [`COMFYUI_PINNED_COMMIT`]).
+pub const COMFYUI_CONSTRAINTS_COMMIT: &str = "3fb07a804f1738b8f8c8b0d535eaccc72a9ddc7b";
+
+/// The pip constraints files kept in this repository for ComfyUI, one per commit, the default first:
+/// `machine-model/comfyui/constraints-<commit[..8]>.txt` (a `pip freeze`; its header says how it was made).
+pub const COMFYUI_CONSTRAINTS: &[(&str, &str)] = &[(
+    COMFYUI_CONSTRAINTS_COMMIT,
+    include_str!("../comfyui/constraints-3fb07a80.txt"),
+)];
+
+/// Where the ComfyUI recipe writes its constraints file, beside the venv in the install directory.
+pub const COMFYUI_CONSTRAINTS_FILE: &str = "pip-constraints.txt";
+
+/// Python packages the ComfyUI recipe always installs besides `requirements.txt`: the fork imports
+/// `requests` at start-up but its requirements no longer pull it in (the constraints pin its version).
+pub const COMFYUI_BASE_PACKAGES: &[&str] = &["requests"];
+
+/// ComfyUI with nothing added by a profile: see [`comfyui_recipe_for`].
 pub fn comfyui_recipe() -> InstallRecipe {
-    comfyui_recipe_with_nodes(Vec::new())
+    comfyui_recipe_for(&ComfyuiOptions::default())
 }
 
-/// ComfyUI: a shallow checkout of `COMFYUI_REPO_URL` (else [`COMFYUI_DEFAULT_REPO`]) at `COMFYUI_COMMIT`
-/// (else `COMFYUI_BRANCH`, else [`COMFYUI_PINNED_COMMIT`]; an empty value counts as unset), a venv `venv` with `pip install -r requirements.txt`, then `nodes` under
-/// `custom_nodes` with their requirements installed into the same venv; `models`, `input`, `output` and
-/// `user` persist across reinstalls (see [`Step::Persist`]).
+/// ComfyUI as a profile's `comfyui` section asks for:
 ///
-/// The service runs `venv/bin/python main.py` in `<workspace>/ComfyUI`.
-pub(crate) fn comfyui_recipe_with_nodes(nodes: Vec<CustomNode>) -> InstallRecipe {
+/// 1. a shallow checkout of `COMFYUI_REPO_URL` at `COMFYUI_COMMIT` (else `COMFYUI_BRANCH`, else
+///    [`COMFYUI_PINNED_COMMIT`]);
+/// 2. `pip-constraints.txt`, the constraints of that commit ([`COMFYUI_CONSTRAINTS`]; another commit
+///    gets the default one's, with a warning);
+/// 3. a venv `venv` with `pip install -r requirements.txt requests <packages> -c pip-constraints.txt`;
+/// 4. the custom nodes under `custom_nodes` by `install_order` (then as listed), their requirements into
+///    the same venv with the same constraints;
+/// 5. `models`, `input`, `output` and `user` kept across reinstalls (see [`Step::Persist`]);
+/// 6. the models downloaded into `models/<folder>/<file>` (so into the kept folder), sha256-checked;
+/// 7. a probe: `venv/bin/python main.py --quick-test-for-ci --cpu` must exit 0 (ComfyUI imports, loads
+///    its nodes and exits) before the new version is switched in.
+///
+/// The profile's values are taken literally (every `$` escaped). The service runs `venv/bin/python
+/// main.py` in `<workspace>/ComfyUI`.
+pub fn comfyui_recipe_for(options: &ComfyuiOptions) -> InstallRecipe {
+    let literal = |s: &str| s.replace('$', "$$");
+    let rev = format!("${{COMFYUI_COMMIT:-${{COMFYUI_BRANCH:-{COMFYUI_PINNED_COMMIT}}}}}");
+    let constraints = Some(COMFYUI_CONSTRAINTS_FILE.to_owned());
     let mut steps = vec![
         Step::GitCheckout {
             repo: format!("${{COMFYUI_REPO_URL:-{COMFYUI_DEFAULT_REPO}}}"),
-            rev: format!("${{COMFYUI_COMMIT:-${{COMFYUI_BRANCH:-{COMFYUI_PINNED_COMMIT}}}}}"),
+            rev: rev.clone(),
             dest: ".".to_owned(),
             shallow: true,
             timeout_secs: Some(600),
         },
+        Step::PipConstraints {
+            path: COMFYUI_CONSTRAINTS_FILE.to_owned(),
+            rev,
+            files: COMFYUI_CONSTRAINTS
+                .iter()
+                .map(|(commit, content)| ConstraintsFile {
+                    commit: (*commit).to_owned(),
+                    content: (*content).to_owned(),
+                })
+                .collect(),
+        },
         Step::PythonVenv {
             dir: "venv".to_owned(),
             requirements: Some("requirements.txt".to_owned()),
-            packages: Vec::new(),
+            packages: COMFYUI_BASE_PACKAGES
+                .iter()
+                .map(|p| (*p).to_owned())
+                .chain(options.packages.iter().map(|p| literal(p)))
+                .collect(),
+            constraints: constraints.clone(),
             timeout_secs: Some(3600),
         },
     ];
-    if !nodes.is_empty() {
+    if !options.custom_nodes.is_empty() {
+        let mut ordered: Vec<&ComfyuiCustomNode> = options.custom_nodes.iter().collect();
+        // Stable: nodes with the same order (or none) keep the profile's order; `None` sorts last.
+        ordered.sort_by_key(|n| n.install_order.map_or((1, 0), |o| (0, o)));
         steps.push(Step::CustomNodes {
             dir: "custom_nodes".to_owned(),
             venv: Some("venv".to_owned()),
-            nodes,
+            nodes: ordered
+                .into_iter()
+                .map(|n| CustomNode {
+                    name: literal(&n.name),
+                    repo: literal(&n.url),
+                    rev: literal(&n.commit),
+                    requirements: n.requirements,
+                    env: n
+                        .env
+                        .iter()
+                        .map(|(k, v)| (literal(k), literal(v)))
+                        .collect(),
+                })
+                .collect(),
+            constraints,
             timeout_secs: Some(3600),
         });
     }
@@ -204,6 +354,28 @@ pub(crate) fn comfyui_recipe_with_nodes(nodes: Vec<CustomNode>) -> InstallRecipe
         paths: ["models", "input", "output", "user"]
             .map(str::to_owned)
             .to_vec(),
+    });
+    if !options.models.is_empty() {
+        steps.push(Step::Download {
+            files: options
+                .models
+                .iter()
+                .map(|m| DownloadFile {
+                    url: literal(&m.url),
+                    sha256: m.sha256.to_ascii_lowercase(),
+                    dest: literal(&format!("models/{}", m.target())),
+                })
+                .collect(),
+            timeout_secs: Some(4 * 3600),
+        });
+    }
+    steps.push(Step::Probe {
+        argv: ["venv/bin/python", "main.py", "--quick-test-for-ci", "--cpu"]
+            .map(str::to_owned)
+            .to_vec(),
+        cwd: None,
+        expect_exit: 0,
+        timeout_secs: Some(600),
     });
     InstallRecipe {
         dir: "ComfyUI".to_owned(),
@@ -228,6 +400,7 @@ pub fn playwright_recipe() -> InstallRecipe {
                 packages: vec![format!(
                     "playwright==${{PLAYWRIGHT_VERSION:-{PLAYWRIGHT_PINNED_VERSION}}}"
                 )],
+                constraints: None,
                 timeout_secs: Some(900),
             },
             Step::Command {
@@ -304,6 +477,21 @@ pub const BUILTIN_RECIPES: &[&str] = &["comfyui", "playwright", "worker-bundle"]
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::profile::ComfyuiCustomNode;
+
+    #[test]
+    fn the_pinned_comfyui_commit_has_its_own_constraints() {
+        // A new pin without its constraints file would install with another commit's pins and a warning.
+        assert_eq!(COMFYUI_CONSTRAINTS[0].0, COMFYUI_PINNED_COMMIT);
+        assert!(
+            COMFYUI_CONSTRAINTS[0].1.contains("\nsetuptools=="),
+            "setuptools pinned"
+        );
+        assert!(
+            COMFYUI_CONSTRAINTS[0].1.contains("\nrequests=="),
+            "requests pinned"
+        );
+    }
 
     #[test]
     fn recipes_round_trip_through_json_with_kebab_case_kinds() {
@@ -314,7 +502,8 @@ mod tests {
         }
         let json = serde_json::to_value(comfyui_recipe()).unwrap();
         assert_eq!(json["steps"][0]["kind"], "git-checkout");
-        assert_eq!(json["steps"][1]["kind"], "python-venv");
+        assert_eq!(json["steps"][1]["kind"], "pip-constraints");
+        assert_eq!(json["steps"][2]["kind"], "python-venv");
     }
 
     #[test]
@@ -371,15 +560,148 @@ mod tests {
         );
     }
 
+    fn kinds(recipe: &InstallRecipe) -> Vec<&'static str> {
+        recipe.steps.iter().map(Step::kind).collect()
+    }
+
     #[test]
-    fn custom_nodes_step_only_when_there_are_nodes() {
-        assert_eq!(comfyui_recipe().steps.len(), 3);
-        let with = comfyui_recipe_with_nodes(vec![CustomNode {
-            name: "n".into(),
-            repo: "file:///r".into(),
-            rev: "main".into(),
-        }]);
-        assert_eq!(with.steps[2].kind(), "custom-nodes");
-        assert_eq!(with.steps[3].kind(), "persist");
+    fn the_default_comfyui_recipe_pins_the_venv_and_probes_before_the_switch() {
+        let recipe = comfyui_recipe();
+        assert_eq!(
+            kinds(&recipe),
+            [
+                "git-checkout",
+                "pip-constraints",
+                "python-venv",
+                "persist",
+                "probe"
+            ]
+        );
+        let Step::PipConstraints { path, rev, files } = &recipe.steps[1] else {
+            panic!("constraints second")
+        };
+        let Step::GitCheckout { rev: checkout, .. } = &recipe.steps[0] else {
+            panic!("checkout first")
+        };
+        assert_eq!((path.as_str(), rev), (COMFYUI_CONSTRAINTS_FILE, checkout));
+        assert_eq!(files[0].commit, COMFYUI_CONSTRAINTS_COMMIT);
+        let Step::PythonVenv {
+            packages,
+            constraints,
+            requirements,
+            ..
+        } = &recipe.steps[2]
+        else {
+            panic!("venv third")
+        };
+        assert_eq!(packages, &["requests"]);
+        assert_eq!(constraints.as_deref(), Some(COMFYUI_CONSTRAINTS_FILE));
+        assert_eq!(requirements.as_deref(), Some("requirements.txt"));
+        let Step::Probe {
+            argv, expect_exit, ..
+        } = &recipe.steps[4]
+        else {
+            panic!("probe last")
+        };
+        assert_eq!(
+            argv,
+            &["venv/bin/python", "main.py", "--quick-test-for-ci", "--cpu"]
+        );
+        assert_eq!(*expect_exit, 0);
+    }
+
+    #[test]
+    fn the_constraints_file_is_a_header_and_exact_pins_including_requests() {
+        let (commit, content) = COMFYUI_CONSTRAINTS[0];
+        assert_eq!(commit, COMFYUI_CONSTRAINTS_COMMIT);
+        assert!(content.starts_with(&format!("# pip constraints for ComfyUI {commit}")));
+        assert!(content.ends_with('\n'));
+        let pins: Vec<&str> = content.lines().filter(|l| !l.starts_with('#')).collect();
+        assert!(pins.len() > 20, "{pins:?}");
+        for line in &pins {
+            let (name, version) = line
+                .split_once("==")
+                .unwrap_or_else(|| panic!("{line:?} is not name==version"));
+            assert!(
+                !name.is_empty() && !version.is_empty() && !version.contains(' '),
+                "{line:?}"
+            );
+        }
+        assert!(pins.iter().any(|l| l.starts_with("requests==")));
+        assert!(pins.iter().any(|l| l.starts_with("torch==")));
+    }
+
+    #[test]
+    fn a_profile_adds_packages_ordered_nodes_and_models_taken_literally() {
+        let node = |name: &str, order: Option<u32>| ComfyuiCustomNode {
+            name: name.into(),
+            url: format!("https://example.com/{name}.git"),
+            commit: "a".repeat(40),
+            requirements: name != "b",
+            install_order: order,
+            env: [("TOKEN".to_owned(), "$x".to_owned())].into(),
+        };
+        let options = ComfyuiOptions {
+            packages: vec!["opencv-python-headless==4.10.0.84".into()],
+            custom_nodes: vec![
+                node("a", None),
+                node("b", Some(2)),
+                node("c", Some(1)),
+                node("d", None),
+            ],
+            models: vec![crate::profile::ComfyuiModel {
+                url: "https://example.com/m/v1.safetensors?x=$y".into(),
+                sha256: "AB".repeat(32),
+                folder: "checkpoints".into(),
+                file_name: None,
+            }],
+            ..ComfyuiOptions::default()
+        };
+        let recipe = comfyui_recipe_for(&options);
+        assert_eq!(
+            kinds(&recipe),
+            [
+                "git-checkout",
+                "pip-constraints",
+                "python-venv",
+                "custom-nodes",
+                "persist",
+                "download",
+                "probe"
+            ]
+        );
+        let Step::PythonVenv { packages, .. } = &recipe.steps[2] else {
+            panic!("venv")
+        };
+        assert_eq!(packages, &["requests", "opencv-python-headless==4.10.0.84"]);
+        let Step::CustomNodes {
+            nodes,
+            constraints,
+            venv,
+            ..
+        } = &recipe.steps[3]
+        else {
+            panic!("nodes")
+        };
+        let names: Vec<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
+        assert_eq!(names, ["c", "b", "a", "d"]);
+        assert!(!nodes[1].requirements && nodes[0].requirements);
+        assert_eq!(nodes[0].env, [("TOKEN".to_owned(), "$$x".to_owned())]);
+        assert_eq!(nodes[0].rev, "a".repeat(40));
+        assert_eq!(constraints.as_deref(), Some(COMFYUI_CONSTRAINTS_FILE));
+        assert_eq!(venv.as_deref(), Some("venv"));
+        let Step::Download { files, .. } = &recipe.steps[5] else {
+            panic!("download")
+        };
+        assert_eq!(
+            files,
+            &[DownloadFile {
+                url: "https://example.com/m/v1.safetensors?x=$$y".into(),
+                sha256: "ab".repeat(32),
+                dest: "models/checkpoints/v1.safetensors".into(),
+            }]
+        );
+        // The same options give the same recipe (the install hash depends on nothing else).
+        assert_eq!(comfyui_recipe_for(&options), recipe);
     }
 }

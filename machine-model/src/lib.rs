@@ -4,6 +4,7 @@
 //! ([`ecosystem::Ecosystem`], and the xtask's .env and compose files). The runtime consumes the same plan.
 
 pub mod catalog;
+pub mod comfyui_install;
 pub mod components;
 pub mod derived;
 pub mod diag;

@@ -145,6 +145,9 @@ pub fn check(source: &ProfileSource) -> Result<(Profile, Plan), Vec<Diagnostic>>
             ));
         }
     }
+    for (pointer, message) in crate::comfyui_install::check(&profile.comfyui) {
+        diags.push(at(&pointer, message));
+    }
     let plan = Plan::build(&source.name, &profile, &Overrides::default());
     if let Ok(plan) = &plan {
         diags.extend(

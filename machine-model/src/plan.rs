@@ -67,6 +67,10 @@ pub struct Plan {
     pub secrets: Vec<SecretNeed>,
     /// Where the worker bundle comes from (`None` when the plan has no worker).
     pub worker_bundle: Option<WorkerBundle>,
+    /// What the profile adds to ComfyUI's install (packages, custom nodes, models), when the plan
+    /// installs ComfyUI and the profile declares any ([`crate::install::comfyui_recipe_for`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub comfyui_install: Option<crate::profile::ComfyuiOptions>,
 }
 
 /// One running instance of an internal service.
@@ -278,6 +282,13 @@ impl Plan {
             );
             plan.install.insert(0, catalog::WORKER_BUNDLE_INSTALL);
         }
+        let comfyui = &profile.comfyui;
+        let adds_to_comfyui = !(comfyui.packages.is_empty()
+            && comfyui.custom_nodes.is_empty()
+            && comfyui.models.is_empty());
+        if adds_to_comfyui && plan.install.contains(&"comfyui") {
+            plan.comfyui_install = Some(comfyui.clone());
+        }
         let collisions = port_collisions(&plan);
         if collisions.is_empty() {
             Ok(plan)
@@ -469,6 +480,7 @@ fn allocate(
         workers,
         secrets: secrets.into_values().collect(),
         worker_bundle: None,
+        comfyui_install: None,
     }
 }
 

@@ -56,7 +56,8 @@ pub struct ComfyuiOptions {
     /// per-instance folders may not be repeated here); `COMFY_ARGS` at start adds more.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub args: Vec<String>,
-    /// Extra Python requirements for ComfyUI's venv, pinned as `name==version` (pip's requirement syntax).
+    /// Extra Python requirements for ComfyUI's venv, pinned as `name==version` (pip's requirement syntax);
+    /// installed with the constraints of ComfyUI's commit, so a version they pin must match.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub packages: Vec<String>,
     /// Custom nodes checked out into `ComfyUI/custom_nodes/<name>`, in `install_order`, then as listed.
@@ -79,11 +80,16 @@ impl ComfyuiOptions {
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ComfyuiCustomNode {
-    /// Folder name under `custom_nodes/` (letters, digits, `_`, `-`, `.`).
+    /// Folder name under `custom_nodes/` (letters, digits, `_`, `-`, `.`; not starting with `.` or `-`).
+    #[cfg_attr(
+        feature = "schema",
+        schemars(regex(pattern = r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$"))
+    )]
     pub name: String,
     /// The node's git repository (`https://`, `http://`, `ssh://`, `git@host:path`, `file://` or an absolute path).
     pub url: String,
-    /// The full 40-hex commit to check out.
+    /// The full 40-hex commit to check out (branches and tags move, so they are refused).
+    #[cfg_attr(feature = "schema", schemars(regex(pattern = r"^[0-9a-fA-F]{40}$")))]
     pub commit: String,
     /// Whether to `pip install -r requirements.txt` of the node into ComfyUI's venv.
     #[serde(default = "default_true")]
@@ -91,7 +97,7 @@ pub struct ComfyuiCustomNode {
     /// Lower numbers install first; nodes without one install after those with one, as listed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub install_order: Option<u32>,
-    /// Extra environment variables for the node's install steps (literal strings).
+    /// Extra environment variables for the node's git and pip commands (literal strings).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
 }

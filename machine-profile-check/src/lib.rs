@@ -196,8 +196,9 @@ fn merge(
     out
 }
 
-/// The model's findings, plus the worker spec's when the model stopped before checking it (serde
-/// gives up at the first shape error, but a typo in `workers` is worth reporting in the same run).
+/// The model's findings, plus the worker spec's and the comfyui section's when the model stopped before
+/// checking them (serde gives up at the first shape error, but a typo in `workers` or a bad custom node
+/// commit is worth reporting in the same run).
 fn with_spec(source: &ProfileSource, model_diags: Option<Vec<Diagnostic>>) -> Vec<Diagnostic> {
     let mut diags = model_diags.unwrap_or_default();
     if diags
@@ -209,6 +210,22 @@ fn with_spec(source: &ProfileSource, model_diags: Option<Vec<Diagnostic>>) -> Ve
     let Ok(value) = serde_json::from_str::<Value>(&source.text) else {
         return diags;
     };
+    // The comfyui section's own rules, when that section reads on its own (its shape errors are the
+    // schema's to report).
+    if !diags.iter().any(|d| {
+        d.pointer
+            .as_deref()
+            .is_some_and(|p| p.starts_with("/comfyui/"))
+    }) && let Some(Ok(comfyui)) = value
+        .get("comfyui")
+        .map(|c| serde_json::from_value::<machine_model::profile::ComfyuiOptions>(c.clone()))
+    {
+        diags.extend(
+            machine_model::comfyui_install::check(&comfyui)
+                .into_iter()
+                .map(|(pointer, message)| source.diagnostic(&pointer, message)),
+        );
+    }
     if let Some(Err(errors)) = value
         .get("workers")
         .and_then(Value::as_str)
@@ -376,6 +393,69 @@ mod tests {
             &profile(MACHINE, ",\n  \"dockr\": {}"),
             &[
                 "profiles/p.json:6:12: /dockr: unknown field \"dockr\" (did you mean \"docker\"?); allowed: $schema, description, components, workers, worker_bundle, machine, replicas, docker, env, comfyui",
+            ],
+        );
+    }
+
+    const SHA40: &str = "0123456789abcdef0123456789abcdef01234567";
+
+    #[test]
+    fn every_bad_comfyui_install_value_is_reported_at_once() {
+        let comfyui = format!(
+            r#",
+  "comfyui": {{
+    "packages": ["torch", "einops==0.8.2", "Einops==0.8.2"],
+    "custom_nodes": [
+      {{ "name": "n", "url": "https://example.com/n.zip", "commit": "{SHA40}" }},
+      {{ "name": "n", "url": "git@github.com:o/n.git", "commit": "main" }},
+      {{ "name": "../x", "url": "/srv/x", "commit": "{SHA40}" }}
+    ],
+    "models": [
+      {{ "url": "https://h/a.safetensors", "sha256": "abc", "folder": "/checkpoints" }},
+      {{ "url": "https://h/a.safetensors", "sha256": "{a}", "folder": "../vae" }},
+      {{ "url": "https://h/b/a.safetensors", "sha256": "{a}", "folder": "vae" }},
+      {{ "url": "https://h/c", "sha256": "{a}", "folder": "vae", "file_name": "a.safetensors" }}
+    ]
+  }}"#,
+            a = "a".repeat(64)
+        );
+        check(
+            &profile(MACHINE, &comfyui),
+            &[
+                "profiles/p.json:7:18: /comfyui/packages/0: package \"torch\" is not pinned; write name==version (e.g. \"opencv-python-headless==4.10.0.84\"), as pip freeze prints it, so the venv installs the same next year",
+                "profiles/p.json:7:44: /comfyui/packages/2: package \"Einops\" is listed twice (also /comfyui/packages/1)",
+                "profiles/p.json:9:29: /comfyui/custom_nodes/0/url: custom node \"n\": url \"https://example.com/n.zip\" names a file, not a git repository; allowed: https://host/path, http://host/path, ssh://[user@]host/path, git://host/path, user@host:path (scp-like), file:///path or an absolute path",
+                "profiles/p.json:10:17: /comfyui/custom_nodes/1/name: custom node \"n\" is listed twice (also /comfyui/custom_nodes/0); each node has its own folder",
+                "profiles/p.json:10:65: /comfyui/custom_nodes/1/commit: custom node \"n\": commit \"main\" is not a full 40-hex commit id; pin one (`git rev-parse HEAD` in the node's repository), branches and tags move",
+                "profiles/p.json:11:17: /comfyui/custom_nodes/2/name: custom node name \"../x\" is not a folder name; use letters, digits, `_`, `-` and `.`, starting with a letter, digit or `_` (e.g. \"ComfyUI-Impact-Pack\")",
+                "profiles/p.json:14:53: /comfyui/models/0/sha256: model https://h/a.safetensors: sha256 \"abc\" is not a SHA-256 (64 hex digits, as `sha256sum` prints it); every model is checked",
+                "profiles/p.json:14:70: /comfyui/models/0/folder: model folder \"/checkpoints\" must be a relative folder under ComfyUI/models/ without `.` or `..` parts (letters, digits, `_`, `-`, `.`, `/` between parts; e.g. \"checkpoints\", \"loras/sdxl\")",
+                "profiles/p.json:15:131: /comfyui/models/1/folder: model folder \"../vae\" must be a relative folder under ComfyUI/models/ without `.` or `..` parts (letters, digits, `_`, `-`, `.`, `/` between parts; e.g. \"checkpoints\", \"loras/sdxl\")",
+                "profiles/p.json:17:139: /comfyui/models/3/file_name: model models/vae/a.safetensors is also the target of /comfyui/models/2; give one of them another file_name or folder",
+            ],
+        );
+    }
+
+    #[test]
+    fn an_unknown_node_field_a_model_without_sha256_and_a_branch_for_a_commit_are_reported_together()
+     {
+        let comfyui = format!(
+            r#",
+  "comfyui": {{
+    "custom_nodes": [
+      {{ "name": "n", "url": "/srv/n", "commit": "{SHA40}", "branch": "main" }},
+      {{ "name": "m", "url": "/srv/m", "commit": "v1.0" }}
+    ],
+    "models": [ {{ "url": "https://h/a.safetensors", "folder": "checkpoints" }} ]
+  }}"#
+        );
+        // serde stops at the unknown field; the schema reports it and every shape problem beside it.
+        check(
+            &profile(MACHINE, &comfyui),
+            &[
+                "profiles/p.json:8:103: /comfyui/custom_nodes/0/branch: unknown field \"branch\"; allowed: name, url, commit, requirements, install_order, env",
+                "profiles/p.json:9:49: /comfyui/custom_nodes/1/commit: \"v1.0\" has the wrong form; allowed: a string matching ^[0-9a-fA-F]{40}$",
+                "profiles/p.json:11:17: /comfyui/models/0: missing required field \"sha256\"; allowed: an object with fields url, sha256, folder, file_name (required: url, sha256, folder)",
             ],
         );
     }

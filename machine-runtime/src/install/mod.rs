@@ -360,6 +360,8 @@ pub struct StepFailure {
     pub total: usize,
     /// Step kind (`git-checkout`, ...).
     pub kind: &'static str,
+    /// What inside the step failed, when it handles several things (`custom node "x"`, `model …`).
+    pub subject: Option<String>,
     /// The command line that failed, secrets masked.
     pub command: Option<String>,
     /// What went wrong.
@@ -372,9 +374,13 @@ impl fmt::Display for StepFailure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "install {} failed at step {}/{} {}: ",
+            "install {} failed at step {}/{} {}",
             self.service, self.step, self.total, self.kind
         )?;
+        match &self.subject {
+            Some(subject) => write!(f, " ({subject}): ")?,
+            None => write!(f, ": ")?,
+        }
         let command = self.command.as_deref().unwrap_or_default();
         match &self.cause {
             FailureCause::Exit(status) => write!(f, "`{command}` {status}")?,
@@ -669,7 +675,8 @@ pub(crate) fn builtin_recipes(
 }
 
 /// The recipes of a plan's `install` list, in order: the worker bundle from the plan's source
-/// ([`machine_model::Plan::worker_bundle`]), the services' built-in recipes.
+/// ([`machine_model::Plan::worker_bundle`]), ComfyUI with what the profile adds
+/// ([`machine_model::Plan::comfyui_install`]), the other services' built-in recipes.
 pub(crate) fn plan_recipes(
     plan: &machine_model::Plan,
 ) -> Result<Vec<(String, InstallRecipe)>, InstallError> {
@@ -683,6 +690,13 @@ pub(crate) fn plan_recipes(
             out.push((
                 name.to_string(),
                 machine_model::install::worker_bundle_recipe(&bundle),
+            ));
+        } else if *name == "comfyui"
+            && let Some(options) = &plan.comfyui_install
+        {
+            out.push((
+                name.to_string(),
+                machine_model::install::comfyui_recipe_for(options),
             ));
         } else {
             out.extend(builtin_recipes(&[name.to_string()])?);
@@ -888,6 +902,48 @@ mod tests {
                 .len(),
             1
         );
+    }
+
+    #[test]
+    fn a_profiles_comfyui_section_reaches_the_recipe_of_its_plan() {
+        let profile = |comfyui: &str| -> machine_model::Profile {
+            serde_json::from_str(&format!(
+                r#"{{"description": "d", "workers": "comfyui:1", "machine": {{"gpus": 1, "ram_gb": 8}}{comfyui}}}"#
+            ))
+            .unwrap()
+        };
+        let plain = machine_model::Plan::build("p", &profile(""), &Default::default()).unwrap();
+        assert_eq!(plain.comfyui_install, None);
+        let recipes = plan_recipes(&plain).unwrap();
+        assert_eq!(recipes[1].0, "comfyui");
+        assert_eq!(recipes[1].1, machine_model::install::comfyui_recipe());
+
+        let node = format!(
+            r#", "comfyui": {{"packages": ["einops==0.8.2"], "custom_nodes": [{{"name": "n", "url": "/srv/n", "commit": "{}"}}]}}"#,
+            "a".repeat(40)
+        );
+        let plan = machine_model::Plan::build("p", &profile(&node), &Default::default()).unwrap();
+        let recipes = plan_recipes(&plan).unwrap();
+        let kinds: Vec<&str> = recipes[1].1.steps.iter().map(|s| s.kind()).collect();
+        assert_eq!(
+            kinds,
+            [
+                "git-checkout",
+                "pip-constraints",
+                "python-venv",
+                "custom-nodes",
+                "persist",
+                "probe"
+            ]
+        );
+        // Only the command line differs: the install (and its hash) is the plain one.
+        let cpu_only = machine_model::Plan::build(
+            "p",
+            &profile(r#", "comfyui": {"cpu": true}"#),
+            &Default::default(),
+        )
+        .unwrap();
+        assert_eq!(cpu_only.comfyui_install, None);
     }
 
     #[test]

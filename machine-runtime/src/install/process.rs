@@ -37,6 +37,9 @@ pub(crate) struct Cmd {
     /// Keep stdout apart (returned in [`Finished::stdout`]); otherwise stdout and stderr share one pipe so
     /// the tail keeps their order.
     pub capture_stdout: bool,
+    /// Give the child this process's stderr (a terminal: curl draws its progress bar there) instead of
+    /// the tail's pipe; its error lines are then on the terminal, not in the tail.
+    pub inherit_stderr: bool,
 }
 
 impl Cmd {
@@ -47,6 +50,7 @@ impl Cmd {
             cwd: cwd.to_owned(),
             env: Vec::new(),
             capture_stdout: false,
+            inherit_stderr: false,
         }
     }
 
@@ -124,12 +128,23 @@ pub(crate) fn run(ctx: &RunCtx<'_>, cmd: &Cmd) -> Result<Finished, Interrupted> 
         .envs(ctx.env.iter())
         .envs(cmd.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
     let (merged, writer) = std::io::pipe().map_err(Interrupted::Spawn)?;
-    if cmd.capture_stdout {
-        command.stdout(Stdio::piped());
-    } else {
-        command.stdout(writer.try_clone().map_err(Interrupted::Spawn)?);
+    match (cmd.capture_stdout, cmd.inherit_stderr) {
+        (true, true) => {
+            command.stdout(Stdio::piped()).stderr(Stdio::inherit());
+            drop(writer);
+        }
+        (true, false) => {
+            command.stdout(Stdio::piped()).stderr(writer);
+        }
+        (false, true) => {
+            command.stdout(writer).stderr(Stdio::inherit());
+        }
+        (false, false) => {
+            command
+                .stdout(writer.try_clone().map_err(Interrupted::Spawn)?)
+                .stderr(writer);
+        }
     }
-    command.stderr(writer);
     let spawned = command.spawn();
     // `command` holds our copies of the pipe's write end; the reader sees end-of-file only once they are gone.
     drop(command);

@@ -2,11 +2,12 @@
 
 use std::path::{Component, Path};
 
-use machine_model::install::{CustomNode, InstallRecipe, Step};
+use machine_model::install::{CustomNode, DownloadFile, InstallRecipe, Step};
 use serde::Serialize;
 
 use super::hash::fnv1a64_hex;
 use super::placeholder::{self, INSTALL_DIR_PLACEHOLDER};
+use machine_model::components::mask::strip_url_credentials;
 
 /// Bumped when the executor's behaviour changes in a way that should reinstall everything.
 pub(crate) const INSTALLER_FORMAT: u32 = 1;
@@ -43,6 +44,7 @@ fn map_step(
             dir,
             requirements,
             packages,
+            constraints,
             timeout_secs,
         } => Step::PythonVenv {
             dir: one("dir", dir),
@@ -52,12 +54,20 @@ fn map_step(
                 .enumerate()
                 .map(|(i, p)| one(&format!("packages[{i}]"), p))
                 .collect(),
+            constraints: constraints.as_ref().map(|c| one("constraints", c)),
             timeout_secs: *timeout_secs,
+        },
+        // The files' content is literal: a constraints file is written as kept in the repository.
+        Step::PipConstraints { path, rev, files } => Step::PipConstraints {
+            path: one("path", path),
+            rev: one("rev", rev),
+            files: files.clone(),
         },
         Step::CustomNodes {
             dir,
             venv,
             nodes,
+            constraints,
             timeout_secs,
         } => Step::CustomNodes {
             dir: one("dir", dir),
@@ -69,8 +79,51 @@ fn map_step(
                     name: one(&format!("nodes[{i}].name"), &n.name),
                     repo: one(&format!("nodes[{i}].repo"), &n.repo),
                     rev: one(&format!("nodes[{i}].rev"), &n.rev),
+                    requirements: n.requirements,
+                    env: n
+                        .env
+                        .iter()
+                        .enumerate()
+                        .map(|(j, (k, v))| {
+                            (
+                                one(&format!("nodes[{i}].env[{j}].name"), k),
+                                one(&format!("nodes[{i}].env[{j}].value"), v),
+                            )
+                        })
+                        .collect(),
                 })
                 .collect(),
+            constraints: constraints.as_ref().map(|c| one("constraints", c)),
+            timeout_secs: *timeout_secs,
+        },
+        Step::Download {
+            files,
+            timeout_secs,
+        } => Step::Download {
+            files: files
+                .iter()
+                .enumerate()
+                .map(|(i, f)| DownloadFile {
+                    url: one(&format!("files[{i}].url"), &f.url),
+                    sha256: one(&format!("files[{i}].sha256"), &f.sha256),
+                    dest: one(&format!("files[{i}].dest"), &f.dest),
+                })
+                .collect(),
+            timeout_secs: *timeout_secs,
+        },
+        Step::Probe {
+            argv,
+            cwd,
+            expect_exit,
+            timeout_secs,
+        } => Step::Probe {
+            argv: argv
+                .iter()
+                .enumerate()
+                .map(|(i, a)| one(&format!("argv[{i}]"), a))
+                .collect(),
+            cwd: cwd.as_ref().map(|c| one("cwd", c)),
+            expect_exit: *expect_exit,
             timeout_secs: *timeout_secs,
         },
         Step::Persist { paths } => Step::Persist {
@@ -183,16 +236,87 @@ fn validate(recipe: &InstallRecipe, problems: &mut Vec<String>) {
                 }
             }
             Step::PythonVenv {
-                dir, requirements, ..
+                dir,
+                requirements,
+                constraints,
+                ..
             } => {
                 paths.push(("dir", dir));
                 paths.extend(requirements.as_deref().map(|r| ("requirements", r)));
+                paths.extend(constraints.as_deref().map(|c| ("constraints", c)));
+            }
+            Step::PipConstraints { path, rev, files } => {
+                paths.push(("path", path));
+                if rev.is_empty() || rev.starts_with('-') {
+                    problem(
+                        &at,
+                        "rev",
+                        format!("{rev:?} is not a commit, branch or tag"),
+                    );
+                }
+                if files.is_empty() {
+                    problem(
+                        &at,
+                        "files",
+                        "needs at least one constraints file".to_owned(),
+                    );
+                }
+                for (j, file) in files.iter().enumerate() {
+                    if !is_full_sha(&file.commit) {
+                        problem(
+                            &at,
+                            &format!("files[{j}].commit"),
+                            format!("{:?} is not a full 40-hex commit", file.commit),
+                        );
+                    }
+                }
+            }
+            Step::Download { files, .. } => {
+                for (j, file) in files.iter().enumerate() {
+                    if file.dest == "." || !is_inside(&file.dest) {
+                        problem(
+                            &at,
+                            &format!("files[{j}].dest"),
+                            format!(
+                                "{:?} must be a file inside the install directory",
+                                file.dest
+                            ),
+                        );
+                    } else if files[..j].iter().any(|other| other.dest == file.dest) {
+                        problem(
+                            &at,
+                            &format!("files[{j}].dest"),
+                            format!("{:?} is the target of two downloads", file.dest),
+                        );
+                    }
+                    if !is_sha256(&file.sha256) {
+                        problem(
+                            &at,
+                            &format!("files[{j}].sha256"),
+                            format!("{:?} is not a SHA-256 (64 hex digits)", file.sha256),
+                        );
+                    }
+                    if let Err(message) = download_url(&file.url) {
+                        problem(&at, &format!("files[{j}].url"), message);
+                    }
+                }
+            }
+            Step::Probe { argv, cwd, .. } => {
+                if argv.first().is_none_or(String::is_empty) {
+                    problem(&at, "argv", "needs at least a program".to_owned());
+                }
+                paths.extend(cwd.as_deref().map(|c| ("cwd", c)));
             }
             Step::CustomNodes {
-                dir, venv, nodes, ..
+                dir,
+                venv,
+                nodes,
+                constraints,
+                ..
             } => {
                 paths.push(("dir", dir));
                 paths.extend(venv.as_deref().map(|v| ("venv", v)));
+                paths.extend(constraints.as_deref().map(|c| ("constraints", c)));
                 for (j, node) in nodes.iter().enumerate() {
                     let field = format!("nodes[{j}].name");
                     if !is_single_name(&node.name) {
@@ -248,8 +372,7 @@ fn validate(recipe: &InstallRecipe, problems: &mut Vec<String>) {
                     problem(&at, "source", message);
                 }
                 let sha = sha256.as_deref().unwrap_or_default();
-                let is_sha256 = sha.len() == 64 && sha.bytes().all(|b| b.is_ascii_hexdigit());
-                if !sha.is_empty() && !is_sha256 {
+                if !sha.is_empty() && !is_sha256(sha) {
                     problem(
                         &at,
                         "sha256",
@@ -346,6 +469,7 @@ pub(crate) fn describe(step: &Step) -> String {
             dir,
             requirements,
             packages,
+            constraints,
             ..
         } => {
             let mut s = format!("venv {dir}");
@@ -355,9 +479,25 @@ pub(crate) fn describe(step: &Step) -> String {
             if !packages.is_empty() {
                 s.push_str(&format!(", pip install {}", packages.join(" ")));
             }
+            if let Some(c) = constraints {
+                s.push_str(&format!(", constraints {c}"));
+            }
             s
         }
         Step::CustomNodes { dir, nodes, .. } => format!("{} custom nodes into {dir}", nodes.len()),
+        Step::PipConstraints { path, rev, .. } => {
+            let short = if is_full_sha(rev) {
+                &rev[..12]
+            } else {
+                rev.as_str()
+            };
+            format!("write {path} for {short}")
+        }
+        Step::Download { files, .. } => {
+            let dests: Vec<&str> = files.iter().map(|f| f.dest.as_str()).collect();
+            format!("{} files: {}", files.len(), dests.join(", "))
+        }
+        Step::Probe { argv, .. } => argv.join(" "),
         Step::Persist { paths } => format!("keep {} across reinstalls", paths.join(", ")),
         Step::Fetch { source, dest, .. } => {
             let into = if dest == "." {
@@ -403,6 +543,25 @@ impl FetchSource {
         } else {
             FetchSource::Tarball(path)
         })
+    }
+}
+
+/// 64 hex digits.
+pub(crate) fn is_sha256(sha: &str) -> bool {
+    sha.len() == 64 && sha.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// Checks that `url` is one curl downloads here: `https://`, `http://` or `file:///`.
+pub(crate) fn download_url(url: &str) -> Result<(), String> {
+    let ok =
+        url.starts_with("https://") || url.starts_with("http://") || url.starts_with("file:///");
+    if ok && !url.contains(char::is_whitespace) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{:?} is not an https://, http:// or file:/// URL",
+            strip_url_credentials(url)
+        ))
     }
 }
 
@@ -481,6 +640,7 @@ mod tests {
                 dir: "../venv".into(),
                 requirements: Some("/etc/passwd".into()),
                 packages: vec![],
+                constraints: None,
                 timeout_secs: None,
             }],
         };

@@ -1,10 +1,11 @@
-//! Executes the four step kinds (git checkout, Python venv, custom nodes, command) inside a version directory.
+//! Executes the step kinds (git checkout, pip constraints, Python venv, custom nodes, persist, fetch,
+//! download, probe, command) inside a version directory.
 
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use machine_model::install::Step;
+use machine_model::install::{ConstraintsFile, DownloadFile, Step};
 
 use super::hash::fnv1a64_hex;
 use super::marker::{CheckoutRecord, FetchRecord, RequirementsRecord};
@@ -58,6 +59,7 @@ impl StepCtx<'_> {
             step: self.index,
             total: self.total,
             kind: self.kind,
+            subject: None,
             command: command.map(|c| c.display(self.masker)),
             cause,
             tail: tail
@@ -85,6 +87,13 @@ impl StepCtx<'_> {
         });
     }
 
+    fn warn(&self, message: &str) {
+        self.progress.report(&ProgressEvent::Warning {
+            service: self.service.to_owned(),
+            message: self.masker.mask(message).into_owned(),
+        });
+    }
+
     /// Runs `cmd`; a non-zero exit is returned, not an error.
     fn run_status(&self, cmd: &Cmd) -> StepResult<Finished> {
         let beat = || {
@@ -97,11 +106,16 @@ impl StepCtx<'_> {
                 elapsed: self.started.elapsed(),
             })
         };
+        self.run_status_beating(cmd, &beat)
+    }
+
+    /// Runs `cmd`, calling `beat` every heartbeat instead of the step's "still running" line.
+    fn run_status_beating(&self, cmd: &Cmd, beat: &dyn Fn()) -> StepResult<Finished> {
         let ctx = RunCtx {
             env: self.env,
             deadline: self.deadline,
             heartbeat: self.heartbeat,
-            on_heartbeat: &beat,
+            on_heartbeat: beat,
         };
         process::run(&ctx, cmd).map_err(|interrupted| match interrupted {
             Interrupted::Spawn(e) => self.failure(Some(cmd), FailureCause::Spawn(e), Vec::new()),
@@ -136,13 +150,14 @@ pub(crate) fn run_step(ctx: &StepCtx<'_>, step: &Step, records: &mut Records) ->
             shallow,
             ..
         } => {
-            let record = git_checkout(ctx, repo, rev, dest, *shallow)?;
+            let record = git_checkout(ctx, repo, rev, dest, *shallow, &[])?;
             records.checkouts.push(record);
         }
         Step::PythonVenv {
             dir,
             requirements,
             packages,
+            constraints,
             ..
         } => {
             let venv = ctx.root.join(dir);
@@ -162,27 +177,80 @@ pub(crate) fn run_step(ctx: &StepCtx<'_>, step: &Step, records: &mut Records) ->
             }
             pip_args.extend(packages.iter().cloned());
             if !pip_args.is_empty() {
-                pip_install(ctx, &venv, ctx.root, pip_args)?;
+                pip_args.extend(constraints_args(ctx, constraints.as_deref())?);
+                pip_install(ctx, &venv, ctx.root, pip_args, &[])?;
             }
         }
+        Step::PipConstraints { path, rev, files } => {
+            let record = write_constraints(ctx, path, rev, files)?;
+            records.requirements.push(record);
+        }
         Step::CustomNodes {
-            dir, venv, nodes, ..
+            dir,
+            venv,
+            nodes,
+            constraints,
+            ..
         } => {
             for node in nodes {
+                let subject = format!(
+                    "custom node {:?} ({} @ {})",
+                    node.name,
+                    strip_url_credentials(&node.repo),
+                    node.rev
+                );
+                let named = |mut failure: Box<StepFailure>| {
+                    failure.subject = Some(subject.clone());
+                    failure
+                };
                 let dest = format!("{dir}/{}", node.name);
-                let record = git_checkout(ctx, &node.repo, &node.rev, &dest, true)?;
+                let record = git_checkout(ctx, &node.repo, &node.rev, &dest, true, &node.env)
+                    .map_err(named)?;
                 records.checkouts.push(record);
-                if let Some(venv) = venv {
-                    let req = format!("{dest}/requirements.txt");
-                    if ctx.root.join(&req).is_file() {
-                        let (record, names_something) = requirements_record(ctx, &req)?;
-                        records.requirements.push(record);
-                        if names_something {
-                            let args = vec!["-r".to_owned(), req];
-                            pip_install(ctx, &ctx.root.join(venv), ctx.root, args)?;
-                        }
-                    }
+                let Some(venv) = venv.as_deref().filter(|_| node.requirements) else {
+                    continue;
+                };
+                let req = format!("{dest}/requirements.txt");
+                if !ctx.root.join(&req).is_file() {
+                    continue;
                 }
+                let (record, names_something) = requirements_record(ctx, &req).map_err(named)?;
+                records.requirements.push(record);
+                if names_something {
+                    let mut args = vec!["-r".to_owned(), req];
+                    args.extend(constraints_args(ctx, constraints.as_deref()).map_err(named)?);
+                    pip_install(ctx, &ctx.root.join(venv), ctx.root, args, &node.env)
+                        .map_err(named)?;
+                }
+            }
+        }
+        Step::Download { files, .. } => {
+            for file in files {
+                let subject = format!("model {}", file.dest);
+                let record = download(ctx, file).map_err(|mut failure| {
+                    failure.subject = Some(subject);
+                    failure
+                })?;
+                records.fetches.push(record);
+            }
+        }
+        Step::Probe {
+            argv,
+            cwd,
+            expect_exit,
+            ..
+        } => {
+            let cmd = program_cmd(ctx, argv, cwd.as_deref(), &[])?;
+            let done = ctx.run_status(&cmd)?;
+            if done.status.code() != Some(*expect_exit) {
+                return Err(ctx.failure(
+                    Some(&cmd),
+                    FailureCause::Exit(format!(
+                        "{} (expected status {expect_exit}): the new version does not start, so it was not switched in",
+                        process::describe_status(&done.status)
+                    )),
+                    done.tail,
+                ));
             }
         }
         Step::Persist { paths } => {
@@ -202,24 +270,198 @@ pub(crate) fn run_step(ctx: &StepCtx<'_>, step: &Step, records: &mut Records) ->
             records.fetches.push(record);
         }
         Step::Command { argv, cwd, env, .. } => {
-            let Some((program, args)) = argv.split_first() else {
-                return Err(ctx.problem("the command has no program".to_owned()));
-            };
-            // A relative program with a `/` (e.g. `venv/bin/python`) lives in the install directory.
-            let program = if program.contains('/') && !program.starts_with('/') {
-                ctx.root.join(program)
-            } else {
-                PathBuf::from(program)
-            };
-            let cwd = cwd
-                .as_ref()
-                .map_or_else(|| ctx.root.to_owned(), |c| ctx.root.join(c));
-            let mut cmd = Cmd::new(program, &cwd).args(args.iter().cloned());
-            cmd.env = env.clone();
+            let cmd = program_cmd(ctx, argv, cwd.as_deref(), env)?;
             ctx.run_ok(&cmd)?;
         }
     }
     Ok(())
+}
+
+/// The command of a `command` or `probe` step: a relative program with a `/` (e.g. `venv/bin/python`)
+/// lives in the install directory, as does the working directory.
+fn program_cmd(
+    ctx: &StepCtx<'_>,
+    argv: &[String],
+    cwd: Option<&str>,
+    env: &[(String, String)],
+) -> StepResult<Cmd> {
+    let Some((program, args)) = argv.split_first() else {
+        return Err(ctx.problem("the command has no program".to_owned()));
+    };
+    let program = if program.contains('/') && !program.starts_with('/') {
+        ctx.root.join(program)
+    } else {
+        PathBuf::from(program)
+    };
+    let cwd = cwd.map_or_else(|| ctx.root.to_owned(), |c| ctx.root.join(c));
+    let mut cmd = Cmd::new(program, &cwd).args(args.iter().cloned());
+    cmd.env = env.to_vec();
+    Ok(cmd)
+}
+
+/// `-c <path>` for pip when the step names a constraints file, which must then exist (written by a
+/// `pip-constraints` step before).
+fn constraints_args(ctx: &StepCtx<'_>, constraints: Option<&str>) -> StepResult<Vec<String>> {
+    let Some(path) = constraints else {
+        return Ok(Vec::new());
+    };
+    if !ctx.root.join(path).is_file() {
+        return Err(ctx.problem(format!(
+            "the constraints file {path} is missing; a pip-constraints step must write it before this step"
+        )));
+    }
+    Ok(vec!["-c".to_owned(), path.to_owned()])
+}
+
+/// Writes the constraints file made for `rev` (the first of `files` when none was), atomically.
+fn write_constraints(
+    ctx: &StepCtx<'_>,
+    path: &str,
+    rev: &str,
+    files: &[ConstraintsFile],
+) -> StepResult<RequirementsRecord> {
+    let chosen = match files.iter().find(|f| f.commit.eq_ignore_ascii_case(rev)) {
+        Some(own) => own,
+        None => {
+            let Some(default) = files.first() else {
+                return Err(ctx.problem("no constraints file to write".to_owned()));
+            };
+            ctx.warn(&format!(
+                "revision {rev} has no pip constraints file of its own; using the one made for {} \
+                 (add machine-model/comfyui/constraints-<commit>.txt from a pip freeze to pin this revision)",
+                default.commit
+            ));
+            default
+        }
+    };
+    let target = ctx.root.join(path);
+    let staging = ctx.root.join(format!("{path}.partial"));
+    fs::write(&staging, &chosen.content)
+        .and_then(|()| fs::rename(&staging, &target))
+        .map_err(|e| ctx.problem(format!("cannot write {}: {e}", target.display())))?;
+    ctx.note(&format!("{path}: constraints made for {}", chosen.commit));
+    Ok(RequirementsRecord {
+        path: path.to_owned(),
+        fnv1a64: fnv1a64_hex(chosen.content.as_bytes()),
+    })
+}
+
+/// The SHA-256 of a file, computed by `sha256sum` (a step command: timeout, process group).
+fn sha256_of(ctx: &StepCtx<'_>, file: &Path) -> StepResult<String> {
+    let sum = ctx.run_ok(
+        &Cmd::new("sha256sum", ctx.root)
+            .arg(file.to_string_lossy())
+            .capture_stdout(),
+    )?;
+    Ok(sum
+        .stdout
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_ascii_lowercase())
+}
+
+/// Downloads one file into `<root>/<dest>` unless it is there with the right checksum: curl into
+/// `<dest>.part` beside it, the checksum compared, then renamed into place. A mismatch deletes the
+/// download. On a terminal curl draws its progress bar; otherwise the heartbeat says how much arrived.
+fn download(ctx: &StepCtx<'_>, file: &DownloadFile) -> StepResult<FetchRecord> {
+    use std::io::IsTerminal;
+    let target = ctx.root.join(&file.dest);
+    let shown = strip_url_credentials(&file.url);
+    let expected = file.sha256.to_ascii_lowercase();
+    let record = || FetchRecord {
+        dest: file.dest.clone(),
+        source: shown.clone(),
+        sha256: Some(expected.clone()),
+    };
+    if target.is_file() {
+        if sha256_of(ctx, &target)? == expected {
+            ctx.note(&format!(
+                "{} is already there with SHA-256 {expected}; not downloaded again",
+                file.dest
+            ));
+            return Ok(record());
+        }
+        ctx.note(&format!(
+            "{} is there with another SHA-256; downloading it again",
+            file.dest
+        ));
+    }
+    if let Some(parent) = target.parent() {
+        fs::create_dir_all(parent)
+            .map_err(|e| ctx.problem(format!("cannot create {}: {e}", parent.display())))?;
+    }
+    let part = PathBuf::from(format!("{}.part", target.display()));
+    let terminal = std::io::stderr().is_terminal();
+    let mut cmd = Cmd::new("curl", ctx.root)
+        .args(["-fL", "--retry", "3", "--connect-timeout", "30"])
+        .args(if terminal { ["-#"] } else { ["-sS"] })
+        .arg("-o")
+        .arg(part.to_string_lossy())
+        .arg(&file.url);
+    cmd.inherit_stderr = terminal;
+    ctx.note(&format!("downloading {shown} into {}", file.dest));
+    let started = Instant::now();
+    let beat = || {
+        let bytes = fs::metadata(&part).map_or(0, |m| m.len());
+        ctx.note(&format!(
+            "{}: {} so far, {:.0}s",
+            file.dest,
+            human_bytes(bytes),
+            started.elapsed().as_secs_f64()
+        ));
+    };
+    let done = ctx.run_status_beating(&cmd, &beat);
+    let remove_part = || {
+        let _ = fs::remove_file(&part);
+    };
+    let done = done.inspect_err(|_| remove_part())?;
+    if !done.status.success() {
+        remove_part();
+        return Err(ctx.failure(
+            Some(&cmd),
+            FailureCause::Exit(process::describe_status(&done.status)),
+            done.tail,
+        ));
+    }
+    let actual = sha256_of(ctx, &part).inspect_err(|_| remove_part())?;
+    if actual != expected {
+        remove_part();
+        return Err(ctx.problem(format!(
+            "the download from {shown} has SHA-256 {actual}, expected {expected}; it was refused and deleted \
+             (check the URL, or the profile's sha256 if the file was meant to change)"
+        )));
+    }
+    fs::rename(&part, &target).map_err(|e| {
+        remove_part();
+        ctx.problem(format!(
+            "cannot move the download to {}: {e}",
+            target.display()
+        ))
+    })?;
+    let bytes = fs::metadata(&target).map_or(0, |m| m.len());
+    ctx.note(&format!(
+        "{}: {} in {:.1}s, SHA-256 checked",
+        file.dest,
+        human_bytes(bytes),
+        started.elapsed().as_secs_f64()
+    ));
+    Ok(record())
+}
+
+/// `1.5 GiB`, `12.0 MiB`, `512 B`.
+fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
 }
 
 /// Puts the files of `source` into `<root>/<dest>`: a tarball (downloaded with curl when remote, checked
@@ -348,8 +590,14 @@ fn requirements_record(ctx: &StepCtx<'_>, req: &str) -> StepResult<(Requirements
     Ok((record, names_something))
 }
 
-fn pip_install(ctx: &StepCtx<'_>, venv: &Path, cwd: &Path, args: Vec<String>) -> StepResult<()> {
-    let cmd = Cmd::new(venv.join("bin/python"), cwd)
+fn pip_install(
+    ctx: &StepCtx<'_>,
+    venv: &Path,
+    cwd: &Path,
+    args: Vec<String>,
+    env: &[(String, String)],
+) -> StepResult<()> {
+    let mut cmd = Cmd::new(venv.join("bin/python"), cwd)
         .args([
             "-m",
             "pip",
@@ -358,6 +606,7 @@ fn pip_install(ctx: &StepCtx<'_>, venv: &Path, cwd: &Path, args: Vec<String>) ->
             "--disable-pip-version-check",
         ])
         .args(args);
+    cmd.env = env.to_vec();
     ctx.run_ok(&cmd).map(drop)
 }
 
@@ -369,11 +618,16 @@ fn git_checkout(
     rev: &str,
     dest: &str,
     shallow: bool,
+    env: &[(String, String)],
 ) -> StepResult<CheckoutRecord> {
     let dir = ctx.root.join(dest);
     fs::create_dir_all(&dir)
         .map_err(|e| ctx.problem(format!("cannot create {}: {e}", dir.display())))?;
-    let git = || Cmd::new("git", &dir);
+    let git = || {
+        let mut cmd = Cmd::new("git", &dir);
+        cmd.env = env.to_vec();
+        cmd
+    };
     ctx.run_ok(&git().args(["-c", "init.defaultBranch=main", "init", "-q"]))?;
     // The remote is recorded without credentials, so none end up on disk; fetches use the full URL.
     ctx.run_ok(

@@ -11,7 +11,10 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use machine_model::install::{CustomNode, InstallRecipe, Step, comfyui_recipe};
+use machine_model::install::{
+    COMFYUI_CONSTRAINTS, CustomNode, InstallRecipe, Step, comfyui_recipe, comfyui_recipe_for,
+};
+use machine_model::profile::{ComfyuiCustomNode, ComfyuiModel, ComfyuiOptions};
 use machine_runtime::install::{
     Env, FailureCause, Freshness, InstallError, InstallOptions, Marker, Outcome, Progress,
     ProgressEvent, check, install,
@@ -84,6 +87,23 @@ impl Fixture {
         env.set("PATH", path);
         env.set("GIT_CONFIG_GLOBAL", "/dev/null");
         env.set("GIT_CONFIG_NOSYSTEM", "1");
+        env
+    }
+
+    /// [`Fixture::env`] with pip kept off the network: no index, no user or site pip config, packages
+    /// only from the test's own wheels folder, which holds `requests` at the version ComfyUI's
+    /// constraints pin (ComfyUI's recipe always installs it).
+    fn offline_env(&self) -> Env {
+        let mut env = self.env();
+        for name in ["PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_FIND_LINKS"] {
+            env.remove(name);
+        }
+        env.set("PIP_CONFIG_FILE", "/dev/null");
+        env.set("PIP_NO_INDEX", "1");
+        let wheels = self.path("wheels");
+        let requests = pinned_version("requests");
+        fake_wheel(&wheels, "requests", &requests);
+        env.set("PIP_FIND_LINKS", wheels.to_string_lossy());
         env
     }
 
@@ -180,6 +200,64 @@ impl Repo {
     }
 }
 
+/// The version ComfyUI's constraints file pins for `package`.
+fn pinned_version(package: &str) -> String {
+    let (_, content) = COMFYUI_CONSTRAINTS[0];
+    content
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{package}==")))
+        .unwrap_or_else(|| panic!("the constraints pin {package}"))
+        .to_owned()
+}
+
+/// Writes a minimal pure-Python wheel `<name>-<version>` (a module printing nothing, whose
+/// `__version__` is `version`) into `dir`, so pip installs it without an index.
+fn fake_wheel(dir: &Path, name: &str, version: &str) {
+    fs::create_dir_all(dir).unwrap();
+    let script = r#"
+import sys, zipfile
+d, name, version = sys.argv[1:4]
+info = f"{name}-{version}.dist-info"
+files = {
+    f"{name}/__init__.py": f"__version__ = {version!r}\n",
+    f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
+    f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: machine-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+}
+files[f"{info}/RECORD"] = "".join(f"{p},,\n" for p in list(files) + [f"{info}/RECORD"])
+with zipfile.ZipFile(f"{d}/{name}-{version}-py3-none-any.whl", "w") as z:
+    for path, text in files.items():
+        z.writestr(path, text)
+"#;
+    let out = Command::new("python3")
+        .args(["-c", script])
+        .arg(dir)
+        .args([name, version])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `python -c <code>` in a venv of the workspace; its stdout, trimmed.
+fn venv_python(python: &Path, code: &str) -> String {
+    let out = Command::new(python).args(["-c", code]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+fn sha256_hex(path: &Path) -> String {
+    let out = Command::new("sha256sum").arg(path).output().unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap()[..64].to_owned()
+}
+
 #[derive(Default)]
 struct Recorder {
     events: Mutex<Vec<ProgressEvent>>,
@@ -240,7 +318,10 @@ fn comfyui_fixture(fx: &Fixture) -> (Repo, String) {
     let repo = Repo::create(fx.path("ComfyUI-src"));
     let commit = repo.commit(
         &[
-            ("main.py", "print('v1')\n"),
+            (
+                "main.py",
+                "import requests\nprint('v1', requests.__version__)\n",
+            ),
             ("models/checkpoints/put_checkpoints_here", ""),
             (
                 "requirements.txt",
@@ -259,7 +340,7 @@ fn comfyui_installs_once_skips_reinstalls_on_change_and_survives_a_broken_url() 
     let ws = fx.workspace();
     let recipe = comfyui_recipe();
     let services = [("comfyui", &recipe)];
-    let mut env = fx.env();
+    let mut env = fx.offline_env();
     env.set("COMFYUI_REPO_URL", repo.url());
     env.set("COMFYUI_COMMIT", &c1);
 
@@ -275,14 +356,30 @@ fn comfyui_installs_once_skips_reinstalls_on_change_and_survives_a_broken_url() 
         link,
         Path::new(".versions/ComfyUI").join(&report.services[0].hash)
     );
-    assert_eq!(
-        fs::read_to_string(ws.join("ComfyUI/main.py")).unwrap(),
-        "print('v1')\n"
+    assert!(
+        fs::read_to_string(ws.join("ComfyUI/main.py"))
+            .unwrap()
+            .contains("print('v1'")
     );
     let marker = fx.marker("comfyui");
     assert_eq!(marker.hash, report.services[0].hash);
     assert_eq!(marker.checkouts[0].commit, c1);
-    assert_eq!(marker.requirements[0].path, "requirements.txt");
+    assert_eq!(marker.requirements[0].path, "pip-constraints.txt");
+    assert_eq!(marker.requirements[1].path, "requirements.txt");
+    // The constraints kept in the repository are written beside the venv; the fixture's commit has
+    // none of its own, so the pinned commit's file is used, with a warning saying so.
+    assert_eq!(
+        fs::read_to_string(ws.join("ComfyUI/pip-constraints.txt")).unwrap(),
+        COMFYUI_CONSTRAINTS[0].1
+    );
+    // `requests` is installed although requirements.txt does not name it, at the pinned version.
+    assert_eq!(
+        venv_python(
+            &ws.join("ComfyUI/venv/bin/python"),
+            "import requests; print(requests.__version__)"
+        ),
+        pinned_version("requests")
+    );
     // The venv was created where it stays: its scripts name the version directory, which never moves,
     // and it works through the symlink.
     let pip = fs::read_to_string(ws.join("ComfyUI/venv/bin/pip")).unwrap();
@@ -309,7 +406,19 @@ fn comfyui_installs_once_skips_reinstalls_on_change_and_survives_a_broken_url() 
         "{git_calls:#?}"
     );
     let events = progress.take();
-    assert!(events.iter().any(|e| e.to_string().starts_with("install comfyui: step 2/3 python-venv (venv venv, pip install -r requirements.txt) done in")), "{events:#?}");
+    assert!(events.iter().any(|e| e.to_string().starts_with("install comfyui: step 3/5 python-venv (venv venv, pip install -r requirements.txt, pip install requests, constraints pip-constraints.txt) done in")), "{events:#?}");
+    assert!(
+        events.iter().any(|e| matches!(e, ProgressEvent::Warning { message, .. }
+            if message.starts_with(&format!("revision {c1} has no pip constraints file of its own; using the one made for {}", COMFYUI_CONSTRAINTS[0].0)))),
+        "{events:#?}"
+    );
+    // The probe ran ComfyUI's start-up check in the new version before the switch.
+    assert!(
+        events.iter().any(|e| e.to_string().starts_with(
+            "install comfyui: step 5/5 probe (venv/bin/python main.py --quick-test-for-ci --cpu) done in"
+        )),
+        "{events:#?}"
+    );
 
     // Second install: same hash, skipped, no git process at all.
     let started = Instant::now();
@@ -386,7 +495,7 @@ fn comfyui_installs_once_skips_reinstalls_on_change_and_survives_a_broken_url() 
             failure.total,
             failure.kind
         ),
-        ("comfyui", 1, 3, "git-checkout")
+        ("comfyui", 1, 5, "git-checkout")
     );
     assert!(
         matches!(failure.cause, FailureCause::Exit(ref s) if s.starts_with("exited with status")),
@@ -412,7 +521,7 @@ fn comfyui_installs_once_skips_reinstalls_on_change_and_survives_a_broken_url() 
         "{message}"
     );
     assert!(
-        message.starts_with("install comfyui failed at step 1/3 git-checkout: `git fetch"),
+        message.starts_with("install comfyui failed at step 1/5 git-checkout: `git fetch"),
         "{message}"
     );
     assert!(
@@ -430,6 +539,34 @@ fn comfyui_installs_once_skips_reinstalls_on_change_and_survives_a_broken_url() 
         1,
         "the failed build was cleaned up"
     );
+
+    // A commit whose ComfyUI does not start: the probe fails, naming its output, and the working
+    // install stays active.
+    env.set("COMFYUI_REPO_URL", repo.url());
+    let broken = repo.commit(
+        &[(
+            "main.py",
+            "import sys\nprint('loading nodes')\nsys.exit('ModuleNotFoundError: No module named foo')\n",
+        )],
+        "broken",
+    );
+    env.set("COMFYUI_COMMIT", &broken);
+    let (opts, _progress) = fx.opts(env.clone());
+    let err = install(&services, &opts).unwrap_err();
+    let message = err.to_string();
+    let failure = step_failure(err);
+    assert_eq!((failure.step, failure.total, failure.kind), (5, 5, "probe"));
+    assert!(
+        message.contains("main.py --quick-test-for-ci --cpu` exited with status 1 (expected status 0): the new version does not start, so it was not switched in"),
+        "{message}"
+    );
+    assert_eq!(
+        failure.tail,
+        ["loading nodes", "ModuleNotFoundError: No module named foo"]
+    );
+    assert_eq!(fs::read(&marker_path).unwrap(), marker_before);
+    assert_eq!(fs::read_link(ws.join("ComfyUI")).unwrap(), link_before);
+    assert_eq!(fx.versions("ComfyUI").len(), 1);
 
     // COMFYUI_BRANCH names the revision when COMFYUI_COMMIT is unset.
     repo.git(&["checkout", "-q", "-b", "feature"]);
@@ -674,7 +811,10 @@ fn custom_nodes_are_checked_out_at_their_revisions() {
                     name: "my-node".into(),
                     repo: node.url(),
                     rev: "main".into(),
+                    requirements: true,
+                    env: vec![],
                 }],
+                constraints: None,
                 timeout_secs: None,
             },
         ],
@@ -814,7 +954,7 @@ fn cli_installs_comfyui_from_a_local_fixture_then_skips() {
             .arg("install")
             .args(args)
             .env_clear()
-            .envs(fx.env().iter())
+            .envs(fx.offline_env().iter())
             .env("COMFYUI_REPO_URL", repo.url())
             .env("COMFYUI_COMMIT", &c1)
             .envs(extra.iter().copied())
@@ -832,7 +972,7 @@ fn cli_installs_comfyui_from_a_local_fixture_then_skips() {
     );
     assert_eq!(code, Some(0), "{stderr}");
     assert!(
-        stderr.contains("install comfyui: step 1/3 git-checkout"),
+        stderr.contains("install comfyui: step 1/5 git-checkout"),
         "{stderr}"
     );
     assert!(
@@ -985,4 +1125,196 @@ fn a_directory_not_made_by_the_installer_is_moved_aside_never_deleted() {
         events.iter().any(|e| matches!(e, ProgressEvent::Warning { message, .. } if message.contains("not made by this installer"))),
         "{events:#?}"
     );
+}
+
+#[test]
+fn a_profiles_packages_nodes_and_models_are_installed_pinned_and_a_bad_model_is_refused() {
+    let fx = Fixture::new();
+    let (comfy, c1) = comfyui_fixture(&fx);
+    let ws = fx.workspace();
+    let mut env = fx.offline_env();
+    env.set("COMFYUI_REPO_URL", comfy.url());
+    env.set("COMFYUI_COMMIT", &c1);
+    fake_wheel(&fx.path("wheels"), "fixturepkg", "1.0");
+    // The node's dependency is reachable only through the node's own env (its PIP_FIND_LINKS).
+    let node_wheels = fx.path("node-wheels");
+    fake_wheel(&node_wheels, "nodedep", "2.0");
+
+    // Node "a": pinned to its first commit (the branch has moved on), requirements installed.
+    let a = Repo::create(fx.path("node-a"));
+    let a_pinned = a.commit(
+        &[
+            ("__init__.py", "NODE_CLASS_MAPPINGS = {}\n"),
+            ("requirements.txt", "nodedep==2.0\n"),
+        ],
+        "a1",
+    );
+    a.commit(&[("__init__.py", "raise SystemExit('moved')\n")], "a2");
+    // Node "b": installs first (install_order 1); its requirements are not wanted and would fail offline.
+    let b = Repo::create(fx.path("node-b"));
+    let b_commit = b.commit(&[("requirements.txt", "not-on-any-index==9.9\n")], "b1");
+    let model_src = fx.path("downloads/v1-5.safetensors");
+    fs::create_dir_all(model_src.parent().unwrap()).unwrap();
+    fs::write(&model_src, vec![7u8; 300_000]).unwrap();
+    let model_sha = sha256_hex(&model_src);
+
+    let node = |name: &str, repo: &Repo, commit: &str, order: Option<u32>| ComfyuiCustomNode {
+        name: name.into(),
+        url: repo.url(),
+        commit: commit.into(),
+        requirements: name == "a",
+        install_order: order,
+        env: Default::default(),
+    };
+    let mut node_a = node("a", &a, &a_pinned, Some(2));
+    node_a.env.insert(
+        "PIP_FIND_LINKS".into(),
+        format!("{} {}", fx.path("wheels").display(), node_wheels.display()),
+    );
+    let mut options = ComfyuiOptions {
+        packages: vec!["fixturepkg==1.0".into()],
+        custom_nodes: vec![node_a, node("b", &b, &b_commit, Some(1))],
+        models: vec![ComfyuiModel {
+            url: format!("file://{}", model_src.display()),
+            sha256: model_sha.to_uppercase(),
+            folder: "checkpoints".into(),
+            file_name: None,
+        }],
+        ..ComfyuiOptions::default()
+    };
+    assert_eq!(
+        machine_model::comfyui_install::check(&options),
+        Vec::<(String, String)>::new()
+    );
+    let recipe = comfyui_recipe_for(&options);
+    let (opts, progress) = fx.opts(env.clone());
+    install(&[("comfyui", &recipe)], &opts).unwrap();
+
+    let root = ws.join("ComfyUI");
+    let python = root.join("venv/bin/python");
+    assert_eq!(
+        venv_python(
+            &python,
+            "import fixturepkg, nodedep; print(fixturepkg.__version__, nodedep.__version__)"
+        ),
+        "1.0 2.0"
+    );
+    assert_eq!(
+        fs::read_to_string(root.join("custom_nodes/a/__init__.py")).unwrap(),
+        "NODE_CLASS_MAPPINGS = {}\n"
+    );
+    assert!(root.join("custom_nodes/b/requirements.txt").is_file());
+    let marker = fx.marker("comfyui");
+    let checkouts: Vec<(&str, &str)> = marker
+        .checkouts
+        .iter()
+        .map(|c| (c.dest.as_str(), c.commit.as_str()))
+        .collect();
+    assert_eq!(
+        checkouts,
+        [
+            (".", c1.as_str()),
+            ("custom_nodes/b", b_commit.as_str()),
+            ("custom_nodes/a", a_pinned.as_str())
+        ]
+    );
+    // The model is in the folder kept across reinstalls, checked, and recorded in the marker.
+    let model = ws.join(".persist/ComfyUI/models/checkpoints/v1-5.safetensors");
+    assert_eq!(fs::read(&model).unwrap(), fs::read(&model_src).unwrap());
+    assert!(root.join("models/checkpoints/v1-5.safetensors").is_file());
+    assert_eq!(
+        marker.fetches[0].dest,
+        "models/checkpoints/v1-5.safetensors"
+    );
+    assert_eq!(
+        marker.fetches[0].sha256.as_deref(),
+        Some(model_sha.as_str())
+    );
+    let lines: Vec<String> = progress.take().iter().map(|e| e.to_string()).collect();
+    assert!(
+        lines.iter().any(|l| l.ends_with(&format!(
+            "download: downloading file://{} into models/checkpoints/v1-5.safetensors",
+            model_src.display()
+        ))),
+        "{lines:#?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("models/checkpoints/v1-5.safetensors: 293.0 KiB in ")),
+        "{lines:#?}"
+    );
+
+    // Reinstalled (forced): the model already there with its checksum is not downloaded again.
+    let (mut forced, progress) = fx.opts(env.clone());
+    forced.force = true;
+    install(&[("comfyui", &recipe)], &forced).unwrap();
+    let lines: Vec<String> = progress.take().iter().map(|e| e.to_string()).collect();
+    assert!(
+        lines.iter().any(|l| l.contains(&format!(
+            "models/checkpoints/v1-5.safetensors is already there with SHA-256 {model_sha}; not downloaded again"
+        ))),
+        "{lines:#?}"
+    );
+    assert!(
+        !lines.iter().any(|l| l.contains("downloading")),
+        "{lines:#?}"
+    );
+
+    // A model whose checksum does not match is refused and deleted; the install before stays active.
+    let link_before = fs::read_link(&root).unwrap();
+    let marker_before = fs::read(ws.join(".installed/comfyui.json")).unwrap();
+    let bad_src = fx.path("downloads/vae.bin");
+    fs::write(&bad_src, "not the vae you pinned").unwrap();
+    options.models.push(ComfyuiModel {
+        url: format!("file://{}", bad_src.display()),
+        sha256: "0".repeat(64),
+        folder: "vae".into(),
+        file_name: Some("pinned-vae.safetensors".into()),
+    });
+    let recipe = comfyui_recipe_for(&options);
+    let (opts, _progress) = fx.opts(env.clone());
+    let err = install(&[("comfyui", &recipe)], &opts).unwrap_err();
+    let message = err.to_string();
+    let failure = step_failure(err);
+    assert_eq!(
+        (failure.step, failure.total, failure.kind),
+        (6, 7, "download")
+    );
+    assert!(
+        message.starts_with(&format!(
+            "install comfyui failed at step 6/7 download (model models/vae/pinned-vae.safetensors): the download from file://{} has SHA-256 {}, expected {}; it was refused and deleted",
+            bad_src.display(),
+            sha256_hex(&bad_src),
+            "0".repeat(64)
+        )),
+        "{message}"
+    );
+    let vae = ws.join(".persist/ComfyUI/models/vae");
+    let left: Vec<_> = fs::read_dir(&vae)
+        .map(|d| d.map(|e| e.unwrap().file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "{left:?}");
+    assert_eq!(fs::read_link(&root).unwrap(), link_before);
+    assert_eq!(
+        fs::read(ws.join(".installed/comfyui.json")).unwrap(),
+        marker_before
+    );
+
+    // A node whose commit does not exist fails naming the node.
+    options.models.pop();
+    options.custom_nodes[1].commit = "f".repeat(40);
+    let recipe = comfyui_recipe_for(&options);
+    let message = install(&[("comfyui", &recipe)], &opts)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        message.starts_with(&format!(
+            "install comfyui failed at step 4/7 custom-nodes (custom node \"b\" ({} @ {})): ",
+            b.url(),
+            "f".repeat(40)
+        )),
+        "{message}"
+    );
+    assert_eq!(fs::read_link(&root).unwrap(), link_before);
 }
