@@ -17,6 +17,7 @@ mod redis_server;
 mod simulate;
 mod ui;
 mod up_broker;
+mod up_comfyui;
 mod up_drain;
 mod up_ecosystem;
 mod up_health;
