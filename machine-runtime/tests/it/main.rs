@@ -6,6 +6,7 @@
 
 mod broker;
 mod build_script;
+mod comfyui_standin;
 mod docker;
 mod fuzz_corpus;
 mod gpu;
