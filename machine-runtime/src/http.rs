@@ -189,6 +189,7 @@ pub(crate) fn reason_phrase(status: u16) -> &'static str {
         413 => "Payload Too Large",
         426 => "Upgrade Required",
         431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
         501 => "Not Implemented",
         503 => "Service Unavailable",
         _ => "Unknown",
@@ -221,18 +222,67 @@ pub(crate) async fn write_json<S: AsyncWrite + Unpin>(
     } else {
         format!("{body}\n")
     };
+    let body = if head_only { "" } else { body.as_str() };
+    write_body(stream, status, "application/json", body.as_bytes(), extra).await
+}
+
+/// Writes an answer of any type: `Content-Type`, `Content-Length`, `Connection: close`, then `extra`
+/// headers, then `body` as is.
+pub(crate) async fn write_body<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    status: u16,
+    content_type: &str,
+    body: &[u8],
+    extra: &[&str],
+) -> std::io::Result<()> {
+    let kind = format!("Content-Type: {content_type}");
     let length = format!("Content-Length: {}", body.len());
-    let mut headers = vec![
-        "Content-Type: application/json",
-        &length,
-        "Connection: close",
-    ];
+    let mut headers = vec![kind.as_str(), length.as_str(), "Connection: close"];
     headers.extend_from_slice(extra);
-    let mut response = head(status, &headers);
-    if !head_only {
-        response.push_str(&body);
+    let mut response = head(status, &headers).into_bytes();
+    response.extend_from_slice(body);
+    stream.write_all(&response).await
+}
+
+/// Checks a WebSocket upgrade request (RFC 6455 §4.2.1) and returns the `101 Switching Protocols` head
+/// to answer it with; otherwise the status (400, or 426 for another protocol version) and every problem.
+pub(crate) fn websocket_accept(request: &Request) -> Result<String, (u16, String)> {
+    let key = request.header("sec-websocket-key").unwrap_or("").trim();
+    let version = request.header("sec-websocket-version").unwrap_or("").trim();
+    let mut problems = Vec::new();
+    if request.method != "GET" {
+        problems.push(format!(
+            "a WebSocket upgrade must use GET, not {}",
+            request.method
+        ));
     }
-    stream.write_all(response.as_bytes()).await
+    if !request.header_has("connection", "upgrade") {
+        problems.push("the Connection header must include \"Upgrade\"".to_owned());
+    }
+    if key.is_empty() {
+        problems.push("the Sec-WebSocket-Key header is missing".to_owned());
+    }
+    if version != "13" {
+        problems.push(format!(
+            "Sec-WebSocket-Version is \"{version}\"; this service speaks version 13"
+        ));
+    }
+    if !problems.is_empty() {
+        let status = if version == "13" || version.is_empty() {
+            400
+        } else {
+            426
+        };
+        return Err((status, problems.join("; ")));
+    }
+    let accept = format!(
+        "Sec-WebSocket-Accept: {}",
+        tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes())
+    );
+    Ok(head(
+        101,
+        &["Upgrade: websocket", "Connection: Upgrade", &accept],
+    ))
 }
 
 /// A plain `http://host[:port][/path][?query]` URL, parsed by `url::Url`.

@@ -20,7 +20,6 @@ use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -228,40 +227,10 @@ async fn upgrade(
     shared: &Shared,
     shutdown: &CancellationToken,
 ) -> Result<(), (TcpStream, Response)> {
-    let connection_upgrade = request.header_has("connection", "upgrade");
-    let key = request.header("sec-websocket-key").unwrap_or("").trim();
-    let version = request.header("sec-websocket-version").unwrap_or("").trim();
-    let mut problems = Vec::new();
-    if request.method != "GET" {
-        problems.push(format!(
-            "a WebSocket upgrade must use GET, not {}",
-            request.method
-        ));
-    }
-    if !connection_upgrade {
-        problems.push("the Connection header must include \"Upgrade\"".to_owned());
-    }
-    if key.is_empty() {
-        problems.push("the Sec-WebSocket-Key header is missing".to_owned());
-    }
-    if version != "13" {
-        problems.push(format!(
-            "Sec-WebSocket-Version is \"{version}\"; this service speaks version 13"
-        ));
-    }
-    if !problems.is_empty() {
-        let status = if version == "13" || version.is_empty() {
-            400
-        } else {
-            426
-        };
-        return Err((stream, bad_request(status, &problems.join("; "))));
-    }
-    let accept = format!(
-        "Sec-WebSocket-Accept: {}",
-        derive_accept_key(key.as_bytes())
-    );
-    let head = http::head(101, &["Upgrade: websocket", "Connection: Upgrade", &accept]);
+    let head = match http::websocket_accept(&request) {
+        Ok(head) => head,
+        Err((status, problems)) => return Err((stream, bad_request(status, &problems))),
+    };
     if stream.write_all(head.as_bytes()).await.is_err() {
         return Ok(());
     }

@@ -13,9 +13,12 @@ use serde_json::Value;
 use crate::up_support::{BIN, Runtime, STAND_IN_BUNDLE, free_port, install_profile, wait_for};
 
 /// A `main.py` that writes its arguments and whether its two folders exist to
-/// `$WORKSPACE_DIR/argv-<port>.json` (temp file, then rename), then waits to be stopped.
+/// `$WORKSPACE_DIR/argv-<port>.json` (temp file, then rename), then waits to be stopped; the install's
+/// probe (`--quick-test-for-ci`) exits 0 at once.
 const RECORDING_MAIN: &str = r#"import json, os, sys, time
 argv = sys.argv[1:]
+if "--quick-test-for-ci" in argv:
+    sys.exit(0)  # the install's probe: starts and exits, as the fork does
 def after(flag):
     return argv[argv.index(flag) + 1] if flag in argv else None
 folders = [after("--output-directory"), after("--temp-directory")]

@@ -15,6 +15,8 @@ use machine_model::install::{
     COMFYUI_CONSTRAINTS, CustomNode, InstallRecipe, Step, comfyui_recipe, comfyui_recipe_for,
 };
 use machine_model::profile::{ComfyuiCustomNode, ComfyuiModel, ComfyuiOptions};
+
+use crate::up_support::{fake_wheel, pinned_version};
 use machine_runtime::install::{
     Env, FailureCause, Freshness, InstallError, InstallOptions, Marker, Outcome, Progress,
     ProgressEvent, check, install,
@@ -198,47 +200,6 @@ impl Repo {
     fn url(&self) -> String {
         format!("file://{}", self.dir.display())
     }
-}
-
-/// The version ComfyUI's constraints file pins for `package`.
-fn pinned_version(package: &str) -> String {
-    let (_, content) = COMFYUI_CONSTRAINTS[0];
-    content
-        .lines()
-        .find_map(|l| l.strip_prefix(&format!("{package}==")))
-        .unwrap_or_else(|| panic!("the constraints pin {package}"))
-        .to_owned()
-}
-
-/// Writes a minimal pure-Python wheel `<name>-<version>` (a module printing nothing, whose
-/// `__version__` is `version`) into `dir`, so pip installs it without an index.
-fn fake_wheel(dir: &Path, name: &str, version: &str) {
-    fs::create_dir_all(dir).unwrap();
-    let script = r#"
-import sys, zipfile
-d, name, version = sys.argv[1:4]
-info = f"{name}-{version}.dist-info"
-files = {
-    f"{name}/__init__.py": f"__version__ = {version!r}\n",
-    f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
-    f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: machine-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
-}
-files[f"{info}/RECORD"] = "".join(f"{p},,\n" for p in list(files) + [f"{info}/RECORD"])
-with zipfile.ZipFile(f"{d}/{name}-{version}-py3-none-any.whl", "w") as z:
-    for path, text in files.items():
-        z.writestr(path, text)
-"#;
-    let out = Command::new("python3")
-        .args(["-c", script])
-        .arg(dir)
-        .args([name, version])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// `python -c <code>` in a venv of the workspace; its stdout, trimmed.

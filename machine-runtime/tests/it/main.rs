@@ -7,6 +7,7 @@
 mod broker;
 mod build_script;
 mod comfyui;
+mod comfyui_standin;
 mod docker;
 mod fuzz_corpus;
 mod gpu;
@@ -18,6 +19,7 @@ mod redis_server;
 mod simulate;
 mod ui;
 mod up_broker;
+mod up_comfyui;
 mod up_drain;
 mod up_ecosystem;
 mod up_follow;

@@ -4,7 +4,7 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -328,16 +328,74 @@ pub const STAND_IN_BUNDLE: &str =
 
 /// Runs `machine-runtime install --profile <profile>` with `env` (the last value of a name wins);
 /// panics with its output when it fails.
+/// `machine-runtime install --profile <profile>` with `env`, pip kept off the network (see
+/// [`offline_pip`]) unless `env` names its own `PIP_FIND_LINKS`.
 pub fn install_profile(profile: &str, env: &[(&str, &str)]) {
-    let out = Command::new(BIN)
-        .args(["install", "--profile", profile])
-        .env_remove("WORKER_CONNECTORS")
-        .envs(env.iter().copied())
+    let wheels = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(BIN);
+    cmd.args(["install", "--profile", profile])
+        .env_remove("WORKER_CONNECTORS");
+    if !env.iter().any(|(k, _)| *k == "PIP_FIND_LINKS") {
+        offline_pip(&mut cmd, wheels.path());
+    }
+    let out = cmd.envs(env.iter().copied()).output().unwrap();
+    assert!(
+        out.status.success(),
+        "install --profile {profile} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Keeps pip off the network for a ComfyUI install: no index, no user or site pip config (this
+/// machine's own `PIP_FIND_LINKS` included), packages only from `wheels`, which gets `requests` at the
+/// version ComfyUI's constraints pin (its recipe always installs it).
+pub fn offline_pip(cmd: &mut Command, wheels: &Path) {
+    for name in ["PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL"] {
+        cmd.env_remove(name);
+    }
+    fake_wheel(wheels, "requests", &pinned_version("requests"));
+    cmd.env("PIP_CONFIG_FILE", "/dev/null")
+        .env("PIP_NO_INDEX", "1")
+        .env("PIP_FIND_LINKS", wheels);
+}
+
+/// The version ComfyUI's constraints file pins for `package`.
+pub fn pinned_version(package: &str) -> String {
+    let (_, content) = machine_model::install::COMFYUI_CONSTRAINTS[0];
+    content
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{package}==")))
+        .unwrap_or_else(|| panic!("the constraints pin {package}"))
+        .to_owned()
+}
+
+/// Writes a minimal pure-Python wheel `<name>-<version>` (a module printing nothing, whose
+/// `__version__` is `version`) into `dir`, so pip installs it without an index.
+pub fn fake_wheel(dir: &Path, name: &str, version: &str) {
+    std::fs::create_dir_all(dir).unwrap();
+    let script = r#"
+import sys, zipfile
+d, name, version = sys.argv[1:4]
+info = f"{name}-{version}.dist-info"
+files = {
+    f"{name}/__init__.py": f"__version__ = {version!r}\n",
+    f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
+    f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: machine-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+}
+files[f"{info}/RECORD"] = "".join(f"{p},,\n" for p in list(files) + [f"{info}/RECORD"])
+with zipfile.ZipFile(f"{d}/{name}-{version}-py3-none-any.whl", "w") as z:
+    for path, text in files.items():
+        z.writestr(path, text)
+"#;
+    let out = Command::new("python3")
+        .args(["-c", script])
+        .arg(dir)
+        .args([name, version])
         .output()
         .unwrap();
     assert!(
         out.status.success(),
-        "install --profile {profile} failed:\n{}",
+        "{}",
         String::from_utf8_lossy(&out.stderr)
     );
 }
