@@ -10,7 +10,9 @@ use std::process::Command;
 
 use serde_json::Value;
 
-use crate::up_support::{BIN, Runtime, STAND_IN_BUNDLE, free_port, install_profile, wait_for};
+use crate::up_support::{
+    BIN, Runtime, STAND_IN_BUNDLE, fixture_repo, free_port, install_profile, wait_for,
+};
 
 /// A `main.py` that writes its arguments and whether its two folders exist to
 /// `$WORKSPACE_DIR/argv-<port>.json` (temp file, then rename), then waits to be stopped; the install's
@@ -41,42 +43,20 @@ struct Installed {
     port: String,
 }
 
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .args([
-            "-c",
-            "user.name=fixture",
-            "-c",
-            "user.email=fixture@example.invalid",
-        ])
-        .args(args)
-        .current_dir(dir)
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
-
 impl Installed {
     fn new() -> Installed {
         let tmp = tempfile::tempdir().unwrap();
-        let repo = tmp.path().join("ComfyUI-fork");
-        std::fs::create_dir_all(&repo).unwrap();
-        git(&repo, &["init", "-q", "-b", "master"]);
-        std::fs::write(repo.join("main.py"), RECORDING_MAIN).unwrap();
-        std::fs::write(repo.join("requirements.txt"), "# offline fixture\n").unwrap();
-        git(&repo, &["add", "-A"]);
-        git(&repo, &["commit", "-q", "-m", "stand-in"]);
-        let commit = git(&repo, &["rev-parse", "HEAD"]);
+        let (repo_url, commit) = fixture_repo(
+            &tmp.path().join("ComfyUI-fork"),
+            "master",
+            &[
+                ("main.py", RECORDING_MAIN),
+                ("requirements.txt", "# offline fixture\n"),
+            ],
+        );
         let installed = Installed {
             workspace: tmp.path().join("workspace"),
-            repo_url: format!("file://{}", repo.display()),
+            repo_url,
             commit,
             port: free_port().to_string(),
             _tmp: tmp,

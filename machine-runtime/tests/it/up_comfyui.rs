@@ -8,7 +8,6 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Instant;
 
 use machine_runtime::comfyui_standin::{Folders, cli};
@@ -17,7 +16,7 @@ use serde_json::{Value, json};
 
 use crate::job_queue::{DEADLINE, NewJob, Tap, load_job_matching, push_job, wait_job_status};
 use crate::redis_server::RedisServer;
-use crate::up_support::{Runtime, free_port, http_get};
+use crate::up_support::{Runtime, fixture_repo, free_port, http_get};
 
 const JOBS: usize = 6;
 const STANDIN: &str = env!("CARGO_BIN_EXE_machine-comfyui");
@@ -25,44 +24,21 @@ const STANDIN: &str = env!("CARGO_BIN_EXE_machine-comfyui");
 /// A git repository standing in for the fork's: `main.py` execs the stand-in with Python's argv, as
 /// `venv/bin/python main.py …` would run the fork. Returns its `file://` URL and commit.
 fn comfyui_repository(dir: &Path) -> (String, String) {
-    std::fs::create_dir_all(dir).unwrap();
-    std::fs::write(
-        dir.join("main.py"),
-        format!(
-            "# The queue's ComfyUI fork, played by the machine-comfyui stand-in (machine-runtime tests).\n\
-             import os, sys\n\
-             os.execv({STANDIN:?}, [{STANDIN:?}] + sys.argv)\n"
-        ),
-    )
-    .unwrap();
-    std::fs::write(
-        dir.join("requirements.txt"),
-        "# nothing to install: the stand-in is not Python\n",
-    )
-    .unwrap();
-    let git = |args: &[&str]| {
-        let out = Command::new("git")
-            .args([
-                "-c",
-                "user.name=fixture",
-                "-c",
-                "user.email=fixture@example.invalid",
-            ])
-            .args(args)
-            .current_dir(dir)
-            .env("GIT_CONFIG_GLOBAL", "/dev/null")
-            .env("GIT_CONFIG_NOSYSTEM", "1")
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "git {args:?}: {out:?}");
-        String::from_utf8(out.stdout).unwrap().trim().to_owned()
-    };
-    git(&["init", "-q", "-b", "forward"]);
-    git(&["add", "-A"]);
-    git(&["commit", "-q", "-m", "stand-in fork"]);
-    (
-        format!("file://{}", dir.display()),
-        git(&["rev-parse", "HEAD"]),
+    let main = format!(
+        "# The queue's ComfyUI fork, played by the machine-comfyui stand-in (machine-runtime tests).\n\
+         import os, sys\n\
+         os.execv({STANDIN:?}, [{STANDIN:?}] + sys.argv)\n"
+    );
+    fixture_repo(
+        dir,
+        "forward",
+        &[
+            ("main.py", main.as_str()),
+            (
+                "requirements.txt",
+                "# nothing to install: the stand-in is not Python\n",
+            ),
+        ],
     )
 }
 

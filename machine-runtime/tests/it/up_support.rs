@@ -400,6 +400,44 @@ with zipfile.ZipFile(f"{d}/{name}-{version}-py3-none-any.whl", "w") as z:
     );
 }
 
+/// `git <args>` in `dir` as a fixture author (no user or system config); its stdout, trimmed.
+pub fn git_in(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .args([
+            "-c",
+            "user.name=fixture",
+            "-c",
+            "user.email=fixture@example.invalid",
+        ])
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// A git repository at `dir` with `files` committed on `branch`: its `file://` URL and commit.
+pub fn fixture_repo(dir: &Path, branch: &str, files: &[(&str, &str)]) -> (String, String) {
+    std::fs::create_dir_all(dir).unwrap();
+    git_in(dir, &["init", "-q", "-b", branch]);
+    for (name, content) in files {
+        std::fs::write(dir.join(name), content).unwrap();
+    }
+    git_in(dir, &["add", "-A"]);
+    git_in(dir, &["commit", "-q", "-m", "fixture"]);
+    (
+        format!("file://{}", dir.display()),
+        git_in(dir, &["rev-parse", "HEAD"]),
+    )
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
