@@ -184,14 +184,27 @@ impl StatusSource for MachineStatus {
     fn status_fields(&self) -> Map<String, Value> {
         let mut fields = Map::new();
         fields.insert("broker".into(), self.broker_field());
+        if let Some(broker) = self.broker.get() {
+            fields.insert("workers".into(), json!(broker.workers()));
+        }
         fields
     }
 
     fn health_reasons(&self) -> Vec<String> {
-        match self.broker_problem() {
+        let mut reasons = match self.broker_problem() {
             Some(problem) if self.required_for_health => vec![problem],
             _ => Vec::new(),
-        }
+        };
+        reasons.extend(self.ready_reasons());
+        reasons
+    }
+
+    /// Workers unhealthy by their own word (a failed connector).
+    fn ready_reasons(&self) -> Vec<String> {
+        self.broker
+            .get()
+            .map(Broker::worker_problems)
+            .unwrap_or_default()
     }
 
     fn health_warnings(&self) -> Vec<String> {

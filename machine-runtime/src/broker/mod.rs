@@ -69,7 +69,7 @@ pub use time::{epoch_ms, iso8601, now_iso8601, now_ms};
 pub use view::{MachineView, Phase, ProcessState, ResourceBinding, ServiceView, WorkerView};
 pub use workers::{WorkerEvent, WorkerState, WorkerStatus, WorkerTruth};
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -210,6 +210,8 @@ struct Shared {
     stats: Mutex<Stats>,
     /// What each worker (by `WORKER_ID`) was doing at the last refresh or event: `Some(job)` busy.
     busy: Mutex<HashMap<String, Option<String>>>,
+    /// `status.workers` of the last status message built, by `WORKER_ID`, for `/health`.
+    workers: Mutex<BTreeMap<String, WorkerStatus>>,
     /// Background tasks that ended while the broker was meant to run (a panic is a bug), with when.
     dead: Mutex<Vec<(u64, String)>>,
     /// Set by [`Broker::shutdown`]: tasks ending from now on end on purpose.
@@ -379,6 +381,7 @@ impl Broker {
                 last_update_type: None,
             }),
             busy: Mutex::new(HashMap::new()),
+            workers: Mutex::new(BTreeMap::new()),
             dead: Mutex::new(Vec::new()),
             stopping: std::sync::atomic::AtomicBool::new(false),
         });
@@ -434,6 +437,33 @@ impl Broker {
         })
     }
 
+    /// `status.workers` of the last status message built (empty before the first), by
+    /// `WORKER_ID`; cheap, never blocks on Redis.
+    pub fn workers(&self) -> BTreeMap<String, WorkerStatus> {
+        self.inner
+            .shared
+            .workers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Why workers are unhealthy by their own word (a failed connector), one line per worker
+    /// (`worker m1-worker-openai-0: connector openai reported error (unhealthy)`), from the last
+    /// status message built.
+    pub fn worker_problems(&self) -> Vec<String> {
+        self.workers()
+            .iter()
+            .filter(|(_, status)| !status.healthy)
+            .map(|(id, status)| {
+                format!(
+                    "worker {id}: {}",
+                    status.reason.as_deref().unwrap_or("unhealthy")
+                )
+            })
+            .collect()
+    }
+
     /// The broker's state for `/health`; cheap, never blocks on Redis.
     pub fn status(&self) -> BrokerStatus {
         status_of(&self.inner.shared)
@@ -465,9 +495,10 @@ impl Broker {
         }
     }
 
-    /// For each `WORKER_ID` given, in order: `Some(job id)` while the worker says it is busy (its
-    /// `worker:<id>` hash has `status` busy or a `current_job_id`; the id is empty when it named
-    /// none), else `None`. Read fresh from Redis (one pipeline); while Redis is unreachable, what
+    /// For each `WORKER_ID` given, in order: `Some(job id)` while the worker is busy (the queue's
+    /// `jobs:active:<id>` holds a job; only if that cannot be read, its `worker:<id>` hash has the
+    /// `status` busy that `findMatchingJob` writes; the id is empty when none was named), else
+    /// `None` (rule in [`workers`]). Read fresh from Redis (one pipeline); while Redis is unreachable, what
     /// the last status refresh or worker event said. Works after [`Broker::shutdown`] too, so the
     /// supervisor can wait for busy workers once the final status is out.
     pub(crate) async fn busy_workers(&self, worker_ids: &[String]) -> Vec<Option<String>> {
@@ -485,24 +516,28 @@ impl Broker {
         let mut pipe = redis::pipe();
         for id in worker_ids {
             pipe.cmd("HGETALL").arg(format!("worker:{id}"));
+            pipe.cmd("HKEYS").arg(format!("jobs:active:{id}"));
         }
         let limit = shared.link.settings().response_timeout;
-        match tokio::time::timeout(
-            limit,
-            pipe.query_async::<Vec<HashMap<String, String>>>(&mut conn.conn),
-        )
-        .await
+        match tokio::time::timeout(limit, pipe.query_async::<Vec<redis::Value>>(&mut conn.conn))
+            .await
         {
-            Ok(Ok(hashes)) if hashes.len() == worker_ids.len() => hashes
-                .into_iter()
-                .map(|hash| {
-                    WorkerTruth {
-                        hash,
-                        ..Default::default()
-                    }
-                    .busy_with()
-                })
-                .collect(),
+            Ok(Ok(replies)) if replies.len() == 2 * worker_ids.len() => {
+                let read_at = now_ms();
+                replies
+                    .chunks(2)
+                    .map(|pair| {
+                        let mut truth = WorkerTruth {
+                            hash: redis::from_redis_value_ref(&pair[0]).unwrap_or_default(),
+                            ..Default::default()
+                        };
+                        if let Ok(jobs) = redis::from_redis_value_ref::<Vec<String>>(&pair[1]) {
+                            truth.read_active_jobs(jobs, read_at);
+                        }
+                        truth.busy_with()
+                    })
+                    .collect()
+            }
             _ => last_known(),
         }
     }
@@ -863,6 +898,13 @@ impl Publisher {
             );
         }
         let message = message::build(&self.current, &self.truths, update_type, now_ms());
+        message.status.workers.clone_into(
+            &mut self
+                .shared
+                .workers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
         let payload = match serde_json::to_string(&message) {
             Ok(payload) => payload,
             Err(err) => {
@@ -909,14 +951,23 @@ impl Publisher {
                 .arg(format!("worker:{}", worker.worker_id));
             pipe.cmd("TTL")
                 .arg(format!("worker:{}:heartbeat", worker.worker_id));
+            pipe.cmd("HKEYS")
+                .arg(format!("jobs:active:{}", worker.worker_id));
         }
         let replies: Vec<redis::Value> = pipe.query_async(&mut conn.conn).await?;
-        for (worker, pair) in self.current.workers.iter().zip(replies.chunks(2)) {
+        let read_at = now_ms();
+        for (worker, triple) in self.current.workers.iter().zip(replies.chunks(3)) {
             let truth = self.truths.entry(worker.worker_id.clone()).or_default();
-            truth.hash = redis::from_redis_value_ref(&pair[0]).unwrap_or_default();
-            truth.heartbeat_ttl = pair
+            truth.hash = redis::from_redis_value_ref(&triple[0]).unwrap_or_default();
+            truth.heartbeat_ttl = triple
                 .get(1)
                 .and_then(|v| redis::from_redis_value_ref(v).ok());
+            if let Some(jobs) = triple
+                .get(2)
+                .and_then(|v| redis::from_redis_value_ref::<Vec<String>>(v).ok())
+            {
+                truth.read_active_jobs(jobs, read_at);
+            }
         }
         let mut busy = self.shared.busy.lock().unwrap_or_else(|p| p.into_inner());
         for worker in &self.current.workers {
@@ -1048,6 +1099,7 @@ mod tests {
                 last_update_type: None,
             }),
             busy: Mutex::new(HashMap::new()),
+            workers: Mutex::new(BTreeMap::new()),
             dead: Mutex::new(Vec::new()),
             stopping: std::sync::atomic::AtomicBool::new(false),
         })

@@ -1,4 +1,32 @@
-//! What the workers themselves say: their `worker:<id>` hash, heartbeat key and `machine:<m>:worker:<w>` events.
+//! What the workers themselves say: their heartbeat key, their `machine:<m>:worker:<w>` events, and
+//! the queue's record of the jobs they hold.
+//!
+//! Where each answer comes from (worker contract §5, §6):
+//!
+//! - **Connected**: the worker's process is alive and its `worker:<id>:heartbeat` key exists (the
+//!   worker `SETEX`es it every `WORKER_HEARTBEAT_INTERVAL_MS`, 60 s TTL, in every mode); before the
+//!   first read of that key, the `is_connected` of its last status event.
+//! - **Busy, with which job**: the queue's own record of an assignment, `jobs:active:<worker>`
+//!   (written by `findMatchingJob` when it hands out a job, emptied by the worker when the job ends
+//!   and by the machine's hand-back), and the worker's events (`job_started`, `worker_status_changed`
+//!   busy, until `job_completed`/`job_failed`/`worker_status_changed` idle). Whichever the machine
+//!   learnt last wins: a read of `jobs:active` made after the last event decides over that event.
+//!   Only while `jobs:active` was never read (Redis down since start) does the hash's `status=busy`
+//!   and `current_job_id` count, which `findMatchingJob` writes in the same call.
+//! - **Idle**: connected and not busy.
+//! - **Offline**: the process is down, or the heartbeat key is gone.
+//!
+//! The `status`, `current_job_id`, `last_activity` and `connector_statuses` fields of `worker:<id>`
+//! are never read as the worker's word: in unified mode (`UNIFIED_MACHINE_STATUS=true`) the worker
+//! writes no `status` there at start, and the API copies this machine's own last status message into
+//! that hash (`handleUnifiedMachineStatus`), so reading them would echo our earlier word back (an idle
+//! worker reported `offline` until its first job). Only the fields the worker writes itself are read
+//! from the hash: `last_heartbeat`, `last_status_change`, `version`, `build_timestamp`, `build_info`.
+//!
+//! **Health**: a connector the worker reports failed (`connector_status_changed` with status
+//! `error`, `failed` or `offline`, or health `unhealthy`) makes the worker unhealthy, with the reason,
+//! until the worker reports that connector well again (the real worker sends `idle`/`healthy` after
+//! its next successful job).
 
 use std::collections::HashMap;
 
@@ -42,6 +70,13 @@ pub struct WorkerTruth {
     pub event: EventFacts,
     /// Epoch ms (the machine's clock) when the machine last received an event of this worker.
     pub event_seen_ms: Option<u64>,
+    /// Epoch ms (the machine's clock) when an event last said whether the worker is busy.
+    pub status_event_ms: Option<u64>,
+    /// Fields of `jobs:active:<id>` (job ids the queue assigned to the worker and the worker has not
+    /// finished) at the last read; `None`: never read.
+    pub active_jobs: Option<Vec<String>>,
+    /// Epoch ms (the machine's clock) of that read.
+    pub active_read_ms: Option<u64>,
 }
 
 /// Facts carried by `machine:<m>:worker:<w>` events.
@@ -170,16 +205,62 @@ impl WorkerTruth {
     /// Folds one event received at `now_ms` (the machine's clock): the event's facts, and the
     /// moment the machine last heard from the worker.
     pub fn receive(&mut self, event: &WorkerEvent, now_ms: u64) {
+        let before = (self.event.status, self.event.current_job_id.clone());
         self.apply(event);
         self.event_seen_ms = Some(now_ms);
+        let says_status = matches!(
+            event.event_type.as_str(),
+            "job_started" | "job_completed" | "job_failed" | "job_handed_back"
+        ) || before != (self.event.status, self.event.current_job_id.clone())
+            || event.data.get("status").is_some();
+        if says_status {
+            self.status_event_ms = Some(now_ms);
+        }
+    }
+
+    /// Records a read of `jobs:active:<id>` made at `now_ms` (the machine's clock).
+    pub fn read_active_jobs(&mut self, jobs: Vec<String>, now_ms: u64) {
+        self.active_jobs = Some(jobs);
+        self.active_read_ms = Some(now_ms);
+    }
+
+    /// Why the worker is unhealthy by its own word, one line per failed connector, sorted by
+    /// service type (`connector openai reported error (unhealthy)`); empty when none failed.
+    pub(crate) fn connector_problems(&self) -> Vec<String> {
+        let mut problems: Vec<String> = self
+            .event
+            .connectors
+            .iter()
+            .filter(|(_, (status, health))| {
+                let failed = status.as_deref().is_some_and(|s| {
+                    matches!(
+                        s.to_ascii_lowercase().as_str(),
+                        "error" | "failed" | "offline"
+                    )
+                });
+                failed
+                    || health
+                        .as_deref()
+                        .is_some_and(|h| h.eq_ignore_ascii_case("unhealthy"))
+            })
+            .map(|(service, (status, health))| {
+                format!(
+                    "connector {service} reported {} ({})",
+                    status.as_deref().unwrap_or("no status"),
+                    health.as_deref().unwrap_or("no health")
+                )
+            })
+            .collect();
+        problems.sort();
+        problems
     }
 
     /// When the machine last saw the worker do anything, in epoch ms: the latest of an event
-    /// received, the hash's `last_heartbeat` and `last_status_change` (the worker writes both; it
-    /// never writes `last_activity`, which is read too in case a newer worker does), and the
+    /// received, the hash's `last_heartbeat` and `last_status_change` (the worker writes both; the
+    /// hash's `last_activity` is the API's copy of our own message, so it is not read), and the
     /// times the events carried.
     pub(crate) fn last_activity_ms(&self) -> Option<u64> {
-        ["last_heartbeat", "last_status_change", "last_activity"]
+        ["last_heartbeat", "last_status_change"]
             .iter()
             .filter_map(|key| self.hash_field(key).and_then(parse_epoch_ms))
             .chain(self.event_seen_ms)
@@ -187,27 +268,48 @@ impl WorkerTruth {
             .max()
     }
 
-    /// The job the worker says it is working on, when it says it is busy or names a job; `None`
-    /// when it says it is idle (or said nothing).
+    /// The job the worker is working on (`Some("")` when busy with a job nobody named), `None`
+    /// when it is not busy; the rule is in the module doc. Our own echo in `worker:<id>` (`offline`,
+    /// or a `busy` that outlived its job) decides nothing once `jobs:active:<id>` was read.
     pub(crate) fn busy_with(&self) -> Option<String> {
-        let job = match self.hash_field("current_job_id") {
-            Some(job) => Some(job.to_owned()).filter(|j| !j.is_empty()),
-            None => self.event.current_job_id.clone().flatten(),
-        };
-        let said = self
-            .hash_field("status")
-            .and_then(WorkerState::parse)
-            .or(self.event.status);
-        match (said, job) {
-            (_, Some(job)) => Some(job),
-            (Some(WorkerState::Busy), None) => Some(String::new()),
+        let from_queue = self.active_jobs.as_ref().map(|jobs| jobs.first().cloned());
+        let from_events = self.event.status.map(|status| match status {
+            WorkerState::Busy => Some(
+                self.event
+                    .current_job_id
+                    .clone()
+                    .flatten()
+                    .unwrap_or_default(),
+            ),
             _ => None,
+        });
+        match (from_queue, from_events) {
+            (Some(queue), Some(events)) => {
+                if self.active_read_ms >= self.status_event_ms {
+                    queue
+                } else {
+                    match (events, queue) {
+                        (Some(job), Some(named)) if job.is_empty() => Some(named),
+                        (events, _) => events,
+                    }
+                }
+            }
+            (Some(queue), None) => queue,
+            (None, Some(events)) => events,
+            // Never read `jobs:active`, no event: what `findMatchingJob` wrote with the assignment.
+            (None, None) => (self.hash_field("status").and_then(WorkerState::parse)
+                == Some(WorkerState::Busy))
+            .then(|| {
+                self.hash_field("current_job_id")
+                    .unwrap_or_default()
+                    .to_owned()
+            }),
         }
     }
 
-    /// Whether the worker ever spoke for itself (hash written or event sent).
+    /// Whether the worker ever spoke for itself (an event, or a heartbeat written into its hash).
     fn registered(&self) -> bool {
-        !self.hash.is_empty() || self.event.seen
+        self.event.seen || self.hash_field("last_heartbeat").is_some()
     }
 
     fn hash_field(&self, key: &str) -> Option<&str> {
@@ -278,15 +380,16 @@ pub struct WorkerStatus {
     pub build_info: Option<Value>,
     /// Why the machine holds the worker's process back, in words, while it waits for its service
     /// (`... is waiting for comfyui-gpu0: comfyui-gpu0 is not ready (restarting after status 1)`);
-    /// absent otherwise. The machine's own field: the worker never writes it.
+    /// absent otherwise; or why the worker is unhealthy by its own word (`connector openai reported
+    /// error (unhealthy)`). The machine's own field: the worker never writes it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// `false` when the worker reported a connector failed (see `reason`). The machine's own field.
+    pub healthy: bool,
 }
 
-/// Combines the process state with what the worker says; the process state wins when it is down.
-///
-/// The hash is written before each event is published, so it is at least as fresh and wins over the
-/// event facts; events fill what the hash lacks (e.g. after the worker deleted its keys on exit).
+/// Combines the process state with what the worker says (the rule is in the module doc); the
+/// process state wins when it is down.
 pub fn resolve(process_alive: bool, truth: Option<&WorkerTruth>) -> WorkerStatus {
     let empty = WorkerTruth::default();
     let truth = truth.unwrap_or(&empty);
@@ -305,10 +408,11 @@ pub fn resolve(process_alive: bool, truth: Option<&WorkerTruth>) -> WorkerStatus
         .map(json_or_text)
         .or_else(|| facts.build_info.clone());
     let is_connected = process_alive && truth.heartbeat();
-    let said = truth
-        .hash_field("status")
-        .and_then(WorkerState::parse)
-        .or(facts.status);
+    let busy = if is_connected {
+        truth.busy_with()
+    } else {
+        None
+    };
     let status = if !process_alive {
         WorkerState::Offline
     } else if !is_connected {
@@ -317,17 +421,14 @@ pub fn resolve(process_alive: bool, truth: Option<&WorkerTruth>) -> WorkerStatus
         } else {
             WorkerState::Unknown
         }
+    } else if busy.is_some() {
+        WorkerState::Busy
     } else {
-        said.unwrap_or(WorkerState::Unknown)
+        WorkerState::Idle
     };
-    let current_job_id = if is_connected {
-        match truth.hash_field("current_job_id") {
-            Some(job) => Some(job.to_owned()).filter(|j| !j.is_empty()),
-            None => facts.current_job_id.clone().flatten(),
-        }
-    } else {
-        None
-    };
+    let current_job_id = busy.filter(|job| !job.is_empty());
+    let problems = truth.connector_problems();
+    let healthy = problems.is_empty();
     WorkerStatus {
         is_connected,
         status,
@@ -336,7 +437,8 @@ pub fn resolve(process_alive: bool, truth: Option<&WorkerTruth>) -> WorkerStatus
         version,
         build_timestamp,
         build_info,
-        reason: None,
+        reason: (!healthy).then(|| problems.join("; ")),
+        healthy,
     }
 }
 
