@@ -205,15 +205,20 @@ impl WorkerTruth {
     /// Folds one event received at `now_ms` (the machine's clock): the event's facts, and the
     /// moment the machine last heard from the worker.
     pub fn receive(&mut self, event: &WorkerEvent, now_ms: u64) {
-        let before = (self.event.status, self.event.current_job_id.clone());
         self.apply(event);
         self.event_seen_ms = Some(now_ms);
-        let says_status = matches!(
+        // Only these say whether the worker is busy (`connector_status_changed` also has a
+        // `status`: the connector's).
+        if matches!(
             event.event_type.as_str(),
-            "job_started" | "job_completed" | "job_failed" | "job_handed_back"
-        ) || before != (self.event.status, self.event.current_job_id.clone())
-            || event.data.get("status").is_some();
-        if says_status {
+            "worker_status_changed"
+                | "worker_registered"
+                | "worker_connected"
+                | "job_started"
+                | "job_completed"
+                | "job_failed"
+                | "job_handed_back"
+        ) {
             self.status_event_ms = Some(now_ms);
         }
     }
@@ -568,6 +573,88 @@ mod tests {
             resolve(true, Some(&truth)).last_activity,
             Some(1_704_067_290_000)
         );
+    }
+
+    #[test]
+    fn our_echo_in_the_hash_never_decides_the_status() {
+        // The API copied our earlier `offline` into the hash; the worker is heartbeating and idle.
+        let mut truth = WorkerTruth {
+            heartbeat_ttl: Some(55),
+            ..Default::default()
+        };
+        truth.hash.insert("status".into(), "offline".into());
+        truth.hash.insert("last_activity".into(), "99".into());
+        truth.read_active_jobs(vec![], 10);
+        let s = resolve(true, Some(&truth));
+        assert_eq!((s.is_connected, s.status), (true, WorkerState::Idle));
+        assert_eq!(
+            s.last_activity, None,
+            "the API's copy of our last_activity is not read"
+        );
+        // Our `busy` echo outlived the job: jobs:active, read after the last event, is empty.
+        truth.receive(&event("job_started", json!({"job_id": "j1"})), 20);
+        assert_eq!(resolve(true, Some(&truth)).status, WorkerState::Busy);
+        truth.hash.insert("status".into(), "busy".into());
+        truth.hash.insert("current_job_id".into(), "j1".into());
+        truth.read_active_jobs(vec![], 30);
+        let s = resolve(true, Some(&truth));
+        assert_eq!((s.status, s.current_job_id), (WorkerState::Idle, None));
+        // The queue assigned a job (jobs:active) while the hash still holds our `offline`.
+        truth.hash.insert("status".into(), "offline".into());
+        truth.read_active_jobs(vec!["j2".into()], 40);
+        assert_eq!(truth.busy_with().as_deref(), Some("j2"));
+        // An event newer than the read wins: the job ended after the read.
+        truth.receive(&event("job_completed", json!({"job_id": "j2"})), 50);
+        assert_eq!(truth.busy_with(), None);
+        // A connector_status_changed says nothing about busy: the read stays newer.
+        truth.read_active_jobs(vec!["j3".into()], 60);
+        truth.receive(
+            &event(
+                "connector_status_changed",
+                json!({"service_type": "x", "status": "active"}),
+            ),
+            70,
+        );
+        assert_eq!(truth.busy_with().as_deref(), Some("j3"));
+    }
+
+    #[test]
+    fn a_failed_connector_makes_the_worker_unhealthy_until_it_recovers() {
+        let mut truth = WorkerTruth {
+            heartbeat_ttl: Some(55),
+            ..Default::default()
+        };
+        let s = resolve(true, Some(&truth));
+        assert!(s.healthy && s.reason.is_none());
+        truth.apply(&event(
+            "connector_status_changed",
+            json!({"service_type": "openai", "status": "error", "health": "unhealthy"}),
+        ));
+        truth.apply(&event(
+            "connector_status_changed",
+            json!({"service_type": "gemini", "status": "failed"}),
+        ));
+        let s = resolve(true, Some(&truth));
+        assert!(!s.healthy);
+        assert_eq!(
+            s.reason.as_deref(),
+            Some(
+                "connector gemini reported failed (no health); \
+                 connector openai reported error (unhealthy)"
+            )
+        );
+        assert_eq!(
+            serde_json::to_value(&s).unwrap()["healthy"],
+            json!(false),
+            "the status message says it"
+        );
+        for service in ["openai", "gemini"] {
+            truth.apply(&event(
+                "connector_status_changed",
+                json!({"service_type": service, "status": "idle", "health": "healthy"}),
+            ));
+        }
+        assert!(resolve(true, Some(&truth)).healthy);
     }
 
     #[test]
