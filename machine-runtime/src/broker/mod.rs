@@ -67,7 +67,7 @@ pub use message::{StatusMessage, UpdateType, build as build_status_message};
 pub use preflight::{MATCH_FUNCTION, PreflightReport, run as run_preflight};
 pub use time::{epoch_ms, iso8601, now_iso8601, now_ms};
 pub use view::{MachineView, Phase, ProcessState, ResourceBinding, ServiceView, WorkerView};
-pub use workers::{WorkerEvent, WorkerState, WorkerStatus, WorkerTruth};
+pub use workers::{ConnectorLoadScan, WorkerEvent, WorkerState, WorkerStatus, WorkerTruth};
 
 use std::collections::{BTreeMap, HashMap};
 use std::pin::Pin;
@@ -291,6 +291,8 @@ enum Command {
 struct Inner {
     shared: Arc<Shared>,
     commands: mpsc::Sender<Command>,
+    /// Into the publisher's stream of worker events (for the machine's own [`workers::WORKER_LOG_EVENT`]).
+    events: mpsc::Sender<WorkerEvent>,
     task: Mutex<Option<JoinHandle<()>>>,
     cancel: CancellationToken,
     shutdown_timeout: Duration,
@@ -402,7 +404,7 @@ impl Broker {
             listen_worker_events(
                 link.clone(),
                 current.machine_id.clone(),
-                events_tx,
+                events_tx.clone(),
                 cancel.child_token(),
             ),
         );
@@ -429,6 +431,7 @@ impl Broker {
             inner: Arc::new(Inner {
                 shared,
                 commands: commands_tx,
+                events: events_tx,
                 task: Mutex::new(Some(task)),
                 cancel,
                 shutdown_timeout: config.shutdown_timeout,
@@ -462,6 +465,24 @@ impl Broker {
                 )
             })
             .collect()
+    }
+
+    /// Records what worker `worker_id`'s own output said about loading its connectors
+    /// (`Some(problem)`: none loaded or some failed; `None`: all loaded), as the machine's own
+    /// worker event: the worker is unhealthy while a problem stands, and an event-driven status
+    /// goes out. Never blocks; dropped (with a log line) when the publisher is far behind.
+    pub fn worker_log_said(&self, worker_id: &str, problem: Option<String>) {
+        let event = WorkerEvent {
+            worker_id: worker_id.to_owned(),
+            event_type: workers::WORKER_LOG_EVENT.to_owned(),
+            data: serde_json::json!({ "problem": problem }),
+            timestamp: None,
+        };
+        if self.inner.events.try_send(event).is_err() {
+            log!(
+                "cannot record what worker {worker_id} said about its connectors: the publisher is behind or stopped"
+            );
+        }
     }
 
     /// The broker's state for `/health`; cheap, never blocks on Redis.

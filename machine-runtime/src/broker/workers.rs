@@ -26,7 +26,10 @@
 //! **Health**: a connector the worker reports failed (`connector_status_changed` with status
 //! `error`, `failed` or `offline`, or health `unhealthy`) makes the worker unhealthy, with the reason,
 //! until the worker reports that connector well again (the real worker sends `idle`/`healthy` after
-//! its next successful job).
+//! its next successful job). A connector that does not load at start is only in the worker's output
+//! (`Failed to load connector <name>: ...`, `Loaded 0 connectors successfully`; no event in unified
+//! mode): [`ConnectorLoadScan`] reads it there and the machine records the verdict as its own
+//! [`WORKER_LOG_EVENT`], which also makes the worker unhealthy until a later start loads them.
 
 use std::collections::HashMap;
 
@@ -100,6 +103,56 @@ pub struct EventFacts {
     pub build_timestamp: Option<Value>,
     /// `connector_status_changed` per service type: (status, health).
     pub connectors: HashMap<String, (Option<String>, Option<String>)>,
+    /// What the worker's own output said about loading its connectors, when it went wrong (see
+    /// [`ConnectorLoadScan`]); carried by the machine's own `machine_worker_log` event.
+    pub load_problem: Option<String>,
+}
+
+/// The machine's own event type carrying [`ConnectorLoadScan`]'s verdict on a worker's output
+/// (`data.problem`: a string, or `null` when the connectors loaded).
+pub const WORKER_LOG_EVENT: &str = "machine_worker_log";
+
+/// Reads a worker's output for what the real worker says only there (`connector-manager.ts`, unified
+/// mode sends no event for it): `Failed to load connector <name>: ...` per connector that did not
+/// load, then `Loaded <n> connectors successfully` once loading is over.
+#[derive(Debug, Default)]
+pub struct ConnectorLoadScan {
+    failed: Vec<String>,
+}
+
+impl ConnectorLoadScan {
+    /// Feeds one line; at the end of a load (the `Loaded <n> connectors` line) returns
+    /// `Some(verdict)`: `Some(problem)` when none loaded or some failed, `None` when all loaded.
+    pub fn line(&mut self, text: &str) -> Option<Option<String>> {
+        if let Some(rest) = text.split("Failed to load connector ").nth(1) {
+            let name = rest
+                .split(|c: char| c == ':' || c.is_whitespace())
+                .next()
+                .unwrap_or_default();
+            if !name.is_empty() && !self.failed.iter().any(|f| f == name) {
+                self.failed.push(name.to_owned());
+            }
+            return None;
+        }
+        let count = text
+            .split("Loaded ")
+            .nth(1)?
+            .split_once(" connectors")?
+            .0
+            .trim()
+            .parse::<u64>()
+            .ok()?;
+        let failed = std::mem::take(&mut self.failed);
+        let mut problems = Vec::new();
+        if count == 0 {
+            problems
+                .push("the worker loaded 0 connectors (its log: Loaded 0 connectors)".to_owned());
+        }
+        problems.extend(failed.iter().map(|name| {
+            format!("connector {name} failed to load (its log: Failed to load connector {name})")
+        }));
+        Some((!problems.is_empty()).then(|| problems.join("; ")))
+    }
 }
 
 /// One event from `machine:<MACHINE_ID>:worker:<WORKER_ID>`.
@@ -184,6 +237,9 @@ impl WorkerTruth {
                 facts.status = Some(WorkerState::Idle);
                 facts.current_job_id = Some(None);
             }
+            WORKER_LOG_EVENT => {
+                facts.load_problem = text("problem");
+            }
             "connector_status_changed" => {
                 if let Some(service) = text("service_type") {
                     facts
@@ -257,6 +313,7 @@ impl WorkerTruth {
             })
             .collect();
         problems.sort();
+        problems.splice(0..0, self.event.load_problem.clone());
         problems
     }
 
@@ -654,6 +711,44 @@ mod tests {
                 json!({"service_type": service, "status": "idle", "health": "healthy"}),
             ));
         }
+        assert!(resolve(true, Some(&truth)).healthy);
+    }
+
+    #[test]
+    fn the_worker_log_says_when_its_connectors_did_not_load() {
+        let mut scan = ConnectorLoadScan::default();
+        assert_eq!(scan.line("2026-12-06 info: starting"), None);
+        assert_eq!(
+            scan.line(
+                "error: Failed to load connector gemini: Error: GEMINI_NANO_BANANA_URL is required"
+            ),
+            None
+        );
+        let said = scan
+            .line("info: ✅ Loaded 0 connectors successfully")
+            .unwrap();
+        assert_eq!(
+            said.as_deref(),
+            Some(
+                "the worker loaded 0 connectors (its log: Loaded 0 connectors); \
+                 connector gemini failed to load (its log: Failed to load connector gemini)"
+            )
+        );
+        // The next start (a restart) loads them: all is well again.
+        assert_eq!(scan.line("✅ Loaded 2 connectors successfully"), Some(None));
+        let mut truth = WorkerTruth {
+            heartbeat_ttl: Some(55),
+            ..Default::default()
+        };
+        truth.apply(&event(WORKER_LOG_EVENT, json!({"problem": said})));
+        let s = resolve(true, Some(&truth));
+        assert!(!s.healthy);
+        assert!(
+            s.reason
+                .unwrap()
+                .starts_with("the worker loaded 0 connectors")
+        );
+        truth.apply(&event(WORKER_LOG_EVENT, json!({"problem": null})));
         assert!(resolve(true, Some(&truth)).healthy);
     }
 

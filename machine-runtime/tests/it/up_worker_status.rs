@@ -18,6 +18,10 @@ const APP: &str = "mock-worker";
 /// A machine with one mock worker of the stand-in bundle (not restarted when it dies, so the test
 /// sees it offline) and an app that keeps the machine up, reporting every second to `redis`.
 fn machine(redis: &RedisServer) -> Runtime {
+    machine_of(redis, "mock", WORKER)
+}
+
+fn machine_of(redis: &RedisServer, workers: &str, worker_id: &str) -> Runtime {
     let url = redis.url();
     Runtime::start(
         json!({"apps": [
@@ -25,8 +29,8 @@ fn machine(redis: &RedisServer) -> Runtime {
             {"name": "keeper", "script": "sleep", "args": ["1000"]},
             {"name": APP, "script": "redis-direct-worker.js", "interpreter": "node",
              "cwd": bundle_dir(), "autorestart": false,
-             "env": {"WORKER_ID": WORKER, "MACHINE_ID": MACHINE, "HUB_REDIS_URL": url,
-                     "WORKERS": "mock", "UNIFIED_MACHINE_STATUS": "true",
+             "env": {"WORKER_ID": worker_id, "MACHINE_ID": MACHINE, "HUB_REDIS_URL": url,
+                     "WORKERS": workers, "UNIFIED_MACHINE_STATUS": "true",
                      "NODE_ENV": "production", "POLL_INTERVAL_MS": "100"}},
         ]}),
         &[
@@ -204,4 +208,47 @@ fn an_idle_worker_is_idle_before_its_first_job_busy_during_it_and_offline_when_k
         status_is("offline"),
     );
     assert_eq!(health["workers"][WORKER]["is_connected"], false, "{health}");
+}
+
+#[test]
+fn a_worker_whose_connectors_did_not_load_is_unhealthy_with_the_reason() {
+    // The stand-in has no gemini connector: it logs what the real worker logs when the connector
+    // cannot load (its URL missing), "Failed to load connector ..." then "Loaded 0 connectors",
+    // and stays up, online, sending no event about it.
+    let redis = RedisServer::start();
+    let worker = "wst-worker-gemini-0";
+    let tap = StatusTap::start(&redis.url(), &format!("machine:status:{MACHINE}"));
+    let rt = machine_of(&redis, "gemini", worker);
+    let message = tap.next_where(&rt, "the gemini worker unhealthy", |m| {
+        m["status"]["workers"][worker]["healthy"] == false
+    });
+    let entry = &message["status"]["workers"][worker];
+    let reason = entry["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.starts_with("the worker loaded 0 connectors"),
+        "{entry}"
+    );
+    assert!(reason.contains("failed to load"), "{entry}");
+    assert_eq!(
+        entry["status"], "idle",
+        "up and connected all the same: {entry}"
+    );
+    let (code, health) = wait_for(
+        "/health to name the worker",
+        || rt.output(),
+        || {
+            let (code, body, _) = rt.get("/health");
+            body["reasons"]
+                .to_string()
+                .contains(&format!("worker {worker}: the worker loaded 0 connectors"))
+                .then_some((code, body))
+        },
+    );
+    assert_eq!(code, 503, "{health}");
+    let (code, ready, _) = rt.get("/ready");
+    assert_eq!(code, 503, "{ready}");
+    assert!(
+        ready["reasons"].to_string().contains("loaded 0 connectors"),
+        "{ready}"
+    );
 }
