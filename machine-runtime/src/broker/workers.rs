@@ -13,6 +13,10 @@
 //!   learnt last wins: a read of `jobs:active` made after the last event decides over that event.
 //!   Only while `jobs:active` was never read (Redis down since start) does the hash's `status=busy`
 //!   and `current_job_id` count, which `findMatchingJob` writes in the same call.
+//! - **May it be stopped now** (the drain on stop and restart, the hand-back; [`WorkerTruth::busy_with`]):
+//!   busy as above, or the hash's `status` is `busy` (the assignment as `findMatchingJob` wrote it,
+//!   or the worker not yet done with its bookkeeping of a finished job). Erring towards busy only
+//!   delays a stop; our own `offline` echo is never `busy`.
 //! - **Idle**: connected and not busy.
 //! - **Offline**: the process is down, or the heartbeat key is gone.
 //!
@@ -330,10 +334,34 @@ impl WorkerTruth {
             .max()
     }
 
-    /// The job the worker is working on (`Some("")` when busy with a job nobody named), `None`
-    /// when it is not busy; the rule is in the module doc. Our own echo in `worker:<id>` (`offline`,
-    /// or a `busy` that outlived its job) decides nothing once `jobs:active:<id>` was read.
+    /// For the stop, drain and hand-back question "may this worker be signalled now": the job it
+    /// may still be working on (`Some("")` when none was named), `None` when it is surely idle.
+    /// Busy when [`WorkerTruth::reported_busy_with`] says so, or when the hash has `status` busy:
+    /// `findMatchingJob` writes it with the assignment, the worker itself only after its own
+    /// bookkeeping of a finished job (so a worker that already took the job out of `jobs:active`
+    /// but has not finished with it is not signalled). Our `offline` echo is never `busy`, so it
+    /// cannot hide a busy worker; a stale `busy` echo lasts one status message at most, since the
+    /// status itself ([`resolve`]) never reads the hash once `jobs:active` was read.
     pub(crate) fn busy_with(&self) -> Option<String> {
+        self.reported_busy_with().or_else(|| self.hash_says_busy())
+    }
+
+    /// `worker:<id>` has `status` busy: `Some(current_job_id)` (empty when none).
+    fn hash_says_busy(&self) -> Option<String> {
+        (self.hash_field("status").and_then(WorkerState::parse) == Some(WorkerState::Busy)).then(
+            || {
+                self.hash_field("current_job_id")
+                    .unwrap_or_default()
+                    .to_owned()
+            },
+        )
+    }
+
+    /// The job the worker is working on as the status reports it (`Some("")` when busy with a job
+    /// nobody named), `None` when it is not busy; the rule is in the module doc. Our own echo in
+    /// `worker:<id>` (`offline`, or a `busy` that outlived its job) decides nothing once
+    /// `jobs:active:<id>` was read.
+    pub(crate) fn reported_busy_with(&self) -> Option<String> {
         let from_queue = self.active_jobs.as_ref().map(|jobs| jobs.first().cloned());
         let from_events = self.event.status.map(|status| match status {
             WorkerState::Busy => Some(
@@ -359,13 +387,7 @@ impl WorkerTruth {
             (Some(queue), None) => queue,
             (None, Some(events)) => events,
             // Never read `jobs:active`, no event: what `findMatchingJob` wrote with the assignment.
-            (None, None) => (self.hash_field("status").and_then(WorkerState::parse)
-                == Some(WorkerState::Busy))
-            .then(|| {
-                self.hash_field("current_job_id")
-                    .unwrap_or_default()
-                    .to_owned()
-            }),
+            (None, None) => self.hash_says_busy(),
         }
     }
 
@@ -471,7 +493,7 @@ pub fn resolve(process_alive: bool, truth: Option<&WorkerTruth>) -> WorkerStatus
         .or_else(|| facts.build_info.clone());
     let is_connected = process_alive && truth.heartbeat();
     let busy = if is_connected {
-        truth.busy_with()
+        truth.reported_busy_with()
     } else {
         None
     };
@@ -656,6 +678,10 @@ mod tests {
         truth.read_active_jobs(vec![], 30);
         let s = resolve(true, Some(&truth));
         assert_eq!((s.status, s.current_job_id), (WorkerState::Idle, None));
+        // ... while a stop still waits for it (one status message later the echo says idle).
+        assert_eq!(truth.busy_with().as_deref(), Some("j1"));
+        truth.hash.insert("status".into(), "idle".into());
+        assert_eq!(truth.busy_with(), None);
         // The queue assigned a job (jobs:active) while the hash still holds our `offline`.
         truth.hash.insert("status".into(), "offline".into());
         truth.read_active_jobs(vec!["j2".into()], 40);

@@ -17,8 +17,7 @@ use crate::up_support::{Runtime, wait_for};
 /// `jobs:active:<worker>`, its own hash busy with it), then starts it (`in_progress`,
 /// `started_at`); once `finish-<name>` exists it completes it (`completed`, out of
 /// `jobs:active:<worker>`) and is idle again. With `LATE` set it completes the job at once but
-/// has not yet taken it out of `jobs:active:<worker>` nor its hash, so the machine still sees it
-/// busy (the worker finishing in the last moment before the machine acts). On
+/// still says it is busy (the worker finishing in the last moment before the machine acts). On
 /// SIGTERM it fails the job in flight permanently (the real worker's behaviour) or, idle, just
 /// leaves; each step is appended to `events`. A SIGKILL leaves its keys as they are.
 const WORKER: &str = r#"
@@ -48,6 +47,7 @@ $R HSET "job:$job" status in_progress started_at "$(date -u +%Y-%m-%dT%H:%M:%S.0
 log "$NAME started $job"
 if [ -n "$LATE" ]; then
   $R HSET "job:$job" status completed >/dev/null
+  $R HDEL "jobs:active:$WORKER_ID" "$job" >/dev/null
   log "$NAME completed $job but still says busy"
 fi
 while [ ! -f "$D/finish-$NAME" ]; do sleep 0.05; done
