@@ -9,7 +9,8 @@
 //!   pid, restarts, reason}}, uptime}` (ms), plus `reasons` and `warnings`. `reason` says why an app
 //!   is not healthy (`null` when it is), e.g. a worker held back while its service is down.
 //! - `GET /ready`: 200/503 `{ready, reasons}`: ready once every app has stayed up for its
-//!   `min_uptime`, the same rule as the broker's phase `ready`.
+//!   `min_uptime`, the same rule as the broker's phase `ready`, and no worker reported a failed
+//!   connector.
 //! - `GET /status`: every app, the phase, the broker link.
 //! - `GET /pm2/list`: the processes as `pm2 jlist` names them (`name`, `pm_id`, `pid`,
 //!   `pm2_env.status`, `restart_time`, `pm_uptime`, ...). No environment: it holds secrets.
@@ -74,6 +75,12 @@ pub trait StatusSource: Send + Sync + 'static {
 
     /// Reasons the machine is unhealthy beyond its apps (for example "redis is unreachable").
     fn health_reasons(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// Reasons the machine is not ready beyond its apps (for example a worker whose connector
+    /// failed); `/ready` lists them after the apps' own.
+    fn ready_reasons(&self) -> Vec<String> {
         Vec::new()
     }
 
@@ -453,7 +460,8 @@ async fn route(
             Reply::Json(if healthy { 200 } else { 503 }, body)
         }
         "/ready" => {
-            let reasons = snapshot.not_ready_reasons(uptime_ms);
+            let mut reasons = snapshot.not_ready_reasons(uptime_ms);
+            reasons.extend(source.ready_reasons());
             let ready = reasons.is_empty();
             Reply::Json(
                 if ready { 200 } else { 503 },

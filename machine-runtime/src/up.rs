@@ -158,6 +158,49 @@ pub enum UpError {
     Runtime(std::io::Error),
 }
 
+/// Follows the output of each worker (`app name → WORKER_ID`) for what the worker says only there,
+/// whether its connectors loaded ([`broker::ConnectorLoadScan`]), and tells `broker` each verdict;
+/// the output already kept is read first. Ends with the supervisor.
+fn follow_worker_logs(
+    handle: &crate::supervisor::SupervisorHandle,
+    worker_apps: std::collections::HashMap<String, String>,
+    broker: &Broker,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    for (app, worker_id) in worker_apps {
+        let Some(log) = handle.logs().get(&app).cloned() else {
+            continue;
+        };
+        let broker = broker.clone();
+        let cancel = handle.shutdown_token();
+        handle.tracker().spawn(async move {
+            let (kept, mut lines) =
+                log.tail_and_follow(crate::supervisor::logs::MAX_LINES, |_| true);
+            let mut scan = broker::ConnectorLoadScan::default();
+            for line in kept {
+                if let Some(verdict) = scan.line(&line.text) {
+                    broker.worker_log_said(&worker_id, verdict);
+                }
+            }
+            loop {
+                let line = tokio::select! {
+                    () = cancel.cancelled() => return,
+                    line = lines.recv() => line,
+                };
+                match line {
+                    Ok(line) => {
+                        if let Some(verdict) = scan.line(&line.text) {
+                            broker.worker_log_said(&worker_id, verdict);
+                        }
+                    }
+                    Err(RecvError::Lagged(_)) => {}
+                    Err(RecvError::Closed) => return,
+                }
+            }
+        });
+    }
+}
+
 /// The broker's part of `/health` and `/status`.
 struct MachineStatus {
     broker: OnceLock<Broker>,
@@ -184,14 +227,27 @@ impl StatusSource for MachineStatus {
     fn status_fields(&self) -> Map<String, Value> {
         let mut fields = Map::new();
         fields.insert("broker".into(), self.broker_field());
+        if let Some(broker) = self.broker.get() {
+            fields.insert("workers".into(), json!(broker.workers()));
+        }
         fields
     }
 
     fn health_reasons(&self) -> Vec<String> {
-        match self.broker_problem() {
+        let mut reasons = match self.broker_problem() {
             Some(problem) if self.required_for_health => vec![problem],
             _ => Vec::new(),
-        }
+        };
+        reasons.extend(self.ready_reasons());
+        reasons
+    }
+
+    /// Workers unhealthy by their own word (a failed connector).
+    fn ready_reasons(&self) -> Vec<String> {
+        self.broker
+            .get()
+            .map(Broker::worker_problems)
+            .unwrap_or_default()
     }
 
     fn health_warnings(&self) -> Vec<String> {
@@ -412,6 +468,7 @@ pub fn run(apps: Vec<AppSpec>, options: UpOptions) -> Result<(), UpError> {
             let (view_tx, view_rx) =
                 watch::channel(template.view(&handle.snapshot(), handle.uptime_ms()));
             // The broker connects in the background (below); the drain asks it once it is there.
+            let worker_apps = template.worker_ids();
             supervisor.drain_with(Arc::new(BrokerBusy {
                 status: status.clone(),
                 worker_ids: template.worker_ids(),
@@ -430,6 +487,7 @@ pub fn run(apps: Vec<AppSpec>, options: UpOptions) -> Result<(), UpError> {
                 async move {
                     match Broker::start(config, view_rx).await {
                         Ok(broker) => {
+                            follow_worker_logs(&handle, worker_apps, &broker);
                             let _ = status.broker.set(broker);
                         }
                         Err(err) => {

@@ -233,7 +233,12 @@ pub fn build(
             },
         );
         let mut status = resolve(worker.process_state.is_alive(), truth);
-        status.reason = worker.waiting_reason.clone();
+        if let Some(waiting) = &worker.waiting_reason {
+            status.reason = Some(match status.reason.take() {
+                Some(problem) => format!("{waiting}; {problem}"),
+                None => waiting.clone(),
+            });
+        }
         status_workers.insert(worker.worker_id.clone(), status);
     }
     StatusMessage {

@@ -67,9 +67,9 @@ pub use message::{StatusMessage, UpdateType, build as build_status_message};
 pub use preflight::{MATCH_FUNCTION, PreflightReport, run as run_preflight};
 pub use time::{epoch_ms, iso8601, now_iso8601, now_ms};
 pub use view::{MachineView, Phase, ProcessState, ResourceBinding, ServiceView, WorkerView};
-pub use workers::{WorkerEvent, WorkerState, WorkerStatus, WorkerTruth};
+pub use workers::{ConnectorLoadScan, WorkerEvent, WorkerState, WorkerStatus, WorkerTruth};
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -210,6 +210,8 @@ struct Shared {
     stats: Mutex<Stats>,
     /// What each worker (by `WORKER_ID`) was doing at the last refresh or event: `Some(job)` busy.
     busy: Mutex<HashMap<String, Option<String>>>,
+    /// `status.workers` of the last status message built, by `WORKER_ID`, for `/health`.
+    workers: Mutex<BTreeMap<String, WorkerStatus>>,
     /// Background tasks that ended while the broker was meant to run (a panic is a bug), with when.
     dead: Mutex<Vec<(u64, String)>>,
     /// Set by [`Broker::shutdown`]: tasks ending from now on end on purpose.
@@ -289,6 +291,8 @@ enum Command {
 struct Inner {
     shared: Arc<Shared>,
     commands: mpsc::Sender<Command>,
+    /// Into the publisher's stream of worker events (for the machine's own [`workers::WORKER_LOG_EVENT`]).
+    events: mpsc::Sender<WorkerEvent>,
     task: Mutex<Option<JoinHandle<()>>>,
     cancel: CancellationToken,
     shutdown_timeout: Duration,
@@ -379,6 +383,7 @@ impl Broker {
                 last_update_type: None,
             }),
             busy: Mutex::new(HashMap::new()),
+            workers: Mutex::new(BTreeMap::new()),
             dead: Mutex::new(Vec::new()),
             stopping: std::sync::atomic::AtomicBool::new(false),
         });
@@ -399,7 +404,7 @@ impl Broker {
             listen_worker_events(
                 link.clone(),
                 current.machine_id.clone(),
-                events_tx,
+                events_tx.clone(),
                 cancel.child_token(),
             ),
         );
@@ -426,12 +431,58 @@ impl Broker {
             inner: Arc::new(Inner {
                 shared,
                 commands: commands_tx,
+                events: events_tx,
                 task: Mutex::new(Some(task)),
                 cancel,
                 shutdown_timeout: config.shutdown_timeout,
                 machine_id,
             }),
         })
+    }
+
+    /// `status.workers` of the last status message built (empty before the first), by
+    /// `WORKER_ID`; cheap, never blocks on Redis.
+    pub fn workers(&self) -> BTreeMap<String, WorkerStatus> {
+        self.inner
+            .shared
+            .workers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Why workers are unhealthy by their own word (a failed connector), one line per worker
+    /// (`worker m1-worker-openai-0: connector openai reported error (unhealthy)`), from the last
+    /// status message built.
+    pub fn worker_problems(&self) -> Vec<String> {
+        self.workers()
+            .iter()
+            .filter(|(_, status)| !status.healthy)
+            .map(|(id, status)| {
+                format!(
+                    "worker {id}: {}",
+                    status.reason.as_deref().unwrap_or("unhealthy")
+                )
+            })
+            .collect()
+    }
+
+    /// Records what worker `worker_id`'s own output said about loading its connectors
+    /// (`Some(problem)`: none loaded or some failed; `None`: all loaded), as the machine's own
+    /// worker event: the worker is unhealthy while a problem stands, and an event-driven status
+    /// goes out. Never blocks; dropped (with a log line) when the publisher is far behind.
+    pub fn worker_log_said(&self, worker_id: &str, problem: Option<String>) {
+        let event = WorkerEvent {
+            worker_id: worker_id.to_owned(),
+            event_type: workers::WORKER_LOG_EVENT.to_owned(),
+            data: serde_json::json!({ "problem": problem }),
+            timestamp: None,
+        };
+        if self.inner.events.try_send(event).is_err() {
+            log!(
+                "cannot record what worker {worker_id} said about its connectors: the publisher is behind or stopped"
+            );
+        }
     }
 
     /// The broker's state for `/health`; cheap, never blocks on Redis.
@@ -465,9 +516,10 @@ impl Broker {
         }
     }
 
-    /// For each `WORKER_ID` given, in order: `Some(job id)` while the worker says it is busy (its
-    /// `worker:<id>` hash has `status` busy or a `current_job_id`; the id is empty when it named
-    /// none), else `None`. Read fresh from Redis (one pipeline); while Redis is unreachable, what
+    /// For each `WORKER_ID` given, in order: `Some(job id)` while the worker is busy (the queue's
+    /// `jobs:active:<id>` holds a job; only if that cannot be read, its `worker:<id>` hash has the
+    /// `status` busy that `findMatchingJob` writes; the id is empty when none was named), else
+    /// `None` (rule in [`workers`]). Read fresh from Redis (one pipeline); while Redis is unreachable, what
     /// the last status refresh or worker event said. Works after [`Broker::shutdown`] too, so the
     /// supervisor can wait for busy workers once the final status is out.
     pub(crate) async fn busy_workers(&self, worker_ids: &[String]) -> Vec<Option<String>> {
@@ -485,24 +537,28 @@ impl Broker {
         let mut pipe = redis::pipe();
         for id in worker_ids {
             pipe.cmd("HGETALL").arg(format!("worker:{id}"));
+            pipe.cmd("HKEYS").arg(format!("jobs:active:{id}"));
         }
         let limit = shared.link.settings().response_timeout;
-        match tokio::time::timeout(
-            limit,
-            pipe.query_async::<Vec<HashMap<String, String>>>(&mut conn.conn),
-        )
-        .await
+        match tokio::time::timeout(limit, pipe.query_async::<Vec<redis::Value>>(&mut conn.conn))
+            .await
         {
-            Ok(Ok(hashes)) if hashes.len() == worker_ids.len() => hashes
-                .into_iter()
-                .map(|hash| {
-                    WorkerTruth {
-                        hash,
-                        ..Default::default()
-                    }
-                    .busy_with()
-                })
-                .collect(),
+            Ok(Ok(replies)) if replies.len() == 2 * worker_ids.len() => {
+                let read_at = now_ms();
+                replies
+                    .chunks(2)
+                    .map(|pair| {
+                        let mut truth = WorkerTruth {
+                            hash: redis::from_redis_value_ref(&pair[0]).unwrap_or_default(),
+                            ..Default::default()
+                        };
+                        if let Ok(jobs) = redis::from_redis_value_ref::<Vec<String>>(&pair[1]) {
+                            truth.read_active_jobs(jobs, read_at);
+                        }
+                        truth.busy_with()
+                    })
+                    .collect()
+            }
             _ => last_known(),
         }
     }
@@ -863,6 +919,13 @@ impl Publisher {
             );
         }
         let message = message::build(&self.current, &self.truths, update_type, now_ms());
+        message.status.workers.clone_into(
+            &mut self
+                .shared
+                .workers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
         let payload = match serde_json::to_string(&message) {
             Ok(payload) => payload,
             Err(err) => {
@@ -909,14 +972,23 @@ impl Publisher {
                 .arg(format!("worker:{}", worker.worker_id));
             pipe.cmd("TTL")
                 .arg(format!("worker:{}:heartbeat", worker.worker_id));
+            pipe.cmd("HKEYS")
+                .arg(format!("jobs:active:{}", worker.worker_id));
         }
         let replies: Vec<redis::Value> = pipe.query_async(&mut conn.conn).await?;
-        for (worker, pair) in self.current.workers.iter().zip(replies.chunks(2)) {
+        let read_at = now_ms();
+        for (worker, triple) in self.current.workers.iter().zip(replies.chunks(3)) {
             let truth = self.truths.entry(worker.worker_id.clone()).or_default();
-            truth.hash = redis::from_redis_value_ref(&pair[0]).unwrap_or_default();
-            truth.heartbeat_ttl = pair
+            truth.hash = redis::from_redis_value_ref(&triple[0]).unwrap_or_default();
+            truth.heartbeat_ttl = triple
                 .get(1)
                 .and_then(|v| redis::from_redis_value_ref(v).ok());
+            if let Some(jobs) = triple
+                .get(2)
+                .and_then(|v| redis::from_redis_value_ref::<Vec<String>>(v).ok())
+            {
+                truth.read_active_jobs(jobs, read_at);
+            }
         }
         let mut busy = self.shared.busy.lock().unwrap_or_else(|p| p.into_inner());
         for worker in &self.current.workers {
@@ -1048,6 +1120,7 @@ mod tests {
                 last_update_type: None,
             }),
             busy: Mutex::new(HashMap::new()),
+            workers: Mutex::new(BTreeMap::new()),
             dead: Mutex::new(Vec::new()),
             stopping: std::sync::atomic::AtomicBool::new(false),
         })

@@ -1,4 +1,39 @@
-//! What the workers themselves say: their `worker:<id>` hash, heartbeat key and `machine:<m>:worker:<w>` events.
+//! What the workers themselves say: their heartbeat key, their `machine:<m>:worker:<w>` events, and
+//! the queue's record of the jobs they hold.
+//!
+//! Where each answer comes from (worker contract §5, §6):
+//!
+//! - **Connected**: the worker's process is alive and its `worker:<id>:heartbeat` key exists (the
+//!   worker `SETEX`es it every `WORKER_HEARTBEAT_INTERVAL_MS`, 60 s TTL, in every mode); before the
+//!   first read of that key, the `is_connected` of its last status event.
+//! - **Busy, with which job**: the queue's own record of an assignment, `jobs:active:<worker>`
+//!   (written by `findMatchingJob` when it hands out a job, emptied by the worker when the job ends
+//!   and by the machine's hand-back), and the worker's events (`job_started`, `worker_status_changed`
+//!   busy, until `job_completed`/`job_failed`/`worker_status_changed` idle). Whichever the machine
+//!   learnt last wins: a read of `jobs:active` made after the last event decides over that event.
+//!   Only while `jobs:active` was never read (Redis down since start) does the hash's `status=busy`
+//!   and `current_job_id` count, which `findMatchingJob` writes in the same call.
+//! - **May it be stopped now** (the drain on stop and restart, the hand-back; [`WorkerTruth::busy_with`]):
+//!   busy as above, or the hash's `status` is `busy` (the assignment as `findMatchingJob` wrote it,
+//!   or the worker not yet done with its bookkeeping of a finished job). Erring towards busy only
+//!   delays a stop; our own `offline` echo is never `busy`.
+//! - **Idle**: connected and not busy.
+//! - **Offline**: the process is down, or the heartbeat key is gone.
+//!
+//! The `status`, `current_job_id`, `last_activity` and `connector_statuses` fields of `worker:<id>`
+//! are never read as the worker's word: in unified mode (`UNIFIED_MACHINE_STATUS=true`) the worker
+//! writes no `status` there at start, and the API copies this machine's own last status message into
+//! that hash (`handleUnifiedMachineStatus`), so reading them would echo our earlier word back (an idle
+//! worker reported `offline` until its first job). Only the fields the worker writes itself are read
+//! from the hash: `last_heartbeat`, `last_status_change`, `version`, `build_timestamp`, `build_info`.
+//!
+//! **Health**: a connector the worker reports failed (`connector_status_changed` with status
+//! `error`, `failed` or `offline`, or health `unhealthy`) makes the worker unhealthy, with the reason,
+//! until the worker reports that connector well again (the real worker sends `idle`/`healthy` after
+//! its next successful job). A connector that does not load at start is only in the worker's output
+//! (`Failed to load connector <name>: ...`, `Loaded 0 connectors successfully`; no event in unified
+//! mode): [`ConnectorLoadScan`] reads it there and the machine records the verdict as its own
+//! [`WORKER_LOG_EVENT`], which also makes the worker unhealthy until a later start loads them.
 
 use std::collections::HashMap;
 
@@ -42,6 +77,13 @@ pub struct WorkerTruth {
     pub event: EventFacts,
     /// Epoch ms (the machine's clock) when the machine last received an event of this worker.
     pub event_seen_ms: Option<u64>,
+    /// Epoch ms (the machine's clock) when an event last said whether the worker is busy.
+    pub status_event_ms: Option<u64>,
+    /// Fields of `jobs:active:<id>` (job ids the queue assigned to the worker and the worker has not
+    /// finished) at the last read; `None`: never read.
+    pub active_jobs: Option<Vec<String>>,
+    /// Epoch ms (the machine's clock) of that read.
+    pub active_read_ms: Option<u64>,
 }
 
 /// Facts carried by `machine:<m>:worker:<w>` events.
@@ -65,6 +107,56 @@ pub struct EventFacts {
     pub build_timestamp: Option<Value>,
     /// `connector_status_changed` per service type: (status, health).
     pub connectors: HashMap<String, (Option<String>, Option<String>)>,
+    /// What the worker's own output said about loading its connectors, when it went wrong (see
+    /// [`ConnectorLoadScan`]); carried by the machine's own `machine_worker_log` event.
+    pub load_problem: Option<String>,
+}
+
+/// The machine's own event type carrying [`ConnectorLoadScan`]'s verdict on a worker's output
+/// (`data.problem`: a string, or `null` when the connectors loaded).
+pub const WORKER_LOG_EVENT: &str = "machine_worker_log";
+
+/// Reads a worker's output for what the real worker says only there (`connector-manager.ts`, unified
+/// mode sends no event for it): `Failed to load connector <name>: ...` per connector that did not
+/// load, then `Loaded <n> connectors successfully` once loading is over.
+#[derive(Debug, Default)]
+pub struct ConnectorLoadScan {
+    failed: Vec<String>,
+}
+
+impl ConnectorLoadScan {
+    /// Feeds one line; at the end of a load (the `Loaded <n> connectors` line) returns
+    /// `Some(verdict)`: `Some(problem)` when none loaded or some failed, `None` when all loaded.
+    pub fn line(&mut self, text: &str) -> Option<Option<String>> {
+        if let Some(rest) = text.split("Failed to load connector ").nth(1) {
+            let name = rest
+                .split(|c: char| c == ':' || c.is_whitespace())
+                .next()
+                .unwrap_or_default();
+            if !name.is_empty() && !self.failed.iter().any(|f| f == name) {
+                self.failed.push(name.to_owned());
+            }
+            return None;
+        }
+        let count = text
+            .split("Loaded ")
+            .nth(1)?
+            .split_once(" connectors")?
+            .0
+            .trim()
+            .parse::<u64>()
+            .ok()?;
+        let failed = std::mem::take(&mut self.failed);
+        let mut problems = Vec::new();
+        if count == 0 {
+            problems
+                .push("the worker loaded 0 connectors (its log: Loaded 0 connectors)".to_owned());
+        }
+        problems.extend(failed.iter().map(|name| {
+            format!("connector {name} failed to load (its log: Failed to load connector {name})")
+        }));
+        Some((!problems.is_empty()).then(|| problems.join("; ")))
+    }
 }
 
 /// One event from `machine:<MACHINE_ID>:worker:<WORKER_ID>`.
@@ -149,6 +241,9 @@ impl WorkerTruth {
                 facts.status = Some(WorkerState::Idle);
                 facts.current_job_id = Some(None);
             }
+            WORKER_LOG_EVENT => {
+                facts.load_problem = text("problem");
+            }
             "connector_status_changed" => {
                 if let Some(service) = text("service_type") {
                     facts
@@ -172,14 +267,66 @@ impl WorkerTruth {
     pub fn receive(&mut self, event: &WorkerEvent, now_ms: u64) {
         self.apply(event);
         self.event_seen_ms = Some(now_ms);
+        // Only these say whether the worker is busy (`connector_status_changed` also has a
+        // `status`: the connector's).
+        if matches!(
+            event.event_type.as_str(),
+            "worker_status_changed"
+                | "worker_registered"
+                | "worker_connected"
+                | "job_started"
+                | "job_completed"
+                | "job_failed"
+                | "job_handed_back"
+        ) {
+            self.status_event_ms = Some(now_ms);
+        }
+    }
+
+    /// Records a read of `jobs:active:<id>` made at `now_ms` (the machine's clock).
+    pub fn read_active_jobs(&mut self, jobs: Vec<String>, now_ms: u64) {
+        self.active_jobs = Some(jobs);
+        self.active_read_ms = Some(now_ms);
+    }
+
+    /// Why the worker is unhealthy by its own word, one line per failed connector, sorted by
+    /// service type (`connector openai reported error (unhealthy)`); empty when none failed.
+    pub(crate) fn connector_problems(&self) -> Vec<String> {
+        let mut problems: Vec<String> = self
+            .event
+            .connectors
+            .iter()
+            .filter(|(_, (status, health))| {
+                let failed = status.as_deref().is_some_and(|s| {
+                    matches!(
+                        s.to_ascii_lowercase().as_str(),
+                        "error" | "failed" | "offline"
+                    )
+                });
+                failed
+                    || health
+                        .as_deref()
+                        .is_some_and(|h| h.eq_ignore_ascii_case("unhealthy"))
+            })
+            .map(|(service, (status, health))| {
+                format!(
+                    "connector {service} reported {} ({})",
+                    status.as_deref().unwrap_or("no status"),
+                    health.as_deref().unwrap_or("no health")
+                )
+            })
+            .collect();
+        problems.sort();
+        problems.splice(0..0, self.event.load_problem.clone());
+        problems
     }
 
     /// When the machine last saw the worker do anything, in epoch ms: the latest of an event
-    /// received, the hash's `last_heartbeat` and `last_status_change` (the worker writes both; it
-    /// never writes `last_activity`, which is read too in case a newer worker does), and the
+    /// received, the hash's `last_heartbeat` and `last_status_change` (the worker writes both; the
+    /// hash's `last_activity` is the API's copy of our own message, so it is not read), and the
     /// times the events carried.
     pub(crate) fn last_activity_ms(&self) -> Option<u64> {
-        ["last_heartbeat", "last_status_change", "last_activity"]
+        ["last_heartbeat", "last_status_change"]
             .iter()
             .filter_map(|key| self.hash_field(key).and_then(parse_epoch_ms))
             .chain(self.event_seen_ms)
@@ -187,27 +334,66 @@ impl WorkerTruth {
             .max()
     }
 
-    /// The job the worker says it is working on, when it says it is busy or names a job; `None`
-    /// when it says it is idle (or said nothing).
+    /// For the stop, drain and hand-back question "may this worker be signalled now": the job it
+    /// may still be working on (`Some("")` when none was named), `None` when it is surely idle.
+    /// Busy when [`WorkerTruth::reported_busy_with`] says so, or when the hash has `status` busy:
+    /// `findMatchingJob` writes it with the assignment, the worker itself only after its own
+    /// bookkeeping of a finished job (so a worker that already took the job out of `jobs:active`
+    /// but has not finished with it is not signalled). Our `offline` echo is never `busy`, so it
+    /// cannot hide a busy worker; a stale `busy` echo lasts one status message at most, since the
+    /// status itself ([`resolve`]) never reads the hash once `jobs:active` was read.
     pub(crate) fn busy_with(&self) -> Option<String> {
-        let job = match self.hash_field("current_job_id") {
-            Some(job) => Some(job.to_owned()).filter(|j| !j.is_empty()),
-            None => self.event.current_job_id.clone().flatten(),
-        };
-        let said = self
-            .hash_field("status")
-            .and_then(WorkerState::parse)
-            .or(self.event.status);
-        match (said, job) {
-            (_, Some(job)) => Some(job),
-            (Some(WorkerState::Busy), None) => Some(String::new()),
+        self.reported_busy_with().or_else(|| self.hash_says_busy())
+    }
+
+    /// `worker:<id>` has `status` busy: `Some(current_job_id)` (empty when none).
+    fn hash_says_busy(&self) -> Option<String> {
+        (self.hash_field("status").and_then(WorkerState::parse) == Some(WorkerState::Busy)).then(
+            || {
+                self.hash_field("current_job_id")
+                    .unwrap_or_default()
+                    .to_owned()
+            },
+        )
+    }
+
+    /// The job the worker is working on as the status reports it (`Some("")` when busy with a job
+    /// nobody named), `None` when it is not busy; the rule is in the module doc. Our own echo in
+    /// `worker:<id>` (`offline`, or a `busy` that outlived its job) decides nothing once
+    /// `jobs:active:<id>` was read.
+    pub(crate) fn reported_busy_with(&self) -> Option<String> {
+        let from_queue = self.active_jobs.as_ref().map(|jobs| jobs.first().cloned());
+        let from_events = self.event.status.map(|status| match status {
+            WorkerState::Busy => Some(
+                self.event
+                    .current_job_id
+                    .clone()
+                    .flatten()
+                    .unwrap_or_default(),
+            ),
             _ => None,
+        });
+        match (from_queue, from_events) {
+            (Some(queue), Some(events)) => {
+                if self.active_read_ms >= self.status_event_ms {
+                    queue
+                } else {
+                    match (events, queue) {
+                        (Some(job), Some(named)) if job.is_empty() => Some(named),
+                        (events, _) => events,
+                    }
+                }
+            }
+            (Some(queue), None) => queue,
+            (None, Some(events)) => events,
+            // Never read `jobs:active`, no event: what `findMatchingJob` wrote with the assignment.
+            (None, None) => self.hash_says_busy(),
         }
     }
 
-    /// Whether the worker ever spoke for itself (hash written or event sent).
+    /// Whether the worker ever spoke for itself (an event, or a heartbeat written into its hash).
     fn registered(&self) -> bool {
-        !self.hash.is_empty() || self.event.seen
+        self.event.seen || self.hash_field("last_heartbeat").is_some()
     }
 
     fn hash_field(&self, key: &str) -> Option<&str> {
@@ -278,15 +464,16 @@ pub struct WorkerStatus {
     pub build_info: Option<Value>,
     /// Why the machine holds the worker's process back, in words, while it waits for its service
     /// (`... is waiting for comfyui-gpu0: comfyui-gpu0 is not ready (restarting after status 1)`);
-    /// absent otherwise. The machine's own field: the worker never writes it.
+    /// absent otherwise; or why the worker is unhealthy by its own word (`connector openai reported
+    /// error (unhealthy)`). The machine's own field: the worker never writes it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// `false` when the worker reported a connector failed (see `reason`). The machine's own field.
+    pub healthy: bool,
 }
 
-/// Combines the process state with what the worker says; the process state wins when it is down.
-///
-/// The hash is written before each event is published, so it is at least as fresh and wins over the
-/// event facts; events fill what the hash lacks (e.g. after the worker deleted its keys on exit).
+/// Combines the process state with what the worker says (the rule is in the module doc); the
+/// process state wins when it is down.
 pub fn resolve(process_alive: bool, truth: Option<&WorkerTruth>) -> WorkerStatus {
     let empty = WorkerTruth::default();
     let truth = truth.unwrap_or(&empty);
@@ -305,10 +492,11 @@ pub fn resolve(process_alive: bool, truth: Option<&WorkerTruth>) -> WorkerStatus
         .map(json_or_text)
         .or_else(|| facts.build_info.clone());
     let is_connected = process_alive && truth.heartbeat();
-    let said = truth
-        .hash_field("status")
-        .and_then(WorkerState::parse)
-        .or(facts.status);
+    let busy = if is_connected {
+        truth.reported_busy_with()
+    } else {
+        None
+    };
     let status = if !process_alive {
         WorkerState::Offline
     } else if !is_connected {
@@ -317,17 +505,14 @@ pub fn resolve(process_alive: bool, truth: Option<&WorkerTruth>) -> WorkerStatus
         } else {
             WorkerState::Unknown
         }
+    } else if busy.is_some() {
+        WorkerState::Busy
     } else {
-        said.unwrap_or(WorkerState::Unknown)
+        WorkerState::Idle
     };
-    let current_job_id = if is_connected {
-        match truth.hash_field("current_job_id") {
-            Some(job) => Some(job.to_owned()).filter(|j| !j.is_empty()),
-            None => facts.current_job_id.clone().flatten(),
-        }
-    } else {
-        None
-    };
+    let current_job_id = busy.filter(|job| !job.is_empty());
+    let problems = truth.connector_problems();
+    let healthy = problems.is_empty();
     WorkerStatus {
         is_connected,
         status,
@@ -336,7 +521,8 @@ pub fn resolve(process_alive: bool, truth: Option<&WorkerTruth>) -> WorkerStatus
         version,
         build_timestamp,
         build_info,
-        reason: None,
+        reason: (!healthy).then(|| problems.join("; ")),
+        healthy,
     }
 }
 
@@ -466,6 +652,130 @@ mod tests {
             resolve(true, Some(&truth)).last_activity,
             Some(1_704_067_290_000)
         );
+    }
+
+    #[test]
+    fn our_echo_in_the_hash_never_decides_the_status() {
+        // The API copied our earlier `offline` into the hash; the worker is heartbeating and idle.
+        let mut truth = WorkerTruth {
+            heartbeat_ttl: Some(55),
+            ..Default::default()
+        };
+        truth.hash.insert("status".into(), "offline".into());
+        truth.hash.insert("last_activity".into(), "99".into());
+        truth.read_active_jobs(vec![], 10);
+        let s = resolve(true, Some(&truth));
+        assert_eq!((s.is_connected, s.status), (true, WorkerState::Idle));
+        assert_eq!(
+            s.last_activity, None,
+            "the API's copy of our last_activity is not read"
+        );
+        // Our `busy` echo outlived the job: jobs:active, read after the last event, is empty.
+        truth.receive(&event("job_started", json!({"job_id": "j1"})), 20);
+        assert_eq!(resolve(true, Some(&truth)).status, WorkerState::Busy);
+        truth.hash.insert("status".into(), "busy".into());
+        truth.hash.insert("current_job_id".into(), "j1".into());
+        truth.read_active_jobs(vec![], 30);
+        let s = resolve(true, Some(&truth));
+        assert_eq!((s.status, s.current_job_id), (WorkerState::Idle, None));
+        // ... while a stop still waits for it (one status message later the echo says idle).
+        assert_eq!(truth.busy_with().as_deref(), Some("j1"));
+        truth.hash.insert("status".into(), "idle".into());
+        assert_eq!(truth.busy_with(), None);
+        // The queue assigned a job (jobs:active) while the hash still holds our `offline`.
+        truth.hash.insert("status".into(), "offline".into());
+        truth.read_active_jobs(vec!["j2".into()], 40);
+        assert_eq!(truth.busy_with().as_deref(), Some("j2"));
+        // An event newer than the read wins: the job ended after the read.
+        truth.receive(&event("job_completed", json!({"job_id": "j2"})), 50);
+        assert_eq!(truth.busy_with(), None);
+        // A connector_status_changed says nothing about busy: the read stays newer.
+        truth.read_active_jobs(vec!["j3".into()], 60);
+        truth.receive(
+            &event(
+                "connector_status_changed",
+                json!({"service_type": "x", "status": "active"}),
+            ),
+            70,
+        );
+        assert_eq!(truth.busy_with().as_deref(), Some("j3"));
+    }
+
+    #[test]
+    fn a_failed_connector_makes_the_worker_unhealthy_until_it_recovers() {
+        let mut truth = WorkerTruth {
+            heartbeat_ttl: Some(55),
+            ..Default::default()
+        };
+        let s = resolve(true, Some(&truth));
+        assert!(s.healthy && s.reason.is_none());
+        truth.apply(&event(
+            "connector_status_changed",
+            json!({"service_type": "openai", "status": "error", "health": "unhealthy"}),
+        ));
+        truth.apply(&event(
+            "connector_status_changed",
+            json!({"service_type": "gemini", "status": "failed"}),
+        ));
+        let s = resolve(true, Some(&truth));
+        assert!(!s.healthy);
+        assert_eq!(
+            s.reason.as_deref(),
+            Some(
+                "connector gemini reported failed (no health); \
+                 connector openai reported error (unhealthy)"
+            )
+        );
+        assert_eq!(
+            serde_json::to_value(&s).unwrap()["healthy"],
+            json!(false),
+            "the status message says it"
+        );
+        for service in ["openai", "gemini"] {
+            truth.apply(&event(
+                "connector_status_changed",
+                json!({"service_type": service, "status": "idle", "health": "healthy"}),
+            ));
+        }
+        assert!(resolve(true, Some(&truth)).healthy);
+    }
+
+    #[test]
+    fn the_worker_log_says_when_its_connectors_did_not_load() {
+        let mut scan = ConnectorLoadScan::default();
+        assert_eq!(scan.line("2026-12-06 info: starting"), None);
+        assert_eq!(
+            scan.line(
+                "error: Failed to load connector gemini: Error: GEMINI_NANO_BANANA_URL is required"
+            ),
+            None
+        );
+        let said = scan
+            .line("info: ✅ Loaded 0 connectors successfully")
+            .unwrap();
+        assert_eq!(
+            said.as_deref(),
+            Some(
+                "the worker loaded 0 connectors (its log: Loaded 0 connectors); \
+                 connector gemini failed to load (its log: Failed to load connector gemini)"
+            )
+        );
+        // The next start (a restart) loads them: all is well again.
+        assert_eq!(scan.line("✅ Loaded 2 connectors successfully"), Some(None));
+        let mut truth = WorkerTruth {
+            heartbeat_ttl: Some(55),
+            ..Default::default()
+        };
+        truth.apply(&event(WORKER_LOG_EVENT, json!({"problem": said})));
+        let s = resolve(true, Some(&truth));
+        assert!(!s.healthy);
+        assert!(
+            s.reason
+                .unwrap()
+                .starts_with("the worker loaded 0 connectors")
+        );
+        truth.apply(&event(WORKER_LOG_EVENT, json!({"problem": null})));
+        assert!(resolve(true, Some(&truth)).healthy);
     }
 
     #[test]

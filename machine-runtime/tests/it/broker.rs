@@ -365,7 +365,8 @@ async fn view_changes_and_worker_events_are_event_driven() {
         .await;
 
     // Worker 0 registers and heartbeats like a real worker; then it takes a job: the hash changes
-    // first (as findMatchingJob does), then the worker announces it with details only the event has.
+    // first (as findMatchingJob does: the hash and jobs:active), then the worker announces it with
+    // details only the event has.
     let mut conn = server.conn().await;
     let hash = format!("worker:{w0}");
     let _: () = conn
@@ -390,6 +391,10 @@ async fn view_changes_and_worker_events_are_event_driven() {
         .unwrap();
     let _: () = conn
         .hset_multiple(&hash, &[("status", "busy"), ("current_job_id", "job-42")])
+        .await
+        .unwrap();
+    let _: () = conn
+        .hset(format!("jobs:active:{w0}"), "job-42", "{}")
         .await
         .unwrap();
     let event = serde_json::json!({
@@ -518,6 +523,11 @@ async fn redis_outage_is_survived_and_publishing_resumes() {
     let mut conn = server.conn().await;
     let _: () = conn
         .set_ex(format!("worker:{w0}:heartbeat"), "now", 60)
+        .await
+        .unwrap();
+    // The queue's record of the assignment, as findMatchingJob writes it before the worker's event.
+    let _: () = conn
+        .hset(format!("jobs:active:{w0}"), "after-outage", "{}")
         .await
         .unwrap();
     let deadline = Instant::now() + DEADLINE;

@@ -29,4 +29,5 @@ mod up_jobs;
 mod up_monitor;
 mod up_supervise;
 mod up_support;
+mod up_worker_status;
 mod worker_bundle;
