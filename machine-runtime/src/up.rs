@@ -238,7 +238,11 @@ impl StatusSource for MachineStatus {
             Some(problem) if self.required_for_health => vec![problem],
             _ => Vec::new(),
         };
-        reasons.extend(self.ready_reasons());
+        // Only what lasts: a connector reported failed after one bad job is for /ready, not for a
+        // liveness probe that would restart the machine.
+        if let Some(broker) = self.broker.get() {
+            reasons.extend(broker.worker_load_problems());
+        }
         reasons
     }
 

@@ -455,9 +455,19 @@ impl Broker {
     /// (`worker m1-worker-openai-0: connector openai reported error (unhealthy)`), from the last
     /// status message built.
     pub fn worker_problems(&self) -> Vec<String> {
+        self.worker_problems_where(|_| true)
+    }
+
+    /// [`Broker::worker_problems`] of the workers whose connectors did not load, a fault that lasts
+    /// until the worker restarts (what `/health` counts).
+    pub fn worker_load_problems(&self) -> Vec<String> {
+        self.worker_problems_where(|status| status.connectors_not_loaded)
+    }
+
+    fn worker_problems_where(&self, keep: impl Fn(&workers::WorkerStatus) -> bool) -> Vec<String> {
         self.workers()
             .iter()
-            .filter(|(_, status)| !status.healthy)
+            .filter(|(_, status)| !status.healthy && keep(status))
             .map(|(id, status)| {
                 format!(
                     "worker {id}: {}",

@@ -470,6 +470,13 @@ pub struct WorkerStatus {
     pub reason: Option<String>,
     /// `false` when the worker reported a connector failed (see `reason`). The machine's own field.
     pub healthy: bool,
+    /// Whether the problem is that its connectors did not load (the worker's own log: none loaded or
+    /// one failed): it lasts until the worker is restarted, so it counts against `/health`. A connector
+    /// reported failed after a job (the real worker says `error`/`unhealthy` after every failed job)
+    /// counts against `/ready` and the status only: one bad job must not make a liveness probe restart
+    /// the machine. Not sent to the broker.
+    #[serde(skip)]
+    pub connectors_not_loaded: bool,
 }
 
 /// Combines the process state with what the worker says (the rule is in the module doc); the
@@ -523,6 +530,7 @@ pub fn resolve(process_alive: bool, truth: Option<&WorkerTruth>) -> WorkerStatus
         build_info,
         reason: (!healthy).then(|| problems.join("; ")),
         healthy,
+        connectors_not_loaded: truth.event.load_problem.is_some(),
     }
 }
 

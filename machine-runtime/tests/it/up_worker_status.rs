@@ -184,12 +184,10 @@ fn an_idle_worker_is_idle_before_its_first_job_busy_during_it_and_offline_when_k
     let (code, health) = wait_worker(&rt, &tap, &client, "the worker unhealthy", |w| {
         w["healthy"] == false && w["reason"] == reason
     });
-    assert_eq!(code, 503, "{health}");
-    let reasons = health["reasons"].to_string();
-    assert!(
-        reasons.contains(&format!("worker {WORKER}: {reason}")),
-        "{health}"
-    );
+    // A connector reported failed after one bad job is for /ready and the status, not for the
+    // liveness probe (/health), which would have the machine restarted for a user's bad workflow.
+    assert_eq!(code, 200, "{health}");
+    assert!(!health["reasons"].to_string().contains(reason), "{health}");
     let (code, ready, _) = rt.get("/ready");
     assert_eq!(code, 503, "{ready}");
     assert!(ready["reasons"].to_string().contains(reason), "{ready}");
