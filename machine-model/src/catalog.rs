@@ -334,6 +334,15 @@ pub const WORKER_BUNDLE_ENTRY: &str = "redis-direct-worker.js";
 /// The worker bundle's service mapping, relative to the bundle folder.
 pub const WORKER_BUNDLE_MAPPING: &str = "src/config/service-mapping.json";
 
+/// The worker's own service mapping at the studied version, kept as data in this repository
+/// (`machine-model/data/service-mapping.json`, a copy of the bundle's `src/config/service-mapping.json`).
+/// The machine writes it into an installed bundle that has none (the release tarball, contract §1).
+pub const WORKER_SERVICE_MAPPING: &str = include_str!("../data/service-mapping.json");
+
+/// Where [`WORKER_SERVICE_MAPPING`] comes from, as the install log and marker name it.
+pub const WORKER_SERVICE_MAPPING_ORIGIN: &str =
+    "the machine's copy of the worker's service mapping (machine-model/data/service-mapping.json)";
+
 /// Files an installed worker bundle must have.
 pub const WORKER_BUNDLE_FILES: &[&str] =
     &[WORKER_BUNDLE_ENTRY, "package.json", WORKER_BUNDLE_MAPPING];

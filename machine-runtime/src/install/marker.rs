@@ -67,6 +67,21 @@ pub struct FetchRecord {
     /// SHA-256 of the tarball (absent for a folder).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sha256: Option<String>,
+    /// Files the source lacked and the machine wrote, each with where its content came from.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub provided: Vec<ProvidedRecord>,
+}
+
+/// A file a `fetch` step wrote because the fetched content lacked it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProvidedRecord {
+    /// Path relative to the fetch's destination.
+    pub path: String,
+    /// Where the content came from (the recipe's `origin`).
+    pub origin: String,
+    /// FNV-1a 64 of the content written.
+    pub fnv1a64: String,
 }
 
 /// A checkout made by an install.

@@ -1,5 +1,6 @@
 //! The worker bundle as an installed part, with the real binary, real `tar` and real files: installed from
-//! a folder or a `file://` tarball (top folder stripped), skipped when the source is the same, refused
+//! a folder or a `file://` tarball (top folder stripped; a release tarball without a service mapping gets
+//! the machine's copy), skipped when the source is the same, refused
 //! when it is not a bundle or its checksum differs; and `up --profile` refusing, before anything
 //! starts, a missing bundle, a connector the installed bundle's mapping lacks and a missing
 //! `required_env`.
@@ -8,7 +9,7 @@ use std::fs;
 use std::path::Path;
 use std::process::Command;
 
-use crate::up_support::{BIN, Runtime, STAND_IN_BUNDLE};
+use crate::up_support::{BIN, Runtime, STAND_IN_BUNDLE, free_port, wait_for};
 
 /// `machine-runtime install` with `args` in a clean environment plus `env`: exit code and stderr.
 fn install(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
@@ -154,6 +155,122 @@ fn a_tarball_is_extracted_with_its_top_folder_stripped_and_its_checksum_checked(
         serde_json::from_slice(&fs::read(ws.join(".installed/worker-bundle.json")).unwrap())
             .unwrap();
     assert_eq!(marker["fetches"][0]["sha256"], sum.as_str(), "{marker}");
+}
+
+/// A tarball shaped like the published release (contract §1): one top folder holding only
+/// `redis-direct-worker.js`, `package.json` and `README.md`, no service mapping.
+fn release_tarball(dir: &Path) -> std::path::PathBuf {
+    let folder = dir.join("release");
+    fs::create_dir_all(&folder).unwrap();
+    for file in ["redis-direct-worker.js", "package.json"] {
+        fs::copy(Path::new(STAND_IN_BUNDLE).join(file), folder.join(file)).unwrap();
+    }
+    fs::write(folder.join("README.md"), "# EMP Job Queue Worker\n").unwrap();
+    let archive = dir.join("emp-job-queue-worker.tar.gz");
+    tarball(&folder, &archive);
+    archive
+}
+
+#[test]
+fn a_release_tarball_without_a_mapping_gets_the_machines_copy_and_says_so() {
+    let tmp = tempfile::tempdir().unwrap();
+    let archive = release_tarball(tmp.path());
+    let url = format!("file://{}", archive.display());
+    let ws = tmp.path().join("ws");
+    let ws_arg = ws.to_str().unwrap();
+    let (code, stderr) = install(
+        &["--services", "worker-bundle", "--workspace", ws_arg],
+        &[("WORKER_BUNDLE_URL", url.as_str())],
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "{url} holds no src/config/service-mapping.json; the machine provides the machine's copy of the worker's service mapping (machine-model/data/service-mapping.json)"
+        )),
+        "{stderr}"
+    );
+    let installed = ws.join("worker-bundled");
+    assert_eq!(
+        fs::read_to_string(installed.join("src/config/service-mapping.json")).unwrap(),
+        machine_model::catalog::WORKER_SERVICE_MAPPING
+    );
+    assert!(installed.join("README.md").is_file());
+    let marker: serde_json::Value =
+        serde_json::from_slice(&fs::read(ws.join(".installed/worker-bundle.json")).unwrap())
+            .unwrap();
+    let provided = &marker["fetches"][0]["provided"];
+    assert_eq!(
+        provided[0]["path"], "src/config/service-mapping.json",
+        "{marker}"
+    );
+    assert!(
+        provided[0]["origin"]
+            .as_str()
+            .unwrap()
+            .contains("machine-model/data/service-mapping.json"),
+        "{marker}"
+    );
+    assert_eq!(provided.as_array().unwrap().len(), 1, "{marker}");
+
+    // A bundle with its own mapping keeps it: nothing provided, and the log says so.
+    let own = tmp.path().join("own.tar.gz");
+    tarball(Path::new(STAND_IN_BUNDLE), &own);
+    let own_url = format!("file://{}", own.display());
+    let (code, stderr) = install(
+        &["--services", "worker-bundle", "--workspace", ws_arg],
+        &[("WORKER_BUNDLE_URL", own_url.as_str())],
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "{own_url} has its own src/config/service-mapping.json; the machine's copy is not used"
+        )),
+        "{stderr}"
+    );
+    let marker: serde_json::Value =
+        serde_json::from_slice(&fs::read(ws.join(".installed/worker-bundle.json")).unwrap())
+            .unwrap();
+    assert!(marker["fetches"][0].get("provided").is_none(), "{marker}");
+    assert_eq!(
+        fs::read(installed.join("src/config/service-mapping.json")).unwrap(),
+        fs::read(Path::new(STAND_IN_BUNDLE).join("src/config/service-mapping.json")).unwrap()
+    );
+}
+
+#[test]
+fn up_runs_workers_from_a_release_tarball() {
+    // The workers find the provided mapping where the real worker looks (relative to its folder) and
+    // come up; `up` raises no warning about the install it just made.
+    let tmp = tempfile::tempdir().unwrap();
+    let archive = release_tarball(tmp.path());
+    let url = format!("file://{}", archive.display());
+    // Nothing listens at the broker's address: each worker, past reading its mapping, says it retries.
+    let dead = format!("redis://127.0.0.1:{}", free_port());
+    let rt = Runtime::start_profile(
+        "full-local",
+        &[
+            ("MACHINE_FAKE_GPUS", "2"),
+            ("WORKER_BUNDLE_URL", url.as_str()),
+            ("HUB_REDIS_URL", dead.as_str()),
+        ],
+    );
+    for i in 0..4 {
+        let prefix = format!("[simulation-websocket-worker-{i}]");
+        wait_for(
+            &format!("{prefix} to read its mapping and reach for the broker"),
+            || rt.output(),
+            || {
+                rt.output()
+                    .lines()
+                    .any(|l| l.starts_with(&prefix) && l.contains("redis: connecting to"))
+                    .then_some(())
+            },
+        );
+    }
+    let out = rt.output();
+    assert!(!out.contains("Service mapping not found"), "{out}");
+    assert!(!out.contains("not found in service mapping"), "{out}");
+    assert!(!out.contains("differs from what this environment"), "{out}");
 }
 
 #[test]
