@@ -238,7 +238,7 @@ fn a_release_tarball_without_a_mapping_gets_the_machines_copy_and_says_so() {
 }
 
 #[test]
-fn up_runs_workers_from_a_release_tarball() {
+fn up_runs_workers_from_a_release_tarball_with_the_profiles_settings() {
     // The workers find the provided mapping where the real worker looks (relative to its folder) and
     // come up; `up` raises no warning about the install it just made.
     let tmp = tempfile::tempdir().unwrap();
@@ -269,6 +269,34 @@ fn up_runs_workers_from_a_release_tarball() {
     }
     let out = rt.output();
     assert!(!out.contains("Service mapping not found"), "{out}");
+
+    // The workers' LOG_LEVEL is the one the profile's generated files give (its `env`), not the catalog
+    // default: `up --profile` plans with the profile's own settings when the environment sets none.
+    let dotenv = fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../generated/full-local/.env"),
+    )
+    .unwrap();
+    let generated = dotenv
+        .lines()
+        .find_map(|l| l.strip_prefix("LOG_LEVEL="))
+        .expect("the generated .env sets LOG_LEVEL")
+        .trim_matches('\'');
+    assert_eq!(generated, "debug", "profile full-local asks for debug");
+    let pid = rt.app_status("simulation-websocket-worker-0")["pid"]
+        .as_u64()
+        .unwrap();
+    let environ = fs::read(format!("/proc/{pid}/environ")).unwrap();
+    let vars: Vec<String> = environ
+        .split(|b| *b == 0)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .collect();
+    assert!(
+        vars.contains(&format!("LOG_LEVEL={generated}")),
+        "{:?}",
+        vars.iter()
+            .filter(|v| v.contains("LOG"))
+            .collect::<Vec<_>>()
+    );
     assert!(!out.contains("not found in service mapping"), "{out}");
     assert!(!out.contains("differs from what this environment"), "{out}");
 }
