@@ -391,13 +391,52 @@ fn up_refuses_a_connector_the_installed_mapping_lacks() {
         "{out}"
     );
     assert!(
-        out.contains("(its types: emprops-app, comfyui, mock"),
+        out.contains("(bundle version 0.0.0-test; its types: emprops-app, comfyui, mock"),
         "{out}"
     );
     assert!(
         out.contains("change the worker spec or install a bundle that has it"),
         "{out}"
     );
+}
+
+#[test]
+fn a_planned_playwright_worker_is_refused_at_start_by_the_installed_mapping() {
+    // The plan takes the seed's `playwright` (service and worker); the installed bundle's mapping has no
+    // such type, so `up` refuses, naming the bundle's version and its types.
+    let tmp = tempfile::tempdir().unwrap();
+    let ws = tmp.path().join("ws");
+    let ws_arg = ws.to_str().unwrap();
+    let (code, stderr) = install(
+        &["--services", "worker-bundle", "--workspace", ws_arg],
+        &[("WORKER_BUNDLE_URL", STAND_IN_BUNDLE)],
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    let mut rt = Runtime::spawn(
+        tmp,
+        &["up", "--profile", "full-local"],
+        &[
+            ("WORKSPACE_DIR", ws_arg),
+            ("MACHINE_FAKE_GPUS", "2"),
+            (
+                "WORKER_CONNECTORS",
+                "playwright:1:cpu,comfyui-websocket:2:gpu",
+            ),
+        ],
+        &[],
+    );
+    let out = refused(&mut rt);
+    assert!(
+        out.contains("connector \"playwright\" (apps playwright-worker-0) is not a worker type of the installed bundle's"),
+        "{out}"
+    );
+    assert!(
+        out.contains("(bundle version 0.0.0-test; its types: emprops-app, comfyui, mock"),
+        "{out}"
+    );
+    // The alias planned comfyui workers, which the bundle has.
+    assert!(!out.contains("connector \"comfyui\""), "{out}");
+    assert!(!out.contains("connector \"comfyui-websocket\""), "{out}");
 }
 
 #[test]
