@@ -302,6 +302,65 @@ fn up_runs_workers_from_a_release_tarball_with_the_profiles_settings() {
 }
 
 #[test]
+fn up_takes_the_bundle_installed_from_a_configured_source_as_current() {
+    // Installed with WORKER_BUNDLE_URL (as an image build does), started without it: no warning that
+    // the install differs; started with another source: the warning, naming it.
+    let tmp = tempfile::tempdir().unwrap();
+    let ws = tmp.path().join("ws");
+    let ws_arg = ws.to_str().unwrap().to_owned();
+    let (code, stderr) = install(
+        &["--profile", "full-local", "--workspace", &ws_arg],
+        &[("WORKER_BUNDLE_URL", STAND_IN_BUNDLE)],
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    let marker: serde_json::Value =
+        serde_json::from_slice(&fs::read(ws.join(".installed/worker-bundle.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        marker["configured_by"],
+        serde_json::json!(["WORKER_BUNDLE_URL"]),
+        "{marker}"
+    );
+    assert!(marker["unconfigured_hash"].is_string(), "{marker}");
+    // `install --check` agrees with `up`: current without the variable.
+    let (code, stderr) = install(
+        &["--check", "--profile", "full-local", "--workspace", &ws_arg],
+        &[],
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    let other = copy_bundle(tmp.path(), "other");
+    let dead = format!("redis://127.0.0.1:{}", free_port());
+    for (source, warned) in [(None, false), (Some(other.to_str().unwrap()), true)] {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port().to_string();
+        let mut env = vec![
+            ("WORKSPACE_DIR", ws_arg.as_str()),
+            ("MACHINE_FAKE_GPUS", "2"),
+            ("HUB_REDIS_URL", dead.as_str()),
+            ("SIMULATION_BASE_PORT", port.as_str()),
+        ];
+        env.extend(source.map(|s| ("WORKER_BUNDLE_URL", s)));
+        let mut rt = Runtime::spawn(dir, &["up", "--profile", "full-local"], &env, &[]);
+        // The install check runs before anything starts.
+        let out = wait_for(
+            "the apps to be up",
+            || rt.output(),
+            || {
+                let out = rt.output();
+                out.contains("apps are up and ready").then_some(out)
+            },
+        );
+        assert_eq!(
+            out.contains("install worker-bundle differs from what this environment asks for"),
+            warned,
+            "WORKER_BUNDLE_URL={source:?}:\n{out}"
+        );
+        rt.signal(libc::SIGTERM);
+        rt.wait_exit();
+    }
+}
+
+#[test]
 fn a_folder_that_is_not_a_bundle_is_refused_and_the_old_one_stays() {
     let tmp = tempfile::tempdir().unwrap();
     let ws = tmp.path().join("ws");
