@@ -223,10 +223,6 @@ pub(crate) const REFUSED: &[RefusedConnector] = &[
         reason: "the worker bundle has no such type (its service mapping has no \"replicate\" worker)",
     },
     RefusedConnector {
-        name: "playwright",
-        reason: "the worker bundle has no such type (its service mapping has no \"playwright\" worker)",
-    },
-    RefusedConnector {
         name: "simulation-http",
         reason: "the machine runs no HTTP simulation service for it; use \"simulation-websocket\" (it takes the same simulation jobs)",
     },
@@ -237,10 +233,6 @@ pub(crate) const REFUSED: &[RefusedConnector] = &[
     RefusedConnector {
         name: "simulation",
         reason: "the worker's type is \"simulation-websocket\" (it takes jobs with service_required simulation)",
-    },
-    RefusedConnector {
-        name: "comfyui-websocket",
-        reason: "the worker bundle has no such type; use \"comfyui\" (it talks to ComfyUI over its WebSocket)",
     },
 ];
 
@@ -333,6 +325,15 @@ pub const WORKER_BUNDLE_ENTRY: &str = "redis-direct-worker.js";
 
 /// The worker bundle's service mapping, relative to the bundle folder.
 pub const WORKER_BUNDLE_MAPPING: &str = "src/config/service-mapping.json";
+
+/// The worker's own service mapping at the studied version, kept as data in this repository
+/// (`machine-model/data/service-mapping.json`, a copy of the bundle's `src/config/service-mapping.json`).
+/// The machine writes it into an installed bundle that has none (the release tarball, contract §1).
+pub const WORKER_SERVICE_MAPPING: &str = include_str!("../data/service-mapping.json");
+
+/// Where [`WORKER_SERVICE_MAPPING`] comes from, as the install log and marker name it.
+pub const WORKER_SERVICE_MAPPING_ORIGIN: &str =
+    "the machine's copy of the worker's service mapping (machine-model/data/service-mapping.json)";
 
 /// Files an installed worker bundle must have.
 pub const WORKER_BUNDLE_FILES: &[&str] =
@@ -530,7 +531,64 @@ pub const CONNECTORS: &[ConnectorEntry] = &[
         worker_env: &[],
         lifecycle: WORKER_LIFECYCLE,
     },
+    // Not a type of the bundle we studied (see NOT_IN_STUDIED_BUNDLE): planned as the seed writes it,
+    // refused at start unless the installed bundle's own mapping has it.
+    ConnectorEntry {
+        name: "playwright",
+        description: "Browser jobs through the machine's Playwright server (one per machine); needs a worker bundle whose mapping has a playwright type",
+        kind: ConnectorKind::Internal,
+        service: Some("playwright"),
+        bindings: &[Binding::Cpu],
+        default_binding: Binding::Cpu,
+        required_env: &[],
+        service_env: &[],
+        advertises: &["playwright"],
+        job_kinds: &["playwright"],
+        worker: NODE_WORKER,
+        worker_env: PLAYWRIGHT_WORKER_ENV,
+        lifecycle: WORKER_LIFECYCLE,
+    },
 ];
+
+/// Where a playwright worker finds the machine's Playwright server (named like `COMFYUI_HOST`/`_PORT`;
+/// no bundle we studied reads them, since none has the type).
+const PLAYWRIGHT_WORKER_ENV: &[(&str, &str)] = &[
+    ("PLAYWRIGHT_HOST", "127.0.0.1"),
+    ("PLAYWRIGHT_PORT", "{port}"),
+];
+
+/// Connectors the catalog plans although the worker bundle we studied (`data/service-mapping.json`) has
+/// no such worker type, each with why: which bundle runs is decided at install time
+/// (`WORKER_BUNDLE_URL`), so the installed bundle's own mapping decides at `up`, which refuses a type it
+/// lacks. The plan says so for each worker of these.
+pub const NOT_IN_STUDIED_BUNDLE: &[(&str, &str)] = &[(
+    "playwright",
+    "the seed's Playwright connector; the studied worker bundle has no \"playwright\" type, so `up` refuses these workers unless the installed bundle's mapping has one",
+)];
+
+/// A name a worker spec may use for a connector of another name, and why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectorAlias {
+    /// The name as written in a spec.
+    pub name: &'static str,
+    /// The connector it plans.
+    pub connector: &'static str,
+    /// Why they are the same, for the plan's notes.
+    pub reason: &'static str,
+}
+
+/// Names the seed writes for connectors the worker bundle calls otherwise. A spec item under an alias
+/// plans workers of its connector; with an item of that connector as well, the counts add up.
+pub const ALIASES: &[ConnectorAlias] = &[ConnectorAlias {
+    name: "comfyui-websocket",
+    connector: "comfyui",
+    reason: "the worker's comfyui type is its ComfyUI WebSocket connector (comfyui-websocket-connector.ts, registered as \"comfyui\")",
+}];
+
+/// The alias `name`, if it is one.
+pub fn alias(name: &str) -> Option<&'static ConnectorAlias> {
+    ALIASES.iter().find(|a| a.name == name)
+}
 
 /// The simulation service's program: a binary of the runtime's build (`machine-runtime/src/bin/`), started
 /// from the folder the runtime itself was started from (`/usr/local/bin` in the image, `target/<profile>`
@@ -612,7 +670,7 @@ pub const SERVICES: &[ServiceEntry] = &[
     },
     ServiceEntry {
         name: "playwright",
-        description: "A Playwright browser server, one per machine; no connector uses it (the worker bundle has no playwright type), kept for its install recipe",
+        description: "A Playwright browser server, one per machine, for the playwright connector's workers",
         base_port: 3100,
         base_port_setting: None,
         port_step: 1,
@@ -884,7 +942,9 @@ mod tests {
         let mut problems = Vec::new();
         for c in CONNECTORS {
             let Some(w) = workers.get(c.name) else {
-                problems.push(format!("{}: not a worker type of the mapping", c.name));
+                if !NOT_IN_STUDIED_BUNDLE.iter().any(|(n, _)| *n == c.name) {
+                    problems.push(format!("{}: not a worker type of the mapping", c.name));
+                }
                 continue;
             };
             let gpu_bound = w["is_gpu_bound"].as_bool().unwrap_or(false);
@@ -952,6 +1012,24 @@ mod tests {
             if connector(name).is_none() && refused(name).is_none() {
                 problems.push(format!(
                     "mapping type {name} is neither a connector nor refused"
+                ));
+            }
+        }
+        for (name, _) in NOT_IN_STUDIED_BUNDLE {
+            if workers.contains_key(*name) || connector(name).is_none() {
+                problems.push(format!(
+                    "{name} is listed as missing from the bundle but is a mapping type or no connector"
+                ));
+            }
+        }
+        for a in ALIASES {
+            if connector(a.connector).is_none()
+                || connector(a.name).is_some()
+                || refused(a.name).is_some()
+            {
+                problems.push(format!(
+                    "alias {} must name a connector and be no name of its own",
+                    a.name
                 ));
             }
         }

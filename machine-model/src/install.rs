@@ -124,6 +124,11 @@ pub enum Step {
         /// Files (relative to `dest`) the result must contain; their absence fails the step.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         expect: Vec<String>,
+        /// Files the machine writes when the fetched content lacks them (the worker bundle's service
+        /// mapping, which the release tarball does not hold); the install log and the marker say which
+        /// were provided. Checked against `expect` afterwards.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        provide: Vec<ProvidedFile>,
         /// Time limit for the whole step in seconds; the runtime's default when absent.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         timeout_secs: Option<u64>,
@@ -204,6 +209,19 @@ fn is_yes(value: &bool) -> bool {
 pub struct ConstraintsFile {
     /// The full 40-hex commit the file was made for.
     pub commit: String,
+    /// The file's content, written as is (no placeholders).
+    pub content: String,
+}
+
+/// A file a `fetch` step writes when the fetched content lacks it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct ProvidedFile {
+    /// Where the file goes, relative to the fetch's `dest` (e.g. `src/config/service-mapping.json`).
+    pub path: String,
+    /// Where the content comes from, for the install log and the marker (one short phrase).
+    pub origin: String,
     /// The file's content, written as is (no placeholders).
     pub content: String,
 }
@@ -432,7 +450,8 @@ pub(crate) const WORKER_BUNDLE_URL_VAR: &str = "WORKER_BUNDLE_URL";
 pub(crate) const WORKER_BUNDLE_SHA256_VAR: &str = "WORKER_BUNDLE_SHA256";
 
 /// The worker bundle from `bundle` (a profile's, or [`WorkerBundle::catalog_default`]): one `fetch` into
-/// `<workspace>/worker-bundled`, expecting [`crate::catalog::WORKER_BUNDLE_FILES`].
+/// `<workspace>/worker-bundled`, expecting [`crate::catalog::WORKER_BUNDLE_FILES`]; a bundle without its
+/// own service mapping (the release tarball) gets the catalog's copy, [`crate::catalog::WORKER_SERVICE_MAPPING`].
 ///
 /// `WORKER_BUNDLE_URL` replaces the source and `WORKER_BUNDLE_SHA256` the checksum (so a profile that pins
 /// a checksum needs both to be overridden). The resolved source and checksum are part of the install hash:
@@ -453,6 +472,13 @@ pub fn worker_bundle_recipe(bundle: &crate::profile::WorkerBundle) -> InstallRec
                 .iter()
                 .map(|f| f.to_string())
                 .collect(),
+            // The release tarball holds no service mapping (worker contract §1): the worker's own
+            // mapping, as this catalog keeps it, goes where the worker looks relative to its folder.
+            provide: vec![ProvidedFile {
+                path: crate::catalog::WORKER_BUNDLE_MAPPING.to_owned(),
+                origin: crate::catalog::WORKER_SERVICE_MAPPING_ORIGIN.to_owned(),
+                content: crate::catalog::WORKER_SERVICE_MAPPING.to_owned(),
+            }],
             timeout_secs: Some(600),
         }],
     }
@@ -558,6 +584,17 @@ mod tests {
             builtin_recipe("worker-bundle").unwrap().steps[0].kind(),
             "fetch"
         );
+        let Step::Fetch { provide, .. } = &recipe.steps[0] else {
+            panic!("a fetch step")
+        };
+        assert_eq!(provide.len(), 1);
+        assert_eq!(provide[0].path, "src/config/service-mapping.json");
+        let mapping: serde_json::Value = serde_json::from_str(&provide[0].content).unwrap();
+        assert!(
+            mapping["workers"]["comfyui"].is_object(),
+            "the worker's mapping"
+        );
+        assert!(provide[0].origin.contains("data/service-mapping.json"));
     }
 
     fn kinds(recipe: &InstallRecipe) -> Vec<&'static str> {

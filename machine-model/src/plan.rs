@@ -71,6 +71,11 @@ pub struct Plan {
     /// installs ComfyUI and the profile declares any ([`crate::install::comfyui_recipe_for`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub comfyui_install: Option<crate::profile::ComfyuiOptions>,
+    /// What the plan made of the spec's names, one sentence each: an alias planned as its connector
+    /// ([`catalog::ALIASES`]), a connector the studied worker bundle lacks
+    /// ([`catalog::NOT_IN_STUDIED_BUNDLE`]).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 /// One running instance of an internal service.
@@ -481,7 +486,25 @@ fn allocate(
         secrets: secrets.into_values().collect(),
         worker_bundle: None,
         comfyui_install: None,
+        notes: spec_notes(spec),
     }
+}
+
+/// The plan's notes on the spec's names (see [`Plan::notes`]).
+fn spec_notes(spec: &WorkerSpec) -> Vec<String> {
+    let aliases = spec.aliases.iter().map(|a| {
+        format!(
+            "\"{}\" plans \"{}\" workers: {}",
+            a.name, a.connector, a.reason
+        )
+    });
+    let missing = spec.items.iter().filter_map(|item| {
+        catalog::NOT_IN_STUDIED_BUNDLE
+            .iter()
+            .find(|(name, _)| *name == item.connector)
+            .map(|(name, why)| format!("\"{name}\" workers: {why}"))
+    });
+    aliases.chain(missing).collect()
 }
 
 fn gpu_env(env: &mut BTreeMap<String, String>, gpu: Option<u32>) {
@@ -1016,6 +1039,87 @@ worker simulation-websocket-worker-0 cpu gpu None -> simulation-service",
             err.to_string(),
             "COMFYUI_BASE_PORT=\"http\" is not usable; expected a port number from 1 to 65535"
         );
+    }
+
+    /// The process names of a plan: services, then workers with their GPU.
+    fn processes(plan: &Plan) -> (Vec<&str>, Vec<String>) {
+        (
+            plan.services.iter().map(|s| s.name.as_str()).collect(),
+            plan.workers
+                .iter()
+                .map(|w| match w.gpu {
+                    Some(g) => format!("{} (gpu:{g})", w.name),
+                    None => format!("{} ({})", w.name, w.binding),
+                })
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn the_seeds_examples_plan_the_seeds_processes() {
+        // seed-plan.md §3.2 "Dual-GPU ComfyUI Machine", written with the seed's comfyui-websocket name.
+        let plan = Plan::build(
+            "p",
+            &profile("comfyui:2:gpu,comfyui-websocket:2:gpu", 2),
+            &Overrides::default(),
+        )
+        .unwrap();
+        let (services, workers) = processes(&plan);
+        assert_eq!(services, ["comfyui-gpu0", "comfyui-gpu1"]);
+        assert_eq!(
+            workers,
+            [
+                "comfyui-worker-0 (gpu:0)",
+                "comfyui-worker-1 (gpu:1)",
+                "comfyui-worker-2 (gpu:0)",
+                "comfyui-worker-3 (gpu:1)"
+            ]
+        );
+        assert_eq!(plan.worker_spec, "comfyui:4:gpu");
+        assert_eq!(plan.notes.len(), 1, "{:?}", plan.notes);
+        assert!(
+            plan.notes[0].starts_with("\"comfyui-websocket\" plans \"comfyui\" workers: "),
+            "{:?}",
+            plan.notes
+        );
+
+        // §3.2 "Mixed Workload Machine".
+        let plan = Plan::build(
+            "p",
+            &profile("comfyui:2:gpu,openai:6:shared,playwright:1:cpu", 2),
+            &Overrides::default(),
+        )
+        .unwrap();
+        let (services, workers) = processes(&plan);
+        assert_eq!(
+            services,
+            ["comfyui-gpu0", "comfyui-gpu1", "playwright-service"]
+        );
+        let mut expected = vec![
+            "comfyui-worker-0 (gpu:0)".to_owned(),
+            "comfyui-worker-1 (gpu:1)".to_owned(),
+        ];
+        expected.extend((0..6).map(|i| format!("openai-worker-{i} (shared)")));
+        expected.push("playwright-worker-0 (cpu)".to_owned());
+        assert_eq!(workers, expected);
+        assert_eq!(plan.install, ["worker-bundle", "comfyui", "playwright"]);
+        let playwright = plan.workers.last().unwrap();
+        assert_eq!(
+            playwright.service_instance.as_deref(),
+            Some("playwright-service")
+        );
+        assert_eq!(playwright.env["PLAYWRIGHT_PORT"], "3100");
+        assert_eq!(playwright.env["WORKERS"], "playwright");
+        assert_eq!(plan.notes.len(), 1, "{:?}", plan.notes);
+        assert!(
+            plan.notes[0].contains("no \"playwright\" type, so `up` refuses these workers"),
+            "{:?}",
+            plan.notes
+        );
+        // A plan without either name has no notes (and its JSON no `notes` field).
+        let plain = Plan::build("p", &profile("openai:1", 0), &Overrides::default()).unwrap();
+        assert!(plain.notes.is_empty());
+        assert!(serde_json::to_value(&plain).unwrap().get("notes").is_none());
     }
 
     #[test]

@@ -51,8 +51,10 @@ pub struct SpecItem {
 /// A parsed, validated worker spec.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct WorkerSpec {
-    /// The items in the order written.
+    /// The items in the order written (an item under an alias is its connector's, counts added up).
     pub items: Vec<SpecItem>,
+    /// The aliases the spec used ([`catalog::ALIASES`]), once each, in the order written.
+    pub aliases: Vec<&'static catalog::ConnectorAlias>,
 }
 
 impl fmt::Display for WorkerSpec {
@@ -110,6 +112,9 @@ impl WorkerSpec {
         let mut items: Vec<SpecItem> = Vec::new();
         // The 1-based input position of each entry of `items` (empty or unknown items are not in `items`).
         let mut item_positions: Vec<usize> = Vec::new();
+        // Whether each entry of `items` came (partly) from an alias: such items merge instead of repeating.
+        let mut item_aliased: Vec<bool> = Vec::new();
+        let mut aliases: Vec<&'static catalog::ConnectorAlias> = Vec::new();
         if input.trim().is_empty() {
             return Err(SpecErrors(vec![SpecError {
                 item: 0,
@@ -161,7 +166,14 @@ impl WorkerSpec {
                 ));
                 continue;
             }
-            let name = fields[0].trim();
+            let written = fields[0].trim();
+            let alias = catalog::alias(written);
+            let name = alias.map_or(written, |a| a.connector);
+            if let Some(a) = alias
+                && !aliases.contains(&a)
+            {
+                aliases.push(a);
+            }
             let entry = catalog::connector(name);
             if let Some(r) = catalog::refused(name) {
                 errors.push(err(
@@ -217,6 +229,38 @@ impl WorkerSpec {
                 },
             };
             if let Some(e) = entry {
+                if let Some(first) = items.iter().position(|i| i.connector == e.name)
+                    && (alias.is_some() || item_aliased[first])
+                {
+                    // The seed writes `comfyui:2:gpu,comfyui-websocket:2:gpu`: one worker type, counts added.
+                    let first_item = items[first].clone();
+                    match (first_item.count, count, binding) {
+                        (Count::Fixed(a), Some(Count::Fixed(b)), Some(binding))
+                            if binding == first_item.binding =>
+                        {
+                            items[first].count = Count::Fixed(a.saturating_add(b).min(MAX_COUNT));
+                        }
+                        (_, Some(_), Some(binding)) if binding != first_item.binding => {
+                            errors.push(err(
+                                field_columns[0],
+                                format!(
+                                    "\"{written}\" plans \"{}\" workers like item {}, with another binding ({binding}, there {}); give them one binding",
+                                    e.name, item_positions[first], first_item.binding
+                                ),
+                            ));
+                        }
+                        (_, Some(_), Some(_)) => errors.push(err(
+                            field_columns[1],
+                            format!(
+                                "\"{written}\" plans \"{}\" workers like item {}; counts add up only when both are numbers, not \"auto\"",
+                                e.name, item_positions[first]
+                            ),
+                        )),
+                        _ => {}
+                    }
+                    item_aliased[first] = true;
+                    continue;
+                }
                 if let Some(first) = items.iter().position(|i| i.connector == e.name) {
                     errors.push(err(
                         field_columns[0],
@@ -229,6 +273,7 @@ impl WorkerSpec {
                     continue;
                 }
                 item_positions.push(position);
+                item_aliased.push(alias.is_some());
                 if let (Some(count), Some(binding)) = (count, binding) {
                     items.push(SpecItem {
                         connector: e.name,
@@ -246,7 +291,7 @@ impl WorkerSpec {
             }
         }
         if errors.is_empty() {
-            Ok(WorkerSpec { items })
+            Ok(WorkerSpec { items, aliases })
         } else {
             Err(SpecErrors(errors))
         }
@@ -297,6 +342,10 @@ pub const fn check_const(spec: &str) -> Result<(), &'static str> {
         return Err("worker spec is empty; expected connector:count[:binding]");
     }
     let mut seen: [usize; catalog::CONNECTORS.len()] = [usize::MAX; catalog::CONNECTORS.len()];
+    // Whether the connector at the same position of `seen` was written (once) under an alias.
+    let mut seen_aliased = [false; catalog::CONNECTORS.len()];
+    // Whether its count was `auto` (counts under an alias add up, so they must be numbers).
+    let mut seen_auto = [false; catalog::CONNECTORS.len()];
     let mut seen_len = 0;
     let mut start = 0;
     while start <= b.len() {
@@ -331,10 +380,27 @@ pub const fn check_const(spec: &str) -> Result<(), &'static str> {
             );
         }
         let (cs, ce) = fields[0];
+        // An alias names its connector.
+        let mut written = (b, cs, ce);
+        let mut aliased = false;
+        let mut a = 0;
+        while a < catalog::ALIASES.len() {
+            if bytes_eq(b, cs, ce, catalog::ALIASES[a].name.as_bytes()) {
+                let target = catalog::ALIASES[a].connector.as_bytes();
+                written = (target, 0, target.len());
+                aliased = true;
+            }
+            a += 1;
+        }
         let mut found = usize::MAX;
         let mut k = 0;
         while k < catalog::CONNECTORS.len() {
-            if bytes_eq(b, cs, ce, catalog::CONNECTORS[k].name.as_bytes()) {
+            if bytes_eq(
+                written.0,
+                written.1,
+                written.2,
+                catalog::CONNECTORS[k].name.as_bytes(),
+            ) {
                 found = k;
             }
             k += 1;
@@ -349,15 +415,31 @@ pub const fn check_const(spec: &str) -> Result<(), &'static str> {
             }
             return Err(UNKNOWN_CONNECTOR_MESSAGE);
         }
+        let is_auto = bytes_eq(b, fields[1].0, fields[1].1, b"auto");
         let mut s = 0;
+        let mut again = false;
         while s < seen_len {
             if seen[s] == found {
-                return Err("worker spec names a connector twice; give each connector once");
+                // Under an alias the counts add up; else it repeats.
+                if !aliased && !seen_aliased[s] {
+                    return Err("worker spec names a connector twice; give each connector once");
+                }
+                if is_auto || seen_auto[s] {
+                    return Err(
+                        "worker spec counts of a connector and its alias add up only when both are numbers",
+                    );
+                }
+                seen_aliased[s] = true;
+                again = true;
             }
             s += 1;
         }
-        seen[seen_len] = found;
-        seen_len += 1;
+        if !again {
+            seen[seen_len] = found;
+            seen_aliased[seen_len] = aliased;
+            seen_auto[seen_len] = is_auto;
+            seen_len += 1;
+        }
         let (ns, ne) = fields[1];
         if !bytes_eq(b, ns, ne, b"auto") {
             if ns == ne {
@@ -413,11 +495,11 @@ pub const fn check_const(spec: &str) -> Result<(), &'static str> {
 }
 
 /// The const checker's message for an unknown connector; lists the catalog (a test keeps it true).
-pub(crate) const UNKNOWN_CONNECTOR_MESSAGE: &str = "worker spec names an unknown connector; known: comfyui, comfyui-remote, emprops-app, simulation-websocket, openai, openai-response, gemini, ollama, mock";
+pub(crate) const UNKNOWN_CONNECTOR_MESSAGE: &str = "worker spec names an unknown connector; known: comfyui, comfyui-remote, emprops-app, simulation-websocket, openai, openai-response, gemini, ollama, mock, playwright";
 
-/// The const checker's message for a refused connector (`replicate`, `playwright`, ...); the run-time
+/// The const checker's message for a refused connector (`replicate`, `a1111`, ...); the run-time
 /// parser gives the reason of each.
-pub(crate) const REFUSED_CONNECTOR_MESSAGE: &str = "worker spec names a refused connector (replicate, playwright, simulation-http, a1111, simulation, comfyui-websocket); see machine_model::catalog::REFUSED for why";
+pub(crate) const REFUSED_CONNECTOR_MESSAGE: &str = "worker spec names a refused connector (replicate, simulation-http, a1111, simulation); see machine_model::catalog::REFUSED for why";
 
 const fn trim(b: &[u8], mut s: usize, mut e: usize) -> (usize, usize) {
     while s < e && b[s].is_ascii_whitespace() {
@@ -500,7 +582,7 @@ mod tests {
     fn empty_spec_and_items() {
         check(
             "",
-            "worker spec: is empty; expected connector:count[:binding], e.g. \"comfyui:2:gpu,openai:4:shared\" (connectors: comfyui, comfyui-remote, emprops-app, simulation-websocket, openai, openai-response, gemini, ollama, mock)",
+            "worker spec: is empty; expected connector:count[:binding], e.g. \"comfyui:2:gpu,openai:4:shared\" (connectors: comfyui, comfyui-remote, emprops-app, simulation-websocket, openai, openai-response, gemini, ollama, mock, playwright)",
         );
         check(
             "comfyui:1,,openai:1",
@@ -540,15 +622,15 @@ mod tests {
     fn unknown_connector_suggests() {
         check(
             "comfyu:1",
-            "worker spec item 1 \"comfyu:1\" (column 1): unknown connector \"comfyu\"; did you mean \"comfyui\"? (known: comfyui, comfyui-remote, emprops-app, simulation-websocket, openai, openai-response, gemini, ollama, mock)",
+            "worker spec item 1 \"comfyu:1\" (column 1): unknown connector \"comfyu\"; did you mean \"comfyui\"? (known: comfyui, comfyui-remote, emprops-app, simulation-websocket, openai, openai-response, gemini, ollama, mock, playwright)",
         );
         check(
             "ComfyUI:1",
-            "worker spec item 1 \"ComfyUI:1\" (column 1): unknown connector \"ComfyUI\"; did you mean \"comfyui\"? (known: comfyui, comfyui-remote, emprops-app, simulation-websocket, openai, openai-response, gemini, ollama, mock)",
+            "worker spec item 1 \"ComfyUI:1\" (column 1): unknown connector \"ComfyUI\"; did you mean \"comfyui\"? (known: comfyui, comfyui-remote, emprops-app, simulation-websocket, openai, openai-response, gemini, ollama, mock, playwright)",
         );
         check(
             "zzz:1",
-            "worker spec item 1 \"zzz:1\" (column 1): unknown connector \"zzz\" (known: comfyui, comfyui-remote, emprops-app, simulation-websocket, openai, openai-response, gemini, ollama, mock)",
+            "worker spec item 1 \"zzz:1\" (column 1): unknown connector \"zzz\" (known: comfyui, comfyui-remote, emprops-app, simulation-websocket, openai, openai-response, gemini, ollama, mock, playwright)",
         );
     }
 
@@ -557,10 +639,6 @@ mod tests {
         check(
             "openai:1,replicate:2",
             "worker spec item 2 \"replicate:2\" (column 10): connector \"replicate\" is refused: the worker bundle has no such type (its service mapping has no \"replicate\" worker)",
-        );
-        check(
-            "playwright:1:cpu",
-            "worker spec item 1 \"playwright:1:cpu\" (column 1): connector \"playwright\" is refused: the worker bundle has no such type (its service mapping has no \"playwright\" worker)",
         );
         check(
             "simulation:4:gpu",
@@ -573,6 +651,34 @@ mod tests {
         for r in catalog::REFUSED {
             assert!(REFUSED_CONNECTOR_MESSAGE.contains(r.name), "{}", r.name);
         }
+    }
+
+    #[test]
+    fn the_seeds_names_plan_as_written() {
+        // comfyui-websocket is the worker's comfyui type: alone it plans comfyui workers, beside comfyui
+        // the counts add up; the alias is kept for the plan to say so.
+        check("comfyui-websocket:2:gpu", "ok comfyui:2:gpu");
+        check("comfyui:2:gpu,comfyui-websocket:2:gpu", "ok comfyui:4:gpu");
+        check(
+            "comfyui-websocket:1,openai:6:shared,comfyui:2",
+            "ok comfyui:3:gpu,openai:6:shared",
+        );
+        let spec = WorkerSpec::parse("comfyui:2:gpu,comfyui-websocket:2:gpu").unwrap();
+        assert_eq!(spec.aliases, [&catalog::ALIASES[0]]);
+        assert!(WorkerSpec::parse("comfyui:2").unwrap().aliases.is_empty());
+        check(
+            "comfyui:auto,comfyui-websocket:2",
+            "worker spec item 2 \"comfyui-websocket:2\" (column 32): \"comfyui-websocket\" plans \"comfyui\" workers like item 1; counts add up only when both are numbers, not \"auto\"",
+        );
+        // Once an alias joined the connector's items, another item of it adds up as well.
+        check(
+            "comfyui:1,comfyui-websocket:1,comfyui:1",
+            "ok comfyui:3:gpu",
+        );
+        check(
+            "comfyui:2:gpu,openai:6:shared,playwright:1:cpu",
+            "ok comfyui:2:gpu,openai:6:shared,playwright:1:cpu",
+        );
     }
 
     #[test]
@@ -604,13 +710,13 @@ mod tests {
         // Positions count every comma-separated item, empty and unknown ones included.
         check(
             "nope:1,,mock:1,comfyui:2,mock:3",
-            "worker spec item 1 \"nope:1\" (column 1): unknown connector \"nope\" (known: comfyui, comfyui-remote, emprops-app, simulation-websocket, openai, openai-response, gemini, ollama, mock)\n\
+            "worker spec item 1 \"nope:1\" (column 1): unknown connector \"nope\" (known: comfyui, comfyui-remote, emprops-app, simulation-websocket, openai, openai-response, gemini, ollama, mock, playwright)\n\
              worker spec item 2 \"\" (column 8): is empty; remove the extra comma or write connector:count[:binding]\n\
              worker spec item 5 \"mock:3\" (column 26): connector \"mock\" appears again (first as item 3); give each connector once with the total count",
         );
         check(
             "comfyu:1, openai:0:gpu",
-            "worker spec item 1 \"comfyu:1\" (column 1): unknown connector \"comfyu\"; did you mean \"comfyui\"? (known: comfyui, comfyui-remote, emprops-app, simulation-websocket, openai, openai-response, gemini, ollama, mock)\n\
+            "worker spec item 1 \"comfyu:1\" (column 1): unknown connector \"comfyu\"; did you mean \"comfyui\"? (known: comfyui, comfyui-remote, emprops-app, simulation-websocket, openai, openai-response, gemini, ollama, mock, playwright)\n\
              worker spec item 2 \"openai:0:gpu\" (column 18): count is 0; expected a positive integer or \"auto\" (remove the item to run no such workers)\n\
              worker spec item 2 \"openai:0:gpu\" (column 20): connector \"openai\" cannot use binding \"gpu\"; allowed: shared",
         );

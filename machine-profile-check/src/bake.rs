@@ -34,6 +34,7 @@ pub fn source(validated: &[Validated]) -> String {
              allow_fewer_gpus: {allow_fewer_gpus},\n    \
              health_port: {health_port},\n    \
              machine_id: {machine_id:?},\n    \
+             settings: &{settings},\n    \
              json: {json:?},\n\
              }};\n\n",
             description = profile.description,
@@ -48,6 +49,7 @@ pub fn source(validated: &[Validated]) -> String {
             allow_fewer_gpus = m.allow_fewer_gpus,
             health_port = m.health_port,
             machine_id = plan.machine_id,
+            settings = settings(v),
             json = source.text,
         );
         names.push(ident);
@@ -59,6 +61,24 @@ pub fn source(validated: &[Validated]) -> String {
     }
     code.push_str("];\n\n");
     code
+}
+
+/// The machine settings the profile's components and `env` give literally (`LOG_LEVEL`, base ports, worker
+/// tunables: [`machine_model::catalog::plan_setting_names`]), as a Rust slice of pairs sorted by name: the
+/// values the generated files carry, which `up --profile` plans with when the environment sets none.
+fn settings(v: &Validated) -> String {
+    let names = machine_model::catalog::plan_setting_names();
+    let mut pairs: Vec<(&str, &str)> = v
+        .resolved
+        .literals()
+        .filter(|(name, _)| names.contains(name))
+        .collect();
+    pairs.sort();
+    let items: Vec<String> = pairs
+        .iter()
+        .map(|(name, value)| format!("({name:?}, {value:?})"))
+        .collect();
+    format!("[{}]", items.join(", "))
 }
 
 /// `gpu-mixed` → `GPU_MIXED` (profile names are checked: lowercase letters, digits, '-').

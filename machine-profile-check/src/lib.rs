@@ -541,7 +541,7 @@ mod tests {
         check(
             &profile(MACHINE, "").replace("openai:1", "opena:1"),
             &[
-                "profiles/p.json:4:14: /workers: worker spec item 1 \"opena:1\" (column 1): unknown connector \"opena\"; did you mean \"openai\"? (known: comfyui, comfyui-remote, emprops-app, simulation-websocket, openai, openai-response, gemini, ollama, mock)",
+                "profiles/p.json:4:14: /workers: worker spec item 1 \"opena:1\" (column 1): unknown connector \"opena\"; did you mean \"openai\"? (known: comfyui, comfyui-remote, emprops-app, simulation-websocket, openai, openai-response, gemini, ollama, mock, playwright)",
             ],
         );
     }

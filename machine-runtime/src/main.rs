@@ -185,9 +185,15 @@ fn real_plan(flag: Option<String>) -> anyhow::Result<machine_runtime::reality::R
         &machine_runtime::identity::hostname(),
     )
     .map_err(|problem| anyhow::anyhow!("cannot start profile {name}:\n  {problem}"))?;
+    // A machine setting the environment leaves unset or empty takes the profile's own value (what its
+    // generated files say), not the catalog default: `up --profile full-local` runs its workers with
+    // the profile's `LOG_LEVEL=debug` like its Compose file does.
     let env = |var: &str| match var {
         "MACHINE_ID" => machine_id.clone(),
-        _ => std::env::var(var).ok(),
+        _ => std::env::var(var)
+            .ok()
+            .filter(|v| !v.trim().is_empty())
+            .or_else(|| baked.setting(var).map(str::to_owned)),
     };
     let real = machine_runtime::reality::plan(baked.name, &profile, &env, &inventory).map_err(
         |refused| {

@@ -107,6 +107,16 @@ fn script_path(app: &AppSpec) -> Option<PathBuf> {
     })
 }
 
+/// The `version` of the bundle's `package.json`, or why there is none (for refusal messages only).
+fn bundle_version(folder: &Path) -> String {
+    let path = folder.join("package.json");
+    std::fs::read(&path)
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
+        .and_then(|p| p.get("version").and_then(|v| v.as_str()).map(str::to_owned))
+        .unwrap_or_else(|| format!("unknown: no version in {}", path.display()))
+}
+
 /// Every worker of `users` names a worker type of the bundle's own service mapping.
 fn check_mapping(folder: &Path, users: &[&AppSpec], install_hint: &str) -> Vec<String> {
     let path = folder.join(catalog::WORKER_BUNDLE_MAPPING);
@@ -131,6 +141,7 @@ fn check_mapping(folder: &Path, users: &[&AppSpec], install_hint: &str) -> Vec<S
         }
     };
     let known: Vec<&str> = types.iter().map(String::as_str).collect();
+    let version = bundle_version(folder);
     // Connector → apps, so four workers of one unknown type make one line.
     let mut unknown: BTreeMap<String, Vec<&str>> = BTreeMap::new();
     for app in users {
@@ -147,7 +158,7 @@ fn check_mapping(folder: &Path, users: &[&AppSpec], install_hint: &str) -> Vec<S
                 .map(|s| format!("; did you mean \"{s}\"?"))
                 .unwrap_or_default();
             format!(
-                "connector \"{connector}\" (apps {}) is not a worker type of the installed bundle's {}{hint} (its types: {}); change the worker spec or install a bundle that has it",
+                "connector \"{connector}\" (apps {}) is not a worker type of the installed bundle's {}{hint} (bundle version {version}; its types: {}); change the worker spec or install a bundle that has it",
                 apps.join(", "),
                 path.display(),
                 known.join(", ")

@@ -28,11 +28,22 @@ pub struct BakedProfile {
     pub health_port: u16,
     /// `MACHINE_ID`: the profile's `machine.id`, or its name.
     pub machine_id: &'static str,
+    /// The machine settings (`LOG_LEVEL`, `WORKER_POLL_INTERVAL_MS`, base ports, ...) its components and
+    /// `env` give, as in its generated files, sorted by name; the environment overrides each.
+    pub settings: &'static [(&'static str, &'static str)],
     /// The profile file's text, as validated by build.rs.
     pub json: &'static str,
 }
 
 impl BakedProfile {
+    /// The profile's own value of the machine setting `name` (see [`BakedProfile::settings`]).
+    pub fn setting(&self, name: &str) -> Option<&'static str> {
+        self.settings
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| *v)
+    }
+
     /// The full model value, parsed from the baked source.
     pub fn profile(&self) -> Result<Profile, serde_json::Error> {
         serde_json::from_str(self.json)

@@ -225,6 +225,12 @@ pub fn text(plan: &Plan) -> String {
         ]);
     }
     out += &table(&rows);
+    if !plan.notes.is_empty() {
+        out += "\nnotes\n";
+        for note in &plan.notes {
+            out += &format!("  {note}\n");
+        }
+    }
     out += "\nworker env (besides the machine's .env)\n";
     for w in &plan.workers {
         let env: Vec<String> = w.env.iter().map(|(k, v)| format!("{k}={v}")).collect();

@@ -54,6 +54,15 @@ pub struct Marker {
     /// Every tarball or folder fetched (the worker bundle), with its checksum.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub fetches: Vec<FetchRecord>,
+    /// The install-time variables (names only) whose values the recipe's placeholders took, e.g.
+    /// `WORKER_BUNDLE_URL` passed to an image build.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub configured_by: Vec<String>,
+    /// The hash the same recipe has with none of `configured_by` set: an environment that leaves them
+    /// unset (an image built with `WORKER_BUNDLE_URL`, run without it) finds this install current, in
+    /// `up`, `install --check` and `install` alike.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unconfigured_hash: Option<String>,
 }
 
 /// A tarball or folder put in place by a `fetch` step.
@@ -67,6 +76,21 @@ pub struct FetchRecord {
     /// SHA-256 of the tarball (absent for a folder).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sha256: Option<String>,
+    /// Files the source lacked and the machine wrote, each with where its content came from.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub provided: Vec<ProvidedRecord>,
+}
+
+/// A file a `fetch` step wrote because the fetched content lacked it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProvidedRecord {
+    /// Path relative to the fetch's destination.
+    pub path: String,
+    /// Where the content came from (the recipe's `origin`).
+    pub origin: String,
+    /// FNV-1a 64 of the content written.
+    pub fnv1a64: String,
 }
 
 /// A checkout made by an install.
@@ -121,7 +145,8 @@ pub(crate) fn freshness(workspace: &Path, service: &str, dir: &str, hash: &str) 
             }
         },
     };
-    if marker.hash != hash {
+    // An install made with install-time variables (WORKER_BUNDLE_URL) is current where they are unset.
+    if marker.hash != hash && marker.unconfigured_hash.as_deref() != Some(hash) {
         return Freshness::Stale(format!("recipe changed: hash {} -> {hash}", marker.hash));
     }
     if marker.dir != dir {
@@ -314,6 +339,8 @@ mod tests {
             checkouts: vec![],
             requirements: vec![],
             fetches: vec![],
+            configured_by: vec![],
+            unconfigured_hash: None,
         }
     }
 

@@ -467,7 +467,17 @@ struct Prepared {
     service: String,
     recipe: InstallRecipe,
     hash: String,
+    /// The [`INSTALL_TIME_VARS`] (set, non-empty) that the recipe's placeholders took, by name.
+    configured_by: Vec<String>,
+    /// The hash with none of `configured_by` set, when that resolves.
+    unconfigured_hash: Option<String>,
 }
+
+/// Variables that choose what an install puts on disk and are not expected to be set where it runs: the
+/// image build gets `WORKER_BUNDLE_URL` as a build argument, the container never sees it. An install made
+/// with them stays current where they are unset ([`marker::Marker::unconfigured_hash`]); setting one to
+/// another value (the default release's URL included) asks for another install.
+const INSTALL_TIME_VARS: &[&str] = &["WORKER_BUNDLE_URL", "WORKER_BUNDLE_SHA256"];
 
 /// Dedupes by name, resolves and checks every recipe, reporting all problems at once.
 fn prepare(
@@ -488,7 +498,17 @@ fn prepare(
             None => unique.push((name, recipe)),
         }
     }
-    let lookup = |name: &str| env.get(name).map(str::to_owned);
+    let used = std::cell::RefCell::new(Vec::<String>::new());
+    let lookup = |name: &str| {
+        let value = env.get(name).map(str::to_owned);
+        if INSTALL_TIME_VARS.contains(&name) && value.as_deref().is_some_and(|v| !v.is_empty()) {
+            let mut used = used.borrow_mut();
+            if !used.iter().any(|u| u == name) {
+                used.push(name.to_owned());
+            }
+        }
+        value
+    };
     let mut prepared: Vec<Prepared> = Vec::new();
     for (name, recipe) in unique {
         if !recipe::valid_service_name(name) {
@@ -497,8 +517,26 @@ fn prepare(
             ));
             continue;
         }
+        used.borrow_mut().clear();
         match recipe::resolve(recipe, &lookup) {
             Ok(resolved) => {
+                let mut configured_by = used.borrow().clone();
+                configured_by.sort();
+                // What this environment's choices replaced: the same recipe without them.
+                let unconfigured = |n: &str| {
+                    if configured_by.iter().any(|c| c == n) {
+                        None
+                    } else {
+                        env.get(n).map(str::to_owned)
+                    }
+                };
+                let unconfigured_hash = if configured_by.is_empty() {
+                    None
+                } else {
+                    recipe::resolve(recipe, &unconfigured)
+                        .ok()
+                        .map(|r| recipe::install_hash(name, workspace, &r))
+                };
                 if let Some(other) = prepared.iter().find(|p| p.recipe.dir == resolved.dir) {
                     problems.push(format!(
                         "services {:?} and {name:?} both install into {:?}; give one another dir",
@@ -510,6 +548,8 @@ fn prepare(
                     service: name.to_owned(),
                     recipe: resolved,
                     hash,
+                    configured_by,
+                    unconfigured_hash,
                 });
             }
             Err(found) => {
@@ -797,6 +837,8 @@ fn install_one(
         checkouts: records.checkouts,
         requirements: records.requirements,
         fetches: records.fetches,
+        configured_by: p.configured_by.clone(),
+        unconfigured_hash: p.unconfigured_hash.clone(),
     };
     let marker_file = marker::marker_path(workspace, service);
     marker::write_marker(workspace, &marker).map_err(io_error(

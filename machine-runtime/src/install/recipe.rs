@@ -2,7 +2,7 @@
 
 use std::path::{Component, Path};
 
-use machine_model::install::{CustomNode, DownloadFile, InstallRecipe, Step};
+use machine_model::install::{CustomNode, DownloadFile, InstallRecipe, ProvidedFile, Step};
 use serde::Serialize;
 
 use super::hash::fnv1a64_hex;
@@ -138,6 +138,7 @@ fn map_step(
             sha256,
             dest,
             expect,
+            provide,
             timeout_secs,
         } => Step::Fetch {
             source: one("source", source),
@@ -147,6 +148,15 @@ fn map_step(
                 .iter()
                 .enumerate()
                 .map(|(i, e)| one(&format!("expect[{i}]"), e))
+                .collect(),
+            // The content is literal (the machine's own file), only the path may carry placeholders.
+            provide: provide
+                .iter()
+                .enumerate()
+                .map(|(i, p)| ProvidedFile {
+                    path: one(&format!("provide[{i}].path"), &p.path),
+                    ..p.clone()
+                })
                 .collect(),
             timeout_secs: *timeout_secs,
         },
@@ -356,14 +366,20 @@ fn validate(recipe: &InstallRecipe, problems: &mut Vec<String>) {
                 sha256,
                 dest,
                 expect,
+                provide,
                 ..
             } => {
                 paths.push(("dest", dest));
-                for (j, e) in expect.iter().enumerate() {
+                let files = expect
+                    .iter()
+                    .map(|e| ("expect", e))
+                    .enumerate()
+                    .chain(provide.iter().map(|p| ("provide", &p.path)).enumerate());
+                for (j, (field, e)) in files {
                     if e == "." || !is_inside(e) {
                         problem(
                             &at,
-                            &format!("expect[{j}]"),
+                            &format!("{field}[{j}]"),
                             format!("{e:?} must be a file inside the destination"),
                         );
                     }

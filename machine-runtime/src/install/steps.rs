@@ -5,10 +5,10 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use machine_model::install::{ConstraintsFile, DownloadFile, Step};
+use machine_model::install::{ConstraintsFile, DownloadFile, ProvidedFile, Step};
 
 use super::hash::fnv1a64_hex;
-use super::marker::{CheckoutRecord, FetchRecord, RequirementsRecord};
+use super::marker::{CheckoutRecord, FetchRecord, ProvidedRecord, RequirementsRecord};
 use super::process::{self, Cmd, Finished, Interrupted, RunCtx};
 use super::recipe::{FetchSource, is_full_sha};
 use super::{Env, FailureCause, Progress, ProgressEvent, StepFailure};
@@ -263,10 +263,11 @@ pub(crate) fn run_step(ctx: &StepCtx<'_>, step: &Step, records: &mut Records) ->
             sha256,
             dest,
             expect,
+            provide,
             ..
         } => {
             let sha256 = sha256.as_deref().unwrap_or_default().trim();
-            let record = fetch(ctx, source, sha256, dest, expect)?;
+            let record = fetch(ctx, source, sha256, dest, expect, provide)?;
             records.fetches.push(record);
         }
         Step::Command { argv, cwd, env, .. } => {
@@ -373,6 +374,7 @@ fn download(ctx: &StepCtx<'_>, file: &DownloadFile) -> StepResult<FetchRecord> {
         dest: file.dest.clone(),
         source: shown.clone(),
         sha256: Some(expected.clone()),
+        provided: Vec::new(),
     };
     if target.is_file() {
         if sha256_of(ctx, &target)? == expected {
@@ -466,13 +468,15 @@ fn human_bytes(bytes: u64) -> String {
 
 /// Puts the files of `source` into `<root>/<dest>`: a tarball (downloaded with curl when remote, checked
 /// against `sha256` when one is given, its one top folder stripped by `tar`) or a folder's content
-/// (`cp -R`); then checks that every file of `expect` is there.
+/// (`cp -R`); then writes each file of `provide` the source lacks (saying so), and checks that every
+/// file of `expect` is there.
 fn fetch(
     ctx: &StepCtx<'_>,
     source: &str,
     sha256: &str,
     dest: &str,
     expect: &[String],
+    provide: &[ProvidedFile],
 ) -> StepResult<FetchRecord> {
     let target = ctx.root.join(dest);
     fs::create_dir_all(&target)
@@ -550,6 +554,33 @@ fn fetch(
         }
         (_, None) => None,
     };
+    let mut provided = Vec::new();
+    for file in provide {
+        let path = target.join(&file.path);
+        if path.exists() {
+            ctx.note(&format!(
+                "{shown} has its own {}; the machine's copy is not used",
+                file.path
+            ));
+            continue;
+        }
+        if let Some(parent) = path.parent() {
+            fs::create_dir_all(parent)
+                .map_err(|e| ctx.problem(format!("cannot create {}: {e}", parent.display())))?;
+        }
+        fs::write(&path, &file.content)
+            .map_err(|e| ctx.problem(format!("cannot write {}: {e}", path.display())))?;
+        // A note, not a warning: the release tarball, the default source, never holds one.
+        ctx.note(&format!(
+            "{shown} holds no {}; the machine provides {}",
+            file.path, file.origin
+        ));
+        provided.push(ProvidedRecord {
+            path: file.path.clone(),
+            origin: file.origin.clone(),
+            fnv1a64: fnv1a64_hex(file.content.as_bytes()),
+        });
+    }
     let missing: Vec<&str> = expect
         .iter()
         .filter(|e| !target.join(e.as_str()).is_file())
@@ -566,6 +597,7 @@ fn fetch(
         dest: dest.to_owned(),
         source: shown,
         sha256: record_sha,
+        provided,
     })
 }
 
