@@ -184,7 +184,17 @@ fn service_options_problems(profile: &Profile, plan: &Plan) -> Vec<(String, Stri
             ));
         }
         if !plan.services_needed.contains(&entry.name) {
-            let set: Vec<&str> = [("cpu", options.cpu), ("args", !options.args.is_empty())]
+            let mut fields = vec![("cpu", options.cpu), ("args", !options.args.is_empty())];
+            if section == "comfyui" {
+                // What the install adds to ComfyUI: never installed when no worker needs ComfyUI.
+                let c = &profile.comfyui;
+                fields.extend([
+                    ("packages", !c.packages.is_empty()),
+                    ("custom_nodes", !c.custom_nodes.is_empty()),
+                    ("models", !c.models.is_empty()),
+                ]);
+            }
+            let set: Vec<&str> = fields
                 .into_iter()
                 .filter_map(|(field, set)| set.then_some(field))
                 .collect();
@@ -469,6 +479,25 @@ mod tests {
         );
         assert!(
             shown[2].contains("/comfyui/args: comfyui.args is set"),
+            "{shown:#?}"
+        );
+
+        // What the install would add to ComfyUI is refused there too: it would never be installed.
+        let text = r#"{
+  "description": "d",
+  "workers": "openai:1",
+  "machine": {"gpus": 0, "ram_gb": 1},
+  "comfyui": {"packages": ["einops==0.8.2"]}
+}
+"#;
+        let shown: Vec<String> = check(&source(text))
+            .unwrap_err()
+            .iter()
+            .map(|d| d.to_string())
+            .collect();
+        assert_eq!(shown.len(), 1, "{shown:#?}");
+        assert!(
+            shown[0].contains("/comfyui/packages: comfyui.packages is set, but no worker of this profile runs on the comfyui service"),
             "{shown:#?}"
         );
 

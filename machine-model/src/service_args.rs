@@ -29,6 +29,14 @@ pub fn refusal(entry: &ServiceEntry, word: &str, flag: &str) -> String {
     } else {
         format!(" (as {flag})")
     };
+    if entry.cpu_arg == Some(flag) {
+        // Whether it is set here or not, CPU mode is the profile's decision (GPU pins, Compose's GPU
+        // reservation and the plan all follow it), never a start-up flag.
+        return format!(
+            "{word:?}{how} is the machine's decision: every {} instance gets it when its GPUs are simulated (machine.gpu_mode: \"mock\") or the profile says \"{}\": {{\"cpu\": true}}; set that instead",
+            entry.name, entry.name
+        );
+    }
     format!(
         "{word:?}{how} is set by the machine (every {} instance gets {}{}); remove it",
         entry.name,
@@ -83,6 +91,18 @@ mod tests {
 
     fn comfyui() -> &'static ServiceEntry {
         crate::catalog::service("comfyui").unwrap()
+    }
+
+    #[test]
+    fn cpu_is_the_profile_s_decision_not_a_start_up_flag() {
+        let entry = crate::catalog::service("comfyui").unwrap();
+        let message = refusal(entry, "--cpu", "--cpu");
+        assert!(
+            message.starts_with("\"--cpu\" is the machine's decision")
+                && message
+                    .ends_with("the profile says \"comfyui\": {\"cpu\": true}; set that instead"),
+            "{message}"
+        );
     }
 
     #[test]

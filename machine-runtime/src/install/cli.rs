@@ -124,7 +124,7 @@ pub fn run_with(
                     ExitCode::SUCCESS
                 } else {
                     eprintln!(
-                        "error: not installed or out of date: {}; run `machine-runtime install` for them",
+                        "error: not installed or out of date: {}; run `machine-runtime install` with the same --profile or --services (and environment) for them",
                         stale.join(", ")
                     );
                     ExitCode::FAILURE

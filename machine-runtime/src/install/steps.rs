@@ -572,7 +572,7 @@ fn fetch(
             .map_err(|e| ctx.problem(format!("cannot write {}: {e}", path.display())))?;
         // A note, not a warning: the release tarball, the default source, never holds one.
         ctx.note(&format!(
-            "{shown} holds no {}; the machine provides {}",
+            "{shown} holds no {}; the machine writes {} there",
             file.path, file.origin
         ));
         provided.push(ProvidedRecord {

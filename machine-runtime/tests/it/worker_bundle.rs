@@ -185,7 +185,7 @@ fn a_release_tarball_without_a_mapping_gets_the_machines_copy_and_says_so() {
     assert_eq!(code, Some(0), "{stderr}");
     assert!(
         stderr.contains(&format!(
-            "{url} holds no src/config/service-mapping.json; the machine provides the machine's copy of the worker's service mapping (machine-model/data/service-mapping.json)"
+            "{url} holds no src/config/service-mapping.json; the machine writes the machine's copy of the worker's service mapping (machine-model/data/service-mapping.json) there"
         )),
         "{stderr}"
     );
