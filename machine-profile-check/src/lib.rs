@@ -422,12 +422,15 @@ mod tests {
         check(
             &profile(MACHINE, &comfyui),
             &[
+                "profiles/p.json:7:17: /comfyui/packages: comfyui.packages is set, but no worker of this profile runs on the comfyui service (workers: openai:1); remove it, or add a worker that does (e.g. comfyui:1:gpu)",
                 "profiles/p.json:7:18: /comfyui/packages/0: package \"torch\" is not pinned; write name==version (e.g. \"opencv-python-headless==4.10.0.84\"), as pip freeze prints it, so the venv installs the same next year",
                 "profiles/p.json:7:44: /comfyui/packages/2: package \"Einops\" is listed twice (also /comfyui/packages/1)",
+                "profiles/p.json:8:21: /comfyui/custom_nodes: comfyui.custom_nodes is set, but no worker of this profile runs on the comfyui service (workers: openai:1); remove it, or add a worker that does (e.g. comfyui:1:gpu)",
                 "profiles/p.json:9:29: /comfyui/custom_nodes/0/url: custom node \"n\": url \"https://example.com/n.zip\" names a file, not a git repository; allowed: https://host/path, http://host/path, ssh://[user@]host/path, git://host/path, user@host:path (scp-like), file:///path or an absolute path",
                 "profiles/p.json:10:17: /comfyui/custom_nodes/1/name: custom node \"n\" is listed twice (also /comfyui/custom_nodes/0); each node has its own folder",
                 "profiles/p.json:10:65: /comfyui/custom_nodes/1/commit: custom node \"n\": commit \"main\" is not a full 40-hex commit id; pin one (`git rev-parse HEAD` in the node's repository), branches and tags move",
                 "profiles/p.json:11:17: /comfyui/custom_nodes/2/name: custom node name \"../x\" is not a folder name; use letters, digits, `_`, `-` and `.`, starting with a letter, digit or `_` (e.g. \"ComfyUI-Impact-Pack\")",
+                "profiles/p.json:13:15: /comfyui/models: comfyui.models is set, but no worker of this profile runs on the comfyui service (workers: openai:1); remove it, or add a worker that does (e.g. comfyui:1:gpu)",
                 "profiles/p.json:14:53: /comfyui/models/0/sha256: model https://h/a.safetensors: sha256 \"abc\" is not a SHA-256 (64 hex digits, as `sha256sum` prints it); every model is checked",
                 "profiles/p.json:14:70: /comfyui/models/0/folder: model folder \"/checkpoints\" must be a relative folder under ComfyUI/models/ without `.` or `..` parts (letters, digits, `_`, `-`, `.`, `/` between parts; e.g. \"checkpoints\", \"loras/sdxl\")",
                 "profiles/p.json:15:131: /comfyui/models/1/folder: model folder \"../vae\" must be a relative folder under ComfyUI/models/ without `.` or `..` parts (letters, digits, `_`, `-`, `.`, `/` between parts; e.g. \"checkpoints\", \"loras/sdxl\")",
