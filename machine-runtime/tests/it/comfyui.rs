@@ -207,12 +207,12 @@ fn a_comfy_args_repeating_the_machine_s_flags_or_with_an_open_quote_refuses_the_
     let status = rt.wait_exit();
     let out = rt.output();
     assert!(!status.success(), "{out}");
-    for (position, word) in [
-        (1, "\"--listen\""),
-        (4, "\"--port=9000\" (as --port)"),
-        (5, "\"--cpu\""),
+    for (position, word, why) in [
+        (1, "\"--listen\"", "is set by the machine"),
+        (4, "\"--port=9000\" (as --port)", "is set by the machine"),
+        (5, "\"--cpu\"", "is the machine's decision"),
     ] {
-        let line = format!("  - COMFY_ARGS word {position}: {word} is set by the machine");
+        let line = format!("  - COMFY_ARGS word {position}: {word} {why}");
         assert_eq!(out.matches(&line).count(), 1, "{line}\n{out}");
     }
     assert!(!out.contains("COMFY_ARGS word 3"), "{out}");

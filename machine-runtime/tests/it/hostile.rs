@@ -706,10 +706,20 @@ fn a_missing_workspace_is_created_and_a_file_in_its_place_refused_once() {
         "full-local",
         &[("WORKSPACE_DIR", &ws_text), ("MACHINE_FAKE_GPUS", "2")],
     );
+    // Its services ready and its workers started: "all 6 apps are up" would race the workers, which
+    // exit at once without HUB_REDIS_URL (issue 21's flake: 4 of 11 runs on a loaded machine).
     wait_for(
         "the machine to start its apps in the created workspace",
         || rt.output(),
-        || rt.output().contains("all 6 apps are up").then_some(()),
+        || {
+            let out = rt.output();
+            let ready = ["simulation-gpu0 is ready", "simulation-gpu1 is ready"]
+                .iter()
+                .all(|line| out.contains(line));
+            let workers =
+                (0..4).all(|i| out.contains(&format!("simulation-websocket-worker-{i} started")));
+            (ready && workers).then_some(())
+        },
     );
     drop(rt);
 
