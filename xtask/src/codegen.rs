@@ -239,8 +239,11 @@ mod tests {
 
     #[test]
     fn check_mode_names_the_file_and_the_fix() {
-        // Inside the repository: the writer refuses any path outside it.
-        let dir = tempfile::tempdir_in(profiles::root().join("target")).unwrap();
+        // Inside the repository: the writer refuses any path outside it. `target/` (git-ignored) may
+        // not exist when CARGO_TARGET_DIR points elsewhere.
+        let ignored = profiles::root().join("target");
+        std::fs::create_dir_all(&ignored).unwrap();
+        let dir = tempfile::tempdir_in(ignored).unwrap();
         let path = dir.path().join("x.env");
         std::fs::write(&path, "A=1\nB=2\nC=3\n").unwrap();
         let err = ensure_file_contents(Mode::Check, &path, "generated/p/.env", "A=1\nB=9\nC=3\n")
