@@ -13,6 +13,23 @@ use machine_model::components::mask::strip_url_credentials;
 pub(crate) const INSTALLER_FORMAT: u32 = 1;
 
 /// Applies `f(field_path, value)` to every string of `step`, collecting errors as `field: message`.
+/// `[name, value]` pairs through `one`, each part named `<field>[i].name` / `<field>[i].value`.
+fn env_pairs(
+    one: &mut impl FnMut(&str, &str) -> String,
+    field: &str,
+    env: &[(String, String)],
+) -> Vec<(String, String)> {
+    env.iter()
+        .enumerate()
+        .map(|(i, (k, v))| {
+            (
+                one(&format!("{field}[{i}].name"), k),
+                one(&format!("{field}[{i}].value"), v),
+            )
+        })
+        .collect()
+}
+
 fn map_step(
     step: &Step,
     at: &str,
@@ -80,17 +97,7 @@ fn map_step(
                     repo: one(&format!("nodes[{i}].repo"), &n.repo),
                     rev: one(&format!("nodes[{i}].rev"), &n.rev),
                     requirements: n.requirements,
-                    env: n
-                        .env
-                        .iter()
-                        .enumerate()
-                        .map(|(j, (k, v))| {
-                            (
-                                one(&format!("nodes[{i}].env[{j}].name"), k),
-                                one(&format!("nodes[{i}].env[{j}].value"), v),
-                            )
-                        })
-                        .collect(),
+                    env: env_pairs(&mut one, &format!("nodes[{i}].env"), &n.env),
                 })
                 .collect(),
             constraints: constraints.as_ref().map(|c| one("constraints", c)),
@@ -172,16 +179,7 @@ fn map_step(
                 .map(|(i, a)| one(&format!("argv[{i}]"), a))
                 .collect(),
             cwd: cwd.as_ref().map(|c| one("cwd", c)),
-            env: env
-                .iter()
-                .enumerate()
-                .map(|(i, (k, v))| {
-                    (
-                        one(&format!("env[{i}].name"), k),
-                        one(&format!("env[{i}].value"), v),
-                    )
-                })
-                .collect(),
+            env: env_pairs(&mut one, "env", env),
             timeout_secs: *timeout_secs,
         },
     }

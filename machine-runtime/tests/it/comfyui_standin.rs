@@ -147,23 +147,15 @@ fn workflow(color: u32, prefix: &str) -> Value {
 
 /// `POST path` with a JSON body: status and JSON answer.
 fn post(port: u16, path: &str, body: &Value) -> (u16, Value) {
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     let body = body.to_string();
-    write!(
-        stream,
-        "POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut raw = String::new();
-    stream.read_to_string(&mut raw).unwrap();
-    let status = raw
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = raw.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+    let (status, answer, _) = crate::up_support::http_send(
+        port,
+        "POST",
+        path,
+        &["Content-Type: application/json"],
+        Some(&body),
+    );
+    (status, answer)
 }
 
 /// `GET path`: the response head as text and the body as bytes.

@@ -294,6 +294,18 @@ pub fn http_get(port: u16, path: &str) -> (u16, Value, String) {
 /// A minimal blocking HTTP request against 127.0.0.1 with extra header lines (`"Name: value"`):
 /// status, JSON body (Null if not JSON), raw text.
 pub fn http_request(port: u16, method: &str, path: &str, headers: &[&str]) -> (u16, Value, String) {
+    let body = (method == "POST").then_some("");
+    http_send(port, method, path, headers, body)
+}
+
+/// [`http_request`] with a body (`Content-Length` set from it).
+pub fn http_send(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[&str],
+    body: Option<&str>,
+) -> (u16, Value, String) {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
     stream.set_read_timeout(Some(PATIENCE)).unwrap();
     let mut head = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
@@ -301,10 +313,11 @@ pub fn http_request(port: u16, method: &str, path: &str, headers: &[&str]) -> (u
         head.push_str(header);
         head.push_str("\r\n");
     }
-    if method == "POST" {
-        head.push_str("Content-Length: 0\r\n");
+    if let Some(body) = body {
+        head.push_str(&format!("Content-Length: {}\r\n", body.len()));
     }
     head.push_str("\r\n");
+    head.push_str(body.unwrap_or(""));
     stream.write_all(head.as_bytes()).unwrap();
     let mut raw = String::new();
     stream.read_to_string(&mut raw).unwrap();
@@ -321,7 +334,6 @@ pub fn http_request(port: u16, method: &str, path: &str, headers: &[&str]) -> (u
     )
 }
 
-/// A free TCP port on 127.0.0.1 (released before returning; fine for tests).
 /// The test stand-in of the worker bundle (a folder, installed like a release tarball would be).
 pub const STAND_IN_BUNDLE: &str =
     concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/worker-bundle");
@@ -402,7 +414,12 @@ with zipfile.ZipFile(f"{d}/{name}-{version}-py3-none-any.whl", "w") as z:
 
 /// `git <args>` in `dir` as a fixture author (no user or system config); its stdout, trimmed.
 pub fn git_in(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
+    git_with(Path::new("git"), dir, args)
+}
+
+/// [`git_in`] with the git program named (a test that puts a fake `git` first on PATH names the real one).
+pub fn git_with(git: &Path, dir: &Path, args: &[&str]) -> String {
+    let out = Command::new(git)
         .args([
             "-c",
             "user.name=fixture",
@@ -438,6 +455,7 @@ pub fn fixture_repo(dir: &Path, branch: &str, files: &[(&str, &str)]) -> (String
     )
 }
 
+/// A free TCP port on 127.0.0.1 (released before returning; fine for tests).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
