@@ -1,5 +1,8 @@
-//! A small YAML writer for JSON-shaped values: block style, every string double-quoted (JSON escapes are
-//! valid YAML), so nothing is re-typed by YAML 1.1 readers (`22:22`, `yes`, `on`) or 1.2 readers alike.
+//! A small YAML writer for JSON-shaped values: block style, every string double-quoted, so nothing is
+//! re-typed by YAML 1.1 readers (`22:22`, `yes`, `on`) or 1.2 readers alike. Inside the quotes every
+//! character outside YAML 1.2's printable set (§5.1: tab, LF, CR, U+0020–U+007E, U+0085, U+00A0–U+D7FF,
+//! U+E000–U+FFFD, U+10000–U+10FFFF) is escaped, as are the characters YAML 1.1 reads as line breaks
+//! (U+0085, U+2028, U+2029) and the byte-order mark, so a reader never folds or rejects a value.
 
 use serde_json::Value;
 
@@ -15,7 +18,7 @@ fn scalar(v: &Value) -> String {
         Value::Null => "null".into(),
         Value::Bool(b) => b.to_string(),
         Value::Number(n) => n.to_string(),
-        Value::String(s) => serde_json::to_string(s).expect("strings serialise"),
+        Value::String(s) => quoted(s),
         Value::Array(a) if a.is_empty() => "[]".into(),
         Value::Object(o) if o.is_empty() => "{}".into(),
         _ => unreachable!("collections are written as blocks"),
@@ -35,11 +38,28 @@ fn key(k: &str) -> String {
             k.to_ascii_lowercase().as_str(),
             "y" | "n" | "yes" | "no" | "on" | "off" | "true" | "false" | "null"
         );
-    if plain {
-        k.to_string()
-    } else {
-        serde_json::to_string(k).expect("strings serialise")
+    if plain { k.to_string() } else { quoted(k) }
+}
+
+/// `text` as a YAML 1.2 double-quoted scalar (§7.3.1): `"` and `\` escaped, the named escapes for tab, LF
+/// and CR, `\uXXXX` for every other character a reader must not see raw (module doc).
+fn quoted(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            '\u{20}'..='\u{7e}' | '\u{a0}'..='\u{2027}' | '\u{202a}'..='\u{d7ff}' => out.push(c),
+            '\u{e000}'..='\u{fefe}' | '\u{ff00}'..='\u{fffd}' | '\u{10000}'.. => out.push(c),
+            other => out.push_str(&format!("\\u{:04X}", u32::from(other))),
+        }
     }
+    out.push('"');
+    out
 }
 
 fn block(out: &mut String, v: &Value, indent: usize) {
@@ -93,5 +113,46 @@ mod tests {
         );
         let back: Value = serde_yaml::from_str(&text).unwrap();
         assert_eq!(back, value, "{text}");
+    }
+
+    #[test]
+    fn characters_a_reader_rejects_or_folds_are_escaped() {
+        let text = to_string(
+            &serde_json::json!({"v": "a\u{7f}\u{85}\u{9f}\u{2028}\u{feff}\u{fffe}\u{ffff}\u{1}z"}),
+        );
+        assert_eq!(
+            text,
+            "v: \"a\\u007F\\u0085\\u009F\\u2028\\uFEFF\\uFFFE\\uFFFF\\u0001z\"\n"
+        );
+    }
+
+    /// Strings of any characters, with the ones YAML treats specially (C0 and C1 controls, DEL, NEL, the
+    /// Unicode line and paragraph separators, the byte-order mark, the non-characters U+FFFE/U+FFFF,
+    /// quotes and backslashes) drawn far more often than uniform sampling would.
+    fn tricky_strings() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let special = prop_oneof![
+            proptest::char::range('\u{0}', '\u{a0}'),
+            proptest::char::range('\u{2028}', '\u{2029}'),
+            Just('\u{feff}'),
+            proptest::char::range('\u{fffe}', '\u{ffff}'),
+            Just('"'),
+            Just('\\'),
+        ];
+        proptest::collection::vec(prop_oneof![any::<char>(), special], 0..24)
+            .prop_map(|chars| chars.into_iter().collect())
+    }
+
+    proptest::proptest! {
+        /// Any string, as a value and as a key, reads back unchanged through a real YAML reader
+        /// (libyaml, which rejects non-printable characters).
+        #[test]
+        fn any_string_round_trips_through_a_yaml_reader(text in tricky_strings()) {
+            let value = serde_json::json!({ "v": text.clone(), "list": [text.clone()], text.clone(): 1 });
+            let yaml = to_string(&value);
+            let back: Value = serde_yaml::from_str(&yaml)
+                .map_err(|e| proptest::test_runner::TestCaseError::fail(format!("{e}: {yaml:?}")))?;
+            proptest::prop_assert_eq!(back, value);
+        }
     }
 }
