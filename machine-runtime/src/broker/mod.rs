@@ -67,7 +67,9 @@ pub use message::{StatusMessage, UpdateType, build as build_status_message};
 pub use preflight::{MATCH_FUNCTION, PreflightReport, run as run_preflight};
 pub use time::{epoch_ms, iso8601, now_iso8601, now_ms};
 pub use view::{MachineView, Phase, ProcessState, ResourceBinding, ServiceView, WorkerView};
-pub use workers::{ConnectorLoadScan, WorkerEvent, WorkerState, WorkerStatus, WorkerTruth};
+pub use workers::{
+    ConnectorLoadScan, ConnectorVerdict, WorkerEvent, WorkerState, WorkerStatus, WorkerTruth,
+};
 
 use std::collections::{BTreeMap, HashMap};
 use std::pin::Pin;
@@ -477,15 +479,18 @@ impl Broker {
             .collect()
     }
 
-    /// Records what worker `worker_id`'s own output said about loading its connectors
-    /// (`Some(problem)`: none loaded or some failed; `None`: all loaded), as the machine's own
-    /// worker event: the worker is unhealthy while a problem stands, and an event-driven status
-    /// goes out. Never blocks; dropped (with a log line) when the publisher is far behind.
-    pub fn worker_log_said(&self, worker_id: &str, problem: Option<String>) {
+    /// Records what worker `worker_id`'s own output said about its connectors (see
+    /// [`ConnectorVerdict`]), as the machine's own worker event: the worker is unhealthy while a
+    /// problem stands, and an event-driven status goes out. Never blocks; dropped (with a log line)
+    /// when the publisher is far behind.
+    pub fn worker_log_said(&self, worker_id: &str, verdict: ConnectorVerdict) {
         let event = WorkerEvent {
             worker_id: worker_id.to_owned(),
             event_type: workers::WORKER_LOG_EVENT.to_owned(),
-            data: serde_json::json!({ "problem": problem }),
+            data: serde_json::json!({
+                "problem": verdict.load_problem,
+                "init_failures": verdict.init_failures,
+            }),
             timestamp: None,
         };
         if self.inner.events.try_send(event).is_err() {

@@ -34,6 +34,12 @@
 //! (`Failed to load connector <name>: ...`, `Loaded 0 connectors successfully`; no event in unified
 //! mode): [`ConnectorLoadScan`] reads it there and the machine records the verdict as its own
 //! [`WORKER_LOG_EVENT`], which also makes the worker unhealthy until a later start loads them.
+//! A connector that loads but fails its own start-up (`<service_type> connector <id> initialization
+//! failed but connector will be registered: <why>`: its service was offline, or its validation
+//! failed) is likewise only in the output (the worker publishes it on `connector_status:<type>`, not
+//! as a machine event): the scan reports it too, and the worker is unhealthy (not ready; `/health`
+//! stays 200, as the worker meant to serve once the connector comes up) until that connector
+//! reports `idle` or `active` (`... connector <id> reported changed status: idle`).
 
 use std::collections::HashMap;
 
@@ -110,31 +116,85 @@ pub struct EventFacts {
     /// What the worker's own output said about loading its connectors, when it went wrong (see
     /// [`ConnectorLoadScan`]); carried by the machine's own `machine_worker_log` event.
     pub load_problem: Option<String>,
+    /// Connectors that loaded but failed their start-up and have not come up since, one line each
+    /// (same source and event, field `init_failures`).
+    pub init_failures: Vec<String>,
 }
 
 /// The machine's own event type carrying [`ConnectorLoadScan`]'s verdict on a worker's output
-/// (`data.problem`: a string, or `null` when the connectors loaded).
+/// (`data.problem`: a string, or `null` when the connectors loaded; `data.init_failures`: the
+/// connectors whose start-up failed, one line each).
 pub const WORKER_LOG_EVENT: &str = "machine_worker_log";
 
-/// Reads a worker's output for what the real worker says only there (`connector-manager.ts`, unified
-/// mode sends no event for it): `Failed to load connector <name>: ...` per connector that did not
-/// load, then `Loaded <n> connectors successfully` once loading is over.
+/// What a worker's output says about its connectors (see [`ConnectorLoadScan`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConnectorVerdict {
+    /// None loaded, or some failed to load (`None`: all loaded).
+    pub load_problem: Option<String>,
+    /// Connectors that loaded but failed their start-up and have not reported `idle`/`active` since.
+    pub init_failures: Vec<String>,
+}
+
+/// Reads a worker's output for what the real worker says only there (`connector-manager.ts` and
+/// `base-connector.ts`; unified mode sends no event for it): `Failed to load connector <name>: ...`
+/// per connector that did not load, `<type> connector <id> initialization failed but connector will
+/// be registered: <why>` per connector whose start-up failed, then `Loaded <n> connectors
+/// successfully` once loading is over; afterwards `<type> connector <id> reported changed status:
+/// idle|active` when such a connector comes up.
 #[derive(Debug, Default)]
 pub struct ConnectorLoadScan {
     failed: Vec<String>,
+    /// `<type> connector <id>` → why its start-up failed, in the order seen.
+    init_failed: Vec<(String, String)>,
+    /// The last `Loaded <n>` line was seen and no loading line since (the current start is over).
+    loaded: bool,
+    load_problem: Option<String>,
 }
 
+/// The marker of a connector whose start-up failed (`base-connector.ts`).
+const INIT_FAILED: &str = " initialization failed but connector will be registered:";
+/// The marker of a connector's status report (`base-connector.ts`).
+const REPORTED_CHANGED: &str = " reported changed status: ";
+
 impl ConnectorLoadScan {
-    /// Feeds one line; at the end of a load (the `Loaded <n> connectors` line) returns
-    /// `Some(verdict)`: `Some(problem)` when none loaded or some failed, `None` when all loaded.
-    pub fn line(&mut self, text: &str) -> Option<Option<String>> {
+    /// Feeds one line; returns `Some(verdict)` when the verdict changes what the machine should
+    /// say: at the end of a load (the `Loaded <n> connectors` line), and afterwards when a
+    /// connector whose start-up failed comes up.
+    pub fn line(&mut self, text: &str) -> Option<ConnectorVerdict> {
         if let Some(rest) = text.split("Failed to load connector ").nth(1) {
+            self.new_start_if_loaded();
             let name = rest
                 .split(|c: char| c == ':' || c.is_whitespace())
                 .next()
                 .unwrap_or_default();
             if !name.is_empty() && !self.failed.iter().any(|f| f == name) {
                 self.failed.push(name.to_owned());
+            }
+            return None;
+        }
+        if let Some((before, after)) = text.split_once(INIT_FAILED) {
+            self.new_start_if_loaded();
+            let connector = connector_named_before(before)?;
+            let why = after
+                .trim_start()
+                .split("\",\"")
+                .next()
+                .unwrap_or_default()
+                .trim_end_matches(['"', '}'])
+                .chars()
+                .take(300)
+                .collect::<String>();
+            self.init_failed.retain(|(c, _)| *c != connector);
+            self.init_failed.push((connector, why));
+            return None;
+        }
+        if let Some((before, after)) = text.split_once(REPORTED_CHANGED) {
+            let up = ["idle", "active"].iter().any(|s| after.starts_with(s));
+            let connector = connector_named_before(before)?;
+            let known = self.init_failed.iter().any(|(c, _)| *c == connector);
+            if up && known {
+                self.init_failed.retain(|(c, _)| *c != connector);
+                return self.loaded.then(|| self.verdict());
             }
             return None;
         }
@@ -155,8 +215,43 @@ impl ConnectorLoadScan {
         problems.extend(failed.iter().map(|name| {
             format!("connector {name} failed to load (its log: Failed to load connector {name})")
         }));
-        Some((!problems.is_empty()).then(|| problems.join("; ")))
+        self.load_problem = (!problems.is_empty()).then(|| problems.join("; "));
+        self.loaded = true;
+        Some(self.verdict())
     }
+
+    fn verdict(&self) -> ConnectorVerdict {
+        ConnectorVerdict {
+            load_problem: self.load_problem.clone(),
+            init_failures: self
+                .init_failed
+                .iter()
+                .map(|(connector, why)| {
+                    format!("{connector} failed to start (its log: initialization failed: {why})")
+                })
+                .collect(),
+        }
+    }
+
+    /// A loading line after a finished load: the worker started again, so the last start's facts go.
+    fn new_start_if_loaded(&mut self) {
+        if self.loaded {
+            self.loaded = false;
+            self.init_failed.clear();
+            self.load_problem = None;
+        }
+    }
+}
+
+/// `<type> connector <id>` from the words just before a marker (the line may be a JSON log record:
+/// `{"level":"warn","message":"image_generation connector X`).
+fn connector_named_before(before: &str) -> Option<String> {
+    let words: Vec<&str> = before.split_whitespace().collect();
+    let [.., kind, "connector", id] = words.as_slice() else {
+        return None;
+    };
+    let kind = kind.rsplit(['"', ':', ']']).next().unwrap_or(kind);
+    (!kind.is_empty() && !id.is_empty()).then(|| format!("{kind} connector {id}"))
 }
 
 /// One event from `machine:<MACHINE_ID>:worker:<WORKER_ID>`.
@@ -243,6 +338,16 @@ impl WorkerTruth {
             }
             WORKER_LOG_EVENT => {
                 facts.load_problem = text("problem");
+                facts.init_failures = data
+                    .get("init_failures")
+                    .and_then(Value::as_array)
+                    .map(|list| {
+                        list.iter()
+                            .filter_map(Value::as_str)
+                            .map(str::to_owned)
+                            .collect()
+                    })
+                    .unwrap_or_default();
             }
             "connector_status_changed" => {
                 if let Some(service) = text("service_type") {
@@ -316,6 +421,7 @@ impl WorkerTruth {
                 )
             })
             .collect();
+        problems.extend(self.event.init_failures.iter().cloned());
         problems.sort();
         problems.splice(0..0, self.event.load_problem.clone());
         problems
@@ -762,21 +868,29 @@ mod tests {
             .line("info: ✅ Loaded 0 connectors successfully")
             .unwrap();
         assert_eq!(
-            said.as_deref(),
+            said.load_problem.as_deref(),
             Some(
                 "the worker loaded 0 connectors (its log: Loaded 0 connectors); \
                  connector gemini failed to load (its log: Failed to load connector gemini)"
             )
         );
+        assert!(said.init_failures.is_empty());
         // The next start (a restart) loads them: all is well again.
-        assert_eq!(scan.line("✅ Loaded 2 connectors successfully"), Some(None));
+        assert_eq!(
+            scan.line("✅ Loaded 2 connectors successfully"),
+            Some(ConnectorVerdict::default())
+        );
         let mut truth = WorkerTruth {
             heartbeat_ttl: Some(55),
             ..Default::default()
         };
-        truth.apply(&event(WORKER_LOG_EVENT, json!({"problem": said})));
+        truth.apply(&event(
+            WORKER_LOG_EVENT,
+            json!({"problem": said.load_problem, "init_failures": []}),
+        ));
         let s = resolve(true, Some(&truth));
         assert!(!s.healthy);
+        assert!(s.connectors_not_loaded);
         assert!(
             s.reason
                 .unwrap()
@@ -784,6 +898,70 @@ mod tests {
         );
         truth.apply(&event(WORKER_LOG_EVENT, json!({"problem": null})));
         assert!(resolve(true, Some(&truth)).healthy);
+    }
+
+    /// Lines as the real worker (ceb26d4, openai connectors, no network) printed them.
+    const INIT_FAILED_LINE: &str = r#"{"level":"warn","message":"image_generation connector OpenAIText2ImgConnector initialization failed but connector will be registered: Failed to initialize OpenAI Image connector: Cannot read properties of undefined (reading 'info')","service":"emp-redis-js","stack":"Error: Failed"}"#;
+    const RESPONSES_FAILED_LINE: &str = r#"{"level":"warn","message":"openai_responses connector OpenAIResponsesConnector initialization failed but connector will be registered: Service validation failed","service":"emp-redis-js"}"#;
+
+    #[test]
+    fn a_connector_whose_start_up_failed_makes_the_worker_unready_until_it_comes_up() {
+        let mut scan = ConnectorLoadScan::default();
+        assert_eq!(scan.line(INIT_FAILED_LINE), None);
+        assert_eq!(scan.line(RESPONSES_FAILED_LINE), None);
+        let said = scan
+            .line(r#"{"level":"info","message":"✅ Loaded 4 connectors successfully"}"#)
+            .unwrap();
+        assert_eq!(said.load_problem, None);
+        assert_eq!(
+            said.init_failures,
+            [
+                "image_generation connector OpenAIText2ImgConnector failed to start (its log: \
+                 initialization failed: Failed to initialize OpenAI Image connector: Cannot read \
+                 properties of undefined (reading 'info'))",
+                "openai_responses connector OpenAIResponsesConnector failed to start (its log: \
+                 initialization failed: Service validation failed)"
+            ]
+        );
+        // Another connector of the same type coming up says nothing about this one.
+        assert_eq!(
+            scan.line(r#"{"message":"image_generation connector OpenAIImg2ImgConnector reported changed status: idle"}"#),
+            None
+        );
+        // An error report of the failed one changes nothing either.
+        assert_eq!(
+            scan.line(r#"{"message":"image_generation connector OpenAIText2ImgConnector reported changed status: error (x)"}"#),
+            None
+        );
+        let up = scan
+            .line(r#"{"message":"image_generation connector OpenAIText2ImgConnector reported changed status: idle"}"#)
+            .unwrap();
+        assert_eq!(up.init_failures.len(), 1);
+        assert!(up.init_failures[0].starts_with("openai_responses connector"));
+
+        // Folded into the worker: unhealthy with the reason, but not a load fault (`/health` stays 200).
+        let mut truth = WorkerTruth {
+            heartbeat_ttl: Some(55),
+            ..Default::default()
+        };
+        truth.apply(&event(
+            WORKER_LOG_EVENT,
+            json!({"problem": null, "init_failures": up.init_failures}),
+        ));
+        let s = resolve(true, Some(&truth));
+        assert!(!s.healthy);
+        assert!(!s.connectors_not_loaded);
+        assert!(
+            s.reason
+                .unwrap()
+                .contains("OpenAIResponsesConnector failed to start")
+        );
+
+        // A restart begins a new load: the old start's failures are gone once it loads cleanly.
+        assert_eq!(scan.line(INIT_FAILED_LINE), None);
+        let again = scan.line("✅ Loaded 4 connectors successfully").unwrap();
+        assert_eq!(again.init_failures.len(), 1);
+        assert!(again.init_failures[0].contains("OpenAIText2ImgConnector"));
     }
 
     #[test]
