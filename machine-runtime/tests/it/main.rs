@@ -27,6 +27,7 @@ mod up_handback;
 mod up_health;
 mod up_jobs;
 mod up_monitor;
+mod up_monitor_card;
 mod up_supervise;
 mod up_support;
 mod up_worker_status;
