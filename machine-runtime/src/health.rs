@@ -2,7 +2,9 @@
 //! `machine-runtime health` (for Docker's HEALTHCHECK, so the image needs no curl).
 //!
 //! One request per connection (`Connection: close`), read and answered with [`crate::http`], which
-//! is all the health check, the API and the monitor's machine card need. Routes (worker contract §5):
+//! is all the health check, the API and the monitor's machine card need. Open connections and log
+//! followers are capped, and a failed `accept` pauses the loop ([`crate::health_limits`]), so a
+//! flood cannot take the files the supervisor needs. Routes (worker contract §5):
 //!
 //! - `GET /health`: 200/503, the shape the monitor reads: `{healthy, services: {<app>: {healthy,
 //!   status (PM2's word: online, launching, stopping, stopped, errored, waiting restart), state,
@@ -55,6 +57,7 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::now_ms;
+use crate::health_limits::{AcceptBackoff, Caps, Gate};
 use crate::http::{self, HttpUrl, Limits, Request, write_json};
 use crate::origins::{ALLOWED_ORIGINS_VAR, AllowedOrigins};
 use crate::supervisor::logs::{LogLine, LogStream, MAX_LINES};
@@ -211,26 +214,82 @@ pub async fn serve(
         ));
     }
     let control = Arc::new(control);
+    let open_files = crate::limits::open_files().map_or(1024, |limit| limit.soft);
+    let caps = Caps::for_open_files(open_files, handle.snapshot().apps.len());
+    let gates = Arc::new(Gates {
+        connections: Gate::new("connections", caps.connections),
+        followers: Gate::new("log followers", caps.followers),
+    });
     let shutdown = handle.shutdown_token();
     let tracker = handle.tracker();
     tracker.spawn(async move {
+        let mut backoff = AcceptBackoff::default();
         loop {
-            tokio::select! {
-                accepted = listener.accept() => {
-                    if let Ok((stream, _)) = accepted {
-                        let handle = handle.clone();
-                        let source = source.clone();
-                        let control = control.clone();
-                        // Connections are short (log streams end at shutdown); they are not tracked
-                        // so a stuck client cannot hold up shutdown.
-                        tokio::spawn(answer(stream, handle, source, control));
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                () = shutdown.cancelled() => return,
+            };
+            let stream = match accepted {
+                Ok((stream, _)) => stream,
+                Err(error) => {
+                    // Out of file descriptors (EMFILE) lasts until some close: retrying at once
+                    // would spin.
+                    let pause = backoff.failed(&error);
+                    tokio::select! {
+                        () = tokio::time::sleep(pause) => continue,
+                        () = shutdown.cancelled() => return,
                     }
                 }
-                _ = shutdown.cancelled() => return,
-            }
+            };
+            backoff.succeeded();
+            let Some(permit) = gates.connections.enter() else {
+                refuse_now(stream, gates.connections.cap());
+                continue;
+            };
+            let handle = handle.clone();
+            let source = source.clone();
+            let control = control.clone();
+            let gates = gates.clone();
+            // Connections are short (log streams end at shutdown); they are not tracked so a
+            // stuck client cannot hold up shutdown.
+            tokio::spawn(async move {
+                answer(stream, handle, source, control, &gates).await;
+                drop(permit);
+            });
         }
     });
     Ok(addr)
+}
+
+/// The endpoint's two caps ([`crate::health_limits`]).
+struct Gates {
+    connections: Gate,
+    followers: Gate,
+}
+
+/// Answers a connection past the cap with 503 at once, without a task or a wait: reads what has
+/// arrived of the request (so closing does not reset the connection and lose the answer), writes
+/// the answer if the socket takes it whole, and closes.
+fn refuse_now(stream: TcpStream, cap: usize) {
+    let mut sink = [0u8; 8192];
+    while matches!(stream.try_read(&mut sink), Ok(n) if n > 0) {}
+    let body = format!(
+        "{}\n",
+        json!({"error": format!("the health endpoint has {cap} connections open, its cap; try again shortly")})
+    );
+    let length = format!("Content-Length: {}", body.len());
+    let head = http::head(
+        503,
+        &[
+            "Content-Type: application/json",
+            &length,
+            "Connection: close",
+            "Retry-After: 1",
+            "Access-Control-Allow-Origin: *",
+            "Cache-Control: no-store",
+        ],
+    );
+    let _ = stream.try_write(format!("{head}{body}").as_bytes());
 }
 
 /// What to send back.
@@ -257,6 +316,7 @@ async fn answer(
     handle: SupervisorHandle,
     source: Arc<dyn StatusSource>,
     control: Arc<Control>,
+    gates: &Gates,
 ) {
     let limits = Limits {
         max_head: MAX_HEAD,
@@ -304,6 +364,13 @@ async fn answer(
             keep,
             events,
         } => {
+            let Some(_following) = gates.followers.enter() else {
+                let cap = gates.followers.cap();
+                let body = json!({"error": format!("{cap} log streams are open on this machine, the most it serves; close one, or ask without stream=true (stream=false for /comfyui/logs)")});
+                let _ = write_json(&mut stream, 503, &body, &headers, false).await;
+                let _ = stream.shutdown().await;
+                return;
+            };
             let format = if events {
                 StreamFormat::Events
             } else {

@@ -8,6 +8,7 @@ pub mod ecosystem;
 pub mod fuzz;
 pub mod gpu;
 pub mod health;
+pub(crate) mod health_limits;
 pub mod http;
 pub mod identity;
 pub mod install;

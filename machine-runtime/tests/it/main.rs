@@ -22,6 +22,7 @@ mod up_broker;
 mod up_comfyui;
 mod up_drain;
 mod up_ecosystem;
+mod up_flood;
 mod up_follow;
 mod up_handback;
 mod up_health;
