@@ -2,7 +2,9 @@
 //! `machine-runtime health` (for Docker's HEALTHCHECK, so the image needs no curl).
 //!
 //! One request per connection (`Connection: close`), read and answered with [`crate::http`], which
-//! is all the health check, the API and the monitor's machine card need. Routes (worker contract §5):
+//! is all the health check, the API and the monitor's machine card need. Open connections and log
+//! followers are capped, and a failed `accept` pauses the loop ([`crate::health_limits`]), so a
+//! flood cannot take the files the supervisor needs. Routes (worker contract §5):
 //!
 //! - `GET /health`: 200/503, the shape the monitor reads: `{healthy, services: {<app>: {healthy,
 //!   status (PM2's word: online, launching, stopping, stopped, errored, waiting restart), state,
@@ -15,15 +17,20 @@
 //! - `GET /pm2/list`: the processes as `pm2 jlist` names them (`name`, `pm_id`, `pid`,
 //!   `pm2_env.status`, `restart_time`, `pm_uptime`, ...). No environment: it holds secrets.
 //! - `GET /pm2/logs?service=NAME&lines=N[&stream=true]`: the last N (default 50) lines of that
-//!   app's output, `{service, lines: [{at_ms, stream, text}]}`; with `stream=true` a
-//!   `text/event-stream` of the same lines as JSON, then each new one as it comes. 400 without
-//!   `service`.
+//!   app's output, `{service, app, lines: [{at_ms, stream, text}]}` (`app` only when NAME is a
+//!   service key); with `stream=true` the same lines, then each new one as it comes, as plain text
+//!   lines (`text/plain`, what the monitor's log viewer reads), or as a `text/event-stream` of the
+//!   lines as JSON when the client sends `Accept: text/event-stream`. 400 without `service`.
 //! - `GET /comfyui/logs?gpu=I&type=server|output|error&lines=N[&stream=false]`: the output of
-//!   app `comfyui-gpu<I>`, streamed by default as the old `tail -f` was. The old server tailed three
-//!   files; each maps to the process's pipes: `server` (ComfyUI's own log) = both pipes, `output`
-//!   (PM2's out file) = stdout, `error` (PM2's error file) = stderr.
+//!   app `comfyui-gpu<I>`, streamed by default as the old `tail -f` was (text or events as above).
+//!   The old server tailed three files; each maps to the process's pipes: `server` (ComfyUI's own
+//!   log) = both pipes, `output` (PM2's out file) = stdout, `error` (PM2's error file) = stderr.
 //! - `POST /refresh-status`: publish a status message now.
 //! - `POST /restart/service?service=NAME`: restart one app as `pm2 restart` does.
+//!
+//! NAME is an app's name or a key of the status message's `status.services`
+//! (`<WORKER_ID>.<service>`, which the monitor uses), which stands for the app its row reports
+//! as `pm2_name`.
 //! - `POST /restart/machine`: stop the machine cleanly (final `shutdown` status, busy workers
 //!   drained, every app stopped); the runtime exits 0 and the container's restart policy starts it
 //!   again.
@@ -32,7 +39,9 @@
 //! (log lines are masked when stored). The POST routes need the control token `MACHINE_CONTROL_TOKEN`
 //! as `Authorization: Bearer <token>` or `?token=<token>`, compared in constant time: unset, they
 //! answer 403 saying how to enable them; missing 401, wrong 403. So a web page that a browser on
-//! the machine's network opens cannot restart the machine.
+//! the machine's network opens cannot restart the machine. Opt-in, a request whose `Origin` is
+//! in `MACHINE_CONTROL_ALLOWED_ORIGINS` needs no token ([`crate::origins`]; the threat model is in
+//! docs/health-endpoint.md); its answers carry that origin in `Access-Control-Allow-Origin`.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -48,7 +57,9 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::now_ms;
+use crate::health_limits::{AcceptBackoff, Caps, Gate};
 use crate::http::{self, HttpUrl, Limits, Request, write_json};
+use crate::origins::{ALLOWED_ORIGINS_VAR, AllowedOrigins};
 use crate::supervisor::logs::{LogLine, LogStream, MAX_LINES};
 use crate::supervisor::{RestartError, Snapshot, SupervisorHandle};
 
@@ -100,6 +111,13 @@ pub trait StatusSource: Send + Sync + 'static {
         Map::new()
     }
 
+    /// The keys of the status message's `status.services` (`<WORKER_ID>.<service>`), each with the
+    /// app its row names as `pm2_name`: the monitor names processes by these keys, and
+    /// `/pm2/logs` and `/restart/service` accept them besides app names. Empty by default.
+    fn service_apps(&self) -> Vec<(String, String)> {
+        Vec::new()
+    }
+
     /// `POST /refresh-status`: publish a status now. `Err` says why it could not (no broker,
     /// Redis unreachable); by default there is nothing to publish to.
     fn refresh(&self) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>> {
@@ -126,26 +144,46 @@ pub enum HealthError {
 /// Settings of the POST routes.
 #[derive(Clone, Default)]
 pub struct Control {
-    /// `MACHINE_CONTROL_TOKEN`; `None` (or empty) disables the POST routes.
+    /// `MACHINE_CONTROL_TOKEN`; `None` (or empty) disables the POST routes (but for
+    /// `allowed_origins`).
     pub token: Option<String>,
+    /// `MACHINE_CONTROL_ALLOWED_ORIGINS`: browser origins whose requests may use the POST routes
+    /// without the token (the unmodified monitor sends none); empty, the default, allows none.
+    pub allowed_origins: AllowedOrigins,
+    /// One line per invalid entry of `MACHINE_CONTROL_ALLOWED_ORIGINS`; `up` refuses to start with any.
+    pub problems: Vec<String>,
 }
 
 impl std::fmt::Debug for Control {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Control")
             .field("token", &self.token.as_ref().map(|_| "***"))
+            .field("allowed_origins", &self.allowed_origins.as_slice())
+            .field("problems", &self.problems)
             .finish()
     }
 }
 
 impl Control {
-    /// Reads `MACHINE_CONTROL_TOKEN` through `lookup` (surrounding blanks ignored; empty is unset).
+    /// Reads `MACHINE_CONTROL_TOKEN` (surrounding blanks ignored; empty is unset) and
+    /// `MACHINE_CONTROL_ALLOWED_ORIGINS` ([`AllowedOrigins::parse`]) through `lookup`.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Control {
+        let (allowed_origins, problems) =
+            AllowedOrigins::parse(&lookup(ALLOWED_ORIGINS_VAR).unwrap_or_default());
         Control {
             token: lookup(CONTROL_TOKEN_VAR)
                 .map(|t| t.trim().to_owned())
                 .filter(|t| !t.is_empty()),
+            allowed_origins,
+            problems,
         }
+    }
+
+    /// Whether `request` comes from a browser page on an allowed origin.
+    fn origin_allowed(&self, request: &Request) -> bool {
+        request
+            .header("origin")
+            .is_some_and(|origin| self.allowed_origins.allows(origin))
     }
 }
 
@@ -164,32 +202,94 @@ pub async fn serve(
         .local_addr()
         .map_err(|source| HealthError::Bind { port, source })?;
     crate::supervisor::state::log(&format!("health endpoint on http://{addr}/health"));
-    if control.token.is_none() {
+    if control.token.is_none() && control.allowed_origins.is_empty() {
         crate::supervisor::state::log(&format!(
             "the control routes (POST /restart/..., /refresh-status) are off: {CONTROL_TOKEN_VAR} is not set"
         ));
     }
+    if !control.allowed_origins.is_empty() {
+        crate::supervisor::state::log(&format!(
+            "the control routes also answer browser pages from {} without the token ({ALLOWED_ORIGINS_VAR}); a client that is not a browser can claim any origin, so keep this port off untrusted networks",
+            control.allowed_origins.as_slice().join(", ")
+        ));
+    }
     let control = Arc::new(control);
+    let open_files = crate::limits::open_files().map_or(1024, |limit| limit.soft);
+    let caps = Caps::for_open_files(open_files, handle.snapshot().apps.len());
+    let gates = Arc::new(Gates {
+        connections: Gate::new("connections", caps.connections),
+        followers: Gate::new("log followers", caps.followers),
+    });
     let shutdown = handle.shutdown_token();
     let tracker = handle.tracker();
     tracker.spawn(async move {
+        let mut backoff = AcceptBackoff::default();
         loop {
-            tokio::select! {
-                accepted = listener.accept() => {
-                    if let Ok((stream, _)) = accepted {
-                        let handle = handle.clone();
-                        let source = source.clone();
-                        let control = control.clone();
-                        // Connections are short (log streams end at shutdown); they are not tracked
-                        // so a stuck client cannot hold up shutdown.
-                        tokio::spawn(answer(stream, handle, source, control));
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                () = shutdown.cancelled() => return,
+            };
+            let stream = match accepted {
+                Ok((stream, _)) => stream,
+                Err(error) => {
+                    // Out of file descriptors (EMFILE) lasts until some close: retrying at once
+                    // would spin.
+                    let pause = backoff.failed(&error);
+                    tokio::select! {
+                        () = tokio::time::sleep(pause) => continue,
+                        () = shutdown.cancelled() => return,
                     }
                 }
-                _ = shutdown.cancelled() => return,
-            }
+            };
+            backoff.succeeded();
+            let Some(permit) = gates.connections.enter() else {
+                refuse_now(stream, gates.connections.cap());
+                continue;
+            };
+            let handle = handle.clone();
+            let source = source.clone();
+            let control = control.clone();
+            let gates = gates.clone();
+            // Connections are short (log streams end at shutdown); they are not tracked so a
+            // stuck client cannot hold up shutdown.
+            tokio::spawn(async move {
+                answer(stream, handle, source, control, &gates).await;
+                drop(permit);
+            });
         }
     });
     Ok(addr)
+}
+
+/// The endpoint's two caps ([`crate::health_limits`]).
+struct Gates {
+    connections: Gate,
+    followers: Gate,
+}
+
+/// Answers a connection past the cap with 503 at once, without a task or a wait: reads what has
+/// arrived of the request (so closing does not reset the connection and lose the answer), writes
+/// the answer if the socket takes it whole, and closes.
+fn refuse_now(stream: TcpStream, cap: usize) {
+    let mut sink = [0u8; 8192];
+    while matches!(stream.try_read(&mut sink), Ok(n) if n > 0) {}
+    let body = format!(
+        "{}\n",
+        json!({"error": format!("the health endpoint has {cap} connections open, its cap; try again shortly")})
+    );
+    let length = format!("Content-Length: {}", body.len());
+    let head = http::head(
+        503,
+        &[
+            "Content-Type: application/json",
+            &length,
+            "Connection: close",
+            "Retry-After: 1",
+            "Access-Control-Allow-Origin: *",
+            "Cache-Control: no-store",
+        ],
+    );
+    let _ = stream.try_write(format!("{head}{body}").as_bytes());
 }
 
 /// What to send back.
@@ -199,11 +299,13 @@ enum Reply {
     Json(u16, Value),
     /// 401 with `WWW-Authenticate: Bearer`.
     Unauthorized(Value),
-    /// A `text/event-stream` of log lines: these first, then every new one `keep` accepts.
+    /// Log lines: these first, then every new one `keep` accepts; as plain text lines, or as a
+    /// `text/event-stream` of JSON lines when `events`.
     Stream {
         first: Vec<LogLine>,
         follow: broadcast::Receiver<LogLine>,
         keep: fn(&LogLine) -> bool,
+        events: bool,
     },
     /// A JSON body, then stop the machine.
     ThenStop(u16, Value),
@@ -214,6 +316,7 @@ async fn answer(
     handle: SupervisorHandle,
     source: Arc<dyn StatusSource>,
     control: Arc<Control>,
+    gates: &Gates,
 ) {
     let limits = Limits {
         max_head: MAX_HEAD,
@@ -230,7 +333,9 @@ async fn answer(
         Err(_) => return,
         Ok(Err(bad)) => {
             let body = json!({"error": bad.message});
-            let _ = write_json(&mut stream, bad.status, &body, COMMON_HEADERS, false).await;
+            let headers = headers_for(None, &control);
+            let headers: Vec<&str> = headers.iter().map(String::as_str).collect();
+            let _ = write_json(&mut stream, bad.status, &body, &headers, false).await;
             let _ = stream.shutdown().await;
             return;
         }
@@ -238,17 +343,18 @@ async fn answer(
     };
     let reply = route(&request, &handle, source.as_ref(), &control).await;
     let head_only = request.method == "HEAD";
+    let owned = headers_for(Some(&request), &control);
+    let mut headers: Vec<&str> = owned.iter().map(String::as_str).collect();
     match reply {
         Reply::Json(status, body) => {
-            let _ = write_json(&mut stream, status, &body, COMMON_HEADERS, head_only).await;
+            let _ = write_json(&mut stream, status, &body, &headers, head_only).await;
         }
         Reply::Unauthorized(body) => {
-            let mut headers = COMMON_HEADERS.to_vec();
             headers.push("WWW-Authenticate: Bearer realm=\"machine\"");
             let _ = write_json(&mut stream, 401, &body, &headers, head_only).await;
         }
         Reply::ThenStop(status, body) => {
-            let _ = write_json(&mut stream, status, &body, COMMON_HEADERS, false).await;
+            let _ = write_json(&mut stream, status, &body, &headers, false).await;
             crate::supervisor::state::log("stop requested through POST /restart/machine");
             handle.request_stop(libc::SIGTERM);
         }
@@ -256,57 +362,166 @@ async fn answer(
             first,
             follow,
             keep,
+            events,
         } => {
-            stream_lines(&mut stream, first, follow, keep, handle.shutdown_token()).await;
+            let Some(_following) = gates.followers.enter() else {
+                let cap = gates.followers.cap();
+                let body = json!({"error": format!("{cap} log streams are open on this machine, the most it serves; close one, or ask without stream=true (stream=false for /comfyui/logs)")});
+                let _ = write_json(&mut stream, 503, &body, &headers, false).await;
+                let _ = stream.shutdown().await;
+                return;
+            };
+            let format = if events {
+                StreamFormat::Events
+            } else {
+                StreamFormat::Text
+            };
+            let out = LineStream {
+                first,
+                follow,
+                keep,
+                format,
+            };
+            stream_lines(&mut stream, out, &headers, handle.shutdown_token()).await;
         }
     }
     let _ = stream.shutdown().await;
 }
 
-/// Headers every answer carries besides [`http::write_json`]'s: reads are open to any origin (the
-/// monitor is a web page on another origin); the POST routes are guarded by the token, not by CORS.
+/// Headers every answer carries besides [`http::write_json`]'s. Reads are open to any origin (the
+/// monitor is a web page on another origin); the POST routes are guarded by the token or the
+/// allowed origins, checked on the request itself, not by CORS.
 const COMMON_HEADERS: &[&str] = &[
-    "Access-Control-Allow-Origin: *",
     "Access-Control-Allow-Methods: GET, POST, OPTIONS",
     "Access-Control-Allow-Headers: Authorization, Content-Type",
     "Cache-Control: no-store",
 ];
 
-/// Writes a server-sent event stream: `first`, then what `follow` brings, one `data:` event per
-/// line (the line as JSON); an `event: skipped` when this client fell behind; ends with
-/// `event: end` when the machine stops, or when the client goes away.
+/// How long a browser may keep a preflight's answer, in seconds.
+const PREFLIGHT_MAX_AGE_S: u32 = 600;
+
+/// The headers of an answer to `request` (`None`: one that could not be read): CORS and
+/// [`COMMON_HEADERS`]. A request from an allowed origin gets that origin back (with `Vary:
+/// Origin`); any other gets `*`. A preflight (`OPTIONS`) gets `Access-Control-Max-Age`, and from an
+/// allowed origin also `Access-Control-Allow-Private-Network: true` when it asks for it (Chrome's
+/// Private Network Access, for a public monitor calling a machine on a private address).
+fn headers_for(request: Option<&Request>, control: &Control) -> Vec<String> {
+    let allowed = request.filter(|r| control.origin_allowed(r));
+    let mut headers = vec![match allowed.and_then(|r| r.header("origin")) {
+        Some(origin) => format!("Access-Control-Allow-Origin: {origin}"),
+        None => "Access-Control-Allow-Origin: *".to_owned(),
+    }];
+    if !control.allowed_origins.is_empty() {
+        headers.push("Vary: Origin".to_owned());
+    }
+    headers.extend(COMMON_HEADERS.iter().map(|h| (*h).to_owned()));
+    if let Some(request) = request.filter(|r| r.method == "OPTIONS") {
+        headers.push(format!("Access-Control-Max-Age: {PREFLIGHT_MAX_AGE_S}"));
+        if allowed.is_some() && request.header_has("access-control-request-private-network", "true")
+        {
+            headers.push("Access-Control-Allow-Private-Network: true".to_owned());
+        }
+    }
+    headers
+}
+
+/// How a log stream is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StreamFormat {
+    /// `text/plain`: each line's text and `\n`, what the monitor's log viewer
+    /// (`@melloware/react-logviewer`, `LazyLog url stream`) reads: it splits the raw bytes on line
+    /// ends (worker contract §5).
+    Text,
+    /// `text/event-stream` (asked for with `Accept: text/event-stream`, as `EventSource` does): one
+    /// `data:` event per line, the line as JSON (`{at_ms, stream, text}`).
+    Events,
+}
+
+/// A log stream to write: `first`, then every line `follow` brings that `keep` accepts.
+struct LineStream {
+    first: Vec<LogLine>,
+    follow: broadcast::Receiver<LogLine>,
+    keep: fn(&LogLine) -> bool,
+    format: StreamFormat,
+}
+
+impl StreamFormat {
+    fn content_type(self) -> &'static str {
+        match self {
+            Self::Text => "Content-Type: text/plain; charset=utf-8",
+            Self::Events => "Content-Type: text/event-stream",
+        }
+    }
+
+    fn line(self, line: &LogLine) -> String {
+        match self {
+            Self::Text => format!("{}\n", line.text),
+            Self::Events => format!("data: {}\n\n", json!(line)),
+        }
+    }
+
+    fn skipped(self, n: u64) -> String {
+        match self {
+            Self::Text => {
+                format!("[machine-runtime: {n} lines skipped, this reader fell behind]\n")
+            }
+            Self::Events => format!("event: skipped\ndata: {{\"skipped\":{n}}}\n\n"),
+        }
+    }
+
+    fn end(self) -> &'static str {
+        match self {
+            Self::Text => "[machine-runtime: the machine is stopping]\n",
+            Self::Events => "event: end\ndata: {\"reason\":\"the machine is stopping\"}\n\n",
+        }
+    }
+}
+
+/// Writes a log stream in its format (no `Content-Length`; the body ends when the connection
+/// closes): the kept lines, then each new one; a note when this client fell behind (`event:
+/// skipped` as events); a last note (`event: end`) when the machine stops. Ends too when the client
+/// goes away.
 async fn stream_lines(
     stream: &mut TcpStream,
-    first: Vec<LogLine>,
-    mut follow: broadcast::Receiver<LogLine>,
-    keep: fn(&LogLine) -> bool,
+    out: LineStream,
+    headers: &[&str],
     shutdown: CancellationToken,
 ) {
-    let mut headers = vec!["Content-Type: text/event-stream", "X-Accel-Buffering: no"];
-    headers.extend_from_slice(COMMON_HEADERS);
-    headers.push("Connection: close");
-    let head = http::head(200, &headers);
+    let LineStream {
+        first,
+        mut follow,
+        keep,
+        format,
+    } = out;
+    // nosniff: a browser that sniffs a text/plain body would hold back its first bytes.
+    let mut all = vec![
+        format.content_type(),
+        "X-Content-Type-Options: nosniff",
+        "X-Accel-Buffering: no",
+    ];
+    all.extend_from_slice(headers);
+    all.push("Connection: close");
+    let head = http::head(200, &all);
     if stream.write_all(head.as_bytes()).await.is_err() {
         return;
     }
-    let event = |line: &LogLine| format!("data: {}\n\n", json!(line));
-    let mut out = String::new();
+    let mut text = String::new();
     for line in &first {
-        out.push_str(&event(line));
+        text.push_str(&format.line(line));
     }
-    if stream.write_all(out.as_bytes()).await.is_err() {
+    if stream.write_all(text.as_bytes()).await.is_err() {
         return;
     }
     let mut probe = [0u8; 64];
     loop {
         let text = tokio::select! {
-            () = shutdown.cancelled() => "event: end\ndata: {\"reason\":\"the machine is stopping\"}\n\n".to_owned(),
+            () = shutdown.cancelled() => format.end().to_owned(),
             // A read returns only when the client closes (or sends junk): stop following then.
             _ = stream.read(&mut probe) => return,
             next = follow.recv() => match next {
-                Ok(line) if keep(&line) => event(&line),
+                Ok(line) if keep(&line) => format.line(&line),
                 Ok(_) => continue,
-                Err(broadcast::error::RecvError::Lagged(n)) => format!("event: skipped\ndata: {{\"skipped\":{n}}}\n\n"),
+                Err(broadcast::error::RecvError::Lagged(n)) => format.skipped(n),
                 Err(broadcast::error::RecvError::Closed) => return,
             },
         };
@@ -320,9 +535,21 @@ fn error(status: u16, message: impl Into<String>) -> Reply {
     Reply::Json(status, json!({"error": message.into()}))
 }
 
-/// Checks the control token of a POST request.
+/// Checks a POST request: from a browser page on an allowed origin, or with the control token.
 fn authorize(request: &Request, control: &Control) -> Result<(), Reply> {
+    if control.origin_allowed(request) {
+        return Ok(());
+    }
     let Some(expected) = control.token.as_deref() else {
+        if !control.allowed_origins.is_empty() {
+            let origin = request.header("origin").unwrap_or("(none)");
+            return Err(error(
+                403,
+                format!(
+                    "this route answers only the browser origins in {ALLOWED_ORIGINS_VAR} on this machine, and the request's origin is {origin}; {CONTROL_TOKEN_VAR} is not set"
+                ),
+            ));
+        }
         return Err(error(
             403,
             format!(
@@ -375,29 +602,77 @@ fn flag_param(request: &Request, name: &str, default: bool) -> Result<bool, Repl
     }
 }
 
-fn unknown_app(name: &str, snapshot: &Snapshot) -> Reply {
-    let hint =
-        machine_model::suggest::did_you_mean(name, snapshot.apps.iter().map(|a| a.name.as_str()))
-            .map(|s| format!("; did you mean \"{s}\"?"))
-            .unwrap_or_default();
+/// 404 for `name`, neither an app nor a key of `services` (`(key, app)`): the apps and keys, and
+/// the nearest name when one is close.
+fn unknown_app(name: &str, snapshot: &Snapshot, services: &[(String, String)]) -> Reply {
     let names: Vec<&str> = snapshot.apps.iter().map(|a| a.name.as_str()).collect();
+    let keys: Vec<&str> = services.iter().map(|(key, _)| key.as_str()).collect();
+    let hint = machine_model::suggest::did_you_mean(name, names.iter().chain(&keys).copied())
+        .map(|s| format!("; did you mean \"{s}\"?"))
+        .unwrap_or_default();
+    let keys = if keys.is_empty() {
+        String::new()
+    } else {
+        format!("; status.services keys: {}", keys.join(", "))
+    };
     error(
         404,
-        format!("no app named \"{name}\"{hint} (apps: {})", names.join(", ")),
+        format!(
+            "no app named \"{name}\"{hint} (apps: {}{keys})",
+            names.join(", ")
+        ),
     )
 }
 
-/// The recent lines of app `name` that `keep` accepts: as JSON, or as a stream.
+/// The app `name` names: an app of the machine, or a key of the status message's
+/// `status.services` (`<WORKER_ID>.<service>`, the monitor's name for a process), which names its
+/// row's `pm2_name`. Apps first: a key never hides an app. `Err` is the 404 to answer.
+fn resolve_app(
+    name: &str,
+    handle: &SupervisorHandle,
+    source: &dyn StatusSource,
+) -> Result<String, Reply> {
+    let snapshot = handle.snapshot();
+    if snapshot.apps.iter().any(|a| a.name == name) {
+        return Ok(name.to_owned());
+    }
+    let services = source.service_apps();
+    match services.iter().find(|(key, _)| key == name) {
+        Some((_, app)) => Ok(app.clone()),
+        None => Err(unknown_app(name, &snapshot, &services)),
+    }
+}
+
+/// A request for an app's recent output.
+struct LogsAsk<'a> {
+    /// The name the client gave: the app's, or a `status.services` key.
+    asked: &'a str,
+    /// The app.
+    name: &'a str,
+    /// How many recent lines.
+    lines: usize,
+    /// Follow new lines after those.
+    stream: bool,
+    /// Follow as server-sent events rather than plain text.
+    events: bool,
+}
+
+/// The recent lines of the app `ask` names that `keep` accepts: as JSON, or as a stream.
 fn logs_reply(
     handle: &SupervisorHandle,
-    name: &str,
-    lines: usize,
-    stream: bool,
+    ask: LogsAsk<'_>,
     keep: fn(&LogLine) -> bool,
     extra: Map<String, Value>,
 ) -> Reply {
+    let LogsAsk {
+        asked,
+        name,
+        lines,
+        stream,
+        events,
+    } = ask;
     let Some(log) = handle.logs().get(name) else {
-        return unknown_app(name, &handle.snapshot());
+        return unknown_app(name, &handle.snapshot(), &[]);
     };
     if stream {
         let (first, follow) = log.tail_and_follow(lines, keep);
@@ -405,10 +680,14 @@ fn logs_reply(
             first,
             follow,
             keep,
+            events,
         };
     }
     let mut body = Map::new();
-    body.insert("service".into(), name.into());
+    body.insert("service".into(), asked.into());
+    if asked != name {
+        body.insert("app".into(), name.into());
+    }
     body.extend(extra);
     body.insert("lines".into(), json!(log.tail(lines, keep)));
     Reply::Json(200, Value::Object(body))
@@ -471,11 +750,15 @@ async fn route(
         "/status" => Reply::Json(200, status_body(&snapshot, uptime_ms, source)),
         "/pm2/list" => Reply::Json(200, pm2_list(&snapshot, uptime_ms, now_ms())),
         "/pm2/logs" => {
-            let Some(name) = request.param("service").filter(|s| !s.is_empty()) else {
+            let Some(asked) = request.param("service").filter(|s| !s.is_empty()) else {
                 return error(
                     400,
                     "the service parameter is missing: /pm2/logs?service=<app name>&lines=<count>",
                 );
+            };
+            let name = match resolve_app(asked, handle, source) {
+                Ok(name) => name,
+                Err(reply) => return reply,
             };
             let lines = match lines_param(request, DEFAULT_PM2_LINES) {
                 Ok(n) => n,
@@ -485,7 +768,14 @@ async fn route(
                 Ok(b) => b,
                 Err(reply) => return reply,
             };
-            logs_reply(handle, name, lines, stream, |_| true, Map::new())
+            let ask = LogsAsk {
+                asked,
+                name: &name,
+                lines,
+                stream,
+                events: wants_events(request),
+            };
+            logs_reply(handle, ask, |_| true, Map::new())
         }
         "/comfyui/logs" => comfyui_logs(request, handle),
         _ => error(
@@ -554,7 +844,26 @@ fn comfyui_logs(request: &Request, handle: &SupervisorHandle) -> Reply {
     let mut extra = Map::new();
     extra.insert("gpu".into(), gpu.into());
     extra.insert("type".into(), kind.into());
-    logs_reply(handle, &name, lines, stream, keep, extra)
+    let ask = LogsAsk {
+        asked: &name,
+        name: &name,
+        lines,
+        stream,
+        events: wants_events(request),
+    };
+    logs_reply(handle, ask, keep, extra)
+}
+
+/// Whether the client asked for server-sent events (`Accept: text/event-stream`, as `EventSource`
+/// sends); any other client gets plain text lines.
+fn wants_events(request: &Request) -> bool {
+    request.header("accept").is_some_and(|v| {
+        v.split(',').any(|part| {
+            part.split(';')
+                .next()
+                .is_some_and(|t| t.trim().eq_ignore_ascii_case("text/event-stream"))
+        })
+    })
 }
 
 async fn control_route(
@@ -569,24 +878,33 @@ async fn control_route(
             Err(reason) => error(503, format!("no status published: {reason}")),
         },
         "/restart/service" => {
-            let Some(name) = request.param("service").filter(|s| !s.is_empty()) else {
+            let Some(asked) = request.param("service").filter(|s| !s.is_empty()) else {
                 return error(
                     400,
                     "the service parameter is missing: POST /restart/service?service=<app name>",
                 );
             };
-            match handle.restart(name) {
+            let name = match resolve_app(asked, handle, source) {
+                Ok(name) => name,
+                Err(reply) => return reply,
+            };
+            match handle.restart(&name) {
                 Ok(was) => {
+                    let via = if asked == name {
+                        String::new()
+                    } else {
+                        format!(" (as {asked})")
+                    };
                     crate::supervisor::state::log(&format!(
-                        "restart of {name} requested through POST /restart/service"
+                        "restart of {name}{via} requested through POST /restart/service"
                     ));
                     Reply::Json(
                         202,
-                        json!({"restarting": name, "was": was.pm2_status(), "state": was}),
+                        json!({"service": asked, "restarting": name, "was": was.pm2_status(), "state": was}),
                     )
                 }
                 Err(RestartError::UnknownApp { name, .. }) => {
-                    unknown_app(&name, &handle.snapshot())
+                    unknown_app(&name, &handle.snapshot(), &[])
                 }
                 Err(err) => error(409, err.to_string()),
             }
@@ -763,6 +1081,7 @@ mod tests {
     fn the_control_token_is_required_whole_from_the_header_or_the_query() {
         let on = Control {
             token: Some("s3cret-token".into()),
+            ..Control::default()
         };
         let off = Control::from_lookup(|_| Some("  ".into()));
         assert_eq!(off.token, None);
@@ -777,6 +1096,85 @@ mod tests {
         assert_eq!(ask("POST /x HTTP/1.1\r\n\r\n", &on), 401);
         assert_eq!(ask(&with("Bearer s3cret-token"), &off), 403);
         assert!(format!("{on:?}").contains("***") && !format!("{on:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn an_allowed_origin_needs_no_token_and_gets_itself_back() {
+        let monitor = "http://localhost:3333";
+        let lookup = |token: Option<&'static str>| {
+            move |name: &str| match name {
+                ALLOWED_ORIGINS_VAR => Some(format!("{monitor}, https://m.example")),
+                CONTROL_TOKEN_VAR => token.map(str::to_owned),
+                _ => None,
+            }
+        };
+        let origins_only = Control::from_lookup(lookup(None));
+        let both = Control::from_lookup(lookup(Some("s3cret-token")));
+        let off = Control::default();
+        let from = |origin: &str| format!("POST /x HTTP/1.1\r\nOrigin: {origin}\r\n\r\n");
+        let ask = |head: &str, control: &Control| status_of(authorize(&request(head), control));
+        assert_eq!(ask(&from(monitor), &origins_only), 200);
+        assert_eq!(ask(&from(monitor), &both), 200);
+        assert_eq!(ask(&from(monitor), &off), 403);
+        assert_eq!(ask(&from("http://localhost:3334"), &origins_only), 403);
+        assert_eq!(ask(&from("http://evil.example"), &both), 401);
+        assert_eq!(ask("POST /x HTTP/1.1\r\n\r\n", &origins_only), 403);
+        let with_token = "POST /x HTTP/1.1\r\nOrigin: http://evil.example\r\nAuthorization: Bearer s3cret-token\r\n\r\n";
+        assert_eq!(ask(with_token, &both), 200);
+
+        let headers = |head: &str, control: &Control| headers_for(Some(&request(head)), control);
+        let allowed = headers(&from(monitor), &both);
+        assert_eq!(
+            allowed[0],
+            format!("Access-Control-Allow-Origin: {monitor}")
+        );
+        assert!(allowed.contains(&"Vary: Origin".to_owned()), "{allowed:?}");
+        let other = headers(&from("http://evil.example"), &both);
+        assert_eq!(other[0], "Access-Control-Allow-Origin: *");
+        assert_eq!(
+            headers(&from(monitor), &off)[0],
+            "Access-Control-Allow-Origin: *"
+        );
+        assert!(!headers(&from(monitor), &off).contains(&"Vary: Origin".to_owned()));
+        let preflight = |origin: &str| {
+            format!(
+                "OPTIONS /refresh-status HTTP/1.1\r\nOrigin: {origin}\r\nAccess-Control-Request-Method: POST\r\nAccess-Control-Request-Headers: content-type\r\nAccess-Control-Request-Private-Network: true\r\n\r\n"
+            )
+        };
+        let pna = "Access-Control-Allow-Private-Network: true".to_owned();
+        let answer = headers(&preflight(monitor), &both);
+        assert!(answer.contains(&pna), "{answer:?}");
+        assert!(
+            answer
+                .iter()
+                .any(|h| h.starts_with("Access-Control-Max-Age: "))
+        );
+        assert!(!headers(&preflight("http://evil.example"), &both).contains(&pna));
+        assert!(!headers(&from(monitor), &both).contains(&pna));
+    }
+
+    #[test]
+    fn events_only_for_a_client_that_asks_for_them() {
+        let accepts = |accept: &str| {
+            wants_events(&request(&format!(
+                "GET /pm2/logs HTTP/1.1\r\nAccept: {accept}\r\n\r\n"
+            )))
+        };
+        assert!(accepts("text/event-stream"));
+        assert!(accepts("text/html, Text/Event-Stream;q=0.9"));
+        assert!(!accepts("*/*"));
+        assert!(!accepts("text/plain"));
+        assert!(!wants_events(&request("GET / HTTP/1.1\r\n\r\n")));
+        let line = LogLine {
+            at_ms: 5,
+            stream: LogStream::Stderr,
+            text: "a \"b\"".into(),
+        };
+        assert_eq!(StreamFormat::Text.line(&line), "a \"b\"\n");
+        assert_eq!(
+            StreamFormat::Events.line(&line),
+            "data: {\"at_ms\":5,\"stream\":\"stderr\",\"text\":\"a \\\"b\\\"\"}\n\n"
+        );
     }
 
     #[test]

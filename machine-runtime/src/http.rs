@@ -4,8 +4,10 @@
 //!
 //! One request per connection (`Connection: close`) both ways: that is all the health check, the
 //! monitor, the probes and the simulation's worker need, and it keeps this module small (a general
-//! server crate such as hyper would add a dozen crates to the lock file). URLs are parsed by
-//! `url::Url` (WHATWG rules; already in the tree through redis and tungstenite).
+//! server crate such as hyper would add a dozen crates to the lock file). Request and response
+//! heads are parsed by `httparse` (RFC 9112; hyper's parser, already in the tree through
+//! tungstenite), URLs by `url::Url` (WHATWG rules; already in the tree through redis and
+//! tungstenite).
 
 use std::fmt;
 use std::time::Duration;
@@ -15,6 +17,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::probe::human_duration;
+
+/// Most header lines a request or response head may carry; more answers 431.
+pub(crate) const MAX_HEADERS: usize = 64;
 
 /// The most a reader accepts: request head (request line and headers) and body, in bytes.
 #[derive(Debug, Clone, Copy)]
@@ -43,31 +48,14 @@ pub(crate) struct Request {
 }
 
 impl Request {
-    /// Parses a request head (without the blank line's body); `None` unless the request line is
-    /// exactly `METHOD TARGET HTTP/x`.
+    /// Parses a whole request head (up to and including the blank line); `None` unless it is one
+    /// (`METHOD TARGET HTTP/1.x`, then headers), as [`read_request`] reads it.
+    #[cfg(test)]
     pub fn parse(head: &str) -> Option<Request> {
-        let mut lines = head.split("\r\n");
-        let mut parts = lines.next()?.split(' ');
-        let (method, target, version) = (parts.next()?, parts.next()?, parts.next()?);
-        if parts.next().is_some() || !version.starts_with("HTTP/") || method.is_empty() {
-            return None;
+        match parse_head(head.as_bytes()) {
+            Ok(Some((request, _))) => Some(request),
+            _ => None,
         }
-        let (path, query) = target.split_once('?').unwrap_or((target, ""));
-        let headers = lines
-            .take_while(|l| !l.is_empty())
-            .filter_map(|l| l.split_once(':'))
-            .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_owned()))
-            .collect();
-        Some(Request {
-            method: method.to_owned(),
-            path: path.to_owned(),
-            query: form_urlencoded::parse(query.as_bytes())
-                .map(|(k, v)| (k.into_owned(), v.into_owned()))
-                .collect(),
-            headers,
-            body: Vec::new(),
-            rest: Vec::new(),
-        })
     }
 
     /// The first value of header `name` (lowercase).
@@ -109,16 +97,66 @@ fn bad(status: u16, message: &str) -> BadRequest {
     }
 }
 
-/// Reads one request: the head up to the blank line, then exactly `Content-Length` bytes of body.
-/// Chunked bodies are refused (501); the caller bounds the time it may take.
+/// Parses the request head at the start of `buf` with `httparse`: `Ok(Some((request, head
+/// length in bytes)))` once the head is whole, `Ok(None)` while more may come, `Err` with the
+/// status to answer (400, or 431 past [`MAX_HEADERS`] headers) when it cannot be one. Header values
+/// that are not UTF-8 are read lossily.
+fn parse_head(buf: &[u8]) -> Result<Option<(Request, usize)>, BadRequest> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Request::new(&mut headers);
+    let len = match parsed.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(bad(
+                431,
+                &format!("too many request headers; at most {MAX_HEADERS}"),
+            ));
+        }
+        Err(err) => {
+            return Err(bad(
+                400,
+                &format!(
+                    "malformed request ({err}); expected an HTTP/1.1 request line and headers"
+                ),
+            ));
+        }
+    };
+    let target = parsed.path.unwrap_or_default();
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let request = Request {
+        method: parsed.method.unwrap_or_default().to_owned(),
+        path: path.to_owned(),
+        query: form_urlencoded::parse(query.as_bytes())
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect(),
+        headers: parsed
+            .headers
+            .iter()
+            .map(|h| {
+                let value = String::from_utf8_lossy(h.value);
+                (h.name.to_ascii_lowercase(), value.trim().to_owned())
+            })
+            .collect(),
+        body: Vec::new(),
+        rest: Vec::new(),
+    };
+    Ok(Some((request, len)))
+}
+
+/// Reads one request: the head (parsed by `httparse`, at most `limits.max_head` bytes), then
+/// exactly `Content-Length` bytes of body. Chunked bodies are refused (501); the caller bounds the
+/// time it may take.
 pub(crate) async fn read_request<S: AsyncRead + Unpin>(
     stream: &mut S,
     limits: Limits,
 ) -> Result<Request, BadRequest> {
     let mut buf = Vec::with_capacity(1024);
-    let head_end = loop {
-        if let Some(pos) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break pos;
+    let (mut request, head_len) = loop {
+        if !buf.is_empty()
+            && let Some(found) = parse_head(&buf)?
+        {
+            break found;
         }
         if buf.len() > limits.max_head {
             return Err(bad(431, "request head too large"));
@@ -136,10 +174,9 @@ pub(crate) async fn read_request<S: AsyncRead + Unpin>(
         }
         buf.extend_from_slice(&chunk[..n]);
     };
-    let head =
-        std::str::from_utf8(&buf[..head_end]).map_err(|_| bad(400, "request head is not utf-8"))?;
-    let mut request = Request::parse(head)
-        .ok_or_else(|| bad(400, "malformed request; expected an HTTP/1.1 request line"))?;
+    if head_len > limits.max_head {
+        return Err(bad(431, "request head too large"));
+    }
     if request.header("transfer-encoding").is_some() {
         return Err(bad(
             501,
@@ -155,7 +192,7 @@ pub(crate) async fn read_request<S: AsyncRead + Unpin>(
     if content_length > limits.max_body {
         return Err(bad(413, "request body too large"));
     }
-    let mut body = buf[head_end + 4..].to_vec();
+    let mut body = buf[head_len..].to_vec();
     while body.len() < content_length {
         let mut chunk = vec![0u8; (content_length - body.len()).min(64 * 1024)];
         let n = stream
@@ -374,7 +411,13 @@ fn get_request(url: &HttpUrl) -> String {
     )
 }
 
-/// Sends `GET` and reads the whole response (the server closes the connection), within `timeout`.
+/// The most of a response [`get`] reads, head and body, in bytes: a probe only needs the status
+/// line and a short body.
+const MAX_RESPONSE: usize = 1 << 20;
+
+/// Sends `GET` and reads the response within `timeout`: up to the end of its `Content-Length`
+/// body (so a server that keeps the connection open does not hold the caller), or, without one,
+/// until the server closes the connection; at most [`MAX_RESPONSE`] bytes.
 pub async fn get(url: &HttpUrl, timeout: Duration) -> Result<HttpResponse, String> {
     let attempt = async {
         let mut stream = TcpStream::connect((url.host.as_str(), url.port))
@@ -385,12 +428,20 @@ pub async fn get(url: &HttpUrl, timeout: Duration) -> Result<HttpResponse, Strin
             .await
             .map_err(|e| format!("cannot send the request to {url}: {e}"))?;
         let mut raw = Vec::new();
-        // Cap the body: a probe only needs the status line and a short body.
-        (&mut stream)
-            .take(1 << 20)
-            .read_to_end(&mut raw)
-            .await
-            .map_err(|e| format!("cannot read the answer of {url}: {e}"))?;
+        let mut chunk = vec![0u8; 16 * 1024];
+        while raw.len() < MAX_RESPONSE {
+            let n = stream
+                .read(&mut chunk)
+                .await
+                .map_err(|e| format!("cannot read the answer of {url}: {e}"))?;
+            if n == 0 {
+                break;
+            }
+            raw.extend_from_slice(&chunk[..n.min(MAX_RESPONSE - raw.len())]);
+            if matches!(response_end(&raw), Some(end) if raw.len() >= end) {
+                break;
+            }
+        }
         parse_response(&raw).ok_or_else(|| format!("{url} did not answer with http"))
     };
     match tokio::time::timeout(timeout, attempt).await {
@@ -402,19 +453,50 @@ pub async fn get(url: &HttpUrl, timeout: Duration) -> Result<HttpResponse, Strin
     }
 }
 
-fn parse_response(raw: &[u8]) -> Option<HttpResponse> {
-    let text = String::from_utf8_lossy(raw);
-    let status_line = text.lines().next()?;
-    let mut parts = status_line.split_whitespace();
-    if !parts.next()?.starts_with("HTTP/") {
+/// A response head read by `httparse`: the status, the head's length in bytes, and the body's
+/// length when the head fixes it (`Content-Length`; 0 for 1xx, 204 and 304). `None` until the head
+/// is whole, or when it is not HTTP.
+fn response_head(raw: &[u8]) -> Option<(u16, usize, Option<usize>)> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Response::new(&mut headers);
+    let httparse::Status::Complete(len) = parsed.parse(raw).ok()? else {
         return None;
-    }
-    let status = parts.next()?.parse().ok()?;
-    let body = match text.find("\r\n\r\n") {
-        Some(i) => text[i + 4..].to_string(),
-        None => String::new(),
     };
-    Some(HttpResponse { status, body })
+    let status = parsed.code?;
+    let header = |name: &str| {
+        parsed
+            .headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| String::from_utf8_lossy(h.value).trim().to_owned())
+    };
+    let length = if matches!(status, 100..=199 | 204 | 304) {
+        Some(0)
+    } else if header("transfer-encoding").is_some() {
+        // Chunked: read until the server closes (the request asked it to).
+        None
+    } else {
+        header("content-length").and_then(|v| v.parse().ok())
+    };
+    Some((status, len, length))
+}
+
+/// Where the response in `raw` ends, once its head says (`None`: not known yet, or at close).
+fn response_end(raw: &[u8]) -> Option<usize> {
+    let (_, head, length) = response_head(raw)?;
+    Some(head + length?)
+}
+
+/// The status and body of the response in `raw`: the body cut at its `Content-Length`, else all
+/// that followed the head; invalid UTF-8 replaced.
+fn parse_response(raw: &[u8]) -> Option<HttpResponse> {
+    let (status, head, length) = response_head(raw)?;
+    let body = &raw[head..];
+    let body = &body[..length.unwrap_or(body.len()).min(body.len())];
+    Some(HttpResponse {
+        status,
+        body: String::from_utf8_lossy(body).into_owned(),
+    })
 }
 
 #[cfg(test)]
@@ -512,6 +594,45 @@ mod tests {
         assert_eq!(r.status, 503);
         assert_eq!(r.body, "{\"x\":1}");
         assert!(parse_response(b"SSH-2.0-OpenSSH").is_none());
+        // Cut at Content-Length; 204 has no body; the end is known once the head is whole.
+        let r = parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokEXTRA").unwrap();
+        assert_eq!((r.status, r.body.as_str()), (200, "ok"));
+        assert_eq!(
+            response_end(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n"),
+            Some(40)
+        );
+        assert_eq!(response_end(b"HTTP/1.1 204 No Content\r\n\r\n"), Some(27));
+        assert_eq!(response_end(b"HTTP/1.1 200 OK\r\nContent-Len"), None);
+        assert_eq!(response_end(b"HTTP/1.1 200 OK\r\n\r\nuntil close"), None);
+        let chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 1\r\n\r\n";
+        assert_eq!(response_end(chunked), None);
+    }
+
+    #[tokio::test]
+    async fn the_client_stops_at_content_length_on_a_connection_left_open() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let limits = Limits {
+                max_head: 1024,
+                max_body: 0,
+            };
+            read_request(&mut stream, limits).await.unwrap();
+            // Keeps the connection open, as a keep-alive server that ignores `Connection: close`.
+            stream
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello")
+                .await
+                .unwrap();
+            let _ = done_rx.await;
+        });
+        // Without Content-Length framing this would wait for the close, past the timeout.
+        let response = get(&HttpUrl::local(port, "/"), Duration::from_secs(30)).await;
+        let _ = done_tx.send(());
+        server.await.unwrap();
+        let response = response.unwrap();
+        assert_eq!((response.status, response.body.as_str()), (200, "hello"));
     }
 
     #[tokio::test]
@@ -548,6 +669,28 @@ mod tests {
             501
         );
         assert_eq!(status(read(b"GET /\r\n\r\n").await), 400);
+        assert_eq!(
+            status(read(b"GET / HTTP/1.1\r\nBad Header\r\n\r\n").await),
+            400
+        );
+        let many = format!(
+            "GET / HTTP/1.1\r\n{}\r\n",
+            "A: b\r\n".repeat(MAX_HEADERS + 1)
+        );
+        let limits = Limits {
+            max_head: 8192,
+            max_body: 0,
+        };
+        assert_eq!(
+            read_request(&mut many.as_bytes(), limits)
+                .await
+                .unwrap_err()
+                .status,
+            431
+        );
+        // Bare LF line ends are read too (RFC 9112 §2.2 lets a server accept them).
+        let r = read(b"GET /lf?x=1 HTTP/1.1\nHost: h\n\n").await.unwrap();
+        assert_eq!((r.path.as_str(), r.header("host")), ("/lf", Some("h")));
         assert_eq!(status(read(b"GET / HTTP/1.1\r\n").await), 400);
         assert_eq!(status(read(&[b'a'; 200]).await), 431);
     }

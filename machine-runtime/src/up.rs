@@ -206,6 +206,8 @@ struct MachineStatus {
     broker: OnceLock<Broker>,
     off: Option<String>,
     required_for_health: bool,
+    /// `status.services` keys and their apps (empty without a broker: no message names them).
+    service_apps: Vec<(String, String)>,
 }
 
 impl MachineStatus {
@@ -276,6 +278,10 @@ impl StatusSource for MachineStatus {
                 (None, None) => Err("the broker link is starting".to_owned()),
             }
         })
+    }
+
+    fn service_apps(&self) -> Vec<(String, String)> {
+        self.service_apps.clone()
     }
 
     fn health_services(&self) -> Map<String, Value> {
@@ -378,6 +384,7 @@ pub fn run(apps: Vec<AppSpec>, options: UpOptions) -> Result<(), UpError> {
         log(&format!("warning: {warning}"));
     }
     problems.extend(crate::preflight::check_apps(&apps, &options.install_hint));
+    problems.extend(options.control.problems.iter().cloned());
     let setting = match options.broker {
         Ok((setting, warnings)) => {
             for warning in warnings {
@@ -426,11 +433,16 @@ pub fn run(apps: Vec<AppSpec>, options: UpOptions) -> Result<(), UpError> {
     else {
         return Err(PreflightError { problems }.into());
     };
+    let service_apps = link
+        .as_ref()
+        .map(|(_, template)| template.service_apps())
+        .unwrap_or_default();
     let status = Arc::new(match setting {
         BrokerSetting::Off { reason } => MachineStatus {
             broker: OnceLock::new(),
             off: Some(reason),
             required_for_health: false,
+            service_apps,
         },
         BrokerSetting::On {
             required_for_health,
@@ -439,6 +451,7 @@ pub fn run(apps: Vec<AppSpec>, options: UpOptions) -> Result<(), UpError> {
             broker: OnceLock::new(),
             off: None,
             required_for_health,
+            service_apps,
         },
     });
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -202,6 +202,12 @@ impl ViewTemplate {
             .collect()
     }
 
+    /// Every key of the status message's `status.services` with the app its row names
+    /// (`pm2_name`), for the health endpoint's routes that take the monitor's names.
+    pub(crate) fn service_apps(&self) -> Vec<(String, String)> {
+        super::message::service_apps(&self.base)
+    }
+
     /// The machine id the view reports.
     pub fn machine_id(&self) -> &str {
         &self.base.machine_id

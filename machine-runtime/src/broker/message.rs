@@ -185,7 +185,7 @@ pub fn build(
             if !capabilities.contains(service) {
                 capabilities.push(service.clone());
             }
-            let key = format!("{}.{service}", worker.worker_id);
+            let key = service_key(&worker.worker_id, service);
             let provider = service_for(view, worker);
             let connector = truth.and_then(|t| t.event.connectors.get(service));
             let (pm2_name, state, ready) = match provider {
@@ -264,6 +264,25 @@ pub fn build(
 }
 
 /// The service app a worker talks to, when it has one.
+/// The key of `status.services` for a worker's service: `<WORKER_ID>.<service type>`.
+pub(crate) fn service_key(worker_id: &str, service: &str) -> String {
+    format!("{worker_id}.{service}")
+}
+
+/// Every key of `status.services` in `view` with the app its row reports as `pm2_name` (the
+/// service app the worker talks to, or the worker itself without one), in message order.
+pub(crate) fn service_apps(view: &MachineView) -> Vec<(String, String)> {
+    let mut keys = Vec::new();
+    for worker in &view.workers {
+        let app = service_for(view, worker).map_or(&worker.app_name, |s| &s.app_name);
+        for service in &worker.services {
+            keys.push((service_key(&worker.worker_id, service), app.clone()));
+        }
+    }
+    keys.sort();
+    keys
+}
+
 fn service_for<'a>(view: &'a MachineView, worker: &WorkerView) -> Option<&'a ServiceView> {
     let name = worker.service_app.as_deref()?;
     view.services.iter().find(|s| s.app_name == name)
@@ -365,6 +384,23 @@ mod tests {
         assert_eq!(json["status"]["machine"]["phase"], "ready");
         let shutdown = build(&view, &HashMap::new(), UpdateType::Shutdown, 8);
         assert_eq!(shutdown.status.machine.phase, "shutdown");
+    }
+
+    #[test]
+    fn service_apps_are_the_keys_and_pm2_names_of_the_message() {
+        let view = two_gpu_view();
+        let message = build(&view, &HashMap::new(), UpdateType::Periodic, 7);
+        let from_message: Vec<(String, String)> = message
+            .status
+            .services
+            .iter()
+            .map(|(key, row)| (key.clone(), row.pm2_name.clone()))
+            .collect();
+        assert_eq!(service_apps(&view), from_message);
+        assert_eq!(
+            from_message[0],
+            ("m1-worker-comfyui-0.comfyui".into(), "comfyui-gpu0".into())
+        );
     }
 
     #[test]

@@ -16,7 +16,8 @@ use crate::up_support::{PATIENCE, Runtime, http_get, http_request, wait_for};
 const TOKEN: &str = "control-token-6f1c2a";
 const SECRET: &str = "sk-test-secret-9a8b7c";
 
-/// Reads a `text/event-stream` answer until `done` accepts the `data:` events seen (as JSON).
+/// Asks for a `text/event-stream` answer (`Accept: text/event-stream`, as `EventSource` does) and
+/// reads it until `done` accepts the `data:` events seen (as JSON).
 fn read_events(port: u16, path: &str, done: impl Fn(&[Value]) -> bool) -> (String, Vec<Value>) {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
     stream
@@ -24,7 +25,7 @@ fn read_events(port: u16, path: &str, done: impl Fn(&[Value]) -> bool) -> (Strin
         .unwrap();
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nAccept: text/event-stream\r\nConnection: close\r\n\r\n"
     )
     .unwrap();
     let deadline = Instant::now() + PATIENCE;

@@ -163,6 +163,7 @@ impl Runtime {
             "BROKER_PREFLIGHT",
             "MACHINE_HEALTH_REQUIRES_BROKER",
             "MACHINE_CONTROL_TOKEN",
+            "MACHINE_CONTROL_ALLOWED_ORIGINS",
             "MACHINE_ID_APPEND_HOSTNAME",
             "MACHINE_HEALTH_URL",
         ] {
