@@ -22,6 +22,8 @@
 //!   app `comfyui-gpu<I>`, streamed by default as the old `tail -f` was. The old server tailed three
 //!   files; each maps to the process's pipes: `server` (ComfyUI's own log) = both pipes, `output`
 //!   (PM2's out file) = stdout, `error` (PM2's error file) = stderr.
+//! - `GET /metrics`: the Prometheus text format (version 0.0.4) of apps, GPUs, workers and the
+//!   broker link ([`crate::metrics`]).
 //! - `POST /refresh-status`: publish a status message now.
 //! - `POST /restart/service?service=NAME`: restart one app as `pm2 restart` does.
 //! - `POST /restart/machine`: stop the machine cleanly (final `shutdown` status, busy workers
@@ -99,6 +101,9 @@ pub trait StatusSource: Send + Sync + 'static {
     fn health_services(&self) -> Map<String, Value> {
         Map::new()
     }
+
+    /// Families appended to `GET /metrics` after the apps and GPUs (the workers, the broker link).
+    fn metrics(&self, _out: &mut crate::metrics::Exposition) {}
 
     /// `POST /refresh-status`: publish a status now. `Err` says why it could not (no broker,
     /// Redis unreachable); by default there is nothing to publish to.
@@ -197,6 +202,8 @@ pub async fn serve(
 enum Reply {
     /// A JSON body with this status.
     Json(u16, Value),
+    /// A body of this content type with this status (`/metrics`).
+    Text(u16, &'static str, String),
     /// 401 with `WWW-Authenticate: Bearer`.
     Unauthorized(Value),
     /// A `text/event-stream` of log lines: these first, then every new one `keep` accepts.
@@ -241,6 +248,11 @@ async fn answer(
     match reply {
         Reply::Json(status, body) => {
             let _ = write_json(&mut stream, status, &body, COMMON_HEADERS, head_only).await;
+        }
+        Reply::Text(status, kind, body) => {
+            let body = if head_only { "" } else { body.as_str() };
+            let _ =
+                http::write_body(&mut stream, status, kind, body.as_bytes(), COMMON_HEADERS).await;
         }
         Reply::Unauthorized(body) => {
             let mut headers = COMMON_HEADERS.to_vec();
@@ -488,10 +500,15 @@ async fn route(
             logs_reply(handle, name, lines, stream, |_| true, Map::new())
         }
         "/comfyui/logs" => comfyui_logs(request, handle),
+        "/metrics" => Reply::Text(
+            200,
+            crate::metrics::CONTENT_TYPE,
+            crate::metrics::render(&snapshot, uptime_ms, source),
+        ),
         _ => error(
             404,
             format!(
-                "no endpoint {path}; try /health, /ready, /status, /pm2/list, /pm2/logs or /comfyui/logs"
+                "no endpoint {path}; try /health, /ready, /status, /metrics, /pm2/list, /pm2/logs or /comfyui/logs"
             ),
         ),
     }

@@ -12,6 +12,7 @@ pub mod http;
 pub mod identity;
 pub mod install;
 pub mod limits;
+pub mod metrics;
 pub mod preflight;
 pub mod probe;
 pub mod profiles;

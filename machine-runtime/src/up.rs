@@ -204,6 +204,8 @@ fn follow_worker_logs(
 /// The broker's part of `/health` and `/status`.
 struct MachineStatus {
     broker: OnceLock<Broker>,
+    /// The lease on the machine id, once taken (`/metrics`).
+    lease: OnceLock<Arc<broker::lease::LeaseState>>,
     off: Option<String>,
     required_for_health: bool,
 }
@@ -276,6 +278,11 @@ impl StatusSource for MachineStatus {
                 (None, None) => Err("the broker link is starting".to_owned()),
             }
         })
+    }
+
+    fn metrics(&self, out: &mut crate::metrics::Exposition) {
+        let lease = self.lease.get().map(|l| l.facts());
+        crate::metrics::write_broker(out, self.off.is_none(), self.broker.get(), lease);
     }
 
     fn health_services(&self) -> Map<String, Value> {
@@ -429,6 +436,7 @@ pub fn run(apps: Vec<AppSpec>, options: UpOptions) -> Result<(), UpError> {
     let status = Arc::new(match setting {
         BrokerSetting::Off { reason } => MachineStatus {
             broker: OnceLock::new(),
+            lease: OnceLock::new(),
             off: Some(reason),
             required_for_health: false,
         },
@@ -437,6 +445,7 @@ pub fn run(apps: Vec<AppSpec>, options: UpOptions) -> Result<(), UpError> {
             ..
         } => MachineStatus {
             broker: OnceLock::new(),
+            lease: OnceLock::new(),
             off: None,
             required_for_health,
         },
@@ -449,11 +458,12 @@ pub fn run(apps: Vec<AppSpec>, options: UpOptions) -> Result<(), UpError> {
     // One live machine per id: a second one is refused here, before anything listens or starts.
     if let Some((config, template)) = &link {
         let id = template.machine_id();
-        runtime.block_on(broker::lease::take_and_hold(
+        let lease = runtime.block_on(broker::lease::take_and_hold(
             config,
             id,
             &supervisor.handle(),
         ))?;
+        let _ = status.lease.set(lease);
     }
     runtime.block_on(async {
         let handle = supervisor.handle();

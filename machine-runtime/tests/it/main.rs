@@ -15,6 +15,7 @@ mod hostile;
 mod install;
 mod job_queue;
 mod lease;
+mod metrics;
 mod redis_server;
 mod simulate;
 mod ui;
