@@ -8,6 +8,7 @@ pub mod ecosystem;
 pub mod fuzz;
 pub mod gpu;
 pub mod health;
+pub mod healthcheck;
 pub mod http;
 pub mod identity;
 pub mod install;

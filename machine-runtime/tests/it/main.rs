@@ -11,6 +11,7 @@ mod comfyui_standin;
 mod docker;
 mod fuzz_corpus;
 mod gpu;
+mod healthcheck;
 mod hostile;
 mod install;
 mod job_queue;

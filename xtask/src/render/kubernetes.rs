@@ -20,7 +20,7 @@
 //!   template and the headless Service carry the `prometheus.io/scrape`, `prometheus.io/port` and
 //!   `prometheus.io/path` annotations that annotation-driven scrape configs read, and the port is named
 //!   (`health`) for a ServiceMonitor's `endpoints: [{port: health, path: /metrics}]`.
-//! - Timing: probes from [`super::MACHINE_HEALTH`] (the compose healthcheck's numbers), and
+//! - Timing: probes from [`super::MACHINE_HEALTH`] (the compose healthcheck's start period), and
 //!   `terminationGracePeriodSeconds` from [`super::compose::stop_budget_secs`].
 
 use serde_json::{Map, Value, json};
