@@ -19,6 +19,16 @@
 #                           profile's source: an http(s):// or file:// tarball, or a folder of the build
 #                           context given as a relative path (for example a checkout of the worker bundle).
 #
+# Layers by need: every image has ca-certificates and Node.js (the workers) and this build's binaries;
+# git, Python and venv come only with the profiles whose installs need them (ComfyUI, Playwright:
+# `machine-runtime install --profile NAME --system-packages` says which), and curl only while the install
+# downloads. So an API-only or simulation machine carries no Python or git toolchain.
+#
+# Healthcheck: as the generated compose files (xtask's DOCKER_HEALTH): a probe every second that, while the
+# machine starts, keeps asking for 3 s (`health --wait`), so Docker reports `healthy` as soon as `/health`
+# answers 200. Docker 20.10 and docker-compose 1.29 have no `start_interval` (Engine 25) to make only the
+# start period's probes frequent.
+#
 # Runtime base: debian:bookworm-slim, not nvidia/cuda. The NVIDIA Container Toolkit injects the host
 # driver's libraries (libcuda, libnvidia-ml) into any image, and PyTorch wheels ship their own CUDA
 # runtime, so a CUDA base image would only add gigabytes of duplicate libraries.
@@ -60,12 +70,10 @@ RUN set -eu; \
 # --- runtime ---------------------------------------------------------------------------------------
 FROM ${BASE_IMAGE} AS runtime
 # The same for every profile, so it comes first and is cached across profiles. Node.js is Debian's
-# (bookworm: 18, the worker bundle's minimum); git, Python and venv are the installer's for ComfyUI and
-# Playwright.
+# (bookworm: 18, the worker bundle's minimum).
 RUN apt-get update \
- && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-        ca-certificates curl git nodejs python3 python3-venv \
- && rm -rf /var/lib/apt/lists/*
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends ca-certificates nodejs \
+ && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /var/log/apt /var/log/dpkg.log
 # NVIDIA_DRIVER_CAPABILITIES is explicit because its default changed across toolkit versions; NVML needs
 # `utility`, CUDA `compute`. GPUs themselves come from the compose device reservation, not from here.
 ENV WORKSPACE_DIR=/workspace \
@@ -88,16 +96,25 @@ WORKDIR /workspace
 # start, naming `machine-runtime install --profile ...`, when one is missing or broken (an intact install made
 # from another source than the container's environment names is used, with a warning). A bundle folder
 # from the build context is installed from its copy (removed afterwards); a URL is passed through.
-# (Playwright's `--with-deps` runs apt-get.)
+# The Debian packages the install needs are added in the same layer, and those needed only to install
+# (curl) removed again, so they cost nothing in the image. (Playwright's `--with-deps` runs apt-get.)
 COPY --from=builder /out/worker-bundle /tmp/worker-bundle
 RUN set -eu; \
     case "${WORKER_BUNDLE_URL}" in \
         "" | http://* | https://* | file://*) ;; \
         *) WORKER_BUNDLE_URL=/tmp/worker-bundle; export WORKER_BUNDLE_URL ;; \
     esac; \
+    packages="$(machine-runtime install --profile "${PROFILE}" --system-packages)"; \
+    if [ -n "$packages" ]; then \
+        apt-get update; \
+        DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $packages; \
+    fi; \
     machine-runtime install --profile "${PROFILE}"; \
-    rm -rf /tmp/worker-bundle /var/lib/apt/lists/*
+    case " $packages " in \
+        *" curl "*) DEBIAN_FRONTEND=noninteractive apt-get purge -y --auto-remove curl ;; \
+    esac; \
+    rm -rf /tmp/worker-bundle /var/lib/apt/lists/* /var/cache/apt/*.bin /var/log/apt /var/log/dpkg.log
 STOPSIGNAL SIGTERM
-HEALTHCHECK --interval=30s --timeout=10s --start-period=5m --retries=3 CMD ["machine-runtime", "health"]
+HEALTHCHECK --interval=1s --timeout=5s --start-period=5m --retries=30 CMD ["machine-runtime", "health", "--wait", "3"]
 ENTRYPOINT ["machine-runtime"]
 CMD ["up"]

@@ -25,15 +25,17 @@
 //!   app `comfyui-gpu<I>`, streamed by default as the old `tail -f` was (text or events as above).
 //!   The old server tailed three files; each maps to the process's pipes: `server` (ComfyUI's own
 //!   log) = both pipes, `output` (PM2's out file) = stdout, `error` (PM2's error file) = stderr.
+//! - `GET /metrics`: the Prometheus text format (version 0.0.4) of apps, GPUs, workers and the
+//!   broker link ([`crate::metrics`]).
 //! - `POST /refresh-status`: publish a status message now.
 //! - `POST /restart/service?service=NAME`: restart one app as `pm2 restart` does.
+//! - `POST /restart/machine`: stop the machine cleanly (final `shutdown` status, busy workers
+//!   drained, every app stopped); the runtime exits 0 and the container's restart policy starts it
+//!   again.
 //!
 //! NAME is an app's name or a key of the status message's `status.services`
 //! (`<WORKER_ID>.<service>`, which the monitor uses), which stands for the app its row reports
 //! as `pm2_name`.
-//! - `POST /restart/machine`: stop the machine cleanly (final `shutdown` status, busy workers
-//!   drained, every app stopped); the runtime exits 0 and the container's restart policy starts it
-//!   again.
 //!
 //! Reading routes answer with `Access-Control-Allow-Origin: *`, and nothing they show holds a secret
 //! (log lines are masked when stored). The POST routes need the control token `MACHINE_CONTROL_TOKEN`
@@ -117,6 +119,8 @@ pub trait StatusSource: Send + Sync + 'static {
     fn service_apps(&self) -> Vec<(String, String)> {
         Vec::new()
     }
+    /// Families appended to `GET /metrics` after the apps and GPUs (the workers, the broker link).
+    fn metrics(&self, _out: &mut crate::metrics::Exposition) {}
 
     /// `POST /refresh-status`: publish a status now. `Err` says why it could not (no broker,
     /// Redis unreachable); by default there is nothing to publish to.
@@ -297,6 +301,8 @@ fn refuse_now(stream: TcpStream, cap: usize) {
 enum Reply {
     /// A JSON body with this status.
     Json(u16, Value),
+    /// A body of this content type with this status (`/metrics`).
+    Text(u16, &'static str, String),
     /// 401 with `WWW-Authenticate: Bearer`.
     Unauthorized(Value),
     /// Log lines: these first, then every new one `keep` accepts; as plain text lines, or as a
@@ -348,6 +354,11 @@ async fn answer(
     match reply {
         Reply::Json(status, body) => {
             let _ = write_json(&mut stream, status, &body, &headers, head_only).await;
+        }
+        Reply::Text(status, kind, body) => {
+            let body = if head_only { "" } else { body.as_str() };
+            let _ =
+                http::write_body(&mut stream, status, kind, body.as_bytes(), COMMON_HEADERS).await;
         }
         Reply::Unauthorized(body) => {
             headers.push("WWW-Authenticate: Bearer realm=\"machine\"");
@@ -778,10 +789,15 @@ async fn route(
             logs_reply(handle, ask, |_| true, Map::new())
         }
         "/comfyui/logs" => comfyui_logs(request, handle),
+        "/metrics" => Reply::Text(
+            200,
+            crate::metrics::CONTENT_TYPE,
+            crate::metrics::render(&snapshot, uptime_ms, source),
+        ),
         _ => error(
             404,
             format!(
-                "no endpoint {path}; try /health, /ready, /status, /pm2/list, /pm2/logs or /comfyui/logs"
+                "no endpoint {path}; try /health, /ready, /status, /metrics, /pm2/list, /pm2/logs or /comfyui/logs"
             ),
         ),
     }

@@ -76,6 +76,10 @@ struct HealthArgs {
     /// Seconds to wait for an answer.
     #[arg(long, value_name = "SECONDS", default_value_t = 5)]
     timeout: u64,
+    /// While the machine is still starting, ask again every 100 ms for up to SECONDS (Docker's
+    /// healthcheck: `healthy` the moment /health answers 200).
+    #[arg(long, value_name = "SECONDS")]
+    wait: Option<f64>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -383,6 +387,17 @@ fn health_check(args: HealthArgs) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    rt.block_on(health::check(port, Duration::from_secs(args.timeout)))
-        .map_err(|e| anyhow::anyhow!("unhealthy: {e}"))
+    let timeout = Duration::from_secs(args.timeout);
+    let checked = match args.wait {
+        Some(wait) => {
+            let wait = Duration::try_from_secs_f64(wait).map_err(|_| {
+                anyhow::anyhow!("--wait {wait} is not a number of seconds; use e.g. --wait 3")
+            })?;
+            rt.block_on(machine_runtime::healthcheck::check_waiting(
+                port, timeout, wait,
+            ))
+        }
+        None => rt.block_on(health::check(port, timeout)),
+    };
+    checked.map_err(|e| anyhow::anyhow!("unhealthy: {e}"))
 }

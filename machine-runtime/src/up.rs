@@ -204,6 +204,8 @@ fn follow_worker_logs(
 /// The broker's part of `/health` and `/status`.
 struct MachineStatus {
     broker: OnceLock<Broker>,
+    /// The lease on the machine id, once taken (`/metrics`).
+    lease: OnceLock<Arc<broker::lease::LeaseState>>,
     off: Option<String>,
     required_for_health: bool,
     /// `status.services` keys and their apps (empty without a broker: no message names them).
@@ -282,6 +284,11 @@ impl StatusSource for MachineStatus {
 
     fn service_apps(&self) -> Vec<(String, String)> {
         self.service_apps.clone()
+    }
+
+    fn metrics(&self, out: &mut crate::metrics::Exposition) {
+        let lease = self.lease.get().map(|l| l.facts());
+        crate::metrics::write_broker(out, self.off.is_none(), self.broker.get(), lease);
     }
 
     fn health_services(&self) -> Map<String, Value> {
@@ -440,6 +447,7 @@ pub fn run(apps: Vec<AppSpec>, options: UpOptions) -> Result<(), UpError> {
     let status = Arc::new(match setting {
         BrokerSetting::Off { reason } => MachineStatus {
             broker: OnceLock::new(),
+            lease: OnceLock::new(),
             off: Some(reason),
             required_for_health: false,
             service_apps,
@@ -449,6 +457,7 @@ pub fn run(apps: Vec<AppSpec>, options: UpOptions) -> Result<(), UpError> {
             ..
         } => MachineStatus {
             broker: OnceLock::new(),
+            lease: OnceLock::new(),
             off: None,
             required_for_health,
             service_apps,
@@ -462,11 +471,12 @@ pub fn run(apps: Vec<AppSpec>, options: UpOptions) -> Result<(), UpError> {
     // One live machine per id: a second one is refused here, before anything listens or starts.
     if let Some((config, template)) = &link {
         let id = template.machine_id();
-        runtime.block_on(broker::lease::take_and_hold(
+        let lease = runtime.block_on(broker::lease::take_and_hold(
             config,
             id,
             &supervisor.handle(),
         ))?;
+        let _ = status.lease.set(lease);
     }
     runtime.block_on(async {
         let handle = supervisor.handle();

@@ -15,6 +15,7 @@
 //!   when it is restarted it is refused at start with the same error.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use redis::Script;
@@ -168,19 +169,49 @@ end
 return 0
 ";
 
+/// Whether the lease is held and when it was last taken or renewed, for `/metrics`; shared with the
+/// task that keeps it.
+#[derive(Debug, Default)]
+pub struct LeaseState {
+    held: AtomicBool,
+    /// Epoch ms of the last take or renewal; 0 before the first.
+    renewed_ms: AtomicU64,
+}
+
+impl LeaseState {
+    /// Held now (taken or renewed at `now_ms`), or not (released, or another machine holds it).
+    fn set(&self, held: bool) {
+        self.held.store(held, Ordering::Relaxed);
+        if held {
+            self.renewed_ms.store(now_ms(), Ordering::Relaxed);
+        }
+    }
+
+    /// What `/metrics` shows.
+    pub fn facts(&self) -> crate::metrics::LeaseFacts {
+        let renewed = self.renewed_ms.load(Ordering::Relaxed);
+        crate::metrics::LeaseFacts {
+            held: self.held.load(Ordering::Relaxed),
+            renewed_ms: (renewed > 0).then_some(renewed),
+        }
+    }
+}
+
 /// The most the release may add to a machine's stop (inside the stop budget's margin).
 pub(crate) const RELEASE_LIMIT: Duration = Duration::from_secs(2);
 
 /// Takes the lease on `machine_id` (refusing when another live machine holds it) and holds it for the
 /// supervisor's life: renewed every status interval, released once every app has stopped (the supervisor
 /// waits for that before it returns). Another holder found while running stops the machine (SIGTERM).
+/// Returns the lease's state as it changes, for `/metrics`.
 pub(crate) async fn take_and_hold(
     config: &BrokerConfig,
     machine_id: &str,
     supervisor: &SupervisorHandle,
-) -> Result<(), LeaseError> {
+) -> Result<Arc<LeaseState>, LeaseError> {
     let me = Holder::this_process(&crate::identity::hostname());
     let lease = Lease::acquire(config, machine_id, me).await?;
+    let state = lease.state.clone();
     let handle = supervisor.clone();
     supervisor.tracker().spawn(async move {
         let mut snapshots = handle.watch();
@@ -198,7 +229,7 @@ pub(crate) async fn take_and_hold(
         }
         lease.release().await;
     });
-    Ok(())
+    Ok(state)
 }
 
 /// A machine's lease on its id (held, or to be taken when Redis answers).
@@ -209,6 +240,7 @@ pub(crate) struct Lease {
     me: Holder,
     ttl: Duration,
     every: Duration,
+    state: Arc<LeaseState>,
 }
 
 impl std::fmt::Debug for Lease {
@@ -236,6 +268,7 @@ impl Lease {
             me,
             ttl: ttl_for(config.status_interval),
             every: config.status_interval,
+            state: Arc::default(),
         };
         let mut conn = match lease.link.connect_now().await {
             Ok(conn) => conn,
@@ -276,6 +309,7 @@ impl Lease {
                 .query_async(&mut conn.conn)
                 .await?;
             if set.is_some() {
+                self.state.set(true);
                 super::log!("took the lease on {} as {}", self.key, self.me.value());
                 return Ok(Ok(()));
             }
@@ -316,6 +350,7 @@ impl Lease {
             .invoke_async(&mut conn.conn)
             .await?;
         if replaced == 1 {
+            self.state.set(true);
             super::log!(
                 "took over the lease on {} from an earlier run of this machine ({holder})",
                 self.key
@@ -388,10 +423,14 @@ impl Lease {
                     }
                 }
                 Ok(Renewal::Retaken) => {
+                    self.state.set(true);
                     super::log!("took the lease on {} as {}", self.key, self.me.value());
                     Ok(())
                 }
-                Ok(Renewal::Renewed) => Ok(()),
+                Ok(Renewal::Renewed) => {
+                    self.state.set(true);
+                    Ok(())
+                }
                 Err(err) => {
                     self.link.report(conn.generation, &err);
                     Ok(())
@@ -399,6 +438,7 @@ impl Lease {
             };
             unreachable_logged = false;
             if let Err(err) = outcome {
+                self.state.set(false);
                 super::log!("{err}; stopping this machine");
                 if let Some(conflict) = conflict.take() {
                     conflict(err);
@@ -409,6 +449,7 @@ impl Lease {
 
     /// Deletes the lease if it is still ours, within [`RELEASE_LIMIT`]; logs what happened.
     pub async fn release(&self) {
+        self.state.set(false);
         if tokio::time::timeout(RELEASE_LIMIT, self.release_now())
             .await
             .is_err()

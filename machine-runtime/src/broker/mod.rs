@@ -54,6 +54,7 @@ pub mod lease;
 mod link;
 mod message;
 mod preflight;
+mod tally;
 mod time;
 mod view;
 mod workers;
@@ -65,6 +66,7 @@ pub use config::{
 pub use link::{Conn, ConnectionState, Link, LinkError, LinkSettings};
 pub use message::{StatusMessage, UpdateType, build as build_status_message};
 pub use preflight::{MATCH_FUNCTION, PreflightReport, run as run_preflight};
+pub use tally::JobTally;
 pub use time::{epoch_ms, iso8601, now_iso8601, now_ms};
 pub use view::{MachineView, Phase, ProcessState, ResourceBinding, ServiceView, WorkerView};
 pub use workers::{
@@ -214,6 +216,8 @@ struct Shared {
     busy: Mutex<HashMap<String, Option<String>>>,
     /// `status.workers` of the last status message built, by `WORKER_ID`, for `/health`.
     workers: Mutex<BTreeMap<String, WorkerStatus>>,
+    /// Each worker's job counts from its own events, by `WORKER_ID`, for `/metrics`.
+    jobs: Mutex<BTreeMap<String, JobTally>>,
     /// Background tasks that ended while the broker was meant to run (a panic is a bug), with when.
     dead: Mutex<Vec<(u64, String)>>,
     /// Set by [`Broker::shutdown`]: tasks ending from now on end on purpose.
@@ -386,6 +390,7 @@ impl Broker {
             }),
             busy: Mutex::new(HashMap::new()),
             workers: Mutex::new(BTreeMap::new()),
+            jobs: Mutex::new(BTreeMap::new()),
             dead: Mutex::new(Vec::new()),
             stopping: std::sync::atomic::AtomicBool::new(false),
         });
@@ -448,6 +453,17 @@ impl Broker {
         self.inner
             .shared
             .workers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Each worker's job counts from its own events (empty before the first), by `WORKER_ID`;
+    /// cheap, never blocks on Redis.
+    pub fn job_tallies(&self) -> BTreeMap<String, JobTally> {
+        self.inner
+            .shared
+            .jobs
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
@@ -812,6 +828,7 @@ impl Publisher {
                 Some(event) = events.recv() => {
                     let truth = self.truths.entry(event.worker_id.clone()).or_default();
                     truth.receive(&event, now_ms());
+                    self.shared.jobs.lock().unwrap_or_else(|p| p.into_inner()).entry(event.worker_id.clone()).or_default().count(&event, now_ms());
                     let busy = truth.busy_with();
                     self.shared.busy.lock().unwrap_or_else(|p| p.into_inner()).insert(event.worker_id.clone(), busy);
                     pending_event = true;
@@ -1136,6 +1153,7 @@ mod tests {
             }),
             busy: Mutex::new(HashMap::new()),
             workers: Mutex::new(BTreeMap::new()),
+            jobs: Mutex::new(BTreeMap::new()),
             dead: Mutex::new(Vec::new()),
             stopping: std::sync::atomic::AtomicBool::new(false),
         })

@@ -32,6 +32,11 @@ pub struct InstallArgs {
     /// Only verify that every service is installed and current; exit 1 naming those that are not.
     #[arg(long, conflicts_with = "force")]
     pub check: bool,
+    /// Print the Debian packages the install needs beyond `ca-certificates` and `nodejs` (one line,
+    /// space-separated; `curl` only while installing), install nothing, and exit: what the image's
+    /// Dockerfile installs before `install`.
+    #[arg(long, conflicts_with_all = ["force", "check"])]
+    pub system_packages: bool,
     /// Time limit in seconds of a step whose recipe sets none.
     #[arg(long, value_name = "SECS", default_value_t = super::DEFAULT_STEP_TIMEOUT.as_secs())]
     pub step_timeout: u64,
@@ -79,6 +84,14 @@ pub fn run(args: InstallArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if args.system_packages {
+        let lookup = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        let packages: Vec<&str> = super::packages::needed(&recipes, &lookup)
+            .into_iter()
+            .collect();
+        println!("{}", packages.join(" "));
+        return ExitCode::SUCCESS;
+    }
     let names: Vec<&str> = recipes.iter().map(|(n, _)| n.as_str()).collect();
     if let Some(profile) = &args.profile {
         eprintln!(

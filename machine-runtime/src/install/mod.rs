@@ -8,6 +8,7 @@
 mod cli;
 mod hash;
 mod marker;
+pub mod packages;
 mod placeholder;
 mod process;
 mod recipe;

@@ -224,11 +224,13 @@ fn model(l: &Loaded) -> Compose {
                 "health".into(),
                 "--port".into(),
                 p.health_port.to_string(),
+                "--wait".into(),
+                super::DOCKER_HEALTH_WAIT_S.to_string(),
             ],
-            interval: secs(super::MACHINE_HEALTH.interval_s),
-            timeout: secs(super::MACHINE_HEALTH.timeout_s),
-            retries: super::MACHINE_HEALTH.retries,
-            start_period: Some(minutes(super::MACHINE_HEALTH.start_period_s)),
+            interval: secs(super::DOCKER_HEALTH.interval_s),
+            timeout: secs(super::DOCKER_HEALTH.timeout_s),
+            retries: super::DOCKER_HEALTH.retries,
+            start_period: Some(minutes(super::DOCKER_HEALTH.start_period_s)),
         }),
         ..Service::default()
     };

@@ -16,7 +16,11 @@
 //!   [`CLAIM_SIZE`]); bind mounts (`./dir:/path`) have no cluster equivalent and are left out. Named volumes
 //!   of a cluster service are `emptyDir` (a trial broker, not a durable one). `/dev/shm` is a memory-backed
 //!   `emptyDir` of the profile's `shm_size`.
-//! - Timing: probes from [`super::MACHINE_HEALTH`] (the compose healthcheck's numbers), and
+//! - Metrics: the machine's `GET /metrics` (the Prometheus text format) is on the health port, so the pod
+//!   template and the headless Service carry the `prometheus.io/scrape`, `prometheus.io/port` and
+//!   `prometheus.io/path` annotations that annotation-driven scrape configs read, and the port is named
+//!   (`health`) for a ServiceMonitor's `endpoints: [{port: health, path: /metrics}]`.
+//! - Timing: probes from [`super::MACHINE_HEALTH`] (the compose healthcheck's start period), and
 //!   `terminationGracePeriodSeconds` from [`super::compose::stop_budget_secs`].
 
 use serde_json::{Map, Value, json};
@@ -201,6 +205,18 @@ fn machine_env(l: &Loaded) -> Vec<Value> {
     env
 }
 
+/// The path of the machine's Prometheus metrics on the health port.
+const METRICS_PATH: &str = "/metrics";
+
+/// The annotations annotation-driven Prometheus scrape configs read (`prometheus.io/*`).
+fn scrape_annotations(l: &Loaded) -> Value {
+    json!({
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": l.plan.health_port.to_string(),
+        "prometheus.io/path": METRICS_PATH,
+    })
+}
+
 fn http_probe(path: &str, period_s: u32, timeout_s: u32, failures: u32) -> Value {
     json!({
         "httpGet": {"path": path, "port": HEALTH_PORT_NAME},
@@ -214,10 +230,12 @@ fn http_probe(path: &str, period_s: u32, timeout_s: u32, failures: u32) -> Value
 /// machine's health port.
 fn headless_service(l: &Loaded) -> Value {
     let name = &l.source.name;
+    let mut meta = metadata(&stateful_set_name(name), name, "machine");
+    meta["annotations"] = scrape_annotations(l);
     json!({
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": metadata(&stateful_set_name(name), name, "machine"),
+        "metadata": meta,
         "spec": {
             "clusterIP": "None",
             "publishNotReadyAddresses": true,
@@ -327,7 +345,7 @@ fn stateful_set(l: &Loaded) -> Value {
         "podManagementPolicy": "Parallel",
         "selector": {"matchLabels": labels(name, "machine")},
         "template": {
-            "metadata": {"labels": labels(name, "machine")},
+            "metadata": {"labels": labels(name, "machine"), "annotations": scrape_annotations(l)},
             "spec": pod,
         },
     });

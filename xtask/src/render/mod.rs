@@ -14,8 +14,8 @@ pub fn header(profile: &str) -> String {
     )
 }
 
-/// When the orchestrator asks the machine's health endpoint, the same for Compose's healthcheck and
-/// Kubernetes' probes.
+/// When the orchestrator asks the machine's health endpoint: Kubernetes' probes ([`MACHINE_HEALTH`]) and
+/// Docker's healthcheck ([`DOCKER_HEALTH`]).
 #[derive(Debug, Clone, Copy)]
 pub struct HealthTiming {
     /// Seconds between two probes of `/health`.
@@ -28,13 +28,31 @@ pub struct HealthTiming {
     pub start_period_s: u32,
 }
 
-/// The machine's health timing.
+/// The machine's health timing for Kubernetes' probes (liveness every 30 s, 3 failures).
 pub const MACHINE_HEALTH: HealthTiming = HealthTiming {
     interval_s: 30,
     timeout_s: 10,
     retries: 3,
     start_period_s: 300,
 };
+
+/// Docker's healthcheck of the machine (the Dockerfile's `HEALTHCHECK` and the compose healthcheck, which
+/// must agree): `machine-runtime health --wait` ([`DOCKER_HEALTH_WAIT_S`]) every second. Docker 20.10 and
+/// docker-compose 1.29 know no `start_interval` (Engine 25), so the interval is short for the whole life
+/// of the container (one probe process a second); while the machine starts, the probe running keeps
+/// asking and returns the moment `/health` answers 200, so Docker says `healthy` right then. 30 failures
+/// in a row (30 s failing at once, 3 min hanging to the timeout) make it `unhealthy`. Kubernetes' probes
+/// keep [`MACHINE_HEALTH`].
+pub const DOCKER_HEALTH: HealthTiming = HealthTiming {
+    interval_s: 1,
+    timeout_s: 5,
+    retries: 30,
+    start_period_s: MACHINE_HEALTH.start_period_s,
+};
+
+/// Seconds a Docker probe keeps asking a machine that is still starting (`machine-runtime health --wait`),
+/// inside [`DOCKER_HEALTH`]'s timeout.
+pub const DOCKER_HEALTH_WAIT_S: u32 = 3;
 
 /// Every generated file of one profile: (path relative to the root, contents).
 pub fn profile_files(l: &Loaded) -> anyhow::Result<Vec<(String, String)>> {

@@ -142,6 +142,32 @@ fn each_pod_is_its_own_machine_and_advertises_its_own_address() {
 }
 
 #[test]
+fn prometheus_finds_each_machine_by_annotation_or_named_port() {
+    for profile in ["gpu-mixed", "api-only"] {
+        let (_, docs) = manifest(profile);
+        let sts = find(&docs, "StatefulSet", profile).expect("the StatefulSet");
+        let service = find(&docs, "Service", profile).expect("the headless Service");
+        let container = &sts["spec"]["template"]["spec"]["containers"][0];
+        let port = container["ports"][0]["containerPort"].to_string();
+        for annotations in [
+            &sts["spec"]["template"]["metadata"]["annotations"],
+            &service["metadata"]["annotations"],
+        ] {
+            assert_eq!(annotations["prometheus.io/scrape"], "true", "{profile}");
+            assert_eq!(
+                annotations["prometheus.io/port"],
+                port.as_str(),
+                "{profile}"
+            );
+            assert_eq!(annotations["prometheus.io/path"], "/metrics", "{profile}");
+        }
+        // A ServiceMonitor names the port: the Service's port and the container's share the name.
+        assert_eq!(service["spec"]["ports"][0]["name"], "health");
+        assert_eq!(container["ports"][0]["name"], "health");
+    }
+}
+
+#[test]
 fn secrets_are_references_into_one_secret_never_values() {
     for profile in profiles() {
         let (text, docs) = manifest(&profile);

@@ -211,18 +211,37 @@ fn runtime_stage_is_slim_and_carries_what_installs_need() {
         .into_iter()
         .find(|i| i.args.contains("apt-get install"))
         .expect("an apt-get install in the runtime stage");
-    // Node.js is Debian's (bookworm: 18, the worker bundle's minimum): no node: image to pull.
-    for package in [
-        "ca-certificates",
-        "git",
-        "python3",
-        "python3-venv",
-        "nodejs",
-    ] {
+    // Node.js is Debian's (bookworm: 18, the worker bundle's minimum): no node: image to pull. The layer
+    // every profile shares has nothing else: git and Python only where an install needs them.
+    for package in ["ca-certificates", "nodejs"] {
         assert!(
             apt.args.split_whitespace().any(|w| w == package),
             "line {}: {package} is not installed",
             apt.line
+        );
+    }
+    for package in ["git", "python3", "python3-venv", "curl"] {
+        assert!(
+            !apt.args.split_whitespace().any(|w| w == package),
+            "line {}: {package} is in the layer every profile shares",
+            apt.line
+        );
+    }
+    // The profile's own packages: what the installer says it needs, in the install's layer, curl
+    // removed again after the install.
+    let install = find(runtime, "RUN")
+        .into_iter()
+        .find(|i| i.args.contains("machine-runtime install --profile"))
+        .expect("the install's RUN");
+    for part in [
+        "--system-packages",
+        "apt-get install -y --no-install-recommends $packages",
+        "apt-get purge -y --auto-remove curl",
+    ] {
+        assert!(
+            install.args.contains(part),
+            "line {}: the install's RUN lacks {part:?}",
+            install.line
         );
     }
     let copies = find(runtime, "COPY");
@@ -392,7 +411,8 @@ fn entrypoint_cmd_healthcheck_and_stopsignal_are_exec_form_and_use_the_binary() 
             option("start-period"),
             option("retries")
         ),
-        (Some("30s"), Some("10s"), Some("5m"), Some("3"))
+        // The generated compose files' numbers (xtask's DOCKER_HEALTH).
+        (Some("1s"), Some("5s"), Some("5m"), Some("30"))
     );
     let rest = rest
         .strip_prefix("CMD")
@@ -403,7 +423,7 @@ fn entrypoint_cmd_healthcheck_and_stopsignal_are_exec_form_and_use_the_binary() 
         keyword: "HEALTHCHECK CMD".into(),
         args: rest.into(),
     });
-    assert_eq!(probe, ["machine-runtime", "health"]);
+    assert_eq!(probe, ["machine-runtime", "health", "--wait", "3"]);
 }
 
 #[test]
