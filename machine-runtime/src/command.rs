@@ -250,7 +250,8 @@ fn strip_foreign_worker_env(env: &mut BTreeMap<OsString, OsString>, app: &AppSpe
 }
 
 /// The worker settings the runtime's environment gives, under the worker's names; a worker with a
-/// connector but no spec of its own gets its connector in `WORKERS` and `CONNECTORS`.
+/// connector but no spec of its own gets its connector in `WORKERS` and `CONNECTORS`; with
+/// `HUB_REDIS_TLS_CA_FILE` set, `NODE_EXTRA_CA_CERTS` names that CA unless already set.
 fn apply_worker_settings(
     env: &mut BTreeMap<OsString, OsString>,
     app: &AppSpec,
@@ -263,6 +264,15 @@ fn apply_worker_settings(
         {
             env.insert(setting.worker_var.into(), value.clone());
         }
+    }
+    // The worker (Node, ioredis) reads the same HUB_REDIS_URL; for rediss:// ioredis uses Node's trust
+    // store, which takes a private CA only from NODE_EXTRA_CA_CERTS (read once, at Node's start).
+    if let Some(ca) = runtime_env
+        .get(OsStr::new(crate::broker::tls::CA_FILE_VAR))
+        .filter(|v| !v.is_empty())
+    {
+        env.entry("NODE_EXTRA_CA_CERTS".into())
+            .or_insert_with(|| ca.clone());
     }
     if let Some(connector) = &app.connector {
         for var in machine_model::catalog::MACHINE_WIDE_WORKER_VARS {
@@ -950,5 +960,32 @@ mod tests {
             build(&app, &c).unwrap().display(),
             "/usr/local/bin/machine-runtime simulate --port 8299"
         );
+    }
+
+    #[test]
+    fn workers_get_the_broker_ca_as_node_extra_ca_certs() {
+        let mut worker = AppSpec::new("simulation-worker-0", "node");
+        worker.env.insert("WORKER_ID".into(), "m-worker-0".into());
+        let c = ctx(&[("HUB_REDIS_TLS_CA_FILE", "/etc/machine/redis-tls/ca.crt")]);
+        let cmd = build(&worker, &c).unwrap();
+        assert_eq!(
+            env_of(&cmd, "NODE_EXTRA_CA_CERTS").as_deref(),
+            Some("/etc/machine/redis-tls/ca.crt")
+        );
+        // One the operator set wins; a service (not a worker) is left alone; no CA, nothing added.
+        let c = ctx(&[
+            ("HUB_REDIS_TLS_CA_FILE", "/ca.pem"),
+            ("NODE_EXTRA_CA_CERTS", "/bundle.pem"),
+        ]);
+        let cmd = build(&worker, &c).unwrap();
+        assert_eq!(
+            env_of(&cmd, "NODE_EXTRA_CA_CERTS").as_deref(),
+            Some("/bundle.pem")
+        );
+        let service = AppSpec::new("comfyui-gpu0", "python3");
+        let cmd = build(&service, &ctx(&[("HUB_REDIS_TLS_CA_FILE", "/ca.pem")])).unwrap();
+        assert_eq!(env_of(&cmd, "NODE_EXTRA_CA_CERTS"), None);
+        let cmd = build(&worker, &ctx(&[])).unwrap();
+        assert_eq!(env_of(&cmd, "NODE_EXTRA_CA_CERTS"), None);
     }
 }
