@@ -2,7 +2,8 @@
 //! the insecure switch, read from `HUB_REDIS_TLS_*` and checked before anything starts; and the
 //! words for a failed handshake (unknown CA, expired, wrong host name, client certificate refused).
 //!
-//! Variables (the same names in every profile's `.env`, Compose file and Kubernetes manifest):
+//! Variables (the same names in every profile's `.env.secrets.example`, Compose file and Kubernetes
+//! manifest, from [`machine_model::catalog::BROKER_TLS_VARS`]):
 //! - `HUB_REDIS_TLS_CA_FILE`: PEM file of the CA (or CAs) that signed the broker's certificate. Set,
 //!   it replaces the built-in public roots (Mozilla's, through `webpki-roots`); unset, a `rediss://`
 //!   broker must have a publicly trusted certificate.
@@ -23,17 +24,16 @@ use std::sync::Arc;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-/// The variable of the CA file.
-pub const CA_FILE_VAR: &str = "HUB_REDIS_TLS_CA_FILE";
-/// The variable of the client certificate file.
-pub const CERT_FILE_VAR: &str = "HUB_REDIS_TLS_CERT_FILE";
-/// The variable of the client key file.
-pub const KEY_FILE_VAR: &str = "HUB_REDIS_TLS_KEY_FILE";
-/// The variable of the insecure switch.
-pub const INSECURE_VAR: &str = "HUB_REDIS_TLS_INSECURE";
+use machine_model::catalog::BROKER_TLS_VARS;
 
-/// Every TLS variable, in the order the generated files list them.
-pub const ALL_VARS: [&str; 4] = [CA_FILE_VAR, CERT_FILE_VAR, KEY_FILE_VAR, INSECURE_VAR];
+/// The variable of the CA file.
+pub const CA_FILE_VAR: &str = BROKER_TLS_VARS[0];
+/// The variable of the client certificate file.
+pub const CERT_FILE_VAR: &str = BROKER_TLS_VARS[1];
+/// The variable of the client key file.
+pub const KEY_FILE_VAR: &str = BROKER_TLS_VARS[2];
+/// The variable of the insecure switch.
+pub const INSECURE_VAR: &str = BROKER_TLS_VARS[3];
 
 /// The checked TLS settings of a `rediss://` broker.
 #[derive(Clone, Default)]

@@ -128,7 +128,8 @@ fn named_volume(spec: &str) -> Option<&str> {
 ///
 /// `MACHINE_ID_APPEND_HOSTNAME` passes through the same way: set it in the shell when scaling the service
 /// (`--scale machine=N`), so each container reports as `<MACHINE_ID>-<hostname>`. So does
-/// `MACHINE_CONTROL_TOKEN`, the token of the health port's POST routes (in `.env.secrets`), and each
+/// `MACHINE_CONTROL_TOKEN`, the token of the health port's POST routes (in `.env.secrets`), the broker's
+/// TLS variables (`HUB_REDIS_TLS_*`, [`machine_model::catalog::BROKER_TLS_VARS`]), and each
 /// planned service's extra arguments variable (`COMFY_ARGS`), appended to the service's command at start.
 fn environment(l: &Loaded) -> Vec<String> {
     let mut env: Vec<String> = l.resolved.secrets().into_iter().map(|s| s.name).collect();
@@ -141,6 +142,9 @@ fn environment(l: &Loaded) -> Vec<String> {
     env.push("MACHINE_ID_APPEND_HOSTNAME".into());
     // The health port's control token (POST routes); unset, those routes stay off.
     env.push("MACHINE_CONTROL_TOKEN".into());
+    // The broker's TLS files (paths in the container: mount them with the profile's docker.volumes)
+    // and the insecure switch, from the shell or `--env-file .env.secrets`.
+    env.extend(machine_model::catalog::BROKER_TLS_VARS.map(String::from));
     // A service's extra arguments at start (`COMFY_ARGS`), from the shell Compose runs in.
     for service in &l.plan.services_needed {
         if let Some(var) = machine_model::catalog::service(service).and_then(|s| s.extra_args_env) {
