@@ -459,6 +459,19 @@ mod tests {
     }
 
     #[test]
+    fn insecure_fragment_is_the_switch_not_a_password() {
+        let url = RedisUrl::parse("HUB_REDIS_URL", "rediss://:s3cret@h:6380/#insecure").unwrap();
+        assert!(url.has_insecure_fragment() && url.is_tls());
+        assert_eq!(url.redacted(), "rediss://:***@h:6380/#insecure");
+        // A `#` inside the password (an `@` after it) is still the ambiguity it was.
+        let err = RedisUrl::parse("HUB_REDIS_URL", "redis://:pa#ss@h:6379")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("percent-encode"), "{err}");
+        assert!(!err.contains("pa#ss"), "{err}");
+    }
+
+    #[test]
     fn interval_defaults_clamps_and_rejects() {
         let (config, warnings) =
             BrokerConfig::from_lookup(lookup(&[("HUB_REDIS_URL", "redis://h")])).unwrap();

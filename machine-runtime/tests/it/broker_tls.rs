@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use tokio::sync::watch;
 
 use crate::redis_server::RedisServer;
-use crate::up_support::Runtime;
+use crate::up_support::{Runtime, wait_for};
 
 const DEADLINE: Duration = Duration::from_secs(60);
 const PASSWORD: &str = "tls-hunter22";
@@ -562,6 +562,55 @@ fn the_runtime_refuses_to_start_on_tls_problems() {
     assert!(!status.success(), "{output}");
     assert!(
         output.contains("unknown CA") && output.contains("HUB_REDIS_TLS_CA_FILE"),
+        "{output}"
+    );
+    assert!(!output.contains(PASSWORD), "{output}");
+}
+
+/// The bundle's workers (Node) read the same `rediss://` URL; Node trusts a private CA only through
+/// `NODE_EXTRA_CA_CERTS`, which the runtime sets from `HUB_REDIS_TLS_CA_FILE`: every worker of
+/// full-local registers its heartbeat over TLS, and so does the machine's own status.
+#[test]
+fn bundle_workers_reach_a_private_ca_broker_through_node_extra_ca_certs() {
+    let pki = Pki::new();
+    let server = pki.server("server", false);
+    let machine = "tls-workers-m6";
+    let url = format!("rediss://:{PASSWORD}@localhost:{}", server.port());
+    let ca = pki.path("ca.crt");
+    let rt = Runtime::start_profile(
+        "full-local",
+        &[
+            ("MACHINE_FAKE_GPUS", "2"),
+            ("MACHINE_ID", machine),
+            ("HUB_REDIS_URL", &url),
+            ("HUB_REDIS_TLS_CA_FILE", &ca),
+            ("MACHINE_STATUS_UPDATE_INTERVAL_SECONDS", "1"),
+        ],
+    );
+    let client = redis::Client::build_with_tls(
+        url.as_str(),
+        redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(std::fs::read(&ca).unwrap()),
+        },
+    )
+    .unwrap();
+    let mut conn = client.get_connection().unwrap();
+    // full-local: four simulation-websocket workers.
+    for i in 0..4 {
+        let key = format!("worker:{machine}-worker-simulation-websocket-{i}:heartbeat");
+        wait_for(
+            &format!("{key} over TLS"),
+            || rt.output(),
+            || {
+                let n: i64 = redis::cmd("EXISTS").arg(&key).query(&mut conn).ok()?;
+                (n == 1).then_some(())
+            },
+        );
+    }
+    let output = rt.output();
+    assert!(
+        output.contains("connected to redis at rediss://:***@localhost"),
         "{output}"
     );
     assert!(!output.contains(PASSWORD), "{output}");
