@@ -331,6 +331,10 @@ fn read_pair(cert: &str, key: &str) -> Result<(Vec<u8>, Vec<u8>), Vec<TlsConfigE
 /// us through an `io::Error` whose source chain hides the typed `rustls::Error`.
 pub fn explain_handshake_failure(text: &str) -> Option<String> {
     let t = text.to_ascii_lowercase();
+    // rustls's certificate and alert errors say so; anything else (a reset, a timeout) is not TLS's.
+    if !(t.contains("certificate") || t.contains("alert") || t.contains("corrupt message")) {
+        return None;
+    }
     let reason = if t.contains("unknownissuer") || t.contains("unknown issuer") {
         format!(
             "the broker's certificate is signed by a CA this machine does not trust (unknown CA); set {CA_FILE_VAR} to that CA's PEM file"
