@@ -706,6 +706,24 @@ pub const SERVICES: &[ServiceEntry] = &[
 /// The health endpoint's default port (`MACHINE_HEALTH_PORT`).
 pub(crate) const DEFAULT_HEALTH_PORT: u16 = 9090;
 
+/// The job broker's TLS settings, read by the runtime at start (`HUB_REDIS_TLS_CA_FILE`,
+/// `HUB_REDIS_TLS_CERT_FILE`, `HUB_REDIS_TLS_KEY_FILE`: PEM files of the broker's CA and of the
+/// machine's client certificate and key for mutual TLS; `HUB_REDIS_TLS_INSECURE`: `true` turns
+/// certificate checks off). Every profile lists them the same way: commented out in
+/// `.env.secrets.example`, passed through by name in Compose, from the profile's Secret (optional
+/// keys) in Kubernetes.
+pub const BROKER_TLS_VARS: [&str; 4] = [
+    "HUB_REDIS_TLS_CA_FILE",
+    "HUB_REDIS_TLS_CERT_FILE",
+    "HUB_REDIS_TLS_KEY_FILE",
+    "HUB_REDIS_TLS_INSECURE",
+];
+
+/// Where the Kubernetes manifests mount the Secret `<profile>-redis-tls` (optional; keys `ca.crt`,
+/// `tls.crt`, `tls.key`, the shape cert-manager writes), read-only: point the `HUB_REDIS_TLS_*_FILE`
+/// variables at files in it.
+pub const BROKER_TLS_MOUNT: &str = "/etc/machine/redis-tls";
+
 /// The longest the runtime waits, on stop, for Redis to take the final `shutdown` status before it
 /// signals any app (milliseconds); Compose's stop budget includes it.
 pub const BROKER_SHUTDOWN_TIMEOUT_MS: u32 = 3000;

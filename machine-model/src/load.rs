@@ -135,6 +135,33 @@ pub fn check(source: &ProfileSource) -> Result<(Profile, Plan), Vec<Diagnostic>>
             ),
         ));
     }
+    if let Some(host) = profile.docker.host {
+        let range = crate::profile::HOST_MACHINES_RANGE;
+        if !range.contains(&host.machines) {
+            diags.push(at(
+                "/docker/host/machines",
+                format!(
+                    "docker.host.machines is {}; a host runs {} to {} machines",
+                    host.machines,
+                    range.start(),
+                    range.end()
+                ),
+            ));
+        } else if host.machines * profile.machine.gpus > host.gpus {
+            let fit = host.gpus / profile.machine.gpus;
+            diags.push(at(
+                "/docker/host/gpus",
+                format!(
+                    "{} machines × {} GPUs (machine.gpus) need {} GPUs but the host has {}; run at most {fit} machine(s) of {} GPUs on it (docker.host.machines), or give each fewer GPUs",
+                    host.machines,
+                    profile.machine.gpus,
+                    host.machines * profile.machine.gpus,
+                    host.gpus,
+                    profile.machine.gpus
+                ),
+            ));
+        }
+    }
     for (name, service) in &profile.docker.services {
         if service.kubernetes && service.ports.is_empty() {
             diags.push(at(
@@ -544,6 +571,39 @@ mod tests {
                 "profiles/x.json:1:60: /machine/gpus: gpu-bound workers (comfyui) on a machine planned with 0 GPUs; set machine.gpus (or --gpus) or bind them to cpu where the connector allows it",
             ]
         );
+    }
+
+    #[test]
+    fn reports_a_host_with_too_few_gpus_and_a_host_of_zero_machines() {
+        let text = r#"{"description":"d","workers":"comfyui:2:gpu","machine":{"gpus":3,"ram_gb":1},
+"docker":{"host":{"gpus":8,"machines":4}}}"#;
+        let shown: Vec<String> = check(&source(text))
+            .unwrap_err()
+            .iter()
+            .map(|d| d.to_string())
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                "profiles/x.json:2:26: /docker/host/gpus: 4 machines × 3 GPUs (machine.gpus) need 12 GPUs but the host has 8; run at most 2 machine(s) of 3 GPUs on it (docker.host.machines), or give each fewer GPUs",
+            ]
+        );
+        let text = r#"{"description":"d","workers":"comfyui:2:gpu","machine":{"gpus":2,"ram_gb":1},
+"docker":{"host":{"gpus":8,"machines":0}}}"#;
+        let shown: Vec<String> = check(&source(text))
+            .unwrap_err()
+            .iter()
+            .map(|d| d.to_string())
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                "profiles/x.json:2:39: /docker/host/machines: docker.host.machines is 0; a host runs 1 to 64 machines",
+            ]
+        );
+        let text = r#"{"description":"d","workers":"comfyui:2:gpu","machine":{"gpus":2,"ram_gb":1},
+"docker":{"host":{"gpus":8,"machines":4}}}"#;
+        assert!(check(&source(text)).is_ok());
     }
 
     #[test]

@@ -342,7 +342,28 @@ pub struct DockerOptions {
     /// Additional services (e.g. a local Redis), each included only when its condition holds.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub services: BTreeMap<String, ExtraService>,
+    /// Several machines of this profile on one multi-GPU host: the compose file gets one service per
+    /// machine (`machine-0` …), each with its own `machine.gpus` GPUs by index (`device_ids`), its own
+    /// machine id (`<MACHINE_ID>-<n>`) and, with `expose_ports`, its own published ports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<HostSharing>,
 }
+
+/// How several machines share one host in Compose (`docker.host`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct HostSharing {
+    /// GPUs the host has (`nvidia-smi -L` lines); the machines' GPUs must fit in them.
+    #[cfg_attr(feature = "schema", schemars(range(max = 64)))]
+    pub gpus: u32,
+    /// How many machines run on the host; machine `n` gets GPUs `n × machine.gpus` onwards.
+    #[cfg_attr(feature = "schema", schemars(range(min = 1, max = 64)))]
+    pub machines: u32,
+}
+
+/// The fewest and most machines one host may run (`docker.host.machines`).
+pub const HOST_MACHINES_RANGE: std::ops::RangeInclusive<u32> = 1..=64;
 
 impl Default for DockerOptions {
     fn default() -> Self {
@@ -354,6 +375,7 @@ impl Default for DockerOptions {
             volumes: Vec::new(),
             shm_size: None,
             services: BTreeMap::new(),
+            host: None,
         }
     }
 }

@@ -249,8 +249,40 @@ fn strip_foreign_worker_env(env: &mut BTreeMap<OsString, OsString>, app: &AppSpe
     }
 }
 
+/// Node's variable for CAs it trusts besides its built-in roots: one PEM file, read at Node's start.
+const NODE_EXTRA_CA_CERTS: &str = "NODE_EXTRA_CA_CERTS";
+
+/// `NODE_EXTRA_CA_CERTS` for a worker of a broker whose CA is in `ca`: `ca` itself, or, when the
+/// environment already names another file (images often point it at the system bundle), a bundle of
+/// both written once to the temporary directory (`machine-runtime-node-ca-<hash>.pem`, temp file +
+/// rename). A bundle that cannot be read or written leaves `ca` alone, which still reaches the broker.
+fn node_extra_ca_certs(existing: Option<&OsStr>, ca: &OsStr) -> OsString {
+    let Some(existing) = existing.filter(|e| !e.is_empty() && *e != ca) else {
+        return ca.to_owned();
+    };
+    let combined = || -> std::io::Result<PathBuf> {
+        let mut bytes = std::fs::read(existing)?;
+        if !bytes.is_empty() && !bytes.ends_with(b"\n") {
+            bytes.push(b'\n');
+        }
+        bytes.extend(std::fs::read(ca)?);
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        std::hash::Hash::hash(&bytes, &mut hasher);
+        let hash = std::hash::Hasher::finish(&hasher);
+        let path = std::env::temp_dir().join(format!("machine-runtime-node-ca-{hash:016x}.pem"));
+        if std::fs::read(&path).ok().as_deref() != Some(bytes.as_slice()) {
+            let temp = path.with_extension(format!("{}.tmp", std::process::id()));
+            std::fs::write(&temp, &bytes)?;
+            std::fs::rename(&temp, &path)?;
+        }
+        Ok(path)
+    };
+    combined().map_or_else(|_| ca.to_owned(), PathBuf::into_os_string)
+}
+
 /// The worker settings the runtime's environment gives, under the worker's names; a worker with a
-/// connector but no spec of its own gets its connector in `WORKERS` and `CONNECTORS`.
+/// connector but no spec of its own gets its connector in `WORKERS` and `CONNECTORS`; with
+/// `HUB_REDIS_TLS_CA_FILE` set, `NODE_EXTRA_CA_CERTS` names that CA ([`node_extra_ca_certs`]).
 fn apply_worker_settings(
     env: &mut BTreeMap<OsString, OsString>,
     app: &AppSpec,
@@ -263,6 +295,18 @@ fn apply_worker_settings(
         {
             env.insert(setting.worker_var.into(), value.clone());
         }
+    }
+    // The worker (Node, ioredis) reads the same HUB_REDIS_URL; for rediss:// ioredis uses Node's trust
+    // store, which takes a private CA only from NODE_EXTRA_CA_CERTS (read once, at Node's start).
+    if let Some(ca) = runtime_env
+        .get(OsStr::new(crate::broker::tls::CA_FILE_VAR))
+        .filter(|v| !v.is_empty())
+    {
+        let existing = env.get(OsStr::new(NODE_EXTRA_CA_CERTS)).cloned();
+        env.insert(
+            NODE_EXTRA_CA_CERTS.into(),
+            node_extra_ca_certs(existing.as_deref(), ca),
+        );
     }
     if let Some(connector) = &app.connector {
         for var in machine_model::catalog::MACHINE_WIDE_WORKER_VARS {
@@ -950,5 +994,50 @@ mod tests {
             build(&app, &c).unwrap().display(),
             "/usr/local/bin/machine-runtime simulate --port 8299"
         );
+    }
+
+    #[test]
+    fn workers_get_the_broker_ca_as_node_extra_ca_certs() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        let bundle = dir.path().join("bundle.pem");
+        std::fs::write(
+            &ca,
+            "-----BEGIN CERTIFICATE-----\nOURS\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        std::fs::write(
+            &bundle,
+            "-----BEGIN CERTIFICATE-----\nTHEIRS\n-----END CERTIFICATE-----",
+        )
+        .unwrap();
+        let (ca, bundle) = (ca.to_str().unwrap(), bundle.to_str().unwrap());
+        let mut worker = AppSpec::new("simulation-worker-0", "node");
+        worker.env.insert("WORKER_ID".into(), "m-worker-0".into());
+        let cmd = build(&worker, &ctx(&[("HUB_REDIS_TLS_CA_FILE", ca)])).unwrap();
+        assert_eq!(env_of(&cmd, "NODE_EXTRA_CA_CERTS").as_deref(), Some(ca));
+        // A file the environment already names is kept: Node gets one bundle of both.
+        let c = ctx(&[
+            ("HUB_REDIS_TLS_CA_FILE", ca),
+            ("NODE_EXTRA_CA_CERTS", bundle),
+        ]);
+        let combined = env_of(&build(&worker, &c).unwrap(), "NODE_EXTRA_CA_CERTS").unwrap();
+        let text = std::fs::read_to_string(&combined).unwrap();
+        assert!(
+            text.contains("THEIRS\n-----END CERTIFICATE-----\n-----BEGIN"),
+            "{text}"
+        );
+        assert!(text.contains("OURS"), "{text}");
+        // The same inputs give the same file.
+        assert_eq!(
+            env_of(&build(&worker, &c).unwrap(), "NODE_EXTRA_CA_CERTS").unwrap(),
+            combined
+        );
+        // A service (not a worker) is left alone; no CA, nothing added.
+        let service = AppSpec::new("comfyui-gpu0", "python3");
+        let cmd = build(&service, &ctx(&[("HUB_REDIS_TLS_CA_FILE", ca)])).unwrap();
+        assert_eq!(env_of(&cmd, "NODE_EXTRA_CA_CERTS"), None);
+        let cmd = build(&worker, &ctx(&[])).unwrap();
+        assert_eq!(env_of(&cmd, "NODE_EXTRA_CA_CERTS"), None);
     }
 }

@@ -114,6 +114,16 @@ pub fn run(mode: Mode) -> anyhow::Result<()> {
     }
     if mode == Mode::Check {
         println!("{} generated files are fresh", files.len());
+        // Not an error (one machine per host is the common case), but `--scale` is the README's old
+        // route to several machines and silently shares the GPUs.
+        for l in profiles::load_all()? {
+            if let Some(warning) = render::compose::scale_warning(&l) {
+                eprintln!(
+                    "warning: generated/{}/docker-compose.yaml: {warning}",
+                    l.source.name
+                );
+            }
+        }
     }
     Ok(())
 }

@@ -1,4 +1,5 @@
-//! Broker settings from the environment: `HUB_REDIS_URL` (kept secret), the status interval and the preflight mode.
+//! Broker settings from the environment: `HUB_REDIS_URL` (kept secret), its TLS files
+//! (`HUB_REDIS_TLS_*`, see [`super::tls`]), the status interval and the preflight mode.
 
 use std::fmt;
 use std::time::Duration;
@@ -6,6 +7,8 @@ use std::time::Duration;
 use machine_model::components::Masker;
 use machine_model::components::mask::{mask_url, url_password, userinfo_is_ambiguous};
 use redis::IntoConnectionInfo;
+
+use super::tls::{TlsConfigError, TlsSettings};
 
 /// Default `MACHINE_STATUS_UPDATE_INTERVAL_SECONDS`.
 pub const DEFAULT_STATUS_INTERVAL_SECONDS: u64 = 10;
@@ -22,6 +25,10 @@ pub struct RedisUrl {
     /// Masks the password (as written and as decoded) in text from lower layers.
     masker: Masker,
     tls: bool,
+    /// `#insecure` at the end of the URL (the redis crate's spelling of the insecure switch).
+    insecure_fragment: bool,
+    /// CA, client certificate and insecure switch; empty until [`RedisUrl::with_tls`].
+    tls_settings: TlsSettings,
 }
 
 impl RedisUrl {
@@ -48,6 +55,31 @@ impl RedisUrl {
             "rediss" => true,
             other => return Err(bad(format!("scheme \"{other}\" is not accepted"))),
         };
+        // A `#` with no `@` after it ends the URL in a fragment (a `#` in a password has the `@` after
+        // it); `#insecure` is the only fragment, the redis crate's spelling of the insecure switch.
+        let (raw, insecure_fragment) = match raw.find('#') {
+            Some(hash) if !raw[hash..].contains('@') => {
+                let fragment = &raw[hash + 1..];
+                if fragment != "insecure" {
+                    return Err(bad(format!(
+                        "the fragment \"#{fragment}\" is not accepted; the only one is #insecure (certificate checks off, same as HUB_REDIS_TLS_INSECURE=true)"
+                    )));
+                }
+                if !tls {
+                    return Err(bad(
+                        "#insecure only applies to rediss:// (TLS); remove it".to_owned()
+                    ));
+                }
+                (&raw[..hash], true)
+            }
+            _ => (raw, false),
+        };
+        // Masked without the fragment, which would make the user-info look ambiguous.
+        let redacted = if insecure_fragment {
+            format!("{}#insecure", mask_url(raw))
+        } else {
+            redacted.clone()
+        };
         if userinfo_is_ambiguous(raw) {
             return Err(bad(
                 "a `#`, `/`, `?` or `@` in the password ends it early (the host would be read from the password); percent-encode the password (`#` → `%23`, `/` → `%2F`, `?` → `%3F`, `@` → `%40`)".to_owned(),
@@ -72,7 +104,45 @@ impl RedisUrl {
             redacted,
             masker,
             tls,
+            insecure_fragment,
+            tls_settings: TlsSettings::default(),
         })
+    }
+
+    /// The URL with its TLS settings (from [`TlsSettings::from_lookup`]).
+    pub fn with_tls(mut self, settings: TlsSettings) -> Self {
+        self.tls_settings = settings;
+        self
+    }
+
+    /// Whether the URL ends in `#insecure`.
+    pub fn has_insecure_fragment(&self) -> bool {
+        self.insecure_fragment
+    }
+
+    /// The TLS settings in use.
+    pub fn tls_settings(&self) -> &TlsSettings {
+        &self.tls_settings
+    }
+
+    /// A redis client for this URL with its CA, client certificate and insecure switch.
+    pub(crate) fn client(&self) -> redis::RedisResult<redis::Client> {
+        let mut info = self.info.clone();
+        let insecure = self.insecure_fragment || self.tls_settings.insecure;
+        if let redis::ConnectionAddr::TcpTls { host, port, .. } = info.addr().clone() {
+            info = info.set_addr(redis::ConnectionAddr::TcpTls {
+                host,
+                port,
+                insecure,
+                tls_params: None,
+            });
+        }
+        match &self.tls_settings.certificates {
+            Some(certificates) if self.tls => {
+                redis::Client::build_with_tls(info, certificates.clone())
+            }
+            _ => redis::Client::open(info),
+        }
     }
 
     /// The URL with its password replaced by `***`, safe for logs and the health endpoint.
@@ -89,10 +159,6 @@ impl RedisUrl {
     /// (errors from lower layers may echo them).
     pub(crate) fn redact(&self, text: &str) -> String {
         self.masker.mask(text).into_owned()
-    }
-
-    pub(crate) fn connection_info(&self) -> redis::ConnectionInfo {
-        self.info.clone()
     }
 }
 
@@ -188,8 +254,8 @@ impl BrokerConfig {
         }
     }
 
-    /// Reads `HUB_REDIS_URL`, `MACHINE_STATUS_UPDATE_INTERVAL_SECONDS` and `BROKER_PREFLIGHT` from the
-    /// process environment; warnings (a clamped interval) are returned for the caller to log.
+    /// Reads `HUB_REDIS_URL`, the `HUB_REDIS_TLS_*` files, `MACHINE_STATUS_UPDATE_INTERVAL_SECONDS` and
+    /// `BROKER_PREFLIGHT` from the process environment; warnings (a clamped interval) are returned for the caller to log.
     pub fn from_env() -> Result<(Self, Vec<String>), ConfigErrors> {
         Self::from_lookup(|name| std::env::var(name).ok())
     }
@@ -204,7 +270,18 @@ impl BrokerConfig {
             "HUB_REDIS_URL",
             &lookup("HUB_REDIS_URL").unwrap_or_default(),
         ) {
-            Ok(url) => Some(url),
+            Ok(url) => {
+                match TlsSettings::from_lookup(&lookup, url.is_tls(), url.has_insecure_fragment()) {
+                    Ok(settings) => {
+                        warnings.extend(settings.insecure_warning());
+                        Some(url.with_tls(settings))
+                    }
+                    Err(tls_errors) => {
+                        errors.extend(tls_errors.into_iter().map(ConfigError::Tls));
+                        None
+                    }
+                }
+            }
             Err(err) => {
                 errors.push(err);
                 None
@@ -297,6 +374,9 @@ pub enum ConfigError {
         /// What is wrong, without the password.
         reason: String,
     },
+    /// A TLS variable is wrong (unreadable or non-PEM file, a certificate without its key, ...).
+    #[error(transparent)]
+    Tls(#[from] TlsConfigError),
     /// The interval is not a positive whole number.
     #[error(
         "{var}=\"{value}\" is not a whole number of seconds; use a value from 1 to 25 (default 10)"
@@ -376,6 +456,19 @@ mod tests {
                 var: "HUB_REDIS_URL".into()
             }
         );
+    }
+
+    #[test]
+    fn insecure_fragment_is_the_switch_not_a_password() {
+        let url = RedisUrl::parse("HUB_REDIS_URL", "rediss://:s3cret@h:6380/#insecure").unwrap();
+        assert!(url.has_insecure_fragment() && url.is_tls());
+        assert_eq!(url.redacted(), "rediss://:***@h:6380/#insecure");
+        // A `#` inside the password (an `@` after it) is still the ambiguity it was.
+        let err = RedisUrl::parse("HUB_REDIS_URL", "redis://:pa#ss@h:6379")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("percent-encode"), "{err}");
+        assert!(!err.contains("pa#ss"), "{err}");
     }
 
     #[test]

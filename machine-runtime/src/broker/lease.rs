@@ -272,7 +272,7 @@ impl Lease {
         };
         let mut conn = match lease.link.connect_now().await {
             Ok(conn) => conn,
-            Err(err @ LinkError::AuthRefused { .. }) => return Err(err.into()),
+            Err(err) if err.is_fatal_at_start() => return Err(err.into()),
             Err(err) => {
                 super::log!(
                     "{err}; starting without the lease on {}: it is taken when redis answers",

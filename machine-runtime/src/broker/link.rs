@@ -66,6 +66,17 @@ pub enum LinkError {
         /// The server's reason.
         detail: String,
     },
+    /// The TLS handshake failed: a certificate was refused on either side (unknown CA, expired,
+    /// wrong host name, client certificate missing or refused).
+    #[error("redis at {url} refused the TLS connection: {reason} ({detail})")]
+    TlsRefused {
+        /// The redacted URL.
+        url: String,
+        /// The cause in words, with the fix ([`super::tls::explain_handshake_failure`]).
+        reason: String,
+        /// rustls's words.
+        detail: String,
+    },
     /// Redis could not be reached or did not answer in time.
     #[error("redis at {url} is unreachable: {detail}")]
     Unreachable {
@@ -74,6 +85,13 @@ pub enum LinkError {
         /// The reason.
         detail: String,
     },
+}
+
+impl LinkError {
+    /// Whether retrying cannot help, so a start must fail on it: refused credentials or certificates.
+    pub fn is_fatal_at_start(&self) -> bool {
+        matches!(self, Self::AuthRefused { .. } | Self::TlsRefused { .. })
+    }
 }
 
 /// A live connection with the generation that identifies it.
@@ -99,11 +117,10 @@ pub struct Link {
 impl Link {
     /// Prepares a link; nothing is connected until [`Link::connect_now`] or [`Link::run`].
     pub fn new(url: RedisUrl, settings: LinkSettings) -> Result<Arc<Self>, LinkError> {
-        let client =
-            redis::Client::open(url.connection_info()).map_err(|err| LinkError::Unreachable {
-                url: url.redacted().to_owned(),
-                detail: url.redact(&err.to_string()),
-            })?;
+        let client = url.client().map_err(|err| LinkError::Unreachable {
+            url: url.redacted().to_owned(),
+            detail: url.redact(&err.to_string()),
+        })?;
         Ok(Arc::new(Self {
             url,
             client,
@@ -200,6 +217,12 @@ impl Link {
         let detail = self.url.redact(&describe(err));
         if is_auth_error(err) {
             LinkError::AuthRefused { url, detail }
+        } else if let Some(reason) = super::tls::explain_handshake_failure(&detail) {
+            LinkError::TlsRefused {
+                url,
+                reason,
+                detail,
+            }
         } else {
             LinkError::Unreachable { url, detail }
         }
@@ -208,6 +231,7 @@ impl Link {
     fn mark_unreachable(&self, err: &LinkError) {
         let detail = match err {
             LinkError::AuthRefused { detail, .. } => format!("authentication refused: {detail}"),
+            LinkError::TlsRefused { reason, .. } => format!("TLS refused: {reason}"),
             LinkError::Unreachable { detail, .. } => detail.clone(),
         };
         self.state.send_modify(|state| {
@@ -307,7 +331,9 @@ impl Link {
 
 fn detail_of(err: &LinkError) -> &str {
     match err {
-        LinkError::AuthRefused { detail, .. } | LinkError::Unreachable { detail, .. } => detail,
+        LinkError::AuthRefused { detail, .. }
+        | LinkError::TlsRefused { detail, .. }
+        | LinkError::Unreachable { detail, .. } => detail,
     }
 }
 

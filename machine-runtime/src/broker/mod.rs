@@ -56,6 +56,7 @@ mod message;
 mod preflight;
 mod tally;
 mod time;
+pub mod tls;
 mod view;
 mod workers;
 
@@ -160,7 +161,7 @@ pub enum PreflightState {
 /// Why the broker could not start or stop cleanly.
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
-    /// Authentication refused (or another connection error where it is fatal).
+    /// Authentication or TLS refused (or another connection error where it is fatal).
     #[error(transparent)]
     Link(#[from] LinkError),
     /// `BROKER_PREFLIGHT=require` and the check failed.
@@ -330,7 +331,7 @@ impl Broker {
     /// Connects (one attempt), runs the preflight, publishes `initial` and keeps publishing in
     /// background tasks until [`Broker::shutdown`].
     ///
-    /// Fails only for refused authentication and, with `BROKER_PREFLIGHT=require`, a failed or
+    /// Fails only for refused authentication or TLS (a certificate refused on either side) and, with `BROKER_PREFLIGHT=require`, a failed or
     /// impossible preflight. An unreachable Redis is not an error: the broker keeps retrying.
     pub async fn start(
         config: BrokerConfig,
@@ -368,7 +369,7 @@ impl Broker {
                     }
                 }
             }
-            Err(err @ LinkError::AuthRefused { .. }) => return Err(err.into()),
+            Err(err) if err.is_fatal_at_start() => return Err(err.into()),
             Err(err) => {
                 if config.preflight == PreflightMode::Require {
                     return Err(BrokerError::PreflightUnchecked {

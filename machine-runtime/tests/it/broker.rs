@@ -647,26 +647,23 @@ async fn bad_url_and_refused_auth_give_one_clear_error_without_the_password() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rediss_speaks_tls_and_checks_the_certificate() {
     // The certificate is self-signed, so a correct TLS client must refuse it: reaching that verdict
-    // proves the handshake runs (rustls has its crypto provider) and that verification is on.
+    // proves the handshake runs (rustls has its crypto provider) and that verification is on. A
+    // refused certificate cannot heal by retrying: it is a start-up error naming the cause.
     let server = RedisServer::start_tls();
     let url = format!("rediss://:hunter22@127.0.0.1:{}", server.port());
     let (_tx, rx) = watch::channel(two_gpu_view("tls-m11"));
-    let broker = Broker::start(config(&url), rx).await.unwrap();
-    match broker.status().connection {
-        ConnectionState::Unreachable { last_error, .. } => {
-            assert!(
-                last_error.to_lowercase().contains("certificate"),
-                "{last_error}"
-            );
-            assert!(!last_error.contains("hunter22"), "{last_error}");
-        }
-        other => panic!("a self-signed certificate must be refused, got {other:?}"),
-    }
-    assert!(broker.status().url.starts_with("rediss://:***@"));
+    let err = Broker::start(config(&url), rx).await.unwrap_err();
+    let text = err.to_string();
     assert!(
-        broker.shutdown().await.is_err(),
-        "nothing can be published without a connection"
+        matches!(err, BrokerError::Link(LinkError::TlsRefused { .. })),
+        "a self-signed certificate must be refused: {text}"
     );
+    assert!(
+        text.contains("self-signed") && text.contains("HUB_REDIS_TLS_CA_FILE"),
+        "{text}"
+    );
+    assert!(text.contains("rediss://:***@"), "{text}");
+    assert!(!text.contains("hunter22"), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

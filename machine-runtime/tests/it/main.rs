@@ -5,6 +5,7 @@
 #![allow(clippy::disallowed_methods)]
 
 mod broker;
+mod broker_tls;
 mod build_script;
 mod comfyui;
 mod comfyui_standin;

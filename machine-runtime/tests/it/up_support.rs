@@ -166,6 +166,10 @@ impl Runtime {
             "MACHINE_CONTROL_ALLOWED_ORIGINS",
             "MACHINE_ID_APPEND_HOSTNAME",
             "MACHINE_HEALTH_URL",
+            "HUB_REDIS_TLS_CA_FILE",
+            "HUB_REDIS_TLS_CERT_FILE",
+            "HUB_REDIS_TLS_KEY_FILE",
+            "HUB_REDIS_TLS_INSECURE",
         ] {
             cmd.env_remove(var);
         }

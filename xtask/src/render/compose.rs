@@ -20,7 +20,7 @@ struct Compose {
 #[derive(Serialize)]
 struct Empty {}
 
-#[derive(Serialize, Default)]
+#[derive(Clone, Serialize, Default)]
 struct Service {
     #[serde(skip_serializing_if = "Option::is_none")]
     image: Option<String>,
@@ -56,14 +56,14 @@ struct Service {
     deploy: Option<Deploy>,
 }
 
-#[derive(Serialize)]
+#[derive(Clone, Serialize)]
 struct Build {
     context: String,
     dockerfile: String,
     args: BTreeMap<String, String>,
 }
 
-#[derive(Serialize)]
+#[derive(Clone, Serialize)]
 struct Healthcheck {
     test: Vec<String>,
     interval: String,
@@ -73,17 +73,17 @@ struct Healthcheck {
     start_period: Option<String>,
 }
 
-#[derive(Serialize)]
+#[derive(Clone, Serialize)]
 struct DependsOn {
     condition: &'static str,
 }
 
-#[derive(Serialize)]
+#[derive(Clone, Serialize)]
 struct Deploy {
     resources: Resources,
 }
 
-#[derive(Serialize, Default)]
+#[derive(Clone, Serialize, Default)]
 struct Resources {
     #[serde(skip_serializing_if = "Option::is_none")]
     limits: Option<Limits>,
@@ -91,7 +91,7 @@ struct Resources {
     reservations: Option<Reservations>,
 }
 
-#[derive(Serialize)]
+#[derive(Clone, Serialize)]
 struct Limits {
     #[serde(skip_serializing_if = "Option::is_none")]
     cpus: Option<String>,
@@ -99,15 +99,20 @@ struct Limits {
     memory: Option<String>,
 }
 
-#[derive(Serialize)]
+#[derive(Clone, Serialize)]
 struct Reservations {
     devices: Vec<Device>,
 }
 
-#[derive(Serialize)]
+#[derive(Clone, Serialize)]
 struct Device {
     driver: &'static str,
-    count: u32,
+    /// A single machine: how many GPUs (any). Exclusive with `device_ids`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    count: Option<u32>,
+    /// A machine sharing its host (`docker.host`): exactly these GPU indices.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    device_ids: Vec<String>,
     capabilities: Vec<&'static str>,
 }
 
@@ -128,7 +133,8 @@ fn named_volume(spec: &str) -> Option<&str> {
 ///
 /// `MACHINE_ID_APPEND_HOSTNAME` passes through the same way: set it in the shell when scaling the service
 /// (`--scale machine=N`), so each container reports as `<MACHINE_ID>-<hostname>`. So does
-/// `MACHINE_CONTROL_TOKEN`, the token of the health port's POST routes (in `.env.secrets`), and each
+/// `MACHINE_CONTROL_TOKEN`, the token of the health port's POST routes (in `.env.secrets`), the broker's
+/// TLS variables (`HUB_REDIS_TLS_*`, [`machine_model::catalog::BROKER_TLS_VARS`]), and each
 /// planned service's extra arguments variable (`COMFY_ARGS`), appended to the service's command at start.
 fn environment(l: &Loaded) -> Vec<String> {
     let mut env: Vec<String> = l.resolved.secrets().into_iter().map(|s| s.name).collect();
@@ -141,6 +147,9 @@ fn environment(l: &Loaded) -> Vec<String> {
     env.push("MACHINE_ID_APPEND_HOSTNAME".into());
     // The health port's control token (POST routes); unset, those routes stay off.
     env.push("MACHINE_CONTROL_TOKEN".into());
+    // The broker's TLS files (paths in the container: mount them with the profile's docker.volumes)
+    // and the insecure switch, from the shell or `--env-file .env.secrets`.
+    env.extend(machine_model::catalog::BROKER_TLS_VARS.map(String::from));
     // A service's extra arguments at start (`COMFY_ARGS`), from the shell Compose runs in.
     for service in &l.plan.services_needed {
         if let Some(var) = machine_model::catalog::service(service).and_then(|s| s.extra_args_env) {
@@ -193,7 +202,7 @@ pub fn image(profile: &str) -> String {
 }
 
 /// The compose model of a profile's plan.
-fn model(l: &Loaded) -> Compose {
+fn model(l: &Loaded) -> anyhow::Result<Compose> {
     let p = &l.plan;
     let d = &l.profile.docker;
     let mut services = BTreeMap::new();
@@ -251,7 +260,8 @@ fn model(l: &Loaded) -> Compose {
     let reservations = (p.uses_gpus() && real_gpus).then(|| Reservations {
         devices: vec![Device {
             driver: "nvidia",
-            count: p.gpus,
+            count: Some(p.gpus),
+            device_ids: Vec::new(),
             capabilities: vec!["gpu"],
         }],
     });
@@ -327,10 +337,77 @@ fn model(l: &Loaded) -> Compose {
             },
         );
     }
-    services.insert("machine".into(), machine);
+    match d.host {
+        None => {
+            services.insert("machine".into(), machine);
+        }
+        Some(host) => {
+            for (name, service) in shared_host_machines(l, &machine, host.machines, real_gpus)? {
+                services.insert(name, service);
+            }
+        }
+    }
     // No top-level `name:`: docker-compose 1.x rejects it, and the folder (generated/<profile>) names the
     // project already.
-    Compose { services, volumes }
+    Ok(Compose { services, volumes })
+}
+
+/// The services of `machines` machines sharing one host (`docker.host`), made from the single
+/// `machine`: `machine-<n>` with machine id `<MACHINE_ID>-<n>`, GPUs `n × gpus` … by index
+/// (`device_ids`: a `count` would give every machine the same GPUs), and published ports moved up by
+/// `n × stride`, the stride the smallest multiple of 100 that spans one machine's ports.
+///
+/// Errors: a published port past 65535.
+fn shared_host_machines(
+    l: &Loaded,
+    machine: &Service,
+    machines: u32,
+    real_gpus: bool,
+) -> anyhow::Result<Vec<(String, Service)>> {
+    let p = &l.plan;
+    let d = &l.profile.docker;
+    let ports: Vec<u16> = p.ports().into_iter().map(|(port, _)| port).collect();
+    let (low, high) = (
+        ports.iter().copied().min().unwrap_or(0),
+        ports.iter().copied().max().unwrap_or(0),
+    );
+    let stride = (u32::from(high - low) + 1).div_ceil(100) * 100;
+    let mut out = Vec::new();
+    for n in 0..machines {
+        let mut service = machine.clone();
+        service
+            .environment
+            .push(format!("MACHINE_ID={}-{n}", p.machine_id));
+        if d.expose_ports {
+            service.ports = Vec::new();
+            for &port in &ports {
+                let published = u32::from(port) + n * stride;
+                let published = u16::try_from(published).map_err(|_| {
+                    anyhow::anyhow!(
+                        "{}: /docker/host/machines: machine {n}'s port {port} would be published on {published}, past 65535; run fewer machines on the host or set docker.expose_ports to false",
+                        l.source.file
+                    )
+                })?;
+                service
+                    .ports
+                    .push(format!("{}:{published}:{port}/tcp", d.host_ip));
+            }
+        }
+        if let (true, Some(deploy)) = (real_gpus && p.uses_gpus(), service.deploy.as_mut())
+            && let Some(reservations) = deploy.resources.reservations.as_mut()
+        {
+            reservations.devices = vec![Device {
+                driver: "nvidia",
+                count: None,
+                device_ids: (n * p.gpus..(n + 1) * p.gpus)
+                    .map(|i| i.to_string())
+                    .collect(),
+                capabilities: vec!["gpu"],
+            }];
+        }
+        out.push((format!("machine-{n}"), service));
+    }
+    Ok(out)
 }
 
 /// Seconds Compose should wait after SIGTERM: the final broker status (published before any app is
@@ -359,11 +436,30 @@ pub fn stop_budget_secs(l: &Loaded) -> u32 {
     (broker + drain + service).div_ceil(1000) + 5
 }
 
-pub fn render(l: &Loaded) -> String {
-    let value = serde_json::to_value(model(l)).expect("the compose model serialises");
-    format!(
-        "# {}\n{}",
+/// The compose file; a second comment line warns against `--scale` where GPUs are reserved by count.
+///
+/// Errors: see [`shared_host_machines`].
+pub fn render(l: &Loaded) -> anyhow::Result<String> {
+    let value = serde_json::to_value(model(l)?).expect("the compose model serialises");
+    let warning = scale_warning(l)
+        .map(|w| format!("# {w}\n"))
+        .unwrap_or_default();
+    Ok(format!(
+        "# {}\n{warning}{}",
         super::header(&l.source.name),
         super::yaml::to_string(&value)
-    )
+    ))
+}
+
+/// Why `docker compose up --scale machine=N` is wrong for this profile: its one machine reserves real
+/// GPUs by `count`, a per-container reservation, so every replica would get the same GPUs
+/// (NVIDIA/nvidia-container-toolkit#521, docker/compose#11863). `None` without such a reservation.
+pub fn scale_warning(l: &Loaded) -> Option<String> {
+    let real = l.profile.machine.gpu_mode == GpuMode::Actual;
+    (real && l.plan.uses_gpus() && l.profile.docker.host.is_none()).then(|| {
+        format!(
+            "do not `--scale machine=N`: the reservation of {} GPU(s) is per container, so every replica would get the same GPUs; for several machines on one host set docker.host {{\"gpus\": <host GPUs>, \"machines\": N}} in profiles/{}.json",
+            l.plan.gpus, l.source.name
+        )
+    })
 }

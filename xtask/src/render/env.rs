@@ -99,5 +99,9 @@ pub fn secrets_example(l: &Loaded) -> String {
         );
     }
     out += "# optional: the token of the health port's POST routes (/restart/..., /refresh-status)\n#MACHINE_CONTROL_TOKEN=\n";
+    out += "# optional, for a rediss:// broker: PEM files of its CA and of this machine's client certificate and\n# key (mutual TLS), as paths inside the container (mount them); INSECURE=true turns certificate checks off\n";
+    for var in machine_model::catalog::BROKER_TLS_VARS {
+        out += &format!("#{var}=\n");
+    }
     out
 }

@@ -8,6 +8,9 @@
 //!   the monitor can reach.
 //! - Secrets: never values. Each secret the machine needs is a `secretKeyRef` into the one Secret the
 //!   operator creates (`<profile>-secrets`); values built from a secret use Kubernetes' `$(NAME)` expansion.
+//! - Broker TLS: the Secret `<profile>-redis-tls` (optional; `ca.crt`, `tls.crt`, `tls.key`, as cert-manager
+//!   writes it) is mounted read-only at `/etc/machine/redis-tls`; the `HUB_REDIS_TLS_*` variables are
+//!   optional keys of `<profile>-secrets` (e.g. `HUB_REDIS_TLS_CA_FILE=/etc/machine/redis-tls/ca.crt`).
 //! - GPUs: `resources.limits["nvidia.com/gpu"]` (the NVIDIA device plugin), the `nvidia.com/gpu` toleration,
 //!   and, when the profile names a GPU model, a node selector on GPU Feature Discovery's
 //!   `nvidia.com/gpu.product` label, whose value is NVML's device name with spaces replaced by '-'
@@ -38,6 +41,12 @@ const HEALTH_PORT_NAME: &str = "health";
 /// The name of the Secret the operator creates for a profile.
 pub fn secret_name(profile: &str) -> String {
     format!("{profile}-secrets")
+}
+
+/// The name of the optional Secret with the broker's CA and client certificate, mounted at
+/// [`machine_model::catalog::BROKER_TLS_MOUNT`].
+pub fn redis_tls_secret_name(profile: &str) -> String {
+    format!("{profile}-redis-tls")
 }
 
 /// The name of the ConfigMap holding a profile's non-secret environment.
@@ -199,6 +208,14 @@ fn machine_env(l: &Loaded) -> Vec<Value> {
         "name": "MACHINE_CONTROL_TOKEN",
         "valueFrom": {"secretKeyRef": {"name": secret_name(name), "key": "MACHINE_CONTROL_TOKEN", "optional": true}},
     }));
+    // The broker's TLS settings, optional like the token: set e.g. HUB_REDIS_TLS_CA_FILE to
+    // /etc/machine/redis-tls/ca.crt in the Secret, with the files in `<profile>-redis-tls`.
+    for var in machine_model::catalog::BROKER_TLS_VARS {
+        env.push(json!({
+            "name": var,
+            "valueFrom": {"secretKeyRef": {"name": secret_name(name), "key": var, "optional": true}},
+        }));
+    }
     for var in l.resolved.secret_dependent().filter(|v| !v.is_secret()) {
         env.push(json!({"name": var.name, "value": expansion(&var.value)}));
     }
@@ -289,6 +306,17 @@ fn stateful_set(l: &Loaded) -> Value {
             }));
         }
     }
+    // The broker's CA and client certificate (cert-manager's Secret shape: ca.crt, tls.crt,
+    // tls.key); optional, so a pod without TLS starts without it.
+    mounts.push(json!({
+        "name": "redis-tls",
+        "mountPath": machine_model::catalog::BROKER_TLS_MOUNT,
+        "readOnly": true,
+    }));
+    volumes.push(json!({
+        "name": "redis-tls",
+        "secret": {"secretName": redis_tls_secret_name(name), "optional": true},
+    }));
     if let Some(shm) = &d.shm_size {
         mounts.push(json!({"name": "dshm", "mountPath": "/dev/shm"}));
         volumes.push(json!({

@@ -64,7 +64,7 @@ pub fn profile_files(l: &Loaded) -> anyhow::Result<Vec<(String, String)>> {
             format!("{dir}/.env.secrets.example"),
             env::secrets_example(l),
         ),
-        (format!("{dir}/docker-compose.yaml"), compose::render(l)),
+        (format!("{dir}/docker-compose.yaml"), compose::render(l)?),
         (format!("{dir}/ecosystem.config.json"), ecosystem(l)),
         (format!("{dir}/kubernetes.yaml"), kubernetes::render(l)),
     ])

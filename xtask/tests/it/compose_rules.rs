@@ -140,10 +140,42 @@ fn check(name: &str, deprecated: &BTreeSet<(String, String)>) -> Vec<String> {
         }
     };
     let services = compose["services"].as_object().cloned().unwrap_or_default();
-    let Some(machine) = services.get("machine") else {
-        problem("no `machine` service".into());
+    // One `machine`, or with docker.host one `machine-<n>` per machine sharing the host.
+    let host_machines = profile["docker"]["host"]["machines"].as_u64();
+    let machine_names: Vec<String> = match host_machines {
+        Some(n) => (0..n).map(|i| format!("machine-{i}")).collect(),
+        None => vec!["machine".to_owned()],
+    };
+    for name in &machine_names {
+        if !services.contains_key(name) {
+            problem(format!("no `{name}` service"));
+        }
+    }
+    if host_machines.is_some() && services.contains_key("machine") {
+        problem("docker.host is set but there is a single `machine` service too".into());
+    }
+    let Some(machine) = services.get(&machine_names[0]) else {
         return problems;
     };
+    if host_machines.is_some() {
+        // Distinct machine ids: the literal MACHINE_ID of each service.
+        let ids: BTreeSet<String> = machine_names
+            .iter()
+            .filter_map(|n| services.get(n))
+            .filter_map(|s| {
+                s["environment"]
+                    .as_array()?
+                    .iter()
+                    .find_map(|e| e.as_str()?.strip_prefix("MACHINE_ID=").map(str::to_owned))
+            })
+            .collect();
+        if ids.len() != machine_names.len() {
+            problem(format!(
+                "{} machines share the host but their MACHINE_IDs are {ids:?}, expected one each",
+                machine_names.len()
+            ));
+        }
+    }
 
     // GPU reservation: exactly the planned GPUs, with an explicit integer count, when the plan pins anything.
     let uses_gpus = plan["workers"]
@@ -153,60 +185,87 @@ fn check(name: &str, deprecated: &BTreeSet<(String, String)>) -> Vec<String> {
         .chain(plan["services"].as_array().into_iter().flatten())
         .any(|x| !x["gpu"].is_null());
     let gpus = plan["gpus"].as_u64().expect("the plan's gpus is a number");
-    let devices = machine.pointer("/deploy/resources/reservations/devices");
-    // Mock GPUs: no reservation (it is fatal without the nvidia driver), the fake inventory in .env instead.
-    let mock = profile["machine"]["gpu_mode"].as_str() == Some("mock");
-    if mock {
-        if devices.is_some() {
+    for (n, machine_name) in machine_names.iter().enumerate() {
+        let Some(machine) = services.get(machine_name) else {
+            continue;
+        };
+        let devices = machine.pointer("/deploy/resources/reservations/devices");
+        // Mock GPUs: no reservation (it is fatal without the nvidia driver), the fake inventory in .env instead.
+        let mock = profile["machine"]["gpu_mode"].as_str() == Some("mock");
+        if mock {
+            if devices.is_some() {
+                problem(
+                    "machine.gpu_mode is mock but the machine reserves GPUs (fatal on CPU hosts)"
+                        .into(),
+                );
+            }
+            let env = read(&generated(name).join(".env"));
+            let fake = format!("MACHINE_FAKE_GPUS='{gpus}'");
+            if !env.lines().any(|l| l == fake) {
+                problem(format!(
+                    "machine.gpu_mode is mock but generated/{name}/.env has no line {fake} (the runtime would look for real GPUs)"
+                ));
+            }
+        } else if uses_gpus {
+            match devices.and_then(Value::as_array).map(Vec::as_slice) {
+                Some([device]) if host_machines.is_some() => {
+                    // Each machine its own GPUs, by index: a count would give all of them the same ones.
+                    let first = n as u64 * gpus;
+                    let expected: Vec<Value> = (first..first + gpus)
+                        .map(|i| Value::from(i.to_string()))
+                        .collect();
+                    if device.get("device_ids") != Some(&Value::Array(expected.clone())) {
+                        problem(format!(
+                            "services.{machine_name} devices[0].device_ids is {:?}, expected {expected:?}",
+                            device.get("device_ids")
+                        ));
+                    }
+                    if device.get("count").is_some() {
+                        problem(format!(
+                            "services.{machine_name} devices[0] has a count beside device_ids"
+                        ));
+                    }
+                }
+                Some([device]) => {
+                    if device.get("count").and_then(Value::as_u64) != Some(gpus) {
+                        problem(format!(
+                            "devices[0].count is {:?}, expected the integer {gpus} (the planned GPUs)",
+                            device.get("count")
+                        ));
+                    }
+                    if device.get("capabilities") != Some(&serde_json::json!(["gpu"])) {
+                        problem(format!(
+                            "devices[0].capabilities is {:?}, expected [gpu]",
+                            device.get("capabilities")
+                        ));
+                    }
+                    if device.get("device_ids").is_some() {
+                        problem(
+                            "devices[0] has device_ids beside count (Compose rejects both)".into(),
+                        );
+                    }
+                    if device.get("driver").and_then(Value::as_str) != Some("nvidia") {
+                        problem(format!(
+                            "devices[0].driver is {:?}, expected nvidia",
+                            device.get("driver")
+                        ));
+                    }
+                }
+                other => problem(format!(
+                    "the plan pins GPUs but services.machine.deploy.resources.reservations.devices is {other:?}, expected one device"
+                )),
+            }
+        } else if devices.is_some() {
             problem(
-                "machine.gpu_mode is mock but the machine reserves GPUs (fatal on CPU hosts)"
+                "a CPU-only plan has a GPU reservation (fatal on hosts without the nvidia driver)"
                     .into(),
             );
         }
-        let env = read(&generated(name).join(".env"));
-        let fake = format!("MACHINE_FAKE_GPUS='{gpus}'");
-        if !env.lines().any(|l| l == fake) {
-            problem(format!(
-                "machine.gpu_mode is mock but generated/{name}/.env has no line {fake} (the runtime would look for real GPUs)"
-            ));
-        }
-    } else if uses_gpus {
-        match devices.and_then(Value::as_array).map(Vec::as_slice) {
-            Some([device]) => {
-                if device.get("count").and_then(Value::as_u64) != Some(gpus) {
-                    problem(format!(
-                        "devices[0].count is {:?}, expected the integer {gpus} (the planned GPUs)",
-                        device.get("count")
-                    ));
-                }
-                if device.get("capabilities") != Some(&serde_json::json!(["gpu"])) {
-                    problem(format!(
-                        "devices[0].capabilities is {:?}, expected [gpu]",
-                        device.get("capabilities")
-                    ));
-                }
-                if device.get("device_ids").is_some() {
-                    problem("devices[0] has device_ids beside count (Compose rejects both)".into());
-                }
-                if device.get("driver").and_then(Value::as_str) != Some("nvidia") {
-                    problem(format!(
-                        "devices[0].driver is {:?}, expected nvidia",
-                        device.get("driver")
-                    ));
-                }
-            }
-            other => problem(format!(
-                "the plan pins GPUs but services.machine.deploy.resources.reservations.devices is {other:?}, expected one device"
-            )),
-        }
-    } else if devices.is_some() {
-        problem(
-            "a CPU-only plan has a GPU reservation (fatal on hosts without the nvidia driver)"
-                .into(),
-        );
     }
     for (other, service) in &services {
-        if other != "machine" && service.pointer("/deploy/resources/reservations").is_some() {
+        if !machine_names.contains(other)
+            && service.pointer("/deploy/resources/reservations").is_some()
+        {
             problem(format!(
                 "services.{other} reserves devices; only the machine may"
             ));
@@ -221,7 +280,7 @@ fn check(name: &str, deprecated: &BTreeSet<(String, String)>) -> Vec<String> {
         let got = port_items(service.get("ports"));
         let expected = if !expose {
             Vec::new()
-        } else if service_name == "machine" {
+        } else if machine_names.contains(service_name) {
             let health = plan["health_port"]
                 .as_u64()
                 .expect("the plan's health_port");
@@ -241,10 +300,37 @@ fn check(name: &str, deprecated: &BTreeSet<(String, String)>) -> Vec<String> {
                     .filter_map(Value::as_u64),
             )
         };
-        if got != expected {
+        // Machines sharing a host publish the same container ports on their own host ports.
+        let comparable = |v: &[(String, u64, u64, String)]| {
+            let mut v: Vec<_> = v
+                .iter()
+                .map(|(h, published, target, p)| {
+                    let published =
+                        if host_machines.is_some() && machine_names.contains(service_name) {
+                            *target
+                        } else {
+                            *published
+                        };
+                    (h.clone(), published, *target, p.clone())
+                })
+                .collect();
+            v.sort();
+            v
+        };
+        if comparable(&got) != comparable(&expected) {
             problem(format!(
                 "services.{service_name}.ports is {got:?}, expected {expected:?} (expose_ports: {expose})"
             ));
+        }
+    }
+    let mut published = BTreeSet::new();
+    for (service_name, service) in &services {
+        for (host, port, _, protocol) in port_items(service.get("ports")) {
+            if !published.insert((host.clone(), port, protocol.clone())) {
+                problem(format!(
+                    "services.{service_name} publishes {host}:{port}/{protocol}, which another service publishes too"
+                ));
+            }
         }
     }
 

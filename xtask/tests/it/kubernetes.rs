@@ -254,7 +254,8 @@ fn seconds(duration: &Value) -> u64 {
 fn stop_budget_start_period_and_shm_match_the_compose_file() {
     for profile in profiles() {
         let (_, docs) = manifest(&profile);
-        let machine = &compose(&profile)["services"]["machine"];
+        let compose = compose(&profile);
+        let machine = first_machine(&compose);
         let sts = find(&docs, "StatefulSet", &profile).unwrap();
         let pod = &sts["spec"]["template"]["spec"];
         assert_eq!(
@@ -411,7 +412,8 @@ fn compose_passes_the_scaling_rule_through_for_every_profile() {
     // One identity per machine in Compose too: `MACHINE_ID_APPEND_HOSTNAME=true docker compose up --scale
     // machine=N` reaches every container by name (no value in the file).
     for profile in profiles() {
-        let environment = &compose(&profile)["services"]["machine"]["environment"];
+        let compose = compose(&profile);
+        let environment = &first_machine(&compose)["environment"];
         assert!(
             environment
                 .as_array()
@@ -419,5 +421,15 @@ fn compose_passes_the_scaling_rule_through_for_every_profile() {
                 .contains(&Value::from("MACHINE_ID_APPEND_HOSTNAME")),
             "{profile}: {environment}"
         );
+    }
+}
+
+/// The compose file's machine service: `machine`, or `machine-0` of machines sharing a host.
+fn first_machine(compose: &Value) -> &Value {
+    let services = &compose["services"];
+    if services.get("machine").is_some() {
+        &services["machine"]
+    } else {
+        &services["machine-0"]
     }
 }
