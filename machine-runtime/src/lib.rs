@@ -3,6 +3,7 @@
 pub mod broker;
 pub mod comfyui_standin;
 pub mod command;
+pub mod ctl;
 pub mod ecosystem;
 #[doc(hidden)]
 pub mod fuzz;
@@ -14,6 +15,7 @@ pub mod install;
 pub mod limits;
 pub mod preflight;
 pub mod probe;
+pub mod procstat;
 pub mod profiles;
 pub mod reality;
 pub(crate) mod reaper;

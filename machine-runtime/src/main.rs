@@ -53,6 +53,8 @@ enum Command {
     },
     /// Exit 0 when the running machine's /health answers 200 (for Docker's HEALTHCHECK).
     Health(HealthArgs),
+    #[command(flatten)]
+    Ctl(machine_runtime::ctl::Command),
 }
 
 #[derive(Args)]
@@ -98,6 +100,10 @@ fn main() -> ExitCode {
         Command::Up(args) => up(args).map(|()| ExitCode::SUCCESS),
         Command::Plan { profile, format } => plan(profile, format).map(|()| ExitCode::SUCCESS),
         Command::Health(args) => health_check(args).map(|()| ExitCode::SUCCESS),
+        Command::Ctl(command) => health_port(None).and_then(|port| {
+            machine_runtime::ctl::run(command, port)?;
+            Ok(ExitCode::SUCCESS)
+        }),
     };
     let code = match result {
         Ok(code) => code,
