@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::io::{IsTerminal as _, Write as _};
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -352,7 +352,7 @@ impl LogsOptions {
 /// One log line as `logs` prints it: `NAME | 2026-12-06T04:55:33.123Z text`, `NAME` padded to
 /// `width` (Compose's shape with `--timestamps`; RFC 3339 UTC, milliseconds).
 pub fn log_line(name: &str, width: usize, at_ms: u64, text: &str, colour: Option<usize>) -> String {
-    let at = humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(at_ms));
+    let at = crate::log::rfc3339_ms(at_ms);
     let padded = format!("{name:<width$} |");
     match colour {
         Some(i) => {

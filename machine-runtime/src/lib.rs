@@ -13,6 +13,7 @@ pub mod http;
 pub mod identity;
 pub mod install;
 pub mod limits;
+pub mod log;
 pub mod preflight;
 pub mod probe;
 pub mod procstat;

@@ -68,6 +68,9 @@ struct UpArgs {
     /// Port of the health endpoint [default: $MACHINE_HEALTH_PORT, else 9090; 0 picks a free one].
     #[arg(long, value_name = "PORT")]
     health_port: Option<u16>,
+    /// How the runtime's own log lines are written [default: $MACHINE_LOG_FORMAT, else text].
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    log_format: Option<machine_runtime::log::LogFormat>,
 }
 
 #[derive(Args)]
@@ -93,6 +96,18 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     if !matches!(cli.command, Command::Up(_)) {
         machine_runtime::signals::release_stop_signals();
+    }
+    let flag = match &cli.command {
+        Command::Up(args) => args.log_format,
+        _ => None,
+    };
+    match machine_runtime::log::LogFormat::from_lookup(|name| std::env::var(name).ok()) {
+        Ok(from_env) => machine_runtime::log::init(flag.or(from_env).unwrap_or_default()),
+        Err(problem) => {
+            sink::err_line(&format!("machine-runtime: error: {problem}"));
+            sink::flush(Duration::from_secs(2));
+            return ExitCode::FAILURE;
+        }
     }
     let result = match cli.command {
         Command::Gpus { format } => gpus(format),
@@ -210,7 +225,7 @@ fn real_plan(flag: Option<String>) -> anyhow::Result<machine_runtime::reality::R
         },
     )?;
     for note in &real.notes {
-        sink::err_line(&format!("machine-runtime: {note}"));
+        machine_runtime::log::runtime(note);
     }
     Ok(real)
 }
@@ -260,8 +275,8 @@ fn plan(profile: Option<String>, format: Format) -> anyhow::Result<()> {
 fn up(args: UpArgs) -> anyhow::Result<()> {
     // Before any app: the soft open-file limit up to the hard one (each app holds two pipes).
     if let Err(err) = machine_runtime::limits::raise_open_files() {
-        sink::err_line(&format!(
-            "machine-runtime: warning: cannot read or raise the open-file limit: {err}"
+        machine_runtime::log::runtime(&format!(
+            "warning: cannot read or raise the open-file limit: {err}"
         ));
     }
     let env_machine_id = machine_runtime::identity::machine_id(
@@ -283,8 +298,8 @@ fn up(args: UpArgs) -> anyhow::Result<()> {
         let created = machine_runtime::limits::ensure_workspace(workspace, "WORKSPACE_DIR")
             .map_err(|problem| anyhow::anyhow!("cannot start the machine:\n  - {problem}"))?;
         if created {
-            sink::err_line(&format!(
-                "machine-runtime: created the workspace {} (WORKSPACE_DIR)",
+            machine_runtime::log::runtime(&format!(
+                "created the workspace {} (WORKSPACE_DIR)",
                 workspace.display()
             ));
         }
@@ -340,7 +355,7 @@ fn plan_apps(
         Some(path) => {
             let eco = ecosystem::read_file(&path)?;
             for warning in &eco.warnings {
-                sink::err_line(&format!("machine-runtime: warning: {warning}"));
+                machine_runtime::log::runtime(&format!("warning: {warning}"));
             }
             let (uuids, mig_uuids) = gpu_uuids()?;
             Planned {
@@ -367,7 +382,7 @@ fn plan_apps(
             let origin = format!("of profile {}", real.plan.profile);
             let eco = ecosystem::resolve((&real.plan).into(), &origin)?;
             for warning in &eco.warnings {
-                sink::err_line(&format!("machine-runtime: warning: {warning}"));
+                machine_runtime::log::runtime(&format!("warning: {warning}"));
             }
             let apps = eco.apps;
             Planned {

@@ -395,7 +395,7 @@ impl Board {
     }
 }
 
-/// Queues one runtime log line for stderr (never blocks, never panics: see [`crate::sink`]).
+/// Queues one runtime log line for stderr, timestamped ([`crate::log`]; never blocks, never panics).
 pub(crate) fn log(message: &str) {
-    crate::sink::err_line(&format!("machine-runtime: {message}"));
+    crate::log::runtime(message);
 }

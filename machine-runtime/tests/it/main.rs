@@ -6,6 +6,7 @@
 
 mod broker;
 mod build_script;
+mod cli;
 mod comfyui;
 mod comfyui_standin;
 mod docker;
@@ -15,6 +16,7 @@ mod hostile;
 mod install;
 mod job_queue;
 mod lease;
+mod log_lines;
 mod redis_server;
 mod simulate;
 mod ui;
