@@ -369,3 +369,127 @@ fn bad_input_gets_one_clear_line_and_a_failing_exit() {
     let out = cli(&["logs", "--url", &url, "--lines", "0"], &[]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
 }
+
+#[test]
+fn version_names_the_crate_version_and_the_commit_built() {
+    let out = cli(&["--version"], &[]);
+    assert!(out.status.success());
+    let commit = match option_env!("MACHINE_GIT_COMMIT").filter(|c| !c.trim().is_empty()) {
+        Some(commit) => commit.trim().to_owned(),
+        None => {
+            let head = Command::new("git")
+                .args(["rev-parse", "--short=12", "HEAD"])
+                .current_dir(env!("CARGO_MANIFEST_DIR"))
+                .output()
+                .unwrap();
+            assert!(head.status.success(), "the tests run in the git checkout");
+            text(&head.stdout).trim().to_owned()
+        }
+    };
+    assert_eq!(
+        text(&out.stdout),
+        format!(
+            "machine-runtime {} (commit {commit})\n",
+            env!("CARGO_PKG_VERSION")
+        )
+    );
+}
+
+#[test]
+fn every_command_helps_with_examples_and_the_environment_it_reads() {
+    let top = text(&cli(&["--help"], &[]).stdout);
+    assert!(
+        top.contains("Examples:\n  machine-runtime up --profile full-local"),
+        "{top}"
+    );
+    for (command, reads) in [
+        (
+            "up",
+            &[
+                "MACHINE_PROFILE",
+                "MACHINE_LOG_FORMAT",
+                "MACHINE_CONTROL_TOKEN",
+                "HUB_REDIS_URL",
+                "NO_COLOR",
+            ][..],
+        ),
+        ("plan", &["MACHINE_PROFILE", "MACHINE_FAKE_GPUS"]),
+        ("gpus", &["MACHINE_FAKE_GPUS"]),
+        ("install", &["WORKSPACE_DIR", "WORKER_BUNDLE_URL"]),
+        ("health", &["MACHINE_HEALTH_PORT"]),
+        ("ps", &["MACHINE_URL", "MACHINE_HEALTH_PORT"]),
+        ("logs", &["MACHINE_URL", "NO_COLOR"]),
+        ("restart", &["MACHINE_CONTROL_TOKEN", "MACHINE_URL"]),
+        ("stop", &["MACHINE_CONTROL_TOKEN", "MACHINE_URL"]),
+        ("start", &["MACHINE_CONTROL_TOKEN", "MACHINE_URL"]),
+    ] {
+        let out = cli(&[command, "--help"], &[]);
+        assert!(out.status.success(), "{command}");
+        let help = text(&out.stdout);
+        assert!(
+            help.contains(&format!("Examples:\n  machine-runtime {command}"))
+                || help.contains("Examples:\n  machine-runtime"),
+            "{command}: {help}"
+        );
+        let environment = help
+            .split_once("\nEnvironment:\n")
+            .unwrap_or_else(|| panic!("{command}: {help}"))
+            .1;
+        for var in reads {
+            assert!(
+                environment.contains(&format!("  {var} ")),
+                "{command} {var}: {help}"
+            );
+        }
+    }
+}
+
+#[test]
+fn completions_for_bash_zsh_and_fish_know_every_command() {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = cli(&["completions", shell], &[]);
+        assert!(out.status.success(), "{shell}: {}", text(&out.stderr));
+        let script = text(&out.stdout);
+        for command in [
+            "up",
+            "ps",
+            "logs",
+            "restart",
+            "stop",
+            "start",
+            "completions",
+        ] {
+            assert!(script.contains(command), "{shell} lacks {command}");
+        }
+        // The long options (fish writes `-l follow`).
+        assert!(
+            script.contains("follow") && script.contains("url"),
+            "{shell}"
+        );
+    }
+    // Bash reads the script without a syntax error, and it registers the completion.
+    let out = cli(&["completions", "bash"], &[]);
+    let script = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(script.path(), &out.stdout).unwrap();
+    let check = Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "source {} && complete -p machine-runtime",
+            script.path().display()
+        ))
+        .output()
+        .unwrap();
+    assert!(check.status.success(), "{}", text(&check.stderr));
+    assert!(
+        text(&check.stdout).contains("machine-runtime"),
+        "{}",
+        text(&check.stdout)
+    );
+    let refused = cli(&["completions", "tcsh"], &[]);
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(
+        text(&refused.stderr).contains("[possible values: bash, elvish, fish, powershell, zsh]"),
+        "{}",
+        text(&refused.stderr)
+    );
+}
