@@ -9,6 +9,9 @@
 //! - `json`, one object per line for log shippers (Loki, Fluent Bit, Vector):
 //!   `{"time": "<RFC 3339>", "level": "info|warn|error", "source": "machine-runtime", "message": "..."}`.
 //!
+//! With `json`, the apps' own output lines are objects too ([`app_line`]): `source` is the app's name
+//! and `stream` says `stdout` or `stderr`.
+//!
 //! The message text is what the call site wrote; only the prefix before it is this module's. A line
 //! whose message starts with `warning:` or `error:` is logged at that level by [`runtime`].
 
@@ -117,6 +120,31 @@ pub fn emit(level: Level, source: &str, message: &str) {
 /// announces ([`Level::of_message`]).
 pub fn runtime(message: &str) {
     emit(Level::of_message(message), "machine-runtime", message);
+}
+
+/// Whether lines are written as JSON (then the apps' output is too, through [`app_line`]).
+pub fn is_json() -> bool {
+    settings().format == LogFormat::Json
+}
+
+/// Appends one line of app `app`'s output as a JSON log line (with its newline) to `out`: `{time,
+/// level: "info", source: <app>, stream, message}`; invalid UTF-8 is replaced.
+pub fn app_line(
+    out: &mut Vec<u8>,
+    app: &str,
+    stream: crate::supervisor::logs::LogStream,
+    text: &[u8],
+) {
+    let text = text.strip_suffix(b"\r").unwrap_or(text);
+    let line = serde_json::json!({
+        "time": rfc3339(SystemTime::now()),
+        "level": Level::Info.as_str(),
+        "source": app,
+        "stream": stream,
+        "message": String::from_utf8_lossy(text),
+    });
+    out.extend_from_slice(line.to_string().as_bytes());
+    out.push(b'\n');
 }
 
 /// `at` as RFC 3339 in UTC with milliseconds: `2026-12-06T04:55:33.123Z`.

@@ -493,3 +493,46 @@ fn completions_for_bash_zsh_and_fish_know_every_command() {
         text(&refused.stderr)
     );
 }
+
+#[test]
+fn start_brings_back_an_errored_app_and_stop_ends_a_restart_delay() {
+    let rt = Runtime::start(
+        json!({"apps": [
+            // Fails at once until the file `ok` exists.
+            {"name": "flaky", "script": "sh", "args": ["-c", "test -f \"$D/ok\" || exit 3; exec sleep 1000"],
+             "env": {"D": "@DIR@"}, "max_restarts": 1, "min_uptime": "60s", "restart_delay": 0},
+            // Exits at once and waits out a long restart delay.
+            {"name": "slow", "script": "sh", "args": ["-c", "exit 1"], "restart_delay": 600000},
+            {"name": "keep", "script": "sleep", "args": "1000"},
+        ]}),
+        &[("MACHINE_CONTROL_TOKEN", TOKEN)],
+    );
+    let url = url(&rt);
+    let token = [("MACHINE_CONTROL_TOKEN", TOKEN)];
+    rt.wait_state("flaky", "errored");
+    std::fs::write(rt.path("ok"), "").unwrap();
+    let out = cli(&["start", "--url", &url, "flaky"], &token);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "flaky: starting (was errored)\n");
+    rt.wait_state("flaky", "running");
+
+    rt.wait_state("slow", "restarting");
+    let out = cli(&["stop", "--url", &url, "slow"], &token);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "slow: stopped (was waiting restart)\n");
+    let slow = rt.app_status("slow");
+    assert_eq!(slow["state"], "stopped", "{slow}");
+    // Started again, it runs at once (no delay left to wait out) and ends as before.
+    let restarts = slow["restarts"].as_u64().unwrap();
+    let out = cli(&["start", "--url", &url, "slow"], &token);
+    assert_eq!(text(&out.stdout), "slow: starting (was stopped)\n");
+    wait_for(
+        "slow to run and end again",
+        || rt.output(),
+        || {
+            let slow = rt.app_status("slow");
+            (slow["state"] == "restarting" && slow["restarts"].as_u64() > Some(restarts))
+                .then_some(())
+        },
+    );
+}

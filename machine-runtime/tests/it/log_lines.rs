@@ -76,11 +76,12 @@ fn json_lines_for_log_shippers_from_the_flag_or_the_environment() {
             || rt.output().contains("all 1 app is up").then_some(()),
         );
         let out = rt.output();
-        let entries: Vec<Value> = runtime_lines(&out)
-            .iter()
+        // Every line is JSON, the apps' output included.
+        let entries: Vec<Value> = out
+            .lines()
             .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
             .collect();
-        for entry in &entries {
+        for entry in entries.iter().filter(|e| e["source"] == "machine-runtime") {
             let keys: Vec<&str> = entry
                 .as_object()
                 .unwrap()
@@ -92,7 +93,6 @@ fn json_lines_for_log_shippers_from_the_flag_or_the_environment() {
                 is_rfc3339_millis(entry["time"].as_str().unwrap()),
                 "{entry}"
             );
-            assert_eq!(entry["source"], "machine-runtime");
         }
         let warning = entries
             .iter()
@@ -120,6 +120,16 @@ fn json_lines_for_log_shippers_from_the_flag_or_the_environment() {
             })
             .unwrap_or_else(|| panic!("{out}"));
         assert_eq!(started["level"], "info");
+        // The app's own output is a JSON line too, named by its app.
+        let hello = entries
+            .iter()
+            .find(|e| e["source"] == "svc")
+            .unwrap_or_else(|| panic!("{out}"));
+        assert_eq!(
+            (&hello["stream"], &hello["message"], &hello["level"]),
+            (&json!("stdout"), &json!("hello"), &json!("info")),
+            "{hello}"
+        );
     }
 }
 
