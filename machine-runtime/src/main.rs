@@ -204,7 +204,8 @@ fn main() -> ExitCode {
     }
     let result = match cli.command {
         Command::Gpus { format } => gpus(format),
-        Command::Install(args) => return machine_runtime::install::run_cli(args),
+        // Its lines go through the log front end's queue: flushed below like every command's.
+        Command::Install(args) => Ok(machine_runtime::install::run_cli(args)),
         Command::Up(args) => up(args).map(|()| ExitCode::SUCCESS),
         Command::Plan { profile, format } => plan(profile, format).map(|()| ExitCode::SUCCESS),
         Command::Health(args) => health_check(args).map(|()| ExitCode::SUCCESS),

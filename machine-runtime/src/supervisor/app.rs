@@ -272,7 +272,7 @@ impl AppTask {
                             // A restart request skips the delay.
                             _ = self.restart.changed() => {}
                             // An operator's stop ends it (the loop holds it stopped).
-                            _ = until(&mut self.paused, true) => {}
+                            () = until(&mut self.paused, true) => {}
                             _ = Self::stop_signal(&mut self.stop) => {
                                 self.stopped_before_start();
                                 return AppEnd::Requested;
@@ -354,10 +354,7 @@ impl AppTask {
             );
         }
         tokio::select! {
-            changed = until(&mut self.paused, false) => {
-                if changed.is_err() {
-                    return false;
-                }
+            () = until(&mut self.paused, false) => {
                 super::state::log(&format!("{name} started on request"));
                 self.board.update(self.idx, |a| a.detail = None);
                 true
@@ -428,7 +425,7 @@ impl AppTask {
             ready = ready => ready,
             _ = Self::stop_signal(&mut self.stop) => false,
             // The caller sees the stop and holds the app stopped.
-            _ = until(&mut self.paused, true) => true,
+            () = until(&mut self.paused, true) => true,
         }
     }
 
@@ -562,11 +559,7 @@ impl AppTask {
                     // The supervisor is gone; nobody can ask any more.
                     std::future::pending::<()>().await;
                 }
-                paused = until(&mut self.paused, true) => {
-                    if paused.is_err() {
-                        // The supervisor is gone; nobody can ask any more.
-                        std::future::pending::<()>().await;
-                    }
+                () = until(&mut self.paused, true) => {
                     return match self.stop_for_restart(pid, &mut exit, started, For::Stop).await {
                         Supervised::RestartRequested => Supervised::Paused,
                         other => other,
@@ -733,12 +726,12 @@ impl AppTask {
     }
 }
 
-/// Resolves once `flag` is `want` (at once if it already is); `Err` when its sender is gone.
-async fn until(flag: &mut watch::Receiver<bool>, want: bool) -> Result<(), ()> {
-    flag.wait_for(|v| *v == want)
-        .await
-        .map(|_| ())
-        .map_err(|_| ())
+/// Resolves once `flag` is `want` (at once if it already is); never when its sender is gone (nobody
+/// can ask any more).
+async fn until(flag: &mut watch::Receiver<bool>, want: bool) {
+    if flag.wait_for(|v| *v == want).await.is_err() {
+        std::future::pending::<()>().await;
+    }
 }
 
 /// Sends `signal` to the group, waits up to `grace` for the leader's status and an empty group,

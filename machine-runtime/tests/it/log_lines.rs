@@ -34,9 +34,12 @@ fn runtime_lines(out: &str) -> Vec<&str> {
 fn text_lines_carry_an_rfc3339_time_before_the_unchanged_message() {
     let rt = Runtime::start(ecosystem(), &[("NO_COLOR", "")]);
     wait_for(
-        "the app to be up",
+        "the app to be up and its line",
         || rt.output(),
-        || rt.output().contains("all 1 app is up").then_some(()),
+        || {
+            let out = rt.output();
+            (out.contains("all 1 app is up") && out.contains("[svc] hello")).then_some(())
+        },
     );
     let out = rt.output();
     let lines = runtime_lines(&out);
@@ -74,6 +77,12 @@ fn json_lines_for_log_shippers_from_the_flag_or_the_environment() {
             "the app to be up",
             || rt.output(),
             || rt.output().contains("all 1 app is up").then_some(()),
+        );
+        // The app's line is forwarded on its own schedule.
+        wait_for(
+            "the app's line",
+            || rt.output(),
+            || rt.output().contains(r#""source":"svc""#).then_some(()),
         );
         let out = rt.output();
         // Every line is JSON, the apps' output included.
