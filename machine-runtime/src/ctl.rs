@@ -407,17 +407,19 @@ pub async fn logs(target: &Target, options: &LogsOptions) -> Result<(), CtlError
         let response = HttpResponse { status, body };
         return answer("GET", &url, response, target.token.is_some()).map(|_| ());
     }
-    let mut width = options
-        .names
-        .iter()
-        .map(|n| n.chars().count())
-        .max()
-        .unwrap_or(0);
-    let mut colours: HashMap<String, usize> = HashMap::new();
+    let mut shape = Shape {
+        width: options
+            .names
+            .iter()
+            .map(|n| n.chars().count())
+            .max()
+            .unwrap_or(0),
+        colours: options.colour.then(HashMap::new),
+    };
     let mut seen: Vec<String> = Vec::new();
-    // Recent lines are held until the `following` marker (or the end), then printed at once; later
-    // ones (`live`) as they come.
-    let mut pending: Vec<String> = Vec::new();
+    // Recent lines are held until the `following` marker (or the end), then printed at once, padded
+    // to the longest name among them; later ones (`live`) as they come.
+    let mut pending: Vec<(String, u64, String)> = Vec::new();
     let mut live = false;
     let mut out = std::io::stdout();
     loop {
@@ -434,21 +436,22 @@ pub async fn logs(target: &Target, options: &LogsOptions) -> Result<(), CtlError
         };
         if let Some(following) = item.get("following").and_then(Value::as_array) {
             // The recent lines are all here: print them, and say which apps printed nothing.
-            if !print(&mut out, &pending) {
+            let names: Vec<&str> = following.iter().filter_map(Value::as_str).collect();
+            shape.fit(names.iter().copied());
+            if !print(&mut out, &shape.lines(&pending)) {
                 return Ok(());
             }
             pending.clear();
             live = true;
-            let quiet: Vec<&str> = following
-                .iter()
-                .filter_map(Value::as_str)
+            let quiet: Vec<&str> = names
+                .into_iter()
                 .filter(|n| !seen.iter().any(|s| s == n))
                 .collect();
             say_quiet(&quiet, true);
             continue;
         }
         if let Some(end) = item.get("end").and_then(Value::as_str) {
-            print(&mut out, &pending);
+            print(&mut out, &shape.lines(&pending));
             crate::sink::err_line(&format!("machine-runtime: {end}; the log stream ended"));
             return Ok(());
         }
@@ -462,27 +465,21 @@ pub async fn logs(target: &Target, options: &LogsOptions) -> Result<(), CtlError
         if !seen.contains(&name) {
             seen.push(name.clone());
         }
-        width = width.max(name.chars().count());
-        let next = colours.len();
-        let colour = options
-            .colour
-            .then(|| *colours.entry(name.clone()).or_insert(next));
-        let text = log_line(
-            &name,
-            width,
+        let entry = (
+            name,
             item["at_ms"].as_u64().unwrap_or(0),
-            item["text"].as_str().unwrap_or(""),
-            colour,
+            item["text"].as_str().unwrap_or("").to_owned(),
         );
         if live {
-            if !print(&mut out, &[text]) {
+            if !print(&mut out, &shape.lines(std::slice::from_ref(&entry))) {
                 return Ok(());
             }
         } else {
-            pending.push(text);
+            pending.push(entry);
         }
     }
-    print(&mut out, &pending);
+    let lines = shape.lines(&pending);
+    print(&mut out, &lines);
     if !options.follow {
         let quiet: Vec<&str> = if options.names.is_empty() {
             if seen.is_empty() {
@@ -501,6 +498,36 @@ pub async fn logs(target: &Target, options: &LogsOptions) -> Result<(), CtlError
         say_quiet(&quiet, false);
     }
     Ok(())
+}
+
+/// How `logs` lays out its lines: the name column's width and, on a terminal, each name's colour.
+struct Shape {
+    width: usize,
+    colours: Option<HashMap<String, usize>>,
+}
+
+impl Shape {
+    /// Widens the name column to hold `names`.
+    fn fit<'a>(&mut self, names: impl IntoIterator<Item = &'a str>) {
+        for name in names {
+            self.width = self.width.max(name.chars().count());
+        }
+    }
+
+    /// `(name, at_ms, text)` entries as printed lines ([`log_line`]), the column wide enough for them.
+    fn lines(&mut self, entries: &[(String, u64, String)]) -> Vec<String> {
+        self.fit(entries.iter().map(|(name, _, _)| name.as_str()));
+        entries
+            .iter()
+            .map(|(name, at_ms, text)| {
+                let colour = self.colours.as_mut().map(|colours| {
+                    let next = colours.len();
+                    *colours.entry(name.clone()).or_insert(next)
+                });
+                log_line(name, self.width, *at_ms, text, colour)
+            })
+            .collect()
+    }
 }
 
 fn say_quiet(quiet: &[&str], following: bool) {

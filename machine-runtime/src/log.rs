@@ -66,11 +66,16 @@ impl Level {
         }
     }
 
-    /// The level a message announces by its first word (`warning:`, `error:`), else info.
+    /// The level a message announces by its first word (`warning:`, `error:`, any case), else info.
     pub fn of_message(message: &str) -> Level {
-        if message.starts_with("warning:") {
+        let starts = |word: &str| {
+            message
+                .get(..word.len())
+                .is_some_and(|head| head.eq_ignore_ascii_case(word))
+        };
+        if starts("warning:") {
             Level::Warn
-        } else if message.starts_with("error:") {
+        } else if starts("error:") {
             Level::Error
         } else {
             Level::Info
@@ -239,6 +244,8 @@ mod tests {
     fn reads_the_level_and_the_format_setting() {
         assert_eq!(Level::of_message("warning: x"), Level::Warn);
         assert_eq!(Level::of_message("error: x"), Level::Error);
+        assert_eq!(Level::of_message("WARNING: the redis"), Level::Warn);
+        assert_eq!(Level::of_message("é"), Level::Info);
         assert_eq!(Level::of_message("broker: warning: x"), Level::Info);
         let env = |v: &'static str| move |_: &str| Some(v.to_owned());
         assert_eq!(

@@ -185,6 +185,12 @@ fn logs_prints_name_prefixed_timestamped_lines_and_follows_new_ones() {
         "no colours off a terminal: {stdout:?}"
     );
 
+    // Every app: one column for the names, as wide as the longest that printed ("svc", "wrk").
+    let out = cli(&["logs", "--url", &url], &[]);
+    let stdout = text(&out.stdout);
+    assert!(stdout.lines().count() >= 2, "{stdout}");
+    assert!(stdout.lines().all(|l| l.find(" | ") == Some(3)), "{stdout}");
+
     // No output yet: said on stderr, not a failure.
     let out = cli(&["logs", "--url", &url, "quiet"], &[]);
     assert!(out.status.success(), "{}", text(&out.stderr));
