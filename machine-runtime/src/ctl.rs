@@ -736,3 +736,147 @@ async fn act_line(args: ActArgs, action: Action, port: u16) -> Result<(), CtlErr
     print(&mut std::io::stdout(), &[line]);
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resolve(
+        url: Option<&str>,
+        env: &[(&str, &str)],
+    ) -> Result<(String, Option<String>), String> {
+        let env: HashMap<String, String> = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        Target::resolve(url, 9090, |name| env.get(name).cloned())
+            .map(|t| (t.url("/pm2/list").to_string(), t.token))
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_machine_is_the_flag_else_machine_url_else_the_local_health_port() {
+        let env = [
+            ("MACHINE_URL", "http://gpu-box:9092/"),
+            ("MACHINE_CONTROL_TOKEN", " t0k "),
+        ];
+        assert_eq!(
+            resolve(Some("http://proxy/machine-1/"), &env),
+            Ok((
+                "http://proxy:80/machine-1/pm2/list".into(),
+                Some("t0k".into())
+            ))
+        );
+        assert_eq!(
+            resolve(None, &env),
+            Ok(("http://gpu-box:9092/pm2/list".into(), Some("t0k".into())))
+        );
+        assert_eq!(
+            resolve(None, &[("MACHINE_URL", " "), ("MACHINE_CONTROL_TOKEN", "")]),
+            Ok(("http://127.0.0.1:9090/pm2/list".into(), None))
+        );
+        assert_eq!(
+            resolve(None, &[("MACHINE_URL", "gpu-box:9090")]),
+            Err("MACHINE_URL is \"gpu-box:9090\" is not an http:// url; give the machine's endpoint as http://HOST:PORT".into())
+        );
+        assert!(
+            resolve(Some("http://h:1/?a=b"), &[])
+                .unwrap_err()
+                .contains("has a query")
+        );
+    }
+
+    #[test]
+    fn the_table_pads_columns_and_says_dash_for_what_an_app_has_not() {
+        let app = |name: &str, pid: Option<u64>, uptime_ms: Option<u64>, memory: u64| Process {
+            name: name.into(),
+            role: Some("worker".into()),
+            gpu: pid.map(|_| 1),
+            pid,
+            status: if pid.is_some() { "online" } else { "stopped" }.into(),
+            state: String::new(),
+            restarts: 2,
+            uptime_ms,
+            cpu: 12.345,
+            memory,
+        };
+        assert_eq!(
+            table(&[
+                app(
+                    "simulation-websocket-worker-0",
+                    Some(4242),
+                    Some(7_200_000),
+                    48_234_496
+                ),
+                app("w", None, None, 0),
+            ]),
+            "NAME                           ROLE    GPU  PID   STATUS   RESTARTS  UPTIME  CPU    MEMORY\n\
+             simulation-websocket-worker-0  worker  1    4242  online   2         2h      12.3%  46.0 MiB\n\
+             w                              worker  -    -     stopped  2         -       12.3%  0 B\n"
+        );
+    }
+
+    #[test]
+    fn durations_and_bytes_read_as_pm2_and_docker_show_them() {
+        let cases = [
+            (0, "0s"),
+            (59_999, "59s"),
+            (60_000, "1m"),
+            (3_600_000, "1h"),
+            (172_800_000, "2D"),
+        ];
+        for (ms, shown) in cases {
+            assert_eq!(short_duration(ms), shown);
+        }
+        assert_eq!(
+            [0, 1023, 1024, 1_572_864, 3 << 30].map(bytes),
+            ["0 B", "1023 B", "1.0 KiB", "1.5 MiB", "3.0 GiB"]
+        );
+    }
+
+    #[test]
+    fn a_log_line_is_the_name_column_the_time_and_the_text() {
+        assert_eq!(
+            log_line("svc", 5, 1_796_532_933_123, "hello", None),
+            "svc   | 2026-12-06T04:55:33.123Z hello"
+        );
+        assert_eq!(
+            log_line("svc", 3, 0, "x", Some(1)),
+            "\x1b[33msvc |\x1b[0m 1970-01-01T00:00:00.000Z x"
+        );
+    }
+
+    #[test]
+    fn answers_that_are_not_a_success_become_one_line() {
+        let url = HttpUrl::local(9, "/restart/service?service=x");
+        let said = |status: u16, body: &str, token: bool| {
+            answer(
+                "POST",
+                &url,
+                HttpResponse {
+                    status,
+                    body: body.into(),
+                },
+                token,
+            )
+            .unwrap_err()
+            .to_string()
+        };
+        assert_eq!(
+            said(401, r#"{"error":"x"}"#, false),
+            "POST /restart/service needs the machine's control token: set MACHINE_CONTROL_TOKEN to the token the machine was started with"
+        );
+        assert_eq!(
+            said(403, r#"{"error":"the control token is wrong"}"#, true),
+            "the machine refused the control token: the control token is wrong; set MACHINE_CONTROL_TOKEN to the token the machine was started with"
+        );
+        assert_eq!(
+            said(404, r#"{"error":"no app named \"x\""}"#, true),
+            "no app named \"x\""
+        );
+        assert_eq!(
+            said(502, "<html>bad gateway</html>", true),
+            "http://127.0.0.1:9/restart/service?service=x answered 502 without the endpoint's JSON; is --url the machine's health port?"
+        );
+    }
+}
