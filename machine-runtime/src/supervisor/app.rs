@@ -340,8 +340,10 @@ impl AppTask {
             "stopped on request; `machine-runtime start {name}` (or POST /start/service) starts it again"
         );
         if self.board.watch().borrow().apps[self.idx].state == AppState::Stopped {
-            self.board
-                .update(self.idx, |a| a.detail = Some(detail.clone()));
+            self.board.update(self.idx, |a| {
+                a.detail = Some(detail.clone());
+                a.stopped_on_request = true;
+            });
             super::state::log(&format!(
                 "{name} stays stopped until it is started on request"
             ));
@@ -350,13 +352,19 @@ impl AppTask {
                 self.idx,
                 AppState::Stopped,
                 format!("{name} stopped on request; it stays stopped until it is started"),
-                |a| a.detail = Some(detail.clone()),
+                |a| {
+                    a.detail = Some(detail.clone());
+                    a.stopped_on_request = true;
+                },
             );
         }
         tokio::select! {
             () = until(&mut self.paused, false) => {
                 super::state::log(&format!("{name} started on request"));
-                self.board.update(self.idx, |a| a.detail = None);
+                self.board.update(self.idx, |a| {
+                    a.detail = None;
+                    a.stopped_on_request = false;
+                });
                 true
             }
             _ = Self::stop_signal(&mut self.stop) => false,

@@ -279,14 +279,27 @@ fn stop_holds_an_app_stopped_until_start_and_restart_restarts() {
     );
     let listed = ps_json(&url);
     assert_eq!(entry(&listed, "svc")["status"], "stopped");
+    // The operator's choice keeps the machine from being ready, not from being healthy (a liveness
+    // probe must not restart the machine to undo it), its waiting worker included.
+    let (code, health, raw) = rt.get("/health");
+    assert_eq!((code, &health["healthy"]), (200, &json!(true)), "{raw}");
+    assert_eq!(health["services"]["svc"]["healthy"], false, "{raw}");
     assert!(
-        rt.get("/health").1["services"]["svc"]["reason"]
+        health["services"]["svc"]["reason"]
             .as_str()
             .unwrap()
-            .contains("stopped on request; `machine-runtime start svc`"),
-        "{}",
-        rt.get("/health").1
+            .contains("svc is stopped: stopped on request; `machine-runtime start svc`"),
+        "{raw}"
     );
+    let (code, ready, raw) = rt.get("/ready");
+    assert_eq!(code, 503, "{raw}");
+    let reasons = ready["reasons"].to_string();
+    assert!(
+        reasons.contains("svc is stopped: stopped on request")
+            && reasons.contains("wrk is waiting for svc"),
+        "{raw}"
+    );
+    assert_eq!(rt.app_status("svc")["stopped_on_request"], true);
 
     let out = cli(&["stop", "--url", &url, "svc"], &token);
     assert_eq!(text(&out.stdout), "svc: already stopped\n");
@@ -296,6 +309,7 @@ fn stop_holds_an_app_stopped_until_start_and_restart_restarts() {
     assert_eq!(text(&out.stdout), "svc: starting (was stopped)\n");
     let svc = rt.wait_state("svc", "running");
     assert_ne!(svc["pid"].as_u64().unwrap(), old_pid);
+    assert_eq!(svc["stopped_on_request"], false);
     rt.wait_state("wrk", "running");
     let out = cli(&["start", "--url", &url, "svc"], &token);
     assert_eq!(text(&out.stdout), "svc: already online\n");
