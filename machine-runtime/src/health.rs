@@ -15,7 +15,8 @@
 //!   connector.
 //! - `GET /status`: every app, the phase, the broker link.
 //! - `GET /pm2/list`: the processes as `pm2 jlist` names them (`name`, `pm_id`, `pid`,
-//!   `pm2_env.status`, `restart_time`, `pm_uptime`, ...). No environment: it holds secrets.
+//!   `pm2_env.status`, `restart_time`, `pm_uptime`, `monit: {cpu, memory}` (percent of one core,
+//!   bytes; [`crate::procstat`]), ...). No environment: it holds secrets.
 //! - `GET /pm2/logs?service=NAME&lines=N[&stream=true]`: the last N (default 50) lines of that
 //!   app's output, `{service, app, lines: [{at_ms, stream, text}]}` (`app` only when NAME is a
 //!   service key); with `stream=true` the same lines, then each new one as it comes, as plain text
@@ -29,6 +30,8 @@
 //!   broker link ([`crate::metrics`]).
 //! - `POST /refresh-status`: publish a status message now.
 //! - `POST /restart/service?service=NAME`: restart one app as `pm2 restart` does.
+//! - `POST /stop/service`, `POST /start/service`, `GET /logs`: an operator's `machine-runtime
+//!   stop|start|logs` (module `ops`).
 //! - `POST /restart/machine`: stop the machine cleanly (final `shutdown` status, busy workers
 //!   drained, every app stopped); the runtime exits 0 and the container's restart policy starts it
 //!   again.
@@ -64,6 +67,8 @@ use crate::http::{self, HttpUrl, Limits, Request, write_json};
 use crate::origins::{ALLOWED_ORIGINS_VAR, AllowedOrigins};
 use crate::supervisor::logs::{LogLine, LogStream, MAX_LINES};
 use crate::supervisor::{RestartError, Snapshot, SupervisorHandle};
+
+mod ops;
 
 /// The environment variable holding the token of the POST routes.
 pub(crate) const CONTROL_TOKEN_VAR: &str = "MACHINE_CONTROL_TOKEN";
@@ -315,6 +320,8 @@ enum Reply {
     },
     /// A JSON body, then stop the machine.
     ThenStop(u16, Value),
+    /// `GET /logs`: newline-delimited JSON of many apps' lines ([`ops::Feed`]).
+    Feed(ops::Feed),
 }
 
 async fn answer(
@@ -395,6 +402,7 @@ async fn answer(
             };
             stream_lines(&mut stream, out, &headers, handle.shutdown_token()).await;
         }
+        Reply::Feed(feed) => ops::write_feed(&mut stream, feed, handle.shutdown_token()).await,
     }
     let _ = stream.shutdown().await;
 }
@@ -721,7 +729,7 @@ async fn route(
     let post_route = matches!(
         path,
         "/refresh-status" | "/restart/service" | "/restart/machine"
-    );
+    ) || ops::POST_ROUTES.contains(&path);
     if post_route {
         if method != "POST" {
             return error(
@@ -794,6 +802,7 @@ async fn route(
             crate::metrics::CONTENT_TYPE,
             crate::metrics::render(&snapshot, uptime_ms, source),
         ),
+        "/logs" => ops::logs(request, handle, source),
         _ => error(
             404,
             format!(
@@ -925,6 +934,7 @@ async fn control_route(
                 Err(err) => error(409, err.to_string()),
             }
         }
+        "/stop/service" | "/start/service" => ops::stop_or_start(path, request, handle, source),
         _ => Reply::ThenStop(
             202,
             json!({
@@ -938,6 +948,8 @@ async fn control_route(
 /// `/pm2/list`: one entry per app in `pm2 jlist`'s terms, without the environment. `now_ms` is the
 /// wall clock (epoch ms) and `uptime_ms` the supervisor's, to turn start times into epoch ms.
 pub(crate) fn pm2_list(snapshot: &Snapshot, uptime_ms: u64, now_ms: u64) -> Value {
+    let leaders: Vec<u32> = snapshot.apps.iter().filter_map(|a| a.pid).collect();
+    let usages = crate::procstat::groups(&leaders);
     let apps: Vec<Value> = snapshot
         .apps
         .iter()
@@ -955,6 +967,7 @@ pub(crate) fn pm2_list(snapshot: &Snapshot, uptime_ms: u64, now_ms: u64) -> Valu
                 "pid": a.pid,
                 "status": status,
                 "state": a.state,
+                "monit": crate::procstat::monit(a.pid, &usages),
                 "restart_time": a.restarts,
                 "unstable_restarts": a.unstable_restarts,
                 "pm_uptime": pm_uptime,

@@ -403,12 +403,28 @@ pub struct HttpResponse {
 }
 
 /// The request [`get`] sends.
+#[cfg(test)]
 fn get_request(url: &HttpUrl) -> String {
-    format!(
-        "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: machine-runtime\r\nAccept: */*\r\nConnection: close\r\n\r\n",
+    request_head("GET", url, &[])
+}
+
+/// A request head without a body: `METHOD path`, `Host`, `User-Agent`, `Accept`, `Connection: close`,
+/// then `extra` header lines (`Name: value`), then the blank line; a `POST` says `Content-Length: 0`.
+pub fn request_head(method: &str, url: &HttpUrl, extra: &[&str]) -> String {
+    let mut head = format!(
+        "{method} {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: machine-runtime\r\nAccept: */*\r\nConnection: close\r\n",
         url.path,
         url.authority()
-    )
+    );
+    if method == "POST" {
+        head.push_str("Content-Length: 0\r\n");
+    }
+    for line in extra {
+        head.push_str(line);
+        head.push_str("\r\n");
+    }
+    head.push_str("\r\n");
+    head
 }
 
 /// The most of a response [`get`] reads, head and body, in bytes: a probe only needs the status
@@ -419,12 +435,23 @@ const MAX_RESPONSE: usize = 1 << 20;
 /// body (so a server that keeps the connection open does not hold the caller), or, without one,
 /// until the server closes the connection; at most [`MAX_RESPONSE`] bytes.
 pub async fn get(url: &HttpUrl, timeout: Duration) -> Result<HttpResponse, String> {
+    send("GET", url, &[], timeout).await
+}
+
+/// Sends a bodiless request ([`request_head`]) and reads the whole response, within `timeout`. The
+/// error says in words what failed; one that could not connect starts with `cannot connect to`.
+pub async fn send(
+    method: &str,
+    url: &HttpUrl,
+    extra: &[&str],
+    timeout: Duration,
+) -> Result<HttpResponse, String> {
     let attempt = async {
         let mut stream = TcpStream::connect((url.host.as_str(), url.port))
             .await
             .map_err(|e| format!("cannot connect to {}: {e}", url.authority()))?;
         stream
-            .write_all(get_request(url).as_bytes())
+            .write_all(request_head(method, url, extra).as_bytes())
             .await
             .map_err(|e| format!("cannot send the request to {url}: {e}"))?;
         let mut raw = Vec::new();

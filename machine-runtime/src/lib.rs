@@ -3,6 +3,7 @@
 pub mod broker;
 pub mod comfyui_standin;
 pub mod command;
+pub mod ctl;
 pub mod ecosystem;
 #[doc(hidden)]
 pub mod fuzz;
@@ -14,10 +15,12 @@ pub mod http;
 pub mod identity;
 pub mod install;
 pub mod limits;
+pub mod log;
 pub mod metrics;
 pub mod origins;
 pub mod preflight;
 pub mod probe;
+pub mod procstat;
 pub mod profiles;
 pub mod reality;
 pub(crate) mod reaper;

@@ -19,11 +19,92 @@ macro_rules! outln {
     }};
 }
 
+/// `--version`: the crate version and the git commit it was built from (build.rs).
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("MACHINE_BUILD_COMMIT"),
+    ")"
+);
+
+const MAIN_HELP: &str = "Examples:
+  machine-runtime up --profile full-local        run a machine (the image's entrypoint)
+  machine-runtime plan --profile gpu-mixed       what it would start here
+  machine-runtime ps                             the apps of the running machine
+  machine-runtime logs -f                        follow every app's output
+  machine-runtime restart comfyui-gpu0           (needs MACHINE_CONTROL_TOKEN)
+  docker compose exec machine machine-runtime ps
+  machine-runtime completions bash > /etc/bash_completion.d/machine-runtime
+
+Each command's --help lists the environment variables it reads.";
+
+const UP_HELP: &str = "Examples:
+  machine-runtime up --profile full-local
+  machine-runtime up --ecosystem ecosystem.config.json --health-port 0
+  MACHINE_LOG_FORMAT=json machine-runtime up --profile api-only
+
+Environment:
+  MACHINE_PROFILE        the profile, as --profile
+  MACHINE_HEALTH_PORT    the health port, as --health-port (default 9090)
+  MACHINE_LOG_FORMAT     text or json, as --log-format
+  MACHINE_CONTROL_TOKEN  turns on the POST control routes (restart, stop, start)
+  MACHINE_ID             the machine's id (MACHINE_ID_APPEND_HOSTNAME appends the host name)
+  HUB_REDIS_URL          the job broker's Redis; unset, the machine runs without a broker
+  WORKSPACE_DIR          the root of the installs and the apps' files
+  MACHINE_FAKE_GPUS      N fake GPUs instead of NVML (tests, machines without a GPU)
+  WORKERS, WORKER_CONNECTORS, MACHINE_GPU_COUNT, MACHINE_ALLOW_FEWER_GPUS
+                         override the profile's plan (see `machine-runtime plan`)
+  NO_COLOR               any value turns colours off";
+
+const INSTALL_HELP: &str = "Examples:
+  machine-runtime install --profile full-local
+  machine-runtime install --profile full-local --check
+  machine-runtime install --services comfyui --workspace /workspace --force
+
+Environment:
+  WORKSPACE_DIR          the root of the installs, as --workspace (default /workspace)
+  WORKER_BUNDLE_URL      where the worker bundle comes from, instead of the profile's source
+  WORKER_BUNDLE_SHA256   the bundle's expected SHA-256
+  WORKER_CONNECTORS      the workers' connectors, instead of the profile's
+  COMFYUI_BRANCH         the ComfyUI revision to check out
+  PYTHON                 the Python that makes the virtual environments";
+
+const PLAN_HELP: &str = "Examples:
+  machine-runtime plan --profile full-local
+  MACHINE_FAKE_GPUS=2 machine-runtime plan --profile gpu-mixed --format json
+
+Environment:
+  MACHINE_PROFILE        the profile, as --profile
+  MACHINE_FAKE_GPUS      N fake GPUs instead of NVML
+  WORKERS, WORKER_CONNECTORS, MACHINE_GPU_COUNT, MACHINE_ALLOW_FEWER_GPUS, MACHINE_ID
+                         override the profile's plan";
+
+const GPUS_HELP: &str = "Examples:
+  machine-runtime gpus
+  machine-runtime gpus --format json
+
+Environment:
+  MACHINE_FAKE_GPUS      N fake GPUs instead of NVML
+  MACHINE_NVML_LIBRARY   the NVML library to load";
+
+const HEALTH_HELP: &str = "Examples:
+  machine-runtime health                 (the image's HEALTHCHECK)
+  machine-runtime health --port 9092 --timeout 2
+
+Environment:
+  MACHINE_HEALTH_PORT    the health port, as --port (default 9090)";
+
+const COMPLETIONS_HELP: &str = "Examples:
+  machine-runtime completions bash > /etc/bash_completion.d/machine-runtime
+  machine-runtime completions zsh > \"${fpath[1]}/_machine-runtime\"
+  machine-runtime completions fish > ~/.config/fish/completions/machine-runtime.fish";
+
 #[derive(Parser)]
 #[command(
     name = "machine-runtime",
-    version,
-    about = "Detect GPUs, install, launch and supervise a GPU worker machine"
+    version = VERSION,
+    about = "Detect GPUs, install, launch and supervise a GPU worker machine",
+    after_help = MAIN_HELP
 )]
 struct Cli {
     #[command(subcommand)]
@@ -33,16 +114,20 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Show the GPU inventory as the runtime sees it (NVML, or MACHINE_FAKE_GPUS=N).
+    #[command(after_help = GPUS_HELP)]
     Gpus {
         /// Output format.
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
     },
     /// Install the internal services' software once (skipped when the markers match).
+    #[command(after_help = INSTALL_HELP)]
     Install(machine_runtime::install::InstallArgs),
     /// Start every app, supervise them, serve the health endpoint; stop on SIGTERM/SIGINT.
+    #[command(after_help = UP_HELP)]
     Up(UpArgs),
     /// Print what `up --profile` would start, given the GPUs found and the environment.
+    #[command(after_help = PLAN_HELP)]
     Plan {
         /// The baked-in profile [default: $MACHINE_PROFILE].
         #[arg(long, value_name = "NAME")]
@@ -52,7 +137,17 @@ enum Command {
         format: Format,
     },
     /// Exit 0 when the running machine's /health answers 200 (for Docker's HEALTHCHECK).
+    #[command(after_help = HEALTH_HELP)]
     Health(HealthArgs),
+    #[command(flatten)]
+    Ctl(machine_runtime::ctl::Command),
+    /// Print a shell completion script for machine-runtime.
+    #[command(after_help = COMPLETIONS_HELP)]
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Args)]
@@ -66,6 +161,9 @@ struct UpArgs {
     /// Port of the health endpoint [default: $MACHINE_HEALTH_PORT, else 9090; 0 picks a free one].
     #[arg(long, value_name = "PORT")]
     health_port: Option<u16>,
+    /// How the runtime's own log lines are written [default: $MACHINE_LOG_FORMAT, else text].
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    log_format: Option<machine_runtime::log::LogFormat>,
 }
 
 #[derive(Args)]
@@ -96,12 +194,40 @@ fn main() -> ExitCode {
     if !matches!(cli.command, Command::Up(_)) {
         machine_runtime::signals::release_stop_signals();
     }
+    let flag = match &cli.command {
+        Command::Up(args) => args.log_format,
+        _ => None,
+    };
+    match machine_runtime::log::LogFormat::from_lookup(|name| std::env::var(name).ok()) {
+        Ok(from_env) => machine_runtime::log::init(flag.or(from_env).unwrap_or_default()),
+        Err(problem) => {
+            sink::err_line(&format!("machine-runtime: error: {problem}"));
+            sink::flush(Duration::from_secs(2));
+            return ExitCode::FAILURE;
+        }
+    }
     let result = match cli.command {
         Command::Gpus { format } => gpus(format),
-        Command::Install(args) => return machine_runtime::install::run_cli(args),
+        // Its lines go through the log front end's queue: flushed below like every command's.
+        Command::Install(args) => Ok(machine_runtime::install::run_cli(args)),
         Command::Up(args) => up(args).map(|()| ExitCode::SUCCESS),
         Command::Plan { profile, format } => plan(profile, format).map(|()| ExitCode::SUCCESS),
         Command::Health(args) => health_check(args).map(|()| ExitCode::SUCCESS),
+        Command::Completions { shell } => {
+            let mut out = Vec::new();
+            clap_complete::generate(
+                shell,
+                &mut <Cli as clap::CommandFactory>::command(),
+                "machine-runtime",
+                &mut out,
+            );
+            sink::out(&out);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Ctl(command) => health_port(None).and_then(|port| {
+            machine_runtime::ctl::run(command, port)?;
+            Ok(ExitCode::SUCCESS)
+        }),
     };
     let code = match result {
         Ok(code) => code,
@@ -208,7 +334,7 @@ fn real_plan(flag: Option<String>) -> anyhow::Result<machine_runtime::reality::R
         },
     )?;
     for note in &real.notes {
-        sink::err_line(&format!("machine-runtime: {note}"));
+        machine_runtime::log::runtime(note);
     }
     Ok(real)
 }
@@ -258,8 +384,8 @@ fn plan(profile: Option<String>, format: Format) -> anyhow::Result<()> {
 fn up(args: UpArgs) -> anyhow::Result<()> {
     // Before any app: the soft open-file limit up to the hard one (each app holds two pipes).
     if let Err(err) = machine_runtime::limits::raise_open_files() {
-        sink::err_line(&format!(
-            "machine-runtime: warning: cannot read or raise the open-file limit: {err}"
+        machine_runtime::log::runtime(&format!(
+            "warning: cannot read or raise the open-file limit: {err}"
         ));
     }
     let env_machine_id = machine_runtime::identity::machine_id(
@@ -281,8 +407,8 @@ fn up(args: UpArgs) -> anyhow::Result<()> {
         let created = machine_runtime::limits::ensure_workspace(workspace, "WORKSPACE_DIR")
             .map_err(|problem| anyhow::anyhow!("cannot start the machine:\n  - {problem}"))?;
         if created {
-            sink::err_line(&format!(
-                "machine-runtime: created the workspace {} (WORKSPACE_DIR)",
+            machine_runtime::log::runtime(&format!(
+                "created the workspace {} (WORKSPACE_DIR)",
                 workspace.display()
             ));
         }
@@ -338,7 +464,7 @@ fn plan_apps(
         Some(path) => {
             let eco = ecosystem::read_file(&path)?;
             for warning in &eco.warnings {
-                sink::err_line(&format!("machine-runtime: warning: {warning}"));
+                machine_runtime::log::runtime(&format!("warning: {warning}"));
             }
             let (uuids, mig_uuids) = gpu_uuids()?;
             Planned {
@@ -365,7 +491,7 @@ fn plan_apps(
             let origin = format!("of profile {}", real.plan.profile);
             let eco = ecosystem::resolve((&real.plan).into(), &origin)?;
             for warning in &eco.warnings {
-                sink::err_line(&format!("machine-runtime: warning: {warning}"));
+                machine_runtime::log::runtime(&format!("warning: {warning}"));
             }
             let apps = eco.apps;
             Planned {

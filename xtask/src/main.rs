@@ -85,6 +85,15 @@ enum Command {
         #[arg(long, default_value_t = 20)]
         iterations: u32,
     },
+    /// Print a shell completion script for the xtask binary (`cargo build -p xtask` puts it in target/debug/xtask).
+    #[command(
+        after_help = "Examples:\n  cargo xtask completions bash > ~/.local/share/bash-completion/completions/xtask\n  cargo xtask completions zsh > \"${fpath[1]}/_xtask\"\n  cargo xtask completions fish > ~/.config/fish/completions/xtask.fish"
+    )]
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 fn main() -> ExitCode {
@@ -111,12 +120,44 @@ fn main() -> ExitCode {
         Command::Secrets { profile } => secrets::run(&profile),
         Command::Explain { profile, var } => explain::run(&profile, &var),
         Command::Bench { what, iterations } => bench::run(what, iterations),
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut command, "xtask", &mut std::io::stdout());
+            Ok(())
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_consistent_and_completions_name_every_command() {
+        <Cli as clap::CommandFactory>::command().debug_assert();
+        for shell in [
+            clap_complete::Shell::Bash,
+            clap_complete::Shell::Zsh,
+            clap_complete::Shell::Fish,
+        ] {
+            let mut out = Vec::new();
+            clap_complete::generate(
+                shell,
+                &mut <Cli as clap::CommandFactory>::command(),
+                "xtask",
+                &mut out,
+            );
+            let script = String::from_utf8(out).unwrap();
+            for command in ["env-build", "codegen", "check", "plan", "completions"] {
+                assert!(script.contains(command), "{shell} lacks {command}");
+            }
         }
     }
 }

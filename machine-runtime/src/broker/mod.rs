@@ -42,7 +42,14 @@
 macro_rules! log {
     ($($arg:tt)*) => {
         // Never a printing macro: on a closed stderr it would panic and end the broker task.
-        $crate::sink::err_line(&format!("machine-runtime: broker: {}", format_args!($($arg)*)))
+        {
+            let message = format!($($arg)*);
+            $crate::log::emit(
+                $crate::log::Level::of_message(&message),
+                "machine-runtime",
+                &format!("broker: {message}"),
+            )
+        }
     };
 }
 pub(crate) use log;

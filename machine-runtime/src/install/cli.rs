@@ -80,7 +80,7 @@ pub fn run(args: InstallArgs) -> ExitCode {
     let recipes = match recipes {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("error: {e}");
+            crate::log::runtime(&format!("error: {e}"));
             return ExitCode::FAILURE;
         }
     };
@@ -94,14 +94,14 @@ pub fn run(args: InstallArgs) -> ExitCode {
     }
     let names: Vec<&str> = recipes.iter().map(|(n, _)| n.as_str()).collect();
     if let Some(profile) = &args.profile {
-        eprintln!(
+        crate::log::runtime(&format!(
             "install: profile {profile} needs {}",
             if names.is_empty() {
                 "nothing installed".to_string()
             } else {
                 names.join(", ")
             }
-        );
+        ));
     }
     let services: Vec<(&str, &InstallRecipe)> =
         recipes.iter().map(|(n, r)| (n.as_str(), r)).collect();
@@ -133,25 +133,28 @@ pub fn run_with(
                     })
                     .collect();
                 if stale.is_empty() {
-                    eprintln!("install: {} services installed and current", states.len());
+                    crate::log::runtime(&format!(
+                        "install: {} services installed and current",
+                        states.len()
+                    ));
                     ExitCode::SUCCESS
                 } else {
-                    eprintln!(
+                    crate::log::runtime(&format!(
                         "error: not installed or out of date: {}; run `machine-runtime install` with the same --profile or --services (and environment) for them",
                         stale.join(", ")
-                    );
+                    ));
                     ExitCode::FAILURE
                 }
             }
             Err(e) => {
-                eprintln!("error: {e}");
+                crate::log::runtime(&format!("error: {e}"));
                 ExitCode::FAILURE
             }
         };
     }
     match install(services, opts) {
         Ok(report) if report.services.is_empty() => {
-            eprintln!("install: no internal services needed, nothing to install");
+            crate::log::runtime("install: no internal services needed, nothing to install");
             ExitCode::SUCCESS
         }
         Ok(report) => {
@@ -160,15 +163,15 @@ pub fn run_with(
                 .iter()
                 .filter(|s| s.outcome == Outcome::Installed)
                 .count();
-            eprintln!(
+            crate::log::runtime(&format!(
                 "install: {installed} installed, {} up to date, in {:.1}s",
                 report.services.len() - installed,
                 started.elapsed().as_secs_f64()
-            );
+            ));
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("error: {e}");
+            crate::log::runtime(&format!("error: {e}"));
             ExitCode::FAILURE
         }
     }

@@ -248,13 +248,13 @@ pub trait Progress: Send + Sync {
     fn report(&self, event: &ProgressEvent);
 }
 
-/// Writes each event as a line on stderr.
+/// Writes each event as a runtime log line on stderr ([`crate::log`]).
 #[derive(Debug, Default, Clone, Copy)]
 pub(crate) struct StderrProgress;
 
 impl Progress for StderrProgress {
     fn report(&self, event: &ProgressEvent) {
-        eprintln!("{event}");
+        crate::log::runtime(&event.to_string());
     }
 }
 

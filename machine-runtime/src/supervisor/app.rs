@@ -51,6 +51,9 @@ pub(crate) struct AppTask {
     pub stop: watch::Receiver<Option<i32>>,
     /// Bumped by each restart request (`/restart/service`).
     pub restart: watch::Receiver<u64>,
+    /// `true` while an operator's stop (`machine-runtime stop`) holds the app stopped: its process is
+    /// stopped as on restart and no restart policy starts it until this is `false` again.
+    pub paused: watch::Receiver<bool>,
     /// `Some(signal)`, sent while the process runs, stops it with that signal because an app it
     /// waits for is no longer up; it then waits for them and starts again (not a crash: no restart
     /// counted, no backoff). A later `SIGKILL` on `stop` escalates as usual.
@@ -84,6 +87,15 @@ impl ExitWait {
     }
 }
 
+/// Why a running app is stopped by [`AppTask::stop_for_restart`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum For {
+    /// A restart request: it starts again at once.
+    Restart,
+    /// An operator's stop: it stays stopped.
+    Stop,
+}
+
 enum Supervised {
     Exited(Option<ExitStatus>),
     StopRequested,
@@ -91,6 +103,8 @@ enum Supervised {
     RestartRequested,
     /// Stopped because an app it waits for is no longer up; start again once it is.
     Held,
+    /// Stopped by an operator's stop; start again once started.
+    Paused,
 }
 
 impl AppTask {
@@ -147,6 +161,9 @@ impl AppTask {
 
     async fn life(&mut self, history: &mut RestartHistory) -> AppEnd {
         loop {
+            if *self.paused.borrow() && !self.wait_while_paused().await {
+                return AppEnd::Requested;
+            }
             if !self.wait_for_dependencies().await {
                 self.stopped_before_start();
                 return AppEnd::Requested;
@@ -154,6 +171,9 @@ impl AppTask {
             if self.stop_requested().is_some() {
                 self.stopped_before_start();
                 return AppEnd::Requested;
+            }
+            if *self.paused.borrow() {
+                continue;
             }
             let started = Instant::now();
             // Requests made before this start are answered by it.
@@ -163,7 +183,7 @@ impl AppTask {
             let (ran, status, description) = match self.start() {
                 Ok((pid, exit)) => match self.supervise(pid, exit, started).await {
                     Supervised::StopRequested => return AppEnd::Requested,
-                    Supervised::Held => {
+                    Supervised::Held | Supervised::Paused => {
                         if self.stop_requested().is_some() {
                             return AppEnd::Requested;
                         }
@@ -251,6 +271,8 @@ impl AppTask {
                             _ = tokio::time::sleep(delay) => {}
                             // A restart request skips the delay.
                             _ = self.restart.changed() => {}
+                            // An operator's stop ends it (the loop holds it stopped).
+                            () = until(&mut self.paused, true) => {}
                             _ = Self::stop_signal(&mut self.stop) => {
                                 self.stopped_before_start();
                                 return AppEnd::Requested;
@@ -308,6 +330,44 @@ impl AppTask {
                     };
                 }
             }
+        }
+    }
+
+    /// Holds the app stopped while an operator's stop says so; false when the machine stops first.
+    async fn wait_while_paused(&mut self) -> bool {
+        let name = self.spec.name.clone();
+        let detail = format!(
+            "stopped on request; `machine-runtime start {name}` (or POST /start/service) starts it again"
+        );
+        if self.board.watch().borrow().apps[self.idx].state == AppState::Stopped {
+            self.board.update(self.idx, |a| {
+                a.detail = Some(detail.clone());
+                a.stopped_on_request = true;
+            });
+            super::state::log(&format!(
+                "{name} stays stopped until it is started on request"
+            ));
+        } else {
+            self.board.transition(
+                self.idx,
+                AppState::Stopped,
+                format!("{name} stopped on request; it stays stopped until it is started"),
+                |a| {
+                    a.detail = Some(detail.clone());
+                    a.stopped_on_request = true;
+                },
+            );
+        }
+        tokio::select! {
+            () = until(&mut self.paused, false) => {
+                super::state::log(&format!("{name} started on request"));
+                self.board.update(self.idx, |a| {
+                    a.detail = None;
+                    a.stopped_on_request = false;
+                });
+                true
+            }
+            _ = Self::stop_signal(&mut self.stop) => false,
         }
     }
 
@@ -372,6 +432,8 @@ impl AppTask {
         tokio::select! {
             ready = ready => ready,
             _ = Self::stop_signal(&mut self.stop) => false,
+            // The caller sees the stop and holds the app stopped.
+            () = until(&mut self.paused, true) => true,
         }
     }
 
@@ -500,10 +562,16 @@ impl AppTask {
                 }
                 changed = self.restart.changed() => {
                     if changed.is_ok() {
-                        return self.stop_for_restart(pid, &mut exit, started).await;
+                        return self.stop_for_restart(pid, &mut exit, started, For::Restart).await;
                     }
                     // The supervisor is gone; nobody can ask any more.
                     std::future::pending::<()>().await;
+                }
+                () = until(&mut self.paused, true) => {
+                    return match self.stop_for_restart(pid, &mut exit, started, For::Stop).await {
+                        Supervised::RestartRequested => Supervised::Paused,
+                        other => other,
+                    };
                 }
                 changed = self.hold.changed() => {
                     if changed.is_err() {
@@ -546,12 +614,25 @@ impl AppTask {
     /// still busy then is killed (SIGKILL to its process group: on SIGTERM the worker would fail the
     /// job permanently) and its job is handed back to the queue before it starts again. A machine
     /// stop arriving meanwhile takes over: the supervisor's drain decides, and its signal is obeyed.
+    ///
+    /// An operator's stop ([`For::Stop`]) drains the same way and returns `RestartRequested` too; the
+    /// caller holds the app stopped instead of starting it.
     async fn stop_for_restart(
         &mut self,
         pid: u32,
         exit: &mut ExitWait,
         started: Instant,
+        purpose: For,
     ) -> Supervised {
+        let (noun, verb, doing, then) = match purpose {
+            For::Restart => (
+                "restart",
+                "restarts",
+                "restarting",
+                ", then starting it again",
+            ),
+            For::Stop => ("stop", "stops", "stopping", ""),
+        };
         let Some(probe) = self.busy.clone() else {
             self.stop_child(pid, libc::SIGTERM, exit, started).await;
             return Supervised::RestartRequested;
@@ -576,12 +657,12 @@ impl AppTask {
             format!("job {job}")
         };
         super::state::log(&format!(
-            "{name} is busy with {job_text}; the restart waits up to its kill_timeout {} for it to finish",
+            "{name} is busy with {job_text}; the {noun} waits up to its kill_timeout {} for it to finish",
             human_duration(grace)
         ));
         self.board.update(self.idx, |a| {
             a.detail = Some(format!(
-                "finishing {job_text} before it restarts (up to kill_timeout {})",
+                "finishing {job_text} before it {verb} (up to kill_timeout {})",
                 human_duration(grace)
             ))
         });
@@ -589,7 +670,7 @@ impl AppTask {
         let why = loop {
             tokio::select! {
                 () = exit.wait(), if !exit.done() => {
-                    break format!("it ended while finishing {job_text} before a restart");
+                    break format!("it ended while finishing {job_text} before a {noun}");
                 }
                 signal = Self::stop_signal(&mut self.stop) => {
                     // The machine is stopping; its drain sent this (idle: SIGTERM, deadline: SIGKILL,
@@ -599,7 +680,7 @@ impl AppTask {
                 }
                 () = tokio::time::sleep(DRAIN_POLL) => {
                     if ask().await.is_none() {
-                        super::state::log(&format!("{name} finished {job_text}; restarting it now"));
+                        super::state::log(&format!("{name} finished {job_text}; {doing} it now"));
                         self.stop_child(pid, libc::SIGTERM, exit, started).await;
                         return Supervised::RestartRequested;
                     }
@@ -607,9 +688,9 @@ impl AppTask {
                 () = tokio::time::sleep_until(deadline) => {
                     let kill_timeout = human_duration(grace);
                     super::state::log(&format!(
-                        "{name} is still busy with {job_text} after its kill_timeout {kill_timeout}; killing it (SIGKILL to its process group: on SIGTERM the worker would fail the job permanently), handing the job back to the queue, then starting it again"
+                        "{name} is still busy with {job_text} after its kill_timeout {kill_timeout}; killing it (SIGKILL to its process group: on SIGTERM the worker would fail the job permanently), handing the job back to the queue{then}"
                     ));
-                    break format!("still busy at its kill_timeout {kill_timeout} when it was restarted");
+                    break format!("still busy at its kill_timeout {kill_timeout} when it was {}", if purpose == For::Stop { "stopped" } else { "restarted" });
                 }
             }
         };
@@ -650,6 +731,14 @@ impl AppTask {
             format!("{} stopped with {description}{how}", self.name()),
             |a| a.last_exit = Some(last_exit),
         );
+    }
+}
+
+/// Resolves once `flag` is `want` (at once if it already is); never when its sender is gone (nobody
+/// can ask any more).
+async fn until(flag: &mut watch::Receiver<bool>, want: bool) {
+    if flag.wait_for(|v| *v == want).await.is_err() {
+        std::future::pending::<()>().await;
     }
 }
 

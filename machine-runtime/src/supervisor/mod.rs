@@ -94,6 +94,8 @@ pub struct SupervisorHandle {
     logs: Logs,
     /// Per app (by index): a counter bumped by each restart request.
     restarts: Arc<Vec<watch::Sender<u64>>>,
+    /// Per app (by index): `true` while an operator's stop holds it stopped ([`SupervisorHandle::stop_app`]).
+    paused: Arc<Vec<watch::Sender<bool>>>,
 }
 
 impl SupervisorHandle {
@@ -166,8 +168,71 @@ impl SupervisorHandle {
                 waiting_for: app.waiting_for.join(", "),
             });
         }
+        // `pm2 restart` of a stopped app starts it: an operator's stop ends here.
+        self.paused[idx].send_replace(false);
         self.restarts[idx].send_modify(|n| *n += 1);
         Ok(app.state)
+    }
+
+    /// The index of app `name`, or why a stop or start of it is refused (unknown name, machine stopping).
+    fn operable(&self, name: &str) -> Result<(usize, Snapshot), RestartError> {
+        let snapshot = self.snapshot();
+        let Some(idx) = snapshot.apps.iter().position(|a| a.name == name) else {
+            return Err(RestartError::UnknownApp {
+                name: name.to_owned(),
+                suggestion: machine_model::suggest::did_you_mean(
+                    name,
+                    snapshot.apps.iter().map(|a| a.name.as_str()),
+                )
+                .map(str::to_owned),
+            });
+        };
+        if matches!(snapshot.phase, Phase::Stopping | Phase::Stopped)
+            || self.shutdown.is_cancelled()
+        {
+            return Err(RestartError::Stopping {
+                name: name.to_owned(),
+            });
+        }
+        Ok((idx, snapshot))
+    }
+
+    /// Stops app `name` as `pm2 stop` does: a running process gets its stop signal (SIGTERM,
+    /// `kill_timeout`, then SIGKILL; a busy worker first gets its `kill_timeout` to finish its job, as
+    /// on restart), and the app stays `stopped` — no restart policy brings it back — until
+    /// [`SupervisorHandle::start_app`] or a restart. Returns the state it was in; stopping a stopped
+    /// app changes nothing.
+    pub fn stop_app(&self, name: &str) -> Result<AppState, RestartError> {
+        let (idx, snapshot) = self.operable(name)?;
+        self.paused[idx].send_replace(true);
+        Ok(snapshot.apps[idx].state)
+    }
+
+    /// Starts app `name` as `pm2 start` does for a known app: one stopped by
+    /// [`SupervisorHandle::stop_app`] is started again (once the apps it waits for are ready), and one
+    /// that ended for good (`errored`, or `stopped` with autorestart off) is started with a fresh count
+    /// of unstable exits. An app that is running or about to run is left as it is. Returns the state it
+    /// was in.
+    pub fn start_app(&self, name: &str) -> Result<AppState, RestartError> {
+        let (idx, snapshot) = self.operable(name)?;
+        let state = snapshot.apps[idx].state;
+        self.paused[idx].send_replace(false);
+        // One that ended for good waits for a restart request; one held stopped by an operator's
+        // stop counts the request as part of its next start.
+        if matches!(state, AppState::Stopped | AppState::Errored) {
+            self.restarts[idx].send_modify(|n| *n += 1);
+        }
+        Ok(state)
+    }
+
+    /// Whether an operator's stop holds app `name` stopped.
+    pub fn is_stopped_by_request(&self, name: &str) -> bool {
+        let snapshot = self.snapshot();
+        snapshot
+            .apps
+            .iter()
+            .position(|a| a.name == name)
+            .is_some_and(|idx| *self.paused[idx].borrow())
     }
 
     /// Time since the supervisor was created.
@@ -333,6 +398,7 @@ impl Supervisor {
                 .map(|(app, cmd)| (app.name.clone(), Arc::new(AppLog::new(&cmd.env)))),
         );
         let restarts = Arc::new(apps.iter().map(|_| watch::channel(0).0).collect());
+        let paused = Arc::new(apps.iter().map(|_| watch::channel(false).0).collect());
         let (stop_tx, stop_rx) = mpsc::unbounded_channel();
         let handle = SupervisorHandle {
             snapshot: board.watch(),
@@ -343,6 +409,7 @@ impl Supervisor {
             started,
             logs,
             restarts,
+            paused,
         };
         Ok(Supervisor {
             apps: apps.into_iter().map(Arc::new).collect(),
@@ -622,6 +689,7 @@ impl Supervisor {
                     .cloned()
                     .unwrap_or_else(|| Arc::new(AppLog::new(&self.commands[idx].env))),
                 restart: self.handle.restarts[idx].subscribe(),
+                paused: self.handle.paused[idx].subscribe(),
                 busy: self
                     .drain
                     .clone()

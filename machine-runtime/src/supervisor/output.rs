@@ -1,4 +1,5 @@
-//! Forwards a child's stdout and stderr to ours, line by line, each line prefixed `[app-name] `,
+//! Forwards a child's stdout and stderr to ours, line by line, each line prefixed `[app-name] ` (with
+//! `--log-format json`, one [`crate::log::app_line`] object per line instead),
 //! and keeps each line in the app's in-memory log ([`super::logs`]); both copies have the values
 //! of secret variables masked.
 
@@ -29,10 +30,17 @@ pub(crate) fn forward(name: &str, fd: OwnedFd, stream: Stream, log: Arc<AppLog>)
             return;
         }
     };
-    tokio::spawn(pump(receiver, prefix, stream, log));
+    let json = crate::log::is_json().then(|| name.to_owned());
+    tokio::spawn(pump(receiver, prefix, json, stream, log));
 }
 
-async fn pump(receiver: pipe::Receiver, prefix: Vec<u8>, stream: Stream, log: Arc<AppLog>) {
+async fn pump(
+    receiver: pipe::Receiver,
+    prefix: Vec<u8>,
+    json: Option<String>,
+    stream: Stream,
+    log: Arc<AppLog>,
+) {
     let kept = match stream {
         Stream::Stdout => LogStream::Stdout,
         Stream::Stderr => LogStream::Stderr,
@@ -40,7 +48,11 @@ async fn pump(receiver: pipe::Receiver, prefix: Vec<u8>, stream: Stream, log: Ar
     // Keeps the line and forwards it, masked when it holds a secret.
     let keep = |out: &mut Vec<u8>, line: &[u8]| {
         let masked = log.push(kept, line.strip_suffix(b"\r").unwrap_or(line));
-        push_line(out, &prefix, masked.as_deref().map_or(line, str::as_bytes));
+        let text = masked.as_deref().map_or(line, str::as_bytes);
+        match &json {
+            Some(app) => crate::log::app_line(out, app, kept, text),
+            None => push_line(out, &prefix, text),
+        }
     };
     let mut pending: Vec<u8> = Vec::new();
     loop {

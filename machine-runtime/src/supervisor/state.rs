@@ -114,6 +114,10 @@ pub struct AppStatus {
     pub started_ms: Option<u64>,
     /// The app's `min_uptime`: a process counts as having stayed up once it has run this long.
     pub min_uptime_ms: u64,
+    /// Held stopped by an operator's stop (`machine-runtime stop`, `POST /stop/service`) until it is
+    /// started. Such an app, and a worker that only waits for such apps, keeps the machine from
+    /// being ready but not from being healthy: a liveness probe must not undo the operator's stop.
+    pub stopped_on_request: bool,
 }
 
 impl AppStatus {
@@ -143,6 +147,7 @@ impl AppStatus {
             since_ms: 0,
             started_ms: None,
             min_uptime_ms: u64::try_from(spec.restart.min_uptime.as_millis()).unwrap_or(u64::MAX),
+            stopped_on_request: false,
         }
     }
 
@@ -228,7 +233,8 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// Reasons the apps are not all up and ready; empty means healthy.
+    /// Reasons the apps are not all up and ready; empty means healthy. Apps an operator holds
+    /// stopped ([`Snapshot::held_by_operator`]) do not count here; they count against readiness.
     pub(crate) fn unhealthy_reasons(&self) -> Vec<String> {
         let mut reasons: Vec<String> = Vec::new();
         match self.phase {
@@ -236,14 +242,37 @@ impl Snapshot {
             Phase::Stopped => reasons.push("the machine has stopped".to_string()),
             _ => {}
         }
-        reasons.extend(self.apps.iter().filter_map(AppStatus::unhealthy_reason));
+        reasons.extend(
+            self.apps
+                .iter()
+                .filter(|a| !self.held_by_operator(a))
+                .filter_map(AppStatus::unhealthy_reason),
+        );
         reasons
+    }
+
+    /// Whether `app` is down only by an operator's choice: stopped on request, or waiting only for
+    /// apps stopped on request.
+    pub(crate) fn held_by_operator(&self, app: &AppStatus) -> bool {
+        app.stopped_on_request
+            || (app.state == AppState::Waiting
+                && !app.waiting_for.is_empty()
+                && app
+                    .waiting_for
+                    .iter()
+                    .all(|name| self.app(name).is_some_and(|dep| dep.stopped_on_request)))
     }
 
     /// Why the machine is not ready at `now_ms` (milliseconds since the runtime started): every app
     /// must have stayed up ([`AppStatus::stayed_up`]) and nothing may be stopping. Empty means ready.
     pub(crate) fn not_ready_reasons(&self, now_ms: u64) -> Vec<String> {
         let mut reasons = self.unhealthy_reasons();
+        reasons.extend(
+            self.apps
+                .iter()
+                .filter(|a| self.held_by_operator(a))
+                .filter_map(AppStatus::unhealthy_reason),
+        );
         if !reasons.is_empty() {
             return reasons;
         }
@@ -395,7 +424,7 @@ impl Board {
     }
 }
 
-/// Queues one runtime log line for stderr (never blocks, never panics: see [`crate::sink`]).
+/// Queues one runtime log line for stderr, timestamped ([`crate::log`]; never blocks, never panics).
 pub(crate) fn log(message: &str) {
-    crate::sink::err_line(&format!("machine-runtime: {message}"));
+    crate::log::runtime(message);
 }

@@ -7,6 +7,7 @@
 mod broker;
 mod broker_tls;
 mod build_script;
+mod cli;
 mod comfyui;
 mod comfyui_standin;
 mod docker;
@@ -17,6 +18,7 @@ mod hostile;
 mod install;
 mod job_queue;
 mod lease;
+mod log_lines;
 mod metrics;
 mod redis_server;
 mod simulate;

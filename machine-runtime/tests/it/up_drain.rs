@@ -503,3 +503,76 @@ async fn the_bundle_worker_finishes_its_simulation_job_when_the_machine_stops() 
         .unwrap_or_else(|| panic!("{out}"));
     assert!(busy < finished, "{out}");
 }
+
+#[test]
+fn machine_runtime_stop_waits_for_a_busy_worker_then_keeps_it_stopped() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let rt = Runtime::start(
+        json!({ "apps": [worker("slow", "60s", redis.port())] }),
+        &[
+            ("HUB_REDIS_URL", url.as_str()),
+            ("MACHINE_STATUS_UPDATE_INTERVAL_SECONDS", "1"),
+            ("MACHINE_CONTROL_TOKEN", "drain-token-7d2"),
+        ],
+    );
+    wait_event(&rt, "slow up");
+    push(&redis, "slow", "2026-12-06T10:00:00.000Z");
+    std::fs::write(rt.path("go-slow"), "").unwrap();
+    wait_event(&rt, "slow started job-slow");
+    let endpoint = format!("http://127.0.0.1:{}", rt.health_port());
+    // `stop` answers once the worker is stopped: here, after its job.
+    let stop = std::process::Command::new(crate::up_support::BIN)
+        .args(["stop", "--url", &endpoint, "slow"])
+        .env("MACHINE_CONTROL_TOKEN", "drain-token-7d2")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for(
+        "the stop to wait for the job",
+        || rt.output(),
+        || {
+            rt.output()
+                .contains(
+                    "slow is busy with job job-slow; the stop waits up to its kill_timeout 1m 0s",
+                )
+                .then_some(())
+        },
+    );
+    assert!(
+        !events(&rt)
+            .iter()
+            .any(|e| e.contains("stopped") || e.contains("failed")),
+        "{:?}",
+        events(&rt)
+    );
+    std::fs::write(rt.path("finish-slow"), "").unwrap();
+    let out = stop.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "slow: stopped (was online)\n"
+    );
+    assert_eq!(
+        events(&rt),
+        [
+            "slow up",
+            "slow started job-slow",
+            "slow completed job-slow",
+            "slow stopped idle"
+        ]
+    );
+    assert!(
+        rt.output()
+            .contains("slow finished job job-slow; stopping it now"),
+        "{}",
+        rt.output()
+    );
+    assert_eq!(job_status(&redis, "job-slow").as_deref(), Some("completed"));
+    assert_eq!(rt.app_status("slow")["state"], "stopped");
+}
