@@ -51,6 +51,7 @@ pub(crate) mod bridge;
 mod config;
 pub mod handback;
 pub mod lease;
+pub(crate) mod leftover;
 mod link;
 mod message;
 mod preflight;

@@ -19,6 +19,7 @@ mod lease;
 mod metrics;
 mod redis_server;
 mod simulate;
+mod swarm;
 mod ui;
 mod up_broker;
 mod up_comfyui;

@@ -114,7 +114,7 @@ fn update_config() -> Value {
         "delay": "0s",
         "order": "stop-first",
         "failure_action": "rollback",
-        "monitor": "10s",
+        "monitor": "5s",
     })
 }
 
