@@ -30,6 +30,7 @@ mod up_follow;
 mod up_handback;
 mod up_health;
 mod up_jobs;
+mod up_leftover;
 mod up_monitor;
 mod up_monitor_card;
 mod up_supervise;
