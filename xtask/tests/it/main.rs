@@ -15,6 +15,7 @@ mod env_readers;
 mod kubernetes;
 mod pm2_load;
 mod secrets;
+mod swarm_stack;
 mod validator;
 mod worker_env;
 mod writer_safety;
