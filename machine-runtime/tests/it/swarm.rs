@@ -490,6 +490,8 @@ fn a_swarm_fleet_spreads_jobs_survives_a_killed_replica_and_a_rolling_update() {
     );
 
     // Phase 3: a rolling update while jobs keep coming.
+    let before: Vec<Option<String>> = (1..=REPLICAS).map(|s| fleet.container_of(s)).collect();
+    while events.try_recv().is_ok() {}
     let update_jobs: Vec<String> = (0..60).map(|i| format!("swarm-update-{i}")).collect();
     let pusher = {
         let url = url.clone();
@@ -531,9 +533,22 @@ fn a_swarm_fleet_spreads_jobs_survives_a_killed_replica_and_a_rolling_update() {
         "the update did not complete\n{}",
         fleet.tasks()
     );
+    let after: Vec<Option<String>> = (1..=REPLICAS).map(|s| fleet.container_of(s)).collect();
+    for (slot, (b, a)) in before.iter().zip(&after).enumerate() {
+        assert!(
+            b.is_some() && a.is_some() && a != b,
+            "slot {} was not replaced by the update: {b:?} → {a:?}\n{}",
+            slot + 1,
+            fleet.tasks()
+        );
+    }
     let (failed, lost) = settle(&mut conn, &update_jobs, &fleet);
+    let handed_back = events
+        .try_iter()
+        .filter(|e| e["event_type"] == "job_handed_back")
+        .count();
     println!(
-        "swarm rolling update: {} jobs pushed during it, jobs lost: {}, failed: {failed}",
+        "swarm rolling update: {} jobs pushed during it, {handed_back} handed back by a draining machine, jobs lost: {}, failed: {failed}",
         update_jobs.len(),
         lost.len()
     );
