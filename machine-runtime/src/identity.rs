@@ -7,6 +7,8 @@
 //!   `.env`, so set `MACHINE_ID_APPEND_HOSTNAME=true` (the generated compose file passes it through from
 //!   the shell) and each machine reports as `<MACHINE_ID>-<hostname>`, the container's host name being its
 //!   short container id. Without it, the id lease refuses the second container with a clear error.
+//! - Docker Swarm (the generated `stack.yaml`): `MACHINE_ID=<id>-{{.Task.Slot}}` and the same host name, so a
+//!   task that replaces another in its slot has its id, host name and worker ids (see `broker::leftover`).
 
 /// `MACHINE_ID_APPEND_HOSTNAME`: append `-<hostname>` to `MACHINE_ID` (for scaled Compose services).
 pub(crate) const APPEND_HOSTNAME_VAR: &str = "MACHINE_ID_APPEND_HOSTNAME";

@@ -476,6 +476,12 @@ pub fn run(apps: Vec<AppSpec>, options: UpOptions) -> Result<(), UpError> {
             id,
             &supervisor.handle(),
         ))?;
+        // Held: whatever our worker ids still hold was left by an earlier run (killed outright).
+        if lease.facts().held {
+            let mut workers: Vec<String> = template.worker_ids().into_values().collect();
+            workers.sort();
+            runtime.block_on(broker::leftover::hand_back(config, id, &workers));
+        }
         let _ = status.lease.set(lease);
     }
     runtime.block_on(async {

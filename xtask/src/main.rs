@@ -30,7 +30,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Write generated/<profile>/{.env,docker-compose.yaml,ecosystem.config.json,kubernetes.yaml}.
+    /// Write generated/<profile>/{.env,docker-compose.yaml,ecosystem.config.json,kubernetes.yaml,stack.yaml}.
     EnvBuild {
         /// The profile (file stem under profiles/).
         #[arg(required_unless_present = "all", conflicts_with = "all")]

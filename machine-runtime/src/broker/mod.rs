@@ -58,6 +58,7 @@ pub(crate) mod bridge;
 mod config;
 pub mod handback;
 pub mod lease;
+pub(crate) mod leftover;
 mod link;
 mod message;
 mod preflight;

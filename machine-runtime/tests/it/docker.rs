@@ -32,9 +32,9 @@ use crate::up_support::BIN;
 /// Opt-out for developers without a Docker engine; `.ci/run` unsets it.
 const SKIP_VAR: &str = "MACHINE_SKIP_DOCKER_TEST";
 /// The base image `scripts/docker-base-image.sh` makes (debootstrap, no registry).
-const BASE_IMAGE: &str = "machine-base:bookworm";
+pub(crate) const BASE_IMAGE: &str = "machine-base:bookworm";
 /// The stand-in of `redis:7-alpine`.
-const REDIS_IMAGE: &str = "machine-test-redis:bookworm";
+pub(crate) const REDIS_IMAGE: &str = "machine-test-redis:bookworm";
 /// Where the test puts this build's machine-runtime inside the build context (git-ignored).
 const PREBUILT: &str = ".docker-prebuilt/machine-runtime";
 /// The simulation service's binary of this build (full-local runs it).
@@ -49,7 +49,7 @@ const BEFORE: &str = "before: 456-498 MB, Docker healthy 37.7 s after up (/healt
 const PATIENCE: Duration = Duration::from_secs(90);
 
 /// The repository root.
-fn repo() -> PathBuf {
+pub(crate) fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("machine-runtime lives in the workspace")
@@ -57,16 +57,16 @@ fn repo() -> PathBuf {
 }
 
 /// One compose project at a time: they publish the same host ports.
-fn one_project() -> MutexGuard<'static, ()> {
+pub(crate) fn one_project() -> MutexGuard<'static, ()> {
     static LOCK: Mutex<()> = Mutex::new(());
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// A finished command: success, stdout, stderr, and how it was called (for messages).
-struct Ran {
-    ok: bool,
-    stdout: String,
-    stderr: String,
+pub(crate) struct Ran {
+    pub(crate) ok: bool,
+    pub(crate) stdout: String,
+    pub(crate) stderr: String,
     shown: String,
 }
 
@@ -89,7 +89,7 @@ fn tail(text: &str) -> String {
 }
 
 /// Runs a command under `timeout` (so a stuck engine fails the test instead of hanging it).
-fn run(cmd: &mut Command) -> Ran {
+pub(crate) fn run(cmd: &mut Command) -> Ran {
     let shown = format!("{cmd:?}");
     let mut wrapped = Command::new("timeout");
     wrapped
@@ -119,18 +119,18 @@ fn run(cmd: &mut Command) -> Ran {
 }
 
 /// Runs a command that must succeed.
-fn must(cmd: &mut Command) -> Ran {
+pub(crate) fn must(cmd: &mut Command) -> Ran {
     let ran = run(cmd);
     assert!(ran.ok, "failed: {ran}");
     ran
 }
 
-fn docker() -> Command {
+pub(crate) fn docker() -> Command {
     Command::new("docker")
 }
 
 /// Whether the test should run: the engine answers, or the developer opted out (`None`).
-fn engine() -> Option<()> {
+pub(crate) fn engine() -> Option<()> {
     if std::env::var_os(SKIP_VAR).is_some_and(|v| v == "1") {
         eprintln!(
             "SKIPPED ON PURPOSE: {SKIP_VAR}=1, so the Docker end-to-end test did not run (CI never sets it)"
@@ -159,7 +159,7 @@ fn engine() -> Option<()> {
 
 /// The base image and the Redis stand-in (each skipped when it exists), and this build's binary in the
 /// build context.
-fn prepare() {
+pub(crate) fn prepare() {
     must(
         Command::new("bash")
             .arg(repo().join("scripts/docker-base-image.sh"))
@@ -196,7 +196,7 @@ fn prepare() {
 }
 
 /// A compose project on a generated profile, with the registry override; `down -v` when dropped.
-struct Project {
+pub(crate) struct Project {
     name: String,
     dir: PathBuf,
     /// The registry override, for profiles with a local Redis.
@@ -205,7 +205,7 @@ struct Project {
 }
 
 impl Project {
-    fn new(profile: &str) -> Project {
+    pub(crate) fn new(profile: &str) -> Project {
         let name = format!("machine-docker-test-{profile}");
         let dir = repo().join("generated").join(profile);
         // The only override: no registry, so the official Redis image is replaced by Debian's redis-server.
@@ -250,7 +250,7 @@ impl Project {
 
     /// `docker-compose build` of the machine image from the project's Dockerfile, with BuildKit or the
     /// classic builder; what it printed.
-    fn build(&self, buildkit: bool) -> Ran {
+    pub(crate) fn build(&self, buildkit: bool) -> Ran {
         let mut cmd = self.compose(&["build"]);
         for arg in [
             format!("BASE_IMAGE={BASE_IMAGE}"),
@@ -483,7 +483,7 @@ fn all_idle(message: &Value, workers: &[String]) -> bool {
 }
 
 /// A tokio runtime for the job queue helpers (async redis).
-fn tokio_runtime() -> tokio::runtime::Runtime {
+pub(crate) fn tokio_runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -136,7 +136,7 @@ fn named_volume(spec: &str) -> Option<&str> {
 /// `MACHINE_CONTROL_TOKEN`, the token of the health port's POST routes (in `.env.secrets`), the broker's
 /// TLS variables (`HUB_REDIS_TLS_*`, [`machine_model::catalog::BROKER_TLS_VARS`]), and each
 /// planned service's extra arguments variable (`COMFY_ARGS`), appended to the service's command at start.
-fn environment(l: &Loaded) -> Vec<String> {
+pub(crate) fn environment(l: &Loaded) -> Vec<String> {
     let mut env: Vec<String> = l.resolved.secrets().into_iter().map(|s| s.name).collect();
     for name in needs_without_value(l) {
         if !env.iter().any(|e| e == name) {

@@ -1,8 +1,10 @@
-//! The renderings of one plan: `.env`, `docker-compose.yaml`, `ecosystem.config.json`, `kubernetes.yaml`.
+//! The renderings of one plan: `.env`, `docker-compose.yaml`, `ecosystem.config.json`, `kubernetes.yaml`,
+//! `stack.yaml` (Docker Swarm).
 
 pub mod compose;
 pub mod env;
 pub mod kubernetes;
+pub mod stack;
 pub mod yaml;
 
 use crate::profiles::Loaded;
@@ -67,6 +69,7 @@ pub fn profile_files(l: &Loaded) -> anyhow::Result<Vec<(String, String)>> {
         (format!("{dir}/docker-compose.yaml"), compose::render(l)?),
         (format!("{dir}/ecosystem.config.json"), ecosystem(l)),
         (format!("{dir}/kubernetes.yaml"), kubernetes::render(l)),
+        (format!("{dir}/stack.yaml"), stack::render(l)),
     ])
 }
 

@@ -45,6 +45,7 @@ fn editing_a_profile_makes_check_fail_until_env_build() {
         "generated/gpu-mixed/.env",
         "generated/gpu-mixed/ecosystem.config.json",
         "generated/gpu-mixed/kubernetes.yaml",
+        "generated/gpu-mixed/stack.yaml",
     ] {
         assert!(
             out.stderr.contains(&stale_message(file)),

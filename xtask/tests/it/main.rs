@@ -16,6 +16,7 @@ mod kubernetes;
 mod pm2_load;
 mod secrets;
 mod shared_host;
+mod swarm_stack;
 mod validator;
 mod worker_env;
 mod writer_safety;
