@@ -43,7 +43,12 @@ fn every_stack_file_holds_what_swarm_reads_from_the_same_plan() {
         let stack = yaml(&profile, "stack.yaml");
         let compose = yaml(&profile, "docker-compose.yaml");
         let m = &stack["services"]["machine"];
-        let c = &compose["services"]["machine"];
+        // One `machine` service, or `machine-0` … when several machines share a host (docker.host):
+        // Swarm runs each as a replica of the one stack service.
+        let c = match &compose["services"]["machine"] {
+            Value::Null => &compose["services"]["machine-0"],
+            one => one,
+        };
         let mut fail =
             |what: String| problems.push(format!("generated/{profile}/stack.yaml: {what}"));
         if m["image"] != c["image"] || !m["image"].is_string() {
@@ -130,7 +135,12 @@ fn every_stack_file_holds_what_swarm_reads_from_the_same_plan() {
         if !reservations["devices"].is_null() {
             fail("Swarm does not read device requests".into());
         }
-        let real_gpus = c["deploy"]["resources"]["reservations"]["devices"][0]["count"].as_u64();
+        let device = &c["deploy"]["resources"]["reservations"]["devices"][0];
+        let real_gpus = device["count"].as_u64().or_else(|| {
+            device["device_ids"]
+                .as_array()
+                .and_then(|ids| u64::try_from(ids.len()).ok())
+        });
         let generic = &reservations["generic_resources"][0]["discrete_resource_spec"];
         match real_gpus {
             Some(n) if generic["kind"] != "NVIDIA-GPU" || generic["value"] != n => {
