@@ -6,7 +6,8 @@
 //! Per N, over a measuring window once every worker heartbeats: Redis commands per second
 //! (`INFO stats`), Redis CPU (`INFO cpu`, user + system, as a share of one core), status messages
 //! per second (a `PSUBSCRIBE machine:status:*` as the API keeps one), lease renewals per second
-//! (`PEXPIRE` calls in `INFO commandstats`: the renewal script's), the busiest commands, claim latency
+//! (`PEXPIRE` calls in `INFO commandstats`: the renewal script's), the commands Redis spent most time
+//! in (calls per second and microseconds per call, what an extrapolation needs), claim latency
 //! p50/p95 of mock jobs pushed the way the API pushes them at a steady rate well below the fleet's
 //! capacity (submit to the claim's `assigned_at`), and each machine's own RSS (the runtime; the node workers apart). Each N gets a
 //! fresh redis-server. Needs `redis-server` (≥ 7) and `node` on PATH. A benchmark prints figures;
@@ -87,17 +88,23 @@ fn number(fields: &HashMap<String, String>, key: &str) -> f64 {
     fields.get(key).and_then(|v| v.parse().ok()).unwrap_or(0.0)
 }
 
-/// Calls per command since the last `CONFIG RESETSTAT` (`cmdstat_<name>:calls=N,...`).
-fn command_calls(conn: &mut redis::Connection) -> anyhow::Result<Vec<(String, f64)>> {
-    let mut calls: Vec<(String, f64)> = info(conn, "commandstats")?
+/// Per command since the last `CONFIG RESETSTAT` (`cmdstat_<name>:calls=N,usec=T,...`): its calls
+/// and the microseconds Redis spent in it, busiest (most time) first.
+fn command_calls(conn: &mut redis::Connection) -> anyhow::Result<Vec<(String, f64, f64)>> {
+    let field = |stats: &str, key: &str| -> Option<f64> {
+        stats
+            .split(',')
+            .find_map(|kv| kv.strip_prefix(key))
+            .and_then(|v| v.parse().ok())
+    };
+    let mut calls: Vec<(String, f64, f64)> = info(conn, "commandstats")?
         .into_iter()
         .filter_map(|(k, v)| {
             let name = k.strip_prefix("cmdstat_")?.to_owned();
-            let n = v.split(',').find_map(|kv| kv.strip_prefix("calls="))?;
-            Some((name, n.parse().ok()?))
+            Some((name, field(&v, "calls=")?, field(&v, "usec=")?))
         })
         .collect();
-    calls.sort_by(|a, b| b.1.total_cmp(&a.1));
+    calls.sort_by(|a, b| b.2.total_cmp(&a.2));
     Ok(calls)
 }
 
@@ -305,12 +312,12 @@ fn run(n: usize, options: &Options) -> anyhow::Result<Row> {
     let cpu = |f: &HashMap<String, String>| number(f, "used_cpu_user") + number(f, "used_cpu_sys");
     let renewals = calls
         .iter()
-        .find(|(c, _)| c == "pexpire")
-        .map_or(0.0, |(_, n)| *n);
+        .find(|(c, _, _)| c == "pexpire")
+        .map_or(0.0, |(_, n, _)| *n);
     let top = calls
         .iter()
-        .take(4)
-        .map(|(c, k)| format!("{c} {:.0}/s", k / elapsed))
+        .take(5)
+        .map(|(c, n, usec)| format!("{c} {:.0}/s {:.1}µs", n / elapsed, usec / n.max(1.0)))
         .collect::<Vec<_>>()
         .join(", ");
     let (claim_p50_ms, claim_p95_ms) = p50_p95_ms(claims);
@@ -346,7 +353,7 @@ fn main() -> anyhow::Result<()> {
         std::thread::available_parallelism().map_or(0, usize::from),
     );
     println!(
-        "{:>8} {:>8} {:>7} {:>9} {:>9} {:>10} {:>10} {:>5} {:>14} {:>10} {:>8}  busiest commands",
+        "{:>8} {:>8} {:>7} {:>9} {:>9} {:>10} {:>10} {:>5} {:>14} {:>10} {:>8}  busiest commands (calls/s, time per call)",
         "machines",
         "redis/s",
         "cpu %",
