@@ -267,3 +267,44 @@ fn output_into_a_pipe_closed_early_ends_quietly() {
         out.status
     );
 }
+
+/// The xtask acts on the checkout it runs in, found from the current directory (issue 21: one binary shared
+/// by two clones through `CARGO_TARGET_DIR` read the other clone's profiles): run from a subfolder of a copy
+/// with one profile renamed, `list` shows the copy's profiles; run outside any workspace it fails saying so.
+#[test]
+fn the_checkout_is_found_from_the_current_directory() {
+    let copy = temp_root();
+    std::fs::write(
+        copy.path().join("Cargo.toml"),
+        "[workspace]\nmembers = []\n",
+    )
+    .unwrap();
+    std::fs::rename(
+        copy.path().join("profiles/gpu-mixed.json"),
+        copy.path().join("profiles/only-in-the-copy.json"),
+    )
+    .unwrap();
+    let mut cmd = xtask();
+    cmd.current_dir(copy.path().join("generated/api-only"))
+        .arg("list");
+    let out = run(&mut cmd);
+    assert!(out.ok(), "{out}");
+    assert!(out.stdout.contains("only-in-the-copy"), "{out}");
+    assert!(
+        !out.stdout.lines().any(|l| l.starts_with("gpu-mixed ")),
+        "{out}"
+    );
+
+    let outside = tempfile::tempdir().unwrap();
+    let mut cmd = xtask();
+    cmd.current_dir(outside.path()).arg("list");
+    let out = run(&mut cmd);
+    assert_eq!(out.code, Some(1), "{out}");
+    assert!(
+        out.stderr
+            .contains("no Cargo.toml with [workspace] at or above")
+            && out.stderr.contains("inside a checkout"),
+        "{out}"
+    );
+    assert_eq!(out.stderr.lines().count(), 1, "{out}");
+}
