@@ -7,13 +7,15 @@
 //! `shutdown` and leaves no container, network or volume behind. api-only, built by the classic builder,
 //! runs its four bundle workers on dummy secrets without a restart.
 //!
-//! There is no container registry in CI, so the only overrides are the ones that forces, each named where
-//! it is made: the base image comes from `scripts/docker-base-image.sh` (debootstrap, cached as an image
+//! The test builds under its own image tag (`machine-docker-test/machine-runtime:<profile>`, removed
+//! afterwards) and its own compose project name, so the user's `machine-runtime:<profile>` images and
+//! projects are never touched (checked). There is no container registry in CI, so the other overrides are the
+//! ones that forces, each named where it is made: the base image comes from `scripts/docker-base-image.sh` (debootstrap, cached as an image
 //! between runs), machine-runtime is this build's binary (`MACHINE_RUNTIME_BINARY`, no Rust image), and
 //! `redis:7-alpine` is replaced by Debian's redis-server on the same base
 //! (`tests/fixtures/docker/redis.Dockerfile`).
 //!
-//! The engine must be there (`bash .ci/run` installs and starts it); without it the test fails saying so.
+//! The engine must be there (`bash scripts/test.sh` installs and starts it); without it the test fails saying so.
 //! `MACHINE_SKIP_DOCKER_TEST=1` skips it on purpose, loudly, for developers without Docker; CI never sets it.
 //! Figures (image size, time from `up` to healthy, time to stop) are printed, not asserted.
 
@@ -140,13 +142,13 @@ fn engine() -> Option<()> {
         Ok(out) if out.status.success() => Some(()),
         Ok(out) => panic!(
             "the Docker engine does not answer (`docker info`: {}). This test needs a real engine: \
-             apt-get install -y docker.io docker-compose debootstrap, start dockerd (bash .ci/run does both), \
+             apt-get install -y docker.io docker-compose debootstrap, start dockerd (bash scripts/test.sh does both), \
              or set {SKIP_VAR}=1 to skip it on purpose",
             String::from_utf8_lossy(&out.stderr).trim()
         ),
         Err(e) => panic!(
             "`docker` cannot be run ({e}). This test needs a real engine: apt-get install -y docker.io \
-             docker-compose debootstrap and start dockerd (bash .ci/run does both), or set {SKIP_VAR}=1 \
+             docker-compose debootstrap and start dockerd (bash scripts/test.sh does both), or set {SKIP_VAR}=1 \
              to skip it on purpose"
         ),
     }
@@ -187,32 +189,46 @@ fn prepare() {
     }
 }
 
-/// A compose project on a generated profile, with the registry override; `down -v` when dropped.
+/// A compose project on a generated profile, with the test's override; `down -v` and its image removed
+/// when dropped.
 struct Project {
     name: String,
     dir: PathBuf,
-    /// The registry override, for profiles with a local Redis.
-    override_file: Option<tempfile::NamedTempFile>,
+    /// The machine image's test-private tag ([`test_image`]), never the user's `machine-runtime:<profile>`.
+    image: String,
+    /// The override: the machine image's tag, and for profiles with a local Redis the registry-free Redis.
+    override_file: tempfile::NamedTempFile,
     down: bool,
+}
+
+/// The tag the test builds a profile's machine image under: private to the test and removed afterwards, so
+/// a user's `machine-runtime:<profile>` (what a later `docker-compose up -d` without `--build` runs) is never
+/// replaced by a test image.
+fn test_image(profile: &str) -> String {
+    format!("machine-docker-test/machine-runtime:{profile}")
 }
 
 impl Project {
     fn new(profile: &str) -> Project {
         let name = format!("machine-docker-test-{profile}");
         let dir = repo().join("generated").join(profile);
-        // The only override: no registry, so the official Redis image is replaced by Debian's redis-server.
-        let override_file = (profile == "full-local").then(|| {
-            let mut file = tempfile::Builder::new()
-                .suffix(".yaml")
-                .tempfile()
-                .expect("an override file");
-            let text = format!("services:\n  redis:\n    image: \"{REDIS_IMAGE}\"\n");
-            std::io::Write::write_all(&mut file, text.as_bytes()).expect("writing the override");
-            file
-        });
+        let image = test_image(profile);
+        // The overrides: the machine image under the test's own tag, and (no registry) the official Redis
+        // image replaced by Debian's redis-server.
+        let mut text = format!("services:\n  machine:\n    image: \"{image}\"\n");
+        if profile == "full-local" {
+            text.push_str(&format!("  redis:\n    image: \"{REDIS_IMAGE}\"\n"));
+        }
+        let mut override_file = tempfile::Builder::new()
+            .suffix(".yaml")
+            .tempfile()
+            .expect("an override file");
+        std::io::Write::write_all(&mut override_file, text.as_bytes())
+            .expect("writing the override");
         let project = Project {
             name,
             dir,
+            image,
             override_file,
             down: false,
         };
@@ -226,9 +242,7 @@ impl Project {
         let mut cmd = Command::new("docker-compose");
         cmd.current_dir(&self.dir)
             .args(["-p", &self.name, "-f", "docker-compose.yaml"]);
-        if let Some(file) = &self.override_file {
-            cmd.arg("-f").arg(file.path());
-        }
+        cmd.arg("-f").arg(self.override_file.path());
         cmd.args(args).env("COMPOSE_INTERACTIVE_NO_CLI", "1");
         cmd
     }
@@ -350,7 +364,15 @@ impl Drop for Project {
         if !self.down {
             let _ = run(&mut self.compose(&["down", "-v", "--remove-orphans"]));
         }
+        // The test's image goes too (its layers stay cached for the next build).
+        let _ = run(docker().args(["image", "rm", "-f", &self.image]));
     }
+}
+
+/// An image's id, or `None` when there is no such image.
+fn image_id(image: &str) -> Option<String> {
+    let ran = run(docker().args(["image", "inspect", "-f", "{{.Id}}", image]));
+    ran.ok.then(|| ran.stdout.trim().to_string())
 }
 
 /// The size of an image in bytes.
@@ -485,13 +507,15 @@ fn full_local_builds_and_runs_a_job_in_docker_compose_on_a_cpu_only_host() {
     if engine().is_none() {
         return;
     }
+    // The user's own image of the profile (if any) is the same before and after the test.
+    let users_image = image_id("machine-runtime:full-local");
     prepare();
     let mut project = Project::new("full-local");
 
     let started = Instant::now();
     let built = project.build(true);
     let build_time = started.elapsed();
-    let size = image_size("machine-runtime:full-local");
+    let size = image_size(&project.image);
 
     // Redis first, with the job broker's findMatchingJob function, as the API's tooling leaves it.
     must(&mut project.compose(&["up", "-d", "--no-build", "redis"]));
@@ -610,6 +634,11 @@ fn full_local_builds_and_runs_a_job_in_docker_compose_on_a_cpu_only_host() {
     }
     let left = project.leftovers();
     assert!(left.is_empty(), "docker-compose down left {left:?}");
+    assert_eq!(
+        image_id("machine-runtime:full-local"),
+        users_image,
+        "the test changed the user's machine-runtime:full-local image"
+    );
 
     println!(
         "docker figures (full-local): image {:.0} MB, build {:.1} s (BuildKit{}), up -d to /health 200 {:.2} s, down {:.2} s",
@@ -752,7 +781,7 @@ fn api_only_with_the_bundle_and_dummy_secrets_runs_its_workers_without_a_crash_l
     assert!(left.is_empty(), "docker-compose down left {left:?}");
     println!(
         "docker figures (api-only): image {:.0} MB, build {:.1} s (classic builder), down {:.2} s",
-        image_size("machine-runtime:api-only") as f64 / 1e6,
+        image_size(&project.image) as f64 / 1e6,
         build_time.as_secs_f64(),
         stop_time.as_secs_f64()
     );
