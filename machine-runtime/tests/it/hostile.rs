@@ -846,3 +846,43 @@ fn a_redis_that_accepts_and_never_answers_delays_no_app() {
     let (code, health) = rt.get("/health");
     assert_eq!(code, 200, "{health}");
 }
+
+/// api-only with `HUB_REDIS_URL=` (an unfilled `.env.secrets`) is refused at start with the fix, among the
+/// other start-up problems, instead of starting workers that exit at once and restart forever (issue 21).
+#[test]
+fn an_empty_hub_redis_url_is_refused_before_any_app_starts() {
+    let ws = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .args(["up", "--profile", "api-only", "--health-port", "0"])
+        .env("WORKSPACE_DIR", ws.path())
+        .env("HUB_REDIS_URL", "")
+        .env("OPENAI_API_KEY", "sk-dummy")
+        .env("OPENAI_IMAGE_MODEL", "dummy")
+        .env("CLOUD_STORAGE_PROVIDER", "none")
+        .env("WORKER_WEBSOCKET_AUTH_TOKEN", "dummy")
+        .env_remove("MACHINE_PROFILE")
+        .env_remove("WORKER_BUNDLE_URL")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("HUB_REDIS_URL is set but empty; the workers reach the job broker through it")
+            && err.contains("or unset it to run without a broker"),
+        "{err}"
+    );
+    // Reported with the other start-up problem (the bundle is not installed in this workspace), once.
+    assert!(err.contains("worker bundle missing"), "{err}");
+    assert_eq!(
+        err.matches("HUB_REDIS_URL is set but empty").count(),
+        1,
+        "{err}"
+    );
+    assert!(!err.contains(" started (pid"), "{err}");
+    assert_eq!(
+        std::fs::read_dir(ws.path()).unwrap().count(),
+        0,
+        "the refused start wrote into the workspace"
+    );
+}
