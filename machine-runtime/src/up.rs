@@ -265,11 +265,21 @@ impl StatusSource for MachineStatus {
     }
 
     fn health_warnings(&self) -> Vec<String> {
-        match (&self.off, self.broker_problem()) {
+        let mut warnings = match (&self.off, self.broker_problem()) {
             (Some(reason), _) => vec![reason.clone()],
             (None, Some(problem)) if !self.required_for_health => vec![problem],
             _ => Vec::new(),
+        };
+        // What the log's preflight warning says, for as long as it holds (re-checked every status
+        // interval): the workers run but no job reaches them.
+        if let Some(broker) = self.broker.get()
+            && let broker::PreflightState::Problems { problems, .. } = broker.status().preflight
+        {
+            warnings.extend(problems.into_iter().map(|p| {
+                format!("job broker: {p}; the workers would never receive a job (re-checked every status interval)")
+            }));
         }
+        warnings
     }
 
     fn health_fields(&self) -> Map<String, Value> {
