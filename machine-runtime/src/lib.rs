@@ -11,6 +11,7 @@ pub mod health;
 pub mod http;
 pub mod identity;
 pub mod install;
+pub mod job;
 pub mod limits;
 pub mod preflight;
 pub mod probe;

@@ -53,6 +53,9 @@ enum Command {
     },
     /// Exit 0 when the running machine's /health answers 200 (for Docker's HEALTHCHECK).
     Health(HealthArgs),
+    /// Push a job as the queue's API does and print its life (README: the first job).
+    #[command(subcommand)]
+    Job(machine_runtime::job::JobCommand),
 }
 
 #[derive(Args)]
@@ -98,6 +101,7 @@ fn main() -> ExitCode {
         Command::Up(args) => up(args).map(|()| ExitCode::SUCCESS),
         Command::Plan { profile, format } => plan(profile, format).map(|()| ExitCode::SUCCESS),
         Command::Health(args) => health_check(args).map(|()| ExitCode::SUCCESS),
+        Command::Job(command) => machine_runtime::job::run(command),
     };
     let code = match result {
         Ok(code) => code,

@@ -13,6 +13,7 @@ mod fuzz_corpus;
 mod gpu;
 mod hostile;
 mod install;
+mod job_push;
 mod job_queue;
 mod lease;
 mod redis_server;
