@@ -34,8 +34,9 @@ const SKIP_VAR: &str = "MACHINE_SKIP_DOCKER_TEST";
 const BASE_IMAGE: &str = "machine-base:bookworm";
 /// The stand-in of `redis:7-alpine`.
 const REDIS_IMAGE: &str = "machine-test-redis:bookworm";
-/// Where the test puts this build's machine-runtime inside the build context (git-ignored).
-const PREBUILT: &str = ".docker-prebuilt/machine-runtime";
+/// Where the test puts this build's machine-runtime inside the build context (git-ignored): a folder of its
+/// own, so the binaries `scripts/docker-local.sh` puts in `.docker-prebuilt/` are never replaced.
+const PREBUILT: &str = ".docker-prebuilt/test/machine-runtime";
 /// The simulation service's binary of this build (full-local runs it).
 const SIMULATE_BIN: &str = env!("CARGO_BIN_EXE_machine-simulate");
 /// The test stand-in of the worker bundle, as a folder of the build context.
@@ -53,10 +54,40 @@ fn repo() -> PathBuf {
         .to_path_buf()
 }
 
-/// One compose project at a time: they publish the same host ports.
-fn one_project() -> MutexGuard<'static, ()> {
+/// Held while a test's compose project exists: the in-process lock, and an exclusive `flock` on
+/// `$TMPDIR/machine-docker-test.lock`, released when the file closes.
+struct OneProject {
+    _in_process: MutexGuard<'static, ()>,
+    _across_checkouts: std::fs::File,
+}
+
+/// One compose project at a time, in this process and across every checkout using this host's engine:
+/// they publish the same host ports and use the same project names (two clones running the test at once
+/// took each other's containers down: "Container … is unhealthy").
+fn one_project() -> OneProject {
+    use std::os::fd::AsRawFd;
     static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+    let in_process = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let path = std::env::temp_dir().join("machine-docker-test.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .unwrap_or_else(|e| panic!("opening {}: {e}", path.display()));
+    // SAFETY: flock(2) on a descriptor this function owns; it blocks until the other holder is done.
+    let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
+    assert_eq!(
+        locked,
+        0,
+        "flock {}: {}",
+        path.display(),
+        std::io::Error::last_os_error()
+    );
+    OneProject {
+        _in_process: in_process,
+        _across_checkouts: file,
+    }
 }
 
 /// A finished command: success, stdout, stderr, and how it was called (for messages).
@@ -176,7 +207,7 @@ fn prepare() {
     // Copied atomically: a build may be reading the previous one. The simulation service's binary goes
     // next to the runtime, where the Dockerfile takes it from.
     let target = repo().join(PREBUILT);
-    std::fs::create_dir_all(target.parent().unwrap()).expect("creating .docker-prebuilt");
+    std::fs::create_dir_all(target.parent().unwrap()).expect("creating .docker-prebuilt/test");
     for (bin, target) in [
         (BIN, target.clone()),
         (SIMULATE_BIN, target.with_file_name("machine-simulate")),
