@@ -8,8 +8,9 @@
 //! runs its four bundle workers on dummy secrets without a restart.
 //!
 //! The test builds under its own image tag (`machine-docker-test/machine-runtime:<profile>`, removed
-//! afterwards) and its own compose project name, so the user's `machine-runtime:<profile>` images and
-//! projects are never touched (checked). There is no container registry in CI, so the other overrides are the
+//! afterwards), with its own compose project name, from a copy of the generated folder that publishes on
+//! free host ports (the one other change: the build context as an absolute path), so the user's
+//! `machine-runtime:<profile>` images, projects and ports are never touched (the image is checked). There is no container registry in CI, so the other overrides are the
 //! ones that forces, each named where it is made: the base image comes from `scripts/docker-base-image.sh` (debootstrap, cached as an image
 //! between runs), machine-runtime is this build's binary (`MACHINE_RUNTIME_BINARY`, no Rust image), and
 //! `redis:7-alpine` is replaced by Debian's redis-server on the same base
@@ -224,7 +225,10 @@ fn prepare() {
 /// when dropped.
 struct Project {
     name: String,
-    dir: PathBuf,
+    /// A copy of `generated/<profile>` ([`Project::new`] says what differs), removed when dropped.
+    dir: tempfile::TempDir,
+    /// Published ports: the container's port → the free host port the copy publishes it on.
+    ports: std::collections::BTreeMap<u16, u16>,
     /// The machine image's test-private tag ([`test_image`]), never the user's `machine-runtime:<profile>`.
     image: String,
     /// The override: the machine image's tag, and for profiles with a local Redis the registry-free Redis.
@@ -242,7 +246,40 @@ fn test_image(profile: &str) -> String {
 impl Project {
     fn new(profile: &str) -> Project {
         let name = format!("machine-docker-test-{profile}");
-        let dir = repo().join("generated").join(profile);
+        // The generated folder as it is, but for two lines: the build context as an absolute path (the
+        // copy lives elsewhere), and each published port on a free host port instead of the profile's, so
+        // a machine the user runs on 9090 is neither disturbed nor in the way.
+        let generated = repo().join("generated").join(profile);
+        let dir = tempfile::tempdir().expect("a folder for the compose project");
+        std::fs::copy(generated.join(".env"), dir.path().join(".env")).expect("copying .env");
+        let mut ports = std::collections::BTreeMap::new();
+        let compose: Vec<String> = std::fs::read_to_string(generated.join("docker-compose.yaml"))
+            .expect("reading the generated compose file")
+            .lines()
+            .map(|line| {
+                if line.trim() == "context: \"../..\"" {
+                    return line.replace("../..", repo().to_str().unwrap());
+                }
+                // `      - "127.0.0.1:9090:9090/tcp"`
+                let Some(spec) = line.trim().strip_prefix("- \"127.0.0.1:") else {
+                    return line.to_owned();
+                };
+                let mut parts = spec.splitn(2, ':');
+                let (Some(host), Some(rest)) = (parts.next(), parts.next()) else {
+                    return line.to_owned();
+                };
+                let container: u16 = rest.split('/').next().unwrap().parse().unwrap();
+                assert_eq!(host, container.to_string(), "{line}");
+                let free = crate::up_support::free_port();
+                ports.insert(container, free);
+                line.replace(&format!("127.0.0.1:{host}:"), &format!("127.0.0.1:{free}:"))
+            })
+            .collect();
+        std::fs::write(
+            dir.path().join("docker-compose.yaml"),
+            compose.join("\n") + "\n",
+        )
+        .expect("writing the compose file");
         let image = test_image(profile);
         // The overrides: the machine image under the test's own tag, and (no registry) the official Redis
         // image replaced by Debian's redis-server.
@@ -259,6 +296,7 @@ impl Project {
         let project = Project {
             name,
             dir,
+            ports,
             image,
             override_file,
             down: false,
@@ -271,11 +309,19 @@ impl Project {
     /// `docker-compose -p NAME -f docker-compose.yaml [-f OVERRIDE] ARGS` in the profile's folder.
     fn compose(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new("docker-compose");
-        cmd.current_dir(&self.dir)
+        cmd.current_dir(self.dir.path())
             .args(["-p", &self.name, "-f", "docker-compose.yaml"]);
         cmd.arg("-f").arg(self.override_file.path());
         cmd.args(args).env("COMPOSE_INTERACTIVE_NO_CLI", "1");
         cmd
+    }
+
+    /// The free host port the project publishes the container's `port` on.
+    fn port(&self, port: u16) -> u16 {
+        *self
+            .ports
+            .get(&port)
+            .unwrap_or_else(|| panic!("port {port} is not published: {:?}", self.ports))
     }
 
     /// [`Project::compose`] with `--env-file FILE`, a global option (before the command), as the README says.
@@ -564,7 +610,7 @@ fn full_local_builds_and_runs_a_job_in_docker_compose_on_a_cpu_only_host() {
     must(&mut project.compose(&["up", "-d", "--no-build"]));
     let mut healthy_after = None;
     while started.elapsed() < PATIENCE {
-        if status_code(9090, "/health") == 200 {
+        if status_code(project.port(9090), "/health") == 200 {
             healthy_after = Some(started.elapsed());
             break;
         }
@@ -572,13 +618,14 @@ fn full_local_builds_and_runs_a_job_in_docker_compose_on_a_cpu_only_host() {
     }
     let Some(healthy_after) = healthy_after else {
         panic!(
-            "the machine did not answer /health 200 on 127.0.0.1:9090 within {PATIENCE:?}\n{}",
+            "the machine did not answer /health 200 on 127.0.0.1:{} within {PATIENCE:?}\n{}",
+            project.port(9090),
             project.logs()
         );
     };
 
     // The simulation services answer on their published ports (they listen on 0.0.0.0 inside).
-    for port in [8399, 8400] {
+    for port in [8399, 8400].map(|p| project.port(p)) {
         assert_eq!(
             status_code(port, "/health"),
             200,
