@@ -124,6 +124,17 @@ pub fn check(source: &ProfileSource) -> Result<(Profile, Plan), Vec<Diagnostic>>
                 ));
         }
     }
+    if let Some(schema) = &profile.schema
+        && schema != crate::profile::SCHEMA_REF
+    {
+        diags.push(at(
+            "/$schema",
+            format!(
+                "$schema is \"{schema}\", which is not the profile schema; allowed: \"{}\" (the generated schema, relative to profiles/), or no $schema",
+                crate::profile::SCHEMA_REF
+            ),
+        ));
+    }
     if !crate::profile::REPLICAS_RANGE.contains(&profile.replicas) {
         diags.push(at(
             "/replicas",

@@ -5,6 +5,11 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+/// The one `$schema` a profile may give: the generated schema, relative to `profiles/` (where every profile
+/// lives), so an editor finds it. Any other value is refused by [`crate::load::check`]: a wrong path silently
+/// turns off the editor's completion and checking.
+pub const SCHEMA_REF: &str = "../schemas/profile.schema.json";
+
 /// A machine profile: components, workers, expected hardware, Docker options and extra environment.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]

@@ -519,6 +519,21 @@ mod tests {
     }
 
     #[test]
+    fn a_wrong_schema_path_is_refused_naming_the_right_one() {
+        // Issue 21: a mistyped `$schema` passed (exit 0, files written) and only the editor lost its checks.
+        check(
+            "{\n  \"$schema\": \"../schema/profile.schema.json\",\n  \"description\": \"d\",\n  \"workers\": \"openai:1\",\n  \"machine\": { \"gpus\": 0, \"ram_gb\": 8 }\n}\n",
+            &[
+                "profiles/p.json:2:14: /$schema: $schema is \"../schema/profile.schema.json\", which is not the profile schema; allowed: \"../schemas/profile.schema.json\" (the generated schema, relative to profiles/), or no $schema",
+            ],
+        );
+        check(
+            "{\n  \"$schema\": \"../schemas/profile.schema.json\",\n  \"description\": \"d\",\n  \"workers\": \"openai:1\",\n  \"machine\": { \"gpus\": 0, \"ram_gb\": 8 }\n}\n",
+            &[],
+        );
+    }
+
+    #[test]
     fn a_health_port_of_zero_is_refused() {
         // `--health-port 0` (any free port) is for tests; a machine's port must be one others can reach.
         check(

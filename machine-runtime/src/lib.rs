@@ -14,6 +14,7 @@ pub mod healthcheck;
 pub mod http;
 pub mod identity;
 pub mod install;
+pub mod job;
 pub mod limits;
 pub mod log;
 pub mod metrics;

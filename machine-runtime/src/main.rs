@@ -148,6 +148,9 @@ enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+    /// Push a job as the queue's API does and print its life (README: the first job).
+    #[command(subcommand)]
+    Job(machine_runtime::job::JobCommand),
 }
 
 #[derive(Args)]
@@ -228,6 +231,7 @@ fn main() -> ExitCode {
             machine_runtime::ctl::run(command, port)?;
             Ok(ExitCode::SUCCESS)
         }),
+        Command::Job(command) => machine_runtime::job::run(command),
     };
     let code = match result {
         Ok(code) => code,

@@ -99,9 +99,20 @@ pub fn plan(
             .as_deref()
             .map(|r| format!(" ({r})"))
             .unwrap_or_default();
+        let mock = profile.machine.gpu_mode == machine_model::profile::GpuMode::Mock
+            || non_empty(env, "MACHINE_GPU_MODE").is_some_and(|m| m.trim() == "mock");
         if allow_fewer {
             notes.push(format!("planned {planned_gpus} GPUs, found {found}{reason}; re-planning on {found} (allowed)"));
             gpus = found;
+        } else if mock && non_empty(env, crate::gpu::FAKE_GPUS_VAR).is_none() {
+            // A profile whose GPUs are simulated: the fix is the fake count its generated .env sets, not
+            // fewer GPUs (issue 21: `plan --profile full-local` suggested MACHINE_ALLOW_FEWER_GPUS).
+            problems.push(format!(
+                "profile {name} simulates its {planned_gpus} GPU{} (machine.gpu_mode: mock), but {fake} is not set, so real ones were looked for: found {found}{reason}. \
+                 Set {fake}={planned_gpus} (generated/{name}/.env sets it for docker-compose)",
+                if planned_gpus == 1 { "" } else { "s" },
+                fake = crate::gpu::FAKE_GPUS_VAR,
+            ));
         } else {
             problems.push(format!(
                 "planned {planned_gpus} GPU{}, found {found}{reason}; refusing to start. Found: {}. \
@@ -195,6 +206,33 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         move |k: &str| map.get(k).cloned()
+    }
+
+    #[test]
+    fn a_mock_profile_without_fake_gpus_names_machine_fake_gpus() {
+        let mut mock = profile("simulation-websocket:4:gpu", 2);
+        mock.machine.gpu_mode = machine_model::profile::GpuMode::Mock;
+        let err = plan("full-local", &mock, &env(&[]), &inventory(0))
+            .unwrap_err()
+            .problems;
+        // (The test's inventory is a fake one, so its reason names the fake count.)
+        assert_eq!(err.len(), 1, "{err:?}");
+        assert!(
+            err[0].starts_with("profile full-local simulates its 2 GPUs (machine.gpu_mode: mock), but MACHINE_FAKE_GPUS is not set, so real ones were looked for: found 0")
+                && err[0].ends_with(". Set MACHINE_FAKE_GPUS=2 (generated/full-local/.env sets it for docker-compose)")
+                && !err[0].contains("MACHINE_ALLOW_FEWER_GPUS"),
+            "{err:?}"
+        );
+        // With real GPUs planned, the fixes stay fewer GPUs or allowing fewer.
+        let err = plan(
+            "p",
+            &profile("simulation-websocket:4:gpu", 2),
+            &env(&[]),
+            &inventory(0),
+        )
+        .unwrap_err()
+        .problems;
+        assert!(err[0].contains("MACHINE_ALLOW_FEWER_GPUS=true"), "{err:?}");
     }
 
     #[test]

@@ -22,6 +22,11 @@ use crate::supervisor::{BusyProbe, PreflightError, RunError, Supervisor, Supervi
 /// `MACHINE_HEALTH_REQUIRES_BROKER`: whether an unreachable broker makes `/health` answer 503.
 pub(crate) const REQUIRES_BROKER_VAR: &str = "MACHINE_HEALTH_REQUIRES_BROKER";
 
+/// The refusal of a `HUB_REDIS_URL` that is set but empty: what an unfilled `.env.secrets` (a copy of
+/// `.env.secrets.example`) passes through Compose. The bundle's workers read the same variable (contract §3)
+/// and exit at once without it, so starting would only crash-loop them (issue 21, api-only).
+pub(crate) const EMPTY_URL: &str = "HUB_REDIS_URL is set but empty; the workers reach the job broker through it and would exit at once and restart forever. Set it to the broker's redis://[user][:password]@host[:port][/db] (e.g. in generated/<profile>/.env.secrets, which docker-compose --env-file reads), or unset it to run without a broker";
+
 /// Whether and how the machine reports to the job broker.
 #[derive(Debug, Clone)]
 pub enum BrokerSetting {
@@ -40,7 +45,8 @@ pub enum BrokerSetting {
 }
 
 impl BrokerSetting {
-    /// Reads `HUB_REDIS_URL` (unset: off), `MACHINE_STATUS_UPDATE_INTERVAL_SECONDS`,
+    /// Reads `HUB_REDIS_URL` (unset: off; set but empty: refused, see [`EMPTY_URL`]),
+    /// `MACHINE_STATUS_UPDATE_INTERVAL_SECONDS`,
     /// `BROKER_PREFLIGHT` and `MACHINE_HEALTH_REQUIRES_BROKER`. Warnings come back for the caller to
     /// log; every problem is returned, one line each.
     pub fn from_lookup(
@@ -61,7 +67,11 @@ impl BrokerSetting {
                 false
             }
         };
-        if lookup("HUB_REDIS_URL").is_none_or(|v| v.trim().is_empty()) {
+        if lookup("HUB_REDIS_URL").is_some_and(|v| v.trim().is_empty()) {
+            problems.push(EMPTY_URL.to_owned());
+            return Err(problems);
+        }
+        if lookup("HUB_REDIS_URL").is_none() {
             if !problems.is_empty() {
                 return Err(problems);
             }
@@ -259,11 +269,21 @@ impl StatusSource for MachineStatus {
     }
 
     fn health_warnings(&self) -> Vec<String> {
-        match (&self.off, self.broker_problem()) {
+        let mut warnings = match (&self.off, self.broker_problem()) {
             (Some(reason), _) => vec![reason.clone()],
             (None, Some(problem)) if !self.required_for_health => vec![problem],
             _ => Vec::new(),
+        };
+        // What the log's preflight warning says, for as long as it holds (re-checked every status
+        // interval): the workers run but no job reaches them.
+        if let Some(broker) = self.broker.get()
+            && let broker::PreflightState::Problems { problems, .. } = broker.status().preflight
+        {
+            warnings.extend(problems.into_iter().map(|p| {
+                format!("job broker: {p}; the workers would never receive a job (re-checked every status interval)")
+            }));
         }
+        warnings
     }
 
     fn health_fields(&self) -> Map<String, Value> {
@@ -598,11 +618,28 @@ mod tests {
 
     #[test]
     fn no_url_turns_the_broker_off_and_says_why() {
-        let (off, warnings) = setting(&[("HUB_REDIS_URL", "  ")]).unwrap();
+        let (off, warnings) = setting(&[]).unwrap();
         assert!(
             matches!(off, BrokerSetting::Off { ref reason } if reason.contains("HUB_REDIS_URL is not set"))
         );
         assert_eq!(warnings.len(), 1);
+    }
+
+    #[test]
+    fn an_empty_url_is_refused_with_the_other_problems() {
+        for empty in ["", "  "] {
+            assert_eq!(
+                setting(&[("HUB_REDIS_URL", empty)]).unwrap_err(),
+                [EMPTY_URL]
+            );
+        }
+        let problems = setting(&[
+            ("HUB_REDIS_URL", ""),
+            ("MACHINE_HEALTH_REQUIRES_BROKER", "maybe"),
+        ])
+        .unwrap_err();
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert_eq!(problems[1], EMPTY_URL);
     }
 
     #[test]

@@ -104,6 +104,12 @@ fn main() -> ExitCode {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
     let cli = Cli::parse();
+    // The checkout is the one the command runs in (found from the current directory), checked up front so
+    // running outside a checkout is one clear error.
+    if let Err(e) = profiles::find_root() {
+        eprintln!("error: {e:#}");
+        return ExitCode::FAILURE;
+    }
     let result = match cli.command {
         Command::EnvBuild { profile, all } => codegen::env_build(profile.as_deref(), all),
         Command::Plan {

@@ -11,15 +11,48 @@ use machine_profile_check::{Schema, validate_profiles};
 /// A loaded, checked profile: its source, profile, plan (with component settings) and resolved variables.
 pub type Loaded = machine_profile_check::Validated;
 
-/// The repository root: `XTASK_ROOT` when set (tests run on a copy), else this crate's parent directory.
-pub fn root() -> PathBuf {
+/// The checkout found by [`find_root`], once per run.
+static ROOT: OnceLock<PathBuf> = OnceLock::new();
+
+/// The repository root the xtask acts on: `XTASK_ROOT` when set (tests run on a copy), else the nearest
+/// directory at or above the current directory whose `Cargo.toml` declares `[workspace]`, as cargo finds
+/// its workspace. Never a path fixed at compile time: two clones sharing one `CARGO_TARGET_DIR` run one
+/// binary, and each must act on its own checkout.
+///
+/// Errors: the current directory cannot be read, or no `Cargo.toml` with `[workspace]` is at or above it.
+pub fn find_root() -> anyhow::Result<PathBuf> {
     if let Some(dir) = std::env::var_os("XTASK_ROOT") {
-        return PathBuf::from(dir);
+        return Ok(PathBuf::from(dir));
     }
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("xtask lives in the repository")
-        .to_path_buf()
+    let cwd = std::env::current_dir()
+        .map_err(|e| anyhow::anyhow!("reading the current directory: {e}"))?;
+    cwd.ancestors()
+        .find(|dir| declares_workspace(&dir.join("Cargo.toml")))
+        .map(Path::to_path_buf)
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "no Cargo.toml with [workspace] at or above {}; run `cargo xtask` inside a checkout of this repository",
+                cwd.display()
+            )
+        })
+}
+
+/// Whether a `Cargo.toml` has a `[workspace]` table header on a line of its own (false when unreadable).
+fn declares_workspace(manifest: &Path) -> bool {
+    std::fs::read_to_string(manifest)
+        .is_ok_and(|text| text.lines().any(|line| line.trim() == "[workspace]"))
+}
+
+/// The repository root ([`find_root`]), found on first use. `main` calls [`find_root`] first and reports its
+/// error, so the exit here is only for a caller that skipped it.
+pub fn root() -> PathBuf {
+    ROOT.get_or_init(|| {
+        find_root().unwrap_or_else(|e| {
+            eprintln!("error: {e:#}");
+            std::process::exit(1)
+        })
+    })
+    .clone()
 }
 
 /// The profile schema as the model renders it now, compiled once. The model's schema rather than the

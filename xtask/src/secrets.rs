@@ -6,12 +6,13 @@ use crate::{profiles, render};
 
 pub fn run(profile: &str) -> anyhow::Result<()> {
     let l = profiles::load_one(profile)?;
-    let secrets = l.resolved.secrets();
-    if secrets.is_empty() {
+    // The same list, in the same order, as the file written below.
+    let needed = render::env::to_fill_in(&l);
+    if needed.is_empty() {
         println!("profile {} needs no secrets", l.source.name);
     }
-    for s in &secrets {
-        println!("{}  needed by {}", s.name, s.needed_by.join(", "));
+    for (name, needed_by) in &needed {
+        println!("{name}  needed by {needed_by}");
     }
     let path = format!("generated/{}/.env.secrets.example", l.source.name);
     let changed = ensure_file_contents(

@@ -803,6 +803,7 @@ impl Publisher {
                 command = commands.recv() => {
                     match command {
                         Some(Command::Refresh(reply)) => {
+                            self.recheck_preflight().await;
                             let published = self.publish(UpdateType::Periodic).await;
                             let _ = reply.send(published);
                         }
@@ -848,6 +849,7 @@ impl Publisher {
                     self.publish(UpdateType::EventDriven).await;
                 }
                 _ = ticker.tick() => {
+                    self.recheck_preflight().await;
                     if !self.catch_up(&mut ticker).await {
                         self.publish(UpdateType::Periodic).await;
                     }
@@ -896,6 +898,38 @@ impl Publisher {
             self.delivered_ready = true;
             self.publish(UpdateType::Periodic).await;
             ticker.reset();
+        }
+    }
+
+    /// Runs the preflight again while it reports problems (every status interval and on a refresh), so
+    /// its warning goes away once the cause does: the queue's functions loaded after the machine
+    /// started (issue 21). Logs only a change; a Redis error goes to the link like any other.
+    async fn recheck_preflight(&mut self) {
+        let before = match &self.shared.stats().preflight {
+            PreflightState::Problems { problems, .. } => problems.clone(),
+            _ => return,
+        };
+        let Some(mut conn) = self.shared.link.current() else {
+            return;
+        };
+        match preflight::run(&mut conn.conn).await {
+            Ok(report) if report.passed() => {
+                log!(
+                    "broker preflight: passed now (redis {}, {MATCH_FUNCTION} loaded); its warning is cleared",
+                    report.redis_version.as_deref().unwrap_or("?")
+                );
+                self.shared.stats().preflight = PreflightState::Passed {
+                    redis_version: report.redis_version,
+                };
+            }
+            Ok(report) if report.problems != before => {
+                let state = preflight_state(report, self.shared.link.url().redacted());
+                self.shared.stats().preflight = state;
+            }
+            Ok(_) => {}
+            Err(err) => {
+                self.shared.link.report(conn.generation, &err);
+            }
         }
     }
 

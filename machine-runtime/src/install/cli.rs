@@ -106,20 +106,76 @@ pub fn run(args: InstallArgs) -> ExitCode {
     let services: Vec<(&str, &InstallRecipe)> =
         recipes.iter().map(|(n, r)| (n.as_str(), r)).collect();
     let mut opts = InstallOptions::from_env(Env::from_process());
-    if let Some(workspace) = args.workspace {
+    if let Some(workspace) = args.workspace.clone() {
         opts.workspace_dir = workspace;
     }
     opts.force = args.force;
     opts.default_step_timeout = Duration::from_secs(args.step_timeout);
-    run_with(&services, &opts, args.check)
+    let fix = install_command(&args, &opts, &services, |name| std::env::var(name).ok());
+    run_with(&services, &opts, args.check, &fix)
+}
+
+/// The complete command that installs what `install --check` found missing or stale: the variables the
+/// recipes' placeholders read that are set here (`WORKER_BUNDLE_URL`, `COMFYUI_COMMIT`, …), the same
+/// `--profile`/`--services`, and the workspace as `--workspace <absolute dir>`. A value that is an absolute
+/// path or hex (a commit, a checksum) is shown; any other as `"$VAR"`, since a URL may carry a token and
+/// secrets never go into output.
+fn install_command(
+    args: &InstallArgs,
+    opts: &InstallOptions,
+    services: &[(&str, &InstallRecipe)],
+    lookup: impl Fn(&str) -> Option<String>,
+) -> String {
+    let read = std::cell::RefCell::new(Vec::<String>::new());
+    let recording = |name: &str| {
+        let value = lookup(name);
+        if value.as_deref().is_some_and(|v| !v.trim().is_empty()) {
+            let mut read = read.borrow_mut();
+            if !read.iter().any(|r| r == name) {
+                read.push(name.to_owned());
+            }
+        }
+        value
+    };
+    for (_, recipe) in services {
+        let _ = super::recipe::resolve(recipe, &recording);
+    }
+    let mut words = Vec::new();
+    for var in read.into_inner() {
+        let value = lookup(&var).unwrap_or_default();
+        let value = value.trim();
+        let shown = (value.starts_with('/') || value.bytes().all(|b| b.is_ascii_hexdigit()))
+            && value
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && !b"'\"\\$`".contains(&b));
+        if shown {
+            words.push(format!("{var}={value}"));
+        } else {
+            words.push(format!("{var}=\"${var}\""));
+        }
+    }
+    words.push("machine-runtime install".to_owned());
+    match (&args.profile, &args.services) {
+        (Some(profile), _) => words.push(format!("--profile {profile}")),
+        (None, services) => words.push(format!(
+            "--services {}",
+            services.clone().unwrap_or_default().join(",")
+        )),
+    }
+    let workspace =
+        std::path::absolute(&opts.workspace_dir).unwrap_or_else(|_| opts.workspace_dir.clone());
+    words.push(format!("--workspace {}", workspace.display()));
+    words.join(" ")
 }
 
 /// Installs (or checks) `services` and prints a summary; the exit code says whether all is well. This
-/// is what `install --profile` runs with the plan's unique internal services.
+/// is what `install --profile` runs with the plan's unique internal services. `fix` is the command a
+/// failed check names.
 pub fn run_with(
     services: &[(&str, &InstallRecipe)],
     opts: &InstallOptions,
     check_only: bool,
+    fix: &str,
 ) -> ExitCode {
     let started = Instant::now();
     if check_only {
@@ -140,7 +196,7 @@ pub fn run_with(
                     ExitCode::SUCCESS
                 } else {
                     crate::log::runtime(&format!(
-                        "error: not installed or out of date: {}; run `machine-runtime install` with the same --profile or --services (and environment) for them",
+                        "error: not installed or out of date: {}; install them with: {fix}",
                         stale.join(", ")
                     ));
                     ExitCode::FAILURE

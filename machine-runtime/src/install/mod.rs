@@ -565,12 +565,13 @@ fn prepare(
     }
 }
 
+/// The workspace as an absolute path in one spelling ([`recipe::normal_path`]): `/ws/`, `/ws/.` and
+/// `/x/../ws` give the same install hash as `/ws` (issue 21: `install --check` called such an install
+/// out of date).
 fn absolute_workspace(opts: &InstallOptions) -> Result<PathBuf, InstallError> {
-    std::path::absolute(&opts.workspace_dir).map_err(io_error(
-        "workspace",
-        "resolve",
-        &opts.workspace_dir,
-    ))
+    std::path::absolute(&opts.workspace_dir)
+        .map(|p| recipe::normal_path(&p))
+        .map_err(io_error("workspace", "resolve", &opts.workspace_dir))
 }
 
 /// Installs each unique service of `services` (name, recipe) whose marker does not match, in order.

@@ -202,7 +202,16 @@ pub(crate) fn resolve(
         .enumerate()
         .map(|(i, step)| map_step(step, &format!("steps[{i}]"), &f, &mut problems))
         .collect();
-    let resolved = InstallRecipe { dir, steps };
+    let mut resolved = InstallRecipe { dir, steps };
+    // One spelling per local folder (`file://`, a trailing `/`, `.` or `..`), so the install hash, and
+    // with it `install --check`, does not depend on how the same folder was written.
+    for step in &mut resolved.steps {
+        if let Step::Fetch { source, .. } = step
+            && let Ok(FetchSource::Folder(path)) = FetchSource::parse(source)
+        {
+            *source = normal_path(&path).to_string_lossy().into_owned();
+        }
+    }
     if problems.is_empty() {
         validate(&resolved, &mut problems);
     }
@@ -523,6 +532,21 @@ pub(crate) fn describe(step: &Step) -> String {
         }
         Step::Command { argv, .. } => argv.join(" "),
     }
+}
+
+/// One spelling of an absolute path: without `.` components, repeated or trailing `/`; `..` resolved
+/// through the file system when the path exists (symlinks make a lexical `..` wrong), else kept. A path
+/// already in that form comes back unchanged, so install hashes made from it stay the same.
+pub(crate) fn normal_path(path: &std::path::Path) -> std::path::PathBuf {
+    let cleaned: std::path::PathBuf = path.components().collect();
+    if cleaned
+        .components()
+        .any(|c| c == std::path::Component::ParentDir)
+        && let Ok(real) = std::fs::canonicalize(&cleaned)
+    {
+        return real;
+    }
+    cleaned
 }
 
 /// Where a `fetch` step takes its files from.

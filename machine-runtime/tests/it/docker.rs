@@ -7,13 +7,16 @@
 //! `shutdown` and leaves no container, network or volume behind. api-only, built by the classic builder,
 //! runs its four bundle workers on dummy secrets without a restart.
 //!
-//! There is no container registry in CI, so the only overrides are the ones that forces, each named where
-//! it is made: the base image comes from `scripts/docker-base-image.sh` (debootstrap, cached as an image
+//! The test builds under its own image tag (`machine-docker-test/machine-runtime:<profile>`, removed
+//! afterwards), with its own compose project name, from a copy of the generated folder that publishes on
+//! free host ports (the one other change: the build context as an absolute path), so the user's
+//! `machine-runtime:<profile>` images, projects and ports are never touched (the image is checked). There is no container registry in CI, so the other overrides are the
+//! ones that forces, each named where it is made: the base image comes from `scripts/docker-base-image.sh` (debootstrap, cached as an image
 //! between runs), machine-runtime is this build's binary (`MACHINE_RUNTIME_BINARY`, no Rust image), and
 //! `redis:7-alpine` is replaced by Debian's redis-server on the same base
 //! (`tests/fixtures/docker/redis.Dockerfile`).
 //!
-//! The engine must be there (`bash .ci/run` installs and starts it); without it the test fails saying so.
+//! The engine must be there (`bash scripts/test.sh` installs and starts it); without it the test fails saying so.
 //! `MACHINE_SKIP_DOCKER_TEST=1` skips it on purpose, loudly, for developers without Docker; CI never sets it.
 //! Figures (image size, time from `up` to healthy, from `/health` 200 to Docker's `healthy`, time to stop)
 //! are printed, not asserted, next to the figures before issue 22's smaller image ([`BEFORE`]). The
@@ -35,8 +38,9 @@ const SKIP_VAR: &str = "MACHINE_SKIP_DOCKER_TEST";
 pub(crate) const BASE_IMAGE: &str = "machine-base:bookworm";
 /// The stand-in of `redis:7-alpine`.
 pub(crate) const REDIS_IMAGE: &str = "machine-test-redis:bookworm";
-/// Where the test puts this build's machine-runtime inside the build context (git-ignored).
-const PREBUILT: &str = ".docker-prebuilt/machine-runtime";
+/// Where the test puts this build's machine-runtime inside the build context (git-ignored): a folder of its
+/// own, so the binaries `scripts/docker-local.sh` puts in `.docker-prebuilt/` are never replaced.
+const PREBUILT: &str = ".docker-prebuilt/test/machine-runtime";
 /// The simulation service's binary of this build (full-local runs it).
 const SIMULATE_BIN: &str = env!("CARGO_BIN_EXE_machine-simulate");
 /// The test stand-in of the worker bundle, as a folder of the build context.
@@ -56,10 +60,40 @@ pub(crate) fn repo() -> PathBuf {
         .to_path_buf()
 }
 
-/// One compose project at a time: they publish the same host ports.
-pub(crate) fn one_project() -> MutexGuard<'static, ()> {
+/// Held while a test's compose project exists: the in-process lock, and an exclusive `flock` on
+/// `$TMPDIR/machine-docker-test.lock`, released when the file closes.
+pub(crate) struct OneProject {
+    _in_process: MutexGuard<'static, ()>,
+    _across_checkouts: std::fs::File,
+}
+
+/// One compose project at a time, in this process and across every checkout using this host's engine:
+/// they publish the same host ports and use the same project names (two clones running the test at once
+/// took each other's containers down: "Container … is unhealthy").
+pub(crate) fn one_project() -> OneProject {
+    use std::os::fd::AsRawFd;
     static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+    let in_process = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let path = std::env::temp_dir().join("machine-docker-test.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .unwrap_or_else(|e| panic!("opening {}: {e}", path.display()));
+    // SAFETY: flock(2) on a descriptor this function owns; it blocks until the other holder is done.
+    let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
+    assert_eq!(
+        locked,
+        0,
+        "flock {}: {}",
+        path.display(),
+        std::io::Error::last_os_error()
+    );
+    OneProject {
+        _in_process: in_process,
+        _across_checkouts: file,
+    }
 }
 
 /// A finished command: success, stdout, stderr, and how it was called (for messages).
@@ -145,13 +179,13 @@ pub(crate) fn engine() -> Option<()> {
         Ok(out) if out.status.success() => Some(()),
         Ok(out) => panic!(
             "the Docker engine does not answer (`docker info`: {}). This test needs a real engine: \
-             apt-get install -y docker.io docker-compose debootstrap, start dockerd (bash .ci/run does both), \
+             apt-get install -y docker.io docker-compose debootstrap, start dockerd (bash scripts/test.sh does both), \
              or set {SKIP_VAR}=1 to skip it on purpose",
             String::from_utf8_lossy(&out.stderr).trim()
         ),
         Err(e) => panic!(
             "`docker` cannot be run ({e}). This test needs a real engine: apt-get install -y docker.io \
-             docker-compose debootstrap and start dockerd (bash .ci/run does both), or set {SKIP_VAR}=1 \
+             docker-compose debootstrap and start dockerd (bash scripts/test.sh does both), or set {SKIP_VAR}=1 \
              to skip it on purpose"
         ),
     }
@@ -179,7 +213,7 @@ pub(crate) fn prepare() {
     // Copied atomically: a build may be reading the previous one. The simulation service's binary goes
     // next to the runtime, where the Dockerfile takes it from.
     let target = repo().join(PREBUILT);
-    std::fs::create_dir_all(target.parent().unwrap()).expect("creating .docker-prebuilt");
+    std::fs::create_dir_all(target.parent().unwrap()).expect("creating .docker-prebuilt/test");
     for (bin, target) in [
         (BIN, target.clone()),
         (SIMULATE_BIN, target.with_file_name("machine-simulate")),
@@ -195,32 +229,88 @@ pub(crate) fn prepare() {
     }
 }
 
-/// A compose project on a generated profile, with the registry override; `down -v` when dropped.
+/// A compose project on a generated profile, with the test's override; `down -v` and its image removed
+/// when dropped.
 pub(crate) struct Project {
     name: String,
-    dir: PathBuf,
-    /// The registry override, for profiles with a local Redis.
-    override_file: Option<tempfile::NamedTempFile>,
+    /// A copy of `generated/<profile>` ([`Project::new`] says what differs), removed when dropped.
+    dir: tempfile::TempDir,
+    /// Published ports: the container's port → the free host port the copy publishes it on.
+    ports: std::collections::BTreeMap<u16, u16>,
+    /// The machine image's test-private tag ([`test_image`]), never the user's `machine-runtime:<profile>`.
+    image: String,
+    /// The override: the machine image's tag, and for profiles with a local Redis the registry-free Redis.
+    override_file: tempfile::NamedTempFile,
     down: bool,
 }
 
+/// The tag the test builds a profile's machine image under: private to the test and removed afterwards, so
+/// a user's `machine-runtime:<profile>` (what a later `docker-compose up -d` without `--build` runs) is never
+/// replaced by a test image.
+fn test_image(profile: &str) -> String {
+    format!("machine-docker-test/machine-runtime:{profile}")
+}
+
 impl Project {
+    /// The machine image's test-private tag.
+    pub(crate) fn image(&self) -> &str {
+        &self.image
+    }
+
     pub(crate) fn new(profile: &str) -> Project {
         let name = format!("machine-docker-test-{profile}");
-        let dir = repo().join("generated").join(profile);
-        // The only override: no registry, so the official Redis image is replaced by Debian's redis-server.
-        let override_file = (profile == "full-local").then(|| {
-            let mut file = tempfile::Builder::new()
-                .suffix(".yaml")
-                .tempfile()
-                .expect("an override file");
-            let text = format!("services:\n  redis:\n    image: \"{REDIS_IMAGE}\"\n");
-            std::io::Write::write_all(&mut file, text.as_bytes()).expect("writing the override");
-            file
-        });
+        // The generated folder as it is, but for two lines: the build context as an absolute path (the
+        // copy lives elsewhere), and each published port on a free host port instead of the profile's, so
+        // a machine the user runs on 9090 is neither disturbed nor in the way.
+        let generated = repo().join("generated").join(profile);
+        let dir = tempfile::tempdir().expect("a folder for the compose project");
+        std::fs::copy(generated.join(".env"), dir.path().join(".env")).expect("copying .env");
+        let mut ports = std::collections::BTreeMap::new();
+        let compose: Vec<String> = std::fs::read_to_string(generated.join("docker-compose.yaml"))
+            .expect("reading the generated compose file")
+            .lines()
+            .map(|line| {
+                if line.trim() == "context: \"../..\"" {
+                    return line.replace("../..", repo().to_str().unwrap());
+                }
+                // `      - "127.0.0.1:9090:9090/tcp"`
+                let Some(spec) = line.trim().strip_prefix("- \"127.0.0.1:") else {
+                    return line.to_owned();
+                };
+                let mut parts = spec.splitn(2, ':');
+                let (Some(host), Some(rest)) = (parts.next(), parts.next()) else {
+                    return line.to_owned();
+                };
+                let container: u16 = rest.split('/').next().unwrap().parse().unwrap();
+                assert_eq!(host, container.to_string(), "{line}");
+                let free = crate::up_support::free_port();
+                ports.insert(container, free);
+                line.replace(&format!("127.0.0.1:{host}:"), &format!("127.0.0.1:{free}:"))
+            })
+            .collect();
+        std::fs::write(
+            dir.path().join("docker-compose.yaml"),
+            compose.join("\n") + "\n",
+        )
+        .expect("writing the compose file");
+        let image = test_image(profile);
+        // The overrides: the machine image under the test's own tag, and (no registry) the official Redis
+        // image replaced by Debian's redis-server.
+        let mut text = format!("services:\n  machine:\n    image: \"{image}\"\n");
+        if profile == "full-local" {
+            text.push_str(&format!("  redis:\n    image: \"{REDIS_IMAGE}\"\n"));
+        }
+        let mut override_file = tempfile::Builder::new()
+            .suffix(".yaml")
+            .tempfile()
+            .expect("an override file");
+        std::io::Write::write_all(&mut override_file, text.as_bytes())
+            .expect("writing the override");
         let project = Project {
             name,
             dir,
+            ports,
+            image,
             override_file,
             down: false,
         };
@@ -232,13 +322,19 @@ impl Project {
     /// `docker-compose -p NAME -f docker-compose.yaml [-f OVERRIDE] ARGS` in the profile's folder.
     fn compose(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new("docker-compose");
-        cmd.current_dir(&self.dir)
+        cmd.current_dir(self.dir.path())
             .args(["-p", &self.name, "-f", "docker-compose.yaml"]);
-        if let Some(file) = &self.override_file {
-            cmd.arg("-f").arg(file.path());
-        }
+        cmd.arg("-f").arg(self.override_file.path());
         cmd.args(args).env("COMPOSE_INTERACTIVE_NO_CLI", "1");
         cmd
+    }
+
+    /// The free host port the project publishes the container's `port` on.
+    fn port(&self, port: u16) -> u16 {
+        *self
+            .ports
+            .get(&port)
+            .unwrap_or_else(|| panic!("port {port} is not published: {:?}", self.ports))
     }
 
     /// [`Project::compose`] with `--env-file FILE`, a global option (before the command), as the README says.
@@ -358,6 +454,8 @@ impl Drop for Project {
         if !self.down {
             let _ = run(&mut self.compose(&["down", "-v", "--remove-orphans"]));
         }
+        // The test's image goes too (its layers stay cached for the next build).
+        let _ = run(docker().args(["image", "rm", "-f", &self.image]));
     }
 }
 
@@ -385,6 +483,12 @@ fn docker_healthy(container: &str) -> Option<Instant> {
         std::thread::sleep(Duration::from_millis(50));
     }
     None
+}
+
+/// An image's id, or `None` when there is no such image.
+fn image_id(image: &str) -> Option<String> {
+    let ran = run(docker().args(["image", "inspect", "-f", "{{.Id}}", image]));
+    ran.ok.then(|| ran.stdout.trim().to_string())
 }
 
 /// The size of an image in bytes.
@@ -519,14 +623,16 @@ fn full_local_builds_and_runs_a_job_in_docker_compose_on_a_cpu_only_host() {
     if engine().is_none() {
         return;
     }
+    // The user's own image of the profile (if any) is the same before and after the test.
+    let users_image = image_id("machine-runtime:full-local");
     prepare();
     let mut project = Project::new("full-local");
 
     let started = Instant::now();
     let built = project.build(true);
     let build_time = started.elapsed();
-    let size = image_size("machine-runtime:full-local");
-    let toolchain = tools_in("machine-runtime:full-local", &["python3", "git", "curl"]);
+    let size = image_size(&project.image);
+    let toolchain = tools_in(&project.image, &["python3", "git", "curl"]);
     assert!(
         toolchain.is_empty(),
         "full-local runs no ComfyUI, yet its image has {toolchain:?}"
@@ -548,7 +654,7 @@ fn full_local_builds_and_runs_a_job_in_docker_compose_on_a_cpu_only_host() {
     must(&mut project.compose(&["up", "-d", "--no-build"]));
     let mut healthy_after = None;
     while started.elapsed() < PATIENCE {
-        if status_code(9090, "/health") == 200 {
+        if status_code(project.port(9090), "/health") == 200 {
             healthy_after = Some(started.elapsed());
             break;
         }
@@ -556,7 +662,8 @@ fn full_local_builds_and_runs_a_job_in_docker_compose_on_a_cpu_only_host() {
     }
     let Some(healthy_after) = healthy_after else {
         panic!(
-            "the machine did not answer /health 200 on 127.0.0.1:9090 within {PATIENCE:?}\n{}",
+            "the machine did not answer /health 200 on 127.0.0.1:{} within {PATIENCE:?}\n{}",
+            project.port(9090),
             project.logs()
         );
     };
@@ -570,7 +677,7 @@ fn full_local_builds_and_runs_a_job_in_docker_compose_on_a_cpu_only_host() {
     let docker_healthy_after = docker_healthy_at.duration_since(started);
 
     // The simulation services answer on their published ports (they listen on 0.0.0.0 inside).
-    for port in [8399, 8400] {
+    for port in [8399, 8400].map(|p| project.port(p)) {
         assert_eq!(
             status_code(port, "/health"),
             200,
@@ -657,6 +764,11 @@ fn full_local_builds_and_runs_a_job_in_docker_compose_on_a_cpu_only_host() {
     }
     let left = project.leftovers();
     assert!(left.is_empty(), "docker-compose down left {left:?}");
+    assert_eq!(
+        image_id("machine-runtime:full-local"),
+        users_image,
+        "the test changed the user's machine-runtime:full-local image"
+    );
 
     println!(
         "docker figures (full-local): image {:.0} MB, build {:.1} s (BuildKit{}), up -d to /health 200 {:.2} s, to Docker healthy {:.2} s ({:.2} s after the 200), down {:.2} s; {BEFORE}",
@@ -808,7 +920,7 @@ fn api_only_with_the_bundle_and_dummy_secrets_runs_its_workers_without_a_crash_l
     assert!(left.is_empty(), "docker-compose down left {left:?}");
     println!(
         "docker figures (api-only): image {:.0} MB, build {:.1} s (classic builder), down {:.2} s; {BEFORE}",
-        image_size("machine-runtime:api-only") as f64 / 1e6,
+        image_size(&project.image) as f64 / 1e6,
         build_time.as_secs_f64(),
         stop_time.as_secs_f64()
     );

@@ -20,7 +20,7 @@ use crate::up_support::{
 struct Raw {
     child: Child,
     port: u16,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Raw {
@@ -40,11 +40,7 @@ impl Raw {
             .stderr(stderr)
             .process_group(0);
         let child = cmd.spawn().unwrap();
-        Raw {
-            child,
-            port,
-            _dir: dir,
-        }
+        Raw { child, port, dir }
     }
 
     /// GET with a bounded wait: `None` when the endpoint does not answer (yet).
@@ -104,10 +100,13 @@ fn pending_bytes(read_end: &OwnedFd) -> usize {
     n.max(0) as usize
 }
 
-/// Two chatty apps and one that exits every 0.3 s, for runs where nobody reads the output.
+/// Two chatty apps and one that exits every 0.3 s, for runs where nobody reads the output. chatty-a first
+/// writes 3 MB at once and then touches `@DIR@/flooded`: the runtime has read those bytes from it by then,
+/// more than the runtime's stdout queue holds (`sink::BOUND`, 1 MiB) plus a pipe, so when nobody reads the
+/// runtime's stdout, lines have certainly been dropped once the file exists.
 fn chatty_ecosystem() -> Value {
     json!({"apps": [
-        {"name": "chatty-a", "script": "bash", "args": ["-c", "while :; do seq 1 2000; sleep 0.01; done"], "interpreter": "none"},
+        {"name": "chatty-a", "script": "bash", "args": ["-c", "yes chatty-a-flood | head -c 3000000; touch @DIR@/flooded; while :; do seq 1 2000; sleep 0.01; done"], "interpreter": "none"},
         {"name": "chatty-b", "script": "bash", "args": ["-c", "while :; do seq 1 2000 >&2; sleep 0.01; done"], "interpreter": "none"},
         {"name": "crasher", "script": "bash", "args": ["-c", "echo crashing; sleep 0.3; exit 3"], "interpreter": "none",
          "min_uptime": 100, "max_restarts": 1000}
@@ -136,6 +135,13 @@ fn output_nobody_reads_stalls_nothing() {
             )
         },
         || (pending_bytes(&out_read) >= 48_000 && pending_bytes(&err_read) >= 48_000).then_some(()),
+    );
+    // Lines were dropped: chatty-a's 3 MB went through the runtime (the test used to assume so after a
+    // few restarts of the crasher, which under load came before 1 MiB had queued: no drop, so no count).
+    wait_for(
+        "chatty-a's 3 MB to have gone through the runtime",
+        String::new,
+        || rt.dir.path().join("flooded").exists().then_some(()),
     );
     // Health answers, and the crashing app keeps being restarted, while nobody reads.
     let (code, _) = rt.get("/health");
@@ -791,7 +797,7 @@ fn the_open_file_limit_is_raised_and_apps_that_cannot_fit_are_refused_with_the_n
     let rt = Raw {
         child,
         port,
-        _dir: tempfile::tempdir().unwrap(),
+        dir: tempfile::tempdir().unwrap(),
     };
     wait_for("all 200 apps to run", String::new, || {
         let (code, _) = rt.try_get("/health")?;
@@ -845,4 +851,44 @@ fn a_redis_that_accepts_and_never_answers_delays_no_app() {
     assert_eq!(status["broker"]["summary"], "starting", "{status}");
     let (code, health) = rt.get("/health");
     assert_eq!(code, 200, "{health}");
+}
+
+/// api-only with `HUB_REDIS_URL=` (an unfilled `.env.secrets`) is refused at start with the fix, among the
+/// other start-up problems, instead of starting workers that exit at once and restart forever (issue 21).
+#[test]
+fn an_empty_hub_redis_url_is_refused_before_any_app_starts() {
+    let ws = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .args(["up", "--profile", "api-only", "--health-port", "0"])
+        .env("WORKSPACE_DIR", ws.path())
+        .env("HUB_REDIS_URL", "")
+        .env("OPENAI_API_KEY", "sk-dummy")
+        .env("OPENAI_IMAGE_MODEL", "dummy")
+        .env("CLOUD_STORAGE_PROVIDER", "none")
+        .env("WORKER_WEBSOCKET_AUTH_TOKEN", "dummy")
+        .env_remove("MACHINE_PROFILE")
+        .env_remove("WORKER_BUNDLE_URL")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("HUB_REDIS_URL is set but empty; the workers reach the job broker through it")
+            && err.contains("or unset it to run without a broker"),
+        "{err}"
+    );
+    // Reported with the other start-up problem (the bundle is not installed in this workspace), once.
+    assert!(err.contains("worker bundle missing"), "{err}");
+    assert_eq!(
+        err.matches("HUB_REDIS_URL is set but empty").count(),
+        1,
+        "{err}"
+    );
+    assert!(!err.contains(" started (pid"), "{err}");
+    assert_eq!(
+        std::fs::read_dir(ws.path()).unwrap().count(),
+        0,
+        "the refused start wrote into the workspace"
+    );
 }

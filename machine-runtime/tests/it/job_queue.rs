@@ -231,9 +231,14 @@ pub async fn wait_job_status(conn: &mut redis::aio::MultiplexedConnection, id: &
     let deadline = Instant::now() + DEADLINE;
     loop {
         let status: Option<String> = conn.hget(format!("job:{id}"), "status").await.unwrap();
-        // A completion is several commands (spec §6 "Complete": status, then HDEL jobs:active, then
-        // HSET jobs:completed); "completed" is waited for until the last of them has happened.
-        let settled = want != "completed" || conn.hexists("jobs:completed", id).await.unwrap();
+        // A completion or a permanent failure is several commands (spec §6 "Complete": status, then HDEL
+        // jobs:active, then HSET jobs:completed; a failure: status, then HSET jobs:failed); "completed"
+        // and "failed" are waited for until the record in jobs:completed / jobs:failed is there too.
+        let settled = match want {
+            "completed" => conn.hexists("jobs:completed", id).await.unwrap(),
+            "failed" => conn.hexists("jobs:failed", id).await.unwrap(),
+            _ => true,
+        };
         if status.as_deref() == Some(want) && settled {
             return;
         }

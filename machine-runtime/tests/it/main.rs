@@ -16,6 +16,7 @@ mod gpu;
 mod healthcheck;
 mod hostile;
 mod install;
+mod job_push;
 mod job_queue;
 mod lease;
 mod log_lines;

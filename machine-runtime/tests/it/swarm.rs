@@ -13,9 +13,9 @@
 //! The broker is a redis-server this test starts on the host, bound to loopback and to the default
 //! bridge's gateway (what `host.docker.internal:host-gateway` resolves to in a task); the stack's own
 //! Redis is scaled to 0 by the test's override file, the only other change to the generated file
-//! (`HUB_REDIS_*`, the replica count, the Redis image that needs no registry). The image is built as
-//! `docker.rs` builds it (no registry). The test leaves the engine as it found it: the stack, its network
-//! and the image (when the test built it) are removed, and the Swarm is left (and its `docker_gwbridge`
+//! (`HUB_REDIS_*`, the replica count, the Redis image that needs no registry, and the machine image: the
+//! test-private tag `docker.rs` builds without a registry, never the user's `machine-runtime:full-local`).
+//! The test leaves the engine as it found it: the stack, its network and the test image are removed, and the Swarm is left (and its `docker_gwbridge`
 //! removed) when the test initialised it.
 //! Skipped only with `MACHINE_SKIP_DOCKER_TEST=1` (CI never sets it). Figures are printed, not asserted.
 
@@ -34,8 +34,6 @@ const REPLICAS: u32 = 3;
 const WORKERS: u32 = 4;
 /// The stack's name (its services are `<stack>_machine`, `<stack>_redis`).
 const STACK: &str = "machine-swarm-test";
-/// The machine image the stack names.
-const IMAGE: &str = "machine-runtime:full-local";
 /// The bridge `docker swarm init` creates for the tasks' traffic out of their overlay networks.
 const GWBRIDGE: &str = "docker_gwbridge";
 /// How long one phase may take before the test fails naming what did not happen.
@@ -45,8 +43,6 @@ const PATIENCE: Duration = Duration::from_secs(120);
 struct Fleet {
     /// This test ran `docker swarm init`.
     initialised: bool,
-    /// The image did not exist before the test.
-    built_image: bool,
     /// `docker swarm init` made the `docker_gwbridge` network (it outlives `docker swarm leave`).
     made_gwbridge: bool,
 }
@@ -115,9 +111,6 @@ impl Fleet {
 impl Drop for Fleet {
     fn drop(&mut self) {
         self.remove();
-        if self.built_image {
-            let _ = run(docker().args(["image", "rm", IMAGE]));
-        }
         if self.initialised {
             let _ = run(docker().args(["swarm", "leave", "--force"]));
             if self.made_gwbridge {
@@ -287,8 +280,10 @@ fn a_swarm_fleet_spreads_jobs_survives_a_killed_replica_and_a_rolling_update() {
     }
     let started = Instant::now();
     crate::docker::prepare();
-    let built_image = !run(docker().args(["image", "inspect", IMAGE])).ok;
-    crate::docker::Project::new("full-local").build(true);
+    // The image under the docker test's own tag (never the user's `machine-runtime:full-local`), removed
+    // when `project` goes, after the stack (declared later, dropped first).
+    let project = crate::docker::Project::new("full-local");
+    project.build(true);
     let build_time = started.elapsed();
 
     let had_gwbridge = run(docker().args(["network", "inspect", GWBRIDGE])).ok;
@@ -302,7 +297,6 @@ fn a_swarm_fleet_spreads_jobs_survives_a_killed_replica_and_a_rolling_update() {
     };
     let fleet = Fleet {
         initialised,
-        built_image,
         made_gwbridge: initialised && !had_gwbridge,
     };
     // Leftovers of an interrupted run.
@@ -334,7 +328,8 @@ fn a_swarm_fleet_spreads_jobs_survives_a_killed_replica_and_a_rolling_update() {
     // The generated stack file as is, plus the test's override.
     let broker = format!("redis://host.docker.internal:{}", redis.port());
     let override_text = format!(
-        "services:\n  machine:\n    environment:\n      - \"HUB_REDIS_URL={broker}\"\n      - \"HUB_REDIS_HOST=host.docker.internal\"\n      - \"HUB_REDIS_PORT={}\"\n    deploy:\n      replicas: {REPLICAS}\n  redis:\n    image: \"{REDIS_IMAGE}\"\n    deploy:\n      replicas: 0\n",
+        "services:\n  machine:\n    image: \"{}\"\n    environment:\n      - \"HUB_REDIS_URL={broker}\"\n      - \"HUB_REDIS_HOST=host.docker.internal\"\n      - \"HUB_REDIS_PORT={}\"\n    deploy:\n      replicas: {REPLICAS}\n  redis:\n    image: \"{REDIS_IMAGE}\"\n    deploy:\n      replicas: 0\n",
+        project.image(),
         redis.port()
     );
     let mut override_file = tempfile::Builder::new()

@@ -8,6 +8,17 @@ use crate::up_support::{
     wait_for,
 };
 
+/// Waits until the runtime's output contains `line`. The board publishes a state before the runtime logs
+/// the transition, and the log reaches the test through a pipe and a reader thread, so a state seen in
+/// `/health` does not mean its line has been read yet (the cause of the backoff test's flake, issue 21).
+fn wait_line(rt: &Runtime, line: &str) {
+    wait_for(
+        &format!("{line:?} in the runtime's output"),
+        || rt.output(),
+        || rt.output().contains(line).then_some(()),
+    );
+}
+
 /// A shell app; `D` in its environment is the test's directory, and `put FILE VALUE` writes
 /// `$D/FILE` atomically (temp file, then rename) so the test never reads half a file.
 fn sh(name: &str, script: &str) -> Value {
@@ -164,6 +175,10 @@ fn restarts_with_exponential_backoff_then_errors_after_max_restarts() {
         &[],
     );
     let status = rt.wait_state("flaky", "errored");
+    wait_line(
+        &rt,
+        "errored after 4 consecutive exits before min_uptime 10.0s",
+    );
     let starts: Vec<u128> = std::fs::read_to_string(rt.path("starts"))
         .unwrap()
         .lines()
@@ -453,18 +468,8 @@ fn restarts_a_killed_child_and_counts_the_restart() {
     );
     assert_eq!(status["restarts"], 1);
     assert_eq!(status["last_exit"]["signal"], libc::SIGKILL);
-    assert!(
-        rt.output()
-            .contains("svc exited with signal 9 (SIGKILL) after"),
-        "{}",
-        rt.output()
-    );
-    assert!(
-        rt.output()
-            .contains("restarting in 100ms (attempt 2 of 16)"),
-        "{}",
-        rt.output()
-    );
+    wait_line(&rt, "svc exited with signal 9 (SIGKILL) after");
+    wait_line(&rt, "restarting in 100ms (attempt 2 of 16)");
     rt.signal(libc::SIGTERM);
     assert_eq!(rt.wait_exit().code(), Some(0));
 }
@@ -489,11 +494,9 @@ fn a_program_that_does_not_exist_errors_with_the_reason() {
         bad_cwd["last_exit"]["description"],
         "its cwd /nonexistent-dir does not exist"
     );
-    assert!(
-        rt.output()
-            .contains("typo could not start: program \"no-such-program-xyz\" not found"),
-        "{}",
-        rt.output()
+    wait_line(
+        &rt,
+        "typo could not start: program \"no-such-program-xyz\" not found",
     );
     rt.signal(libc::SIGTERM);
     assert_eq!(rt.wait_exit().code(), Some(0), "{}", rt.output());

@@ -17,7 +17,7 @@ pub const PATIENCE: Duration = Duration::from_secs(60);
 pub const BIN: &str = env!("CARGO_BIN_EXE_machine-runtime");
 
 /// Opt-out of the PID-namespace tests for developers whose kernel or container refuses
-/// `unshare --user --pid` (`.ci/run` unsets it; CI runs them as root).
+/// `unshare --user --pid` (`.ci/run` unsets it before `scripts/test.sh`; CI runs them as root).
 pub const SKIP_NAMESPACE_VAR: &str = "MACHINE_SKIP_NAMESPACE_TEST";
 
 /// Whether the PID-namespace variant of `test` runs: `true` when `unshare --user --pid` works here; `false`

@@ -520,3 +520,80 @@ fn up_refuses_missing_required_env_all_at_once() {
     }
     assert!(!out.contains("OLLAMA_HOST is not set"), "{out}");
 }
+
+/// `install --check` after a folder install (issue 21): the same folder and workspace written another way
+/// (`file://`, a trailing `/`, `..`) are current; a real change names the complete command that installs
+/// it (the variable, the profile and the workspace), with a URL shown as `"$WORKER_BUNDLE_URL"`.
+#[test]
+fn check_after_a_folder_install_is_current_and_names_the_complete_fix() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ws = tmp.path().join("ws");
+    let bundle = copy_bundle(tmp.path(), "bundle");
+    let (ws_arg, bundle_arg) = (ws.to_str().unwrap(), bundle.to_str().unwrap());
+    let (code, err) = install(
+        &["--profile", "full-local", "--workspace", ws_arg],
+        &[("WORKER_BUNDLE_URL", bundle_arg)],
+    );
+    assert_eq!(code, Some(0), "{err}");
+
+    let file_url = format!("file://{bundle_arg}");
+    let slash = format!("{bundle_arg}/");
+    let dotdot = format!("{}/../ws/", ws_arg);
+    for (workspace, source) in [
+        (ws_arg, None),
+        (ws_arg, Some(bundle_arg)),
+        (ws_arg, Some(file_url.as_str())),
+        (ws_arg, Some(slash.as_str())),
+        (dotdot.as_str(), Some(bundle_arg)),
+    ] {
+        let env: Vec<(&str, &str)> = source
+            .map(|s| ("WORKER_BUNDLE_URL", s))
+            .into_iter()
+            .collect();
+        let (code, err) = install(
+            &[
+                "--check",
+                "--profile",
+                "full-local",
+                "--workspace",
+                workspace,
+            ],
+            &env,
+        );
+        assert_eq!(
+            code,
+            Some(0),
+            "workspace {workspace}, source {source:?}: {err}"
+        );
+        assert!(err.contains("1 services installed and current"), "{err}");
+    }
+
+    let other = copy_bundle(tmp.path(), "other-bundle");
+    let (code, err) = install(
+        &["--check", "--profile", "full-local", "--workspace", ws_arg],
+        &[("WORKER_BUNDLE_URL", other.to_str().unwrap())],
+    );
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains(&format!(
+            "; install them with: WORKER_BUNDLE_URL={} machine-runtime install --profile full-local --workspace {ws_arg}",
+            other.display()
+        )),
+        "{err}"
+    );
+    let (code, err) = install(
+        &["--check", "--profile", "full-local", "--workspace", ws_arg],
+        &[(
+            "WORKER_BUNDLE_URL",
+            "https://user:s3cret@example.com/b.tar.gz",
+        )],
+    );
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains(&format!(
+            "install them with: WORKER_BUNDLE_URL=\"$WORKER_BUNDLE_URL\" machine-runtime install --profile full-local --workspace {ws_arg}"
+        )),
+        "{err}"
+    );
+    assert!(!err.contains("s3cret"), "{err}");
+}

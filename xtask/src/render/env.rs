@@ -72,16 +72,15 @@ fn origin_of(l: &Loaded, key: &str) -> String {
     }
 }
 
-/// `.env.secrets.example`: the names of every secret the machine needs, no values.
-pub fn secrets_example(l: &Loaded) -> String {
-    let mut out = format!("# {}\n", super::header(&l.source.name));
-    out += "# Copy to .env.secrets (git-ignored) and fill in; Compose passes these through to the machine.\n";
+/// What `.env.secrets.example` asks to fill in, as (variable, who needs it), in file order: the profile's
+/// secrets, then the workers' required variables that no component gives a value (the machine refuses to
+/// start without them, so they are filled in like secrets). `cargo xtask secrets` lists the same.
+pub fn to_fill_in(l: &Loaded) -> Vec<(String, String)> {
     let secrets = l.resolved.secrets();
-    for s in &secrets {
-        out += &format!("# needed by {}\n{}=\n", s.needed_by.join(", "), s.name);
-    }
-    // Required variables of the workers that no component gives a value: the machine refuses to
-    // start without them, so they are filled in here like secrets.
+    let mut out: Vec<(String, String)> = secrets
+        .iter()
+        .map(|s| (s.name.to_string(), s.needed_by.join(", ")))
+        .collect();
     for name in super::compose::needs_without_value(l) {
         if secrets.iter().any(|s| s.name == name) {
             continue;
@@ -93,10 +92,18 @@ pub fn secrets_example(l: &Loaded) -> String {
             .find(|n| n.name == name)
             .map(|n| n.connectors.clone())
             .unwrap_or_default();
-        out += &format!(
-            "# needed by the {} workers (no component sets it)\n{name}=\n",
-            workers.join(", ")
-        );
+        let needed_by = format!("the {} workers (no component sets it)", workers.join(", "));
+        out.push((name.to_string(), needed_by));
+    }
+    out
+}
+
+/// `.env.secrets.example`: the names of every secret the machine needs ([`to_fill_in`]), no values.
+pub fn secrets_example(l: &Loaded) -> String {
+    let mut out = format!("# {}\n", super::header(&l.source.name));
+    out += "# Copy to .env.secrets (git-ignored) and fill in; Compose passes these through to the machine.\n";
+    for (name, needed_by) in to_fill_in(l) {
+        out += &format!("# needed by {needed_by}\n{name}=\n");
     }
     out += "# optional: the token of the health port's POST routes (/restart/..., /refresh-status)\n#MACHINE_CONTROL_TOKEN=\n";
     out += "# optional, for a rediss:// broker: PEM files of its CA and of this machine's client certificate and\n# key (mutual TLS), as paths inside the container (mount them); INSECURE=true turns certificate checks off\n";

@@ -267,3 +267,78 @@ fn output_into_a_pipe_closed_early_ends_quietly() {
         out.status
     );
 }
+
+/// The xtask acts on the checkout it runs in, found from the current directory (issue 21: one binary shared
+/// by two clones through `CARGO_TARGET_DIR` read the other clone's profiles): run from a subfolder of a copy
+/// with one profile renamed, `list` shows the copy's profiles; run outside any workspace it fails saying so.
+#[test]
+fn the_checkout_is_found_from_the_current_directory() {
+    let copy = temp_root();
+    std::fs::write(
+        copy.path().join("Cargo.toml"),
+        "[workspace]\nmembers = []\n",
+    )
+    .unwrap();
+    std::fs::rename(
+        copy.path().join("profiles/gpu-mixed.json"),
+        copy.path().join("profiles/only-in-the-copy.json"),
+    )
+    .unwrap();
+    let mut cmd = xtask();
+    cmd.current_dir(copy.path().join("generated/api-only"))
+        .arg("list");
+    let out = run(&mut cmd);
+    assert!(out.ok(), "{out}");
+    assert!(out.stdout.contains("only-in-the-copy"), "{out}");
+    assert!(
+        !out.stdout.lines().any(|l| l.starts_with("gpu-mixed ")),
+        "{out}"
+    );
+
+    let outside = tempfile::tempdir().unwrap();
+    let mut cmd = xtask();
+    cmd.current_dir(outside.path()).arg("list");
+    let out = run(&mut cmd);
+    assert_eq!(out.code, Some(1), "{out}");
+    assert!(
+        out.stderr
+            .contains("no Cargo.toml with [workspace] at or above")
+            && out.stderr.contains("inside a checkout"),
+        "{out}"
+    );
+    assert_eq!(out.stderr.lines().count(), 1, "{out}");
+}
+
+/// A profile whose `$schema` is not the generated schema's path is refused by env-build with one message at
+/// the field naming the right path, exit 1, and nothing is written (issue 21: it passed and wrote files).
+#[test]
+fn a_wrong_schema_path_is_refused_and_nothing_is_written() {
+    let copy = temp_root();
+    let file = copy.path().join("profiles/gpu-mixed.json");
+    let text = read(&file);
+    assert!(
+        text.contains("\"../schemas/profile.schema.json\""),
+        "{text}"
+    );
+    std::fs::write(
+        &file,
+        text.replace(
+            "\"../schemas/profile.schema.json\"",
+            "\"../schema/profile.json\"",
+        ),
+    )
+    .unwrap();
+    let out_dir = copy.path().join("generated/gpu-mixed");
+    std::fs::remove_dir_all(&out_dir).unwrap();
+    let out = run(xtask_in(copy.path()).args(["env-build", "--all"]));
+    assert_eq!(out.code, Some(1), "{out}");
+    assert!(
+        out.stderr.contains(
+            "profiles/gpu-mixed.json:2:14: /$schema: $schema is \"../schema/profile.json\", which is not the profile schema; allowed: \"../schemas/profile.schema.json\""
+        ),
+        "{out}"
+    );
+    assert_eq!(out.stderr.matches("/$schema").count(), 1, "{out}");
+    assert!(!out_dir.exists(), "env-build wrote files: {out}");
+    assert!(!out.stdout.contains("wrote"), "{out}");
+}

@@ -1,4 +1,4 @@
-//! Every generated `docker-compose.yaml` against both vendored Compose schemas (`shared/vendor-schemas`).
+//! Every generated `docker-compose.yaml` against both vendored Compose schemas (`xtask/tests/vendor/compose-spec`).
 //!
 //! - `compose-spec.json` (compose-spec, draft-07) and `compose-spec.compose-go.json` (compose-go, the copy
 //!   Compose v2 embeds, draft 2020-12), each compiled with its draft pinned and format validation on.
@@ -14,21 +14,10 @@ use serde_json::{Value, json};
 
 use crate::{assert_no_problems, generated, profiles, read, read_json, root};
 
-/// `shared/vendor-schemas`: beside the repository (`<repo>/../shared`), else inside it (`<repo>/shared`).
+/// The vendored Compose schemas, inside the repository (`xtask/tests/vendor/compose-spec`, Apache-2.0, with
+/// their origin and licence in that folder).
 pub fn vendor_schemas() -> PathBuf {
-    let beside = root().join("../shared/vendor-schemas");
-    let inside = root().join("shared/vendor-schemas");
-    [&beside, &inside]
-        .into_iter()
-        .find(|d| d.join("compose-spec.json").is_file())
-        .cloned()
-        .unwrap_or_else(|| {
-            panic!(
-                "the vendored Compose schemas are in neither {} nor {}; check out the shared folder beside the repository",
-                beside.display(),
-                inside.display()
-            )
-        })
+    root().join("xtask/tests/vendor/compose-spec")
 }
 
 /// Go's `time.ParseDuration` grammar: `0`, or an optional sign and one or more `<decimal><unit>` groups with

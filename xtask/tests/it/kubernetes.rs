@@ -21,7 +21,7 @@ pub const KUBERNETES_VERSION: &str = "1.30.0";
 fn validate(file: &Path) -> crate::Output {
     let validator = tool(
         "kubernetes-validate",
-        "install it from PyPI: `pip install kubernetes-validate==1.37.0` (.ci/run does)",
+        "install it from PyPI: `pip install kubernetes-validate==1.37.0` (scripts/test.sh does)",
     );
     run(Command::new(validator)
         .args([

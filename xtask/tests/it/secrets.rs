@@ -1,5 +1,6 @@
 //! Secret values never reach generated/ nor command output: a canary planted in the environment of every
-//! command (and in a profile, where it must be refused) is searched for in every file and every output.
+//! command (and in a profile, where it must be refused) is searched for in every file and every output;
+//! and `cargo xtask secrets` lists the names the example file it writes asks for.
 
 use std::path::Path;
 
@@ -98,4 +99,34 @@ fn a_secret_given_a_value_in_a_profile_is_refused_without_echoing_it() {
         !out.stderr.contains(CANARY) && !out.stdout.contains(CANARY),
         "the error echoes the value: {out}"
     );
+}
+
+/// `cargo xtask secrets P` lists exactly the variables, in the same order, that the
+/// `.env.secrets.example` it writes asks to fill in (issue 21: it listed 3 names, the file 4), for every
+/// profile.
+#[test]
+fn the_listed_names_are_the_names_of_the_file_written() {
+    let dir = crate::temp_root();
+    for profile in crate::profiles() {
+        let out = crate::run(crate::xtask_in(dir.path()).args(["secrets", &profile]));
+        assert!(out.ok(), "{out}");
+        let listed: Vec<&str> = out
+            .stdout
+            .lines()
+            .filter_map(|l| l.split_once("  needed by ").map(|(name, _)| name))
+            .collect();
+        let file = crate::read(
+            &dir.path()
+                .join(format!("generated/{profile}/.env.secrets.example")),
+        );
+        let in_file: Vec<&str> = file
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| l.strip_suffix('='))
+            .collect();
+        assert_eq!(listed, in_file, "{profile}: {out}\n{file}");
+        if profile == "api-only" {
+            assert!(listed.contains(&"CLOUD_STORAGE_PROVIDER"), "{out}");
+        }
+    }
 }
