@@ -127,6 +127,14 @@ impl AppTask {
         &self.spec.name
     }
 
+    /// The app's own stop signal (`kill_signal`, resolved with PM2's `KILL_SIGNAL` at start).
+    fn kill_signal(&self) -> i32 {
+        self.spec
+            .restart
+            .kill_signal
+            .unwrap_or(crate::signals::PM2_KILL_SIGNAL_DEFAULT)
+    }
+
     /// The stop signal, once one was requested.
     fn stop_requested(&self) -> Option<i32> {
         *self.stop.borrow()
@@ -524,14 +532,15 @@ impl AppTask {
                 a.detail = Some("stopping what its process left behind".into())
             });
             super::state::log(&format!(
-                "{} exited but left processes in its group {pid}; sending SIGTERM to them",
-                self.name()
+                "{} exited but left processes in its group {pid}; sending {} to them",
+                self.name(),
+                signal_name(self.kill_signal())
             ));
             let spec = self.spec.clone();
             terminate_group(
                 &spec.name,
                 pid,
-                libc::SIGTERM,
+                self.kill_signal(),
                 spec.restart.kill_timeout,
                 &mut exit,
                 &mut self.stop,
@@ -542,7 +551,7 @@ impl AppTask {
     }
 
     /// Stops the child for a restart request. An idle one (or one nobody can ask about) gets
-    /// SIGTERM at once. A busy worker gets its `kill_timeout` to finish its job (then SIGTERM); one
+    /// its stop signal at once. A busy worker gets its `kill_timeout` to finish its job (then SIGTERM); one
     /// still busy then is killed (SIGKILL to its process group: on SIGTERM the worker would fail the
     /// job permanently) and its job is handed back to the queue before it starts again. A machine
     /// stop arriving meanwhile takes over: the supervisor's drain decides, and its signal is obeyed.
@@ -618,7 +627,15 @@ impl AppTask {
         Supervised::RestartRequested
     }
 
+    /// Stops the child: SIGKILL stays SIGKILL; any other request (the runtime's SIGTERM or SIGINT,
+    /// a restart, a hold) sends the app's own stop signal, as PM2 sends its `KILL_SIGNAL` whatever
+    /// stopped it. Then `kill_timeout`, then SIGKILL to the group.
     async fn stop_child(&mut self, pid: u32, signal: i32, exit: &mut ExitWait, started: Instant) {
+        let signal = if signal == libc::SIGKILL {
+            libc::SIGKILL
+        } else {
+            self.kill_signal()
+        };
         let grace = self.spec.restart.kill_timeout;
         self.board.transition(
             self.idx,

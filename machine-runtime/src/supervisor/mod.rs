@@ -134,7 +134,7 @@ impl SupervisorHandle {
         &self.logs
     }
 
-    /// Restarts app `name` as `pm2 restart` does: a running process gets its stop signal (SIGTERM,
+    /// Restarts app `name` as `pm2 restart` does: a running process gets its stop signal (its `kill_signal`,
     /// `kill_timeout`, then SIGKILL) and is started again at once; one waiting out a restart delay
     /// starts at once; an `errored` or `stopped` app is started again with a fresh restart count
     /// of unstable exits. A busy worker (on a machine that reports to the broker) first gets its
@@ -269,10 +269,19 @@ impl Supervisor {
     /// Checks everything that can be checked before starting: GPU pins against the UUIDs given,
     /// required environment variables (names only; values are never logged).
     pub fn new(
-        apps: Vec<AppSpec>,
+        mut apps: Vec<AppSpec>,
         options: SupervisorOptions,
     ) -> Result<Supervisor, PreflightError> {
         let mut problems = Vec::new();
+        // PM2's KILL_SIGNAL for the apps that name none (`PM2_KILL_SIGNAL`, default SIGINT).
+        match crate::signals::pm2_kill_signal(&options.context.runtime_env) {
+            Ok(signal) => {
+                for app in &mut apps {
+                    app.restart.kill_signal.get_or_insert(signal);
+                }
+            }
+            Err(problem) => problems.push(problem),
+        }
         let mut commands = Vec::new();
         for app in &apps {
             match command::build(app, &options.context) {
@@ -455,7 +464,7 @@ impl Supervisor {
                 "{} is busy with {job_text}; it gets its kill_timeout {} to finish before {}",
                 spec.name,
                 human_duration(spec.restart.kill_timeout),
-                signal_name(signal)
+                signal_name(stop_signal_of(&self.apps[i]))
             ));
             self.board.update(i, |a| {
                 a.detail = Some(format!(
@@ -487,7 +496,7 @@ impl Supervisor {
                                 "it ended while the machine was stopping".to_owned(),
                             ));
                         } else if busy.is_none() {
-                            log(&format!("{name} finished {}; sending {} now", job_words(&job), signal_name(signal)));
+                            log(&format!("{name} finished {}; sending {} now", job_words(&job), signal_name(stop_signal_of(&self.apps[i]))));
                             let _ = stops[i].send(Some(signal));
                         } else {
                             still.push((i, job, deadline));
@@ -510,7 +519,7 @@ impl Supervisor {
                         log(&format!(
                             "{} is {when}; killing it (SIGKILL to its process group: on {} the worker would fail the job permanently), then handing the job back to the queue",
                             spec.name,
-                            signal_name(signal)
+                            signal_name(stop_signal_of(spec))
                         ));
                         let _ = stops[*i].send(Some(libc::SIGKILL));
                         handbacks.spawn(hand_back_once_stopped(
@@ -839,6 +848,13 @@ impl Supervisor {
         ));
         result
     }
+}
+
+/// The signal that stops `app` (its `kill_signal`, resolved with PM2's `KILL_SIGNAL` at start).
+fn stop_signal_of(app: &AppSpec) -> i32 {
+    app.restart
+        .kill_signal
+        .unwrap_or(crate::signals::PM2_KILL_SIGNAL_DEFAULT)
 }
 
 /// `job j-1`, or `a job` when the worker did not name it.
