@@ -91,6 +91,17 @@ enum Supervised {
     RestartRequested,
     /// Stopped because an app it waits for is no longer up; start again once it is.
     Held,
+    /// Stopped because its process tree used more than `max_memory_restart` (why, in words);
+    /// start again at once, counted as one restart.
+    MemoryRestart(String),
+}
+
+/// A child just started: its pid (the leader of its process group), its exit, and, with an IPC
+/// channel, whether it has sent `"ready"`.
+struct Started {
+    pid: u32,
+    exit: ExitWait,
+    ready: Option<watch::Receiver<bool>>,
 }
 
 impl AppTask {
@@ -169,7 +180,7 @@ impl AppTask {
             // So is a hold sent while the last process was being stopped.
             self.hold.borrow_and_update();
             let (ran, status, description) = match self.start() {
-                Ok((pid, exit)) => match self.supervise(pid, exit, started).await {
+                Ok(child) => match self.supervise(child, started).await {
                     Supervised::StopRequested => return AppEnd::Requested,
                     Supervised::Held => {
                         if self.stop_requested().is_some() {
@@ -189,6 +200,26 @@ impl AppTask {
                         self.board.update(self.idx, |a| {
                             a.restarts = restarts;
                             a.unstable_restarts = 0;
+                        });
+                        continue;
+                    }
+                    Supervised::MemoryRestart(why) => {
+                        if self.stop_requested().is_some() {
+                            return AppEnd::Requested;
+                        }
+                        // PM2 counts it as one restart; it is not a crash.
+                        history.restarts += 1;
+                        history.unstable = 0;
+                        let restarts = history.restarts;
+                        super::state::log(&format!(
+                            "{} restarting (restart {restarts}): {why}",
+                            self.name()
+                        ));
+                        self.board.update(self.idx, |a| {
+                            a.restarts = restarts;
+                            a.memory_restarts += 1;
+                            a.unstable_restarts = 0;
+                            a.detail = Some(format!("restarted: {why}"));
                         });
                         continue;
                     }
@@ -384,7 +415,7 @@ impl AppTask {
     }
 
     /// Spawns the child; on failure the error says why in words.
-    fn start(&self) -> Result<(u32, ExitWait), String> {
+    fn start(&self) -> Result<Started, String> {
         if !self
             .cmd
             .resolved_program()
@@ -405,6 +436,14 @@ impl AppTask {
                 .map_err(|e| format!("cannot create its folder {}: {e}", dir.display()))?;
         }
         let mut command = self.cmd.to_command();
+        let channel = if self.cmd.ipc {
+            let channel = super::ipc::Channel::new()
+                .map_err(|e| format!("cannot make its IPC channel: {e}"))?;
+            channel.attach(&mut command);
+            Some(channel)
+        } else {
+            None
+        };
         let mut spawned = self.reaper.spawn(&mut command).map_err(|e| {
             let program = self.cmd.program.to_string_lossy();
             match e.kind() {
@@ -439,6 +478,11 @@ impl AppTask {
                 self.log.clone(),
             );
         }
+        let ready = channel.map(|channel| {
+            let (tx, rx) = watch::channel(false);
+            channel.listen(self.name(), self.log.clone(), tx);
+            rx
+        });
         let pid = spawned.pid;
         let started_ms = self.board.elapsed_ms();
         let pin = self
@@ -447,12 +491,19 @@ impl AppTask {
             .as_ref()
             .map(|g| format!(", GPU {} {}", g.index, g.uuid))
             .unwrap_or_default();
-        let (state, tail) = match &self.spec.readiness {
-            Some(r) => (
+        let (state, tail) = match (&self.spec.readiness, self.spec.wait_ready) {
+            (_, true) => (
+                AppState::Starting,
+                format!(
+                    "; waiting for its 'ready' message (wait_ready, listen_timeout {})",
+                    human_duration(self.spec.listen_timeout)
+                ),
+            ),
+            (Some(r), false) => (
                 AppState::Starting,
                 format!("; waiting for its readiness probe ({})", r.check),
             ),
-            None => (AppState::Running, String::new()),
+            (None, false) => (AppState::Running, String::new()),
         };
         self.board.transition(
             self.idx,
@@ -464,35 +515,68 @@ impl AppTask {
                 a.started_ms = Some(started_ms);
             },
         );
-        Ok((
+        Ok(Started {
             pid,
-            ExitWait {
+            exit: ExitWait {
                 rx: Some(spawned.exit),
                 status: None,
             },
-        ))
+            ready,
+        })
     }
 
     /// Watches a running child until it exits or a stop is requested.
-    async fn supervise(&mut self, pid: u32, mut exit: ExitWait, started: Instant) -> Supervised {
+    async fn supervise(&mut self, child: Started, started: Instant) -> Supervised {
+        let Started {
+            pid,
+            mut exit,
+            ready: message,
+        } = child;
         let readiness = self.spec.readiness.clone();
-        let mut ready = readiness.is_none();
+        let wait_ready = self.spec.wait_ready;
+        let mut ready = readiness.is_none() && !wait_ready;
         let probe = {
             let reaper = self.reaper.clone();
             let board = self.board.clone();
             let idx = self.idx;
             let name = self.spec.name.clone();
+            let listen_timeout = self.spec.listen_timeout;
             async move {
+                if wait_ready {
+                    wait_for_ready_message(message, listen_timeout, &name).await;
+                }
                 match readiness {
                     Some(r) => wait_until_ready(&r, &reaper, &board, idx, &name).await,
+                    None if wait_ready => {}
                     None => std::future::pending().await,
                 }
             }
         };
         tokio::pin!(probe);
+        let limit = self.spec.max_memory_restart;
+        let mut sampler = limit.map(|_| {
+            let mut tick = tokio::time::interval(super::memory::interval(&self.cmd.env));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick
+        });
         loop {
             tokio::select! {
                 _ = exit.wait() => break,
+                () = next_sample(&mut sampler) => {
+                    let rss = super::memory::tree_rss(pid);
+                    if let Some(limit) = limit.filter(|limit| rss > *limit) {
+                        let why = format!(
+                            "its process tree uses {} (RSS), over its max_memory_restart {}",
+                            super::memory::human_bytes(rss),
+                            super::memory::human_bytes(limit)
+                        );
+                        super::state::log(&format!("{}: {why}; restarting it gracefully", self.name()));
+                        return match self.stop_for_restart(pid, &mut exit, started).await {
+                            Supervised::RestartRequested => Supervised::MemoryRestart(why),
+                            other => other,
+                        };
+                    }
+                }
                 _ = &mut probe, if !ready => {
                     ready = true;
                     self.board.transition(
@@ -722,6 +806,43 @@ async fn terminate_group(
                 }
             }
         }
+    }
+}
+
+/// Waits for the app's `"ready"` message on its IPC channel, at most `listen_timeout`; PM2's rule
+/// when none comes: the app counts as ready all the same (`God.js`: the timeout calls the ready
+/// callback), said in the log.
+async fn wait_for_ready_message(
+    message: Option<watch::Receiver<bool>>,
+    listen_timeout: Duration,
+    name: &str,
+) {
+    let got = async {
+        match message {
+            // A channel closed without "ready" (the app closed it, or exited) leaves the timeout.
+            Some(mut rx) => {
+                if rx.wait_for(|r| *r).await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+            None => std::future::pending().await,
+        }
+    };
+    if tokio::time::timeout(listen_timeout, got).await.is_err() {
+        super::state::log(&format!(
+            "{name} sent no 'ready' message within its listen_timeout {}; counted as ready, as PM2 does",
+            human_duration(listen_timeout)
+        ));
+    }
+}
+
+/// The next tick of the memory sampler; never without one.
+async fn next_sample(sampler: &mut Option<tokio::time::Interval>) {
+    match sampler {
+        Some(tick) => {
+            tick.tick().await;
+        }
+        None => std::future::pending().await,
     }
 }
 

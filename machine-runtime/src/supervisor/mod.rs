@@ -8,7 +8,9 @@
 
 mod app;
 mod follow;
+mod ipc;
 pub mod logs;
+pub(crate) mod memory;
 mod output;
 pub(crate) mod policy;
 pub mod state;

@@ -15,6 +15,7 @@ mod hostile;
 mod install;
 mod job_queue;
 mod lease;
+mod pm2_compat;
 mod redis_server;
 mod simulate;
 mod ui;
