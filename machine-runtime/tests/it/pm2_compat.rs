@@ -440,3 +440,45 @@ fn bad_stop_signal_memory_and_listen_timeout_refuse_the_file_with_one_line_each(
         "{out}"
     );
 }
+
+/// A Redis that accepts connections and never answers (issue 20's fault): the lease at start gives
+/// up after its bound and the apps start; the broker keeps connecting in the background.
+#[test]
+fn a_redis_that_never_answers_delays_no_app() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    // Accept every connection and hold it open, answering nothing.
+    let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let holder = held.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            holder.lock().unwrap().push(stream);
+        }
+    });
+    let url = format!("redis://127.0.0.1:{port}");
+    let rt = Runtime::start(
+        json!({"apps": [{"name": "plain", "script": "sleep", "args": ["600"]}]}),
+        &[
+            ("MACHINE_ID", "silent-redis"),
+            ("HUB_REDIS_URL", url.as_str()),
+            ("BROKER_PREFLIGHT", "off"),
+            ("MACHINE_FAKE_GPUS", "0"),
+        ],
+    );
+    rt.wait_state("plain", "running");
+    let out = rt.output();
+    assert!(
+        out.contains("redis did not answer within 500ms at start; starting without the lease on machine:lease:silent-redis"),
+        "{out}"
+    );
+    // It started on that bound, not on the link's 5 s response timeout.
+    let started = out.find("plain started (pid").expect(&out);
+    assert!(
+        !out[..started].contains("timed out"),
+        "the app waited for a timeout of the broker link:\n{out}"
+    );
+    assert!(
+        !held.lock().unwrap().is_empty(),
+        "the runtime never connected"
+    );
+}
