@@ -60,6 +60,8 @@ pub(crate) struct AppTask {
     pub busy: Option<Arc<dyn BusyProbe>>,
     /// Where its output lines are kept.
     pub log: Arc<AppLog>,
+    /// Its cgroup, where the runtime may make one ([`crate::cgroup`]).
+    pub cgroup: Option<Arc<crate::cgroup::AppCgroup>>,
     /// `(idx, Some(end))` when the app ends for good; `(idx, None)` when a restart request brings
     /// it back after that.
     pub ended: mpsc::UnboundedSender<(usize, Option<AppEnd>)>,
@@ -436,6 +438,9 @@ impl AppTask {
                 .map_err(|e| format!("cannot create its folder {}: {e}", dir.display()))?;
         }
         let mut command = self.cmd.to_command();
+        if let Some(cgroup) = &self.cgroup {
+            cgroup.attach(&mut command);
+        }
         let channel = if self.cmd.ipc {
             let channel = super::ipc::Channel::new()
                 .map_err(|e| format!("cannot make its IPC channel: {e}"))?;
@@ -631,7 +636,23 @@ impl AppTask {
             )
             .await;
         }
+        self.empty_cgroup();
         Supervised::Exited(exit.status)
+    }
+
+    /// Kills what the app's process left in its cgroup outside its process group (a grandchild
+    /// that called `setsid`), once its process is gone.
+    fn empty_cgroup(&self) {
+        if let Some(cgroup) = &self.cgroup {
+            let left = cgroup.kill();
+            if left > 0 {
+                super::state::log(&format!(
+                    "{}: stopped {left} process{} it left outside its process group (its cgroup)",
+                    self.name(),
+                    if left == 1 { "" } else { "es" }
+                ));
+            }
+        }
     }
 
     /// Stops the child for a restart request. An idle one (or one nobody can ask about) gets
@@ -734,6 +755,7 @@ impl AppTask {
         );
         let spec = self.spec.clone();
         let killed = terminate_group(&spec.name, pid, signal, grace, exit, &mut self.stop).await;
+        self.empty_cgroup();
         let description = exit
             .status
             .map(describe_status)

@@ -568,6 +568,20 @@ impl Supervisor {
                 let _ = role;
             }
         }
+        let cgroups = match crate::cgroup::Cgroups::setup() {
+            Ok((cgroups, swept)) => {
+                for line in swept {
+                    log(&line);
+                }
+                Some(cgroups)
+            }
+            Err(why) => {
+                log(&format!(
+                    "apps run without cgroups ({why}); a process that leaves its app's process group can outlive a kill -9 of the runtime outside a container"
+                ));
+                None
+            }
+        };
         let mut signals = if self.handle_signals {
             Some(StopSignals::install()?)
         } else {
@@ -637,6 +651,10 @@ impl Supervisor {
                     .drain
                     .clone()
                     .filter(|_| self.apps[idx].role == Some(Role::Worker)),
+                cgroup: cgroups
+                    .as_ref()
+                    .and_then(|c| c.app(idx, &self.apps[idx].name))
+                    .map(Arc::new),
                 board: self.board.clone(),
                 reaper: reaper.clone(),
                 stop,
@@ -834,6 +852,15 @@ impl Supervisor {
                 "stopped {strays} process{} the apps left behind outside their process groups",
                 if strays == 1 { "" } else { "es" }
             ));
+        }
+        if let Some(cgroups) = &cgroups {
+            let left = cgroups.remove_all();
+            if left > 0 {
+                log(&format!(
+                    "stopped {left} process{} left in the apps' cgroups",
+                    if left == 1 { "" } else { "es" }
+                ));
+            }
         }
         orphan_task.abort();
         reaper_stop.cancel();
