@@ -2,9 +2,11 @@
 //! from a plan) into typed [`AppSpec`]s the supervisor runs.
 //!
 //! Fields keep PM2's meanings and defaults (`autorestart` true, `max_restarts` 16, `min_uptime`
-//! 1000 ms, `kill_timeout` 1600 ms, `restart_delay` 0), so a file PM2 runs, we run too. Unknown
-//! fields and PM2 options we do not implement become warnings; wrong types are errors naming the
-//! app and the field. Every problem is collected and reported at once.
+//! 1000 ms, `kill_timeout` 1600 ms, `restart_delay` 0, `listen_timeout` 3000 ms, stop signal SIGINT),
+//! so a file PM2 runs, we run too. A PM2 option we do not implement is refused with the reason when
+//! ignoring it would change what the app does (`watch: true`, `treekill: false`, ...), else it is a
+//! warning, as are unknown fields; wrong types are errors naming the app, the field and the allowed
+//! forms. Every problem is collected and reported at once (docs/ecosystem.md has the field table).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;

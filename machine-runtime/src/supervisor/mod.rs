@@ -630,22 +630,32 @@ impl Supervisor {
         // through machine_wait_for, not through this order.
         let mut order: Vec<usize> = (0..self.apps.len()).collect();
         order.sort_by_key(|&i| self.apps[i].role != Some(Role::Service));
+        // Each command moves into its task: a command holds the app's whole environment, and a
+        // second copy per app would be most of the supervisor's memory per app.
+        let mut commands: Vec<Option<ChildCommand>> = std::mem::take(&mut self.commands)
+            .into_iter()
+            .map(Some)
+            .collect();
         for idx in order {
             let spec = self.apps[idx].clone();
-            let (Some(stop), Some(hold)) = (stop_rxs[idx].take(), hold_rxs[idx].take()) else {
+            let (Some(stop), Some(hold), Some(cmd)) = (
+                stop_rxs[idx].take(),
+                hold_rxs[idx].take(),
+                commands[idx].take(),
+            ) else {
                 continue;
             };
             let task = AppTask {
                 idx,
                 deps: deps[idx].clone(),
                 spec,
-                cmd: self.commands[idx].clone(),
                 log: self
                     .handle
                     .logs
                     .get(&self.apps[idx].name)
                     .cloned()
-                    .unwrap_or_else(|| Arc::new(AppLog::new(&self.commands[idx].env))),
+                    .unwrap_or_else(|| Arc::new(AppLog::new(&cmd.env))),
+                cmd,
                 restart: self.handle.restarts[idx].subscribe(),
                 busy: self
                     .drain
