@@ -93,7 +93,20 @@ pub struct Lifecycle {
     pub exp_backoff_restart_delay_ms: u32,
     /// Grace between the stop signal and SIGKILL of the process group.
     pub kill_timeout_ms: u32,
+    /// The signal that asks the process to stop (the ecosystem's `kill_signal`), chosen by what the
+    /// program handles: the worker stops the same way on SIGINT and SIGTERM and names SIGTERM a
+    /// container shutdown ([`WORKER_KILL_SIGNAL`]); Python services (ComfyUI) clean up only on SIGINT,
+    /// which raises `KeyboardInterrupt`, while SIGTERM kills them at once ([`SERVICE_KILL_SIGNAL`]).
+    pub kill_signal: &'static str,
 }
+
+/// The stop signal of every worker: the worker's handler treats SIGINT and SIGTERM alike and reports
+/// SIGTERM as "Docker container shutdown", which is what a machine stop is.
+pub const WORKER_KILL_SIGNAL: &str = "SIGTERM";
+/// The stop signal of every service: PM2's own default, and the one Python services handle
+/// (`KeyboardInterrupt`: ComfyUI logs "Stopped server" and empties its temp folder; on SIGTERM Python
+/// dies without cleanup). `machine-simulate` handles both.
+pub const SERVICE_KILL_SIGNAL: &str = "SIGINT";
 
 /// An internal service: a supervised process workers talk to (one per GPU or one per machine).
 #[derive(Debug, Clone, Copy)]
@@ -360,6 +373,7 @@ const WORKER_LIFECYCLE: Lifecycle = Lifecycle {
     max_restarts: 10,
     exp_backoff_restart_delay_ms: 1_000,
     kill_timeout_ms: 15_000,
+    kill_signal: WORKER_KILL_SIGNAL,
 };
 
 const SERVICE_LIFECYCLE: Lifecycle = Lifecycle {
@@ -367,6 +381,7 @@ const SERVICE_LIFECYCLE: Lifecycle = Lifecycle {
     max_restarts: 10,
     exp_backoff_restart_delay_ms: 2_000,
     kill_timeout_ms: 10_000,
+    kill_signal: SERVICE_KILL_SIGNAL,
 };
 
 const COMFYUI_WORKER_ENV: &[(&str, &str)] =
@@ -438,6 +453,7 @@ pub const CONNECTORS: &[ConnectorEntry] = &[
             max_restarts: 10,
             exp_backoff_restart_delay_ms: 200,
             kill_timeout_ms: 3_000,
+            kill_signal: WORKER_KILL_SIGNAL,
         },
     },
     ConnectorEntry {
@@ -661,6 +677,7 @@ pub const SERVICES: &[ServiceEntry] = &[
             max_restarts: 10,
             exp_backoff_restart_delay_ms: 200,
             kill_timeout_ms: 3_000,
+            kill_signal: SERVICE_KILL_SIGNAL,
         },
         install: None,
         cpu_arg: None,

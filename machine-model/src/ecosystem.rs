@@ -168,6 +168,23 @@ pub struct App {
     /// Exit codes after which the app is not restarted; read from one code or a list.
     #[serde(skip_serializing_if = "is_none", deserialize_with = "read::exit_codes")]
     pub stop_exit_codes: Option<Vec<i32>>,
+    /// The signal that asks the app to stop (`"SIGINT"`, `"SIGTERM"`, ... see [`SIGNAL_NAMES`]).
+    /// PM2 7 has no per-app field: it sends its `KILL_SIGNAL` (`PM2_KILL_SIGNAL`, default SIGINT)
+    /// to every app; the runtime reads this field first, then `PM2_KILL_SIGNAL`, then SIGINT.
+    #[serde(skip_serializing_if = "is_none", deserialize_with = "read::signal")]
+    pub kill_signal: Option<String>,
+    /// PM2's `wait_ready`: the app is ready when it sends `"ready"` on its IPC channel
+    /// (`process.send('ready')`), or once `listen_timeout` has passed without it.
+    #[serde(skip_serializing_if = "is_none", deserialize_with = "read::bool")]
+    pub wait_ready: Option<bool>,
+    /// PM2's `listen_timeout` (ms): how long `wait_ready` waits for the message (PM2 default 3000;
+    /// 0 also means the default, as in PM2).
+    #[serde(skip_serializing_if = "is_none", deserialize_with = "read::millis")]
+    pub listen_timeout: Option<Millis>,
+    /// PM2's `max_memory_restart` in bytes: read from a number of bytes or a string `"150M"`,
+    /// `"1G"`, `"512K"`, `"1048576"` (PM2's `^\d+(G|M|K)?$`, powers of 1024).
+    #[serde(skip_serializing_if = "is_none", deserialize_with = "read::bytes")]
+    pub max_memory_restart: Option<u64>,
     /// Service or worker.
     #[serde(skip_serializing_if = "is_none", deserialize_with = "read::role")]
     pub machine_role: Option<Role>,
@@ -263,12 +280,9 @@ pub const PM2_IGNORED: &[&str] = &[
     "log_type",
     "time",
     "disable_logs",
-    "max_memory_restart",
     "namespace",
     "vizion",
     "autostart",
-    "listen_timeout",
-    "wait_ready",
     "shutdown_with_message",
     "source_map_support",
     "filter_env",
@@ -484,6 +498,7 @@ fn restart(l: crate::catalog::Lifecycle) -> App {
         min_uptime: Some(Millis(l.min_uptime_ms.into())),
         exp_backoff_restart_delay: Some(Millis(l.exp_backoff_restart_delay_ms.into())),
         kill_timeout: Some(Millis(l.kill_timeout_ms.into())),
+        kill_signal: Some(l.kill_signal.to_string()),
         ..App::default()
     }
 }
@@ -505,6 +520,27 @@ pub fn describe(value: &Value) -> String {
 
 fn describe_opt(value: Option<&Value>) -> String {
     value.map(describe).unwrap_or_else(|| "nothing".to_string())
+}
+
+/// The stop signals an app may name in `kill_signal` (and the runtime's `PM2_KILL_SIGNAL`), as
+/// Node's `process.kill` names them.
+pub const SIGNAL_NAMES: &[&str] = &[
+    "SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGABRT", "SIGALRM", "SIGKILL",
+];
+
+/// Parses PM2's `max_memory_restart` text: digits, then nothing (bytes) or `K`, `M`, `G` (×1024,
+/// ×1024², ×1024³), as PM2's schema (`^\d+(G|M|K)?$`). `None` for anything else.
+pub fn parse_bytes(text: &str) -> Option<u64> {
+    let (digits, factor) = match text.as_bytes().last()? {
+        b'K' => (&text[..text.len() - 1], 1u64 << 10),
+        b'M' => (&text[..text.len() - 1], 1 << 20),
+        b'G' => (&text[..text.len() - 1], 1 << 30),
+        _ => (text, 1),
+    };
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse::<u64>().ok()?.checked_mul(factor)
 }
 
 /// Parses `"1500"`, `"500ms"`, `"10s"`, `"1.5s"`, `"2m"`, `"1h"` into milliseconds.
@@ -666,6 +702,33 @@ mod read {
         with(d, |v| match v {
             Value::Null => Ok(None),
             v => uint_value(v).map(Some),
+        })
+    }
+
+    pub(crate) fn signal<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+        with(d, |v| match v {
+            Value::String(s) if SIGNAL_NAMES.contains(&s.as_str()) => Ok(Some(s.clone())),
+            other => Err(format!(
+                "must be a signal name ({}), found {}",
+                SIGNAL_NAMES.join(", "),
+                describe(other)
+            )),
+        })
+    }
+
+    pub(crate) fn bytes<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+        with(d, |v| {
+            let parsed = match v {
+                Value::Number(n) => n.as_u64(),
+                Value::String(s) => parse_bytes(s),
+                _ => None,
+            };
+            parsed.filter(|n| *n > 0).map(Some).ok_or_else(|| {
+                format!(
+                    "must be a size as PM2 writes it: bytes as a number, or a string like \"150M\", \"1G\", \"512K\", \"1048576\" (K, M, G are powers of 1024), found {}",
+                    describe(v)
+                )
+            })
         })
     }
 
@@ -1059,6 +1122,10 @@ mod tests {
             exp_backoff_restart_delay: Some(Millis(1)),
             kill_timeout: Some(Millis(1)),
             stop_exit_codes: Some(vec![0]),
+            kill_signal: Some("SIGTERM".into()),
+            wait_ready: Some(true),
+            listen_timeout: Some(Millis(1)),
+            max_memory_restart: Some(1),
             machine_role: Some(Role::Worker),
             machine_connector: Some("c".into()),
             machine_index: Some(0),

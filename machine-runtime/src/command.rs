@@ -45,6 +45,9 @@ pub struct ChildCommand {
     pub visible: Vec<GpuPin>,
     /// Folders created (with their parents) before the child starts.
     pub dirs: Vec<PathBuf>,
+    /// Give the child Node's IPC channel (`process.send`): its interpreter is Node (PM2's test:
+    /// the interpreter's name ends with `node`), or it has `wait_ready`.
+    pub ipc: bool,
 }
 
 /// Why a child command could not be built.
@@ -189,6 +192,7 @@ pub fn build(app: &AppSpec, ctx: &Context) -> Result<ChildCommand, CommandError>
         }
     }
 
+    let ipc = app.wait_ready || runs_node(&program);
     Ok(ChildCommand {
         program,
         args,
@@ -197,7 +201,13 @@ pub fn build(app: &AppSpec, ctx: &Context) -> Result<ChildCommand, CommandError>
         gpu,
         visible,
         dirs: app.dirs.clone(),
+        ipc,
     })
+}
+
+/// Whether `program` is Node, as PM2 decides it (`interpreter === 'node' || /node$/`).
+fn runs_node(program: &OsStr) -> bool {
+    program.as_encoded_bytes().ends_with(b"node")
 }
 
 /// The words of the app's service's extra arguments variable (`COMFY_ARGS` for a `comfyui` app, read

@@ -2,9 +2,11 @@
 //! from a plan) into typed [`AppSpec`]s the supervisor runs.
 //!
 //! Fields keep PM2's meanings and defaults (`autorestart` true, `max_restarts` 16, `min_uptime`
-//! 1000 ms, `kill_timeout` 1600 ms, `restart_delay` 0), so a file PM2 runs, we run too. Unknown
-//! fields and PM2 options we do not implement become warnings; wrong types are errors naming the
-//! app and the field. Every problem is collected and reported at once.
+//! 1000 ms, `kill_timeout` 1600 ms, `restart_delay` 0, `listen_timeout` 3000 ms, stop signal SIGINT),
+//! so a file PM2 runs, we run too. A PM2 option we do not implement is refused with the reason when
+//! ignoring it would change what the app does (`watch: true`, `treekill: false`, ...), else it is a
+//! warning, as are unknown fields; wrong types are errors naming the app, the field and the allowed
+//! forms. Every problem is collected and reported at once (docs/ecosystem.md has the field table).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
@@ -79,7 +81,18 @@ pub struct AppSpec {
     pub catalog_service: Option<&'static str>,
     /// Folders created before each start (`machine_dirs`; relative ones are relative to `cwd`).
     pub dirs: Vec<PathBuf>,
+    /// PM2's `wait_ready`: the app is ready when it sends `"ready"` on its IPC channel, or once
+    /// `listen_timeout` has passed (PM2's rule).
+    pub wait_ready: bool,
+    /// PM2's `listen_timeout`: the longest `wait_ready` waits (PM2 default 3000 ms).
+    pub listen_timeout: Duration,
+    /// PM2's `max_memory_restart` in bytes: the RSS of the app's process tree above which it is
+    /// restarted gracefully (see [`crate::supervisor::memory`]).
+    pub max_memory_restart: Option<u64>,
 }
+
+/// PM2's default `listen_timeout` (its `GRACEFUL_LISTEN_TIMEOUT`).
+pub const DEFAULT_LISTEN_TIMEOUT: Duration = Duration::from_millis(3000);
 
 impl AppSpec {
     /// An app with PM2's defaults and nothing else set.
@@ -106,6 +119,9 @@ impl AppSpec {
             services: Vec::new(),
             catalog_service: None,
             dirs: Vec::new(),
+            wait_ready: false,
+            listen_timeout: DEFAULT_LISTEN_TIMEOUT,
+            max_memory_restart: None,
         }
     }
 }
@@ -320,7 +336,9 @@ impl Reader {
             if App::fields().contains(&key.as_str()) {
                 continue;
             }
-            if PM2_IGNORED.contains(&key.as_str()) {
+            if let Some(reason) = pm2_refusal(key, &obj[key]) {
+                self.error(&location, Some(key), reason);
+            } else if PM2_IGNORED.contains(&key.as_str()) {
                 self.warn(format!(
                     "{location}: field \"{key}\" is a PM2 option machine-runtime does not implement; ignored"
                 ));
@@ -393,6 +411,13 @@ impl Reader {
         );
         spec.restart = restart;
         spec.args = app.args;
+        spec.wait_ready = app.wait_ready.unwrap_or(false);
+        // PM2: `listen_timeout || GRACEFUL_LISTEN_TIMEOUT`, so 0 is the default too.
+        spec.listen_timeout = app
+            .listen_timeout
+            .filter(|m| m.0 > 0)
+            .map_or(DEFAULT_LISTEN_TIMEOUT, |m| Duration::from_millis(m.0));
+        spec.max_memory_restart = app.max_memory_restart;
         spec.interpreter = match app.interpreter.or(app.exec_interpreter).as_deref() {
             None | Some("") => Interpreter::Auto,
             Some("none") => Interpreter::None,
@@ -400,6 +425,29 @@ impl Reader {
         };
         if let Some(args) = app.interpreter_args.or(app.node_args) {
             spec.interpreter_args = args;
+        }
+        if let Some(line) = app.script.as_deref().filter(|s| s.contains(' ')) {
+            // PM2 7 (lib/Common.js): a script with a space is a command line, run as
+            // `bash -c "<script>"` with its args replaced by these two.
+            if !spec.args.is_empty() {
+                problems.push((
+                    "args",
+                    format!(
+                        "is given with a command line in \"script\" (\"{line}\"): PM2 runs such a script as bash -c \"{line}\" and drops \"args\"; put the arguments in \"script\", or name only the program there"
+                    ),
+                ));
+            }
+            if !matches!(spec.interpreter, Interpreter::Auto | Interpreter::None) {
+                problems.push((
+                    "interpreter",
+                    format!(
+                        "is given with a command line in \"script\" (\"{line}\"): PM2 would run bash -c \"{line}\" through this interpreter; write the interpreter into the command line and leave \"interpreter\" out (or \"none\")"
+                    ),
+                ));
+            }
+            spec.script = "bash".to_string();
+            spec.args = vec!["-c".to_string(), line.to_string()];
+            spec.interpreter = Interpreter::None;
         }
         if let Some(cwd) = app.cwd {
             let cwd = PathBuf::from(cwd);
@@ -628,6 +676,40 @@ impl Reader {
             );
         }
     }
+}
+
+/// Why a PM2 option the runtime does not implement is refused in this value: ignoring it would
+/// change what the app does. `None` for values that change nothing (`watch: false`) and for fields
+/// that are only ignored (logs, metrics; see `PM2_IGNORED`).
+fn pm2_refusal(key: &str, value: &Value) -> Option<String> {
+    let set = !matches!(value, Value::Null | Value::Bool(false))
+        && !matches!(value, Value::String(s) if s.is_empty())
+        && !matches!(value, Value::Array(a) if a.is_empty());
+    let reason = match key {
+        "watch" if set => {
+            "restarts the app when its files change under PM2; machine-runtime does not watch files (restart an app with POST /restart/service); remove it or set it to false"
+        }
+        "cron_restart" | "cron" if set => {
+            "restarts the app on a schedule under PM2; machine-runtime has no cron restarts; remove it"
+        }
+        "autostart" if *value == Value::Bool(false) => {
+            "false keeps the app stopped under PM2 until started by hand; machine-runtime starts every app of the file; remove the app or the field"
+        }
+        "treekill" if *value == Value::Bool(false) => {
+            "false makes PM2 signal only the app's main process and leave its children running; machine-runtime always stops the whole process group, so nothing outlives the app; remove it"
+        }
+        "uid" | "gid" | "user" if set => {
+            "runs the app as another user under PM2; in a machine the container decides the user (docker run --user); remove it"
+        }
+        "filter_env" if set => {
+            "drops variables of the runtime's environment under PM2; machine-runtime passes its whole environment; remove it, or set the variables empty in \"env\""
+        }
+        "shutdown_with_message" if *value == Value::Bool(true) => {
+            "makes PM2 ask the app to stop with process.send('shutdown'); machine-runtime stops apps with a signal: set \"kill_signal\" to the one the app handles"
+        }
+        _ => return None,
+    };
+    Some(reason.to_string())
 }
 
 /// The PM2 fields that decide how many processes an app starts and what each gets.
@@ -1031,6 +1113,77 @@ mod tests {
             .unwrap();
         let cpus = std::thread::available_parallelism().unwrap().get();
         assert_eq!(max.apps.len(), cpus);
+    }
+
+    #[test]
+    fn pm2_stop_readiness_and_memory_fields_read_as_pm2_writes_them() {
+        let eco = from_value(&json!({"apps": [
+            {"name": "a", "script": "a.js", "kill_signal": "SIGTERM", "wait_ready": true,
+             "listen_timeout": 8000, "max_memory_restart": "150M"},
+            {"name": "b", "script": "b.js", "wait_ready": true, "listen_timeout": 0,
+             "max_memory_restart": 1048576},
+            {"name": "c", "script": "x", "max_memory_restart": "1G"},
+            {"name": "d", "script": "x", "max_memory_restart": "512K"}
+        ]}))
+        .unwrap();
+        let a = &eco.apps[0];
+        assert_eq!(a.restart.kill_signal, Some(libc::SIGTERM));
+        assert!(a.wait_ready);
+        assert_eq!(a.listen_timeout, Duration::from_secs(8));
+        assert_eq!(a.max_memory_restart, Some(150 << 20));
+        let b = &eco.apps[1];
+        // PM2: `listen_timeout || 3000`.
+        assert_eq!(b.listen_timeout, DEFAULT_LISTEN_TIMEOUT);
+        assert_eq!(b.restart.kill_signal, None);
+        assert_eq!(b.max_memory_restart, Some(1 << 20));
+        assert_eq!(eco.apps[2].max_memory_restart, Some(1 << 30));
+        assert_eq!(eco.apps[3].max_memory_restart, Some(512 << 10));
+        assert!(eco.warnings.is_empty(), "{:?}", eco.warnings);
+    }
+
+    #[test]
+    fn a_command_line_in_script_runs_as_pm2_runs_it() {
+        let eco = from_value(&json!({"apps": [
+            {"name": "py", "script": "python3 main.py --port 18926"},
+            {"name": "none", "script": "./run.sh --fast", "interpreter": "none"}
+        ]}))
+        .unwrap();
+        assert_eq!(eco.apps[0].script, "bash");
+        assert_eq!(eco.apps[0].args, ["-c", "python3 main.py --port 18926"]);
+        assert_eq!(eco.apps[0].interpreter, Interpreter::None);
+        assert_eq!(eco.apps[1].args, ["-c", "./run.sh --fast"]);
+        assert_eq!(
+            problems(json!({"apps": [
+                {"name": "a", "script": "python3 main.py", "args": ["--port", "1"]},
+                {"name": "b", "script": "main.py --port 1", "interpreter": "python3"}
+            ]})),
+            [
+                "app \"a\": field \"args\" is given with a command line in \"script\" (\"python3 main.py\"): PM2 runs such a script as bash -c \"python3 main.py\" and drops \"args\"; put the arguments in \"script\", or name only the program there",
+                "app \"b\": field \"interpreter\" is given with a command line in \"script\" (\"main.py --port 1\"): PM2 would run bash -c \"main.py --port 1\" through this interpreter; write the interpreter into the command line and leave \"interpreter\" out (or \"none\")",
+            ]
+        );
+    }
+
+    #[test]
+    fn bad_stop_signal_memory_and_listen_timeout_are_one_located_error_each() {
+        assert_eq!(
+            problems(json!({"apps": [
+                {"name": "a", "script": "x", "kill_signal": "TERM", "max_memory_restart": "lots",
+                 "listen_timeout": -1, "wait_ready": "yes"},
+                {"name": "b", "script": "x", "max_memory_restart": "1.5G", "watch": true,
+                 "treekill": false, "cron_restart": "0 * * * *", "watch_delay": 100}
+            ]})),
+            [
+                "app \"a\": field \"kill_signal\" must be a signal name (SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGABRT, SIGALRM, SIGKILL), found \"TERM\"",
+                "app \"a\": field \"wait_ready\" must be true or false, found \"yes\"",
+                "app \"a\": field \"listen_timeout\" must be milliseconds as a number or a string like \"500ms\", \"10s\", \"2m\", found -1",
+                "app \"a\": field \"max_memory_restart\" must be a size as PM2 writes it: bytes as a number, or a string like \"150M\", \"1G\", \"512K\", \"1048576\" (K, M, G are powers of 1024), found \"lots\"",
+                "app \"b\": field \"watch\" restarts the app when its files change under PM2; machine-runtime does not watch files (restart an app with POST /restart/service); remove it or set it to false",
+                "app \"b\": field \"treekill\" false makes PM2 signal only the app's main process and leave its children running; machine-runtime always stops the whole process group, so nothing outlives the app; remove it",
+                "app \"b\": field \"cron_restart\" restarts the app on a schedule under PM2; machine-runtime has no cron restarts; remove it",
+                "app \"b\": field \"max_memory_restart\" must be a size as PM2 writes it: bytes as a number, or a string like \"150M\", \"1G\", \"512K\", \"1048576\" (K, M, G are powers of 1024), found \"1.5G\"",
+            ]
+        );
     }
 
     #[test]

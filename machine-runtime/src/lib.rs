@@ -1,6 +1,7 @@
 //! machine-runtime as a library: every concern in its own module, `main.rs` only dispatches.
 
 pub mod broker;
+pub(crate) mod cgroup;
 pub mod comfyui_standin;
 pub mod command;
 pub mod ctl;

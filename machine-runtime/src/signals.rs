@@ -85,6 +85,44 @@ pub(crate) fn group_alive(pgid: u32) -> bool {
     rc == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
 }
 
+/// PM2's stop signal when neither the app (`kill_signal`) nor `PM2_KILL_SIGNAL` names one.
+pub(crate) const PM2_KILL_SIGNAL_DEFAULT: i32 = libc::SIGINT;
+
+/// The number of a stop-signal name as Node writes it (`"SIGINT"`): one of
+/// [`machine_model::ecosystem::SIGNAL_NAMES`]; `None` for anything else.
+pub(crate) fn signal_number(name: &str) -> Option<i32> {
+    Some(match name {
+        "SIGINT" => libc::SIGINT,
+        "SIGTERM" => libc::SIGTERM,
+        "SIGHUP" => libc::SIGHUP,
+        "SIGQUIT" => libc::SIGQUIT,
+        "SIGUSR1" => libc::SIGUSR1,
+        "SIGUSR2" => libc::SIGUSR2,
+        "SIGABRT" => libc::SIGABRT,
+        "SIGALRM" => libc::SIGALRM,
+        "SIGKILL" => libc::SIGKILL,
+        _ => return None,
+    })
+}
+
+/// PM2's `KILL_SIGNAL` for this runtime: `PM2_KILL_SIGNAL` from `env` when set, else SIGINT. The
+/// error names the variable, the value and the allowed names.
+pub(crate) fn pm2_kill_signal(
+    env: &std::collections::BTreeMap<std::ffi::OsString, std::ffi::OsString>,
+) -> Result<i32, String> {
+    match env.get(std::ffi::OsStr::new("PM2_KILL_SIGNAL")) {
+        None => Ok(PM2_KILL_SIGNAL_DEFAULT),
+        Some(value) if value.is_empty() => Ok(PM2_KILL_SIGNAL_DEFAULT),
+        Some(value) => value.to_str().and_then(signal_number).ok_or_else(|| {
+            format!(
+                "environment variable PM2_KILL_SIGNAL is \"{}\", which is not a signal name; use one of {}",
+                value.to_string_lossy(),
+                machine_model::ecosystem::SIGNAL_NAMES.join(", ")
+            )
+        }),
+    }
+}
+
 /// The conventional name of a signal number (`SIGTERM`), or `signal N`.
 pub(crate) fn signal_name(signal: i32) -> String {
     let name = match signal {
@@ -116,6 +154,23 @@ mod tests {
         assert_eq!(signal_name(libc::SIGTERM), "SIGTERM");
         assert_eq!(signal_name(libc::SIGKILL), "SIGKILL");
         assert_eq!(signal_name(64), "signal 64");
+    }
+
+    #[test]
+    fn every_allowed_signal_name_has_a_number() {
+        for name in machine_model::ecosystem::SIGNAL_NAMES {
+            let n = signal_number(name).unwrap();
+            assert_eq!(signal_name(n), *name);
+        }
+        assert_eq!(signal_number("INT"), None);
+        let env =
+            |v: &str| std::collections::BTreeMap::from([("PM2_KILL_SIGNAL".into(), v.into())]);
+        assert_eq!(pm2_kill_signal(&Default::default()), Ok(libc::SIGINT));
+        assert_eq!(pm2_kill_signal(&env("SIGTERM")), Ok(libc::SIGTERM));
+        assert_eq!(
+            pm2_kill_signal(&env("TERM")).unwrap_err(),
+            "environment variable PM2_KILL_SIGNAL is \"TERM\", which is not a signal name; use one of SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGABRT, SIGALRM, SIGKILL"
+        );
     }
 
     #[test]

@@ -25,6 +25,11 @@ use super::link::{Conn, Link, LinkError};
 use super::time::{iso8601, now_ms};
 use crate::supervisor::{Phase, SupervisorHandle};
 
+/// The longest the start waits for Redis to take the lease (connect and `SET NX`): a Redis that
+/// answers does so in milliseconds; one that accepts connections and never answers is treated as
+/// unreachable (start anyway, take the lease at the first renewal that reaches it).
+pub(crate) const LEASE_AT_START_LIMIT: Duration = Duration::from_millis(500);
+
 /// The key of a machine id's lease.
 pub fn key(machine_id: &str) -> String {
     format!("machine:lease:{machine_id}")
@@ -270,26 +275,40 @@ impl Lease {
             every: config.status_interval,
             state: Arc::default(),
         };
-        let mut conn = match lease.link.connect_now().await {
-            Ok(conn) => conn,
-            Err(err) if err.is_fatal_at_start() => return Err(err.into()),
-            Err(err) => {
-                super::log!(
-                    "{err}; starting without the lease on {}: it is taken when redis answers",
-                    lease.key
-                );
-                return Ok(lease);
+        let attempt = async {
+            let mut conn = match lease.link.connect_now().await {
+                Ok(conn) => conn,
+                Err(err) if err.is_fatal_at_start() => return Err(err.into()),
+                Err(err) => {
+                    super::log!(
+                        "{err}; starting without the lease on {}: it is taken when redis answers",
+                        lease.key
+                    );
+                    return Ok(());
+                }
+            };
+            match lease.take(&mut conn).await {
+                Ok(result) => result,
+                Err(err) => {
+                    lease.link.report(conn.generation, &err);
+                    super::log!(
+                        "could not take the lease on {}: {}; it is taken when redis answers",
+                        lease.key,
+                        lease.link.classify(&err)
+                    );
+                    Ok(())
+                }
             }
         };
-        match lease.take(&mut conn).await {
+        // A Redis that accepts connections and never answers must not hold up the apps.
+        match tokio::time::timeout(LEASE_AT_START_LIMIT, attempt).await {
             Ok(Ok(())) => Ok(lease),
-            Ok(Err(held)) => Err(held),
-            Err(err) => {
-                lease.link.report(conn.generation, &err);
+            Ok(Err(err)) => Err(err),
+            Err(_) => {
                 super::log!(
-                    "could not take the lease on {}: {}; it is taken when redis answers",
-                    lease.key,
-                    lease.link.classify(&err)
+                    "redis did not answer within {} at start; starting without the lease on {}: it is taken when redis answers",
+                    crate::probe::human_duration(LEASE_AT_START_LIMIT),
+                    lease.key
                 );
                 Ok(lease)
             }

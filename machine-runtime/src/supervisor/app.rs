@@ -63,6 +63,8 @@ pub(crate) struct AppTask {
     pub busy: Option<Arc<dyn BusyProbe>>,
     /// Where its output lines are kept.
     pub log: Arc<AppLog>,
+    /// Its cgroup, where the runtime may make one ([`crate::cgroup`]).
+    pub cgroup: Option<Arc<crate::cgroup::AppCgroup>>,
     /// `(idx, Some(end))` when the app ends for good; `(idx, None)` when a restart request brings
     /// it back after that.
     pub ended: mpsc::UnboundedSender<(usize, Option<AppEnd>)>,
@@ -105,6 +107,17 @@ enum Supervised {
     Held,
     /// Stopped by an operator's stop; start again once started.
     Paused,
+    /// Stopped because its process tree used more than `max_memory_restart` (why, in words);
+    /// start again at once, counted as one restart.
+    MemoryRestart(String),
+}
+
+/// A child just started: its pid (the leader of its process group), its exit, and, with an IPC
+/// channel, whether it has sent `"ready"`.
+struct Started {
+    pid: u32,
+    exit: ExitWait,
+    ready: Option<watch::Receiver<bool>>,
 }
 
 impl AppTask {
@@ -139,6 +152,14 @@ impl AppTask {
 
     fn name(&self) -> &str {
         &self.spec.name
+    }
+
+    /// The app's own stop signal (`kill_signal`, resolved with PM2's `KILL_SIGNAL` at start).
+    fn kill_signal(&self) -> i32 {
+        self.spec
+            .restart
+            .kill_signal
+            .unwrap_or(crate::signals::PM2_KILL_SIGNAL_DEFAULT)
     }
 
     /// The stop signal, once one was requested.
@@ -181,7 +202,7 @@ impl AppTask {
             // So is a hold sent while the last process was being stopped.
             self.hold.borrow_and_update();
             let (ran, status, description) = match self.start() {
-                Ok((pid, exit)) => match self.supervise(pid, exit, started).await {
+                Ok(child) => match self.supervise(child, started).await {
                     Supervised::StopRequested => return AppEnd::Requested,
                     Supervised::Held | Supervised::Paused => {
                         if self.stop_requested().is_some() {
@@ -201,6 +222,26 @@ impl AppTask {
                         self.board.update(self.idx, |a| {
                             a.restarts = restarts;
                             a.unstable_restarts = 0;
+                        });
+                        continue;
+                    }
+                    Supervised::MemoryRestart(why) => {
+                        if self.stop_requested().is_some() {
+                            return AppEnd::Requested;
+                        }
+                        // PM2 counts it as one restart; it is not a crash.
+                        history.restarts += 1;
+                        history.unstable = 0;
+                        let restarts = history.restarts;
+                        super::state::log(&format!(
+                            "{} restarting (restart {restarts}): {why}",
+                            self.name()
+                        ));
+                        self.board.update(self.idx, |a| {
+                            a.restarts = restarts;
+                            a.memory_restarts += 1;
+                            a.unstable_restarts = 0;
+                            a.detail = Some(format!("restarted: {why}"));
                         });
                         continue;
                     }
@@ -438,7 +479,7 @@ impl AppTask {
     }
 
     /// Spawns the child; on failure the error says why in words.
-    fn start(&self) -> Result<(u32, ExitWait), String> {
+    fn start(&self) -> Result<Started, String> {
         if !self
             .cmd
             .resolved_program()
@@ -459,6 +500,17 @@ impl AppTask {
                 .map_err(|e| format!("cannot create its folder {}: {e}", dir.display()))?;
         }
         let mut command = self.cmd.to_command();
+        if let Some(cgroup) = &self.cgroup {
+            cgroup.attach(&mut command);
+        }
+        let channel = if self.cmd.ipc {
+            let channel = super::ipc::Channel::new()
+                .map_err(|e| format!("cannot make its IPC channel: {e}"))?;
+            channel.attach(&mut command);
+            Some(channel)
+        } else {
+            None
+        };
         let mut spawned = self.reaper.spawn(&mut command).map_err(|e| {
             let program = self.cmd.program.to_string_lossy();
             match e.kind() {
@@ -493,6 +545,11 @@ impl AppTask {
                 self.log.clone(),
             );
         }
+        let ready = channel.map(|channel| {
+            let (tx, rx) = watch::channel(false);
+            channel.listen(self.name(), self.log.clone(), tx);
+            rx
+        });
         let pid = spawned.pid;
         let started_ms = self.board.elapsed_ms();
         let pin = self
@@ -501,12 +558,19 @@ impl AppTask {
             .as_ref()
             .map(|g| format!(", GPU {} {}", g.index, g.uuid))
             .unwrap_or_default();
-        let (state, tail) = match &self.spec.readiness {
-            Some(r) => (
+        let (state, tail) = match (&self.spec.readiness, self.spec.wait_ready) {
+            (_, true) => (
+                AppState::Starting,
+                format!(
+                    "; waiting for its 'ready' message (wait_ready, listen_timeout {})",
+                    human_duration(self.spec.listen_timeout)
+                ),
+            ),
+            (Some(r), false) => (
                 AppState::Starting,
                 format!("; waiting for its readiness probe ({})", r.check),
             ),
-            None => (AppState::Running, String::new()),
+            (None, false) => (AppState::Running, String::new()),
         };
         self.board.transition(
             self.idx,
@@ -518,35 +582,68 @@ impl AppTask {
                 a.started_ms = Some(started_ms);
             },
         );
-        Ok((
+        Ok(Started {
             pid,
-            ExitWait {
+            exit: ExitWait {
                 rx: Some(spawned.exit),
                 status: None,
             },
-        ))
+            ready,
+        })
     }
 
     /// Watches a running child until it exits or a stop is requested.
-    async fn supervise(&mut self, pid: u32, mut exit: ExitWait, started: Instant) -> Supervised {
+    async fn supervise(&mut self, child: Started, started: Instant) -> Supervised {
+        let Started {
+            pid,
+            mut exit,
+            ready: message,
+        } = child;
         let readiness = self.spec.readiness.clone();
-        let mut ready = readiness.is_none();
+        let wait_ready = self.spec.wait_ready;
+        let mut ready = readiness.is_none() && !wait_ready;
         let probe = {
             let reaper = self.reaper.clone();
             let board = self.board.clone();
             let idx = self.idx;
             let name = self.spec.name.clone();
+            let listen_timeout = self.spec.listen_timeout;
             async move {
+                if wait_ready {
+                    wait_for_ready_message(message, listen_timeout, &name).await;
+                }
                 match readiness {
                     Some(r) => wait_until_ready(&r, &reaper, &board, idx, &name).await,
+                    None if wait_ready => {}
                     None => std::future::pending().await,
                 }
             }
         };
         tokio::pin!(probe);
+        let limit = self.spec.max_memory_restart;
+        let mut sampler = limit.map(|_| {
+            let mut tick = tokio::time::interval(super::memory::interval(&self.cmd.env));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick
+        });
         loop {
             tokio::select! {
                 _ = exit.wait() => break,
+                () = next_sample(&mut sampler) => {
+                    let rss = super::memory::tree_rss(pid);
+                    if let Some(limit) = limit.filter(|limit| rss > *limit) {
+                        let why = format!(
+                            "its process tree uses {} (RSS), over its max_memory_restart {}",
+                            super::memory::human_bytes(rss),
+                            super::memory::human_bytes(limit)
+                        );
+                        super::state::log(&format!("{}: {why}; restarting it gracefully", self.name()));
+                        return match self.stop_for_restart(pid, &mut exit, started, For::Restart).await {
+                            Supervised::RestartRequested => Supervised::MemoryRestart(why),
+                            other => other,
+                        };
+                    }
+                }
                 _ = &mut probe, if !ready => {
                     ready = true;
                     self.board.transition(
@@ -592,25 +689,42 @@ impl AppTask {
                 a.detail = Some("stopping what its process left behind".into())
             });
             super::state::log(&format!(
-                "{} exited but left processes in its group {pid}; sending SIGTERM to them",
-                self.name()
+                "{} exited but left processes in its group {pid}; sending {} to them",
+                self.name(),
+                signal_name(self.kill_signal())
             ));
             let spec = self.spec.clone();
             terminate_group(
                 &spec.name,
                 pid,
-                libc::SIGTERM,
+                self.kill_signal(),
                 spec.restart.kill_timeout,
                 &mut exit,
                 &mut self.stop,
             )
             .await;
         }
+        self.empty_cgroup();
         Supervised::Exited(exit.status)
     }
 
+    /// Kills what the app's process left in its cgroup outside its process group (a grandchild
+    /// that called `setsid`), once its process is gone.
+    fn empty_cgroup(&self) {
+        if let Some(cgroup) = &self.cgroup {
+            let left = cgroup.kill();
+            if left > 0 {
+                super::state::log(&format!(
+                    "{}: stopped {left} process{} it left outside its process group (its cgroup)",
+                    self.name(),
+                    if left == 1 { "" } else { "es" }
+                ));
+            }
+        }
+    }
+
     /// Stops the child for a restart request. An idle one (or one nobody can ask about) gets
-    /// SIGTERM at once. A busy worker gets its `kill_timeout` to finish its job (then SIGTERM); one
+    /// its stop signal at once. A busy worker gets its `kill_timeout` to finish its job (then SIGTERM); one
     /// still busy then is killed (SIGKILL to its process group: on SIGTERM the worker would fail the
     /// job permanently) and its job is handed back to the queue before it starts again. A machine
     /// stop arriving meanwhile takes over: the supervisor's drain decides, and its signal is obeyed.
@@ -699,7 +813,15 @@ impl AppTask {
         Supervised::RestartRequested
     }
 
+    /// Stops the child: SIGKILL stays SIGKILL; any other request (the runtime's SIGTERM or SIGINT,
+    /// a restart, a hold) sends the app's own stop signal, as PM2 sends its `KILL_SIGNAL` whatever
+    /// stopped it. Then `kill_timeout`, then SIGKILL to the group.
     async fn stop_child(&mut self, pid: u32, signal: i32, exit: &mut ExitWait, started: Instant) {
+        let signal = if signal == libc::SIGKILL {
+            libc::SIGKILL
+        } else {
+            self.kill_signal()
+        };
         let grace = self.spec.restart.kill_timeout;
         self.board.transition(
             self.idx,
@@ -714,6 +836,7 @@ impl AppTask {
         );
         let spec = self.spec.clone();
         let killed = terminate_group(&spec.name, pid, signal, grace, exit, &mut self.stop).await;
+        self.empty_cgroup();
         let description = exit
             .status
             .map(describe_status)
@@ -794,6 +917,43 @@ async fn terminate_group(
                 }
             }
         }
+    }
+}
+
+/// Waits for the app's `"ready"` message on its IPC channel, at most `listen_timeout`; PM2's rule
+/// when none comes: the app counts as ready all the same (`God.js`: the timeout calls the ready
+/// callback), said in the log.
+async fn wait_for_ready_message(
+    message: Option<watch::Receiver<bool>>,
+    listen_timeout: Duration,
+    name: &str,
+) {
+    let got = async {
+        match message {
+            // A channel closed without "ready" (the app closed it, or exited) leaves the timeout.
+            Some(mut rx) => {
+                if rx.wait_for(|r| *r).await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+            None => std::future::pending().await,
+        }
+    };
+    if tokio::time::timeout(listen_timeout, got).await.is_err() {
+        super::state::log(&format!(
+            "{name} sent no 'ready' message within its listen_timeout {}; counted as ready, as PM2 does",
+            human_duration(listen_timeout)
+        ));
+    }
+}
+
+/// The next tick of the memory sampler; never without one.
+async fn next_sample(sampler: &mut Option<tokio::time::Interval>) {
+    match sampler {
+        Some(tick) => {
+            tick.tick().await;
+        }
+        None => std::future::pending().await,
     }
 }
 

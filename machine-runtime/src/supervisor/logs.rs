@@ -51,7 +51,9 @@ struct Ring {
 /// The recent output of one app.
 pub struct AppLog {
     ring: Mutex<Ring>,
-    follow: broadcast::Sender<LogLine>,
+    /// Made by the first follower: a channel's [`FOLLOW_BACKLOG`] slots cost about 50 KB, which
+    /// every app would pay whether anyone follows its log or not.
+    follow: std::sync::OnceLock<broadcast::Sender<LogLine>>,
     masker: Masker,
 }
 
@@ -75,7 +77,7 @@ impl AppLog {
                 lines: VecDeque::new(),
                 bytes: 0,
             }),
-            follow: broadcast::channel(FOLLOW_BACKLOG).0,
+            follow: std::sync::OnceLock::new(),
             masker: Masker::for_env(env),
         }
     }
@@ -109,7 +111,9 @@ impl AppLog {
         }
         // Sent under the lock so a new follower sees each line once: in its tail or from here.
         // No follower is fine.
-        let _ = self.follow.send(line);
+        if let Some(follow) = self.follow.get() {
+            let _ = follow.send(line);
+        }
         masked
     }
 
@@ -127,7 +131,10 @@ impl AppLog {
     ) -> (Vec<LogLine>, broadcast::Receiver<LogLine>) {
         let ring = self.lock();
         // Pushes take the lock before sending, so nothing is sent between the tail and the subscription.
-        (tail_of(&ring, n, keep), self.follow.subscribe())
+        let follow = self
+            .follow
+            .get_or_init(|| broadcast::channel(FOLLOW_BACKLOG).0);
+        (tail_of(&ring, n, keep), follow.subscribe())
     }
 }
 

@@ -8,7 +8,9 @@
 
 mod app;
 mod follow;
+mod ipc;
 pub mod logs;
+pub(crate) mod memory;
 mod output;
 pub(crate) mod policy;
 pub mod state;
@@ -136,7 +138,7 @@ impl SupervisorHandle {
         &self.logs
     }
 
-    /// Restarts app `name` as `pm2 restart` does: a running process gets its stop signal (SIGTERM,
+    /// Restarts app `name` as `pm2 restart` does: a running process gets its stop signal (its `kill_signal`,
     /// `kill_timeout`, then SIGKILL) and is started again at once; one waiting out a restart delay
     /// starts at once; an `errored` or `stopped` app is started again with a fresh restart count
     /// of unstable exits. A busy worker (on a machine that reports to the broker) first gets its
@@ -334,10 +336,19 @@ impl Supervisor {
     /// Checks everything that can be checked before starting: GPU pins against the UUIDs given,
     /// required environment variables (names only; values are never logged).
     pub fn new(
-        apps: Vec<AppSpec>,
+        mut apps: Vec<AppSpec>,
         options: SupervisorOptions,
     ) -> Result<Supervisor, PreflightError> {
         let mut problems = Vec::new();
+        // PM2's KILL_SIGNAL for the apps that name none (`PM2_KILL_SIGNAL`, default SIGINT).
+        match crate::signals::pm2_kill_signal(&options.context.runtime_env) {
+            Ok(signal) => {
+                for app in &mut apps {
+                    app.restart.kill_signal.get_or_insert(signal);
+                }
+            }
+            Err(problem) => problems.push(problem),
+        }
         let mut commands = Vec::new();
         for app in &apps {
             match command::build(app, &options.context) {
@@ -522,7 +533,7 @@ impl Supervisor {
                 "{} is busy with {job_text}; it gets its kill_timeout {} to finish before {}",
                 spec.name,
                 human_duration(spec.restart.kill_timeout),
-                signal_name(signal)
+                signal_name(stop_signal_of(&self.apps[i]))
             ));
             self.board.update(i, |a| {
                 a.detail = Some(format!(
@@ -554,7 +565,7 @@ impl Supervisor {
                                 "it ended while the machine was stopping".to_owned(),
                             ));
                         } else if busy.is_none() {
-                            log(&format!("{name} finished {}; sending {} now", job_words(&job), signal_name(signal)));
+                            log(&format!("{name} finished {}; sending {} now", job_words(&job), signal_name(stop_signal_of(&self.apps[i]))));
                             let _ = stops[i].send(Some(signal));
                         } else {
                             still.push((i, job, deadline));
@@ -577,7 +588,7 @@ impl Supervisor {
                         log(&format!(
                             "{} is {when}; killing it (SIGKILL to its process group: on {} the worker would fail the job permanently), then handing the job back to the queue",
                             spec.name,
-                            signal_name(signal)
+                            signal_name(stop_signal_of(spec))
                         ));
                         let _ = stops[*i].send(Some(libc::SIGKILL));
                         handbacks.spawn(hand_back_once_stopped(
@@ -624,6 +635,20 @@ impl Supervisor {
                 let _ = role;
             }
         }
+        let cgroups = match crate::cgroup::Cgroups::setup() {
+            Ok((cgroups, swept)) => {
+                for line in swept {
+                    log(&line);
+                }
+                Some(cgroups)
+            }
+            Err(why) => {
+                log(&format!(
+                    "apps run without cgroups ({why}); a process that leaves its app's process group can outlive a kill -9 of the runtime outside a container"
+                ));
+                None
+            }
+        };
         let mut signals = if self.handle_signals {
             Some(StopSignals::install()?)
         } else {
@@ -672,28 +697,42 @@ impl Supervisor {
         // through machine_wait_for, not through this order.
         let mut order: Vec<usize> = (0..self.apps.len()).collect();
         order.sort_by_key(|&i| self.apps[i].role != Some(Role::Service));
+        // Each command moves into its task: a command holds the app's whole environment, and a
+        // second copy per app would be most of the supervisor's memory per app.
+        let mut commands: Vec<Option<ChildCommand>> = std::mem::take(&mut self.commands)
+            .into_iter()
+            .map(Some)
+            .collect();
         for idx in order {
             let spec = self.apps[idx].clone();
-            let (Some(stop), Some(hold)) = (stop_rxs[idx].take(), hold_rxs[idx].take()) else {
+            let (Some(stop), Some(hold), Some(cmd)) = (
+                stop_rxs[idx].take(),
+                hold_rxs[idx].take(),
+                commands[idx].take(),
+            ) else {
                 continue;
             };
             let task = AppTask {
                 idx,
                 deps: deps[idx].clone(),
                 spec,
-                cmd: self.commands[idx].clone(),
                 log: self
                     .handle
                     .logs
                     .get(&self.apps[idx].name)
                     .cloned()
-                    .unwrap_or_else(|| Arc::new(AppLog::new(&self.commands[idx].env))),
+                    .unwrap_or_else(|| Arc::new(AppLog::new(&cmd.env))),
+                cmd,
                 restart: self.handle.restarts[idx].subscribe(),
                 paused: self.handle.paused[idx].subscribe(),
                 busy: self
                     .drain
                     .clone()
                     .filter(|_| self.apps[idx].role == Some(Role::Worker)),
+                cgroup: cgroups
+                    .as_ref()
+                    .and_then(|c| c.app(idx, &self.apps[idx].name))
+                    .map(Arc::new),
                 board: self.board.clone(),
                 reaper: reaper.clone(),
                 stop,
@@ -892,6 +931,15 @@ impl Supervisor {
                 if strays == 1 { "" } else { "es" }
             ));
         }
+        if let Some(cgroups) = &cgroups {
+            let left = cgroups.remove_all();
+            if left > 0 {
+                log(&format!(
+                    "stopped {left} process{} left in the apps' cgroups",
+                    if left == 1 { "" } else { "es" }
+                ));
+            }
+        }
         orphan_task.abort();
         reaper_stop.cancel();
         let _ = reaper_task.await;
@@ -907,6 +955,13 @@ impl Supervisor {
         ));
         result
     }
+}
+
+/// The signal that stops `app` (its `kill_signal`, resolved with PM2's `KILL_SIGNAL` at start).
+fn stop_signal_of(app: &AppSpec) -> i32 {
+    app.restart
+        .kill_signal
+        .unwrap_or(crate::signals::PM2_KILL_SIGNAL_DEFAULT)
 }
 
 /// `job j-1`, or `a job` when the worker did not name it.

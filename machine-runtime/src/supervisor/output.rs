@@ -93,6 +93,23 @@ async fn pump(
     }
 }
 
+/// Forwards one line the runtime says on the app's behalf (an IPC message), as if the app had
+/// written it: kept in its log, masked, prefixed.
+pub(crate) fn line(name: &str, stream: Stream, log: &AppLog, text: &str) {
+    let kept = match stream {
+        Stream::Stdout => LogStream::Stdout,
+        Stream::Stderr => LogStream::Stderr,
+    };
+    let masked = log.push(kept, text.as_bytes());
+    let mut out = Vec::new();
+    push_line(
+        &mut out,
+        format!("[{name}] ").as_bytes(),
+        masked.as_deref().unwrap_or(text).as_bytes(),
+    );
+    emit(stream, &out);
+}
+
 fn push_line(out: &mut Vec<u8>, prefix: &[u8], line: &[u8]) {
     let line = line.strip_suffix(b"\r").unwrap_or(line);
     out.extend_from_slice(prefix);

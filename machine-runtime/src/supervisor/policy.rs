@@ -26,7 +26,7 @@ pub const DEFAULT_KILL_TIMEOUT: Duration = Duration::from_millis(1600);
 
 /// An app's restart and stop settings, resolved: the runtime form of the ecosystem's PM2 fields
 /// `autorestart`, `max_restarts`, `min_uptime`, `restart_delay`, `exp_backoff_restart_delay`,
-/// `kill_timeout` and `stop_exit_codes` ([`App`]), with PM2's defaults ([`RestartPolicy::default`]).
+/// `kill_timeout`, `stop_exit_codes` and `kill_signal` ([`App`]), with PM2's defaults ([`RestartPolicy::default`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RestartPolicy {
     /// Restart when it exits (PM2 default true).
@@ -43,6 +43,9 @@ pub struct RestartPolicy {
     pub kill_timeout: Duration,
     /// Exit codes after which the app is not restarted (PM2 `stop_exit_codes`).
     pub stop_exit_codes: Vec<i32>,
+    /// The signal that asks the app to stop (`kill_signal`); `None`: PM2's `KILL_SIGNAL`, which
+    /// the supervisor reads from the runtime's `PM2_KILL_SIGNAL` (default SIGINT) at start.
+    pub kill_signal: Option<i32>,
 }
 
 impl Default for RestartPolicy {
@@ -56,6 +59,7 @@ impl Default for RestartPolicy {
             exp_backoff_restart_delay: None,
             kill_timeout: DEFAULT_KILL_TIMEOUT,
             stop_exit_codes: Vec::new(),
+            kill_signal: None,
         }
     }
 }
@@ -73,6 +77,10 @@ impl From<&App> for RestartPolicy {
             exp_backoff_restart_delay: app.exp_backoff_restart_delay.map(ms),
             kill_timeout: app.kill_timeout.map_or(d.kill_timeout, ms),
             stop_exit_codes: app.stop_exit_codes.clone().unwrap_or_default(),
+            kill_signal: app
+                .kill_signal
+                .as_deref()
+                .and_then(crate::signals::signal_number),
         }
     }
 }

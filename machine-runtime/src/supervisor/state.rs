@@ -94,6 +94,9 @@ pub struct AppStatus {
     pub restarts: u32,
     /// Consecutive exits before `min_uptime` (what `max_restarts` limits).
     pub unstable_restarts: u32,
+    /// Restarts because its process tree used more than `max_memory_restart` (counted in
+    /// `restarts` too).
+    pub memory_restarts: u32,
     pub max_restarts: u32,
     pub gpu: Option<u32>,
     pub gpu_uuid: Option<String>,
@@ -133,6 +136,7 @@ impl AppStatus {
             pid: None,
             restarts: 0,
             unstable_restarts: 0,
+            memory_restarts: 0,
             max_restarts: spec.restart.max_restarts,
             gpu: pin.map(|p| p.index),
             gpu_uuid: pin.map(|p| p.uuid.clone()),

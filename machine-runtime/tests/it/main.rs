@@ -21,6 +21,7 @@ mod job_queue;
 mod lease;
 mod log_lines;
 mod metrics;
+mod pm2_compat;
 mod redis_server;
 mod simulate;
 mod swarm;

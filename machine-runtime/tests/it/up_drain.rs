@@ -58,9 +58,11 @@ $R HSET "worker:$WORKER_ID" status idle current_job_id "" >/dev/null
 while true; do sleep 0.05; done
 "#;
 
-/// A hand-written worker app (known as a worker by its WORKER_ID alone).
+/// A hand-written worker app (known as a worker by its WORKER_ID alone), stopped with SIGTERM as
+/// the generated worker apps are (`kill_signal`; PM2's default would be SIGINT).
 fn worker(name: &str, kill_timeout: &str, port: u16) -> Value {
     json!({"name": name, "script": "sh", "args": ["-c", WORKER], "kill_timeout": kill_timeout,
+           "kill_signal": "SIGTERM",
            "env": {"WORKER_ID": worker_id(name), "MACHINE_ID": "drain",
                    "WORKERS": "mock", "NAME": name, "D": "@DIR@", "REDIS_PORT": port.to_string()}})
 }
@@ -467,7 +469,7 @@ async fn the_bundle_worker_finishes_its_simulation_job_when_the_machine_stops() 
                  "args": ["--port", port.to_string()], "machine_role": "service",
                  "machine_readiness": {"kind": "http", "url": format!("http://127.0.0.1:{port}/health"), "interval_ms": 100}},
                 {"name": "sim-worker", "script": "redis-direct-worker.js", "interpreter": "node",
-                 "cwd": bundle, "env": worker_env, "kill_timeout": "2m",
+                 "cwd": bundle, "env": worker_env, "kill_timeout": "2m", "kill_signal": "SIGTERM",
                  "machine_wait_for": ["simulation-gpu0"]},
             ]}),
             &[

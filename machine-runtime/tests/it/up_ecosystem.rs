@@ -63,10 +63,10 @@ fn names_the_file_when_it_is_missing_or_not_json() {
 #[test]
 fn warns_about_unknown_fields_and_runs_anyway() {
     let (code, out, dir) = up(r#"{"apps": [
-        {"name": "once", "script": "touch", "args": "@DIR@/ran", "autorestart": false, "max_memory_restart": "1G", "scirpt": "x"}
+        {"name": "once", "script": "touch", "args": "@DIR@/ran", "autorestart": false, "merge_logs": true, "scirpt": "x"}
     ]}"#);
     assert_eq!(code, Some(0), "{out}");
-    assert!(out.contains("machine-runtime: warning: app \"once\": field \"max_memory_restart\" is a PM2 option machine-runtime does not implement; ignored"), "{out}");
+    assert!(out.contains("machine-runtime: warning: app \"once\": field \"merge_logs\" is a PM2 option machine-runtime does not implement; ignored"), "{out}");
     assert!(out.contains("machine-runtime: warning: app \"once\": unknown field \"scirpt\" ignored; did you mean \"script\"?"), "{out}");
     assert!(
         out.contains("every app has ended; nothing left to supervise"),

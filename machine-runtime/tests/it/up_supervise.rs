@@ -286,11 +286,12 @@ fn sigterm_stops_workers_then_services_and_leaves_nothing_running() {
         );
     }
     let out = rt.output();
+    // The runtime's SIGTERM starts PM2's stop: SIGINT (PM2's KILL_SIGNAL) to each app.
     let worker_stop = out
-        .find("stopping wrk: SIGTERM to process group")
+        .find("stopping wrk: SIGINT to process group")
         .expect(&out);
     let service_stop = out
-        .find("stopping svc: SIGTERM to process group")
+        .find("stopping svc: SIGINT to process group")
         .expect(&out);
     assert!(
         worker_stop < service_stop,

@@ -1,0 +1,246 @@
+//! One cgroup (v2) per app, so that nothing an app started outlives the runtime, even a process
+//! that left the app's process group and session and even after `kill -9` of the runtime on a host.
+//!
+//! Layout: `<cgroup2 mount>/machine-runtime/<runtime pid>/<index>-<app name>`. The runtime makes it
+//! where it may: at the top of the cgroup2 hierarchy it sees (root on a host, or a container's own
+//! namespace), else under its own cgroup (a delegated subtree, e.g. a systemd user scope with
+//! `Delegate=yes`). Each app's process moves itself into its cgroup between fork and exec
+//! (`echo 0 > cgroup.procs`), so every descendant is in it from the first instruction. No
+//! controller is enabled: the cgroups only group processes.
+//!
+//! - When an app's process has ended or been stopped, its cgroup is emptied (`cgroup.kill`).
+//! - When the runtime stops, every app's cgroup is emptied and removed.
+//! - At start, the folders of runtimes that are gone (their pid is not a live `machine-runtime`) are
+//!   swept: their processes killed, the folders removed, one log line each. So after `kill -9` of
+//!   the runtime on a host, what its apps left is ended by the next start on that host.
+//!
+//! Fallback, said once in the log: no cgroup2 mount, or no folder the runtime may create (not root
+//! and no delegated subtree): the apps run without cgroups; process groups, `PR_SET_PDEATHSIG` and
+//! the subreaper then cover everything but a grandchild that left its process group after a
+//! `kill -9` of the runtime outside a container (in a container, as PID 1, the PID namespace ends
+//! with it). Without `cgroup.kill` (Linux before 5.14) each process of the cgroup gets SIGKILL.
+
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// The folder the runtime's cgroups go in, under the cgroup2 mount (or the runtime's own cgroup).
+const TOP: &str = "machine-runtime";
+/// The longest an emptied cgroup is waited for before it is left in place.
+const EMPTY_WAIT: Duration = Duration::from_secs(2);
+
+/// This runtime's cgroups: `<top>/<pid>`.
+#[derive(Debug)]
+pub(crate) struct Cgroups {
+    top: PathBuf,
+    base: PathBuf,
+}
+
+/// One app's cgroup.
+#[derive(Debug)]
+pub(crate) struct AppCgroup {
+    dir: PathBuf,
+    /// `<dir>/cgroup.procs`, for the child to write itself into before exec.
+    procs: CString,
+}
+
+impl Cgroups {
+    /// Finds the cgroup2 mount, makes `machine-runtime/<our pid>` where allowed and sweeps what
+    /// runtimes that are gone left there. `Err` says why there are no cgroups (the fallback).
+    pub(crate) fn setup() -> Result<(Cgroups, Vec<String>), String> {
+        let mount = cgroup2_mount().ok_or("no cgroup2 file system is mounted")?;
+        let own = own_cgroup().unwrap_or_default();
+        let candidates = [
+            mount.join(TOP),
+            mount.join(own.trim_start_matches('/')).join(TOP),
+        ];
+        let mut last = String::new();
+        for top in candidates {
+            let base = top.join(std::process::id().to_string());
+            // Another runtime may remove an empty `top` between our two mkdirs: try again.
+            let made = (0..3)
+                .map(|_| std::fs::create_dir_all(&base))
+                .find(Result::is_ok)
+                .unwrap_or_else(|| std::fs::create_dir_all(&base));
+            match made {
+                Ok(()) => {
+                    // Writable for us: moving a process needs write access to cgroup.procs.
+                    if let Err(e) = probe_writable(&base) {
+                        let _ = std::fs::remove_dir(&base);
+                        last = format!("{}: {e}", base.display());
+                        continue;
+                    }
+                    let cgroups = Cgroups { top, base };
+                    let swept = cgroups.sweep();
+                    return Ok((cgroups, swept));
+                }
+                Err(e) => last = format!("cannot create {}: {e}", base.display()),
+            }
+        }
+        Err(last)
+    }
+
+    /// Makes app `idx`'s cgroup; `None` (and the app runs without one) when that fails.
+    pub(crate) fn app(&self, idx: usize, name: &str) -> Option<AppCgroup> {
+        let safe: String = name
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .take(64)
+            .collect();
+        let dir = self.base.join(format!("{idx}-{safe}"));
+        std::fs::create_dir_all(&dir).ok()?;
+        let procs = CString::new(dir.join("cgroup.procs").as_os_str().as_bytes()).ok()?;
+        Some(AppCgroup { dir, procs })
+    }
+
+    /// Empties and removes every app's cgroup and this runtime's folder; returns how many
+    /// processes were still there.
+    pub(crate) fn remove_all(&self) -> usize {
+        let killed = empty_and_remove(&self.base);
+        let _ = std::fs::remove_dir(&self.top);
+        killed
+    }
+
+    /// Empties and removes the folders of runtimes that are gone; one line per folder that held
+    /// processes.
+    fn sweep(&self) -> Vec<String> {
+        let mut lines = Vec::new();
+        let Ok(entries) = std::fs::read_dir(&self.top) else {
+            return lines;
+        };
+        for entry in entries.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if pid == std::process::id() || is_live_runtime(pid) {
+                continue;
+            }
+            let killed = empty_and_remove(&entry.path());
+            if killed > 0 {
+                lines.push(format!(
+                    "stopped {killed} process{} left in {} by an earlier runtime (pid {pid}) that did not stop cleanly",
+                    if killed == 1 { "" } else { "es" },
+                    entry.path().display()
+                ));
+            }
+        }
+        lines
+    }
+}
+
+impl AppCgroup {
+    /// Makes the child move itself into this cgroup before it execs (a failed write leaves it
+    /// where it is: the fallback, never a failed start).
+    pub(crate) fn attach(&self, cmd: &mut std::process::Command) {
+        let path = self.procs.clone();
+        let hook = move || {
+            // SAFETY: open, write and close are async-signal-safe; `path` is a valid C string
+            // allocated before fork.
+            unsafe {
+                let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                if fd >= 0 {
+                    let _ = libc::write(fd, b"0".as_ptr().cast(), 1);
+                    libc::close(fd);
+                }
+            }
+            Ok(())
+        };
+        // SAFETY: the hook only makes async-signal-safe system calls (see above).
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(cmd, hook);
+        }
+    }
+
+    /// Kills every process still in the cgroup (what the app left outside its process group);
+    /// returns how many there were.
+    pub(crate) fn kill(&self) -> usize {
+        kill_cgroup(&self.dir)
+    }
+}
+
+/// The mount point of the cgroup2 file system (`/sys/fs/cgroup`, or `/sys/fs/cgroup/unified` on a
+/// hybrid host), from `/proc/self/mountinfo`.
+fn cgroup2_mount() -> Option<PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    info.lines().find_map(|line| {
+        // `... <mount point> <options> [optional fields] - <fstype> <source> <super options>`
+        let (left, right) = line.split_once(" - ")?;
+        (right.split_whitespace().next()? == "cgroup2")
+            .then(|| left.split_whitespace().nth(4).map(PathBuf::from))?
+    })
+}
+
+/// This process's cgroup2 path (`0::/path` in `/proc/self/cgroup`).
+fn own_cgroup() -> Option<String> {
+    let text = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .map(str::to_owned)
+}
+
+fn probe_writable(dir: &Path) -> std::io::Result<()> {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(dir.join("cgroup.procs"))
+        .map(drop)
+}
+
+/// Whether `pid` is a live `machine-runtime` (its `comm`; a reused pid of another program is not).
+fn is_live_runtime(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .is_ok_and(|comm| comm.trim_end() == "machine-runtime")
+}
+
+fn pids_in(dir: &Path) -> Vec<i32> {
+    std::fs::read_to_string(dir.join("cgroup.procs"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+/// Kills every process in the cgroup `dir` (not its children cgroups): `cgroup.kill`, or SIGKILL
+/// to each pid where the kernel has no `cgroup.kill`. Returns how many were there.
+fn kill_cgroup(dir: &Path) -> usize {
+    let pids = pids_in(dir);
+    if pids.is_empty() {
+        return 0;
+    }
+    if std::fs::write(dir.join("cgroup.kill"), "1").is_err() {
+        for pid in &pids {
+            // SAFETY: kill(2) on a pid listed in our own cgroup.
+            unsafe { libc::kill(*pid, libc::SIGKILL) };
+        }
+    }
+    let deadline = Instant::now() + EMPTY_WAIT;
+    while !pids_in(dir).is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    pids.len()
+}
+
+/// Kills the processes of `dir` and of every cgroup below it, then removes them (deepest first).
+fn empty_and_remove(dir: &Path) -> usize {
+    let mut killed = 0;
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                killed += empty_and_remove(&entry.path());
+            }
+        }
+    }
+    killed += kill_cgroup(dir);
+    let _ = std::fs::remove_dir(dir);
+    killed
+}
