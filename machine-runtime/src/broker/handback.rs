@@ -256,7 +256,7 @@ pub async fn hand_back(
             .arg(&job)
             .arg(worker_id)
             .arg(score)
-            .arg(format!("machine:{machine_id}:worker:{worker_id}"))
+            .arg(super::worker_channel(machine_id, worker_id))
             .arg(event.to_string())
             .arg(RUNNING.join(","))
             .invoke_async(&mut conn.conn)
