@@ -9,7 +9,7 @@
 //! (`PEXPIRE` calls in `INFO commandstats`: the renewal script's), the commands Redis spent most time
 //! in (calls per second and microseconds per call, what an extrapolation needs), claim latency
 //! p50/p95 of mock jobs pushed the way the API pushes them at a steady rate well below the fleet's
-//! capacity (submit to the claim's `assigned_at`), and each machine's own RSS (the runtime; the node workers apart). Each N gets a
+//! capacity (submit to the claim's `assigned_at`), Redis' memory and connected clients, and each machine's own RSS (the runtime; the node workers apart). Each N gets a
 //! fresh redis-server. Needs `redis-server` (≥ 7) and `node` on PATH. A benchmark prints figures;
 //! it asserts nothing about them. On a 2-core host the machines themselves compete with Redis for
 //! the CPU from N = 50 on: read Redis' own CPU, not the latencies, as the broker's cost there.
@@ -191,6 +191,8 @@ struct Row {
     machine_rss_mib: (f64, f64),
     worker_rss_mib: f64,
     redis_memory: String,
+    /// `connected_clients` at the end of the window (the bench's own two included).
+    clients: f64,
     top: String,
 }
 
@@ -260,6 +262,7 @@ fn run(n: usize, options: &Options) -> anyhow::Result<Row> {
     let commands_after = number(&info(&mut conn, "stats")?, "total_commands_processed");
     let status_after = status.load(Ordering::Relaxed);
     let calls = command_calls(&mut conn)?;
+    let clients = number(&info(&mut conn, "clients")?, "connected_clients");
     let memory = info(&mut conn, "memory")?
         .get("used_memory_human")
         .cloned()
@@ -334,6 +337,7 @@ fn run(n: usize, options: &Options) -> anyhow::Result<Row> {
         machine_rss_mib: (mean(&rss), rss.iter().copied().fold(0.0, f64::max)),
         worker_rss_mib: mean(&worker_rss),
         redis_memory: memory,
+        clients,
         top,
     })
 }
@@ -353,7 +357,7 @@ fn main() -> anyhow::Result<()> {
         std::thread::available_parallelism().map_or(0, usize::from),
     );
     println!(
-        "{:>8} {:>8} {:>7} {:>9} {:>9} {:>10} {:>10} {:>5} {:>14} {:>10} {:>8}  busiest commands (calls/s, time per call)",
+        "{:>8} {:>8} {:>7} {:>9} {:>9} {:>10} {:>10} {:>5} {:>14} {:>10} {:>8} {:>7}  busiest commands (calls/s, time per call)",
         "machines",
         "redis/s",
         "cpu %",
@@ -364,13 +368,14 @@ fn main() -> anyhow::Result<()> {
         "jobs",
         "machine MiB",
         "worker MiB",
-        "memory"
+        "memory",
+        "clients"
     );
     for &n in &options.machines {
         let started = now_s();
         let row = run(n, &options)?;
         println!(
-            "{:>8} {:>8.0} {:>7.1} {:>9.2} {:>9.2} {:>7.0} ms {:>7.0} ms {:>5} {:>6.1} / {:>5.1} {:>10.1} {:>8}  {}  ({:.0} s)",
+            "{:>8} {:>8.0} {:>7.1} {:>9.2} {:>9.2} {:>7.0} ms {:>7.0} ms {:>5} {:>6.1} / {:>5.1} {:>10.1} {:>8} {:>7.0}  {}  ({:.0} s)",
             row.machines,
             row.commands_per_s,
             row.cpu_share * 100.0,
@@ -383,6 +388,7 @@ fn main() -> anyhow::Result<()> {
             row.machine_rss_mib.1,
             row.worker_rss_mib,
             row.redis_memory,
+            row.clients,
             row.top,
             now_s() - started,
         );
