@@ -220,7 +220,7 @@ impl ViewTemplate {
     pub fn view(&self, snapshot: &Snapshot, now_ms: u64) -> MachineView {
         let mut view = self.base.clone();
         view.phase = match snapshot.phase {
-            supervisor::Phase::Starting | supervisor::Phase::Running => {
+            supervisor::Phase::Starting | supervisor::Phase::Ready => {
                 if snapshot.not_ready_reasons(now_ms).is_empty() {
                     Phase::Ready
                 } else {
@@ -407,7 +407,7 @@ mod tests {
         let built = template(&apps, Some("m7")).unwrap();
         assert!(built.warnings.is_empty(), "{:?}", built.warnings);
         let view = built.template.view(
-            &snapshot(&apps, &[AppState::Ready; 6], supervisor::Phase::Running),
+            &snapshot(&apps, &[AppState::Ready; 6], supervisor::Phase::Ready),
             LATER,
         );
         assert_eq!(view.machine_id, "m7");
@@ -471,7 +471,7 @@ mod tests {
     fn ready_only_once_every_app_has_stayed_up_for_its_min_uptime() {
         let apps = machine();
         let template = template(&apps, Some("m7")).unwrap().template;
-        let mut up = snapshot(&apps, &[AppState::Ready; 6], supervisor::Phase::Running);
+        let mut up = snapshot(&apps, &[AppState::Ready; 6], supervisor::Phase::Ready);
         // A worker restarted 400 ms ago with a min_uptime of 1 s: a crash loop looks like this.
         up.apps[2].started_ms = Some(LATER - 400);
         let view = template.view(&up, LATER);
@@ -502,11 +502,7 @@ mod tests {
         assert_eq!(eco.apps[1].role, None);
         let built = template(&eco.apps, None).unwrap();
         let view = built.template.view(
-            &snapshot(
-                &eco.apps,
-                &[AppState::Running; 2],
-                supervisor::Phase::Running,
-            ),
+            &snapshot(&eco.apps, &[AppState::Running; 2], supervisor::Phase::Ready),
             LATER,
         );
         assert_eq!(view.machine_id, "m7");

@@ -30,23 +30,27 @@ pub struct LinkSettings {
     pub backoff_max: Duration,
 }
 
-/// The connection's state, as shown by the health endpoint.
+/// The connection's state, as shown by the health endpoint (`since_epoch_ms`: an epoch time, unlike
+/// the apps' `since_ms`, which counts from the runtime's start).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum ConnectionState {
     /// No attempt finished yet.
     Connecting {
         /// Epoch ms of the start.
+        #[serde(rename = "since_epoch_ms")]
         since_ms: u64,
     },
     /// Connected.
     Connected {
         /// Epoch ms of the connection.
+        #[serde(rename = "since_epoch_ms")]
         since_ms: u64,
     },
     /// The last attempt or command failed; retrying with backoff.
     Unreachable {
         /// Epoch ms of the first failure of this outage.
+        #[serde(rename = "since_epoch_ms")]
         since_ms: u64,
         /// The latest error, without the password.
         last_error: String,

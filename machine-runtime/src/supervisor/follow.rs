@@ -92,7 +92,7 @@ mod tests {
 
     fn snapshot(apps: Vec<AppStatus>) -> Snapshot {
         Snapshot {
-            phase: crate::supervisor::state::Phase::Running,
+            phase: crate::supervisor::state::Phase::Ready,
             apps,
             orphans_reaped: 0,
         }

@@ -218,8 +218,8 @@ impl AppStatus {
 pub enum Phase {
     /// Apps are being started; not every app has been ready yet.
     Starting,
-    /// Every app has been ready at least once.
-    Running,
+    /// Every app has been ready at least once (the broker message's word, `ready`).
+    Ready,
     /// A stop was requested or an essential app ended; apps are being stopped.
     Stopping,
     /// Every app is stopped and reaped.
@@ -399,7 +399,7 @@ impl Board {
                 message: message.clone(),
             });
             if s.phase == Phase::Starting && s.apps.iter().all(AppStatus::is_healthy) {
-                s.phase = Phase::Running;
+                s.phase = Phase::Ready;
                 became_running = true;
             }
         });

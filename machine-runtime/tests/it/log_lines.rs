@@ -22,7 +22,7 @@ fn is_rfc3339_millis(s: &str) -> bool {
 /// An ecosystem with one app that prints a line, and a PM2 key we ignore (a warning).
 fn ecosystem() -> Value {
     json!({"apps": [{"name": "svc", "script": "sh", "args": ["-c", "echo hello; exec sleep 1000"],
-                     "max_memory_restart": "1G"}]})
+                     "kill_retry_time": 100}]})
 }
 
 /// The runtime's lines (the apps' own output is `[name] text`).
@@ -50,7 +50,7 @@ fn text_lines_carry_an_rfc3339_time_before_the_unchanged_message() {
         assert!(rest.starts_with("machine-runtime: "), "{line}");
     }
     assert!(
-        out.contains("Z machine-runtime: warning: app \"svc\": field \"max_memory_restart\""),
+        out.contains("Z machine-runtime: warning: app \"svc\": field \"kill_retry_time\""),
         "{out}"
     );
     assert!(out.contains("[svc] hello"), "{out}");
@@ -105,12 +105,7 @@ fn json_lines_for_log_shippers_from_the_flag_or_the_environment() {
         }
         let warning = entries
             .iter()
-            .find(|e| {
-                e["message"]
-                    .as_str()
-                    .unwrap()
-                    .contains("max_memory_restart")
-            })
+            .find(|e| e["message"].as_str().unwrap().contains("kill_retry_time"))
             .unwrap_or_else(|| panic!("{out}"));
         assert_eq!(warning["level"], "warn", "{warning}");
         assert!(

@@ -252,7 +252,16 @@ fn log_followers_past_their_cap_get_503_until_one_closes() {
             (status == 200).then_some(stream)
         },
     );
-    let output = rt.output();
+    // The end of the episode is logged once the close is noticed, through the non-blocking sink.
+    let marker = "below its cap of 21 log followers again; ";
+    let output = wait_for(
+        "the end of the refusal episode in the log",
+        || rt.output(),
+        || {
+            let output = rt.output();
+            output.contains(marker).then_some(output)
+        },
+    );
     assert_eq!(
         output
             .matches("21 log followers open, its cap; refusing more with 503")
@@ -261,7 +270,6 @@ fn log_followers_past_their_cap_get_503_until_one_closes() {
         "{output}"
     );
     // Two refused above, and any that raced the closes.
-    let marker = "below its cap of 21 log followers again; ";
     let at = output.find(marker).expect(&output) + marker.len();
     let refused: usize = output[at..].split(' ').next().unwrap().parse().unwrap();
     assert!(refused >= 2, "{output}");

@@ -101,7 +101,7 @@ fn health_follows_the_apps_through_their_states() {
     assert_eq!(health_command(port), (true, String::new()));
     let (code, status, _) = http_get(port, "/status");
     assert_eq!(code, 200);
-    assert_eq!(status["phase"], "running");
+    assert_eq!(status["phase"], "ready");
     assert_eq!(status["apps"][0]["name"], "svc");
     assert_eq!(status["apps"][1]["role"], "worker");
     assert!(status["version"].is_string() && status["uptime_ms"].is_u64());
