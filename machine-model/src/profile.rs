@@ -278,6 +278,64 @@ pub struct MachineSpec {
     /// (`MACHINE_FAKE_GPUS`, no reservation), so the machine runs on any host; for simulation-only profiles.
     #[serde(default, skip_serializing_if = "GpuMode::is_actual")]
     pub gpu_mode: GpuMode,
+    /// How the nodes' GPUs are shared among pods in Kubernetes (the NVIDIA device plugin's sharing,
+    /// as GPU Feature Discovery labels it): decides the resource the pod requests and its node selector
+    /// in kubernetes.yaml. Default `exclusive`: whole GPUs.
+    #[serde(default, skip_serializing_if = "GpuSharing::is_exclusive")]
+    pub gpu_sharing: GpuSharing,
+}
+
+/// How a Kubernetes node's GPUs are shared among pods: the NVIDIA device plugin's modes, and what GPU
+/// Feature Discovery (GFD) labels such a node with.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(tag = "mode", deny_unknown_fields)]
+pub enum GpuSharing {
+    /// Whole GPUs (`nvidia.com/gpu`), on nodes whose `nvidia.com/gpu.product` is the GPU model itself
+    /// (a node that shares its GPUs has another product label, so it is never chosen).
+    #[default]
+    #[serde(rename = "exclusive")]
+    Exclusive,
+    /// Time-sliced replicas of a GPU (the device plugin's `sharing.timeSlicing`), no memory isolation:
+    /// nodes with `nvidia.com/gpu.replicas` above 1. `renamed`: the plugin's `renameByDefault: true`,
+    /// so the resource is `nvidia.com/gpu.shared` and the product label keeps its name; otherwise the
+    /// resource is `nvidia.com/gpu` and GFD suffixes the product label with `-SHARED`.
+    #[serde(rename = "time-slicing")]
+    TimeSlicing {
+        #[serde(default)]
+        renamed: bool,
+    },
+    /// Multi-Instance GPU slices of one profile (e.g. `1g.10gb`), with the device plugin's MIG strategy:
+    /// `single` (every GPU of the node cut alike; the resource is `nvidia.com/gpu`, GFD's product label
+    /// `<product>-MIG-<profile>`), or `mixed` (the resource is `nvidia.com/mig-<profile>`).
+    #[serde(rename = "mig")]
+    Mig {
+        strategy: MigStrategy,
+        /// The MIG profile: `<compute slices>g.<memory>gb`, optionally `+me` (e.g. `1g.10gb`, `3g.40gb`).
+        #[cfg_attr(
+            feature = "schema",
+            schemars(regex(pattern = r"^[1-9][0-9]?g\.[1-9][0-9]{0,3}gb(\+me)?$"))
+        )]
+        profile: String,
+    },
+}
+
+impl GpuSharing {
+    /// The default: whole GPUs.
+    pub fn is_exclusive(&self) -> bool {
+        *self == Self::Exclusive
+    }
+}
+
+/// The NVIDIA device plugin's `migStrategy`, as GFD's `nvidia.com/mig.strategy` label spells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum MigStrategy {
+    /// Every GPU of the node is cut into slices of one profile, advertised as `nvidia.com/gpu`.
+    Single,
+    /// Slices of several profiles, each advertised as `nvidia.com/mig-<profile>`.
+    Mixed,
 }
 
 /// Whether a machine's planned GPUs are real or simulated (`MACHINE_GPU_MODE`, the existing system's name).

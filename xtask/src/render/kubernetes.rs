@@ -11,10 +11,14 @@
 //! - Broker TLS: the Secret `<profile>-redis-tls` (optional; `ca.crt`, `tls.crt`, `tls.key`, as cert-manager
 //!   writes it) is mounted read-only at `/etc/machine/redis-tls`; the `HUB_REDIS_TLS_*` variables are
 //!   optional keys of `<profile>-secrets` (e.g. `HUB_REDIS_TLS_CA_FILE=/etc/machine/redis-tls/ca.crt`).
-//! - GPUs: `resources.limits["nvidia.com/gpu"]` (the NVIDIA device plugin), the `nvidia.com/gpu` toleration,
-//!   and, when the profile names a GPU model, a node selector on GPU Feature Discovery's
-//!   `nvidia.com/gpu.product` label, whose value is NVML's device name with spaces replaced by '-'
-//!   (`NVIDIA GeForce RTX 4090` → `NVIDIA-GeForce-RTX-4090`). Nothing GPU-related for a GPU-less plan.
+//! - GPUs: a limit on the NVIDIA device plugin's resource, the `nvidia.com/gpu` toleration, and node
+//!   selection on GPU Feature Discovery's labels, by the profile's `machine.gpu_sharing` ([`gpu_placement`]):
+//!   whole GPUs (`nvidia.com/gpu`; with a GPU model, `nvidia.com/gpu.product` = NVML's device name with
+//!   spaces replaced by '-', `NVIDIA GeForce RTX 4090` → `NVIDIA-GeForce-RTX-4090`), time-sliced replicas
+//!   (nodes with `nvidia.com/gpu.replicas` > 1; the product label `-SHARED`, or the resource
+//!   `nvidia.com/gpu.shared` when the plugin renames it), or MIG slices (`nvidia.com/mig.strategy`; the
+//!   resource `nvidia.com/gpu` with the product label `<product>-MIG-<profile>` for `single`,
+//!   `nvidia.com/mig-<profile>` for `mixed`). Nothing GPU-related for a GPU-less plan.
 //! - Volumes: named volumes of the machine become volume claim templates (one claim per machine, of
 //!   [`CLAIM_SIZE`]); bind mounts (`./dir:/path`) have no cluster equivalent and are left out. Named volumes
 //!   of a cluster service are `emptyDir` (a trial broker, not a durable one). `/dev/shm` is a memory-backed
@@ -26,6 +30,7 @@
 //! - Timing: probes from [`super::MACHINE_HEALTH`] (the compose healthcheck's start period), and
 //!   `terminationGracePeriodSeconds` from [`super::compose::stop_budget_secs`].
 
+use machine_model::profile::{GpuSharing, MigStrategy};
 use serde_json::{Map, Value, json};
 
 use machine_model::components::interpolate::Part;
@@ -65,6 +70,65 @@ pub fn machine_ids(profile: &str, replicas: u32) -> Vec<String> {
     (0..replicas)
         .map(|i| format!("{}-{i}", stateful_set_name(profile)))
         .collect()
+}
+
+/// Where a machine's GPUs come from on Kubernetes: the extended resource its pod requests and the GPU
+/// Feature Discovery labels it selects nodes by.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GpuPlacement {
+    /// `nvidia.com/gpu`, `nvidia.com/gpu.shared` or `nvidia.com/mig-<profile>`.
+    pub resource: String,
+    /// Exact labels: `nvidia.com/gpu.product` (with a GPU model) and `nvidia.com/mig.strategy` (MIG).
+    pub node_selector: Map<String, Value>,
+    /// Time-sliced: nodes with `nvidia.com/gpu.replicas` above 1 (a node affinity, `Gt`).
+    pub time_sliced: bool,
+}
+
+/// The resource and node labels for GPUs of `model` (NVML's name, if the profile names one) shared as
+/// `sharing` says. The labels are GFD's: time-slicing without renaming suffixes the product with
+/// `-SHARED`, MIG `single` with `-MIG-<profile>`; MIG `mixed` keeps the product and names the slice in
+/// the resource.
+pub fn gpu_placement(model: Option<&str>, sharing: &GpuSharing) -> GpuPlacement {
+    let product = |suffix: &str| model.map(|m| gpu_product_label(&format!("{m}{suffix}")));
+    let (resource, product, strategy, time_sliced) = match sharing {
+        GpuSharing::Exclusive => ("nvidia.com/gpu".to_owned(), product(""), None, false),
+        GpuSharing::TimeSlicing { renamed: false } => {
+            ("nvidia.com/gpu".to_owned(), product("-SHARED"), None, true)
+        }
+        GpuSharing::TimeSlicing { renamed: true } => {
+            ("nvidia.com/gpu.shared".to_owned(), product(""), None, true)
+        }
+        GpuSharing::Mig {
+            strategy: MigStrategy::Single,
+            profile,
+        } => (
+            "nvidia.com/gpu".to_owned(),
+            product(&format!("-MIG-{profile}")),
+            Some("single"),
+            false,
+        ),
+        GpuSharing::Mig {
+            strategy: MigStrategy::Mixed,
+            profile,
+        } => (
+            format!("nvidia.com/mig-{profile}"),
+            product(""),
+            Some("mixed"),
+            false,
+        ),
+    };
+    let mut node_selector = Map::new();
+    if let Some(product) = product {
+        node_selector.insert("nvidia.com/gpu.product".into(), json!(product));
+    }
+    if let Some(strategy) = strategy {
+        node_selector.insert("nvidia.com/mig.strategy".into(), json!(strategy));
+    }
+    GpuPlacement {
+        resource,
+        node_selector,
+        time_sliced,
+    }
 }
 
 /// GPU Feature Discovery's `nvidia.com/gpu.product` value for an NVML device name: spaces become '-'; any
@@ -273,9 +337,13 @@ fn stateful_set(l: &Loaded) -> Value {
     let d = &l.profile.docker;
     let timing = super::MACHINE_HEALTH;
 
+    let gpus = gpu_placement(
+        l.profile.machine.gpu_model.as_deref(),
+        &l.profile.machine.gpu_sharing,
+    );
     let mut limits = Map::new();
     if plan.uses_gpus() {
-        limits.insert("nvidia.com/gpu".into(), json!(plan.gpus.to_string()));
+        limits.insert(gpus.resource.clone(), json!(plan.gpus.to_string()));
     }
     if let Some(r) = &d.resources {
         if let Some(cpus) = r.cpus {
@@ -354,8 +422,15 @@ fn stateful_set(l: &Loaded) -> Value {
         "containers": [container],
     });
     if plan.uses_gpus() {
-        if let Some(model) = &l.profile.machine.gpu_model {
-            pod["nodeSelector"] = json!({ "nvidia.com/gpu.product": gpu_product_label(model) });
+        if !gpus.node_selector.is_empty() {
+            pod["nodeSelector"] = Value::Object(gpus.node_selector);
+        }
+        if gpus.time_sliced {
+            pod["affinity"] = json!({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [{"matchExpressions": [
+                    {"key": "nvidia.com/gpu.replicas", "operator": "Gt", "values": ["1"]}
+                ]}]
+            }}});
         }
         pod["tolerations"] = json!([{
             "key": "nvidia.com/gpu",

@@ -18,7 +18,7 @@ use crate::{
 pub const KUBERNETES_VERSION: &str = "1.30.0";
 
 /// `kubernetes-validate --strict -k KUBERNETES_VERSION --quiet <file>`.
-fn validate(file: &Path) -> crate::Output {
+pub(crate) fn validate(file: &Path) -> crate::Output {
     let validator = tool(
         "kubernetes-validate",
         "install it from PyPI: `pip install kubernetes-validate==1.37.0` (scripts/test.sh does)",
@@ -34,7 +34,7 @@ fn validate(file: &Path) -> crate::Output {
 }
 
 /// The documents of a multi-document YAML file, as JSON values.
-fn documents(text: &str) -> Vec<Value> {
+pub(crate) fn documents(text: &str) -> Vec<Value> {
     serde_yaml::Deserializer::from_str(text)
         .map(|doc| Value::deserialize(doc).expect("each document parses"))
         .collect()

@@ -12,6 +12,7 @@ mod compose_schema;
 mod compose_v1;
 mod drift;
 mod env_readers;
+mod gpu_sharing;
 mod kubernetes;
 mod pm2_load;
 mod secrets;
