@@ -119,6 +119,10 @@ pub struct EventFacts {
     /// Connectors that loaded but failed their start-up and have not come up since, one line each
     /// (same source and event, field `init_failures`).
     pub init_failures: Vec<String>,
+    /// `job_completed` events received since the machine started.
+    pub jobs_completed: u64,
+    /// `job_failed` events received since the machine started.
+    pub jobs_failed: u64,
 }
 
 /// The machine's own event type carrying [`ConnectorLoadScan`]'s verdict on a worker's output
@@ -335,6 +339,11 @@ impl WorkerTruth {
             "job_completed" | "job_failed" | "job_handed_back" => {
                 facts.status = Some(WorkerState::Idle);
                 facts.current_job_id = Some(None);
+                match event.event_type.as_str() {
+                    "job_completed" => facts.jobs_completed += 1,
+                    "job_failed" => facts.jobs_failed += 1,
+                    _ => {}
+                }
             }
             WORKER_LOG_EVENT => {
                 facts.load_problem = text("problem");
@@ -583,6 +592,11 @@ pub struct WorkerStatus {
     /// the machine. Not sent to the broker.
     #[serde(skip)]
     pub connectors_not_loaded: bool,
+    /// Jobs the worker reported completed (`job_completed`) since the machine started; the API
+    /// passes it on to the monitor's worker card (`total_jobs_completed`).
+    pub total_jobs_completed: u64,
+    /// Jobs the worker reported failed (`job_failed`) since the machine started.
+    pub total_jobs_failed: u64,
 }
 
 /// Combines the process state with what the worker says (the rule is in the module doc); the
@@ -637,6 +651,8 @@ pub fn resolve(process_alive: bool, truth: Option<&WorkerTruth>) -> WorkerStatus
         reason: (!healthy).then(|| problems.join("; ")),
         healthy,
         connectors_not_loaded: truth.event.load_problem.is_some(),
+        total_jobs_completed: facts.jobs_completed,
+        total_jobs_failed: facts.jobs_failed,
     }
 }
 
@@ -962,6 +978,28 @@ mod tests {
         let again = scan.line("✅ Loaded 4 connectors successfully").unwrap();
         assert_eq!(again.init_failures.len(), 1);
         assert!(again.init_failures[0].contains("OpenAIText2ImgConnector"));
+    }
+
+    #[test]
+    fn job_totals_count_the_workers_own_completions_and_failures() {
+        let mut truth = WorkerTruth {
+            heartbeat_ttl: Some(55),
+            ..Default::default()
+        };
+        for kind in [
+            "job_completed",
+            "job_completed",
+            "job_failed",
+            "job_handed_back",
+        ] {
+            truth.apply(&event("job_started", json!({"job_id": "j"})));
+            truth.apply(&event(kind, json!({"job_id": "j"})));
+        }
+        let s = resolve(true, Some(&truth));
+        assert_eq!((s.total_jobs_completed, s.total_jobs_failed), (2, 1));
+        let sent = serde_json::to_value(&s).unwrap();
+        assert_eq!(sent["total_jobs_completed"], 2);
+        assert_eq!(sent["total_jobs_failed"], 1);
     }
 
     #[test]
