@@ -64,7 +64,7 @@ impl Target {
         };
         let mut base = HttpUrl::parse(&raw).map_err(|e| {
             CtlError(format!(
-                "{source} is {e}; give the machine's endpoint as http://HOST:PORT"
+                "{source}: {e}; give the machine's endpoint as http://HOST:PORT"
             ))
         })?;
         if base.path.contains('?') {
@@ -777,7 +777,7 @@ mod tests {
         );
         assert_eq!(
             resolve(None, &[("MACHINE_URL", "gpu-box:9090")]),
-            Err("MACHINE_URL is \"gpu-box:9090\" is not an http:// url; give the machine's endpoint as http://HOST:PORT".into())
+            Err("MACHINE_URL: \"gpu-box:9090\" is not an http:// url; give the machine's endpoint as http://HOST:PORT".into())
         );
         assert!(
             resolve(Some("http://h:1/?a=b"), &[])

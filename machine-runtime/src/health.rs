@@ -145,7 +145,7 @@ pub enum HealthError {
     )]
     Bind {
         port: u16,
-        #[source]
+        // In the message, not a `#[source]`: printed with its chain it would say the cause twice.
         source: std::io::Error,
     },
 }

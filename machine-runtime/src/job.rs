@@ -322,11 +322,25 @@ async fn push(args: PushArgs) -> anyhow::Result<ExitCode> {
                 break ExitCode::SUCCESS;
             }
             "failed" => {
+                // The worker records why in the `jobs:failed` hash (`{error, failed_at,
+                // retry_count}`, as the queue's API reads it), not in the job's own hash.
+                let record: Option<String> = conn.hget("jobs:failed", &id).await.unwrap_or(None);
                 let error = job
                     .get("error")
                     .cloned()
+                    .or_else(|| {
+                        record.as_deref().and_then(|r| {
+                            serde_json::from_str::<Value>(r).ok()?["error"]
+                                .as_str()
+                                .map(str::to_owned)
+                        })
+                    })
                     .unwrap_or_else(|| "no error given".into());
-                say!("job: {} failed on {worker}: {error}", at());
+                let tries = job
+                    .get("retry_count")
+                    .map(|n| format!(" (retry_count {n})"))
+                    .unwrap_or_default();
+                say!("job: {} failed on {worker}{tries}: {error}", at());
                 break ExitCode::FAILURE;
             }
             _ => {}

@@ -170,15 +170,22 @@ fn logs_prints_name_prefixed_timestamped_lines_and_follows_new_ones() {
     let out = cli(&["logs", "--url", &url, "--lines", "5", "svc", "wrk"], &[]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let stdout = text(&out.stdout);
-    // Compose's shape: the name padded, `|`, the time, the text; oldest first across apps.
-    for (line, (name, said)) in stdout.lines().zip([("svc", "svc up"), ("wrk", "wrk up")]) {
+    // Compose's shape: the name padded, `|`, the time, the text; oldest first across apps (the two
+    // apps start together, so either may have printed first).
+    let mut seen = Vec::new();
+    let mut last_at = String::new();
+    for line in stdout.lines() {
         let (prefix, rest) = line.split_once(" | ").unwrap_or_else(|| panic!("{line}"));
-        assert_eq!(prefix.trim_end(), name, "{stdout}");
         assert_eq!(prefix.len(), 3, "{stdout}");
         let (at, message) = rest.split_once(' ').unwrap();
         assert!(is_rfc3339_millis(at), "{line}");
-        assert_eq!(message, said, "{stdout}");
+        assert!(at >= last_at.as_str(), "oldest first: {stdout}");
+        last_at = at.to_owned();
+        assert_eq!(message, format!("{} up", prefix.trim_end()), "{stdout}");
+        seen.push(prefix.trim_end().to_owned());
     }
+    seen.sort();
+    assert_eq!(seen, ["svc", "wrk"], "{stdout}");
     assert_eq!(stdout.lines().count(), 2, "{stdout}");
     assert!(
         !stdout.contains('\x1b'),
@@ -383,7 +390,7 @@ fn bad_input_gets_one_clear_line_and_a_failing_exit() {
     }
     fails_with(
         &cli(&["ps", "--url", "ftp://x"], &[]),
-        "--url is \"ftp://x\" is not an http:// url",
+        "--url: \"ftp://x\" is not an http:// url",
     );
     // clap refuses a count out of range with its usage error (exit 2).
     let out = cli(&["logs", "--url", &url, "--lines", "0"], &[]);
