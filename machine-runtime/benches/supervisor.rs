@@ -19,6 +19,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
+mod common;
+use common::rss_kib;
+
 const RUNTIME: &str = env!("CARGO_BIN_EXE_machine-runtime");
 /// Generous bound for any phase; a contender that takes longer has failed.
 const LIMIT: Duration = Duration::from_secs(120);
@@ -297,17 +300,6 @@ fn app_pids(sup: u32) -> Vec<u32> {
     }
     apps.sort_unstable();
     apps
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 /// RSS of `sup` and every descendant that is not an app.

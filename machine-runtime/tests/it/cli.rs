@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use serde_json::{Value, json};
 
-use crate::up_support::{BIN, Runtime, free_port, wait_for};
+use crate::up_support::{BIN, Runtime, free_port, is_rfc3339_millis, wait_for};
 
 const TOKEN: &str = "cli-test-token-7f3a";
 
@@ -71,20 +71,6 @@ fn entry<'a>(list: &'a [Value], name: &str) -> &'a Value {
     list.iter()
         .find(|p| p["name"] == name)
         .unwrap_or_else(|| panic!("no {name} in {list:?}"))
-}
-
-/// `YYYY-MM-DDTHH:MM:SS.mmmZ`.
-fn is_rfc3339_millis(s: &str) -> bool {
-    let b = s.as_bytes();
-    b.len() == 24
-        && b.iter().enumerate().all(|(i, c)| match i {
-            4 | 7 => *c == b'-',
-            10 => *c == b'T',
-            13 | 16 => *c == b':',
-            19 => *c == b'.',
-            23 => *c == b'Z',
-            _ => c.is_ascii_digit(),
-        })
 }
 
 #[test]

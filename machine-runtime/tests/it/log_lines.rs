@@ -3,21 +3,7 @@
 
 use serde_json::{Value, json};
 
-use crate::up_support::{Runtime, wait_for, write_ecosystem};
-
-/// `YYYY-MM-DDTHH:MM:SS.mmmZ`.
-fn is_rfc3339_millis(s: &str) -> bool {
-    let b = s.as_bytes();
-    b.len() == 24
-        && b.iter().enumerate().all(|(i, c)| match i {
-            4 | 7 => *c == b'-',
-            10 => *c == b'T',
-            13 | 16 => *c == b':',
-            19 => *c == b'.',
-            23 => *c == b'Z',
-            _ => c.is_ascii_digit(),
-        })
-}
+use crate::up_support::{Runtime, is_rfc3339_millis, wait_for, write_ecosystem};
 
 /// An ecosystem with one app that prints a line, and a PM2 key we ignore (a warning).
 fn ecosystem() -> Value {

@@ -541,3 +541,18 @@ pub fn token(prefix: &str) -> String {
         .as_nanos();
     format!("{prefix}{}{}", std::process::id(), nanos % 1_000_000_000)
 }
+
+/// Whether `s` is an RFC 3339 UTC time with milliseconds, as the runtime writes them
+/// (`YYYY-MM-DDTHH:MM:SS.mmmZ`).
+pub fn is_rfc3339_millis(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() == 24
+        && b.iter().enumerate().all(|(i, c)| match i {
+            4 | 7 => *c == b'-',
+            10 => *c == b'T',
+            13 | 16 => *c == b':',
+            19 => *c == b'.',
+            23 => *c == b'Z',
+            _ => c.is_ascii_digit(),
+        })
+}
