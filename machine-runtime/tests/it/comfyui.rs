@@ -11,7 +11,7 @@ use std::process::Command;
 use serde_json::Value;
 
 use crate::up_support::{
-    BIN, Runtime, STAND_IN_BUNDLE, fixture_repo, free_port, install_profile, wait_for,
+    BIN, Runtime, STAND_IN_BUNDLE, fixture_repo, free_port_run, install_profile, wait_for,
 };
 
 /// A `main.py` that writes its arguments and whether its two folders exist to
@@ -58,7 +58,7 @@ impl Installed {
             workspace: tmp.path().join("workspace"),
             repo_url,
             commit,
-            port: free_port().to_string(),
+            port: free_port_run(8).to_string(),
             _tmp: tmp,
         };
         install_profile("dev-full", &installed.env(&[]));

@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 
 use crate::job_queue::{DEADLINE, NewJob, Tap, load_job_matching, push_job, wait_job_status};
 use crate::redis_server::RedisServer;
-use crate::up_support::{Runtime, fixture_repo, free_port, http_get};
+use crate::up_support::{Runtime, fixture_repo, free_port_run, http_get};
 
 const JOBS: usize = 6;
 const STANDIN: &str = env!("CARGO_BIN_EXE_machine-comfyui");
@@ -40,16 +40,6 @@ fn comfyui_repository(dir: &Path) -> (String, String) {
             ),
         ],
     )
-}
-
-/// Two consecutive free ports, the first returned.
-fn two_free_ports() -> u16 {
-    loop {
-        let base = free_port();
-        if base < u16::MAX && std::net::TcpListener::bind(("127.0.0.1", base + 1)).is_ok() {
-            return base;
-        }
-    }
 }
 
 /// An `EmptyImage → SaveImage` workflow in ComfyUI's API format.
@@ -135,7 +125,7 @@ async fn comfyui_jobs_complete_on_two_simulated_gpus_with_outputs_per_instance()
     let mut status_tap = Tap::start(&redis.url(), &[&format!("machine:status:{machine}")]).await;
     let fork = tempfile::tempdir().unwrap();
     let (repo_url, commit) = comfyui_repository(&fork.path().join("ComfyUI"));
-    let base_port = two_free_ports();
+    let base_port = free_port_run(2);
     let base = base_port.to_string();
     let url = redis.url();
     let rt = tokio::task::block_in_place(|| {

@@ -112,7 +112,7 @@ impl Runtime {
     pub fn start_profile(profile: &str, env: &[(&str, &str)]) -> Runtime {
         let dir = tempfile::tempdir().unwrap();
         let workspace = dir.path().to_str().unwrap().to_owned();
-        let port = free_port().to_string();
+        let port = free_port_run(8).to_string();
         let mut all = vec![
             ("WORKSPACE_DIR", workspace.as_str()),
             ("WORKER_BUNDLE_URL", STAND_IN_BUNDLE),
@@ -467,6 +467,30 @@ pub fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// The first of `count` consecutive ports that are all free right now, for a base port from which a
+/// profile numbers one service per GPU (`SIMULATION_BASE_PORT`, `COMFYUI_BASE_PORT`): [`free_port`]
+/// alone vouches only for the first (a test once got a base whose next port another test held, and
+/// its second service could not listen). Each candidate is held on all interfaces while the next
+/// ones are tried, as the services bind them.
+pub fn free_port_run(count: u16) -> u16 {
+    'search: for _ in 0..200 {
+        let first = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+        let base = first.local_addr().unwrap().port();
+        let mut held = vec![first];
+        for offset in 1..count {
+            let Some(port) = base.checked_add(offset) else {
+                continue 'search;
+            };
+            match std::net::TcpListener::bind(("0.0.0.0", port)) {
+                Ok(listener) => held.push(listener),
+                Err(_) => continue 'search,
+            }
+        }
+        return base;
+    }
+    panic!("no {count} consecutive free ports found in 200 tries");
 }
 
 /// Reads a file written by a child once it exists and is complete (children write `x.tmp` then

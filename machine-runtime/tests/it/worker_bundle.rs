@@ -332,7 +332,7 @@ fn up_takes_the_bundle_installed_from_a_configured_source_as_current() {
     let dead = format!("redis://127.0.0.1:{}", free_port());
     for (source, warned) in [(None, false), (Some(other.to_str().unwrap()), true)] {
         let dir = tempfile::tempdir().unwrap();
-        let port = free_port().to_string();
+        let port = crate::up_support::free_port_run(8).to_string();
         let mut env = vec![
             ("WORKSPACE_DIR", ws_arg.as_str()),
             ("MACHINE_FAKE_GPUS", "2"),
