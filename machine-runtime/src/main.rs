@@ -302,13 +302,7 @@ fn real_plan(flag: Option<String>) -> anyhow::Result<machine_runtime::reality::R
                 .filter(|v| !v.is_empty())
         })
         .context("no profile; pass --profile NAME or set MACHINE_PROFILE")?;
-    let baked = profiles::by_name(&name).with_context(|| {
-        let names: Vec<&str> = profiles::ALL.iter().map(|p| p.name).collect();
-        format!(
-            "unknown profile \"{name}\"; baked-in profiles: {}",
-            names.join(", ")
-        )
-    })?;
+    let baked = profiles::by_name(&name).with_context(|| profiles::unknown(&name))?;
     let profile = baked.profile().context("reading the baked-in profile")?;
     let inventory = machine_runtime::gpu::Inventory::detect()?;
     // The plan's machine id is the final one (a scaled Compose service's host name appended).

@@ -76,6 +76,19 @@ pub const fn by_name(name: &str) -> Option<&'static BakedProfile> {
     None
 }
 
+/// What a command says for an unknown `--profile`/`MACHINE_PROFILE` name: the baked-in names, and the
+/// nearest one when a typo is likely (`unknown profile "full-locl" (did you mean "full-local"?); …`).
+pub fn unknown(name: &str) -> String {
+    let names: Vec<&str> = ALL.iter().map(|p| p.name).collect();
+    let hint = machine_model::suggest::did_you_mean(name, names.iter().copied())
+        .map(|s| format!(" (did you mean \"{s}\"?)"))
+        .unwrap_or_default();
+    format!(
+        "unknown profile \"{name}\"{hint}; baked-in profiles: {}",
+        names.join(", ")
+    )
+}
+
 /// The message of an unknown profile name: `unknown profile "x"; known: a, b` (built in a `const fn`
 /// so that [`profile!`](crate::profile) can fail to compile with it).
 #[doc(hidden)]
@@ -184,6 +197,20 @@ macro_rules! profile {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn an_unknown_profile_names_the_nearest_and_every_baked_one() {
+        let said = unknown("full-locl");
+        assert!(
+            said.starts_with(
+                "unknown profile \"full-locl\" (did you mean \"full-local\"?); baked-in profiles: "
+            ),
+            "{said}"
+        );
+        assert!(ALL.iter().all(|p| said.contains(p.name)), "{said}");
+        assert!(!unknown("zzzzzzzz").contains("did you mean"));
+    }
+
     use std::path::Path;
 
     use super::*;

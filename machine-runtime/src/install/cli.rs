@@ -46,13 +46,7 @@ pub struct InstallArgs {
 /// source; overrides from the environment such as `WORKER_CONNECTORS` apply, GPUs are not checked:
 /// images are built without them).
 fn profile_recipes(name: &str) -> Result<Vec<(String, InstallRecipe)>, String> {
-    let baked = crate::profiles::by_name(name).ok_or_else(|| {
-        let names: Vec<&str> = crate::profiles::ALL.iter().map(|p| p.name).collect();
-        format!(
-            "unknown profile \"{name}\"; baked-in profiles: {}",
-            names.join(", ")
-        )
-    })?;
+    let baked = crate::profiles::by_name(name).ok_or_else(|| crate::profiles::unknown(name))?;
     let profile = baked
         .profile()
         .map_err(|e| format!("reading profile {name}: {e}"))?;
