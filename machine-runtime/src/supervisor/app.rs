@@ -402,10 +402,8 @@ impl AppTask {
         tokio::select! {
             () = until(&mut self.paused, false) => {
                 super::state::log(&format!("{name} started on request"));
-                self.board.update(self.idx, |a| {
-                    a.detail = None;
-                    a.stopped_on_request = false;
-                });
+                // `stopped_on_request` stays until the app leaves `stopped` (Board::transition).
+                self.board.update(self.idx, |a| a.detail = None);
                 true
             }
             _ = Self::stop_signal(&mut self.stop) => false,

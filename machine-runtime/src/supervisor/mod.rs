@@ -217,11 +217,16 @@ impl SupervisorHandle {
     /// was in.
     pub fn start_app(&self, name: &str) -> Result<AppState, RestartError> {
         let (idx, snapshot) = self.operable(name)?;
-        let state = snapshot.apps[idx].state;
-        self.paused[idx].send_replace(false);
-        // One that ended for good waits for a restart request; one held stopped by an operator's
-        // stop counts the request as part of its next start.
-        if matches!(state, AppState::Stopped | AppState::Errored) {
+        let app = &snapshot.apps[idx];
+        let state = app.state;
+        let was_held = self.paused[idx].send_replace(false);
+        // One that ended for good waits for a restart request. One held stopped by an operator's
+        // stop starts once unheld, and stays marked `stopped_on_request` until it has left
+        // `stopped`: a second `start` in that moment is the same start, not a restart.
+        if !was_held
+            && !app.stopped_on_request
+            && matches!(state, AppState::Stopped | AppState::Errored)
+        {
             self.restarts[idx].send_modify(|n| *n += 1);
         }
         Ok(state)

@@ -383,6 +383,11 @@ impl Board {
             if to != AppState::Waiting {
                 app.waiting_for.clear();
             }
+            // An app held stopped by an operator stays so marked until it leaves `stopped` (its
+            // start on request has begun): a second `start` meanwhile must not count as a restart.
+            if to != AppState::Stopped {
+                app.stopped_on_request = false;
+            }
             if !matches!(
                 to,
                 AppState::Starting | AppState::Running | AppState::Ready | AppState::Stopping

@@ -274,8 +274,17 @@ fn stop_holds_an_app_stopped_until_start_and_restart_restarts() {
     assert_eq!(entry(&listed, "svc")["status"], "stopped");
     // The operator's choice keeps the machine from being ready, not from being healthy (a liveness
     // probe must not restart the machine to undo it), its waiting worker included.
-    let (code, health, raw) = rt.get("/health");
-    assert_eq!((code, &health["healthy"]), (200, &json!(true)), "{raw}");
+    // (The witness crash-loops on purpose, so /health is 503 whenever it is between two runs: wait for
+    // a moment it is up. Held apps that counted would keep it 503 for good.)
+    let (health, raw) = wait_for(
+        "/health 200 with svc held stopped",
+        || rt.output(),
+        || {
+            let (code, health, raw) = rt.get("/health");
+            (code == 200).then_some((health, raw))
+        },
+    );
+    assert_eq!(health["healthy"], json!(true), "{raw}");
     assert_eq!(health["services"]["svc"]["healthy"], false, "{raw}");
     assert!(
         health["services"]["svc"]["reason"]
@@ -297,13 +306,24 @@ fn stop_holds_an_app_stopped_until_start_and_restart_restarts() {
     let out = cli(&["stop", "--url", &url, "svc"], &token);
     assert_eq!(text(&out.stdout), "svc: already stopped\n");
 
+    let restarts_before = rt.app_status("svc")["restarts"].clone();
     let out = cli(&["start", "--url", &url, "svc"], &token);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "svc: starting (was stopped)\n");
+    // A second start right behind the first is the same start, never a restart of the new process
+    // (the new user's `start; start` restarted it once).
+    let again = cli(&["start", "--url", &url, "svc"], &token);
+    assert!(again.status.success(), "{}", text(&again.stderr));
     let svc = rt.wait_state("svc", "running");
     assert_ne!(svc["pid"].as_u64().unwrap(), old_pid);
     assert_eq!(svc["stopped_on_request"], false);
     rt.wait_state("wrk", "running");
+    assert_eq!(rt.app_status("svc")["restarts"], restarts_before);
+    assert!(
+        !rt.output().contains("svc restarting on request"),
+        "{}",
+        rt.output()
+    );
     let out = cli(&["start", "--url", &url, "svc"], &token);
     assert_eq!(text(&out.stdout), "svc: already online\n");
 
