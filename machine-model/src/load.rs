@@ -444,6 +444,15 @@ impl Scanner<'_> {
 mod tests {
     use super::*;
 
+    /// The problems `check` reports for a profile text, as they are printed.
+    fn problems(text: &str) -> Vec<String> {
+        check(&source(text))
+            .unwrap_err()
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    }
+
     const TEXT: &str = "{\n  \"description\": \"d\",\n  \"workers\": \"comfyu:1\",\n  \"machine\": {\"gpus\": 0, \"ram_gb\": 1},\n  \"list\": [1, {\"a\": [true]}]\n}\n";
 
     #[test]
@@ -474,11 +483,7 @@ mod tests {
   "comfyui": {"args": ["--fast", "--listen", "--port=9000", "--output-directory", "/x"]}
 }
 "#;
-        let shown: Vec<String> = check(&source(text))
-            .unwrap_err()
-            .iter()
-            .map(|d| d.to_string())
-            .collect();
+        let shown = problems(text);
         assert_eq!(shown.len(), 3, "{shown:#?}");
         assert!(
             shown[0].starts_with("profiles/x.json:5:34: /comfyui/args/1: comfyui.args[1]: \"--listen\" is set by the machine (every comfyui instance gets --listen, --port, --output-directory, --temp-directory, and --cpu when"),
@@ -501,11 +506,7 @@ mod tests {
   "comfyui": {"cpu": true, "args": ["--port"]}
 }
 "#;
-        let shown: Vec<String> = check(&source(text))
-            .unwrap_err()
-            .iter()
-            .map(|d| d.to_string())
-            .collect();
+        let shown = problems(text);
         assert_eq!(shown.len(), 3, "{shown:#?}");
         assert!(
             shown[0].contains("/comfyui/args/0: comfyui.args[0]: \"--port\""),
@@ -528,11 +529,7 @@ mod tests {
   "comfyui": {"packages": ["einops==0.8.2"]}
 }
 "#;
-        let shown: Vec<String> = check(&source(text))
-            .unwrap_err()
-            .iter()
-            .map(|d| d.to_string())
-            .collect();
+        let shown = problems(text);
         assert_eq!(shown.len(), 1, "{shown:#?}");
         assert!(
             shown[0].contains("/comfyui/packages: comfyui.packages is set, but no worker of this profile runs on the comfyui service"),
@@ -570,11 +567,7 @@ mod tests {
     fn reports_conditions_on_missing_components_and_gpu_problems() {
         let text = r#"{"description":"d","workers":"comfyui:1","machine":{"gpus":0,"ram_gb":1},
 "docker":{"services":{"redis":{"image":"redis:7","when":{"component":"redis","variant":"local"}}}}}"#;
-        let shown: Vec<String> = check(&source(text))
-            .unwrap_err()
-            .iter()
-            .map(|d| d.to_string())
-            .collect();
+        let shown = problems(text);
         assert_eq!(
             shown,
             [
@@ -588,11 +581,7 @@ mod tests {
     fn reports_a_host_with_too_few_gpus_and_a_host_of_zero_machines() {
         let text = r#"{"description":"d","workers":"comfyui:2:gpu","machine":{"gpus":3,"ram_gb":1},
 "docker":{"host":{"gpus":8,"machines":4}}}"#;
-        let shown: Vec<String> = check(&source(text))
-            .unwrap_err()
-            .iter()
-            .map(|d| d.to_string())
-            .collect();
+        let shown = problems(text);
         assert_eq!(
             shown,
             [
@@ -601,11 +590,7 @@ mod tests {
         );
         let text = r#"{"description":"d","workers":"comfyui:2:gpu","machine":{"gpus":2,"ram_gb":1},
 "docker":{"host":{"gpus":8,"machines":0}}}"#;
-        let shown: Vec<String> = check(&source(text))
-            .unwrap_err()
-            .iter()
-            .map(|d| d.to_string())
-            .collect();
+        let shown = problems(text);
         assert_eq!(
             shown,
             [
@@ -621,11 +606,7 @@ mod tests {
     fn reports_a_fleet_of_zero_and_a_cluster_service_without_ports() {
         let text = r#"{"description":"d","workers":"openai:1","machine":{"gpus":0,"ram_gb":1},"replicas":0,
 "docker":{"services":{"redis":{"image":"redis:7","kubernetes":true}}}}"#;
-        let shown: Vec<String> = check(&source(text))
-            .unwrap_err()
-            .iter()
-            .map(|d| d.to_string())
-            .collect();
+        let shown = problems(text);
         assert_eq!(
             shown,
             [

@@ -128,24 +128,21 @@ async fn push(args: PushArgs) -> anyhow::Result<ExitCode> {
             ),
         },
     };
-    let url = RedisUrl::parse(var, &raw).map_err(|e| anyhow::anyhow!("{e}"))?;
-    // The broker's TLS variables, as `up` reads them (a private CA, a client certificate).
-    let tls = crate::broker::tls::TlsSettings::from_lookup(
-        &|name| std::env::var(name).ok(),
-        url.is_tls(),
-        url.has_insecure_fragment(),
-    )
-    .map_err(|errors| {
-        anyhow::anyhow!(
-            "{}",
-            errors
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("; ")
-        )
-    })?;
-    let url = url.with_tls(tls);
+    // With the broker's TLS variables, as `up` reads them (a private CA, a client certificate).
+    let (url, insecure) = RedisUrl::parse_with_tls(var, &raw, &|name| std::env::var(name).ok())
+        .map_err(|errors| {
+            anyhow::anyhow!(
+                "{}",
+                errors
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            )
+        })?;
+    if let Some(warning) = insecure {
+        say!("job: {warning}");
+    }
     let payload: Value = serde_json::from_str(&args.payload).map_err(|e| {
         anyhow::anyhow!("--payload is not JSON ({e}); give an object, e.g. '{{\"steps\": 5}}'")
     })?;

@@ -109,6 +109,21 @@ impl RedisUrl {
         })
     }
 
+    /// [`RedisUrl::parse`] of `raw` (the value of `var`), with the broker's TLS variables
+    /// (`HUB_REDIS_TLS_*`) read through `lookup`; the loud warning when checks are off. Every problem
+    /// of the URL or the TLS files at once.
+    pub fn parse_with_tls(
+        var: &str,
+        raw: &str,
+        lookup: &impl Fn(&str) -> Option<String>,
+    ) -> Result<(Self, Option<String>), Vec<ConfigError>> {
+        let url = Self::parse(var, raw).map_err(|e| vec![e])?;
+        let settings = TlsSettings::from_lookup(lookup, url.is_tls(), url.has_insecure_fragment())
+            .map_err(|errors| errors.into_iter().map(ConfigError::Tls).collect::<Vec<_>>())?;
+        let warning = settings.insecure_warning();
+        Ok((url.with_tls(settings), warning))
+    }
+
     /// The URL with its TLS settings (from [`TlsSettings::from_lookup`]).
     pub fn with_tls(mut self, settings: TlsSettings) -> Self {
         self.tls_settings = settings;
@@ -266,24 +281,17 @@ impl BrokerConfig {
     ) -> Result<(Self, Vec<String>), ConfigErrors> {
         let mut errors = Vec::new();
         let mut warnings = Vec::new();
-        let url = match RedisUrl::parse(
+        let url = match RedisUrl::parse_with_tls(
             "HUB_REDIS_URL",
             &lookup("HUB_REDIS_URL").unwrap_or_default(),
+            &lookup,
         ) {
-            Ok(url) => {
-                match TlsSettings::from_lookup(&lookup, url.is_tls(), url.has_insecure_fragment()) {
-                    Ok(settings) => {
-                        warnings.extend(settings.insecure_warning());
-                        Some(url.with_tls(settings))
-                    }
-                    Err(tls_errors) => {
-                        errors.extend(tls_errors.into_iter().map(ConfigError::Tls));
-                        None
-                    }
-                }
+            Ok((url, warning)) => {
+                warnings.extend(warning);
+                Some(url)
             }
-            Err(err) => {
-                errors.push(err);
+            Err(url_errors) => {
+                errors.extend(url_errors);
                 None
             }
         };

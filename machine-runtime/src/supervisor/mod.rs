@@ -145,24 +145,7 @@ impl SupervisorHandle {
     /// `kill_timeout` to finish its job; one still busy then is killed and its job handed back to
     /// the queue before it starts again. Returns the state it was in.
     pub fn restart(&self, name: &str) -> Result<AppState, RestartError> {
-        let snapshot = self.snapshot();
-        let Some(idx) = snapshot.apps.iter().position(|a| a.name == name) else {
-            return Err(RestartError::UnknownApp {
-                name: name.to_owned(),
-                suggestion: machine_model::suggest::did_you_mean(
-                    name,
-                    snapshot.apps.iter().map(|a| a.name.as_str()),
-                )
-                .map(str::to_owned),
-            });
-        };
-        if matches!(snapshot.phase, Phase::Stopping | Phase::Stopped)
-            || self.shutdown.is_cancelled()
-        {
-            return Err(RestartError::Stopping {
-                name: name.to_owned(),
-            });
-        }
+        let (idx, snapshot) = self.operable(name)?;
         let app = &snapshot.apps[idx];
         if app.state == AppState::Waiting {
             return Err(RestartError::Waiting {
@@ -176,7 +159,8 @@ impl SupervisorHandle {
         Ok(app.state)
     }
 
-    /// The index of app `name`, or why a stop or start of it is refused (unknown name, machine stopping).
+    /// The index of app `name`, or why a restart, stop or start of it is refused (unknown name,
+    /// machine stopping).
     fn operable(&self, name: &str) -> Result<(usize, Snapshot), RestartError> {
         let snapshot = self.snapshot();
         let Some(idx) = snapshot.apps.iter().position(|a| a.name == name) else {
