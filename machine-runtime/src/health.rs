@@ -84,6 +84,21 @@ const MAX_BODY: usize = 64 * 1024;
 /// The health port when neither `--health-port` nor `MACHINE_HEALTH_PORT` says otherwise.
 pub const DEFAULT_PORT: u16 = 9090;
 
+/// The health port from the flag, else `MACHINE_HEALTH_PORT`, else the default.
+pub fn health_port(flag: Option<u16>) -> anyhow::Result<u16> {
+    use anyhow::Context as _;
+    if let Some(port) = flag {
+        return Ok(port);
+    }
+    match std::env::var("MACHINE_HEALTH_PORT") {
+        Ok(v) if !v.trim().is_empty() => v
+            .trim()
+            .parse()
+            .with_context(|| format!("MACHINE_HEALTH_PORT is \"{v}\", which is not a port number")),
+        _ => Ok(DEFAULT_PORT),
+    }
+}
+
 /// Extra information the caller adds to the endpoint: the GPU inventory, the broker's state.
 pub trait StatusSource: Send + Sync + 'static {
     /// Fields merged into the top level of `/status` (for example `"gpus"`, `"broker"`).
