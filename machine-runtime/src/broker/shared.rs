@@ -28,7 +28,7 @@ pub(super) struct Shared {
     pub(super) jobs: Mutex<BTreeMap<String, JobTally>>,
     /// Background tasks that ended while the broker was meant to run (a panic is a bug), with when.
     pub(super) dead: Mutex<Vec<(u64, String)>>,
-    /// Set by [`Broker::shutdown`]: tasks ending from now on end on purpose.
+    /// Set by [`super::Broker::shutdown`]: tasks ending from now on end on purpose.
     pub(super) stopping: std::sync::atomic::AtomicBool,
 }
 

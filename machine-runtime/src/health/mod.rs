@@ -239,7 +239,7 @@ enum Reply {
     Feed(ops::Feed),
 }
 
-/// Headers every answer carries besides [`http::write_json`]'s. Reads are open to any origin (the
+/// Headers every answer carries besides [`crate::http::write_json`]'s. Reads are open to any origin (the
 /// monitor is a web page on another origin); the POST routes are guarded by the token or the
 /// allowed origins, checked on the request itself, not by CORS.
 const COMMON_HEADERS: &[&str] = &[

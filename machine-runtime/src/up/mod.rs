@@ -10,21 +10,21 @@
 //! (`plan`, also `machine-runtime plan`); `up --ecosystem` reads a PM2 ecosystem file instead.
 //!
 //! Files: `cli` (the `up` command: arguments to [`UpOptions`]), `plan` (the profile planned here),
-//! `setting` (the broker settings from the environment), `run` ([`run`], step by step), `status`
+//! `setting` (the broker settings from the environment), `machine` ([`run`], step by step), `status`
 //! (the broker's part of `/health` and `/status`), `busy` (the drain's question to the broker) and
 //! `worker_logs` (what workers say about their connectors in their output).
 
 mod busy;
 mod cli;
+mod machine;
 mod plan;
-mod run;
 mod setting;
 mod status;
 mod worker_logs;
 
 pub use cli::{UpArgs, run_cli};
+pub use machine::run;
 pub use plan::{plan_text, real_plan};
-pub use run::run;
 pub use setting::BrokerSetting;
 
 use crate::broker::{self, BrokerError};
