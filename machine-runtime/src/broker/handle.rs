@@ -68,49 +68,18 @@ impl Broker {
         view: watch::Receiver<MachineView>,
     ) -> Result<Self, BrokerError> {
         let link = Link::new(config.url.clone(), config.link_settings())?;
-        let url = config.url.redacted().to_owned();
-        let mut preflight = if config.preflight == PreflightMode::Off {
-            PreflightState::Off
-        } else {
-            PreflightState::Pending
-        };
-        match link.connect_now().await {
-            Ok(mut conn) => {
-                log!("connected to redis at {url}");
-                if config.preflight != PreflightMode::Off {
-                    match preflight::run(&mut conn.conn).await {
-                        Ok(report) => {
-                            if !report.passed() && config.preflight == PreflightMode::Require {
-                                return Err(BrokerError::PreflightFailed {
-                                    url,
-                                    problems: report.problems,
-                                });
-                            }
-                            preflight = preflight_state(report, &url);
-                        }
-                        Err(err) => {
-                            link.report(conn.generation, &err);
-                            if config.preflight == PreflightMode::Require {
-                                return Err(BrokerError::PreflightUnchecked {
-                                    detail: link.classify(&err).to_string(),
-                                });
-                            }
-                        }
-                    }
-                }
-            }
-            Err(err) if err.is_fatal_at_start() => return Err(err.into()),
-            Err(err) => {
-                if config.preflight == PreflightMode::Require {
-                    return Err(BrokerError::PreflightUnchecked {
-                        detail: err.to_string(),
-                    });
-                }
-                log!(
-                    "{err}; starting anyway: processes run without redis, and status publishing starts when it answers"
-                );
-            }
-        }
+        let preflight = connect_at_start(&link, &config).await?;
+        Ok(Self::spawn(link, preflight, &config, view))
+    }
+
+    /// Starts the broker's tasks on `link`: the connection, the worker-event listener and the
+    /// publisher, each watched ([`spawn_watched`]).
+    fn spawn(
+        link: Arc<Link>,
+        preflight: PreflightState,
+        config: &BrokerConfig,
+        view: watch::Receiver<MachineView>,
+    ) -> Self {
         let shared = Arc::new(Shared {
             link: link.clone(),
             stats: Mutex::new(Stats {
@@ -165,7 +134,7 @@ impl Broker {
             &cancel,
             publisher.run(events_rx, commands_rx, cancel.child_token()),
         );
-        Ok(Self {
+        Self {
             inner: Arc::new(Inner {
                 shared,
                 commands: commands_tx,
@@ -175,7 +144,7 @@ impl Broker {
                 shutdown_timeout: config.shutdown_timeout,
                 machine_id,
             }),
-        })
+        }
     }
 
     /// `status.workers` of the last status message built (empty before the first), by
@@ -435,4 +404,58 @@ impl Broker {
         }
         outcome
     }
+}
+
+/// The start's one connection attempt and, unless `BROKER_PREFLIGHT=off`, the preflight on it:
+/// what `/health` shows of the preflight until the next check. Fails for refused authentication
+/// or TLS and, with `BROKER_PREFLIGHT=require`, a failed or impossible preflight; an unreachable
+/// Redis is only logged.
+async fn connect_at_start(
+    link: &Arc<Link>,
+    config: &BrokerConfig,
+) -> Result<PreflightState, BrokerError> {
+    let url = config.url.redacted().to_owned();
+    let mut preflight = if config.preflight == PreflightMode::Off {
+        PreflightState::Off
+    } else {
+        PreflightState::Pending
+    };
+    match link.connect_now().await {
+        Ok(mut conn) => {
+            log!("connected to redis at {url}");
+            if config.preflight != PreflightMode::Off {
+                match preflight::run(&mut conn.conn).await {
+                    Ok(report) => {
+                        if !report.passed() && config.preflight == PreflightMode::Require {
+                            return Err(BrokerError::PreflightFailed {
+                                url,
+                                problems: report.problems,
+                            });
+                        }
+                        preflight = preflight_state(report, &url);
+                    }
+                    Err(err) => {
+                        link.report(conn.generation, &err);
+                        if config.preflight == PreflightMode::Require {
+                            return Err(BrokerError::PreflightUnchecked {
+                                detail: link.classify(&err).to_string(),
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        Err(err) if err.is_fatal_at_start() => return Err(err.into()),
+        Err(err) => {
+            if config.preflight == PreflightMode::Require {
+                return Err(BrokerError::PreflightUnchecked {
+                    detail: err.to_string(),
+                });
+            }
+            log!(
+                "{err}; starting anyway: processes run without redis, and status publishing starts when it answers"
+            );
+        }
+    }
+    Ok(preflight)
 }
