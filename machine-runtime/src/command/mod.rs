@@ -34,7 +34,7 @@ use std::ffi::{OsStr, OsString};
 use std::path::PathBuf;
 
 use crate::ecosystem::{AppSpec, SELF_SCRIPT};
-use pins::{env_pins, gpu_pin};
+use pins::apply_pins;
 use program::{extra_args, program_and_args, runs_node};
 use worker_env::{apply_worker_settings, strip_foreign_worker_env};
 
@@ -144,48 +144,7 @@ pub fn build(app: &AppSpec, ctx: &Context) -> Result<ChildCommand, CommandError>
     if worker {
         apply_worker_settings(&mut env, app, &ctx.runtime_env);
     }
-    let gpu = gpu_pin(app, ctx)?;
-    let mut visible = Vec::new();
-    match &gpu {
-        Some(pin) => {
-            // A pin written in the app's env too must name the same GPU.
-            for (source, value, pins) in env_pins(app, ctx)? {
-                if pins.len() != 1 || pins[0].index != pin.index {
-                    return Err(CommandError::BadPin {
-                        app: app.name.clone(),
-                        source_: source,
-                        value,
-                        why: format!(
-                            "the app is pinned to GPU {} (machine_gpu or WORKER_GPU_ID); make them agree",
-                            pin.index
-                        ),
-                    });
-                }
-            }
-            env.insert("CUDA_VISIBLE_DEVICES".into(), pin.uuid.clone().into());
-            env.insert("WORKER_GPU_ID".into(), pin.index.to_string().into());
-            visible.push(pin.clone());
-        }
-        None => match env_pins(app, ctx)?.into_iter().next() {
-            // Kept or translated: indices become UUIDs, so the pin survives any reordering.
-            Some((_, _, pins)) => {
-                let list: Vec<&str> = pins.iter().map(|p| p.uuid.as_str()).collect();
-                env.insert("CUDA_VISIBLE_DEVICES".into(), list.join(",").into());
-                visible = pins;
-            }
-            // An empty list means "no GPU" to CUDA; unset would mean "every GPU".
-            None => {
-                env.insert("CUDA_VISIBLE_DEVICES".into(), OsString::new());
-            }
-        },
-    }
-    let gpu = match (gpu, visible.as_slice()) {
-        (Some(pin), _) => Some(pin),
-        (None, [one]) => Some(one.clone()),
-        (None, _) => None,
-    };
-    // CUDA's default order (fastest first) differs from NVML's; PCI order matches the inventory.
-    env.insert("CUDA_DEVICE_ORDER".into(), "PCI_BUS_ID".into());
+    let (gpu, visible) = apply_pins(&mut env, app, ctx)?;
 
     // The ecosystem may have been generated with another MACHINE_ID (at build time); the one the
     // runtime was started with wins, and the worker id follows it.

@@ -1,8 +1,65 @@
 //! GPU pins: the app's `machine_gpu`/`WORKER_GPU_ID`, and every pin written in its env
 //! (`CUDA_VISIBLE_DEVICES`, `NVIDIA_VISIBLE_DEVICES`) or arguments, checked against the inventory.
 
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+
 use super::{CommandError, Context, GpuPin};
 use crate::ecosystem::AppSpec;
+
+/// Pins the child to its GPUs in `env`: `CUDA_VISIBLE_DEVICES` by UUID (empty for none), and
+/// `WORKER_GPU_ID` for an app pinned by `machine_gpu`/`WORKER_GPU_ID`, whose pins written elsewhere
+/// must name the same GPU; `CUDA_DEVICE_ORDER=PCI_BUS_ID`. Returns the one GPU it is pinned to, if
+/// exactly one, and every GPU it may use ([`super::ChildCommand::gpu`], [`super::ChildCommand::visible`]).
+pub(super) fn apply_pins(
+    env: &mut BTreeMap<OsString, OsString>,
+    app: &AppSpec,
+    ctx: &Context,
+) -> Result<(Option<GpuPin>, Vec<GpuPin>), CommandError> {
+    let gpu = gpu_pin(app, ctx)?;
+    let mut visible = Vec::new();
+    match &gpu {
+        Some(pin) => {
+            // A pin written in the app's env too must name the same GPU.
+            for (source, value, pins) in env_pins(app, ctx)? {
+                if pins.len() != 1 || pins[0].index != pin.index {
+                    return Err(CommandError::BadPin {
+                        app: app.name.clone(),
+                        source_: source,
+                        value,
+                        why: format!(
+                            "the app is pinned to GPU {} (machine_gpu or WORKER_GPU_ID); make them agree",
+                            pin.index
+                        ),
+                    });
+                }
+            }
+            env.insert("CUDA_VISIBLE_DEVICES".into(), pin.uuid.clone().into());
+            env.insert("WORKER_GPU_ID".into(), pin.index.to_string().into());
+            visible.push(pin.clone());
+        }
+        None => match env_pins(app, ctx)?.into_iter().next() {
+            // Kept or translated: indices become UUIDs, so the pin survives any reordering.
+            Some((_, _, pins)) => {
+                let list: Vec<&str> = pins.iter().map(|p| p.uuid.as_str()).collect();
+                env.insert("CUDA_VISIBLE_DEVICES".into(), list.join(",").into());
+                visible = pins;
+            }
+            // An empty list means "no GPU" to CUDA; unset would mean "every GPU".
+            None => {
+                env.insert("CUDA_VISIBLE_DEVICES".into(), OsString::new());
+            }
+        },
+    }
+    let gpu = match (gpu, visible.as_slice()) {
+        (Some(pin), _) => Some(pin),
+        (None, [one]) => Some(one.clone()),
+        (None, _) => None,
+    };
+    // CUDA's default order (fastest first) differs from NVML's; PCI order matches the inventory.
+    env.insert("CUDA_DEVICE_ORDER".into(), "PCI_BUS_ID".into());
+    Ok((gpu, visible))
+}
 
 /// Every way the app's own file places it on GPUs, each checked against the inventory:
 /// `env.CUDA_VISIBLE_DEVICES` (indices, GPU UUIDs or unique prefixes, MIG UUIDs; `""` or `-1`
@@ -12,7 +69,7 @@ use crate::ecosystem::AppSpec;
 /// `--device cuda:N` (the process picks GPU N among all it sees, so it sees every GPU, in inventory
 /// order). Returns (where, value, pins) for each, in that order of precedence; an app with none
 /// gets no GPU. A value that names no GPU of this machine is an error naming the app.
-pub(super) fn env_pins(
+fn env_pins(
     app: &AppSpec,
     ctx: &Context,
 ) -> Result<Vec<(String, String, Vec<GpuPin>)>, CommandError> {
@@ -70,7 +127,7 @@ pub(super) fn env_pins(
     Ok(found)
 }
 
-pub(super) fn all_gpus(ctx: &Context) -> Vec<GpuPin> {
+fn all_gpus(ctx: &Context) -> Vec<GpuPin> {
     ctx.gpu_uuids
         .iter()
         .enumerate()
@@ -83,7 +140,7 @@ pub(super) fn all_gpus(ctx: &Context) -> Vec<GpuPin> {
 
 /// Parses a `CUDA_VISIBLE_DEVICES`-style list against the inventory: each entry an index, a GPU
 /// UUID (or a unique prefix of one, as CUDA allows) or a MIG UUID. `""` and `-1` mean no GPU.
-pub(super) fn parse_visible(value: &str, ctx: &Context) -> Result<Vec<GpuPin>, String> {
+fn parse_visible(value: &str, ctx: &Context) -> Result<Vec<GpuPin>, String> {
     let value = value.trim();
     if value.is_empty() || value == "-1" {
         return Ok(Vec::new());
@@ -146,7 +203,7 @@ pub(super) fn parse_visible(value: &str, ctx: &Context) -> Result<Vec<GpuPin>, S
     Ok(pins)
 }
 
-pub(super) fn gpu_pin(app: &AppSpec, ctx: &Context) -> Result<Option<GpuPin>, CommandError> {
+fn gpu_pin(app: &AppSpec, ctx: &Context) -> Result<Option<GpuPin>, CommandError> {
     let from_env = match app.env.get("WORKER_GPU_ID").map(|v| v.trim()) {
         None | Some("") => None,
         Some(v) => Some(v.parse::<u32>().map_err(|_| CommandError::BadGpuIndex {
