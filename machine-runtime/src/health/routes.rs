@@ -161,34 +161,7 @@ pub(super) async fn route(
         }
         "/status" => Reply::Json(200, status_body(&snapshot, uptime_ms, source)),
         "/pm2/list" => Reply::Json(200, pm2_list(&snapshot, uptime_ms, now_ms())),
-        "/pm2/logs" => {
-            let Some(asked) = request.param("service").filter(|s| !s.is_empty()) else {
-                return error(
-                    400,
-                    "the service parameter is missing: /pm2/logs?service=<app name>&lines=<count>",
-                );
-            };
-            let name = match resolve_app(asked, handle, source) {
-                Ok(name) => name,
-                Err(reply) => return reply,
-            };
-            let lines = match lines_param(request, DEFAULT_PM2_LINES) {
-                Ok(n) => n,
-                Err(reply) => return reply,
-            };
-            let stream = match flag_param(request, "stream", false) {
-                Ok(b) => b,
-                Err(reply) => return reply,
-            };
-            let ask = LogsAsk {
-                asked,
-                name: &name,
-                lines,
-                stream,
-                events: wants_events(request),
-            };
-            logs_reply(handle, ask, |_| true, Map::new())
-        }
+        "/pm2/logs" => pm2_logs(request, handle, source),
         "/comfyui/logs" => comfyui_logs(request, handle),
         "/metrics" => Reply::Text(
             200,
@@ -203,6 +176,36 @@ pub(super) async fn route(
             ),
         ),
     }
+}
+
+/// `GET /pm2/logs?service=NAME&lines=N[&stream=true]`: an app's recent output, or a stream of it.
+fn pm2_logs(request: &Request, handle: &SupervisorHandle, source: &dyn StatusSource) -> Reply {
+    let Some(asked) = request.param("service").filter(|s| !s.is_empty()) else {
+        return error(
+            400,
+            "the service parameter is missing: /pm2/logs?service=<app name>&lines=<count>",
+        );
+    };
+    let name = match resolve_app(asked, handle, source) {
+        Ok(name) => name,
+        Err(reply) => return reply,
+    };
+    let lines = match lines_param(request, DEFAULT_PM2_LINES) {
+        Ok(n) => n,
+        Err(reply) => return reply,
+    };
+    let stream = match flag_param(request, "stream", false) {
+        Ok(b) => b,
+        Err(reply) => return reply,
+    };
+    let ask = LogsAsk {
+        asked,
+        name: &name,
+        lines,
+        stream,
+        events: wants_events(request),
+    };
+    logs_reply(handle, ask, |_| true, Map::new())
 }
 
 fn comfyui_logs(request: &Request, handle: &SupervisorHandle) -> Reply {
