@@ -82,27 +82,12 @@ impl Publisher {
                         view_open = false;
                         continue;
                     }
-                    let next = self.view.borrow_and_update().clone();
-                    if next == self.current {
-                        continue;
-                    }
-                    // `machine_ready` is sent once per run, however often the phase flips.
-                    let became_ready = self.current.phase != Phase::Ready
-                        && next.phase == Phase::Ready
-                        && !self.delivered_ready;
-                    self.current = next;
-                    if became_ready {
-                        self.publish_ready(&mut ticker).await;
-                    } else {
+                    if self.on_view_change(&mut ticker).await {
                         pending_event = true;
                     }
                 }
                 Some(event) = events.recv() => {
-                    let truth = self.truths.entry(event.worker_id.clone()).or_default();
-                    truth.receive(&event, now_ms());
-                    self.shared.jobs.lock().unwrap_or_else(|p| p.into_inner()).entry(event.worker_id.clone()).or_default().count(&event, now_ms());
-                    let busy = truth.busy_with();
-                    self.shared.busy.lock().unwrap_or_else(|p| p.into_inner()).insert(event.worker_id.clone(), busy);
+                    self.on_worker_event(&event);
                     pending_event = true;
                 }
                 () = tokio::time::sleep_until(event_due), if pending_event => {
@@ -128,6 +113,45 @@ impl Publisher {
                 }
             }
         }
+    }
+
+    /// Takes the supervisor's new view; `true` when it calls for an event-driven status (a view that
+    /// became ready publishes `machine_ready` at once instead; an unchanged one calls for nothing).
+    async fn on_view_change(&mut self, ticker: &mut tokio::time::Interval) -> bool {
+        let next = self.view.borrow_and_update().clone();
+        if next == self.current {
+            return false;
+        }
+        // `machine_ready` is sent once per run, however often the phase flips.
+        let became_ready = self.current.phase != Phase::Ready
+            && next.phase == Phase::Ready
+            && !self.delivered_ready;
+        self.current = next;
+        if became_ready {
+            self.publish_ready(ticker).await;
+            false
+        } else {
+            true
+        }
+    }
+
+    /// Records a worker's own event: its state, its job counts, whether it is busy.
+    fn on_worker_event(&mut self, event: &WorkerEvent) {
+        let truth = self.truths.entry(event.worker_id.clone()).or_default();
+        truth.receive(event, now_ms());
+        self.shared
+            .jobs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(event.worker_id.clone())
+            .or_default()
+            .count(event, now_ms());
+        let busy = truth.busy_with();
+        self.shared
+            .busy
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(event.worker_id.clone(), busy);
     }
 
     /// Sends what was missed: `initial`, then `machine_ready` + `periodic` once ready. Returns
