@@ -270,7 +270,7 @@ pub struct WorkerSetting {
 
 /// The one table of worker settings. The plan writes each non-secret one into every worker's
 /// environment with the value from the profile's components (or the default); at spawn time the
-/// runtime's own environment wins (`machine-runtime/src/command.rs`), so an operator's `.env` edit takes
+/// runtime's own environment wins (`machine-runtime/src/command/worker_env.rs`), so an operator's `.env` edit takes
 /// effect without regenerating anything, and secrets travel by name only.
 pub const WORKER_SETTINGS: &[WorkerSetting] = &[
     WorkerSetting {

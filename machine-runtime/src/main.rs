@@ -1,14 +1,10 @@
 //! machine-runtime: the container entrypoint; parses the command line and dispatches to the library.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use machine_runtime::supervisor::SupervisorOptions;
-use machine_runtime::up::{self, BrokerSetting, UpOptions};
-use machine_runtime::{ecosystem, health, sink};
+use machine_runtime::{health, sink, up};
 
 /// `println!` that never panics: `machine-runtime plan | head -1` closes stdout early, which is
 /// nothing to crash about.
@@ -125,7 +121,7 @@ enum Command {
     Install(machine_runtime::install::InstallArgs),
     /// Start every app, supervise them, serve the health endpoint; stop on SIGTERM/SIGINT.
     #[command(after_help = UP_HELP)]
-    Up(UpArgs),
+    Up(up::UpArgs),
     /// Print what `up --profile` would start, given the GPUs found and the environment.
     #[command(after_help = PLAN_HELP)]
     Plan {
@@ -151,22 +147,6 @@ enum Command {
     /// Push a job as the queue's API does and print its life (README: the first job).
     #[command(subcommand)]
     Job(machine_runtime::job::JobCommand),
-}
-
-#[derive(Args)]
-struct UpArgs {
-    /// A PM2-compatible ecosystem JSON file to run.
-    #[arg(long, value_name = "FILE", conflicts_with = "profile")]
-    ecosystem: Option<PathBuf>,
-    /// A baked-in profile to plan against the GPUs found and run [default: $MACHINE_PROFILE].
-    #[arg(long, value_name = "NAME")]
-    profile: Option<String>,
-    /// Port of the health endpoint [default: $MACHINE_HEALTH_PORT, else 9090; 0 picks a free one].
-    #[arg(long, value_name = "PORT")]
-    health_port: Option<u16>,
-    /// How the runtime's own log lines are written [default: $MACHINE_LOG_FORMAT, else text].
-    #[arg(long, value_enum, value_name = "FORMAT")]
-    log_format: Option<machine_runtime::log::LogFormat>,
 }
 
 #[derive(Args)]
@@ -213,7 +193,7 @@ fn main() -> ExitCode {
         Command::Gpus { format } => gpus(format),
         // Its lines go through the log front end's queue: flushed below like every command's.
         Command::Install(args) => Ok(machine_runtime::install::run_cli(args)),
-        Command::Up(args) => up(args).map(|()| ExitCode::SUCCESS),
+        Command::Up(args) => up::run_cli(args).map(|()| ExitCode::SUCCESS),
         Command::Plan { profile, format } => plan(profile, format).map(|()| ExitCode::SUCCESS),
         Command::Health(args) => health_check(args).map(|()| ExitCode::SUCCESS),
         Command::Completions { shell } => {
@@ -227,7 +207,7 @@ fn main() -> ExitCode {
             sink::out(&out);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Ctl(command) => health_port(None).and_then(|port| {
+        Command::Ctl(command) => health::health_port(None).and_then(|port| {
             machine_runtime::ctl::run(command, port)?;
             Ok(ExitCode::SUCCESS)
         }),
@@ -255,259 +235,17 @@ fn gpus(format: Format) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The health port from the flag, else `MACHINE_HEALTH_PORT`, else the default.
-fn health_port(flag: Option<u16>) -> anyhow::Result<u16> {
-    if let Some(port) = flag {
-        return Ok(port);
-    }
-    match std::env::var("MACHINE_HEALTH_PORT") {
-        Ok(v) if !v.trim().is_empty() => v
-            .trim()
-            .parse()
-            .with_context(|| format!("MACHINE_HEALTH_PORT is \"{v}\", which is not a port number")),
-        _ => Ok(health::DEFAULT_PORT),
-    }
-}
-
-/// MIG slices: (index of the parent GPU, `MIG-...` UUID).
-type MigUuids = Vec<(u32, String)>;
-
-/// GPU UUIDs ordered by index and MIG slices (parent index, UUID), from the inventory (NVML, or
-/// MACHINE_FAKE_GPUS).
-fn gpu_uuids() -> anyhow::Result<(Vec<String>, MigUuids)> {
-    let inventory = machine_runtime::gpu::Inventory::detect()?;
-    let mig = inventory
-        .gpus
-        .iter()
-        .flat_map(|g| g.mig.iter().map(|m| (g.index, m.uuid.clone())))
-        .collect();
-    Ok((
-        inventory
-            .ordered_uuids()
-            .into_iter()
-            .map(str::to_string)
-            .collect(),
-        mig,
-    ))
-}
-
-/// The baked-in profile named by the flag or `MACHINE_PROFILE`, planned against the GPUs found and the
-/// environment (overrides, secrets).
-fn real_plan(flag: Option<String>) -> anyhow::Result<machine_runtime::reality::RealPlan> {
-    use machine_runtime::profiles;
-    let name = flag
-        .or_else(|| {
-            std::env::var("MACHINE_PROFILE")
-                .ok()
-                .filter(|v| !v.is_empty())
-        })
-        .context("no profile; pass --profile NAME or set MACHINE_PROFILE")?;
-    let baked = profiles::by_name(&name).with_context(|| profiles::unknown(&name))?;
-    let profile = baked.profile().context("reading the baked-in profile")?;
-    let inventory = machine_runtime::gpu::Inventory::detect()?;
-    // The plan's machine id is the final one (a scaled Compose service's host name appended).
-    let default_id = profile.machine.id.as_deref().unwrap_or(baked.name);
-    let machine_id = machine_runtime::identity::machine_id(
-        |name| std::env::var(name).ok(),
-        Some(default_id),
-        &machine_runtime::identity::hostname(),
-    )
-    .map_err(|problem| anyhow::anyhow!("cannot start profile {name}:\n  {problem}"))?;
-    // A machine setting the environment leaves unset or empty takes the profile's own value (what its
-    // generated files say), not the catalog default: `up --profile full-local` runs its workers with
-    // the profile's `LOG_LEVEL=debug` like its Compose file does.
-    let env = |var: &str| match var {
-        "MACHINE_ID" => machine_id.clone(),
-        _ => std::env::var(var)
-            .ok()
-            .filter(|v| !v.trim().is_empty())
-            .or_else(|| baked.setting(var).map(str::to_owned)),
-    };
-    let real = machine_runtime::reality::plan(baked.name, &profile, &env, &inventory).map_err(
-        |refused| {
-            anyhow::anyhow!(
-                "cannot start profile {name}:\n  {}",
-                refused.problems.join("\n  ")
-            )
-        },
-    )?;
-    for note in &real.notes {
-        machine_runtime::log::runtime(note);
-    }
-    Ok(real)
-}
-
 fn plan(profile: Option<String>, format: Format) -> anyhow::Result<()> {
-    let real = real_plan(profile)?;
+    let real = up::real_plan(profile)?;
     match format {
         Format::Json => outln!("{}", serde_json::to_string_pretty(&real.plan)?),
-        Format::Text => {
-            outln!(
-                "profile {}  machine {}  gpus {}  workers {}",
-                real.plan.profile,
-                real.plan.machine_id,
-                real.plan.gpus,
-                real.plan.worker_spec
-            );
-            for s in &real.plan.services {
-                let uuid = s
-                    .gpu
-                    .and_then(|g| real.gpu_uuids.get(g as usize))
-                    .map_or("-", |u| u.as_str());
-                outln!(
-                    "service {:<20} port {:<6} gpu {}",
-                    s.name,
-                    s.port.map_or("-".into(), |p| p.to_string()),
-                    uuid
-                );
-            }
-            for w in &real.plan.workers {
-                let uuid = w
-                    .gpu
-                    .and_then(|g| real.gpu_uuids.get(g as usize))
-                    .map_or("-", |u| u.as_str());
-                outln!(
-                    "worker  {:<20} {} gpu {} after {}",
-                    w.name,
-                    w.worker_id,
-                    uuid,
-                    w.service_instance.as_deref().unwrap_or("-")
-                );
-            }
-        }
+        Format::Text => outln!("{}", up::plan_text(&real)),
     }
     Ok(())
-}
-
-fn up(args: UpArgs) -> anyhow::Result<()> {
-    // Before any app: the soft open-file limit up to the hard one (each app holds two pipes).
-    if let Err(err) = machine_runtime::limits::raise_open_files() {
-        machine_runtime::log::runtime(&format!(
-            "warning: cannot read or raise the open-file limit: {err}"
-        ));
-    }
-    let env_machine_id = machine_runtime::identity::machine_id(
-        |name| std::env::var(name).ok(),
-        None,
-        &machine_runtime::identity::hostname(),
-    )?;
-    // Read before planning, so a start that fails names every problem at once.
-    let broker = BrokerSetting::from_env();
-    let planned = plan_apps(args.ecosystem, args.profile, env_machine_id);
-    let planned = match (planned, &broker) {
-        (Ok(planned), _) => planned,
-        (Err(err), Ok(_)) => return Err(err),
-        (Err(err), Err(problems)) => {
-            anyhow::bail!("{err:#}\n  {}", problems.join("\n  "))
-        }
-    };
-    if let Some(workspace) = &planned.workspace {
-        let created = machine_runtime::limits::ensure_workspace(workspace, "WORKSPACE_DIR")
-            .map_err(|problem| anyhow::anyhow!("cannot start the machine:\n  - {problem}"))?;
-        if created {
-            machine_runtime::log::runtime(&format!(
-                "created the workspace {} (WORKSPACE_DIR)",
-                workspace.display()
-            ));
-        }
-    }
-    let mut supervisor = SupervisorOptions::new(planned.gpu_uuids);
-    supervisor.context.mig_uuids = planned.mig_uuids;
-    if let Some(id) = &planned.machine_id {
-        // Every child runs with the final id (the environment's may lack the host name suffix).
-        supervisor
-            .context
-            .runtime_env
-            .insert("MACHINE_ID".into(), id.into());
-    }
-    let options = UpOptions {
-        supervisor,
-        health_port: health_port(args.health_port)?,
-        machine_id: planned.machine_id,
-        gpu_count: planned.gpu_count,
-        broker,
-        control: health::Control::from_lookup(|name| std::env::var(name).ok()),
-        preflight: planned.preflight,
-        install_hint: planned.install_hint,
-    };
-    up::run(planned.apps, options)?;
-    Ok(())
-}
-
-/// What `up` runs and reports.
-struct Planned {
-    apps: Vec<ecosystem::AppSpec>,
-    /// GPU UUIDs by index, to pin the apps to.
-    gpu_uuids: Vec<String>,
-    /// MIG slices (parent index, UUID) an app's CUDA_VISIBLE_DEVICES may name.
-    mig_uuids: Vec<(u32, String)>,
-    /// The workspace folder (`WORKSPACE_DIR`, the plan's install root), created when missing.
-    workspace: Option<PathBuf>,
-    /// `MACHINE_ID` from the plan or the environment.
-    machine_id: Option<String>,
-    /// GPUs reported to the broker.
-    gpu_count: u32,
-    /// The plan's installs as found (profile mode).
-    preflight: machine_runtime::preflight::Findings,
-    /// The command that installs what is missing.
-    install_hint: String,
-}
-
-fn plan_apps(
-    ecosystem: Option<PathBuf>,
-    profile: Option<String>,
-    env_machine_id: Option<String>,
-) -> anyhow::Result<Planned> {
-    Ok(match ecosystem {
-        Some(path) => {
-            let eco = ecosystem::read_file(&path)?;
-            for warning in &eco.warnings {
-                machine_runtime::log::runtime(&format!("warning: {warning}"));
-            }
-            let (uuids, mig_uuids) = gpu_uuids()?;
-            Planned {
-                apps: eco.apps,
-                gpu_count: u32::try_from(uuids.len()).unwrap_or(u32::MAX),
-                gpu_uuids: uuids,
-                mig_uuids,
-                workspace: std::env::var_os("WORKSPACE_DIR")
-                    .filter(|w| !w.is_empty())
-                    .map(PathBuf::from),
-                machine_id: env_machine_id,
-                preflight: Default::default(),
-                install_hint: "machine-runtime install --services worker-bundle".to_owned(),
-            }
-        }
-        None => {
-            let real = real_plan(profile)?;
-            let install_hint = format!("machine-runtime install --profile {}", real.plan.profile);
-            let preflight = machine_runtime::preflight::check_installs(
-                &real.plan,
-                machine_runtime::install::Env::from_process(),
-                &install_hint,
-            );
-            let origin = format!("of profile {}", real.plan.profile);
-            let eco = ecosystem::resolve((&real.plan).into(), &origin)?;
-            for warning in &eco.warnings {
-                machine_runtime::log::runtime(&format!("warning: {warning}"));
-            }
-            let apps = eco.apps;
-            Planned {
-                apps,
-                gpu_uuids: real.gpu_uuids,
-                mig_uuids: Vec::new(),
-                workspace: Some(PathBuf::from(&real.plan.workspace)),
-                machine_id: Some(real.plan.machine_id),
-                gpu_count: real.plan.gpus,
-                preflight,
-                install_hint,
-            }
-        }
-    })
 }
 
 fn health_check(args: HealthArgs) -> anyhow::Result<()> {
-    let port = health_port(args.port)?;
+    let port = health::health_port(args.port)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

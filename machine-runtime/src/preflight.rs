@@ -33,7 +33,7 @@ pub(crate) fn check_apps(apps: &[AppSpec], install_hint: &str) -> Vec<String> {
             continue;
         }
         if app.script == catalog::SIMULATION_PROGRAM {
-            // Started from the runtime's own folder (command.rs), so a missing one is a broken install.
+            // Started from the runtime's own folder (command/program.rs), so a missing one is a broken install.
             if let Some(problem) = std::env::current_exe()
                 .ok()
                 .and_then(|exe| missing_sibling(app, &exe))

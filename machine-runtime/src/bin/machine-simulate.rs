@@ -1,6 +1,6 @@
 //! machine-simulate: the `simulation` service, a stand-in for ComfyUI that the full-local profile and the
 //! tests run (catalog service `simulation`). Its own binary, so the production `machine-runtime` carries no
-//! test double; the runtime starts it from the folder it was started from (`machine-runtime/src/command.rs`).
+//! test double; the runtime starts it from the folder it was started from (`machine-runtime/src/command/program.rs`).
 
 use std::process::ExitCode;
 use std::time::Duration;

@@ -25,10 +25,8 @@ use tokio::net::TcpStream;
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use super::{
-    COMMON_HEADERS, DEFAULT_PM2_LINES, Reply, StatusSource, error, flag_param, lines_param,
-    resolve_app, unknown_app,
-};
+use super::params::{flag_param, lines_param, resolve_app, unknown_app};
+use super::{COMMON_HEADERS, DEFAULT_PM2_LINES, Reply, StatusSource, error};
 use crate::http::{self, Request};
 use crate::supervisor::logs::LogLine;
 use crate::supervisor::{AppState, RestartError, SupervisorHandle};
