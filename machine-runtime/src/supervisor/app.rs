@@ -1,6 +1,5 @@
 //! One app's life: wait for its dependencies, start, probe, restart by policy, stop on request.
 
-use std::os::fd::OwnedFd;
 use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
 use std::sync::Arc;
@@ -9,15 +8,15 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::logs::AppLog;
-use super::output::{self, Stream};
 use super::policy::{Decision, RestartHistory};
+use super::spawn::Spawner;
 use super::state::{AppState, Board, LastExit};
 use super::{BusyProbe, DRAIN_POLL, DRAIN_PROBE_LIMIT};
 use crate::command::ChildCommand;
 use crate::ecosystem::AppSpec;
 use crate::probe::{Readiness, describe_status, human_duration, probe_once};
 use crate::reaper::Reaper;
-use crate::signals::{group_alive, kill_group, signal_name};
+use crate::signals::signal_name;
 
 /// How long a process group may linger after SIGKILL before we give up waiting for it.
 const KILL_WAIT: Duration = Duration::from_secs(5);
@@ -46,7 +45,10 @@ pub(crate) struct AppTask {
     /// Indices of the apps in `machine_wait_for`.
     pub deps: Vec<usize>,
     pub board: Arc<Board>,
+    /// Runs the readiness probes' commands.
     pub reaper: Reaper,
+    /// Starts its process and signals its process group.
+    pub spawner: Spawner,
     /// `Some(signal)` asks the app to stop with that signal; `Some(SIGKILL)` later escalates.
     pub stop: watch::Receiver<Option<i32>>,
     /// Bumped by each restart request (`/restart/service`).
@@ -196,7 +198,8 @@ impl AppTask {
             if *self.paused.borrow() {
                 continue;
             }
-            let started = Instant::now();
+            // The paused clock in the unit tests; the same as std's Instant in production.
+            let started = tokio::time::Instant::now();
             // Requests made before this start are answered by it.
             self.restart.borrow_and_update();
             // So is a hold sent while the last process was being stopped.
@@ -478,77 +481,11 @@ impl AppTask {
 
     /// Spawns the child; on failure the error says why in words.
     fn start(&self) -> Result<Started, String> {
-        if !self
-            .cmd
-            .resolved_program()
-            .as_encoded_bytes()
-            .contains(&b'/')
-        {
-            // Not on the child's PATH: fail here rather than let std fall back to fork + exec.
-            return Err(format!(
-                "program \"{}\" not found (not a file, and not on PATH)",
-                self.cmd.program.to_string_lossy()
-            ));
-        }
-        // The app's own folders (a ComfyUI's output and temp), made at each start: a start refused
-        // earlier wrote nothing, and a folder removed while the machine runs is back at the restart.
-        // A few directory calls, like the PATH lookup above.
-        for dir in &self.cmd.dirs {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| format!("cannot create its folder {}: {e}", dir.display()))?;
-        }
-        let mut command = self.cmd.to_command();
-        if let Some(cgroup) = &self.cgroup {
-            cgroup.attach(&mut command);
-        }
-        let channel = if self.cmd.ipc {
-            let channel = super::ipc::Channel::new()
-                .map_err(|e| format!("cannot make its IPC channel: {e}"))?;
-            channel.attach(&mut command);
-            Some(channel)
-        } else {
-            None
-        };
-        let mut spawned = self.reaper.spawn(&mut command).map_err(|e| {
-            let program = self.cmd.program.to_string_lossy();
-            match e.kind() {
-                std::io::ErrorKind::NotFound => match &self.cmd.cwd {
-                    Some(cwd) if !cwd.is_dir() => {
-                        format!("its cwd {} does not exist", cwd.display())
-                    }
-                    _ => format!("program \"{program}\" not found (not a file, and not on PATH)"),
-                },
-                std::io::ErrorKind::NotADirectory => match &self.cmd.cwd {
-                    Some(cwd) if cwd.exists() && !cwd.is_dir() => {
-                        format!("its cwd {} is a file, not a folder", cwd.display())
-                    }
-                    _ => format!("cannot run \"{program}\": {e}"),
-                },
-                _ => format!("cannot run \"{program}\": {e}"),
-            }
-        })?;
-        if let Some(stdout) = spawned.child.stdout.take() {
-            output::forward(
-                self.name(),
-                OwnedFd::from(stdout),
-                Stream::Stdout,
-                self.log.clone(),
-            );
-        }
-        if let Some(stderr) = spawned.child.stderr.take() {
-            output::forward(
-                self.name(),
-                OwnedFd::from(stderr),
-                Stream::Stderr,
-                self.log.clone(),
-            );
-        }
-        let ready = channel.map(|channel| {
-            let (tx, rx) = watch::channel(false);
-            channel.listen(self.name(), self.log.clone(), tx);
-            rx
-        });
-        let pid = spawned.pid;
+        let child =
+            self.spawner
+                .spawn(self.name(), &self.cmd, self.cgroup.as_deref(), &self.log)?;
+        let ready = child.ready;
+        let pid = child.pid;
         let started_ms = self.board.elapsed_ms();
         let pin = self
             .cmd
@@ -583,7 +520,7 @@ impl AppTask {
         Ok(Started {
             pid,
             exit: ExitWait {
-                rx: Some(spawned.exit),
+                rx: Some(child.exit),
                 status: None,
             },
             ready,
@@ -591,7 +528,7 @@ impl AppTask {
     }
 
     /// Watches a running child until it exits or a stop is requested.
-    async fn supervise(&mut self, child: Started, started: Instant) -> Supervised {
+    async fn supervise(&mut self, child: Started, started: tokio::time::Instant) -> Supervised {
         let Started {
             pid,
             mut exit,
@@ -682,7 +619,7 @@ impl AppTask {
             }
         }
         // The leader is gone; processes it left in its group would hold ports and GPU memory.
-        if group_alive(pid) {
+        if self.spawner.group_alive(pid) {
             self.board.update(self.idx, |a| {
                 a.detail = Some("stopping what its process left behind".into())
             });
@@ -693,6 +630,7 @@ impl AppTask {
             ));
             let spec = self.spec.clone();
             terminate_group(
+                &self.spawner,
                 &spec.name,
                 pid,
                 self.kill_signal(),
@@ -733,7 +671,7 @@ impl AppTask {
         &mut self,
         pid: u32,
         exit: &mut ExitWait,
-        started: Instant,
+        started: tokio::time::Instant,
         purpose: For,
     ) -> Supervised {
         let (noun, verb, doing, then) = match purpose {
@@ -814,7 +752,13 @@ impl AppTask {
     /// Stops the child: SIGKILL stays SIGKILL; any other request (the runtime's SIGTERM or SIGINT,
     /// a restart, a hold) sends the app's own stop signal, as PM2 sends its `KILL_SIGNAL` whatever
     /// stopped it. Then `kill_timeout`, then SIGKILL to the group.
-    async fn stop_child(&mut self, pid: u32, signal: i32, exit: &mut ExitWait, started: Instant) {
+    async fn stop_child(
+        &mut self,
+        pid: u32,
+        signal: i32,
+        exit: &mut ExitWait,
+        started: tokio::time::Instant,
+    ) {
         let signal = if signal == libc::SIGKILL {
             libc::SIGKILL
         } else {
@@ -833,7 +777,16 @@ impl AppTask {
             |_| {},
         );
         let spec = self.spec.clone();
-        let killed = terminate_group(&spec.name, pid, signal, grace, exit, &mut self.stop).await;
+        let killed = terminate_group(
+            &self.spawner,
+            &spec.name,
+            pid,
+            signal,
+            grace,
+            exit,
+            &mut self.stop,
+        )
+        .await;
         self.empty_cgroup();
         let description = exit
             .status
@@ -867,6 +820,7 @@ async fn until(flag: &mut watch::Receiver<bool>, want: bool) {
 /// then SIGKILLs the group. A later `SIGKILL` on `stop` cuts the grace short. True if SIGKILL
 /// was needed.
 async fn terminate_group(
+    spawner: &Spawner,
     name: &str,
     pgid: u32,
     signal: i32,
@@ -874,16 +828,16 @@ async fn terminate_group(
     exit: &mut ExitWait,
     stop: &mut watch::Receiver<Option<i32>>,
 ) -> bool {
-    kill_group(pgid, signal);
+    spawner.signal_group(pgid, signal);
     let grace_end = tokio::time::Instant::now() + grace;
     let mut kill_end: Option<tokio::time::Instant> = None;
     let mut escalate = *stop.borrow() == Some(libc::SIGKILL) && signal != libc::SIGKILL;
     loop {
-        if exit.done() && !group_alive(pgid) {
+        if exit.done() && !spawner.group_alive(pgid) {
             return kill_end.is_some();
         }
         if escalate && kill_end.is_none() {
-            kill_group(pgid, libc::SIGKILL);
+            spawner.signal_group(pgid, libc::SIGKILL);
             kill_end = Some(tokio::time::Instant::now() + KILL_WAIT);
         }
         let poll = async {
