@@ -114,6 +114,14 @@ enum Supervised {
     MemoryRestart(String),
 }
 
+/// How a start ended without anyone asking: it ran and exited with `status` (`ran`), or could not
+/// start; `description` says it in words (`status 1`, or why it could not start).
+struct Exit {
+    ran: bool,
+    status: Option<ExitStatus>,
+    description: String,
+}
+
 /// A child just started: its pid (the leader of its process group), its exit, and, with an IPC
 /// channel, whether it has sent `"ready"`.
 struct Started {
@@ -182,6 +190,8 @@ impl AppTask {
         }
     }
 
+    /// The app's life until it ends for good or is stopped: start, watch, and start again as its
+    /// restart policy and the requests say.
     async fn life(&mut self, history: &mut RestartHistory) -> AppEnd {
         loop {
             if *self.paused.borrow() && !self.wait_while_paused().await {
@@ -204,176 +214,221 @@ impl AppTask {
             self.restart.borrow_and_update();
             // So is a hold sent while the last process was being stopped.
             self.hold.borrow_and_update();
-            let (ran, status, description) = match self.start() {
+            let exit = match self.start() {
                 Ok(child) => match self.supervise(child, started).await {
+                    Supervised::Exited(status) => Exit {
+                        ran: true,
+                        status,
+                        description: status
+                            .map(describe_status)
+                            .unwrap_or_else(|| "an unknown status".into()),
+                    },
                     Supervised::StopRequested => return AppEnd::Requested,
-                    Supervised::Held | Supervised::Paused => {
-                        if self.stop_requested().is_some() {
-                            return AppEnd::Requested;
-                        }
-                        // Not a crash: the restart history is left as it was.
-                        continue;
-                    }
+                    _ if self.stop_requested().is_some() => return AppEnd::Requested,
+                    // Not a crash: the restart history is left as it was.
+                    Supervised::Held | Supervised::Paused => continue,
                     Supervised::RestartRequested => {
-                        if self.stop_requested().is_some() {
-                            return AppEnd::Requested;
-                        }
-                        history.restarts += 1;
-                        history.unstable = 0;
-                        let restarts = history.restarts;
-                        super::state::log(&format!("{} restarting on request", self.name()));
-                        self.board.update(self.idx, |a| {
-                            a.restarts = restarts;
-                            a.unstable_restarts = 0;
-                        });
+                        self.count_restart(history, None);
                         continue;
                     }
                     Supervised::MemoryRestart(why) => {
-                        if self.stop_requested().is_some() {
-                            return AppEnd::Requested;
-                        }
-                        // PM2 counts it as one restart; it is not a crash.
-                        history.restarts += 1;
-                        history.unstable = 0;
-                        let restarts = history.restarts;
-                        super::state::log(&format!(
-                            "{} restarting (restart {restarts}): {why}",
-                            self.name()
-                        ));
-                        self.board.update(self.idx, |a| {
-                            a.restarts = restarts;
-                            a.memory_restarts += 1;
-                            a.unstable_restarts = 0;
-                            a.detail = Some(format!("restarted: {why}"));
-                        });
+                        self.count_restart(history, Some(&why));
                         continue;
                     }
-                    Supervised::Exited(status) => {
-                        let description = status
-                            .map(describe_status)
-                            .unwrap_or_else(|| "an unknown status".into());
-                        (true, status, description)
-                    }
                 },
-                Err(e) => (false, None, e),
+                Err(description) => Exit {
+                    ran: false,
+                    status: None,
+                    description,
+                },
             };
-            let uptime = started.elapsed();
-            let code = status.and_then(|s| s.code());
-            let last_exit = LastExit {
-                code,
-                signal: status.and_then(|s| s.signal()),
-                uptime_ms: uptime.as_millis() as u64,
-                description: description.clone(),
-            };
-            let what = if ran {
-                format!(
-                    "{} exited with {description} after {}",
-                    self.name(),
-                    human_duration(uptime)
-                )
-            } else {
-                format!("{} could not start: {description}", self.name())
-            };
-            if self.stop_requested().is_some() {
-                // It ended on its own just as the stop came in; nothing to restart.
-                self.board
-                    .transition(self.idx, AppState::Stopped, what, |a| {
-                        a.last_exit = Some(last_exit)
-                    });
-                return AppEnd::Requested;
+            if let Some(end) = self.after_exit(exit, started, history).await {
+                return end;
             }
-            match history.on_exit(&self.spec.restart, uptime, code) {
-                Decision::Restart { delay, unstable } => {
-                    let why = if unstable > 0 {
-                        format!(
-                            "attempt {} of {}",
-                            unstable + 1,
-                            self.spec.restart.max_restarts
-                        )
-                    } else {
-                        format!(
-                            "it ran longer than min_uptime {}; restart {}",
-                            human_duration(self.spec.restart.min_uptime),
-                            history.restarts
-                        )
-                    };
-                    let restarts = history.restarts;
-                    self.board.transition(
-                        self.idx,
-                        AppState::Restarting,
-                        format!("{what}; restarting in {} ({why})", human_duration(delay)),
-                        |a| {
-                            a.last_exit = Some(last_exit);
-                            a.restarts = restarts;
-                            a.unstable_restarts = unstable;
-                            a.detail = Some(format!("restarting after {description}"));
-                        },
-                    );
-                    if !delay.is_zero() {
-                        self.restart.borrow_and_update();
-                        tokio::select! {
-                            _ = tokio::time::sleep(delay) => {}
-                            // A restart request skips the delay.
-                            _ = self.restart.changed() => {}
-                            // An operator's stop ends it (the loop holds it stopped).
-                            () = until(&mut self.paused, true) => {}
-                            _ = Self::stop_signal(&mut self.stop) => {
-                                self.stopped_before_start();
-                                return AppEnd::Requested;
-                            }
-                        }
-                    }
-                }
-                Decision::Errored { unstable } => {
-                    let reason = format!(
-                        "{unstable} consecutive exit{} before min_uptime {}",
-                        if unstable == 1 { "" } else { "s" },
-                        human_duration(self.spec.restart.min_uptime)
-                    );
-                    let essential = if self.spec.essential {
-                        "; it is essential, so the machine stops"
-                    } else {
-                        ""
-                    };
-                    self.board.transition(
-                        self.idx,
-                        AppState::Errored,
-                        format!("{what}; errored after {reason}; not restarting{essential}"),
-                        |a| {
-                            a.last_exit = Some(last_exit);
-                            a.unstable_restarts = unstable;
-                            a.detail =
-                                Some(format!("errored after {reason}; last exit: {description}"));
-                        },
-                    );
-                    return AppEnd::Ended {
-                        errored: true,
-                        code,
-                        reason: format!("errored after {reason} (last exit: {description})"),
-                    };
-                }
-                Decision::Stop { reason } => {
-                    let essential = if self.spec.essential {
-                        "; it is essential, so the machine stops"
-                    } else {
-                        ""
-                    };
-                    self.board.transition(
-                        self.idx,
-                        AppState::Stopped,
-                        format!("{what}; not restarting: {reason}{essential}"),
-                        |a| {
-                            a.last_exit = Some(last_exit);
-                            a.detail = Some(format!("ended with {description}; {reason}"));
-                        },
-                    );
-                    return AppEnd::Ended {
-                        errored: false,
-                        code,
-                        reason: format!("ended with {description} and {reason}"),
-                    };
+        }
+    }
+
+    /// Counts a restart that is not a crash: a restart request, or `max_memory_restart` (`memory`
+    /// says why), which PM2 counts as one restart. The count of unstable exits starts over.
+    fn count_restart(&self, history: &mut RestartHistory, memory: Option<&str>) {
+        history.restarts += 1;
+        history.unstable = 0;
+        let restarts = history.restarts;
+        let Some(why) = memory else {
+            super::state::log(&format!("{} restarting on request", self.name()));
+            self.board.update(self.idx, |a| {
+                a.restarts = restarts;
+                a.unstable_restarts = 0;
+            });
+            return;
+        };
+        super::state::log(&format!(
+            "{} restarting (restart {restarts}): {why}",
+            self.name()
+        ));
+        self.board.update(self.idx, |a| {
+            a.restarts = restarts;
+            a.memory_restarts += 1;
+            a.unstable_restarts = 0;
+            a.detail = Some(format!("restarted: {why}"));
+        });
+    }
+
+    /// After an exit nobody asked for (or a start that failed), started at `started`: records it
+    /// and applies the restart policy. `None` when the app is to start again (after its delay).
+    async fn after_exit(
+        &mut self,
+        exit: Exit,
+        started: tokio::time::Instant,
+        history: &mut RestartHistory,
+    ) -> Option<AppEnd> {
+        let uptime = started.elapsed();
+        let Exit {
+            ran,
+            status,
+            description,
+        } = exit;
+        let code = status.and_then(|s| s.code());
+        let last_exit = LastExit {
+            code,
+            signal: status.and_then(|s| s.signal()),
+            uptime_ms: uptime.as_millis() as u64,
+            description: description.clone(),
+        };
+        let what = if ran {
+            format!(
+                "{} exited with {description} after {}",
+                self.name(),
+                human_duration(uptime)
+            )
+        } else {
+            format!("{} could not start: {description}", self.name())
+        };
+        if self.stop_requested().is_some() {
+            // It ended on its own just as the stop came in; nothing to restart.
+            self.board
+                .transition(self.idx, AppState::Stopped, what, |a| {
+                    a.last_exit = Some(last_exit)
+                });
+            return Some(AppEnd::Requested);
+        }
+        match history.on_exit(&self.spec.restart, uptime, code) {
+            Decision::Restart { delay, unstable } => {
+                self.restart_after(delay, unstable, history.restarts, what, last_exit)
+                    .await
+            }
+            Decision::Errored { unstable } => Some(self.errored(unstable, what, last_exit)),
+            Decision::Stop { reason } => {
+                Some(self.ended_by_configuration(&reason, what, last_exit))
+            }
+        }
+    }
+
+    /// Marks the app `restarting` (the `unstable`-th consecutive unstable exit, `restarts` in all)
+    /// and waits out `delay`; a restart request or an operator's stop cuts it short. `Some` when
+    /// the machine stops first.
+    async fn restart_after(
+        &mut self,
+        delay: Duration,
+        unstable: u32,
+        restarts: u32,
+        what: String,
+        last_exit: LastExit,
+    ) -> Option<AppEnd> {
+        let why = if unstable > 0 {
+            format!(
+                "attempt {} of {}",
+                unstable + 1,
+                self.spec.restart.max_restarts
+            )
+        } else {
+            format!(
+                "it ran longer than min_uptime {}; restart {restarts}",
+                human_duration(self.spec.restart.min_uptime),
+            )
+        };
+        let detail = format!("restarting after {}", last_exit.description);
+        self.board.transition(
+            self.idx,
+            AppState::Restarting,
+            format!("{what}; restarting in {} ({why})", human_duration(delay)),
+            |a| {
+                a.last_exit = Some(last_exit);
+                a.restarts = restarts;
+                a.unstable_restarts = unstable;
+                a.detail = Some(detail);
+            },
+        );
+        if !delay.is_zero() {
+            self.restart.borrow_and_update();
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                // A restart request skips the delay.
+                _ = self.restart.changed() => {}
+                // An operator's stop ends it (the loop holds it stopped).
+                () = until(&mut self.paused, true) => {}
+                _ = Self::stop_signal(&mut self.stop) => {
+                    self.stopped_before_start();
+                    return Some(AppEnd::Requested);
                 }
             }
+        }
+        None
+    }
+
+    /// Marks the app `errored` after `unstable` consecutive unstable exits; it stays down.
+    fn errored(&self, unstable: u32, what: String, last_exit: LastExit) -> AppEnd {
+        let reason = format!(
+            "{unstable} consecutive exit{} before min_uptime {}",
+            if unstable == 1 { "" } else { "s" },
+            human_duration(self.spec.restart.min_uptime)
+        );
+        let (code, description) = (last_exit.code, last_exit.description.clone());
+        self.board.transition(
+            self.idx,
+            AppState::Errored,
+            format!(
+                "{what}; errored after {reason}; not restarting{}",
+                self.essential_note()
+            ),
+            |a| {
+                a.last_exit = Some(last_exit);
+                a.unstable_restarts = unstable;
+                a.detail = Some(format!("errored after {reason}; last exit: {description}"));
+            },
+        );
+        AppEnd::Ended {
+            errored: true,
+            code,
+            reason: format!("errored after {reason} (last exit: {description})"),
+        }
+    }
+
+    /// Marks the app `stopped` because its configuration says not to restart it (`reason`).
+    fn ended_by_configuration(&self, reason: &str, what: String, last_exit: LastExit) -> AppEnd {
+        let (code, description) = (last_exit.code, last_exit.description.clone());
+        self.board.transition(
+            self.idx,
+            AppState::Stopped,
+            format!("{what}; not restarting: {reason}{}", self.essential_note()),
+            |a| {
+                a.last_exit = Some(last_exit);
+                a.detail = Some(format!("ended with {description}; {reason}"));
+            },
+        );
+        AppEnd::Ended {
+            errored: false,
+            code,
+            reason: format!("ended with {description} and {reason}"),
+        }
+    }
+
+    /// What the log adds when an essential app ends for good.
+    fn essential_note(&self) -> &'static str {
+        if self.spec.essential {
+            "; it is essential, so the machine stops"
+        } else {
+            ""
         }
     }
 
