@@ -193,13 +193,23 @@ impl Fake {
 
     /// Makes app `app`'s running process exit with `code` now; false when none runs.
     pub fn exit_now(&self, app: &str, code: i32) -> bool {
+        self.end_app(app, Ok(code))
+    }
+
+    /// Ends app `app`'s running process by `signal` now, as a `kill` from outside would; false when
+    /// none runs.
+    pub fn kill_now(&self, app: &str, signal: i32) -> bool {
+        self.end_app(app, Err(signal))
+    }
+
+    fn end_app(&self, app: &str, how: Result<i32, i32>) -> bool {
         let pid = self
             .lock()
             .running
             .iter()
             .find(|(_, r)| r.app == app)
             .map(|(pid, _)| *pid);
-        pid.inspect(|&pid| self.end(pid, Ok(code))).is_some()
+        pid.inspect(|&pid| self.end(pid, how)).is_some()
     }
 
     /// Delivers `signal` to the group led by `pgid` as the script says; true if it existed.

@@ -451,3 +451,75 @@ async fn a_start_that_fails_counts_as_an_unstable_exit() {
     assert_eq!(failed, [ms(0), ms(100), ms(200)]);
     m.stop().await.unwrap();
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_child_killed_from_outside_is_restarted_and_counted() {
+    let fake = Fake::new();
+    let m = start(vec![app("svc", |_| {})], &fake);
+    m.state("svc", AppState::Running).await;
+    tokio::time::sleep(secs(5)).await;
+    assert!(fake.kill_now("svc", KILL));
+    let status = m
+        .until("svc", |a| a.restarts == 1 && a.state == AppState::Running)
+        .await;
+    let exit = status.last_exit.unwrap();
+    assert_eq!(
+        (exit.code, exit.signal, exit.uptime_ms),
+        (None, Some(KILL), 5000)
+    );
+    // It ran past min_uptime: a stable exit, restarted at once (no restart_delay).
+    assert_eq!(status.unstable_restarts, 0);
+    assert_eq!(fake.starts("svc"), [ms(0), secs(5)]);
+    assert!(fake.signals("svc").is_empty());
+    m.stop().await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_operators_stop_holds_the_app_stopped_until_it_is_started() {
+    let fake = Fake::new();
+    let m = start(
+        vec![app("svc", |a| a.restart.restart_delay = ms(100))],
+        &fake,
+    );
+    m.state("svc", AppState::Running).await;
+    tokio::time::sleep(secs(1)).await;
+    assert_eq!(m.handle.stop_app("svc"), Ok(AppState::Running));
+    let status = m
+        .until("svc", |a| {
+            a.state == AppState::Stopped && a.stopped_on_request
+        })
+        .await;
+    assert_eq!(status.restarts, 0);
+    // No restart policy brings it back.
+    tokio::time::sleep(secs(60)).await;
+    assert_eq!(fake.starts("svc"), [ms(0)]);
+    assert_eq!(fake.signals("svc"), [(secs(1), INT)]);
+    assert_eq!(m.handle.start_app("svc"), Ok(AppState::Stopped));
+    m.until("svc", |a| a.state == AppState::Running).await;
+    assert_eq!(fake.starts("svc"), [ms(0), secs(61)]);
+    m.stop().await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_restart_request_brings_back_an_errored_app_with_a_fresh_count() {
+    let fake = Fake::new();
+    fake.lives(
+        "flaky",
+        [Life::exits(ms(0), 1), Life::exits(ms(0), 1), Life::runs()],
+    );
+    let m = start(
+        vec![
+            app("flaky", |a| a.restart.max_restarts = 2),
+            app("steady", |_| {}),
+        ],
+        &fake,
+    );
+    let status = m.state("flaky", AppState::Errored).await;
+    assert_eq!((status.restarts, status.unstable_restarts), (1, 2));
+    tokio::time::sleep(secs(10)).await;
+    assert_eq!(m.handle.restart("flaky"), Ok(AppState::Errored));
+    let status = m.state("flaky", AppState::Running).await;
+    assert_eq!((status.restarts, status.unstable_restarts), (2, 0));
+    assert_eq!(fake.starts("flaky"), [ms(0), ms(0), secs(10)]);
+    m.stop().await.unwrap();
+}
