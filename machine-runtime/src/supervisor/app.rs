@@ -589,26 +589,8 @@ impl AppTask {
             mut exit,
             ready: message,
         } = child;
-        let readiness = self.spec.readiness.clone();
-        let wait_ready = self.spec.wait_ready;
-        let mut ready = readiness.is_none() && !wait_ready;
-        let probe = {
-            let reaper = self.reaper.clone();
-            let board = self.board.clone();
-            let idx = self.idx;
-            let name = self.spec.name.clone();
-            let listen_timeout = self.spec.listen_timeout;
-            async move {
-                if wait_ready {
-                    wait_for_ready_message(message, listen_timeout, &name).await;
-                }
-                match readiness {
-                    Some(r) => wait_until_ready(&r, &reaper, &board, idx, &name).await,
-                    None if wait_ready => {}
-                    None => std::future::pending().await,
-                }
-            }
-        };
+        let mut ready = self.spec.readiness.is_none() && !self.spec.wait_ready;
+        let probe = self.until_ready(message);
         tokio::pin!(probe);
         let limit = self.spec.max_memory_restart;
         let mut sampler = limit.map(|_| {
@@ -673,6 +655,39 @@ impl AppTask {
                 }
             }
         }
+        self.end_leftovers(pid, &mut exit).await;
+        Supervised::Exited(exit.status)
+    }
+
+    /// Resolves once the app counts as ready: its `"ready"` message (`wait_ready`, at most
+    /// `listen_timeout`), then its readiness probe where it has one; never for an app with neither
+    /// (it is ready at start). `message` is its IPC channel's ready flag.
+    fn until_ready(
+        &self,
+        message: Option<watch::Receiver<bool>>,
+    ) -> impl std::future::Future<Output = ()> + use<> {
+        let readiness = self.spec.readiness.clone();
+        let wait_ready = self.spec.wait_ready;
+        let reaper = self.reaper.clone();
+        let board = self.board.clone();
+        let idx = self.idx;
+        let name = self.spec.name.clone();
+        let listen_timeout = self.spec.listen_timeout;
+        async move {
+            if wait_ready {
+                wait_for_ready_message(message, listen_timeout, &name).await;
+            }
+            match readiness {
+                Some(r) => wait_until_ready(&r, &reaper, &board, idx, &name).await,
+                None if wait_ready => {}
+                None => std::future::pending().await,
+            }
+        }
+    }
+
+    /// Once the leader `pid` has exited by itself: stops what it left behind in its process group
+    /// (its `kill_signal`, `kill_timeout`, then SIGKILL) and in its cgroup.
+    async fn end_leftovers(&mut self, pid: u32, exit: &mut ExitWait) {
         // The leader is gone; processes it left in its group would hold ports and GPU memory.
         if self.spawner.group_alive(pid) {
             self.board.update(self.idx, |a| {
@@ -690,13 +705,12 @@ impl AppTask {
                 pid,
                 self.kill_signal(),
                 spec.restart.kill_timeout,
-                &mut exit,
+                exit,
                 &mut self.stop,
             )
             .await;
         }
         self.empty_cgroup();
-        Supervised::Exited(exit.status)
     }
 
     /// Kills what the app's process left in its cgroup outside its process group (a grandchild

@@ -482,45 +482,76 @@ impl Supervisor {
         why: Drain,
         handbacks: &mut tokio::task::JoinSet<()>,
     ) -> bool {
-        let alive = |board: &Board, i: usize| {
-            let snapshot = board.watch();
-            let app = &snapshot.borrow().apps[i];
-            app.pid.is_some()
-                && matches!(
-                    app.state,
-                    AppState::Starting | AppState::Running | AppState::Ready
-                )
-        };
         let Some(probe) = self.drain.clone() else {
             for &i in workers {
                 let _ = stops[i].send(Some(signal));
             }
             return false;
         };
+        let mut draining = self
+            .first_drain_round(workers, stops, signal, why, &probe)
+            .await;
+        while !draining.is_empty() {
+            let earliest = draining
+                .iter()
+                .map(|(_, _, deadline)| *deadline)
+                .min()
+                .unwrap_or_else(tokio::time::Instant::now);
+            let second = next_signal(signals);
+            tokio::select! {
+                () = tokio::time::sleep(DRAIN_POLL) => {
+                    draining = self.recheck_busy(draining, stops, signal, &probe, handbacks).await;
+                }
+                () = tokio::time::sleep_until(earliest) => {
+                    self.kill_overdue(&mut draining, stops, why, &probe, handbacks);
+                }
+                signal = second => {
+                    log(&format!("{} received again; not waiting for busy workers: sending SIGKILL to every app now", signal_name(signal)));
+                    for stop in stops {
+                        let _ = stop.send(Some(libc::SIGKILL));
+                    }
+                    for (i, job, _) in draining {
+                        handbacks.spawn(hand_back_once_stopped(
+                            self.board.clone(), i, probe.clone(), self.apps[i].name.clone(), job,
+                            format!("killed by a second {}", signal_name(signal)),
+                        ));
+                    }
+                    return true;
+                }
+                // A stop request during a hold is left for the main loop.
+                Some(_) = self.stop_requests.recv(), if why == Drain::Stop => {}
+            }
+        }
+        false
+    }
+
+    /// The first round of a drain: signals each of `workers` that is not running or is idle, and
+    /// returns the busy ones with their job and deadline (their `kill_timeout` on a stop, now on a
+    /// hold), each logged. (`&mut self`: held across an await, and the supervisor is `Send` but not
+    /// `Sync`, for its stop hooks.)
+    async fn first_drain_round(
+        &mut self,
+        workers: &[usize],
+        stops: &[watch::Sender<Option<i32>>],
+        signal: i32,
+        why: Drain,
+        probe: &Arc<dyn BusyProbe>,
+    ) -> Vec<Draining> {
         let mut asked = Vec::new();
         for &i in workers {
-            if alive(&self.board, i) {
+            if is_alive(&self.board, i) {
                 asked.push(i);
             } else {
                 let _ = stops[i].send(Some(signal));
             }
         }
-        let ask = |indices: &[usize]| {
-            let names: Vec<String> = indices.iter().map(|&i| self.apps[i].name.clone()).collect();
-            let probe = probe.clone();
-            async move {
-                let count = names.len();
-                tokio::time::timeout(DRAIN_PROBE_LIMIT, probe.busy(&names))
-                    .await
-                    .ok()
-                    .filter(|busy| busy.len() == count)
-                    .unwrap_or_else(|| vec![None; count])
-            }
-        };
         let now = tokio::time::Instant::now();
-        // (app, job, deadline)
-        let mut draining: Vec<(usize, String, tokio::time::Instant)> = Vec::new();
-        for (i, busy) in asked.iter().copied().zip(ask(&asked).await) {
+        let mut draining = Vec::new();
+        for (i, busy) in asked
+            .iter()
+            .copied()
+            .zip(self.ask_busy(probe, &asked).await)
+        {
             let Some(job) = busy else {
                 let _ = stops[i].send(Some(signal));
                 continue;
@@ -549,82 +580,117 @@ impl Supervisor {
             });
             draining.push((i, job, now + spec.restart.kill_timeout));
         }
-        while !draining.is_empty() {
-            let earliest = draining
-                .iter()
-                .map(|(_, _, deadline)| *deadline)
-                .min()
-                .unwrap_or(now);
-            let second = next_signal(signals);
-            tokio::select! {
-                () = tokio::time::sleep(DRAIN_POLL) => {
-                    let indices: Vec<usize> = draining.iter().map(|(i, _, _)| *i).collect();
-                    let busy = ask(&indices).await;
-                    let mut still = Vec::new();
-                    for ((i, job, deadline), busy) in draining.drain(..).zip(busy) {
-                        let name = &self.apps[i].name;
-                        if !alive(&self.board, i) {
-                            log(&format!("{name} ended while finishing {}; whatever it still holds goes back to the queue once it is stopped", job_words(&job)));
-                            let _ = stops[i].send(Some(signal));
-                            handbacks.spawn(hand_back_once_stopped(
-                                self.board.clone(), i, probe.clone(), name.clone(), job,
-                                "it ended while the machine was stopping".to_owned(),
-                            ));
-                        } else if busy.is_none() {
-                            log(&format!("{name} finished {}; sending {} now", job_words(&job), signal_name(stop_signal_of(&self.apps[i]))));
-                            let _ = stops[i].send(Some(signal));
-                        } else {
-                            still.push((i, job, deadline));
-                        }
-                    }
-                    draining = still;
-                }
-                () = tokio::time::sleep_until(earliest) => {
-                    let now = tokio::time::Instant::now();
-                    draining.retain(|(i, job, deadline)| {
-                        if *deadline > now {
-                            return true;
-                        }
-                        let spec = &self.apps[*i];
-                        let kill_timeout = human_duration(spec.restart.kill_timeout);
-                        let when = match why {
-                            Drain::Stop => format!("still busy with {} after its kill_timeout {kill_timeout}", job_words(job)),
-                            Drain::Hold => format!("busy with {} while its service is down", job_words(job)),
-                        };
-                        log(&format!(
-                            "{} is {when}; killing it (SIGKILL to its process group: on {} the worker would fail the job permanently), then handing the job back to the queue",
-                            spec.name,
-                            signal_name(stop_signal_of(spec))
-                        ));
-                        let _ = stops[*i].send(Some(libc::SIGKILL));
-                        handbacks.spawn(hand_back_once_stopped(
-                            self.board.clone(), *i, probe.clone(), spec.name.clone(), job.clone(),
-                            match why {
-                                Drain::Stop => format!("still busy at its kill_timeout {kill_timeout} when the machine stopped"),
-                                Drain::Hold => "busy when its service went down".to_owned(),
-                            },
-                        ));
-                        false
-                    });
-                }
-                signal = second => {
-                    log(&format!("{} received again; not waiting for busy workers: sending SIGKILL to every app now", signal_name(signal)));
-                    for stop in stops {
-                        let _ = stop.send(Some(libc::SIGKILL));
-                    }
-                    for (i, job, _) in draining {
-                        handbacks.spawn(hand_back_once_stopped(
-                            self.board.clone(), i, probe.clone(), self.apps[i].name.clone(), job,
-                            format!("killed by a second {}", signal_name(signal)),
-                        ));
-                    }
-                    return true;
-                }
-                // A stop request during a hold is left for the main loop.
-                Some(_) = self.stop_requests.recv(), if why == Drain::Stop => {}
+        draining
+    }
+
+    /// Asks `probe` which of the apps `indices` are busy, for at most [`DRAIN_PROBE_LIMIT`]: one
+    /// answer per app, all idle when it does not answer in time or answers for other apps.
+    fn ask_busy(
+        &self,
+        probe: &Arc<dyn BusyProbe>,
+        indices: &[usize],
+    ) -> impl std::future::Future<Output = Vec<Option<String>>> + use<> {
+        let names: Vec<String> = indices.iter().map(|&i| self.apps[i].name.clone()).collect();
+        let probe = probe.clone();
+        async move {
+            let count = names.len();
+            tokio::time::timeout(DRAIN_PROBE_LIMIT, probe.busy(&names))
+                .await
+                .ok()
+                .filter(|busy| busy.len() == count)
+                .unwrap_or_else(|| vec![None; count])
+        }
+    }
+
+    /// One poll of the busy workers of a drain: one that ended is signalled and its job handed back
+    /// once it is stopped; one that finished its job is signalled. Returns those still busy.
+    /// (`&mut self` as in [`Supervisor::first_drain_round`].)
+    async fn recheck_busy(
+        &mut self,
+        mut draining: Vec<Draining>,
+        stops: &[watch::Sender<Option<i32>>],
+        signal: i32,
+        probe: &Arc<dyn BusyProbe>,
+        handbacks: &mut tokio::task::JoinSet<()>,
+    ) -> Vec<Draining> {
+        let indices: Vec<usize> = draining.iter().map(|(i, _, _)| *i).collect();
+        let busy = self.ask_busy(probe, &indices).await;
+        let mut still = Vec::new();
+        for ((i, job, deadline), busy) in draining.drain(..).zip(busy) {
+            let name = &self.apps[i].name;
+            if !is_alive(&self.board, i) {
+                log(&format!(
+                    "{name} ended while finishing {}; whatever it still holds goes back to the queue once it is stopped",
+                    job_words(&job)
+                ));
+                let _ = stops[i].send(Some(signal));
+                handbacks.spawn(hand_back_once_stopped(
+                    self.board.clone(),
+                    i,
+                    probe.clone(),
+                    name.clone(),
+                    job,
+                    "it ended while the machine was stopping".to_owned(),
+                ));
+            } else if busy.is_none() {
+                log(&format!(
+                    "{name} finished {}; sending {} now",
+                    job_words(&job),
+                    signal_name(stop_signal_of(&self.apps[i]))
+                ));
+                let _ = stops[i].send(Some(signal));
+            } else {
+                still.push((i, job, deadline));
             }
         }
-        false
+        still
+    }
+
+    /// Kills each busy worker of a drain whose deadline has come (SIGKILL: on its stop signal the
+    /// worker would fail the job permanently) and hands its job back once it is gone.
+    fn kill_overdue(
+        &self,
+        draining: &mut Vec<Draining>,
+        stops: &[watch::Sender<Option<i32>>],
+        why: Drain,
+        probe: &Arc<dyn BusyProbe>,
+        handbacks: &mut tokio::task::JoinSet<()>,
+    ) {
+        let now = tokio::time::Instant::now();
+        draining.retain(|(i, job, deadline)| {
+            if *deadline > now {
+                return true;
+            }
+            let spec = &self.apps[*i];
+            let kill_timeout = human_duration(spec.restart.kill_timeout);
+            let when = match why {
+                Drain::Stop => format!(
+                    "still busy with {} after its kill_timeout {kill_timeout}",
+                    job_words(job)
+                ),
+                Drain::Hold => format!("busy with {} while its service is down", job_words(job)),
+            };
+            log(&format!(
+                "{} is {when}; killing it (SIGKILL to its process group: on {} the worker would fail the job permanently), then handing the job back to the queue",
+                spec.name,
+                signal_name(stop_signal_of(spec))
+            ));
+            let _ = stops[*i].send(Some(libc::SIGKILL));
+            handbacks.spawn(hand_back_once_stopped(
+                self.board.clone(),
+                *i,
+                probe.clone(),
+                spec.name.clone(),
+                job.clone(),
+                match why {
+                    Drain::Stop => format!(
+                        "still busy at its kill_timeout {kill_timeout} when the machine stopped"
+                    ),
+                    Drain::Hold => "busy when its service went down".to_owned(),
+                },
+            ));
+            false
+        });
     }
 
     /// Runs until a stop is requested (`Ok` after everything is stopped and reaped), an essential
@@ -1039,6 +1105,20 @@ fn stop_signal_of(app: &AppSpec) -> i32 {
     app.restart
         .kill_signal
         .unwrap_or(crate::signals::PM2_KILL_SIGNAL_DEFAULT)
+}
+
+/// A busy worker being drained: (app index, the job it holds, when it is killed if still busy).
+type Draining = (usize, String, tokio::time::Instant);
+
+/// Whether app `i` has a process that has not been told to stop (starting, running or ready).
+fn is_alive(board: &Board, i: usize) -> bool {
+    let snapshot = board.watch();
+    let app = &snapshot.borrow().apps[i];
+    app.pid.is_some()
+        && matches!(
+            app.state,
+            AppState::Starting | AppState::Running | AppState::Ready
+        )
 }
 
 /// `job j-1`, or `a job` when the worker did not name it.
