@@ -272,3 +272,72 @@ impl Fake {
             .collect()
     }
 }
+
+/// A scripted stand-in for the broker's view of the workers ([`super::BusyProbe`]): which worker
+/// is busy with which job until when, and the jobs handed back, with when.
+#[derive(Default)]
+pub(crate) struct FakeBusy {
+    inner: Mutex<BusyInner>,
+}
+
+#[derive(Default)]
+struct BusyInner {
+    /// Per app: the job it holds and until when (tokio's clock).
+    busy: HashMap<String, (String, Instant)>,
+    /// (when, app, job, why), in order.
+    handed_back: Vec<(Instant, String, String, String)>,
+}
+
+impl FakeBusy {
+    /// Worker `app` is busy with `job` until `until`.
+    pub fn busy_until(&self, app: &str, job: &str, until: Instant) {
+        self.lock()
+            .busy
+            .insert(app.to_owned(), (job.to_owned(), until));
+    }
+
+    /// The jobs handed back so far: (when, app, job, why).
+    pub fn handed_back(&self) -> Vec<(Instant, String, String, String)> {
+        self.lock().handed_back.clone()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, BusyInner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl super::BusyProbe for FakeBusy {
+    fn busy<'a>(
+        &'a self,
+        apps: &'a [String],
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Vec<Option<String>>> + Send + 'a>> {
+        let now = Instant::now();
+        let inner = self.lock();
+        let answer = apps
+            .iter()
+            .map(|app| {
+                inner
+                    .busy
+                    .get(app)
+                    .filter(|(_, until)| *until > now)
+                    .map(|(job, _)| job.clone())
+            })
+            .collect();
+        Box::pin(std::future::ready(answer))
+    }
+
+    fn hand_back<'a>(
+        &'a self,
+        app: &'a str,
+        job: &'a str,
+        why: &'a str,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>> {
+        self.lock().handed_back.push((
+            Instant::now(),
+            app.to_owned(),
+            job.to_owned(),
+            why.to_owned(),
+        ));
+        Box::pin(std::future::ready(()))
+    }
+}

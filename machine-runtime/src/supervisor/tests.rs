@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tokio::task::JoinHandle;
 
-use super::fake::{Fake, Life, Seen};
+use super::fake::{Fake, FakeBusy, Life, Seen};
 use super::{AppState, AppStatus, RunError, Supervisor, SupervisorHandle, SupervisorOptions};
 use crate::command::Context;
 use crate::ecosystem::{AppSpec, Role};
@@ -40,6 +40,11 @@ struct Machine {
 }
 
 fn start(apps: Vec<AppSpec>, fake: &Arc<Fake>) -> Machine {
+    start_with(apps, fake, None)
+}
+
+/// [`start`], the workers drained through `busy` where given (as with a broker).
+fn start_with(apps: Vec<AppSpec>, fake: &Arc<Fake>, busy: Option<Arc<FakeBusy>>) -> Machine {
     // An empty runtime environment: no PM2_KILL_SIGNAL, so PM2's default SIGINT stops the apps.
     let context = Context {
         runtime_env: BTreeMap::new(),
@@ -56,6 +61,9 @@ fn start(apps: Vec<AppSpec>, fake: &Arc<Fake>) -> Machine {
     )
     .expect("the test apps pass the preflight");
     supervisor.use_fake(fake.clone());
+    if let Some(busy) = busy {
+        supervisor.drain_with(busy);
+    }
     let handle = supervisor.handle();
     Machine {
         handle,
@@ -521,5 +529,88 @@ async fn a_restart_request_brings_back_an_errored_app_with_a_fresh_count() {
     let status = m.state("flaky", AppState::Running).await;
     assert_eq!((status.restarts, status.unstable_restarts), (2, 0));
     assert_eq!(fake.starts("flaky"), [ms(0), ms(0), secs(10)]);
+    m.stop().await.unwrap();
+}
+
+/// A worker and its service, the worker drained through a fake broker view.
+fn worker_and_service(kill_timeout: Duration) -> Vec<AppSpec> {
+    vec![
+        app("svc", |a| a.role = Some(Role::Service)),
+        app("wrk", |a| {
+            a.role = Some(Role::Worker);
+            a.restart.kill_timeout = kill_timeout;
+        }),
+    ]
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_busy_worker_finishes_its_job_before_it_is_signalled() {
+    let fake = Fake::new();
+    let busy = Arc::new(FakeBusy::default());
+    let m = start_with(worker_and_service(secs(5)), &fake, Some(busy.clone()));
+    m.state("wrk", AppState::Running).await;
+    busy.busy_until("wrk", "j-1", tokio::time::Instant::now() + secs(2));
+    m.stop().await.unwrap();
+    // Signalled once the job is done (2 s, within its 5 s kill_timeout); the service after it.
+    assert_eq!(fake.signals("wrk"), [(secs(2), INT)]);
+    assert_eq!(fake.signals("svc"), [(secs(2), INT)]);
+    assert!(busy.handed_back().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_worker_still_busy_at_kill_timeout_is_killed_and_its_job_handed_back() {
+    let fake = Fake::new();
+    let busy = Arc::new(FakeBusy::default());
+    let t0 = tokio::time::Instant::now();
+    let m = start_with(worker_and_service(secs(1)), &fake, Some(busy.clone()));
+    m.state("wrk", AppState::Running).await;
+    busy.busy_until("wrk", "j-1", t0 + secs(60));
+    m.stop().await.unwrap();
+    // No SIGINT (the worker would fail the job for good): SIGKILL at its kill_timeout.
+    assert_eq!(fake.signals("wrk"), [(secs(1), KILL)]);
+    let handed: Vec<_> = busy
+        .handed_back()
+        .into_iter()
+        .map(|(at, app, job, why)| (at - t0, app, job, why))
+        .collect();
+    assert_eq!(
+        handed,
+        [(
+            secs(1),
+            "wrk".to_owned(),
+            "j-1".to_owned(),
+            "still busy at its kill_timeout 1.0s when the machine stopped".to_owned()
+        )]
+    );
+    // The job went back before the service was told to stop.
+    assert_eq!(fake.signals("svc"), [(secs(1), INT)]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_idle_worker_is_signalled_at_once() {
+    let fake = Fake::new();
+    let busy = Arc::new(FakeBusy::default());
+    let m = start_with(worker_and_service(secs(5)), &fake, Some(busy.clone()));
+    m.state("wrk", AppState::Running).await;
+    tokio::time::sleep(secs(1)).await;
+    m.stop().await.unwrap();
+    assert_eq!(fake.signals("wrk"), [(secs(1), INT)]);
+    assert_eq!(fake.signals("svc"), [(secs(1), INT)]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_restart_waits_for_a_busy_worker_to_finish_its_job() {
+    let fake = Fake::new();
+    let busy = Arc::new(FakeBusy::default());
+    let t0 = tokio::time::Instant::now();
+    let m = start_with(worker_and_service(secs(10)), &fake, Some(busy.clone()));
+    m.state("wrk", AppState::Running).await;
+    busy.busy_until("wrk", "j-1", t0 + secs(3));
+    assert_eq!(m.handle.restart("wrk"), Ok(AppState::Running));
+    m.until("wrk", |a| a.restarts == 1 && a.state == AppState::Running)
+        .await;
+    assert_eq!(fake.signals("wrk"), [(secs(3), INT)]);
+    assert_eq!(fake.starts("wrk"), [ms(0), secs(3)]);
+    assert!(busy.handed_back().is_empty());
     m.stop().await.unwrap();
 }
