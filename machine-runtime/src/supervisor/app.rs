@@ -1,6 +1,5 @@
 //! One app's life: wait for its dependencies, start, probe, restart by policy, stop on request.
 
-use std::os::fd::OwnedFd;
 use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
 use std::sync::Arc;
@@ -9,15 +8,15 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::logs::AppLog;
-use super::output::{self, Stream};
 use super::policy::{Decision, RestartHistory};
+use super::spawn::Spawner;
 use super::state::{AppState, Board, LastExit};
 use super::{BusyProbe, DRAIN_POLL, DRAIN_PROBE_LIMIT};
 use crate::command::ChildCommand;
 use crate::ecosystem::AppSpec;
 use crate::probe::{Readiness, describe_status, human_duration, probe_once};
 use crate::reaper::Reaper;
-use crate::signals::{group_alive, kill_group, signal_name};
+use crate::signals::signal_name;
 
 /// How long a process group may linger after SIGKILL before we give up waiting for it.
 const KILL_WAIT: Duration = Duration::from_secs(5);
@@ -46,7 +45,10 @@ pub(crate) struct AppTask {
     /// Indices of the apps in `machine_wait_for`.
     pub deps: Vec<usize>,
     pub board: Arc<Board>,
+    /// Runs the readiness probes' commands.
     pub reaper: Reaper,
+    /// Starts its process and signals its process group.
+    pub spawner: Spawner,
     /// `Some(signal)` asks the app to stop with that signal; `Some(SIGKILL)` later escalates.
     pub stop: watch::Receiver<Option<i32>>,
     /// Bumped by each restart request (`/restart/service`).
@@ -110,6 +112,14 @@ enum Supervised {
     /// Stopped because its process tree used more than `max_memory_restart` (why, in words);
     /// start again at once, counted as one restart.
     MemoryRestart(String),
+}
+
+/// How a start ended without anyone asking: it ran and exited with `status` (`ran`), or could not
+/// start; `description` says it in words (`status 1`, or why it could not start).
+struct Exit {
+    ran: bool,
+    status: Option<ExitStatus>,
+    description: String,
 }
 
 /// A child just started: its pid (the leader of its process group), its exit, and, with an IPC
@@ -180,6 +190,8 @@ impl AppTask {
         }
     }
 
+    /// The app's life until it ends for good or is stopped: start, watch, and start again as its
+    /// restart policy and the requests say.
     async fn life(&mut self, history: &mut RestartHistory) -> AppEnd {
         loop {
             if *self.paused.borrow() && !self.wait_while_paused().await {
@@ -196,181 +208,227 @@ impl AppTask {
             if *self.paused.borrow() {
                 continue;
             }
-            let started = Instant::now();
+            // The paused clock in the unit tests; the same as std's Instant in production.
+            let started = tokio::time::Instant::now();
             // Requests made before this start are answered by it.
             self.restart.borrow_and_update();
             // So is a hold sent while the last process was being stopped.
             self.hold.borrow_and_update();
-            let (ran, status, description) = match self.start() {
+            let exit = match self.start() {
                 Ok(child) => match self.supervise(child, started).await {
+                    Supervised::Exited(status) => Exit {
+                        ran: true,
+                        status,
+                        description: status
+                            .map(describe_status)
+                            .unwrap_or_else(|| "an unknown status".into()),
+                    },
                     Supervised::StopRequested => return AppEnd::Requested,
-                    Supervised::Held | Supervised::Paused => {
-                        if self.stop_requested().is_some() {
-                            return AppEnd::Requested;
-                        }
-                        // Not a crash: the restart history is left as it was.
-                        continue;
-                    }
+                    _ if self.stop_requested().is_some() => return AppEnd::Requested,
+                    // Not a crash: the restart history is left as it was.
+                    Supervised::Held | Supervised::Paused => continue,
                     Supervised::RestartRequested => {
-                        if self.stop_requested().is_some() {
-                            return AppEnd::Requested;
-                        }
-                        history.restarts += 1;
-                        history.unstable = 0;
-                        let restarts = history.restarts;
-                        super::state::log(&format!("{} restarting on request", self.name()));
-                        self.board.update(self.idx, |a| {
-                            a.restarts = restarts;
-                            a.unstable_restarts = 0;
-                        });
+                        self.count_restart(history, None);
                         continue;
                     }
                     Supervised::MemoryRestart(why) => {
-                        if self.stop_requested().is_some() {
-                            return AppEnd::Requested;
-                        }
-                        // PM2 counts it as one restart; it is not a crash.
-                        history.restarts += 1;
-                        history.unstable = 0;
-                        let restarts = history.restarts;
-                        super::state::log(&format!(
-                            "{} restarting (restart {restarts}): {why}",
-                            self.name()
-                        ));
-                        self.board.update(self.idx, |a| {
-                            a.restarts = restarts;
-                            a.memory_restarts += 1;
-                            a.unstable_restarts = 0;
-                            a.detail = Some(format!("restarted: {why}"));
-                        });
+                        self.count_restart(history, Some(&why));
                         continue;
                     }
-                    Supervised::Exited(status) => {
-                        let description = status
-                            .map(describe_status)
-                            .unwrap_or_else(|| "an unknown status".into());
-                        (true, status, description)
-                    }
                 },
-                Err(e) => (false, None, e),
+                Err(description) => Exit {
+                    ran: false,
+                    status: None,
+                    description,
+                },
             };
-            let uptime = started.elapsed();
-            let code = status.and_then(|s| s.code());
-            let last_exit = LastExit {
-                code,
-                signal: status.and_then(|s| s.signal()),
-                uptime_ms: uptime.as_millis() as u64,
-                description: description.clone(),
-            };
-            let what = if ran {
-                format!(
-                    "{} exited with {description} after {}",
-                    self.name(),
-                    human_duration(uptime)
-                )
-            } else {
-                format!("{} could not start: {description}", self.name())
-            };
-            if self.stop_requested().is_some() {
-                // It ended on its own just as the stop came in; nothing to restart.
-                self.board
-                    .transition(self.idx, AppState::Stopped, what, |a| {
-                        a.last_exit = Some(last_exit)
-                    });
-                return AppEnd::Requested;
+            if let Some(end) = self.after_exit(exit, started, history).await {
+                return end;
             }
-            match history.on_exit(&self.spec.restart, uptime, code) {
-                Decision::Restart { delay, unstable } => {
-                    let why = if unstable > 0 {
-                        format!(
-                            "attempt {} of {}",
-                            unstable + 1,
-                            self.spec.restart.max_restarts
-                        )
-                    } else {
-                        format!(
-                            "it ran longer than min_uptime {}; restart {}",
-                            human_duration(self.spec.restart.min_uptime),
-                            history.restarts
-                        )
-                    };
-                    let restarts = history.restarts;
-                    self.board.transition(
-                        self.idx,
-                        AppState::Restarting,
-                        format!("{what}; restarting in {} ({why})", human_duration(delay)),
-                        |a| {
-                            a.last_exit = Some(last_exit);
-                            a.restarts = restarts;
-                            a.unstable_restarts = unstable;
-                            a.detail = Some(format!("restarting after {description}"));
-                        },
-                    );
-                    if !delay.is_zero() {
-                        self.restart.borrow_and_update();
-                        tokio::select! {
-                            _ = tokio::time::sleep(delay) => {}
-                            // A restart request skips the delay.
-                            _ = self.restart.changed() => {}
-                            // An operator's stop ends it (the loop holds it stopped).
-                            () = until(&mut self.paused, true) => {}
-                            _ = Self::stop_signal(&mut self.stop) => {
-                                self.stopped_before_start();
-                                return AppEnd::Requested;
-                            }
-                        }
-                    }
-                }
-                Decision::Errored { unstable } => {
-                    let reason = format!(
-                        "{unstable} consecutive exit{} before min_uptime {}",
-                        if unstable == 1 { "" } else { "s" },
-                        human_duration(self.spec.restart.min_uptime)
-                    );
-                    let essential = if self.spec.essential {
-                        "; it is essential, so the machine stops"
-                    } else {
-                        ""
-                    };
-                    self.board.transition(
-                        self.idx,
-                        AppState::Errored,
-                        format!("{what}; errored after {reason}; not restarting{essential}"),
-                        |a| {
-                            a.last_exit = Some(last_exit);
-                            a.unstable_restarts = unstable;
-                            a.detail =
-                                Some(format!("errored after {reason}; last exit: {description}"));
-                        },
-                    );
-                    return AppEnd::Ended {
-                        errored: true,
-                        code,
-                        reason: format!("errored after {reason} (last exit: {description})"),
-                    };
-                }
-                Decision::Stop { reason } => {
-                    let essential = if self.spec.essential {
-                        "; it is essential, so the machine stops"
-                    } else {
-                        ""
-                    };
-                    self.board.transition(
-                        self.idx,
-                        AppState::Stopped,
-                        format!("{what}; not restarting: {reason}{essential}"),
-                        |a| {
-                            a.last_exit = Some(last_exit);
-                            a.detail = Some(format!("ended with {description}; {reason}"));
-                        },
-                    );
-                    return AppEnd::Ended {
-                        errored: false,
-                        code,
-                        reason: format!("ended with {description} and {reason}"),
-                    };
+        }
+    }
+
+    /// Counts a restart that is not a crash: a restart request, or `max_memory_restart` (`memory`
+    /// says why), which PM2 counts as one restart. The count of unstable exits starts over.
+    fn count_restart(&self, history: &mut RestartHistory, memory: Option<&str>) {
+        history.restarts += 1;
+        history.unstable = 0;
+        let restarts = history.restarts;
+        let Some(why) = memory else {
+            super::state::log(&format!("{} restarting on request", self.name()));
+            self.board.update(self.idx, |a| {
+                a.restarts = restarts;
+                a.unstable_restarts = 0;
+            });
+            return;
+        };
+        super::state::log(&format!(
+            "{} restarting (restart {restarts}): {why}",
+            self.name()
+        ));
+        self.board.update(self.idx, |a| {
+            a.restarts = restarts;
+            a.memory_restarts += 1;
+            a.unstable_restarts = 0;
+            a.detail = Some(format!("restarted: {why}"));
+        });
+    }
+
+    /// After an exit nobody asked for (or a start that failed), started at `started`: records it
+    /// and applies the restart policy. `None` when the app is to start again (after its delay).
+    async fn after_exit(
+        &mut self,
+        exit: Exit,
+        started: tokio::time::Instant,
+        history: &mut RestartHistory,
+    ) -> Option<AppEnd> {
+        let uptime = started.elapsed();
+        let Exit {
+            ran,
+            status,
+            description,
+        } = exit;
+        let code = status.and_then(|s| s.code());
+        let last_exit = LastExit {
+            code,
+            signal: status.and_then(|s| s.signal()),
+            uptime_ms: uptime.as_millis() as u64,
+            description: description.clone(),
+        };
+        let what = if ran {
+            format!(
+                "{} exited with {description} after {}",
+                self.name(),
+                human_duration(uptime)
+            )
+        } else {
+            format!("{} could not start: {description}", self.name())
+        };
+        if self.stop_requested().is_some() {
+            // It ended on its own just as the stop came in; nothing to restart.
+            self.board
+                .transition(self.idx, AppState::Stopped, what, |a| {
+                    a.last_exit = Some(last_exit)
+                });
+            return Some(AppEnd::Requested);
+        }
+        match history.on_exit(&self.spec.restart, uptime, code) {
+            Decision::Restart { delay, unstable } => {
+                self.restart_after(delay, unstable, history.restarts, what, last_exit)
+                    .await
+            }
+            Decision::Errored { unstable } => Some(self.errored(unstable, what, last_exit)),
+            Decision::Stop { reason } => {
+                Some(self.ended_by_configuration(&reason, what, last_exit))
+            }
+        }
+    }
+
+    /// Marks the app `restarting` (the `unstable`-th consecutive unstable exit, `restarts` in all)
+    /// and waits out `delay`; a restart request or an operator's stop cuts it short. `Some` when
+    /// the machine stops first.
+    async fn restart_after(
+        &mut self,
+        delay: Duration,
+        unstable: u32,
+        restarts: u32,
+        what: String,
+        last_exit: LastExit,
+    ) -> Option<AppEnd> {
+        let why = if unstable > 0 {
+            format!(
+                "attempt {} of {}",
+                unstable + 1,
+                self.spec.restart.max_restarts
+            )
+        } else {
+            format!(
+                "it ran longer than min_uptime {}; restart {restarts}",
+                human_duration(self.spec.restart.min_uptime),
+            )
+        };
+        let detail = format!("restarting after {}", last_exit.description);
+        self.board.transition(
+            self.idx,
+            AppState::Restarting,
+            format!("{what}; restarting in {} ({why})", human_duration(delay)),
+            |a| {
+                a.last_exit = Some(last_exit);
+                a.restarts = restarts;
+                a.unstable_restarts = unstable;
+                a.detail = Some(detail);
+            },
+        );
+        if !delay.is_zero() {
+            self.restart.borrow_and_update();
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                // A restart request skips the delay.
+                _ = self.restart.changed() => {}
+                // An operator's stop ends it (the loop holds it stopped).
+                () = until(&mut self.paused, true) => {}
+                _ = Self::stop_signal(&mut self.stop) => {
+                    self.stopped_before_start();
+                    return Some(AppEnd::Requested);
                 }
             }
+        }
+        None
+    }
+
+    /// Marks the app `errored` after `unstable` consecutive unstable exits; it stays down.
+    fn errored(&self, unstable: u32, what: String, last_exit: LastExit) -> AppEnd {
+        let reason = format!(
+            "{unstable} consecutive exit{} before min_uptime {}",
+            if unstable == 1 { "" } else { "s" },
+            human_duration(self.spec.restart.min_uptime)
+        );
+        let (code, description) = (last_exit.code, last_exit.description.clone());
+        self.board.transition(
+            self.idx,
+            AppState::Errored,
+            format!(
+                "{what}; errored after {reason}; not restarting{}",
+                self.essential_note()
+            ),
+            |a| {
+                a.last_exit = Some(last_exit);
+                a.unstable_restarts = unstable;
+                a.detail = Some(format!("errored after {reason}; last exit: {description}"));
+            },
+        );
+        AppEnd::Ended {
+            errored: true,
+            code,
+            reason: format!("errored after {reason} (last exit: {description})"),
+        }
+    }
+
+    /// Marks the app `stopped` because its configuration says not to restart it (`reason`).
+    fn ended_by_configuration(&self, reason: &str, what: String, last_exit: LastExit) -> AppEnd {
+        let (code, description) = (last_exit.code, last_exit.description.clone());
+        self.board.transition(
+            self.idx,
+            AppState::Stopped,
+            format!("{what}; not restarting: {reason}{}", self.essential_note()),
+            |a| {
+                a.last_exit = Some(last_exit);
+                a.detail = Some(format!("ended with {description}; {reason}"));
+            },
+        );
+        AppEnd::Ended {
+            errored: false,
+            code,
+            reason: format!("ended with {description} and {reason}"),
+        }
+    }
+
+    /// What the log adds when an essential app ends for good.
+    fn essential_note(&self) -> &'static str {
+        if self.spec.essential {
+            "; it is essential, so the machine stops"
+        } else {
+            ""
         }
     }
 
@@ -478,77 +536,11 @@ impl AppTask {
 
     /// Spawns the child; on failure the error says why in words.
     fn start(&self) -> Result<Started, String> {
-        if !self
-            .cmd
-            .resolved_program()
-            .as_encoded_bytes()
-            .contains(&b'/')
-        {
-            // Not on the child's PATH: fail here rather than let std fall back to fork + exec.
-            return Err(format!(
-                "program \"{}\" not found (not a file, and not on PATH)",
-                self.cmd.program.to_string_lossy()
-            ));
-        }
-        // The app's own folders (a ComfyUI's output and temp), made at each start: a start refused
-        // earlier wrote nothing, and a folder removed while the machine runs is back at the restart.
-        // A few directory calls, like the PATH lookup above.
-        for dir in &self.cmd.dirs {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| format!("cannot create its folder {}: {e}", dir.display()))?;
-        }
-        let mut command = self.cmd.to_command();
-        if let Some(cgroup) = &self.cgroup {
-            cgroup.attach(&mut command);
-        }
-        let channel = if self.cmd.ipc {
-            let channel = super::ipc::Channel::new()
-                .map_err(|e| format!("cannot make its IPC channel: {e}"))?;
-            channel.attach(&mut command);
-            Some(channel)
-        } else {
-            None
-        };
-        let mut spawned = self.reaper.spawn(&mut command).map_err(|e| {
-            let program = self.cmd.program.to_string_lossy();
-            match e.kind() {
-                std::io::ErrorKind::NotFound => match &self.cmd.cwd {
-                    Some(cwd) if !cwd.is_dir() => {
-                        format!("its cwd {} does not exist", cwd.display())
-                    }
-                    _ => format!("program \"{program}\" not found (not a file, and not on PATH)"),
-                },
-                std::io::ErrorKind::NotADirectory => match &self.cmd.cwd {
-                    Some(cwd) if cwd.exists() && !cwd.is_dir() => {
-                        format!("its cwd {} is a file, not a folder", cwd.display())
-                    }
-                    _ => format!("cannot run \"{program}\": {e}"),
-                },
-                _ => format!("cannot run \"{program}\": {e}"),
-            }
-        })?;
-        if let Some(stdout) = spawned.child.stdout.take() {
-            output::forward(
-                self.name(),
-                OwnedFd::from(stdout),
-                Stream::Stdout,
-                self.log.clone(),
-            );
-        }
-        if let Some(stderr) = spawned.child.stderr.take() {
-            output::forward(
-                self.name(),
-                OwnedFd::from(stderr),
-                Stream::Stderr,
-                self.log.clone(),
-            );
-        }
-        let ready = channel.map(|channel| {
-            let (tx, rx) = watch::channel(false);
-            channel.listen(self.name(), self.log.clone(), tx);
-            rx
-        });
-        let pid = spawned.pid;
+        let child =
+            self.spawner
+                .spawn(self.name(), &self.cmd, self.cgroup.as_deref(), &self.log)?;
+        let ready = child.ready;
+        let pid = child.pid;
         let started_ms = self.board.elapsed_ms();
         let pin = self
             .cmd
@@ -583,7 +575,7 @@ impl AppTask {
         Ok(Started {
             pid,
             exit: ExitWait {
-                rx: Some(spawned.exit),
+                rx: Some(child.exit),
                 status: None,
             },
             ready,
@@ -591,32 +583,14 @@ impl AppTask {
     }
 
     /// Watches a running child until it exits or a stop is requested.
-    async fn supervise(&mut self, child: Started, started: Instant) -> Supervised {
+    async fn supervise(&mut self, child: Started, started: tokio::time::Instant) -> Supervised {
         let Started {
             pid,
             mut exit,
             ready: message,
         } = child;
-        let readiness = self.spec.readiness.clone();
-        let wait_ready = self.spec.wait_ready;
-        let mut ready = readiness.is_none() && !wait_ready;
-        let probe = {
-            let reaper = self.reaper.clone();
-            let board = self.board.clone();
-            let idx = self.idx;
-            let name = self.spec.name.clone();
-            let listen_timeout = self.spec.listen_timeout;
-            async move {
-                if wait_ready {
-                    wait_for_ready_message(message, listen_timeout, &name).await;
-                }
-                match readiness {
-                    Some(r) => wait_until_ready(&r, &reaper, &board, idx, &name).await,
-                    None if wait_ready => {}
-                    None => std::future::pending().await,
-                }
-            }
-        };
+        let mut ready = self.spec.readiness.is_none() && !self.spec.wait_ready;
+        let probe = self.until_ready(message);
         tokio::pin!(probe);
         let limit = self.spec.max_memory_restart;
         let mut sampler = limit.map(|_| {
@@ -681,8 +655,41 @@ impl AppTask {
                 }
             }
         }
+        self.end_leftovers(pid, &mut exit).await;
+        Supervised::Exited(exit.status)
+    }
+
+    /// Resolves once the app counts as ready: its `"ready"` message (`wait_ready`, at most
+    /// `listen_timeout`), then its readiness probe where it has one; never for an app with neither
+    /// (it is ready at start). `message` is its IPC channel's ready flag.
+    fn until_ready(
+        &self,
+        message: Option<watch::Receiver<bool>>,
+    ) -> impl std::future::Future<Output = ()> + use<> {
+        let readiness = self.spec.readiness.clone();
+        let wait_ready = self.spec.wait_ready;
+        let reaper = self.reaper.clone();
+        let board = self.board.clone();
+        let idx = self.idx;
+        let name = self.spec.name.clone();
+        let listen_timeout = self.spec.listen_timeout;
+        async move {
+            if wait_ready {
+                wait_for_ready_message(message, listen_timeout, &name).await;
+            }
+            match readiness {
+                Some(r) => wait_until_ready(&r, &reaper, &board, idx, &name).await,
+                None if wait_ready => {}
+                None => std::future::pending().await,
+            }
+        }
+    }
+
+    /// Once the leader `pid` has exited by itself: stops what it left behind in its process group
+    /// (its `kill_signal`, `kill_timeout`, then SIGKILL) and in its cgroup.
+    async fn end_leftovers(&mut self, pid: u32, exit: &mut ExitWait) {
         // The leader is gone; processes it left in its group would hold ports and GPU memory.
-        if group_alive(pid) {
+        if self.spawner.group_alive(pid) {
             self.board.update(self.idx, |a| {
                 a.detail = Some("stopping what its process left behind".into())
             });
@@ -693,17 +700,17 @@ impl AppTask {
             ));
             let spec = self.spec.clone();
             terminate_group(
+                &self.spawner,
                 &spec.name,
                 pid,
                 self.kill_signal(),
                 spec.restart.kill_timeout,
-                &mut exit,
+                exit,
                 &mut self.stop,
             )
             .await;
         }
         self.empty_cgroup();
-        Supervised::Exited(exit.status)
     }
 
     /// Kills what the app's process left in its cgroup outside its process group (a grandchild
@@ -733,7 +740,7 @@ impl AppTask {
         &mut self,
         pid: u32,
         exit: &mut ExitWait,
-        started: Instant,
+        started: tokio::time::Instant,
         purpose: For,
     ) -> Supervised {
         let (noun, verb, doing, then) = match purpose {
@@ -814,7 +821,13 @@ impl AppTask {
     /// Stops the child: SIGKILL stays SIGKILL; any other request (the runtime's SIGTERM or SIGINT,
     /// a restart, a hold) sends the app's own stop signal, as PM2 sends its `KILL_SIGNAL` whatever
     /// stopped it. Then `kill_timeout`, then SIGKILL to the group.
-    async fn stop_child(&mut self, pid: u32, signal: i32, exit: &mut ExitWait, started: Instant) {
+    async fn stop_child(
+        &mut self,
+        pid: u32,
+        signal: i32,
+        exit: &mut ExitWait,
+        started: tokio::time::Instant,
+    ) {
         let signal = if signal == libc::SIGKILL {
             libc::SIGKILL
         } else {
@@ -833,7 +846,16 @@ impl AppTask {
             |_| {},
         );
         let spec = self.spec.clone();
-        let killed = terminate_group(&spec.name, pid, signal, grace, exit, &mut self.stop).await;
+        let killed = terminate_group(
+            &self.spawner,
+            &spec.name,
+            pid,
+            signal,
+            grace,
+            exit,
+            &mut self.stop,
+        )
+        .await;
         self.empty_cgroup();
         let description = exit
             .status
@@ -867,6 +889,7 @@ async fn until(flag: &mut watch::Receiver<bool>, want: bool) {
 /// then SIGKILLs the group. A later `SIGKILL` on `stop` cuts the grace short. True if SIGKILL
 /// was needed.
 async fn terminate_group(
+    spawner: &Spawner,
     name: &str,
     pgid: u32,
     signal: i32,
@@ -874,16 +897,16 @@ async fn terminate_group(
     exit: &mut ExitWait,
     stop: &mut watch::Receiver<Option<i32>>,
 ) -> bool {
-    kill_group(pgid, signal);
+    spawner.signal_group(pgid, signal);
     let grace_end = tokio::time::Instant::now() + grace;
     let mut kill_end: Option<tokio::time::Instant> = None;
     let mut escalate = *stop.borrow() == Some(libc::SIGKILL) && signal != libc::SIGKILL;
     loop {
-        if exit.done() && !group_alive(pgid) {
+        if exit.done() && !spawner.group_alive(pgid) {
             return kill_end.is_some();
         }
         if escalate && kill_end.is_none() {
-            kill_group(pgid, libc::SIGKILL);
+            spawner.signal_group(pgid, libc::SIGKILL);
             kill_end = Some(tokio::time::Instant::now() + KILL_WAIT);
         }
         let poll = async {

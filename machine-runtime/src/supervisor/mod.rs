@@ -7,13 +7,19 @@
 //! task (health endpoint, broker), a [`TaskTracker`] is closed and awaited before `run` returns.
 
 mod app;
+#[cfg(test)]
+mod fake;
 mod follow;
+mod host;
 mod ipc;
 pub mod logs;
 pub(crate) mod memory;
 mod output;
 pub(crate) mod policy;
+mod spawn;
 pub mod state;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -26,10 +32,12 @@ use tokio_util::task::TaskTracker;
 use crate::command::{self, ChildCommand, Context};
 use crate::ecosystem::{AppSpec, Role};
 use crate::probe::human_duration;
-use crate::reaper::{Reaper, ReaperRole, become_subreaper};
+use crate::reaper::Reaper;
 use crate::signals::{StopSignals, signal_name};
 use app::{AppEnd, AppTask};
+use host::Host;
 use logs::{AppLog, Logs};
+use spawn::Spawner;
 pub use state::{AppState, AppStatus, LastExit, Phase, Snapshot, StateEvent};
 use state::{Board, log};
 
@@ -252,6 +260,8 @@ pub(crate) struct Supervisor {
     handle_signals: bool,
     before_stop: Vec<StopHook>,
     drain: Option<Arc<dyn BusyProbe>>,
+    /// Starts the apps' processes: real ones, or the unit tests' fake.
+    spawner: Spawner,
 }
 
 /// Work that must finish before any app is signalled (the broker's final `shutdown` message).
@@ -420,7 +430,14 @@ impl Supervisor {
             handle_signals: options.handle_signals,
             before_stop: Vec::new(),
             drain: None,
+            spawner: Spawner::Real(Reaper::new()),
         })
+    }
+
+    /// Starts the apps as `fake` scripts them instead of as real processes.
+    #[cfg(test)]
+    pub(crate) fn use_fake(&mut self, fake: Arc<fake::Fake>) {
+        self.spawner = Spawner::Fake(fake);
     }
 
     pub fn handle(&self) -> SupervisorHandle {
@@ -465,45 +482,76 @@ impl Supervisor {
         why: Drain,
         handbacks: &mut tokio::task::JoinSet<()>,
     ) -> bool {
-        let alive = |board: &Board, i: usize| {
-            let snapshot = board.watch();
-            let app = &snapshot.borrow().apps[i];
-            app.pid.is_some()
-                && matches!(
-                    app.state,
-                    AppState::Starting | AppState::Running | AppState::Ready
-                )
-        };
         let Some(probe) = self.drain.clone() else {
             for &i in workers {
                 let _ = stops[i].send(Some(signal));
             }
             return false;
         };
+        let mut draining = self
+            .first_drain_round(workers, stops, signal, why, &probe)
+            .await;
+        while !draining.is_empty() {
+            let earliest = draining
+                .iter()
+                .map(|(_, _, deadline)| *deadline)
+                .min()
+                .unwrap_or_else(tokio::time::Instant::now);
+            let second = next_signal(signals);
+            tokio::select! {
+                () = tokio::time::sleep(DRAIN_POLL) => {
+                    draining = self.recheck_busy(draining, stops, signal, &probe, handbacks).await;
+                }
+                () = tokio::time::sleep_until(earliest) => {
+                    self.kill_overdue(&mut draining, stops, why, &probe, handbacks);
+                }
+                signal = second => {
+                    log(&format!("{} received again; not waiting for busy workers: sending SIGKILL to every app now", signal_name(signal)));
+                    for stop in stops {
+                        let _ = stop.send(Some(libc::SIGKILL));
+                    }
+                    for (i, job, _) in draining {
+                        handbacks.spawn(hand_back_once_stopped(
+                            self.board.clone(), i, probe.clone(), self.apps[i].name.clone(), job,
+                            format!("killed by a second {}", signal_name(signal)),
+                        ));
+                    }
+                    return true;
+                }
+                // A stop request during a hold is left for the main loop.
+                Some(_) = self.stop_requests.recv(), if why == Drain::Stop => {}
+            }
+        }
+        false
+    }
+
+    /// The first round of a drain: signals each of `workers` that is not running or is idle, and
+    /// returns the busy ones with their job and deadline (their `kill_timeout` on a stop, now on a
+    /// hold), each logged. (`&mut self`: held across an await, and the supervisor is `Send` but not
+    /// `Sync`, for its stop hooks.)
+    async fn first_drain_round(
+        &mut self,
+        workers: &[usize],
+        stops: &[watch::Sender<Option<i32>>],
+        signal: i32,
+        why: Drain,
+        probe: &Arc<dyn BusyProbe>,
+    ) -> Vec<Draining> {
         let mut asked = Vec::new();
         for &i in workers {
-            if alive(&self.board, i) {
+            if is_alive(&self.board, i) {
                 asked.push(i);
             } else {
                 let _ = stops[i].send(Some(signal));
             }
         }
-        let ask = |indices: &[usize]| {
-            let names: Vec<String> = indices.iter().map(|&i| self.apps[i].name.clone()).collect();
-            let probe = probe.clone();
-            async move {
-                let count = names.len();
-                tokio::time::timeout(DRAIN_PROBE_LIMIT, probe.busy(&names))
-                    .await
-                    .ok()
-                    .filter(|busy| busy.len() == count)
-                    .unwrap_or_else(|| vec![None; count])
-            }
-        };
         let now = tokio::time::Instant::now();
-        // (app, job, deadline)
-        let mut draining: Vec<(usize, String, tokio::time::Instant)> = Vec::new();
-        for (i, busy) in asked.iter().copied().zip(ask(&asked).await) {
+        let mut draining = Vec::new();
+        for (i, busy) in asked
+            .iter()
+            .copied()
+            .zip(self.ask_busy(probe, &asked).await)
+        {
             let Some(job) = busy else {
                 let _ = stops[i].send(Some(signal));
                 continue;
@@ -532,125 +580,159 @@ impl Supervisor {
             });
             draining.push((i, job, now + spec.restart.kill_timeout));
         }
-        while !draining.is_empty() {
-            let earliest = draining
-                .iter()
-                .map(|(_, _, deadline)| *deadline)
-                .min()
-                .unwrap_or(now);
-            let second = next_signal(signals);
-            tokio::select! {
-                () = tokio::time::sleep(DRAIN_POLL) => {
-                    let indices: Vec<usize> = draining.iter().map(|(i, _, _)| *i).collect();
-                    let busy = ask(&indices).await;
-                    let mut still = Vec::new();
-                    for ((i, job, deadline), busy) in draining.drain(..).zip(busy) {
-                        let name = &self.apps[i].name;
-                        if !alive(&self.board, i) {
-                            log(&format!("{name} ended while finishing {}; whatever it still holds goes back to the queue once it is stopped", job_words(&job)));
-                            let _ = stops[i].send(Some(signal));
-                            handbacks.spawn(hand_back_once_stopped(
-                                self.board.clone(), i, probe.clone(), name.clone(), job,
-                                "it ended while the machine was stopping".to_owned(),
-                            ));
-                        } else if busy.is_none() {
-                            log(&format!("{name} finished {}; sending {} now", job_words(&job), signal_name(stop_signal_of(&self.apps[i]))));
-                            let _ = stops[i].send(Some(signal));
-                        } else {
-                            still.push((i, job, deadline));
-                        }
-                    }
-                    draining = still;
-                }
-                () = tokio::time::sleep_until(earliest) => {
-                    let now = tokio::time::Instant::now();
-                    draining.retain(|(i, job, deadline)| {
-                        if *deadline > now {
-                            return true;
-                        }
-                        let spec = &self.apps[*i];
-                        let kill_timeout = human_duration(spec.restart.kill_timeout);
-                        let when = match why {
-                            Drain::Stop => format!("still busy with {} after its kill_timeout {kill_timeout}", job_words(job)),
-                            Drain::Hold => format!("busy with {} while its service is down", job_words(job)),
-                        };
-                        log(&format!(
-                            "{} is {when}; killing it (SIGKILL to its process group: on {} the worker would fail the job permanently), then handing the job back to the queue",
-                            spec.name,
-                            signal_name(stop_signal_of(spec))
-                        ));
-                        let _ = stops[*i].send(Some(libc::SIGKILL));
-                        handbacks.spawn(hand_back_once_stopped(
-                            self.board.clone(), *i, probe.clone(), spec.name.clone(), job.clone(),
-                            match why {
-                                Drain::Stop => format!("still busy at its kill_timeout {kill_timeout} when the machine stopped"),
-                                Drain::Hold => "busy when its service went down".to_owned(),
-                            },
-                        ));
-                        false
-                    });
-                }
-                signal = second => {
-                    log(&format!("{} received again; not waiting for busy workers: sending SIGKILL to every app now", signal_name(signal)));
-                    for stop in stops {
-                        let _ = stop.send(Some(libc::SIGKILL));
-                    }
-                    for (i, job, _) in draining {
-                        handbacks.spawn(hand_back_once_stopped(
-                            self.board.clone(), i, probe.clone(), self.apps[i].name.clone(), job,
-                            format!("killed by a second {}", signal_name(signal)),
-                        ));
-                    }
-                    return true;
-                }
-                // A stop request during a hold is left for the main loop.
-                Some(_) = self.stop_requests.recv(), if why == Drain::Stop => {}
+        draining
+    }
+
+    /// Asks `probe` which of the apps `indices` are busy, for at most [`DRAIN_PROBE_LIMIT`]: one
+    /// answer per app, all idle when it does not answer in time or answers for other apps.
+    fn ask_busy(
+        &self,
+        probe: &Arc<dyn BusyProbe>,
+        indices: &[usize],
+    ) -> impl std::future::Future<Output = Vec<Option<String>>> + use<> {
+        let names: Vec<String> = indices.iter().map(|&i| self.apps[i].name.clone()).collect();
+        let probe = probe.clone();
+        async move {
+            let count = names.len();
+            tokio::time::timeout(DRAIN_PROBE_LIMIT, probe.busy(&names))
+                .await
+                .ok()
+                .filter(|busy| busy.len() == count)
+                .unwrap_or_else(|| vec![None; count])
+        }
+    }
+
+    /// One poll of the busy workers of a drain: one that ended is signalled and its job handed back
+    /// once it is stopped; one that finished its job is signalled. Returns those still busy.
+    /// (`&mut self` as in [`Supervisor::first_drain_round`].)
+    async fn recheck_busy(
+        &mut self,
+        mut draining: Vec<Draining>,
+        stops: &[watch::Sender<Option<i32>>],
+        signal: i32,
+        probe: &Arc<dyn BusyProbe>,
+        handbacks: &mut tokio::task::JoinSet<()>,
+    ) -> Vec<Draining> {
+        let indices: Vec<usize> = draining.iter().map(|(i, _, _)| *i).collect();
+        let busy = self.ask_busy(probe, &indices).await;
+        let mut still = Vec::new();
+        for ((i, job, deadline), busy) in draining.drain(..).zip(busy) {
+            let name = &self.apps[i].name;
+            if !is_alive(&self.board, i) {
+                log(&format!(
+                    "{name} ended while finishing {}; whatever it still holds goes back to the queue once it is stopped",
+                    job_words(&job)
+                ));
+                let _ = stops[i].send(Some(signal));
+                handbacks.spawn(hand_back_once_stopped(
+                    self.board.clone(),
+                    i,
+                    probe.clone(),
+                    name.clone(),
+                    job,
+                    "it ended while the machine was stopping".to_owned(),
+                ));
+            } else if busy.is_none() {
+                log(&format!(
+                    "{name} finished {}; sending {} now",
+                    job_words(&job),
+                    signal_name(stop_signal_of(&self.apps[i]))
+                ));
+                let _ = stops[i].send(Some(signal));
+            } else {
+                still.push((i, job, deadline));
             }
         }
-        false
+        still
+    }
+
+    /// Kills each busy worker of a drain whose deadline has come (SIGKILL: on its stop signal the
+    /// worker would fail the job permanently) and hands its job back once it is gone.
+    fn kill_overdue(
+        &self,
+        draining: &mut Vec<Draining>,
+        stops: &[watch::Sender<Option<i32>>],
+        why: Drain,
+        probe: &Arc<dyn BusyProbe>,
+        handbacks: &mut tokio::task::JoinSet<()>,
+    ) {
+        let now = tokio::time::Instant::now();
+        draining.retain(|(i, job, deadline)| {
+            if *deadline > now {
+                return true;
+            }
+            let spec = &self.apps[*i];
+            let kill_timeout = human_duration(spec.restart.kill_timeout);
+            let when = match why {
+                Drain::Stop => format!(
+                    "still busy with {} after its kill_timeout {kill_timeout}",
+                    job_words(job)
+                ),
+                Drain::Hold => format!("busy with {} while its service is down", job_words(job)),
+            };
+            log(&format!(
+                "{} is {when}; killing it (SIGKILL to its process group: on {} the worker would fail the job permanently), then handing the job back to the queue",
+                spec.name,
+                signal_name(stop_signal_of(spec))
+            ));
+            let _ = stops[*i].send(Some(libc::SIGKILL));
+            handbacks.spawn(hand_back_once_stopped(
+                self.board.clone(),
+                *i,
+                probe.clone(),
+                spec.name.clone(),
+                job.clone(),
+                match why {
+                    Drain::Stop => format!(
+                        "still busy at its kill_timeout {kill_timeout} when the machine stopped"
+                    ),
+                    Drain::Hold => "busy when its service went down".to_owned(),
+                },
+            ));
+            false
+        });
     }
 
     /// Runs until a stop is requested (`Ok` after everything is stopped and reaped), an essential
     /// app ends, or every app has ended.
     pub async fn run(mut self) -> Result<(), RunError> {
-        let reaper = Reaper::new();
-        let reaper_stop = CancellationToken::new();
-        let reaper_task = tokio::spawn(reaper.clone().run(reaper_stop.clone()));
-        match become_subreaper() {
-            (ReaperRole::Neither, Some(e)) => log(&format!(
-                "cannot become a child subreaper ({e}); orphans of apps will be reaped by init instead"
-            )),
-            (role, _) => {
-                let _ = role;
-            }
-        }
-        let cgroups = match crate::cgroup::Cgroups::setup() {
-            Ok((cgroups, swept)) => {
-                for line in swept {
-                    log(&line);
-                }
-                Some(cgroups)
-            }
-            Err(why) => {
-                log(&format!(
-                    "apps run without cgroups ({why}); a process that leaves its app's process group can outlive a kill -9 of the runtime outside a container"
-                ));
-                None
-            }
-        };
+        let mut host = Host::setup(&self.spawner);
         let mut signals = if self.handle_signals {
             Some(StopSignals::install()?)
         } else {
             None
         };
+        let mut wiring = self.start_apps(&host);
+        host.count_orphans(&self.board);
+        // The hand-backs of workers killed busy, on a hold or on stop; awaited once every worker is gone.
+        let mut handbacks = tokio::task::JoinSet::new();
+        let (signal, result) = self
+            .supervise(&mut wiring, &mut signals, &mut handbacks)
+            .await;
 
+        let stop_started = Instant::now();
+        self.run_stop_hooks(&mut signals).await;
+        self.handle.shutdown.cancel();
+        self.board.set_phase(Phase::Stopping);
+        self.stop_apps(&mut wiring, signal, &mut signals, &mut handbacks)
+            .await;
+        self.board.set_phase(Phase::Stopped);
+        self.handle.tracker.close();
+        self.handle.tracker.wait().await;
+        host.take_down(stop_started).await;
+        result
+    }
+
+    /// Makes each app's channels and starts its task: services first, then everything else, in
+    /// file order; workers wait for their services through `machine_wait_for`, not through this order.
+    fn start_apps(&mut self, host: &Host) -> Wiring {
         let names: HashMap<&str, usize> = self
             .apps
             .iter()
             .enumerate()
             .map(|(i, a)| (a.name.as_str(), i))
             .collect();
-        let (ended_tx, mut ended_rx) = mpsc::unbounded_channel();
+        let (ended_tx, ended_rx) = mpsc::unbounded_channel();
         // One stop channel per app, by index.
         let (stops, mut stop_rxs): (Vec<_>, Vec<_>) = (0..self.apps.len())
             .map(|_| {
@@ -682,8 +764,6 @@ impl Supervisor {
             .collect();
         let mut tasks: Vec<Option<tokio::task::JoinHandle<()>>> =
             (0..self.apps.len()).map(|_| None).collect();
-        // Services first, then everything else, in file order; workers wait for their services
-        // through machine_wait_for, not through this order.
         let mut order: Vec<usize> = (0..self.apps.len()).collect();
         order.sort_by_key(|&i| self.apps[i].role != Some(Role::Service));
         // Each command moves into its task: a command holds the app's whole environment, and a
@@ -693,7 +773,6 @@ impl Supervisor {
             .map(Some)
             .collect();
         for idx in order {
-            let spec = self.apps[idx].clone();
             let (Some(stop), Some(hold), Some(cmd)) = (
                 stop_rxs[idx].take(),
                 hold_rxs[idx].take(),
@@ -701,248 +780,323 @@ impl Supervisor {
             ) else {
                 continue;
             };
-            let task = AppTask {
-                idx,
-                deps: deps[idx].clone(),
-                spec,
-                log: self
-                    .handle
-                    .logs
-                    .get(&self.apps[idx].name)
-                    .cloned()
-                    .unwrap_or_else(|| Arc::new(AppLog::new(&cmd.env))),
-                cmd,
-                restart: self.handle.restarts[idx].subscribe(),
-                paused: self.handle.paused[idx].subscribe(),
-                busy: self
-                    .drain
-                    .clone()
-                    .filter(|_| self.apps[idx].role == Some(Role::Worker)),
-                cgroup: cgroups
-                    .as_ref()
-                    .and_then(|c| c.app(idx, &self.apps[idx].name))
-                    .map(Arc::new),
-                board: self.board.clone(),
-                reaper: reaper.clone(),
-                stop,
-                hold,
-                ended: ended_tx.clone(),
-            };
+            let task = self.app_task(idx, cmd, deps[idx].clone(), host, stop, hold, &ended_tx);
             tasks[idx] = Some(self.handle.tracker.spawn(task.run()));
         }
-        drop(ended_tx);
+        Wiring {
+            stops,
+            holds,
+            deps,
+            is_worker,
+            tasks,
+            ended: ended_rx,
+        }
+    }
 
-        // Keep the orphan count in the snapshot current.
-        let orphan_board = self.board.clone();
-        let orphan_reaper = reaper.clone();
-        let orphan_task = tokio::spawn(async move {
-            loop {
-                orphan_board.set_orphans(orphan_reaper.orphans_reaped());
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-        });
+    /// The task of app `idx`, which runs `cmd`.
+    #[allow(clippy::too_many_arguments)]
+    fn app_task(
+        &self,
+        idx: usize,
+        cmd: ChildCommand,
+        deps: Vec<usize>,
+        host: &Host,
+        stop: watch::Receiver<Option<i32>>,
+        hold: watch::Receiver<Option<i32>>,
+        ended: &mpsc::UnboundedSender<(usize, Option<AppEnd>)>,
+    ) -> AppTask {
+        AppTask {
+            idx,
+            deps,
+            spec: self.apps[idx].clone(),
+            log: self
+                .handle
+                .logs
+                .get(&self.apps[idx].name)
+                .cloned()
+                .unwrap_or_else(|| Arc::new(AppLog::new(&cmd.env))),
+            cmd,
+            restart: self.handle.restarts[idx].subscribe(),
+            paused: self.handle.paused[idx].subscribe(),
+            busy: self
+                .drain
+                .clone()
+                .filter(|_| self.apps[idx].role == Some(Role::Worker)),
+            cgroup: host
+                .cgroups
+                .as_ref()
+                .and_then(|c| c.app(idx, &self.apps[idx].name))
+                .map(Arc::new),
+            board: self.board.clone(),
+            reaper: host.reaper.clone(),
+            spawner: self.spawner.clone(),
+            stop,
+            hold,
+            ended: ended.clone(),
+        }
+    }
 
-        let total = self.apps.len();
+    /// Watches the apps until the machine must stop: a signal, a stop request, an essential app
+    /// that ended, or every app ended. Meanwhile holds workers whose service is no longer up.
+    /// Returns the signal to forward and what `run` returns.
+    async fn supervise(
+        &mut self,
+        wiring: &mut Wiring,
+        signals: &mut Option<StopSignals>,
+        handbacks: &mut tokio::task::JoinSet<()>,
+    ) -> (i32, Result<(), RunError>) {
         let mut ended: Vec<(usize, AppEnd)> = Vec::new();
         // Workers follow their services: the board is watched for a service that is no longer up
         // while its workers run; `holding` marks those already told to stop for it.
         let mut board = self.board.watch();
-        let mut holding = vec![false; total];
-        // The hand-backs of workers killed busy, on a hold or on stop; awaited once every worker is gone.
-        let mut handbacks = tokio::task::JoinSet::new();
-        let (signal, result) = loop {
-            let signal = next_signal(&mut signals);
+        let mut holding = vec![false; self.apps.len()];
+        loop {
+            let signal = next_signal(signals);
             tokio::select! {
                 changed = board.changed() => {
                     if changed.is_err() {
                         continue;
                     }
-                    let hold = {
-                        let snapshot = board.borrow_and_update();
-                        // Stopped (or never started) since it was told: it may be told again.
-                        for (i, app) in snapshot.apps.iter().enumerate() {
-                            if app.pid.is_none() || app.state == AppState::Waiting {
-                                holding[i] = false;
-                            }
-                        }
-                        let hold = follow::to_hold(&snapshot, &deps, &is_worker, &holding);
-                        for &i in &hold {
-                            let why: Vec<String> = follow::not_up(&snapshot, &deps[i])
-                                .into_iter()
-                                .map(|(_, why)| why)
-                                .collect();
-                            log(&format!(
-                                "stopping {} until its service is ready again: {}",
-                                self.apps[i].name,
-                                why.join("; ")
-                            ));
-                        }
-                        hold
-                    };
+                    let hold = self.to_hold(&mut board, &mut holding, wiring);
                     if !hold.is_empty() {
                         for &i in &hold {
                             holding[i] = true;
                         }
-                        self.drain_workers(&hold, &holds, libc::SIGTERM, &mut None, Drain::Hold, &mut handbacks)
+                        self.drain_workers(&hold, &wiring.holds, libc::SIGTERM, &mut None, Drain::Hold, handbacks)
                             .await;
                     }
                 }
                 signal = signal => {
                     log(&format!("{} received; stopping workers first, then services", signal_name(signal)));
-                    break (signal, Ok(()));
+                    return (signal, Ok(()));
                 }
                 Some(signal) = self.stop_requests.recv() => {
                     log(&format!("stop requested ({}); stopping workers first, then services", signal_name(signal)));
-                    break (signal, Ok(()));
+                    return (signal, Ok(()));
                 }
-                Some((idx, end)) = ended_rx.recv() => {
-                    let Some(end) = end else {
-                        // Restarted on request after it had ended.
-                        ended.retain(|(i, _)| *i != idx);
-                        continue;
-                    };
-                    let app = &self.apps[idx];
-                    if app.essential && let AppEnd::Ended { reason, .. } = &end {
-                        log(&format!("essential app {} {reason}; stopping everything", app.name));
-                        break (libc::SIGTERM, Err(RunError::EssentialEnded { app: app.name.clone(), reason: reason.clone() }));
-                    }
-                    ended.push((idx, end));
-                    if ended.len() == total {
-                        let failed: Vec<String> = ended
-                            .iter()
-                            .filter(|(_, e)| !matches!(e, AppEnd::Ended { errored: false, code: Some(0), .. }))
-                            .map(|(i, _)| self.apps[*i].name.clone())
-                            .collect();
-                        log("every app has ended; nothing left to supervise");
-                        let result = if failed.is_empty() {
-                            Ok(())
-                        } else {
-                            Err(RunError::AllEnded { summary: format!("{} did not end cleanly", failed.join(", ")) })
-                        };
-                        break (libc::SIGTERM, result);
+                Some((idx, end)) = wiring.ended.recv() => {
+                    if let Some(stop) = self.on_app_end(idx, end, &mut ended) {
+                        return stop;
                     }
                 }
-            }
-        };
-
-        let stop_started = Instant::now();
-        // Tell the outside world first (the apps are still up, so what it says is still true).
-        let hooks = std::mem::take(&mut self.before_stop);
-        if !hooks.is_empty() {
-            let all = async {
-                for hook in hooks {
-                    hook.await;
-                }
-            };
-            let second = next_signal(&mut signals);
-            tokio::select! {
-                () = all => {}
-                signal = second => log(&format!(
-                    "{} received again; not waiting for the stop hooks",
-                    signal_name(signal)
-                )),
             }
         }
-        self.handle.shutdown.cancel();
-        self.board.set_phase(Phase::Stopping);
-        // Workers first, then everything else.
+    }
+
+    /// The workers to hold now, after a change on the board: running, not held yet, and one of
+    /// their services no longer up (each logged with why).
+    fn to_hold(
+        &self,
+        board: &mut watch::Receiver<Snapshot>,
+        holding: &mut [bool],
+        wiring: &Wiring,
+    ) -> Vec<usize> {
+        let snapshot = board.borrow_and_update();
+        // Stopped (or never started) since it was told: it may be told again.
+        for (i, app) in snapshot.apps.iter().enumerate() {
+            if app.pid.is_none() || app.state == AppState::Waiting {
+                holding[i] = false;
+            }
+        }
+        let hold = follow::to_hold(&snapshot, &wiring.deps, &wiring.is_worker, holding);
+        for &i in &hold {
+            let why: Vec<String> = follow::not_up(&snapshot, &wiring.deps[i])
+                .into_iter()
+                .map(|(_, why)| why)
+                .collect();
+            log(&format!(
+                "stopping {} until its service is ready again: {}",
+                self.apps[i].name,
+                why.join("; ")
+            ));
+        }
+        hold
+    }
+
+    /// Records that app `idx` ended for good (`Some`) or was restarted on request after that
+    /// (`None`). Returns the signal to forward and what `run` returns when the machine must stop:
+    /// an essential app ended, or every app has.
+    fn on_app_end(
+        &self,
+        idx: usize,
+        end: Option<AppEnd>,
+        ended: &mut Vec<(usize, AppEnd)>,
+    ) -> Option<(i32, Result<(), RunError>)> {
+        let Some(end) = end else {
+            // Restarted on request after it had ended.
+            ended.retain(|(i, _)| *i != idx);
+            return None;
+        };
+        let app = &self.apps[idx];
+        if app.essential
+            && let AppEnd::Ended { reason, .. } = &end
+        {
+            log(&format!(
+                "essential app {} {reason}; stopping everything",
+                app.name
+            ));
+            return Some((
+                libc::SIGTERM,
+                Err(RunError::EssentialEnded {
+                    app: app.name.clone(),
+                    reason: reason.clone(),
+                }),
+            ));
+        }
+        ended.push((idx, end));
+        if ended.len() < self.apps.len() {
+            return None;
+        }
+        let failed: Vec<String> = ended
+            .iter()
+            .filter(|(_, e)| {
+                !matches!(
+                    e,
+                    AppEnd::Ended {
+                        errored: false,
+                        code: Some(0),
+                        ..
+                    }
+                )
+            })
+            .map(|(i, _)| self.apps[*i].name.clone())
+            .collect();
+        log("every app has ended; nothing left to supervise");
+        let result = if failed.is_empty() {
+            Ok(())
+        } else {
+            Err(RunError::AllEnded {
+                summary: format!("{} did not end cleanly", failed.join(", ")),
+            })
+        };
+        Some((libc::SIGTERM, result))
+    }
+
+    /// Runs the stop hooks (tell the outside world first: the apps are still up, so what it says
+    /// is still true); a second signal skips them.
+    async fn run_stop_hooks(&mut self, signals: &mut Option<StopSignals>) {
+        let hooks = std::mem::take(&mut self.before_stop);
+        if hooks.is_empty() {
+            return;
+        }
+        let all = async {
+            for hook in hooks {
+                hook.await;
+            }
+        };
+        let second = next_signal(signals);
+        tokio::select! {
+            () = all => {}
+            signal = second => log(&format!(
+                "{} received again; not waiting for the stop hooks",
+                signal_name(signal)
+            )),
+        }
+    }
+
+    /// Stops workers first (drained: busy ones get their `kill_timeout`), hands back the jobs of
+    /// those killed busy, then stops everything else; a second signal sends SIGKILL to every app.
+    async fn stop_apps(
+        &mut self,
+        wiring: &mut Wiring,
+        signal: i32,
+        signals: &mut Option<StopSignals>,
+        handbacks: &mut tokio::task::JoinSet<()>,
+    ) {
+        let total = self.apps.len();
         let worker_phase: Vec<usize> = (0..total)
             .filter(|&i| self.apps[i].role == Some(Role::Worker))
             .collect();
         let other_phase: Vec<usize> = (0..total)
             .filter(|&i| self.apps[i].role != Some(Role::Worker))
             .collect();
-        let mut escalated = false;
-        for (n, phase) in [worker_phase, other_phase].into_iter().enumerate() {
-            if n == 0 {
-                escalated = self
-                    .drain_workers(
-                        &phase,
-                        &stops,
-                        signal,
-                        &mut signals,
-                        Drain::Stop,
-                        &mut handbacks,
-                    )
-                    .await;
-            } else {
-                let signal = if escalated { libc::SIGKILL } else { signal };
-                for &i in &phase {
-                    let _ = stops[i].send(Some(signal));
-                }
+        let escalated = self
+            .drain_workers(
+                &worker_phase,
+                &wiring.stops,
+                signal,
+                signals,
+                Drain::Stop,
+                handbacks,
+            )
+            .await;
+        let escalated = self
+            .wait_for_phase(&worker_phase, wiring, signals, escalated)
+            .await;
+        // Every worker is gone: the jobs of the killed ones go back before the services stop.
+        await_handbacks(handbacks).await;
+        let signal = if escalated { libc::SIGKILL } else { signal };
+        for &i in &other_phase {
+            let _ = wiring.stops[i].send(Some(signal));
+        }
+        self.wait_for_phase(&other_phase, wiring, signals, escalated)
+            .await;
+    }
+
+    /// Waits for the tasks of `phase` to end; a second signal (unless the stop `escalated`
+    /// already) sends SIGKILL to every app. Returns whether the stop has escalated.
+    async fn wait_for_phase(
+        &mut self,
+        phase: &[usize],
+        wiring: &mut Wiring,
+        signals: &mut Option<StopSignals>,
+        mut escalated: bool,
+    ) -> bool {
+        let handles: Vec<_> = phase
+            .iter()
+            .filter_map(|&i| wiring.tasks[i].take())
+            .collect();
+        let all = async {
+            for handle in handles {
+                let _ = handle.await;
             }
-            let handles: Vec<_> = phase.iter().filter_map(|&i| tasks[i].take()).collect();
-            let all = async {
-                for handle in handles {
-                    let _ = handle.await;
-                }
-            };
-            tokio::pin!(all);
-            loop {
-                let second = next_signal(&mut signals);
-                tokio::select! {
-                    _ = &mut all => break,
-                    signal = second, if !escalated => {
-                        log(&format!("{} received again; sending SIGKILL to every app now", signal_name(signal)));
-                        escalated = true;
-                        for stop in &stops {
-                            let _ = stop.send(Some(libc::SIGKILL));
-                        }
+        };
+        tokio::pin!(all);
+        loop {
+            let second = next_signal(signals);
+            tokio::select! {
+                _ = &mut all => return escalated,
+                signal = second, if !escalated => {
+                    log(&format!("{} received again; sending SIGKILL to every app now", signal_name(signal)));
+                    escalated = true;
+                    for stop in &wiring.stops {
+                        let _ = stop.send(Some(libc::SIGKILL));
                     }
-                    Some(_) = self.stop_requests.recv(), if !escalated => {}
                 }
-            }
-            if n == 0 {
-                // Every worker is gone: the jobs of the killed ones go back before the services
-                // stop. Each hand-back bounds its own time (a dead Redis cannot hold up the stop);
-                // this bound only guards against a worker task that ended without a final state.
-                let limit = Duration::from_millis(
-                    u64::from(machine_model::catalog::JOB_HANDBACK_TIMEOUT_MS) + 1000,
-                );
-                let all = async { while handbacks.join_next().await.is_some() {} };
-                if tokio::time::timeout(limit, all).await.is_err() {
-                    log(
-                        "handing back the killed workers' jobs did not finish in time; stopping without waiting for it",
-                    );
-                    handbacks.abort_all();
-                }
+                Some(_) = self.stop_requests.recv(), if !escalated => {}
             }
         }
-        self.board.set_phase(Phase::Stopped);
-        self.handle.tracker.close();
-        self.handle.tracker.wait().await;
-        // What the apps left behind outside their groups (a grandchild that called setsid) was
-        // re-parented to us when its parent ended: nothing the machine started outlives the stop.
-        let strays = reaper.stop_strays(policy::DEFAULT_KILL_TIMEOUT).await;
-        if strays > 0 {
-            log(&format!(
-                "stopped {strays} process{} the apps left behind outside their process groups",
-                if strays == 1 { "" } else { "es" }
-            ));
-        }
-        if let Some(cgroups) = &cgroups {
-            let left = cgroups.remove_all();
-            if left > 0 {
-                log(&format!(
-                    "stopped {left} process{} left in the apps' cgroups",
-                    if left == 1 { "" } else { "es" }
-                ));
-            }
-        }
-        orphan_task.abort();
-        reaper_stop.cancel();
-        let _ = reaper_task.await;
-        log(&format!(
-            "stopped in {}; {} orphan{} reaped",
-            human_duration(stop_started.elapsed()),
-            reaper.orphans_reaped(),
-            if reaper.orphans_reaped() == 1 {
-                ""
-            } else {
-                "s"
-            }
-        ));
-        result
+    }
+}
+
+/// Each app's channels and task, by app index, from [`Supervisor::start_apps`].
+struct Wiring {
+    /// `Some(signal)` stops the app; `Some(SIGKILL)` later escalates.
+    stops: Vec<watch::Sender<Option<i32>>>,
+    /// `Some(signal)` stops a worker until its service is up again.
+    holds: Vec<watch::Sender<Option<i32>>>,
+    /// The apps each one waits for (`machine_wait_for`).
+    deps: Vec<Vec<usize>>,
+    is_worker: Vec<bool>,
+    /// The app's task, until the stop has awaited it.
+    tasks: Vec<Option<tokio::task::JoinHandle<()>>>,
+    /// `(idx, Some(end))` when an app ends for good; `(idx, None)` when a restart request brings
+    /// it back.
+    ended: mpsc::UnboundedReceiver<(usize, Option<AppEnd>)>,
+}
+
+/// Waits for the hand-backs of the workers killed busy. Each hand-back bounds its own time (a dead
+/// Redis cannot hold up the stop); this bound only guards against a worker task that ended
+/// without a final state.
+async fn await_handbacks(handbacks: &mut tokio::task::JoinSet<()>) {
+    let limit =
+        Duration::from_millis(u64::from(machine_model::catalog::JOB_HANDBACK_TIMEOUT_MS) + 1000);
+    let all = async { while handbacks.join_next().await.is_some() {} };
+    if tokio::time::timeout(limit, all).await.is_err() {
+        log(
+            "handing back the killed workers' jobs did not finish in time; stopping without waiting for it",
+        );
+        handbacks.abort_all();
     }
 }
 
@@ -951,6 +1105,20 @@ fn stop_signal_of(app: &AppSpec) -> i32 {
     app.restart
         .kill_signal
         .unwrap_or(crate::signals::PM2_KILL_SIGNAL_DEFAULT)
+}
+
+/// A busy worker being drained: (app index, the job it holds, when it is killed if still busy).
+type Draining = (usize, String, tokio::time::Instant);
+
+/// Whether app `i` has a process that has not been told to stop (starting, running or ready).
+fn is_alive(board: &Board, i: usize) -> bool {
+    let snapshot = board.watch();
+    let app = &snapshot.borrow().apps[i];
+    app.pid.is_some()
+        && matches!(
+            app.state,
+            AppState::Starting | AppState::Running | AppState::Ready
+        )
 }
 
 /// `job j-1`, or `a job` when the worker did not name it.
