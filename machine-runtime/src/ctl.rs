@@ -15,8 +15,8 @@ use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
-use crate::broker::now_ms;
 use crate::http::{self, HttpResponse, HttpUrl};
+use crate::time::now_ms;
 
 /// The environment variable naming the machine's endpoint (`http://host:port`).
 pub const URL_VAR: &str = "MACHINE_URL";
@@ -320,7 +320,7 @@ pub async fn act(
                 if tokio::time::Instant::now() >= deadline {
                     return Err(CtlError(format!(
                         "{name} is still {status} after {}; it stops once its kill_timeout has passed (see `machine-runtime ps`)",
-                        crate::probe::human_duration(wait)
+                        crate::time::human_duration(wait)
                     )));
                 }
                 tokio::time::sleep(POLL).await;

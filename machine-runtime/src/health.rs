@@ -61,12 +61,12 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
-use crate::broker::now_ms;
 use crate::health_limits::{AcceptBackoff, Caps, Gate};
 use crate::http::{self, HttpUrl, Limits, Request, write_json};
 use crate::origins::{ALLOWED_ORIGINS_VAR, AllowedOrigins};
 use crate::supervisor::logs::{LogLine, LogStream, MAX_LINES};
 use crate::supervisor::{RestartError, Snapshot, SupervisorHandle};
+use crate::time::now_ms;
 
 mod ops;
 
@@ -210,14 +210,14 @@ pub async fn serve(
     let addr = listener
         .local_addr()
         .map_err(|source| HealthError::Bind { port, source })?;
-    crate::supervisor::state::log(&format!("health endpoint on http://{addr}/health"));
+    crate::log::runtime(&format!("health endpoint on http://{addr}/health"));
     if control.token.is_none() && control.allowed_origins.is_empty() {
-        crate::supervisor::state::log(&format!(
+        crate::log::runtime(&format!(
             "the control routes (POST /restart/..., /refresh-status) are off: {CONTROL_TOKEN_VAR} is not set"
         ));
     }
     if !control.allowed_origins.is_empty() {
-        crate::supervisor::state::log(&format!(
+        crate::log::runtime(&format!(
             "the control routes also answer browser pages from {} without the token ({ALLOWED_ORIGINS_VAR}); a client that is not a browser can claim any origin, so keep this port off untrusted networks",
             control.allowed_origins.as_slice().join(", ")
         ));
@@ -373,7 +373,7 @@ async fn answer(
         }
         Reply::ThenStop(status, body) => {
             let _ = write_json(&mut stream, status, &body, &headers, false).await;
-            crate::supervisor::state::log("stop requested through POST /restart/machine");
+            crate::log::runtime("stop requested through POST /restart/machine");
             handle.request_stop(libc::SIGTERM);
         }
         Reply::Stream {
@@ -920,7 +920,7 @@ async fn control_route(
                     } else {
                         format!(" (as {asked})")
                     };
-                    crate::supervisor::state::log(&format!(
+                    crate::log::runtime(&format!(
                         "restart of {name}{via} requested through POST /restart/service"
                     ));
                     Reply::Json(

@@ -30,4 +30,5 @@ pub mod signals;
 pub mod simulate;
 pub mod sink;
 pub mod supervisor;
+pub mod time;
 pub mod up;

@@ -49,6 +49,16 @@ impl LogFormat {
     }
 }
 
+/// Which of the app's pipes a line came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogStream {
+    /// Standard output (PM2's `out` log).
+    Stdout,
+    /// Standard error (PM2's `error` log).
+    Stderr,
+}
+
 /// A line's level.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Level {
@@ -134,12 +144,7 @@ pub fn is_json() -> bool {
 
 /// Appends one line of app `app`'s output as a JSON log line (with its newline) to `out`: `{time,
 /// level: "info", source: <app>, stream, message}`; invalid UTF-8 is replaced.
-pub fn app_line(
-    out: &mut Vec<u8>,
-    app: &str,
-    stream: crate::supervisor::logs::LogStream,
-    text: &[u8],
-) {
+pub fn app_line(out: &mut Vec<u8>, app: &str, stream: LogStream, text: &[u8]) {
     let text = text.strip_suffix(b"\r").unwrap_or(text);
     let line = serde_json::json!({
         "time": rfc3339(SystemTime::now()),

@@ -31,10 +31,11 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::OnceLock;
 
-use crate::broker::{Broker, JobTally, now_ms};
+use crate::broker::{Broker, JobTally};
 use crate::gpu::{Inventory, Source};
 use crate::health::StatusSource;
 use crate::supervisor::{AppState, Snapshot};
+use crate::time::now_ms;
 
 /// `Content-Type` of the answer: the text format, version 0.0.4.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";

@@ -8,6 +8,7 @@ use tokio::net::TcpStream;
 
 pub use crate::http::HttpUrl;
 use crate::reaper::Reaper;
+use crate::time::human_duration;
 
 /// How often a probe runs when the ecosystem does not say.
 pub(crate) const DEFAULT_INTERVAL: Duration = Duration::from_millis(500);
@@ -137,32 +138,5 @@ pub(crate) fn describe_status(status: std::process::ExitStatus) -> String {
         format!("signal {signal} ({})", crate::signals::signal_name(signal))
     } else {
         "an unknown status".to_string()
-    }
-}
-
-/// Formats a duration for people: `250ms`, `1.5s`, `2m 5s`.
-pub(crate) fn human_duration(d: Duration) -> String {
-    let ms = d.as_millis();
-    if ms < 1000 && ms > 0 {
-        format!("{ms}ms")
-    } else if ms < 60_000 {
-        format!("{:.1}s", d.as_secs_f64())
-    } else {
-        let secs = d.as_secs();
-        format!("{}m {}s", secs / 60, secs % 60)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn formats_durations() {
-        assert_eq!(human_duration(Duration::from_millis(400)), "400ms");
-        assert_eq!(human_duration(Duration::from_millis(1500)), "1.5s");
-        assert_eq!(human_duration(Duration::from_millis(20)), "20ms");
-        assert_eq!(human_duration(Duration::from_secs(125)), "2m 5s");
-        assert_eq!(human_duration(Duration::ZERO), "0.0s");
     }
 }

@@ -16,7 +16,7 @@ use crate::broker::bridge::{Identity, ViewTemplate};
 use crate::broker::{self, Broker, BrokerConfig, BrokerError};
 use crate::ecosystem::AppSpec;
 use crate::health::{Control, HealthError, StatusSource};
-use crate::supervisor::state::log;
+use crate::log::runtime as log;
 use crate::supervisor::{BusyProbe, PreflightError, RunError, Supervisor, SupervisorOptions};
 
 /// `MACHINE_HEALTH_REQUIRES_BROKER`: whether an unreachable broker makes `/health` answer 503.

@@ -307,7 +307,7 @@ impl Lease {
             Err(_) => {
                 super::log!(
                     "redis did not answer within {} at start; starting without the lease on {}: it is taken when redis answers",
-                    crate::probe::human_duration(LEASE_AT_START_LIMIT),
+                    crate::time::human_duration(LEASE_AT_START_LIMIT),
                     lease.key
                 );
                 Ok(lease)
