@@ -13,6 +13,7 @@ mod profiles;
 mod render;
 mod schema;
 mod secrets;
+mod tidy;
 
 use std::process::ExitCode;
 
@@ -58,8 +59,10 @@ enum Command {
     },
     /// Regenerate schemas/ and generated/ for every profile.
     Codegen,
-    /// Fail with a short diff and the fix when schemas/ or generated/ is stale.
+    /// Fail with a short diff and the fix when schemas/ or generated/ is stale, then run `tidy`.
     Check,
+    /// Check the written conventions (`//!` lines, printing, env booleans, function sizes, import cycles).
+    Tidy,
     /// List profiles and their descriptions.
     List,
     /// Install a git pre-commit hook running `cargo xtask check`.
@@ -120,7 +123,10 @@ fn main() -> ExitCode {
             format,
         } => plan::run(&profile, workers, gpus, replicas, format),
         Command::Codegen => codegen::run(codegen::Mode::Overwrite),
-        Command::Check => codegen::run(codegen::Mode::Check),
+        Command::Check => codegen::run(codegen::Mode::Check)
+            .and_then(|()| profiles::find_root())
+            .and_then(|root| tidy::run(&root)),
+        Command::Tidy => profiles::find_root().and_then(|root| tidy::run(&root)),
         Command::List => list::run(),
         Command::InstallHooks => hooks::install(),
         Command::Secrets { profile } => secrets::run(&profile),
