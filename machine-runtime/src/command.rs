@@ -102,7 +102,7 @@ impl Context {
     pub fn from_process(gpu_uuids: Vec<String>) -> Context {
         Context {
             runtime_env: std::env::vars_os()
-                .filter(|(name, _)| name != crate::health::CONTROL_TOKEN_VAR)
+                .filter(|(name, _)| name != crate::env::CONTROL_TOKEN_VAR)
                 .collect(),
             gpu_uuids,
             mig_uuids: Vec::new(),
@@ -309,7 +309,7 @@ fn apply_worker_settings(
     // The worker (Node, ioredis) reads the same HUB_REDIS_URL; for rediss:// ioredis uses Node's trust
     // store, which takes a private CA only from NODE_EXTRA_CA_CERTS (read once, at Node's start).
     if let Some(ca) = runtime_env
-        .get(OsStr::new(crate::broker::tls::CA_FILE_VAR))
+        .get(OsStr::new(crate::env::CA_FILE_VAR))
         .filter(|v| !v.is_empty())
     {
         let existing = env.get(OsStr::new(NODE_EXTRA_CA_CERTS)).cloned();

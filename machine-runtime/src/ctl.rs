@@ -75,7 +75,7 @@ impl Target {
         base.path = base.path.trim_end_matches('/').to_owned();
         Ok(Target {
             base,
-            token: lookup(crate::health::CONTROL_TOKEN_VAR)
+            token: lookup(crate::env::CONTROL_TOKEN_VAR)
                 .map(|t| t.trim().to_owned())
                 .filter(|t| !t.is_empty()),
         })
@@ -136,11 +136,11 @@ fn answer(
         (401, _, _) if !token_set => Err(CtlError(format!(
             "{method} {} needs the machine's control token: set {} to the token the machine was started with",
             url.path.split('?').next().unwrap_or_default(),
-            crate::health::CONTROL_TOKEN_VAR
+            crate::env::CONTROL_TOKEN_VAR
         ))),
         (403, Some(said), _) if said.contains("wrong") => Err(CtlError(format!(
             "the machine refused the control token: {said}; set {} to the token the machine was started with",
-            crate::health::CONTROL_TOKEN_VAR
+            crate::env::CONTROL_TOKEN_VAR
         ))),
         (_, Some(said), _) => Err(CtlError(said)),
         (status, None, _) => Err(CtlError(format!(
@@ -680,7 +680,7 @@ Environment:
 /// Runs one of the operator's commands against the machine; `port` is the local health port (from
 /// `MACHINE_HEALTH_PORT` or the default). Prints what it got; the error is the one line to show.
 pub fn run(command: Command, port: u16) -> Result<(), CtlError> {
-    let lookup = |name: &str| std::env::var(name).ok();
+    let lookup = crate::env::lookup;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -731,7 +731,7 @@ pub fn run(command: Command, port: u16) -> Result<(), CtlError> {
 }
 
 async fn act_line(args: ActArgs, action: Action, port: u16) -> Result<(), CtlError> {
-    let target = Target::resolve(args.machine.url.as_deref(), port, |n| std::env::var(n).ok())?;
+    let target = Target::resolve(args.machine.url.as_deref(), port, crate::env::lookup)?;
     let line = act(&target, action, &args.name, Duration::from_secs(args.wait)).await?;
     print(&mut std::io::stdout(), &[line]);
     Ok(())

@@ -70,8 +70,7 @@ use crate::time::now_ms;
 
 mod ops;
 
-/// The environment variable holding the token of the POST routes.
-pub(crate) const CONTROL_TOKEN_VAR: &str = "MACHINE_CONTROL_TOKEN";
+use crate::env::CONTROL_TOKEN_VAR;
 /// Lines `/pm2/logs` returns without `lines`.
 const DEFAULT_PM2_LINES: usize = 50;
 /// Lines `/comfyui/logs` returns without `lines`.
@@ -82,7 +81,7 @@ const MAX_HEAD: usize = 8192;
 const MAX_BODY: usize = 64 * 1024;
 
 /// The health port when neither `--health-port` nor `MACHINE_HEALTH_PORT` says otherwise.
-pub const DEFAULT_PORT: u16 = 9090;
+pub const DEFAULT_PORT: u16 = machine_model::catalog::DEFAULT_HEALTH_PORT;
 
 /// Extra information the caller adds to the endpoint: the GPU inventory, the broker's state.
 pub trait StatusSource: Send + Sync + 'static {

@@ -70,17 +70,16 @@ pub fn machine_id(
         .map(|v| v.trim().to_owned())
         .filter(|v| !v.is_empty())
         .or_else(|| default.map(str::to_owned));
-    let append = match lookup(APPEND_HOSTNAME_VAR)
-        .map(|v| v.trim().to_ascii_lowercase())
-        .as_deref()
-    {
-        None | Some("" | "false" | "0" | "no" | "off") => false,
-        Some("true" | "1" | "yes" | "on") => true,
-        Some(other) => {
-            return Err(IdentityError::NotABoolean {
-                value: other.to_owned(),
-            });
-        }
+    let append = match lookup(APPEND_HOSTNAME_VAR) {
+        None => false,
+        Some(v) => match crate::env::parse_bool(&v) {
+            Ok(flag) => flag.unwrap_or(false),
+            Err(()) => {
+                return Err(IdentityError::NotABoolean {
+                    value: v.trim().to_ascii_lowercase(),
+                });
+            }
+        },
     };
     match (base, append) {
         (base, false) => Ok(base),

@@ -129,8 +129,8 @@ async fn push(args: PushArgs) -> anyhow::Result<ExitCode> {
         },
     };
     // With the broker's TLS variables, as `up` reads them (a private CA, a client certificate).
-    let (url, insecure) = RedisUrl::parse_with_tls(var, &raw, &|name| std::env::var(name).ok())
-        .map_err(|errors| {
+    let (url, insecure) =
+        RedisUrl::parse_with_tls(var, &raw, &crate::env::lookup).map_err(|errors| {
             anyhow::anyhow!(
                 "{}",
                 errors

@@ -6,6 +6,7 @@ pub mod comfyui_standin;
 pub mod command;
 pub mod ctl;
 pub mod ecosystem;
+pub mod env;
 #[doc(hidden)]
 pub mod fuzz;
 pub mod gpu;

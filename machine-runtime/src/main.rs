@@ -201,7 +201,7 @@ fn main() -> ExitCode {
         Command::Up(args) => args.log_format,
         _ => None,
     };
-    match machine_runtime::log::LogFormat::from_lookup(|name| std::env::var(name).ok()) {
+    match machine_runtime::log::LogFormat::from_lookup(machine_runtime::env::lookup) {
         Ok(from_env) => machine_runtime::log::init(flag.or(from_env).unwrap_or_default()),
         Err(problem) => {
             sink::err_line(&format!("machine-runtime: error: {problem}"));
@@ -260,13 +260,12 @@ fn health_port(flag: Option<u16>) -> anyhow::Result<u16> {
     if let Some(port) = flag {
         return Ok(port);
     }
-    match std::env::var("MACHINE_HEALTH_PORT") {
-        Ok(v) if !v.trim().is_empty() => v
-            .trim()
-            .parse()
-            .with_context(|| format!("MACHINE_HEALTH_PORT is \"{v}\", which is not a port number")),
-        _ => Ok(health::DEFAULT_PORT),
-    }
+    let port = machine_runtime::env::port_var(
+        machine_runtime::env::lookup,
+        machine_runtime::env::HEALTH_PORT_VAR,
+    )
+    .map_err(anyhow::Error::msg)?;
+    Ok(port.unwrap_or(health::DEFAULT_PORT))
 }
 
 /// MIG slices: (index of the parent GPU, `MIG-...` UUID).
@@ -308,7 +307,7 @@ fn real_plan(flag: Option<String>) -> anyhow::Result<machine_runtime::reality::R
     // The plan's machine id is the final one (a scaled Compose service's host name appended).
     let default_id = profile.machine.id.as_deref().unwrap_or(baked.name);
     let machine_id = machine_runtime::identity::machine_id(
-        |name| std::env::var(name).ok(),
+        machine_runtime::env::lookup,
         Some(default_id),
         &machine_runtime::identity::hostname(),
     )
@@ -387,7 +386,7 @@ fn up(args: UpArgs) -> anyhow::Result<()> {
         ));
     }
     let env_machine_id = machine_runtime::identity::machine_id(
-        |name| std::env::var(name).ok(),
+        machine_runtime::env::lookup,
         None,
         &machine_runtime::identity::hostname(),
     )?;
@@ -426,7 +425,7 @@ fn up(args: UpArgs) -> anyhow::Result<()> {
         machine_id: planned.machine_id,
         gpu_count: planned.gpu_count,
         broker,
-        control: health::Control::from_lookup(|name| std::env::var(name).ok()),
+        control: health::Control::from_lookup(machine_runtime::env::lookup),
         preflight: planned.preflight,
         install_hint: planned.install_hint,
     };

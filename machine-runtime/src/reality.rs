@@ -34,14 +34,6 @@ fn non_empty(env: &dyn Env, name: &str) -> Option<String> {
     env.var(name).filter(|v| !v.trim().is_empty())
 }
 
-fn truthy(v: &str) -> Option<bool> {
-    match v.trim().to_ascii_lowercase().as_str() {
-        "1" | "true" | "yes" | "on" => Some(true),
-        "0" | "false" | "no" | "off" | "" => Some(false),
-        _ => None,
-    }
-}
-
 /// Every reason a plan cannot start, one message each (overrides, GPUs, missing variables), all at once.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{}", problems.join("\n"))]
@@ -84,12 +76,14 @@ pub fn plan(
     };
     let allow_fewer = match non_empty(env, "MACHINE_ALLOW_FEWER_GPUS") {
         None => profile.machine.allow_fewer_gpus,
-        Some(v) => truthy(&v).unwrap_or_else(|| {
-            problems.push(format!(
-                "MACHINE_ALLOW_FEWER_GPUS=\"{v}\" is not a boolean; expected true or false"
-            ));
-            false
-        }),
+        Some(v) => crate::env::parse_bool(&v)
+            .map(|b| b.unwrap_or(false))
+            .unwrap_or_else(|()| {
+                problems.push(format!(
+                    "MACHINE_ALLOW_FEWER_GPUS=\"{v}\" is not a boolean; expected true or false"
+                ));
+                false
+            }),
     };
     let found = inventory.gpus.len() as u32;
     let mut gpus = planned_gpus;

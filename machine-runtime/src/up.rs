@@ -53,20 +53,18 @@ impl BrokerSetting {
         lookup: impl Fn(&str) -> Option<String>,
     ) -> Result<(BrokerSetting, Vec<String>), Vec<String>> {
         let mut problems = Vec::new();
-        let required_for_health = match lookup(REQUIRES_BROKER_VAR)
-            .map(|v| v.trim().to_ascii_lowercase())
-            .as_deref()
-        {
-            None | Some("" | "false" | "0" | "no" | "off") => false,
-            Some("true" | "1" | "yes" | "on") => true,
-            Some(_) => {
-                problems.push(format!(
-                    "{REQUIRES_BROKER_VAR}=\"{}\" is not a boolean; expected true or false",
-                    lookup(REQUIRES_BROKER_VAR).unwrap_or_default()
-                ));
-                false
-            }
-        };
+        let required_for_health =
+            match lookup(REQUIRES_BROKER_VAR).map(|v| crate::env::parse_bool(&v)) {
+                None | Some(Ok(None | Some(false))) => false,
+                Some(Ok(Some(true))) => true,
+                Some(Err(())) => {
+                    problems.push(format!(
+                        "{REQUIRES_BROKER_VAR}=\"{}\" is not a boolean; expected true or false",
+                        lookup(REQUIRES_BROKER_VAR).unwrap_or_default()
+                    ));
+                    false
+                }
+            };
         if lookup("HUB_REDIS_URL").is_some_and(|v| v.trim().is_empty()) {
             problems.push(EMPTY_URL.to_owned());
             return Err(problems);
@@ -103,7 +101,7 @@ impl BrokerSetting {
 
     /// Like [`BrokerSetting::from_lookup`] on the process environment.
     pub fn from_env() -> Result<(BrokerSetting, Vec<String>), Vec<String>> {
-        Self::from_lookup(|name| std::env::var(name).ok())
+        Self::from_lookup(crate::env::lookup)
     }
 }
 
@@ -431,7 +429,7 @@ pub fn run(apps: Vec<AppSpec>, options: UpOptions) -> Result<(), UpError> {
             None
         }
     };
-    let advertised = match health_url_from_lookup(|name| std::env::var(name).ok()) {
+    let advertised = match health_url_from_lookup(crate::env::lookup) {
         Ok(url) => url,
         Err(problem) => {
             problems.push(problem);

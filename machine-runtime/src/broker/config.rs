@@ -272,7 +272,7 @@ impl BrokerConfig {
     /// Reads `HUB_REDIS_URL`, the `HUB_REDIS_TLS_*` files, `MACHINE_STATUS_UPDATE_INTERVAL_SECONDS` and
     /// `BROKER_PREFLIGHT` from the process environment; warnings (a clamped interval) are returned for the caller to log.
     pub fn from_env() -> Result<(Self, Vec<String>), ConfigErrors> {
-        Self::from_lookup(|name| std::env::var(name).ok())
+        Self::from_lookup(crate::env::lookup)
     }
 
     /// Like [`BrokerConfig::from_env`] with any variable source; reports every problem at once.

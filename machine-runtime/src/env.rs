@@ -1,0 +1,143 @@
+//! Reading the runtime's environment: the one lookup ([`lookup`]), typed readers for booleans, ports
+//! and whole seconds, and the names of the variables only the runtime reads. A leaf: it names no other
+//! module of the crate.
+//!
+//! Readers take a lookup (`impl Fn(&str) -> Option<String>`), so tests pass a map and the runtime passes
+//! [`lookup`]. A value is trimmed first; set but empty reads as unset. A bad value is `Err` with a
+//! message naming the variable, its value and what is allowed; the caller turns it into its own error or
+//! warning.
+//!
+//! Booleans, everywhere: `true`, `1`, `yes`, `on` and `false`, `0`, `no`, `off`, any case ([`parse_bool`]).
+
+use std::time::Duration;
+
+use machine_model::catalog::BROKER_TLS_VARS;
+
+/// The bearer token that `POST /restart/...` and `POST /stop` require; never passed to the apps.
+pub const CONTROL_TOKEN_VAR: &str = "MACHINE_CONTROL_TOKEN";
+/// The health port when `--health-port` / `--port` is not given.
+pub const HEALTH_PORT_VAR: &str = "MACHINE_HEALTH_PORT";
+/// A PEM file of the CA that signs the Redis server's certificate (`rediss://`).
+pub const CA_FILE_VAR: &str = BROKER_TLS_VARS[0];
+/// A PEM client certificate for Redis (mutual TLS), with [`KEY_FILE_VAR`].
+pub const CERT_FILE_VAR: &str = BROKER_TLS_VARS[1];
+/// The PEM private key of [`CERT_FILE_VAR`].
+pub const KEY_FILE_VAR: &str = BROKER_TLS_VARS[2];
+/// A boolean: skip checking the Redis server's certificate.
+pub const INSECURE_VAR: &str = BROKER_TLS_VARS[3];
+
+/// The process environment: `name`'s value, `None` when unset or not UTF-8.
+pub fn lookup(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+/// Reads a boolean: `true|1|yes|on` → `Some(true)`, `false|0|no|off` → `Some(false)`, any case,
+/// surrounding white space ignored; empty → `Ok(None)` (unset). `Err(())` for anything else.
+#[allow(clippy::result_unit_err)]
+pub fn parse_bool(text: &str) -> Result<Option<bool>, ()> {
+    match text.trim().to_ascii_lowercase().as_str() {
+        "" => Ok(None),
+        "true" | "1" | "yes" | "on" => Ok(Some(true)),
+        "false" | "0" | "no" | "off" => Ok(Some(false)),
+        _ => Err(()),
+    }
+}
+
+/// `name` read as a boolean ([`parse_bool`]); `Ok(None)` when unset or empty.
+/// Errors: `NAME="value" is not a boolean; expected true or false`, as every call site words it.
+pub fn bool_var(
+    lookup: impl Fn(&str) -> Option<String>,
+    name: &str,
+) -> Result<Option<bool>, String> {
+    match lookup(name) {
+        None => Ok(None),
+        Some(value) => parse_bool(&value)
+            .map_err(|()| format!("{name}=\"{value}\" is not a boolean; expected true or false")),
+    }
+}
+
+/// `name` read as a TCP port, 0 to 65535 (0: the system picks a free one); `Ok(None)` when unset or
+/// empty. Errors: `NAME is "value", which is not a port number (0 to 65535)`.
+pub fn port_var(
+    lookup: impl Fn(&str) -> Option<String>,
+    name: &str,
+) -> Result<Option<u16>, String> {
+    match lookup(name) {
+        None => Ok(None),
+        Some(value) if value.trim().is_empty() => Ok(None),
+        Some(value) => {
+            value.trim().parse().map(Some).map_err(|_| {
+                format!("{name} is \"{value}\", which is not a port number (0 to 65535)")
+            })
+        }
+    }
+}
+
+/// `name` read as whole seconds within `min..=max`; `Ok(None)` when unset or empty.
+/// Errors: `NAME is "value", which is not a whole number of seconds from MIN to MAX`.
+pub fn seconds_var(
+    lookup: impl Fn(&str) -> Option<String>,
+    name: &str,
+    min: u64,
+    max: u64,
+) -> Result<Option<Duration>, String> {
+    match lookup(name) {
+        None => Ok(None),
+        Some(value) if value.trim().is_empty() => Ok(None),
+        Some(value) => match value.trim().parse::<u64>() {
+            Ok(secs) if (min..=max).contains(&secs) => Ok(Some(Duration::from_secs(secs))),
+            _ => Err(format!(
+                "{name} is \"{value}\", which is not a whole number of seconds from {min} to {max}"
+            )),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with(value: &'static str) -> impl Fn(&str) -> Option<String> {
+        move |_| Some(value.to_owned())
+    }
+
+    #[test]
+    fn one_boolean_vocabulary() {
+        for yes in ["true", "1", "yes", "on", " TRUE ", "On"] {
+            assert_eq!(parse_bool(yes), Ok(Some(true)), "{yes}");
+        }
+        for no in ["false", "0", "no", "off", "OFF", " No"] {
+            assert_eq!(parse_bool(no), Ok(Some(false)), "{no}");
+        }
+        assert_eq!(parse_bool("  "), Ok(None));
+        for bad in ["2", "y", "enabled", "truee"] {
+            assert_eq!(parse_bool(bad), Err(()), "{bad}");
+        }
+        assert_eq!(bool_var(|_| None, "X"), Ok(None));
+        assert_eq!(bool_var(with("yes"), "X"), Ok(Some(true)));
+        assert_eq!(
+            bool_var(with("maybe"), "X"),
+            Err("X=\"maybe\" is not a boolean; expected true or false".into())
+        );
+    }
+
+    #[test]
+    fn ports_and_seconds() {
+        assert_eq!(port_var(with(" 9091 "), "P"), Ok(Some(9091)));
+        assert_eq!(port_var(with(""), "P"), Ok(None));
+        assert_eq!(port_var(|_| None, "P"), Ok(None));
+        assert_eq!(
+            port_var(with("70000"), "P"),
+            Err("P is \"70000\", which is not a port number (0 to 65535)".into())
+        );
+        assert_eq!(
+            seconds_var(with("10"), "S", 1, 25),
+            Ok(Some(Duration::from_secs(10)))
+        );
+        assert_eq!(
+            seconds_var(with("0"), "S", 1, 25),
+            Err("S is \"0\", which is not a whole number of seconds from 1 to 25".into())
+        );
+        assert_eq!(seconds_var(|_| None, "S", 1, 25), Ok(None));
+    }
+}
