@@ -799,7 +799,7 @@ async fn route(
         "/metrics" => Reply::Text(
             200,
             crate::metrics::CONTENT_TYPE,
-            crate::metrics::render(&snapshot, uptime_ms, source),
+            crate::metrics::render(&snapshot, uptime_ms, &|out| source.metrics(out)),
         ),
         "/logs" => ops::logs(request, handle, source),
         _ => error(

@@ -193,9 +193,9 @@ impl LeaseState {
     }
 
     /// What `/metrics` shows.
-    pub fn facts(&self) -> crate::metrics::LeaseFacts {
+    pub fn facts(&self) -> LeaseFacts {
         let renewed = self.renewed_ms.load(Ordering::Relaxed);
-        crate::metrics::LeaseFacts {
+        LeaseFacts {
             held: self.held.load(Ordering::Relaxed),
             renewed_ms: (renewed > 0).then_some(renewed),
         }
@@ -504,6 +504,15 @@ impl Lease {
             ),
         }
     }
+}
+
+/// The broker link's lease, as the metrics see it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LeaseFacts {
+    /// Whether this machine holds the lease on its id now.
+    pub held: bool,
+    /// Epoch ms of the last take or renewal.
+    pub renewed_ms: Option<u64>,
 }
 
 #[cfg(test)]
