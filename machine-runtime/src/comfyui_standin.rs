@@ -39,7 +39,7 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_util::sync::CancellationToken;
 
 use crate::http::{self, Limits, Request};
-use crate::sink;
+use crate::log::LogStream;
 
 pub use cli::Args;
 
@@ -129,11 +129,12 @@ impl Folders {
 
 /// Writes a log line where the fork's logger writes it: stderr, or stdout with `--log-stdout`.
 fn log(args: &Args, line: &str) {
-    if args.log_stdout {
-        sink::out(format!("{line}\n").as_bytes());
+    let stream = if args.log_stdout {
+        LogStream::Stdout
     } else {
-        sink::err_line(line);
-    }
+        LogStream::Stderr
+    };
+    crate::log::app_output(stream, line);
 }
 
 /// A random version-4 UUID from the kernel's random source, as 16 bytes.

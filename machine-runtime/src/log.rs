@@ -14,6 +14,10 @@
 //!
 //! The message text is what the call site wrote; only the prefix before it is this module's. A line
 //! whose message starts with `warning:` or `error:` is logged at that level by [`runtime`].
+//!
+//! Two writers beside the log lines, so that nothing else in the crate writes to stderr for itself:
+//! [`command_error`], a command's final `error:` line, and [`app_output`], the plain output of the
+//! programs that run as apps (their supervisor stamps it).
 
 use std::sync::OnceLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -135,6 +139,33 @@ pub fn emit(level: Level, source: &str, message: &str) {
 /// announces ([`Level::of_message`]).
 pub fn runtime(message: &str) {
     emit(Level::of_message(message), "machine-runtime", message);
+}
+
+/// Logs one line of a part of the runtime (`machine-runtime: <part>: <message>`, e.g. the broker's), at
+/// the level the message's own first word announces.
+pub fn part(part: &str, message: &str) {
+    emit(
+        Level::of_message(message),
+        "machine-runtime",
+        &format!("{part}: {message}"),
+    );
+}
+
+/// A command's final error, as command-line tools write it: `<program>: error: <message>` on stderr,
+/// with no time or level (it is the command's answer, and scripts and tests match it), through the
+/// non-blocking sink.
+pub fn command_error(program: &str, message: &str) {
+    crate::sink::err_line(&format!("{program}: error: {message}"));
+}
+
+/// One line a program the supervisor runs as an app (the simulation service, the ComfyUI stand-in)
+/// writes on its own stdout or stderr: the text as is, with no time or level (the supervisor stamps
+/// its apps' lines, see [`app_line`]), through the non-blocking sink, so a closed pipe never panics.
+pub fn app_output(stream: LogStream, line: &str) {
+    match stream {
+        LogStream::Stdout => crate::sink::out(format!("{line}\n").as_bytes()),
+        LogStream::Stderr => crate::sink::err_line(line),
+    }
 }
 
 /// Whether lines are written as JSON (then the apps' output is too, through [`app_line`]).

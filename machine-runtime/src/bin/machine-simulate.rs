@@ -45,7 +45,7 @@ fn main() -> ExitCode {
     let code = match simulate(cli) {
         Ok(code) => code,
         Err(err) => {
-            sink::err_line(&format!("machine-simulate: error: {err:#}"));
+            machine_runtime::log::command_error("machine-simulate", &format!("{err:#}"));
             ExitCode::FAILURE
         }
     };

@@ -39,17 +39,10 @@
 //!   - `require`: refuse to start when the check fails or Redis cannot be reached to run it.
 //!   - `off`: no check.
 
+/// `log!(...)`: the broker's lines, `broker: ` first, through the one log front end ([`crate::log::part`]).
 macro_rules! log {
     ($($arg:tt)*) => {
-        // Never a printing macro: on a closed stderr it would panic and end the broker task.
-        {
-            let message = format!($($arg)*);
-            $crate::log::emit(
-                $crate::log::Level::of_message(&message),
-                "machine-runtime",
-                &format!("broker: {message}"),
-            )
-        }
+        $crate::log::part("broker", &format!($($arg)*))
     };
 }
 pub(crate) use log;
