@@ -34,6 +34,12 @@ fn non_empty(env: &dyn Env, name: &str) -> Option<String> {
     env.var(name).filter(|v| !v.trim().is_empty())
 }
 
+/// `v` read by the one boolean parser ([`crate::env::parse_bool`]), empty as false; `None` when it is not
+/// a boolean.
+fn truthy(v: &str) -> Option<bool> {
+    crate::env::parse_bool(v).ok().map(|b| b.unwrap_or(false))
+}
+
 /// Every reason a plan cannot start, one message each (overrides, GPUs, missing variables), all at once.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{}", problems.join("\n"))]
@@ -76,14 +82,12 @@ pub fn plan(
     };
     let allow_fewer = match non_empty(env, "MACHINE_ALLOW_FEWER_GPUS") {
         None => profile.machine.allow_fewer_gpus,
-        Some(v) => crate::env::parse_bool(&v)
-            .map(|b| b.unwrap_or(false))
-            .unwrap_or_else(|()| {
-                problems.push(format!(
-                    "MACHINE_ALLOW_FEWER_GPUS=\"{v}\" is not a boolean; expected true or false"
-                ));
-                false
-            }),
+        Some(v) => truthy(&v).unwrap_or_else(|| {
+            problems.push(format!(
+                "MACHINE_ALLOW_FEWER_GPUS=\"{v}\" is not a boolean; expected true or false"
+            ));
+            false
+        }),
     };
     let found = inventory.gpus.len() as u32;
     let mut gpus = planned_gpus;

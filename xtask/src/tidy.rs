@@ -32,21 +32,154 @@ pub const FN_BUDGET: usize = 100;
 /// Functions over [`FN_BUDGET`] today, as `(file, function, lines now)`: a listed function may not grow,
 /// and an entry whose function is back within the budget (or gone) must be removed. Other changes of
 /// issue 19 are splitting these; the list only shrinks.
-const FN_EXCEPTIONS: &[(&str, &str, usize)] = &[];
+const FN_EXCEPTIONS: &[(&str, &str, usize)] = &[
+    ("machine-model/src/components/layer.rs", "resolve", 201),
+    (
+        "machine-model/src/components/layer.rs",
+        "select_components",
+        149,
+    ),
+    ("machine-model/src/ecosystem.rs", "readiness_value", 106),
+    ("machine-model/src/load.rs", "check", 129),
+    ("machine-model/src/plan.rs", "allocate", 110),
+    ("machine-model/src/spec.rs", "WorkerSpec::parse", 189),
+    ("machine-model/src/spec.rs", "check_const", 157),
+    (
+        "machine-runtime/src/broker/bridge.rs",
+        "ViewTemplate::build",
+        131,
+    ),
+    ("machine-runtime/src/broker/mod.rs", "Broker::start", 114),
+    ("machine-runtime/src/comfyui_standin.rs", "run", 122),
+    ("machine-runtime/src/comfyui_standin.rs", "execute", 126),
+    ("machine-runtime/src/comfyui_standin/cli.rs", "parse", 163),
+    (
+        "machine-runtime/src/comfyui_standin/prompt.rs",
+        "validate_node",
+        139,
+    ),
+    (
+        "machine-runtime/src/comfyui_standin/prompt.rs",
+        "validate",
+        105,
+    ),
+    ("machine-runtime/src/ctl.rs", "logs", 133),
+    ("machine-runtime/src/ecosystem.rs", "Reader::app", 172),
+    ("machine-runtime/src/install/mod.rs", "install_one", 116),
+    ("machine-runtime/src/install/recipe.rs", "map_step", 154),
+    ("machine-runtime/src/install/recipe.rs", "validate", 197),
+    ("machine-runtime/src/install/steps.rs", "run_step", 136),
+    ("machine-runtime/src/install/steps.rs", "fetch", 130),
+    ("machine-runtime/src/job.rs", "push", 245),
+    ("machine-runtime/src/reality.rs", "plan", 129),
+    (
+        "machine-runtime/src/supervisor/app.rs",
+        "AppTask::life",
+        193,
+    ),
+    (
+        "machine-runtime/src/supervisor/app.rs",
+        "AppTask::start",
+        112,
+    ),
+    (
+        "machine-runtime/src/supervisor/app.rs",
+        "AppTask::supervise",
+        114,
+    ),
+    (
+        "machine-runtime/src/supervisor/mod.rs",
+        "Supervisor::drain_workers",
+        153,
+    ),
+    (
+        "machine-runtime/src/supervisor/mod.rs",
+        "Supervisor::run",
+        332,
+    ),
+    ("machine-runtime/src/up.rs", "run", 177),
+    ("xtask/src/render/compose.rs", "model", 149),
+    ("xtask/src/render/kubernetes.rs", "stateful_set", 131),
+];
 
 /// Files that may print, with the reason: the logger and the CLIs' own output (what a command prints
 /// is its result, not a log line).
-const PRINT_ALLOWED: &[(&str, &str)] = &[];
+const PRINT_ALLOWED: &[(&str, &str)] = &[
+    (
+        "machine-runtime/build.rs",
+        "`cargo::` lines on stdout are the build script's protocol with cargo",
+    ),
+    (
+        "machine-runtime/src/install/cli.rs",
+        "`install --system-packages` prints the package list: the command's output",
+    ),
+    (
+        "xtask/src/bench.rs",
+        "the benchmark figures: the command's output",
+    ),
+    (
+        "xtask/src/codegen.rs",
+        "what was written, and the stale files' diff: the command's output",
+    ),
+    (
+        "xtask/src/explain.rs",
+        "the variable's value and origin: the command's output",
+    ),
+    (
+        "xtask/src/hooks.rs",
+        "where the hook was installed: the command's output",
+    ),
+    ("xtask/src/list.rs", "the profiles: the command's output"),
+    ("xtask/src/main.rs", "the command's final error"),
+    (
+        "xtask/src/plan.rs",
+        "the allocation table: the command's output",
+    ),
+    (
+        "xtask/src/profiles.rs",
+        "the error of a caller that skipped find_root, before exiting",
+    ),
+    (
+        "xtask/src/secrets.rs",
+        "the secrets a profile needs: the command's output",
+    ),
+    (
+        "xtask/src/tidy.rs",
+        "the problems, cycles and summary: the command's output",
+    ),
+];
 
 /// Files that may match boolean words in strings, with the reason (none but the one parser).
-const BOOL_ALLOWED: &[(&str, &str)] = &[(
-    "machine-runtime/src/env.rs",
-    "the one parser of booleans from the environment",
-)];
+const BOOL_ALLOWED: &[(&str, &str)] = &[
+    (
+        "machine-runtime/src/env.rs",
+        "the one parser of booleans from the environment",
+    ),
+    (
+        "machine-runtime/src/health.rs",
+        "`flag_param` reads the HTTP API's query flags (`?follow=1`), not the environment",
+    ),
+    (
+        "xtask/src/render/yaml.rs",
+        "the YAML 1.1 words a plain key may not be (they would read as booleans): quoting, not parsing",
+    ),
+];
 
 /// Import cycles being removed by another change, as `(crate root, directory module, members sorted
 /// and joined by ", ")`; the merger empties this list.
-const CYCLES_ALLOWED: &[(&str, &str, &str)] = &[];
+const CYCLES_ALLOWED: &[(&str, &str, &str)] = &[
+    (
+        "machine-model/src/lib.rs",
+        "crate",
+        "catalog, install, profile",
+    ),
+    (
+        "machine-model/src/lib.rs",
+        "crate",
+        "comfyui_install, diag, load",
+    ),
+    ("machine-model/src/lib.rs", "crate", "ecosystem, plan"),
+];
 
 /// One broken rule.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -97,7 +230,15 @@ pub fn run(root: &Path) -> anyhow::Result<()> {
         eprintln!("{}:{}: {}", p.file, p.line, p.message);
     }
     for c in &report.cycles {
-        eprintln!("{}", describe_cycle(c));
+        let allowed = CYCLES_ALLOWED
+            .iter()
+            .any(|(r, p, m)| *r == c.root && *p == c.parent && *m == c.members.join(", "));
+        let note = if allowed {
+            " (allowed for now: CYCLES_ALLOWED in xtask/src/tidy.rs)"
+        } else {
+            ""
+        };
+        eprintln!("{}{note}", describe_cycle(c));
     }
     eprintln!("{}", summary(&report));
     if !report.problems.is_empty() {
@@ -171,7 +312,7 @@ pub fn check(root: &Path) -> anyhow::Result<Report> {
             report.cycles.extend(cycles_of(root, rel)?);
         }
     }
-    apply_allow_lists(&mut report, &files);
+    apply_allow_lists(&mut report);
     report.long_fns.sort_by(|a, b| b.2.cmp(&a.2).then(a.cmp(b)));
     report.problems.sort();
     Ok(report)
@@ -452,15 +593,24 @@ impl<'ast> Visit<'ast> for FileVisitor<'_> {
     }
 }
 
-/// Moves allowed findings out of the problems, and reports allow-list entries that no longer apply.
-fn apply_allow_lists(report: &mut Report, files: &[String]) {
-    let tidy = "xtask/src/tidy.rs".to_owned();
-    let stale = |what: String| Problem {
-        file: tidy.clone(),
+/// An allow-list entry that no longer applies, reported on this file.
+fn stale(message: String) -> Problem {
+    Problem {
+        file: "xtask/src/tidy.rs".to_owned(),
         line: 1,
-        message: what,
-    };
-    // Printing.
+        message,
+    }
+}
+
+/// Moves allowed findings out of the problems, and reports allow-list entries that no longer apply.
+fn apply_allow_lists(report: &mut Report) {
+    apply_output_lists(report);
+    apply_fn_exceptions(report);
+    apply_cycle_exceptions(report);
+}
+
+/// [`PRINT_ALLOWED`] and [`BOOL_ALLOWED`].
+fn apply_output_lists(report: &mut Report) {
     for p in &report.print_sites {
         if !PRINT_ALLOWED.iter().any(|(f, _)| *f == p.file) {
             report.problems.push(p.clone());
@@ -473,20 +623,22 @@ fn apply_allow_lists(report: &mut Report, files: &[String]) {
             )));
         }
     }
-    // Boolean parsers.
     for p in &report.bool_parsers {
         if !BOOL_ALLOWED.iter().any(|(f, _)| *f == p.file) {
             report.problems.push(p.clone());
         }
     }
     for (f, _) in BOOL_ALLOWED {
-        if !files.iter().any(|x| x == f) {
+        if !report.bool_parsers.iter().any(|p| p.file == *f) {
             report.problems.push(stale(format!(
-                "BOOL_ALLOWED lists {f}, which does not exist: remove the entry"
+                "BOOL_ALLOWED lists {f}, which parses no booleans (or does not exist): remove the entry"
             )));
         }
     }
-    // Function sizes.
+}
+
+/// [`FN_EXCEPTIONS`].
+fn apply_fn_exceptions(report: &mut Report) {
     for (file, name, lines, line) in &report.long_fns {
         match FN_EXCEPTIONS
             .iter()
@@ -520,7 +672,10 @@ fn apply_allow_lists(report: &mut Report, files: &[String]) {
             Some(_) => {}
         }
     }
-    // Cycles.
+}
+
+/// [`CYCLES_ALLOWED`].
+fn apply_cycle_exceptions(report: &mut Report) {
     for c in &report.cycles {
         let members = c.members.join(", ");
         if !CYCLES_ALLOWED
@@ -943,4 +1098,166 @@ fn strongly_connected(graph: &BTreeMap<String, BTreeMap<String, String>>) -> Vec
         }
     }
     s.out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn workspace() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .unwrap()
+            .to_path_buf()
+    }
+
+    /// The per-file findings of one snippet at `rel`.
+    fn findings(rel: &str, text: &str) -> Report {
+        let mut report = Report::default();
+        check_file(rel, text, &mut report);
+        report
+    }
+
+    /// A crate written to a temporary workspace: `(path, text)` pairs.
+    fn cycles(files: &[(&str, &str)]) -> Vec<Cycle> {
+        let dir = tempfile::tempdir().unwrap();
+        for (rel, text) in files {
+            let path = dir.path().join(rel);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, text).unwrap();
+        }
+        cycles_of(dir.path(), "k/src/lib.rs").unwrap()
+    }
+
+    #[test]
+    fn the_workspace_is_tidy() {
+        let report = check(&workspace()).unwrap();
+        let problems: Vec<String> = report
+            .problems
+            .iter()
+            .map(|p| format!("{}:{}: {}", p.file, p.line, p.message))
+            .collect();
+        assert!(
+            problems.is_empty(),
+            "{}\n{}",
+            problems.join("\n"),
+            summary(&report)
+        );
+        assert!(report.files > 100, "{}", summary(&report));
+    }
+
+    #[test]
+    fn a_file_without_its_one_job_line_is_reported() {
+        let r = findings("k/src/a.rs", "// a plain comment\nfn f() {}\n");
+        assert_eq!(r.problems.len(), 1);
+        assert!(r.problems[0].message.contains("`//!`"), "{:?}", r.problems);
+        let r = findings("k/src/a.rs", "\n//! The job.\nfn f() {}\n");
+        assert!(r.problems.is_empty(), "{:?}", r.problems);
+    }
+
+    #[test]
+    fn printing_is_found_outside_tests_only() {
+        let text = "//! x\nfn f() {\n    println!(\"a\");\n    let _ = format!(\"{}\", { eprintln!(\"b\"); 1 });\n}\n#[cfg(test)]\nmod tests {\n    fn g() { println!(\"c\"); }\n}\n";
+        let r = findings("k/src/a.rs", text);
+        let lines: Vec<usize> = r.print_sites.iter().map(|p| p.line).collect();
+        assert_eq!(lines, [3, 4], "{:?}", r.print_sites);
+        assert!(findings("k/tests/it/a.rs", text).print_sites.is_empty());
+        assert!(
+            findings("fuzz/fuzz_targets/a.rs", text)
+                .print_sites
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn a_second_boolean_parser_is_found() {
+        let text = "//! x\nfn flag(v: &str) -> bool {\n    matches!(v.to_ascii_lowercase().as_str(), \"yes\" | \"True\")\n}\nfn name() -> &'static str { \"on\" }\n";
+        let r = findings("k/src/a.rs", text);
+        assert_eq!(r.bool_parsers.len(), 1, "{:?}", r.bool_parsers);
+        assert_eq!(r.bool_parsers[0].line, 2);
+        assert!(r.bool_parsers[0].message.contains("`flag`"));
+    }
+
+    #[test]
+    fn a_long_function_is_measured_from_fn_to_its_closing_brace() {
+        let body = "    let _x = 1;\n".repeat(FN_BUDGET);
+        let text = format!(
+            "//! x\n/// Doc.\nfn long() {{\n{body}}}\nstruct S;\nimpl S {{\n    fn short(&self) {{}}\n}}\n"
+        );
+        let r = findings("k/src/a.rs", &text);
+        assert_eq!(
+            r.long_fns,
+            [("k/src/a.rs".to_owned(), "long".to_owned(), FN_BUDGET + 2, 3)]
+        );
+        let fits = "    let _x = 1;\n".repeat(FN_BUDGET - 2);
+        let r = findings("k/src/a.rs", &format!("//! x\nfn fits() {{\n{fits}}}\n"));
+        assert!(r.long_fns.is_empty(), "{:?}", r.long_fns);
+    }
+
+    #[test]
+    fn a_top_level_cycle_is_printed_with_its_edges() {
+        let found = cycles(&[
+            (
+                "k/src/lib.rs",
+                "//! k\nmod a;\nmod b;\nmod c;\npub use a::A;\n",
+            ),
+            ("k/src/a.rs", "//! a\nuse crate::b::B;\npub struct A(B);\n"),
+            (
+                "k/src/b.rs",
+                "//! b\npub struct B;\nfn f() -> String { format!(\"{}\", crate::a::name()) }\n",
+            ),
+            // c names a and its parent: no cycle through c.
+            (
+                "k/src/c.rs",
+                "//! c\nuse crate::a::A;\nuse crate::A as Again;\n",
+            ),
+        ]);
+        assert_eq!(found.len(), 1, "{found:?}");
+        let c = &found[0];
+        assert_eq!(
+            (c.parent.as_str(), c.members.as_slice()),
+            ("crate", &["a".to_owned(), "b".to_owned()][..])
+        );
+        assert_eq!(
+            c.edges,
+            [
+                ("a".to_owned(), "b".to_owned(), "k/src/a.rs:2".to_owned()),
+                ("b".to_owned(), "a".to_owned(), "k/src/b.rs:3".to_owned()),
+            ]
+        );
+        assert!(describe_cycle(c).contains("a → b at k/src/a.rs:2"));
+    }
+
+    #[test]
+    fn sibling_cycles_count_and_parent_child_and_test_code_do_not() {
+        let found = cycles(&[
+            ("k/src/lib.rs", "//! k\nmod d;\nmod e;\n"),
+            ("k/src/d/mod.rs", "//! d\nmod x;\nmod y;\nuse x::X;\n"),
+            (
+                "k/src/d/x.rs",
+                "//! x\npub struct X;\nfn f() { super::y::g() }\n",
+            ),
+            (
+                "k/src/d/y.rs",
+                "//! y\npub fn g() {}\nuse super::x::X;\nuse super::*;\n",
+            ),
+            // e ↔ d only through test code and a parent naming its child.
+            (
+                "k/src/e.rs",
+                "//! e\n#[cfg(test)]\nuse crate::d::x;\n#[cfg(test)]\nmod tests { use crate::d::y; }\n",
+            ),
+        ]);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].parent, "crate::d");
+        assert_eq!(found[0].members, ["x", "y"]);
+        let clean = cycles(&[
+            ("k/src/lib.rs", "//! k\nmod a;\nmod b;\n"),
+            ("k/src/a.rs", "//! a\nuse crate::b::B;\npub struct A;\n"),
+            (
+                "k/src/b.rs",
+                "//! b\npub struct B;\n#[cfg(test)]\nuse crate::a::A;\n",
+            ),
+        ]);
+        assert!(clean.is_empty(), "{clean:?}");
+    }
 }
