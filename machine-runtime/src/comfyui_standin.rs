@@ -303,7 +303,7 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> Result<(), StandinE
             &format!("Setting input directory to: {}", folders.input.display()),
         );
     }
-    let mut cuda_visible_devices = std::env::var("CUDA_VISIBLE_DEVICES").ok();
+    let mut cuda_visible_devices = crate::env::lookup("CUDA_VISIBLE_DEVICES");
     if let Some(device) = args.cuda_device {
         cuda_visible_devices = Some(device.to_string());
         log(&args, &format!("Set cuda device to: {device}"));

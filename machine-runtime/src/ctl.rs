@@ -18,8 +18,7 @@ use tokio::net::TcpStream;
 use crate::http::{self, HttpResponse, HttpUrl};
 use crate::time::now_ms;
 
-/// The environment variable naming the machine's endpoint (`http://host:port`).
-pub const URL_VAR: &str = "MACHINE_URL";
+pub use crate::env::URL_VAR;
 /// How long one request may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often `stop` asks whether the app has stopped.

@@ -26,6 +26,26 @@ pub const KEY_FILE_VAR: &str = BROKER_TLS_VARS[2];
 /// A boolean: skip checking the Redis server's certificate.
 pub const INSECURE_VAR: &str = BROKER_TLS_VARS[3];
 
+/// Whether an unreachable broker makes `/health` answer 503 (a boolean).
+pub const REQUIRES_BROKER_VAR: &str = "MACHINE_HEALTH_REQUIRES_BROKER";
+/// The health endpoint's URL as other hosts reach it, advertised in status messages.
+pub const HEALTH_URL_VAR: &str = "MACHINE_HEALTH_URL";
+/// The browser origins allowed to call the POST routes, comma-separated (`crate::origins`).
+pub const ALLOWED_ORIGINS_VAR: &str = "MACHINE_CONTROL_ALLOWED_ORIGINS";
+/// Selects the fake GPU backend and its GPU count.
+pub const FAKE_GPUS_VAR: &str = "MACHINE_FAKE_GPUS";
+/// The NVML library to load (a path, or a name the dynamic loader finds) instead of nvml-wrapper's
+/// default `libnvidia-ml.so.1`: for drivers installed in an odd place, and for tests.
+pub const NVML_LIBRARY_VAR: &str = "MACHINE_NVML_LIBRARY";
+/// Append `-<hostname>` to `MACHINE_ID` (for scaled Compose services; a boolean).
+pub const APPEND_HOSTNAME_VAR: &str = "MACHINE_ID_APPEND_HOSTNAME";
+/// The log format (`text` or `json`) when `--log-format` is not given.
+pub const LOG_FORMAT_VAR: &str = "MACHINE_LOG_FORMAT";
+/// The machine's endpoint for the control commands (`http://host:port`).
+pub const URL_VAR: &str = "MACHINE_URL";
+/// Seconds between the broker's `periodic` status messages.
+pub const STATUS_INTERVAL_VAR: &str = "MACHINE_STATUS_UPDATE_INTERVAL_SECONDS";
+
 /// The process environment: `name`'s value, `None` when unset or not UTF-8.
 pub fn lookup(name: &str) -> Option<String> {
     std::env::var(name).ok()

@@ -10,8 +10,7 @@
 //! - Docker Swarm (the generated `stack.yaml`): `MACHINE_ID=<id>-{{.Task.Slot}}` and the same host name, so a
 //!   task that replaces another in its slot has its id, host name and worker ids (see `broker::leftover`).
 
-/// `MACHINE_ID_APPEND_HOSTNAME`: append `-<hostname>` to `MACHINE_ID` (for scaled Compose services).
-pub(crate) const APPEND_HOSTNAME_VAR: &str = "MACHINE_ID_APPEND_HOSTNAME";
+pub(crate) use crate::env::APPEND_HOSTNAME_VAR;
 
 /// This host's name (`gethostname(2)`): the container's in Docker, the pod's in Kubernetes. `localhost`
 /// when it cannot be read.

@@ -22,8 +22,7 @@
 use std::sync::OnceLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// The environment variable choosing the format when `--log-format` is not given.
-pub const FORMAT_VAR: &str = "MACHINE_LOG_FORMAT";
+pub use crate::env::LOG_FORMAT_VAR as FORMAT_VAR;
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]

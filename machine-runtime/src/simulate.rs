@@ -68,8 +68,8 @@ impl Identity {
     /// Reads `WORKER_GPU_ID` and `CUDA_VISIBLE_DEVICES` from the process environment.
     pub fn from_env() -> Identity {
         Identity {
-            gpu: std::env::var("WORKER_GPU_ID").ok(),
-            cuda_visible_devices: std::env::var("CUDA_VISIBLE_DEVICES").ok(),
+            gpu: crate::env::lookup("WORKER_GPU_ID"),
+            cuda_visible_devices: crate::env::lookup("CUDA_VISIBLE_DEVICES"),
         }
     }
 }

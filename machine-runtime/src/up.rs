@@ -19,8 +19,7 @@ use crate::health::{Control, HealthError, StatusSource};
 use crate::log::runtime as log;
 use crate::supervisor::{BusyProbe, PreflightError, RunError, Supervisor, SupervisorOptions};
 
-/// `MACHINE_HEALTH_REQUIRES_BROKER`: whether an unreachable broker makes `/health` answer 503.
-pub(crate) const REQUIRES_BROKER_VAR: &str = "MACHINE_HEALTH_REQUIRES_BROKER";
+pub(crate) use crate::env::REQUIRES_BROKER_VAR;
 
 /// The refusal of a `HUB_REDIS_URL` that is set but empty: what an unfilled `.env.secrets` (a copy of
 /// `.env.secrets.example`) passes through Compose. The bundle's workers read the same variable (contract §3)
@@ -105,8 +104,7 @@ impl BrokerSetting {
     }
 }
 
-/// `MACHINE_HEALTH_URL`: the health endpoint's URL as other hosts reach it, advertised in status messages.
-pub(crate) const HEALTH_URL_VAR: &str = "MACHINE_HEALTH_URL";
+pub(crate) use crate::env::HEALTH_URL_VAR;
 
 /// The advertised health URL from `MACHINE_HEALTH_URL` (unset or empty: `None`, and status messages say
 /// `http://localhost:<port>/health`). An `http://` or `https://` URL; anything else is the one problem

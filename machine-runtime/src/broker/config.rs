@@ -325,7 +325,7 @@ impl BrokerConfig {
 }
 
 fn status_interval(value: Option<String>) -> Result<(Duration, Option<String>), ConfigError> {
-    const VAR: &str = "MACHINE_STATUS_UPDATE_INTERVAL_SECONDS";
+    const VAR: &str = crate::env::STATUS_INTERVAL_VAR;
     let Some(value) = value.filter(|v| !v.trim().is_empty()) else {
         return Ok((Duration::from_secs(DEFAULT_STATUS_INTERVAL_SECONDS), None));
     };

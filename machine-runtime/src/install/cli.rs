@@ -50,9 +50,7 @@ fn profile_recipes(name: &str) -> Result<Vec<(String, InstallRecipe)>, String> {
     let profile = baked
         .profile()
         .map_err(|e| format!("reading profile {name}: {e}"))?;
-    let workers = std::env::var("WORKER_CONNECTORS")
-        .ok()
-        .filter(|v| !v.trim().is_empty());
+    let workers = crate::env::lookup("WORKER_CONNECTORS").filter(|v| !v.trim().is_empty());
     let overrides = machine_model::Overrides {
         workers,
         ..machine_model::Overrides::default()
