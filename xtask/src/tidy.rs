@@ -218,6 +218,8 @@ pub struct Report {
     pub bool_parsers: Vec<Problem>,
     /// Every cycle of every crate, allowed or not.
     pub cycles: Vec<Cycle>,
+    /// The crate roots whose module graphs were checked.
+    pub roots: Vec<String>,
     /// Broken rules (what fails the check).
     pub problems: Vec<Problem>,
 }
@@ -238,7 +240,9 @@ pub fn run(root: &Path) -> anyhow::Result<()> {
         } else {
             ""
         };
-        eprintln!("{}{note}", describe_cycle(c));
+        let text = describe_cycle(c);
+        let (head, edges) = text.split_once('\n').unwrap_or((&text, ""));
+        eprintln!("{head}{note}\n{edges}");
     }
     eprintln!("{}", summary(&report));
     if !report.problems.is_empty() {
@@ -249,19 +253,27 @@ pub fn run(root: &Path) -> anyhow::Result<()> {
 
 /// The one-line summary: files, functions over the budget, print sites, parsers, cycles per crate root.
 pub fn summary(report: &Report) -> String {
-    let mut per_root: BTreeMap<&str, usize> = BTreeMap::new();
-    for c in &report.cycles {
-        *per_root.entry(c.root.as_str()).or_default() += 1;
+    // Per crate (its roots together): `machine-model 3`.
+    let mut per_crate: BTreeMap<&str, usize> = BTreeMap::new();
+    let crate_of = |root: &'_ str| root.split('/').next().unwrap_or_default().to_owned();
+    let names: Vec<String> = report.roots.iter().map(|r| crate_of(r)).collect();
+    for name in &names {
+        per_crate.entry(name.as_str()).or_default();
     }
-    let cycles = if per_root.is_empty() {
-        "none".to_owned()
-    } else {
-        per_root
-            .iter()
-            .map(|(r, n)| format!("{r} {n}"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
+    let cycle_crates: Vec<String> = report.cycles.iter().map(|c| crate_of(&c.root)).collect();
+    for name in &cycle_crates {
+        *per_crate.entry(name.as_str()).or_default() += 1;
+    }
+    let cycles = per_crate
+        .iter()
+        .map(|(r, n)| format!("{r} {n}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let allowed_prints = report
+        .print_sites
+        .iter()
+        .filter(|p| PRINT_ALLOWED.iter().any(|(f, _)| *f == p.file))
+        .count();
     let longest = report
         .long_fns
         .iter()
@@ -270,12 +282,17 @@ pub fn summary(report: &Report) -> String {
         .collect::<Vec<_>>()
         .join(", ");
     format!(
-        "tidy: {} files, {} problem(s); {} functions over {FN_BUDGET} lines (longest: {longest}); {} print sites outside tests; {} env-boolean parsers; import cycles: {cycles}",
+        "tidy: {} files, {} problem(s); {} functions over {FN_BUDGET} lines (longest: {longest}); {} print sites outside tests ({allowed_prints} in PRINT_ALLOWED files); {} boolean parsers ({} in BOOL_ALLOWED files); import cycles per crate: {cycles}",
         report.files,
         report.problems.len(),
         report.long_fns.len(),
         report.print_sites.len(),
         report.bool_parsers.len(),
+        report
+            .bool_parsers
+            .iter()
+            .filter(|p| BOOL_ALLOWED.iter().any(|(f, _)| *f == p.file))
+            .count(),
     )
 }
 
@@ -310,6 +327,7 @@ pub fn check(root: &Path) -> anyhow::Result<Report> {
     for rel in &files {
         if is_crate_root(rel) {
             report.cycles.extend(cycles_of(root, rel)?);
+            report.roots.push(rel.clone());
         }
     }
     apply_allow_lists(&mut report);
