@@ -1,10 +1,11 @@
-//! Reading the runtime's environment: the one lookup ([`lookup`]), typed readers for booleans, ports
-//! and whole seconds, and the names of the variables only the runtime reads. A leaf: it names no other
-//! module of the crate.
+//! Reading the runtime's environment: the one lookup ([`lookup`]), typed readers for booleans, ports,
+//! whole numbers and whole seconds, and the names of the variables only the runtime reads. A leaf: it
+//! names no other module of the crate.
 //!
-//! Readers take a lookup (`impl Fn(&str) -> Option<String>`), so tests pass a map and the runtime passes
-//! [`lookup`]. A value is trimmed first; set but empty reads as unset. A bad value is `Err` with a
-//! message naming the variable, its value and what is allowed; the caller turns it into its own error or
+//! The `*_var` readers take a lookup (`impl Fn(&str) -> Option<String>`), so tests pass a map and the
+//! runtime passes [`lookup`]; the `parse_*` functions read a value the caller already holds. A value is
+//! trimmed first; set but empty reads as unset. A bad value is `Err`, with a message naming the variable,
+//! its value and what is allowed from the `*_var` readers; the caller turns it into its own error or
 //! warning.
 //!
 //! Booleans, everywhere: `true`, `1`, `yes`, `on` and `false`, `0`, `no`, `off`, any case ([`parse_bool`]).
@@ -82,34 +83,41 @@ pub fn port_var(
     lookup: impl Fn(&str) -> Option<String>,
     name: &str,
 ) -> Result<Option<u16>, String> {
+    number_var(&lookup, name).map_err(|_| port_error(name, &lookup(name).unwrap_or_default()))
+}
+
+fn port_error(name: &str, value: &str) -> String {
+    format!("{name} is \"{value}\", which is not a port number (0 to 65535)")
+}
+
+/// `name` read as a whole number of type `T` (`u32`, `u64`, ...); `Ok(None)` when unset or empty.
+/// Errors: `NAME is "value", which is not a whole number`.
+pub fn number_var<T: std::str::FromStr>(
+    lookup: impl Fn(&str) -> Option<String>,
+    name: &str,
+) -> Result<Option<T>, String> {
     match lookup(name) {
         None => Ok(None),
         Some(value) if value.trim().is_empty() => Ok(None),
-        Some(value) => {
-            value.trim().parse().map(Some).map_err(|_| {
-                format!("{name} is \"{value}\", which is not a port number (0 to 65535)")
-            })
-        }
+        Some(value) => value
+            .trim()
+            .parse()
+            .map(Some)
+            .map_err(|_| format!("{name} is \"{value}\", which is not a whole number")),
     }
 }
 
-/// `name` read as whole seconds within `min..=max`; `Ok(None)` when unset or empty.
-/// Errors: `NAME is "value", which is not a whole number of seconds from MIN to MAX`.
-pub fn seconds_var(
-    lookup: impl Fn(&str) -> Option<String>,
-    name: &str,
-    min: u64,
-    max: u64,
-) -> Result<Option<Duration>, String> {
-    match lookup(name) {
-        None => Ok(None),
-        Some(value) if value.trim().is_empty() => Ok(None),
-        Some(value) => match value.trim().parse::<u64>() {
-            Ok(secs) if (min..=max).contains(&secs) => Ok(Some(Duration::from_secs(secs))),
-            _ => Err(format!(
-                "{name} is \"{value}\", which is not a whole number of seconds from {min} to {max}"
-            )),
-        },
+/// Reads whole seconds within `min..=max`, surrounding white space ignored: empty → `Ok(None)`;
+/// `Err(())` for anything else that is not such a number.
+#[allow(clippy::result_unit_err)]
+pub fn parse_seconds(text: &str, min: u64, max: u64) -> Result<Option<Duration>, ()> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Ok(None);
+    }
+    match text.parse::<u64>() {
+        Ok(secs) if (min..=max).contains(&secs) => Ok(Some(Duration::from_secs(secs))),
+        _ => Err(()),
     }
 }
 
@@ -151,13 +159,14 @@ mod tests {
             Err("P is \"70000\", which is not a port number (0 to 65535)".into())
         );
         assert_eq!(
-            seconds_var(with("10"), "S", 1, 25),
-            Ok(Some(Duration::from_secs(10)))
+            parse_seconds(" 7 ", 1, u64::MAX),
+            Ok(Some(Duration::from_secs(7)))
         );
+        assert_eq!(parse_seconds("-1", 0, 9), Err(()));
+        assert_eq!(number_var::<u32>(with(" 12 "), "N"), Ok(Some(12)));
         assert_eq!(
-            seconds_var(with("0"), "S", 1, 25),
-            Err("S is \"0\", which is not a whole number of seconds from 1 to 25".into())
+            number_var::<u32>(with("12.5"), "N"),
+            Err("N is \"12.5\", which is not a whole number".into())
         );
-        assert_eq!(seconds_var(|_| None, "S", 1, 25), Ok(None));
     }
 }

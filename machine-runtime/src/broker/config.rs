@@ -329,11 +329,11 @@ fn status_interval(value: Option<String>) -> Result<(Duration, Option<String>), 
     let Some(value) = value.filter(|v| !v.trim().is_empty()) else {
         return Ok((Duration::from_secs(DEFAULT_STATUS_INTERVAL_SECONDS), None));
     };
-    let seconds = match value.trim().parse::<u64>() {
-        Ok(0) | Err(_) => {
+    let seconds = match crate::env::parse_seconds(&value, 1, u64::MAX) {
+        Ok(Some(interval)) => interval.as_secs(),
+        Ok(None) | Err(()) => {
             return Err(ConfigError::BadInterval { var: VAR, value });
         }
-        Ok(seconds) => seconds,
     };
     if seconds > MAX_STATUS_INTERVAL_SECONDS {
         let warning = format!(
