@@ -295,7 +295,7 @@ impl BrokerConfig {
                 None
             }
         };
-        let interval = match status_interval(lookup("MACHINE_STATUS_UPDATE_INTERVAL_SECONDS")) {
+        let interval = match status_interval(lookup(crate::env::STATUS_INTERVAL_VAR)) {
             Ok((interval, warning)) => {
                 warnings.extend(warning);
                 interval
