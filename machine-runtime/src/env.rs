@@ -64,19 +64,6 @@ pub fn parse_bool(text: &str) -> Result<Option<bool>, ()> {
     }
 }
 
-/// `name` read as a boolean ([`parse_bool`]); `Ok(None)` when unset or empty.
-/// Errors: `NAME="value" is not a boolean; expected true or false`, as every call site words it.
-pub fn bool_var(
-    lookup: impl Fn(&str) -> Option<String>,
-    name: &str,
-) -> Result<Option<bool>, String> {
-    match lookup(name) {
-        None => Ok(None),
-        Some(value) => parse_bool(&value)
-            .map_err(|()| format!("{name}=\"{value}\" is not a boolean; expected true or false")),
-    }
-}
-
 /// `name` read as a TCP port, 0 to 65535 (0: the system picks a free one); `Ok(None)` when unset or
 /// empty. Errors: `NAME is "value", which is not a port number (0 to 65535)`.
 pub fn port_var(
@@ -141,12 +128,6 @@ mod tests {
         for bad in ["2", "y", "enabled", "truee"] {
             assert_eq!(parse_bool(bad), Err(()), "{bad}");
         }
-        assert_eq!(bool_var(|_| None, "X"), Ok(None));
-        assert_eq!(bool_var(with("yes"), "X"), Ok(Some(true)));
-        assert_eq!(
-            bool_var(with("maybe"), "X"),
-            Err("X=\"maybe\" is not a boolean; expected true or false".into())
-        );
     }
 
     #[test]
