@@ -721,7 +721,7 @@ pub const SERVICES: &[ServiceEntry] = &[
 ];
 
 /// The health endpoint's default port (`MACHINE_HEALTH_PORT`).
-pub(crate) const DEFAULT_HEALTH_PORT: u16 = 9090;
+pub const DEFAULT_HEALTH_PORT: u16 = 9090;
 
 /// The job broker's TLS settings, read by the runtime at start (`HUB_REDIS_TLS_CA_FILE`,
 /// `HUB_REDIS_TLS_CERT_FILE`, `HUB_REDIS_TLS_KEY_FILE`: PEM files of the broker's CA and of the

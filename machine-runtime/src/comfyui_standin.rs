@@ -39,7 +39,7 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_util::sync::CancellationToken;
 
 use crate::http::{self, Limits, Request};
-use crate::sink;
+use crate::log::LogStream;
 
 pub use cli::Args;
 
@@ -129,11 +129,12 @@ impl Folders {
 
 /// Writes a log line where the fork's logger writes it: stderr, or stdout with `--log-stdout`.
 fn log(args: &Args, line: &str) {
-    if args.log_stdout {
-        sink::out(format!("{line}\n").as_bytes());
+    let stream = if args.log_stdout {
+        LogStream::Stdout
     } else {
-        sink::err_line(line);
-    }
+        LogStream::Stderr
+    };
+    crate::log::app_output(stream, line);
 }
 
 /// A random version-4 UUID from the kernel's random source, as 16 bytes.
@@ -302,7 +303,7 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> Result<(), StandinE
             &format!("Setting input directory to: {}", folders.input.display()),
         );
     }
-    let mut cuda_visible_devices = std::env::var("CUDA_VISIBLE_DEVICES").ok();
+    let mut cuda_visible_devices = crate::env::lookup("CUDA_VISIBLE_DEVICES");
     if let Some(device) = args.cuda_device {
         cuda_visible_devices = Some(device.to_string());
         log(&args, &format!("Set cuda device to: {device}"));

@@ -15,11 +15,10 @@ use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
-use crate::broker::now_ms;
 use crate::http::{self, HttpResponse, HttpUrl};
+use crate::time::now_ms;
 
-/// The environment variable naming the machine's endpoint (`http://host:port`).
-pub const URL_VAR: &str = "MACHINE_URL";
+pub use crate::env::URL_VAR;
 /// How long one request may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often `stop` asks whether the app has stopped.
@@ -75,7 +74,7 @@ impl Target {
         base.path = base.path.trim_end_matches('/').to_owned();
         Ok(Target {
             base,
-            token: lookup(crate::health::CONTROL_TOKEN_VAR)
+            token: lookup(crate::env::CONTROL_TOKEN_VAR)
                 .map(|t| t.trim().to_owned())
                 .filter(|t| !t.is_empty()),
         })
@@ -136,11 +135,11 @@ fn answer(
         (401, _, _) if !token_set => Err(CtlError(format!(
             "{method} {} needs the machine's control token: set {} to the token the machine was started with",
             url.path.split('?').next().unwrap_or_default(),
-            crate::health::CONTROL_TOKEN_VAR
+            crate::env::CONTROL_TOKEN_VAR
         ))),
         (403, Some(said), _) if said.contains("wrong") => Err(CtlError(format!(
             "the machine refused the control token: {said}; set {} to the token the machine was started with",
-            crate::health::CONTROL_TOKEN_VAR
+            crate::env::CONTROL_TOKEN_VAR
         ))),
         (_, Some(said), _) => Err(CtlError(said)),
         (status, None, _) => Err(CtlError(format!(
@@ -320,7 +319,7 @@ pub async fn act(
                 if tokio::time::Instant::now() >= deadline {
                     return Err(CtlError(format!(
                         "{name} is still {status} after {}; it stops once its kill_timeout has passed (see `machine-runtime ps`)",
-                        crate::probe::human_duration(wait)
+                        crate::time::human_duration(wait)
                     )));
                 }
                 tokio::time::sleep(POLL).await;
@@ -680,7 +679,7 @@ Environment:
 /// Runs one of the operator's commands against the machine; `port` is the local health port (from
 /// `MACHINE_HEALTH_PORT` or the default). Prints what it got; the error is the one line to show.
 pub fn run(command: Command, port: u16) -> Result<(), CtlError> {
-    let lookup = |name: &str| std::env::var(name).ok();
+    let lookup = crate::env::lookup;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -731,7 +730,7 @@ pub fn run(command: Command, port: u16) -> Result<(), CtlError> {
 }
 
 async fn act_line(args: ActArgs, action: Action, port: u16) -> Result<(), CtlError> {
-    let target = Target::resolve(args.machine.url.as_deref(), port, |n| std::env::var(n).ok())?;
+    let target = Target::resolve(args.machine.url.as_deref(), port, crate::env::lookup)?;
     let line = act(&target, action, &args.name, Duration::from_secs(args.wait)).await?;
     print(&mut std::io::stdout(), &[line]);
     Ok(())

@@ -15,14 +15,118 @@ use std::time::Duration;
 
 pub use machine_model::catalog::Binding;
 pub use machine_model::ecosystem::Role;
-use machine_model::ecosystem::{self as wire, App, Instances, PM2_IGNORED};
+use machine_model::ecosystem::{self as wire, App, Instances, Millis, PM2_IGNORED};
 use serde_json::Value;
 
-use crate::probe::{Check, HttpUrl, Readiness};
+use crate::http::HttpUrl;
 
-pub use crate::supervisor::policy::{
-    DEFAULT_KILL_TIMEOUT, DEFAULT_MAX_RESTARTS, DEFAULT_MIN_UPTIME, RestartPolicy,
-};
+// Moved from probe.rs (readiness settings) and supervisor/policy.rs (restart settings): the spec's
+// types live with the spec reader, so the prober and the supervisor depend on it and not back.
+
+/// How often a probe runs when the ecosystem does not say.
+pub(crate) const DEFAULT_PROBE_INTERVAL: Duration = Duration::from_millis(500);
+/// How long one probe attempt may take when the ecosystem does not say.
+pub(crate) const DEFAULT_PROBE_TIMEOUT: Duration = Duration::from_millis(2000);
+
+/// A readiness probe with its schedule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Readiness {
+    /// What to check.
+    pub check: Check,
+    /// Time between the start of two attempts.
+    pub interval: Duration,
+    /// Time one attempt may take before it counts as failed.
+    pub timeout: Duration,
+}
+
+/// The kinds of readiness check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Check {
+    /// `GET url` answered with a 2xx status.
+    Http { url: HttpUrl },
+    /// A TCP connection to `host:port` succeeds.
+    Tcp { host: String, port: u16 },
+    /// The command (program and arguments, no shell) exits with status 0.
+    Command { command: Vec<String> },
+}
+
+impl std::fmt::Display for Check {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Check::Http { url } => write!(f, "http {url}"),
+            Check::Tcp { host, port } => write!(f, "tcp {host}:{port}"),
+            Check::Command { command } => write!(f, "command `{}`", command.join(" ")),
+        }
+    }
+}
+
+/// PM2's default for `max_restarts`.
+pub const DEFAULT_MAX_RESTARTS: u32 = 16;
+/// PM2's default for `min_uptime`.
+pub const DEFAULT_MIN_UPTIME: Duration = Duration::from_millis(1000);
+/// PM2's default for `kill_timeout`.
+pub const DEFAULT_KILL_TIMEOUT: Duration = Duration::from_millis(1600);
+
+/// An app's restart and stop settings, resolved: the runtime form of the ecosystem's PM2 fields
+/// `autorestart`, `max_restarts`, `min_uptime`, `restart_delay`, `exp_backoff_restart_delay`,
+/// `kill_timeout`, `stop_exit_codes` and `kill_signal` ([`App`]), with PM2's defaults ([`RestartPolicy::default`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestartPolicy {
+    /// Restart when it exits (PM2 default true).
+    pub autorestart: bool,
+    /// Consecutive unstable exits (before `min_uptime`) after which the app is `errored`.
+    pub max_restarts: u32,
+    /// Exits sooner than this after start are unstable.
+    pub min_uptime: Duration,
+    /// Fixed delay before a restart.
+    pub restart_delay: Duration,
+    /// When set, overrides `restart_delay`: starts here, ×1.5 per restart, capped at 15 s.
+    pub exp_backoff_restart_delay: Option<Duration>,
+    /// Grace between the stop signal and SIGKILL of the process group.
+    pub kill_timeout: Duration,
+    /// Exit codes after which the app is not restarted (PM2 `stop_exit_codes`).
+    pub stop_exit_codes: Vec<i32>,
+    /// The signal that asks the app to stop (`kill_signal`); `None`: PM2's `KILL_SIGNAL`, which
+    /// the supervisor reads from the runtime's `PM2_KILL_SIGNAL` (default SIGINT) at start.
+    pub kill_signal: Option<i32>,
+}
+
+impl Default for RestartPolicy {
+    /// PM2's defaults: restart, 16 unstable exits, 1000 ms uptime, no delay, 1600 ms grace.
+    fn default() -> Self {
+        RestartPolicy {
+            autorestart: true,
+            max_restarts: DEFAULT_MAX_RESTARTS,
+            min_uptime: DEFAULT_MIN_UPTIME,
+            restart_delay: Duration::ZERO,
+            exp_backoff_restart_delay: None,
+            kill_timeout: DEFAULT_KILL_TIMEOUT,
+            stop_exit_codes: Vec::new(),
+            kill_signal: None,
+        }
+    }
+}
+
+impl From<&App> for RestartPolicy {
+    /// The app's restart fields, PM2's default for each one absent.
+    fn from(app: &App) -> Self {
+        let d = RestartPolicy::default();
+        let ms = |m: Millis| Duration::from_millis(m.0);
+        RestartPolicy {
+            autorestart: app.autorestart.unwrap_or(d.autorestart),
+            max_restarts: app.max_restarts.unwrap_or(d.max_restarts),
+            min_uptime: app.min_uptime.map_or(d.min_uptime, ms),
+            restart_delay: app.restart_delay.map_or(d.restart_delay, ms),
+            exp_backoff_restart_delay: app.exp_backoff_restart_delay.map(ms),
+            kill_timeout: app.kill_timeout.map_or(d.kill_timeout, ms),
+            stop_exit_codes: app.stop_exit_codes.clone().unwrap_or_default(),
+            kill_signal: app
+                .kill_signal
+                .as_deref()
+                .and_then(crate::signals::signal_number),
+        }
+    }
+}
 
 /// The script name that means "this runtime binary" (`std::env::current_exe()`).
 pub(crate) const SELF_SCRIPT: &str = "machine-runtime";
@@ -784,8 +888,8 @@ impl TryFrom<wire::Readiness> for Readiness {
         let ms = |ms: Option<u64>, default| ms.map_or(default, Duration::from_millis);
         Ok(Readiness {
             check,
-            interval: ms(interval_ms, crate::probe::DEFAULT_INTERVAL),
-            timeout: ms(timeout_ms, crate::probe::DEFAULT_TIMEOUT),
+            interval: ms(interval_ms, DEFAULT_PROBE_INTERVAL),
+            timeout: ms(timeout_ms, DEFAULT_PROBE_TIMEOUT),
         })
     }
 }

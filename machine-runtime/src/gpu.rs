@@ -14,8 +14,7 @@ use std::fmt;
 
 use serde::Serialize;
 
-/// Environment variable that selects the fake backend and its GPU count.
-pub(crate) const FAKE_GPUS_VAR: &str = "MACHINE_FAKE_GPUS";
+pub(crate) use crate::env::FAKE_GPUS_VAR;
 
 /// Most fake GPUs `MACHINE_FAKE_GPUS` accepts.
 pub(crate) const MAX_FAKE_GPUS: u32 = 64;
@@ -26,9 +25,7 @@ pub(crate) const FAKE_GPU_MEMORY_BYTES: u64 = 24 * 1024 * 1024 * 1024;
 /// Environment variable CUDA reads to restrict and order the visible GPUs.
 pub const CUDA_VISIBLE_DEVICES: &str = "CUDA_VISIBLE_DEVICES";
 
-/// Environment variable naming the NVML library to load (a path, or a name the dynamic loader finds) instead
-/// of nvml-wrapper's default `libnvidia-ml.so.1`: for drivers installed in an odd place, and for tests.
-pub(crate) const NVML_LIBRARY_VAR: &str = "MACHINE_NVML_LIBRARY";
+pub(crate) use crate::env::NVML_LIBRARY_VAR;
 
 /// Reason given when `libnvidia-ml.so` cannot be loaded.
 pub(crate) const REASON_NO_LIBRARY: &str = "NVIDIA management library (libnvidia-ml.so) not found";
@@ -309,9 +306,9 @@ impl Inventory {
     /// Detects GPUs from the process environment: `MACHINE_FAKE_GPUS`, else NVML, then applies an outer
     /// `CUDA_VISIBLE_DEVICES`. Fails only on an invalid `MACHINE_FAKE_GPUS`.
     pub fn detect() -> Result<Inventory, GpuError> {
-        let fake = std::env::var(FAKE_GPUS_VAR).ok();
+        let fake = crate::env::lookup(FAKE_GPUS_VAR);
         let backend = backend_from_env(fake.as_deref())?;
-        let cvd = std::env::var(CUDA_VISIBLE_DEVICES).ok();
+        let cvd = crate::env::lookup(CUDA_VISIBLE_DEVICES);
         Ok(Inventory::detect_with(backend.as_ref(), cvd.as_deref()))
     }
 

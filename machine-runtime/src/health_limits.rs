@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::limits::{FILES_PER_APP, RUNTIME_FILES};
-use crate::supervisor::state::log;
+use crate::log::runtime as log;
 
 /// The most connections the endpoint keeps open, however many files it may open.
 pub(crate) const MAX_CONNECTIONS: usize = 128;

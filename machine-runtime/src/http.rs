@@ -16,7 +16,7 @@ use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::probe::human_duration;
+use crate::time::human_duration;
 
 /// Most header lines a request or response head may carry; more answers 431.
 pub(crate) const MAX_HEADERS: usize = 64;

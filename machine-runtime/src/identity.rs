@@ -10,8 +10,7 @@
 //! - Docker Swarm (the generated `stack.yaml`): `MACHINE_ID=<id>-{{.Task.Slot}}` and the same host name, so a
 //!   task that replaces another in its slot has its id, host name and worker ids (see `broker::leftover`).
 
-/// `MACHINE_ID_APPEND_HOSTNAME`: append `-<hostname>` to `MACHINE_ID` (for scaled Compose services).
-pub(crate) const APPEND_HOSTNAME_VAR: &str = "MACHINE_ID_APPEND_HOSTNAME";
+pub(crate) use crate::env::APPEND_HOSTNAME_VAR;
 
 /// This host's name (`gethostname(2)`): the container's in Docker, the pod's in Kubernetes. `localhost`
 /// when it cannot be read.
@@ -70,17 +69,16 @@ pub fn machine_id(
         .map(|v| v.trim().to_owned())
         .filter(|v| !v.is_empty())
         .or_else(|| default.map(str::to_owned));
-    let append = match lookup(APPEND_HOSTNAME_VAR)
-        .map(|v| v.trim().to_ascii_lowercase())
-        .as_deref()
-    {
-        None | Some("" | "false" | "0" | "no" | "off") => false,
-        Some("true" | "1" | "yes" | "on") => true,
-        Some(other) => {
-            return Err(IdentityError::NotABoolean {
-                value: other.to_owned(),
-            });
-        }
+    let append = match lookup(APPEND_HOSTNAME_VAR) {
+        None => false,
+        Some(v) => match crate::env::parse_bool(&v) {
+            Ok(flag) => flag.unwrap_or(false),
+            Err(()) => {
+                return Err(IdentityError::NotABoolean {
+                    value: v.trim().to_ascii_lowercase(),
+                });
+            }
+        },
     };
     match (base, append) {
         (base, false) => Ok(base),

@@ -121,16 +121,16 @@ type WorkerPlace = (String, String, u64, String);
 async fn push(args: PushArgs) -> anyhow::Result<ExitCode> {
     let (var, raw) = match &args.redis {
         Some(url) => ("--redis", url.clone()),
-        None => match std::env::var("HUB_REDIS_URL") {
-            Ok(url) if !url.trim().is_empty() => ("HUB_REDIS_URL", url),
+        None => match crate::env::lookup("HUB_REDIS_URL") {
+            Some(url) if !url.trim().is_empty() => ("HUB_REDIS_URL", url),
             _ => bail!(
                 "no job broker: pass --redis redis://HOST:PORT or set HUB_REDIS_URL (full-local under docker-compose: run it inside the machine container, `docker-compose exec machine machine-runtime job push …`, where HUB_REDIS_URL is set)"
             ),
         },
     };
     // With the broker's TLS variables, as `up` reads them (a private CA, a client certificate).
-    let (url, insecure) = RedisUrl::parse_with_tls(var, &raw, &|name| std::env::var(name).ok())
-        .map_err(|errors| {
+    let (url, insecure) =
+        RedisUrl::parse_with_tls(var, &raw, &crate::env::lookup).map_err(|errors| {
             anyhow::anyhow!(
                 "{}",
                 errors

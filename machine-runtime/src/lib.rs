@@ -6,6 +6,7 @@ pub mod comfyui_standin;
 pub mod command;
 pub mod ctl;
 pub mod ecosystem;
+pub mod env;
 #[doc(hidden)]
 pub mod fuzz;
 pub mod gpu;
@@ -30,4 +31,5 @@ pub mod signals;
 pub mod simulate;
 pub mod sink;
 pub mod supervisor;
+pub mod time;
 pub mod up;

@@ -14,12 +14,15 @@
 //!
 //! The message text is what the call site wrote; only the prefix before it is this module's. A line
 //! whose message starts with `warning:` or `error:` is logged at that level by [`runtime`].
+//!
+//! Two writers beside the log lines, so that nothing else in the crate writes to stderr for itself:
+//! [`command_error`], a command's final `error:` line, and [`app_output`], the plain output of the
+//! programs that run as apps (their supervisor stamps it).
 
 use std::sync::OnceLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// The environment variable choosing the format when `--log-format` is not given.
-pub const FORMAT_VAR: &str = "MACHINE_LOG_FORMAT";
+pub use crate::env::LOG_FORMAT_VAR as FORMAT_VAR;
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -47,6 +50,16 @@ impl LogFormat {
             )),
         }
     }
+}
+
+/// Which of the app's pipes a line came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogStream {
+    /// Standard output (PM2's `out` log).
+    Stdout,
+    /// Standard error (PM2's `error` log).
+    Stderr,
 }
 
 /// A line's level.
@@ -127,6 +140,33 @@ pub fn runtime(message: &str) {
     emit(Level::of_message(message), "machine-runtime", message);
 }
 
+/// Logs one line of a part of the runtime (`machine-runtime: <part>: <message>`, e.g. the broker's), at
+/// the level the message's own first word announces.
+pub fn part(part: &str, message: &str) {
+    emit(
+        Level::of_message(message),
+        "machine-runtime",
+        &format!("{part}: {message}"),
+    );
+}
+
+/// A command's final error, as command-line tools write it: `<program>: error: <message>` on stderr,
+/// with no time or level (it is the command's answer, and scripts and tests match it), through the
+/// non-blocking sink.
+pub fn command_error(program: &str, message: &str) {
+    crate::sink::err_line(&format!("{program}: error: {message}"));
+}
+
+/// One line a program the supervisor runs as an app (the simulation service, the ComfyUI stand-in)
+/// writes on its own stdout or stderr: the text as is, with no time or level (the supervisor stamps
+/// its apps' lines, see [`app_line`]), through the non-blocking sink, so a closed pipe never panics.
+pub fn app_output(stream: LogStream, line: &str) {
+    match stream {
+        LogStream::Stdout => crate::sink::out(format!("{line}\n").as_bytes()),
+        LogStream::Stderr => crate::sink::err_line(line),
+    }
+}
+
 /// Whether lines are written as JSON (then the apps' output is too, through [`app_line`]).
 pub fn is_json() -> bool {
     settings().format == LogFormat::Json
@@ -134,12 +174,7 @@ pub fn is_json() -> bool {
 
 /// Appends one line of app `app`'s output as a JSON log line (with its newline) to `out`: `{time,
 /// level: "info", source: <app>, stream, message}`; invalid UTF-8 is replaced.
-pub fn app_line(
-    out: &mut Vec<u8>,
-    app: &str,
-    stream: crate::supervisor::logs::LogStream,
-    text: &[u8],
-) {
+pub fn app_line(out: &mut Vec<u8>, app: &str, stream: LogStream, text: &[u8]) {
     let text = text.strip_suffix(b"\r").unwrap_or(text);
     let line = serde_json::json!({
         "time": rfc3339(SystemTime::now()),

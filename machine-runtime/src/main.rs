@@ -181,10 +181,10 @@ fn main() -> ExitCode {
         Command::Up(args) => args.log_format,
         _ => None,
     };
-    match machine_runtime::log::LogFormat::from_lookup(|name| std::env::var(name).ok()) {
+    match machine_runtime::log::LogFormat::from_lookup(machine_runtime::env::lookup) {
         Ok(from_env) => machine_runtime::log::init(flag.or(from_env).unwrap_or_default()),
         Err(problem) => {
-            sink::err_line(&format!("machine-runtime: error: {problem}"));
+            machine_runtime::log::command_error("machine-runtime", &problem);
             sink::flush(Duration::from_secs(2));
             return ExitCode::FAILURE;
         }
@@ -217,7 +217,7 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(err) => {
             // Through the sink, never a printing macro: stderr may be a closed pipe.
-            sink::err_line(&format!("machine-runtime: error: {err:#}"));
+            machine_runtime::log::command_error("machine-runtime", &format!("{err:#}"));
             ExitCode::FAILURE
         }
     };

@@ -21,7 +21,7 @@
 //!   `MACHINE_FAKE_GPUS` gives fixed fake figures): `machine_gpu_info{uuid,name}`,
 //!   `machine_gpu_utilization_ratio`, `machine_gpu_memory_used_bytes`, `machine_gpu_memory_total_bytes`,
 //!   `machine_gpu_temperature_celsius` (a reading NVML refuses is left out, not reported as 0);
-//! - what the caller's [`StatusSource::metrics`] adds: per worker and the broker link
+//! - what the caller's [`crate::health::StatusSource::metrics`] adds: per worker and the broker link
 //!   ([`write_broker`]).
 //!
 //! No label holds a secret: app names, roles, worker ids, GPU indices, UUIDs and product names only
@@ -31,10 +31,12 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::OnceLock;
 
-use crate::broker::{Broker, JobTally, now_ms};
+/// The lease facts the broker link gives the metrics (defined with the lease).
+pub use crate::broker::lease::LeaseFacts;
+use crate::broker::{Broker, JobTally};
 use crate::gpu::{Inventory, Source};
-use crate::health::StatusSource;
 use crate::supervisor::{AppState, Snapshot};
+use crate::time::now_ms;
 
 /// `Content-Type` of the answer: the text format, version 0.0.4.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -164,9 +166,10 @@ fn flag(on: bool) -> f64 {
     if on { 1.0 } else { 0.0 }
 }
 
-/// The whole `/metrics` body: the runtime, the apps, the GPUs, then what `source` adds.
-/// `uptime_ms` is the supervisor's (milliseconds since the runtime started).
-pub fn render(snapshot: &Snapshot, uptime_ms: u64, source: &dyn StatusSource) -> String {
+/// The whole `/metrics` body: the runtime, the apps, the GPUs, then what `extra` adds (the health
+/// endpoint passes its source's `metrics`). `uptime_ms` is the supervisor's (milliseconds since the
+/// runtime started).
+pub fn render(snapshot: &Snapshot, uptime_ms: u64, extra: &dyn Fn(&mut Exposition)) -> String {
     let mut out = Exposition::new();
     out.family(
         "machine_build_info",
@@ -190,7 +193,7 @@ pub fn render(snapshot: &Snapshot, uptime_ms: u64, source: &dyn StatusSource) ->
         gpu_inventory(),
         &GpuReader::for_source(gpu_inventory().source),
     );
-    source.metrics(&mut out);
+    extra(&mut out);
     out.finish()
 }
 
@@ -470,15 +473,6 @@ pub(crate) fn write_gpus(out: &mut Exposition, inventory: &Inventory, reader: &G
             }
         }
     }
-}
-
-/// The broker link's lease, as the metrics see it.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct LeaseFacts {
-    /// Whether this machine holds the lease on its id now.
-    pub held: bool,
-    /// Epoch ms of the last take or renewal.
-    pub renewed_ms: Option<u64>,
 }
 
 /// The per-worker and broker families: `broker` is `None` when the link is off or not started yet

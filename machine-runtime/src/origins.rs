@@ -7,8 +7,7 @@
 //! network opens cannot. Any other client (curl) can write any `Origin`: against someone who
 //! reaches the port over the network, only the token protects (docs/health-endpoint.md).
 
-/// The environment variable holding the comma-separated list.
-pub(crate) const ALLOWED_ORIGINS_VAR: &str = "MACHINE_CONTROL_ALLOWED_ORIGINS";
+pub(crate) use crate::env::ALLOWED_ORIGINS_VAR;
 
 /// Exact web origins (`scheme://host[:port]`, as browsers serialise them: lowercase, no default
 /// port, no path). Empty (the default) allows none.

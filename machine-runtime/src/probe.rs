@@ -8,43 +8,10 @@ use tokio::net::TcpStream;
 
 pub use crate::http::HttpUrl;
 use crate::reaper::Reaper;
+use crate::time::human_duration;
 
-/// How often a probe runs when the ecosystem does not say.
-pub(crate) const DEFAULT_INTERVAL: Duration = Duration::from_millis(500);
-/// How long one probe attempt may take when the ecosystem does not say.
-pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_millis(2000);
-
-/// A readiness probe with its schedule.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Readiness {
-    /// What to check.
-    pub check: Check,
-    /// Time between the start of two attempts.
-    pub interval: Duration,
-    /// Time one attempt may take before it counts as failed.
-    pub timeout: Duration,
-}
-
-/// The kinds of readiness check.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Check {
-    /// `GET url` answered with a 2xx status.
-    Http { url: HttpUrl },
-    /// A TCP connection to `host:port` succeeds.
-    Tcp { host: String, port: u16 },
-    /// The command (program and arguments, no shell) exits with status 0.
-    Command { command: Vec<String> },
-}
-
-impl std::fmt::Display for Check {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Check::Http { url } => write!(f, "http {url}"),
-            Check::Tcp { host, port } => write!(f, "tcp {host}:{port}"),
-            Check::Command { command } => write!(f, "command `{}`", command.join(" ")),
-        }
-    }
-}
+/// The probe settings, read with the rest of an app's spec.
+pub use crate::ecosystem::{Check, Readiness};
 
 /// Runs one attempt of `check`, bounded by `timeout`; `Ok` means ready.
 pub(crate) async fn probe_once(
@@ -137,32 +104,5 @@ pub(crate) fn describe_status(status: std::process::ExitStatus) -> String {
         format!("signal {signal} ({})", crate::signals::signal_name(signal))
     } else {
         "an unknown status".to_string()
-    }
-}
-
-/// Formats a duration for people: `250ms`, `1.5s`, `2m 5s`.
-pub(crate) fn human_duration(d: Duration) -> String {
-    let ms = d.as_millis();
-    if ms < 1000 && ms > 0 {
-        format!("{ms}ms")
-    } else if ms < 60_000 {
-        format!("{:.1}s", d.as_secs_f64())
-    } else {
-        let secs = d.as_secs();
-        format!("{}m {}s", secs / 60, secs % 60)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn formats_durations() {
-        assert_eq!(human_duration(Duration::from_millis(400)), "400ms");
-        assert_eq!(human_duration(Duration::from_millis(1500)), "1.5s");
-        assert_eq!(human_duration(Duration::from_millis(20)), "20ms");
-        assert_eq!(human_duration(Duration::from_secs(125)), "2m 5s");
-        assert_eq!(human_duration(Duration::ZERO), "0.0s");
     }
 }

@@ -34,12 +34,10 @@ fn non_empty(env: &dyn Env, name: &str) -> Option<String> {
     env.var(name).filter(|v| !v.trim().is_empty())
 }
 
+/// `v` read by the one boolean parser ([`crate::env::parse_bool`]), empty as false; `None` when it is not
+/// a boolean.
 fn truthy(v: &str) -> Option<bool> {
-    match v.trim().to_ascii_lowercase().as_str() {
-        "1" | "true" | "yes" | "on" => Some(true),
-        "0" | "false" | "no" | "off" | "" => Some(false),
-        _ => None,
-    }
+    crate::env::parse_bool(v).ok().map(|b| b.unwrap_or(false))
 }
 
 /// Every reason a plan cannot start, one message each (overrides, GPUs, missing variables), all at once.

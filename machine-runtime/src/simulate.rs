@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::http::{self, Limits, Request};
+use crate::log::LogStream;
 
 pub use session::JobDefaults;
 
@@ -67,8 +68,8 @@ impl Identity {
     /// Reads `WORKER_GPU_ID` and `CUDA_VISIBLE_DEVICES` from the process environment.
     pub fn from_env() -> Identity {
         Identity {
-            gpu: std::env::var("WORKER_GPU_ID").ok(),
-            cuda_visible_devices: std::env::var("CUDA_VISIBLE_DEVICES").ok(),
+            gpu: crate::env::lookup("WORKER_GPU_ID"),
+            cuda_visible_devices: crate::env::lookup("CUDA_VISIBLE_DEVICES"),
         }
     }
 }
@@ -95,9 +96,12 @@ pub async fn run(
 ) -> Result<(), SimulateError> {
     if !options.startup_delay.is_zero() {
         let delay = options.startup_delay.as_millis();
-        println!(
-            "simulation service starting on {}:{} after a {delay} ms startup delay",
-            options.host, options.port
+        crate::log::app_output(
+            LogStream::Stdout,
+            &format!(
+                "simulation service starting on {}:{} after a {delay} ms startup delay",
+                options.host, options.port
+            ),
         );
         tokio::select! {
             () = tokio::time::sleep(options.startup_delay) => {}
@@ -115,9 +119,15 @@ pub async fn run(
     let local = listener
         .local_addr()
         .map_err(|source| SimulateError::Bind { addr, source })?;
-    println!("simulation service listening on {local}");
+    crate::log::app_output(
+        LogStream::Stdout,
+        &format!("simulation service listening on {local}"),
+    );
     serve(listener, local, &options, identity, shutdown).await;
-    println!("simulation service on {local} stopped");
+    crate::log::app_output(
+        LogStream::Stdout,
+        &format!("simulation service on {local} stopped"),
+    );
     Ok(())
 }
 
@@ -168,7 +178,10 @@ async fn serve(
                 }
                 // Transient (e.g. too many open files): back off briefly instead of spinning.
                 Err(err) => {
-                    eprintln!("simulation service on {local}: accept failed: {err}");
+                    crate::log::app_output(
+                        LogStream::Stderr,
+                        &format!("simulation service on {local}: accept failed: {err}"),
+                    );
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },
@@ -237,7 +250,10 @@ async fn upgrade(
     let peer = stream
         .peer_addr()
         .map_or_else(|_| "an unknown peer".to_owned(), |a| a.to_string());
-    println!("simulation service: websocket session from {peer}");
+    crate::log::app_output(
+        LogStream::Stdout,
+        &format!("simulation service: websocket session from {peer}"),
+    );
     let config = WebSocketConfig::default()
         .max_message_size(Some(MAX_WS_MESSAGE_BYTES))
         .max_frame_size(Some(MAX_WS_MESSAGE_BYTES));

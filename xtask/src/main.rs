@@ -13,6 +13,7 @@ mod profiles;
 mod render;
 mod schema;
 mod secrets;
+mod tidy;
 
 use std::process::ExitCode;
 
@@ -58,8 +59,10 @@ enum Command {
     },
     /// Regenerate schemas/ and generated/ for every profile.
     Codegen,
-    /// Fail with a short diff and the fix when schemas/ or generated/ is stale.
+    /// Fail with a short diff and the fix when schemas/ or generated/ is stale, then run `tidy` (on a checkout).
     Check,
+    /// Check the written conventions (`//!` lines, printing, env booleans, function sizes, import cycles).
+    Tidy,
     /// List profiles and their descriptions.
     List,
     /// Install a git pre-commit hook running `cargo xtask check`.
@@ -120,7 +123,10 @@ fn main() -> ExitCode {
             format,
         } => plan::run(&profile, workers, gpus, replicas, format),
         Command::Codegen => codegen::run(codegen::Mode::Overwrite),
-        Command::Check => codegen::run(codegen::Mode::Check),
+        Command::Check => codegen::run(codegen::Mode::Check).and_then(|()| check_sources()),
+        Command::Tidy => {
+            profiles::find_root().and_then(|root| tidy::run(&root, tidy::Show::AllCycles))
+        }
         Command::List => list::run(),
         Command::InstallHooks => hooks::install(),
         Command::Secrets { profile } => secrets::run(&profile),
@@ -139,6 +145,17 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `check`'s second half: `tidy` on the checkout's sources. A root holding only the inputs and outputs
+/// (`XTASK_ROOT` pointing at a copy of `profiles/`, `schemas/` and `generated/`, as the tests make) has
+/// no sources to check, so there is nothing to run.
+fn check_sources() -> anyhow::Result<()> {
+    let root = profiles::find_root()?;
+    if !root.join("Cargo.toml").is_file() {
+        return Ok(());
+    }
+    tidy::run(&root, tidy::Show::Problems)
 }
 
 #[cfg(test)]

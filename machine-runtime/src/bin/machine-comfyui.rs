@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use machine_runtime::comfyui_standin::{self, cli};
+use machine_runtime::log::{self, LogStream};
 use machine_runtime::sink;
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -37,7 +38,10 @@ fn serve(args: cli::Args) -> ExitCode {
     {
         Ok(rt) => rt,
         Err(err) => {
-            sink::err_line(&format!("machine-comfyui: cannot start tokio: {err}"));
+            log::app_output(
+                LogStream::Stderr,
+                &format!("machine-comfyui: cannot start tokio: {err}"),
+            );
             return ExitCode::FAILURE;
         }
     };
@@ -46,7 +50,10 @@ fn serve(args: cli::Args) -> ExitCode {
         let mut interrupt = match signal(SignalKind::interrupt()) {
             Ok(s) => s,
             Err(err) => {
-                sink::err_line(&format!("machine-comfyui: cannot handle SIGINT: {err}"));
+                log::app_output(
+                    LogStream::Stderr,
+                    &format!("machine-comfyui: cannot handle SIGINT: {err}"),
+                );
                 return ExitCode::FAILURE;
             }
         };
@@ -54,7 +61,7 @@ fn serve(args: cli::Args) -> ExitCode {
         let signal_args = args.clone();
         tokio::spawn(async move {
             if interrupt.recv().await.is_some() {
-                sink::err_line("\nStopped server");
+                log::app_output(LogStream::Stderr, "\nStopped server");
                 comfyui_standin::cleanup_temp(&signal_args);
                 on_signal.cancel();
             }
@@ -62,7 +69,7 @@ fn serve(args: cli::Args) -> ExitCode {
         match comfyui_standin::run(args, shutdown).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(err) => {
-                sink::err_line(&format!("OSError: {err}"));
+                log::app_output(LogStream::Stderr, &format!("OSError: {err}"));
                 ExitCode::FAILURE
             }
         }

@@ -45,7 +45,7 @@ fn main() -> ExitCode {
     let code = match simulate(cli) {
         Ok(code) => code,
         Err(err) => {
-            sink::err_line(&format!("machine-simulate: error: {err:#}"));
+            machine_runtime::log::command_error("machine-simulate", &format!("{err:#}"));
             ExitCode::FAILURE
         }
     };
@@ -63,12 +63,12 @@ fn flag_or_env<T: std::str::FromStr>(
     if let Some(value) = flag {
         return value;
     }
-    match std::env::var(var) {
-        Ok(v) if !v.trim().is_empty() => v.trim().parse().unwrap_or_else(|_| {
-            problems.push(format!("{var} is \"{v}\", which is not a whole number"));
+    match machine_runtime::env::number_var(machine_runtime::env::lookup, var) {
+        Ok(value) => value.unwrap_or(default),
+        Err(problem) => {
+            problems.push(problem);
             default
-        }),
-        _ => default,
+        }
     }
 }
 

@@ -272,7 +272,7 @@ impl BrokerConfig {
     /// Reads `HUB_REDIS_URL`, the `HUB_REDIS_TLS_*` files, `MACHINE_STATUS_UPDATE_INTERVAL_SECONDS` and
     /// `BROKER_PREFLIGHT` from the process environment; warnings (a clamped interval) are returned for the caller to log.
     pub fn from_env() -> Result<(Self, Vec<String>), ConfigErrors> {
-        Self::from_lookup(|name| std::env::var(name).ok())
+        Self::from_lookup(crate::env::lookup)
     }
 
     /// Like [`BrokerConfig::from_env`] with any variable source; reports every problem at once.
@@ -295,7 +295,7 @@ impl BrokerConfig {
                 None
             }
         };
-        let interval = match status_interval(lookup("MACHINE_STATUS_UPDATE_INTERVAL_SECONDS")) {
+        let interval = match status_interval(lookup(crate::env::STATUS_INTERVAL_VAR)) {
             Ok((interval, warning)) => {
                 warnings.extend(warning);
                 interval
@@ -325,15 +325,15 @@ impl BrokerConfig {
 }
 
 fn status_interval(value: Option<String>) -> Result<(Duration, Option<String>), ConfigError> {
-    const VAR: &str = "MACHINE_STATUS_UPDATE_INTERVAL_SECONDS";
+    const VAR: &str = crate::env::STATUS_INTERVAL_VAR;
     let Some(value) = value.filter(|v| !v.trim().is_empty()) else {
         return Ok((Duration::from_secs(DEFAULT_STATUS_INTERVAL_SECONDS), None));
     };
-    let seconds = match value.trim().parse::<u64>() {
-        Ok(0) | Err(_) => {
+    let seconds = match crate::env::parse_seconds(&value, 1, u64::MAX) {
+        Ok(Some(interval)) => interval.as_secs(),
+        Ok(None) | Err(()) => {
             return Err(ConfigError::BadInterval { var: VAR, value });
         }
-        Ok(seconds) => seconds,
     };
     if seconds > MAX_STATUS_INTERVAL_SECONDS {
         let warning = format!(

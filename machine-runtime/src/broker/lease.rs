@@ -193,9 +193,9 @@ impl LeaseState {
     }
 
     /// What `/metrics` shows.
-    pub fn facts(&self) -> crate::metrics::LeaseFacts {
+    pub fn facts(&self) -> LeaseFacts {
         let renewed = self.renewed_ms.load(Ordering::Relaxed);
-        crate::metrics::LeaseFacts {
+        LeaseFacts {
             held: self.held.load(Ordering::Relaxed),
             renewed_ms: (renewed > 0).then_some(renewed),
         }
@@ -307,7 +307,7 @@ impl Lease {
             Err(_) => {
                 super::log!(
                     "redis did not answer within {} at start; starting without the lease on {}: it is taken when redis answers",
-                    crate::probe::human_duration(LEASE_AT_START_LIMIT),
+                    crate::time::human_duration(LEASE_AT_START_LIMIT),
                     lease.key
                 );
                 Ok(lease)
@@ -504,6 +504,15 @@ impl Lease {
             ),
         }
     }
+}
+
+/// The broker link's lease, as the metrics see it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LeaseFacts {
+    /// Whether this machine holds the lease on its id now.
+    pub held: bool,
+    /// Epoch ms of the last take or renewal.
+    pub renewed_ms: Option<u64>,
 }
 
 #[cfg(test)]

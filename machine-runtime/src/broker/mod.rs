@@ -44,17 +44,10 @@
 //! dies shows in `/health`), `shared` (the state those tasks share), `status` and `error` (the types
 //! `/health` and callers see); the wire formats, the link and the settings in the files below them.
 
+/// `log!(...)`: the broker's lines, `broker: ` first, through the one log front end ([`crate::log::part`]).
 macro_rules! log {
     ($($arg:tt)*) => {
-        // Never a printing macro: on a closed stderr it would panic and end the broker task.
-        {
-            let message = format!($($arg)*);
-            $crate::log::emit(
-                $crate::log::Level::of_message(&message),
-                "machine-runtime",
-                &format!("broker: {message}"),
-            )
-        }
+        $crate::log::part("broker", &format!($($arg)*))
     };
 }
 pub(crate) use log;

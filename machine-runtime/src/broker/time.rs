@@ -1,17 +1,8 @@
 //! Wall-clock helpers for the broker protocol: epoch milliseconds and ISO 8601 UTC timestamps.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
-/// Milliseconds since the Unix epoch, the unit of every `timestamp` in the protocol.
-pub fn epoch_ms(at: SystemTime) -> u64 {
-    let since = at.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
-    u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
-}
-
-/// The current time in epoch milliseconds.
-pub fn now_ms() -> u64 {
-    epoch_ms(SystemTime::now())
-}
+pub use crate::time::{epoch_ms, now_ms};
 
 /// `2024-05-06T07:08:09.123Z`, the format JavaScript's `Date.toISOString()` writes, which workers use
 /// for `last_heartbeat` and the heartbeat key's value (RFC 3339, UTC, milliseconds; `humantime`).
@@ -42,6 +33,7 @@ pub(crate) fn parse_epoch_ms(text: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::{Duration, UNIX_EPOCH};
 
     fn at(ms: u64) -> SystemTime {
         UNIX_EPOCH + Duration::from_millis(ms)

@@ -24,16 +24,8 @@ use std::sync::Arc;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-use machine_model::catalog::BROKER_TLS_VARS;
-
-/// The variable of the CA file.
-pub const CA_FILE_VAR: &str = BROKER_TLS_VARS[0];
-/// The variable of the client certificate file.
-pub const CERT_FILE_VAR: &str = BROKER_TLS_VARS[1];
-/// The variable of the client key file.
-pub const KEY_FILE_VAR: &str = BROKER_TLS_VARS[2];
-/// The variable of the insecure switch.
-pub const INSECURE_VAR: &str = BROKER_TLS_VARS[3];
+/// The TLS variables' names (defined with the runtime's other variables).
+pub use crate::env::{CA_FILE_VAR, CERT_FILE_VAR, INSECURE_VAR, KEY_FILE_VAR};
 
 /// The checked TLS settings of a `rediss://` broker.
 #[derive(Clone, Default)]
@@ -140,10 +132,10 @@ impl TlsSettings {
                 .filter(|v| !v.is_empty())
         };
         let mut errors = Vec::new();
-        let insecure_var = match get(INSECURE_VAR).map(|v| v.to_ascii_lowercase()).as_deref() {
-            None | Some("false" | "0" | "no" | "off") => false,
-            Some("true" | "1" | "yes" | "on") => true,
-            Some(_) => {
+        let insecure_var = match get(INSECURE_VAR).map(|v| crate::env::parse_bool(&v)) {
+            None | Some(Ok(None | Some(false))) => false,
+            Some(Ok(Some(true))) => true,
+            Some(Err(())) => {
                 errors.push(TlsConfigError::BadInsecure {
                     value: get(INSECURE_VAR).unwrap_or_default(),
                 });

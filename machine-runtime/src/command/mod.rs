@@ -118,7 +118,7 @@ impl Context {
     pub fn from_process(gpu_uuids: Vec<String>) -> Context {
         Context {
             runtime_env: std::env::vars_os()
-                .filter(|(name, _)| name != crate::health::CONTROL_TOKEN_VAR)
+                .filter(|(name, _)| name != crate::env::CONTROL_TOKEN_VAR)
                 .collect(),
             gpu_uuids,
             mig_uuids: Vec::new(),

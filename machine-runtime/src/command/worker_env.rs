@@ -78,7 +78,7 @@ pub(super) fn apply_worker_settings(
     // The worker (Node, ioredis) reads the same HUB_REDIS_URL; for rediss:// ioredis uses Node's trust
     // store, which takes a private CA only from NODE_EXTRA_CA_CERTS (read once, at Node's start).
     if let Some(ca) = runtime_env
-        .get(OsStr::new(crate::broker::tls::CA_FILE_VAR))
+        .get(OsStr::new(crate::env::CA_FILE_VAR))
         .filter(|v| !v.is_empty())
     {
         let existing = env.get(OsStr::new(NODE_EXTRA_CA_CERTS)).cloned();

@@ -75,8 +75,7 @@ mod tests;
 pub use client::check;
 pub use server::serve;
 
-/// The environment variable holding the token of the POST routes.
-pub(crate) const CONTROL_TOKEN_VAR: &str = "MACHINE_CONTROL_TOKEN";
+pub(crate) use crate::env::CONTROL_TOKEN_VAR;
 /// Lines `/pm2/logs` returns without `lines`.
 const DEFAULT_PM2_LINES: usize = 50;
 /// Lines `/comfyui/logs` returns without `lines`.
@@ -87,21 +86,16 @@ const MAX_HEAD: usize = 8192;
 const MAX_BODY: usize = 64 * 1024;
 
 /// The health port when neither `--health-port` nor `MACHINE_HEALTH_PORT` says otherwise.
-pub const DEFAULT_PORT: u16 = 9090;
+pub const DEFAULT_PORT: u16 = machine_model::catalog::DEFAULT_HEALTH_PORT;
 
 /// The health port from the flag, else `MACHINE_HEALTH_PORT`, else the default.
 pub fn health_port(flag: Option<u16>) -> anyhow::Result<u16> {
-    use anyhow::Context as _;
     if let Some(port) = flag {
         return Ok(port);
     }
-    match std::env::var("MACHINE_HEALTH_PORT") {
-        Ok(v) if !v.trim().is_empty() => v
-            .trim()
-            .parse()
-            .with_context(|| format!("MACHINE_HEALTH_PORT is \"{v}\", which is not a port number")),
-        _ => Ok(DEFAULT_PORT),
-    }
+    let port = crate::env::port_var(crate::env::lookup, crate::env::HEALTH_PORT_VAR)
+        .map_err(anyhow::Error::msg)?;
+    Ok(port.unwrap_or(DEFAULT_PORT))
 }
 
 /// Extra information the caller adds to the endpoint: the GPU inventory, the broker's state.

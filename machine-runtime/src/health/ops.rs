@@ -74,7 +74,7 @@ pub(super) fn stop_or_start(
                 )
             };
             if changed {
-                crate::supervisor::state::log(&format!(
+                crate::log::runtime(&format!(
                     "{} of {name} requested through POST {path}",
                     if stop { "stop" } else { "start" }
                 ));

@@ -11,11 +11,11 @@ use super::{
     CONTROL_TOKEN_VAR, Control, DEFAULT_COMFYUI_LINES, DEFAULT_PM2_LINES, Reply, StatusSource,
     error, ops,
 };
-use crate::broker::now_ms;
 use crate::http::Request;
 use crate::origins::ALLOWED_ORIGINS_VAR;
 use crate::supervisor::logs::{LogLine, LogStream};
 use crate::supervisor::{RestartError, SupervisorHandle};
+use crate::time::now_ms;
 
 /// Checks a POST request: from a browser page on an allowed origin, or with the control token.
 pub(super) fn authorize(request: &Request, control: &Control) -> Result<(), Reply> {
@@ -166,7 +166,7 @@ pub(super) async fn route(
         "/metrics" => Reply::Text(
             200,
             crate::metrics::CONTENT_TYPE,
-            crate::metrics::render(&snapshot, uptime_ms, source),
+            crate::metrics::render(&snapshot, uptime_ms, &|out| source.metrics(out)),
         ),
         "/logs" => ops::logs(request, handle, source),
         _ => error(
@@ -304,7 +304,7 @@ async fn control_route(
                     } else {
                         format!(" (as {asked})")
                     };
-                    crate::supervisor::state::log(&format!(
+                    crate::log::runtime(&format!(
                         "restart of {name}{via} requested through POST /restart/service"
                     ));
                     Reply::Json(

@@ -34,14 +34,14 @@ pub async fn serve(
     let addr = listener
         .local_addr()
         .map_err(|source| HealthError::Bind { port, source })?;
-    crate::supervisor::state::log(&format!("health endpoint on http://{addr}/health"));
+    crate::log::runtime(&format!("health endpoint on http://{addr}/health"));
     if control.token.is_none() && control.allowed_origins.is_empty() {
-        crate::supervisor::state::log(&format!(
+        crate::log::runtime(&format!(
             "the control routes (POST /restart/..., /refresh-status) are off: {CONTROL_TOKEN_VAR} is not set"
         ));
     }
     if !control.allowed_origins.is_empty() {
-        crate::supervisor::state::log(&format!(
+        crate::log::runtime(&format!(
             "the control routes also answer browser pages from {} without the token ({ALLOWED_ORIGINS_VAR}); a client that is not a browser can claim any origin, so keep this port off untrusted networks",
             control.allowed_origins.as_slice().join(", ")
         ));
@@ -174,7 +174,7 @@ async fn answer(
         }
         Reply::ThenStop(status, body) => {
             let _ = write_json(&mut stream, status, &body, &headers, false).await;
-            crate::supervisor::state::log("stop requested through POST /restart/machine");
+            crate::log::runtime("stop requested through POST /restart/machine");
             handle.request_stop(libc::SIGTERM);
         }
         Reply::Stream {

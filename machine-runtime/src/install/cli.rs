@@ -50,9 +50,7 @@ fn profile_recipes(name: &str) -> Result<Vec<(String, InstallRecipe)>, String> {
     let profile = baked
         .profile()
         .map_err(|e| format!("reading profile {name}: {e}"))?;
-    let workers = std::env::var("WORKER_CONNECTORS")
-        .ok()
-        .filter(|v| !v.trim().is_empty());
+    let workers = crate::env::lookup("WORKER_CONNECTORS").filter(|v| !v.trim().is_empty());
     let overrides = machine_model::Overrides {
         workers,
         ..machine_model::Overrides::default()
@@ -79,7 +77,7 @@ pub fn run(args: InstallArgs) -> ExitCode {
         }
     };
     if args.system_packages {
-        let lookup = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        let lookup = |name: &str| crate::env::lookup(name).filter(|v| !v.is_empty());
         let packages: Vec<&str> = super::packages::needed(&recipes, &lookup)
             .into_iter()
             .collect();
@@ -105,7 +103,7 @@ pub fn run(args: InstallArgs) -> ExitCode {
     }
     opts.force = args.force;
     opts.default_step_timeout = Duration::from_secs(args.step_timeout);
-    let fix = install_command(&args, &opts, &services, |name| std::env::var(name).ok());
+    let fix = install_command(&args, &opts, &services, crate::env::lookup);
     run_with(&services, &opts, args.check, &fix)
 }
 

@@ -33,7 +33,7 @@ pub use process::{abort_running_step, kill_running_step_on_signals};
 use machine_model::components::Masker;
 
 /// The workspace used when `WORKSPACE_DIR` is not set.
-pub(crate) const DEFAULT_WORKSPACE: &str = "/workspace";
+pub(crate) const DEFAULT_WORKSPACE: &str = machine_model::catalog::DEFAULT_WORKSPACE;
 /// The time limit of a step that sets none.
 pub(crate) const DEFAULT_STEP_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 /// How often a running step reports that it is still running.

@@ -441,7 +441,10 @@ pub async fn serve<S>(
     jobs.wait().await;
     drop(tx);
     let _ = writer.await;
-    println!("simulation service: connection from {peer} closed");
+    crate::log::app_output(
+        crate::log::LogStream::Stdout,
+        &format!("simulation service: connection from {peer} closed"),
+    );
 }
 
 fn error_message(job_id: Option<&str>, message: &str) -> Value {

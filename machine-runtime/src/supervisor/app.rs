@@ -14,9 +14,10 @@ use super::state::{AppState, Board, LastExit};
 use super::{BusyProbe, DRAIN_POLL, DRAIN_PROBE_LIMIT};
 use crate::command::ChildCommand;
 use crate::ecosystem::AppSpec;
-use crate::probe::{Readiness, describe_status, human_duration, probe_once};
+use crate::probe::{Readiness, describe_status, probe_once};
 use crate::reaper::Reaper;
 use crate::signals::signal_name;
+use crate::time::human_duration;
 
 /// How long a process group may linger after SIGKILL before we give up waiting for it.
 const KILL_WAIT: Duration = Duration::from_secs(5);
@@ -151,7 +152,7 @@ impl AppTask {
             history.unstable = 0;
             history.restarts += 1;
             let restarts = history.restarts;
-            super::state::log(&format!("{} restarted on request", self.name()));
+            crate::log::runtime(&format!("{} restarted on request", self.name()));
             self.board.update(self.idx, |a| {
                 a.restarts = restarts;
                 a.unstable_restarts = 0;
@@ -255,14 +256,14 @@ impl AppTask {
         history.unstable = 0;
         let restarts = history.restarts;
         let Some(why) = memory else {
-            super::state::log(&format!("{} restarting on request", self.name()));
+            crate::log::runtime(&format!("{} restarting on request", self.name()));
             self.board.update(self.idx, |a| {
                 a.restarts = restarts;
                 a.unstable_restarts = 0;
             });
             return;
         };
-        super::state::log(&format!(
+        crate::log::runtime(&format!(
             "{} restarting (restart {restarts}): {why}",
             self.name()
         ));
@@ -443,7 +444,7 @@ impl AppTask {
                 a.detail = Some(detail.clone());
                 a.stopped_on_request = true;
             });
-            super::state::log(&format!(
+            crate::log::runtime(&format!(
                 "{name} stays stopped until it is started on request"
             ));
         } else {
@@ -459,7 +460,7 @@ impl AppTask {
         }
         tokio::select! {
             () = until(&mut self.paused, false) => {
-                super::state::log(&format!("{name} started on request"));
+                crate::log::runtime(&format!("{name} started on request"));
                 // `stopped_on_request` stays until the app leaves `stopped` (Board::transition).
                 self.board.update(self.idx, |a| a.detail = None);
                 true
@@ -609,7 +610,7 @@ impl AppTask {
                             super::memory::human_bytes(rss),
                             super::memory::human_bytes(limit)
                         );
-                        super::state::log(&format!("{}: {why}; restarting it gracefully", self.name()));
+                        crate::log::runtime(&format!("{}: {why}; restarting it gracefully", self.name()));
                         return match self.stop_for_restart(pid, &mut exit, started, For::Restart).await {
                             Supervised::RestartRequested => Supervised::MemoryRestart(why),
                             other => other,
@@ -693,7 +694,7 @@ impl AppTask {
             self.board.update(self.idx, |a| {
                 a.detail = Some("stopping what its process left behind".into())
             });
-            super::state::log(&format!(
+            crate::log::runtime(&format!(
                 "{} exited but left processes in its group {pid}; sending {} to them",
                 self.name(),
                 signal_name(self.kill_signal())
@@ -719,7 +720,7 @@ impl AppTask {
         if let Some(cgroup) = &self.cgroup {
             let left = cgroup.kill();
             if left > 0 {
-                super::state::log(&format!(
+                crate::log::runtime(&format!(
                     "{}: stopped {left} process{} it left outside its process group (its cgroup)",
                     self.name(),
                     if left == 1 { "" } else { "es" }
@@ -775,7 +776,7 @@ impl AppTask {
         } else {
             format!("job {job}")
         };
-        super::state::log(&format!(
+        crate::log::runtime(&format!(
             "{name} is busy with {job_text}; the {noun} waits up to its kill_timeout {} for it to finish",
             human_duration(grace)
         ));
@@ -799,14 +800,14 @@ impl AppTask {
                 }
                 () = tokio::time::sleep(DRAIN_POLL) => {
                     if ask().await.is_none() {
-                        super::state::log(&format!("{name} finished {job_text}; {doing} it now"));
+                        crate::log::runtime(&format!("{name} finished {job_text}; {doing} it now"));
                         self.stop_child(pid, libc::SIGTERM, exit, started).await;
                         return Supervised::RestartRequested;
                     }
                 }
                 () = tokio::time::sleep_until(deadline) => {
                     let kill_timeout = human_duration(grace);
-                    super::state::log(&format!(
+                    crate::log::runtime(&format!(
                         "{name} is still busy with {job_text} after its kill_timeout {kill_timeout}; killing it (SIGKILL to its process group: on SIGTERM the worker would fail the job permanently), handing the job back to the queue{then}"
                     ));
                     break format!("still busy at its kill_timeout {kill_timeout} when it was {}", if purpose == For::Stop { "stopped" } else { "restarted" });
@@ -919,14 +920,14 @@ async fn terminate_group(
         tokio::select! {
             _ = poll => {}
             _ = tokio::time::sleep_until(grace_end), if kill_end.is_none() => {
-                super::state::log(&format!(
+                crate::log::runtime(&format!(
                     "{name} did not stop within kill_timeout {}; sending SIGKILL to process group {pgid}",
                     human_duration(grace)
                 ));
                 escalate = true;
             }
             _ = tokio::time::sleep_until(kill_end.unwrap_or(grace_end)), if kill_end.is_some() => {
-                super::state::log(&format!(
+                crate::log::runtime(&format!(
                     "{name}: process group {pgid} is still there {} after SIGKILL; giving up on it",
                     human_duration(KILL_WAIT)
                 ));
@@ -961,7 +962,7 @@ async fn wait_for_ready_message(
         }
     };
     if tokio::time::timeout(listen_timeout, got).await.is_err() {
-        super::state::log(&format!(
+        crate::log::runtime(&format!(
             "{name} sent no 'ready' message within its listen_timeout {}; counted as ready, as PM2 does",
             human_duration(listen_timeout)
         ));
@@ -989,7 +990,7 @@ async fn wait_until_ready(r: &Readiness, reaper: &Reaper, board: &Board, idx: us
             Err(e) => {
                 if last_log.elapsed() >= PROBE_LOG_EVERY {
                     last_log = Instant::now();
-                    super::state::log(&format!(
+                    crate::log::runtime(&format!(
                         "{name} is still not ready after {}: {e}",
                         human_duration(first.elapsed())
                     ));

@@ -9,10 +9,11 @@ use tokio_util::sync::CancellationToken;
 
 use super::policy;
 use super::spawn::Spawner;
-use super::state::{Board, log};
+use super::state::Board;
 use crate::cgroup::Cgroups;
-use crate::probe::human_duration;
+use crate::log::runtime as log;
 use crate::reaper::{Reaper, ReaperRole, become_subreaper};
+use crate::time::human_duration;
 
 /// The host's side of a run, from [`Host::setup`] to [`Host::take_down`].
 pub(super) struct Host {

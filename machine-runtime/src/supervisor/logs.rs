@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use serde::Serialize;
 use tokio::sync::broadcast;
 
-use crate::broker::now_ms;
+use crate::time::now_ms;
 use machine_model::components::Masker;
 
 /// Most lines kept per app.
@@ -22,15 +22,8 @@ pub(crate) const MAX_BYTES: usize = 512 * 1024;
 /// Lines a follower may fall behind before it misses some (it is told how many).
 const FOLLOW_BACKLOG: usize = 512;
 
-/// Which of the app's pipes a line came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogStream {
-    /// Standard output (PM2's `out` log).
-    Stdout,
-    /// Standard error (PM2's `error` log).
-    Stderr,
-}
+/// Which of the app's pipes a line came from (defined with the log front end).
+pub use crate::log::LogStream;
 
 /// One line of an app's output, secrets already masked.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -31,15 +31,17 @@ use tokio_util::task::TaskTracker;
 
 use crate::command::{self, ChildCommand, Context};
 use crate::ecosystem::{AppSpec, Role};
-use crate::probe::human_duration;
 use crate::reaper::Reaper;
 use crate::signals::{StopSignals, signal_name};
+use crate::time::human_duration;
 use app::{AppEnd, AppTask};
 use host::Host;
 use logs::{AppLog, Logs};
 use spawn::Spawner;
+use state::Board;
 pub use state::{AppState, AppStatus, LastExit, Phase, Snapshot, StateEvent};
-use state::{Board, log};
+// Every runtime line goes through the one log front end.
+use crate::log::runtime as log;
 
 /// Why the supervisor refuses to start; every problem is listed.
 #[derive(Debug, thiserror::Error)]

@@ -26,7 +26,7 @@ pub(crate) fn forward(name: &str, fd: OwnedFd, stream: Stream, log: Arc<AppLog>)
     let receiver = match pipe::Receiver::from_owned_fd(fd) {
         Ok(r) => r,
         Err(e) => {
-            super::state::log(&format!("cannot forward the output of {name}: {e}"));
+            crate::log::runtime(&format!("cannot forward the output of {name}: {e}"));
             return;
         }
     };

@@ -10,80 +10,12 @@
 
 use std::time::Duration;
 
-use machine_model::ecosystem::{App, Millis};
+pub use crate::ecosystem::{DEFAULT_KILL_TIMEOUT, RestartPolicy};
 
 /// PM2's cap on the exponential backoff delay.
 pub(crate) const BACKOFF_CAP: Duration = Duration::from_millis(15_000);
 /// Uptime after which the exponential backoff starts over (PM2 `EXP_BACKOFF_RESET_TIMER`).
 pub(crate) const BACKOFF_RESET_AFTER: Duration = Duration::from_millis(30_000);
-
-/// PM2's default for `max_restarts`.
-pub const DEFAULT_MAX_RESTARTS: u32 = 16;
-/// PM2's default for `min_uptime`.
-pub const DEFAULT_MIN_UPTIME: Duration = Duration::from_millis(1000);
-/// PM2's default for `kill_timeout`.
-pub const DEFAULT_KILL_TIMEOUT: Duration = Duration::from_millis(1600);
-
-/// An app's restart and stop settings, resolved: the runtime form of the ecosystem's PM2 fields
-/// `autorestart`, `max_restarts`, `min_uptime`, `restart_delay`, `exp_backoff_restart_delay`,
-/// `kill_timeout`, `stop_exit_codes` and `kill_signal` ([`App`]), with PM2's defaults ([`RestartPolicy::default`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RestartPolicy {
-    /// Restart when it exits (PM2 default true).
-    pub autorestart: bool,
-    /// Consecutive unstable exits (before `min_uptime`) after which the app is `errored`.
-    pub max_restarts: u32,
-    /// Exits sooner than this after start are unstable.
-    pub min_uptime: Duration,
-    /// Fixed delay before a restart.
-    pub restart_delay: Duration,
-    /// When set, overrides `restart_delay`: starts here, ×1.5 per restart, capped at 15 s.
-    pub exp_backoff_restart_delay: Option<Duration>,
-    /// Grace between the stop signal and SIGKILL of the process group.
-    pub kill_timeout: Duration,
-    /// Exit codes after which the app is not restarted (PM2 `stop_exit_codes`).
-    pub stop_exit_codes: Vec<i32>,
-    /// The signal that asks the app to stop (`kill_signal`); `None`: PM2's `KILL_SIGNAL`, which
-    /// the supervisor reads from the runtime's `PM2_KILL_SIGNAL` (default SIGINT) at start.
-    pub kill_signal: Option<i32>,
-}
-
-impl Default for RestartPolicy {
-    /// PM2's defaults: restart, 16 unstable exits, 1000 ms uptime, no delay, 1600 ms grace.
-    fn default() -> Self {
-        RestartPolicy {
-            autorestart: true,
-            max_restarts: DEFAULT_MAX_RESTARTS,
-            min_uptime: DEFAULT_MIN_UPTIME,
-            restart_delay: Duration::ZERO,
-            exp_backoff_restart_delay: None,
-            kill_timeout: DEFAULT_KILL_TIMEOUT,
-            stop_exit_codes: Vec::new(),
-            kill_signal: None,
-        }
-    }
-}
-
-impl From<&App> for RestartPolicy {
-    /// The app's restart fields, PM2's default for each one absent.
-    fn from(app: &App) -> Self {
-        let d = RestartPolicy::default();
-        let ms = |m: Millis| Duration::from_millis(m.0);
-        RestartPolicy {
-            autorestart: app.autorestart.unwrap_or(d.autorestart),
-            max_restarts: app.max_restarts.unwrap_or(d.max_restarts),
-            min_uptime: app.min_uptime.map_or(d.min_uptime, ms),
-            restart_delay: app.restart_delay.map_or(d.restart_delay, ms),
-            exp_backoff_restart_delay: app.exp_backoff_restart_delay.map(ms),
-            kill_timeout: app.kill_timeout.map_or(d.kill_timeout, ms),
-            stop_exit_codes: app.stop_exit_codes.clone().unwrap_or_default(),
-            kill_signal: app
-                .kill_signal
-                .as_deref()
-                .and_then(crate::signals::signal_number),
-        }
-    }
-}
 
 /// What to do after an exit that nobody asked for.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -408,17 +408,17 @@ impl Board {
                 became_running = true;
             }
         });
-        log(&message);
+        crate::log::runtime(&message);
         if let Some(event) = event {
             // No subscriber is fine: the broker may not be running.
             let _ = self.events.send(event);
         }
         if became_running {
             let count = self.snapshot.borrow().apps.len();
-            log(&format!(
+            crate::log::runtime(&format!(
                 "all {count} app{} up and ready after {}",
                 if count == 1 { " is" } else { "s are" },
-                crate::probe::human_duration(self.started.elapsed())
+                crate::time::human_duration(self.started.elapsed())
             ));
         }
     }
@@ -431,9 +431,4 @@ impl Board {
     pub(crate) fn set_phase(&self, phase: Phase) {
         self.snapshot.send_modify(|s| s.phase = phase);
     }
-}
-
-/// Queues one runtime log line for stderr, timestamped ([`crate::log`]; never blocks, never panics).
-pub(crate) fn log(message: &str) {
-    crate::log::runtime(message);
 }

@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use super::status::MachineStatus;
+use crate::log::runtime as log;
 use crate::supervisor::BusyProbe;
-use crate::supervisor::state::log;
 
 /// The broker's answer to "which workers are busy", by app name, for the drain on stop and
 /// restart, and its hand-back of a killed worker's job.

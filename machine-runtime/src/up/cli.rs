@@ -35,11 +35,8 @@ pub fn run_cli(args: UpArgs) -> anyhow::Result<()> {
             "warning: cannot read or raise the open-file limit: {err}"
         ));
     }
-    let env_machine_id = crate::identity::machine_id(
-        |name| std::env::var(name).ok(),
-        None,
-        &crate::identity::hostname(),
-    )?;
+    let env_machine_id =
+        crate::identity::machine_id(crate::env::lookup, None, &crate::identity::hostname())?;
     // Read before planning, so a start that fails names every problem at once.
     let broker = BrokerSetting::from_env();
     let planned = plan_apps(args.ecosystem, args.profile, env_machine_id);
@@ -75,7 +72,7 @@ pub fn run_cli(args: UpArgs) -> anyhow::Result<()> {
         machine_id: planned.machine_id,
         gpu_count: planned.gpu_count,
         broker,
-        control: health::Control::from_lookup(|name| std::env::var(name).ok()),
+        control: health::Control::from_lookup(crate::env::lookup),
         preflight: planned.preflight,
         install_hint: planned.install_hint,
     };

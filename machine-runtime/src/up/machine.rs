@@ -15,7 +15,7 @@ use crate::broker::bridge::{Identity, ViewTemplate};
 use crate::broker::{self, Broker, BrokerConfig, BrokerError};
 use crate::ecosystem::AppSpec;
 use crate::health::Control;
-use crate::supervisor::state::log;
+use crate::log::runtime as log;
 use crate::supervisor::{PreflightError, Supervisor, SupervisorHandle};
 
 /// What the start-up checks let through: everything the machine starts with.
@@ -82,7 +82,7 @@ fn check(
             None
         }
     };
-    let advertised = match health_url_from_lookup(|name| std::env::var(name).ok()) {
+    let advertised = match health_url_from_lookup(crate::env::lookup) {
         Ok(url) => url,
         Err(problem) => {
             problems.push(problem);

@@ -46,7 +46,7 @@ pub fn real_plan(flag: Option<String>) -> anyhow::Result<RealPlan> {
     // The plan's machine id is the final one (a scaled Compose service's host name appended).
     let default_id = profile.machine.id.as_deref().unwrap_or(baked.name);
     let machine_id = crate::identity::machine_id(
-        |name| std::env::var(name).ok(),
+        crate::env::lookup,
         Some(default_id),
         &crate::identity::hostname(),
     )

@@ -3,8 +3,7 @@
 
 use crate::broker::BrokerConfig;
 
-/// `MACHINE_HEALTH_REQUIRES_BROKER`: whether an unreachable broker makes `/health` answer 503.
-pub(crate) const REQUIRES_BROKER_VAR: &str = "MACHINE_HEALTH_REQUIRES_BROKER";
+pub(crate) use crate::env::REQUIRES_BROKER_VAR;
 
 /// The refusal of a `HUB_REDIS_URL` that is set but empty: what an unfilled `.env.secrets` (a copy of
 /// `.env.secrets.example`) passes through Compose. The bundle's workers read the same variable (contract §3)
@@ -37,20 +36,18 @@ impl BrokerSetting {
         lookup: impl Fn(&str) -> Option<String>,
     ) -> Result<(BrokerSetting, Vec<String>), Vec<String>> {
         let mut problems = Vec::new();
-        let required_for_health = match lookup(REQUIRES_BROKER_VAR)
-            .map(|v| v.trim().to_ascii_lowercase())
-            .as_deref()
-        {
-            None | Some("" | "false" | "0" | "no" | "off") => false,
-            Some("true" | "1" | "yes" | "on") => true,
-            Some(_) => {
-                problems.push(format!(
-                    "{REQUIRES_BROKER_VAR}=\"{}\" is not a boolean; expected true or false",
-                    lookup(REQUIRES_BROKER_VAR).unwrap_or_default()
-                ));
-                false
-            }
-        };
+        let required_for_health =
+            match lookup(REQUIRES_BROKER_VAR).map(|v| crate::env::parse_bool(&v)) {
+                None | Some(Ok(None | Some(false))) => false,
+                Some(Ok(Some(true))) => true,
+                Some(Err(())) => {
+                    problems.push(format!(
+                        "{REQUIRES_BROKER_VAR}=\"{}\" is not a boolean; expected true or false",
+                        lookup(REQUIRES_BROKER_VAR).unwrap_or_default()
+                    ));
+                    false
+                }
+            };
         if lookup("HUB_REDIS_URL").is_some_and(|v| v.trim().is_empty()) {
             problems.push(EMPTY_URL.to_owned());
             return Err(problems);
@@ -87,12 +84,11 @@ impl BrokerSetting {
 
     /// Like [`BrokerSetting::from_lookup`] on the process environment.
     pub fn from_env() -> Result<(BrokerSetting, Vec<String>), Vec<String>> {
-        Self::from_lookup(|name| std::env::var(name).ok())
+        Self::from_lookup(crate::env::lookup)
     }
 }
 
-/// `MACHINE_HEALTH_URL`: the health endpoint's URL as other hosts reach it, advertised in status messages.
-pub(crate) const HEALTH_URL_VAR: &str = "MACHINE_HEALTH_URL";
+pub(crate) use crate::env::HEALTH_URL_VAR;
 
 /// The advertised health URL from `MACHINE_HEALTH_URL` (unset or empty: `None`, and status messages say
 /// `http://localhost:<port>/health`). An `http://` or `https://` URL; anything else is the one problem
