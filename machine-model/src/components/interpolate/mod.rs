@@ -21,7 +21,7 @@ mod template;
 mod value;
 
 pub use evaluate::{EnvFallback, Expansion, Source};
-pub(crate) use evaluate::{PoolKind, PoolVar, evaluate};
+pub(crate) use evaluate::{Evaluated, PoolKind, PoolVar, evaluate};
 pub use expand::{ExpandError, expand, expand_runtime};
 pub use template::{Mode, Template, TemplateError};
 pub use value::{Part, Value};
