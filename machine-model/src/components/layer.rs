@@ -7,7 +7,7 @@ use std::fmt;
 use super::ComponentSet;
 use super::diag::{Diagnostic, Position, did_you_mean, has_errors, quoted_list};
 use super::interpolate::{self, EnvFallback, Expansion, Mode, PoolKind, PoolVar, Template, Value};
-use super::parse::{is_identifier, section_list};
+use super::parse::{ComponentFile, is_identifier, section_list};
 
 /// What a profile selects from one component: one section or an ordered list (later sections win).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -645,41 +645,130 @@ fn select_components(
     diags: &mut Vec<Diagnostic>,
 ) -> bool {
     let mut complete = true;
-    let profile = input.profile;
-    let profile_file = input.profile_file;
     let mut seen = BTreeSet::new();
     for sel in input.selection {
-        let name = sel.component.as_str();
-        if !seen.insert(name) {
+        let Some(file) = selected_file(set, input, sel, &mut seen, diags) else {
+            complete = false;
+            continue;
+        };
+        complete &= add_sections(file, sel, input, pool, secret_marks, rejected, diags);
+    }
+    complete
+}
+
+/// The component file a selection names, or `None` with its error: selected twice, a file with errors
+/// of its own, no such component, or no section named.
+fn selected_file<'s, 'a>(
+    set: &'s ComponentSet,
+    input: &ResolveInput<'_>,
+    sel: &'a Selection,
+    seen: &mut BTreeSet<&'a str>,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<&'s ComponentFile> {
+    let profile = input.profile;
+    let profile_file = input.profile_file;
+    let name = sel.component.as_str();
+    if !seen.insert(name) {
+        diags.push(Diagnostic::error(
+            profile_file,
+            sel.position,
+            format!("profile {profile} selects component {name} twice"),
+        ));
+        return None;
+    }
+    if set.is_broken(name) {
+        // Its file's own errors were reported when it was loaded; this names the profile that needs it.
+        diags.push(
+            Diagnostic::error(
+                profile_file,
+                sel.position,
+                format!(
+                    "profile {profile} selects component {name}, whose file {} cannot be used",
+                    set.file_for(name)
+                ),
+            )
+            .with_help(format!(
+                "fix the errors reported for {}",
+                set.file_for(name)
+            )),
+        );
+        return None;
+    }
+    let Some(file) = set.get(name) else {
+        let suggestion = did_you_mean(name, set.names())
+            .map(|s| format!("did you mean \"{s}\"? "))
+            .unwrap_or_default();
+        diags.push(
+            Diagnostic::error(
+                profile_file,
+                sel.position,
+                format!(
+                    "profile {profile} selects component \"{name}\", but there is no {}",
+                    set.file_for(name)
+                ),
+            )
+            .with_help(format!(
+                "{suggestion}the components are {}",
+                quoted_list(set.names())
+            )),
+        );
+        return None;
+    };
+    if sel.sections.is_empty() {
+        diags.push(
+            Diagnostic::error(
+                profile_file,
+                sel.position,
+                format!("profile {profile} selects no section of component {name}"),
+            )
+            .with_help(format!(
+                "name one section or a list; {} has sections {}",
+                file.path,
+                section_list(file)
+            )),
+        );
+        return None;
+    }
+    Some(file)
+}
+
+/// Adds the selected sections of `file` to the pool, with the file's and the sections' secret marks
+/// and rejected keys. False when a section is selected twice or does not exist (each an error).
+fn add_sections(
+    file: &ComponentFile,
+    sel: &Selection,
+    input: &ResolveInput<'_>,
+    pool: &mut Pool,
+    secret_marks: &mut BTreeMap<String, Vec<String>>,
+    rejected: &mut BTreeSet<String>,
+    diags: &mut Vec<Diagnostic>,
+) -> bool {
+    let mut complete = true;
+    let profile = input.profile;
+    let profile_file = input.profile_file;
+    let name = sel.component.as_str();
+    for mark in &file.secrets {
+        let by = format!("{}:{} (component {name})", file.path, mark.position.line);
+        secret_marks
+            .entry(file.variable(&mark.key))
+            .or_default()
+            .push(by);
+    }
+    let mut seen_sections = BTreeSet::new();
+    for section_name in &sel.sections {
+        if !seen_sections.insert(section_name.as_str()) {
             diags.push(Diagnostic::error(
                 profile_file,
                 sel.position,
-                format!("profile {profile} selects component {name} twice"),
+                format!(
+                    "profile {profile} selects section \"{section_name}\" of component {name} twice"
+                ),
             ));
             complete = false;
             continue;
         }
-        if set.is_broken(name) {
-            // Its file's own errors were reported when it was loaded; this names the profile that needs it.
-            diags.push(
-                Diagnostic::error(
-                    profile_file,
-                    sel.position,
-                    format!(
-                        "profile {profile} selects component {name}, whose file {} cannot be used",
-                        set.file_for(name)
-                    ),
-                )
-                .with_help(format!(
-                    "fix the errors reported for {}",
-                    set.file_for(name)
-                )),
-            );
-            complete = false;
-            continue;
-        }
-        let Some(file) = set.get(name) else {
-            let suggestion = did_you_mean(name, set.names())
+        let Some(section) = file.section(section_name) else {
+            let suggestion = did_you_mean(section_name, file.section_names())
                 .map(|s| format!("did you mean \"{s}\"? "))
                 .unwrap_or_default();
             diags.push(
@@ -687,100 +776,44 @@ fn select_components(
                     profile_file,
                     sel.position,
                     format!(
-                        "profile {profile} selects component \"{name}\", but there is no {}",
-                        set.file_for(name)
+                        "profile {profile} selects section \"{section_name}\" of component {name}, which does not exist; \
+                         {} has sections {}",
+                        file.path,
+                        section_list(file)
                     ),
                 )
-                .with_help(format!(
-                    "{suggestion}the components are {}",
-                    quoted_list(set.names())
-                )),
+                .with_help(format!("{suggestion}select one of the existing sections or add [{section_name}] to {}", file.path)),
             );
             complete = false;
             continue;
         };
-        if sel.sections.is_empty() {
-            diags.push(
-                Diagnostic::error(
-                    profile_file,
-                    sel.position,
-                    format!("profile {profile} selects no section of component {name}"),
-                )
-                .with_help(format!(
-                    "name one section or a list; {} has sections {}",
-                    file.path,
-                    section_list(file)
-                )),
+        for mark in &section.secrets {
+            let by = format!(
+                "{}:{} section [{section_name}]",
+                file.path, mark.position.line
             );
-            complete = false;
-            continue;
-        }
-        for mark in &file.secrets {
-            let by = format!("{}:{} (component {name})", file.path, mark.position.line);
             secret_marks
                 .entry(file.variable(&mark.key))
                 .or_default()
                 .push(by);
         }
-        let mut seen_sections = BTreeSet::new();
-        for section_name in &sel.sections {
-            if !seen_sections.insert(section_name.as_str()) {
-                diags.push(Diagnostic::error(
-                    profile_file,
-                    sel.position,
-                    format!("profile {profile} selects section \"{section_name}\" of component {name} twice"),
-                ));
-                complete = false;
-                continue;
-            }
-            let Some(section) = file.section(section_name) else {
-                let suggestion = did_you_mean(section_name, file.section_names())
-                    .map(|s| format!("did you mean \"{s}\"? "))
-                    .unwrap_or_default();
-                diags.push(
-                    Diagnostic::error(
-                        profile_file,
-                        sel.position,
-                        format!(
-                            "profile {profile} selects section \"{section_name}\" of component {name}, which does not exist; \
-                             {} has sections {}",
-                            file.path,
-                            section_list(file)
-                        ),
-                    )
-                    .with_help(format!("{suggestion}select one of the existing sections or add [{section_name}] to {}", file.path)),
-                );
-                complete = false;
-                continue;
+        rejected.extend(section.rejected.iter().map(|key| file.variable(key)));
+        for entry in &section.entries {
+            let origin = Origin::Component {
+                component: name.to_owned(),
+                file: file.path.clone(),
+                section: section.name.clone(),
+                position: entry.position,
             };
-            for mark in &section.secrets {
-                let by = format!(
-                    "{}:{} section [{section_name}]",
-                    file.path, mark.position.line
-                );
-                secret_marks
-                    .entry(file.variable(&mark.key))
-                    .or_default()
-                    .push(by);
-            }
-            rejected.extend(section.rejected.iter().map(|key| file.variable(key)));
-            for entry in &section.entries {
-                let origin = Origin::Component {
-                    component: name.to_owned(),
+            pool.add(
+                file.variable(&entry.key),
+                Layer {
+                    origin,
+                    value: LayerValue::Template(entry.value.clone()),
                     file: file.path.clone(),
-                    section: section.name.clone(),
-                    position: entry.position,
-                };
-                pool.add(
-                    file.variable(&entry.key),
-                    Layer {
-                        origin,
-                        value: LayerValue::Template(entry.value.clone()),
-                        file: file.path.clone(),
-                        position: Some(Position::new(entry.position.line, entry.value_column)),
-                    },
-                );
-            }
+                    position: Some(Position::new(entry.position.line, entry.value_column)),
+                },
+            );
         }
     }
     complete
