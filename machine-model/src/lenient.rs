@@ -19,6 +19,7 @@ pub fn describe(value: &Value) -> String {
     }
 }
 
+/// [`describe`] for a value that may be absent (`nothing`).
 pub(crate) fn describe_opt(value: Option<&Value>) -> String {
     value.map(describe).unwrap_or_else(|| "nothing".to_string())
 }

@@ -1,12 +1,16 @@
 //! The PM2 ecosystem file (`ecosystem.config.json`): one wire type, [`Ecosystem`] with its [`App`]s
-//! and [`Readiness`] (its own module, [`crate::readiness`]), that the xtask's renderer serialises (`From<&Plan>`) and the runtime's reader
-//! deserialises. What PM2 has no field for travels in `machine_*` fields, which PM2 ignores.
+//! and [`Readiness`] (its own module, [`crate::readiness`]), that the xtask's renderer serialises
+//! (`From<&Plan>`) and the runtime's reader deserialises. What PM2 has no field for travels in
+//! `machine_*` fields, which PM2 ignores.
 //!
 //! Reading is lenient the way PM2 is: `args` as a list or one shell-like string, env values of any
 //! JSON type, durations as milliseconds or strings like `"10s"`, `instances` as a number or `"max"`.
 //! Each field's reader names what it wants in its error (`must be true or false, found "yes"`);
 //! [`read_app`] reads every field of an app on its own, so all wrong fields are reported at once.
-//! The fields we know are the type's own ([`App::FIELDS`]), never a list kept by hand.
+//! The fields we know are the type's own ([`App::fields`]), never a list kept by hand.
+//!
+//! This file holds the wire types; `read.rs` the lenient readers, `render.rs` the rendering of a plan,
+//! `text.rs` PM2's text forms of values (sizes, durations, argument strings, env text).
 
 use std::collections::BTreeMap;
 use std::sync::LazyLock;

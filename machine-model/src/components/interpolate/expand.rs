@@ -3,7 +3,7 @@
 
 use super::template::{Mode, Op, Piece, Template, TemplateError};
 
-/// Expands `template` (the [`Value::to_template`] / unquoted syntax) with `lookup`, for run-time use
+/// Expands `template` (the [`super::Value::to_template`] / unquoted syntax) with `lookup`, for run-time use
 /// (see [`expand`] for one error at a time and names kept as written):
 /// the runtime fills in secrets from its own environment. Fails with the names that are missing or invalid.
 pub fn expand_runtime(

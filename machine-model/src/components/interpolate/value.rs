@@ -85,7 +85,7 @@ impl Value {
         self.parts.is_empty()
     }
 
-    /// The value in the interpolation syntax Docker Compose and [`expand_runtime`] read: literal `$` doubled,
+    /// The value in the interpolation syntax Docker Compose and [`super::expand_runtime`] read: literal `$` doubled,
     /// secrets as `${NAME}`.
     pub fn to_template(&self) -> String {
         let mut out = String::new();
