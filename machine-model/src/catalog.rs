@@ -8,6 +8,8 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::worker_bundle::{WORKER_BUNDLE_ENTRY, WORKER_BUNDLE_INSTALL};
+
 /// How a worker uses the machine's resources.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -329,35 +331,6 @@ pub const MACHINE_WIDE_WORKER_VARS: &[&str] = &["WORKERS", "WORKER_CONNECTORS", 
 
 /// Required variables that are secrets: generated files hold only their names.
 pub const SECRET_ENV: &[&str] = &["OPENAI_API_KEY", "GEMINI_API_KEY"];
-
-/// The folder of the worker bundle under the workspace.
-pub(crate) const WORKER_BUNDLE_DIR: &str = "worker-bundled";
-
-/// The worker bundle's entry: one CommonJS file run with node in the bundle folder.
-pub const WORKER_BUNDLE_ENTRY: &str = "redis-direct-worker.js";
-
-/// The worker bundle's service mapping, relative to the bundle folder.
-pub const WORKER_BUNDLE_MAPPING: &str = "src/config/service-mapping.json";
-
-/// The worker's own service mapping at the studied version, kept as data in this repository
-/// (`machine-model/data/service-mapping.json`, a copy of the bundle's `src/config/service-mapping.json`).
-/// The machine writes it into an installed bundle that has none (the release tarball, contract §1).
-pub const WORKER_SERVICE_MAPPING: &str = include_str!("../data/service-mapping.json");
-
-/// Where [`WORKER_SERVICE_MAPPING`] comes from, as the install log and marker name it.
-pub const WORKER_SERVICE_MAPPING_ORIGIN: &str =
-    "the machine's copy of the worker's service mapping (machine-model/data/service-mapping.json)";
-
-/// Files an installed worker bundle must have.
-pub const WORKER_BUNDLE_FILES: &[&str] =
-    &[WORKER_BUNDLE_ENTRY, "package.json", WORKER_BUNDLE_MAPPING];
-
-/// The install name of the worker bundle (`machine-runtime install --services worker-bundle`).
-pub const WORKER_BUNDLE_INSTALL: &str = "worker-bundle";
-
-/// The worker bundle's source when neither the profile nor `WORKER_BUNDLE_URL` names one: the latest
-/// release tarball of the existing job queue.
-pub(crate) const DEFAULT_WORKER_BUNDLE_URL: &str = "https://github.com/stakeordie/emp-job-queue/releases/latest/download/emp-job-queue-worker.tar.gz";
 
 /// The existing worker bundle, which every connector runs: `node redis-direct-worker.js` in the bundle
 /// folder (the worker finds its service mapping relative to its working directory).
@@ -720,9 +693,6 @@ pub const SERVICES: &[ServiceEntry] = &[
     },
 ];
 
-/// The health endpoint's default port (`MACHINE_HEALTH_PORT`).
-pub const DEFAULT_HEALTH_PORT: u16 = 9090;
-
 /// The job broker's TLS settings, read by the runtime at start (`HUB_REDIS_TLS_CA_FILE`,
 /// `HUB_REDIS_TLS_CERT_FILE`, `HUB_REDIS_TLS_KEY_FILE`: PEM files of the broker's CA and of the
 /// machine's client certificate and key for mutual TLS; `HUB_REDIS_TLS_INSECURE`: `true` turns
@@ -907,6 +877,20 @@ const CATALOG_TEMPLATES_KNOWN: () = {
     }
 };
 const _: () = CATALOG_TEMPLATES_KNOWN;
+
+/// The built-in recipe for a service name (`comfyui`, `playwright`, `worker-bundle` from its catalog
+/// default source), for callers without a catalog.
+pub fn builtin_recipe(name: &str) -> Option<crate::install::InstallRecipe> {
+    if name == WORKER_BUNDLE_INSTALL {
+        return Some(crate::install::worker_bundle_recipe(
+            &crate::profile::WorkerBundle::catalog_default(),
+        ));
+    }
+    service(name).and_then(|s| s.install).map(|recipe| recipe())
+}
+
+/// Names accepted by [`builtin_recipe`].
+pub const BUILTIN_RECIPES: &[&str] = &["comfyui", "playwright", "worker-bundle"];
 
 #[cfg(test)]
 mod tests {

@@ -181,7 +181,7 @@ fn check_nodes(options: &ComfyuiOptions, problems: &mut Vec<(String, String)>) {
                 problems.push((
                     format!(
                         "/comfyui/custom_nodes/{i}/env/{}",
-                        crate::load::escape_pointer(name)
+                        crate::pointer::escape_pointer(name)
                     ),
                     format!(
                         "custom node {:?}: {name:?} is not an environment variable name; use letters, digits and `_`, not starting with a digit",

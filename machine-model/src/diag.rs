@@ -38,7 +38,7 @@ impl Position {
     }
 
     /// A position from a 1-based line and column counted in `usize` (as serde_json and
-    /// [`crate::load::locate`] give them), saturating at `u32::MAX`.
+    /// [`crate::pointer::locate`] give them), saturating at `u32::MAX`.
     pub fn at(line: usize, column: usize) -> Self {
         let clamp = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
         Position::new(clamp(line), clamp(column))
@@ -81,14 +81,14 @@ impl Diagnostic {
     }
 
     /// An error about the value at `pointer` of the JSON document `text` (the file `file`), located at
-    /// the value's first character (or its closest existing ancestor's, see [`crate::load::locate`]).
+    /// the value's first character (or its closest existing ancestor's, see [`crate::pointer::locate`]).
     pub(crate) fn in_json(
         file: &str,
         text: &str,
         pointer: &str,
         message: impl Into<String>,
     ) -> Self {
-        let (line, column) = crate::load::locate(text, pointer);
+        let (line, column) = crate::pointer::locate(text, pointer);
         Diagnostic::error(file, Some(Position::at(line, column)), message).with_pointer(pointer)
     }
 

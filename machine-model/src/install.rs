@@ -450,8 +450,8 @@ pub(crate) const WORKER_BUNDLE_URL_VAR: &str = "WORKER_BUNDLE_URL";
 pub(crate) const WORKER_BUNDLE_SHA256_VAR: &str = "WORKER_BUNDLE_SHA256";
 
 /// The worker bundle from `bundle` (a profile's, or [`WorkerBundle::catalog_default`]): one `fetch` into
-/// `<workspace>/worker-bundled`, expecting [`crate::catalog::WORKER_BUNDLE_FILES`]; a bundle without its
-/// own service mapping (the release tarball) gets the catalog's copy, [`crate::catalog::WORKER_SERVICE_MAPPING`].
+/// `<workspace>/worker-bundled`, expecting [`crate::worker_bundle::WORKER_BUNDLE_FILES`]; a bundle without its
+/// own service mapping (the release tarball) gets the catalog's copy, [`crate::worker_bundle::WORKER_SERVICE_MAPPING`].
 ///
 /// `WORKER_BUNDLE_URL` replaces the source and `WORKER_BUNDLE_SHA256` the checksum (so a profile that pins
 /// a checksum needs both to be overridden). The resolved source and checksum are part of the install hash:
@@ -460,7 +460,7 @@ pub fn worker_bundle_recipe(bundle: &crate::profile::WorkerBundle) -> InstallRec
     // Every `$` doubled: the profile's text is taken as written (components::interpolate's `$$`).
     let literal = |s: &str| s.replace('$', "$$");
     InstallRecipe {
-        dir: crate::catalog::WORKER_BUNDLE_DIR.to_owned(),
+        dir: crate::worker_bundle::WORKER_BUNDLE_DIR.to_owned(),
         steps: vec![Step::Fetch {
             source: format!("${{{WORKER_BUNDLE_URL_VAR}:-{}}}", literal(&bundle.source)),
             sha256: Some(format!(
@@ -468,37 +468,21 @@ pub fn worker_bundle_recipe(bundle: &crate::profile::WorkerBundle) -> InstallRec
                 literal(bundle.sha256.as_deref().unwrap_or_default())
             )),
             dest: ".".to_owned(),
-            expect: crate::catalog::WORKER_BUNDLE_FILES
+            expect: crate::worker_bundle::WORKER_BUNDLE_FILES
                 .iter()
                 .map(|f| f.to_string())
                 .collect(),
             // The release tarball holds no service mapping (worker contract §1): the worker's own
             // mapping, as this catalog keeps it, goes where the worker looks relative to its folder.
             provide: vec![ProvidedFile {
-                path: crate::catalog::WORKER_BUNDLE_MAPPING.to_owned(),
-                origin: crate::catalog::WORKER_SERVICE_MAPPING_ORIGIN.to_owned(),
-                content: crate::catalog::WORKER_SERVICE_MAPPING.to_owned(),
+                path: crate::worker_bundle::WORKER_BUNDLE_MAPPING.to_owned(),
+                origin: crate::worker_bundle::WORKER_SERVICE_MAPPING_ORIGIN.to_owned(),
+                content: crate::worker_bundle::WORKER_SERVICE_MAPPING.to_owned(),
             }],
             timeout_secs: Some(600),
         }],
     }
 }
-
-/// The built-in recipe for a service name (`comfyui`, `playwright`, `worker-bundle` from its catalog
-/// default source), for callers without a catalog.
-pub fn builtin_recipe(service: &str) -> Option<InstallRecipe> {
-    if service == crate::catalog::WORKER_BUNDLE_INSTALL {
-        return Some(worker_bundle_recipe(
-            &crate::profile::WorkerBundle::catalog_default(),
-        ));
-    }
-    crate::catalog::service(service)
-        .and_then(|s| s.install)
-        .map(|recipe| recipe())
-}
-
-/// Names accepted by [`builtin_recipe`].
-pub const BUILTIN_RECIPES: &[&str] = &["comfyui", "playwright", "worker-bundle"];
 
 #[cfg(test)]
 mod tests {
@@ -581,7 +565,10 @@ mod tests {
             ]
         );
         assert_eq!(
-            builtin_recipe("worker-bundle").unwrap().steps[0].kind(),
+            crate::catalog::builtin_recipe("worker-bundle")
+                .unwrap()
+                .steps[0]
+                .kind(),
             "fetch"
         );
         let Step::Fetch { provide, .. } = &recipe.steps[0] else {

@@ -12,12 +12,16 @@ pub mod ecosystem;
 #[doc(hidden)]
 pub mod fuzz;
 pub mod install;
+pub mod lenient;
 pub mod load;
 pub mod plan;
+pub mod pointer;
 pub mod profile;
+pub mod readiness;
 pub mod service_args;
 pub mod spec;
 pub mod suggest;
+pub mod worker_bundle;
 
 pub use diag::Diagnostic;
 pub use plan::{Overrides, Plan, PlanErrors};

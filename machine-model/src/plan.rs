@@ -17,9 +17,10 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::catalog::{self, Binding, ConnectorKind, Lifecycle, ProbeTemplate};
-use crate::ecosystem::Readiness;
 use crate::profile::{GpuMode, Profile, WorkerBundle};
+use crate::readiness::Readiness;
 use crate::spec::{Count, SpecErrors, WorkerSpec};
+use crate::worker_bundle;
 
 /// The most GPUs a plan may have.
 pub const MAX_GPUS: u32 = 64;
@@ -285,7 +286,7 @@ impl Plan {
                     .clone()
                     .unwrap_or_else(WorkerBundle::catalog_default),
             );
-            plan.install.insert(0, catalog::WORKER_BUNDLE_INSTALL);
+            plan.install.insert(0, worker_bundle::WORKER_BUNDLE_INSTALL);
         }
         let comfyui = &profile.comfyui;
         let adds_to_comfyui = !(comfyui.packages.is_empty()
@@ -1027,7 +1028,7 @@ worker simulation-websocket-worker-0 cpu gpu None -> simulation-service",
         assert!(!w.env.contains_key("WEBSOCKET_AUTH_TOKEN"));
         assert_eq!(
             plan.worker_bundle.as_ref().unwrap().source,
-            catalog::DEFAULT_WORKER_BUNDLE_URL
+            worker_bundle::DEFAULT_WORKER_BUNDLE_URL
         );
 
         let overrides = Overrides {

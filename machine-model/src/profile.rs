@@ -150,7 +150,7 @@ impl WorkerBundle {
     /// The catalog's default: the latest release tarball, no checksum.
     pub fn catalog_default() -> WorkerBundle {
         WorkerBundle {
-            source: crate::catalog::DEFAULT_WORKER_BUNDLE_URL.to_string(),
+            source: crate::worker_bundle::DEFAULT_WORKER_BUNDLE_URL.to_string(),
             version: None,
             sha256: None,
         }
@@ -373,8 +373,11 @@ fn default_replicas() -> u32 {
     1
 }
 
+/// The health endpoint's default port (`MACHINE_HEALTH_PORT`).
+pub const DEFAULT_HEALTH_PORT: u16 = 9090;
+
 fn default_health_port() -> u16 {
-    crate::catalog::DEFAULT_HEALTH_PORT
+    DEFAULT_HEALTH_PORT
 }
 
 /// Docker Compose options for the generated docker-compose.yaml.

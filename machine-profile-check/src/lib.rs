@@ -20,7 +20,8 @@ mod schema;
 use std::path::{Path, PathBuf};
 
 use machine_model::components::{self, ComponentSet, EnvVar, Resolved, SecretDecls};
-use machine_model::load::{self, ProfileSource, escape_pointer};
+use machine_model::load::{self, ProfileSource};
+use machine_model::pointer::escape_pointer;
 use machine_model::{Overrides, Plan, Profile};
 use serde_json::Value;
 

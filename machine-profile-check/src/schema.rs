@@ -6,7 +6,8 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use machine_model::Diagnostic;
-use machine_model::load::{self, ProfileSource, escape_pointer};
+use machine_model::load::ProfileSource;
+use machine_model::pointer::{escape_pointer, locate};
 use serde_json::Value;
 
 /// The profile schema, compiled (JSON Schema draft-07, the draft the schema file pins).
@@ -412,7 +413,7 @@ pub(crate) fn offset_of(text: &str, line: usize, column: usize) -> usize {
 
 /// The byte span of the value at `pointer` (the whole text when it cannot be found).
 fn span_of(text: &str, pointer: &str) -> (usize, usize) {
-    let (line, column) = load::locate(text, pointer);
+    let (line, column) = locate(text, pointer);
     let start = offset_of(text, line, column);
     let rest = &text[start..];
     let mut values = serde_json::Deserializer::from_str(rest).into_iter::<Value>();

@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use machine_model::catalog;
+use machine_model::{catalog, worker_bundle};
 
 use crate::ecosystem::{AppSpec, Interpreter, SELF_SCRIPT};
 
@@ -46,7 +46,7 @@ pub(crate) fn check_apps(apps: &[AppSpec], install_hint: &str) -> Vec<String> {
             continue;
         };
         let is_bundle = Path::new(&app.script).file_name()
-            == Some(std::ffi::OsStr::new(catalog::WORKER_BUNDLE_ENTRY));
+            == Some(std::ffi::OsStr::new(worker_bundle::WORKER_BUNDLE_ENTRY));
         if is_bundle {
             let folder = path.parent().map(Path::to_path_buf).unwrap_or_default();
             match bundles.iter_mut().find(|(f, _)| *f == folder) {
@@ -63,7 +63,7 @@ pub(crate) fn check_apps(apps: &[AppSpec], install_hint: &str) -> Vec<String> {
     }
     for (folder, users) in bundles {
         let names: Vec<&str> = users.iter().map(|a| a.name.as_str()).collect();
-        let entry = folder.join(catalog::WORKER_BUNDLE_ENTRY);
+        let entry = folder.join(worker_bundle::WORKER_BUNDLE_ENTRY);
         if !entry.is_file() {
             problems.push(format!(
                 "worker bundle missing at {} (needed by {}); run `{install_hint}` (or set WORKER_BUNDLE_URL to the bundle's tarball URL or folder, then run it)",
@@ -119,7 +119,7 @@ fn bundle_version(folder: &Path) -> String {
 
 /// Every worker of `users` names a worker type of the bundle's own service mapping.
 fn check_mapping(folder: &Path, users: &[&AppSpec], install_hint: &str) -> Vec<String> {
-    let path = folder.join(catalog::WORKER_BUNDLE_MAPPING);
+    let path = folder.join(worker_bundle::WORKER_BUNDLE_MAPPING);
     let types: Vec<String> = match std::fs::read(&path).map_err(|e| e.to_string()).and_then(
         |bytes| serde_json::from_slice::<serde_json::Value>(&bytes).map_err(|e| e.to_string()),
     ) {
@@ -231,7 +231,7 @@ mod tests {
     use super::*;
 
     fn worker(name: &str, cwd: &Path, connector: &str) -> AppSpec {
-        let mut app = AppSpec::new(name, catalog::WORKER_BUNDLE_ENTRY);
+        let mut app = AppSpec::new(name, worker_bundle::WORKER_BUNDLE_ENTRY);
         app.interpreter = Interpreter::Program("node".into());
         app.cwd = Some(cwd.to_path_buf());
         app.connector = Some(connector.into());
@@ -261,13 +261,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let bundle = dir.path();
         std::fs::create_dir_all(bundle.join("src/config")).unwrap();
-        std::fs::write(bundle.join(catalog::WORKER_BUNDLE_ENTRY), "").unwrap();
+        std::fs::write(bundle.join(worker_bundle::WORKER_BUNDLE_ENTRY), "").unwrap();
         std::fs::write(
-            bundle.join(catalog::WORKER_BUNDLE_MAPPING),
+            bundle.join(worker_bundle::WORKER_BUNDLE_MAPPING),
             r#"{"workers": {"mock": {}, "simulation-websocket": {}}}"#,
         )
         .unwrap();
-        let mut by_env = AppSpec::new("w-2", catalog::WORKER_BUNDLE_ENTRY);
+        let mut by_env = AppSpec::new("w-2", worker_bundle::WORKER_BUNDLE_ENTRY);
         by_env.cwd = Some(bundle.to_path_buf());
         by_env.env.insert("WORKERS".into(), "mocks:1".into());
         let apps = [

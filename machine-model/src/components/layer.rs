@@ -7,7 +7,7 @@ use std::fmt;
 use super::ComponentSet;
 use super::diag::{Diagnostic, Position, did_you_mean, has_errors, quoted_list};
 use super::interpolate::{self, EnvFallback, Expansion, Mode, PoolKind, PoolVar, Template, Value};
-use super::parse::{is_identifier, section_list};
+use super::parse::{ComponentFile, is_identifier, section_list};
 
 /// What a profile selects from one component: one section or an ordered list (later sections win).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -348,10 +348,51 @@ impl Pool {
 pub fn resolve(set: &ComponentSet, input: &ResolveInput<'_>) -> Result<Resolved, Vec<Diagnostic>> {
     let mut diags = Vec::new();
     let mut pool = Pool::default();
-    let profile_file = input.profile_file;
     // Names whose values had errors already reported: references to them are not reported again.
     let mut rejected = BTreeSet::new();
 
+    add_defaults(input, &mut pool, &mut rejected, &mut diags);
+    let mut secret_marks: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let complete = select_components(
+        set,
+        input,
+        &mut pool,
+        &mut secret_marks,
+        &mut rejected,
+        &mut diags,
+    );
+    add_profile_env(input, &mut pool, &mut rejected, &mut diags);
+    let secrets = declare_secrets(input, secret_marks, &mut pool, &mut diags);
+
+    warn_cross_component_overrides(&pool, &mut diags);
+    if !complete {
+        // A missing component or section: references into it would only repeat that error.
+        return Err(diags);
+    }
+
+    let (pool_vars, winners) = pick_winners(pool);
+    let secret_names: BTreeSet<String> = secrets.keys().cloned().collect();
+    let (values, eval_diags) =
+        interpolate::evaluate(&pool_vars, &secret_names, &rejected, input.env_fallback);
+    diags.extend(eval_diags);
+    if !has_errors(&diags) {
+        report_unresolved(&pool_vars, &values, &mut diags);
+    }
+    if has_errors(&diags) {
+        return Err(diags);
+    }
+    Ok(assemble(pool_vars, winners, values, diags))
+}
+
+/// The first layer: each default a service gives a variable (a bad name or template is an error and
+/// rejects the name).
+fn add_defaults(
+    input: &ResolveInput<'_>,
+    pool: &mut Pool,
+    rejected: &mut BTreeSet<String>,
+    diags: &mut Vec<Diagnostic>,
+) {
+    let profile_file = input.profile_file;
     for default in input.defaults {
         let what = format!("default for {} from {}", default.name, default.by);
         if let Some(t) = parse_env_template(
@@ -360,7 +401,7 @@ pub fn resolve(set: &ComponentSet, input: &ResolveInput<'_>) -> Result<Resolved,
             &what,
             profile_file,
             None,
-            &mut diags,
+            diags,
         ) {
             let origin = Origin::Default {
                 by: default.by.clone(),
@@ -378,17 +419,17 @@ pub fn resolve(set: &ComponentSet, input: &ResolveInput<'_>) -> Result<Resolved,
             rejected.insert(default.name.clone());
         }
     }
+}
 
-    let mut secret_marks: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    let complete = select_components(
-        set,
-        input,
-        &mut pool,
-        &mut secret_marks,
-        &mut rejected,
-        &mut diags,
-    );
-
+/// The last layer of values: the profile's `env` (a bad name or template is an error and rejects the
+/// name).
+fn add_profile_env(
+    input: &ResolveInput<'_>,
+    pool: &mut Pool,
+    rejected: &mut BTreeSet<String>,
+    diags: &mut Vec<Diagnostic>,
+) {
+    let profile_file = input.profile_file;
     for var in input.env {
         let what = format!("profile env variable {}", var.name);
         if let Some(t) = parse_env_template(
@@ -397,7 +438,7 @@ pub fn resolve(set: &ComponentSet, input: &ResolveInput<'_>) -> Result<Resolved,
             &what,
             profile_file,
             var.position,
-            &mut diags,
+            diags,
         ) {
             let origin = Origin::Profile {
                 file: profile_file.to_owned(),
@@ -416,9 +457,17 @@ pub fn resolve(set: &ComponentSet, input: &ResolveInput<'_>) -> Result<Resolved,
             rejected.insert(var.name.clone());
         }
     }
+}
 
-    // Secrets: every declared name becomes a secret variable; a committed value for one is an error.
-    let mut secrets: BTreeMap<String, Vec<String>> = secret_marks;
+/// Secrets: every declared name (by the input or marked in a component) becomes a secret variable on
+/// top of its layers; a committed value for one is an error. Returns each secret with who declared it.
+fn declare_secrets(
+    input: &ResolveInput<'_>,
+    secret_marks: BTreeMap<String, Vec<String>>,
+    pool: &mut Pool,
+    diags: &mut Vec<Diagnostic>,
+) -> BTreeMap<String, Vec<String>> {
+    let mut secrets = secret_marks;
     for (name, by) in input.secrets.iter() {
         secrets
             .entry(name.to_owned())
@@ -455,14 +504,12 @@ pub fn resolve(set: &ComponentSet, input: &ResolveInput<'_>) -> Result<Resolved,
             },
         );
     }
+    secrets
+}
 
-    warn_cross_component_overrides(&pool, &mut diags);
-    if !complete {
-        // A missing component or section: references into it would only repeat that error.
-        return Err(diags);
-    }
-
-    // The winning layer of each variable goes to the evaluator.
+/// The winning layer of each variable, in first-definition order: the evaluator's input, and each
+/// winner with the template layers it shadows.
+fn pick_winners(mut pool: Pool) -> (Vec<PoolVar>, Vec<(Layer, Vec<Shadowed>)>) {
     let mut winners = Vec::new();
     let mut pool_vars = Vec::new();
     for name in &pool.order {
@@ -500,31 +547,39 @@ pub fn resolve(set: &ComponentSet, input: &ResolveInput<'_>) -> Result<Resolved,
             .collect();
         winners.push((winner, shadowed));
     }
-    let secret_names: BTreeSet<String> = secrets.keys().cloned().collect();
-    let (values, eval_diags) =
-        interpolate::evaluate(&pool_vars, &secret_names, &rejected, input.env_fallback);
-    diags.extend(eval_diags);
-    if !has_errors(&diags) {
-        // Every failure reports itself; this guards the promise that nothing is ever dropped silently.
-        for (var, value) in pool_vars.iter().zip(&values) {
-            if value.is_none() {
-                diags.push(Diagnostic::error(
-                    &var.file,
-                    var.position,
-                    format!(
-                        "{} could not be resolved (an internal error: please report it)",
-                        var.name
-                    ),
-                ));
-            }
+    (pool_vars, winners)
+}
+
+/// Every failure reports itself; this guards the promise that nothing is ever dropped silently: a
+/// variable without a value and without an error gets an internal error.
+fn report_unresolved(
+    pool_vars: &[PoolVar],
+    values: &[interpolate::Evaluated],
+    diags: &mut Vec<Diagnostic>,
+) {
+    for (var, value) in pool_vars.iter().zip(values) {
+        if value.is_none() {
+            diags.push(Diagnostic::error(
+                &var.file,
+                var.position,
+                format!(
+                    "{} could not be resolved (an internal error: please report it)",
+                    var.name
+                ),
+            ));
         }
     }
-    if has_errors(&diags) {
-        return Err(diags);
-    }
+}
 
+/// The resolved set: each winner with its value, expansions and shadowed layers, `warnings` as given.
+fn assemble(
+    pool_vars: Vec<PoolVar>,
+    winners: Vec<(Layer, Vec<Shadowed>)>,
+    values: Vec<interpolate::Evaluated>,
+    warnings: Vec<Diagnostic>,
+) -> Resolved {
     let mut resolved = Resolved {
-        warnings: diags,
+        warnings,
         ..Resolved::default()
     };
     for ((pool_var, (winner, shadowed)), value) in pool_vars.into_iter().zip(winners).zip(values) {
@@ -544,7 +599,7 @@ pub fn resolve(set: &ComponentSet, input: &ResolveInput<'_>) -> Result<Resolved,
             expansions,
         });
     }
-    Ok(resolved)
+    resolved
 }
 
 fn parse_env_template(
@@ -590,41 +645,130 @@ fn select_components(
     diags: &mut Vec<Diagnostic>,
 ) -> bool {
     let mut complete = true;
-    let profile = input.profile;
-    let profile_file = input.profile_file;
     let mut seen = BTreeSet::new();
     for sel in input.selection {
-        let name = sel.component.as_str();
-        if !seen.insert(name) {
+        let Some(file) = selected_file(set, input, sel, &mut seen, diags) else {
+            complete = false;
+            continue;
+        };
+        complete &= add_sections(file, sel, input, pool, secret_marks, rejected, diags);
+    }
+    complete
+}
+
+/// The component file a selection names, or `None` with its error: selected twice, a file with errors
+/// of its own, no such component, or no section named.
+fn selected_file<'s, 'a>(
+    set: &'s ComponentSet,
+    input: &ResolveInput<'_>,
+    sel: &'a Selection,
+    seen: &mut BTreeSet<&'a str>,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<&'s ComponentFile> {
+    let profile = input.profile;
+    let profile_file = input.profile_file;
+    let name = sel.component.as_str();
+    if !seen.insert(name) {
+        diags.push(Diagnostic::error(
+            profile_file,
+            sel.position,
+            format!("profile {profile} selects component {name} twice"),
+        ));
+        return None;
+    }
+    if set.is_broken(name) {
+        // Its file's own errors were reported when it was loaded; this names the profile that needs it.
+        diags.push(
+            Diagnostic::error(
+                profile_file,
+                sel.position,
+                format!(
+                    "profile {profile} selects component {name}, whose file {} cannot be used",
+                    set.file_for(name)
+                ),
+            )
+            .with_help(format!(
+                "fix the errors reported for {}",
+                set.file_for(name)
+            )),
+        );
+        return None;
+    }
+    let Some(file) = set.get(name) else {
+        let suggestion = did_you_mean(name, set.names())
+            .map(|s| format!("did you mean \"{s}\"? "))
+            .unwrap_or_default();
+        diags.push(
+            Diagnostic::error(
+                profile_file,
+                sel.position,
+                format!(
+                    "profile {profile} selects component \"{name}\", but there is no {}",
+                    set.file_for(name)
+                ),
+            )
+            .with_help(format!(
+                "{suggestion}the components are {}",
+                quoted_list(set.names())
+            )),
+        );
+        return None;
+    };
+    if sel.sections.is_empty() {
+        diags.push(
+            Diagnostic::error(
+                profile_file,
+                sel.position,
+                format!("profile {profile} selects no section of component {name}"),
+            )
+            .with_help(format!(
+                "name one section or a list; {} has sections {}",
+                file.path,
+                section_list(file)
+            )),
+        );
+        return None;
+    }
+    Some(file)
+}
+
+/// Adds the selected sections of `file` to the pool, with the file's and the sections' secret marks
+/// and rejected keys. False when a section is selected twice or does not exist (each an error).
+fn add_sections(
+    file: &ComponentFile,
+    sel: &Selection,
+    input: &ResolveInput<'_>,
+    pool: &mut Pool,
+    secret_marks: &mut BTreeMap<String, Vec<String>>,
+    rejected: &mut BTreeSet<String>,
+    diags: &mut Vec<Diagnostic>,
+) -> bool {
+    let mut complete = true;
+    let profile = input.profile;
+    let profile_file = input.profile_file;
+    let name = sel.component.as_str();
+    for mark in &file.secrets {
+        let by = format!("{}:{} (component {name})", file.path, mark.position.line);
+        secret_marks
+            .entry(file.variable(&mark.key))
+            .or_default()
+            .push(by);
+    }
+    let mut seen_sections = BTreeSet::new();
+    for section_name in &sel.sections {
+        if !seen_sections.insert(section_name.as_str()) {
             diags.push(Diagnostic::error(
                 profile_file,
                 sel.position,
-                format!("profile {profile} selects component {name} twice"),
+                format!(
+                    "profile {profile} selects section \"{section_name}\" of component {name} twice"
+                ),
             ));
             complete = false;
             continue;
         }
-        if set.is_broken(name) {
-            // Its file's own errors were reported when it was loaded; this names the profile that needs it.
-            diags.push(
-                Diagnostic::error(
-                    profile_file,
-                    sel.position,
-                    format!(
-                        "profile {profile} selects component {name}, whose file {} cannot be used",
-                        set.file_for(name)
-                    ),
-                )
-                .with_help(format!(
-                    "fix the errors reported for {}",
-                    set.file_for(name)
-                )),
-            );
-            complete = false;
-            continue;
-        }
-        let Some(file) = set.get(name) else {
-            let suggestion = did_you_mean(name, set.names())
+        let Some(section) = file.section(section_name) else {
+            let suggestion = did_you_mean(section_name, file.section_names())
                 .map(|s| format!("did you mean \"{s}\"? "))
                 .unwrap_or_default();
             diags.push(
@@ -632,100 +776,44 @@ fn select_components(
                     profile_file,
                     sel.position,
                     format!(
-                        "profile {profile} selects component \"{name}\", but there is no {}",
-                        set.file_for(name)
+                        "profile {profile} selects section \"{section_name}\" of component {name}, which does not exist; \
+                         {} has sections {}",
+                        file.path,
+                        section_list(file)
                     ),
                 )
-                .with_help(format!(
-                    "{suggestion}the components are {}",
-                    quoted_list(set.names())
-                )),
+                .with_help(format!("{suggestion}select one of the existing sections or add [{section_name}] to {}", file.path)),
             );
             complete = false;
             continue;
         };
-        if sel.sections.is_empty() {
-            diags.push(
-                Diagnostic::error(
-                    profile_file,
-                    sel.position,
-                    format!("profile {profile} selects no section of component {name}"),
-                )
-                .with_help(format!(
-                    "name one section or a list; {} has sections {}",
-                    file.path,
-                    section_list(file)
-                )),
+        for mark in &section.secrets {
+            let by = format!(
+                "{}:{} section [{section_name}]",
+                file.path, mark.position.line
             );
-            complete = false;
-            continue;
-        }
-        for mark in &file.secrets {
-            let by = format!("{}:{} (component {name})", file.path, mark.position.line);
             secret_marks
                 .entry(file.variable(&mark.key))
                 .or_default()
                 .push(by);
         }
-        let mut seen_sections = BTreeSet::new();
-        for section_name in &sel.sections {
-            if !seen_sections.insert(section_name.as_str()) {
-                diags.push(Diagnostic::error(
-                    profile_file,
-                    sel.position,
-                    format!("profile {profile} selects section \"{section_name}\" of component {name} twice"),
-                ));
-                complete = false;
-                continue;
-            }
-            let Some(section) = file.section(section_name) else {
-                let suggestion = did_you_mean(section_name, file.section_names())
-                    .map(|s| format!("did you mean \"{s}\"? "))
-                    .unwrap_or_default();
-                diags.push(
-                    Diagnostic::error(
-                        profile_file,
-                        sel.position,
-                        format!(
-                            "profile {profile} selects section \"{section_name}\" of component {name}, which does not exist; \
-                             {} has sections {}",
-                            file.path,
-                            section_list(file)
-                        ),
-                    )
-                    .with_help(format!("{suggestion}select one of the existing sections or add [{section_name}] to {}", file.path)),
-                );
-                complete = false;
-                continue;
+        rejected.extend(section.rejected.iter().map(|key| file.variable(key)));
+        for entry in &section.entries {
+            let origin = Origin::Component {
+                component: name.to_owned(),
+                file: file.path.clone(),
+                section: section.name.clone(),
+                position: entry.position,
             };
-            for mark in &section.secrets {
-                let by = format!(
-                    "{}:{} section [{section_name}]",
-                    file.path, mark.position.line
-                );
-                secret_marks
-                    .entry(file.variable(&mark.key))
-                    .or_default()
-                    .push(by);
-            }
-            rejected.extend(section.rejected.iter().map(|key| file.variable(key)));
-            for entry in &section.entries {
-                let origin = Origin::Component {
-                    component: name.to_owned(),
+            pool.add(
+                file.variable(&entry.key),
+                Layer {
+                    origin,
+                    value: LayerValue::Template(entry.value.clone()),
                     file: file.path.clone(),
-                    section: section.name.clone(),
-                    position: entry.position,
-                };
-                pool.add(
-                    file.variable(&entry.key),
-                    Layer {
-                        origin,
-                        value: LayerValue::Template(entry.value.clone()),
-                        file: file.path.clone(),
-                        position: Some(Position::new(entry.position.line, entry.value_column)),
-                    },
-                );
-            }
+                    position: Some(Position::new(entry.position.line, entry.value_column)),
+                },
+            );
         }
     }
     complete

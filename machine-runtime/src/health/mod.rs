@@ -86,7 +86,7 @@ const MAX_HEAD: usize = 8192;
 const MAX_BODY: usize = 64 * 1024;
 
 /// The health port when neither `--health-port` nor `MACHINE_HEALTH_PORT` says otherwise.
-pub const DEFAULT_PORT: u16 = machine_model::catalog::DEFAULT_HEALTH_PORT;
+pub const DEFAULT_PORT: u16 = machine_model::profile::DEFAULT_HEALTH_PORT;
 
 /// The health port from the flag, else `MACHINE_HEALTH_PORT`, else the default.
 pub fn health_port(flag: Option<u16>) -> anyhow::Result<u16> {

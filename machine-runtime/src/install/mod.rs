@@ -690,12 +690,12 @@ pub(crate) fn check_for_start(
         .collect())
 }
 
-/// The built-in recipes (`machine_model::install::builtin_recipe`) for `names`, unknown names reported
+/// The built-in recipes (`machine_model::catalog::builtin_recipe`) for `names`, unknown names reported
 /// with a suggestion. Empty names are ignored.
 pub(crate) fn builtin_recipes(
     names: &[String],
 ) -> Result<Vec<(String, InstallRecipe)>, InstallError> {
-    use machine_model::install::{BUILTIN_RECIPES, builtin_recipe};
+    use machine_model::catalog::{BUILTIN_RECIPES, builtin_recipe};
     let mut out = Vec::new();
     for name in names.iter().map(|n| n.trim()).filter(|n| !n.is_empty()) {
         match builtin_recipe(name) {
@@ -724,7 +724,7 @@ pub(crate) fn plan_recipes(
 ) -> Result<Vec<(String, InstallRecipe)>, InstallError> {
     let mut out = Vec::new();
     for name in &plan.install {
-        if *name == machine_model::catalog::WORKER_BUNDLE_INSTALL {
+        if *name == machine_model::worker_bundle::WORKER_BUNDLE_INSTALL {
             let bundle = plan
                 .worker_bundle
                 .clone()

@@ -130,17 +130,9 @@ impl Tap {
 
     /// Skips messages until one satisfies `want`; `what` names it in the failure.
     async fn next_where(&mut self, what: &str, want: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + DEADLINE;
-        let mut seen = Vec::new();
-        while Instant::now() < deadline {
-            let left = deadline - Instant::now();
-            match tokio::time::timeout(left, self.rx.recv()).await {
-                Ok(Some(message)) if want(&message) => return message,
-                Ok(Some(message)) => seen.push(summary(&message)),
-                _ => break,
-            }
-        }
-        panic!("no message with {what}; saw: {seen:?}");
+        crate::up_support::next_where_async(&mut self.rx, what, want)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
     }
 }
 

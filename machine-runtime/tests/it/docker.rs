@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::up_support::BIN;
+use crate::up_support::{BIN, next_where};
 
 /// Opt-out for developers without a Docker engine; `.ci/run` unsets it.
 const SKIP_VAR: &str = "MACHINE_SKIP_DOCKER_TEST";
@@ -537,24 +537,6 @@ fn status_tap(redis_ip: &str) -> mpsc::Receiver<Value> {
         .recv_timeout(Duration::from_secs(15))
         .expect("the test subscriber did not subscribe to the compose Redis");
     rx
-}
-
-/// The first message satisfying `want` within `PATIENCE`; the failure lists what came instead.
-fn next_where(
-    rx: &mpsc::Receiver<Value>,
-    what: &str,
-    want: impl Fn(&Value) -> bool,
-) -> Result<Value, String> {
-    let deadline = Instant::now() + PATIENCE;
-    let mut seen = Vec::new();
-    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-        match rx.recv_timeout(left) {
-            Ok(m) if want(&m) => return Ok(m),
-            Ok(m) => seen.push(crate::broker::summary(&m)),
-            Err(_) => break,
-        }
-    }
-    Err(format!("no status message with {what}; saw {seen:?}"))
 }
 
 /// `GET http://127.0.0.1:<port><path>`'s status code, or 0 when nothing answers (refused, reset, or the

@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 
 use crate::redis_server::RedisServer;
 use crate::up_support::{
-    BIN, free_port, gone, http_get, pids_with, token, wait_for, write_ecosystem,
+    BIN, free_port, gone, http_get, pids_with, runtime_command, token, wait_for, write_ecosystem,
 };
 
 /// A runtime started with stdio chosen by the test and a known health port.
@@ -28,17 +28,18 @@ impl Raw {
     fn start(ecosystem: Value, env: &[(&str, &str)], stdout: Stdio, stderr: Stdio) -> Raw {
         let (dir, file) = write_ecosystem(&ecosystem);
         let port = free_port();
-        let mut cmd = Command::new(BIN);
-        cmd.args(["up", "--ecosystem"])
-            .arg(&file)
-            .args(["--health-port", &port.to_string()])
-            .env_clear()
+        let (file, port_arg) = (file.to_str().unwrap(), port.to_string());
+        let mut cmd = runtime_command(
+            &["up", "--ecosystem", file, "--health-port", &port_arg],
+            env,
+            &[],
+        );
+        // Nothing from the test's environment but PATH.
+        cmd.env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .envs(env.iter().copied())
-            .stdin(Stdio::null())
             .stdout(stdout)
-            .stderr(stderr)
-            .process_group(0);
+            .stderr(stderr);
         let child = cmd.spawn().unwrap();
         Raw { child, port, dir }
     }
@@ -225,6 +226,20 @@ fn client_count(redis: &RedisServer) -> usize {
         .count()
 }
 
+/// The ids of the clients connected to `redis` but the test's own (the asking connection, and
+/// connections whose last command was a CLIENT command: the test's killers).
+fn client_ids(redis: &RedisServer) -> std::collections::BTreeSet<u64> {
+    let client = redis::Client::open(redis.url()).unwrap();
+    let Ok(mut conn) = client.get_connection_with_timeout(Duration::from_secs(2)) else {
+        return Default::default();
+    };
+    let list: String = redis::cmd("CLIENT").arg("LIST").query(&mut conn).unwrap();
+    list.lines()
+        .filter(|l| !l.contains("cmd=client|"))
+        .filter_map(|l| l.strip_prefix("id=")?.split(' ').next()?.parse().ok())
+        .collect()
+}
+
 #[test]
 fn closed_stderr_keeps_the_broker_linked() {
     let redis = RedisServer::start();
@@ -238,6 +253,8 @@ fn closed_stderr_keeps_the_broker_linked() {
             ("HUB_REDIS_URL", url.as_str()),
             ("MACHINE_ID", "hostile-stderr"),
             ("BROKER_PREFLIGHT", "off"),
+            // A publish every second finds a killed connection soon, so the broker replaces it soon.
+            ("MACHINE_STATUS_UPDATE_INTERVAL_SECONDS", "1"),
         ],
         Stdio::null(),
         Stdio::from(err_write),
@@ -250,8 +267,13 @@ fn closed_stderr_keeps_the_broker_linked() {
     wait_for("the broker to connect", String::new, connected);
     // Kill its connections: the broker logs the outage and the reconnection into the closed pipe.
     for _ in 0..3 {
+        // Every connection open now is the broker's, and one it must replace.
+        let mut killed = client_ids(&redis);
+        let replaced = killed.len();
         let client = redis::Client::open(redis.url()).unwrap();
         let mut conn = client.get_connection().unwrap();
+        let me: u64 = redis::cmd("CLIENT").arg("ID").query(&mut conn).unwrap();
+        killed.insert(me);
         let _: i64 = redis::cmd("CLIENT")
             .arg(&["KILL", "TYPE", "normal", "SKIPME", "yes"])
             .query(&mut conn)
@@ -260,11 +282,21 @@ fn closed_stderr_keeps_the_broker_linked() {
             .arg(&["KILL", "TYPE", "pubsub", "SKIPME", "yes"])
             .query(&mut conn)
             .unwrap();
-        std::thread::sleep(Duration::from_millis(300));
+        drop(conn);
+        // Reconnected: connected again, every killed connection replaced by one opened after the kill
+        // (a status still "connected" from before the broker noticed cannot pass).
         wait_for(
             "the broker to reconnect with its stderr closed",
             || format!("CLIENT LIST count {}", client_count(&redis)),
-            connected,
+            || {
+                let (_, status) = rt.get("/status");
+                let new = client_ids(&redis)
+                    .iter()
+                    .filter(|id| !killed.contains(id))
+                    .count();
+                (status["broker"]["connection"]["state"] == "connected" && new >= replaced)
+                    .then_some(())
+            },
         );
     }
     let (code, health) = rt.get("/health");
@@ -442,24 +474,29 @@ fn kill_9_of_the_runtime_as_pid_1_takes_everything_along() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("ecosystem.config.json");
     std::fs::write(&file, family(&token).to_string()).unwrap();
-    let mut outer = Command::new("unshare")
-        .args([
+    let port = free_port().to_string();
+    let mut outer = runtime_command(
+        &[
+            "up",
+            "--ecosystem",
+            file.to_str().unwrap(),
+            "--health-port",
+            &port,
+        ],
+        &[],
+        &[
+            "unshare",
             "--user",
             "--pid",
             "--fork",
             "--map-root-user",
             "--kill-child",
-            BIN,
-        ])
-        .args(["up", "--ecosystem"])
-        .arg(&file)
-        .args(["--health-port", &free_port().to_string()])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .process_group(0)
-        .spawn()
-        .unwrap();
+        ],
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
     wait_family(&token);
     let inner = wait_for("the runtime inside the namespace", String::new, || {
         std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", outer.id()))
@@ -772,19 +809,22 @@ fn under_nofile(limit: &str, apps: usize) -> (Child, u16, tempfile::TempDir) {
     let file = dir.path().join("eco.json");
     std::fs::write(&file, json!({"apps": list}).to_string()).unwrap();
     let port = free_port();
-    let child = Command::new("prlimit")
-        .arg(format!("--nofile={limit}"))
-        .arg(BIN)
-        .args(["up", "--ecosystem"])
-        .arg(&file)
-        .args(["--health-port", &port.to_string()])
-        .env_remove("HUB_REDIS_URL")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .spawn()
-        .unwrap();
+    let nofile = format!("--nofile={limit}");
+    let child = runtime_command(
+        &[
+            "up",
+            "--ecosystem",
+            file.to_str().unwrap(),
+            "--health-port",
+            &port.to_string(),
+        ],
+        &[],
+        &["prlimit", &nofile],
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
     (child, port, dir)
 }
 

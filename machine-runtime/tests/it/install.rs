@@ -16,7 +16,7 @@ use machine_model::install::{
 };
 use machine_model::profile::{ComfyuiCustomNode, ComfyuiModel, ComfyuiOptions};
 
-use crate::up_support::{fake_wheel, pinned_version};
+use crate::up_support::{fake_wheel, pinned_version, wait_for};
 use machine_runtime::install::{
     Env, FailureCause, Freshness, InstallError, InstallOptions, Marker, Outcome, Progress,
     ProgressEvent, check, install,
@@ -223,14 +223,6 @@ fn step_failure(err: InstallError) -> Box<machine_runtime::install::StepFailure>
     match err {
         InstallError::Step(failure) => failure,
         other => panic!("expected a step failure, got: {other}"),
-    }
-}
-
-fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !condition() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -589,7 +581,9 @@ fn a_step_past_its_timeout_is_killed_with_its_process_group_and_named() {
         .parse()
         .unwrap();
     let _cleanup = KillOnDrop(pid);
-    wait_until("the background sleep is dead", || process_is_dead(pid));
+    wait_for("the background sleep is dead", String::new, || {
+        process_is_dead(pid).then_some(())
+    });
     assert!(!fx.workspace().join("Slow").exists());
     assert!(!fx.workspace().join(".installed/slow.json").exists());
     assert_eq!(fx.versions("Slow"), Vec::<String>::new());
@@ -1005,8 +999,10 @@ fn an_interrupted_cli_takes_the_running_step_down_with_it() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    wait_until("the hanging git has started", || {
-        fs::read_to_string(&pid_file).is_ok_and(|s| s.ends_with('\n'))
+    wait_for("the hanging git has started", String::new, || {
+        fs::read_to_string(&pid_file)
+            .is_ok_and(|s| s.ends_with('\n'))
+            .then_some(())
     });
     let git_pid: u32 = fs::read_to_string(&pid_file)
         .unwrap()
@@ -1022,8 +1018,8 @@ fn an_interrupted_cli_takes_the_running_step_down_with_it() {
     let status = cli.wait().unwrap();
     use std::os::unix::process::ExitStatusExt;
     assert_eq!(status.signal(), Some(libc::SIGTERM), "{status:?}");
-    wait_until("the step's process group is dead", || {
-        process_is_dead(git_pid)
+    wait_for("the step's process group is dead", String::new, || {
+        process_is_dead(git_pid).then_some(())
     });
 }
 

@@ -1,9 +1,10 @@
 //! A real `redis-server` per test, on a free port, with no persistence; killed when dropped.
 
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use crate::up_support::free_port;
 
 const BINARY: &str = "/usr/bin/redis-server";
 
@@ -170,13 +171,6 @@ impl Drop for RedisServer {
 
 fn read_log(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free local port")
 }
 
 /// The package may still be installing when tests start; wait, then fail (never skip).

@@ -4,9 +4,11 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
+
+use crate::up_support::wait_for;
 
 /// Generous: the machine running the tests is small and shared.
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -83,17 +85,9 @@ fn request(addr: &str, method: &str, path: &str, body: &str) -> (u16, Value) {
 }
 
 fn wait_exit(child: &mut Child) -> ExitStatus {
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "simulate did not exit within {DEADLINE:?} of SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for("simulate to exit after SIGTERM", String::new, || {
+        child.try_wait().unwrap()
+    })
 }
 
 #[test]

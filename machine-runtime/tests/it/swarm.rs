@@ -27,6 +27,7 @@ use redis::Commands;
 use serde_json::Value;
 
 use crate::docker::{REDIS_IMAGE, docker, must, repo, run};
+use crate::up_support::wait_for_within;
 
 /// Machines in the fleet.
 const REPLICAS: u32 = 3;
@@ -173,19 +174,6 @@ fn tap(url: &str, pattern: &'static str) -> mpsc::Receiver<Value> {
         .recv_timeout(Duration::from_secs(15))
         .expect("the test subscriber did not subscribe");
     rx
-}
-
-/// Waits (bounded by [`PATIENCE`]) until `done` holds; panics naming `what`, with `context()`.
-fn wait_until(what: &str, mut done: impl FnMut() -> bool, context: impl Fn() -> String) {
-    let deadline = Instant::now() + PATIENCE;
-    while !done() {
-        assert!(
-            Instant::now() < deadline,
-            "{what} did not happen within {PATIENCE:?}\n{}",
-            context()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 /// The worker ids of slot `slot`'s machine.
@@ -351,16 +339,17 @@ fn a_swarm_fleet_spreads_jobs_survives_a_killed_replica_and_a_rolling_update() {
 
     // Every replica up under its own id: each slot's four workers registered in the broker.
     let all_workers: Vec<String> = (1..=REPLICAS).flat_map(workers_of).collect();
-    wait_until(
+    wait_for_within(
+        PATIENCE,
         "every replica's workers registering",
+        || format!("{}\n{}", fleet.tasks(), fleet.logs()),
         || {
             let n: usize = all_workers
                 .iter()
                 .filter(|w| conn.exists::<_, bool>(format!("worker:{w}")).unwrap())
                 .count();
-            n == all_workers.len()
+            (n == all_workers.len()).then_some(())
         },
-        || format!("{}\n{}", fleet.tasks(), fleet.logs()),
     );
     let up_time = deployed.elapsed();
     let leases: Vec<String> = conn.keys("machine:lease:*").unwrap();
@@ -414,16 +403,17 @@ fn a_swarm_fleet_spreads_jobs_survives_a_killed_replica_and_a_rolling_update() {
         push(&url, &id, 6000);
         kill.push(id.clone());
         let mut worker = String::new();
-        wait_until(
+        wait_for_within(
+            PATIENCE,
             &format!("{id} in progress"),
+            || format!("{}\n{}", fleet.tasks(), fleet.logs()),
             || {
                 let (status, w) = states(&mut conn, std::slice::from_ref(&id))
                     .remove(&id)
                     .unwrap_or_default();
                 worker = w;
-                status == "in_progress"
+                (status == "in_progress").then_some(())
             },
-            || format!("{}\n{}", fleet.tasks(), fleet.logs()),
         );
         if machine_of(&worker) == victim_id {
             in_flight.push(id);

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::broker::{assert_shape, summary, update_type};
+use crate::broker::{assert_shape, update_type};
 use crate::redis_server::RedisServer;
 use crate::up_support::{PATIENCE, Runtime, wait_for};
 
@@ -59,19 +59,8 @@ impl StatusTap {
         what: &str,
         want: impl Fn(&Value) -> bool,
     ) -> Value {
-        let deadline = Instant::now() + PATIENCE;
-        let mut seen = Vec::new();
-        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-            match self.rx.recv_timeout(left) {
-                Ok(message) if want(&message) => return message,
-                Ok(message) => seen.push(summary(&message)),
-                Err(_) => break,
-            }
-        }
-        panic!(
-            "no status message with {what}; saw {seen:?}\n--- runtime output ---\n{}",
-            rt.output()
-        );
+        crate::up_support::next_where(&self.rx, what, want)
+            .unwrap_or_else(|e| panic!("{e}\n--- runtime output ---\n{}", rt.output()))
     }
 
     /// The very next message.

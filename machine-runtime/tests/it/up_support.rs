@@ -1,6 +1,7 @@
 //! Helpers for driving `machine-runtime up` as a real process: write an ecosystem, start the
 //! binary, follow its output, poll for conditions, talk HTTP to its health endpoint.
 
+use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::os::unix::process::CommandExt;
@@ -54,9 +55,19 @@ pub fn pid_namespace_available(test: &str) -> bool {
 pub fn wait_for<T>(
     what: &str,
     context: impl Fn() -> String,
+    probe: impl FnMut() -> Option<T>,
+) -> T {
+    wait_for_within(PATIENCE, what, context, probe)
+}
+
+/// [`wait_for`] with its own bound, for conditions slower than [`PATIENCE`] (a Docker swarm's).
+pub fn wait_for_within<T>(
+    patience: Duration,
+    what: &str,
+    context: impl Fn() -> String,
     mut probe: impl FnMut() -> Option<T>,
 ) -> T {
-    let deadline = Instant::now() + PATIENCE;
+    let deadline = Instant::now() + patience;
     loop {
         if let Some(value) = probe() {
             return value;
@@ -88,6 +99,8 @@ pub struct Runtime {
     pub child: Child,
     pub dir: tempfile::TempDir,
     output: Arc<Mutex<String>>,
+    /// The threads copying stdout and stderr into `output`; each ends at its pipe's end of file.
+    readers: Vec<std::thread::JoinHandle<()>>,
     exited: Option<ExitStatus>,
 }
 
@@ -140,65 +153,32 @@ impl Runtime {
         env: &[(&str, &str)],
         wrapper: &[&str],
     ) -> Runtime {
-        let mut cmd = match wrapper.split_first() {
-            Some((first, rest)) => {
-                let mut c = Command::new(first);
-                c.args(rest).arg(BIN);
-                c
-            }
-            None => Command::new(BIN),
-        };
-        cmd.args(args).args(["--health-port", "0"]);
-        for var in [
-            "MACHINE_HEALTH_PORT",
-            "MACHINE_FAKE_GPUS",
-            "MACHINE_ID",
-            "MACHINE_PROFILE",
-            "MACHINE_GPU_COUNT",
-            "MACHINE_ALLOW_FEWER_GPUS",
-            "WORKER_CONNECTORS",
-            "WORKERS",
-            "HUB_REDIS_URL",
-            "MACHINE_STATUS_UPDATE_INTERVAL_SECONDS",
-            "BROKER_PREFLIGHT",
-            "MACHINE_HEALTH_REQUIRES_BROKER",
-            "MACHINE_CONTROL_TOKEN",
-            "MACHINE_CONTROL_ALLOWED_ORIGINS",
-            "MACHINE_ID_APPEND_HOSTNAME",
-            "MACHINE_HEALTH_URL",
-            "HUB_REDIS_TLS_CA_FILE",
-            "HUB_REDIS_TLS_CERT_FILE",
-            "HUB_REDIS_TLS_KEY_FILE",
-            "HUB_REDIS_TLS_INSECURE",
-        ] {
-            cmd.env_remove(var);
-        }
-        cmd.envs(env.iter().copied())
-            .stdin(Stdio::null())
+        let mut cmd = runtime_command(args, env, wrapper);
+        cmd.args(["--health-port", "0"])
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            // Its own group, so a test's Ctrl-C or a failing test never leaves strays behind.
-            .process_group(0);
+            .stderr(Stdio::piped());
         let mut child = cmd.spawn().unwrap();
         let output = Arc::new(Mutex::new(String::new()));
+        let mut readers = Vec::new();
         for stream in [
             Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>,
             Box::new(child.stderr.take().unwrap()),
         ] {
             let output = output.clone();
-            std::thread::spawn(move || {
+            readers.push(std::thread::spawn(move || {
                 for line in BufReader::new(stream).lines() {
                     let Ok(line) = line else { break };
                     let mut out = output.lock().unwrap();
                     out.push_str(&line);
                     out.push('\n');
                 }
-            });
+            }));
         }
         Runtime {
             child,
             dir,
             output,
+            readers,
             exited: None,
         }
     }
@@ -267,11 +247,60 @@ impl Runtime {
             || self.output.lock().unwrap().clone(),
             || self.child.try_wait().unwrap(),
         );
-        // Let the output threads drain what is left in the pipes.
-        std::thread::sleep(Duration::from_millis(50));
+        // The output is complete once the output threads reached the pipes' end of file; bounded,
+        // should a stray process still hold a pipe open.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !self.readers.iter().all(|r| r.is_finished()) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
         self.exited = Some(status);
         status
     }
+}
+
+/// The one way tests launch the runtime: `wrapper` (e.g. `unshare ...`, may be empty) then the binary
+/// with `args`, stdin closed, in its own process group (a test's Ctrl-C or a failing test never leaves strays behind), in a clean
+/// environment: no machine, broker or plan variables leak in from the shell that runs the tests, then
+/// `env`. The caller chooses stdout and stderr.
+pub fn runtime_command(args: &[&str], env: &[(&str, &str)], wrapper: &[&str]) -> Command {
+    let mut cmd = match wrapper.split_first() {
+        Some((first, rest)) => {
+            let mut c = Command::new(first);
+            c.args(rest).arg(BIN);
+            c
+        }
+        None => Command::new(BIN),
+    };
+    cmd.args(args);
+    for var in [
+        "MACHINE_HEALTH_PORT",
+        "MACHINE_FAKE_GPUS",
+        "MACHINE_ID",
+        "MACHINE_PROFILE",
+        "MACHINE_GPU_COUNT",
+        "MACHINE_ALLOW_FEWER_GPUS",
+        "WORKER_CONNECTORS",
+        "WORKERS",
+        "HUB_REDIS_URL",
+        "MACHINE_STATUS_UPDATE_INTERVAL_SECONDS",
+        "BROKER_PREFLIGHT",
+        "MACHINE_HEALTH_REQUIRES_BROKER",
+        "MACHINE_CONTROL_TOKEN",
+        "MACHINE_CONTROL_ALLOWED_ORIGINS",
+        "MACHINE_ID_APPEND_HOSTNAME",
+        "MACHINE_HEALTH_URL",
+        "HUB_REDIS_TLS_CA_FILE",
+        "HUB_REDIS_TLS_CERT_FILE",
+        "HUB_REDIS_TLS_KEY_FILE",
+        "HUB_REDIS_TLS_INSECURE",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd.envs(env.iter().copied())
+        .stdin(Stdio::null())
+        // Its own group, so a test's Ctrl-C or a failing test never leaves strays behind.
+        .process_group(0);
+    cmd
 }
 
 impl Drop for Runtime {
@@ -460,37 +489,87 @@ pub fn fixture_repo(dir: &Path, branch: &str, files: &[(&str, &str)]) -> (String
     )
 }
 
-/// A free TCP port on 127.0.0.1 (released before returning; fine for tests).
+/// Ports this test binary has handed out ([`free_port`], [`free_port_run`]): tests run in parallel
+/// threads of one process, and a port released by one test's check could otherwise be handed to
+/// another before the first test's process binds it.
+static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+
+/// A TCP port that is free on all interfaces right now and that no other test of this binary got
+/// (see [`free_port_run`]).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    free_port_run(1)
 }
 
-/// The first of `count` consecutive ports that are all free right now, for a base port from which a
-/// profile numbers one service per GPU (`SIMULATION_BASE_PORT`, `COMFYUI_BASE_PORT`): [`free_port`]
-/// alone vouches only for the first (a test once got a base whose next port another test held, and
-/// its second service could not listen). Each candidate is held on all interfaces while the next
-/// ones are tried, as the services bind them.
+/// The first of `count` consecutive ports that are all free right now and that no other test of this
+/// binary got, for a base port from which a profile numbers one service per GPU
+/// (`SIMULATION_BASE_PORT`, `COMFYUI_BASE_PORT`): a test once got a base whose next port another test
+/// held, and its second service could not listen. Each candidate is held on all interfaces while the
+/// next ones are tried, as the services bind them; the ports are then released for the test's own
+/// processes, and recorded so that no later call returns them.
 pub fn free_port_run(count: u16) -> u16 {
+    let mut handed_out = HANDED_OUT
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     'search: for _ in 0..200 {
         let first = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
         let base = first.local_addr().unwrap().port();
         let mut held = vec![first];
-        for offset in 1..count {
+        for offset in 0..count {
             let Some(port) = base.checked_add(offset) else {
                 continue 'search;
             };
+            if handed_out.contains(&port) {
+                continue 'search;
+            }
+            if offset == 0 {
+                continue;
+            }
             match std::net::TcpListener::bind(("0.0.0.0", port)) {
                 Ok(listener) => held.push(listener),
                 Err(_) => continue 'search,
             }
         }
+        handed_out.extend(base..base + count);
         return base;
     }
     panic!("no {count} consecutive free ports found in 200 tries");
+}
+
+/// The first message from `rx` (a test subscriber's channel) that satisfies `want`, waiting up to
+/// [`PATIENCE`] in all; the failure names `what` and summarises the messages that came instead.
+pub fn next_where(
+    rx: &std::sync::mpsc::Receiver<Value>,
+    what: &str,
+    want: impl Fn(&Value) -> bool,
+) -> Result<Value, String> {
+    let deadline = Instant::now() + PATIENCE;
+    let mut seen = Vec::new();
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        match rx.recv_timeout(left) {
+            Ok(m) if want(&m) => return Ok(m),
+            Ok(m) => seen.push(crate::broker::summary(&m)),
+            Err(_) => break,
+        }
+    }
+    Err(format!("no status message with {what}; saw {seen:?}"))
+}
+
+/// [`next_where`] for a subscriber running as a tokio task (its channel is tokio's).
+pub async fn next_where_async(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<Value>,
+    what: &str,
+    want: impl Fn(&Value) -> bool,
+) -> Result<Value, String> {
+    let deadline = Instant::now() + PATIENCE;
+    let mut seen = Vec::new();
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        match tokio::time::timeout(left, rx.recv()).await {
+            Ok(Some(m)) if want(&m) => return Ok(m),
+            Ok(Some(m)) => seen.push(crate::broker::summary(&m)),
+            _ => break,
+        }
+    }
+    Err(format!("no status message with {what}; saw {seen:?}"))
 }
 
 /// Reads a file written by a child once it exists and is complete (children write `x.tmp` then

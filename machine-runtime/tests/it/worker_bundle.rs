@@ -87,7 +87,7 @@ fn a_folder_installs_once_and_the_same_source_is_skipped() {
     );
     let installed = ws.join("worker-bundled");
     assert!(fs::symlink_metadata(&installed).unwrap().is_symlink());
-    for file in machine_model::catalog::WORKER_BUNDLE_FILES {
+    for file in machine_model::worker_bundle::WORKER_BUNDLE_FILES {
         assert_eq!(
             fs::read(installed.join(file)).unwrap(),
             fs::read(Path::new(STAND_IN_BUNDLE).join(file)).unwrap(),
@@ -192,7 +192,7 @@ fn a_release_tarball_without_a_mapping_gets_the_machines_copy_and_says_so() {
     let installed = ws.join("worker-bundled");
     assert_eq!(
         fs::read_to_string(installed.join("src/config/service-mapping.json")).unwrap(),
-        machine_model::catalog::WORKER_SERVICE_MAPPING
+        machine_model::worker_bundle::WORKER_SERVICE_MAPPING
     );
     assert!(installed.join("README.md").is_file());
     let marker: serde_json::Value =

@@ -64,7 +64,7 @@ fn origin_of(l: &Loaded, key: &str) -> String {
             position: None,
         }) => {
             let (line, column) =
-                machine_model::load::locate(&l.source.text, &format!("/env/{key}"));
+                machine_model::pointer::locate(&l.source.text, &format!("/env/{key}"));
             format!("{file}:{line}:{column}: /env/{key}")
         }
         Some(origin) => format!("{origin}: {key}"),
