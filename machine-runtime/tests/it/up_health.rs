@@ -35,7 +35,23 @@ fn health_follows_the_apps_through_their_states() {
 
     // Starting: the service's probe fails, the worker waits.
     rt.wait_state("svc", "starting");
-    let (code, body, raw) = http_get(port, "/health");
+    // The worker's task says why it waits once it has looked at svc (until then its reason is only
+    // "wrk is waiting for svc"): wait for that, not for an instant.
+    let (code, body, raw) = wait_for(
+        "wrk's reason to name svc's state",
+        || rt.output(),
+        || {
+            let (code, body, raw) = http_get(port, "/health");
+            let reasons = body["reasons"].as_array()?;
+            reasons
+                .iter()
+                .any(|r| {
+                    r.as_str()
+                        .is_some_and(|r| r.starts_with("wrk is waiting for svc: "))
+                })
+                .then_some((code, body, raw))
+        },
+    );
     assert_eq!(code, 503, "{raw}");
     assert_eq!(body["healthy"], false);
     let reasons: Vec<String> = serde_json::from_value(body["reasons"].clone()).unwrap();

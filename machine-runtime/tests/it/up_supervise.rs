@@ -153,6 +153,8 @@ fn starts_a_worker_only_after_its_service_answers() {
         "the gated worker started before its service answered\n{}",
         rt.output()
     );
+    // The worker may write its stamp before the runtime's "started" line reaches the test.
+    wait_line(&rt, "simulation-worker-0 started (pid");
     let out = rt.output();
     let waits = out
         .find("simulation-worker-0 waits for simulation-gpu0 to be ready")
