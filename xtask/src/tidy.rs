@@ -37,8 +37,6 @@ const FN_EXCEPTIONS: &[(&str, &str, usize)] = &[
     ("machine-model/src/readiness.rs", "readiness_value", 106),
     ("machine-model/src/load.rs", "check", 129),
     ("machine-model/src/plan.rs", "allocate", 110),
-    ("machine-model/src/spec.rs", "WorkerSpec::parse", 189),
-    ("machine-model/src/spec.rs", "check_const", 157),
     ("machine-runtime/src/broker/bridge.rs", "ViewTemplate::build", 131),
     ("machine-runtime/src/comfyui_standin.rs", "run", 122),
     ("machine-runtime/src/comfyui_standin.rs", "execute", 126),
