@@ -52,7 +52,6 @@ const FN_EXCEPTIONS: &[(&str, &str, usize)] = &[
     ("machine-runtime/src/install/steps.rs", "fetch", 130),
     ("machine-runtime/src/job.rs", "push", 245),
     ("machine-runtime/src/reality.rs", "plan", 129),
-    ("xtask/src/render/kubernetes.rs", "stateful_set", 131),
 ];
 
 /// Files that may print, with the reason: the logger and the CLIs' own output (what a command prints
