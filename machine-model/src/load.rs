@@ -77,116 +77,19 @@ pub(crate) fn read_utf8(path: &Path, shown: &str) -> std::io::Result<String> {
 /// wrong type) stops the check there, with the whole document as its pointer (`/`).
 pub fn check(source: &ProfileSource) -> Result<(Profile, Plan), Vec<Diagnostic>> {
     let at = |pointer: &str, message: String| source.diagnostic(pointer, message);
-    let mut diags = Vec::new();
-    if !valid_profile_name(&source.name) {
-        diags.push(
-            Diagnostic::error(
-                &source.file,
-                Some(Position::new(1, 1)),
-                format!(
-                    "profile name \"{}\" is invalid; file names are lowercase letters, digits and '-', starting with a letter",
-                    source.name
-                ),
-            )
-            .with_pointer(""),
-        );
-    }
-    let profile: Profile = match serde_json::from_str(&source.text) {
-        Ok(p) => p,
-        Err(e) => {
-            diags.push(
-                Diagnostic::error(
-                    &source.file,
-                    Some(Position::at(e.line().max(1), e.column().max(1))),
-                    serde_message(&e),
-                )
-                .with_pointer(""),
-            );
+    let mut diags: Vec<Diagnostic> = name_problem(source).into_iter().collect();
+    let profile = match parse_profile(source) {
+        Ok(profile) => profile,
+        Err(diag) => {
+            diags.push(diag);
             return Err(diags);
         }
     };
-    for (name, service) in &profile.docker.services {
-        if let Some(cond) = &service.when
-            && profile.components.get(&cond.component).is_none()
-        {
-            let known: Vec<&str> = profile
-                .components
-                .0
-                .iter()
-                .map(|(c, _)| c.as_str())
-                .collect();
-            diags.push(at(
-                    &format!("/docker/services/{}/when/component", escape_pointer(name)),
-                    format!(
-                        "condition names component \"{}\", which this profile does not select; selected components: {}",
-                        cond.component,
-                        if known.is_empty() { "none".to_string() } else { known.join(", ") }
-                    ),
-                ));
-        }
-    }
-    if let Some(schema) = &profile.schema
-        && schema != crate::profile::SCHEMA_REF
-    {
-        diags.push(at(
-            "/$schema",
-            format!(
-                "$schema is \"{schema}\", which is not the profile schema; allowed: \"{}\" (the generated schema, relative to profiles/), or no $schema",
-                crate::profile::SCHEMA_REF
-            ),
-        ));
-    }
-    if !crate::profile::REPLICAS_RANGE.contains(&profile.replicas) {
-        diags.push(at(
-            "/replicas",
-            format!(
-                "replicas is {}; a fleet has {} to {} machines",
-                profile.replicas,
-                crate::profile::REPLICAS_RANGE.start(),
-                crate::profile::REPLICAS_RANGE.end()
-            ),
-        ));
-    }
-    if let Some(host) = profile.docker.host {
-        let range = crate::profile::HOST_MACHINES_RANGE;
-        if !range.contains(&host.machines) {
-            diags.push(at(
-                "/docker/host/machines",
-                format!(
-                    "docker.host.machines is {}; a host runs {} to {} machines",
-                    host.machines,
-                    range.start(),
-                    range.end()
-                ),
-            ));
-        } else if host.machines * profile.machine.gpus > host.gpus {
-            let fit = host.gpus / profile.machine.gpus;
-            diags.push(at(
-                "/docker/host/gpus",
-                format!(
-                    "{} machines × {} GPUs (machine.gpus) need {} GPUs but the host has {}; run at most {fit} machine(s) of {} GPUs on it (docker.host.machines), or give each fewer GPUs",
-                    host.machines,
-                    profile.machine.gpus,
-                    host.machines * profile.machine.gpus,
-                    host.gpus,
-                    profile.machine.gpus
-                ),
-            ));
-        }
-    }
-    for (name, service) in &profile.docker.services {
-        if service.kubernetes && service.ports.is_empty() {
-            diags.push(at(
-                &format!("/docker/services/{}/kubernetes", escape_pointer(name)),
-                format!(
-                    "service \"{name}\" runs in Kubernetes but lists no ports; add its container ports (e.g. \"ports\": [6379]) so the cluster Service can reach it"
-                ),
-            ));
-        }
-    }
-    for (pointer, message) in crate::comfyui_install::check(&profile.comfyui) {
-        diags.push(at(&pointer, message));
-    }
+    diags.extend(
+        profile_problems(&profile)
+            .into_iter()
+            .map(|(pointer, message)| at(&pointer, message)),
+    );
     let plan = Plan::build(&source.name, &profile, &Overrides::default());
     if let Ok(plan) = &plan {
         diags.extend(
@@ -203,6 +106,138 @@ pub fn check(source: &ProfileSource) -> Result<(Profile, Plan), Vec<Diagnostic>>
             Err(diags)
         }
     }
+}
+
+/// The error of a profile whose file name is not a valid profile name.
+fn name_problem(source: &ProfileSource) -> Option<Diagnostic> {
+    if valid_profile_name(&source.name) {
+        return None;
+    }
+    Some(
+        Diagnostic::error(
+            &source.file,
+            Some(Position::new(1, 1)),
+            format!(
+                "profile name \"{}\" is invalid; file names are lowercase letters, digits and '-', starting with a letter",
+                source.name
+            ),
+        )
+        .with_pointer(""),
+    )
+}
+
+/// The profile's text as a [`Profile`]; a serde error (syntax, unknown field, wrong type) at its line and
+/// column, with the whole document as its pointer.
+fn parse_profile(source: &ProfileSource) -> Result<Profile, Diagnostic> {
+    serde_json::from_str(&source.text).map_err(|e| {
+        Diagnostic::error(
+            &source.file,
+            Some(Position::at(e.line().max(1), e.column().max(1))),
+            serde_message(&e),
+        )
+        .with_pointer("")
+    })
+}
+
+/// The problems of a parsed profile the planner does not see, as (JSON pointer, message), in this order:
+/// service conditions, `$schema`, fleet sizes, Kubernetes services, the ComfyUI install section.
+fn profile_problems(profile: &Profile) -> Vec<(String, String)> {
+    let mut out = condition_problems(profile);
+    if let Some(schema) = &profile.schema
+        && schema != crate::profile::SCHEMA_REF
+    {
+        out.push((
+            "/$schema".into(),
+            format!(
+                "$schema is \"{schema}\", which is not the profile schema; allowed: \"{}\" (the generated schema, relative to profiles/), or no $schema",
+                crate::profile::SCHEMA_REF
+            ),
+        ));
+    }
+    out.extend(fleet_problems(profile));
+    for (name, service) in &profile.docker.services {
+        if service.kubernetes && service.ports.is_empty() {
+            out.push((
+                format!("/docker/services/{}/kubernetes", escape_pointer(name)),
+                format!(
+                    "service \"{name}\" runs in Kubernetes but lists no ports; add its container ports (e.g. \"ports\": [6379]) so the cluster Service can reach it"
+                ),
+            ));
+        }
+    }
+    out.extend(crate::comfyui_install::check(&profile.comfyui));
+    out
+}
+
+/// Service conditions (`docker.services.<name>.when`) naming a component the profile does not select.
+fn condition_problems(profile: &Profile) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for (name, service) in &profile.docker.services {
+        if let Some(cond) = &service.when
+            && profile.components.get(&cond.component).is_none()
+        {
+            let known: Vec<&str> = profile
+                .components
+                .0
+                .iter()
+                .map(|(c, _)| c.as_str())
+                .collect();
+            out.push((
+                format!("/docker/services/{}/when/component", escape_pointer(name)),
+                format!(
+                    "condition names component \"{}\", which this profile does not select; selected components: {}",
+                    cond.component,
+                    if known.is_empty() { "none".to_string() } else { known.join(", ") }
+                ),
+            ));
+        }
+    }
+    out
+}
+
+/// `replicas` out of its range, and a `docker.host` whose machine count is out of range or whose
+/// machines need more GPUs than it has.
+fn fleet_problems(profile: &Profile) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    if !crate::profile::REPLICAS_RANGE.contains(&profile.replicas) {
+        out.push((
+            "/replicas".into(),
+            format!(
+                "replicas is {}; a fleet has {} to {} machines",
+                profile.replicas,
+                crate::profile::REPLICAS_RANGE.start(),
+                crate::profile::REPLICAS_RANGE.end()
+            ),
+        ));
+    }
+    if let Some(host) = profile.docker.host {
+        let range = crate::profile::HOST_MACHINES_RANGE;
+        if !range.contains(&host.machines) {
+            out.push((
+                "/docker/host/machines".into(),
+                format!(
+                    "docker.host.machines is {}; a host runs {} to {} machines",
+                    host.machines,
+                    range.start(),
+                    range.end()
+                ),
+            ));
+        } else if host.machines * profile.machine.gpus > host.gpus {
+            let fit = host.gpus / profile.machine.gpus;
+            out.push((
+                "/docker/host/gpus".into(),
+                format!(
+                    "{} machines × {} GPUs (machine.gpus) need {} GPUs but the host has {}; run at most {fit} machine(s) of {} GPUs on it (docker.host.machines), or give each fewer GPUs",
+                    host.machines,
+                    profile.machine.gpus,
+                    host.machines * profile.machine.gpus,
+                    host.gpus,
+                    profile.machine.gpus
+                ),
+            ));
+        }
+    }
+    out
 }
 
 /// The command-line options of a profile's service sections (`comfyui.cpu`, `comfyui.args`), as

@@ -390,7 +390,47 @@ fn allocate(
     health_port: u16,
     settings: &Settings,
 ) -> Plan {
-    // Pin every gpu-bound worker round-robin across the machine, in spec order.
+    let drafts = drafts(spec, gpus);
+    let (services_needed, services) = service_instances(&drafts, workspace, settings, source);
+    let install = services_needed
+        .iter()
+        .copied()
+        .filter(|s| catalog::service(s).is_some_and(|e| e.install.is_some()))
+        .collect();
+
+    let workers: Vec<WorkerInstance> = drafts
+        .iter()
+        .map(|d| {
+            let instance = d
+                .connector
+                .service
+                .and_then(|s| services.iter().find(|i| i.service == s && i.gpu == d.gpu));
+            worker_instance(d, instance, machine_id, workspace, settings)
+        })
+        .collect();
+    let secrets = secret_needs(&workers);
+
+    Plan {
+        profile: profile.to_string(),
+        machine_id: machine_id.to_string(),
+        worker_spec: spec.to_string(),
+        gpus,
+        health_port,
+        workspace: workspace.to_string(),
+        services_needed,
+        install,
+        services,
+        workers,
+        secrets,
+        worker_bundle: None,
+        comfyui_install: None,
+        notes: spec_notes(spec),
+    }
+}
+
+/// The spec's workers in spec order, each gpu-bound one pinned round-robin across the machine's `gpus`
+/// (`auto`: one per GPU for a gpu binding, else one).
+fn drafts(spec: &WorkerSpec, gpus: u32) -> Vec<Draft> {
     let mut drafts = Vec::new();
     let mut next_gpu = 0u32;
     for item in &spec.items {
@@ -414,11 +454,20 @@ fn allocate(
             });
         }
     }
+    drafts
+}
 
-    // Services: unique, in first-use order; instances per GPU used (or one per machine).
+/// The services the internal workers of `drafts` need, unique in first-use order, and their instances:
+/// one per GPU used (or one per machine), in start order (by service first use, then GPU).
+fn service_instances(
+    drafts: &[Draft],
+    workspace: &str,
+    settings: &Settings,
+    source: &Profile,
+) -> (Vec<&'static str>, Vec<ServiceInstance>) {
     let mut services_needed: Vec<&'static str> = Vec::new();
     let mut instance_keys: Vec<(&'static str, Option<u32>)> = Vec::new();
-    for d in &drafts {
+    for d in drafts {
         if d.connector.kind != ConnectorKind::Internal {
             continue;
         }
@@ -436,29 +485,18 @@ fn allocate(
     }
     // Start order: by service first use, then GPU.
     instance_keys.sort_by_key(|(s, g)| (services_needed.iter().position(|x| x == s), *g));
-    let services: Vec<ServiceInstance> = instance_keys
+    let services = instance_keys
         .iter()
         .map(|(service, gpu)| service_instance(service, *gpu, workspace, settings, source))
         .collect();
-    let install = services_needed
-        .iter()
-        .copied()
-        .filter(|s| catalog::service(s).is_some_and(|e| e.install.is_some()))
-        .collect();
+    (services_needed, services)
+}
 
-    let workers: Vec<WorkerInstance> = drafts
-        .iter()
-        .map(|d| {
-            let instance = d
-                .connector
-                .service
-                .and_then(|s| services.iter().find(|i| i.service == s && i.gpu == d.gpu));
-            worker_instance(d, instance, machine_id, workspace, settings)
-        })
-        .collect();
-
+/// The variables the workers need, by name, each with the connectors (once each, in worker order) and
+/// workers that need it.
+fn secret_needs(workers: &[WorkerInstance]) -> Vec<SecretNeed> {
     let mut secrets: BTreeMap<&'static str, SecretNeed> = BTreeMap::new();
-    for w in &workers {
+    for w in workers {
         for s in &w.secrets {
             let need = secrets.entry(s).or_insert_with(|| SecretNeed {
                 name: s,
@@ -472,23 +510,7 @@ fn allocate(
             need.workers.push(w.name.clone());
         }
     }
-
-    Plan {
-        profile: profile.to_string(),
-        machine_id: machine_id.to_string(),
-        worker_spec: spec.to_string(),
-        gpus,
-        health_port,
-        workspace: workspace.to_string(),
-        services_needed,
-        install,
-        services,
-        workers,
-        secrets: secrets.into_values().collect(),
-        worker_bundle: None,
-        comfyui_install: None,
-        notes: spec_notes(spec),
-    }
+    secrets.into_values().collect()
 }
 
 /// The plan's notes on the spec's names (see [`Plan::notes`]).

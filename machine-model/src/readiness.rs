@@ -4,7 +4,7 @@
 
 use serde::de::{self, Deserializer};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use crate::lenient::{SEP, describe, describe_opt};
 
@@ -101,7 +101,31 @@ pub(crate) fn readiness_value(v: &Value) -> Result<Readiness, Vec<String>> {
         )]);
     };
     let mut problems = Vec::new();
-    let mut ms = |key: &str| match obj.get(key) {
+    let interval_ms = milliseconds(obj, "interval_ms", &mut problems);
+    let timeout_ms = milliseconds(obj, "timeout_ms", &mut problems);
+    let readiness = match obj.get("kind") {
+        Some(Value::String(k)) if k == "http" => http_readiness(obj, interval_ms, timeout_ms),
+        Some(Value::String(k)) if k == "tcp" => tcp_readiness(obj, interval_ms, timeout_ms),
+        Some(Value::String(k)) if k == "command" => command_readiness(obj, interval_ms, timeout_ms),
+        other => Err(vec![format!(
+            "\"kind\" must be \"http\", \"tcp\" or \"command\", found {}",
+            describe_opt(other)
+        )]),
+    };
+    match readiness {
+        Ok(r) if problems.is_empty() => Ok(r),
+        Ok(_) => Err(problems),
+        Err(more) => {
+            problems.extend(more);
+            Err(problems)
+        }
+    }
+}
+
+/// The positive number of milliseconds at `key`, `None` when absent or null; `None` with a problem when
+/// it is anything else.
+fn milliseconds(obj: &Map<String, Value>, key: &str, problems: &mut Vec<String>) -> Option<u64> {
+    match obj.get(key) {
         None | Some(Value::Null) => None,
         Some(v) => match v.as_u64().filter(|n| *n > 0) {
             Some(n) => Some(n),
@@ -113,90 +137,85 @@ pub(crate) fn readiness_value(v: &Value) -> Result<Readiness, Vec<String>> {
                 None
             }
         },
+    }
+}
+
+/// The `http` check of `obj`: its `url`.
+fn http_readiness(
+    obj: &Map<String, Value>,
+    interval_ms: Option<u64>,
+    timeout_ms: Option<u64>,
+) -> Result<Readiness, Vec<String>> {
+    match obj.get("url") {
+        Some(Value::String(url)) => Ok(Readiness::Http {
+            url: url.clone(),
+            interval_ms,
+            timeout_ms,
+        }),
+        other => Err(vec![format!(
+            "\"url\" must be a string for kind \"http\", found {}",
+            describe_opt(other)
+        )]),
+    }
+}
+
+/// The `tcp` check of `obj`: its optional `host` and its `port`; a problem for each that is wrong.
+fn tcp_readiness(
+    obj: &Map<String, Value>,
+    interval_ms: Option<u64>,
+    timeout_ms: Option<u64>,
+) -> Result<Readiness, Vec<String>> {
+    let host = match obj.get("host") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(h)) if !h.is_empty() => Ok(Some(h.clone())),
+        Some(other) => Err(format!(
+            "\"host\" must be a non-empty string, found {}",
+            describe(other)
+        )),
     };
-    let interval_ms = ms("interval_ms");
-    let timeout_ms = ms("timeout_ms");
-    let readiness = match obj.get("kind") {
-        Some(Value::String(k)) if k == "http" => match obj.get("url") {
-            Some(Value::String(url)) => Some(Readiness::Http {
-                url: url.clone(),
+    let port = obj
+        .get("port")
+        .and_then(Value::as_u64)
+        .and_then(|p| u16::try_from(p).ok())
+        .filter(|p| *p > 0)
+        .ok_or_else(|| {
+            format!(
+                "\"port\" must be a port number 1-65535 for kind \"tcp\", found {}",
+                describe_opt(obj.get("port"))
+            )
+        });
+    match (host, port) {
+        (Ok(host), Ok(port)) => Ok(Readiness::Tcp {
+            host,
+            port,
+            interval_ms,
+            timeout_ms,
+        }),
+        (host, port) => Err(host.err().into_iter().chain(port.err()).collect()),
+    }
+}
+
+/// The `command` check of `obj`: its `command`, a non-empty list of strings.
+fn command_readiness(
+    obj: &Map<String, Value>,
+    interval_ms: Option<u64>,
+    timeout_ms: Option<u64>,
+) -> Result<Readiness, Vec<String>> {
+    match obj.get("command") {
+        Some(Value::Array(items)) if !items.is_empty() && items.iter().all(Value::is_string) => {
+            Ok(Readiness::Command {
+                command: items
+                    .iter()
+                    .filter_map(|v| v.as_str().map(str::to_string))
+                    .collect(),
                 interval_ms,
                 timeout_ms,
-            }),
-            other => {
-                problems.push(format!(
-                    "\"url\" must be a string for kind \"http\", found {}",
-                    describe_opt(other)
-                ));
-                None
-            }
-        },
-        Some(Value::String(k)) if k == "tcp" => {
-            let host = match obj.get("host") {
-                None | Some(Value::Null) => Ok(None),
-                Some(Value::String(h)) if !h.is_empty() => Ok(Some(h.clone())),
-                Some(other) => Err(format!(
-                    "\"host\" must be a non-empty string, found {}",
-                    describe(other)
-                )),
-            };
-            let port = obj
-                .get("port")
-                .and_then(Value::as_u64)
-                .and_then(|p| u16::try_from(p).ok())
-                .filter(|p| *p > 0)
-                .ok_or_else(|| {
-                    format!(
-                        "\"port\" must be a port number 1-65535 for kind \"tcp\", found {}",
-                        describe_opt(obj.get("port"))
-                    )
-                });
-            match (host, port) {
-                (Ok(host), Ok(port)) => Some(Readiness::Tcp {
-                    host,
-                    port,
-                    interval_ms,
-                    timeout_ms,
-                }),
-                (host, port) => {
-                    problems.extend(host.err());
-                    problems.extend(port.err());
-                    None
-                }
-            }
+            })
         }
-        Some(Value::String(k)) if k == "command" => match obj.get("command") {
-            Some(Value::Array(items))
-                if !items.is_empty() && items.iter().all(Value::is_string) =>
-            {
-                Some(Readiness::Command {
-                    command: items
-                        .iter()
-                        .filter_map(|v| v.as_str().map(str::to_string))
-                        .collect(),
-                    interval_ms,
-                    timeout_ms,
-                })
-            }
-            other => {
-                problems.push(format!(
-                    "\"command\" must be a non-empty list of strings for kind \"command\", found {}",
-                    describe_opt(other)
-                ));
-                None
-            }
-        },
-        other => {
-            problems.push(format!(
-                "\"kind\" must be \"http\", \"tcp\" or \"command\", found {}",
-                describe_opt(other)
-            ));
-            None
-        }
-    };
-    match readiness {
-        Some(r) if problems.is_empty() => Ok(r),
-        _ => Err(problems),
+        other => Err(vec![format!(
+            "\"command\" must be a non-empty list of strings for kind \"command\", found {}",
+            describe_opt(other)
+        )]),
     }
 }
 

@@ -108,192 +108,312 @@ impl std::str::FromStr for WorkerSpec {
 impl WorkerSpec {
     /// Parses and validates a spec, reporting every problem of every item.
     pub fn parse(input: &str) -> Result<WorkerSpec, SpecErrors> {
-        let mut errors = Vec::new();
-        let mut items: Vec<SpecItem> = Vec::new();
-        // The 1-based input position of each entry of `items` (empty or unknown items are not in `items`).
-        let mut item_positions: Vec<usize> = Vec::new();
-        // Whether each entry of `items` came (partly) from an alias: such items merge instead of repeating.
-        let mut item_aliased: Vec<bool> = Vec::new();
-        let mut aliases: Vec<&'static catalog::ConnectorAlias> = Vec::new();
         if input.trim().is_empty() {
-            return Err(SpecErrors(vec![SpecError {
-                item: 0,
-                column: 1,
-                text: String::new(),
-                message: format!(
-                    "is empty; expected connector:count[:binding], e.g. \"comfyui:2:gpu,openai:4:shared\" (connectors: {})",
-                    catalog::connector_names().join(", ")
-                ),
-            }]));
+            return Err(SpecErrors(vec![empty_spec_error()]));
         }
-        let mut offset = 0usize;
-        for (index, raw) in input.split(',').enumerate() {
-            let position = index + 1;
-            let lead = raw.len() - raw.trim_start().len();
-            let column = input[..offset + lead].chars().count() + 1;
-            offset += raw.len() + 1;
-            let text = raw.trim();
-            let err = |column: usize, message: String| SpecError {
-                item: position,
+        let mut parser = SpecParser::default();
+        for item in raw_items(input) {
+            parser.item(&item);
+        }
+        parser.finish()
+    }
+}
+
+/// The one error of a spec that is empty or only whitespace.
+fn empty_spec_error() -> SpecError {
+    SpecError {
+        item: 0,
+        column: 1,
+        text: String::new(),
+        message: format!(
+            "is empty; expected connector:count[:binding], e.g. \"comfyui:2:gpu,openai:4:shared\" (connectors: {})",
+            catalog::connector_names().join(", ")
+        ),
+    }
+}
+
+/// One comma-separated item as written.
+struct RawItem<'a> {
+    /// 1-based position in the list.
+    position: usize,
+    /// 1-based character column of its first non-blank character in the input.
+    column: usize,
+    /// The item's text, trimmed.
+    text: &'a str,
+}
+
+impl RawItem<'_> {
+    /// A problem of this item, starting at `column` of the input.
+    fn error(&self, column: usize, message: String) -> SpecError {
+        SpecError {
+            item: self.position,
+            column,
+            text: self.text.to_string(),
+            message,
+        }
+    }
+}
+
+/// The comma-separated items of `input`, with their positions and columns.
+fn raw_items(input: &str) -> Vec<RawItem<'_>> {
+    let mut offset = 0usize;
+    let mut items = Vec::new();
+    for (index, raw) in input.split(',').enumerate() {
+        let lead = raw.len() - raw.trim_start().len();
+        let column = input[..offset + lead].chars().count() + 1;
+        offset += raw.len() + 1;
+        items.push(RawItem {
+            position: index + 1,
+            column,
+            text: raw.trim(),
+        });
+    }
+    items
+}
+
+/// The input column of each `:`-separated field of an item starting at `column`.
+fn field_columns(fields: &[&str], column: usize) -> Vec<usize> {
+    let mut field_columns = Vec::with_capacity(fields.len());
+    let mut c = column;
+    for f in fields {
+        let lead = f.len() - f.trim_start().len();
+        field_columns.push(c + f[..lead].chars().count());
+        c += f.chars().count() + 1;
+    }
+    field_columns
+}
+
+/// What one item says once its fields are read: the connector (when known), count and binding (when valid).
+struct ItemFields<'a> {
+    /// The connector's name as written (maybe an alias).
+    written: &'a str,
+    /// Whether `written` is an alias.
+    aliased: bool,
+    /// The connector's catalog entry.
+    entry: &'static catalog::ConnectorEntry,
+    /// The count, unless it was wrong.
+    count: Option<Count>,
+    /// The binding (written or the connector's default), unless it was wrong.
+    binding: Option<Binding>,
+}
+
+/// The state of one [`WorkerSpec::parse`] run: the items so far and every problem found.
+#[derive(Default)]
+struct SpecParser {
+    errors: Vec<SpecError>,
+    items: Vec<SpecItem>,
+    /// The 1-based input position of each entry of `items` (empty or unknown items are not in `items`).
+    item_positions: Vec<usize>,
+    /// Whether each entry of `items` came (partly) from an alias: such items merge instead of repeating.
+    item_aliased: Vec<bool>,
+    aliases: Vec<&'static catalog::ConnectorAlias>,
+}
+
+impl SpecParser {
+    /// Reads one item: checks its fields, then adds it to the spec (or merges it into an earlier one).
+    fn item(&mut self, item: &RawItem<'_>) {
+        if item.text.is_empty() {
+            self.errors.push(item.error(
+                item.column,
+                "is empty; remove the extra comma or write connector:count[:binding]".into(),
+            ));
+            return;
+        }
+        let fields: Vec<&str> = item.text.split(':').collect();
+        let field_columns = field_columns(&fields, item.column);
+        if fields.len() < 2 || fields.len() > 3 {
+            self.errors.push(item.error(
+                item.column,
+                format!(
+                    "has {} field{}; expected connector:count[:binding] (binding one of gpu, cpu, shared)",
+                    fields.len(),
+                    if fields.len() == 1 { "" } else { "s" }
+                ),
+            ));
+            return;
+        }
+        let written = fields[0].trim();
+        let alias = catalog::alias(written);
+        let name = alias.map_or(written, |a| a.connector);
+        if let Some(a) = alias
+            && !self.aliases.contains(&a)
+        {
+            self.aliases.push(a);
+        }
+        let entry = self.connector(item, name, field_columns[0]);
+        let count = match parse_count(fields[1].trim()) {
+            Ok(c) => Some(c),
+            Err(m) => {
+                self.errors.push(item.error(field_columns[1], m));
+                None
+            }
+        };
+        let written_binding = fields.get(2).map(|b| (b.trim(), field_columns[2]));
+        let binding = self.binding(item, written_binding, entry);
+        if let Some(entry) = entry {
+            let fields = ItemFields {
+                written,
+                aliased: alias.is_some(),
+                entry,
+                count,
+                binding,
+            };
+            self.place(item, &fields, &field_columns);
+        }
+    }
+
+    /// The catalog entry of connector `name`, or `None` with an error saying it is refused or unknown.
+    fn connector(
+        &mut self,
+        item: &RawItem<'_>,
+        name: &str,
+        column: usize,
+    ) -> Option<&'static catalog::ConnectorEntry> {
+        let entry = catalog::connector(name);
+        if let Some(r) = catalog::refused(name) {
+            self.errors.push(item.error(
                 column,
-                text: text.to_string(),
-                message,
+                format!("connector \"{name}\" is refused: {}", r.reason),
+            ));
+        } else if entry.is_none() {
+            let known = catalog::connector_names();
+            let hint = match crate::suggest::did_you_mean(name, known.iter().copied()) {
+                Some(s) => format!("; did you mean \"{s}\"?"),
+                None => String::new(),
             };
-            if text.is_empty() {
-                errors.push(err(
+            self.errors.push(item.error(
+                column,
+                format!(
+                    "unknown connector \"{name}\"{hint} (known: {})",
+                    known.join(", ")
+                ),
+            ));
+        }
+        entry
+    }
+
+    /// The item's binding: the one written (text and column), checked against the connector, or the
+    /// connector's default; `None` with an error when the written one is unknown or not allowed.
+    fn binding(
+        &mut self,
+        item: &RawItem<'_>,
+        written: Option<(&str, usize)>,
+        entry: Option<&'static catalog::ConnectorEntry>,
+    ) -> Option<Binding> {
+        let Some((b, column)) = written else {
+            return entry.map(|e| e.default_binding);
+        };
+        match Binding::from_name(b) {
+            None => {
+                self.errors.push(item.error(
                     column,
-                    "is empty; remove the extra comma or write connector:count[:binding]".into(),
+                    format!("unknown binding \"{b}\"; allowed: gpu, cpu, shared"),
                 ));
-                continue;
+                None
             }
-            let fields: Vec<&str> = text.split(':').collect();
-            // Columns of each field, relative to the input.
-            let mut field_columns = Vec::with_capacity(fields.len());
-            let mut c = column;
-            for f in &fields {
-                let lead = f.len() - f.trim_start().len();
-                field_columns.push(c + f[..lead].chars().count());
-                c += f.chars().count() + 1;
-            }
-            if fields.len() < 2 || fields.len() > 3 {
-                errors.push(err(
-                    column,
-                    format!(
-                        "has {} field{}; expected connector:count[:binding] (binding one of gpu, cpu, shared)",
-                        fields.len(),
-                        if fields.len() == 1 { "" } else { "s" }
-                    ),
-                ));
-                continue;
-            }
-            let written = fields[0].trim();
-            let alias = catalog::alias(written);
-            let name = alias.map_or(written, |a| a.connector);
-            if let Some(a) = alias
-                && !aliases.contains(&a)
-            {
-                aliases.push(a);
-            }
-            let entry = catalog::connector(name);
-            if let Some(r) = catalog::refused(name) {
-                errors.push(err(
-                    field_columns[0],
-                    format!("connector \"{name}\" is refused: {}", r.reason),
-                ));
-            } else if entry.is_none() {
-                let known = catalog::connector_names();
-                let hint = match crate::suggest::did_you_mean(name, known.iter().copied()) {
-                    Some(s) => format!("; did you mean \"{s}\"?"),
-                    None => String::new(),
-                };
-                errors.push(err(
-                    field_columns[0],
-                    format!(
-                        "unknown connector \"{name}\"{hint} (known: {})",
-                        known.join(", ")
-                    ),
-                ));
-            }
-            let count_text = fields[1].trim();
-            let count = match parse_count(count_text) {
-                Ok(c) => Some(c),
-                Err(m) => {
-                    errors.push(err(field_columns[1], m));
-                    None
-                }
-            };
-            let binding = match fields.get(2).map(|b| b.trim()) {
-                None => entry.map(|e| e.default_binding),
-                Some(b) => match Binding::from_name(b) {
-                    None => {
-                        errors.push(err(
-                            field_columns[2],
-                            format!("unknown binding \"{b}\"; allowed: gpu, cpu, shared"),
-                        ));
-                        None
-                    }
-                    Some(binding) => match entry {
-                        Some(e) if !e.bindings.contains(&binding) => {
-                            errors.push(err(
-                                field_columns[2],
-                                format!(
-                                    "connector \"{}\" cannot use binding \"{binding}\"; allowed: {}",
-                                    e.name,
-                                    e.bindings.iter().map(|b| b.as_str()).collect::<Vec<_>>().join(", ")
-                                ),
-                            ));
-                            None
-                        }
-                        _ => Some(binding),
-                    },
-                },
-            };
-            if let Some(e) = entry {
-                if let Some(first) = items.iter().position(|i| i.connector == e.name)
-                    && (alias.is_some() || item_aliased[first])
-                {
-                    // The seed writes `comfyui:2:gpu,comfyui-websocket:2:gpu`: one worker type, counts added.
-                    let first_item = items[first].clone();
-                    match (first_item.count, count, binding) {
-                        (Count::Fixed(a), Some(Count::Fixed(b)), Some(binding))
-                            if binding == first_item.binding =>
-                        {
-                            items[first].count = Count::Fixed(a.saturating_add(b).min(MAX_COUNT));
-                        }
-                        (_, Some(_), Some(binding)) if binding != first_item.binding => {
-                            errors.push(err(
-                                field_columns[0],
-                                format!(
-                                    "\"{written}\" plans \"{}\" workers like item {}, with another binding ({binding}, there {}); give them one binding",
-                                    e.name, item_positions[first], first_item.binding
-                                ),
-                            ));
-                        }
-                        (_, Some(_), Some(_)) => errors.push(err(
-                            field_columns[1],
-                            format!(
-                                "\"{written}\" plans \"{}\" workers like item {}; counts add up only when both are numbers, not \"auto\"",
-                                e.name, item_positions[first]
-                            ),
-                        )),
-                        _ => {}
-                    }
-                    item_aliased[first] = true;
-                    continue;
-                }
-                if let Some(first) = items.iter().position(|i| i.connector == e.name) {
-                    errors.push(err(
-                        field_columns[0],
+            Some(binding) => match entry {
+                Some(e) if !e.bindings.contains(&binding) => {
+                    self.errors.push(item.error(
+                        column,
                         format!(
-                            "connector \"{}\" appears again (first as item {}); give each connector once with the total count",
+                            "connector \"{}\" cannot use binding \"{binding}\"; allowed: {}",
                             e.name,
-                            item_positions[first]
+                            e.bindings.iter().map(|b| b.as_str()).collect::<Vec<_>>().join(", ")
                         ),
                     ));
-                    continue;
+                    None
                 }
-                item_positions.push(position);
-                item_aliased.push(alias.is_some());
-                if let (Some(count), Some(binding)) = (count, binding) {
-                    items.push(SpecItem {
-                        connector: e.name,
-                        count,
-                        binding,
-                    });
-                } else {
-                    // Keep the connector for duplicate detection even when another field is wrong.
-                    items.push(SpecItem {
-                        connector: e.name,
-                        count: Count::Auto,
-                        binding: e.default_binding,
-                    });
-                }
-            }
+                _ => Some(binding),
+            },
         }
-        if errors.is_empty() {
-            Ok(WorkerSpec { items, aliases })
+    }
+
+    /// Adds an item of a known connector: merged into an earlier item of the same connector when either
+    /// came from an alias, refused as a repeat otherwise, else appended (even with a wrong count or
+    /// binding, so that a later repeat is still found).
+    fn place(&mut self, item: &RawItem<'_>, fields: &ItemFields<'_>, field_columns: &[usize]) {
+        let e = fields.entry;
+        if let Some(first) = self.items.iter().position(|i| i.connector == e.name) {
+            if fields.aliased || self.item_aliased[first] {
+                self.merge_aliased(item, first, fields, field_columns);
+            } else {
+                self.errors.push(item.error(
+                    field_columns[0],
+                    format!(
+                        "connector \"{}\" appears again (first as item {}); give each connector once with the total count",
+                        e.name,
+                        self.item_positions[first]
+                    ),
+                ));
+            }
+            return;
+        }
+        self.item_positions.push(item.position);
+        self.item_aliased.push(fields.aliased);
+        if let (Some(count), Some(binding)) = (fields.count, fields.binding) {
+            self.items.push(SpecItem {
+                connector: e.name,
+                count,
+                binding,
+            });
         } else {
-            Err(SpecErrors(errors))
+            // Keep the connector for duplicate detection even when another field is wrong.
+            self.items.push(SpecItem {
+                connector: e.name,
+                count: Count::Auto,
+                binding: e.default_binding,
+            });
+        }
+    }
+
+    /// Adds the count of an item to the earlier item `first` of the same connector, one of them written
+    /// under an alias; an error when their bindings differ or a count is `auto`.
+    fn merge_aliased(
+        &mut self,
+        item: &RawItem<'_>,
+        first: usize,
+        fields: &ItemFields<'_>,
+        field_columns: &[usize],
+    ) {
+        let (written, name) = (fields.written, fields.entry.name);
+        // The seed writes `comfyui:2:gpu,comfyui-websocket:2:gpu`: one worker type, counts added.
+        let first_item = self.items[first].clone();
+        let first_position = self.item_positions[first];
+        match (first_item.count, fields.count, fields.binding) {
+            (Count::Fixed(a), Some(Count::Fixed(b)), Some(binding))
+                if binding == first_item.binding =>
+            {
+                self.items[first].count = Count::Fixed(a.saturating_add(b).min(MAX_COUNT));
+            }
+            (_, Some(_), Some(binding)) if binding != first_item.binding => {
+                self.errors.push(item.error(
+                    field_columns[0],
+                    format!(
+                        "\"{written}\" plans \"{name}\" workers like item {first_position}, with another binding ({binding}, there {}); give them one binding",
+                        first_item.binding
+                    ),
+                ));
+            }
+            (_, Some(_), Some(_)) => self.errors.push(item.error(
+                field_columns[1],
+                format!(
+                    "\"{written}\" plans \"{name}\" workers like item {first_position}; counts add up only when both are numbers, not \"auto\"",
+                ),
+            )),
+            _ => {}
+        }
+        self.item_aliased[first] = true;
+    }
+
+    /// The spec, or every problem found.
+    fn finish(self) -> Result<WorkerSpec, SpecErrors> {
+        if self.errors.is_empty() {
+            Ok(WorkerSpec {
+                items: self.items,
+                aliases: self.aliases,
+            })
+        } else {
+            Err(SpecErrors(self.errors))
         }
     }
 }
@@ -341,155 +461,242 @@ pub const fn check_const(spec: &str) -> Result<(), &'static str> {
     if b.is_empty() {
         return Err("worker spec is empty; expected connector:count[:binding]");
     }
-    let mut seen: [usize; catalog::CONNECTORS.len()] = [usize::MAX; catalog::CONNECTORS.len()];
-    // Whether the connector at the same position of `seen` was written (once) under an alias.
-    let mut seen_aliased = [false; catalog::CONNECTORS.len()];
-    // Whether its count was `auto` (counts under an alias add up, so they must be numbers).
-    let mut seen_auto = [false; catalog::CONNECTORS.len()];
-    let mut seen_len = 0;
+    let mut seen = SeenConnectors::new();
     let mut start = 0;
     while start <= b.len() {
         let mut end = start;
         while end < b.len() && b[end] != b',' {
             end += 1;
         }
-        // Split the item into up to three fields.
-        let mut fields = [(0usize, 0usize); 3];
-        let mut n = 0;
-        let mut fs = start;
-        let mut i = start;
-        while i <= end {
-            if i == end || b[i] == b':' {
-                if n == 3 {
-                    return Err(
-                        "worker spec item has too many fields; expected connector:count[:binding]",
-                    );
-                }
-                fields[n] = trim(b, fs, i);
-                n += 1;
-                fs = i + 1;
+        if let Err(message) = check_item_const(b, start, end, &mut seen) {
+            return Err(message);
+        }
+        start = end + 1;
+    }
+    Ok(())
+}
+
+/// Checks the item `b[start..end]` of a spec; `seen` holds the connectors of the items before it and
+/// gets this item's.
+const fn check_item_const(
+    b: &[u8],
+    start: usize,
+    end: usize,
+    seen: &mut SeenConnectors,
+) -> Result<(), &'static str> {
+    let (fields, n) = match item_fields_const(b, start, end) {
+        Ok(fields) => fields,
+        Err(message) => return Err(message),
+    };
+    let (found, aliased) = match connector_const(b, fields[0]) {
+        Ok(found) => found,
+        Err(message) => return Err(message),
+    };
+    let is_auto = bytes_eq(b, fields[1].0, fields[1].1, b"auto");
+    if let Err(message) = seen.add(found, aliased, is_auto) {
+        return Err(message);
+    }
+    if let Err(message) = count_const(b, fields[1]) {
+        return Err(message);
+    }
+    if n == 3 {
+        binding_const(b, fields[2], found)
+    } else {
+        Ok(())
+    }
+}
+
+/// The `(start, end)` byte ranges of an item's fields (connector, count, binding), as many as it has.
+type FieldRanges = [(usize, usize); 3];
+
+/// The `:`-separated fields of the item `b[start..end]`, each trimmed, as `(start, end)` byte ranges,
+/// with how many there are (2 or 3); an error for an empty item or a wrong number of fields.
+const fn item_fields_const(
+    b: &[u8],
+    start: usize,
+    end: usize,
+) -> Result<(FieldRanges, usize), &'static str> {
+    let mut fields: FieldRanges = [(0usize, 0usize); 3];
+    let mut n = 0;
+    let mut fs = start;
+    let mut i = start;
+    while i <= end {
+        if i == end || b[i] == b':' {
+            if n == 3 {
+                return Err(
+                    "worker spec item has too many fields; expected connector:count[:binding]",
+                );
             }
-            i += 1;
+            fields[n] = trim(b, fs, i);
+            n += 1;
+            fs = i + 1;
         }
-        if n == 1 && fields[0].0 == fields[0].1 {
-            return Err("worker spec has an empty item; remove the extra comma");
+        i += 1;
+    }
+    if n == 1 && fields[0].0 == fields[0].1 {
+        return Err("worker spec has an empty item; remove the extra comma");
+    }
+    if n < 2 {
+        return Err("worker spec item is missing its count; expected connector:count[:binding]");
+    }
+    Ok((fields, n))
+}
+
+/// The index in [`catalog::CONNECTORS`] of the connector named by `b[cs..ce]` (an alias names its
+/// connector) and whether it was written as an alias; an error for a refused or unknown name.
+const fn connector_const(
+    b: &[u8],
+    (cs, ce): (usize, usize),
+) -> Result<(usize, bool), &'static str> {
+    let mut written = (b, cs, ce);
+    let mut aliased = false;
+    let mut a = 0;
+    while a < catalog::ALIASES.len() {
+        if bytes_eq(b, cs, ce, catalog::ALIASES[a].name.as_bytes()) {
+            let target = catalog::ALIASES[a].connector.as_bytes();
+            written = (target, 0, target.len());
+            aliased = true;
         }
-        if n < 2 {
-            return Err(
-                "worker spec item is missing its count; expected connector:count[:binding]",
-            );
+        a += 1;
+    }
+    let mut found = usize::MAX;
+    let mut k = 0;
+    while k < catalog::CONNECTORS.len() {
+        if bytes_eq(
+            written.0,
+            written.1,
+            written.2,
+            catalog::CONNECTORS[k].name.as_bytes(),
+        ) {
+            found = k;
         }
-        let (cs, ce) = fields[0];
-        // An alias names its connector.
-        let mut written = (b, cs, ce);
-        let mut aliased = false;
-        let mut a = 0;
-        while a < catalog::ALIASES.len() {
-            if bytes_eq(b, cs, ce, catalog::ALIASES[a].name.as_bytes()) {
-                let target = catalog::ALIASES[a].connector.as_bytes();
-                written = (target, 0, target.len());
-                aliased = true;
+        k += 1;
+    }
+    if found == usize::MAX {
+        let mut r = 0;
+        while r < catalog::REFUSED.len() {
+            if bytes_eq(b, cs, ce, catalog::REFUSED[r].name.as_bytes()) {
+                return Err(REFUSED_CONNECTOR_MESSAGE);
             }
-            a += 1;
+            r += 1;
         }
-        let mut found = usize::MAX;
-        let mut k = 0;
-        while k < catalog::CONNECTORS.len() {
-            if bytes_eq(
-                written.0,
-                written.1,
-                written.2,
-                catalog::CONNECTORS[k].name.as_bytes(),
-            ) {
-                found = k;
-            }
-            k += 1;
+        return Err(UNKNOWN_CONNECTOR_MESSAGE);
+    }
+    Ok((found, aliased))
+}
+
+/// The connectors the const checker has seen so far in a spec, once each, in the order written.
+struct SeenConnectors {
+    /// Index in [`catalog::CONNECTORS`] of each (the first `len` entries are used).
+    connector: [usize; catalog::CONNECTORS.len()],
+    /// Whether the connector at the same position was written (once) under an alias.
+    aliased: [bool; catalog::CONNECTORS.len()],
+    /// Whether its count was `auto` (counts under an alias add up, so they must be numbers).
+    auto: [bool; catalog::CONNECTORS.len()],
+    /// How many are used.
+    len: usize,
+}
+
+impl SeenConnectors {
+    const fn new() -> Self {
+        SeenConnectors {
+            connector: [usize::MAX; catalog::CONNECTORS.len()],
+            aliased: [false; catalog::CONNECTORS.len()],
+            auto: [false; catalog::CONNECTORS.len()],
+            len: 0,
         }
-        if found == usize::MAX {
-            let mut r = 0;
-            while r < catalog::REFUSED.len() {
-                if bytes_eq(b, cs, ce, catalog::REFUSED[r].name.as_bytes()) {
-                    return Err(REFUSED_CONNECTOR_MESSAGE);
-                }
-                r += 1;
-            }
-            return Err(UNKNOWN_CONNECTOR_MESSAGE);
-        }
-        let is_auto = bytes_eq(b, fields[1].0, fields[1].1, b"auto");
+    }
+
+    /// Notes connector `found` of one item: under an alias the counts add up (both must be numbers);
+    /// without one, a connector seen before is an error.
+    const fn add(
+        &mut self,
+        found: usize,
+        aliased: bool,
+        is_auto: bool,
+    ) -> Result<(), &'static str> {
         let mut s = 0;
         let mut again = false;
-        while s < seen_len {
-            if seen[s] == found {
+        while s < self.len {
+            if self.connector[s] == found {
                 // Under an alias the counts add up; else it repeats.
-                if !aliased && !seen_aliased[s] {
+                if !aliased && !self.aliased[s] {
                     return Err("worker spec names a connector twice; give each connector once");
                 }
-                if is_auto || seen_auto[s] {
+                if is_auto || self.auto[s] {
                     return Err(
                         "worker spec counts of a connector and its alias add up only when both are numbers",
                     );
                 }
-                seen_aliased[s] = true;
+                self.aliased[s] = true;
                 again = true;
             }
             s += 1;
         }
         if !again {
-            seen[seen_len] = found;
-            seen_aliased[seen_len] = aliased;
-            seen_auto[seen_len] = is_auto;
-            seen_len += 1;
+            self.connector[self.len] = found;
+            self.aliased[self.len] = aliased;
+            self.auto[self.len] = is_auto;
+            self.len += 1;
         }
-        let (ns, ne) = fields[1];
-        if !bytes_eq(b, ns, ne, b"auto") {
-            if ns == ne {
-                return Err(
-                    "worker spec count is missing; expected a positive integer or \"auto\"",
-                );
-            }
-            let mut value: u64 = 0;
-            let mut j = ns;
-            while j < ne {
-                if !b[j].is_ascii_digit() {
-                    return Err("worker spec count is not a positive integer or \"auto\"");
-                }
-                value = value * 10 + (b[j] - b'0') as u64;
-                if value > MAX_COUNT as u64 {
-                    return Err("worker spec count is too large");
-                }
-                j += 1;
-            }
-            if value == 0 {
-                return Err("worker spec count is 0; expected a positive integer or \"auto\"");
-            }
+        Ok(())
+    }
+}
+
+/// Checks the count field `b[ns..ne]`: `auto` or an integer from 1 to [`MAX_COUNT`].
+const fn count_const(b: &[u8], (ns, ne): (usize, usize)) -> Result<(), &'static str> {
+    if bytes_eq(b, ns, ne, b"auto") {
+        return Ok(());
+    }
+    if ns == ne {
+        return Err("worker spec count is missing; expected a positive integer or \"auto\"");
+    }
+    let mut value: u64 = 0;
+    let mut j = ns;
+    while j < ne {
+        if !b[j].is_ascii_digit() {
+            return Err("worker spec count is not a positive integer or \"auto\"");
         }
-        if n == 3 {
-            let (bs, be) = fields[2];
-            let binding = if bytes_eq(b, bs, be, b"gpu") {
-                Binding::Gpu
-            } else if bytes_eq(b, bs, be, b"cpu") {
-                Binding::Cpu
-            } else if bytes_eq(b, bs, be, b"shared") {
-                Binding::Shared
-            } else {
-                return Err("worker spec binding is not one of gpu, cpu, shared");
-            };
-            let allowed = catalog::CONNECTORS[found].bindings;
-            let mut ok = false;
-            let mut a = 0;
-            while a < allowed.len() {
-                if allowed[a] as u8 == binding as u8 {
-                    ok = true;
-                }
-                a += 1;
-            }
-            if !ok {
-                return Err(
-                    "worker spec binding is not allowed for this connector (see its catalog entry)",
-                );
-            }
+        value = value * 10 + (b[j] - b'0') as u64;
+        if value > MAX_COUNT as u64 {
+            return Err("worker spec count is too large");
         }
-        start = end + 1;
+        j += 1;
+    }
+    if value == 0 {
+        return Err("worker spec count is 0; expected a positive integer or \"auto\"");
+    }
+    Ok(())
+}
+
+/// Checks the binding field `b[bs..be]`: one of gpu, cpu, shared, and one that connector `found` allows.
+const fn binding_const(
+    b: &[u8],
+    (bs, be): (usize, usize),
+    found: usize,
+) -> Result<(), &'static str> {
+    let binding = if bytes_eq(b, bs, be, b"gpu") {
+        Binding::Gpu
+    } else if bytes_eq(b, bs, be, b"cpu") {
+        Binding::Cpu
+    } else if bytes_eq(b, bs, be, b"shared") {
+        Binding::Shared
+    } else {
+        return Err("worker spec binding is not one of gpu, cpu, shared");
+    };
+    let allowed = catalog::CONNECTORS[found].bindings;
+    let mut ok = false;
+    let mut a = 0;
+    while a < allowed.len() {
+        if allowed[a] as u8 == binding as u8 {
+            ok = true;
+        }
+        a += 1;
+    }
+    if !ok {
+        return Err(
+            "worker spec binding is not allowed for this connector (see its catalog entry)",
+        );
     }
     Ok(())
 }

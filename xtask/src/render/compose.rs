@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use machine_model::profile::GpuMode;
+use machine_model::profile::{DockerOptions, ExtraService, GpuMode};
 use serde::Serialize;
 
 use crate::profiles::Loaded;
@@ -203,11 +203,56 @@ pub fn image(profile: &str) -> String {
 
 /// The compose model of a profile's plan.
 fn model(l: &Loaded) -> anyhow::Result<Compose> {
-    let p = &l.plan;
     let d = &l.profile.docker;
     let mut services = BTreeMap::new();
     let mut volumes = BTreeMap::new();
 
+    let mut machine = machine_service(l);
+    // Mock GPUs are the runtime's fake inventory (`MACHINE_FAKE_GPUS` in .env): reserving them would make
+    // the container unstartable on hosts without the nvidia driver.
+    let real_gpus = l.profile.machine.gpu_mode == GpuMode::Actual;
+    machine.deploy = machine_deploy(l, real_gpus);
+    add_named_volumes(&mut volumes, &d.volumes);
+
+    for (name, extra) in &d.services {
+        if extra
+            .when
+            .as_ref()
+            .is_some_and(|c| !c.holds(&l.profile.components))
+        {
+            continue;
+        }
+        let condition = if extra.healthcheck.is_some() {
+            "service_healthy"
+        } else {
+            "service_started"
+        };
+        machine
+            .depends_on
+            .insert(name.clone(), DependsOn { condition });
+        add_named_volumes(&mut volumes, &extra.volumes);
+        services.insert(name.clone(), extra_service(d, extra));
+    }
+    match d.host {
+        None => {
+            services.insert("machine".into(), machine);
+        }
+        Some(host) => {
+            for (name, service) in shared_host_machines(l, &machine, host.machines, real_gpus)? {
+                services.insert(name, service);
+            }
+        }
+    }
+    // No top-level `name:`: docker-compose 1.x rejects it, and the folder (generated/<profile>) names the
+    // project already.
+    Ok(Compose { services, volumes })
+}
+
+/// The `machine` service (one machine alone on its host), without its `deploy` section and the
+/// `depends_on` of the profile's extra services.
+fn machine_service(l: &Loaded) -> Service {
+    let p = &l.plan;
+    let d = &l.profile.docker;
     let mut machine = Service {
         image: Some(image(&p.profile)),
         build: Some(Build {
@@ -250,13 +295,17 @@ fn model(l: &Loaded) -> anyhow::Result<Compose> {
             .map(|(p, _)| port(d.host_ip, p))
             .collect();
     }
-    let limits = d.resources.as_ref().map(|r| Limits {
+    machine
+}
+
+/// The machine's `deploy.resources`: the profile's limits, and a reservation of the plan's GPUs when
+/// they are `real_gpus`; `None` when there is neither.
+fn machine_deploy(l: &Loaded, real_gpus: bool) -> Option<Deploy> {
+    let p = &l.plan;
+    let limits = l.profile.docker.resources.as_ref().map(|r| Limits {
         cpus: r.cpus.map(|c| c.to_string()),
         memory: r.memory.clone(),
     });
-    // Mock GPUs are the runtime's fake inventory (`MACHINE_FAKE_GPUS` in .env): reserving them would make
-    // the container unstartable on hosts without the nvidia driver.
-    let real_gpus = l.profile.machine.gpu_mode == GpuMode::Actual;
     let reservations = (p.uses_gpus() && real_gpus).then(|| Reservations {
         devices: vec![Device {
             driver: "nvidia",
@@ -265,91 +314,51 @@ fn model(l: &Loaded) -> anyhow::Result<Compose> {
             capabilities: vec!["gpu"],
         }],
     });
-    if limits.is_some() || reservations.is_some() {
-        machine.deploy = Some(Deploy {
-            resources: Resources {
-                limits,
-                reservations,
-            },
-        });
-    }
-    for v in &d.volumes {
+    (limits.is_some() || reservations.is_some()).then_some(Deploy {
+        resources: Resources {
+            limits,
+            reservations,
+        },
+    })
+}
+
+/// Adds the named volumes among the short-syntax volume strings `specs` to the top-level `volumes`.
+fn add_named_volumes(volumes: &mut BTreeMap<String, Empty>, specs: &[String]) {
+    for v in specs {
         if let Some(name) = named_volume(v) {
             volumes.insert(name.to_string(), Empty {});
         }
     }
+}
 
-    for (name, extra) in &d.services {
-        if extra
-            .when
-            .as_ref()
-            .is_some_and(|c| !c.holds(&l.profile.components))
-        {
-            continue;
-        }
-        if extra.healthcheck.is_some() {
-            machine.depends_on.insert(
-                name.clone(),
-                DependsOn {
-                    condition: "service_healthy",
-                },
-            );
+/// The service of one of the profile's extra services (`docker.services`).
+fn extra_service(d: &DockerOptions, extra: &ExtraService) -> Service {
+    Service {
+        image: Some(extra.image.clone()),
+        command: extra.command.clone(),
+        environment: extra
+            .environment
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect(),
+        restart: Some(d.restart.as_str().into()),
+        ports: if d.expose_ports {
+            extra.ports.iter().map(|&p| port(d.host_ip, p)).collect()
         } else {
-            machine.depends_on.insert(
-                name.clone(),
-                DependsOn {
-                    condition: "service_started",
-                },
-            );
-        }
-        for v in &extra.volumes {
-            if let Some(vol) = named_volume(v) {
-                volumes.insert(vol.to_string(), Empty {});
-            }
-        }
-        services.insert(
-            name.clone(),
-            Service {
-                image: Some(extra.image.clone()),
-                command: extra.command.clone(),
-                environment: extra
-                    .environment
-                    .iter()
-                    .map(|(k, v)| format!("{k}={v}"))
-                    .collect(),
-                restart: Some(d.restart.as_str().into()),
-                ports: if d.expose_ports {
-                    extra.ports.iter().map(|&p| port(d.host_ip, p)).collect()
-                } else {
-                    Vec::new()
-                },
-                volumes: extra.volumes.clone(),
-                healthcheck: extra.healthcheck.as_ref().map(|h| Healthcheck {
-                    test: std::iter::once("CMD".to_string())
-                        .chain(h.test.iter().cloned())
-                        .collect(),
-                    interval: secs(h.interval_s),
-                    timeout: secs(h.timeout_s),
-                    retries: h.retries,
-                    start_period: None,
-                }),
-                ..Service::default()
-            },
-        );
+            Vec::new()
+        },
+        volumes: extra.volumes.clone(),
+        healthcheck: extra.healthcheck.as_ref().map(|h| Healthcheck {
+            test: std::iter::once("CMD".to_string())
+                .chain(h.test.iter().cloned())
+                .collect(),
+            interval: secs(h.interval_s),
+            timeout: secs(h.timeout_s),
+            retries: h.retries,
+            start_period: None,
+        }),
+        ..Service::default()
     }
-    match d.host {
-        None => {
-            services.insert("machine".into(), machine);
-        }
-        Some(host) => {
-            for (name, service) in shared_host_machines(l, &machine, host.machines, real_gpus)? {
-                services.insert(name, service);
-            }
-        }
-    }
-    // No top-level `name:`: docker-compose 1.x rejects it, and the folder (generated/<profile>) names the
-    // project already.
-    Ok(Compose { services, volumes })
 }
 
 /// The services of `machines` machines sharing one host (`docker.host`), made from the single

@@ -333,19 +333,43 @@ fn headless_service(l: &Loaded) -> Value {
 
 fn stateful_set(l: &Loaded) -> Value {
     let name = &l.source.name;
-    let plan = &l.plan;
-    let d = &l.profile.docker;
-    let timing = super::MACHINE_HEALTH;
-
     let gpus = gpu_placement(
         l.profile.machine.gpu_model.as_deref(),
         &l.profile.machine.gpu_sharing,
     );
-    let mut limits = Map::new();
-    if plan.uses_gpus() {
-        limits.insert(gpus.resource.clone(), json!(plan.gpus.to_string()));
+    let storage = machine_storage(l);
+    let container = machine_container(l, machine_limits(l, &gpus), &storage.mounts);
+    let pod = machine_pod(l, container, gpus, &storage.volumes);
+
+    let mut spec = json!({
+        "serviceName": stateful_set_name(name),
+        "replicas": l.profile.replicas,
+        "podManagementPolicy": "Parallel",
+        "selector": {"matchLabels": labels(name, "machine")},
+        "template": {
+            "metadata": {"labels": labels(name, "machine"), "annotations": scrape_annotations(l)},
+            "spec": pod,
+        },
+    });
+    if !storage.claims.is_empty() {
+        spec["volumeClaimTemplates"] = json!(storage.claims);
     }
-    if let Some(r) = &d.resources {
+    json!({
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": metadata(&stateful_set_name(name), name, "machine"),
+        "spec": spec,
+    })
+}
+
+/// The machine container's `resources.limits`: its GPUs (on `gpus.resource`), and the profile's CPU and
+/// memory limits; empty when there is none.
+fn machine_limits(l: &Loaded, gpus: &GpuPlacement) -> Map<String, Value> {
+    let mut limits = Map::new();
+    if l.plan.uses_gpus() {
+        limits.insert(gpus.resource.clone(), json!(l.plan.gpus.to_string()));
+    }
+    if let Some(r) = &l.profile.docker.resources {
         if let Some(cpus) = r.cpus {
             limits.insert("cpu".into(), json!(cpus.to_string()));
         }
@@ -353,7 +377,23 @@ fn stateful_set(l: &Loaded) -> Value {
             limits.insert("memory".into(), json!(quantity(memory)));
         }
     }
+    limits
+}
 
+/// The machine's storage, in the three places a StatefulSet names it.
+struct MachineStorage {
+    /// The container's `volumeMounts`.
+    mounts: Vec<Value>,
+    /// The pod's `volumes`.
+    volumes: Vec<Value>,
+    /// The StatefulSet's `volumeClaimTemplates`.
+    claims: Vec<Value>,
+}
+
+/// The machine's storage: a claim per named volume of the profile, the broker's TLS Secret, and
+/// `/dev/shm` of the profile's `shm_size`.
+fn machine_storage(l: &Loaded) -> MachineStorage {
+    let d = &l.profile.docker;
     let mut mounts = Vec::new();
     let mut volumes = Vec::new();
     let mut claims = Vec::new();
@@ -383,7 +423,7 @@ fn stateful_set(l: &Loaded) -> Value {
     }));
     volumes.push(json!({
         "name": "redis-tls",
-        "secret": {"secretName": redis_tls_secret_name(name), "optional": true},
+        "secret": {"secretName": redis_tls_secret_name(&l.source.name), "optional": true},
     }));
     if let Some(shm) = &d.shm_size {
         mounts.push(json!({"name": "dshm", "mountPath": "/dev/shm"}));
@@ -392,12 +432,22 @@ fn stateful_set(l: &Loaded) -> Value {
             "emptyDir": {"medium": "Memory", "sizeLimit": quantity(shm)},
         }));
     }
+    MachineStorage {
+        mounts,
+        volumes,
+        claims,
+    }
+}
 
+/// The machine container: image, health port, environment, probes, and the given limits and mounts.
+fn machine_container(l: &Loaded, limits: Map<String, Value>, mounts: &[Value]) -> Value {
+    let name = &l.source.name;
+    let timing = super::MACHINE_HEALTH;
     let mut container = json!({
         "name": "machine",
         "image": super::compose::image(&l.source.name),
         "imagePullPolicy": "IfNotPresent",
-        "ports": [{"name": HEALTH_PORT_NAME, "containerPort": plan.health_port, "protocol": "TCP"}],
+        "ports": [{"name": HEALTH_PORT_NAME, "containerPort": l.plan.health_port, "protocol": "TCP"}],
         "envFrom": [{"configMapRef": {"name": config_map_name(name)}}],
         "env": machine_env(l),
         // The start period is the time ComfyUI may take to load; readiness follows it.
@@ -416,12 +466,17 @@ fn stateful_set(l: &Loaded) -> Value {
     if !mounts.is_empty() {
         container["volumeMounts"] = json!(mounts);
     }
+    container
+}
 
+/// The machine's pod spec: the container, its stop budget, its volumes, and for a plan with GPUs the
+/// node selection and toleration of `gpus`.
+fn machine_pod(l: &Loaded, container: Value, gpus: GpuPlacement, volumes: &[Value]) -> Value {
     let mut pod = json!({
         "terminationGracePeriodSeconds": super::compose::stop_budget_secs(l),
         "containers": [container],
     });
-    if plan.uses_gpus() {
+    if l.plan.uses_gpus() {
         if !gpus.node_selector.is_empty() {
             pod["nodeSelector"] = Value::Object(gpus.node_selector);
         }
@@ -441,26 +496,7 @@ fn stateful_set(l: &Loaded) -> Value {
     if !volumes.is_empty() {
         pod["volumes"] = json!(volumes);
     }
-
-    let mut spec = json!({
-        "serviceName": stateful_set_name(name),
-        "replicas": l.profile.replicas,
-        "podManagementPolicy": "Parallel",
-        "selector": {"matchLabels": labels(name, "machine")},
-        "template": {
-            "metadata": {"labels": labels(name, "machine"), "annotations": scrape_annotations(l)},
-            "spec": pod,
-        },
-    });
-    if !claims.is_empty() {
-        spec["volumeClaimTemplates"] = json!(claims);
-    }
-    json!({
-        "apiVersion": "apps/v1",
-        "kind": "StatefulSet",
-        "metadata": metadata(&stateful_set_name(name), name, "machine"),
-        "spec": spec,
-    })
+    pod
 }
 
 /// The Deployment and Service of each profile service marked `kubernetes` (and whose condition holds).
