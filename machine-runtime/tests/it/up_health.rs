@@ -174,6 +174,8 @@ fn health_reports_an_errored_app() {
         ]}),
         &[],
     );
+    // steady's task may start it after crashy's three exits: the reasons below are exact.
+    rt.wait_state("steady", "running");
     rt.wait_state("crashy", "errored");
     let (code, body, _) = rt.get("/health");
     assert_eq!(code, 503);
