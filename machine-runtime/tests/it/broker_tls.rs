@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use tokio::sync::watch;
 
 use crate::redis_server::RedisServer;
-use crate::up_support::{Runtime, wait_for};
+use crate::up_support::{Runtime, wait_for, wait_line};
 
 const DEADLINE: Duration = Duration::from_secs(60);
 const PASSWORD: &str = "tls-hunter22";
@@ -608,10 +608,7 @@ fn bundle_workers_reach_a_private_ca_broker_through_node_extra_ca_certs() {
             },
         );
     }
-    let output = rt.output();
-    assert!(
-        output.contains("connected to redis at rediss://:***@localhost"),
-        "{output}"
-    );
+    // Logged before the apps start; the workers' keys can be there before the line reaches the test.
+    let output = wait_line(&rt, "connected to redis at rediss://:***@localhost");
     assert!(!output.contains(PASSWORD), "{output}");
 }

@@ -56,9 +56,20 @@ fn a_waiting_probe_succeeds_when_the_starting_machine_turns_healthy_and_fails_at
 
     // Ready once, then unhealthy (its service killed, restarting in 10 minutes): no waiting, even with an
     // hour allowed.
-    let pid = std::fs::read_to_string(rt.path("svc.pid")).unwrap();
+    // Nothing orders svc's `echo` before its probe passes: wait for the whole pid in its file.
+    let pid: i32 = wait_for(
+        "svc's pid in svc.pid",
+        || rt.output(),
+        || {
+            std::fs::read_to_string(rt.path("svc.pid"))
+                .ok()?
+                .trim()
+                .parse()
+                .ok()
+        },
+    );
     // SAFETY: plain kill(2) of the test's own grandchild.
-    unsafe { libc::kill(pid.trim().parse().unwrap(), libc::SIGKILL) };
+    unsafe { libc::kill(pid, libc::SIGKILL) };
     rt.wait_state("svc", "restarting");
     let mut failing = probe(port, "3600");
     let status = wait_for(

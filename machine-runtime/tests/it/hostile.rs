@@ -895,9 +895,11 @@ fn a_redis_that_accepts_and_never_answers_delays_no_app() {
     });
     // The app runs while the broker is still waiting for its first answer.
     let (_, status) = rt.get("/status");
-    assert!(
-        !accepted.lock().unwrap().is_empty(),
-        "the broker never connected to the silent redis"
+    // The connection waits in the listener's queue until the test's accepting thread takes it.
+    wait_for(
+        "the broker to connect to the silent redis",
+        String::new,
+        || (!accepted.lock().unwrap().is_empty()).then_some(()),
     );
     assert_eq!(status["broker"]["summary"], "starting", "{status}");
     let (code, health) = rt.get("/health");

@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::redis_server::RedisServer;
-use crate::up_support::{Runtime, wait_for};
+use crate::up_support::{Runtime, wait_for, wait_line};
 
 /// A tiny ecosystem: one app that sleeps (no GPU, no worker bundle).
 fn ecosystem() -> serde_json::Value {
@@ -127,11 +127,11 @@ fn a_lease_left_by_an_earlier_run_on_this_host_is_taken_over() {
     let mut rt = machine(&redis.url(), "lease-restart", &[]);
     rt.wait_state("sleeper", "running");
     held_by(&redis, key, &rt);
-    assert!(
-        rt.output()
-            .contains("took over the lease on machine:lease:lease-restart from an earlier run"),
-        "{}",
-        rt.output()
+    // Logged before the apps start; /status and the key can show the result before the line
+    // reaches the test's reader thread.
+    wait_line(
+        &rt,
+        "took over the lease on machine:lease:lease-restart from an earlier run",
     );
     rt.signal(libc::SIGTERM);
     assert!(rt.wait_exit().success(), "{}", rt.output());
@@ -145,11 +145,10 @@ fn redis_down_at_start_does_not_stop_the_apps_and_the_lease_follows() {
     let mut rt = machine(&url, "lease-late", &[]);
     // The apps run without Redis.
     rt.wait_state("sleeper", "running");
-    assert!(
-        rt.output()
-            .contains("starting without the lease on machine:lease:lease-late"),
-        "{}",
-        rt.output()
+    // Logged before the apps start; /status can say running before the line reaches the test.
+    wait_line(
+        &rt,
+        "starting without the lease on machine:lease:lease-late",
     );
     redis.restart();
     held_by(&redis, "machine:lease:lease-late", &rt);

@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 
 use serde_json::{Value, json};
 
-use crate::up_support::{Runtime, pids_with, token, wait_for};
+use crate::up_support::{Runtime, pids_with, token, wait_for, wait_line};
 
 /// A `pm2-runtime start <file>` in its own process group and `PM2_HOME`.
 struct Pm2 {
@@ -379,10 +379,10 @@ fn max_memory_restart_restarts_a_leaking_app_gracefully_under_both() {
     );
     assert!(app["restarts"].as_u64() >= Some(1), "{app}");
     assert_eq!(app["unstable_restarts"], 0, "{app}");
-    let out = rt.output();
-    assert!(
-        out.contains("over its max_memory_restart 64.0 MB; restarting it gracefully"),
-        "{out}"
+    // The restart is logged; /status counts it before that line necessarily reaches the test.
+    wait_line(
+        &rt,
+        "over its max_memory_restart 64.0 MB; restarting it gracefully",
     );
 }
 
@@ -466,7 +466,8 @@ fn a_redis_that_never_answers_delays_no_app() {
         ],
     );
     rt.wait_state("plain", "running");
-    let out = rt.output();
+    // /status says running before the runtime's "started" line reaches the test.
+    let out = wait_line(&rt, "plain started (pid");
     assert!(
         out.contains("redis did not answer within 500ms at start; starting without the lease on machine:lease:silent-redis"),
         "{out}"
@@ -524,7 +525,9 @@ fn after_kill_9_the_next_start_ends_what_the_apps_left() {
 
     let mut first = Runtime::start(our_side.file.clone(), &[]);
     let ours = orphan(&our_side.out, &|| first.output());
-    let out = first.output();
+    // The orphan's file can come before the runtime's lines; the cgroup line (if any) is logged
+    // before the app starts, so it is in the output once the "started" line is.
+    let out = wait_line(&first, "family started (pid");
     if out.contains("apps run without cgroups") {
         if std::env::var_os(SKIP_CGROUP_VAR).is_some_and(|v| v == "1") {
             eprintln!("SKIPPED ON PURPOSE: {SKIP_CGROUP_VAR}=1 and no cgroup here:\n{out}");
@@ -549,7 +552,9 @@ fn after_kill_9_the_next_start_ends_what_the_apps_left() {
         || second.output(),
         || pids_with(&tag).is_empty().then_some(()),
     );
-    let out = second.output();
+    // The sweep is logged before any app starts, so it is in the output once the "started" line is
+    // (the orphan can be gone, and `next` running in /status, before the lines reach the test).
+    let out = wait_line(&second, "next started (pid");
     // The setsid child and its sleep.
     assert!(
         out.contains("stopped 2 processes left in /sys/fs/cgroup")

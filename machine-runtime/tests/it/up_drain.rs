@@ -9,7 +9,7 @@ use redis::Commands;
 use serde_json::{Value, json};
 
 use crate::redis_server::RedisServer;
-use crate::up_support::{Runtime, wait_for};
+use crate::up_support::{Runtime, wait_for, wait_line};
 
 /// A worker stand-in in sh + redis-cli that keeps the queue's keys as the real worker and
 /// `findMatchingJob` do: idle at start; once `go-<name>` exists it claims `job-<name>` (out of
@@ -409,11 +409,8 @@ fn a_restart_waits_for_a_busy_worker_that_finishes_in_time_and_leaves_its_job_al
         ],
         "{seen:?}"
     );
-    let out = rt.output();
-    assert!(
-        out.contains("slow finished job job-slow; restarting it now"),
-        "{out}"
-    );
+    // The new process can write "slow up" before the runtime's line about the restart reaches the test.
+    let out = wait_line(&rt, "slow finished job job-slow; restarting it now");
     assert!(
         !out.contains("handed job") && !out.contains("SIGKILL"),
         "{out}"
@@ -569,12 +566,8 @@ fn machine_runtime_stop_waits_for_a_busy_worker_then_keeps_it_stopped() {
             "slow stopped idle"
         ]
     );
-    assert!(
-        rt.output()
-            .contains("slow finished job job-slow; stopping it now"),
-        "{}",
-        rt.output()
-    );
+    // Logged before the stop; the stop can be answered before the line reaches the test.
+    wait_line(&rt, "slow finished job job-slow; stopping it now");
     assert_eq!(job_status(&redis, "job-slow").as_deref(), Some("completed"));
     assert_eq!(rt.app_status("slow")["state"], "stopped");
 }

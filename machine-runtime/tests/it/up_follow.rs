@@ -20,7 +20,7 @@ use crate::job_queue::{
     DEADLINE, NewJob, Tap, bundle_dir, load_job_matching, push_job, wait_job_status,
 };
 use crate::redis_server::RedisServer;
-use crate::up_support::{Runtime, free_port, http_request, wait_for};
+use crate::up_support::{Runtime, free_port, http_request, wait_for, wait_line};
 
 const MACHINE: &str = "follow-m";
 const TOKEN: &str = "follow-token";
@@ -358,12 +358,9 @@ async fn workers_claim_nothing_while_their_service_is_down_and_come_back_with_it
             || (http_request(port, "GET", "/ready", &[]).0 == 200).then_some(()),
         )
     });
-    let out = rt.output();
-    assert!(
-        out.contains(&format!(
-            "stopping sim-worker-0 until its service is ready again: {reason}"
-        )),
-        "{out}"
-    );
+    // Logged when the service went down; waited for, since nothing above orders that line before
+    // the test's reader thread.
+    let line = format!("stopping sim-worker-0 until its service is ready again: {reason}");
+    blocking(|| wait_line(&rt, &line));
     drop(rt);
 }

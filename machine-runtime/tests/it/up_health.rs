@@ -124,11 +124,18 @@ fn health_follows_the_apps_through_their_states() {
     assert_eq!(http_get(port, "/nope").0, 404);
 
     // Restarting: the service dies and waits out its (long) restart delay.
-    let pid: i32 = std::fs::read_to_string(rt.path("svc.pid"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    // Nothing orders svc's `echo` before its probe passes: wait for the whole pid in its file.
+    let pid: i32 = wait_for(
+        "svc's pid in svc.pid",
+        || rt.output(),
+        || {
+            std::fs::read_to_string(rt.path("svc.pid"))
+                .ok()?
+                .trim()
+                .parse()
+                .ok()
+        },
+    );
     // SAFETY: plain kill(2) on the service the runtime started.
     unsafe { libc::kill(pid, libc::SIGKILL) };
     rt.wait_state("svc", "restarting");
@@ -174,6 +181,8 @@ fn health_reports_an_errored_app() {
         ]}),
         &[],
     );
+    // steady's task may start it after crashy's three exits: the reasons below are exact.
+    rt.wait_state("steady", "running");
     rt.wait_state("crashy", "errored");
     let (code, body, _) = rt.get("/health");
     assert_eq!(code, 503);

@@ -5,19 +5,8 @@ use serde_json::{Value, json};
 
 use crate::up_support::{
     Runtime, free_port, gone, parent_pid, pids_with, process_state, read_when_present, token,
-    wait_for,
+    wait_for, wait_line,
 };
-
-/// Waits until the runtime's output contains `line`. The board publishes a state before the runtime logs
-/// the transition, and the log reaches the test through a pipe and a reader thread, so a state seen in
-/// `/health` does not mean its line has been read yet (the cause of the backoff test's flake, issue 21).
-fn wait_line(rt: &Runtime, line: &str) {
-    wait_for(
-        &format!("{line:?} in the runtime's output"),
-        || rt.output(),
-        || rt.output().contains(line).then_some(()),
-    );
-}
 
 /// A shell app; `D` in its environment is the test's directory, and `put FILE VALUE` writes
 /// `$D/FILE` atomically (temp file, then rename) so the test never reads half a file.

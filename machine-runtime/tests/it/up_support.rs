@@ -82,6 +82,24 @@ pub fn wait_for_within<T>(
     }
 }
 
+/// Waits until the runtime's output contains `line`; returns the output it was found in. The board
+/// publishes a state before the runtime logs the transition, and every line (the runtime's and the
+/// apps') reaches the test through the runtime's non-blocking writer thread, a pipe and a reader
+/// thread, so a state seen in `/status`, a file an app wrote or a Redis key does not mean a line
+/// logged before it has been read yet (the cause of the backoff test's flake, issue 21). Once one line
+/// is here, every line logged before it on the same stream (the runtime's own lines are all on
+/// stderr) is here too.
+pub fn wait_line(rt: &Runtime, line: &str) -> String {
+    wait_for(
+        &format!("{line:?} in the runtime's output"),
+        || rt.output(),
+        || {
+            let out = rt.output();
+            out.contains(line).then_some(out)
+        },
+    )
+}
+
 /// Writes `ecosystem` as `ecosystem.config.json` in a new temporary directory, `@DIR@` in it replaced by
 /// that directory's path; returns the directory and the file.
 pub fn write_ecosystem(ecosystem: &Value) -> (tempfile::TempDir, PathBuf) {
