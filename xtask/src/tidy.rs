@@ -52,7 +52,6 @@ const FN_EXCEPTIONS: &[(&str, &str, usize)] = &[
     ("machine-runtime/src/install/recipe.rs", "validate", 197),
     ("machine-runtime/src/install/steps.rs", "run_step", 136),
     ("machine-runtime/src/install/steps.rs", "fetch", 130),
-    ("machine-runtime/src/job.rs", "push", 245),
     ("machine-runtime/src/reality.rs", "plan", 129),
     ("xtask/src/render/compose.rs", "model", 149),
     ("xtask/src/render/kubernetes.rs", "stateful_set", 131),
