@@ -48,8 +48,6 @@ const FN_EXCEPTIONS: &[(&str, &str, usize)] = &[
     ("machine-runtime/src/ctl.rs", "logs", 133),
     ("machine-runtime/src/ecosystem.rs", "Reader::app", 172),
     ("machine-runtime/src/install/mod.rs", "install_one", 116),
-    ("machine-runtime/src/install/recipe.rs", "map_step", 154),
-    ("machine-runtime/src/install/recipe.rs", "validate", 197),
     ("machine-runtime/src/install/steps.rs", "run_step", 136),
     ("machine-runtime/src/install/steps.rs", "fetch", 130),
     ("machine-runtime/src/reality.rs", "plan", 129),
