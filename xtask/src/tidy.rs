@@ -46,7 +46,6 @@ const FN_EXCEPTIONS: &[(&str, &str, usize)] = &[
     ("machine-runtime/src/comfyui_standin/prompt.rs", "validate_node", 139),
     ("machine-runtime/src/comfyui_standin/prompt.rs", "validate", 105),
     ("machine-runtime/src/ctl.rs", "logs", 133),
-    ("machine-runtime/src/ecosystem.rs", "Reader::app", 172),
     ("machine-runtime/src/install/mod.rs", "install_one", 116),
     ("machine-runtime/src/install/steps.rs", "run_step", 136),
     ("machine-runtime/src/install/steps.rs", "fetch", 130),
