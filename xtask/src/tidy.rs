@@ -42,7 +42,6 @@ const FN_EXCEPTIONS: &[(&str, &str, usize)] = &[
     ("machine-runtime/src/comfyui_standin.rs", "run", 122),
     ("machine-runtime/src/comfyui_standin.rs", "execute", 126),
     ("machine-runtime/src/install/mod.rs", "install_one", 116),
-    ("machine-runtime/src/reality.rs", "plan", 129),
     ("xtask/src/render/compose.rs", "model", 149),
     ("xtask/src/render/kubernetes.rs", "stateful_set", 131),
 ];
