@@ -39,7 +39,6 @@ const FN_EXCEPTIONS: &[(&str, &str, usize)] = &[
     ("machine-model/src/plan.rs", "allocate", 110),
     ("machine-model/src/spec.rs", "WorkerSpec::parse", 189),
     ("machine-model/src/spec.rs", "check_const", 157),
-    ("machine-runtime/src/install/mod.rs", "install_one", 116),
     ("xtask/src/render/compose.rs", "model", 149),
     ("xtask/src/render/kubernetes.rs", "stateful_set", 131),
 ];
