@@ -39,19 +39,27 @@ fn optional(one: &mut impl FnMut(&str, &mut String), field: &str, value: &mut Op
 /// The name, repository, revision and environment of each custom node through `one`.
 fn custom_nodes(one: &mut impl FnMut(&str, &mut String), nodes: &mut [CustomNode]) {
     for (i, node) in nodes.iter_mut().enumerate() {
-        one(&format!("nodes[{i}].name"), &mut node.name);
-        one(&format!("nodes[{i}].repo"), &mut node.repo);
-        one(&format!("nodes[{i}].rev"), &mut node.rev);
-        env_pairs(one, &format!("nodes[{i}].env"), &mut node.env);
+        let CustomNode {
+            name,
+            repo,
+            rev,
+            requirements: _,
+            env,
+        } = node;
+        one(&format!("nodes[{i}].name"), name);
+        one(&format!("nodes[{i}].repo"), repo);
+        one(&format!("nodes[{i}].rev"), rev);
+        env_pairs(one, &format!("nodes[{i}].env"), env);
     }
 }
 
 /// The URL, SHA-256 and destination of each download through `one`.
 fn downloads(one: &mut impl FnMut(&str, &mut String), files: &mut [DownloadFile]) {
     for (i, file) in files.iter_mut().enumerate() {
-        one(&format!("files[{i}].url"), &mut file.url);
-        one(&format!("files[{i}].sha256"), &mut file.sha256);
-        one(&format!("files[{i}].dest"), &mut file.dest);
+        let DownloadFile { url, sha256, dest } = file;
+        one(&format!("files[{i}].url"), url);
+        one(&format!("files[{i}].sha256"), sha256);
+        one(&format!("files[{i}].dest"), dest);
     }
 }
 
@@ -68,9 +76,20 @@ fn map_step(
         Err(e) => problems.push(format!("{at}.{field}: {e}")),
     };
     let mut step = step.clone();
-    match &mut step {
+    resolve_fields(&mut one, &mut step);
+    step
+}
+
+/// Every string field of `step` through `one`, in declaration order. Every field is named, so that
+/// a new one cannot be left unresolved unnoticed.
+fn resolve_fields(one: &mut impl FnMut(&str, &mut String), step: &mut Step) {
+    match step {
         Step::GitCheckout {
-            repo, rev, dest, ..
+            repo,
+            rev,
+            dest,
+            shallow: _,
+            timeout_secs: _,
         } => {
             one("repo", repo);
             one("rev", rev);
@@ -81,15 +100,19 @@ fn map_step(
             requirements,
             packages,
             constraints,
-            ..
+            timeout_secs: _,
         } => {
             one("dir", dir);
-            optional(&mut one, "requirements", requirements);
-            each(&mut one, "packages", packages);
-            optional(&mut one, "constraints", constraints);
+            optional(one, "requirements", requirements);
+            each(one, "packages", packages);
+            optional(one, "constraints", constraints);
         }
         // The files' content is literal: a constraints file is written as kept in the repository.
-        Step::PipConstraints { path, rev, .. } => {
+        Step::PipConstraints {
+            path,
+            rev,
+            files: _,
+        } => {
             one("path", path);
             one("rev", rev);
         }
@@ -98,43 +121,65 @@ fn map_step(
             venv,
             nodes,
             constraints,
-            ..
+            timeout_secs: _,
         } => {
             one("dir", dir);
-            optional(&mut one, "venv", venv);
-            custom_nodes(&mut one, nodes);
-            optional(&mut one, "constraints", constraints);
+            optional(one, "venv", venv);
+            custom_nodes(one, nodes);
+            optional(one, "constraints", constraints);
         }
-        Step::Download { files, .. } => downloads(&mut one, files),
-        Step::Probe { argv, cwd, .. } => {
-            each(&mut one, "argv", argv);
-            optional(&mut one, "cwd", cwd);
+        Step::Download {
+            files,
+            timeout_secs: _,
+        } => downloads(one, files),
+        Step::Probe {
+            argv,
+            cwd,
+            expect_exit: _,
+            timeout_secs: _,
+        } => {
+            each(one, "argv", argv);
+            optional(one, "cwd", cwd);
         }
-        Step::Persist { paths } => each(&mut one, "paths", paths),
+        Step::Persist { paths } => each(one, "paths", paths),
         Step::Fetch {
             source,
             sha256,
             dest,
             expect,
             provide,
-            ..
+            timeout_secs: _,
+        } => fetch_fields(one, source, sha256, dest, expect, provide),
+        Step::Command {
+            argv,
+            cwd,
+            env,
+            timeout_secs: _,
         } => {
-            one("source", source);
-            optional(&mut one, "sha256", sha256);
-            one("dest", dest);
-            each(&mut one, "expect", expect);
-            // The content is literal (the machine's own file), only the path may carry placeholders.
-            for (i, file) in provide.iter_mut().enumerate() {
-                one(&format!("provide[{i}].path"), &mut file.path);
-            }
-        }
-        Step::Command { argv, cwd, env, .. } => {
-            each(&mut one, "argv", argv);
-            optional(&mut one, "cwd", cwd);
-            env_pairs(&mut one, "env", env);
+            each(one, "argv", argv);
+            optional(one, "cwd", cwd);
+            env_pairs(one, "env", env);
         }
     }
-    step
+}
+
+/// The strings of a `fetch` step through `one`. The provided files' content is literal (the
+/// machine's own file), only their path may carry placeholders.
+fn fetch_fields(
+    one: &mut impl FnMut(&str, &mut String),
+    source: &mut String,
+    sha256: &mut Option<String>,
+    dest: &mut String,
+    expect: &mut [String],
+    provide: &mut [ProvidedFile],
+) {
+    one("source", source);
+    optional(one, "sha256", sha256);
+    one("dest", dest);
+    each(one, "expect", expect);
+    for (i, file) in provide.iter_mut().enumerate() {
+        one(&format!("provide[{i}].path"), &mut file.path);
+    }
 }
 
 /// Resolves the placeholders of `recipe` and checks it; problems come back as `field: message` lines.
