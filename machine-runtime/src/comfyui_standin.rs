@@ -291,41 +291,7 @@ impl Hub {
 pub async fn run(args: Args, shutdown: CancellationToken) -> Result<(), StandinError> {
     let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
     let folders = Folders::new(&args, &cwd);
-    if args.output_directory.is_some() {
-        log(
-            &args,
-            &format!("Setting output directory to: {}", folders.output.display()),
-        );
-    }
-    if args.input_directory.is_some() {
-        log(
-            &args,
-            &format!("Setting input directory to: {}", folders.input.display()),
-        );
-    }
-    let mut cuda_visible_devices = crate::env::lookup("CUDA_VISIBLE_DEVICES");
-    if let Some(device) = args.cuda_device {
-        cuda_visible_devices = Some(device.to_string());
-        log(&args, &format!("Set cuda device to: {device}"));
-    }
-    if args.temp_directory.is_some() {
-        log(
-            &args,
-            &format!("Setting temp directory to: {}", folders.temp.display()),
-        );
-    }
-    // The fork empties its temp folder at every start.
-    let _ = std::fs::remove_dir_all(&folders.temp);
-    log(
-        &args,
-        &format!(
-            "machine-comfyui (a stand-in for ComfyUI {FORK_VERSION}, the queue's fork): output {}, temp {}, input {}, device {}",
-            folders.output.display(),
-            folders.temp.display(),
-            folders.input.display(),
-            if args.cpu { "cpu" } else { "cuda:0" }
-        ),
-    );
+    let cuda_visible_devices = announce_start(&args, &folders);
     let hub = Arc::new(Hub {
         state: Mutex::new(State::default()),
         wake: Condvar::new(),
@@ -345,30 +311,13 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> Result<(), StandinE
         return Ok(());
     }
     let _ = std::fs::create_dir_all(&folders.temp);
-    let mut listeners = Vec::new();
-    for addr in args.listen.split(',') {
-        let bind = if addr.contains(':') {
-            format!("[{addr}]:{}", args.port)
-        } else {
-            format!("{addr}:{}", args.port)
-        };
-        match TcpListener::bind(bind.as_str()).await {
-            Ok(listener) => listeners.push(listener),
-            // `--listen` alone means 0.0.0.0 and ::; where :: is dual-stack, 0.0.0.0 already holds the port.
-            Err(e) if addr == "::" && !listeners.is_empty() => {
-                log(&args, &format!("not listening on [::] as well: {e}"));
-            }
-            Err(source) => {
-                stop_executor(&hub, executor);
-                return Err(StandinError::Bind {
-                    addr: addr.to_owned(),
-                    port: args.port,
-                    code: source.raw_os_error().unwrap_or(0),
-                    source,
-                });
-            }
+    let listeners = match bind_listeners(&args).await {
+        Ok(listeners) => listeners,
+        Err(e) => {
+            stop_executor(&hub, executor);
+            return Err(e);
         }
-    }
+    };
     log(&args, "Starting server\n");
     if !args.dont_print_server {
         for listener in &listeners {
@@ -384,31 +333,104 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> Result<(), StandinE
             }
         }
     }
-    let mut tasks = Vec::new();
-    for listener in listeners {
-        let hub = Arc::clone(&hub);
-        let shutdown = shutdown.clone();
-        tasks.push(tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    () = shutdown.cancelled() => break,
-                    accepted = listener.accept() => match accepted {
-                        Ok((stream, _)) => {
-                            let hub = Arc::clone(&hub);
-                            let shutdown = shutdown.clone();
-                            tokio::spawn(async move { handle(stream, hub, shutdown).await });
-                        }
-                        Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-                    },
-                }
-            }
-        }));
-    }
+    let tasks: Vec<_> = listeners
+        .into_iter()
+        .map(|listener| tokio::spawn(accept_loop(listener, Arc::clone(&hub), shutdown.clone())))
+        .collect();
     for task in tasks {
         let _ = task.await;
     }
     stop_executor(&hub, executor);
     Ok(())
+}
+
+/// The fork's start-up lines (the folders given, the CUDA device) and the stand-in's own summary;
+/// empties the temp folder, as the fork does at every start. Returns `CUDA_VISIBLE_DEVICES` as the
+/// fork would see it.
+fn announce_start(args: &Args, folders: &Folders) -> Option<String> {
+    if args.output_directory.is_some() {
+        log(
+            args,
+            &format!("Setting output directory to: {}", folders.output.display()),
+        );
+    }
+    if args.input_directory.is_some() {
+        log(
+            args,
+            &format!("Setting input directory to: {}", folders.input.display()),
+        );
+    }
+    let mut cuda_visible_devices = crate::env::lookup("CUDA_VISIBLE_DEVICES");
+    if let Some(device) = args.cuda_device {
+        cuda_visible_devices = Some(device.to_string());
+        log(args, &format!("Set cuda device to: {device}"));
+    }
+    if args.temp_directory.is_some() {
+        log(
+            args,
+            &format!("Setting temp directory to: {}", folders.temp.display()),
+        );
+    }
+    // The fork empties its temp folder at every start.
+    let _ = std::fs::remove_dir_all(&folders.temp);
+    log(
+        args,
+        &format!(
+            "machine-comfyui (a stand-in for ComfyUI {FORK_VERSION}, the queue's fork): output {}, temp {}, input {}, device {}",
+            folders.output.display(),
+            folders.temp.display(),
+            folders.input.display(),
+            if args.cpu { "cpu" } else { "cuda:0" }
+        ),
+    );
+    cuda_visible_devices
+}
+
+/// A listener on every `--listen` address at `--port`; `::` failing beside another address is only
+/// logged (there `0.0.0.0` already holds the port), any other failure is the error.
+async fn bind_listeners(args: &Args) -> Result<Vec<TcpListener>, StandinError> {
+    let mut listeners = Vec::new();
+    for addr in args.listen.split(',') {
+        let bind = if addr.contains(':') {
+            format!("[{addr}]:{}", args.port)
+        } else {
+            format!("{addr}:{}", args.port)
+        };
+        match TcpListener::bind(bind.as_str()).await {
+            Ok(listener) => listeners.push(listener),
+            // `--listen` alone means 0.0.0.0 and ::; where :: is dual-stack, 0.0.0.0 already holds the port.
+            Err(e) if addr == "::" && !listeners.is_empty() => {
+                log(args, &format!("not listening on [::] as well: {e}"));
+            }
+            Err(source) => {
+                return Err(StandinError::Bind {
+                    addr: addr.to_owned(),
+                    port: args.port,
+                    code: source.raw_os_error().unwrap_or(0),
+                    source,
+                });
+            }
+        }
+    }
+    Ok(listeners)
+}
+
+/// Accepts connections on `listener`, each handled in its own task, until `shutdown`; an accept
+/// error waits 50 ms.
+async fn accept_loop(listener: TcpListener, hub: Arc<Hub>, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let hub = Arc::clone(&hub);
+                    let shutdown = shutdown.clone();
+                    tokio::spawn(async move { handle(stream, hub, shutdown).await });
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            },
+        }
+    }
 }
 
 fn stop_executor(hub: &Hub, executor: Option<std::thread::JoinHandle<()>>) {
@@ -494,46 +516,50 @@ fn execute_loop(hub: &Hub) {
     }
 }
 
+/// The status messages of one prompt: each is kept for its history entry and, with the prompt's
+/// client, sent on its socket.
+struct Events<'a> {
+    hub: &'a Hub,
+    client: Option<String>,
+    messages: Vec<Value>,
+}
+
+impl Events<'_> {
+    /// A status message: stamped, kept, and sent to the client.
+    fn add_message(&mut self, event: &str, mut data: Value) {
+        data["timestamp"] = json!(now_ms());
+        self.messages.push(json!([event, data]));
+        self.send(event, data);
+    }
+
+    /// An event for the client only (not kept).
+    fn send(&self, event: &str, data: Value) {
+        if let Some(client) = &self.client {
+            self.hub.lock().send(event, data, Some(client));
+        }
+    }
+}
+
 /// Runs one prompt; returns success, the status messages and the history result (`outputs`, `meta`).
 fn execute(hub: &Hub, cache: &mut Cache, item: &Item) -> (bool, Vec<Value>, Value) {
     let client = item.extra_data["client_id"].as_str().map(str::to_owned);
     hub.lock().client_id.clone_from(&client);
     let prompt_id = item.prompt_id.as_str();
-    let mut messages: Vec<Value> = Vec::new();
-    let mut add_message = |event: &str, mut data: Value| {
-        data["timestamp"] = json!(now_ms());
-        messages.push(json!([event, data]));
-        if let Some(client) = &client {
-            hub.lock().send(event, data, Some(client));
-        }
+    let mut events = Events {
+        hub,
+        client,
+        messages: Vec::new(),
     };
-    let send = |event: &str, data: Value| {
-        if let Some(client) = &client {
-            hub.lock().send(event, data, Some(client));
-        }
-    };
-    add_message("execution_start", json!({"prompt_id": prompt_id}));
+    events.add_message("execution_start", json!({"prompt_id": prompt_id}));
     let empty = Map::new();
     let nodes = item.prompt.as_object().unwrap_or(&empty);
     let signatures: HashMap<String, String> = nodes
         .keys()
         .map(|id| (id.clone(), prompt::signature(nodes, id)))
         .collect();
-    // The fork keeps only what the new prompt uses (`clean_unused`).
-    let used: BTreeSet<&String> = signatures.values().collect();
-    cache.outputs.retain(|sig, _| used.contains(sig));
-    cache.ui.retain(|(id, class), _| {
-        nodes
-            .get(id)
-            .is_some_and(|n| n["class_type"].as_str() == Some(class))
-    });
-    let cached: BTreeSet<String> = nodes
-        .keys()
-        .filter(|id| cache.outputs.contains_key(&signatures[*id]))
-        .cloned()
-        .collect();
+    let cached = prune_cache(cache, nodes, &signatures);
     let current_outputs: Vec<String> = cached.iter().cloned().collect();
-    add_message(
+    events.add_message(
         "execution_cached",
         json!({"nodes": cached.iter().collect::<Vec<_>>(), "prompt_id": prompt_id}),
     );
@@ -551,7 +577,7 @@ fn execute(hub: &Hub, cache: &mut Cache, item: &Item) -> (bool, Vec<Value>, Valu
     for (i, id) in order.iter().enumerate() {
         let class_type = nodes[id]["class_type"].clone();
         let current = i + 1;
-        add_message(
+        events.add_message(
             "node_executing",
             json!({"node": id, "prompt_id": prompt_id, "class_type": class_type,
                    "progress": {"current": current, "total": total,
@@ -560,41 +586,20 @@ fn execute(hub: &Hub, cache: &mut Cache, item: &Item) -> (bool, Vec<Value>, Valu
         let class_name = class_type.as_str().unwrap_or_default().to_owned();
         if cached.contains(id) {
             let ui = cache.ui.get(&(id.clone(), class_name)).cloned();
-            send(
+            events.send(
                 "executed",
                 json!({"node": id, "display_node": id, "output": ui, "prompt_id": prompt_id}),
             );
             continue;
         }
-        send(
-            "executing",
-            json!({"node": id, "display_node": id, "prompt_id": prompt_id}),
-        );
-        let linked: HashMap<String, prompt::Output> = prompt::links_of(nodes, id)
-            .into_iter()
-            .filter_map(|dep| {
-                let out = cache.outputs.get(signatures.get(&dep)?)?.clone();
-                Some((dep, out))
-            })
-            .collect();
-        match prompt::run_node(&nodes[id], &linked, &ctx) {
-            Ok((output, ui)) => {
-                cache.outputs.insert(signatures[id].clone(), output);
-                if let Some(ui) = ui {
-                    cache.ui.insert((id.clone(), class_name), ui.clone());
-                    send(
-                        "executed",
-                        json!({"node": id, "display_node": id, "output": ui, "prompt_id": prompt_id}),
-                    );
-                }
-                executed.push(id.clone());
-            }
+        match run_uncached(&events, cache, nodes, &signatures, &ctx, id, prompt_id) {
+            Ok(()) => executed.push(id.clone()),
             Err(failure) => {
                 log(
                     &hub.args,
                     &format!("!!! Exception during processing !!! {}", failure.message),
                 );
-                add_message(
+                events.add_message(
                     "execution_error",
                     json!({"prompt_id": prompt_id, "node_id": id, "node_type": class_type,
                            "executed": executed, "exception_message": failure.message,
@@ -608,8 +613,82 @@ fn execute(hub: &Hub, cache: &mut Cache, item: &Item) -> (bool, Vec<Value>, Valu
         }
     }
     if success {
-        add_message("execution_success", json!({"prompt_id": prompt_id}));
+        events.add_message("execution_success", json!({"prompt_id": prompt_id}));
     }
+    (success, events.messages, history_result(cache))
+}
+
+/// Runs one node that is not cached, on the cached outputs of its links; its output is cached and
+/// its `ui` output, if any, kept and sent to the client as `executed`.
+fn run_uncached(
+    events: &Events<'_>,
+    cache: &mut Cache,
+    nodes: &Map<String, Value>,
+    signatures: &HashMap<String, String>,
+    ctx: &prompt::SaveContext<'_>,
+    id: &str,
+    prompt_id: &str,
+) -> Result<(), prompt::NodeFailure> {
+    events.send(
+        "executing",
+        json!({"node": id, "display_node": id, "prompt_id": prompt_id}),
+    );
+    let linked = linked_outputs(cache, nodes, signatures, id);
+    let (output, ui) = prompt::run_node(&nodes[id], &linked, ctx)?;
+    cache.outputs.insert(signatures[id].clone(), output);
+    if let Some(ui) = ui {
+        let class_name = nodes[id]["class_type"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        cache.ui.insert((id.to_owned(), class_name), ui.clone());
+        events.send(
+            "executed",
+            json!({"node": id, "display_node": id, "output": ui, "prompt_id": prompt_id}),
+        );
+    }
+    Ok(())
+}
+
+/// Keeps only what the new prompt uses (the fork's `clean_unused`); returns the nodes whose outputs
+/// are cached.
+fn prune_cache(
+    cache: &mut Cache,
+    nodes: &Map<String, Value>,
+    signatures: &HashMap<String, String>,
+) -> BTreeSet<String> {
+    let used: BTreeSet<&String> = signatures.values().collect();
+    cache.outputs.retain(|sig, _| used.contains(sig));
+    cache.ui.retain(|(id, class), _| {
+        nodes
+            .get(id)
+            .is_some_and(|n| n["class_type"].as_str() == Some(class))
+    });
+    nodes
+        .keys()
+        .filter(|id| cache.outputs.contains_key(&signatures[*id]))
+        .cloned()
+        .collect()
+}
+
+/// The cached outputs of the nodes `id` links to, by node id.
+fn linked_outputs(
+    cache: &Cache,
+    nodes: &Map<String, Value>,
+    signatures: &HashMap<String, String>,
+    id: &str,
+) -> HashMap<String, prompt::Output> {
+    prompt::links_of(nodes, id)
+        .into_iter()
+        .filter_map(|dep| {
+            let out = cache.outputs.get(signatures.get(&dep)?)?.clone();
+            Some((dep, out))
+        })
+        .collect()
+}
+
+/// The history result of a prompt: the `ui` outputs in the cache and their `meta`.
+fn history_result(cache: &Cache) -> Value {
     let mut outputs = Map::new();
     let mut meta = Map::new();
     for ((id, _), ui) in &cache.ui {
@@ -619,7 +698,7 @@ fn execute(hub: &Hub, cache: &mut Cache, item: &Item) -> (bool, Vec<Value>, Valu
             json!({"node_id": id, "display_node": id, "parent_node": null, "real_node_id": id}),
         );
     }
-    (success, messages, json!({"outputs": outputs, "meta": meta}))
+    json!({"outputs": outputs, "meta": meta})
 }
 
 // ------------------------------------------------------------------------------------------------

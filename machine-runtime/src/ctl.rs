@@ -366,6 +366,36 @@ pub fn log_line(name: &str, width: usize, at_ms: u64, text: &str, colour: Option
 /// `logs`: prints the recent lines of the apps (oldest first across apps) to stdout, then with
 /// `follow` every new one until the machine stops. Says on stderr which apps printed nothing yet.
 pub async fn logs(target: &Target, options: &LogsOptions) -> Result<(), CtlError> {
+    let Some((mut reader, url)) = open_logs(target, options).await? else {
+        return Ok(());
+    };
+    let mut printer = LogPrinter::new(options);
+    loop {
+        let mut line = String::new();
+        let n = reader
+            .read_line(&mut line)
+            .await
+            .map_err(|e| CtlError(format!("the log stream of {url} broke: {e}")))?;
+        if n == 0 {
+            break;
+        }
+        let Ok(item) = serde_json::from_str::<Value>(&line) else {
+            continue;
+        };
+        if !printer.take(&item) {
+            return Ok(());
+        }
+    }
+    printer.finish(options);
+    Ok(())
+}
+
+/// Sends `GET /logs` for `options` and reads the answer's head: the stream of log items when the
+/// answer is 200, else the error it means (`None` when it means none).
+async fn open_logs(
+    target: &Target,
+    options: &LogsOptions,
+) -> Result<Option<(BufReader<TcpStream>, HttpUrl)>, CtlError> {
     let mut query = form_urlencoded::Serializer::new(String::new());
     if !options.names.is_empty() {
         query.append_pair("service", &options.names.join(","));
@@ -404,99 +434,113 @@ pub async fn logs(target: &Target, options: &LogsOptions) -> Result<(), CtlError
         let mut body = String::new();
         let _ = tokio::io::AsyncReadExt::read_to_string(&mut reader, &mut body).await;
         let response = HttpResponse { status, body };
-        return answer("GET", &url, response, target.token.is_some()).map(|_| ());
+        return answer("GET", &url, response, target.token.is_some()).map(|_| None);
     }
-    let mut shape = Shape {
-        width: options
-            .names
-            .iter()
-            .map(|n| n.chars().count())
-            .max()
-            .unwrap_or(0),
-        colours: options.colour.then(HashMap::new),
-    };
-    let mut seen: Vec<String> = Vec::new();
-    // Recent lines are held until the `following` marker (or the end), then printed at once, padded
-    // to the longest name among them; later ones (`live`) as they come.
-    let mut pending: Vec<(String, u64, String)> = Vec::new();
-    let mut live = false;
-    let mut out = std::io::stdout();
-    loop {
-        let mut line = String::new();
-        let n = reader
-            .read_line(&mut line)
-            .await
-            .map_err(|e| CtlError(format!("the log stream of {url} broke: {e}")))?;
-        if n == 0 {
-            break;
+    Ok(Some((reader, url)))
+}
+
+/// What `logs` has printed and holds: recent lines are held until the `following` marker (or the
+/// end), then printed at once, padded to the longest name among them; later ones (`live`) as they
+/// come.
+struct LogPrinter {
+    shape: Shape,
+    seen: Vec<String>,
+    pending: Vec<(String, u64, String)>,
+    live: bool,
+    out: std::io::Stdout,
+}
+
+impl LogPrinter {
+    fn new(options: &LogsOptions) -> Self {
+        LogPrinter {
+            shape: Shape {
+                width: options
+                    .names
+                    .iter()
+                    .map(|n| n.chars().count())
+                    .max()
+                    .unwrap_or(0),
+                colours: options.colour.then(HashMap::new),
+            },
+            seen: Vec::new(),
+            pending: Vec::new(),
+            live: false,
+            out: std::io::stdout(),
         }
-        let Ok(item) = serde_json::from_str::<Value>(&line) else {
-            continue;
-        };
+    }
+
+    /// Handles one item of the stream; `false` when `logs` is done (the stream ended, or stdout
+    /// closed).
+    fn take(&mut self, item: &Value) -> bool {
         if let Some(following) = item.get("following").and_then(Value::as_array) {
             // The recent lines are all here: print them, and say which apps printed nothing.
             let names: Vec<&str> = following.iter().filter_map(Value::as_str).collect();
-            shape.fit(names.iter().copied());
-            if !print(&mut out, &shape.lines(&pending)) {
-                return Ok(());
+            self.shape.fit(names.iter().copied());
+            if !print(&mut self.out, &self.shape.lines(&self.pending)) {
+                return false;
             }
-            pending.clear();
-            live = true;
+            self.pending.clear();
+            self.live = true;
             let quiet: Vec<&str> = names
                 .into_iter()
-                .filter(|n| !seen.iter().any(|s| s == n))
+                .filter(|n| !self.seen.iter().any(|s| s == n))
                 .collect();
             say_quiet(&quiet, true);
-            continue;
+            return true;
         }
         if let Some(end) = item.get("end").and_then(Value::as_str) {
-            print(&mut out, &shape.lines(&pending));
+            print(&mut self.out, &self.shape.lines(&self.pending));
             crate::sink::err_line(&format!("machine-runtime: {end}; the log stream ended"));
-            return Ok(());
+            return false;
         }
         let name = item["name"].as_str().unwrap_or("?").to_owned();
         if let Some(skipped) = item.get("skipped").and_then(Value::as_u64) {
             crate::sink::err_line(&format!(
                 "machine-runtime: {skipped} lines of {name} were skipped: this reader fell behind"
             ));
-            continue;
+            return true;
         }
-        if !seen.contains(&name) {
-            seen.push(name.clone());
+        if !self.seen.contains(&name) {
+            self.seen.push(name.clone());
         }
         let entry = (
             name,
             item["at_ms"].as_u64().unwrap_or(0),
             item["text"].as_str().unwrap_or("").to_owned(),
         );
-        if live {
-            if !print(&mut out, &shape.lines(std::slice::from_ref(&entry))) {
-                return Ok(());
-            }
-        } else {
-            pending.push(entry);
+        if self.live {
+            return print(
+                &mut self.out,
+                &self.shape.lines(std::slice::from_ref(&entry)),
+            );
+        }
+        self.pending.push(entry);
+        true
+    }
+
+    /// At the end of the stream: prints what is held and, without `follow`, which apps printed
+    /// nothing.
+    fn finish(mut self, options: &LogsOptions) {
+        let lines = self.shape.lines(&self.pending);
+        print(&mut self.out, &lines);
+        if !options.follow {
+            let quiet: Vec<&str> = if options.names.is_empty() {
+                if self.seen.is_empty() {
+                    vec!["any app"]
+                } else {
+                    Vec::new()
+                }
+            } else {
+                options
+                    .names
+                    .iter()
+                    .map(String::as_str)
+                    .filter(|n| !self.seen.iter().any(|s| s == n))
+                    .collect()
+            };
+            say_quiet(&quiet, false);
         }
     }
-    let lines = shape.lines(&pending);
-    print(&mut out, &lines);
-    if !options.follow {
-        let quiet: Vec<&str> = if options.names.is_empty() {
-            if seen.is_empty() {
-                vec!["any app"]
-            } else {
-                Vec::new()
-            }
-        } else {
-            options
-                .names
-                .iter()
-                .map(String::as_str)
-                .filter(|n| !seen.iter().any(|s| s == n))
-                .collect()
-        };
-        say_quiet(&quiet, false);
-    }
-    Ok(())
 }
 
 /// How `logs` lays out its lines: the name column's width and, on a terminal, each name's colour.

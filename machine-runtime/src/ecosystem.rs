@@ -474,13 +474,53 @@ impl Reader {
         let location = location(i, app.name.as_deref());
         let has_failed = |field: &str| failed.iter().any(|(f, _)| *f == field);
         let mut problems = failed.clone();
+        let (name, count) = self.name_and_count(&app, has_failed("name"), &mut problems);
+        match app.script.as_deref() {
+            Some("") => problems.push(("script", "is empty".to_string())),
+            None if !has_failed("script") => problems.push(("script", "is missing".to_string())),
+            _ => {}
+        }
+        let pm2 = Pm2Instances {
+            port: app.port,
+            exec_mode: app.exec_mode.clone(),
+            instance_var: app.instance_var.clone(),
+            increment_var: app.increment_var.clone(),
+        };
+        let spec = app_spec(
+            app,
+            name.clone().unwrap_or_default(),
+            base_dir,
+            &mut problems,
+        );
+        if let Some(n) = &name {
+            self.waits.push((n.clone(), spec.wait_for.clone()));
+        }
+        let instances = self.instances(&location, &pm2, spec, count, &mut problems);
+        // In the order of the wire type's fields, as a reader going down the app would find them.
+        let order = |field: &str| App::fields().iter().position(|f| *f == field);
+        problems.sort_by_key(|p| order(p.0));
+        let clean = problems.is_empty();
+        for (field, message) in problems {
+            self.error(&location, Some(field), message);
+        }
+        (clean && name.is_some()).then_some(instances).flatten()
+    }
+
+    /// The app's name (`None` when missing or empty, a problem unless `name_failed` already says
+    /// so) and its instance count; records the names it will run under.
+    fn name_and_count(
+        &mut self,
+        app: &App,
+        name_failed: bool,
+        problems: &mut Vec<(&'static str, String)>,
+    ) -> (Option<String>, Option<u32>) {
         let name = match &app.name {
             Some(s) if !s.trim().is_empty() => Some(s.clone()),
             Some(_) => {
                 problems.push(("name", "is empty".to_string()));
                 None
             }
-            None if has_failed("name") => None,
+            None if name_failed => None,
             None => {
                 problems.push(("name", "is missing".to_string()));
                 None
@@ -503,138 +543,7 @@ impl Reader {
                 _ => self.names.push(n.clone()),
             }
         }
-        match app.script.as_deref() {
-            Some("") => problems.push(("script", "is empty".to_string())),
-            None if !has_failed("script") => problems.push(("script", "is missing".to_string())),
-            _ => {}
-        }
-        let restart = RestartPolicy::from(&app);
-        let mut spec = AppSpec::new(
-            name.clone().unwrap_or_default(),
-            app.script.clone().unwrap_or_default(),
-        );
-        spec.restart = restart;
-        spec.args = app.args;
-        spec.wait_ready = app.wait_ready.unwrap_or(false);
-        // PM2: `listen_timeout || GRACEFUL_LISTEN_TIMEOUT`, so 0 is the default too.
-        spec.listen_timeout = app
-            .listen_timeout
-            .filter(|m| m.0 > 0)
-            .map_or(DEFAULT_LISTEN_TIMEOUT, |m| Duration::from_millis(m.0));
-        spec.max_memory_restart = app.max_memory_restart;
-        spec.interpreter = match app.interpreter.or(app.exec_interpreter).as_deref() {
-            None | Some("") => Interpreter::Auto,
-            Some("none") => Interpreter::None,
-            Some(p) => Interpreter::Program(p.to_string()),
-        };
-        if let Some(args) = app.interpreter_args.or(app.node_args) {
-            spec.interpreter_args = args;
-        }
-        if let Some(line) = app.script.as_deref().filter(|s| s.contains(' ')) {
-            // PM2 7 (lib/Common.js): a script with a space is a command line, run as
-            // `bash -c "<script>"` with its args replaced by these two.
-            if !spec.args.is_empty() {
-                problems.push((
-                    "args",
-                    format!(
-                        "is given with a command line in \"script\" (\"{line}\"): PM2 runs such a script as bash -c \"{line}\" and drops \"args\"; put the arguments in \"script\", or name only the program there"
-                    ),
-                ));
-            }
-            if !matches!(spec.interpreter, Interpreter::Auto | Interpreter::None) {
-                problems.push((
-                    "interpreter",
-                    format!(
-                        "is given with a command line in \"script\" (\"{line}\"): PM2 would run bash -c \"{line}\" through this interpreter; write the interpreter into the command line and leave \"interpreter\" out (or \"none\")"
-                    ),
-                ));
-            }
-            spec.script = "bash".to_string();
-            spec.args = vec!["-c".to_string(), line.to_string()];
-            spec.interpreter = Interpreter::None;
-        }
-        if let Some(cwd) = app.cwd {
-            let cwd = PathBuf::from(cwd);
-            spec.cwd = Some(match base_dir {
-                Some(base) if cwd.is_relative() => base.join(cwd),
-                _ => cwd,
-            });
-        } else if let Some(base) = base_dir {
-            spec.cwd = Some(base.to_path_buf());
-        }
-        spec.env = app.env;
-        spec.role = app.machine_role;
-        // A process with a WORKER_ID is a job-queue worker even in a hand-written file without
-        // machine_* fields: it is reported to the broker, stopped first and drained.
-        if spec.role.is_none() && spec.env.get("WORKER_ID").is_some_and(|id| !id.is_empty()) {
-            spec.role = Some(Role::Worker);
-        }
-        spec.gpu = app.machine_gpu;
-        spec.port = app.machine_port;
-        spec.readiness = match app.machine_readiness.map(Readiness::try_from).transpose() {
-            Ok(r) => r,
-            Err(message) => {
-                problems.push(("machine_readiness", message));
-                None
-            }
-        };
-        spec.wait_for = app.machine_wait_for;
-        if let Some(n) = &name {
-            self.waits.push((n.clone(), spec.wait_for.clone()));
-        }
-        spec.essential = app.machine_essential;
-        spec.required_env = app.machine_required_env;
-        spec.connector = app.machine_connector;
-        spec.index = app.machine_index;
-        spec.binding = app.machine_binding;
-        spec.services = app.machine_services;
-        if let Some(service) = app.machine_service.as_deref() {
-            match machine_model::catalog::service(service) {
-                Some(entry) => spec.catalog_service = Some(entry.name),
-                None => {
-                    let names = machine_model::catalog::SERVICES.iter().map(|s| s.name);
-                    let hint = machine_model::suggest::did_you_mean(service, names.clone())
-                        .map(|s| format!("; did you mean \"{s}\"?"))
-                        .unwrap_or_default();
-                    problems.push((
-                        "machine_service",
-                        format!(
-                            "is \"{service}\", which is not a service of the catalog ({}){hint}",
-                            names.collect::<Vec<_>>().join(", ")
-                        ),
-                    ));
-                }
-            }
-        }
-        spec.dirs = app
-            .machine_dirs
-            .iter()
-            .map(|dir| match &spec.cwd {
-                Some(cwd) if Path::new(dir).is_relative() => cwd.join(dir),
-                _ => PathBuf::from(dir),
-            })
-            .collect();
-
-        let instances = self.instances(
-            &location,
-            &Pm2Instances {
-                port: app.port,
-                exec_mode: app.exec_mode,
-                instance_var: app.instance_var,
-                increment_var: app.increment_var,
-            },
-            spec,
-            count,
-            &mut problems,
-        );
-        // In the order of the wire type's fields, as a reader going down the app would find them.
-        let order = |field: &str| App::fields().iter().position(|f| *f == field);
-        problems.sort_by_key(|p| order(p.0));
-        let clean = problems.is_empty();
-        for (field, message) in problems {
-            self.error(&location, Some(field), message);
-        }
-        (clean && name.is_some()).then_some(instances).flatten()
+        (name, count)
     }
 
     /// PM2's `port`, `exec_mode`, `instances`, `instance_var` and `increment_var`: every process
@@ -814,6 +723,130 @@ fn pm2_refusal(key: &str, value: &Value) -> Option<String> {
         _ => return None,
     };
     Some(reason.to_string())
+}
+
+/// The process of one app, before PM2's instance fields are applied: command, restart policy,
+/// directories, environment and the `machine_*` fields. Problems are pushed as (field, message).
+fn app_spec(
+    app: App,
+    name: String,
+    base_dir: Option<&Path>,
+    problems: &mut Vec<(&'static str, String)>,
+) -> AppSpec {
+    let restart = RestartPolicy::from(&app);
+    let mut spec = AppSpec::new(name, app.script.clone().unwrap_or_default());
+    spec.restart = restart;
+    spec.args = app.args;
+    spec.wait_ready = app.wait_ready.unwrap_or(false);
+    // PM2: `listen_timeout || GRACEFUL_LISTEN_TIMEOUT`, so 0 is the default too.
+    spec.listen_timeout = app
+        .listen_timeout
+        .filter(|m| m.0 > 0)
+        .map_or(DEFAULT_LISTEN_TIMEOUT, |m| Duration::from_millis(m.0));
+    spec.max_memory_restart = app.max_memory_restart;
+    spec.interpreter = match app.interpreter.or(app.exec_interpreter).as_deref() {
+        None | Some("") => Interpreter::Auto,
+        Some("none") => Interpreter::None,
+        Some(p) => Interpreter::Program(p.to_string()),
+    };
+    if let Some(args) = app.interpreter_args.or(app.node_args) {
+        spec.interpreter_args = args;
+    }
+    if let Some(line) = app.script.as_deref().filter(|s| s.contains(' ')) {
+        command_line(&mut spec, line, problems);
+    }
+    spec.cwd = match app.cwd {
+        Some(cwd) => {
+            let cwd = PathBuf::from(cwd);
+            Some(match base_dir {
+                Some(base) if cwd.is_relative() => base.join(cwd),
+                _ => cwd,
+            })
+        }
+        None => base_dir.map(Path::to_path_buf),
+    };
+    spec.env = app.env;
+    spec.role = app.machine_role;
+    // A process with a WORKER_ID is a job-queue worker even in a hand-written file without
+    // machine_* fields: it is reported to the broker, stopped first and drained.
+    if spec.role.is_none() && spec.env.get("WORKER_ID").is_some_and(|id| !id.is_empty()) {
+        spec.role = Some(Role::Worker);
+    }
+    spec.gpu = app.machine_gpu;
+    spec.port = app.machine_port;
+    spec.readiness = match app.machine_readiness.map(Readiness::try_from).transpose() {
+        Ok(r) => r,
+        Err(message) => {
+            problems.push(("machine_readiness", message));
+            None
+        }
+    };
+    spec.wait_for = app.machine_wait_for;
+    spec.essential = app.machine_essential;
+    spec.required_env = app.machine_required_env;
+    spec.connector = app.machine_connector;
+    spec.index = app.machine_index;
+    spec.binding = app.machine_binding;
+    spec.services = app.machine_services;
+    spec.catalog_service = app
+        .machine_service
+        .as_deref()
+        .and_then(|service| catalog_service(service, problems));
+    spec.dirs = app
+        .machine_dirs
+        .iter()
+        .map(|dir| match &spec.cwd {
+            Some(cwd) if Path::new(dir).is_relative() => cwd.join(dir),
+            _ => PathBuf::from(dir),
+        })
+        .collect();
+    spec
+}
+
+/// PM2 7 (lib/Common.js): a script with a space is a command line, run as `bash -c "<script>"`
+/// with its args replaced by these two; `args` or an interpreter given beside it are problems.
+fn command_line(spec: &mut AppSpec, line: &str, problems: &mut Vec<(&'static str, String)>) {
+    if !spec.args.is_empty() {
+        problems.push((
+            "args",
+            format!(
+                "is given with a command line in \"script\" (\"{line}\"): PM2 runs such a script as bash -c \"{line}\" and drops \"args\"; put the arguments in \"script\", or name only the program there"
+            ),
+        ));
+    }
+    if !matches!(spec.interpreter, Interpreter::Auto | Interpreter::None) {
+        problems.push((
+            "interpreter",
+            format!(
+                "is given with a command line in \"script\" (\"{line}\"): PM2 would run bash -c \"{line}\" through this interpreter; write the interpreter into the command line and leave \"interpreter\" out (or \"none\")"
+            ),
+        ));
+    }
+    spec.script = "bash".to_string();
+    spec.args = vec!["-c".to_string(), line.to_string()];
+    spec.interpreter = Interpreter::None;
+}
+
+/// `machine_service`: the catalog's name for it, or a problem naming the catalog's services.
+fn catalog_service(
+    service: &str,
+    problems: &mut Vec<(&'static str, String)>,
+) -> Option<&'static str> {
+    if let Some(entry) = machine_model::catalog::service(service) {
+        return Some(entry.name);
+    }
+    let names = machine_model::catalog::SERVICES.iter().map(|s| s.name);
+    let hint = machine_model::suggest::did_you_mean(service, names.clone())
+        .map(|s| format!("; did you mean \"{s}\"?"))
+        .unwrap_or_default();
+    problems.push((
+        "machine_service",
+        format!(
+            "is \"{service}\", which is not a service of the catalog ({}){hint}",
+            names.collect::<Vec<_>>().join(", ")
+        ),
+    ));
+    None
 }
 
 /// The PM2 fields that decide how many processes an app starts and what each gets.

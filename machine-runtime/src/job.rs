@@ -118,37 +118,12 @@ pub fn pending_score(priority: i64, created_ms: u128) -> f64 {
 /// What the status messages said about a worker: (machine id, app name, GPU index, binding).
 type WorkerPlace = (String, String, u64, String);
 
+/// The claiming workers' places, filled from the machines' status messages.
+type Places = Arc<Mutex<HashMap<String, WorkerPlace>>>;
+
 async fn push(args: PushArgs) -> anyhow::Result<ExitCode> {
-    let (var, raw) = match &args.redis {
-        Some(url) => ("--redis", url.clone()),
-        None => match crate::env::lookup("HUB_REDIS_URL") {
-            Some(url) if !url.trim().is_empty() => ("HUB_REDIS_URL", url),
-            _ => bail!(
-                "no job broker: pass --redis redis://HOST:PORT or set HUB_REDIS_URL (full-local under docker-compose: run it inside the machine container, `docker-compose exec machine machine-runtime job push …`, where HUB_REDIS_URL is set)"
-            ),
-        },
-    };
-    // With the broker's TLS variables, as `up` reads them (a private CA, a client certificate).
-    let (url, insecure) =
-        RedisUrl::parse_with_tls(var, &raw, &crate::env::lookup).map_err(|errors| {
-            anyhow::anyhow!(
-                "{}",
-                errors
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            )
-        })?;
-    if let Some(warning) = insecure {
-        say!("job: {warning}");
-    }
-    let payload: Value = serde_json::from_str(&args.payload).map_err(|e| {
-        anyhow::anyhow!("--payload is not JSON ({e}); give an object, e.g. '{{\"steps\": 5}}'")
-    })?;
-    if !payload.is_object() {
-        bail!("--payload must be a JSON object, e.g. '{{\"steps\": 5}}'");
-    }
+    let url = broker_url(args.redis.as_deref())?;
+    let payload = parse_payload(&args.payload)?;
     let functions = args
         .load_functions
         .as_deref()
@@ -163,35 +138,10 @@ async fn push(args: PushArgs) -> anyhow::Result<ExitCode> {
         .clone()
         .unwrap_or_else(|| format!("job-{}-{pid}", created.as_millis()));
 
-    let client = url
-        .client()
-        .map_err(|e| anyhow::anyhow!("{}", url.redact(&e.to_string())))?;
-    let mut conn = tokio::time::timeout(
-        Duration::from_secs(10),
-        client.get_multiplexed_async_connection(),
-    )
-    .await
-    .map_err(|_| anyhow::anyhow!("redis at {url} did not answer within 10 s"))?
-    .map_err(|e| {
-        anyhow::anyhow!(
-            "connecting to redis at {url}: {}",
-            url.redact(&e.to_string())
-        )
-    })?;
+    let (client, mut conn) = connect(&url).await?;
     say!("job: redis {url}");
-
     if let Some((file, source)) = functions {
-        let library: String = redis::cmd("FUNCTION")
-            .arg("LOAD")
-            .arg("REPLACE")
-            .arg(source)
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| anyhow::anyhow!("FUNCTION LOAD REPLACE {}: {e}", file.display()))?;
-        say!(
-            "job: loaded the function library {library} from {}",
-            file.display()
-        );
+        load_functions(&mut conn, &file, source).await?;
     }
     let preflight = broker::run_preflight(&mut conn)
         .await
@@ -203,47 +153,11 @@ async fn push(args: PushArgs) -> anyhow::Result<ExitCode> {
     }
 
     // The GPU of the claiming worker, from the machines' status messages.
-    let places: Arc<Mutex<HashMap<String, WorkerPlace>>> = Arc::default();
-    let tap = match client.get_async_pubsub().await {
-        Ok(mut pubsub) => match pubsub.psubscribe("machine:status:*").await {
-            Ok(()) => {
-                let places = places.clone();
-                Some(tokio::spawn(async move {
-                    let mut messages = pubsub.on_message();
-                    while let Some(message) = messages.next().await {
-                        let text: String = message.get_payload().unwrap_or_default();
-                        let Ok(status) = serde_json::from_str::<Value>(&text) else {
-                            continue;
-                        };
-                        remember_places(&status, &places);
-                    }
-                }))
-            }
-            Err(_) => None,
-        },
-        Err(_) => None,
-    };
+    let places: Places = Arc::default();
+    let tap = tap_places(&client, &places).await;
 
-    let created_at = humantime::format_rfc3339_millis(UNIX_EPOCH + created).to_string();
-    let fields: Vec<(&str, String)> = vec![
-        ("id", id.clone()),
-        ("service_required", args.service.clone()),
-        ("priority", args.priority.to_string()),
-        ("payload", payload.to_string()),
-        ("requirements", String::new()),
-        ("customer_id", String::new()),
-        ("created_at", created_at),
-        ("status", "pending".to_owned()),
-        ("retry_count", "0".to_owned()),
-        ("max_retries", "3".to_owned()),
-        ("workflow_id", String::new()),
-        ("workflow_priority", String::new()),
-        ("workflow_datetime", String::new()),
-        ("current_step", String::new()),
-        ("total_steps", String::new()),
-        ("ctx", String::new()),
-    ];
     let key = format!("job:{id}");
+    let fields = job_fields(&id, &args, &payload, created);
     let exists: bool = conn.exists(&key).await?;
     if exists {
         bail!("{key} already exists; pick another --id");
@@ -267,101 +181,316 @@ async fn push(args: PushArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
 
-    let deadline = pushed + Duration::from_secs(args.timeout);
-    let at = || format!("+{:.1}s", pushed.elapsed().as_secs_f64());
-    let (mut status, mut worker, mut progress) = (String::from("pending"), String::new(), None);
-    let (mut claimed_at, mut gpu_said) = (None, false);
-    let code = loop {
-        let job: HashMap<String, String> = conn.hgetall(&key).await?;
-        let now_status = job.get("status").cloned().unwrap_or_default();
-        let now_worker = job.get("worker_id").cloned().unwrap_or_default();
-        if !now_worker.is_empty() && now_worker != worker {
-            worker = now_worker;
-            claimed_at.get_or_insert(pushed.elapsed());
-            say!(
-                "job: {} claimed by {worker}{}",
-                at(),
-                place(&places, &worker, &mut gpu_said)
-            );
-        } else if !gpu_said && !worker.is_empty() {
-            let said = place(&places, &worker, &mut gpu_said);
-            if !said.is_empty() {
-                say!("job: {} {worker} runs{said}", at());
-            }
-        }
-        if now_status != status && !now_status.is_empty() {
-            status = now_status;
-            if status != "completed" && status != "failed" {
-                say!("job: {} {status}", at());
-            }
-        }
-        let now_progress: Option<String> = conn.hget(format!("{key}:progress"), "progress").await?;
-        if now_progress.is_some() && now_progress != progress {
-            progress = now_progress;
-            say!(
-                "job: {} progress {}%",
-                at(),
-                progress.as_deref().unwrap_or("?")
-            );
-        }
-        match status.as_str() {
-            "completed" => {
-                let total = pushed.elapsed();
-                let queued = claimed_at.unwrap_or(total);
-                say!(
-                    "job: {} completed by {worker}{}; queued {:.1}s, ran {:.1}s, total {:.1}s",
-                    at(),
-                    place(&places, &worker, &mut false),
-                    queued.as_secs_f64(),
-                    (total - queued).as_secs_f64(),
-                    total.as_secs_f64()
-                );
-                break ExitCode::SUCCESS;
-            }
-            "failed" => {
-                // The worker records why in the `jobs:failed` hash (`{error, failed_at,
-                // retry_count}`, as the queue's API reads it), not in the job's own hash.
-                let record: Option<String> = conn.hget("jobs:failed", &id).await.unwrap_or(None);
-                let error = job
-                    .get("error")
-                    .cloned()
-                    .or_else(|| {
-                        record.as_deref().and_then(|r| {
-                            serde_json::from_str::<Value>(r).ok()?["error"]
-                                .as_str()
-                                .map(str::to_owned)
-                        })
-                    })
-                    .unwrap_or_else(|| "no error given".into());
-                let tries = job
-                    .get("retry_count")
-                    .map(|n| format!(" (retry_count {n})"))
-                    .unwrap_or_default();
-                say!("job: {} failed on {worker}{tries}: {error}", at());
-                break ExitCode::FAILURE;
-            }
-            _ => {}
-        }
-        if Instant::now() >= deadline {
-            let why = if status == "pending" && !preflight.passed() {
-                " (no worker can claim it: the queue's functions are not loaded, see the warning above)"
-            } else if status == "pending" {
-                " (no worker claimed it: is a machine with a worker for this service connected to this Redis?)"
-            } else {
-                ""
-            };
-            say!(
-                "job: still {status} after {}s{why}; it stays in the queue ({key})",
-                args.timeout
-            );
-            break ExitCode::FAILURE;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let mut watch = Watch::new(id, pushed, places);
+    let code = watch
+        .follow(&mut conn, args.timeout, preflight.passed())
+        .await?;
     if let Some(tap) = tap {
         tap.abort();
     }
     Ok(code)
+}
+
+/// The job broker's URL, from `--redis` or `HUB_REDIS_URL`, with the broker's TLS variables as `up`
+/// reads them (a private CA, a client certificate); prints the warning of an insecure connection.
+fn broker_url(redis: Option<&str>) -> anyhow::Result<RedisUrl> {
+    let (var, raw) = match redis {
+        Some(url) => ("--redis", url.to_owned()),
+        None => match crate::env::lookup("HUB_REDIS_URL") {
+            Some(url) if !url.trim().is_empty() => ("HUB_REDIS_URL", url),
+            _ => bail!(
+                "no job broker: pass --redis redis://HOST:PORT or set HUB_REDIS_URL (full-local under docker-compose: run it inside the machine container, `docker-compose exec machine machine-runtime job push …`, where HUB_REDIS_URL is set)"
+            ),
+        },
+    };
+    let (url, insecure) =
+        RedisUrl::parse_with_tls(var, &raw, &crate::env::lookup).map_err(|errors| {
+            anyhow::anyhow!(
+                "{}",
+                errors
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            )
+        })?;
+    if let Some(warning) = insecure {
+        say!("job: {warning}");
+    }
+    Ok(url)
+}
+
+/// `--payload`, which must be a JSON object.
+fn parse_payload(raw: &str) -> anyhow::Result<Value> {
+    let payload: Value = serde_json::from_str(raw).map_err(|e| {
+        anyhow::anyhow!("--payload is not JSON ({e}); give an object, e.g. '{{\"steps\": 5}}'")
+    })?;
+    if !payload.is_object() {
+        bail!("--payload must be a JSON object, e.g. '{{\"steps\": 5}}'");
+    }
+    Ok(payload)
+}
+
+/// A client and one multiplexed connection to the broker, within 10 s; errors carry the redacted URL.
+async fn connect(
+    url: &RedisUrl,
+) -> anyhow::Result<(redis::Client, redis::aio::MultiplexedConnection)> {
+    let client = url
+        .client()
+        .map_err(|e| anyhow::anyhow!("{}", url.redact(&e.to_string())))?;
+    let conn = tokio::time::timeout(
+        Duration::from_secs(10),
+        client.get_multiplexed_async_connection(),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("redis at {url} did not answer within 10 s"))?
+    .map_err(|e| {
+        anyhow::anyhow!(
+            "connecting to redis at {url}: {}",
+            url.redact(&e.to_string())
+        )
+    })?;
+    Ok((client, conn))
+}
+
+/// `FUNCTION LOAD REPLACE` of the library read from `file`.
+async fn load_functions(
+    conn: &mut redis::aio::MultiplexedConnection,
+    file: &Path,
+    source: String,
+) -> anyhow::Result<()> {
+    let library: String = redis::cmd("FUNCTION")
+        .arg("LOAD")
+        .arg("REPLACE")
+        .arg(source)
+        .query_async(conn)
+        .await
+        .map_err(|e| anyhow::anyhow!("FUNCTION LOAD REPLACE {}: {e}", file.display()))?;
+    say!(
+        "job: loaded the function library {library} from {}",
+        file.display()
+    );
+    Ok(())
+}
+
+/// A task that records the workers' places from `machine:status:*`, or `None` when pub/sub fails
+/// (the job is then followed without GPU names).
+async fn tap_places(
+    client: &redis::Client,
+    places: &Places,
+) -> Option<tokio::task::JoinHandle<()>> {
+    let mut pubsub = client.get_async_pubsub().await.ok()?;
+    pubsub.psubscribe("machine:status:*").await.ok()?;
+    let places = places.clone();
+    Some(tokio::spawn(async move {
+        let mut messages = pubsub.on_message();
+        while let Some(message) = messages.next().await {
+            let text: String = message.get_payload().unwrap_or_default();
+            let Ok(status) = serde_json::from_str::<Value>(&text) else {
+                continue;
+            };
+            remember_places(&status, &places);
+        }
+    }))
+}
+
+/// The fields of the `job:<id>` hash, as the queue's API writes them.
+fn job_fields(
+    id: &str,
+    args: &PushArgs,
+    payload: &Value,
+    created: Duration,
+) -> Vec<(&'static str, String)> {
+    let created_at = humantime::format_rfc3339_millis(UNIX_EPOCH + created).to_string();
+    vec![
+        ("id", id.to_owned()),
+        ("service_required", args.service.clone()),
+        ("priority", args.priority.to_string()),
+        ("payload", payload.to_string()),
+        ("requirements", String::new()),
+        ("customer_id", String::new()),
+        ("created_at", created_at),
+        ("status", "pending".to_owned()),
+        ("retry_count", "0".to_owned()),
+        ("max_retries", "3".to_owned()),
+        ("workflow_id", String::new()),
+        ("workflow_priority", String::new()),
+        ("workflow_datetime", String::new()),
+        ("current_step", String::new()),
+        ("total_steps", String::new()),
+        ("ctx", String::new()),
+    ]
+}
+
+/// What has been seen of a pushed job, so that each change is printed once.
+struct Watch {
+    id: String,
+    key: String,
+    pushed: Instant,
+    places: Places,
+    status: String,
+    worker: String,
+    progress: Option<String>,
+    claimed_at: Option<Duration>,
+    gpu_said: bool,
+}
+
+impl Watch {
+    fn new(id: String, pushed: Instant, places: Places) -> Self {
+        Watch {
+            key: format!("job:{id}"),
+            id,
+            pushed,
+            places,
+            status: String::from("pending"),
+            worker: String::new(),
+            progress: None,
+            claimed_at: None,
+            gpu_said: false,
+        }
+    }
+
+    /// `+1.2s`: the time since the push.
+    fn at(&self) -> String {
+        format!("+{:.1}s", self.pushed.elapsed().as_secs_f64())
+    }
+
+    /// Polls the job every 100 ms until it completes (success), fails or `timeout` seconds pass.
+    async fn follow(
+        &mut self,
+        conn: &mut redis::aio::MultiplexedConnection,
+        timeout: u64,
+        functions_loaded: bool,
+    ) -> anyhow::Result<ExitCode> {
+        let deadline = self.pushed + Duration::from_secs(timeout);
+        loop {
+            let job: HashMap<String, String> = conn.hgetall(&self.key).await?;
+            self.see_worker(&job);
+            self.see_status(&job);
+            let progress: Option<String> = conn
+                .hget(format!("{}:progress", self.key), "progress")
+                .await?;
+            self.see_progress(progress);
+            match self.status.as_str() {
+                "completed" => {
+                    self.say_completed();
+                    return Ok(ExitCode::SUCCESS);
+                }
+                "failed" => {
+                    // The worker records why in the `jobs:failed` hash (`{error, failed_at,
+                    // retry_count}`, as the queue's API reads it), not in the job's own hash.
+                    let record: Option<String> =
+                        conn.hget("jobs:failed", &self.id).await.unwrap_or(None);
+                    self.say_failed(&job, record.as_deref());
+                    return Ok(ExitCode::FAILURE);
+                }
+                _ => {}
+            }
+            if Instant::now() >= deadline {
+                self.say_timed_out(timeout, functions_loaded);
+                return Ok(ExitCode::FAILURE);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Prints a new claiming worker, or its GPU once the status messages name it.
+    fn see_worker(&mut self, job: &HashMap<String, String>) {
+        let now_worker = job.get("worker_id").cloned().unwrap_or_default();
+        if !now_worker.is_empty() && now_worker != self.worker {
+            self.worker = now_worker;
+            self.claimed_at.get_or_insert(self.pushed.elapsed());
+            say!(
+                "job: {} claimed by {}{}",
+                self.at(),
+                self.worker,
+                place(&self.places, &self.worker, &mut self.gpu_said)
+            );
+        } else if !self.gpu_said && !self.worker.is_empty() {
+            let said = place(&self.places, &self.worker, &mut self.gpu_said);
+            if !said.is_empty() {
+                say!("job: {} {} runs{said}", self.at(), self.worker);
+            }
+        }
+    }
+
+    /// Prints a new status, bar the two final ones (printed with their summary).
+    fn see_status(&mut self, job: &HashMap<String, String>) {
+        let now_status = job.get("status").cloned().unwrap_or_default();
+        if now_status != self.status && !now_status.is_empty() {
+            self.status = now_status;
+            if self.status != "completed" && self.status != "failed" {
+                say!("job: {} {}", self.at(), self.status);
+            }
+        }
+    }
+
+    /// Prints a new progress value.
+    fn see_progress(&mut self, now_progress: Option<String>) {
+        if now_progress.is_some() && now_progress != self.progress {
+            self.progress = now_progress;
+            say!(
+                "job: {} progress {}%",
+                self.at(),
+                self.progress.as_deref().unwrap_or("?")
+            );
+        }
+    }
+
+    /// The summary of a completed job: who ran it, time queued, time running, total.
+    fn say_completed(&self) {
+        let total = self.pushed.elapsed();
+        let queued = self.claimed_at.unwrap_or(total);
+        say!(
+            "job: {} completed by {}{}; queued {:.1}s, ran {:.1}s, total {:.1}s",
+            self.at(),
+            self.worker,
+            place(&self.places, &self.worker, &mut false),
+            queued.as_secs_f64(),
+            (total - queued).as_secs_f64(),
+            total.as_secs_f64()
+        );
+    }
+
+    /// The error of a failed job: its hash's `error`, else the `jobs:failed` record's.
+    fn say_failed(&self, job: &HashMap<String, String>, record: Option<&str>) {
+        let error = job
+            .get("error")
+            .cloned()
+            .or_else(|| {
+                record.and_then(|r| {
+                    serde_json::from_str::<Value>(r).ok()?["error"]
+                        .as_str()
+                        .map(str::to_owned)
+                })
+            })
+            .unwrap_or_else(|| "no error given".into());
+        let tries = job
+            .get("retry_count")
+            .map(|n| format!(" (retry_count {n})"))
+            .unwrap_or_default();
+        say!(
+            "job: {} failed on {}{tries}: {error}",
+            self.at(),
+            self.worker
+        );
+    }
+
+    /// Why the job is still waiting, when it can be told.
+    fn say_timed_out(&self, timeout: u64, functions_loaded: bool) {
+        let why = if self.status == "pending" && !functions_loaded {
+            " (no worker can claim it: the queue's functions are not loaded, see the warning above)"
+        } else if self.status == "pending" {
+            " (no worker claimed it: is a machine with a worker for this service connected to this Redis?)"
+        } else {
+            ""
+        };
+        say!(
+            "job: still {} after {timeout}s{why}; it stays in the queue ({})",
+            self.status,
+            self.key
+        );
+    }
 }
 
 /// Records `structure.workers.*` of a status message.

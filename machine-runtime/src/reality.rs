@@ -67,6 +67,56 @@ pub fn plan(
             profile.workers
         ));
     }
+    let gpus = fit_gpus(name, profile, env, inventory, &mut problems, &mut notes);
+    if !problems.is_empty() {
+        return Err(PlanRefused { problems });
+    }
+    let overrides = Overrides {
+        workers,
+        gpus: Some(gpus),
+        machine_id: non_empty(env, "MACHINE_ID"),
+        workspace: non_empty(env, "WORKSPACE_DIR"),
+        settings: machine_model::catalog::plan_setting_names()
+            .into_iter()
+            .filter_map(|name| non_empty(env, name).map(|v| (name.to_string(), v)))
+            .collect(),
+    };
+    let plan = match Plan::build(name, profile, &overrides) {
+        Ok(p) => p,
+        Err(e) => {
+            return Err(PlanRefused {
+                problems: e.0.iter().map(|e| e.to_string()).collect(),
+            });
+        }
+    };
+    missing_variables(&plan, env, &mut problems);
+    if !problems.is_empty() {
+        return Err(PlanRefused { problems });
+    }
+    let gpu_uuids = inventory
+        .gpus
+        .iter()
+        .take(gpus as usize)
+        .map(|g| g.uuid.clone())
+        .collect();
+    Ok(RealPlan {
+        plan,
+        gpu_uuids,
+        notes,
+    })
+}
+
+/// The number of GPUs to plan for: `MACHINE_GPU_COUNT` (else the profile's), checked against the GPUs
+/// found. Fewer found is a problem unless `MACHINE_ALLOW_FEWER_GPUS` (or the profile) allows
+/// re-planning on them; more found is a note.
+fn fit_gpus(
+    name: &str,
+    profile: &Profile,
+    env: &dyn Env,
+    inventory: &Inventory,
+    problems: &mut Vec<String>,
+    notes: &mut Vec<String>,
+) -> u32 {
     let planned_gpus = match non_empty(env, "MACHINE_GPU_COUNT") {
         None => profile.machine.gpus,
         Some(v) => match v.trim().parse::<u32>() {
@@ -90,67 +140,76 @@ pub fn plan(
         }),
     };
     let found = inventory.gpus.len() as u32;
-    let mut gpus = planned_gpus;
-    if found < planned_gpus {
+    if found < planned_gpus && allow_fewer {
         let reason = inventory
             .reason
             .as_deref()
             .map(|r| format!(" ({r})"))
             .unwrap_or_default();
-        let mock = profile.machine.gpu_mode == machine_model::profile::GpuMode::Mock
-            || non_empty(env, "MACHINE_GPU_MODE").is_some_and(|m| m.trim() == "mock");
-        if allow_fewer {
-            notes.push(format!("planned {planned_gpus} GPUs, found {found}{reason}; re-planning on {found} (allowed)"));
-            gpus = found;
-        } else if mock && non_empty(env, crate::gpu::FAKE_GPUS_VAR).is_none() {
-            // A profile whose GPUs are simulated: the fix is the fake count its generated .env sets, not
-            // fewer GPUs (issue 21: `plan --profile full-local` suggested MACHINE_ALLOW_FEWER_GPUS).
-            problems.push(format!(
-                "profile {name} simulates its {planned_gpus} GPU{} (machine.gpu_mode: mock), but {fake} is not set, so real ones were looked for: found {found}{reason}. \
-                 Set {fake}={planned_gpus} (generated/{name}/.env sets it for docker-compose)",
-                if planned_gpus == 1 { "" } else { "s" },
-                fake = crate::gpu::FAKE_GPUS_VAR,
-            ));
-        } else {
-            problems.push(format!(
-                "planned {planned_gpus} GPU{}, found {found}{reason}; refusing to start. Found: {}. \
-                 Set MACHINE_ALLOW_FEWER_GPUS=true (or machine.allow_fewer_gpus) to re-plan on what was found, \
-                 or MACHINE_GPU_COUNT to plan for fewer",
-                if planned_gpus == 1 { "" } else { "s" },
-                if inventory.gpus.is_empty() {
-                    "none".to_string()
-                } else {
-                    inventory.gpus.iter().map(|g| format!("{} {}", g.index, g.uuid)).collect::<Vec<_>>().join(", ")
-                }
-            ));
-        }
+        notes.push(format!(
+            "planned {planned_gpus} GPUs, found {found}{reason}; re-planning on {found} (allowed)"
+        ));
+        return found;
+    }
+    if found < planned_gpus {
+        problems.push(too_few_gpus(name, profile, env, inventory, planned_gpus));
     } else if found > planned_gpus {
         notes.push(format!(
             "found {found} GPUs, planned {planned_gpus}; GPUs {planned_gpus}..{} stay unused",
             found - 1
         ));
     }
-    if !problems.is_empty() {
-        return Err(PlanRefused { problems });
+    planned_gpus
+}
+
+/// Why fewer GPUs than `planned_gpus` cannot do, and the fix: the fake count for a profile whose GPUs
+/// are simulated, else the GPUs found and the settings that plan for fewer.
+fn too_few_gpus(
+    name: &str,
+    profile: &Profile,
+    env: &dyn Env,
+    inventory: &Inventory,
+    planned_gpus: u32,
+) -> String {
+    let found = inventory.gpus.len() as u32;
+    let reason = inventory
+        .reason
+        .as_deref()
+        .map(|r| format!(" ({r})"))
+        .unwrap_or_default();
+    let mock = profile.machine.gpu_mode == machine_model::profile::GpuMode::Mock
+        || non_empty(env, "MACHINE_GPU_MODE").is_some_and(|m| m.trim() == "mock");
+    if mock && non_empty(env, crate::gpu::FAKE_GPUS_VAR).is_none() {
+        // A profile whose GPUs are simulated: the fix is the fake count its generated .env sets, not
+        // fewer GPUs (issue 21: `plan --profile full-local` suggested MACHINE_ALLOW_FEWER_GPUS).
+        format!(
+            "profile {name} simulates its {planned_gpus} GPU{} (machine.gpu_mode: mock), but {fake} is not set, so real ones were looked for: found {found}{reason}. \
+             Set {fake}={planned_gpus} (generated/{name}/.env sets it for docker-compose)",
+            if planned_gpus == 1 { "" } else { "s" },
+            fake = crate::gpu::FAKE_GPUS_VAR,
+        )
+    } else {
+        format!(
+            "planned {planned_gpus} GPU{}, found {found}{reason}; refusing to start. Found: {}. \
+             Set MACHINE_ALLOW_FEWER_GPUS=true (or machine.allow_fewer_gpus) to re-plan on what was found, \
+             or MACHINE_GPU_COUNT to plan for fewer",
+            if planned_gpus == 1 { "" } else { "s" },
+            if inventory.gpus.is_empty() {
+                "none".to_string()
+            } else {
+                inventory
+                    .gpus
+                    .iter()
+                    .map(|g| format!("{} {}", g.index, g.uuid))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }
+        )
     }
-    let overrides = Overrides {
-        workers,
-        gpus: Some(gpus),
-        machine_id: non_empty(env, "MACHINE_ID"),
-        workspace: non_empty(env, "WORKSPACE_DIR"),
-        settings: machine_model::catalog::plan_setting_names()
-            .into_iter()
-            .filter_map(|name| non_empty(env, name).map(|v| (name.to_string(), v)))
-            .collect(),
-    };
-    let plan = match Plan::build(name, profile, &overrides) {
-        Ok(p) => p,
-        Err(e) => {
-            return Err(PlanRefused {
-                problems: e.0.iter().map(|e| e.to_string()).collect(),
-            });
-        }
-    };
+}
+
+/// One problem per variable (secret or not) the plan's workers need that the environment lacks.
+fn missing_variables(plan: &Plan, env: &dyn Env, problems: &mut Vec<String>) {
     for need in &plan.secrets {
         if non_empty(env, need.name).is_none() {
             problems.push(format!(
@@ -164,20 +223,6 @@ pub fn plan(
             ));
         }
     }
-    if !problems.is_empty() {
-        return Err(PlanRefused { problems });
-    }
-    let gpu_uuids = inventory
-        .gpus
-        .iter()
-        .take(gpus as usize)
-        .map(|g| g.uuid.clone())
-        .collect();
-    Ok(RealPlan {
-        plan,
-        gpu_uuids,
-        notes,
-    })
 }
 
 #[cfg(test)]

@@ -52,6 +52,92 @@ fn env_of<'a>(command: &'a ChildCommand, name: &str) -> Option<&'a str> {
         .filter(|v| !v.is_empty())
 }
 
+/// The machine's id: the identity's, else the first worker's `MACHINE_ID` (none at all is the one
+/// problem returned). A worker running with another id is a problem pushed to `problems`.
+fn machine_id_of(
+    identity: &Identity,
+    apps: &[(&AppSpec, &ChildCommand)],
+    problems: &mut Vec<String>,
+) -> Result<String, Vec<String>> {
+    let workers_ids: Vec<(&str, &str)> = apps
+        .iter()
+        .filter(|(spec, _)| spec.role == Some(Role::Worker))
+        .filter_map(|(spec, cmd)| Some((spec.name.as_str(), env_of(cmd, "MACHINE_ID")?)))
+        .collect();
+    let machine_id = match &identity.machine_id {
+        Some(id) => Some(id.clone()),
+        None => workers_ids.first().map(|(_, id)| (*id).to_owned()),
+    };
+    let Some(machine_id) = machine_id else {
+        return Err(vec![
+            "no MACHINE_ID: the job broker needs one to know this machine; set MACHINE_ID (it must stay the same across restarts)".to_owned(),
+        ]);
+    };
+    for (app, id) in &workers_ids {
+        if *id != machine_id {
+            problems.push(format!(
+                "worker app \"{app}\" runs with MACHINE_ID \"{id}\" but the machine reports as \"{machine_id}\"; its events would go unheard. Set MACHINE_ID for the whole machine"
+            ));
+        }
+    }
+    Ok(machine_id)
+}
+
+/// One worker app as the broker sees it: its `WORKER_ID` (given, or derived from its connector and
+/// index), connector, binding, services and the service app it waits for. `Err` is the warning for a
+/// worker that cannot be reported.
+fn worker_view(
+    spec: &AppSpec,
+    cmd: &ChildCommand,
+    gpu: Option<u32>,
+    machine_id: &str,
+    service_names: &[&str],
+) -> Result<WorkerView, String> {
+    let connector = spec.connector.clone().or_else(|| connector_from_env(cmd));
+    let worker_id = env_of(cmd, "WORKER_ID").map(str::to_owned).or_else(|| {
+        let (c, i) = (connector.as_ref()?, spec.index?);
+        Some(format!("{machine_id}-worker-{c}-{i}"))
+    });
+    let Some(worker_id) = worker_id else {
+        return Err(format!(
+            "worker app \"{}\" has no WORKER_ID (nor machine_connector and machine_index to derive one); it is not reported to the job broker",
+            spec.name
+        ));
+    };
+    let entry = connector
+        .as_deref()
+        .and_then(machine_model::catalog::connector);
+    let binding = spec.binding.unwrap_or(match (gpu, entry) {
+        (Some(_), _) => ResourceBinding::Gpu,
+        (None, Some(entry)) if entry.default_binding != ResourceBinding::Gpu => {
+            entry.default_binding
+        }
+        (None, _) => ResourceBinding::Shared,
+    });
+    let services = if !spec.services.is_empty() {
+        spec.services.clone()
+    } else if let Some(entry) = entry {
+        entry.advertises.iter().map(|s| (*s).to_owned()).collect()
+    } else {
+        vec![connector.clone().unwrap_or_else(|| spec.name.clone())]
+    };
+    Ok(WorkerView {
+        worker_id,
+        app_name: spec.name.clone(),
+        connector: connector.unwrap_or_else(|| spec.name.clone()),
+        binding,
+        gpu,
+        services,
+        service_app: spec
+            .wait_for
+            .iter()
+            .find(|name| service_names.contains(&name.as_str()))
+            .cloned(),
+        process_state: ProcessState::Waiting,
+        waiting_reason: None,
+    })
+}
+
 impl ViewTemplate {
     /// Builds the template from every app and the command it runs (which carries the final
     /// `MACHINE_ID`, `WORKER_ID` and GPU pin). Every problem is returned, one line each.
@@ -62,27 +148,7 @@ impl ViewTemplate {
         let apps: Vec<(&AppSpec, &ChildCommand)> = apps.into_iter().collect();
         let mut problems = Vec::new();
         let mut warnings = Vec::new();
-        let workers_ids: Vec<(&str, &str)> = apps
-            .iter()
-            .filter(|(spec, _)| spec.role == Some(Role::Worker))
-            .filter_map(|(spec, cmd)| Some((spec.name.as_str(), env_of(cmd, "MACHINE_ID")?)))
-            .collect();
-        let machine_id = match &identity.machine_id {
-            Some(id) => Some(id.clone()),
-            None => workers_ids.first().map(|(_, id)| (*id).to_owned()),
-        };
-        let Some(machine_id) = machine_id else {
-            return Err(vec![
-                "no MACHINE_ID: the job broker needs one to know this machine; set MACHINE_ID (it must stay the same across restarts)".to_owned(),
-            ]);
-        };
-        for (app, id) in &workers_ids {
-            if *id != machine_id {
-                problems.push(format!(
-                    "worker app \"{app}\" runs with MACHINE_ID \"{id}\" but the machine reports as \"{machine_id}\"; its events would go unheard. Set MACHINE_ID for the whole machine"
-                ));
-            }
-        }
+        let machine_id = machine_id_of(identity, &apps, &mut problems)?;
         let mut base = MachineView {
             machine_id: machine_id.clone(),
             phase: Phase::Starting,
@@ -116,51 +182,13 @@ impl ViewTemplate {
                     });
                 }
                 Some(Role::Worker) => {
-                    let connector = spec.connector.clone().or_else(|| connector_from_env(cmd));
-                    let worker_id = env_of(cmd, "WORKER_ID").map(str::to_owned).or_else(|| {
-                        let (c, i) = (connector.as_ref()?, spec.index?);
-                        Some(format!("{machine_id}-worker-{c}-{i}"))
-                    });
-                    let Some(worker_id) = worker_id else {
-                        warnings.push(format!(
-                            "worker app \"{}\" has no WORKER_ID (nor machine_connector and machine_index to derive one); it is not reported to the job broker",
-                            spec.name
-                        ));
-                        continue;
-                    };
-                    let entry = connector
-                        .as_deref()
-                        .and_then(machine_model::catalog::connector);
-                    let binding = spec.binding.unwrap_or(match (gpu, entry) {
-                        (Some(_), _) => ResourceBinding::Gpu,
-                        (None, Some(entry)) if entry.default_binding != ResourceBinding::Gpu => {
-                            entry.default_binding
+                    match worker_view(spec, cmd, gpu, &machine_id, &service_names) {
+                        Ok(worker) => {
+                            worker_apps.push(idx);
+                            base.workers.push(worker);
                         }
-                        (None, _) => ResourceBinding::Shared,
-                    });
-                    let services = if !spec.services.is_empty() {
-                        spec.services.clone()
-                    } else if let Some(entry) = entry {
-                        entry.advertises.iter().map(|s| (*s).to_owned()).collect()
-                    } else {
-                        vec![connector.clone().unwrap_or_else(|| spec.name.clone())]
-                    };
-                    worker_apps.push(idx);
-                    base.workers.push(WorkerView {
-                        worker_id,
-                        app_name: spec.name.clone(),
-                        connector: connector.unwrap_or_else(|| spec.name.clone()),
-                        binding,
-                        gpu,
-                        services,
-                        service_app: spec
-                            .wait_for
-                            .iter()
-                            .find(|name| service_names.contains(&name.as_str()))
-                            .cloned(),
-                        process_state: ProcessState::Waiting,
-                        waiting_reason: None,
-                    });
+                        Err(warning) => warnings.push(warning),
+                    }
                 }
                 None => {}
             }

@@ -354,6 +354,13 @@ pub fn parse(argv: &[String]) -> Result<Args, Exit> {
     let prog = std::path::Path::new(&script)
         .file_name()
         .map_or_else(|| script.clone(), |n| n.to_string_lossy().into_owned());
+    let given = read_options(&prog, rest)?;
+    args_from(script, rest, given)
+}
+
+/// Every option of `rest` with its values, by name, as argparse reads them; unknown arguments are
+/// collected into one error, any other mistake (or `--help`) stops at once.
+fn read_options(prog: &str, rest: &[String]) -> Result<BTreeMap<String, Vec<String>>, Exit> {
     let mut given: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let mut seen_in_group: BTreeMap<u8, &'static str> = BTreeMap::new();
     let mut unknown: Vec<String> = Vec::new();
@@ -367,7 +374,7 @@ pub fn parse(argv: &[String]) -> Result<Args, Exit> {
         }
         if !arg.starts_with("--") || arg == "--" {
             if arg == "-h" {
-                return Err(help(&prog));
+                return Err(help(prog));
             }
             unknown.push(arg.clone());
             continue;
@@ -378,101 +385,126 @@ pub fn parse(argv: &[String]) -> Result<Args, Exit> {
         };
         let found = match lookup(name) {
             Ok(Some(o)) => o,
-            Ok(None) => return Err(help(&prog)),
+            Ok(None) => return Err(help(prog)),
             Err(e) if e.is_empty() => {
                 unknown.push(arg.clone());
                 continue;
             }
-            Err(e) => return Err(fail(&prog, &e)),
+            Err(e) => return Err(fail(prog, &e)),
         };
         if found.group != 0 {
             if let Some(other) = seen_in_group.get(&found.group)
                 && *other != found.name
             {
                 return Err(fail(
-                    &prog,
+                    prog,
                     &format!("argument {}: not allowed with argument {other}", found.name),
                 ));
             }
             seen_in_group.insert(found.group, found.name);
         }
-        let values: Vec<String> = match found.takes {
-            Takes::Flag => {
-                if let Some(v) = inline {
-                    return Err(fail(
-                        &prog,
-                        &format!(
-                            "argument {}: ignored explicit argument {}",
-                            found.name,
-                            py_repr(&v)
-                        ),
-                    ));
-                }
-                Vec::new()
-            }
-            Takes::One(ty) => {
-                let value = match inline {
-                    Some(v) => v,
-                    None => match rest.get(i) {
-                        Some(next) if !looks_like_option(next) => {
-                            i += 1;
-                            next.clone()
-                        }
-                        _ => {
-                            return Err(fail(
-                                &prog,
-                                &format!("argument {}: expected one argument", found.name),
-                            ));
-                        }
-                    },
-                };
-                check_value(ty, &value)
-                    .map_err(|e| fail(&prog, &format!("argument {}: {e}", found.name)))?;
-                vec![value]
-            }
-            Takes::Optional(ty, constant) => {
-                let value = match inline {
-                    Some(v) => v,
-                    None => match rest.get(i) {
-                        Some(next) if !looks_like_option(next) => {
-                            i += 1;
-                            next.clone()
-                        }
-                        _ => constant.to_owned(),
-                    },
-                };
-                check_value(ty, &value)
-                    .map_err(|e| fail(&prog, &format!("argument {}: {e}", found.name)))?;
-                vec![value]
-            }
-            Takes::OneOrMore => {
-                let mut values: Vec<String> = inline.into_iter().collect();
-                while let Some(next) = rest.get(i) {
-                    if looks_like_option(next) {
-                        break;
-                    }
-                    values.push(next.clone());
-                    i += 1;
-                }
-                if values.is_empty() {
-                    return Err(fail(
-                        &prog,
-                        &format!("argument {}: expected at least one argument", found.name),
-                    ));
-                }
-                let mut all = given.remove(found.name).unwrap_or_default();
-                all.extend(values);
-                all
-            }
-        };
+        let values = option_values(prog, found, inline, rest, &mut i, &mut given)?;
         given.insert(found.name.to_owned(), values);
     }
     if !unknown.is_empty() {
         return Err(fail(
-            &prog,
+            prog,
             &format!("unrecognized arguments: {}", unknown.join(" ")),
         ));
     }
+    Ok(given)
+}
+
+/// The values of one option: `inline` (`--name=value`) or the arguments from `rest[*i]` on (`*i`
+/// moves past those taken), checked against the option's type; an appending option's earlier values
+/// are taken out of `given` and come first.
+fn option_values(
+    prog: &str,
+    found: &Opt,
+    inline: Option<String>,
+    rest: &[String],
+    i: &mut usize,
+    given: &mut BTreeMap<String, Vec<String>>,
+) -> Result<Vec<String>, Exit> {
+    let values = match found.takes {
+        Takes::Flag => {
+            if let Some(v) = inline {
+                return Err(fail(
+                    prog,
+                    &format!(
+                        "argument {}: ignored explicit argument {}",
+                        found.name,
+                        py_repr(&v)
+                    ),
+                ));
+            }
+            Vec::new()
+        }
+        Takes::One(ty) => {
+            let value = match inline {
+                Some(v) => v,
+                None => match rest.get(*i) {
+                    Some(next) if !looks_like_option(next) => {
+                        *i += 1;
+                        next.clone()
+                    }
+                    _ => {
+                        return Err(fail(
+                            prog,
+                            &format!("argument {}: expected one argument", found.name),
+                        ));
+                    }
+                },
+            };
+            check_value(ty, &value)
+                .map_err(|e| fail(prog, &format!("argument {}: {e}", found.name)))?;
+            vec![value]
+        }
+        Takes::Optional(ty, constant) => {
+            let value = match inline {
+                Some(v) => v,
+                None => match rest.get(*i) {
+                    Some(next) if !looks_like_option(next) => {
+                        *i += 1;
+                        next.clone()
+                    }
+                    _ => constant.to_owned(),
+                },
+            };
+            check_value(ty, &value)
+                .map_err(|e| fail(prog, &format!("argument {}: {e}", found.name)))?;
+            vec![value]
+        }
+        Takes::OneOrMore => {
+            let mut values: Vec<String> = inline.into_iter().collect();
+            while let Some(next) = rest.get(*i) {
+                if looks_like_option(next) {
+                    break;
+                }
+                values.push(next.clone());
+                *i += 1;
+            }
+            if values.is_empty() {
+                return Err(fail(
+                    prog,
+                    &format!("argument {}: expected at least one argument", found.name),
+                ));
+            }
+            let mut all = given.remove(found.name).unwrap_or_default();
+            all.extend(values);
+            all
+        }
+    };
+    Ok(values)
+}
+
+/// The options that matter to the stand-in, read from `given`; a `--port` outside 0–65535 is the
+/// fork's `OverflowError` at bind time (exit 1).
+fn args_from(
+    script: String,
+    rest: &[String],
+    given: BTreeMap<String, Vec<String>>,
+) -> Result<Args, Exit> {
     let one = |name: &str| given.get(name).and_then(|v| v.last()).cloned();
     let port = match one("--port") {
         None => 8188,

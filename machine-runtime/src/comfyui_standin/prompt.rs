@@ -229,6 +229,16 @@ fn as_link(value: &Value) -> Option<&Vec<Value>> {
 /// `validated[id]`: whether the node is valid and its reasons.
 type Verdicts = BTreeMap<String, (bool, Vec<Value>)>;
 
+/// What one required input of a node came to.
+enum InputCheck {
+    /// A reason the node is invalid (one of the fork's error objects).
+    Error(Value),
+    /// A link to a node that is valid (`true`) or not.
+    Linked(bool),
+    /// A literal value, converted to the input's type.
+    Converted(Value),
+}
+
 /// `validate_inputs` of one node; `Err` is an exception the fork would raise (its message).
 fn validate_node(
     prompt: &mut Map<String, Value>,
@@ -248,7 +258,6 @@ fn validate_node(
     let mut errors = Vec::new();
     let mut valid = true;
     for &(name, ty) in node_class.inputs {
-        let info = ty.config();
         let value = prompt[id].get("inputs").and_then(|i| i.get(name)).cloned();
         let Some(value) = value else {
             errors.push(error_object(
@@ -259,115 +268,136 @@ fn validate_node(
             ));
             continue;
         };
-        if let Some(link) = as_link(&value) {
-            if link.len() != 2 {
-                errors.push(error_object(
-                    "bad_linked_input",
-                    "Bad linked input, must be a length-2 list of [node_id, slot_index]",
-                    name,
-                    json!({"input_name": name, "input_config": info, "received_value": value}),
-                ));
-                continue;
-            }
-            // The fork indexes the prompt and the return types without a guard: a bad link raises.
-            let from = link[0].as_str().ok_or_else(|| py_str(&link[0]))?;
-            let from_class = prompt
-                .get(from)
-                .and_then(|n| n.get("class_type"))
-                .and_then(Value::as_str)
-                .ok_or_else(|| format!("'{from}'"))?;
-            let from_class = class(from_class).ok_or_else(|| format!("'{from_class}'"))?;
-            let slot = link[1]
-                .as_i64()
-                .ok_or_else(|| "tuple indices must be integers or slices, not str".to_owned())?;
-            let count = i64::try_from(from_class.return_types.len()).unwrap_or(0);
-            let index = if slot < 0 { count + slot } else { slot };
-            let received = usize::try_from(index)
-                .ok()
-                .and_then(|i| from_class.return_types.get(i))
-                .ok_or_else(|| "tuple index out of range".to_owned())?;
-            if *received != ty.name() {
-                errors.push(error_object(
-                    "return_type_mismatch",
-                    "Return type mismatch between linked nodes",
-                    &format!(
-                        "{name}, received_type({received}) mismatch input_type({})",
-                        ty.name()
-                    ),
-                    json!({"input_name": name, "input_config": info, "received_type": received,
-                           "linked_node": value}),
-                ));
-                continue;
-            }
-            let from = from.to_owned();
-            match validate_node(prompt, &from, verdicts) {
-                Ok(true) => {}
-                Ok(false) => valid = false,
-                Err(exception) => {
-                    valid = false;
-                    let reasons = vec![error_object(
-                        "exception_during_inner_validation",
-                        "Exception when validating inner node",
-                        &exception,
-                        json!({"input_name": name, "input_config": info,
-                               "exception_message": exception, "exception_type": "KeyError",
-                               "traceback": [], "linked_node": value}),
-                    )];
-                    verdicts.insert(from, (false, reasons));
+        let check = match as_link(&value) {
+            Some(link) => check_link(prompt, verdicts, name, ty, link, &value)?,
+            None => convert_input(name, ty, &value),
+        };
+        match check {
+            InputCheck::Error(error) => errors.push(error),
+            InputCheck::Linked(ok) => valid &= ok,
+            // The fork writes the converted value back into the prompt it queues.
+            InputCheck::Converted(converted) => {
+                if let Some(inputs) = prompt[id].get_mut("inputs").and_then(Value::as_object_mut) {
+                    inputs.insert(name.to_owned(), converted);
                 }
             }
-            continue;
-        }
-        let converted = match ty {
-            InputType::Int(..) => py_int(&value).map(Value::from),
-            InputType::Str(_) => Ok(Value::String(py_str(&value))),
-            InputType::Image => Ok(value.clone()),
-        };
-        let converted = match converted {
-            Ok(v) => v,
-            Err(exception) => {
-                errors.push(error_object(
-                    "invalid_input_type",
-                    &format!("Failed to convert an input value to a {} value", ty.name()),
-                    &format!("{name}, {}, {exception}", py_str(&value)),
-                    json!({"input_name": name, "input_config": info, "received_value": value,
-                           "exception_message": exception}),
-                ));
-                continue;
-            }
-        };
-        if let (InputType::Int(_, min, max), Some(n)) = (ty, converted.as_i64()) {
-            let bound = if n < min {
-                Some((
-                    "value_smaller_than_min",
-                    format!("Value {n} smaller than min of {min}"),
-                ))
-            } else if n > max {
-                Some((
-                    "value_bigger_than_max",
-                    format!("Value {n} bigger than max of {max}"),
-                ))
-            } else {
-                None
-            };
-            if let Some((kind, message)) = bound {
-                errors.push(error_object(
-                    kind,
-                    &message,
-                    name,
-                    json!({"input_name": name, "input_config": info, "received_value": n}),
-                ));
-                continue;
-            }
-        }
-        // The fork writes the converted value back into the prompt it queues.
-        if let Some(inputs) = prompt[id].get_mut("inputs").and_then(Value::as_object_mut) {
-            inputs.insert(name.to_owned(), converted);
         }
     }
     let ok = errors.is_empty() && valid;
     verdicts.insert(id.to_owned(), (ok, errors));
     Ok(ok)
+}
+
+/// A linked input (`value`, which is `link`): its shape, the type the linked node returns, then
+/// that node's own validation (recorded in `verdicts`). `Err` is an exception the fork would raise.
+fn check_link(
+    prompt: &mut Map<String, Value>,
+    verdicts: &mut Verdicts,
+    name: &str,
+    ty: InputType,
+    link: &[Value],
+    value: &Value,
+) -> Result<InputCheck, String> {
+    let info = ty.config();
+    if link.len() != 2 {
+        return Ok(InputCheck::Error(error_object(
+            "bad_linked_input",
+            "Bad linked input, must be a length-2 list of [node_id, slot_index]",
+            name,
+            json!({"input_name": name, "input_config": info, "received_value": value}),
+        )));
+    }
+    // The fork indexes the prompt and the return types without a guard: a bad link raises.
+    let from = link[0].as_str().ok_or_else(|| py_str(&link[0]))?;
+    let from_class = prompt
+        .get(from)
+        .and_then(|n| n.get("class_type"))
+        .and_then(Value::as_str)
+        .ok_or_else(|| format!("'{from}'"))?;
+    let from_class = class(from_class).ok_or_else(|| format!("'{from_class}'"))?;
+    let slot = link[1]
+        .as_i64()
+        .ok_or_else(|| "tuple indices must be integers or slices, not str".to_owned())?;
+    let count = i64::try_from(from_class.return_types.len()).unwrap_or(0);
+    let index = if slot < 0 { count + slot } else { slot };
+    let received = usize::try_from(index)
+        .ok()
+        .and_then(|i| from_class.return_types.get(i))
+        .ok_or_else(|| "tuple index out of range".to_owned())?;
+    if *received != ty.name() {
+        return Ok(InputCheck::Error(error_object(
+            "return_type_mismatch",
+            "Return type mismatch between linked nodes",
+            &format!(
+                "{name}, received_type({received}) mismatch input_type({})",
+                ty.name()
+            ),
+            json!({"input_name": name, "input_config": info, "received_type": received,
+                   "linked_node": value}),
+        )));
+    }
+    let from = from.to_owned();
+    match validate_node(prompt, &from, verdicts) {
+        Ok(ok) => Ok(InputCheck::Linked(ok)),
+        Err(exception) => {
+            let reasons = vec![error_object(
+                "exception_during_inner_validation",
+                "Exception when validating inner node",
+                &exception,
+                json!({"input_name": name, "input_config": info,
+                       "exception_message": exception, "exception_type": "KeyError",
+                       "traceback": [], "linked_node": value}),
+            )];
+            verdicts.insert(from, (false, reasons));
+            Ok(InputCheck::Linked(false))
+        }
+    }
+}
+
+/// A literal input value converted to the input's type (`"512"` → 512) and checked against its bounds.
+fn convert_input(name: &str, ty: InputType, value: &Value) -> InputCheck {
+    let info = ty.config();
+    let converted = match ty {
+        InputType::Int(..) => py_int(value).map(Value::from),
+        InputType::Str(_) => Ok(Value::String(py_str(value))),
+        InputType::Image => Ok(value.clone()),
+    };
+    let converted = match converted {
+        Ok(v) => v,
+        Err(exception) => {
+            return InputCheck::Error(error_object(
+                "invalid_input_type",
+                &format!("Failed to convert an input value to a {} value", ty.name()),
+                &format!("{name}, {}, {exception}", py_str(value)),
+                json!({"input_name": name, "input_config": info, "received_value": value,
+                       "exception_message": exception}),
+            ));
+        }
+    };
+    if let (InputType::Int(_, min, max), Some(n)) = (ty, converted.as_i64()) {
+        let bound = if n < min {
+            Some((
+                "value_smaller_than_min",
+                format!("Value {n} smaller than min of {min}"),
+            ))
+        } else if n > max {
+            Some((
+                "value_bigger_than_max",
+                format!("Value {n} bigger than max of {max}"),
+            ))
+        } else {
+            None
+        };
+        if let Some((kind, message)) = bound {
+            return InputCheck::Error(error_object(
+                kind,
+                &message,
+                name,
+                json!({"input_name": name, "input_config": info, "received_value": n}),
+            ));
+        }
+    }
+    InputCheck::Converted(converted)
 }
 
 /// Checks a prompt as the fork's `validate_prompt` does, converting input values in place (`"512"` → 512).
@@ -387,41 +417,10 @@ pub fn validate(prompt: &mut Value) -> Result<Result<Valid, Invalid>, String> {
             }
         ));
     };
-    let mut outputs = Vec::new();
-    for (id, node) in map.iter() {
-        let Some(class_type) = node.get("class_type") else {
-            return Ok(Err(Invalid {
-                error: error_object(
-                    "invalid_prompt",
-                    "Cannot execute because a node is missing the class_type property.",
-                    &format!("Node ID '#{id}'"),
-                    json!({}),
-                ),
-                node_errors: json!([]),
-            }));
-        };
-        let name = py_str(class_type);
-        let Some(node_class) = class_type.as_str().and_then(class) else {
-            return Ok(Err(Invalid {
-                error: error_object(
-                    "invalid_prompt",
-                    &format!("Cannot execute because node {name} does not exist."),
-                    &format!("Node ID '#{id}'"),
-                    json!({}),
-                ),
-                node_errors: json!([]),
-            }));
-        };
-        if node_class.output_node {
-            outputs.push(id.clone());
-        }
-    }
-    if outputs.is_empty() {
-        return Ok(Err(Invalid {
-            error: error_object("prompt_no_outputs", "Prompt has no outputs", "", json!({})),
-            node_errors: json!([]),
-        }));
-    }
+    let outputs = match output_nodes(map) {
+        Ok(outputs) => outputs,
+        Err(invalid) => return Ok(Err(*invalid)),
+    };
     let mut verdicts = Verdicts::new();
     let mut good = Vec::new();
     let mut failed: Vec<(String, Vec<Value>)> = Vec::new();
@@ -445,18 +444,7 @@ pub fn validate(prompt: &mut Value) -> Result<Result<Valid, Invalid>, String> {
             continue;
         }
         failed.push((output.clone(), reasons));
-        for (node_id, (valid, reasons)) in &verdicts {
-            if *valid || reasons.is_empty() {
-                continue;
-            }
-            let entry = node_errors.entry(node_id.clone()).or_insert_with(|| {
-                json!({"errors": reasons, "dependent_outputs": [],
-                       "class_type": map[node_id]["class_type"]})
-            });
-            if let Some(list) = entry["dependent_outputs"].as_array_mut() {
-                list.push(Value::String(output.clone()));
-            }
-        }
+        add_node_errors(&mut node_errors, map, &verdicts, output);
     }
     if good.is_empty() {
         let details: Vec<String> = failed
@@ -478,6 +466,69 @@ pub fn validate(prompt: &mut Value) -> Result<Result<Valid, Invalid>, String> {
         outputs: good,
         node_errors: Value::Object(node_errors),
     }))
+}
+
+/// The ids of the prompt's output nodes; every node must name a known `class_type` and there must be
+/// at least one output, else the fork's answer for the first problem.
+fn output_nodes(map: &Map<String, Value>) -> Result<Vec<String>, Box<Invalid>> {
+    let mut outputs = Vec::new();
+    for (id, node) in map {
+        let Some(class_type) = node.get("class_type") else {
+            return Err(Box::new(Invalid {
+                error: error_object(
+                    "invalid_prompt",
+                    "Cannot execute because a node is missing the class_type property.",
+                    &format!("Node ID '#{id}'"),
+                    json!({}),
+                ),
+                node_errors: json!([]),
+            }));
+        };
+        let name = py_str(class_type);
+        let Some(node_class) = class_type.as_str().and_then(class) else {
+            return Err(Box::new(Invalid {
+                error: error_object(
+                    "invalid_prompt",
+                    &format!("Cannot execute because node {name} does not exist."),
+                    &format!("Node ID '#{id}'"),
+                    json!({}),
+                ),
+                node_errors: json!([]),
+            }));
+        };
+        if node_class.output_node {
+            outputs.push(id.clone());
+        }
+    }
+    if outputs.is_empty() {
+        return Err(Box::new(Invalid {
+            error: error_object("prompt_no_outputs", "Prompt has no outputs", "", json!({})),
+            node_errors: json!([]),
+        }));
+    }
+    Ok(outputs)
+}
+
+/// Adds every invalid node with reasons to `node_errors` (once each), with `output` among the outputs
+/// that depend on it.
+fn add_node_errors(
+    node_errors: &mut Map<String, Value>,
+    map: &Map<String, Value>,
+    verdicts: &Verdicts,
+    output: &str,
+) {
+    for (node_id, (valid, reasons)) in verdicts {
+        if *valid || reasons.is_empty() {
+            continue;
+        }
+        let entry = node_errors.entry(node_id.clone()).or_insert_with(|| {
+            json!({"errors": reasons, "dependent_outputs": [],
+                   "class_type": map[node_id]["class_type"]})
+        });
+        if let Some(list) = entry["dependent_outputs"].as_array_mut() {
+            list.push(Value::String(output.to_owned()));
+        }
+    }
 }
 
 /// What a node produced.

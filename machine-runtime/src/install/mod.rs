@@ -747,6 +747,9 @@ pub(crate) fn plan_recipes(
     Ok(out)
 }
 
+/// Installs one prepared recipe: builds a fresh version directory, runs the steps in it, switches
+/// the service's directory to it, writes the marker and removes the other versions. A failed build
+/// is removed and the active version stays.
 fn install_one(
     workspace: &Path,
     p: &Prepared,
@@ -764,16 +767,8 @@ fn install_one(
     });
     let versions = workspace.join(VERSIONS_DIR).join(dir);
     fs::create_dir_all(&versions).map_err(io_error(service, "create", &versions))?;
-    // Never build into the active version (a forced reinstall of the same hash): use the spare name.
-    let mut version_rel = Path::new(VERSIONS_DIR).join(dir).join(&p.hash);
-    if marker::active_version(workspace, dir).as_deref() == Some(version_rel.as_path()) {
-        version_rel = Path::new(VERSIONS_DIR)
-            .join(dir)
-            .join(format!("{}-b", p.hash));
-    }
+    let version_rel = new_version_dir(workspace, p)?;
     let build = workspace.join(&version_rel);
-    marker::remove_path(&build).map_err(io_error(service, "remove the left-over", &build))?;
-    fs::create_dir(&build).map_err(io_error(service, "create", &build))?;
 
     let persist_root = workspace.join(PERSIST_DIR).join(dir);
     let mut child_env = opts.env.clone();
@@ -791,22 +786,7 @@ fn install_one(
         masker,
     )
     .and_then(|records| {
-        let moved = marker::activate(workspace, dir, &version_rel).map_err(io_error(
-            service,
-            "switch",
-            &workspace.join(dir),
-        ))?;
-        if let Some(moved) = moved {
-            opts.progress.report(&ProgressEvent::Warning {
-                service: service.to_owned(),
-                message: format!(
-                    "{} was a directory not made by this installer; moved it to {} \
-                     (delete it when it is no longer needed)",
-                    workspace.join(dir).display(),
-                    moved.display()
-                ),
-            });
-        }
+        switch_to(workspace, service, dir, &version_rel, opts)?;
         Ok(records)
     });
     let records = match result {
@@ -826,22 +806,7 @@ fn install_one(
     };
 
     let elapsed = started.elapsed();
-    let marker = Marker {
-        format: recipe::INSTALLER_FORMAT,
-        service: service.to_owned(),
-        hash: p.hash.clone(),
-        dir: dir.to_owned(),
-        version_dir: version_rel.to_string_lossy().into_owned(),
-        installed_at_unix: SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs()),
-        duration_ms: u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
-        checkouts: records.checkouts,
-        requirements: records.requirements,
-        fetches: records.fetches,
-        configured_by: p.configured_by.clone(),
-        unconfigured_hash: p.unconfigured_hash.clone(),
-    };
+    let marker = new_marker(p, &version_rel, elapsed, records);
     let marker_file = marker::marker_path(workspace, service);
     marker::write_marker(workspace, &marker).map_err(io_error(
         service,
@@ -862,6 +827,75 @@ fn install_one(
         elapsed,
     });
     Ok(())
+}
+
+/// The version directory to build in, relative to the workspace (`<versions>/<dir>/<hash>`), made
+/// empty. Never the active version (a forced reinstall of the same hash): that one gets `-b`.
+fn new_version_dir(workspace: &Path, p: &Prepared) -> Result<PathBuf, InstallError> {
+    let (service, dir) = (p.service.as_str(), p.recipe.dir.as_str());
+    let mut version_rel = Path::new(VERSIONS_DIR).join(dir).join(&p.hash);
+    if marker::active_version(workspace, dir).as_deref() == Some(version_rel.as_path()) {
+        version_rel = Path::new(VERSIONS_DIR)
+            .join(dir)
+            .join(format!("{}-b", p.hash));
+    }
+    let build = workspace.join(&version_rel);
+    marker::remove_path(&build).map_err(io_error(service, "remove the left-over", &build))?;
+    fs::create_dir(&build).map_err(io_error(service, "create", &build))?;
+    Ok(version_rel)
+}
+
+/// Points `<workspace>/<dir>` at the new version; a directory there that this installer did not make
+/// is moved aside, with a warning saying where.
+fn switch_to(
+    workspace: &Path,
+    service: &str,
+    dir: &str,
+    version_rel: &Path,
+    opts: &InstallOptions,
+) -> Result<(), InstallError> {
+    let moved = marker::activate(workspace, dir, version_rel).map_err(io_error(
+        service,
+        "switch",
+        &workspace.join(dir),
+    ))?;
+    if let Some(moved) = moved {
+        opts.progress.report(&ProgressEvent::Warning {
+            service: service.to_owned(),
+            message: format!(
+                "{} was a directory not made by this installer; moved it to {} \
+                 (delete it when it is no longer needed)",
+                workspace.join(dir).display(),
+                moved.display()
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// The marker of a finished install: what was installed where, when, in how long, from what.
+fn new_marker(
+    p: &Prepared,
+    version_rel: &Path,
+    elapsed: Duration,
+    records: steps::Records,
+) -> Marker {
+    Marker {
+        format: recipe::INSTALLER_FORMAT,
+        service: p.service.clone(),
+        hash: p.hash.clone(),
+        dir: p.recipe.dir.clone(),
+        version_dir: version_rel.to_string_lossy().into_owned(),
+        installed_at_unix: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        duration_ms: u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
+        checkouts: records.checkouts,
+        requirements: records.requirements,
+        fetches: records.fetches,
+        configured_by: p.configured_by.clone(),
+        unconfigured_hash: p.unconfigured_hash.clone(),
+    }
 }
 
 fn run_steps(

@@ -2,7 +2,9 @@
 
 use std::path::{Component, Path};
 
-use machine_model::install::{CustomNode, DownloadFile, InstallRecipe, ProvidedFile, Step};
+use machine_model::install::{
+    ConstraintsFile, CustomNode, DownloadFile, InstallRecipe, ProvidedFile, Step,
+};
 use serde::Serialize;
 
 use super::hash::fnv1a64_hex;
@@ -12,176 +14,171 @@ use machine_model::components::mask::strip_url_credentials;
 /// Bumped when the executor's behaviour changes in a way that should reinstall everything.
 pub(crate) const INSTALLER_FORMAT: u32 = 1;
 
-/// Applies `f(field_path, value)` to every string of `step`, collecting errors as `field: message`.
 /// `[name, value]` pairs through `one`, each part named `<field>[i].name` / `<field>[i].value`.
-fn env_pairs(
-    one: &mut impl FnMut(&str, &str) -> String,
-    field: &str,
-    env: &[(String, String)],
-) -> Vec<(String, String)> {
-    env.iter()
-        .enumerate()
-        .map(|(i, (k, v))| {
-            (
-                one(&format!("{field}[{i}].name"), k),
-                one(&format!("{field}[{i}].value"), v),
-            )
-        })
-        .collect()
+fn env_pairs(one: &mut impl FnMut(&str, &mut String), field: &str, env: &mut [(String, String)]) {
+    for (i, (k, v)) in env.iter_mut().enumerate() {
+        one(&format!("{field}[{i}].name"), k);
+        one(&format!("{field}[{i}].value"), v);
+    }
 }
 
+/// Each string of a list through `one`, named `<field>[i]`.
+fn each(one: &mut impl FnMut(&str, &mut String), field: &str, values: &mut [String]) {
+    for (i, value) in values.iter_mut().enumerate() {
+        one(&format!("{field}[{i}]"), value);
+    }
+}
+
+/// An optional string through `one`.
+fn optional(one: &mut impl FnMut(&str, &mut String), field: &str, value: &mut Option<String>) {
+    if let Some(value) = value {
+        one(field, value);
+    }
+}
+
+/// The name, repository, revision and environment of each custom node through `one`.
+fn custom_nodes(one: &mut impl FnMut(&str, &mut String), nodes: &mut [CustomNode]) {
+    for (i, node) in nodes.iter_mut().enumerate() {
+        let CustomNode {
+            name,
+            repo,
+            rev,
+            requirements: _,
+            env,
+        } = node;
+        one(&format!("nodes[{i}].name"), name);
+        one(&format!("nodes[{i}].repo"), repo);
+        one(&format!("nodes[{i}].rev"), rev);
+        env_pairs(one, &format!("nodes[{i}].env"), env);
+    }
+}
+
+/// The URL, SHA-256 and destination of each download through `one`.
+fn downloads(one: &mut impl FnMut(&str, &mut String), files: &mut [DownloadFile]) {
+    for (i, file) in files.iter_mut().enumerate() {
+        let DownloadFile { url, sha256, dest } = file;
+        one(&format!("files[{i}].url"), url);
+        one(&format!("files[{i}].sha256"), sha256);
+        one(&format!("files[{i}].dest"), dest);
+    }
+}
+
+/// `step` with `f` applied to every string (bar literal file contents); a value `f` refuses stays as
+/// written and its error is collected as `<at>.<field>: <message>`.
 fn map_step(
     step: &Step,
     at: &str,
     f: &dyn Fn(&str) -> Result<String, String>,
     problems: &mut Vec<String>,
 ) -> Step {
-    let mut one = |field: &str, value: &str| match f(value) {
-        Ok(v) => v,
-        Err(e) => {
-            problems.push(format!("{at}.{field}: {e}"));
-            value.to_owned()
-        }
+    let mut one = |field: &str, value: &mut String| match f(value) {
+        Ok(v) => *value = v,
+        Err(e) => problems.push(format!("{at}.{field}: {e}")),
     };
+    let mut step = step.clone();
+    resolve_fields(&mut one, &mut step);
+    step
+}
+
+/// Every string field of `step` through `one`, in declaration order. Every field is named, so that
+/// a new one cannot be left unresolved unnoticed.
+fn resolve_fields(one: &mut impl FnMut(&str, &mut String), step: &mut Step) {
     match step {
         Step::GitCheckout {
             repo,
             rev,
             dest,
-            shallow,
-            timeout_secs,
-        } => Step::GitCheckout {
-            repo: one("repo", repo),
-            rev: one("rev", rev),
-            dest: one("dest", dest),
-            shallow: *shallow,
-            timeout_secs: *timeout_secs,
-        },
+            shallow: _,
+            timeout_secs: _,
+        } => {
+            one("repo", repo);
+            one("rev", rev);
+            one("dest", dest);
+        }
         Step::PythonVenv {
             dir,
             requirements,
             packages,
             constraints,
-            timeout_secs,
-        } => Step::PythonVenv {
-            dir: one("dir", dir),
-            requirements: requirements.as_ref().map(|r| one("requirements", r)),
-            packages: packages
-                .iter()
-                .enumerate()
-                .map(|(i, p)| one(&format!("packages[{i}]"), p))
-                .collect(),
-            constraints: constraints.as_ref().map(|c| one("constraints", c)),
-            timeout_secs: *timeout_secs,
-        },
+            timeout_secs: _,
+        } => {
+            one("dir", dir);
+            optional(one, "requirements", requirements);
+            each(one, "packages", packages);
+            optional(one, "constraints", constraints);
+        }
         // The files' content is literal: a constraints file is written as kept in the repository.
-        Step::PipConstraints { path, rev, files } => Step::PipConstraints {
-            path: one("path", path),
-            rev: one("rev", rev),
-            files: files.clone(),
-        },
+        Step::PipConstraints {
+            path,
+            rev,
+            files: _,
+        } => {
+            one("path", path);
+            one("rev", rev);
+        }
         Step::CustomNodes {
             dir,
             venv,
             nodes,
             constraints,
-            timeout_secs,
-        } => Step::CustomNodes {
-            dir: one("dir", dir),
-            venv: venv.as_ref().map(|v| one("venv", v)),
-            nodes: nodes
-                .iter()
-                .enumerate()
-                .map(|(i, n)| CustomNode {
-                    name: one(&format!("nodes[{i}].name"), &n.name),
-                    repo: one(&format!("nodes[{i}].repo"), &n.repo),
-                    rev: one(&format!("nodes[{i}].rev"), &n.rev),
-                    requirements: n.requirements,
-                    env: env_pairs(&mut one, &format!("nodes[{i}].env"), &n.env),
-                })
-                .collect(),
-            constraints: constraints.as_ref().map(|c| one("constraints", c)),
-            timeout_secs: *timeout_secs,
-        },
+            timeout_secs: _,
+        } => {
+            one("dir", dir);
+            optional(one, "venv", venv);
+            custom_nodes(one, nodes);
+            optional(one, "constraints", constraints);
+        }
         Step::Download {
             files,
-            timeout_secs,
-        } => Step::Download {
-            files: files
-                .iter()
-                .enumerate()
-                .map(|(i, f)| DownloadFile {
-                    url: one(&format!("files[{i}].url"), &f.url),
-                    sha256: one(&format!("files[{i}].sha256"), &f.sha256),
-                    dest: one(&format!("files[{i}].dest"), &f.dest),
-                })
-                .collect(),
-            timeout_secs: *timeout_secs,
-        },
+            timeout_secs: _,
+        } => downloads(one, files),
         Step::Probe {
             argv,
             cwd,
-            expect_exit,
-            timeout_secs,
-        } => Step::Probe {
-            argv: argv
-                .iter()
-                .enumerate()
-                .map(|(i, a)| one(&format!("argv[{i}]"), a))
-                .collect(),
-            cwd: cwd.as_ref().map(|c| one("cwd", c)),
-            expect_exit: *expect_exit,
-            timeout_secs: *timeout_secs,
-        },
-        Step::Persist { paths } => Step::Persist {
-            paths: paths
-                .iter()
-                .enumerate()
-                .map(|(i, p)| one(&format!("paths[{i}]"), p))
-                .collect(),
-        },
+            expect_exit: _,
+            timeout_secs: _,
+        } => {
+            each(one, "argv", argv);
+            optional(one, "cwd", cwd);
+        }
+        Step::Persist { paths } => each(one, "paths", paths),
         Step::Fetch {
             source,
             sha256,
             dest,
             expect,
             provide,
-            timeout_secs,
-        } => Step::Fetch {
-            source: one("source", source),
-            sha256: sha256.as_ref().map(|s| one("sha256", s)),
-            dest: one("dest", dest),
-            expect: expect
-                .iter()
-                .enumerate()
-                .map(|(i, e)| one(&format!("expect[{i}]"), e))
-                .collect(),
-            // The content is literal (the machine's own file), only the path may carry placeholders.
-            provide: provide
-                .iter()
-                .enumerate()
-                .map(|(i, p)| ProvidedFile {
-                    path: one(&format!("provide[{i}].path"), &p.path),
-                    ..p.clone()
-                })
-                .collect(),
-            timeout_secs: *timeout_secs,
-        },
+            timeout_secs: _,
+        } => fetch_fields(one, source, sha256, dest, expect, provide),
         Step::Command {
             argv,
             cwd,
             env,
-            timeout_secs,
-        } => Step::Command {
-            argv: argv
-                .iter()
-                .enumerate()
-                .map(|(i, a)| one(&format!("argv[{i}]"), a))
-                .collect(),
-            cwd: cwd.as_ref().map(|c| one("cwd", c)),
-            env: env_pairs(&mut one, "env", env),
-            timeout_secs: *timeout_secs,
-        },
+            timeout_secs: _,
+        } => {
+            each(one, "argv", argv);
+            optional(one, "cwd", cwd);
+            env_pairs(one, "env", env);
+        }
+    }
+}
+
+/// The strings of a `fetch` step through `one`. The provided files' content is literal (the
+/// machine's own file), only their path may carry placeholders.
+fn fetch_fields(
+    one: &mut impl FnMut(&str, &mut String),
+    source: &mut String,
+    sha256: &mut Option<String>,
+    dest: &mut String,
+    expect: &mut [String],
+    provide: &mut [ProvidedFile],
+) {
+    one("source", source);
+    optional(one, "sha256", sha256);
+    one("dest", dest);
+    each(one, "expect", expect);
+    for (i, file) in provide.iter_mut().enumerate() {
+        one(&format!("provide[{i}].path"), &mut file.path);
     }
 }
 
@@ -232,191 +229,195 @@ fn validate(recipe: &InstallRecipe, problems: &mut Vec<String>) {
     if recipe.steps.is_empty() {
         problems.push("steps: a recipe needs at least one step".to_owned());
     }
-    let mut problem =
-        |at: &str, field: &str, message: String| problems.push(format!("{at}.{field}: {message}"));
-    let inside = |path: &str| -> Option<String> {
-        (!is_inside(path))
-            .then(|| format!("{path:?} must be a relative path inside the install directory"))
-    };
     for (i, step) in recipe.steps.iter().enumerate() {
         let at = format!("steps[{i}]");
-        let mut paths: Vec<(&str, &str)> = Vec::new();
-        match step {
-            Step::GitCheckout { rev, dest, .. } => {
-                paths.push(("dest", dest));
-                if rev.is_empty() || rev.starts_with('-') {
-                    problem(
-                        &at,
-                        "rev",
-                        format!("{rev:?} is not a commit, branch or tag"),
-                    );
-                }
-            }
-            Step::PythonVenv {
-                dir,
-                requirements,
-                constraints,
-                ..
-            } => {
-                paths.push(("dir", dir));
-                paths.extend(requirements.as_deref().map(|r| ("requirements", r)));
-                paths.extend(constraints.as_deref().map(|c| ("constraints", c)));
-            }
-            Step::PipConstraints { path, rev, files } => {
-                paths.push(("path", path));
-                if rev.is_empty() || rev.starts_with('-') {
-                    problem(
-                        &at,
-                        "rev",
-                        format!("{rev:?} is not a commit, branch or tag"),
-                    );
-                }
-                if files.is_empty() {
-                    problem(
-                        &at,
-                        "files",
-                        "needs at least one constraints file".to_owned(),
-                    );
-                }
-                for (j, file) in files.iter().enumerate() {
-                    if !is_full_sha(&file.commit) {
-                        problem(
-                            &at,
-                            &format!("files[{j}].commit"),
-                            format!("{:?} is not a full 40-hex commit", file.commit),
-                        );
-                    }
-                }
-            }
-            Step::Download { files, .. } => {
-                for (j, file) in files.iter().enumerate() {
-                    if file.dest == "." || !is_inside(&file.dest) {
-                        problem(
-                            &at,
-                            &format!("files[{j}].dest"),
-                            format!(
-                                "{:?} must be a file inside the install directory",
-                                file.dest
-                            ),
-                        );
-                    } else if files[..j].iter().any(|other| other.dest == file.dest) {
-                        problem(
-                            &at,
-                            &format!("files[{j}].dest"),
-                            format!("{:?} is the target of two downloads", file.dest),
-                        );
-                    }
-                    if !is_sha256(&file.sha256) {
-                        problem(
-                            &at,
-                            &format!("files[{j}].sha256"),
-                            format!("{:?} is not a SHA-256 (64 hex digits)", file.sha256),
-                        );
-                    }
-                    if let Err(message) = download_url(&file.url) {
-                        problem(&at, &format!("files[{j}].url"), message);
-                    }
-                }
-            }
-            Step::Probe { argv, cwd, .. } => {
-                if argv.first().is_none_or(String::is_empty) {
-                    problem(&at, "argv", "needs at least a program".to_owned());
-                }
-                paths.extend(cwd.as_deref().map(|c| ("cwd", c)));
-            }
-            Step::CustomNodes {
-                dir,
-                venv,
-                nodes,
-                constraints,
-                ..
-            } => {
-                paths.push(("dir", dir));
-                paths.extend(venv.as_deref().map(|v| ("venv", v)));
-                paths.extend(constraints.as_deref().map(|c| ("constraints", c)));
-                for (j, node) in nodes.iter().enumerate() {
-                    let field = format!("nodes[{j}].name");
-                    if !is_single_name(&node.name) {
-                        problem(
-                            &at,
-                            &field,
-                            format!("{:?} must be one directory name", node.name),
-                        );
-                    } else if nodes[..j].iter().any(|other| other.name == node.name) {
-                        problem(&at, &field, format!("{:?} is listed twice", node.name));
-                    }
-                    if node.rev.is_empty() || node.rev.starts_with('-') {
-                        problem(
-                            &at,
-                            &format!("nodes[{j}].rev"),
-                            format!("{:?} is not a commit, branch or tag", node.rev),
-                        );
-                    }
-                }
-            }
-            Step::Persist { paths: persisted } => {
-                for (j, path) in persisted.iter().enumerate() {
-                    let field = format!("paths[{j}]");
-                    if path == "." || !is_inside(path) {
-                        problem(
-                            &at,
-                            &field,
-                            format!("{path:?} must be a directory inside the install directory"),
-                        );
-                    } else if persisted[..j].contains(path) {
-                        problem(&at, &field, format!("{path:?} is listed twice"));
-                    }
-                }
-            }
-            Step::Fetch {
-                source,
-                sha256,
-                dest,
-                expect,
-                provide,
-                ..
-            } => {
-                paths.push(("dest", dest));
-                let files = expect
-                    .iter()
-                    .map(|e| ("expect", e))
-                    .enumerate()
-                    .chain(provide.iter().map(|p| ("provide", &p.path)).enumerate());
-                for (j, (field, e)) in files {
-                    if e == "." || !is_inside(e) {
-                        problem(
-                            &at,
-                            &format!("{field}[{j}]"),
-                            format!("{e:?} must be a file inside the destination"),
-                        );
-                    }
-                }
-                if let Err(message) = FetchSource::parse(source) {
-                    problem(&at, "source", message);
-                }
-                let sha = sha256.as_deref().unwrap_or_default();
-                if !sha.is_empty() && !is_sha256(sha) {
-                    problem(
-                        &at,
-                        "sha256",
-                        format!(
-                            "{sha:?} is not a SHA-256 (64 hex digits); leave it empty to skip the check"
-                        ),
-                    );
-                }
-            }
-            Step::Command { argv, cwd, .. } => {
-                if argv.first().is_none_or(String::is_empty) {
-                    problem(&at, "argv", "needs at least a program".to_owned());
-                }
-                paths.extend(cwd.as_deref().map(|c| ("cwd", c)));
+        let mut problem =
+            |field: &str, message: String| problems.push(format!("{at}.{field}: {message}"));
+        for (field, path) in check_step(step, &mut problem) {
+            if !is_inside(path) {
+                problem(
+                    field,
+                    format!("{path:?} must be a relative path inside the install directory"),
+                );
             }
         }
-        for (field, path) in paths {
-            if let Some(message) = inside(path) {
-                problem(&at, field, message);
-            }
+    }
+}
+
+/// Reports what is wrong with one step through `problem(field, message)`, bar its relative paths,
+/// which come back as `(field, path)` for the caller to check (after the step's own problems).
+fn check_step<'s>(
+    step: &'s Step,
+    problem: &mut impl FnMut(&str, String),
+) -> Vec<(&'static str, &'s str)> {
+    let mut paths: Vec<(&str, &str)> = Vec::new();
+    match step {
+        Step::GitCheckout { rev, dest, .. } => {
+            paths.push(("dest", dest));
+            check_rev(problem, "rev", rev);
         }
+        Step::PythonVenv {
+            dir,
+            requirements,
+            constraints,
+            ..
+        } => {
+            paths.push(("dir", dir));
+            paths.extend(requirements.as_deref().map(|r| ("requirements", r)));
+            paths.extend(constraints.as_deref().map(|c| ("constraints", c)));
+        }
+        Step::PipConstraints { path, rev, files } => {
+            paths.push(("path", path));
+            check_rev(problem, "rev", rev);
+            check_constraints_files(problem, files);
+        }
+        Step::Download { files, .. } => check_downloads(problem, files),
+        Step::Probe { argv, cwd, .. } | Step::Command { argv, cwd, .. } => {
+            if argv.first().is_none_or(String::is_empty) {
+                problem("argv", "needs at least a program".to_owned());
+            }
+            paths.extend(cwd.as_deref().map(|c| ("cwd", c)));
+        }
+        Step::CustomNodes {
+            dir,
+            venv,
+            nodes,
+            constraints,
+            ..
+        } => {
+            paths.push(("dir", dir));
+            paths.extend(venv.as_deref().map(|v| ("venv", v)));
+            paths.extend(constraints.as_deref().map(|c| ("constraints", c)));
+            check_custom_nodes(problem, nodes);
+        }
+        Step::Persist { paths: persisted } => check_persisted(problem, persisted),
+        Step::Fetch {
+            source,
+            sha256,
+            dest,
+            expect,
+            provide,
+            ..
+        } => {
+            paths.push(("dest", dest));
+            check_fetch(problem, source, sha256.as_deref(), expect, provide);
+        }
+    }
+    paths
+}
+
+/// A git revision: not empty, not an option.
+fn check_rev(problem: &mut impl FnMut(&str, String), field: &str, rev: &str) {
+    if rev.is_empty() || rev.starts_with('-') {
+        problem(field, format!("{rev:?} is not a commit, branch or tag"));
+    }
+}
+
+/// `pip-constraints` files: at least one, each pinned to a full commit.
+fn check_constraints_files(problem: &mut impl FnMut(&str, String), files: &[ConstraintsFile]) {
+    if files.is_empty() {
+        problem("files", "needs at least one constraints file".to_owned());
+    }
+    for (j, file) in files.iter().enumerate() {
+        if !is_full_sha(&file.commit) {
+            problem(
+                &format!("files[{j}].commit"),
+                format!("{:?} is not a full 40-hex commit", file.commit),
+            );
+        }
+    }
+}
+
+/// `download` files: distinct destinations inside the install directory, SHA-256s, usable URLs.
+fn check_downloads(problem: &mut impl FnMut(&str, String), files: &[DownloadFile]) {
+    for (j, file) in files.iter().enumerate() {
+        if file.dest == "." || !is_inside(&file.dest) {
+            problem(
+                &format!("files[{j}].dest"),
+                format!(
+                    "{:?} must be a file inside the install directory",
+                    file.dest
+                ),
+            );
+        } else if files[..j].iter().any(|other| other.dest == file.dest) {
+            problem(
+                &format!("files[{j}].dest"),
+                format!("{:?} is the target of two downloads", file.dest),
+            );
+        }
+        if !is_sha256(&file.sha256) {
+            problem(
+                &format!("files[{j}].sha256"),
+                format!("{:?} is not a SHA-256 (64 hex digits)", file.sha256),
+            );
+        }
+        if let Err(message) = download_url(&file.url) {
+            problem(&format!("files[{j}].url"), message);
+        }
+    }
+}
+
+/// `custom-nodes` entries: distinct single directory names, git revisions.
+fn check_custom_nodes(problem: &mut impl FnMut(&str, String), nodes: &[CustomNode]) {
+    for (j, node) in nodes.iter().enumerate() {
+        let field = format!("nodes[{j}].name");
+        if !is_single_name(&node.name) {
+            problem(
+                &field,
+                format!("{:?} must be one directory name", node.name),
+            );
+        } else if nodes[..j].iter().any(|other| other.name == node.name) {
+            problem(&field, format!("{:?} is listed twice", node.name));
+        }
+        check_rev(problem, &format!("nodes[{j}].rev"), &node.rev);
+    }
+}
+
+/// `persist` paths: distinct directories inside the install directory.
+fn check_persisted(problem: &mut impl FnMut(&str, String), persisted: &[String]) {
+    for (j, path) in persisted.iter().enumerate() {
+        let field = format!("paths[{j}]");
+        if path == "." || !is_inside(path) {
+            problem(
+                &field,
+                format!("{path:?} must be a directory inside the install directory"),
+            );
+        } else if persisted[..j].contains(path) {
+            problem(&field, format!("{path:?} is listed twice"));
+        }
+    }
+}
+
+/// `fetch`: expected and provided files inside the destination, a known source, an optional SHA-256.
+fn check_fetch(
+    problem: &mut impl FnMut(&str, String),
+    source: &str,
+    sha256: Option<&str>,
+    expect: &[String],
+    provide: &[ProvidedFile],
+) {
+    let files = expect
+        .iter()
+        .map(|e| ("expect", e))
+        .enumerate()
+        .chain(provide.iter().map(|p| ("provide", &p.path)).enumerate());
+    for (j, (field, e)) in files {
+        if e == "." || !is_inside(e) {
+            problem(
+                &format!("{field}[{j}]"),
+                format!("{e:?} must be a file inside the destination"),
+            );
+        }
+    }
+    if let Err(message) = FetchSource::parse(source) {
+        problem("source", message);
+    }
+    let sha = sha256.unwrap_or_default();
+    if !sha.is_empty() && !is_sha256(sha) {
+        problem(
+            "sha256",
+            format!("{sha:?} is not a SHA-256 (64 hex digits); leave it empty to skip the check"),
+        );
     }
 }
 

@@ -5,7 +5,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use machine_model::install::{ConstraintsFile, DownloadFile, ProvidedFile, Step};
+use machine_model::install::{ConstraintsFile, CustomNode, DownloadFile, ProvidedFile, Step};
 
 use super::hash::fnv1a64_hex;
 use super::marker::{CheckoutRecord, FetchRecord, ProvidedRecord, RequirementsRecord};
@@ -159,28 +159,14 @@ pub(crate) fn run_step(ctx: &StepCtx<'_>, step: &Step, records: &mut Records) ->
             packages,
             constraints,
             ..
-        } => {
-            let venv = ctx.root.join(dir);
-            let python = ctx.env.get("PYTHON").unwrap_or("python3");
-            ctx.run_ok(
-                &Cmd::new(python, ctx.root)
-                    .args(["-m", "venv"])
-                    .arg(venv.to_string_lossy()),
-            )?;
-            let mut pip_args = Vec::new();
-            if let Some(req) = requirements {
-                let (record, names_something) = requirements_record(ctx, req)?;
-                records.requirements.push(record);
-                if names_something {
-                    pip_args.extend(["-r".to_owned(), req.clone()]);
-                }
-            }
-            pip_args.extend(packages.iter().cloned());
-            if !pip_args.is_empty() {
-                pip_args.extend(constraints_args(ctx, constraints.as_deref())?);
-                pip_install(ctx, &venv, ctx.root, pip_args, &[])?;
-            }
-        }
+        } => python_venv(
+            ctx,
+            dir,
+            requirements.as_deref(),
+            packages,
+            constraints.as_deref(),
+            records,
+        )?,
         Step::PipConstraints { path, rev, files } => {
             let record = write_constraints(ctx, path, rev, files)?;
             records.requirements.push(record);
@@ -191,39 +177,14 @@ pub(crate) fn run_step(ctx: &StepCtx<'_>, step: &Step, records: &mut Records) ->
             nodes,
             constraints,
             ..
-        } => {
-            for node in nodes {
-                let subject = format!(
-                    "custom node {:?} ({} @ {})",
-                    node.name,
-                    strip_url_credentials(&node.repo),
-                    node.rev
-                );
-                let named = |mut failure: Box<StepFailure>| {
-                    failure.subject = Some(subject.clone());
-                    failure
-                };
-                let dest = format!("{dir}/{}", node.name);
-                let record = git_checkout(ctx, &node.repo, &node.rev, &dest, true, &node.env)
-                    .map_err(named)?;
-                records.checkouts.push(record);
-                let Some(venv) = venv.as_deref().filter(|_| node.requirements) else {
-                    continue;
-                };
-                let req = format!("{dest}/requirements.txt");
-                if !ctx.root.join(&req).is_file() {
-                    continue;
-                }
-                let (record, names_something) = requirements_record(ctx, &req).map_err(named)?;
-                records.requirements.push(record);
-                if names_something {
-                    let mut args = vec!["-r".to_owned(), req];
-                    args.extend(constraints_args(ctx, constraints.as_deref()).map_err(named)?);
-                    pip_install(ctx, &ctx.root.join(venv), ctx.root, args, &node.env)
-                        .map_err(named)?;
-                }
-            }
-        }
+        } => custom_nodes(
+            ctx,
+            dir,
+            venv.as_deref(),
+            nodes,
+            constraints.as_deref(),
+            records,
+        )?,
         Step::Download { files, .. } => {
             for file in files {
                 let subject = format!("model {}", file.dest);
@@ -239,20 +200,7 @@ pub(crate) fn run_step(ctx: &StepCtx<'_>, step: &Step, records: &mut Records) ->
             cwd,
             expect_exit,
             ..
-        } => {
-            let cmd = program_cmd(ctx, argv, cwd.as_deref(), &[])?;
-            let done = ctx.run_status(&cmd)?;
-            if done.status.code() != Some(*expect_exit) {
-                return Err(ctx.failure(
-                    Some(&cmd),
-                    FailureCause::Exit(format!(
-                        "{} (expected status {expect_exit}): the new version does not start, so it was not switched in",
-                        process::describe_status(&done.status)
-                    )),
-                    done.tail,
-                ));
-            }
-        }
+        } => probe(ctx, argv, cwd.as_deref(), *expect_exit)?,
         Step::Persist { paths } => {
             for path in paths {
                 persist(ctx, path)?;
@@ -274,6 +222,104 @@ pub(crate) fn run_step(ctx: &StepCtx<'_>, step: &Step, records: &mut Records) ->
             let cmd = program_cmd(ctx, argv, cwd.as_deref(), env)?;
             ctx.run_ok(&cmd)?;
         }
+    }
+    Ok(())
+}
+
+/// `python-venv`: creates the virtual environment `dir`, then pip-installs the requirements file
+/// (recorded, and skipped when it names nothing) and the packages, under the constraints file.
+fn python_venv(
+    ctx: &StepCtx<'_>,
+    dir: &str,
+    requirements: Option<&str>,
+    packages: &[String],
+    constraints: Option<&str>,
+    records: &mut Records,
+) -> StepResult<()> {
+    let venv = ctx.root.join(dir);
+    let python = ctx.env.get("PYTHON").unwrap_or("python3");
+    ctx.run_ok(
+        &Cmd::new(python, ctx.root)
+            .args(["-m", "venv"])
+            .arg(venv.to_string_lossy()),
+    )?;
+    let mut pip_args = Vec::new();
+    if let Some(req) = requirements {
+        let (record, names_something) = requirements_record(ctx, req)?;
+        records.requirements.push(record);
+        if names_something {
+            pip_args.extend(["-r".to_owned(), req.to_owned()]);
+        }
+    }
+    pip_args.extend(packages.iter().cloned());
+    if !pip_args.is_empty() {
+        pip_args.extend(constraints_args(ctx, constraints)?);
+        pip_install(ctx, &venv, ctx.root, pip_args, &[])?;
+    }
+    Ok(())
+}
+
+/// `custom-nodes`: checks out each node under `dir` and, with a `venv`, pip-installs the node's
+/// `requirements.txt` when it has one; a failure names the node.
+fn custom_nodes(
+    ctx: &StepCtx<'_>,
+    dir: &str,
+    venv: Option<&str>,
+    nodes: &[CustomNode],
+    constraints: Option<&str>,
+    records: &mut Records,
+) -> StepResult<()> {
+    for node in nodes {
+        let subject = format!(
+            "custom node {:?} ({} @ {})",
+            node.name,
+            strip_url_credentials(&node.repo),
+            node.rev
+        );
+        let named = |mut failure: Box<StepFailure>| {
+            failure.subject = Some(subject.clone());
+            failure
+        };
+        let dest = format!("{dir}/{}", node.name);
+        let record =
+            git_checkout(ctx, &node.repo, &node.rev, &dest, true, &node.env).map_err(named)?;
+        records.checkouts.push(record);
+        let Some(venv) = venv.filter(|_| node.requirements) else {
+            continue;
+        };
+        let req = format!("{dest}/requirements.txt");
+        if !ctx.root.join(&req).is_file() {
+            continue;
+        }
+        let (record, names_something) = requirements_record(ctx, &req).map_err(named)?;
+        records.requirements.push(record);
+        if names_something {
+            let mut args = vec!["-r".to_owned(), req];
+            args.extend(constraints_args(ctx, constraints).map_err(named)?);
+            pip_install(ctx, &ctx.root.join(venv), ctx.root, args, &node.env).map_err(named)?;
+        }
+    }
+    Ok(())
+}
+
+/// `probe`: runs the program and expects `expect_exit`; another status keeps the new version out.
+fn probe(
+    ctx: &StepCtx<'_>,
+    argv: &[String],
+    cwd: Option<&str>,
+    expect_exit: i32,
+) -> StepResult<()> {
+    let cmd = program_cmd(ctx, argv, cwd, &[])?;
+    let done = ctx.run_status(&cmd)?;
+    if done.status.code() != Some(expect_exit) {
+        return Err(ctx.failure(
+            Some(&cmd),
+            FailureCause::Exit(format!(
+                "{} (expected status {expect_exit}): the new version does not start, so it was not switched in",
+                process::describe_status(&done.status)
+            )),
+            done.tail,
+        ));
     }
     Ok(())
 }
@@ -485,7 +531,46 @@ fn fetch(
     // A download lands beside the version directory, never inside what is being built.
     let download = PathBuf::from(format!("{}.download.tar.gz", ctx.root.display()));
     let kind = FetchSource::parse(source).map_err(|e| ctx.problem(e))?;
-    let tarball = match &kind {
+    let tarball = tarball_of(ctx, &kind, &download)?;
+    let record_sha = match (&kind, tarball) {
+        (FetchSource::Folder(path), _) => {
+            copy_folder(ctx, path, sha256, &target)?;
+            None
+        }
+        (_, Some(file)) => Some(extract_tarball(
+            ctx, &file, sha256, &target, &download, &shown,
+        )?),
+        (_, None) => None,
+    };
+    let provided = provide_files(ctx, &target, provide, &shown)?;
+    let missing: Vec<&str> = expect
+        .iter()
+        .filter(|e| !target.join(e.as_str()).is_file())
+        .map(String::as_str)
+        .collect();
+    if !missing.is_empty() {
+        return Err(ctx.problem(format!(
+            "what {shown} holds lacks {} (expected {}); is it the right bundle? a tarball must hold one top folder with these files",
+            missing.join(", "),
+            expect.join(", ")
+        )));
+    }
+    Ok(FetchRecord {
+        dest: dest.to_owned(),
+        source: shown,
+        sha256: record_sha,
+        provided,
+    })
+}
+
+/// The tarball of a `fetch` source: a URL downloaded with curl to `download`, or a local file that
+/// must exist; `None` for a folder.
+fn tarball_of(
+    ctx: &StepCtx<'_>,
+    kind: &FetchSource,
+    download: &Path,
+) -> StepResult<Option<PathBuf>> {
+    match kind {
         FetchSource::Download(url) => {
             ctx.run_ok(
                 &Cmd::new("curl", ctx.root)
@@ -493,7 +578,7 @@ fn fetch(
                     .arg(download.to_string_lossy())
                     .arg(url),
             )?;
-            Some(download.clone())
+            Ok(Some(download.to_path_buf()))
         }
         FetchSource::Tarball(path) => {
             if !path.is_file() {
@@ -502,58 +587,77 @@ fn fetch(
                     path.display()
                 )));
             }
-            Some(path.clone())
+            Ok(Some(path.clone()))
         }
-        FetchSource::Folder(_) => None,
-    };
-    let record_sha = match (&kind, tarball) {
-        (FetchSource::Folder(path), _) => {
-            if !sha256.is_empty() {
-                return Err(ctx.problem(format!(
-                    "a sha256 is given but the source {} is a folder; checksums apply to tarballs only (leave it empty)",
-                    path.display()
-                )));
-            }
-            ctx.run_ok(
-                &Cmd::new("cp", ctx.root)
-                    .args(["-R", "--"])
-                    .arg(format!("{}/.", path.display()))
-                    .arg(target.to_string_lossy()),
-            )?;
-            None
-        }
-        (_, Some(file)) => {
-            let sum = ctx.run_ok(
-                &Cmd::new("sha256sum", ctx.root)
-                    .arg(file.to_string_lossy())
-                    .capture_stdout(),
-            )?;
-            let actual = sum
-                .stdout
-                .split_whitespace()
-                .next()
-                .unwrap_or_default()
-                .to_ascii_lowercase();
-            if !sha256.is_empty() && !actual.eq_ignore_ascii_case(sha256) {
-                let _ = fs::remove_file(&download);
-                return Err(ctx.problem(format!(
-                    "the tarball from {shown} has SHA-256 {actual}, expected {sha256}; \
-                     check the source (or set the matching checksum)"
-                )));
-            }
-            let extracted = ctx.run_ok(
-                &Cmd::new("tar", ctx.root)
-                    .args(["-xzf"])
-                    .arg(file.to_string_lossy())
-                    .args(["--strip-components=1", "-C"])
-                    .arg(target.to_string_lossy()),
-            );
-            let _ = fs::remove_file(&download);
-            extracted?;
-            Some(actual)
-        }
-        (_, None) => None,
-    };
+        FetchSource::Folder(_) => Ok(None),
+    }
+}
+
+/// Copies a folder's content into `target` (`cp -R`); a `sha256` given for a folder is a problem.
+fn copy_folder(ctx: &StepCtx<'_>, path: &Path, sha256: &str, target: &Path) -> StepResult<()> {
+    if !sha256.is_empty() {
+        return Err(ctx.problem(format!(
+            "a sha256 is given but the source {} is a folder; checksums apply to tarballs only (leave it empty)",
+            path.display()
+        )));
+    }
+    ctx.run_ok(
+        &Cmd::new("cp", ctx.root)
+            .args(["-R", "--"])
+            .arg(format!("{}/.", path.display()))
+            .arg(target.to_string_lossy()),
+    )?;
+    Ok(())
+}
+
+/// Checks `file` against `sha256` (when given) and unpacks it into `target` without its top folder;
+/// the download, if any, is removed either way. Returns the tarball's SHA-256 (lowercase hex).
+fn extract_tarball(
+    ctx: &StepCtx<'_>,
+    file: &Path,
+    sha256: &str,
+    target: &Path,
+    download: &Path,
+    shown: &str,
+) -> StepResult<String> {
+    let sum = ctx.run_ok(
+        &Cmd::new("sha256sum", ctx.root)
+            .arg(file.to_string_lossy())
+            .capture_stdout(),
+    )?;
+    let actual = sum
+        .stdout
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    if !sha256.is_empty() && !actual.eq_ignore_ascii_case(sha256) {
+        let _ = fs::remove_file(download);
+        return Err(ctx.problem(format!(
+            "the tarball from {shown} has SHA-256 {actual}, expected {sha256}; \
+             check the source (or set the matching checksum)"
+        )));
+    }
+    let extracted = ctx.run_ok(
+        &Cmd::new("tar", ctx.root)
+            .args(["-xzf"])
+            .arg(file.to_string_lossy())
+            .args(["--strip-components=1", "-C"])
+            .arg(target.to_string_lossy()),
+    );
+    let _ = fs::remove_file(download);
+    extracted?;
+    Ok(actual)
+}
+
+/// Writes each file of `provide` that the fetched source (`shown`) lacks into `target`, with a note
+/// either way; returns the records of those written.
+fn provide_files(
+    ctx: &StepCtx<'_>,
+    target: &Path,
+    provide: &[ProvidedFile],
+    shown: &str,
+) -> StepResult<Vec<ProvidedRecord>> {
     let mut provided = Vec::new();
     for file in provide {
         let path = target.join(&file.path);
@@ -581,24 +685,7 @@ fn fetch(
             fnv1a64: fnv1a64_hex(file.content.as_bytes()),
         });
     }
-    let missing: Vec<&str> = expect
-        .iter()
-        .filter(|e| !target.join(e.as_str()).is_file())
-        .map(String::as_str)
-        .collect();
-    if !missing.is_empty() {
-        return Err(ctx.problem(format!(
-            "what {shown} holds lacks {} (expected {}); is it the right bundle? a tarball must hold one top folder with these files",
-            missing.join(", "),
-            expect.join(", ")
-        )));
-    }
-    Ok(FetchRecord {
-        dest: dest.to_owned(),
-        source: shown,
-        sha256: record_sha,
-        provided,
-    })
+    Ok(provided)
 }
 
 /// Reads a requirements file for the marker; the flag says whether it names any requirement (an empty or
