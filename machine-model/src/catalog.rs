@@ -722,6 +722,9 @@ pub const JOB_HANDBACK_TIMEOUT_MS: u32 = 2000;
 
 /// The default install root (`WORKSPACE_DIR`).
 pub const DEFAULT_WORKSPACE: &str = "/workspace";
+/// The variable naming the machine's workspace (models, custom nodes, outputs); [`DEFAULT_WORKSPACE`]
+/// when unset.
+pub const WORKSPACE_DIR_VAR: &str = "WORKSPACE_DIR";
 
 /// Looks a connector up by its exact name.
 pub fn connector(name: &str) -> Option<&'static ConnectorEntry> {

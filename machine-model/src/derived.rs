@@ -24,7 +24,10 @@ pub fn env_vars(profile: &Profile, plan: &Plan) -> Vec<(String, String)> {
             m.allow_fewer_gpus.to_string(),
         ),
         ("MACHINE_HEALTH_PORT".into(), plan.health_port.to_string()),
-        ("WORKSPACE_DIR".into(), plan.workspace.clone()),
+        (
+            crate::catalog::WORKSPACE_DIR_VAR.into(),
+            plan.workspace.clone(),
+        ),
     ];
     if let Some(model) = &m.gpu_model {
         v.push(("MACHINE_GPU_MODEL".into(), model.clone()));

@@ -75,7 +75,7 @@ pub fn plan(
         workers,
         gpus: Some(gpus),
         machine_id: non_empty(env, "MACHINE_ID"),
-        workspace: non_empty(env, "WORKSPACE_DIR"),
+        workspace: non_empty(env, machine_model::catalog::WORKSPACE_DIR_VAR),
         settings: machine_model::catalog::plan_setting_names()
             .into_iter()
             .filter_map(|name| non_empty(env, name).map(|v| (name.to_string(), v)))

@@ -291,7 +291,7 @@ impl InstallOptions {
     /// Defaults from `env`: workspace from `WORKSPACE_DIR` (else `/workspace`), progress on stderr.
     pub fn from_env(env: Env) -> Self {
         let workspace_dir = PathBuf::from(
-            env.get("WORKSPACE_DIR")
+            env.get(machine_model::catalog::WORKSPACE_DIR_VAR)
                 .filter(|w| !w.is_empty())
                 .unwrap_or(DEFAULT_WORKSPACE),
         );

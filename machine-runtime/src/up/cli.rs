@@ -48,8 +48,9 @@ pub fn run_cli(args: UpArgs) -> anyhow::Result<()> {
         }
     };
     if let Some(workspace) = &planned.workspace {
-        let created = crate::limits::ensure_workspace(workspace, "WORKSPACE_DIR")
-            .map_err(|problem| anyhow::anyhow!("cannot start the machine:\n  - {problem}"))?;
+        let created =
+            crate::limits::ensure_workspace(workspace, machine_model::catalog::WORKSPACE_DIR_VAR)
+                .map_err(|problem| anyhow::anyhow!("cannot start the machine:\n  - {problem}"))?;
         if created {
             crate::log::runtime(&format!(
                 "created the workspace {} (WORKSPACE_DIR)",

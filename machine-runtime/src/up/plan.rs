@@ -144,7 +144,7 @@ pub(super) fn plan_apps(
                 gpu_count: u32::try_from(uuids.len()).unwrap_or(u32::MAX),
                 gpu_uuids: uuids,
                 mig_uuids,
-                workspace: std::env::var_os("WORKSPACE_DIR")
+                workspace: std::env::var_os(machine_model::catalog::WORKSPACE_DIR_VAR)
                     .filter(|w| !w.is_empty())
                     .map(PathBuf::from),
                 machine_id: env_machine_id,
