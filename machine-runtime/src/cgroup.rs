@@ -4,9 +4,10 @@
 //! Layout: `<cgroup2 mount>/machine-runtime/<runtime pid>/<index>-<app name>`. The runtime makes it
 //! where it may: at the top of the cgroup2 hierarchy it sees (root on a host, or a container's own
 //! namespace), else under its own cgroup (a delegated subtree, e.g. a systemd user scope with
-//! `Delegate=yes`). Each app's process moves itself into its cgroup between fork and exec
-//! (`echo 0 > cgroup.procs`), so every descendant is in it from the first instruction. No
-//! controller is enabled: the cgroups only group processes.
+//! `Delegate=yes`). Each app's process is started inside its cgroup (`clone3` with
+//! `CLONE_INTO_CGROUP`, [`spawn`]), or, where the kernel refuses that, moves itself there between
+//! fork and exec (`echo 0 > cgroup.procs`), so every descendant is in it from the first
+//! instruction. No controller is enabled: the cgroups only group processes.
 //!
 //! - When an app's process has ended or been stopped, its cgroup is emptied (`cgroup.kill`).
 //! - When the runtime stops, every app's cgroup is emptied and removed.
@@ -20,10 +21,14 @@
 //! `kill -9` of the runtime outside a container (in a container, as PID 1, the PID namespace ends
 //! with it). Without `cgroup.kill` (Linux before 5.14) each process of the cgroup gets SIGKILL.
 
+mod spawn;
+
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+
+pub(crate) use spawn::{ChildChannel, Exec, Forked, SpawnError};
 
 /// The folder the runtime's cgroups go in, under the cgroup2 mount (or the runtime's own cgroup).
 const TOP: &str = "machine-runtime";
@@ -160,6 +165,17 @@ impl AppCgroup {
         unsafe {
             std::os::unix::process::CommandExt::pre_exec(cmd, hook);
         }
+    }
+
+    /// Starts `cmd` inside this cgroup with `clone3(CLONE_INTO_CGROUP)` ([`spawn`]); `channel`:
+    /// the child's end of its IPC channel, the fd it gets in the child and the variables naming it.
+    /// [`SpawnError::Fallback`]: start it with std and [`AppCgroup::attach`] instead.
+    pub(crate) fn spawn(
+        &self,
+        cmd: &Exec<'_>,
+        channel: Option<ChildChannel<'_>>,
+    ) -> Result<Forked, SpawnError> {
+        spawn::spawn(cmd, &self.dir, channel)
     }
 
     /// Kills every process still in the cgroup (what the app left outside its process group);

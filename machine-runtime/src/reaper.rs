@@ -9,8 +9,9 @@
 //! nor one that std waits for itself (after a failed exec) has its status stolen.
 
 use std::collections::HashMap;
+use std::os::fd::OwnedFd;
 use std::os::unix::process::ExitStatusExt;
-use std::process::{Child, Command, ExitStatus};
+use std::process::{Command, ExitStatus};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -45,10 +46,29 @@ struct Table {
 /// A child started through the reaper.
 pub(crate) struct Spawned {
     pub pid: u32,
-    /// The std handle, only for taking the stdio pipes; never wait on it.
-    pub child: Child,
+    /// The read ends of its stdout and stderr pipes, where it has them.
+    pub stdout: Option<OwnedFd>,
+    pub stderr: Option<OwnedFd>,
     /// Resolves with the exit status once the reaper collects it.
     pub exit: oneshot::Receiver<ExitStatus>,
+}
+
+/// A child just forked, before the reaper knows it: its pid and the read ends of its output pipes.
+pub(crate) struct Forked {
+    pub pid: u32,
+    pub stdout: Option<OwnedFd>,
+    pub stderr: Option<OwnedFd>,
+}
+
+/// Spawns `cmd` with std (which collects the child itself when exec fails); the handle is dropped,
+/// never waited on.
+pub(crate) fn std_spawn(cmd: &mut Command) -> std::io::Result<Forked> {
+    let mut child = cmd.spawn()?;
+    Ok(Forked {
+        pid: child.id(),
+        stdout: child.stdout.take().map(OwnedFd::from),
+        stderr: child.stderr.take().map(OwnedFd::from),
+    })
 }
 
 /// How the runtime relates to orphans.
@@ -84,19 +104,28 @@ impl Reaper {
     /// Spawns `cmd` and registers its pid. Spawns run in parallel: the table lock is not held
     /// while the child execs.
     pub fn spawn(&self, cmd: &mut Command) -> std::io::Result<Spawned> {
+        self.spawn_with(|| std_spawn(cmd))
+    }
+
+    /// Runs `fork`, which starts one child (and, when it returns an error, has collected any
+    /// child it made), and registers the child's pid, as [`Reaper::spawn`] does.
+    pub fn spawn_with(
+        &self,
+        fork: impl FnOnce() -> std::io::Result<Forked>,
+    ) -> std::io::Result<Spawned> {
         self.lock().in_flight += 1;
-        let result = cmd.spawn();
+        let result = fork();
         let (spawned, deferred) = {
             let mut table = self.lock();
             table.in_flight -= 1;
             let deferred = std::mem::take(&mut table.deferred);
-            let spawned = result.map(|child| {
-                let pid = child.id();
+            let spawned = result.map(|forked| {
                 let (tx, rx) = oneshot::channel();
-                table.waiting.insert(pid as i32, tx);
+                table.waiting.insert(forked.pid as i32, tx);
                 Spawned {
-                    pid,
-                    child,
+                    pid: forked.pid,
+                    stdout: forked.stdout,
+                    stderr: forked.stderr,
                     exit: rx,
                 }
             });

@@ -26,7 +26,7 @@ mod tests;
 mod worker_env;
 
 pub(crate) use program::interpreter_for;
-pub(crate) use spawn::new_child;
+pub(crate) use spawn::{hygiene_in_child, new_child};
 pub(crate) use worker_env::is_worker;
 
 use std::collections::BTreeMap;

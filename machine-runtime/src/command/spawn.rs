@@ -76,35 +76,45 @@ pub(crate) fn new_child(program: impl AsRef<OsStr>) -> Command {
 fn child_hygiene(cmd: &mut Command) {
     // SAFETY: getpid has no preconditions.
     let parent = unsafe { libc::getpid() };
-    let hook = move || {
-        // SAFETY: sigemptyset, sigprocmask, prctl, getppid and _exit are async-signal-safe; nothing
-        // here allocates or takes a lock, as required between fork and exec.
-        unsafe {
-            let mut empty: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut empty);
-            if libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut()) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            if libc::prctl(
-                libc::PR_SET_PDEATHSIG,
-                libc::SIGKILL as libc::c_ulong,
-                0,
-                0,
-                0,
-            ) != 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-            if libc::getppid() != parent {
-                libc::_exit(137);
-            }
-        }
-        Ok(())
-    };
-    // SAFETY: the hook only makes async-signal-safe system calls (see above).
+    // SAFETY: std runs the hook in the child between fork and exec.
+    let hook = move || unsafe { hygiene_in_child(parent) };
+    // SAFETY: the hook only makes async-signal-safe system calls (see hygiene_in_child).
     unsafe {
         std::os::unix::process::CommandExt::pre_exec(cmd, hook);
     }
+}
+
+/// [`child_hygiene`]'s steps, in the child between fork and exec (also the cgroup spawn's,
+/// [`crate::cgroup::AppCgroup::spawn`]): empty signal mask, `PR_SET_PDEATHSIG`, and `_exit(137)`
+/// when `parent` (the runtime's pid) is already gone.
+///
+/// # Safety
+///
+/// Call only in a freshly forked child, before exec.
+pub(crate) unsafe fn hygiene_in_child(parent: libc::pid_t) -> std::io::Result<()> {
+    // SAFETY: sigemptyset, sigprocmask, prctl, getppid and _exit are async-signal-safe; nothing
+    // here allocates or takes a lock, as required between fork and exec.
+    unsafe {
+        let mut empty: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut empty);
+        if libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut()) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGKILL as libc::c_ulong,
+            0,
+            0,
+            0,
+        ) != 0
+        {
+            return Err(std::io::Error::last_os_error());
+        }
+        if libc::getppid() != parent {
+            libc::_exit(137);
+        }
+    }
+    Ok(())
 }
 
 fn is_executable(path: &Path) -> bool {

@@ -8,7 +8,7 @@
 //! the channel itself when it sees the variable; it does not keep the process alive unless the app
 //! listens for messages.
 
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::process::Command;
 use std::sync::Arc;
@@ -21,6 +21,13 @@ use super::output::{self, Stream};
 
 /// The fd the child's end of the channel has in the child (PM2's fork mode: `stdio[3] = 'ipc'`).
 pub(crate) const CHANNEL_FD: i32 = 3;
+/// The variables that tell Node where its channel is and how messages are written.
+fn child_env() -> [(&'static str, String); 2] {
+    [
+        ("NODE_CHANNEL_FD", CHANNEL_FD.to_string()),
+        ("NODE_CHANNEL_SERIALIZATION_MODE", "json".to_string()),
+    ]
+}
 /// The longest message line read; a longer one is dropped (logged by its length).
 const MAX_LINE: usize = 64 * 1024;
 
@@ -43,8 +50,7 @@ impl Channel {
     /// Puts the child's end at [`CHANNEL_FD`] in the child (without close-on-exec) and names it in
     /// the child's environment as Node reads it.
     pub(crate) fn attach(&self, cmd: &mut Command) {
-        cmd.env("NODE_CHANNEL_FD", CHANNEL_FD.to_string())
-            .env("NODE_CHANNEL_SERIALIZATION_MODE", "json");
+        cmd.envs(child_env());
         let fd = self.theirs.as_raw_fd();
         let hook = move || {
             // SAFETY: dup2 and fcntl are async-signal-safe; `fd` is open in the child (it was open
@@ -64,6 +70,12 @@ impl Channel {
         unsafe {
             std::os::unix::process::CommandExt::pre_exec(cmd, hook);
         }
+    }
+
+    /// For a spawn without std's `Command` ([`crate::cgroup::AppCgroup::spawn`]): the child's end,
+    /// the fd it must have in the child ([`CHANNEL_FD`]) and the variables that name it.
+    pub(crate) fn for_child(&self) -> (RawFd, RawFd, [(&'static str, String); 2]) {
+        (self.theirs.as_raw_fd(), CHANNEL_FD, child_env())
     }
 
     /// Once the child runs: closes our copy of its end and reads its messages until it closes the

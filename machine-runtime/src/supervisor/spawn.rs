@@ -2,7 +2,6 @@
 //! process group, ask whether the group is still there. Production starts real processes through
 //! the [`Reaper`]; the unit tests put a scripted fake behind the same calls (`fake.rs`, tests only).
 
-use std::os::fd::OwnedFd;
 use std::process::ExitStatus;
 use std::sync::Arc;
 
@@ -94,19 +93,15 @@ fn spawn_real(
         std::fs::create_dir_all(dir)
             .map_err(|e| format!("cannot create its folder {}: {e}", dir.display()))?;
     }
-    let mut command = cmd.to_command();
-    if let Some(cgroup) = cgroup {
-        cgroup.attach(&mut command);
-    }
     let channel = if cmd.ipc {
         let channel =
             super::ipc::Channel::new().map_err(|e| format!("cannot make its IPC channel: {e}"))?;
-        channel.attach(&mut command);
         Some(channel)
     } else {
         None
     };
-    let mut spawned = reaper.spawn(&mut command).map_err(|e| {
+    let forked = || fork(cmd, cgroup, channel.as_ref());
+    let mut spawned = reaper.spawn_with(forked).map_err(|e| {
         let program = cmd.program.to_string_lossy();
         match e.kind() {
             std::io::ErrorKind::NotFound => match &cmd.cwd {
@@ -124,11 +119,11 @@ fn spawn_real(
             _ => format!("cannot run \"{program}\": {e}"),
         }
     })?;
-    if let Some(stdout) = spawned.child.stdout.take() {
-        output::forward(name, OwnedFd::from(stdout), Stream::Stdout, log.clone());
+    if let Some(stdout) = spawned.stdout.take() {
+        output::forward(name, stdout, Stream::Stdout, log.clone());
     }
-    if let Some(stderr) = spawned.child.stderr.take() {
-        output::forward(name, OwnedFd::from(stderr), Stream::Stderr, log.clone());
+    if let Some(stderr) = spawned.stderr.take() {
+        output::forward(name, stderr, Stream::Stderr, log.clone());
     }
     let ready = channel.map(|channel| {
         let (tx, rx) = watch::channel(false);
@@ -140,4 +135,51 @@ fn spawn_real(
         exit: spawned.exit,
         ready,
     })
+}
+
+/// Forks the child: straight into its cgroup where the kernel can
+/// ([`crate::cgroup::AppCgroup::spawn`]), else with std, the child moving itself into its cgroup
+/// before exec.
+fn fork(
+    cmd: &ChildCommand,
+    cgroup: Option<&AppCgroup>,
+    channel: Option<&super::ipc::Channel>,
+) -> std::io::Result<crate::reaper::Forked> {
+    if let Some(cgroup) = cgroup {
+        let parts = channel.map(super::ipc::Channel::for_child);
+        let channel = parts
+            .as_ref()
+            .map(|(fd, at, env)| crate::cgroup::ChildChannel {
+                fd: *fd,
+                at: *at,
+                env,
+            });
+        let exec = crate::cgroup::Exec {
+            program: cmd.resolved_program(),
+            arg0: &cmd.program,
+            args: &cmd.args,
+            env: &cmd.env,
+            cwd: cmd.cwd.as_deref(),
+            hygiene: crate::command::hygiene_in_child,
+        };
+        match cgroup.spawn(&exec, channel) {
+            Ok(forked) => {
+                return Ok(crate::reaper::Forked {
+                    pid: forked.pid,
+                    stdout: Some(forked.stdout),
+                    stderr: Some(forked.stderr),
+                });
+            }
+            Err(crate::cgroup::SpawnError::Io(e)) => return Err(e),
+            Err(crate::cgroup::SpawnError::Fallback) => {}
+        }
+    }
+    let mut command = cmd.to_command();
+    if let Some(cgroup) = cgroup {
+        cgroup.attach(&mut command);
+    }
+    if let Some(channel) = channel {
+        channel.attach(&mut command);
+    }
+    crate::reaper::std_spawn(&mut command)
 }
