@@ -1,6 +1,6 @@
 //! The operator's commands for a running machine — `ps`, `logs`, `restart`, `stop`, `start`, in the
 //! words and output shapes of `pm2` and `docker compose` — as a client of the machine's endpoint
-//! (`health.rs`): `GET /pm2/list`, `GET /logs`, `POST /restart|stop|start/service`.
+//! (`health/routes.rs`): `GET /pm2/list`, `GET /logs`, `POST /restart|stop|start/service`.
 //!
 //! The machine is at `--url`, else `MACHINE_URL`, else `http://127.0.0.1:<MACHINE_HEALTH_PORT or
 //! 9090>`; the POST routes send `MACHINE_CONTROL_TOKEN` as `Authorization: Bearer`. Every failure is

@@ -1,5 +1,5 @@
 //! The endpoint's routes for an operator's command line (`machine-runtime stop|start|logs`), beside
-//! the monitor's in `health.rs`:
+//! the monitor's in `health/routes.rs`:
 //!
 //! - `POST /stop/service?service=NAME`: stop one app as `pm2 stop` does; it stays `stopped` (no
 //!   restart policy starts it) until `POST /start/service` or `POST /restart/service`. 202
@@ -16,7 +16,7 @@
 //!   `{name, skipped: N}` says a slow reader missed N lines of app NAME,
 //!   `{end: "..."}` that the machine is stopping.
 //!
-//! The POST routes need the control token, as every POST route (see `health.rs`); 404 with a
+//! The POST routes need the control token, as every POST route (see `health/routes.rs`); 404 with a
 //! did-you-mean for an unknown name, 409 while the machine is stopping.
 
 use serde_json::{Value, json};
