@@ -13,7 +13,8 @@ use serde_json::{Value, json};
 
 use crate::redis_server::RedisServer;
 use crate::up_support::{
-    BIN, free_port, gone, http_get, pids_with, runtime_command, token, wait_for, write_ecosystem,
+    BIN, free_port, gone, http_get, kill_pm2_apps, pids_with, runtime_command, token, wait_for,
+    write_ecosystem,
 };
 
 /// A runtime started with stdio chosen by the test and a known health port.
@@ -613,6 +614,7 @@ fn a_pm2_file_starts_what_pm2_runtime_starts() {
     // SAFETY: kill(2) on the group of the pm2-runtime this test started.
     unsafe { libc::kill(-(pm2.id() as i32), libc::SIGKILL) };
     let _ = pm2.wait();
+    kill_pm2_apps(&dir.path().join("pm2-home"));
     let reference = reference.unwrap();
 
     // Ours, on the same file with two fake GPUs.

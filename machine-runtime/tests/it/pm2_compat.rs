@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 
 use serde_json::{Value, json};
 
-use crate::up_support::{Runtime, pids_with, token, wait_for, wait_line};
+use crate::up_support::{Runtime, kill_pm2_apps, pids_with, token, wait_for, wait_line};
 
 /// A `pm2-runtime start <file>` in its own process group and `PM2_HOME`.
 struct Pm2 {
@@ -95,6 +95,8 @@ impl Drop for Pm2 {
         // SAFETY: kill(2) on the group of the pm2-runtime this test started.
         unsafe { libc::kill(-(self.child.id() as i32), libc::SIGKILL) };
         let _ = self.child.wait();
+        // PM2 starts its apps detached (their own process groups): the group kill leaves them running.
+        kill_pm2_apps(&self.home);
     }
 }
 
