@@ -26,6 +26,7 @@ mod spawn;
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 pub(crate) use spawn::{ChildChannel, Exec, Forked, SpawnError};
@@ -48,6 +49,9 @@ pub(crate) struct AppCgroup {
     dir: PathBuf,
     /// `<dir>/cgroup.procs`, for the child to write itself into before exec.
     procs: CString,
+    /// Set when the cgroup was emptied with `cgroup.kill` and could not be made anew: from then on
+    /// the app starts through std's spawn + [`AppCgroup::attach`] (see [`AppCgroup::kill`]).
+    killed_in_place: AtomicBool,
 }
 
 impl Cgroups {
@@ -102,7 +106,11 @@ impl Cgroups {
         let dir = self.base.join(format!("{idx}-{safe}"));
         std::fs::create_dir_all(&dir).ok()?;
         let procs = CString::new(dir.join("cgroup.procs").as_os_str().as_bytes()).ok()?;
-        Some(AppCgroup { dir, procs })
+        Some(AppCgroup {
+            dir,
+            procs,
+            killed_in_place: AtomicBool::new(false),
+        })
     }
 
     /// Empties and removes every app's cgroup and this runtime's folder; returns how many
@@ -175,13 +183,28 @@ impl AppCgroup {
         cmd: &Exec<'_>,
         channel: Option<ChildChannel<'_>>,
     ) -> Result<Forked, SpawnError> {
+        if self.killed_in_place.load(Ordering::Relaxed) {
+            return Err(SpawnError::Fallback);
+        }
         spawn::spawn(cmd, &self.dir, channel)
     }
 
     /// Kills every process still in the cgroup (what the app left outside its process group);
     /// returns how many there were.
+    ///
+    /// A cgroup that was killed is then made anew (removed and created again, empty): on kernels seen
+    /// here (6.18), a child that `clone3(CLONE_INTO_CGROUP)` starts inside a cgroup that `cgroup.kill`
+    /// was ever written to is SIGKILLed at birth, so every later start of the app would die at once
+    /// (a fresh cgroup, or a child moving itself in through `cgroup.procs`, is not affected). Where the
+    /// cgroup cannot be made anew, the app's later starts move themselves in instead.
     pub(crate) fn kill(&self) -> usize {
-        kill_cgroup(&self.dir)
+        let killed = kill_cgroup(&self.dir);
+        if killed > 0
+            && (std::fs::remove_dir(&self.dir).is_err() || std::fs::create_dir(&self.dir).is_err())
+        {
+            self.killed_in_place.store(true, Ordering::Relaxed);
+        }
+        killed
     }
 }
 

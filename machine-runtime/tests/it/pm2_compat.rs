@@ -488,7 +488,7 @@ fn a_redis_that_never_answers_delays_no_app() {
 
 /// Opt-out of the cgroup test for developers who cannot create a cgroup (not root, no delegated
 /// cgroup2 subtree); CI runs it as root.
-const SKIP_CGROUP_VAR: &str = "MACHINE_SKIP_CGROUP_TEST";
+pub(crate) const SKIP_CGROUP_VAR: &str = "MACHINE_SKIP_CGROUP_TEST";
 
 /// An app whose child leaves its process group and session (`setsid`): after `kill -9` of the
 /// runtime, pm2-runtime leaves the app and that child running; ours leaves the child until the next

@@ -538,3 +538,52 @@ fn waiting_for_a_dependency_burns_no_cpu() {
         "the runtime used {used} ticks of CPU while only waiting"
     );
 }
+
+/// An app that leaves a process outside its process group (`setsid`) and then crashes: the runtime
+/// empties the app's cgroup (`cgroup.kill`) and starts the app again, and the new process lives. On
+/// kernels where a child started inside a cgroup that was ever killed dies at birth (6.18 here), the
+/// new process was SIGKILLed within milliseconds, 16 times, then the app errored (found by the review
+/// of the clone3 spawn path).
+#[test]
+fn an_app_starts_again_after_its_cgroup_was_emptied() {
+    let script = "echo start >> \"$D/starts\"\n\
+        if [ \"$(wc -l < \"$D/starts\")\" = 1 ]; then\n\
+          setsid sleep 600 &\n\
+          while [ ! -e \"$D/crash\" ]; do sleep 0.05; done\n\
+          exit 1\n\
+        fi\n\
+        sleep 0.5\n\
+        put alive yes\n\
+        exec sleep 600\n";
+    let mut rt = Runtime::start(
+        json!({"apps": [with(sh("leaver", script), json!({"restart_delay": 0}))]}),
+        &[],
+    );
+    let out = wait_line(&rt, "leaver started (pid");
+    if out.contains("apps run without cgroups") {
+        let skip = crate::pm2_compat::SKIP_CGROUP_VAR;
+        if std::env::var_os(skip).is_some_and(|v| v == "1") {
+            eprintln!("SKIPPED ON PURPOSE: {skip}=1 and no cgroup here:\n{out}");
+            return;
+        }
+        panic!(
+            "this test needs a cgroup the runtime may create (root with cgroup2, or a delegated subtree), or {skip}=1 to skip it on purpose:\n{out}"
+        );
+    }
+    read_when_present(&rt, "starts");
+    std::fs::write(rt.path("crash"), "").unwrap();
+    wait_line(
+        &rt,
+        "leaver: stopped 1 process it left outside its process group (its cgroup)",
+    );
+    // The second process runs half a second before it writes `alive`: one killed at birth never does.
+    read_when_present(&rt, "alive");
+    let app = rt.app_status("leaver");
+    assert_eq!(
+        (&app["state"], &app["restarts"]),
+        (&json!("running"), &json!(1)),
+        "{app}"
+    );
+    rt.signal(libc::SIGTERM);
+    assert_eq!(rt.wait_exit().code(), Some(0), "{}", rt.output());
+}
