@@ -251,17 +251,17 @@ impl fmt::Display for Problem {
 /// Why an ecosystem could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum EcosystemError {
-    #[error("cannot read ecosystem file {path}: {source}")]
+    // The cause is in the message and not a `source`: printed as a chain it said itself twice
+    // ("No such file or directory (os error 2): No such file or directory (os error 2)").
+    #[error("cannot read ecosystem file {path}: {cause}")]
     Read {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
-    #[error("ecosystem {origin} is not valid json: {source}")]
+    #[error("ecosystem {origin} is not valid json: {cause}")]
     Json {
         origin: String,
-        #[source]
-        source: serde_json::Error,
+        cause: serde_json::Error,
     },
     #[error("ecosystem {origin} has {} problem{}:\n{}", problems.len(), if problems.len() == 1 { "" } else { "s" }, list(problems))]
     Invalid {
@@ -281,9 +281,9 @@ fn list(problems: &[Problem]) -> String {
 /// Reads and checks an ecosystem file; relative `cwd`s resolve against the file's directory, and
 /// an app without `cwd` runs in that directory (as with `pm2 start ecosystem.json`).
 pub fn read_file(path: &Path) -> Result<Resolved, EcosystemError> {
-    let text = std::fs::read_to_string(path).map_err(|source| EcosystemError::Read {
+    let text = std::fs::read_to_string(path).map_err(|cause| EcosystemError::Read {
         path: path.to_path_buf(),
-        source,
+        cause,
     })?;
     let base = path
         .parent()
@@ -304,9 +304,9 @@ pub fn parse(
     origin: &str,
     base_dir: Option<&Path>,
 ) -> Result<Resolved, EcosystemError> {
-    let value: Value = serde_json::from_str(text).map_err(|source| EcosystemError::Json {
+    let value: Value = serde_json::from_str(text).map_err(|cause| EcosystemError::Json {
         origin: origin.to_string(),
-        source,
+        cause,
     })?;
     from_value_at(&value, origin, base_dir)
 }
