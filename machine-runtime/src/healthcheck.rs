@@ -29,8 +29,13 @@ pub async fn check_waiting(port: u16, timeout: Duration, wait: Duration) -> Resu
         let Err(problem) = result else {
             return Ok(());
         };
-        if Instant::now() + RETRY >= deadline || !starting(port, timeout.min(left)).await {
+        if Instant::now() + RETRY >= deadline {
             return Err(problem);
+        }
+        if !starting(port, timeout.min(left)).await {
+            // It may have left `starting` between the two requests, turning healthy (the answer
+            // that counts is /health's now, not the 503 from just before it was ready).
+            return crate::health::check(port, timeout.min(left.max(RETRY))).await;
         }
         tokio::time::sleep(RETRY).await;
     }
