@@ -548,7 +548,7 @@ fn waiting_for_a_dependency_burns_no_cpu() {
 fn an_app_starts_again_after_its_cgroup_was_emptied() {
     let script = "echo start >> \"$D/starts\"\n\
         if [ \"$(wc -l < \"$D/starts\")\" = 1 ]; then\n\
-          setsid sleep 600 &\n\
+          setsid sh -c 'echo $$ > \"$D/orphan\"; exec sleep 600' &\n\
           while [ ! -e \"$D/crash\" ]; do sleep 0.05; done\n\
           exit 1\n\
         fi\n\
@@ -570,7 +570,9 @@ fn an_app_starts_again_after_its_cgroup_was_emptied() {
             "this test needs a cgroup the runtime may create (root with cgroup2, or a delegated subtree), or {skip}=1 to skip it on purpose:\n{out}"
         );
     }
-    read_when_present(&rt, "starts");
+    // The crash only once the child has left the app's process group (it writes its pid after setsid):
+    // a child still in the group is stopped with the group, and nothing is left in the cgroup.
+    read_when_present(&rt, "orphan");
     std::fs::write(rt.path("crash"), "").unwrap();
     wait_line(
         &rt,
