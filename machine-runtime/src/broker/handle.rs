@@ -16,7 +16,7 @@ use super::link::Link;
 use super::listener::{WorkerChannels, listen_worker_events};
 use super::preflight;
 use super::publisher::{Command, Publisher};
-use super::shared::{Shared, Stats, status_of};
+use super::shared::{Shared, status_of};
 use super::status::{BrokerStatus, PreflightState, preflight_state};
 use super::tally::JobTally;
 use super::time::now_ms;
@@ -80,20 +80,7 @@ impl Broker {
         config: &BrokerConfig,
         view: watch::Receiver<MachineView>,
     ) -> Self {
-        let shared = Arc::new(Shared {
-            link: link.clone(),
-            stats: Mutex::new(Stats {
-                preflight,
-                published: 0,
-                last_published_ms: None,
-                last_update_type: None,
-            }),
-            busy: Mutex::new(HashMap::new()),
-            workers: Mutex::new(BTreeMap::new()),
-            jobs: Mutex::new(BTreeMap::new()),
-            dead: Mutex::new(Vec::new()),
-            stopping: std::sync::atomic::AtomicBool::new(false),
-        });
+        let shared = Arc::new(Shared::new(link.clone(), preflight));
         let cancel = CancellationToken::new();
         let current = view.borrow().clone();
         let (events_tx, events_rx) = mpsc::channel(1024);

@@ -33,6 +33,24 @@ pub(super) struct Shared {
 }
 
 impl Shared {
+    /// Nothing published or seen yet, on `link`, with the preflight's verdict.
+    pub(super) fn new(link: Arc<Link>, preflight: PreflightState) -> Shared {
+        Shared {
+            link,
+            stats: Mutex::new(Stats {
+                preflight,
+                published: 0,
+                last_published_ms: None,
+                last_update_type: None,
+            }),
+            busy: Mutex::new(HashMap::new()),
+            workers: Mutex::new(BTreeMap::new()),
+            jobs: Mutex::new(BTreeMap::new()),
+            dead: Mutex::new(Vec::new()),
+            stopping: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
     pub(super) fn stats(&self) -> std::sync::MutexGuard<'_, Stats> {
         // A poisoned lock only means a panic elsewhere; the numbers are still good to show.
         self.stats

@@ -66,13 +66,11 @@ where
 
 #[cfg(test)]
 mod tests {
-    use std::collections::{BTreeMap, HashMap};
-    use std::sync::Mutex;
     use std::time::Duration;
 
     use super::super::config::RedisUrl;
     use super::super::link::{ConnectionState, Link, LinkSettings};
-    use super::super::shared::{Stats, status_of};
+    use super::super::shared::status_of;
     use super::super::status::PreflightState;
     use super::*;
 
@@ -88,20 +86,7 @@ mod tests {
             },
         )
         .unwrap();
-        Arc::new(Shared {
-            link,
-            stats: Mutex::new(Stats {
-                preflight: PreflightState::Off,
-                published: 0,
-                last_published_ms: None,
-                last_update_type: None,
-            }),
-            busy: Mutex::new(HashMap::new()),
-            workers: Mutex::new(BTreeMap::new()),
-            jobs: Mutex::new(BTreeMap::new()),
-            dead: Mutex::new(Vec::new()),
-            stopping: std::sync::atomic::AtomicBool::new(false),
-        })
+        Arc::new(Shared::new(link, PreflightState::Off))
     }
 
     #[tokio::test]

@@ -5,7 +5,7 @@ use std::process::{Child, Command, Stdio};
 
 use serde_json::json;
 
-use crate::up_support::{BIN, Runtime, http_get, wait_for};
+use crate::up_support::{BIN, Runtime, http_get, pid_in, wait_for};
 
 fn probe(port: u16, wait: &str) -> Child {
     Command::new(BIN)
@@ -57,17 +57,7 @@ fn a_waiting_probe_succeeds_when_the_starting_machine_turns_healthy_and_fails_at
     // Ready once, then unhealthy (its service killed, restarting in 10 minutes): no waiting, even with an
     // hour allowed.
     // Nothing orders svc's `echo` before its probe passes: wait for the whole pid in its file.
-    let pid: i32 = wait_for(
-        "svc's pid in svc.pid",
-        || rt.output(),
-        || {
-            std::fs::read_to_string(rt.path("svc.pid"))
-                .ok()?
-                .trim()
-                .parse()
-                .ok()
-        },
-    );
+    let pid = pid_in(&rt, "svc.pid");
     // SAFETY: plain kill(2) of the test's own grandchild.
     unsafe { libc::kill(pid, libc::SIGKILL) };
     rt.wait_state("svc", "restarting");

@@ -5,7 +5,7 @@ use std::process::Command;
 
 use serde_json::json;
 
-use crate::up_support::{BIN, Runtime, http_get, wait_for};
+use crate::up_support::{BIN, Runtime, http_get, pid_in, wait_for};
 
 /// Runs `machine-runtime health --port P`; true when it exits 0.
 fn health_command(port: u16) -> (bool, String) {
@@ -125,17 +125,7 @@ fn health_follows_the_apps_through_their_states() {
 
     // Restarting: the service dies and waits out its (long) restart delay.
     // Nothing orders svc's `echo` before its probe passes: wait for the whole pid in its file.
-    let pid: i32 = wait_for(
-        "svc's pid in svc.pid",
-        || rt.output(),
-        || {
-            std::fs::read_to_string(rt.path("svc.pid"))
-                .ok()?
-                .trim()
-                .parse()
-                .ok()
-        },
-    );
+    let pid = pid_in(&rt, "svc.pid");
     // SAFETY: plain kill(2) on the service the runtime started.
     unsafe { libc::kill(pid, libc::SIGKILL) };
     rt.wait_state("svc", "restarting");

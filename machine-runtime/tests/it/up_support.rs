@@ -640,25 +640,23 @@ pub fn gone(pid: u32, token: &str) -> bool {
 /// in their environment, which nothing else here does. Call it after pm2-runtime is gone.
 pub fn kill_pm2_apps(home: &Path) {
     let mark = format!("PM2_HOME={}", home.display());
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        if let Ok(environ) = std::fs::read(entry.path().join("environ"))
-            && environ.split(|b| *b == 0).any(|e| e == mark.as_bytes())
-        {
-            // SAFETY: kill(2) on a process started by the caller's pm2-runtime.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-        }
+    for pid in pids_where("environ", |environ| {
+        environ.split(|b| *b == 0).any(|e| e == mark.as_bytes())
+    }) {
+        // SAFETY: kill(2) on a process started by the caller's pm2-runtime.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
     }
 }
 
 /// Pids of processes whose command line contains `token`.
 pub fn pids_with(token: &str) -> Vec<u32> {
+    pids_where("cmdline", |cmdline| {
+        String::from_utf8_lossy(cmdline).contains(token)
+    })
+}
+
+/// Pids of the processes whose `/proc/<pid>/<file>` (`cmdline`, `environ`: NUL-separated) `matches`.
+fn pids_where(file: &str, matches: impl Fn(&[u8]) -> bool) -> Vec<u32> {
     let mut pids = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
         let Some(pid) = entry
@@ -668,13 +666,27 @@ pub fn pids_with(token: &str) -> Vec<u32> {
         else {
             continue;
         };
-        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline"))
-            && String::from_utf8_lossy(&cmdline).contains(token)
-        {
+        if std::fs::read(entry.path().join(file)).is_ok_and(|bytes| matches(&bytes)) {
             pids.push(pid);
         }
     }
     pids
+}
+
+/// The pid an app wrote into `file` in the test's folder, once the whole number is there (`echo $$ >
+/// file` empties the file before it writes, and nothing orders that against the runtime's states).
+pub fn pid_in(rt: &Runtime, file: &str) -> i32 {
+    wait_for(
+        &format!("a pid in {file}"),
+        || rt.output(),
+        || {
+            std::fs::read_to_string(rt.path(file))
+                .ok()?
+                .trim()
+                .parse()
+                .ok()
+        },
+    )
 }
 
 /// A unique token for marking this test's processes.
