@@ -102,14 +102,22 @@ fn main() -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
         let ecosystem = dir.path().join("ecosystem.config.json");
         std::fs::write(&ecosystem, ecosystem_json(n))?;
-        let mut results = Vec::new();
-        for &contender in &contenders {
-            let mut figures = Figures::default();
-            for _ in 0..rounds {
-                run_once(contender, n, &ecosystem, dir.path(), kills, &mut figures)
+        // Round by round, each contender in turn, in reverse order every other round: a change of
+        // load on a shared machine (or what the previous contender's stop left to the kernel) then
+        // moves every column alike instead of one contender's rounds.
+        let mut results: Vec<(Contender, Figures)> = contenders
+            .iter()
+            .map(|&c| (c, Figures::default()))
+            .collect();
+        for round in 0..rounds {
+            let mut order: Vec<&mut (Contender, Figures)> = results.iter_mut().collect();
+            if round % 2 == 1 {
+                order.reverse();
+            }
+            for (contender, figures) in order {
+                run_once(*contender, n, &ecosystem, dir.path(), kills, figures)
                     .with_context(|| format!("{} with {n} apps", contender.label()))?;
             }
-            results.push((contender, figures));
         }
         print_table(n, &results);
     }

@@ -31,6 +31,16 @@ use std::time::{Duration, Instant};
 
 pub(crate) use spawn::{ChildChannel, Exec, Forked, SpawnError};
 
+/// Starts `cmd` as [`AppCgroup::spawn`] does, where the app has no cgroup (the fallback above): in
+/// the runtime's own cgroup, still without copying the runtime. [`SpawnError::Fallback`]: start it
+/// with std instead.
+pub(crate) fn spawn_outside(
+    cmd: &Exec<'_>,
+    channel: Option<ChildChannel<'_>>,
+) -> Result<Forked, SpawnError> {
+    spawn::spawn(cmd, None, channel)
+}
+
 /// The folder the runtime's cgroups go in, under the cgroup2 mount (or the runtime's own cgroup).
 const TOP: &str = "machine-runtime";
 /// The longest an emptied cgroup is waited for before it is left in place.
@@ -186,7 +196,7 @@ impl AppCgroup {
         if self.killed_in_place.load(Ordering::Relaxed) {
             return Err(SpawnError::Fallback);
         }
-        spawn::spawn(cmd, &self.dir, channel)
+        spawn::spawn(cmd, Some(&self.dir), channel)
     }
 
     /// Kills every process still in the cgroup (what the app left outside its process group);

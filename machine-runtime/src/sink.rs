@@ -19,6 +19,8 @@ use std::time::{Duration, Instant};
 
 /// Bytes queued per stream before lines are dropped (1 MiB).
 pub(crate) const BOUND: usize = 1 << 20;
+/// The most bytes the writer joins into one write (whole chunks; a longer chunk goes alone).
+const BATCH: usize = 64 << 10;
 
 /// One output stream: its queue and its writer thread.
 struct Lane {
@@ -130,8 +132,12 @@ impl Lane {
                 return;
             }
         }
+        // A busy writer looks at the queue again before it waits: no wake-up needed.
+        let wake = !q.busy;
         drop(q);
-        self.work.notify_one();
+        if wake {
+            self.work.notify_one();
+        }
     }
 
     /// Queues `N lines dropped` when lines were dropped since the last notice.
@@ -158,7 +164,18 @@ impl Lane {
             let chunk = {
                 let mut q = self.lock();
                 loop {
-                    if let Some(chunk) = q.chunks.pop_front() {
+                    if let Some(mut chunk) = q.chunks.pop_front() {
+                        // What queued up meanwhile goes out in the same write (one system call
+                        // for a burst, e.g. 64 apps' "started" lines).
+                        while q
+                            .chunks
+                            .front()
+                            .is_some_and(|next| chunk.len() + next.len() <= BATCH)
+                        {
+                            if let Some(next) = q.chunks.pop_front() {
+                                chunk.extend_from_slice(&next);
+                            }
+                        }
                         q.busy = true;
                         break chunk;
                     }

@@ -1,25 +1,31 @@
-//! Starts an app's process directly inside its cgroup: `clone3(CLONE_INTO_CGROUP)` (Linux 5.7+),
-//! then the same steps std's `Command::spawn` takes between fork and exec, so the child is in its
-//! cgroup from its first instruction without moving itself there. Moving a process between cgroups
-//! (a write to `cgroup.procs`) takes a lock every fork in the system waits for; for 64 apps that was
-//! about 15 ms of a 75 ms start (docs/development.md, Benchmarks).
+//! Starts an app's process directly inside its cgroup, the way glibc's `posix_spawn` starts a
+//! process: `clone3(CLONE_VM | CLONE_VFORK | CLONE_INTO_CGROUP)` (Linux 5.7+) with the child on a
+//! stack of its own, then the same steps std's `Command::spawn` takes between fork and exec. The
+//! child is in its cgroup from its first instruction without moving itself there (a write to
+//! `cgroup.procs` takes a lock every fork in the system waits for), and nothing of the runtime's
+//! memory is copied for it (a fork copies the page tables of the whole multi-threaded runtime, and
+//! both sides then fault on every page they write before the exec). Figures: docs/development.md,
+//! Benchmarks.
 //!
-//! The child's steps, in std's order: stdin from `/dev/null`, stdout and stderr to pipes, working
-//! folder, own process group, SIGPIPE back to its default, then [`crate::command`]'s hygiene (empty
-//! signal mask, `PR_SET_PDEATHSIG`, exits if the runtime is already gone), the IPC channel at its
-//! fd, and `execvpe` with exactly the command's environment. A failure before exec reaches the
-//! parent as the errno, as std reports it, and the child is collected before the error returns.
+//! The child's steps: every signal handler of the runtime back to its default (the child shares the
+//! runtime's memory until exec, and every signal is blocked on the spawning thread around the
+//! clone), then in std's order stdin from `/dev/null`, stdout and stderr to pipes, working folder,
+//! own process group, SIGPIPE back to its default, then [`crate::command`]'s hygiene (empty signal
+//! mask, `PR_SET_PDEATHSIG`, exits if the runtime is already gone), the IPC channel at its fd, and
+//! `execvpe` with exactly the command's environment. A failure before exec reaches the parent as
+//! the errno, as std reports it, and the child is collected before the error returns.
 //!
 //! Where the kernel refuses `clone3` or `CLONE_INTO_CGROUP` (older than 5.7, or a seccomp profile
-//! that answers ENOSYS) the caller falls back to std's spawn with the child moving itself
-//! ([`super::AppCgroup::attach`]); that answer is remembered for the rest of the run.
+//! that answers ENOSYS), and on other architectures than x86_64 (the clone onto a new stack is a few
+//! lines of assembly written for x86_64 only), the caller falls back to std's spawn with the child
+//! moving itself ([`super::AppCgroup::attach`]); that answer is remembered for the rest of the run.
 
 use std::collections::BTreeMap;
 use std::ffi::{CString, OsStr, OsString};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 
 /// `CLONE_INTO_CGROUP` of `<linux/sched.h>` (libc's constant is a 32-bit int, too narrow for it).
 const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
@@ -68,11 +74,11 @@ pub(crate) enum SpawnError {
 }
 
 /// Starts `cmd` (its program already a path, see [`ChildCommand::resolved_program`]) inside the
-/// cgroup `dir`. `channel`: the child's end of Node's IPC channel, the fd it must have in the
+/// cgroup `dir` (`None`: where the runtime is). `channel`: the child's end of Node's IPC channel, the fd it must have in the
 /// child, and the variables that name it (they replace any of the same name in `cmd.env`).
 pub(crate) fn spawn(
     cmd: &Exec<'_>,
-    dir: &Path,
+    dir: Option<&Path>,
     channel: Option<ChildChannel<'_>>,
 ) -> Result<Forked, SpawnError> {
     if UNSUPPORTED.load(Ordering::Relaxed) {
@@ -85,17 +91,17 @@ pub(crate) fn spawn(
     let envp = null_terminated(&strings.envp);
 
     // A folder that is gone: std's spawn leaves such a child where it is; so does the fallback.
-    let cgroup = open_dir(dir).map_err(|_| SpawnError::Fallback)?;
-    let null = std::fs::File::open("/dev/null").map_err(io)?;
+    let cgroup = dir
+        .map(open_dir)
+        .transpose()
+        .map_err(|_| SpawnError::Fallback)?;
+    let null = dev_null().map_err(io)?;
     let (out_r, out_w) = pipe().map_err(io)?;
     let (err_r, err_w) = pipe().map_err(io)?;
-    // The child writes its errno here when a step fails; exec closes it (close-on-exec).
-    let (report_r, report_w) = pipe().map_err(io)?;
     let fds = ChildFds {
-        stdin: null.as_raw_fd(),
+        stdin: null,
         stdout: out_w.as_raw_fd(),
         stderr: err_w.as_raw_fd(),
-        report: report_w.as_raw_fd(),
         channel: channel.map(|c| (c.fd, c.at)),
     };
     // SAFETY: getpid has no preconditions.
@@ -103,39 +109,30 @@ pub(crate) fn spawn(
 
     // SAFETY: clone_args is plain data; all-zero is "no flags".
     let mut args: libc::clone_args = unsafe { std::mem::zeroed() };
-    args.flags = CLONE_INTO_CGROUP;
-    args.exit_signal = libc::SIGCHLD as u64;
-    args.cgroup = cgroup.as_raw_fd() as u64;
-    // SAFETY: clone3 without CLONE_VM is a fork: the child gets a copy of this thread's memory and
-    // runs only `child`, which makes async-signal-safe calls on data prepared above and never
-    // returns.
-    let pid = unsafe {
-        libc::syscall(
-            libc::SYS_clone3,
-            &mut args as *mut libc::clone_args,
-            std::mem::size_of::<libc::clone_args>(),
-        )
-    };
-    if pid == 0 {
-        // SAFETY: we are the new child (see above).
-        unsafe {
-            child(
-                &fds,
-                parent,
-                cmd.hygiene,
-                strings.cwd.as_ref(),
-                &strings.program,
-                &argv,
-                &envp,
-            )
-        }
+    if let Some(cgroup) = &cgroup {
+        args.flags = CLONE_INTO_CGROUP;
+        args.cgroup = cgroup.as_raw_fd() as u64;
     }
+    args.exit_signal = libc::SIGCHLD as u64;
+    // The child's errno when a step before exec fails (it shares this memory until exec).
+    let failure = AtomicI32::new(0);
+    let child_args = ChildArgs {
+        fds: &fds,
+        failure: &failure,
+        parent,
+        hygiene: cmd.hygiene,
+        cwd: strings.cwd.as_ref(),
+        program: &strings.program,
+        argv: &argv,
+        envp: &envp,
+    };
+    let pid = clone_child(&mut args, &child_args).map_err(io)?;
     if pid < 0 {
-        return Err(refused(std::io::Error::last_os_error()));
+        return Err(refused(std::io::Error::from_raw_os_error(-pid as i32)));
     }
     let pid = pid as libc::pid_t;
-    drop((null, out_w, err_w, report_w, cgroup));
-    exec_result(pid, report_r).map_err(io)?;
+    drop((out_w, err_w, cgroup));
+    exec_result(pid, failure.load(Ordering::Acquire)).map_err(io)?;
     Ok(Forked {
         pid: pid as u32,
         stdout: out_r,
@@ -200,20 +197,17 @@ fn refused(e: std::io::Error) -> SpawnError {
     }
 }
 
-/// Waits for child `pid` to exec or fail: end of file on `report` (closed by exec) is `Ok`; an
-/// errno written there is that error, returned once the child, which has exited, is collected
-/// (std does the same).
-fn exec_result(pid: libc::pid_t, report: OwnedFd) -> std::io::Result<()> {
-    let mut errno = [0u8; 4];
-    let got = read_full(report.as_raw_fd(), &mut errno);
-    if got == errno.len() {
-        // The child failed before exec and has exited: collect it before reporting (std does too).
+/// What became of child `pid`, given the errno it left in [`ChildArgs::failure`] (read once the
+/// clone has returned, so after its exec or exit): 0 is `Ok`; anything else is that error, returned
+/// once the child, which has exited, is collected (std does the same).
+fn exec_result(pid: libc::pid_t, errno: i32) -> std::io::Result<()> {
+    if errno != 0 {
         let mut status = 0;
-        // SAFETY: waitpid on our own child, which has exited or is about to.
+        // SAFETY: waitpid on our own child, which has exited.
         while unsafe { libc::waitpid(pid, &mut status, 0) } < 0
             && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR)
         {}
-        return Err(std::io::Error::from_raw_os_error(i32::from_ne_bytes(errno)));
+        return Err(std::io::Error::from_raw_os_error(errno));
     }
     Ok(())
 }
@@ -223,27 +217,224 @@ struct ChildFds {
     stdin: RawFd,
     stdout: RawFd,
     stderr: RawFd,
-    report: RawFd,
     /// The IPC channel's child end and the fd it must have in the child.
     channel: Option<(RawFd, RawFd)>,
 }
 
-/// The child's side, between clone and exec: only async-signal-safe calls, no allocation, no lock.
+/// What the child needs between clone and exec, all made by the parent before the clone.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // Only the x86_64 clone runs it.
+struct ChildArgs<'a> {
+    fds: &'a ChildFds,
+    /// Where the child leaves its errno when a step before exec fails.
+    failure: &'a AtomicI32,
+    /// The runtime's pid.
+    parent: libc::pid_t,
+    hygiene: unsafe fn(libc::pid_t) -> std::io::Result<()>,
+    cwd: Option<&'a CString>,
+    program: &'a CString,
+    argv: &'a [*const libc::c_char],
+    envp: &'a [*const libc::c_char],
+}
+
+/// The child's stack in [`clone_child`] (bytes, plus a guard page below it). The child runs a few
+/// frames of this module and `execvpe`, whose largest use is a copy of one `PATH` entry joined to the
+/// program name: 128 KiB is far above either.
+#[cfg(target_arch = "x86_64")]
+const CHILD_STACK: usize = 128 * 1024;
+
+/// Starts the child the way glibc's `posix_spawn` does (`CLONE_VM | CLONE_VFORK`), with
+/// `CLONE_INTO_CGROUP` added: the child runs on a stack of its own in this process's memory, and this
+/// thread waits until it has exec'd or exited. Nothing is copied: a fork copies the page tables of the
+/// whole multi-threaded runtime, and both sides then take a copy-on-write fault for each page they
+/// write before the exec (docs/development.md, Benchmarks, has the figures). Every signal is blocked
+/// on this thread around the clone and the child resets each handler before it unblocks them, so no
+/// handler of the runtime ever runs in the child on the shared memory.
+///
+/// Returns the child's pid, or `-errno` when the kernel refused the clone; `Err` when the stack could
+/// not be made.
+#[cfg(target_arch = "x86_64")]
+fn clone_child(
+    args: &mut libc::clone_args,
+    child: &ChildArgs<'_>,
+) -> std::io::Result<libc::c_long> {
+    thread_local! {
+        /// This thread's child stack, made at its first start and used again for each later one:
+        /// a child is done with it when the clone returns (CLONE_VFORK).
+        static STACK: std::cell::OnceCell<ChildStack> = const { std::cell::OnceCell::new() };
+    }
+    STACK.with(|cell| {
+        let stack = match cell.get() {
+            Some(stack) => stack,
+            None => {
+                let made = ChildStack::new()?;
+                cell.get_or_init(|| made)
+            }
+        };
+        args.flags |= (libc::CLONE_VM | libc::CLONE_VFORK) as u64;
+        args.stack = stack.low as u64;
+        args.stack_size = CHILD_STACK as u64;
+        let blocked = BlockedSignals::new();
+        // SAFETY: the stack is this thread's and no other child uses it before this one has exec'd
+        // or exited (CLONE_VFORK suspends this thread until then); `child` and all it points to live
+        // on this thread's frames until then; `child_entry` never returns.
+        let pid = unsafe {
+            clone3_on_stack(
+                args,
+                child_entry,
+                (child as *const ChildArgs<'_>).cast_mut().cast(),
+            )
+        };
+        drop(blocked);
+        Ok(pid)
+    })
+}
+
+/// Elsewhere (no assembly for this architecture here): refused as a kernel without `clone3` is
+/// ([`refused`]), so every start takes std's spawn with the child moving itself into its cgroup.
+#[cfg(not(target_arch = "x86_64"))]
+fn clone_child(
+    _args: &mut libc::clone_args,
+    _child: &ChildArgs<'_>,
+) -> std::io::Result<libc::c_long> {
+    Ok(-libc::c_long::from(libc::ENOSYS))
+}
+
+/// `clone3(args)`; in the child, `entry(arg)` on the stack `args` names.
 ///
 /// # Safety
 ///
-/// Call only in the child of a fork-like clone, with pointers to data that outlives the call.
-unsafe fn child(
-    fds: &ChildFds,
-    parent: libc::pid_t,
-    hygiene: unsafe fn(libc::pid_t) -> std::io::Result<()>,
-    cwd: Option<&CString>,
-    program: &CString,
-    argv: &[*const libc::c_char],
-    envp: &[*const libc::c_char],
-) -> ! {
+/// `args` names a stack the child may use until it execs or exits, and has `CLONE_VFORK` so that
+/// this thread's frames (which `arg` may point into) stay put until then; `entry` never returns.
+#[cfg(target_arch = "x86_64")]
+unsafe fn clone3_on_stack(
+    args: &mut libc::clone_args,
+    entry: extern "C" fn(*mut libc::c_void) -> !,
+    arg: *mut libc::c_void,
+) -> libc::c_long {
+    let ret: libc::c_long;
+    // SAFETY: the syscall instruction clobbers rcx and r11 and returns in rax; the child (rax 0)
+    // starts with the kernel's stack pointer at the top of its own stack (16-byte aligned, so the
+    // call's frame is as the ABI wants) and never comes back here: `entry` does not return.
+    unsafe {
+        std::arch::asm!(
+            "syscall",
+            "test rax, rax",
+            "jnz 2f",
+            "xor ebp, ebp",
+            "mov rdi, r12",
+            "call r13",
+            "ud2",
+            "2:",
+            inlateout("rax") libc::SYS_clone3 => ret,
+            in("rdi") args as *mut libc::clone_args,
+            in("rsi") std::mem::size_of::<libc::clone_args>(),
+            in("r12") arg,
+            in("r13") entry,
+            lateout("rcx") _,
+            lateout("r11") _,
+            options(nostack),
+        );
+    }
+    ret
+}
+
+/// The child's first frame in [`clone_child`].
+#[cfg(target_arch = "x86_64")]
+extern "C" fn child_entry(arg: *mut libc::c_void) -> ! {
+    // SAFETY: `arg` is the `ChildArgs` clone_child passed, alive while this thread's parent waits.
+    unsafe { child_main(&*(arg as *const ChildArgs<'_>)) }
+}
+
+/// A child stack for [`clone_child`]: [`CHILD_STACK`] bytes above a guard page (a child that ran
+/// over its stack faults there instead of writing into the runtime's memory); unmapped on drop.
+#[cfg(target_arch = "x86_64")]
+struct ChildStack {
+    map: *mut libc::c_void,
+    map_len: usize,
+    /// The lowest address of the usable stack.
+    low: *mut libc::c_void,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl ChildStack {
+    fn new() -> std::io::Result<ChildStack> {
+        // SAFETY: sysconf has no preconditions.
+        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+        let map_len = CHILD_STACK + page;
+        // SAFETY: a fresh anonymous mapping; nothing else refers to it.
+        let map = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                map_len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
+                -1,
+                0,
+            )
+        };
+        if map == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        let stack = ChildStack {
+            map,
+            map_len,
+            // SAFETY: within the mapping (map_len > page).
+            low: unsafe { map.cast::<u8>().add(page).cast() },
+        };
+        // SAFETY: the mapping's first page, ours.
+        if unsafe { libc::mprotect(map, page, libc::PROT_NONE) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(stack)
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Drop for ChildStack {
+    fn drop(&mut self) {
+        // SAFETY: our mapping, no longer used (the child has exec'd or exited).
+        unsafe { libc::munmap(self.map, self.map_len) };
+    }
+}
+
+/// Every signal blocked on this thread until drop (then the mask it had before).
+#[cfg(target_arch = "x86_64")]
+struct BlockedSignals(libc::sigset_t);
+
+#[cfg(target_arch = "x86_64")]
+impl BlockedSignals {
+    fn new() -> BlockedSignals {
+        // SAFETY: sigset_t is plain data, filled by sigfillset; pthread_sigmask writes the old mask.
+        unsafe {
+            let mut all: libc::sigset_t = std::mem::zeroed();
+            let mut before: libc::sigset_t = std::mem::zeroed();
+            libc::sigfillset(&mut all);
+            libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut before);
+            BlockedSignals(before)
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Drop for BlockedSignals {
+    fn drop(&mut self) {
+        // SAFETY: restores the mask saved in new.
+        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &self.0, std::ptr::null_mut()) };
+    }
+}
+
+/// The child's side, between clone and exec: only async-signal-safe calls, no allocation, no lock,
+/// nothing written outside its own stack but the errno report (it may share the runtime's memory).
+///
+/// # Safety
+///
+/// Call only in the child of [`clone_child`], with pointers to data that outlives the call.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // Only the x86_64 clone runs it.
+unsafe fn child_main(a: &ChildArgs<'_>) -> ! {
+    let fds = a.fds;
     // SAFETY (whole body): each call is async-signal-safe and takes pointers to live data.
     unsafe {
+        reset_signal_handlers();
         for (from, to) in [(fds.stdin, 0), (fds.stdout, 1), (fds.stderr, 2)] {
             let ok = if from == to {
                 libc::fcntl(from, libc::F_SETFD, 0) == 0
@@ -251,25 +442,25 @@ unsafe fn child(
                 libc::dup2(from, to) == to
             };
             if !ok {
-                fail(fds.report);
+                fail(a.failure);
             }
         }
-        if let Some(cwd) = cwd
+        if let Some(cwd) = a.cwd
             && libc::chdir(cwd.as_ptr()) != 0
         {
-            fail(fds.report);
+            fail(a.failure);
         }
         if libc::setpgid(0, 0) != 0 {
-            fail(fds.report);
+            fail(a.failure);
         }
         // Rust programs ignore SIGPIPE; the child starts with the default, as std gives it.
         if libc::signal(libc::SIGPIPE, libc::SIG_DFL) == libc::SIG_ERR {
-            fail(fds.report);
+            fail(a.failure);
         }
         // crate::command's hygiene: empty signal mask, killed when the runtime dies, and gone at
         // once if the runtime died before prctl.
-        if hygiene(parent).is_err() {
-            fail(fds.report);
+        if (a.hygiene)(a.parent).is_err() {
+            fail(a.failure);
         }
         if let Some((fd, at)) = fds.channel {
             let ok = if fd == at {
@@ -278,11 +469,37 @@ unsafe fn child(
                 libc::dup2(fd, at) == at
             };
             if !ok {
-                fail(fds.report);
+                fail(a.failure);
             }
         }
-        libc::execvpe(program.as_ptr(), argv.as_ptr(), envp.as_ptr());
-        fail(fds.report)
+        libc::execvpe(a.program.as_ptr(), a.argv.as_ptr(), a.envp.as_ptr());
+        fail(a.failure)
+    }
+}
+
+/// Every signal the runtime handles back to its default, in the child before it unblocks them (it
+/// shares the runtime's memory until exec; exec would reset them, too late). Ignored signals stay
+/// ignored, as across a fork and exec.
+///
+/// # Safety
+///
+/// Call only in the child (see [`child_main`]).
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // Only the x86_64 clone runs it.
+unsafe fn reset_signal_handlers() {
+    // SAFETY: sigaction is async-signal-safe; the structs are plain data on this stack. The C
+    // library's own signals refuse the change (EINVAL), which is fine: they keep their handlers.
+    unsafe {
+        for signal in 1..=libc::SIGRTMAX() {
+            let mut current: libc::sigaction = std::mem::zeroed();
+            if libc::sigaction(signal, std::ptr::null(), &mut current) == 0
+                && current.sa_sigaction != libc::SIG_DFL
+                && current.sa_sigaction != libc::SIG_IGN
+            {
+                let mut default: libc::sigaction = std::mem::zeroed();
+                default.sa_sigaction = libc::SIG_DFL;
+                libc::sigaction(signal, &default, std::ptr::null_mut());
+            }
+        }
     }
 }
 
@@ -290,15 +507,17 @@ unsafe fn child(
 ///
 /// # Safety
 ///
-/// Call only in the child (see [`child`]).
-unsafe fn fail(report: RawFd) -> ! {
-    let errno = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
-    let bytes = errno.to_ne_bytes();
-    // SAFETY: write and _exit are async-signal-safe; `bytes` lives on this stack.
-    unsafe {
-        libc::write(report, bytes.as_ptr().cast(), bytes.len());
-        libc::_exit(127)
-    }
+/// Call only in the child (see [`child_main`]).
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // Only the x86_64 clone runs it.
+unsafe fn fail(failure: &AtomicI32) -> ! {
+    // Never 0, which would read as success.
+    let errno = std::io::Error::last_os_error()
+        .raw_os_error()
+        .filter(|e| *e != 0)
+        .unwrap_or(libc::EIO);
+    failure.store(errno, Ordering::Release);
+    // SAFETY: _exit is async-signal-safe.
+    unsafe { libc::_exit(127) }
 }
 
 fn cstring(bytes: &[u8]) -> std::io::Result<CString> {
@@ -342,6 +561,16 @@ fn open_dir(dir: &Path) -> std::io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// `/dev/null`, opened (close-on-exec) at the first start and kept: every app's stdin.
+fn dev_null() -> std::io::Result<RawFd> {
+    static NULL: std::sync::OnceLock<OwnedFd> = std::sync::OnceLock::new();
+    if let Some(fd) = NULL.get() {
+        return Ok(fd.as_raw_fd());
+    }
+    let file = std::fs::File::open("/dev/null")?;
+    Ok(NULL.get_or_init(|| file.into()).as_raw_fd())
+}
+
 /// A close-on-exec pipe: (read end, write end).
 fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0; 2];
@@ -351,21 +580,6 @@ fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
     }
     // SAFETY: two fresh fds that nothing else owns.
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
-}
-
-/// Reads until `buf` is full or end of file; returns how many bytes were read.
-fn read_full(fd: RawFd, buf: &mut [u8]) -> usize {
-    let mut got = 0;
-    while got < buf.len() {
-        // SAFETY: read into the unfilled tail of `buf`.
-        let n = unsafe { libc::read(fd, buf[got..].as_mut_ptr().cast(), buf.len() - got) };
-        if n > 0 {
-            got += n as usize;
-        } else if n == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
-            break;
-        }
-    }
-    got
 }
 
 #[cfg(test)]
@@ -475,7 +689,7 @@ mod tests {
         cmd.cwd = Some("/".into());
         let forked = match spawn(
             &exec(&cmd),
-            &cgroup.0,
+            Some(&cgroup.0),
             Some(ChildChannel {
                 fd: theirs.as_raw_fd(),
                 at: 3,
@@ -521,31 +735,125 @@ mod tests {
         assert_eq!(line, "hi\n");
     }
 
+    /// This thread's signal mask.
+    fn thread_mask() -> libc::sigset_t {
+        // SAFETY: pthread_sigmask with no new set only writes the current one.
+        unsafe {
+            let mut mask: libc::sigset_t = std::mem::zeroed();
+            libc::pthread_sigmask(libc::SIG_BLOCK, std::ptr::null(), &mut mask);
+            mask
+        }
+    }
+
+    fn is_member(mask: &libc::sigset_t, signal: i32) -> bool {
+        // SAFETY: reads a valid set.
+        unsafe { libc::sigismember(mask, signal) == 1 }
+    }
+
+    #[test]
+    fn the_child_starts_with_no_signal_blocked_or_ignored_and_the_spawner_keeps_its_mask() {
+        let Some(cgroup) = TestCgroup::new("signals") else {
+            return;
+        };
+        // As in `up`: the spawning thread holds SIGTERM blocked; Rust ignores SIGPIPE.
+        // SAFETY: changes only this test thread's mask (restored below).
+        unsafe {
+            let mut term: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut term);
+            libc::sigaddset(&mut term, libc::SIGTERM);
+            libc::pthread_sigmask(libc::SIG_BLOCK, &term, std::ptr::null_mut());
+        }
+        let cmd = command(
+            "/bin/grep",
+            &["-E", "^Sig(Blk|Ign)", "/proc/self/status"],
+            &[],
+        );
+        let forked = spawn(&exec(&cmd), Some(&cgroup.0), None);
+        let after = thread_mask();
+        // SAFETY: undoes the block above on this thread.
+        unsafe {
+            let mut term: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut term);
+            libc::sigaddset(&mut term, libc::SIGTERM);
+            libc::pthread_sigmask(libc::SIG_UNBLOCK, &term, std::ptr::null_mut());
+        }
+        let forked = match forked {
+            Ok(forked) => forked,
+            Err(SpawnError::Fallback) => panic!("clone3(CLONE_INTO_CGROUP) was refused here"),
+            Err(SpawnError::Io(e)) => panic!("spawn failed: {e}"),
+        };
+        let out = read_all(forked.stdout);
+        let status = wait(forked.pid);
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+            "{out}"
+        );
+        // Ignored signals stay ignored across fork and exec, but for SIGPIPE (which Rust ignores).
+        let own = std::fs::read_to_string("/proc/self/status").unwrap();
+        let own_ignored = own
+            .lines()
+            .find_map(|l| l.strip_prefix("SigIgn:\t"))
+            .map(|hex| u64::from_str_radix(hex, 16).unwrap())
+            .unwrap();
+        assert_ne!(own_ignored & (1 << (libc::SIGPIPE - 1)), 0, "{own}");
+        let expected = own_ignored & !(1 << (libc::SIGPIPE - 1));
+        assert_eq!(
+            out,
+            format!("SigBlk:\t0000000000000000\nSigIgn:\t{expected:016x}\n"),
+            "the app's mask and ignored signals"
+        );
+        assert!(
+            is_member(&after, libc::SIGTERM),
+            "the spawner's mask was not restored"
+        );
+        assert!(
+            !is_member(&after, libc::SIGUSR1),
+            "the spawner was left with every signal blocked"
+        );
+    }
+
     #[test]
     fn a_failure_before_exec_is_the_errno_and_the_child_is_collected() {
         let Some(cgroup) = TestCgroup::new("fail") else {
             return;
         };
         let missing = command("/nonexistent/program", &[], &[]);
-        match spawn(&exec(&missing), &cgroup.0, None) {
+        match spawn(&exec(&missing), Some(&cgroup.0), None) {
             Err(SpawnError::Io(e)) => assert_eq!(e.kind(), std::io::ErrorKind::NotFound, "{e}"),
             Err(SpawnError::Fallback) => panic!("clone3(CLONE_INTO_CGROUP) was refused here"),
             Ok(f) => panic!("started pid {}", f.pid),
         }
         let mut bad_cwd = command("/bin/true", &[], &[]);
         bad_cwd.cwd = Some("/nonexistent/folder".into());
-        match spawn(&exec(&bad_cwd), &cgroup.0, None) {
+        match spawn(&exec(&bad_cwd), Some(&cgroup.0), None) {
             Err(SpawnError::Io(e)) => assert_eq!(e.kind(), std::io::ErrorKind::NotFound, "{e}"),
             Err(SpawnError::Fallback) => panic!("clone3(CLONE_INTO_CGROUP) was refused here"),
             Ok(f) => panic!("started pid {}", f.pid),
         }
         let nul = command("/bin/true", &["a\0b"], &[]);
         assert!(matches!(
-            spawn(&exec(&nul), &cgroup.0, None),
+            spawn(&exec(&nul), Some(&cgroup.0), None),
             Err(SpawnError::Io(e)) if e.kind() == std::io::ErrorKind::InvalidInput
         ));
         // Both failed children were collected: none is left to wait for in this cgroup.
         assert_eq!(super::super::pids_in(&cgroup.0), Vec::<i32>::new());
+    }
+
+    #[test]
+    fn without_a_cgroup_the_child_starts_in_the_spawners() {
+        let cmd = command("/bin/cat", &["/proc/self/cgroup"], &[]);
+        let forked = match spawn(&exec(&cmd), None, None) {
+            Ok(forked) => forked,
+            Err(SpawnError::Fallback) => panic!("clone3 was refused here"),
+            Err(SpawnError::Io(e)) => panic!("spawn failed: {e}"),
+        };
+        let out = read_all(forked.stdout);
+        let status = wait(forked.pid);
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+            "{out}"
+        );
+        assert_eq!(out, std::fs::read_to_string("/proc/self/cgroup").unwrap());
     }
 
     #[test]
@@ -555,7 +863,7 @@ mod tests {
         };
         let gone = cgroup.0.join("not-made");
         assert!(matches!(
-            spawn(&exec(&command("/bin/true", &[], &[])), &gone, None),
+            spawn(&exec(&command("/bin/true", &[], &[])), Some(&gone), None),
             Err(SpawnError::Fallback)
         ));
     }

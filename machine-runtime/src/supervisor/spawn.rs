@@ -79,7 +79,8 @@ fn spawn_real(
     cgroup: Option<&AppCgroup>,
     log: &Arc<AppLog>,
 ) -> Result<Child, String> {
-    if !cmd.resolved_program().as_encoded_bytes().contains(&b'/') {
+    let program = cmd.resolved_program();
+    if !program.as_encoded_bytes().contains(&b'/') {
         // Not on the child's PATH: fail here rather than let std fall back to fork + exec.
         return Err(format!(
             "program \"{}\" not found (not a file, and not on PATH)",
@@ -100,7 +101,7 @@ fn spawn_real(
     } else {
         None
     };
-    let forked = || fork(cmd, cgroup, channel.as_ref());
+    let forked = || fork(cmd, program, cgroup, channel.as_ref());
     let mut spawned = reaper.spawn_with(forked).map_err(|e| {
         let program = cmd.program.to_string_lossy();
         match e.kind() {
@@ -137,42 +138,46 @@ fn spawn_real(
     })
 }
 
-/// Forks the child: straight into its cgroup where the kernel can
-/// ([`crate::cgroup::AppCgroup::spawn`]), else with std, the child moving itself into its cgroup
-/// before exec.
+/// Starts the child (`program`: `cmd`'s program resolved to a path) without copying the runtime
+/// ([`crate::cgroup::spawn`]): straight into its cgroup where there is one
+/// ([`crate::cgroup::AppCgroup::spawn`]). Where the kernel cannot, with std (a fork), the child moving
+/// itself into its cgroup before exec.
 fn fork(
     cmd: &ChildCommand,
+    program: std::ffi::OsString,
     cgroup: Option<&AppCgroup>,
     channel: Option<&super::ipc::Channel>,
 ) -> std::io::Result<crate::reaper::Forked> {
-    if let Some(cgroup) = cgroup {
-        let parts = channel.map(super::ipc::Channel::for_child);
-        let channel = parts
-            .as_ref()
-            .map(|(fd, at, env)| crate::cgroup::ChildChannel {
-                fd: *fd,
-                at: *at,
-                env,
+    let parts = channel.map(super::ipc::Channel::for_child);
+    let child_channel = parts
+        .as_ref()
+        .map(|(fd, at, env)| crate::cgroup::ChildChannel {
+            fd: *fd,
+            at: *at,
+            env,
+        });
+    let exec = crate::cgroup::Exec {
+        program,
+        arg0: &cmd.program,
+        args: &cmd.args,
+        env: &cmd.env,
+        cwd: cmd.cwd.as_deref(),
+        hygiene: crate::command::hygiene_in_child,
+    };
+    let spawned = match cgroup {
+        Some(cgroup) => cgroup.spawn(&exec, child_channel),
+        None => crate::cgroup::spawn_outside(&exec, child_channel),
+    };
+    match spawned {
+        Ok(forked) => {
+            return Ok(crate::reaper::Forked {
+                pid: forked.pid,
+                stdout: Some(forked.stdout),
+                stderr: Some(forked.stderr),
             });
-        let exec = crate::cgroup::Exec {
-            program: cmd.resolved_program(),
-            arg0: &cmd.program,
-            args: &cmd.args,
-            env: &cmd.env,
-            cwd: cmd.cwd.as_deref(),
-            hygiene: crate::command::hygiene_in_child,
-        };
-        match cgroup.spawn(&exec, channel) {
-            Ok(forked) => {
-                return Ok(crate::reaper::Forked {
-                    pid: forked.pid,
-                    stdout: Some(forked.stdout),
-                    stderr: Some(forked.stderr),
-                });
-            }
-            Err(crate::cgroup::SpawnError::Io(e)) => return Err(e),
-            Err(crate::cgroup::SpawnError::Fallback) => {}
         }
+        Err(crate::cgroup::SpawnError::Io(e)) => return Err(e),
+        Err(crate::cgroup::SpawnError::Fallback) => {}
     }
     let mut command = cmd.to_command();
     if let Some(cgroup) = cgroup {
