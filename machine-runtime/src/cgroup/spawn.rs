@@ -126,7 +126,8 @@ pub(crate) fn spawn(
         argv: &argv,
         envp: &envp,
     };
-    let pid = clone_child(&mut args, &child_args).map_err(io)?;
+    // No stack for the child (or too many arguments for it): std's spawn instead.
+    let pid = clone_child(&mut args, &child_args).map_err(|_| SpawnError::Fallback)?;
     if pid < 0 {
         return Err(refused(std::io::Error::from_raw_os_error(-pid as i32)));
     }
@@ -237,8 +238,9 @@ struct ChildArgs<'a> {
 }
 
 /// The child's stack in [`clone_child`] (bytes, plus a guard page below it). The child runs a few
-/// frames of this module and `execvpe`, whose largest use is a copy of one `PATH` entry joined to the
-/// program name: 128 KiB is far above either.
+/// frames of this module and `execvpe`, whose largest use is its retry through `/bin/sh` for a file
+/// without `#!`: a copy of `argv` (8 bytes an argument) on the stack. [`clone_child`] takes up to
+/// `CHILD_STACK / 32` arguments (4096, a quarter of the stack); more go to std's spawn.
 #[cfg(target_arch = "x86_64")]
 const CHILD_STACK: usize = 128 * 1024;
 
@@ -250,8 +252,8 @@ const CHILD_STACK: usize = 128 * 1024;
 /// on this thread around the clone and the child resets each handler before it unblocks them, so no
 /// handler of the runtime ever runs in the child on the shared memory.
 ///
-/// Returns the child's pid, or `-errno` when the kernel refused the clone; `Err` when the stack could
-/// not be made.
+/// Returns the child's pid, or `-errno` when the kernel refused the clone; `Err` when there is no
+/// stack for the child (it could not be made, or `argv` would not fit on it).
 #[cfg(target_arch = "x86_64")]
 fn clone_child(
     args: &mut libc::clone_args,
@@ -262,7 +264,15 @@ fn clone_child(
         /// a child is done with it when the clone returns (CLONE_VFORK).
         static STACK: std::cell::OnceCell<ChildStack> = const { std::cell::OnceCell::new() };
     }
-    STACK.with(|cell| {
+    // execvpe's retry through /bin/sh (a file without `#!` it cannot exec) copies argv onto the
+    // child's stack: more arguments than leave room for that go to std's spawn.
+    // (`argv` ends with its null pointer.)
+    if child.argv.len() - 1 > CHILD_STACK / 32 {
+        return Err(std::io::Error::other(
+            "too many arguments for the child's stack",
+        ));
+    }
+    let spawned = STACK.try_with(|cell| {
         let stack = match cell.get() {
             Some(stack) => stack,
             None => {
@@ -286,7 +296,9 @@ fn clone_child(
         };
         drop(blocked);
         Ok(pid)
-    })
+    });
+    // No thread-local left (the thread is ending): std's spawn.
+    spawned.map_err(std::io::Error::other)?
 }
 
 /// Elsewhere (no assembly for this architecture here): refused as a kernel without `clone3` is
@@ -582,7 +594,8 @@ fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
-#[cfg(test)]
+// The fast path these tests check is x86_64's (elsewhere every start falls back to std's spawn).
+#[cfg(all(test, target_arch = "x86_64"))]
 mod tests {
     use super::*;
     use crate::command::ChildCommand;
@@ -854,6 +867,27 @@ mod tests {
             "{out}"
         );
         assert_eq!(out, std::fs::read_to_string("/proc/self/cgroup").unwrap());
+    }
+
+    #[test]
+    fn more_arguments_than_the_child_stack_holds_fall_back() {
+        // With argv[0], one more than the stack takes.
+        let many: Vec<String> = (0..CHILD_STACK / 32).map(|i| i.to_string()).collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        let cmd = command("/bin/true", &many, &[]);
+        assert!(matches!(
+            spawn(&exec(&cmd), None, None),
+            Err(SpawnError::Fallback)
+        ));
+        // One fewer fits.
+        let cmd = command("/bin/true", &many[1..], &[]);
+        let forked = match spawn(&exec(&cmd), None, None) {
+            Ok(forked) => forked,
+            Err(SpawnError::Fallback) => panic!("fell back"),
+            Err(SpawnError::Io(e)) => panic!("did not start: {e}"),
+        };
+        let status = wait(forked.pid);
+        assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
     }
 
     #[test]
