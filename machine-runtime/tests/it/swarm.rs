@@ -206,6 +206,34 @@ fn push(url: &str, id: &str, processing_ms: u64) {
     });
 }
 
+/// For a failure message: each job's hash, the worker failure records that name it (a worker that
+/// failed it and put it back for a retry writes one), and the events seen about it.
+fn job_trace(
+    conn: &mut redis::Connection,
+    jobs: &[String],
+    events: &[serde_json::Value],
+) -> String {
+    let mut out = String::from("--- the jobs in Redis now");
+    for id in jobs {
+        let hash: BTreeMap<String, String> = redis::cmd("HGETALL")
+            .arg(format!("job:{id}"))
+            .query(conn)
+            .unwrap_or_default();
+        let failures: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("worker:failure:*{id}*"))
+            .query(conn)
+            .unwrap_or_default();
+        out.push_str(&format!(
+            "\njob:{id} {hash:?}\nfailure records: {failures:?}"
+        ));
+    }
+    out.push_str("\n--- events about them (any machine)");
+    for event in events {
+        out.push_str(&format!("\n{event}"));
+    }
+    out
+}
+
 /// Each job's `status` and `worker_id`.
 fn states(conn: &mut redis::Connection, jobs: &[String]) -> BTreeMap<String, (String, String)> {
     jobs.iter()
@@ -433,22 +461,29 @@ fn a_swarm_fleet_spreads_jobs_survives_a_killed_replica_and_a_rolling_update() {
     must(docker().args(["kill", &container]));
     // The handed-back events of the comeback, from the same machine id.
     let mut handed_back: BTreeSet<String> = BTreeSet::new();
+    // Every event that names an in-flight job, from any machine: what the failure message shows.
+    let mut about_them: Vec<serde_json::Value> = Vec::new();
     let deadline = Instant::now() + PATIENCE;
     while !in_flight.iter().all(|j| handed_back.contains(j)) {
         let left = deadline
             .checked_duration_since(Instant::now())
             .unwrap_or_else(|| {
                 panic!(
-                    "the killed replica's jobs {in_flight:?} were not handed back (got {handed_back:?})\n{}\n{}",
+                    "the killed replica's jobs {in_flight:?} were not handed back (got {handed_back:?})\n{}\n{}\n{}",
+                    job_trace(&mut conn, &in_flight, &about_them),
                     fleet.tasks(),
                     fleet.logs()
                 )
             });
-        if let Ok(event) = events.recv_timeout(left)
-            && event["event_type"] == "job_handed_back"
-            && event["machine_id"] == victim_id.as_str()
-        {
-            handed_back.insert(event["data"]["job_id"].as_str().unwrap_or("").to_owned());
+        let Ok(event) = events.recv_timeout(left) else {
+            continue;
+        };
+        let job = event["data"]["job_id"].as_str().unwrap_or("").to_owned();
+        if in_flight.contains(&job) {
+            about_them.push(event.clone());
+        }
+        if event["event_type"] == "job_handed_back" && event["machine_id"] == victim_id.as_str() {
+            handed_back.insert(job);
         }
     }
     let comeback_time = phase.elapsed();
