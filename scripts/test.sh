@@ -73,7 +73,12 @@ if [ "${MACHINE_SKIP_DOCKER_TEST:-}" != 1 ]; then
   fi
 fi
 
-say "tools: redis $(redis-server --version | cut -d' ' -f3), docker-compose $(docker-compose version --short), pm2 $(pm2 --version | tail -n1), node $(node --version), kubernetes-validate $(kubernetes-validate --version)"
+# PM2's version from its package.json: running `pm2 --version` starts PM2's daemon in the user's
+# ~/.pm2, which then outlives the tests.
+pm2_version() {
+  node -p "require('$(dirname "$(readlink -f "$(command -v pm2)")")/../package.json').version"
+}
+say "tools: redis $(redis-server --version | cut -d' ' -f3), docker-compose $(docker-compose version --short), pm2 $(pm2_version), node $(node --version), kubernetes-validate $(kubernetes-validate --version)"
 say "running: cargo test --workspace --no-fail-fast $*"
 
 log="$(mktemp /tmp/machine-test.XXXXXX.log)"
