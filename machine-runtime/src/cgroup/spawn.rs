@@ -700,7 +700,7 @@ mod tests {
             &[("A", "1"), ("CHANNEL", "old"), ("PATH", "/usr/bin:/bin")],
         );
         cmd.cwd = Some("/".into());
-        let forked = match spawn(
+        let forked = started(spawn(
             &exec(&cmd),
             Some(&cgroup.0),
             Some(ChildChannel {
@@ -708,11 +708,7 @@ mod tests {
                 at: 3,
                 env: &extra,
             }),
-        ) {
-            Ok(forked) => forked,
-            Err(SpawnError::Fallback) => panic!("clone3(CLONE_INTO_CGROUP) was refused here"),
-            Err(SpawnError::Io(e)) => panic!("spawn failed: {e}"),
-        };
+        ));
         drop(theirs);
         let out = read_all(forked.stdout);
         let err = read_all(forked.stderr);
@@ -748,6 +744,37 @@ mod tests {
         assert_eq!(line, "hi\n");
     }
 
+    /// The started child of `spawned`; a fallback or an error fails the test.
+    fn started(spawned: Result<Forked, SpawnError>) -> Forked {
+        match spawned {
+            Ok(forked) => forked,
+            Err(SpawnError::Fallback) => panic!("the clone was refused here (fell back)"),
+            Err(SpawnError::Io(e)) => panic!("spawn failed: {e}"),
+        }
+    }
+
+    /// What `forked` wrote on stdout, once it has exited 0 (its stdout in the failure message).
+    fn output_of(forked: Forked) -> String {
+        let out = read_all(forked.stdout);
+        let status = wait(forked.pid);
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+            "{out}"
+        );
+        out
+    }
+
+    /// Blocks (`how` SIG_BLOCK) or unblocks (SIG_UNBLOCK) SIGTERM on this test thread.
+    fn mask_sigterm(how: libc::c_int) {
+        // SAFETY: changes only this thread's mask; the set is plain data filled here.
+        unsafe {
+            let mut term: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut term);
+            libc::sigaddset(&mut term, libc::SIGTERM);
+            libc::pthread_sigmask(how, &term, std::ptr::null_mut());
+        }
+    }
+
     /// This thread's signal mask.
     fn thread_mask() -> libc::sigset_t {
         // SAFETY: pthread_sigmask with no new set only writes the current one.
@@ -769,13 +796,7 @@ mod tests {
             return;
         };
         // As in `up`: the spawning thread holds SIGTERM blocked; Rust ignores SIGPIPE.
-        // SAFETY: changes only this test thread's mask (restored below).
-        unsafe {
-            let mut term: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut term);
-            libc::sigaddset(&mut term, libc::SIGTERM);
-            libc::pthread_sigmask(libc::SIG_BLOCK, &term, std::ptr::null_mut());
-        }
+        mask_sigterm(libc::SIG_BLOCK);
         let cmd = command(
             "/bin/grep",
             &["-E", "^Sig(Blk|Ign)", "/proc/self/status"],
@@ -783,24 +804,8 @@ mod tests {
         );
         let forked = spawn(&exec(&cmd), Some(&cgroup.0), None);
         let after = thread_mask();
-        // SAFETY: undoes the block above on this thread.
-        unsafe {
-            let mut term: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut term);
-            libc::sigaddset(&mut term, libc::SIGTERM);
-            libc::pthread_sigmask(libc::SIG_UNBLOCK, &term, std::ptr::null_mut());
-        }
-        let forked = match forked {
-            Ok(forked) => forked,
-            Err(SpawnError::Fallback) => panic!("clone3(CLONE_INTO_CGROUP) was refused here"),
-            Err(SpawnError::Io(e)) => panic!("spawn failed: {e}"),
-        };
-        let out = read_all(forked.stdout);
-        let status = wait(forked.pid);
-        assert!(
-            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-            "{out}"
-        );
+        mask_sigterm(libc::SIG_UNBLOCK);
+        let out = output_of(started(forked));
         // Ignored signals stay ignored across fork and exec, but for SIGPIPE (which Rust ignores).
         let own = std::fs::read_to_string("/proc/self/status").unwrap();
         let own_ignored = own
@@ -855,17 +860,7 @@ mod tests {
     #[test]
     fn without_a_cgroup_the_child_starts_in_the_spawners() {
         let cmd = command("/bin/cat", &["/proc/self/cgroup"], &[]);
-        let forked = match spawn(&exec(&cmd), None, None) {
-            Ok(forked) => forked,
-            Err(SpawnError::Fallback) => panic!("clone3 was refused here"),
-            Err(SpawnError::Io(e)) => panic!("spawn failed: {e}"),
-        };
-        let out = read_all(forked.stdout);
-        let status = wait(forked.pid);
-        assert!(
-            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-            "{out}"
-        );
+        let out = output_of(started(spawn(&exec(&cmd), None, None)));
         assert_eq!(out, std::fs::read_to_string("/proc/self/cgroup").unwrap());
     }
 
@@ -881,13 +876,7 @@ mod tests {
         ));
         // One fewer fits.
         let cmd = command("/bin/true", &many[1..], &[]);
-        let forked = match spawn(&exec(&cmd), None, None) {
-            Ok(forked) => forked,
-            Err(SpawnError::Fallback) => panic!("fell back"),
-            Err(SpawnError::Io(e)) => panic!("did not start: {e}"),
-        };
-        let status = wait(forked.pid);
-        assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
+        output_of(started(spawn(&exec(&cmd), None, None)));
     }
 
     #[test]
