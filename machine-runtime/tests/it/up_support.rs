@@ -524,23 +524,27 @@ pub fn free_port() -> u16 {
 /// held, and its second service could not listen. Each candidate is held on all interfaces while the
 /// next ones are tried, as the services bind them; the ports are then released for the test's own
 /// processes, and recorded so that no later call returns them.
+///
+/// The ports come from outside the kernel's ephemeral range (`net.ipv4.ip_local_port_range`), from
+/// which a process binding port 0 (a runtime's `--health-port 0`) and every outgoing connection get
+/// theirs: a port handed out from that range was once taken by a runtime's health endpoint between
+/// its release here and the simulation service's bind. The search starts at a place of its own per
+/// process, so two test binaries running at once rarely try the same ports.
 pub fn free_port_run(count: u16) -> u16 {
     let mut handed_out = HANDED_OUT
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    'search: for _ in 0..200 {
-        let first = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
-        let base = first.local_addr().unwrap().port();
-        let mut held = vec![first];
+    let candidates = outside_ephemeral_range();
+    let start = (std::process::id() as usize).wrapping_mul(7919) % candidates.len();
+    'search: for i in 0..candidates.len() {
+        let base = candidates[(start + i) % candidates.len()];
+        let mut held = Vec::new();
         for offset in 0..count {
             let Some(port) = base.checked_add(offset) else {
                 continue 'search;
             };
-            if handed_out.contains(&port) {
+            if handed_out.contains(&port) || candidates.binary_search(&port).is_err() {
                 continue 'search;
-            }
-            if offset == 0 {
-                continue;
             }
             match std::net::TcpListener::bind(("0.0.0.0", port)) {
                 Ok(listener) => held.push(listener),
@@ -550,7 +554,22 @@ pub fn free_port_run(count: u16) -> u16 {
         handed_out.extend(base..base + count);
         return base;
     }
-    panic!("no {count} consecutive free ports found in 200 tries");
+    panic!("no {count} consecutive free ports outside the ephemeral range");
+}
+
+/// The unprivileged ports outside the ephemeral range (`/proc/sys/net/ipv4/ip_local_port_range`,
+/// Linux's default 32768–60999 when it cannot be read), in order.
+fn outside_ephemeral_range() -> Vec<u16> {
+    let (low, high) = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|text| {
+            let mut parts = text.split_whitespace().map(|p| p.parse::<u16>().ok());
+            Some((parts.next()??, parts.next()??))
+        })
+        .unwrap_or((32768, 60999));
+    (10_000..=u16::MAX)
+        .filter(|p| *p < low || *p > high)
+        .collect()
 }
 
 /// The first message from `rx` (a test subscriber's channel) that satisfies `want`, waiting up to
