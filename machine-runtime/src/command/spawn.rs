@@ -66,7 +66,8 @@ pub(crate) fn new_child(program: impl AsRef<OsStr>) -> Command {
 /// Makes a child of the supervisor (an app or a probe) safe to start:
 /// - it gets SIGKILL when the runtime dies, even by `kill -9` (`PR_SET_PDEATHSIG`), so no app
 ///   outlives its supervisor. The signal fires when the *thread* that spawned the child ends; the
-///   runtime spawns from its async worker threads, which live until the runtime stops. If the
+///   reaper creates every child from one thread that lives as long as the runtime
+///   ([`crate::parent`]), so a killed runtime's children all get it at the same instant. If the
 ///   runtime died between fork and `prctl`, the child exits at once. Grandchildren are not covered
 ///   by this (the flag is not inherited); see docs/hostile-input.md for what covers them;
 /// - it starts with an empty signal mask: `up` holds SIGTERM/SIGINT blocked from its first line

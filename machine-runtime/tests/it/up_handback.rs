@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 
 use crate::job_queue::{DEADLINE, NewJob, Tap, bundle_dir, load_job_matching, push_job};
 use crate::redis_server::RedisServer;
-use crate::up_support::{Runtime, free_port, http_request, wait_for};
+use crate::up_support::{Runtime, free_port, gone, http_request, wait_for};
 
 const TOKEN: &str = "handback-control-token-3e9a";
 
@@ -314,4 +314,65 @@ async fn restarting_a_busy_worker_hands_its_job_back_and_the_restarted_worker_co
     assert_eq!(app["restarts"], 1, "{app}");
     assert_never_failed(&mut conn, job, &log, &mut failures).await;
     drop(rt);
+}
+
+/// A machine killed outright (SIGKILL to the runtime, as `docker kill` or the OOM killer does) while its
+/// worker runs a job: its apps die with it, and none of them touches the job on the way down (a
+/// worker that outlives its simulation service by a few milliseconds sees the service's socket close
+/// and fails the job for a retry). The job stays `in_progress`, held by the worker, until the machine's
+/// comeback under the same id hands it back and runs it to completion.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kill_9_mid_job_leaves_the_job_to_the_comeback() {
+    let redis = RedisServer::start();
+    let mut conn = redis.conn().await;
+    load_job_matching(&mut conn).await;
+    let mut failures = Tap::start(&redis.url(), &["job_failed"]).await;
+    let mut events = Tap::start(&redis.url(), &["machine:handback-k:worker:*"]).await;
+    let job = "handback-job-kill";
+    let log = StatusLog::start(&redis, job).await;
+    let mut a = tokio::task::block_in_place(|| machine(&redis, "handback-k"));
+    push_long_job(&mut conn, job).await;
+    wait_status(&mut conn, job, "in_progress", &log, &[&a]).await;
+    let apps: Vec<(u32, &str)> = tokio::task::block_in_place(|| {
+        [
+            ("simulation-gpu0", "machine-simulate"),
+            ("sim-worker", "redis-direct-worker.js"),
+        ]
+        .into_iter()
+        .map(|(app, token)| (a.app_status(app)["pid"].as_u64().unwrap() as u32, token))
+        .collect()
+    });
+
+    a.signal(libc::SIGKILL);
+    tokio::task::block_in_place(|| {
+        a.wait_exit();
+        wait_for(
+            "the killed machine's apps to be gone",
+            || format!("{apps:?}\n{}", a.output()),
+            || {
+                apps.iter()
+                    .all(|(pid, token)| gone(*pid, token))
+                    .then_some(())
+            },
+        )
+    });
+    // Nothing of the dead machine touched the job.
+    let hash: HashMap<String, String> = conn.hgetall(format!("job:{job}")).await.unwrap();
+    assert_eq!(
+        hash["status"],
+        "in_progress",
+        "{hash:?}\nstatuses seen: {:?}",
+        log.seen()
+    );
+    assert_eq!(hash["worker_id"], worker_id("handback-k"), "{hash:?}");
+    assert_eq!(hash["retry_count"], "0", "{hash:?}");
+
+    // The comeback hands it back and its worker completes it.
+    let b = tokio::task::block_in_place(|| machine(&redis, "handback-k"));
+    let (_, event) = next_handed_back(&mut events, &[&a, &b]).await;
+    assert_eq!(event["data"]["job_id"], job, "{event}");
+    assert_eq!(event["data"]["previous_status"], "in_progress", "{event}");
+    wait_status(&mut conn, job, "completed", &log, &[&a, &b]).await;
+    assert_never_failed(&mut conn, job, &log, &mut failures).await;
+    drop(b);
 }
