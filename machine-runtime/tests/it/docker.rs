@@ -472,6 +472,35 @@ fn tools_in(image: &str, tools: &[&str]) -> Vec<String> {
         .collect()
 }
 
+/// What `host.docker.internal:host-gateway` resolves to in a container: the engine's host-gateway
+/// address (the default bridge's gateway unless the engine is configured otherwise), asked of a
+/// container of [`BASE_IMAGE`] because that answer is the one that counts. (An engine started on a fresh
+/// machine leaves the gateway out of the default bridge's IPAM settings, so `docker network inspect
+/// bridge` is no way to learn it.)
+pub(crate) fn host_gateway() -> String {
+    let resolved = must(docker().args([
+        "run",
+        "--rm",
+        "--add-host",
+        "host.docker.internal:host-gateway",
+        BASE_IMAGE,
+        "getent",
+        "hosts",
+        "host.docker.internal",
+    ]))
+    .stdout;
+    let gateway = resolved
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        gateway.parse::<std::net::Ipv4Addr>().is_ok(),
+        "host.docker.internal resolved to {resolved:?} in a container, not an IPv4 address"
+    );
+    gateway
+}
+
 /// Waits until Docker reports the container `healthy`; when it did, or `None` after [`PATIENCE`].
 fn docker_healthy(container: &str) -> Option<Instant> {
     let started = Instant::now();
@@ -784,34 +813,14 @@ fn api_only_with_the_bundle_and_dummy_secrets_runs_its_workers_without_a_crash_l
     let started = Instant::now();
     project.build(false);
     let build_time = started.elapsed();
-    let toolchain = tools_in("machine-runtime:api-only", &["python3", "git", "curl"]);
+    let toolchain = tools_in(project.image(), &["python3", "git", "curl"]);
     assert!(
         toolchain.is_empty(),
         "api-only runs no ComfyUI, yet its image has {toolchain:?}"
     );
 
-    // host.docker.internal is the engine's host-gateway address (the default bridge's gateway), as a
-    // container resolves it; the host Redis listens there and on loopback.
-    let resolved = must(docker().args([
-        "run",
-        "--rm",
-        "--add-host",
-        "host.docker.internal:host-gateway",
-        BASE_IMAGE,
-        "getent",
-        "hosts",
-        "host.docker.internal",
-    ]))
-    .stdout;
-    let gateway = resolved
-        .split_whitespace()
-        .next()
-        .unwrap_or_default()
-        .to_string();
-    assert!(
-        gateway.parse::<std::net::Ipv4Addr>().is_ok(),
-        "host.docker.internal resolved to {resolved:?} in a container, not an IPv4 address"
-    );
+    // The host Redis listens on loopback and where host.docker.internal leads a container.
+    let gateway = host_gateway();
     let redis = crate::redis_server::RedisServer::start_with(&[
         "--bind",
         "127.0.0.1",

@@ -10,8 +10,8 @@
 //! - a rolling update (`docker service update --force`, the stack's stop-first `update_config`) while jobs
 //!   keep coming completes with no job lost or failed.
 //!
-//! The broker is a redis-server this test starts on the host, bound to loopback and to the default
-//! bridge's gateway (what `host.docker.internal:host-gateway` resolves to in a task); the stack's own
+//! The broker is a redis-server this test starts on the host, bound to loopback and to what
+//! `host.docker.internal:host-gateway` resolves to in a container (the default bridge's gateway); the stack's own
 //! Redis is scaled to 0 by the test's override file, the only other change to the generated file
 //! (`HUB_REDIS_*`, the replica count, the Redis image that needs no registry, and the machine image: the
 //! test-private tag `docker.rs` builds without a registry, never the user's `machine-runtime:full-local`).
@@ -127,29 +127,6 @@ fn swarm_state() -> String {
         .stdout
         .trim()
         .to_owned()
-}
-
-/// The address `host.docker.internal:host-gateway` resolves to in a container: the default bridge's
-/// gateway.
-fn host_gateway() -> String {
-    let out = must(docker().args([
-        "network",
-        "inspect",
-        "bridge",
-        "--format",
-        "{{range .IPAM.Config}}{{.Gateway}} {{end}}",
-    ]))
-    .stdout;
-    let gateway = out
-        .split_whitespace()
-        .find(|a| a.parse::<std::net::Ipv4Addr>().is_ok())
-        .unwrap_or_default()
-        .to_owned();
-    assert!(
-        !gateway.is_empty(),
-        "the default bridge has no IPv4 gateway: {out:?}"
-    );
-    gateway
 }
 
 /// Messages on channels matching `pattern` (PSUBSCRIBE), on their own thread.
@@ -322,7 +299,7 @@ fn a_swarm_fleet_spreads_jobs_survives_a_killed_replica_and_a_rolling_update() {
         "an earlier run's stack is still there: {left:?}"
     );
 
-    let gateway = host_gateway();
+    let gateway = crate::docker::host_gateway();
     let redis = crate::redis_server::RedisServer::start_with(&[
         "--bind",
         "127.0.0.1",
