@@ -21,7 +21,6 @@ pub mod limits;
 pub mod log;
 pub mod metrics;
 pub mod origins;
-pub(crate) mod parent;
 pub mod preflight;
 pub mod probe;
 pub mod procstat;

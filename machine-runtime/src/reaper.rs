@@ -108,15 +108,13 @@ impl Reaper {
     }
 
     /// Runs `fork`, which starts one child (and, when it returns an error, has collected any
-    /// child it made), and registers the child's pid, as [`Reaper::spawn`] does. `fork` runs on the
-    /// parent thread ([`crate::parent::run`]), the calling thread waiting for it.
+    /// child it made), and registers the child's pid, as [`Reaper::spawn`] does.
     pub fn spawn_with(
         &self,
-        fork: impl FnOnce() -> std::io::Result<Forked> + Send,
+        fork: impl FnOnce() -> std::io::Result<Forked>,
     ) -> std::io::Result<Spawned> {
         self.lock().in_flight += 1;
-        // From the one parent thread, so that every child dies at once with the runtime.
-        let result = crate::parent::run(fork);
+        let result = fork();
         let (spawned, deferred) = {
             let mut table = self.lock();
             table.in_flight -= 1;

@@ -11,7 +11,7 @@
 //! runtime's memory until exec, and every signal is blocked on the spawning thread around the
 //! clone), then in std's order stdin from `/dev/null`, stdout and stderr to pipes, working folder,
 //! own process group, SIGPIPE back to its default, then [`crate::command`]'s hygiene (empty signal
-//! mask, `PR_SET_PDEATHSIG`, exits if the runtime is already gone), the IPC channel at its fd, and
+//! mask; outside PID 1 `PR_SET_PDEATHSIG` and an exit if the runtime is already gone), the IPC channel at its fd, and
 //! `execvpe` with exactly the command's environment. A failure before exec reaches the parent as
 //! the errno, as std reports it, and the child is collected before the error returns.
 //!

@@ -65,11 +65,13 @@ pub(crate) fn new_child(program: impl AsRef<OsStr>) -> Command {
 
 /// Makes a child of the supervisor (an app or a probe) safe to start:
 /// - it gets SIGKILL when the runtime dies, even by `kill -9` (`PR_SET_PDEATHSIG`), so no app
-///   outlives its supervisor. The signal fires when the *thread* that spawned the child ends; the
-///   reaper creates every child from one thread that lives as long as the runtime
-///   ([`crate::parent`]), so a killed runtime's children all get it at the same instant. If the
-///   runtime died between fork and `prctl`, the child exits at once. Grandchildren are not covered
-///   by this (the flag is not inherited); see docs/hostile-input.md for what covers them;
+///   outlives its supervisor. If the runtime died between fork and `prctl`, the child exits at once.
+///   Grandchildren are not covered by this (the flag is not inherited); see docs/hostile-input.md
+///   for what covers them. Not as PID 1 (a container): there the kernel ends the whole PID namespace
+///   when the runtime dies, every process in one pass, while the parent-death signal fires when the
+///   *thread* that spawned the child ends (prctl(2)): the threads of a killed runtime end one after
+///   another, milliseconds apart under load, and an app could outlive another it depends on (see
+///   [`hygiene_in_child`]);
 /// - it starts with an empty signal mask: `up` holds SIGTERM/SIGINT blocked from its first line
 ///   (see [`crate::signals::hold_stop_signals`]) and std does not reset the mask of a child.
 ///
@@ -86,8 +88,14 @@ fn child_hygiene(cmd: &mut Command) {
 }
 
 /// [`child_hygiene`]'s steps, in the child between fork and exec (also the cgroup spawn's,
-/// [`crate::cgroup::AppCgroup::spawn`]): empty signal mask, `PR_SET_PDEATHSIG`, and `_exit(137)`
-/// when `parent` (the runtime's pid) is already gone.
+/// [`crate::cgroup::AppCgroup::spawn`]): empty signal mask; unless `parent` (the runtime's pid) is 1,
+/// `PR_SET_PDEATHSIG` and `_exit(137)` when the runtime is already gone.
+///
+/// As PID 1 the namespace's end is the apps' end, all at once. With the parent-death signal as well,
+/// a `docker kill` took the apps down thread by thread: a worker outlived its simulation service by
+/// a few milliseconds, saw the service's socket close and failed its job for a retry, where the
+/// machine's comeback would have handed the job back untouched (the Swarm test, once; a job's
+/// retries are counted against its `max_retries`).
 ///
 /// # Safety
 ///
@@ -100,6 +108,9 @@ pub(crate) unsafe fn hygiene_in_child(parent: libc::pid_t) -> std::io::Result<()
         libc::sigemptyset(&mut empty);
         if libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut()) != 0 {
             return Err(std::io::Error::last_os_error());
+        }
+        if parent == 1 {
+            return Ok(());
         }
         if libc::prctl(
             libc::PR_SET_PDEATHSIG,

@@ -13,13 +13,18 @@ use serde_json::{Value, json};
 
 use crate::job_queue::{DEADLINE, NewJob, Tap, bundle_dir, load_job_matching, push_job};
 use crate::redis_server::RedisServer;
-use crate::up_support::{Runtime, free_port, gone, http_request, wait_for};
+use crate::up_support::{Runtime, free_port, http_request, wait_for};
 
 const TOKEN: &str = "handback-control-token-3e9a";
 
 /// A machine: the simulation service and one simulation-websocket worker (app `sim-worker`,
 /// `kill_timeout` 1.5 s) of the stand-in bundle, reporting to `redis`.
 fn machine(redis: &RedisServer, machine_id: &str) -> Runtime {
+    machine_in(redis, machine_id, &[])
+}
+
+/// [`machine`] started through `wrapper` (e.g. `unshare` for a PID namespace of its own).
+fn machine_in(redis: &RedisServer, machine_id: &str, wrapper: &[&str]) -> Runtime {
     let port = free_port();
     let url = redis.url();
     let worker_env = json!({
@@ -28,7 +33,7 @@ fn machine(redis: &RedisServer, machine_id: &str) -> Runtime {
         "UNIFIED_MACHINE_STATUS": "true", "NODE_ENV": "production", "POLL_INTERVAL_MS": "100",
         "SIMULATION_WEBSOCKET_URL": format!("ws://127.0.0.1:{port}"),
     });
-    Runtime::start(
+    Runtime::start_with(
         json!({"apps": [
             {"name": "simulation-gpu0", "script": "machine-simulate",
              "args": ["--port", port.to_string()], "machine_role": "service",
@@ -42,6 +47,7 @@ fn machine(redis: &RedisServer, machine_id: &str) -> Runtime {
             ("MACHINE_STATUS_UPDATE_INTERVAL_SECONDS", "1"),
             ("MACHINE_CONTROL_TOKEN", TOKEN),
         ],
+        wrapper,
     )
 }
 
@@ -316,13 +322,58 @@ async fn restarting_a_busy_worker_hands_its_job_back_and_the_restarted_worker_co
     drop(rt);
 }
 
-/// A machine killed outright (SIGKILL to the runtime, as `docker kill` or the OOM killer does) while its
-/// worker runs a job: its apps die with it, and none of them touches the job on the way down (a
-/// worker that outlives its simulation service by a few milliseconds sees the service's socket close
-/// and fails the job for a retry). The job stays `in_progress`, held by the worker, until the machine's
-/// comeback under the same id hands it back and runs it to completion.
+/// The wrapper that runs a machine as PID 1 of a PID namespace of its own, as in a container, and
+/// kills it (SIGKILL) when the wrapper itself is killed, as `docker kill` does.
+const AS_PID_1: [&str; 6] = [
+    "unshare",
+    "--user",
+    "--pid",
+    "--fork",
+    "--map-root-user",
+    "--kill-child",
+];
+
+/// The host pids of the processes `wrapper` (an [`AS_PID_1`] runtime) runs: the runtime and its
+/// children, once it has `count` of them.
+fn inside(wrapper: u32, count: usize) -> Vec<u32> {
+    let children = |pid: u32| -> Vec<u32> {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            return Vec::new();
+        };
+        tasks
+            .flatten()
+            .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
+            .flat_map(|c| {
+                c.split_whitespace()
+                    .filter_map(|p| p.parse().ok())
+                    .collect::<Vec<u32>>()
+            })
+            .collect()
+    };
+    wait_for(
+        "the runtime and its apps in the PID namespace",
+        || format!("wrapper {wrapper}"),
+        || {
+            let runtime = *children(wrapper).first()?;
+            let apps = children(runtime);
+            (apps.len() == count).then(|| [vec![runtime], apps].concat())
+        },
+    )
+}
+
+/// A machine killed outright as a container is (`docker kill`: SIGKILL to the runtime, PID 1 of its
+/// namespace) while its worker runs a job: its apps die with it in the same instant, and none of them
+/// touches the job on the way down (a worker that outlived its simulation service by a few
+/// milliseconds saw the service's socket close and failed the job for a retry). The job stays
+/// `in_progress`, held by the worker, until the machine's comeback under the same id hands it back and
+/// runs it to completion.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_kill_9_mid_job_leaves_the_job_to_the_comeback() {
+async fn a_killed_container_leaves_the_job_to_the_comeback() {
+    if !crate::up_support::pid_namespace_available(
+        "a_killed_container_leaves_the_job_to_the_comeback",
+    ) {
+        return;
+    }
     let redis = RedisServer::start();
     let mut conn = redis.conn().await;
     load_job_matching(&mut conn).await;
@@ -330,49 +381,43 @@ async fn a_kill_9_mid_job_leaves_the_job_to_the_comeback() {
     let mut events = Tap::start(&redis.url(), &["machine:handback-k:worker:*"]).await;
     let job = "handback-job-kill";
     let log = StatusLog::start(&redis, job).await;
-    let mut a = tokio::task::block_in_place(|| machine(&redis, "handback-k"));
+    let mut a = tokio::task::block_in_place(|| machine_in(&redis, "handback-k", &AS_PID_1));
     push_long_job(&mut conn, job).await;
     wait_status(&mut conn, job, "in_progress", &log, &[&a]).await;
-    let apps: Vec<(u32, &str)> = tokio::task::block_in_place(|| {
-        [
-            ("simulation-gpu0", "machine-simulate"),
-            ("sim-worker", "redis-direct-worker.js"),
-        ]
-        .into_iter()
-        .map(|(app, token)| (a.app_status(app)["pid"].as_u64().unwrap() as u32, token))
-        .collect()
-    });
+    let processes = tokio::task::block_in_place(|| inside(a.child.id(), 2));
 
     a.signal(libc::SIGKILL);
     tokio::task::block_in_place(|| {
         a.wait_exit();
         wait_for(
-            "the killed machine's apps to be gone",
-            || format!("{apps:?}\n{}", a.output()),
+            "the killed machine's processes to be gone",
+            || format!("{processes:?}\n{}", a.output()),
             || {
-                apps.iter()
-                    .all(|(pid, token)| gone(*pid, token))
+                processes
+                    .iter()
+                    .all(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists())
                     .then_some(())
             },
         )
     });
     // Nothing of the dead machine touched the job.
     let hash: HashMap<String, String> = conn.hgetall(format!("job:{job}")).await.unwrap();
+    let seen = log.seen();
     assert_eq!(
-        hash["status"],
-        "in_progress",
-        "{hash:?}\nstatuses seen: {:?}",
-        log.seen()
+        hash["status"], "in_progress",
+        "{hash:?}\nstatuses seen: {seen:?}"
     );
     assert_eq!(hash["worker_id"], worker_id("handback-k"), "{hash:?}");
     assert_eq!(hash["retry_count"], "0", "{hash:?}");
 
-    // The comeback hands it back and its worker completes it.
-    let b = tokio::task::block_in_place(|| machine(&redis, "handback-k"));
+    // The comeback (PID 1 again, so the lease its killed run left is taken over at once) hands it
+    // back, and its worker completes it.
+    let b = tokio::task::block_in_place(|| machine_in(&redis, "handback-k", &AS_PID_1));
     let (_, event) = next_handed_back(&mut events, &[&a, &b]).await;
     assert_eq!(event["data"]["job_id"], job, "{event}");
     assert_eq!(event["data"]["previous_status"], "in_progress", "{event}");
     wait_status(&mut conn, job, "completed", &log, &[&a, &b]).await;
     assert_never_failed(&mut conn, job, &log, &mut failures).await;
-    drop(b);
+    // unshare passes on no SIGTERM: killed, it kills the runtime (--kill-child), as docker kill does.
+    b.signal(libc::SIGKILL);
 }

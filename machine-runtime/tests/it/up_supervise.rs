@@ -411,6 +411,62 @@ fn reaps_orphans_as_pid_1_in_a_pid_namespace() {
     assert!(rt.output().contains("stopped in"), "{}", rt.output());
 }
 
+/// An app that writes its own parent-death signal (`prctl(PR_GET_PDEATHSIG)`) to `$D/pdeath`, then
+/// sleeps.
+fn pdeath_reporter() -> Value {
+    let code = "import ctypes, os, time\n\
+                s = ctypes.c_int(-1)\n\
+                ctypes.CDLL(None).prctl(2, ctypes.byref(s), 0, 0, 0)\n\
+                d = os.environ['D']\n\
+                open(d + '/pdeath.tmp', 'w').write(str(s.value))\n\
+                os.rename(d + '/pdeath.tmp', d + '/pdeath')\n\
+                time.sleep(1000)\n";
+    json!({"name": "reporter", "script": "python3", "args": ["-c", code], "interpreter": "none",
+           "env": {"D": "@DIR@"}})
+}
+
+/// On a host an app gets SIGKILL when the runtime dies (PR_SET_PDEATHSIG); as PID 1 it gets no
+/// such signal, because the kernel ends the whole namespace at once, while the parent-death signal
+/// follows the runtime thread that started the app and would end the apps one by one as the killed
+/// runtime's threads end (see command::hygiene_in_child).
+#[test]
+fn apps_get_a_parent_death_signal_on_a_host_and_none_as_pid_1() {
+    let rt = Runtime::start(json!({"apps": [pdeath_reporter()]}), &[]);
+    assert_eq!(
+        read_when_present(&rt, "pdeath").trim(),
+        libc::SIGKILL.to_string(),
+        "{}",
+        rt.output()
+    );
+    drop(rt);
+    if !crate::up_support::pid_namespace_available(
+        "apps_get_a_parent_death_signal_on_a_host_and_none_as_pid_1",
+    ) {
+        return;
+    }
+    let rt = Runtime::start_with(
+        json!({"apps": [pdeath_reporter()]}),
+        &[],
+        &[
+            "unshare",
+            "--user",
+            "--pid",
+            "--fork",
+            "--map-root-user",
+            "--kill-child",
+        ],
+    );
+    assert_eq!(
+        read_when_present(&rt, "pdeath").trim(),
+        "0",
+        "{}",
+        rt.output()
+    );
+    // unshare passes on no SIGTERM; killing it kills the runtime (--kill-child), and the namespace
+    // with it.
+    rt.signal(libc::SIGKILL);
+}
+
 #[test]
 fn refuses_to_start_without_the_planned_gpus_or_secrets() {
     let mut rt = Runtime::start(
