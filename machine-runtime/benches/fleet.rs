@@ -108,22 +108,6 @@ fn command_calls(conn: &mut redis::Connection) -> anyhow::Result<Vec<(String, f6
     Ok(calls)
 }
 
-/// Pids of a process's direct children (`/proc/<pid>/task/*/children`).
-fn children(pid: u32) -> Vec<u32> {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return Vec::new();
-    };
-    tasks
-        .flatten()
-        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
-        .flat_map(|s| {
-            s.split_whitespace()
-                .filter_map(|p| p.parse().ok())
-                .collect::<Vec<u32>>()
-        })
-        .collect()
-}
-
 /// Starts machine `i` (its own workspace, the stand-in bundle installed, `WORKERS=mock:<w>:shared`,
 /// no GPUs, a free health port).
 fn start_machine(dir: &Path, url: &str, i: usize, workers: usize) -> anyhow::Result<Owned> {
@@ -273,7 +257,7 @@ fn run(n: usize, options: &Options) -> anyhow::Result<Row> {
     for m in &machines {
         rss.push(rss_kib(m.0.id()) as f64 / 1024.0);
         worker_rss.extend(
-            children(m.0.id())
+            machine_runtime::procstat::children(m.0.id())
                 .into_iter()
                 .map(|p| rss_kib(p) as f64 / 1024.0),
         );

@@ -259,22 +259,6 @@ fn kill(pid: i32, signal: i32) {
     unsafe { libc::kill(pid, signal) };
 }
 
-/// Direct children of `pid` (all threads), from /proc.
-fn children(pid: u32) -> Vec<u32> {
-    let mut out = Vec::new();
-    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
-        for task in tasks.flatten() {
-            if let Ok(text) = std::fs::read_to_string(task.path().join("children")) {
-                out.extend(
-                    text.split_whitespace()
-                        .filter_map(|p| p.parse::<u32>().ok()),
-                );
-            }
-        }
-    }
-    out
-}
-
 fn is_app(pid: u32) -> bool {
     std::fs::read(format!("/proc/{pid}/cmdline"))
         .map(|c| {
@@ -298,12 +282,12 @@ fn alive(pid: u32) -> bool {
 /// App processes (exec'd `sleep`) among the descendants of `sup`, sorted.
 fn app_pids(sup: u32) -> Vec<u32> {
     let mut apps = Vec::new();
-    let mut stack = children(sup);
+    let mut stack = machine_runtime::procstat::children(sup);
     while let Some(pid) = stack.pop() {
         if is_app(pid) {
             apps.push(pid);
         } else {
-            stack.extend(children(pid));
+            stack.extend(machine_runtime::procstat::children(pid));
         }
     }
     apps.sort_unstable();
@@ -313,11 +297,11 @@ fn app_pids(sup: u32) -> Vec<u32> {
 /// RSS of `sup` and every descendant that is not an app.
 fn tree_rss_without_apps(sup: u32) -> u64 {
     let mut total = rss_kib(sup);
-    let mut stack = children(sup);
+    let mut stack = machine_runtime::procstat::children(sup);
     while let Some(pid) = stack.pop() {
         if !is_app(pid) {
             total += rss_kib(pid);
-            stack.extend(children(pid));
+            stack.extend(machine_runtime::procstat::children(pid));
         }
     }
     total

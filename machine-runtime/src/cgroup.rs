@@ -1,7 +1,11 @@
 //! One cgroup (v2) per app, so that nothing an app started outlives the runtime, even a process
 //! that left the app's process group and session and even after `kill -9` of the runtime on a host.
 //!
-//! Layout: `<cgroup2 mount>/machine-runtime/<runtime pid>/<index>-<app name>`. The runtime makes it
+//! Layout: `<cgroup2 mount>/machine-runtime/<runtime pid>@<PID namespace>/<index>-<app name>`, the
+//! namespace by the inode number of `/proc/self/ns/pid` (a pid alone is not unique: every runtime that
+//! is PID 1 of a namespace of its own is pid 1, and two such runtimes on one cgroup hierarchy once
+//! emptied each other's cgroups; a cgroup emptied that way kills at birth every child started into
+//! it). The runtime makes it
 //! where it may: at the top of the cgroup2 hierarchy it sees (root on a host, or a container's own
 //! namespace), else under its own cgroup (a delegated subtree, e.g. a systemd user scope with
 //! `Delegate=yes`). Each app's process is started inside its cgroup (`clone3` with
@@ -11,9 +15,12 @@
 //!
 //! - When an app's process has ended or been stopped, its cgroup is emptied (`cgroup.kill`).
 //! - When the runtime stops, every app's cgroup is emptied and removed.
-//! - At start, the folders of runtimes that are gone (their pid is not a live `machine-runtime`) are
-//!   swept: their processes killed, the folders removed, one log line each. So after `kill -9` of
-//!   the runtime on a host, what its apps left is ended by the next start on that host.
+//! - At start, the folders of runtimes of the same PID namespace that are gone (their pid is not a
+//!   live `machine-runtime`) are swept: their processes killed, the folders removed, one log line
+//!   each. So after `kill -9` of the runtime on a host, what its apps left is ended by the next start
+//!   on that host. Folders of other PID namespaces are left alone: whether their runtime lives cannot
+//!   be seen from here (and when a namespace ends, the kernel has ended its processes). A folder named
+//!   by a pid alone (an older runtime) counts as this namespace's.
 //!
 //! Fallback, said once in the log: no cgroup2 mount, or no folder the runtime may create (not root
 //! and no delegated subtree): the apps run without cgroups; process groups, `PR_SET_PDEATHSIG` and
@@ -75,8 +82,9 @@ impl Cgroups {
             mount.join(own.trim_start_matches('/')).join(TOP),
         ];
         let mut last = String::new();
+        let name = format!("{}@{}", std::process::id(), own_pid_namespace());
         for top in candidates {
-            let base = top.join(std::process::id().to_string());
+            let base = top.join(&name);
             // Another runtime may remove an empty `top` between our two mkdirs: try again.
             let made = (0..3)
                 .map(|_| std::fs::create_dir_all(&base))
@@ -138,15 +146,16 @@ impl Cgroups {
         let Ok(entries) = std::fs::read_dir(&self.top) else {
             return lines;
         };
+        let namespace = own_pid_namespace();
         for entry in entries.flatten() {
-            let Some(pid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|s| s.parse::<u32>().ok())
-            else {
+            let name = entry.file_name();
+            let Some((pid, ns)) = name.to_str().and_then(folder_owner) else {
                 continue;
             };
-            if pid == std::process::id() || is_live_runtime(pid) {
+            if ns.is_some_and(|ns| ns != namespace)
+                || pid == std::process::id()
+                || is_live_runtime(pid)
+            {
                 continue;
             }
             let killed = empty_and_remove(&entry.path());
@@ -243,6 +252,22 @@ fn probe_writable(dir: &Path) -> std::io::Result<()> {
         .write(true)
         .open(dir.join("cgroup.procs"))
         .map(drop)
+}
+
+/// The inode number of this process's PID namespace (`/proc/self/ns/pid`, namespaces(7)); 0 when it
+/// cannot be read (a kernel without it: every runtime then shares namespace 0, as before).
+fn own_pid_namespace() -> u64 {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::metadata("/proc/self/ns/pid").map_or(0, |m| m.ino())
+}
+
+/// The runtime pid and PID namespace a runtime's folder is named by (`<pid>@<namespace>`; a pid alone,
+/// from an older runtime: namespace unknown); `None` for any other name.
+fn folder_owner(name: &str) -> Option<(u32, Option<u64>)> {
+    match name.split_once('@') {
+        Some((pid, ns)) => Some((pid.parse().ok()?, Some(ns.parse().ok()?))),
+        None => Some((name.parse().ok()?, None)),
+    }
 }
 
 /// Whether `pid` is a live `machine-runtime` (its `comm`; a reused pid of another program is not).

@@ -143,6 +143,24 @@ fn system_uptime() -> Option<f64> {
         .ok()
 }
 
+/// The direct children of process `pid`, from every one of its threads (`/proc/<pid>/task/<tid>/children`,
+/// proc(5): a child belongs to the thread that started it); empty when `pid` is gone. For the tests and
+/// benchmarks, which look at the processes a runtime started.
+pub fn children(pid: u32) -> Vec<u32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
+        .flat_map(|c| {
+            c.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

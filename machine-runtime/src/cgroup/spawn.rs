@@ -469,8 +469,8 @@ unsafe fn child_main(a: &ChildArgs<'_>) -> ! {
         if libc::signal(libc::SIGPIPE, libc::SIG_DFL) == libc::SIG_ERR {
             fail(a.failure);
         }
-        // crate::command's hygiene: empty signal mask, killed when the runtime dies, and gone at
-        // once if the runtime died before prctl.
+        // crate::command's hygiene: empty signal mask and, unless the runtime is PID 1, killed
+        // when it dies, and gone at once if it died before prctl.
         if (a.hygiene)(a.parent).is_err() {
             fail(a.failure);
         }

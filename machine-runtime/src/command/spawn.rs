@@ -1,5 +1,5 @@
 //! The std command for a child: [`new_child`], the one constructor (own process group, parent-death
-//! signal, empty signal mask), and a [`ChildCommand`] turned into one.
+//! signal unless the runtime is PID 1, empty signal mask), and a [`ChildCommand`] turned into one.
 
 use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
@@ -68,7 +68,7 @@ pub(crate) fn new_child(program: impl AsRef<OsStr>) -> Command {
 ///   outlives its supervisor. If the runtime died between fork and `prctl`, the child exits at once.
 ///   Grandchildren are not covered by this (the flag is not inherited); see docs/hostile-input.md
 ///   for what covers them. Not as PID 1 (a container): there the kernel ends the whole PID namespace
-///   when the runtime dies, every process in one pass, while the parent-death signal fires when the
+///   when the runtime dies, every process within microseconds, while the parent-death signal fires when the
 ///   *thread* that spawned the child ends (prctl(2)): the threads of a killed runtime end one after
 ///   another, milliseconds apart under load, and an app could outlive another it depends on (see
 ///   [`hygiene_in_child`]);

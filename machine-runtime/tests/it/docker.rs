@@ -485,7 +485,7 @@ pub(crate) fn host_gateway() -> String {
         "host.docker.internal:host-gateway",
         BASE_IMAGE,
         "getent",
-        "hosts",
+        "ahostsv4",
         "host.docker.internal",
     ]))
     .stdout;

@@ -561,8 +561,9 @@ fn after_kill_9_the_next_start_ends_what_the_apps_left() {
     assert!(
         out.contains("stopped 2 processes left in /sys/fs/cgroup")
             && out.contains(&format!(
-                "/machine-runtime/{0} by an earlier runtime (pid {0}) that did not stop cleanly",
-                first.child.id()
+                "/machine-runtime/{0}@{1} by an earlier runtime (pid {0}) that did not stop cleanly",
+                first.child.id(),
+                std::os::unix::fs::MetadataExt::ino(&std::fs::metadata("/proc/self/ns/pid").unwrap())
             )),
         "{out}"
     );

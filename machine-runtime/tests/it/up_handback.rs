@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 
 use crate::job_queue::{DEADLINE, NewJob, Tap, bundle_dir, load_job_matching, push_job};
 use crate::redis_server::RedisServer;
-use crate::up_support::{Runtime, free_port, http_request, wait_for};
+use crate::up_support::{Runtime, free_port, http_request, runtime_inside, wait_for};
 
 const TOKEN: &str = "handback-control-token-3e9a";
 
@@ -333,29 +333,15 @@ const AS_PID_1: [&str; 6] = [
     "--kill-child",
 ];
 
-/// The host pids of the processes `wrapper` (an [`AS_PID_1`] runtime) runs: the runtime and its
-/// children, once it has `count` of them.
-fn inside(wrapper: u32, count: usize) -> Vec<u32> {
-    let children = |pid: u32| -> Vec<u32> {
-        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-            return Vec::new();
-        };
-        tasks
-            .flatten()
-            .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
-            .flat_map(|c| {
-                c.split_whitespace()
-                    .filter_map(|p| p.parse().ok())
-                    .collect::<Vec<u32>>()
-            })
-            .collect()
-    };
+/// The host pids of the runtime `rt` runs as PID 1 ([`AS_PID_1`]) and of its apps, once it has
+/// `count` of them.
+fn inside(rt: &Runtime, count: usize) -> Vec<u32> {
+    let runtime = runtime_inside(rt);
     wait_for(
-        "the runtime and its apps in the PID namespace",
-        || format!("wrapper {wrapper}"),
+        "the runtime's apps in the PID namespace",
+        || rt.output(),
         || {
-            let runtime = *children(wrapper).first()?;
-            let apps = children(runtime);
+            let apps = machine_runtime::procstat::children(runtime);
             (apps.len() == count).then(|| [vec![runtime], apps].concat())
         },
     )
@@ -384,9 +370,10 @@ async fn a_killed_container_leaves_the_job_to_the_comeback() {
     let mut a = tokio::task::block_in_place(|| machine_in(&redis, "handback-k", &AS_PID_1));
     push_long_job(&mut conn, job).await;
     wait_status(&mut conn, job, "in_progress", &log, &[&a]).await;
-    let processes = tokio::task::block_in_place(|| inside(a.child.id(), 2));
+    let processes = tokio::task::block_in_place(|| inside(&a, 2));
 
-    a.signal(libc::SIGKILL);
+    // SAFETY: kill(2) on the runtime inside: docker kill's SIGKILL to the container's PID 1.
+    unsafe { libc::kill(processes[0] as i32, libc::SIGKILL) };
     tokio::task::block_in_place(|| {
         a.wait_exit();
         wait_for(
@@ -412,12 +399,14 @@ async fn a_killed_container_leaves_the_job_to_the_comeback() {
 
     // The comeback (PID 1 again, so the lease its killed run left is taken over at once) hands it
     // back, and its worker completes it.
-    let b = tokio::task::block_in_place(|| machine_in(&redis, "handback-k", &AS_PID_1));
+    let mut b = tokio::task::block_in_place(|| machine_in(&redis, "handback-k", &AS_PID_1));
     let (_, event) = next_handed_back(&mut events, &[&a, &b]).await;
     assert_eq!(event["data"]["job_id"], job, "{event}");
     assert_eq!(event["data"]["previous_status"], "in_progress", "{event}");
     wait_status(&mut conn, job, "completed", &log, &[&a, &b]).await;
     assert_never_failed(&mut conn, job, &log, &mut failures).await;
-    // unshare passes on no SIGTERM: killed, it kills the runtime (--kill-child), as docker kill does.
-    b.signal(libc::SIGKILL);
+    let inner = tokio::task::block_in_place(|| runtime_inside(&b));
+    // SAFETY: kill(2) on the runtime inside (unshare passes on no signal).
+    unsafe { libc::kill(inner as i32, libc::SIGKILL) };
+    tokio::task::block_in_place(|| b.wait_exit());
 }

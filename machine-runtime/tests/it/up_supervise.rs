@@ -4,8 +4,8 @@
 use serde_json::{Value, json};
 
 use crate::up_support::{
-    Runtime, free_port, gone, parent_pid, pids_with, process_state, read_when_present, token,
-    wait_for, wait_line,
+    Runtime, free_port, gone, parent_pid, pids_with, process_state, read_when_present,
+    runtime_inside, token, wait_for, wait_line,
 };
 
 /// A shell app; `D` in its environment is the test's directory, and `put FILE VALUE` writes
@@ -388,23 +388,7 @@ fn reaps_orphans_as_pid_1_in_a_pid_namespace() {
         rt.output()
     );
     // unshare forwards no signal; stop the runtime inside through its own pid.
-    let inner = wait_for(
-        "the runtime inside the namespace",
-        || rt.output(),
-        || {
-            std::fs::read_to_string(format!(
-                "/proc/{}/task/{}/children",
-                rt.child.id(),
-                rt.child.id()
-            ))
-            .ok()
-            .and_then(|c| {
-                c.split_whitespace()
-                    .next()
-                    .and_then(|p| p.parse::<i32>().ok())
-            })
-        },
-    );
+    let inner = runtime_inside(&rt) as i32;
     // SAFETY: plain kill(2).
     unsafe { libc::kill(inner, libc::SIGTERM) };
     assert_eq!(rt.wait_exit().code(), Some(0), "{}", rt.output());
@@ -444,7 +428,7 @@ fn apps_get_a_parent_death_signal_on_a_host_and_none_as_pid_1() {
     ) {
         return;
     }
-    let rt = Runtime::start_with(
+    let mut rt = Runtime::start_with(
         json!({"apps": [pdeath_reporter()]}),
         &[],
         &[
@@ -462,9 +446,80 @@ fn apps_get_a_parent_death_signal_on_a_host_and_none_as_pid_1() {
         "{}",
         rt.output()
     );
-    // unshare passes on no SIGTERM; killing it kills the runtime (--kill-child), and the namespace
-    // with it.
-    rt.signal(libc::SIGKILL);
+    let inner = runtime_inside(&rt);
+    // SAFETY: plain kill(2) on the runtime inside (unshare passes on no signal); the namespace ends
+    // with it, and unshare collects it and exits.
+    unsafe { libc::kill(inner as i32, libc::SIGKILL) };
+    rt.wait_exit();
+}
+
+/// Two runtimes that are each PID 1 of a namespace of their own (two containers on one cgroup
+/// hierarchy) have the same pid: their cgroup folders must not be one. Y stops (removing its own
+/// cgroups) and Z starts (sweeping what gone runtimes left): X's app lives on, in X's cgroup.
+#[test]
+fn runtimes_that_are_pid_1_of_their_own_namespaces_keep_to_their_own_cgroups() {
+    if !crate::up_support::pid_namespace_available(
+        "runtimes_that_are_pid_1_of_their_own_namespaces_keep_to_their_own_cgroups",
+    ) {
+        return;
+    }
+    let as_pid_1 = [
+        "unshare",
+        "--user",
+        "--pid",
+        "--fork",
+        "--map-root-user",
+        "--kill-child",
+    ];
+    let app = || json!({"apps": [{"name": "app", "script": "sleep", "args": ["600"]}]});
+    let start = || {
+        let rt = Runtime::start_with(app(), &[], &as_pid_1);
+        rt.wait_state("app", "running");
+        let inner = runtime_inside(&rt);
+        let apps = wait_for(
+            "the app's process",
+            || rt.output(),
+            || {
+                let apps = machine_runtime::procstat::children(inner);
+                (!apps.is_empty()).then_some(apps)
+            },
+        );
+        (rt, inner, apps[0])
+    };
+    let (x, _, x_app) = start();
+    let cgroup = std::fs::read_to_string(format!("/proc/{x_app}/cgroup")).unwrap();
+    assert!(
+        cgroup.contains("/machine-runtime/1@"),
+        "X's app is not in a cgroup of the runtime: {cgroup}\n{}",
+        x.output()
+    );
+    let (mut y, y_inner, _) = start();
+    // SAFETY: plain kill(2) on Y's runtime (unshare passes on no signal): a clean stop.
+    unsafe { libc::kill(y_inner as i32, libc::SIGTERM) };
+    assert!(y.wait_exit().success(), "{}", y.output());
+    let (mut z, z_inner, _) = start();
+    assert_eq!(
+        process_state(x_app).map(|s| s != 'Z'),
+        Some(true),
+        "{}",
+        x.output()
+    );
+    assert_eq!(
+        std::fs::read_to_string(format!("/proc/{x_app}/cgroup")).unwrap(),
+        cgroup,
+        "{}",
+        x.output()
+    );
+    let (_, x_status, _) = x.get("/status");
+    assert_eq!(x_status["apps"][0]["restarts"], 0, "{x_status}");
+    // SAFETY: as above.
+    unsafe { libc::kill(z_inner as i32, libc::SIGKILL) };
+    z.wait_exit();
+    let mut x = x;
+    let x_inner = runtime_inside(&x);
+    // SAFETY: as above.
+    unsafe { libc::kill(x_inner as i32, libc::SIGKILL) };
+    x.wait_exit();
 }
 
 #[test]

@@ -529,12 +529,24 @@ pub fn free_port() -> u16 {
 /// which a process binding port 0 (a runtime's `--health-port 0`) and every outgoing connection get
 /// theirs: a port handed out from that range was once taken by a runtime's health endpoint between
 /// its release here and the simulation service's bind. The search starts at a place of its own per
-/// process, so two test binaries running at once rarely try the same ports.
+/// process, so two test binaries running at once rarely try the same ports. Where that range leaves
+/// fewer than [`FEW_PORTS`] (a machine tuned to `1024 65535`), the ports come from the kernel's
+/// port 0 as before, with that risk, said once on stderr.
 pub fn free_port_run(count: u16) -> u16 {
     let mut handed_out = HANDED_OUT
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     let candidates = outside_ephemeral_range();
+    if candidates.len() < FEW_PORTS {
+        static SAID: std::sync::Once = std::sync::Once::new();
+        SAID.call_once(|| {
+            eprintln!(
+                "note: only {} ports outside the ephemeral range (net.ipv4.ip_local_port_range); test ports come from port 0, which a process binding port 0 may take first",
+                candidates.len()
+            )
+        });
+        return from_port_0(count, &mut handed_out);
+    }
     let start = (std::process::id() as usize).wrapping_mul(7919) % candidates.len();
     'search: for i in 0..candidates.len() {
         let base = candidates[(start + i) % candidates.len()];
@@ -557,8 +569,39 @@ pub fn free_port_run(count: u16) -> u16 {
     panic!("no {count} consecutive free ports outside the ephemeral range");
 }
 
-/// The unprivileged ports outside the ephemeral range (`/proc/sys/net/ipv4/ip_local_port_range`,
-/// Linux's default 32768–60999 when it cannot be read), in order.
+/// Fewer ports than this outside the ephemeral range: [`free_port_run`] takes them from port 0.
+const FEW_PORTS: usize = 2000;
+
+/// [`free_port_run`] where the ephemeral range leaves too few ports: a base from port 0.
+fn from_port_0(count: u16, handed_out: &mut BTreeSet<u16>) -> u16 {
+    'search: for _ in 0..200 {
+        let first = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+        let base = first.local_addr().unwrap().port();
+        let mut held = vec![first];
+        for offset in 1..count {
+            let Some(port) = base.checked_add(offset) else {
+                continue 'search;
+            };
+            if handed_out.contains(&port) {
+                continue 'search;
+            }
+            match std::net::TcpListener::bind(("0.0.0.0", port)) {
+                Ok(listener) => held.push(listener),
+                Err(_) => continue 'search,
+            }
+        }
+        if handed_out.contains(&base) {
+            continue;
+        }
+        handed_out.extend(base..base + count);
+        return base;
+    }
+    panic!("no {count} consecutive free ports found in 200 tries");
+}
+
+/// The ports from 10000 up (below, the usual ports of services a developer runs) outside the ephemeral range
+/// (`/proc/sys/net/ipv4/ip_local_port_range`, Linux's default 32768–60999 when it cannot be read), in
+/// order.
 fn outside_ephemeral_range() -> Vec<u16> {
     let (low, high) = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
@@ -704,6 +747,21 @@ pub fn pid_in(rt: &Runtime, file: &str) -> i32 {
                 .trim()
                 .parse()
                 .ok()
+        },
+    )
+}
+
+/// The host pid of the runtime that `rt`'s wrapper (`unshare ... --fork`) started: the wrapper's
+/// child. Signal that pid to reach the runtime: unshare passes on no signal, and a runtime killed
+/// through the wrapper's `--kill-child` is left as a zombie for the host's init to collect.
+pub fn runtime_inside(rt: &Runtime) -> u32 {
+    wait_for(
+        "the runtime inside the wrapper",
+        || rt.output(),
+        || {
+            machine_runtime::procstat::children(rt.child.id())
+                .first()
+                .copied()
         },
     )
 }
