@@ -485,14 +485,7 @@ fn kill_9_of_the_runtime_as_pid_1_takes_everything_along() {
             &port,
         ],
         &[],
-        &[
-            "unshare",
-            "--user",
-            "--pid",
-            "--fork",
-            "--map-root-user",
-            "--kill-child",
-        ],
+        &crate::up_support::AS_PID_1,
     )
     .stdout(Stdio::null())
     .stderr(Stdio::null())

@@ -322,18 +322,7 @@ async fn restarting_a_busy_worker_hands_its_job_back_and_the_restarted_worker_co
     drop(rt);
 }
 
-/// The wrapper that runs a machine as PID 1 of a PID namespace of its own, as in a container, and
-/// kills it (SIGKILL) when the wrapper itself is killed, as `docker kill` does.
-const AS_PID_1: [&str; 6] = [
-    "unshare",
-    "--user",
-    "--pid",
-    "--fork",
-    "--map-root-user",
-    "--kill-child",
-];
-
-/// The host pids of the runtime `rt` runs as PID 1 ([`AS_PID_1`]) and of its apps, once it has
+/// The host pids of the runtime `rt` runs as PID 1 ([`crate::up_support::AS_PID_1`]) and of its apps, once it has
 /// `count` of them.
 fn inside(rt: &Runtime, count: usize) -> Vec<u32> {
     let runtime = runtime_inside(rt);
@@ -367,7 +356,9 @@ async fn a_killed_container_leaves_the_job_to_the_comeback() {
     let mut events = Tap::start(&redis.url(), &["machine:handback-k:worker:*"]).await;
     let job = "handback-job-kill";
     let log = StatusLog::start(&redis, job).await;
-    let mut a = tokio::task::block_in_place(|| machine_in(&redis, "handback-k", &AS_PID_1));
+    let mut a = tokio::task::block_in_place(|| {
+        machine_in(&redis, "handback-k", &crate::up_support::AS_PID_1)
+    });
     push_long_job(&mut conn, job).await;
     wait_status(&mut conn, job, "in_progress", &log, &[&a]).await;
     let processes = tokio::task::block_in_place(|| inside(&a, 2));
@@ -399,7 +390,9 @@ async fn a_killed_container_leaves_the_job_to_the_comeback() {
 
     // The comeback (PID 1 again, so the lease its killed run left is taken over at once) hands it
     // back, and its worker completes it.
-    let mut b = tokio::task::block_in_place(|| machine_in(&redis, "handback-k", &AS_PID_1));
+    let mut b = tokio::task::block_in_place(|| {
+        machine_in(&redis, "handback-k", &crate::up_support::AS_PID_1)
+    });
     let (_, event) = next_handed_back(&mut events, &[&a, &b]).await;
     assert_eq!(event["data"]["job_id"], job, "{event}");
     assert_eq!(event["data"]["previous_status"], "in_progress", "{event}");

@@ -368,18 +368,7 @@ fn reaps_orphans_as_pid_1_in_a_pid_namespace() {
         return;
     }
     let token = token("orphan-ns-");
-    let mut rt = Runtime::start_with(
-        orphan_ecosystem(&token),
-        &[],
-        &[
-            "unshare",
-            "--user",
-            "--pid",
-            "--fork",
-            "--map-root-user",
-            "--kill-child",
-        ],
-    );
+    let mut rt = Runtime::start_with(orphan_ecosystem(&token), &[], &crate::up_support::AS_PID_1);
     check_orphan_reaped(&rt, &token, None);
     // The runtime really is PID 1 there: it never needed the subreaper flag.
     assert!(
@@ -431,14 +420,7 @@ fn apps_get_a_parent_death_signal_on_a_host_and_none_as_pid_1() {
     let mut rt = Runtime::start_with(
         json!({"apps": [pdeath_reporter()]}),
         &[],
-        &[
-            "unshare",
-            "--user",
-            "--pid",
-            "--fork",
-            "--map-root-user",
-            "--kill-child",
-        ],
+        &crate::up_support::AS_PID_1,
     );
     assert_eq!(
         read_when_present(&rt, "pdeath").trim(),
@@ -463,17 +445,9 @@ fn runtimes_that_are_pid_1_of_their_own_namespaces_keep_to_their_own_cgroups() {
     ) {
         return;
     }
-    let as_pid_1 = [
-        "unshare",
-        "--user",
-        "--pid",
-        "--fork",
-        "--map-root-user",
-        "--kill-child",
-    ];
     let app = || json!({"apps": [{"name": "app", "script": "sleep", "args": ["600"]}]});
     let start = || {
-        let rt = Runtime::start_with(app(), &[], &as_pid_1);
+        let rt = Runtime::start_with(app(), &[], &crate::up_support::AS_PID_1);
         rt.wait_state("app", "running");
         let inner = runtime_inside(&rt);
         let apps = wait_for(

@@ -21,6 +21,18 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_machine-runtime");
 /// `unshare --user --pid` (`.ci/run` unsets it before `scripts/test.sh`; CI runs them as root).
 pub const SKIP_NAMESPACE_VAR: &str = "MACHINE_SKIP_NAMESPACE_TEST";
 
+/// The wrapper that runs a runtime as PID 1 of a PID namespace of its own, as in a container (user
+/// namespace with root mapped, so no privilege is needed), and kills it (SIGKILL) if the wrapper is
+/// killed. unshare passes on no other signal: signal the runtime inside ([`runtime_inside`]).
+pub const AS_PID_1: [&str; 6] = [
+    "unshare",
+    "--user",
+    "--pid",
+    "--fork",
+    "--map-root-user",
+    "--kill-child",
+];
+
 /// Whether the PID-namespace variant of `test` runs: `true` when `unshare --user --pid` works here; `false`
 /// (with a loud line) only when [`SKIP_NAMESPACE_VAR`]`=1` says to skip; otherwise the test fails saying
 /// why, so a refused `unshare` never passes as if the namespace had been tested.
