@@ -13,7 +13,9 @@ use serde_json::{Value, json};
 
 use crate::job_queue::{DEADLINE, NewJob, Tap, bundle_dir, load_job_matching, push_job};
 use crate::redis_server::RedisServer;
-use crate::up_support::{Runtime, free_port, http_request, runtime_inside, wait_for};
+use crate::up_support::{
+    Runtime, free_port, http_request, runtime_inside, signal_inside, wait_for,
+};
 
 const TOKEN: &str = "handback-control-token-3e9a";
 
@@ -123,6 +125,34 @@ impl Drop for StatusLog {
     }
 }
 
+/// What each test starts with: a redis-server with the test `findMatchingJob`, a connection, taps on
+/// `job_failed` and on machine `machine_id`'s worker events, and the status log of `job`.
+struct Scene {
+    redis: RedisServer,
+    conn: redis::aio::MultiplexedConnection,
+    failures: Tap,
+    events: Tap,
+    log: StatusLog,
+}
+
+impl Scene {
+    async fn start(machine_id: &str, job: &str) -> Scene {
+        let redis = RedisServer::start();
+        let mut conn = redis.conn().await;
+        load_job_matching(&mut conn).await;
+        let failures = Tap::start(&redis.url(), &["job_failed"]).await;
+        let events = Tap::start(&redis.url(), &[&format!("machine:{machine_id}:worker:*")]).await;
+        let log = StatusLog::start(&redis, job).await;
+        Scene {
+            redis,
+            conn,
+            failures,
+            events,
+            log,
+        }
+    }
+}
+
 /// Polls until the job's status is `want` (for `completed`, until it is in `jobs:completed` too);
 /// panics with the job, the statuses seen and the machines' output at the deadline.
 async fn wait_status(
@@ -191,13 +221,14 @@ async fn next_handed_back(tap: &mut Tap, machines: &[&Runtime]) -> (String, Valu
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sigterm_mid_job_hands_the_job_back_and_another_machine_completes_it() {
-    let redis = RedisServer::start();
-    let mut conn = redis.conn().await;
-    load_job_matching(&mut conn).await;
-    let mut failures = Tap::start(&redis.url(), &["job_failed"]).await;
-    let mut events = Tap::start(&redis.url(), &["machine:handback-a:worker:*"]).await;
     let job = "handback-job-stop";
-    let log = StatusLog::start(&redis, job).await;
+    let Scene {
+        redis,
+        mut conn,
+        mut failures,
+        mut events,
+        log,
+    } = Scene::start("handback-a", job).await;
     let mut a = tokio::task::block_in_place(|| machine(&redis, "handback-a"));
     push_long_job(&mut conn, job).await;
     wait_status(&mut conn, job, "in_progress", &log, &[&a]).await;
@@ -257,13 +288,14 @@ async fn a_sigterm_mid_job_hands_the_job_back_and_another_machine_completes_it()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restarting_a_busy_worker_hands_its_job_back_and_the_restarted_worker_completes_it() {
-    let redis = RedisServer::start();
-    let mut conn = redis.conn().await;
-    load_job_matching(&mut conn).await;
-    let mut failures = Tap::start(&redis.url(), &["job_failed"]).await;
-    let mut events = Tap::start(&redis.url(), &["machine:handback-r:worker:*"]).await;
     let job = "handback-job-restart";
-    let log = StatusLog::start(&redis, job).await;
+    let Scene {
+        redis,
+        mut conn,
+        mut failures,
+        mut events,
+        log,
+    } = Scene::start("handback-r", job).await;
     let rt = tokio::task::block_in_place(|| machine(&redis, "handback-r"));
     push_long_job(&mut conn, job).await;
     wait_status(&mut conn, job, "in_progress", &log, &[&rt]).await;
@@ -349,13 +381,14 @@ async fn a_killed_container_leaves_the_job_to_the_comeback() {
     ) {
         return;
     }
-    let redis = RedisServer::start();
-    let mut conn = redis.conn().await;
-    load_job_matching(&mut conn).await;
-    let mut failures = Tap::start(&redis.url(), &["job_failed"]).await;
-    let mut events = Tap::start(&redis.url(), &["machine:handback-k:worker:*"]).await;
     let job = "handback-job-kill";
-    let log = StatusLog::start(&redis, job).await;
+    let Scene {
+        redis,
+        mut conn,
+        mut failures,
+        mut events,
+        log,
+    } = Scene::start("handback-k", job).await;
     let mut a = tokio::task::block_in_place(|| {
         machine_in(&redis, "handback-k", &crate::up_support::AS_PID_1)
     });
@@ -398,8 +431,5 @@ async fn a_killed_container_leaves_the_job_to_the_comeback() {
     assert_eq!(event["data"]["previous_status"], "in_progress", "{event}");
     wait_status(&mut conn, job, "completed", &log, &[&a, &b]).await;
     assert_never_failed(&mut conn, job, &log, &mut failures).await;
-    let inner = tokio::task::block_in_place(|| runtime_inside(&b));
-    // SAFETY: kill(2) on the runtime inside (unshare passes on no signal).
-    unsafe { libc::kill(inner as i32, libc::SIGKILL) };
-    tokio::task::block_in_place(|| b.wait_exit());
+    tokio::task::block_in_place(|| signal_inside(&mut b, libc::SIGKILL));
 }

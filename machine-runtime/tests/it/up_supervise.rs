@@ -5,7 +5,7 @@ use serde_json::{Value, json};
 
 use crate::up_support::{
     Runtime, free_port, gone, parent_pid, pids_with, process_state, read_when_present,
-    runtime_inside, token, wait_for, wait_line,
+    runtime_inside, signal_inside, token, wait_for, wait_line,
 };
 
 /// A shell app; `D` in its environment is the test's directory, and `put FILE VALUE` writes
@@ -377,10 +377,8 @@ fn reaps_orphans_as_pid_1_in_a_pid_namespace() {
         rt.output()
     );
     // unshare forwards no signal; stop the runtime inside through its own pid.
-    let inner = runtime_inside(&rt) as i32;
-    // SAFETY: plain kill(2).
-    unsafe { libc::kill(inner, libc::SIGTERM) };
-    assert_eq!(rt.wait_exit().code(), Some(0), "{}", rt.output());
+    let status = signal_inside(&mut rt, libc::SIGTERM);
+    assert_eq!(status.code(), Some(0), "{}", rt.output());
     assert!(rt.output().contains("stopped in"), "{}", rt.output());
 }
 
@@ -428,11 +426,8 @@ fn apps_get_a_parent_death_signal_on_a_host_and_none_as_pid_1() {
         "{}",
         rt.output()
     );
-    let inner = runtime_inside(&rt);
-    // SAFETY: plain kill(2) on the runtime inside (unshare passes on no signal); the namespace ends
-    // with it, and unshare collects it and exits.
-    unsafe { libc::kill(inner as i32, libc::SIGKILL) };
-    rt.wait_exit();
+    // The namespace ends with the runtime inside; unshare collects it and exits.
+    signal_inside(&mut rt, libc::SIGKILL);
 }
 
 /// Two runtimes that are each PID 1 of a namespace of their own (two containers on one cgroup
@@ -458,20 +453,20 @@ fn runtimes_that_are_pid_1_of_their_own_namespaces_keep_to_their_own_cgroups() {
                 (!apps.is_empty()).then_some(apps)
             },
         );
-        (rt, inner, apps[0])
+        (rt, apps[0])
     };
-    let (x, _, x_app) = start();
+    let (mut x, x_app) = start();
     let cgroup = std::fs::read_to_string(format!("/proc/{x_app}/cgroup")).unwrap();
     assert!(
         cgroup.contains("/machine-runtime/1@"),
         "X's app is not in a cgroup of the runtime: {cgroup}\n{}",
         x.output()
     );
-    let (mut y, y_inner, _) = start();
-    // SAFETY: plain kill(2) on Y's runtime (unshare passes on no signal): a clean stop.
-    unsafe { libc::kill(y_inner as i32, libc::SIGTERM) };
-    assert!(y.wait_exit().success(), "{}", y.output());
-    let (mut z, z_inner, _) = start();
+    let (mut y, _) = start();
+    // A clean stop of Y.
+    let status = signal_inside(&mut y, libc::SIGTERM);
+    assert!(status.success(), "{}", y.output());
+    let (mut z, _) = start();
     assert_eq!(
         process_state(x_app).map(|s| s != 'Z'),
         Some(true),
@@ -486,14 +481,8 @@ fn runtimes_that_are_pid_1_of_their_own_namespaces_keep_to_their_own_cgroups() {
     );
     let (_, x_status, _) = x.get("/status");
     assert_eq!(x_status["apps"][0]["restarts"], 0, "{x_status}");
-    // SAFETY: as above.
-    unsafe { libc::kill(z_inner as i32, libc::SIGKILL) };
-    z.wait_exit();
-    let mut x = x;
-    let x_inner = runtime_inside(&x);
-    // SAFETY: as above.
-    unsafe { libc::kill(x_inner as i32, libc::SIGKILL) };
-    x.wait_exit();
+    signal_inside(&mut z, libc::SIGKILL);
+    signal_inside(&mut x, libc::SIGKILL);
 }
 
 #[test]

@@ -778,6 +778,15 @@ pub fn runtime_inside(rt: &Runtime) -> u32 {
     )
 }
 
+/// Sends `signal` to the runtime that `rt`'s wrapper ([`AS_PID_1`]) started and waits for the
+/// wrapper to exit (unshare collects the runtime, then exits with its status).
+pub fn signal_inside(rt: &mut Runtime, signal: i32) -> ExitStatus {
+    let inner = runtime_inside(rt);
+    // SAFETY: plain kill(2) on the runtime inside the namespace, the test's own descendant.
+    unsafe { libc::kill(inner as i32, signal) };
+    rt.wait_exit()
+}
+
 /// A unique token for marking this test's processes.
 pub fn token(prefix: &str) -> String {
     let nanos = std::time::SystemTime::now()
