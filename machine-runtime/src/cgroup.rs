@@ -82,7 +82,8 @@ impl Cgroups {
             mount.join(own.trim_start_matches('/')).join(TOP),
         ];
         let mut last = String::new();
-        let name = format!("{}@{}", std::process::id(), own_pid_namespace());
+        let namespace = own_pid_namespace();
+        let name = format!("{}@{namespace}", std::process::id());
         for top in candidates {
             let base = top.join(&name);
             // Another runtime may remove an empty `top` between our two mkdirs: try again.
@@ -99,7 +100,7 @@ impl Cgroups {
                         continue;
                     }
                     let cgroups = Cgroups { top, base };
-                    let swept = cgroups.sweep();
+                    let swept = cgroups.sweep(namespace);
                     return Ok((cgroups, swept));
                 }
                 Err(e) => last = format!("cannot create {}: {e}", base.display()),
@@ -139,14 +140,13 @@ impl Cgroups {
         killed
     }
 
-    /// Empties and removes the folders of runtimes that are gone; one line per folder that held
-    /// processes.
-    fn sweep(&self) -> Vec<String> {
+    /// Empties and removes the folders of runtimes of PID namespace `namespace` (ours) that are
+    /// gone; one line per folder that held processes.
+    fn sweep(&self, namespace: u64) -> Vec<String> {
         let mut lines = Vec::new();
         let Ok(entries) = std::fs::read_dir(&self.top) else {
             return lines;
         };
-        let namespace = own_pid_namespace();
         for entry in entries.flatten() {
             let name = entry.file_name();
             let Some((pid, ns)) = name.to_str().and_then(folder_owner) else {
@@ -317,4 +317,17 @@ fn empty_and_remove(dir: &Path) -> usize {
     killed += kill_cgroup(dir);
     let _ = std::fs::remove_dir(dir);
     killed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::folder_owner;
+
+    #[test]
+    fn a_folder_names_its_runtime_and_namespace() {
+        assert_eq!(folder_owner("1@4026531836"), Some((1, Some(4026531836))));
+        assert_eq!(folder_owner("4242"), Some((4242, None)));
+        assert_eq!(folder_owner("1@x"), None);
+        assert_eq!(folder_owner("cgroup.procs"), None);
+    }
 }
