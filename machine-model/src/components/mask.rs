@@ -86,8 +86,8 @@ impl Masker {
     {
         let mut values = Vec::new();
         for (name, value) in env {
-            if crate::catalog::is_secret(name) && value.len() >= MIN_MARKED_LEN
-                || looks_secret(name) && value.len() >= MIN_GUESSED_LEN
+            if value.len() >= MIN_MARKED_LEN && crate::catalog::is_secret(name)
+                || value.len() >= MIN_GUESSED_LEN && looks_secret(name)
             {
                 values.push(value.to_owned());
             }
@@ -120,9 +120,14 @@ pub fn is_secret_name(name: &str) -> bool {
     crate::catalog::is_secret(name) || looks_secret(name)
 }
 
+/// Whether `name` contains one of [`SECRET_NAME_PARTS`], in any case. Runs for every variable of
+/// every app at each start, so it compares bytes in place instead of upper-casing a copy.
 fn looks_secret(name: &str) -> bool {
-    let upper = name.to_ascii_uppercase();
-    SECRET_NAME_PARTS.iter().any(|part| upper.contains(part))
+    let name = name.as_bytes();
+    SECRET_NAME_PARTS.iter().any(|part| {
+        name.windows(part.len())
+            .any(|window| window.eq_ignore_ascii_case(part.as_bytes()))
+    })
 }
 
 /// `text` with the user-info of every `scheme://user:pass@host` replaced by [`MASK`].
@@ -281,6 +286,23 @@ mod tests {
             m.mask("curl -H hf_abcdefgh /usr/bin short"),
             "curl -H *** /usr/bin short"
         );
+    }
+
+    #[test]
+    fn names_are_guessed_secret_in_any_case_and_anywhere_in_the_name() {
+        for name in [
+            "hf_token",
+            "Api_Key",
+            "PASSWD",
+            "x_credentials",
+            "authz",
+            "MY_WEBHOOK",
+        ] {
+            assert!(is_secret_name(name), "{name}");
+        }
+        for name in ["PATH", "TOKE", "PASS_WD", "KE_Y", "", "MONKEY_"] {
+            assert_eq!(is_secret_name(name), name.contains("KEY"), "{name}");
+        }
     }
 
     #[test]
