@@ -16,8 +16,8 @@
 //! whose message starts with `warning:` or `error:` is logged at that level by [`runtime`].
 //!
 //! Two writers beside the log lines, so that nothing else in the crate writes to stderr for itself:
-//! [`command_error`], a command's final `error:` line, and [`app_output`], the plain output of the
-//! programs that run as apps (their supervisor stamps it).
+//! [`command_error`], a command's final `error:` line (a JSON log line with `json`), and
+//! [`app_output`], the plain output of the programs that run as apps (their supervisor stamps it).
 
 use std::sync::OnceLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -150,11 +150,17 @@ pub fn part(part: &str, message: &str) {
     );
 }
 
-/// A command's final error, as command-line tools write it: `<program>: error: <message>` on stderr,
-/// with no time or level (it is the command's answer, and scripts and tests match it), through the
-/// non-blocking sink.
+/// A command's final error on stderr, through the non-blocking sink. In `text`, as command-line
+/// tools write it: `<program>: error: <message>`, with no time (it is the command's answer, and
+/// scripts match it). In `json`, a log line like every other (`level` `error`, `source` the program,
+/// `message` `error: <message>`, newlines kept inside the string), so that a log shipper reading a
+/// machine that failed to start gets the reason as one object, not a line it cannot parse.
 pub fn command_error(program: &str, message: &str) {
-    crate::sink::err_line(&format!("{program}: error: {message}"));
+    if is_json() {
+        emit(Level::Error, program, &format!("error: {message}"));
+    } else {
+        crate::sink::err_line(&format!("{program}: error: {message}"));
+    }
 }
 
 /// One line a program the supervisor runs as an app (the simulation service, the ComfyUI stand-in)

@@ -136,3 +136,37 @@ fn a_log_format_that_does_not_exist_is_refused_naming_the_allowed_ones() {
         "machine-runtime: error: MACHINE_LOG_FORMAT is \"yaml\", which is not a log format; use text or json\n"
     );
 }
+
+#[test]
+fn with_json_a_machine_that_cannot_start_says_why_in_a_json_line() {
+    // What a log shipper reading `up --log-format json` gets when the machine does not start: the
+    // warnings and the final error, every line an object.
+    let out = std::process::Command::new(crate::up_support::BIN)
+        .args([
+            "up",
+            "--ecosystem",
+            "/nonexistent/eco.json",
+            "--health-port",
+            "0",
+        ])
+        .env("MACHINE_LOG_FORMAT", "json")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<Value> = err
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let last = lines.last().expect("an error line");
+    assert_eq!(
+        (&last["level"], &last["source"]),
+        (&json!("error"), &json!("machine-runtime"))
+    );
+    let message = last["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("error: cannot read ecosystem file /nonexistent/eco.json"),
+        "{message}"
+    );
+    assert!(is_rfc3339_millis(last["time"].as_str().unwrap()), "{last}");
+}
