@@ -118,7 +118,7 @@ fn process_alive(pid: u32) -> bool {
 pub enum LeaseError {
     /// Another live machine holds the id.
     #[error(
-        "machine id \"{machine_id}\" is already in use by another live machine: {key} is held by {holder}, and its lease expires in {expires_in_s} s unless that machine renews it; give each machine its own MACHINE_ID (Kubernetes: the pod name does it; `docker compose up --scale`: set MACHINE_ID_APPEND_HOSTNAME=true) or stop the other machine"
+        "machine id \"{machine_id}\" is already in use by another machine: {key} is held by {holder}, and its lease expires in {expires_in_s} s unless that machine renews it (a machine killed outright renews nothing: this one can start once the lease has expired, and hands back the jobs the killed one left); give each machine its own MACHINE_ID (Kubernetes: the pod name does it; `docker compose up --scale`: set MACHINE_ID_APPEND_HOSTNAME=true) or stop the other machine"
     )]
     Held {
         /// The contested id.
@@ -568,7 +568,7 @@ mod tests {
             expires_in_s: 27,
         };
         let text = err.to_string();
-        assert!(text.starts_with("machine id \"gpu-mixed\" is already in use by another live machine: machine:lease:gpu-mixed is held by host=a pid=1 started=2023-11-14T22:13:20.123Z, and its lease expires in 27 s"), "{text}");
+        assert!(text.starts_with("machine id \"gpu-mixed\" is already in use by another machine: machine:lease:gpu-mixed is held by host=a pid=1 started=2023-11-14T22:13:20.123Z, and its lease expires in 27 s"), "{text}");
         assert!(text.contains("MACHINE_ID_APPEND_HOSTNAME=true"), "{text}");
         assert_eq!(ttl_for(Duration::from_secs(10)), Duration::from_secs(30));
     }

@@ -66,7 +66,7 @@ fn a_second_machine_with_the_same_id_is_refused_naming_the_first() {
     assert_eq!(errors.len(), 1, "one clear error:\n{out}");
     assert!(
         errors[0].contains(
-            "machine id \"lease-twin\" is already in use by another live machine: machine:lease:lease-twin is held by"
+            "machine id \"lease-twin\" is already in use by another machine: machine:lease:lease-twin is held by"
         ) && errors[0].contains(&holder)
             && errors[0].contains("its lease expires in "),
         "{out}"
