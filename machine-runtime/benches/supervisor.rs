@@ -1,7 +1,11 @@
 //! Supervisor benchmark: machine-runtime against pm2-runtime and a bare shell loop (the physical
 //! limit), on the same generated ecosystem of N `sleep` apps. Prints a side-by-side table.
 //!
-//! Run: `cargo bench -p machine-runtime --bench supervisor [-- --apps 16,64 --rounds 3 --kills 5]`
+//! Run: `cargo bench -p machine-runtime --bench supervisor [-- --apps 16,64 --rounds 3 --kills 5 --each]`
+//! (`--each`: also print every round's time to all running, in the order run).
+//!
+//! Before each round, the contender's files are read into the page cache ([`warm_up`]), so that a file
+//! the machine paged out since its last use does not put disk reads into one contender's start.
 //!
 //! Figures: time from launch until every app process has exec'd `sleep`; RSS of the supervisor
 //! (its process tree without the apps); time from SIGKILL of one app to its replacement being
@@ -58,6 +62,7 @@ fn main() -> anyhow::Result<()> {
     let mut apps = vec![16usize, 64];
     let mut rounds = 3usize;
     let mut kills = 5usize;
+    let mut each = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -72,6 +77,7 @@ fn main() -> anyhow::Result<()> {
             }
             "--rounds" => rounds = args.next().context("--rounds needs a number")?.parse()?,
             "--kills" => kills = args.next().context("--kills needs a number")?.parse()?,
+            "--each" => each = true,
             // cargo bench passes --bench; anything else is a filter we do not use.
             _ => {}
         }
@@ -117,6 +123,9 @@ fn main() -> anyhow::Result<()> {
             for (contender, figures) in order {
                 run_once(*contender, n, &ecosystem, dir.path(), kills, figures)
                     .with_context(|| format!("{} with {n} apps", contender.label()))?;
+                if each && let Some(took) = figures.all_running.last() {
+                    println!("round {round}: {} {}", contender.label(), ms(Some(*took)));
+                }
             }
         }
         print_table(n, &results);
@@ -164,6 +173,50 @@ fn launch(contender: Contender, n: usize, ecosystem: &Path, dir: &Path) -> anyho
     Ok(cmd.spawn()?)
 }
 
+/// Reads the files `contender` runs (its executables, PM2's package, `sleep`) so that they are in the
+/// page cache when its round starts. A VM may page out file pages a few seconds after their last use
+/// (proactive reclaim: here DAMON's `pageout`, which took 11% of the runtime's binary out within 10 s of
+/// its last run); then only the contender whose files were dropped would read from disk during its
+/// start, as machine-runtime did after each PM2 round (the shell and `sleep` are in use all the time).
+/// Not timed.
+fn warm_up(contender: Contender) {
+    let mut files: Vec<std::path::PathBuf> = which("sleep").into_iter().map(Into::into).collect();
+    match contender {
+        Contender::MachineRuntime => files.push(RUNTIME.into()),
+        Contender::Pm2 => {
+            files.extend(which("node").map(Into::into));
+            // PM2's package: pm2-runtime is <package>/bin/pm2-runtime.
+            if let Some(package) = which("pm2-runtime")
+                .and_then(|bin| std::fs::canonicalize(bin).ok())
+                .and_then(|bin| Some(bin.parent()?.parent()?.to_path_buf()))
+            {
+                files_under(&package, &mut files);
+            }
+        }
+        Contender::Shell => files.extend(which("sh").map(Into::into)),
+    }
+    for file in files {
+        let _ = std::fs::read(file);
+    }
+}
+
+/// Every regular file under `dir`, at most 20 000.
+fn files_under(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if out.len() >= 20_000 {
+            return;
+        }
+        match entry.file_type() {
+            Ok(t) if t.is_dir() => files_under(&entry.path(), out),
+            Ok(t) if t.is_file() => out.push(entry.path()),
+            _ => {}
+        }
+    }
+}
+
 fn run_once(
     contender: Contender,
     n: usize,
@@ -172,6 +225,7 @@ fn run_once(
     kills: usize,
     figures: &mut Figures,
 ) -> anyhow::Result<()> {
+    warm_up(contender);
     let start = Instant::now();
     let mut child = launch(contender, n, ecosystem, dir)?;
     let sup = child.id();

@@ -121,12 +121,21 @@ pub fn is_secret_name(name: &str) -> bool {
 }
 
 /// Whether `name` contains one of [`SECRET_NAME_PARTS`], in any case. Runs for every variable of
-/// every app at each start, so it compares bytes in place instead of upper-casing a copy.
+/// every app before the apps start, so it compares bytes in place (no upper-cased copy) and looks
+/// further only where a part's first letter is.
 fn looks_secret(name: &str) -> bool {
     let name = name.as_bytes();
-    SECRET_NAME_PARTS.iter().any(|part| {
-        name.windows(part.len())
-            .any(|window| window.eq_ignore_ascii_case(part.as_bytes()))
+    (0..name.len()).any(|at| {
+        let rest = &name[at..];
+        let first = rest[0].to_ascii_uppercase();
+        // The parts' first letters (checked by the test below).
+        matches!(first, b'T' | b'S' | b'P' | b'K' | b'C' | b'A' | b'W')
+            && SECRET_NAME_PARTS.iter().any(|part| {
+                let part = part.as_bytes();
+                part[0] == first
+                    && rest.len() >= part.len()
+                    && rest[..part.len()].eq_ignore_ascii_case(part)
+            })
     })
 }
 
@@ -290,6 +299,12 @@ mod tests {
 
     #[test]
     fn names_are_guessed_secret_in_any_case_and_anywhere_in_the_name() {
+        for part in SECRET_NAME_PARTS {
+            assert!(
+                looks_secret(part) && looks_secret(&part.to_ascii_lowercase()),
+                "{part}"
+            );
+        }
         for name in [
             "hf_token",
             "Api_Key",
