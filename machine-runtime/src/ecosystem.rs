@@ -263,11 +263,22 @@ pub enum EcosystemError {
         origin: String,
         cause: serde_json::Error,
     },
-    #[error("ecosystem {origin} has {} problem{}:\n{}", problems.len(), if problems.len() == 1 { "" } else { "s" }, list(problems))]
+    /// Every problem of the file; its warnings too (an ignored field with a did-you-mean), so that
+    /// a typo is not found only in the run after the problems are fixed.
+    #[error("ecosystem {origin} has {} problem{}:\n{}{}", problems.len(), if problems.len() == 1 { "" } else { "s" }, list(problems), also_warnings(warnings))]
     Invalid {
         origin: String,
         problems: Vec<Problem>,
+        warnings: Vec<String>,
     },
+}
+
+/// The warnings after the problems of [`EcosystemError::Invalid`]: nothing when there are none.
+fn also_warnings(warnings: &[String]) -> String {
+    warnings
+        .iter()
+        .map(|w| format!("\n  - warning: {w}"))
+        .collect()
 }
 
 fn list(problems: &[Problem]) -> String {
@@ -642,6 +653,7 @@ impl Reader {
             Err(EcosystemError::Invalid {
                 origin: origin.to_string(),
                 problems: self.problems,
+                warnings: self.warnings,
             })
         }
     }
@@ -985,6 +997,29 @@ fn find_cycle(apps: &[AppSpec]) -> Option<Vec<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_file_with_problems_also_shows_its_warnings() {
+        // The typo is only a warning (PM2 ignores unknown fields); shown with the problems, it is
+        // not found only in the run after they are fixed.
+        let err = parse(
+            r#"{"apps": [{"name": "a", "script": "sleep", "listen_timeout": -1, "autorestrat": false}]}"#,
+            "eco.json",
+            None,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with(
+                "ecosystem eco.json has 1 problem:\n  - app \"a\": field \"listen_timeout\""
+            ),
+            "{err}"
+        );
+        assert!(
+            err.ends_with("\n  - warning: app \"a\": unknown field \"autorestrat\" ignored; did you mean \"autorestart\"?"),
+            "{err}"
+        );
+    }
     use serde_json::json;
 
     fn problems(value: Value) -> Vec<String> {

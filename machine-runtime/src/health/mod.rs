@@ -155,12 +155,13 @@ impl StatusSource for () {}
 #[derive(Debug, thiserror::Error)]
 pub enum HealthError {
     #[error(
-        "cannot listen on health port {port}: {source}; choose another with --health-port or MACHINE_HEALTH_PORT"
+        "cannot listen on health port {port}: {cause}; choose another with --health-port or MACHINE_HEALTH_PORT"
     )]
     Bind {
         port: u16,
-        // In the message, not a `#[source]`: printed with its chain it would say the cause twice.
-        source: std::io::Error,
+        // In the message, not a source (a field named `source` would be one for thiserror): printed
+        // with its chain it would say the cause twice.
+        cause: std::io::Error,
     },
 }
 

@@ -30,10 +30,10 @@ pub async fn serve(
 ) -> Result<SocketAddr, HealthError> {
     let listener = TcpListener::bind(("0.0.0.0", port))
         .await
-        .map_err(|source| HealthError::Bind { port, source })?;
+        .map_err(|cause| HealthError::Bind { port, cause })?;
     let addr = listener
         .local_addr()
-        .map_err(|source| HealthError::Bind { port, source })?;
+        .map_err(|cause| HealthError::Bind { port, cause })?;
     crate::log::runtime(&format!("health endpoint on http://{addr}/health"));
     if control.token.is_none() && control.allowed_origins.is_empty() {
         crate::log::runtime(&format!(

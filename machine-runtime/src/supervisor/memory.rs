@@ -86,10 +86,11 @@ pub(crate) fn tree_rss(root: u32) -> u64 {
         .sum()
 }
 
-/// `150.0 MB` (powers of 1024, as PM2's units).
+/// `150.0 MiB`: powers of 1024, as PM2's units (`"150M"` is 150 MiB) and as `machine-runtime ps`
+/// shows memory.
 pub(crate) fn human_bytes(bytes: u64) -> String {
-    const MB: f64 = (1u64 << 20) as f64;
-    format!("{:.1} MB", bytes as f64 / MB)
+    const MIB: f64 = (1u64 << 20) as f64;
+    format!("{:.1} MiB", bytes as f64 / MIB)
 }
 
 #[cfg(test)]

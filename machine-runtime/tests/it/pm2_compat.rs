@@ -384,7 +384,7 @@ fn max_memory_restart_restarts_a_leaking_app_gracefully_under_both() {
     // The restart is logged; /status counts it before that line necessarily reaches the test.
     wait_line(
         &rt,
-        "over its max_memory_restart 64.0 MB; restarting it gracefully",
+        "over its max_memory_restart 64.0 MiB; restarting it gracefully",
     );
 }
 

@@ -201,3 +201,27 @@ fn health_command_fails_when_nothing_listens() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_health_port_in_use_is_refused_saying_the_cause_once() {
+    let taken = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let (_dir, file) = crate::up_support::write_ecosystem(
+        &json!({"apps": [{"name": "svc", "script": "sleep", "args": "1000"}]}),
+    );
+    let out = Command::new(BIN)
+        .args(["up", "--health-port", &port.to_string(), "--ecosystem"])
+        .arg(&file)
+        .env_remove("HUB_REDIS_URL")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!(
+            "cannot listen on health port {port}: Address already in use (os error 98); choose another with --health-port or MACHINE_HEALTH_PORT\n"
+        )),
+        "{err}"
+    );
+    assert_eq!(err.matches("Address already in use").count(), 1, "{err}");
+}
