@@ -869,11 +869,11 @@ impl Supervisor {
                     }
                 }
                 signal = signal => {
-                    log(&format!("{} received; stopping workers first, then services", signal_name(signal)));
+                    log(&format!("{} received; {}", signal_name(signal), self.stop_order()));
                     return (signal, Ok(()));
                 }
                 Some(signal) = self.stop_requests.recv() => {
-                    log(&format!("stop requested ({}); stopping workers first, then services", signal_name(signal)));
+                    log(&format!("stop requested ({}); {}", signal_name(signal), self.stop_order()));
                     return (signal, Ok(()));
                 }
                 Some((idx, end)) = wiring.ended.recv() => {
@@ -882,6 +882,17 @@ impl Supervisor {
                     }
                 }
             }
+        }
+    }
+
+    /// How the apps stop, for the log line of a stop: workers before services when the machine has
+    /// both, else simply the apps.
+    fn stop_order(&self) -> &'static str {
+        let has = |role| self.apps.iter().any(|a| a.role == Some(role));
+        if has(Role::Worker) && has(Role::Service) {
+            "stopping workers first, then services"
+        } else {
+            "stopping the apps"
         }
     }
 

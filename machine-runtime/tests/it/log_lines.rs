@@ -170,3 +170,22 @@ fn with_json_a_machine_that_cannot_start_says_why_in_a_json_line() {
     );
     assert!(is_rfc3339_millis(last["time"].as_str().unwrap()), "{last}");
 }
+
+#[test]
+fn a_stop_names_the_order_only_where_there_are_workers_and_services() {
+    // A plain PM2 file has neither: the stop line says what happens, not "workers first".
+    let mut rt = Runtime::start(ecosystem(), &[]);
+    wait_for(
+        "the app to be up",
+        || rt.output(),
+        || rt.output().contains("all 1 app is up").then_some(()),
+    );
+    rt.signal(libc::SIGINT);
+    assert!(rt.wait_exit().success(), "{}", rt.output());
+    let out = rt.output();
+    assert!(
+        out.contains("machine-runtime: SIGINT received; stopping the apps\n"),
+        "{out}"
+    );
+    assert!(!out.contains("workers first"), "{out}");
+}
