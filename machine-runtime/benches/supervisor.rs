@@ -177,7 +177,8 @@ fn launch(contender: Contender, n: usize, ecosystem: &Path, dir: &Path) -> anyho
 /// page cache when its round starts. A VM may page out file pages a few seconds after their last use
 /// (proactive reclaim: here DAMON's `pageout`, which took 11% of the runtime's binary out within 10 s of
 /// its last run); then only the contender whose files were dropped would read from disk during its
-/// start, as machine-runtime did after each PM2 round (the shell and `sleep` are in use all the time).
+/// start, as machine-runtime could after PM2's long round (the shell and `sleep` are in use all the
+/// time).
 /// Not timed.
 fn warm_up(contender: Contender) {
     let mut files: Vec<std::path::PathBuf> = which("sleep").into_iter().map(Into::into).collect();
