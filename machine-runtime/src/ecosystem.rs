@@ -997,6 +997,7 @@ fn find_cycle(apps: &[AppSpec]) -> Option<Vec<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn a_file_with_problems_also_shows_its_warnings() {
@@ -1020,7 +1021,6 @@ mod tests {
             "{err}"
         );
     }
-    use serde_json::json;
 
     fn problems(value: Value) -> Vec<String> {
         match from_value(&value) {
