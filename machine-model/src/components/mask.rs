@@ -31,6 +31,16 @@ const SECRET_NAME_PARTS: &[&str] = &[
     // A webhook URL is a bearer credential: whoever has it may post (Slack, Discord).
     "WEBHOOK",
 ];
+/// The bytes a part of [`SECRET_NAME_PARTS`] starts with, made from that list.
+const PART_STARTS: [bool; 256] = {
+    let mut starts = [false; 256];
+    let mut i = 0;
+    while i < SECRET_NAME_PARTS.len() {
+        starts[SECRET_NAME_PARTS[i].as_bytes()[0] as usize] = true;
+        i += 1;
+    }
+    starts
+};
 /// Values of variables guessed secret by name are masked from this length on: shorter ones would
 /// blank out ordinary words and numbers.
 const MIN_GUESSED_LEN: usize = 6;
@@ -128,8 +138,7 @@ fn looks_secret(name: &str) -> bool {
     (0..name.len()).any(|at| {
         let rest = &name[at..];
         let first = rest[0].to_ascii_uppercase();
-        // The parts' first letters (checked by the test below).
-        matches!(first, b'T' | b'S' | b'P' | b'K' | b'C' | b'A' | b'W')
+        PART_STARTS[usize::from(first)]
             && SECRET_NAME_PARTS.iter().any(|part| {
                 let part = part.as_bytes();
                 part[0] == first
