@@ -144,17 +144,8 @@ fn rss_kib(pid: u32) -> anyhow::Result<u64> {
 
 /// Children of `pid` that have ended and were not reaped.
 fn zombies(pid: u32) -> usize {
-    let children = std::fs::read_dir(format!("/proc/{pid}/task"))
-        .map(|tasks| {
-            tasks
-                .flatten()
-                .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
-                .collect::<Vec<_>>()
-                .join(" ")
-        })
-        .unwrap_or_default();
-    children
-        .split_whitespace()
+    machine_runtime::procstat::children(pid)
+        .into_iter()
         .filter(|c| {
             std::fs::read_to_string(format!("/proc/{c}/stat"))
                 .ok()
