@@ -231,8 +231,9 @@ fn run_once(
     let mut child = launch(contender, n, ecosystem, dir)?;
     let sup = child.id();
     let result = (|| {
+        let mut probe = StartProbe::default();
         let apps = wait_until(|| {
-            let apps = app_pids(sup);
+            let apps = probe.app_pids(sup);
             (apps.len() == n).then_some(apps)
         })
         .context("not every app came up")?;
@@ -347,6 +348,32 @@ fn app_pids(sup: u32) -> Vec<u32> {
     }
     apps.sort_unstable();
     apps
+}
+
+/// [`app_pids`] for the wait until every app runs, polled every 250 µs: a pid once seen running
+/// `sleep` stays an app (a process that exec'd `sleep 100000` execs nothing else), so its cmdline is
+/// not read again: the probe reads /proc for the processes that appeared since the last poll, not N
+/// cmdlines every 250 µs on CPUs the contender being timed needs.
+#[derive(Default)]
+struct StartProbe {
+    apps: std::collections::HashSet<u32>,
+}
+
+impl StartProbe {
+    fn app_pids(&mut self, sup: u32) -> Vec<u32> {
+        let mut apps = Vec::new();
+        let mut stack = machine_runtime::procstat::children(sup);
+        while let Some(pid) = stack.pop() {
+            if self.apps.contains(&pid) || is_app(pid) {
+                self.apps.insert(pid);
+                apps.push(pid);
+            } else {
+                stack.extend(machine_runtime::procstat::children(pid));
+            }
+        }
+        apps.sort_unstable();
+        apps
+    }
 }
 
 /// RSS of `sup` and every descendant that is not an app.
