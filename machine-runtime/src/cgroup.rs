@@ -34,6 +34,7 @@ use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 pub(crate) use spawn::{ChildChannel, Exec, Forked, SpawnError};
@@ -54,10 +55,136 @@ const TOP: &str = "machine-runtime";
 const EMPTY_WAIT: Duration = Duration::from_secs(2);
 
 /// This runtime's cgroups: `<top>/<pid>`.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct Cgroups {
     top: PathBuf,
     base: PathBuf,
+}
+
+/// The apps' cgroups, made by a task of the async runtime while `up` reads its files and checks
+/// them (its worker threads have nothing else to do then): first [`Cgroups::setup`], then each app's
+/// cgroup ([`Cgroups::app`]) in the order given to [`Preparing::apps`], the order the apps start
+/// in. Making a cgroup costs the kernel about 40 µs; made on the runtime's main thread while the
+/// apps start, 64 of them took CPU from the starts (docs/development.md, Benchmarks).
+///
+/// [`Preparing::finish`] hands over what was made. Dropped instead (a start refused before any app
+/// started), it waits for the task, logs what the sweep stopped, and removes what it made.
+pub(crate) struct Preparing {
+    /// The apps (index, name) to make cgroups for, once they are known.
+    names: Option<tokio::sync::oneshot::Sender<Vec<(usize, String)>>>,
+    made: Option<mpsc::Receiver<Made>>,
+}
+
+/// What the preparing task made, in order: the setup, then each app's cgroup.
+enum Made {
+    Setup(Result<(Cgroups, Vec<String>), String>),
+    App(usize, Option<AppCgroup>),
+}
+
+impl Preparing {
+    /// Starts the task on `runtime`.
+    pub(crate) fn start(runtime: &tokio::runtime::Handle) -> Preparing {
+        let (names_tx, names_rx) = tokio::sync::oneshot::channel::<Vec<(usize, String)>>();
+        let (made_tx, made_rx) = mpsc::channel();
+        // Its file-system calls block the worker for a few milliseconds in all, before any app runs.
+        runtime.spawn(async move {
+            let setup = Cgroups::setup();
+            let cgroups = setup.as_ref().ok().map(|(cgroups, _)| cgroups.clone());
+            if made_tx.send(Made::Setup(setup)).is_err() {
+                return;
+            }
+            let (Some(cgroups), Ok(apps)) = (cgroups, names_rx.await) else {
+                return;
+            };
+            for (idx, name) in apps {
+                if made_tx
+                    .send(Made::App(idx, cgroups.app(idx, &name)))
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        });
+        Preparing {
+            names: Some(names_tx),
+            made: Some(made_rx),
+        }
+    }
+
+    /// The apps to make cgroups for: (index among the apps, name), in the order they start.
+    pub(crate) fn apps(&mut self, apps: Vec<(usize, String)>) {
+        if let Some(names) = self.names.take() {
+            let _ = names.send(apps);
+        }
+    }
+
+    /// Waits for the setup and hands over what was made: this runtime's cgroups (or why there are
+    /// none, the fallback) with the lines of the sweep, and the apps' cgroups as they are made.
+    /// Blocks the thread: call it outside the async runtime's workers.
+    pub(crate) fn finish(mut self) -> (Result<(Cgroups, Vec<String>), String>, PreparedApps) {
+        // Without the names the task stops after the setup: an app's cgroup is then made at its start.
+        self.names = None;
+        let made = self.made.take();
+        let setup = match made.as_ref().map(mpsc::Receiver::recv) {
+            Some(Ok(Made::Setup(setup))) => setup,
+            // The task is gone (its runtime shut down): the setup here.
+            _ => Cgroups::setup(),
+        };
+        (
+            setup,
+            PreparedApps {
+                made,
+                early: Vec::new(),
+            },
+        )
+    }
+}
+
+impl Drop for Preparing {
+    fn drop(&mut self) {
+        // The task ends after the setup, or after the apps it was told (the sender goes with it).
+        self.names = None;
+        for made in self
+            .made
+            .take()
+            .into_iter()
+            .flat_map(|made| made.into_iter())
+        {
+            if let Made::Setup(Ok((cgroups, swept))) = made {
+                for line in swept {
+                    crate::log::runtime(&line);
+                }
+                cgroups.remove_all();
+            }
+        }
+    }
+}
+
+/// The apps' cgroups the preparing task makes ([`Preparing::finish`]).
+pub(crate) struct PreparedApps {
+    made: Option<mpsc::Receiver<Made>>,
+    /// Made before they were asked for (the task's order differs from the caller's).
+    early: Vec<(usize, Option<AppCgroup>)>,
+}
+
+impl PreparedApps {
+    /// App `idx`'s cgroup: the one the task made (waiting for it while the task is on its way),
+    /// else made now in `cgroups` (`None`: the app runs without one, as with [`Cgroups::app`]).
+    pub(crate) fn take(&mut self, cgroups: &Cgroups, idx: usize, name: &str) -> Option<AppCgroup> {
+        if let Some(at) = self.early.iter().position(|(i, _)| *i == idx) {
+            return self.early.swap_remove(at).1;
+        }
+        while let Some(Ok(made)) = self.made.as_ref().map(mpsc::Receiver::recv) {
+            match made {
+                Made::App(i, cgroup) if i == idx => return cgroup,
+                Made::App(i, cgroup) => self.early.push((i, cgroup)),
+                Made::Setup(_) => {}
+            }
+        }
+        // The task is done.
+        self.made = None;
+        cgroups.app(idx, name)
+    }
 }
 
 /// One app's cgroup.

@@ -1,6 +1,7 @@
 //! The std command for a child: [`new_child`], the one constructor (own process group, parent-death
 //! signal unless the runtime is PID 1, empty signal mask), and a [`ChildCommand`] turned into one.
 
+use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -25,19 +26,39 @@ impl ChildCommand {
     /// The program as a path: a bare name is looked up on the child's `PATH` (as execvp would).
     /// Giving std a path keeps it on the posix_spawn fast path; with a bare name and a custom
     /// `PATH` it falls back to fork + exec, which costs about a millisecond per child here.
+    ///
+    /// A name found once is remembered for that `PATH` ([`FOUND`]), as a shell's command hash and
+    /// PM2 (which resolves a script once, at start) do: later starts check only that the path found
+    /// is still an executable file, instead of one `stat` per `PATH` folder before it. A program
+    /// that is gone from there is looked up again; one installed later in an earlier `PATH` folder
+    /// is not seen while the first one stays.
     pub(crate) fn resolved_program(&self) -> OsString {
-        let program = Path::new(&self.program);
         if self.program.as_encoded_bytes().contains(&b'/') {
             return self.program.clone();
         }
         // execvp's own default when there is no PATH at all.
-        let default = OsString::from("/usr/local/bin:/usr/bin:/bin");
-        let path = self.env.get(OsStr::new("PATH")).unwrap_or(&default);
-        std::env::split_paths(path)
-            .map(|dir| dir.join(program))
-            .find(|candidate| is_executable(candidate))
-            .map(PathBuf::into_os_string)
-            .unwrap_or_else(|| self.program.clone())
+        const DEFAULT: &str = "/usr/local/bin:/usr/bin:/bin";
+        let path = self
+            .env
+            .get(OsStr::new("PATH"))
+            .map_or(OsStr::new(DEFAULT), OsString::as_os_str);
+        let key = (path.to_owned(), self.program.clone());
+        let remembered = FOUND.lock().ok().and_then(|f| f.get(&key).cloned());
+        if let Some(found) = remembered.filter(|found| is_executable(found)) {
+            return found.into_os_string();
+        }
+        let found = std::env::split_paths(path)
+            .map(|dir| dir.join(&self.program))
+            .find(|candidate| is_executable(candidate));
+        match found {
+            Some(found) => {
+                if let Ok(mut remembered) = FOUND.lock() {
+                    remembered.insert(key, found.clone());
+                }
+                found.into_os_string()
+            }
+            None => self.program.clone(),
+        }
     }
 
     /// The command line for log messages (program and arguments, never the environment).
@@ -128,6 +149,11 @@ pub(crate) unsafe fn hygiene_in_child(parent: libc::pid_t) -> std::io::Result<()
     }
     Ok(())
 }
+
+/// The programs [`ChildCommand::resolved_program`] found, by (`PATH`, name): one entry per program
+/// and `PATH` the machine runs.
+static FOUND: std::sync::LazyLock<std::sync::Mutex<HashMap<(OsString, OsString), PathBuf>>> =
+    std::sync::LazyLock::new(Default::default);
 
 fn is_executable(path: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;

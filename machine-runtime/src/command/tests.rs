@@ -296,6 +296,33 @@ fn looks_bare_programs_up_on_the_childs_path() {
 }
 
 #[test]
+fn a_program_found_once_is_looked_up_again_only_when_it_is_gone() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let (early, late) = (dir.path().join("early"), dir.path().join("late"));
+    std::fs::create_dir_all(&early).unwrap();
+    std::fs::create_dir_all(&late).unwrap();
+    let put = |folder: &Path| {
+        let file = folder.join("the-tool");
+        std::fs::write(&file, "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o755)).unwrap();
+        file
+    };
+    let path = format!("{}:{}", early.display(), late.display());
+    let cmd = build(&AppSpec::new("a", "the-tool"), &ctx(&[("PATH", &path)])).unwrap();
+    let in_late = put(&late);
+    assert_eq!(PathBuf::from(cmd.resolved_program()), in_late);
+    // Remembered: a copy put earlier on PATH is not seen while the first one stays.
+    let in_early = put(&early);
+    assert_eq!(PathBuf::from(cmd.resolved_program()), in_late);
+    // Gone from there: looked up again.
+    std::fs::remove_file(&in_late).unwrap();
+    assert_eq!(PathBuf::from(cmd.resolved_program()), in_early);
+    std::fs::remove_file(&in_early).unwrap();
+    assert_eq!(cmd.resolved_program(), "the-tool");
+}
+
+#[test]
 fn resolves_program_like_pm2() {
     let c = ctx(&[]);
     let mut app = AppSpec::new("a", "server.py");

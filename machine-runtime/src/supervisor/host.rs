@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use super::policy;
 use super::spawn::Spawner;
 use super::state::Board;
-use crate::cgroup::Cgroups;
+use crate::cgroup::{AppCgroup, Cgroups, PreparedApps, Preparing};
 use crate::log::runtime as log;
 use crate::reaper::{Reaper, ReaperRole, become_subreaper};
 use crate::time::human_duration;
@@ -21,6 +21,8 @@ pub(super) struct Host {
     pub reaper: Reaper,
     /// The apps' cgroups, where the runtime may make them.
     pub cgroups: Option<Cgroups>,
+    /// The apps' cgroups made ahead of their start ([`crate::cgroup::Preparing`]).
+    prepared: Option<PreparedApps>,
     /// The reaper's loop and the orphan counter; none behind the fake spawner.
     tasks: Option<Tasks>,
 }
@@ -33,8 +35,9 @@ struct Tasks {
 
 impl Host {
     /// Starts the reaper's loop, makes the runtime a child subreaper (unless it is PID 1) and sets
-    /// up the cgroups; each step that cannot be done is logged, and the machine runs without it.
-    pub(super) fn setup(spawner: &Spawner) -> Host {
+    /// up the cgroups (or takes those being `prepared` ahead of the start); each step that cannot be
+    /// done is logged, and the machine runs without it.
+    pub(super) fn setup(spawner: &Spawner, prepared: Option<Preparing>) -> Host {
         let reaper = match spawner {
             Spawner::Real(reaper) => reaper.clone(),
             #[cfg(test)]
@@ -42,6 +45,7 @@ impl Host {
                 return Host {
                     reaper: Reaper::new(),
                     cgroups: None,
+                    prepared: None,
                     tasks: None,
                 };
             }
@@ -56,7 +60,14 @@ impl Host {
                 let _ = role;
             }
         }
-        let cgroups = match Cgroups::setup() {
+        let (setup, prepared) = match prepared {
+            Some(preparing) => {
+                let (setup, apps) = preparing.finish();
+                (setup, Some(apps))
+            }
+            None => (Cgroups::setup(), None),
+        };
+        let cgroups = match setup {
             Ok((cgroups, swept)) => {
                 for line in swept {
                     log(&line);
@@ -73,11 +84,22 @@ impl Host {
         Host {
             reaper,
             cgroups,
+            prepared,
             tasks: Some(Tasks {
                 reaper_stop,
                 reaper_task,
                 orphan_task: None,
             }),
+        }
+    }
+
+    /// App `idx`'s cgroup: the one made ahead of its start, else made now; `None` without cgroups
+    /// or where it cannot be made (the app then runs without one).
+    pub(super) fn app_cgroup(&mut self, idx: usize, name: &str) -> Option<AppCgroup> {
+        let cgroups = self.cgroups.as_ref()?;
+        match self.prepared.as_mut() {
+            Some(prepared) => prepared.take(cgroups, idx, name),
+            None => cgroups.app(idx, name),
         }
     }
 

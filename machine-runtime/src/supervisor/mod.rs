@@ -264,6 +264,8 @@ pub(crate) struct Supervisor {
     drain: Option<Arc<dyn BusyProbe>>,
     /// Starts the apps' processes: real ones, or the unit tests' fake.
     spawner: Spawner,
+    /// The apps' cgroups, being made ahead of their start ([`Supervisor::use_cgroups`]).
+    cgroups: Option<crate::cgroup::Preparing>,
 }
 
 /// Work that must finish before any app is signalled (the broker's final `shutdown` message).
@@ -433,6 +435,7 @@ impl Supervisor {
             before_stop: Vec::new(),
             drain: None,
             spawner: Spawner::Real(Reaper::new()),
+            cgroups: None,
         })
     }
 
@@ -440,6 +443,12 @@ impl Supervisor {
     #[cfg(test)]
     pub(crate) fn use_fake(&mut self, fake: Arc<fake::Fake>) {
         self.spawner = Spawner::Fake(fake);
+    }
+
+    /// Takes the apps' cgroups from `preparing` ([`crate::cgroup::Preparing`], told the apps in
+    /// [`start_order`]) instead of making them as the apps start.
+    pub(crate) fn use_cgroups(&mut self, preparing: crate::cgroup::Preparing) {
+        self.cgroups = Some(preparing);
     }
 
     pub fn handle(&self) -> SupervisorHandle {
@@ -698,13 +707,13 @@ impl Supervisor {
     /// Runs until a stop is requested (`Ok` after everything is stopped and reaped), an essential
     /// app ends, or every app has ended.
     pub async fn run(mut self) -> Result<(), RunError> {
-        let mut host = Host::setup(&self.spawner);
+        let mut host = Host::setup(&self.spawner, self.cgroups.take());
         let mut signals = if self.handle_signals {
             Some(StopSignals::install()?)
         } else {
             None
         };
-        let mut wiring = self.start_apps(&host);
+        let mut wiring = self.start_apps(&mut host);
         host.count_orphans(&self.board);
         // The hand-backs of workers killed busy, on a hold or on stop; awaited once every worker is gone.
         let mut handbacks = tokio::task::JoinSet::new();
@@ -727,7 +736,7 @@ impl Supervisor {
 
     /// Makes each app's channels and starts its task: services first, then everything else, in
     /// file order; workers wait for their services through `machine_wait_for`, not through this order.
-    fn start_apps(&mut self, host: &Host) -> Wiring {
+    fn start_apps(&mut self, host: &mut Host) -> Wiring {
         let names: HashMap<&str, usize> = self
             .apps
             .iter()
@@ -766,15 +775,13 @@ impl Supervisor {
             .collect();
         let mut tasks: Vec<Option<tokio::task::JoinHandle<()>>> =
             (0..self.apps.len()).map(|_| None).collect();
-        let mut order: Vec<usize> = (0..self.apps.len()).collect();
-        order.sort_by_key(|&i| self.apps[i].role != Some(Role::Service));
         // Each command moves into its task: a command holds the app's whole environment, and a
         // second copy per app would be most of the supervisor's memory per app.
         let mut commands: Vec<Option<ChildCommand>> = std::mem::take(&mut self.commands)
             .into_iter()
             .map(Some)
             .collect();
-        for idx in order {
+        for idx in start_order(&self.apps) {
             let (Some(stop), Some(hold), Some(cmd)) = (
                 stop_rxs[idx].take(),
                 hold_rxs[idx].take(),
@@ -782,7 +789,17 @@ impl Supervisor {
             ) else {
                 continue;
             };
-            let task = self.app_task(idx, cmd, deps[idx].clone(), host, stop, hold, &ended_tx);
+            let cgroup = host.app_cgroup(idx, &self.apps[idx].name);
+            let task = self.app_task(
+                idx,
+                cmd,
+                deps[idx].clone(),
+                host,
+                cgroup,
+                stop,
+                hold,
+                &ended_tx,
+            );
             tasks[idx] = Some(self.handle.tracker.spawn(task.run()));
         }
         Wiring {
@@ -803,6 +820,7 @@ impl Supervisor {
         cmd: ChildCommand,
         deps: Vec<usize>,
         host: &Host,
+        cgroup: Option<crate::cgroup::AppCgroup>,
         stop: watch::Receiver<Option<i32>>,
         hold: watch::Receiver<Option<i32>>,
         ended: &mpsc::UnboundedSender<(usize, Option<AppEnd>)>,
@@ -824,11 +842,7 @@ impl Supervisor {
                 .drain
                 .clone()
                 .filter(|_| self.apps[idx].role == Some(Role::Worker)),
-            cgroup: host
-                .cgroups
-                .as_ref()
-                .and_then(|c| c.app(idx, &self.apps[idx].name))
-                .map(Arc::new),
+            cgroup: cgroup.map(Arc::new),
             board: self.board.clone(),
             reaper: host.reaper.clone(),
             spawner: self.spawner.clone(),
@@ -1096,6 +1110,14 @@ struct Wiring {
     /// `(idx, Some(end))` when an app ends for good; `(idx, None)` when a restart request brings
     /// it back.
     ended: mpsc::UnboundedReceiver<(usize, Option<AppEnd>)>,
+}
+
+/// The order the apps start in (indices into `apps`): services first, then everything else, each
+/// in file order.
+pub(crate) fn start_order<A: std::borrow::Borrow<AppSpec>>(apps: &[A]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..apps.len()).collect();
+    order.sort_by_key(|&i| apps[i].borrow().role != Some(Role::Service));
+    order
 }
 
 /// Waits for the hand-backs of the workers killed busy. Each hand-back bounds its own time (a dead

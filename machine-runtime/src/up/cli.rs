@@ -35,6 +35,9 @@ pub fn run_cli(args: UpArgs) -> anyhow::Result<()> {
             "warning: cannot read or raise the open-file limit: {err}"
         ));
     }
+    let runtime = super::machine::async_runtime()?;
+    // The apps' cgroups, made by the runtime's workers while the files are read and checked.
+    let mut cgroups = crate::cgroup::Preparing::start(runtime.handle());
     let env_machine_id =
         crate::identity::machine_id(crate::env::lookup, None, &crate::identity::hostname())?;
     // Read before planning, so a start that fails names every problem at once.
@@ -47,6 +50,12 @@ pub fn run_cli(args: UpArgs) -> anyhow::Result<()> {
             anyhow::bail!("{err:#}\n  {}", problems.join("\n  "))
         }
     };
+    cgroups.apps(
+        crate::supervisor::start_order(&planned.apps)
+            .into_iter()
+            .map(|i| (i, planned.apps[i].name.clone()))
+            .collect(),
+    );
     if let Some(workspace) = &planned.workspace {
         let created =
             crate::limits::ensure_workspace(workspace, machine_model::catalog::WORKSPACE_DIR_VAR)
@@ -76,7 +85,8 @@ pub fn run_cli(args: UpArgs) -> anyhow::Result<()> {
         control: health::Control::from_lookup(crate::env::lookup),
         preflight: planned.preflight,
         install_hint: planned.install_hint,
+        cgroups: Some(cgroups),
     };
-    super::run(planned.apps, options)?;
+    super::run(planned.apps, options, runtime)?;
     Ok(())
 }

@@ -35,17 +35,25 @@ struct Checked {
 /// A refusal from the broker's task in the background (authentication), for the end of [`run`].
 type Failed = Arc<Mutex<Option<BrokerError>>>;
 
-/// Runs a machine to the end: checks everything, serves the health endpoint, starts the broker
-/// link, supervises until stopped. Blocks the thread.
-pub fn run(apps: Vec<AppSpec>, options: UpOptions) -> Result<(), UpError> {
-    let started_at = Instant::now();
-    let (setting, checked) = check(apps, options, started_at)?;
-    let status = Arc::new(machine_status(setting, &checked.link));
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+/// The async runtime [`run`] runs the machine on: two worker threads.
+pub(crate) fn async_runtime() -> Result<tokio::runtime::Runtime, UpError> {
+    tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
-        .map_err(UpError::Runtime)?;
+        .map_err(UpError::Runtime)
+}
+
+/// Runs a machine to the end on `runtime` ([`async_runtime`]): checks everything, serves the health
+/// endpoint, starts the broker link, supervises until stopped. Blocks the thread.
+pub fn run(
+    apps: Vec<AppSpec>,
+    options: UpOptions,
+    runtime: tokio::runtime::Runtime,
+) -> Result<(), UpError> {
+    let started_at = Instant::now();
+    let (setting, checked) = check(apps, options, started_at)?;
+    let status = Arc::new(machine_status(setting, &checked.link));
     take_lease(&runtime, &checked, &status)?;
     runtime.block_on(serve(checked, status))
 }
@@ -76,7 +84,12 @@ fn check(
         }
     };
     let supervisor = match Supervisor::new(apps, options.supervisor) {
-        Ok(supervisor) => Some(supervisor),
+        Ok(mut supervisor) => {
+            if let Some(cgroups) = options.cgroups {
+                supervisor.use_cgroups(cgroups);
+            }
+            Some(supervisor)
+        }
         Err(err) => {
             problems.extend(err.problems);
             None

@@ -49,6 +49,9 @@ pub struct UpOptions {
     pub preflight: crate::preflight::Findings,
     /// The command that installs what is missing, for the pre-start checks' messages.
     pub install_hint: String,
+    /// The apps' cgroups, being made since the start ([`crate::cgroup::Preparing`]); `None`: made
+    /// as the apps start.
+    pub(crate) cgroups: Option<crate::cgroup::Preparing>,
 }
 
 /// Why `up` failed.

@@ -515,6 +515,85 @@ fn refuses_to_start_without_the_planned_gpus_or_secrets() {
     );
 }
 
+/// A start refused by its checks still ends what a runtime killed outright left in its cgroups (the
+/// sweep runs while the files are read), says so, and leaves no cgroup folder of its own behind.
+#[test]
+fn a_refused_start_sweeps_what_a_killed_runtime_left_and_leaves_no_cgroup() {
+    let tag = token("refcg");
+    let mut first = Runtime::start(
+        json!({"apps": [sh("family", &format!("setsid sh -c 'sleep 600; : {tag}' &\nexec sleep 600"))]}),
+        &[],
+    );
+    let out = wait_line(&first, "family started (pid");
+    if out.contains("apps run without cgroups") {
+        let skip = crate::pm2_compat::SKIP_CGROUP_VAR;
+        if std::env::var_os(skip).is_some_and(|v| v == "1") {
+            eprintln!("SKIPPED ON PURPOSE: {skip}=1 and no cgroup here:\n{out}");
+            return;
+        }
+        panic!(
+            "this test needs a cgroup the runtime may create (root with cgroup2, or a delegated subtree), or {skip}=1 to skip it on purpose:\n{out}"
+        );
+    }
+    wait_for(
+        "the setsid child",
+        || first.output(),
+        || (!pids_with(&tag).is_empty()).then_some(()),
+    );
+    first.signal(libc::SIGKILL);
+    first.wait_exit();
+
+    let mut refused = Runtime::start(
+        json!({"apps": [with(sh("needs-key", "exec sleep 600"),
+                             json!({"machine_required_env": ["REFCG_NOT_SET"]}))]}),
+        &[],
+    );
+    let status = refused.wait_exit();
+    let out = refused.output();
+    assert_eq!(status.code(), Some(1), "{out}");
+    assert!(
+        out.contains("needs the environment variable REFCG_NOT_SET"),
+        "{out}"
+    );
+    assert!(
+        pids_with(&tag).is_empty(),
+        "the killed runtime's orphan is still there:\n{out}"
+    );
+    // The setsid child and its sleep; the line names the folder, whose parent holds the refused
+    // runtime's own folder while it runs.
+    let swept = format!(
+        "by an earlier runtime (pid {}) that did not stop cleanly",
+        first.child.id()
+    );
+    let line = out
+        .lines()
+        .find(|l| l.contains("stopped 2 processes left in ") && l.contains(&swept))
+        .unwrap_or_else(|| panic!("no sweep line: {out}"));
+    let folder = line
+        .split(" left in ")
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap();
+    let top = std::path::Path::new(folder).parent().unwrap();
+    let own = format!("{}@", refused.child.id());
+    let left: Vec<String> = std::fs::read_dir(top)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|name| name.starts_with(&own))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(
+        left.is_empty(),
+        "the refused runtime left {left:?} in {}",
+        top.display()
+    );
+}
+
 #[test]
 fn restarts_a_killed_child_and_counts_the_restart() {
     let mut rt = Runtime::start(
