@@ -577,9 +577,13 @@ fn bundle_workers_reach_a_private_ca_broker_through_node_extra_ca_certs() {
     let machine = "tls-workers-m6";
     let url = format!("rediss://:{PASSWORD}@localhost:{}", server.port());
     let ca = pki.path("ca.crt");
+    // Where NODE_EXTRA_CA_CERTS already names a bundle (as on some hosts), the runtime writes one of
+    // both to the temporary folder: this test's, removed with it.
+    let tmp = tempfile::tempdir().unwrap();
     let rt = Runtime::start_profile(
         "full-local",
         &[
+            ("TMPDIR", tmp.path().to_str().unwrap()),
             ("MACHINE_FAKE_GPUS", "2"),
             ("MACHINE_ID", machine),
             ("HUB_REDIS_URL", &url),
