@@ -525,15 +525,8 @@ fn a_refused_start_sweeps_what_a_killed_runtime_left_and_leaves_no_cgroup() {
         &[],
     );
     let out = wait_line(&first, "family started (pid");
-    if out.contains("apps run without cgroups") {
-        let skip = crate::pm2_compat::SKIP_CGROUP_VAR;
-        if std::env::var_os(skip).is_some_and(|v| v == "1") {
-            eprintln!("SKIPPED ON PURPOSE: {skip}=1 and no cgroup here:\n{out}");
-            return;
-        }
-        panic!(
-            "this test needs a cgroup the runtime may create (root with cgroup2, or a delegated subtree), or {skip}=1 to skip it on purpose:\n{out}"
-        );
+    if !crate::up_support::has_cgroups(&out) {
+        return;
     }
     wait_for(
         "the setsid child",
@@ -713,15 +706,8 @@ fn an_app_starts_again_after_its_cgroup_was_emptied() {
         &[],
     );
     let out = wait_line(&rt, "leaver started (pid");
-    if out.contains("apps run without cgroups") {
-        let skip = crate::pm2_compat::SKIP_CGROUP_VAR;
-        if std::env::var_os(skip).is_some_and(|v| v == "1") {
-            eprintln!("SKIPPED ON PURPOSE: {skip}=1 and no cgroup here:\n{out}");
-            return;
-        }
-        panic!(
-            "this test needs a cgroup the runtime may create (root with cgroup2, or a delegated subtree), or {skip}=1 to skip it on purpose:\n{out}"
-        );
+    if !crate::up_support::has_cgroups(&out) {
+        return;
     }
     // The crash only once the child has left the app's process group (it writes its pid after setsid):
     // a child still in the group is stopped with the group, and nothing is left in the cgroup.

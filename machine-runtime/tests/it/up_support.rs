@@ -810,3 +810,23 @@ pub fn is_rfc3339_millis(s: &str) -> bool {
             _ => c.is_ascii_digit(),
         })
 }
+
+/// Opt-out of the cgroup tests for developers who cannot create a cgroup (not root, no delegated
+/// cgroup2 subtree); CI runs them as root.
+pub const SKIP_CGROUP_VAR: &str = "MACHINE_SKIP_CGROUP_TEST";
+
+/// Whether a cgroup test goes on, given the runtime's output up to an app's "started" line (the
+/// cgroup line, if any, is logged before any app starts): `true` where the runtime made cgroups;
+/// `false`, said on stderr, where it could not and [`SKIP_CGROUP_VAR`] is `1`; else it panics.
+pub fn has_cgroups(out: &str) -> bool {
+    if !out.contains("apps run without cgroups") {
+        return true;
+    }
+    if std::env::var_os(SKIP_CGROUP_VAR).is_some_and(|v| v == "1") {
+        eprintln!("SKIPPED ON PURPOSE: {SKIP_CGROUP_VAR}=1 and no cgroup here:\n{out}");
+        return false;
+    }
+    panic!(
+        "this test needs a cgroup the runtime may create (root with cgroup2, or a delegated subtree), or {SKIP_CGROUP_VAR}=1 to skip it on purpose:\n{out}"
+    );
+}
