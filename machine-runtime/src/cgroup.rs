@@ -34,7 +34,7 @@ use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 pub(crate) use spawn::{ChildChannel, Exec, Forked, SpawnError};
@@ -73,6 +73,8 @@ pub(crate) struct Preparing {
     /// The apps (index, name) to make cgroups for, once they are known.
     names: Option<tokio::sync::oneshot::Sender<Vec<(usize, String)>>>,
     made: Option<mpsc::Receiver<Made>>,
+    /// Set on drop: the task makes no further app cgroup.
+    dropped: Arc<AtomicBool>,
 }
 
 /// What the preparing task made, in order: the setup, then each app's cgroup.
@@ -86,6 +88,8 @@ impl Preparing {
     pub(crate) fn start(runtime: &tokio::runtime::Handle) -> Preparing {
         let (names_tx, names_rx) = tokio::sync::oneshot::channel::<Vec<(usize, String)>>();
         let (made_tx, made_rx) = mpsc::channel();
+        let dropped = Arc::new(AtomicBool::new(false));
+        let stop = dropped.clone();
         // Its file-system calls block the worker for a few milliseconds in all, before any app runs.
         runtime.spawn(async move {
             let setup = Cgroups::setup();
@@ -97,9 +101,10 @@ impl Preparing {
                 return;
             };
             for (idx, name) in apps {
-                if made_tx
-                    .send(Made::App(idx, cgroups.app(idx, &name)))
-                    .is_err()
+                if stop.load(Ordering::Acquire)
+                    || made_tx
+                        .send(Made::App(idx, cgroups.app(idx, &name)))
+                        .is_err()
                 {
                     return;
                 }
@@ -108,6 +113,7 @@ impl Preparing {
         Preparing {
             names: Some(names_tx),
             made: Some(made_rx),
+            dropped,
         }
     }
 
@@ -142,8 +148,11 @@ impl Preparing {
 
 impl Drop for Preparing {
     fn drop(&mut self) {
-        // The task ends after the setup, or after the apps it was told (the sender goes with it).
+        // The task ends after the setup, or at its next app (the sender goes with it). What it made
+        // is removed once it has ended: removed before, a folder it made afterwards would stay.
         self.names = None;
+        self.dropped.store(true, Ordering::Release);
+        let mut made_here = None;
         for made in self
             .made
             .take()
@@ -154,8 +163,11 @@ impl Drop for Preparing {
                 for line in swept {
                     crate::log::runtime(&line);
                 }
-                cgroups.remove_all();
+                made_here = Some(cgroups);
             }
+        }
+        if let Some(cgroups) = made_here {
+            cgroups.remove_all();
         }
     }
 }

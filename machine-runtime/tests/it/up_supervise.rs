@@ -536,18 +536,21 @@ fn a_refused_start_sweeps_what_a_killed_runtime_left_and_leaves_no_cgroup() {
     first.signal(libc::SIGKILL);
     first.wait_exit();
 
+    // Refused at once after the file is read (its workspace is a file), while the cgroups of its
+    // many apps are still being made.
+    let workspace = first.path("a-file");
+    std::fs::write(&workspace, "").unwrap();
+    let apps: Vec<Value> = (0..200)
+        .map(|i| json!({"name": format!("plain-{i}"), "script": "sleep", "args": ["600"]}))
+        .collect();
     let mut refused = Runtime::start(
-        json!({"apps": [with(sh("needs-key", "exec sleep 600"),
-                             json!({"machine_required_env": ["REFCG_NOT_SET"]}))]}),
-        &[],
+        json!({ "apps": apps }),
+        &[("WORKSPACE_DIR", workspace.to_str().unwrap())],
     );
     let status = refused.wait_exit();
     let out = refused.output();
     assert_eq!(status.code(), Some(1), "{out}");
-    assert!(
-        out.contains("needs the environment variable REFCG_NOT_SET"),
-        "{out}"
-    );
+    assert!(out.contains("WORKSPACE_DIR"), "{out}");
     assert!(
         pids_with(&tag).is_empty(),
         "the killed runtime's orphan is still there:\n{out}"
