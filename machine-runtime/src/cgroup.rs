@@ -410,9 +410,38 @@ fn folder_owner(name: &str) -> Option<(u32, Option<u64>)> {
 }
 
 /// Whether `pid` is a live `machine-runtime` (its `comm`; a reused pid of another program is not).
+/// The name `up` gives its main thread ([`name_this_runtime`]), whatever its binary is called: what
+/// tells a runtime's pid from another process's in [`Cgroups::sweep`].
+const RUNTIME_NAME: &[u8; 16] = b"machine-runtime\0";
+
+/// Names the calling thread (the runtime's main thread, whose name is the process's
+/// `/proc/<pid>/comm`) `machine-runtime`, so that the sweep of another runtime on this host sees this one
+/// as live even when it was started through a link or a copy with another name. A failure leaves the
+/// name as it was.
+pub(crate) fn name_this_runtime() {
+    // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes, which RUNTIME_NAME is.
+    unsafe {
+        libc::prctl(
+            libc::PR_SET_NAME,
+            RUNTIME_NAME.as_ptr() as libc::c_ulong,
+            0,
+            0,
+            0,
+        )
+    };
+}
+
+/// Whether `pid` is a runtime that is still running: named as [`name_this_runtime`] names one, and
+/// not a zombie (a runtime killed outright stays one until its parent collects it, and what its apps
+/// left is to be swept meanwhile).
 fn is_live_runtime(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/comm"))
-        .is_ok_and(|comm| comm.trim_end() == "machine-runtime")
+    let name = &RUNTIME_NAME[..RUNTIME_NAME.len() - 1];
+    std::fs::read(format!("/proc/{pid}/comm"))
+        .is_ok_and(|comm| comm.strip_suffix(b"\n").unwrap_or(&comm) == name)
+        && std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+            stat.rsplit_once(')')
+                .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z'))
+        })
 }
 
 fn pids_in(dir: &Path) -> Vec<i32> {
@@ -461,6 +490,47 @@ fn empty_and_remove(dir: &Path) -> usize {
 #[cfg(test)]
 mod tests {
     use super::folder_owner;
+    use std::time::{Duration, Instant};
+
+    /// A process named as a runtime is live until it ends, and a zombie (killed, not yet collected)
+    /// is not.
+    #[test]
+    fn a_runtime_is_live_while_it_runs_and_not_as_a_zombie() {
+        let dir = tempfile::tempdir().unwrap();
+        // Its comm is the name it was exec'd by.
+        let named = dir.path().join("machine-runtime");
+        std::os::unix::fs::symlink("/bin/sleep", &named).unwrap();
+        #[allow(clippy::disallowed_methods)] // A stand-in process, not one of the runtime's apps.
+        let mut child = std::process::Command::new(&named)
+            .arg("600")
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let comm = || std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        let until = |what: &str, done: &dyn Fn() -> bool| {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !done() {
+                assert!(Instant::now() < deadline, "no {what} after 10 s");
+                std::thread::yield_now();
+            }
+        };
+        until("exec", &|| comm().trim_end() == "machine-runtime");
+        assert!(super::is_live_runtime(pid));
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        let state = || {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| {
+                    s.rsplit_once(')')
+                        .map(|(_, r)| r.trim_start().starts_with('Z'))
+                })
+        };
+        until("zombie", &|| state() == Some(true));
+        assert!(!super::is_live_runtime(pid));
+        child.wait().unwrap();
+        assert!(!super::is_live_runtime(pid));
+    }
 
     #[test]
     fn a_folder_names_its_runtime_and_namespace() {

@@ -29,6 +29,8 @@ pub struct UpArgs {
 /// creates the workspace and runs the machine ([`super::run`]); every start-up problem is in the
 /// error.
 pub fn run_cli(args: UpArgs) -> anyhow::Result<()> {
+    // First: the sweep of another runtime on this host knows a live one by this name.
+    crate::cgroup::name_this_runtime();
     // Before any app: the soft open-file limit up to the hard one (each app holds two pipes).
     if let Err(err) = crate::limits::raise_open_files() {
         crate::log::runtime(&format!(

@@ -590,6 +590,57 @@ fn a_refused_start_sweeps_what_a_killed_runtime_left_and_leaves_no_cgroup() {
     );
 }
 
+/// A runtime started under another name (through a link, as a copy) is live to the next start on
+/// the host: its app and its cgroups are left alone, even by a start that its checks refuse.
+#[test]
+fn a_runtime_started_under_another_name_is_not_swept_by_the_next_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let link = dir.path().join("mr-renamed");
+    let wrapper = format!("ln -sf \"$0\" '{0}' && exec '{0}' \"$@\"", link.display());
+    let mut first = Runtime::start_with(
+        json!({"apps": [{"name": "keeper", "script": "sleep", "args": ["600"]}]}),
+        &[],
+        &["sh", "-c", &wrapper],
+    );
+    let out = wait_line(&first, "keeper started (pid");
+    if !crate::up_support::has_cgroups(&out) {
+        return;
+    }
+    let keeper = first.app_status("keeper")["pid"].as_u64().unwrap() as u32;
+    let workspace = first.path("a-file");
+    std::fs::write(&workspace, "").unwrap();
+    let mut refused = Runtime::start(
+        json!({"apps": [{"name": "other", "script": "sleep", "args": ["600"]}]}),
+        &[("WORKSPACE_DIR", workspace.to_str().unwrap())],
+    );
+    let status = refused.wait_exit();
+    let out = refused.output();
+    assert_eq!(status.code(), Some(1), "{out}");
+    assert!(
+        !out.contains(&format!("(pid {})", first.child.id())),
+        "the live runtime was swept: {out}"
+    );
+    assert_eq!(
+        process_state(keeper).map(|s| s != 'Z'),
+        Some(true),
+        "{}",
+        first.output()
+    );
+    assert_eq!(
+        first.app_status("keeper")["restarts"],
+        0,
+        "{}",
+        first.output()
+    );
+    let cgroup = std::fs::read_to_string(format!("/proc/{keeper}/cgroup")).unwrap();
+    assert!(
+        cgroup.contains(&format!("/machine-runtime/{}@", first.child.id())),
+        "{cgroup}"
+    );
+    first.signal(libc::SIGTERM);
+    assert!(first.wait_exit().success(), "{}", first.output());
+}
+
 #[test]
 fn restarts_a_killed_child_and_counts_the_restart() {
     let mut rt = Runtime::start(
