@@ -23,18 +23,28 @@ impl ChildCommand {
         cmd
     }
 
-    /// The program as a path: a bare name is looked up on the child's `PATH` (as execvp would).
-    /// Giving std a path keeps it on the posix_spawn fast path; with a bare name and a custom
-    /// `PATH` it falls back to fork + exec, which costs about a millisecond per child here.
-    ///
-    /// A name found once is remembered for that `PATH` ([`FOUND`]), as a shell's command hash and
-    /// PM2 (which resolves a script once, at start) do: later starts check only that the path found
-    /// is still an executable file, instead of one `stat` per `PATH` folder before it. A program
-    /// that is gone from there is looked up again; one installed later in an earlier `PATH` folder
-    /// is not seen while the first one stays.
+    /// The program as a path ([`ChildCommand::find_program`]), or the bare name as given where it
+    /// is found nowhere (the start then fails saying so).
     pub(crate) fn resolved_program(&self) -> OsString {
+        self.find_program().unwrap_or_else(|_| self.program.clone())
+    }
+
+    /// The program as a path: a bare name is looked up on the child's `PATH` (as execvp would; a
+    /// relative folder there is taken from the app's `cwd`, as the child's execvp would), then on
+    /// the runtime's own `PATH` (as PM2 finds a script with `which` in its own environment). Giving
+    /// std a path keeps it on the posix_spawn fast path; with a bare name and a custom `PATH` it
+    /// falls back to fork + exec, which costs about a millisecond per child here.
+    ///
+    /// A name found once is remembered for that `PATH` and `cwd` ([`FOUND`]), as a shell's command
+    /// hash and PM2 (which resolves a script once, at start) do: later starts check only that the
+    /// path found is still an executable file, instead of one `stat` per `PATH` folder before it. A
+    /// program that is gone from there is looked up again; one installed later in an earlier `PATH`
+    /// folder is not seen while the first one stays.
+    ///
+    /// `Err`: found nowhere; `Some` names the first file of that name that is not executable.
+    pub(crate) fn find_program(&self) -> Result<OsString, Option<PathBuf>> {
         if self.program.as_encoded_bytes().contains(&b'/') {
-            return self.program.clone();
+            return Ok(self.program.clone());
         }
         // execvp's own default when there is no PATH at all.
         const DEFAULT: &str = "/usr/local/bin:/usr/bin:/bin";
@@ -42,23 +52,32 @@ impl ChildCommand {
             .env
             .get(OsStr::new("PATH"))
             .map_or(OsStr::new(DEFAULT), OsString::as_os_str);
-        let key = (path.to_owned(), self.program.clone());
+        let key = (path.to_owned(), self.cwd.clone(), self.program.clone());
         let remembered = FOUND.lock().ok().and_then(|f| f.get(&key).cloned());
         if let Some(found) = remembered.filter(|found| is_executable(found)) {
-            return found.into_os_string();
+            return Ok(found.into_os_string());
         }
-        let found = std::env::split_paths(path)
-            .map(|dir| dir.join(&self.program))
-            .find(|candidate| is_executable(candidate));
-        match found {
-            Some(found) => {
+        let own = std::env::var_os("PATH");
+        let folders = std::env::split_paths(path)
+            .map(|dir| match &self.cwd {
+                Some(cwd) if dir.is_relative() => cwd.join(dir),
+                _ => dir,
+            })
+            .chain(own.iter().flat_map(std::env::split_paths));
+        let mut not_executable = None;
+        for dir in folders {
+            let candidate = dir.join(&self.program);
+            if is_executable(&candidate) {
                 if let Ok(mut remembered) = FOUND.lock() {
-                    remembered.insert(key, found.clone());
+                    remembered.insert(key, candidate.clone());
                 }
-                found.into_os_string()
+                return Ok(candidate.into_os_string());
             }
-            None => self.program.clone(),
+            if not_executable.is_none() && candidate.is_file() {
+                not_executable = Some(candidate);
+            }
         }
+        Err(not_executable)
     }
 
     /// The command line for log messages (program and arguments, never the environment).
@@ -150,9 +169,10 @@ pub(crate) unsafe fn hygiene_in_child(parent: libc::pid_t) -> std::io::Result<()
     Ok(())
 }
 
-/// The programs [`ChildCommand::resolved_program`] found, by (`PATH`, name): one entry per program
-/// and `PATH` the machine runs.
-static FOUND: std::sync::LazyLock<std::sync::Mutex<HashMap<(OsString, OsString), PathBuf>>> =
+/// The programs [`ChildCommand::find_program`] found, by (the app's `PATH`, its `cwd`, the name):
+/// one entry per program, `PATH` and `cwd` the machine runs.
+type Found = HashMap<(OsString, Option<PathBuf>, OsString), PathBuf>;
+static FOUND: std::sync::LazyLock<std::sync::Mutex<Found>> =
     std::sync::LazyLock::new(Default::default);
 
 fn is_executable(path: &Path) -> bool {

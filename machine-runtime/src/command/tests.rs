@@ -323,6 +323,29 @@ fn a_program_found_once_is_looked_up_again_only_when_it_is_gone() {
 }
 
 #[test]
+fn a_program_is_looked_up_on_the_apps_path_from_its_cwd_then_on_the_runtimes() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("rel")).unwrap();
+    let tool = dir.path().join("rel/rel-tool");
+    std::fs::write(&tool, "#!/bin/sh\n").unwrap();
+    std::fs::set_permissions(&tool, std::fs::Permissions::from_mode(0o755)).unwrap();
+    // A relative PATH folder is the app's cwd's, as for the child's execvp after its chdir.
+    let mut app = AppSpec::new("a", "rel-tool");
+    app.cwd = Some(dir.path().to_path_buf());
+    let cmd = build(&app, &ctx(&[("PATH", "rel")])).unwrap();
+    assert_eq!(PathBuf::from(cmd.find_program().unwrap()), tool);
+    // Not on the app's PATH: the runtime's own PATH (this test's), as PM2's `which` finds it.
+    let cmd = build(&AppSpec::new("a", "sh"), &ctx(&[("PATH", "/nonexistent")])).unwrap();
+    let found = PathBuf::from(cmd.find_program().unwrap());
+    assert!(found.is_absolute() && found.ends_with("sh"), "{found:?}");
+    // A file of that name that is not executable is named.
+    std::fs::set_permissions(&tool, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let cmd = build(&app, &ctx(&[("PATH", "rel")])).unwrap();
+    assert_eq!(cmd.find_program(), Err(Some(tool)));
+}
+
+#[test]
 fn resolves_program_like_pm2() {
     let c = ctx(&[]);
     let mut app = AppSpec::new("a", "server.py");

@@ -355,7 +355,23 @@ impl Supervisor {
         let mut commands = Vec::new();
         for app in &apps {
             match command::build(app, &options.context) {
-                Ok(cmd) => commands.push(cmd),
+                Ok(cmd) => {
+                    // PM2 refuses a script it cannot find ("Script not found") before it starts.
+                    match cmd.find_program() {
+                        Ok(_) => {}
+                        Err(Some(file)) => problems.push(format!(
+                            "app \"{}\": {} is not executable; make it executable (chmod +x) or fix the app's script or interpreter",
+                            app.name,
+                            file.display()
+                        )),
+                        Err(None) => problems.push(format!(
+                            "app \"{}\": program \"{}\" is not on the app's PATH nor on the runtime's; install it, or fix the app's script or interpreter",
+                            app.name,
+                            cmd.program.to_string_lossy()
+                        )),
+                    }
+                    commands.push(cmd)
+                }
                 // The same variable for every instance of a service: each problem once.
                 Err(command::CommandError::ExtraArgs { problems: found }) => {
                     for problem in found {

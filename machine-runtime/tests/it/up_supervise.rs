@@ -666,30 +666,64 @@ fn restarts_a_killed_child_and_counts_the_restart() {
     assert_eq!(rt.wait_exit().code(), Some(0));
 }
 
+/// As PM2 refuses a script it cannot find, a program found on neither the app's `PATH` nor the
+/// runtime's, or a file that is not executable, refuses the start, each named, before any app runs.
+/// A program missing from the app's own `PATH` but on the runtime's runs (PM2 finds it there too).
 #[test]
-fn a_program_that_does_not_exist_errors_with_the_reason() {
+fn a_program_found_nowhere_or_not_executable_refuses_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    std::fs::write(bin.join("noexec"), "#!/bin/sh\n").unwrap();
+    let bin = bin.to_str().unwrap();
     let mut rt = Runtime::start(
         json!({"apps": [
-            {"name": "typo", "script": "no-such-program-xyz", "max_restarts": 2},
+            {"name": "typo", "script": "no-such-program-xyz"},
+            {"name": "noexec", "script": "noexec", "env": {"PATH": bin}},
+            sh("ok", "put started yes; exec sleep 1000"),
+        ]}),
+        &[],
+    );
+    let status = rt.wait_exit();
+    let out = rt.output();
+    assert_eq!(status.code(), Some(1), "{out}");
+    assert!(
+        out.contains("app \"typo\": program \"no-such-program-xyz\" is not on the app's PATH nor on the runtime's"),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("app \"noexec\": {bin}/noexec is not executable")),
+        "{out}"
+    );
+    assert!(
+        !rt.path("started").exists(),
+        "an app started despite the refusal"
+    );
+
+    let mut rt = Runtime::start(
+        json!({"apps": [{"name": "narrow", "script": "sleep", "args": ["1000"], "env": {"PATH": bin}}]}),
+        &[],
+    );
+    rt.wait_state("narrow", "running");
+    rt.signal(libc::SIGTERM);
+    assert_eq!(rt.wait_exit().code(), Some(0), "{}", rt.output());
+}
+
+#[test]
+fn a_missing_cwd_errors_with_the_reason() {
+    let mut rt = Runtime::start(
+        json!({"apps": [
             {"name": "bad-cwd", "script": "sleep", "args": "1000", "cwd": "/nonexistent-dir", "max_restarts": 1},
             {"name": "ok", "script": "sleep", "args": "1000"},
         ]}),
         &[],
-    );
-    let typo = rt.wait_state("typo", "errored");
-    assert_eq!(
-        typo["last_exit"]["description"],
-        "program \"no-such-program-xyz\" not found (not a file, and not on PATH)"
     );
     let bad_cwd = rt.wait_state("bad-cwd", "errored");
     assert_eq!(
         bad_cwd["last_exit"]["description"],
         "its cwd /nonexistent-dir does not exist"
     );
-    wait_line(
-        &rt,
-        "typo could not start: program \"no-such-program-xyz\" not found",
-    );
+    rt.wait_state("ok", "running");
     rt.signal(libc::SIGTERM);
     assert_eq!(rt.wait_exit().code(), Some(0), "{}", rt.output());
 }
