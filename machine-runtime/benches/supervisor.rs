@@ -80,10 +80,17 @@ fn main() -> anyhow::Result<()> {
             "--rounds" => rounds = args.next().context("--rounds needs a number")?.parse()?,
             "--kills" => kills = args.next().context("--kills needs a number")?.parse()?,
             "--each" => each = true,
-            // cargo bench passes --bench; anything else is a filter we do not use.
-            _ => {}
+            // cargo bench passes --bench.
+            "--bench" => {}
+            other => bail!(
+                "unknown argument {other:?}; expected --apps N[,N...], --rounds N, --kills N, --each"
+            ),
         }
     }
+    if apps.contains(&0) || rounds == 0 || kills == 0 {
+        bail!("--apps, --rounds and --kills need numbers of 1 or more");
+    }
+    interrupt::install();
     let pm2 = which("pm2-runtime");
     if pm2.is_none() {
         println!(
@@ -123,6 +130,9 @@ fn main() -> anyhow::Result<()> {
                 order.reverse();
             }
             for (contender, figures) in order {
+                if interrupt::requested() {
+                    bail!("interrupted");
+                }
                 run_once(*contender, n, &ecosystem, dir.path(), kills, figures)
                     .with_context(|| format!("{} with {n} apps", contender.label()))?;
                 if each && let Some(took) = figures.all_running.last() {
@@ -294,6 +304,9 @@ fn wait_until<T>(mut probe: impl FnMut() -> Option<T>) -> anyhow::Result<T> {
         if Instant::now() > deadline {
             bail!("gave up after {LIMIT:?}");
         }
+        if interrupt::requested() {
+            bail!("interrupted");
+        }
         std::thread::sleep(Duration::from_micros(250));
     }
 }
@@ -309,6 +322,29 @@ fn wait_child(child: &mut Child) -> anyhow::Result<std::process::ExitStatus> {
             bail!("did not exit within {LIMIT:?} of SIGTERM");
         }
         std::thread::sleep(Duration::from_micros(250));
+    }
+}
+
+/// Ctrl-C or SIGTERM during a round: the round's wait ends there, and its contender is stopped as
+/// after any round (its apps with it) before the bench exits, its temporary folder removed.
+mod interrupt {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    static REQUESTED: AtomicBool = AtomicBool::new(false);
+
+    extern "C" fn on_signal(_: libc::c_int) {
+        REQUESTED.store(true, Ordering::SeqCst);
+    }
+
+    pub fn install() {
+        for signal in [libc::SIGINT, libc::SIGTERM] {
+            // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+            unsafe { libc::signal(signal, on_signal as *const () as libc::sighandler_t) };
+        }
+    }
+
+    pub fn requested() -> bool {
+        REQUESTED.load(Ordering::SeqCst)
     }
 }
 
