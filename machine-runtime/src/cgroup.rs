@@ -15,9 +15,10 @@
 //!
 //! - When an app's process has ended or been stopped, its cgroup is emptied (`cgroup.kill`).
 //! - When the runtime stops, every app's cgroup is emptied and removed.
-//! - At start, the folders of runtimes of the same PID namespace that are gone (their pid is not a
-//!   live `machine-runtime`) are swept: their processes killed, the folders removed, one log line
-//!   each. So after `kill -9` of the runtime on a host, what its apps left is ended by the next start
+//! - At start (while the files are read, so also by a start its checks then refuse), the folders of
+//!   runtimes of the same PID namespace that are gone (their pid is not a live process named
+//!   `machine-runtime`, the name `up` gives itself whatever its binary is called; a zombie is gone)
+//!   are swept: their processes killed, the folders removed, one log line each. So after `kill -9` of the runtime on a host, what its apps left is ended by the next start
 //!   on that host. Folders of other PID namespaces are left alone: whether their runtime lives cannot
 //!   be seen from here (and when a namespace ends, the kernel has ended its processes). A folder named
 //!   by a pid alone (an older runtime) counts as this namespace's.
@@ -409,7 +410,6 @@ fn folder_owner(name: &str) -> Option<(u32, Option<u64>)> {
     }
 }
 
-/// Whether `pid` is a live `machine-runtime` (its `comm`; a reused pid of another program is not).
 /// The name `up` gives its main thread ([`name_this_runtime`]), whatever its binary is called: what
 /// tells a runtime's pid from another process's in [`Cgroups::sweep`].
 const RUNTIME_NAME: &[u8; 16] = b"machine-runtime\0";
