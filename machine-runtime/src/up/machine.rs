@@ -36,7 +36,7 @@ struct Checked {
 type Failed = Arc<Mutex<Option<BrokerError>>>;
 
 /// The async runtime [`run`] runs the machine on: two worker threads.
-pub(crate) fn async_runtime() -> Result<tokio::runtime::Runtime, UpError> {
+pub fn async_runtime() -> Result<tokio::runtime::Runtime, UpError> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -23,7 +23,7 @@ mod status;
 mod worker_logs;
 
 pub use cli::{UpArgs, run_cli};
-pub use machine::run;
+pub use machine::{async_runtime, run};
 pub use plan::{plan_text, real_plan};
 pub use setting::BrokerSetting;
 
