@@ -356,20 +356,7 @@ impl Supervisor {
         for app in &apps {
             match command::build(app, &options.context) {
                 Ok(cmd) => {
-                    // PM2 refuses a script it cannot find ("Script not found") before it starts.
-                    match cmd.find_program() {
-                        Ok(_) => {}
-                        Err(Some(file)) => problems.push(format!(
-                            "app \"{}\": {} is not executable; make it executable (chmod +x) or fix the app's script or interpreter",
-                            app.name,
-                            file.display()
-                        )),
-                        Err(None) => problems.push(format!(
-                            "app \"{}\": program \"{}\" is not on the app's PATH nor on the runtime's; install it, or fix the app's script or interpreter",
-                            app.name,
-                            cmd.program.to_string_lossy()
-                        )),
-                    }
+                    problems.extend(program_problem(app, &cmd));
                     commands.push(cmd)
                 }
                 // The same variable for every instance of a service: each problem once.
@@ -382,27 +369,7 @@ impl Supervisor {
                 }
                 Err(e) => problems.push(e.to_string()),
             }
-            let missing: Vec<&str> = app
-                .required_env
-                .iter()
-                .filter(|name| {
-                    // A hand-written ecosystem may carry the value itself.
-                    let in_app = app.env.get(name.as_str()).is_some_and(|v| !v.is_empty());
-                    let in_runtime = options
-                        .context
-                        .runtime_env
-                        .get(std::ffi::OsStr::new(name.as_str()))
-                        .is_some_and(|v| !v.is_empty());
-                    !in_app && !in_runtime
-                })
-                .map(String::as_str)
-                .collect();
-            for name in missing {
-                problems.push(format!(
-                    "app \"{}\" needs the environment variable {name}, which is not set; pass it to the container (docker run -e {name}=... or the env file)",
-                    app.name
-                ));
-            }
+            problems.extend(missing_env(app, &options.context.runtime_env));
         }
         if apps.is_empty() {
             problems.push("the ecosystem has no apps".to_string());
@@ -1126,6 +1093,50 @@ struct Wiring {
     /// `(idx, Some(end))` when an app ends for good; `(idx, None)` when a restart request brings
     /// it back.
     ended: mpsc::UnboundedReceiver<(usize, Option<AppEnd>)>,
+}
+
+/// The problem with `cmd`'s program, where it has one: found nowhere, or only as a file that is not
+/// executable ([`ChildCommand::find_program`]). PM2 refuses a script it cannot find ("Script not
+/// found") before it starts anything; so does this.
+fn program_problem(app: &AppSpec, cmd: &ChildCommand) -> Option<String> {
+    match cmd.find_program() {
+        Ok(_) => None,
+        Err(Some(file)) => Some(format!(
+            "app \"{}\": {} is not executable; make it executable (chmod +x) or fix the app's script or interpreter",
+            app.name,
+            file.display()
+        )),
+        Err(None) => Some(format!(
+            "app \"{}\": program \"{}\" is not on the app's PATH nor on the runtime's; install it, or fix the app's script or interpreter",
+            app.name,
+            cmd.program.to_string_lossy()
+        )),
+    }
+}
+
+/// One problem per variable `app` requires that neither its own environment nor the runtime's
+/// sets (names only; values are never logged).
+fn missing_env(
+    app: &AppSpec,
+    runtime_env: &std::collections::BTreeMap<std::ffi::OsString, std::ffi::OsString>,
+) -> Vec<String> {
+    app.required_env
+        .iter()
+        .filter(|name| {
+            // A hand-written ecosystem may carry the value itself.
+            let in_app = app.env.get(name.as_str()).is_some_and(|v| !v.is_empty());
+            let in_runtime = runtime_env
+                .get(std::ffi::OsStr::new(name.as_str()))
+                .is_some_and(|v| !v.is_empty());
+            !in_app && !in_runtime
+        })
+        .map(|name| {
+            format!(
+                "app \"{}\" needs the environment variable {name}, which is not set; pass it to the container (docker run -e {name}=... or the env file)",
+                app.name
+            )
+        })
+        .collect()
 }
 
 /// The order the apps start in (indices into `apps`): services first, then everything else, each
