@@ -492,6 +492,54 @@ mod tests {
     use super::folder_owner;
     use std::time::{Duration, Instant};
 
+    /// A preparation dropped unused (a start refused by its checks) has swept the folder of a
+    /// runtime that is gone, and leaves no folder of its own, even with its apps' cgroups under way.
+    #[test]
+    fn a_preparation_dropped_unused_sweeps_and_removes_what_it_made() {
+        let Some(mount) = super::cgroup2_mount() else {
+            if std::env::var_os("MACHINE_SKIP_CGROUP_TEST").is_some_and(|v| v == "1") {
+                eprintln!("SKIPPED ON PURPOSE: MACHINE_SKIP_CGROUP_TEST=1 and no cgroup2 mount");
+                return;
+            }
+            panic!(
+                "this test needs cgroup2 (root, or a delegated subtree), or MACHINE_SKIP_CGROUP_TEST=1 to skip it on purpose"
+            );
+        };
+        // A pid that is gone: a child already collected.
+        #[allow(clippy::disallowed_methods)] // A stand-in process, not one of the runtime's apps.
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let gone = child.id();
+        child.wait().unwrap();
+        let namespace = super::own_pid_namespace();
+        let left = mount
+            .join(super::TOP)
+            .join(format!("{gone}@{namespace}"))
+            .join("0-app");
+        if let Err(why) = std::fs::create_dir_all(&left) {
+            if std::env::var_os("MACHINE_SKIP_CGROUP_TEST").is_some_and(|v| v == "1") {
+                eprintln!("SKIPPED ON PURPOSE: MACHINE_SKIP_CGROUP_TEST=1 and {why}");
+                return;
+            }
+            panic!("this test needs to create {}: {why}", left.display());
+        }
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .build()
+            .unwrap();
+        let mut preparing = super::Preparing::start(runtime.handle());
+        preparing.apps((0..100).map(|i| (i, format!("app-{i}"))).collect());
+        drop(preparing);
+        assert!(
+            !left.parent().unwrap().exists(),
+            "{} was not swept",
+            left.display()
+        );
+        let own = mount
+            .join(super::TOP)
+            .join(format!("{}@{namespace}", std::process::id()));
+        assert!(!own.exists(), "{} was left", own.display());
+    }
+
     /// A process named as a runtime is live until it ends, and a zombie (killed, not yet collected)
     /// is not.
     #[test]

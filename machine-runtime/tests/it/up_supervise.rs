@@ -528,6 +528,25 @@ fn a_refused_start_sweeps_what_a_killed_runtime_left_and_leaves_no_cgroup() {
     if !crate::up_support::has_cgroups(&out) {
         return;
     }
+    // The folder of this runtime's cgroups (under the cgroup2 mount, unified or not).
+    let top = [
+        "/sys/fs/cgroup/machine-runtime",
+        "/sys/fs/cgroup/unified/machine-runtime",
+    ]
+    .into_iter()
+    .map(std::path::PathBuf::from)
+    .find(|top| {
+        std::fs::read_dir(top).is_ok_and(|mut entries| {
+            entries.any(|e| {
+                e.is_ok_and(|e| {
+                    e.file_name()
+                        .to_string_lossy()
+                        .starts_with(&format!("{}@", first.child.id()))
+                })
+            })
+        })
+    })
+    .unwrap_or_else(|| panic!("no cgroup folder of the first runtime: {out}"));
     wait_for(
         "the setsid child",
         || first.output(),
@@ -555,34 +574,31 @@ fn a_refused_start_sweeps_what_a_killed_runtime_left_and_leaves_no_cgroup() {
         pids_with(&tag).is_empty(),
         "the killed runtime's orphan is still there:\n{out}"
     );
-    // The setsid child and its sleep; the line names the folder, whose parent holds the refused
-    // runtime's own folder while it runs.
-    let swept = format!(
-        "by an earlier runtime (pid {}) that did not stop cleanly",
-        first.child.id()
+    // Any start on this host sweeps, so a test running beside this one may have swept first; then
+    // the folder is gone all the same (`cgroup::tests::a_preparation_dropped_unused_sweeps_and_removes_what_it_made`
+    // shows a refused start's own sweep without that race).
+    let first_folder = top.join(format!("{}@", first.child.id()));
+    let swept = format!("stopped 2 processes left in {}", first_folder.display());
+    if !out.contains(&swept) {
+        eprintln!("another start swept the killed runtime's folder first:\n{out}");
+    }
+    let named = |prefix: &str| -> Vec<String> {
+        std::fs::read_dir(&top)
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|name| name.starts_with(prefix))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let first_left = named(&format!("{}@", first.child.id()));
+    assert!(
+        first_left.is_empty(),
+        "{first_left:?} was not swept:\n{out}"
     );
-    let line = out
-        .lines()
-        .find(|l| l.contains("stopped 2 processes left in ") && l.contains(&swept))
-        .unwrap_or_else(|| panic!("no sweep line: {out}"));
-    let folder = line
-        .split(" left in ")
-        .nth(1)
-        .unwrap()
-        .split(' ')
-        .next()
-        .unwrap();
-    let top = std::path::Path::new(folder).parent().unwrap();
-    let own = format!("{}@", refused.child.id());
-    let left: Vec<String> = std::fs::read_dir(top)
-        .map(|entries| {
-            entries
-                .flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|name| name.starts_with(&own))
-                .collect()
-        })
-        .unwrap_or_default();
+    let left = named(&format!("{}@", refused.child.id()));
     assert!(
         left.is_empty(),
         "the refused runtime left {left:?} in {}",
