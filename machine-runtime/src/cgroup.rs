@@ -18,8 +18,8 @@
 //! - At start (while the files are read, so also by a start its checks then refuse), the folders of
 //!   runtimes of the same PID namespace that are gone (their pid is not a live process named
 //!   `machine-runtime`, the name `up` gives itself whatever its binary is called; a zombie is gone)
-//!   are swept: their processes killed, the folders removed, one log line each. So after `kill -9` of the runtime on a host, what its apps left is ended by the next start
-//!   on that host. Folders of other PID namespaces are left alone: whether their runtime lives cannot
+//!   are swept: their processes killed, the folders removed, one log line each. So after `kill -9`
+//!   of the runtime on a host, what its apps left is ended by the next start on that host. Folders of other PID namespaces are left alone: whether their runtime lives cannot
 //!   be seen from here (and when a namespace ends, the kernel has ended its processes). A folder named
 //!   by a pid alone (an older runtime) counts as this namespace's.
 //!
@@ -438,10 +438,7 @@ fn is_live_runtime(pid: u32) -> bool {
     let name = &RUNTIME_NAME[..RUNTIME_NAME.len() - 1];
     std::fs::read(format!("/proc/{pid}/comm"))
         .is_ok_and(|comm| comm.strip_suffix(b"\n").unwrap_or(&comm) == name)
-        && std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-            stat.rsplit_once(')')
-                .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z'))
-        })
+        && crate::procstat::state(pid).is_some_and(|state| state != 'Z')
 }
 
 fn pids_in(dir: &Path) -> Vec<i32> {
@@ -492,18 +489,29 @@ mod tests {
     use super::folder_owner;
     use std::time::{Duration, Instant};
 
+    /// Opt-out for developers who cannot create a cgroup (as `MACHINE_SKIP_CGROUP_TEST` in
+    /// tests/it); CI runs these tests as root.
+    const SKIP_CGROUP_VAR: &str = "MACHINE_SKIP_CGROUP_TEST";
+
+    /// For a test that needs a cgroup and cannot have one (`why`): with the opt-out set, says on
+    /// stderr that it skips (the caller then returns); else it panics saying why.
+    pub(super) fn skip_without_cgroups(why: &str) {
+        if std::env::var_os(SKIP_CGROUP_VAR).is_some_and(|v| v == "1") {
+            eprintln!("SKIPPED ON PURPOSE: {SKIP_CGROUP_VAR}=1 and {why}");
+            return;
+        }
+        panic!(
+            "this test needs a cgroup (root with cgroup2, or a delegated subtree), or {SKIP_CGROUP_VAR}=1 to skip it on purpose: {why}"
+        );
+    }
+
     /// A preparation dropped unused (a start refused by its checks) has swept the folder of a
     /// runtime that is gone, and leaves no folder of its own, even with its apps' cgroups under way.
     #[test]
     fn a_preparation_dropped_unused_sweeps_and_removes_what_it_made() {
         let Some(mount) = super::cgroup2_mount() else {
-            if std::env::var_os("MACHINE_SKIP_CGROUP_TEST").is_some_and(|v| v == "1") {
-                eprintln!("SKIPPED ON PURPOSE: MACHINE_SKIP_CGROUP_TEST=1 and no cgroup2 mount");
-                return;
-            }
-            panic!(
-                "this test needs cgroup2 (root, or a delegated subtree), or MACHINE_SKIP_CGROUP_TEST=1 to skip it on purpose"
-            );
+            skip_without_cgroups("no cgroup2 mount");
+            return;
         };
         // A pid that is gone: a child already collected.
         #[allow(clippy::disallowed_methods)] // A stand-in process, not one of the runtime's apps.
@@ -516,11 +524,8 @@ mod tests {
             .join(format!("{gone}@{namespace}"))
             .join("0-app");
         if let Err(why) = std::fs::create_dir_all(&left) {
-            if std::env::var_os("MACHINE_SKIP_CGROUP_TEST").is_some_and(|v| v == "1") {
-                eprintln!("SKIPPED ON PURPOSE: MACHINE_SKIP_CGROUP_TEST=1 and {why}");
-                return;
-            }
-            panic!("this test needs to create {}: {why}", left.display());
+            skip_without_cgroups(&format!("cannot create {}: {why}", left.display()));
+            return;
         }
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -566,15 +571,7 @@ mod tests {
         assert!(super::is_live_runtime(pid));
         // SAFETY: kill(2) on our own child.
         unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-        let state = || {
-            std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .ok()
-                .and_then(|s| {
-                    s.rsplit_once(')')
-                        .map(|(_, r)| r.trim_start().starts_with('Z'))
-                })
-        };
-        until("zombie", &|| state() == Some(true));
+        until("zombie", &|| crate::procstat::state(pid) == Some('Z'));
         assert!(!super::is_live_runtime(pid));
         child.wait().unwrap();
         assert!(!super::is_live_runtime(pid));

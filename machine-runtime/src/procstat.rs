@@ -143,6 +143,13 @@ fn system_uptime() -> Option<f64> {
         .ok()
 }
 
+/// The state letter of process `pid` (`/proc/<pid>/stat` field 3, proc(5): `R`, `S`, `Z` for a
+/// zombie, ...); `None` when it cannot be read (the process is gone).
+pub fn state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?.1.trim_start().chars().next()
+}
+
 /// The direct children of process `pid`, from every one of its threads (`/proc/<pid>/task/<tid>/children`,
 /// proc(5): a child belongs to the thread that started it); empty when `pid` is gone. For the tests and
 /// benchmarks, which look at the processes a runtime started.

@@ -210,13 +210,10 @@ impl Reaper {
                 .split_whitespace()
                 .filter_map(|p| p.parse::<i32>().ok())
             {
-                let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                let zombie = u32::try_from(pid)
                     .ok()
-                    .and_then(|stat| {
-                        let state = stat.rsplit_once(')')?.1.trim_start().chars().next()?;
-                        Some(state == 'Z')
-                    })
-                    .unwrap_or(true);
+                    .and_then(crate::procstat::state)
+                    .is_none_or(|state| state == 'Z');
                 if !zombie && !tracked.contains(&pid) && !pids.contains(&pid) {
                     pids.push(pid);
                 }

@@ -601,9 +601,6 @@ mod tests {
     use crate::command::ChildCommand;
     use std::io::Read;
 
-    /// Opt-out for developers who cannot create a cgroup (as in tests/it/pm2_compat.rs).
-    const SKIP_CGROUP_VAR: &str = "MACHINE_SKIP_CGROUP_TEST";
-
     /// A cgroup of this test's own, outside the runtime's folder (which another runtime's start
     /// would sweep); removed on drop. `None` only with the opt-out set.
     struct TestCgroup(std::path::PathBuf);
@@ -623,13 +620,10 @@ mod tests {
                 });
             match made {
                 Ok(dir) => Some(TestCgroup(dir)),
-                Err(why) if std::env::var_os(SKIP_CGROUP_VAR).is_some_and(|v| v == "1") => {
-                    eprintln!("SKIPPED ON PURPOSE: {SKIP_CGROUP_VAR}=1 and {why}");
+                Err(why) => {
+                    super::super::tests::skip_without_cgroups(&why);
                     None
                 }
-                Err(why) => panic!(
-                    "this test needs a cgroup (root with cgroup2, or a delegated subtree), or {SKIP_CGROUP_VAR}=1 to skip it on purpose: {why}"
-                ),
             }
         }
     }

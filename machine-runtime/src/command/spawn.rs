@@ -67,14 +67,15 @@ impl ChildCommand {
         let mut not_executable = None;
         for dir in folders {
             let candidate = dir.join(&self.program);
-            if is_executable(&candidate) {
-                if let Ok(mut remembered) = FOUND.lock() {
-                    remembered.insert(key, candidate.clone());
+            match file_mode(&candidate) {
+                Some(mode) if mode & 0o111 != 0 => {
+                    if let Ok(mut remembered) = FOUND.lock() {
+                        remembered.insert(key, candidate.clone());
+                    }
+                    return Ok(candidate.into_os_string());
                 }
-                return Ok(candidate.into_os_string());
-            }
-            if not_executable.is_none() && candidate.is_file() {
-                not_executable = Some(candidate);
+                Some(_) if not_executable.is_none() => not_executable = Some(candidate),
+                _ => {}
             }
         }
         Err(not_executable)
@@ -175,7 +176,15 @@ type Found = HashMap<(OsString, Option<PathBuf>, OsString), PathBuf>;
 static FOUND: std::sync::LazyLock<std::sync::Mutex<Found>> =
     std::sync::LazyLock::new(Default::default);
 
-fn is_executable(path: &Path) -> bool {
+/// The permission bits of `path` when it is a regular file (following links), from one `stat`.
+fn file_mode(path: &Path) -> Option<u32> {
     use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    std::fs::metadata(path)
+        .ok()
+        .filter(std::fs::Metadata::is_file)
+        .map(|m| m.permissions().mode())
+}
+
+fn is_executable(path: &Path) -> bool {
+    file_mode(path).is_some_and(|mode| mode & 0o111 != 0)
 }
