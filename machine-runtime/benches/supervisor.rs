@@ -363,14 +363,7 @@ fn is_app(pid: u32) -> bool {
 }
 
 fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            s.rsplit_once(')')
-                .map(|(_, rest)| !rest.trim_start().starts_with('Z'))
-        })
-        .unwrap_or(false)
-        && is_app(pid)
+    machine_runtime::procstat::state(pid).is_some_and(|state| state != 'Z') && is_app(pid)
 }
 
 /// App processes (exec'd `sleep`) among the descendants of `sup`, sorted.

@@ -677,9 +677,7 @@ pub fn read_when_present(rt: &Runtime, name: &str) -> String {
 
 /// The state letter of a process (`R`, `S`, `Z`, ...), or `None` once it no longer exists.
 pub fn process_state(pid: u32) -> Option<char> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The state follows the command name, which is in parentheses and may contain spaces.
-    stat.rsplit_once(')')?.1.trim_start().chars().next()
+    machine_runtime::procstat::state(pid)
 }
 
 /// The parent pid of a process.
