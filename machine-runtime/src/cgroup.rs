@@ -73,9 +73,26 @@ pub(crate) struct Cgroups {
 pub(crate) struct Preparing {
     /// The apps (index, name) to make cgroups for, once they are known.
     names: Option<tokio::sync::oneshot::Sender<Vec<(usize, String)>>>,
+    /// `None` once [`Preparing::finish`] has handed it to [`PreparedApps`].
     made: Option<mpsc::Receiver<Made>>,
-    /// Set on drop: the task makes no further app cgroup.
-    dropped: Arc<AtomicBool>,
+    stop: StopMaking,
+}
+
+/// Tells the preparing task to make no further app cgroup. The task holds the lock while it decides
+/// and makes one, so once [`StopMaking::now`] returns no folder is made any more: one made after a
+/// removal of the runtime's folders would stay.
+#[derive(Clone, Default)]
+struct StopMaking(Arc<std::sync::Mutex<bool>>);
+
+impl StopMaking {
+    fn lock(&self) -> std::sync::MutexGuard<'_, bool> {
+        // A poisoned lock only means a panic while making a folder; the flag is still good.
+        self.0.lock().unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    fn now(&self) {
+        *self.lock() = true;
+    }
 }
 
 /// What the preparing task made, in order: the setup, then each app's cgroup.
@@ -89,8 +106,8 @@ impl Preparing {
     pub(crate) fn start(runtime: &tokio::runtime::Handle) -> Preparing {
         let (names_tx, names_rx) = tokio::sync::oneshot::channel::<Vec<(usize, String)>>();
         let (made_tx, made_rx) = mpsc::channel();
-        let dropped = Arc::new(AtomicBool::new(false));
-        let stop = dropped.clone();
+        let stop = StopMaking::default();
+        let stopped = stop.clone();
         // Its file-system calls block the worker for a few milliseconds in all, before any app runs.
         runtime.spawn(async move {
             let setup = Cgroups::setup();
@@ -102,11 +119,14 @@ impl Preparing {
                 return;
             };
             for (idx, name) in apps {
-                if stop.load(Ordering::Acquire)
-                    || made_tx
-                        .send(Made::App(idx, cgroups.app(idx, &name)))
-                        .is_err()
-                {
+                let made = {
+                    let stopped = stopped.lock();
+                    if *stopped {
+                        return;
+                    }
+                    cgroups.app(idx, &name)
+                };
+                if made_tx.send(Made::App(idx, made)).is_err() {
                     return;
                 }
             }
@@ -114,7 +134,7 @@ impl Preparing {
         Preparing {
             names: Some(names_tx),
             made: Some(made_rx),
-            dropped,
+            stop,
         }
     }
 
@@ -142,6 +162,9 @@ impl Preparing {
             PreparedApps {
                 made,
                 early: Vec::new(),
+                stop: self.stop.clone(),
+                #[cfg(test)]
+                made_at_start: 0,
             },
         )
     }
@@ -149,17 +172,16 @@ impl Preparing {
 
 impl Drop for Preparing {
     fn drop(&mut self) {
-        // The task ends after the setup, or at its next app (the sender goes with it). What it made
-        // is removed once it has ended: removed before, a folder it made afterwards would stay.
+        // Finished: the task goes on making the apps' cgroups for the PreparedApps.
+        let Some(made) = self.made.take() else {
+            return;
+        };
+        // Dropped unused: the task ends after the setup, or at its next app. What it made is
+        // removed once it has ended: removed before, a folder it made afterwards would stay.
         self.names = None;
-        self.dropped.store(true, Ordering::Release);
+        self.stop.now();
         let mut made_here = None;
-        for made in self
-            .made
-            .take()
-            .into_iter()
-            .flat_map(|made| made.into_iter())
-        {
+        for made in made {
             if let Made::Setup(Ok((cgroups, swept))) = made {
                 for line in swept {
                     crate::log::runtime(&line);
@@ -178,6 +200,10 @@ pub(crate) struct PreparedApps {
     made: Option<mpsc::Receiver<Made>>,
     /// Made before they were asked for (the task's order differs from the caller's).
     early: Vec<(usize, Option<AppCgroup>)>,
+    stop: StopMaking,
+    /// How many apps' cgroups [`PreparedApps::take`] made itself (the task had ended).
+    #[cfg(test)]
+    made_at_start: usize,
 }
 
 impl PreparedApps {
@@ -196,7 +222,17 @@ impl PreparedApps {
         }
         // The task is done.
         self.made = None;
+        #[cfg(test)]
+        {
+            self.made_at_start += 1;
+        }
         cgroups.app(idx, name)
+    }
+
+    /// Stops the task: from now on it makes no folder. Call it before the runtime's folders are
+    /// removed; the cgroups it made and nobody took are among them.
+    pub(crate) fn stop(&self) {
+        self.stop.now();
     }
 }
 
@@ -505,10 +541,59 @@ mod tests {
         );
     }
 
+    /// The tests that set up this process's cgroups, one at a time: they share its folder (one per
+    /// runtime pid).
+    static ONE_RUNTIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    /// Once finished, the preparation's task goes on making the apps' cgroups: every app takes the
+    /// one the task made, none is made at its start. Stopped with apps not yet taken, it makes no
+    /// folder after the runtime's folders are removed.
+    #[test]
+    fn a_finished_preparation_makes_every_apps_cgroup_ahead_and_none_after_a_stop() {
+        let _one = ONE_RUNTIME.lock().unwrap_or_else(|e| e.into_inner());
+        if super::cgroup2_mount().is_none() {
+            skip_without_cgroups("no cgroup2 mount");
+            return;
+        }
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .build()
+            .unwrap();
+        let apps = 200;
+        let mut preparing = super::Preparing::start(runtime.handle());
+        preparing.apps((0..apps).map(|i| (i, format!("app-{i}"))).collect());
+        let (setup, mut prepared) = preparing.finish();
+        let cgroups = match setup {
+            Ok((cgroups, _)) => cgroups,
+            Err(why) => {
+                skip_without_cgroups(&why);
+                return;
+            }
+        };
+        for i in 0..apps / 2 {
+            let cgroup = prepared.take(&cgroups, i, &format!("app-{i}"));
+            assert!(
+                cgroup.is_some_and(|c| c.dir.is_dir()),
+                "app {i} has no cgroup"
+            );
+        }
+        assert_eq!(prepared.made_at_start, 0, "cgroups made at the start");
+        prepared.stop();
+        cgroups.remove_all();
+        // The task has ended when its channel closes.
+        while let Some(Ok(_)) = prepared.made.as_ref().map(std::sync::mpsc::Receiver::recv) {}
+        assert!(
+            !cgroups.base.exists(),
+            "{} was made again after the removal",
+            cgroups.base.display()
+        );
+    }
+
     /// A preparation dropped unused (a start refused by its checks) has swept the folder of a
     /// runtime that is gone, and leaves no folder of its own, even with its apps' cgroups under way.
     #[test]
     fn a_preparation_dropped_unused_sweeps_and_removes_what_it_made() {
+        let _one = ONE_RUNTIME.lock().unwrap_or_else(|e| e.into_inner());
         let Some(mount) = super::cgroup2_mount() else {
             skip_without_cgroups("no cgroup2 mount");
             return;

@@ -131,6 +131,10 @@ impl Host {
                     if strays == 1 { "" } else { "es" }
                 ));
             }
+            // The cgroups of apps that never started: none is made after the removal.
+            if let Some(prepared) = &self.prepared {
+                prepared.stop();
+            }
             if let Some(cgroups) = &self.cgroups {
                 let left = cgroups.remove_all();
                 if left > 0 {
