@@ -94,20 +94,15 @@ impl Masker {
     where
         I: IntoIterator<Item = (&'a str, &'a str)>,
     {
-        let mut values = Vec::new();
-        for (name, value) in env {
-            if value.len() >= MIN_MARKED_LEN && crate::catalog::is_secret(name)
-                || value.len() >= MIN_GUESSED_LEN && looks_secret(name)
-            {
-                values.push(value.to_owned());
-            }
-            if let Some(password) = url_password(value)
-                && password.len() >= MIN_MARKED_LEN
-            {
-                values.push(password.to_owned());
-            }
+        Masker::new(secret_values(env))
+    }
+
+    /// A masker for `values` and everything `self` masks.
+    pub fn and(&self, values: Vec<String>) -> Masker {
+        if values.is_empty() {
+            return self.clone();
         }
-        Masker::new(values)
+        Masker::new(self.values.iter().cloned().chain(values))
     }
 
     /// `text` with the user-info of every URL and every secret value replaced by [`MASK`]; borrowed
@@ -121,6 +116,28 @@ impl Masker {
         }
         out
     }
+}
+
+/// The values [`Masker::for_env`] masks for the environment `env` (`(name, value)` pairs), in `env`'s
+/// order, unsorted: the values of the secret variables and the URL passwords.
+pub fn secret_values<'a, I>(env: I) -> Vec<String>
+where
+    I: IntoIterator<Item = (&'a str, &'a str)>,
+{
+    let mut values = Vec::new();
+    for (name, value) in env {
+        if value.len() >= MIN_MARKED_LEN && crate::catalog::is_secret(name)
+            || value.len() >= MIN_GUESSED_LEN && looks_secret(name)
+        {
+            values.push(value.to_owned());
+        }
+        if let Some(password) = url_password(value)
+            && password.len() >= MIN_MARKED_LEN
+        {
+            values.push(password.to_owned());
+        }
+    }
+    values
 }
 
 /// Whether the variable `name` holds a secret: marked secret by the plan ([`crate::catalog::is_secret`])

@@ -127,9 +127,46 @@ impl Context {
     }
 }
 
-/// Builds the command for `app`.
+/// Builds the command for `app` ([`Builder::build`] for many apps).
 pub fn build(app: &AppSpec, ctx: &Context) -> Result<ChildCommand, CommandError> {
-    let (program, mut args) = program_and_args(app, ctx);
+    Builder::new(ctx).build(app)
+}
+
+/// Builds the commands of many apps at once (a start's): a script path is looked at once for all
+/// the apps that name it (PM2 looks for a bare script name in the app's `cwd` first).
+pub struct Builder<'a> {
+    ctx: &'a Context,
+    /// Whether each path looked at is a file.
+    files: std::collections::HashMap<PathBuf, bool>,
+}
+
+impl<'a> Builder<'a> {
+    pub fn new(ctx: &'a Context) -> Builder<'a> {
+        Builder {
+            ctx,
+            files: Default::default(),
+        }
+    }
+
+    /// The command for `app`, under the builder's context.
+    pub fn build(&mut self, app: &AppSpec) -> Result<ChildCommand, CommandError> {
+        let files = &mut self.files;
+        let mut is_file = |path: &std::path::Path| match files.get(path) {
+            Some(&known) => known,
+            None => *files
+                .entry(path.to_path_buf())
+                .or_insert_with(|| path.is_file()),
+        };
+        build_with(app, self.ctx, &mut is_file)
+    }
+}
+
+fn build_with(
+    app: &AppSpec,
+    ctx: &Context,
+    is_file: &mut dyn FnMut(&std::path::Path) -> bool,
+) -> Result<ChildCommand, CommandError> {
+    let (program, mut args) = program_and_args(app, ctx, is_file);
     args.extend(app.args.iter().map(OsString::from));
     args.extend(extra_args(app, ctx)?.into_iter().map(OsString::from));
 

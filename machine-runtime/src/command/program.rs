@@ -55,7 +55,13 @@ pub(crate) fn interpreter_for(script: &str) -> Option<&'static str> {
     })
 }
 
-pub(super) fn program_and_args(app: &AppSpec, ctx: &Context) -> (OsString, Vec<OsString>) {
+/// The program and the arguments before the app's own. `is_file`: whether a path is a file (a
+/// [`super::Builder`]'s, which looks at each path once).
+pub(super) fn program_and_args(
+    app: &AppSpec,
+    ctx: &Context,
+    is_file: &mut dyn FnMut(&Path) -> bool,
+) -> (OsString, Vec<OsString>) {
     if app.script == SELF_SCRIPT {
         return (ctx.current_exe.clone().into_os_string(), Vec::new());
     }
@@ -71,7 +77,7 @@ pub(super) fn program_and_args(app: &AppSpec, ctx: &Context) -> (OsString, Vec<O
         Interpreter::Program(p) => Some(p.clone()),
         Interpreter::Auto => interpreter_for(&app.script).map(str::to_string),
     };
-    let script = resolve_script(app);
+    let script = resolve_script(app, is_file);
     match interpreter {
         None => (script, Vec::new()),
         Some(interpreter) => {
@@ -84,12 +90,12 @@ pub(super) fn program_and_args(app: &AppSpec, ctx: &Context) -> (OsString, Vec<O
 
 /// A script path relative to `cwd` (PM2 looks there first); a bare name not found there is left
 /// for the PATH search at exec time.
-pub(super) fn resolve_script(app: &AppSpec) -> OsString {
+pub(super) fn resolve_script(app: &AppSpec, is_file: &mut dyn FnMut(&Path) -> bool) -> OsString {
     let script = Path::new(&app.script);
     match &app.cwd {
         Some(cwd) if script.is_relative() => {
             let candidate = cwd.join(script);
-            if app.script.contains('/') || candidate.is_file() {
+            if app.script.contains('/') || is_file(&candidate) {
                 candidate.into_os_string()
             } else {
                 script.as_os_str().to_owned()

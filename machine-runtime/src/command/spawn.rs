@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::time::Instant;
 
 use super::ChildCommand;
 
@@ -43,6 +44,16 @@ impl ChildCommand {
     ///
     /// `Err`: found nowhere; `Some` names the first file of that name that is not executable.
     pub(crate) fn find_program(&self) -> Result<OsString, Option<PathBuf>> {
+        self.find_program_checked_since(Instant::now())
+    }
+
+    /// [`ChildCommand::find_program`], taking a path remembered for it as it is when that path was
+    /// found or checked at `since` or later (a start's checks look many apps' programs up at once:
+    /// the same program of the same `PATH` is looked at once).
+    pub(crate) fn find_program_checked_since(
+        &self,
+        since: Instant,
+    ) -> Result<OsString, Option<PathBuf>> {
         if self.program.as_encoded_bytes().contains(&b'/') {
             return Ok(self.program.clone());
         }
@@ -54,8 +65,14 @@ impl ChildCommand {
             .map_or(OsStr::new(DEFAULT), OsString::as_os_str);
         let key = (path.to_owned(), self.cwd.clone(), self.program.clone());
         let remembered = FOUND.lock().ok().and_then(|f| f.get(&key).cloned());
-        if let Some(found) = remembered.filter(|found| is_executable(found)) {
-            return Ok(found.into_os_string());
+        if let Some((found, checked)) = remembered {
+            if checked >= since {
+                return Ok(found.into_os_string());
+            }
+            if is_executable(&found) {
+                remember(key, found.clone());
+                return Ok(found.into_os_string());
+            }
         }
         let own = std::env::var_os("PATH");
         let folders = std::env::split_paths(path)
@@ -69,9 +86,7 @@ impl ChildCommand {
             let candidate = dir.join(&self.program);
             match file_mode(&candidate) {
                 Some(mode) if mode & 0o111 != 0 => {
-                    if let Ok(mut remembered) = FOUND.lock() {
-                        remembered.insert(key, candidate.clone());
-                    }
+                    remember(key, candidate.clone());
                     return Ok(candidate.into_os_string());
                 }
                 Some(_) if not_executable.is_none() => not_executable = Some(candidate),
@@ -170,11 +185,20 @@ pub(crate) unsafe fn hygiene_in_child(parent: libc::pid_t) -> std::io::Result<()
     Ok(())
 }
 
-/// The programs [`ChildCommand::find_program`] found, by (the app's `PATH`, its `cwd`, the name):
-/// one entry per program, `PATH` and `cwd` the machine runs.
-type Found = HashMap<(OsString, Option<PathBuf>, OsString), PathBuf>;
+/// The programs [`ChildCommand::find_program`] found, by (the app's `PATH`, its `cwd`, the name),
+/// with when the path was last found an executable file there: one entry per program, `PATH` and
+/// `cwd` the machine runs.
+type Found = HashMap<FoundKey, (PathBuf, Instant)>;
+type FoundKey = (OsString, Option<PathBuf>, OsString);
 static FOUND: std::sync::LazyLock<std::sync::Mutex<Found>> =
     std::sync::LazyLock::new(Default::default);
+
+/// Remembers `path` for `key`, checked now.
+fn remember(key: FoundKey, path: PathBuf) {
+    if let Ok(mut found) = FOUND.lock() {
+        found.insert(key, (path, Instant::now()));
+    }
+}
 
 /// The permission bits of `path` when it is a regular file (following links), from one `stat`.
 fn file_mode(path: &Path) -> Option<u32> {

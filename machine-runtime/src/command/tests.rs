@@ -315,8 +315,13 @@ fn a_program_found_once_is_looked_up_again_only_when_it_is_gone() {
     // Remembered: a copy put earlier on PATH is not seen while the first one stays.
     let in_early = put(&early);
     assert_eq!(PathBuf::from(cmd.resolved_program()), in_late);
-    // Gone from there: looked up again.
+    // Gone from there: a start's checks that began before it was last found take it as found...
+    let checking = std::time::Instant::now();
+    assert_eq!(PathBuf::from(cmd.resolved_program()), in_late);
     std::fs::remove_file(&in_late).unwrap();
+    let found = cmd.find_program_checked_since(checking).unwrap();
+    assert_eq!(PathBuf::from(found), in_late);
+    // ...any later look-up looks it up again.
     assert_eq!(PathBuf::from(cmd.resolved_program()), in_early);
     std::fs::remove_file(&in_early).unwrap();
     assert_eq!(cmd.resolved_program(), "the-tool");
@@ -429,4 +434,35 @@ fn workers_get_the_broker_ca_as_node_extra_ca_certs() {
     assert_eq!(env_of(&cmd, "NODE_EXTRA_CA_CERTS"), None);
     let cmd = build(&worker, &ctx(&[])).unwrap();
     assert_eq!(env_of(&cmd, "NODE_EXTRA_CA_CERTS"), None);
+}
+
+/// A builder looks at each script path once for all its apps, and each app still gets its own
+/// answer: a bare script name present in the app's cwd runs from there, one absent is left for PATH.
+#[test]
+fn a_builders_apps_each_find_their_script_in_their_cwd_or_on_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let other = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("tool"), "#!/bin/sh\n").unwrap();
+    let app = |name: &str, script: &str, cwd: &Path| {
+        let mut app = AppSpec::new(name, script);
+        app.interpreter = Interpreter::None;
+        app.cwd = Some(cwd.to_path_buf());
+        app
+    };
+    let ctx = ctx(&[("PATH", "/usr/bin:/bin")]);
+    let mut builder = Builder::new(&ctx);
+    let programs: Vec<OsString> = [
+        app("a", "tool", dir.path()),
+        app("b", "tool", dir.path()),
+        app("c", "tool", other.path()),
+        app("d", "sleep", dir.path()),
+    ]
+    .iter()
+    .map(|a| builder.build(a).unwrap().program)
+    .collect();
+    let in_dir = dir.path().join("tool").into_os_string();
+    assert_eq!(
+        programs,
+        [in_dir.clone(), in_dir, "tool".into(), "sleep".into()]
+    );
 }

@@ -62,16 +62,37 @@ impl AppLog {
     /// An empty log that masks what [`Masker::for_env`] masks for `env` (the values of the variables
     /// the plan marks secret or named like secrets, URL passwords) and the credentials of any URL.
     pub fn new(env: &BTreeMap<OsString, OsString>) -> AppLog {
-        let env = env
-            .iter()
-            .filter_map(|(k, v)| Some((k.to_str()?, v.to_str()?)));
+        AppLog::with_masker(Masker::for_env(utf8(env.iter())))
+    }
+
+    /// As [`AppLog::new`] for a child's environment `env`, most of it inherited from `runtime_env`
+    /// (the runtime's environment, whose masker `runtime_masker` is made once for every app): masks
+    /// what `runtime_masker` masks and what [`Masker::for_env`] finds in the variables `env` sets
+    /// otherwise than the runtime. A runtime secret the child lacks (a worker's environment leaves
+    /// out other connectors' keys) is masked in its output all the same.
+    pub(crate) fn for_child(
+        env: &BTreeMap<OsString, OsString>,
+        runtime_env: &BTreeMap<OsString, OsString>,
+        runtime_masker: &Masker,
+    ) -> AppLog {
+        // Both maps are sorted by name: one walk through each.
+        let mut runtime = runtime_env.iter().peekable();
+        let own = env.iter().filter(|(name, value)| {
+            while runtime.next_if(|(r, _)| r < name).is_some() {}
+            runtime.peek() != Some(&(*name, *value))
+        });
+        let values = machine_model::components::mask::secret_values(utf8(own));
+        AppLog::with_masker(runtime_masker.and(values))
+    }
+
+    fn with_masker(masker: Masker) -> AppLog {
         AppLog {
             ring: Mutex::new(Ring {
                 lines: VecDeque::new(),
                 bytes: 0,
             }),
             follow: std::sync::OnceLock::new(),
-            masker: Masker::for_env(env),
+            masker,
         }
     }
 
@@ -164,6 +185,13 @@ impl Logs {
     }
 }
 
+/// The UTF-8 variables of an environment (a secret that is not UTF-8 cannot appear in a line).
+pub(super) fn utf8<'a>(
+    env: impl Iterator<Item = (&'a OsString, &'a OsString)>,
+) -> impl Iterator<Item = (&'a str, &'a str)> {
+    env.filter_map(|(k, v)| Some((k.to_str()?, v.to_str()?)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -213,6 +241,49 @@ mod tests {
         assert_eq!(
             lines[0].text,
             "key *** token *** redis://***@r:6379 /usr/bin"
+        );
+    }
+
+    /// A child's log built from the runtime's masker masks what a log built from the child's whole
+    /// environment masks: its own secrets, those it sets otherwise than the runtime, and URL
+    /// passwords; and the runtime's secrets it lacks.
+    #[test]
+    fn a_childs_log_masks_its_own_secrets_and_the_runtimes() {
+        let env = |pairs: &[(&str, &str)]| -> BTreeMap<OsString, OsString> {
+            pairs
+                .iter()
+                .map(|(k, v)| (OsString::from(k), OsString::from(v)))
+                .collect()
+        };
+        let runtime = env(&[
+            ("A_TOKEN", "runtime-token-1"),
+            ("OPENAI_API_KEY", "sk-runtime-only"),
+            ("PATH", "/usr/bin"),
+            ("SHARED_PASSWORD", "runtime-pw-2"),
+            ("ZZ_SECRET", "last-secret-3"),
+        ]);
+        let child = env(&[
+            ("A_TOKEN", "runtime-token-1"),
+            ("B_URL", "redis://u:child-url-pw@h:6379"),
+            ("OWN_SECRET", "child-secret-4"),
+            ("PATH", "/usr/bin"),
+            ("SHARED_PASSWORD", "child-pw-5"),
+            ("ZZ_SECRET", "last-secret-3"),
+        ]);
+        let runtime_masker = Masker::for_env(utf8(runtime.iter()));
+        let shared = AppLog::for_child(&child, &runtime, &runtime_masker);
+        let whole = AppLog::new(&child);
+        let line = "runtime-token-1 sk-runtime-only child-url-pw child-secret-4 child-pw-5 last-secret-3 runtime-pw-2 /usr/bin";
+        shared.push(LogStream::Stdout, line.as_bytes());
+        whole.push(LogStream::Stdout, line.as_bytes());
+        assert_eq!(
+            shared.tail(1, |_| true)[0].text,
+            "*** *** *** *** *** *** *** /usr/bin"
+        );
+        // The whole environment's log leaves the runtime's secrets the child lacks.
+        assert_eq!(
+            whole.tail(1, |_| true)[0].text,
+            "*** sk-runtime-only *** *** *** *** runtime-pw-2 /usr/bin"
         );
     }
 

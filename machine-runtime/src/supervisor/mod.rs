@@ -37,6 +37,7 @@ use crate::time::human_duration;
 use app::{AppEnd, AppTask};
 use host::Host;
 use logs::{AppLog, Logs};
+use machine_model::components::Masker;
 use spawn::Spawner;
 use state::Board;
 pub use state::{AppState, AppStatus, LastExit, Phase, Snapshot, StateEvent};
@@ -353,10 +354,12 @@ impl Supervisor {
             Err(problem) => problems.push(problem),
         }
         let mut commands = Vec::new();
+        let checking = Instant::now();
+        let mut builder = command::Builder::new(&options.context);
         for app in &apps {
-            match command::build(app, &options.context) {
+            match builder.build(app) {
                 Ok(cmd) => {
-                    problems.extend(program_problem(app, &cmd));
+                    problems.extend(program_problem(app, &cmd, checking));
                     commands.push(cmd)
                 }
                 // The same variable for every instance of a service: each problem once.
@@ -389,11 +392,12 @@ impl Supervisor {
             .map(|(app, cmd)| AppStatus::new(app, cmd.gpu.as_ref()))
             .collect();
         let board = Arc::new(Board::new(statuses, started));
-        let logs = Logs::new(
-            apps.iter()
-                .zip(&commands)
-                .map(|(app, cmd)| (app.name.clone(), Arc::new(AppLog::new(&cmd.env)))),
-        );
+        let runtime_env = &options.context.runtime_env;
+        let runtime_masker = Masker::for_env(logs::utf8(runtime_env.iter()));
+        let logs = Logs::new(apps.iter().zip(&commands).map(|(app, cmd)| {
+            let log = AppLog::for_child(&cmd.env, runtime_env, &runtime_masker);
+            (app.name.clone(), Arc::new(log))
+        }));
         let restarts = Arc::new(apps.iter().map(|_| watch::channel(0).0).collect());
         let paused = Arc::new(apps.iter().map(|_| watch::channel(false).0).collect());
         let (stop_tx, stop_rx) = mpsc::unbounded_channel();
@@ -1097,9 +1101,10 @@ struct Wiring {
 
 /// The problem with `cmd`'s program, where it has one: found nowhere, or only as a file that is not
 /// executable ([`ChildCommand::find_program`]). PM2 refuses a script it cannot find ("Script not
-/// found") before it starts anything; so does this.
-fn program_problem(app: &AppSpec, cmd: &ChildCommand) -> Option<String> {
-    match cmd.find_program() {
+/// found") before it starts anything; so does this. `checking`: when the start's checks began (a
+/// program found since then is not looked at again for the next app).
+fn program_problem(app: &AppSpec, cmd: &ChildCommand, checking: Instant) -> Option<String> {
+    match cmd.find_program_checked_since(checking) {
         Ok(_) => None,
         Err(Some(file)) => Some(format!(
             "app \"{}\": {} is not executable; make it executable (chmod +x) or fix the app's script or interpreter",
