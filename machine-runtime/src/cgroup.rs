@@ -236,6 +236,13 @@ impl PreparedApps {
     }
 }
 
+impl Drop for PreparedApps {
+    fn drop(&mut self) {
+        // Nobody takes the folders any more.
+        self.stop.now();
+    }
+}
+
 /// One app's cgroup.
 #[derive(Debug)]
 pub(crate) struct AppCgroup {
