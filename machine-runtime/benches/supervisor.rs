@@ -15,9 +15,10 @@
 //! running afterwards. Needs `pm2-runtime` on PATH for the PM2 column (`npm i -g pm2`).
 //!
 //! The execs are timed by the kernel: the bench listens to the process connector's exec events
-//! (netlink, CAP_NET_ADMIN: run it as root), each stamped with the monotonic clock when it happened,
-//! and the start and the restart end at the stamp of the last app's exec. Without the connector
-//! (not root, or events lost), it polls `/proc` every 250 µs instead, said in the header: then the
+//! (netlink, CAP_NET_ADMIN in the machine's first PID and user namespaces: run it as root on the
+//! host), each stamped with the monotonic clock when it happened, and the start and the restart end
+//! at the stamp of the last app's exec. Without the connector it polls `/proc` every 250 µs instead,
+//! said in the header (and for a round whose events were lost, said in that round's line): then the
 //! figures include up to 250 µs of polling lag, and the polling itself takes CPU from the contender,
 //! more from one with more threads (each thread's children are a file of its own).
 
@@ -271,11 +272,15 @@ fn run_once(
     let mut child = launch(contender, n, ecosystem, dir)?;
     let sup = child.id();
     let result = (|| {
-        let (apps, took) = match events.as_mut().map(|e| e.wait_for_apps(sup, n, &[])) {
-            Some(Ok(Some(last_ns))) => (app_pids(sup), nanos_between(start_ns, last_ns)),
+        let waited = events
+            .as_mut()
+            .map(|e| e.wait_for_apps(sup, n, &[], start_ns))
+            .transpose()?;
+        let (apps, took) = match waited {
+            Some(Some(last_ns)) => (app_pids(sup), nanos_between(start_ns, last_ns)),
             lost_or_none => {
-                if let Some(Ok(None)) = lost_or_none {
-                    println!("note: exec events were lost; this round polled /proc");
+                if lost_or_none.is_some() {
+                    println!("note: exec events were lost; this start was timed by polling /proc");
                 }
                 let mut probe = StartProbe::default();
                 let apps = wait_until(|| {
@@ -304,7 +309,15 @@ fn run_once(
                 let t0_ns = monotonic_ns();
                 kill(victim as i32, libc::SIGKILL);
                 let replaced = match events.as_mut() {
-                    Some(events) => events.wait_for_apps(sup, 1, &before)?,
+                    Some(events) => {
+                        let at = events.wait_for_apps(sup, 1, &before, t0_ns)?;
+                        if at.is_none() {
+                            println!(
+                                "note: exec events were lost; this restart was timed by polling /proc"
+                            );
+                        }
+                        at
+                    }
                     None => None,
                 };
                 current = wait_until(|| {
@@ -351,13 +364,24 @@ struct ExecEvents {
 }
 
 impl ExecEvents {
-    /// Listens to exec events; `Err` says why it cannot (CAP_NET_ADMIN is needed).
+    /// Listens to exec events; `Err` says why it cannot: not in the machine's first PID and user
+    /// namespaces (the kernel sends events only there, and answers no subscription from elsewhere,
+    /// where the subscription would wait for good), or no CAP_NET_ADMIN.
     fn listen() -> Result<ExecEvents, String> {
+        // The kernel's inode numbers of the first namespaces (`PROC_PID_INIT_INO`, `PROC_USER_INIT_INO`).
+        for (ns, first) in [("pid", 0xEFFF_FFFC_u64), ("user", 0xEFFF_FFFD)] {
+            use std::os::unix::fs::MetadataExt as _;
+            let own = std::fs::metadata(format!("/proc/self/ns/{ns}")).map_or(0, |m| m.ino());
+            if own != first {
+                return Err(format!("not in the machine's first {ns} namespace"));
+            }
+        }
         let connector = proc_connector::ProcConnector::new().map_err(|e| e.to_string())?;
-        // Forks and exits of the whole machine are not needed; kernels without the filter send
-        // every event, which the wait skips.
+        // Forks and exits of the whole machine are not needed; kernels without the filter (before
+        // 6.6) send every event, which the wait skips.
         let _ = connector.subscribe_filtered(proc_connector::EventMask::EXEC);
-        // Room for the events of a start of many apps while the bench reads /proc.
+        // More room for events, as far as `net.core.rmem_max` allows; a round whose events ran over
+        // the buffer is timed by polling (and says so).
         let _ = connector.set_recv_buf_size(4 << 20);
         Ok(ExecEvents {
             connector,
@@ -365,15 +389,28 @@ impl ExecEvents {
         })
     }
 
-    /// Drops the events received so far.
+    /// Drops the events received so far (an overrun is reported once, and then the rest is read).
     fn drain(&mut self) {
-        while let Ok(Some(_)) = self.connector.recv_timeout(&mut self.buf, Duration::ZERO) {}
+        loop {
+            match self.connector.recv_timeout(&mut self.buf, Duration::ZERO) {
+                Ok(Some(_))
+                | Err(proc_connector::Error::Overrun | proc_connector::Error::Interrupted) => {}
+                Ok(None) | Err(_) => return,
+            }
+        }
     }
 
-    /// Waits until `n` processes under `sup`, none of them in `skip`, have exec'd the app; returns
-    /// when the last of them did (monotonic nanoseconds), or `None` when events were lost (the
-    /// socket's buffer ran over).
-    fn wait_for_apps(&mut self, sup: u32, n: usize, skip: &[u32]) -> anyhow::Result<Option<u64>> {
+    /// Waits until `n` processes under `sup`, none of them in `skip`, have exec'd the app at
+    /// `since_ns` or later (an older event may name a pid reused since); returns when the last of
+    /// them did (monotonic nanoseconds), or `None` when events were lost (the socket's buffer ran
+    /// over).
+    fn wait_for_apps(
+        &mut self,
+        sup: u32,
+        n: usize,
+        skip: &[u32],
+        since_ns: u64,
+    ) -> anyhow::Result<Option<u64>> {
         let deadline = Instant::now() + LIMIT;
         let mut seen = std::collections::HashSet::new();
         let mut last = 0;
@@ -396,6 +433,7 @@ impl ExecEvents {
             if let Some(proc_connector::ProcEvent::Exec {
                 tgid, timestamp_ns, ..
             }) = event
+                && timestamp_ns >= since_ns
                 && !skip.contains(&tgid)
                 && is_app(tgid)
                 && descends_from(tgid, sup)

@@ -108,7 +108,8 @@ impl Preparing {
         let (made_tx, made_rx) = mpsc::channel();
         let stop = StopMaking::default();
         let stopped = stop.clone();
-        // Its file-system calls block the worker for a few milliseconds in all, before any app runs.
+        // Its file-system calls block a worker for a few milliseconds in all, most of them before the
+        // first app starts (the rest while the first apps start, ahead of them).
         runtime.spawn(async move {
             let setup = Cgroups::setup();
             let cgroups = setup.as_ref().ok().map(|(cgroups, _)| cgroups.clone());
