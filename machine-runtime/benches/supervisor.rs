@@ -451,24 +451,13 @@ fn descends_from(pid: u32, ancestor: u32) -> bool {
     let mut pid = pid;
     // A bound against a loop through recycled pids.
     for _ in 0..64 {
-        match parent(pid) {
+        match machine_runtime::procstat::parent(pid) {
             Some(p) if p == ancestor => return true,
             Some(p) if p > 1 => pid = p,
             _ => return false,
         }
     }
     false
-}
-
-/// The parent of `pid` (proc(5), `/proc/<pid>/stat` field 4, after the name in parentheses).
-fn parent(pid: u32) -> Option<u32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit_once(')')?
-        .1
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
 }
 
 /// The monotonic clock in nanoseconds, the clock of the connector's timestamps.

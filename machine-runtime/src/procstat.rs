@@ -150,6 +150,18 @@ pub fn state(pid: u32) -> Option<char> {
     stat.rsplit_once(')')?.1.trim_start().chars().next()
 }
 
+/// The parent of process `pid` (`/proc/<pid>/stat` field 4, proc(5)); `None` when it cannot be read
+/// (the process is gone).
+pub fn parent(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
 /// The direct children of process `pid`, from every one of its threads (`/proc/<pid>/task/<tid>/children`,
 /// proc(5): a child belongs to the thread that started it); empty when `pid` is gone. For the tests and
 /// benchmarks, which look at the processes a runtime started.
@@ -171,6 +183,15 @@ pub fn children(pid: u32) -> Vec<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_parent_of_this_process_is_the_one_the_kernel_names() {
+        assert_eq!(
+            parent(std::process::id()),
+            Some(std::os::unix::process::parent_id())
+        );
+        assert_eq!(parent(u32::MAX), None);
+    }
 
     #[test]
     fn parses_a_stat_line_whose_name_holds_spaces_and_parentheses() {

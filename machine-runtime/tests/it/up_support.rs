@@ -682,13 +682,7 @@ pub fn process_state(pid: u32) -> Option<char> {
 
 /// The parent pid of a process.
 pub fn parent_pid(pid: u32) -> Option<u32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit_once(')')?
-        .1
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
+    machine_runtime::procstat::parent(pid)
 }
 
 /// True when `pid` no longer names a process (not even a zombie) whose command line contains
