@@ -68,6 +68,8 @@ struct Figures {
     leftovers: usize,
 }
 
+const USAGE: &str = "usage: cargo bench -p machine-runtime --bench supervisor [-- --apps N[,N...] --rounds N --kills N --each] (defaults: --apps 16,64 --rounds 9 --kills 3)";
+
 fn main() -> anyhow::Result<()> {
     let mut apps = vec![16usize, 64];
     let mut rounds = 9usize;
@@ -90,9 +92,11 @@ fn main() -> anyhow::Result<()> {
             "--each" => each = true,
             // cargo bench passes --bench.
             "--bench" => {}
-            other => bail!(
-                "unknown argument {other:?}; expected --apps N[,N...], --rounds N, --kills N, --each"
-            ),
+            "--help" | "-h" => {
+                println!("{USAGE}");
+                return Ok(());
+            }
+            other => bail!("unknown argument {other:?}; {USAGE}"),
         }
     }
     if apps.contains(&0) || rounds == 0 || kills == 0 {
@@ -125,7 +129,7 @@ fn main() -> anyhow::Result<()> {
     match &events {
         Ok(_) => println!("execs timed by the kernel's process connector (exec events)"),
         Err(why) => println!(
-            "note: no exec events ({why}); polling /proc every 250 µs instead (run as root for exact figures)"
+            "note: no exec events ({why}); polling /proc every 250 µs instead (run as root on the host, outside any container or namespace, for the kernel's timing)"
         ),
     }
     let mut events = events.ok();
