@@ -5,6 +5,8 @@
 //! and errors, the supervisor's log ring, the broker's URL and its errors. The rules:
 //!
 //! - Secret values are replaced longest first, so a secret that contains another is masked whole.
+//! - So is the form in which the queue's worker shows a secret of more than 8 characters at its start
+//!   (`hfTo***02aa`: its first and last 4 characters).
 //! - In free text, the whole user-info of every `scheme://user:pass@host` is masked (`scheme://***@host`):
 //!   a user name may be a token too (`https://TOKEN:x-oauth-basic@github.com`).
 //! - A single URL known to be one (the broker's `HUB_REDIS_URL`) is shown by [`mask_url`], which keeps
@@ -73,6 +75,11 @@ impl Masker {
             .map(Into::into)
             .filter(|v| !v.is_empty())
             .collect();
+        let shown: Vec<String> = values
+            .iter()
+            .filter_map(|v| as_the_worker_shows(v))
+            .collect();
+        values.extend(shown);
         values.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
         values.dedup();
         Masker { values }
@@ -138,6 +145,19 @@ where
         }
     }
     values
+}
+
+/// How the queue's worker shows a secret of more than 8 characters in its start-up report (its
+/// "Secret Variables (masked)" lines): the first and last 4 characters around `***` (`hfTo***02aa`),
+/// which tells 8 characters of it. `None` for a shorter secret (the worker shows `***MASKED***`).
+/// Characters, where the worker counts UTF-16 units: the same for the ASCII of tokens and keys.
+fn as_the_worker_shows(secret: &str) -> Option<String> {
+    let chars: Vec<char> = secret.chars().collect();
+    (chars.len() > 8).then(|| {
+        let first: String = chars[..4].iter().collect();
+        let last: String = chars[chars.len() - 4..].iter().collect();
+        format!("{first}***{last}")
+    })
 }
 
 /// Whether the variable `name` holds a secret: marked secret by the plan ([`crate::catalog::is_secret`])
@@ -281,6 +301,20 @@ mod tests {
         assert_eq!(m.mask("x abcdef y abc z"), "x *** y *** z");
         assert!(matches!(m.mask("clean"), Cow::Borrowed("clean")));
         assert_eq!(format!("{m:?}"), "Masker(2 values)");
+    }
+
+    #[test]
+    fn the_form_the_worker_shows_a_secret_in_is_masked_too() {
+        let m = Masker::new(["hf_abcdefgh1234", "short"]);
+        assert_eq!(
+            m.mask("HF_TOKEN: hf_a***1234 OTHER: shor***hort x: hf_abcdefgh1234"),
+            "HF_TOKEN: *** OTHER: shor***hort x: ***"
+        );
+        // Added once, whatever the maskers it is made from.
+        assert_eq!(
+            format!("{:?}", m.and(vec!["hf_abcdefgh1234".into()])),
+            "Masker(3 values)"
+        );
     }
 
     #[test]

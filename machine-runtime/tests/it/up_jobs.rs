@@ -45,6 +45,9 @@ fn process_env(pid: u64, name: &str) -> Option<String> {
     })
 }
 
+/// A secret in the machine's environment, long enough for the worker to show 8 characters of it.
+const HF_TOKEN: &str = "hf_e2eSecretValue9876";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_local_completes_simulation_jobs_end_to_end() {
     let redis = RedisServer::start();
@@ -73,6 +76,8 @@ async fn full_local_completes_simulation_jobs_end_to_end() {
                 // The services' defaults for jobs whose config names no steps.
                 ("SIMULATION_STEP_COUNT", "3"),
                 ("SIMULATION_STEP_DELAY_MS", "100"),
+                // The worker shows it at its start as `hf_e***9876` (contract: its start-up report).
+                ("HF_TOKEN", HF_TOKEN),
             ],
         )
     });
@@ -100,6 +105,12 @@ async fn full_local_completes_simulation_jobs_end_to_end() {
             break message["structure"].clone();
         }
     };
+    // Every worker has reported its secrets by now: none of the token reaches the machine's output.
+    let output = rt.output();
+    assert!(
+        output.contains("HF_TOKEN: ***") && !output.contains("hf_e***9876"),
+        "the worker's report of HF_TOKEN is not masked:\n{output}"
+    );
     let uuids = fake_gpu_uuids();
     let mut gpu_of = HashMap::new();
     for (i, worker) in workers.iter().enumerate() {
