@@ -35,7 +35,7 @@ use std::path::PathBuf;
 
 use crate::ecosystem::{AppSpec, SELF_SCRIPT};
 use pins::apply_pins;
-use program::{extra_args, program_and_args, runs_node};
+use program::{FileChecks, extra_args, program_and_args, runs_node};
 use worker_env::{apply_worker_settings, strip_foreign_worker_env};
 
 /// The GPU a child is pinned to.
@@ -136,83 +136,68 @@ pub fn build(app: &AppSpec, ctx: &Context) -> Result<ChildCommand, CommandError>
 /// the apps that name it (PM2 looks for a bare script name in the app's `cwd` first).
 pub struct Builder<'a> {
     ctx: &'a Context,
-    /// Whether each path looked at is a file.
-    files: std::collections::HashMap<PathBuf, bool>,
+    files: FileChecks,
 }
 
 impl<'a> Builder<'a> {
     pub fn new(ctx: &'a Context) -> Builder<'a> {
         Builder {
             ctx,
-            files: Default::default(),
+            files: FileChecks::default(),
         }
     }
 
     /// The command for `app`, under the builder's context.
     pub fn build(&mut self, app: &AppSpec) -> Result<ChildCommand, CommandError> {
-        let files = &mut self.files;
-        let mut is_file = |path: &std::path::Path| match files.get(path) {
-            Some(&known) => known,
-            None => *files
-                .entry(path.to_path_buf())
-                .or_insert_with(|| path.is_file()),
-        };
-        build_with(app, self.ctx, &mut is_file)
-    }
-}
+        let ctx = self.ctx;
+        let (program, mut args) = program_and_args(app, ctx, &mut self.files);
+        args.extend(app.args.iter().map(OsString::from));
+        args.extend(extra_args(app, ctx)?.into_iter().map(OsString::from));
 
-fn build_with(
-    app: &AppSpec,
-    ctx: &Context,
-    is_file: &mut dyn FnMut(&std::path::Path) -> bool,
-) -> Result<ChildCommand, CommandError> {
-    let (program, mut args) = program_and_args(app, ctx, is_file);
-    args.extend(app.args.iter().map(OsString::from));
-    args.extend(extra_args(app, ctx)?.into_iter().map(OsString::from));
-
-    let worker = is_worker(app);
-    let mut env = ctx.runtime_env.clone();
-    if worker {
-        strip_foreign_worker_env(&mut env, app);
-    }
-    for (key, value) in &app.env {
-        env.insert(key.into(), value.into());
-    }
-    if worker {
-        apply_worker_settings(&mut env, app, &ctx.runtime_env);
-    }
-    let (gpu, visible) = apply_pins(&mut env, app, ctx)?;
-
-    // The ecosystem may have been generated with another MACHINE_ID (at build time); the one the
-    // runtime was started with wins, and the worker id follows it.
-    if let Some(machine_id) = ctx
-        .runtime_env
-        .get(OsStr::new("MACHINE_ID"))
-        .filter(|m| !m.is_empty())
-    {
-        let differs = app
-            .env
-            .get("MACHINE_ID")
-            .is_some_and(|m| OsStr::new(m) != machine_id);
-        if differs || !app.env.contains_key("MACHINE_ID") {
-            env.insert("MACHINE_ID".into(), machine_id.clone());
+        let worker = is_worker(app);
+        let mut env = ctx.runtime_env.clone();
+        if worker {
+            strip_foreign_worker_env(&mut env, app);
         }
-        if let (Some(connector), Some(index)) = (&app.connector, app.index) {
-            let mut worker_id = machine_id.clone();
-            worker_id.push(format!("-worker-{connector}-{index}"));
-            env.insert("WORKER_ID".into(), worker_id);
+        for (key, value) in &app.env {
+            env.insert(key.into(), value.into());
         }
-    }
+        if worker {
+            apply_worker_settings(&mut env, app, &ctx.runtime_env);
+        }
+        let (gpu, visible) = apply_pins(&mut env, app, ctx)?;
 
-    let ipc = app.wait_ready || runs_node(&program);
-    Ok(ChildCommand {
-        program,
-        args,
-        cwd: app.cwd.clone(),
-        env,
-        gpu,
-        visible,
-        dirs: app.dirs.clone(),
-        ipc,
-    })
+        // The ecosystem may have been generated with another MACHINE_ID (at build time); the one the
+        // runtime was started with wins, and the worker id follows it.
+        if let Some(machine_id) = ctx
+            .runtime_env
+            .get(OsStr::new("MACHINE_ID"))
+            .filter(|m| !m.is_empty())
+        {
+            let differs = app
+                .env
+                .get("MACHINE_ID")
+                .is_some_and(|m| OsStr::new(m) != machine_id);
+            if differs || !app.env.contains_key("MACHINE_ID") {
+                env.insert("MACHINE_ID".into(), machine_id.clone());
+            }
+            if let (Some(connector), Some(index)) = (&app.connector, app.index) {
+                let mut worker_id = machine_id.clone();
+                worker_id.push(format!("-worker-{connector}-{index}"));
+                env.insert("WORKER_ID".into(), worker_id);
+            }
+        }
+
+        let ipc = app.wait_ready || runs_node(&program);
+        Ok(ChildCommand {
+            program,
+            args,
+            cwd: app.cwd.clone(),
+            env,
+            gpu,
+            visible,
+            dirs: app.dirs.clone(),
+            ipc,
+        })
+    }
 }

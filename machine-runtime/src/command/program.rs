@@ -1,8 +1,9 @@
 //! A child's program and arguments: PM2's interpreter rules, the script's path, the runtime's own
 //! binaries, and the service's extra arguments variable (`COMFY_ARGS`).
 
+use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::{CommandError, Context};
 use crate::ecosystem::{AppSpec, Interpreter, SELF_SCRIPT};
@@ -55,12 +56,27 @@ pub(crate) fn interpreter_for(script: &str) -> Option<&'static str> {
     })
 }
 
-/// The program and the arguments before the app's own. `is_file`: whether a path is a file (a
-/// [`super::Builder`]'s, which looks at each path once).
+/// Whether a path is a file, each path looked at once (a [`super::Builder`]'s, for one start).
+#[derive(Default)]
+pub(super) struct FileChecks(HashMap<PathBuf, bool>);
+
+impl FileChecks {
+    fn is_file(&mut self, path: &Path) -> bool {
+        match self.0.get(path) {
+            Some(&known) => known,
+            None => *self
+                .0
+                .entry(path.to_path_buf())
+                .or_insert_with(|| path.is_file()),
+        }
+    }
+}
+
+/// The program and the arguments before the app's own.
 pub(super) fn program_and_args(
     app: &AppSpec,
     ctx: &Context,
-    is_file: &mut dyn FnMut(&Path) -> bool,
+    files: &mut FileChecks,
 ) -> (OsString, Vec<OsString>) {
     if app.script == SELF_SCRIPT {
         return (ctx.current_exe.clone().into_os_string(), Vec::new());
@@ -77,7 +93,7 @@ pub(super) fn program_and_args(
         Interpreter::Program(p) => Some(p.clone()),
         Interpreter::Auto => interpreter_for(&app.script).map(str::to_string),
     };
-    let script = resolve_script(app, is_file);
+    let script = resolve_script(app, files);
     match interpreter {
         None => (script, Vec::new()),
         Some(interpreter) => {
@@ -90,12 +106,12 @@ pub(super) fn program_and_args(
 
 /// A script path relative to `cwd` (PM2 looks there first); a bare name not found there is left
 /// for the PATH search at exec time.
-pub(super) fn resolve_script(app: &AppSpec, is_file: &mut dyn FnMut(&Path) -> bool) -> OsString {
+pub(super) fn resolve_script(app: &AppSpec, files: &mut FileChecks) -> OsString {
     let script = Path::new(&app.script);
     match &app.cwd {
         Some(cwd) if script.is_relative() => {
             let candidate = cwd.join(script);
-            if app.script.contains('/') || is_file(&candidate) {
+            if app.script.contains('/') || files.is_file(&candidate) {
                 candidate.into_os_string()
             } else {
                 script.as_os_str().to_owned()
